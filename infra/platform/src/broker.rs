@@ -1,0 +1,451 @@
+//! A local Apache Kafka broker for one machine: `herald up` and the tests run on the same
+//! broker production uses, fetched from Maven Central instead of a container.
+//!
+//! The broker's jars are fetched once into a cache folder (`HERALD_CACHE_DIR`, default
+//! `~/.cache/herald`) with Maven and the pom in `infra/broker/pom.xml`. A broker lives in a
+//! folder of its own: `server.properties`, `broker.json` (ports and pid), `broker.log` and the
+//! KRaft log directory, so topics survive a restart and a second start reuses a running broker.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// The pinned Apache Kafka release.
+pub const KAFKA_VERSION: &str = "4.2.1";
+const POM: &str = include_str!("../../broker/pom.xml");
+const LOG4J: &str = "status = warn
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.out.ref = out
+logger.server.name = kafka.server.KafkaRaftServer
+logger.server.level = INFO
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("{tool} is needed to run the local Kafka broker but was not found on PATH: {hint}")]
+    MissingTool {
+        tool: &'static str,
+        hint: &'static str,
+    },
+    #[error("fetching Apache Kafka {KAFKA_VERSION} with Maven failed (see {log}): {reason}")]
+    Install { log: PathBuf, reason: String },
+    #[error("formatting the broker's log directory failed: {0}")]
+    Format(String),
+    #[error("the broker did not become ready within {seconds} s; last lines of {log}:\n{tail}")]
+    NotReady {
+        seconds: u64,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BrokerError {
+    let context = context.into();
+    move |source| BrokerError::Io { context, source }
+}
+
+/// Where downloaded things are kept between runs.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HERALD_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".cache").join("herald")
+}
+
+/// The folder of the broker's jars, fetched with Maven when missing.
+pub fn install() -> Result<PathBuf, BrokerError> {
+    let root = cache_dir().join(format!("kafka-{KAFKA_VERSION}"));
+    let libs = root.join("libs");
+    if libs.join(".complete").exists() {
+        return Ok(libs);
+    }
+    require("java", "install a Java 17+ runtime (Debian: openjdk-17-jre-headless)")?;
+    require("mvn", "install Maven (Debian: maven)")?;
+    std::fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
+    let pom = root.join("pom.xml");
+    std::fs::write(&pom, POM).map_err(io("writing the broker pom"))?;
+    let staging = root.join("libs.partial");
+    let _ = std::fs::remove_dir_all(&staging);
+    let log = root.join("maven.log");
+    tracing::info!(version = KAFKA_VERSION, dir = %libs.display(), "fetching apache kafka with maven");
+    let log_file = std::fs::File::create(&log).map_err(io("creating the maven log"))?;
+    let status = Command::new("mvn")
+        .args(["-q", "-B", "-f"])
+        .arg(&pom)
+        .arg("dependency:copy-dependencies")
+        .arg(format!("-DoutputDirectory={}", staging.display()))
+        .arg("-DincludeScope=runtime")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().map_err(io("maven log"))?)
+        .stderr(log_file)
+        .status()
+        .map_err(io("running mvn"))?;
+    if !status.success() {
+        return Err(BrokerError::Install {
+            log,
+            reason: format!("mvn exited with {status}"),
+        });
+    }
+    std::fs::write(staging.join(".complete"), KAFKA_VERSION).map_err(io("marking the install"))?;
+    let _ = std::fs::remove_dir_all(&libs);
+    std::fs::rename(&staging, &libs).map_err(io("moving the broker jars in place"))?;
+    Ok(libs)
+}
+
+fn require(tool: &'static str, hint: &'static str) -> Result<(), BrokerError> {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()));
+    if found {
+        Ok(())
+    } else {
+        Err(BrokerError::MissingTool { tool, hint })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct State {
+    port: u16,
+    controller_port: u16,
+    pid: Option<u32>,
+}
+
+/// A single-node KRaft broker (broker and controller in one JVM) on 127.0.0.1.
+#[derive(Debug)]
+pub struct LocalBroker {
+    dir: PathBuf,
+    port: u16,
+    pid: u32,
+    /// Set when this process started the broker and so must reap it.
+    child: Mutex<Option<Child>>,
+}
+
+impl LocalBroker {
+    /// Starts the broker of `dir`, or adopts it when it is already running. A broker that
+    /// ran in `dir` before keeps its ports; a new one takes `preferred_port` when free.
+    pub async fn start(dir: &Path, preferred_port: Option<u16>) -> Result<Self, BrokerError> {
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || Self::start_blocking(&dir, preferred_port))
+            .await
+            .expect("broker start task panicked")
+    }
+
+    fn start_blocking(dir: &Path, preferred_port: Option<u16>) -> Result<Self, BrokerError> {
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        let dir = dir.canonicalize().map_err(io("resolving the broker folder"))?;
+        let previous = read_state(&dir);
+        if let Some(State {
+            port,
+            pid: Some(pid),
+            ..
+        }) = previous
+            && is_kafka_process(pid)
+        {
+            tracing::info!(port, pid, "reusing the running local kafka broker");
+            let broker = Self {
+                dir,
+                port,
+                pid,
+                child: Mutex::new(None),
+            };
+            broker.wait_ready(Duration::from_secs(60))?;
+            return Ok(broker);
+        }
+        let libs = install()?;
+        let (port, controller_port) = match previous {
+            Some(state) => (state.port, state.controller_port),
+            None => (
+                preferred_port.filter(|p| port_is_free(*p)).map_or_else(free_port, Ok)?,
+                free_port()?,
+            ),
+        };
+        let properties = dir.join("server.properties");
+        std::fs::write(&properties, server_properties(&dir, port, controller_port))
+            .map_err(io("writing server.properties"))?;
+        std::fs::write(dir.join("log4j2.properties"), LOG4J).map_err(io("writing log4j2.properties"))?;
+        if !dir.join("kraft").join("meta.properties").exists() {
+            format_storage(&libs, &properties)?;
+        }
+        let log = dir.join("broker.log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(io("opening broker.log"))?;
+        let child = Command::new("java")
+            .args(["-Xms128m", "-Xmx512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"])
+            .args(["-Djava.awt.headless=true", "-XX:TieredStopAtLevel=1"])
+            .arg(format!(
+                "-Dlog4j2.configurationFile={}",
+                dir.join("log4j2.properties").display()
+            ))
+            .arg("-cp")
+            .arg(libs.join("*"))
+            .arg("kafka.Kafka")
+            .arg(&properties)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().map_err(io("broker log"))?)
+            .stderr(log_file)
+            // Its own process group: a terminal's ctrl-c reaches herald, which stops the
+            // broker in order, rather than both at once.
+            .process_group(0)
+            .spawn()
+            .map_err(io("starting java"))?;
+        let pid = child.id();
+        write_state(
+            &dir,
+            State {
+                port,
+                controller_port,
+                pid: Some(pid),
+            },
+        )?;
+        tracing::info!(port, pid, dir = %dir.display(), "started local kafka broker");
+        let broker = Self {
+            dir,
+            port,
+            pid,
+            child: Mutex::new(Some(child)),
+        };
+        broker.wait_ready(Duration::from_secs(90))?;
+        Ok(broker)
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether this process started the broker (and so should stop it).
+    pub fn owned(&self) -> bool {
+        self.child.lock().expect("broker lock").is_some()
+    }
+
+    /// Asks the broker to stop (SIGTERM) and waits up to `deadline`, then kills it.
+    pub async fn stop(&self, deadline: Duration) {
+        signal(self.pid, "-TERM");
+        let until = Instant::now() + deadline;
+        while self.alive() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if self.alive() {
+            tracing::warn!(pid = self.pid, "broker did not stop in time; killing it");
+            self.kill();
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&self) {
+        signal(self.pid, "-KILL");
+        let until = Instant::now() + Duration::from_secs(10);
+        while self.alive() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the broker again in the same folder, on the same ports.
+    pub async fn restart(&mut self) -> Result<(), BrokerError> {
+        let fresh = Self::start(&self.dir, Some(self.port)).await?;
+        *self = fresh;
+        Ok(())
+    }
+
+    fn alive(&self) -> bool {
+        if let Some(child) = self.child.lock().expect("broker lock").as_mut() {
+            return matches!(child.try_wait(), Ok(None));
+        }
+        is_kafka_process(self.pid)
+    }
+
+    fn wait_ready(&self, limit: Duration) -> Result<(), BrokerError> {
+        let until = Instant::now() + limit;
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        while Instant::now() < until {
+            if !self.alive() {
+                break;
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                && crate::kafka::cluster_has_brokers(&self.bootstrap())
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = self.dir.join("broker.log");
+        Err(BrokerError::NotReady {
+            seconds: limit.as_secs(),
+            tail: tail(&log, 20),
+            log,
+        })
+    }
+}
+
+/// Stops the broker recorded in `dir`, if it runs. For `herald broker stop`.
+pub async fn stop_dir(dir: &Path, deadline: Duration) -> bool {
+    let Some(State {
+        pid: Some(pid),
+        port,
+        ..
+    }) = read_state(dir)
+    else {
+        return false;
+    };
+    if !is_kafka_process(pid) {
+        return false;
+    }
+    let broker = LocalBroker {
+        dir: dir.to_path_buf(),
+        port,
+        pid,
+        child: Mutex::new(None),
+    };
+    broker.stop(deadline).await;
+    true
+}
+
+fn server_properties(dir: &Path, port: u16, controller_port: u16) -> String {
+    format!(
+        "# Written by herald: a single-node KRaft broker on loopback.
+process.roles=broker,controller
+node.id=1
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}
+log.dirs={kraft}
+num.partitions=6
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=12
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+num.network.threads=2
+num.io.threads=4
+",
+        kraft = dir.join("kraft").display()
+    )
+}
+
+fn format_storage(libs: &Path, properties: &Path) -> Result<(), BrokerError> {
+    let output = Command::new("java")
+        .args(["-Xmx256m", "-XX:TieredStopAtLevel=1", "-cp"])
+        .arg(libs.join("*"))
+        .arg("kafka.tools.StorageTool")
+        .args(["format", "--standalone", "-t", &cluster_id(), "-c"])
+        .arg(properties)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io("running the kafka storage tool"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(BrokerError::Format(format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )))
+    }
+}
+
+/// A KRaft cluster id: 16 random bytes in URL-safe base64 without padding.
+fn cluster_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    let mut bits: u32 = 0;
+    let mut count = 0;
+    let mut out = String::with_capacity(22);
+    for byte in bytes {
+        bits = (bits << 8) | u32::from(byte);
+        count += 8;
+        while count >= 6 {
+            count -= 6;
+            out.push(ALPHABET[((bits >> count) & 63) as usize] as char);
+        }
+    }
+    if count > 0 {
+        out.push(ALPHABET[((bits << (6 - count)) & 63) as usize] as char);
+    }
+    out
+}
+
+fn read_state(dir: &Path) -> Option<State> {
+    let text = std::fs::read_to_string(dir.join("broker.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn write_state(dir: &Path, state: State) -> Result<(), BrokerError> {
+    let text = serde_json::to_string(&state).expect("state serialises");
+    std::fs::write(dir.join("broker.json"), text).map_err(io("writing broker.json"))
+}
+
+fn is_kafka_process(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("kafka.Kafka"))
+}
+
+fn signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(signal)
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn port_is_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+fn free_port() -> Result<u16, BrokerError> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
+    Ok(listener.local_addr().map_err(io("finding a free port"))?.port())
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_ids_are_22_url_safe_characters() {
+        let id = cluster_id();
+        assert_eq!(id.len(), 22);
+        assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+    }
+
+    #[test]
+    fn the_pom_pins_the_same_kafka_version() {
+        assert!(POM.contains(&format!("<kafka.version>{KAFKA_VERSION}</kafka.version>")));
+    }
+}

@@ -1,0 +1,330 @@
+//! Kafka clients: the publisher used by producers, topic administration, and a reader that
+//! drains topics without a consumer group (tests, tools).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
+
+/// How to reach the Kafka cluster. Shared by every service.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct KafkaArgs {
+    /// Bootstrap servers, comma-separated (host:port). Unset: `herald up` starts a local
+    /// Apache Kafka broker under the data folder.
+    #[arg(long = "kafka-brokers", env = "KAFKA_BROKERS")]
+    pub brokers: Option<String>,
+    /// Extra librdkafka client properties as key=value, comma-separated, e.g.
+    /// security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512.
+    #[arg(long = "kafka-property", env = "KAFKA_PROPERTIES", value_delimiter = ',')]
+    pub properties: Vec<String>,
+    /// Prefix of every topic name, so several deployments (or tests) share one cluster.
+    #[arg(long, env = "TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+}
+
+impl KafkaArgs {
+    pub fn with_brokers(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: Some(brokers.into()),
+            ..Self::default()
+        }
+    }
+
+    /// The full topic name of an aggregate topic.
+    pub fn topic(&self, aggregate: &str) -> String {
+        format!("{}{aggregate}", self.topic_prefix)
+    }
+
+    fn client_config(&self) -> Result<ClientConfig, KafkaSetupError> {
+        let brokers = self.brokers.as_deref().ok_or(KafkaSetupError::NoBrokers)?;
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", brokers)
+            .set("client.id", "herald")
+            // Java clients hash keys with murmur2: use it so a key lands on the same
+            // partition whoever produced it.
+            .set("partitioner", "murmur2_random");
+        for property in &self.properties {
+            let (key, value) = property
+                .split_once('=')
+                .ok_or_else(|| KafkaSetupError::BadProperty(property.clone()))?;
+            config.set(key.trim(), value.trim());
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    #[error("no Kafka brokers configured: set KAFKA_BROKERS")]
+    NoBrokers,
+    #[error("kafka property {0:?} is not key=value")]
+    BadProperty(String),
+    #[error("kafka client: {0}")]
+    Client(#[from] KafkaError),
+    #[error("creating topic {topic}: {reason}")]
+    CreateTopic { topic: String, reason: String },
+}
+
+/// A record to publish.
+#[derive(Debug, Clone)]
+pub struct OutgoingRecord {
+    pub topic: String,
+    pub key: String,
+    pub payload: Vec<u8>,
+    /// Milliseconds since the epoch: the record's CreateTime, used by time-range reads.
+    pub timestamp_ms: i64,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Where the broker stored an acknowledged record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Why a publish did not succeed, and so what the caller may tell its client.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// No acknowledgement in time: the record may or may not be durable. Safe to retry
+    /// with the same event ids.
+    #[error("the broker did not acknowledge in time; the outcome is unknown")]
+    Unknown,
+    /// The broker refused the record for good (too large, topic missing, not authorised).
+    #[error("the broker rejected the record: {0}")]
+    Rejected(String),
+}
+
+/// An idempotent, acks=all producer. A publish resolves only once the broker acknowledged
+/// every record, or fails within the deadline.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    deadline: Duration,
+}
+
+impl Publisher {
+    pub fn new(args: &KafkaArgs, deadline: Duration) -> Result<Self, KafkaSetupError> {
+        let mut config = args.client_config()?;
+        let deadline_ms = deadline.as_millis().max(1000).to_string();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // librdkafka gives up on a record at the deadline, so no record outlives the
+            // request that carried it and memory stays bounded while the broker is away.
+            .set("message.timeout.ms", &deadline_ms)
+            .set("linger.ms", "2")
+            .set("compression.type", "lz4")
+            .set("queue.buffering.max.kbytes", "65536");
+        let producer: FutureProducer = config.create()?;
+        Ok(Self { producer, deadline })
+    }
+
+    /// Publishes every record; `Ok` only when all were acknowledged, in input order.
+    pub async fn publish_all(
+        &self,
+        records: &[OutgoingRecord],
+    ) -> Result<Vec<Delivery>, PublishError> {
+        let sends = records.iter().map(|record| {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (key, value) in &record.headers {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value),
+                });
+            }
+            let future_record = FutureRecord::to(&record.topic)
+                .key(&record.key)
+                .payload(&record.payload)
+                .timestamp(record.timestamp_ms)
+                .headers(headers);
+            self.producer.send(future_record, self.deadline)
+        });
+        let all = join_all(sends);
+        // librdkafka times records out at the deadline; the margin covers its timer tick.
+        let results = tokio::time::timeout(self.deadline + Duration::from_secs(1), all)
+            .await
+            .map_err(|_| PublishError::Unknown)?;
+        results
+            .into_iter()
+            .map(|result| match result {
+                Ok(delivery) => Ok(Delivery {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                }),
+                Err((err, _)) => Err(classify(&err)),
+            })
+            .collect()
+    }
+
+    /// Whether the cluster answers a metadata request within `timeout`.
+    pub async fn is_reachable(&self, timeout: Duration) -> bool {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, timeout)
+                .is_ok_and(|m| !m.brokers().is_empty())
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Waits until queued records are delivered or `timeout` passes.
+    pub async fn flush(&self, timeout: Duration) {
+        let producer = self.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+    }
+}
+
+fn classify(err: &KafkaError) -> PublishError {
+    match err.rdkafka_error_code() {
+        Some(
+            code @ (RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::InvalidRecord),
+        ) => PublishError::Rejected(code.to_string()),
+        _ => PublishError::Unknown,
+    }
+}
+
+/// Creates the missing topics; existing ones are left as they are.
+pub async fn ensure_topics(
+    args: &KafkaArgs,
+    topics: &[String],
+    partitions: i32,
+    replication: i32,
+) -> Result<(), KafkaSetupError> {
+    let admin: AdminClient<DefaultClientContext> = args.client_config()?.create()?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|topic| NewTopic::new(topic, partitions, TopicReplication::Fixed(replication)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin.create_topics(&new_topics, &options).await?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaSetupError::CreateTopic {
+                    topic,
+                    reason: code.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A record as read back from a topic.
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub timestamp_ms: Option<i64>,
+    pub headers: HashMap<String, Vec<u8>>,
+}
+
+/// Reads every record of some topics, from the start to the high watermark each partition
+/// had when the read began. No consumer group: nothing is committed, nobody is disturbed.
+pub async fn read_to_end(
+    args: &KafkaArgs,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<Vec<ReadRecord>, KafkaSetupError> {
+    let mut config = args.client_config()?;
+    config
+        .set("group.id", "herald-reader-unused")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false");
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || -> Result<Vec<ReadRecord>, KafkaSetupError> {
+        let consumer: BaseConsumer = config.create()?;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut assignment = TopicPartitionList::new();
+        let mut remaining: HashMap<(String, i32), i64> = HashMap::new();
+        for topic in &topics {
+            let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+            for t in metadata.topics() {
+                if t.error().is_some_and(|e| e != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR) {
+                    continue;
+                }
+                for p in t.partitions() {
+                    let (low, high) = consumer.fetch_watermarks(topic, p.id(), timeout)?;
+                    if high > low {
+                        assignment.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
+                        remaining.insert((topic.clone(), p.id()), high);
+                    }
+                }
+            }
+        }
+        consumer.assign(&assignment)?;
+        let mut out = Vec::new();
+        while !remaining.is_empty() && std::time::Instant::now() < deadline {
+            let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let message = message?;
+            let slot = (message.topic().to_string(), message.partition());
+            let Some(&high) = remaining.get(&slot) else {
+                continue;
+            };
+            if message.offset() + 1 >= high {
+                remaining.remove(&slot);
+            }
+            if message.offset() >= high {
+                continue;
+            }
+            let headers = message
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|header| {
+                            (header.key.to_string(), header.value.unwrap_or_default().to_vec())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(ReadRecord {
+                topic: slot.0,
+                partition: slot.1,
+                offset: message.offset(),
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec),
+                timestamp_ms: message.timestamp().to_millis(),
+                headers,
+            });
+        }
+        Ok(out)
+    })
+    .await
+    .expect("reader task panicked")
+}
+
+/// Whether a cluster at `bootstrap` answers metadata with at least one broker (blocking).
+pub(crate) fn cluster_has_brokers(bootstrap: &str) -> bool {
+    let consumer: Result<BaseConsumer, _> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "0")
+        .create();
+    consumer.is_ok_and(|c| {
+        c.fetch_metadata(None, Duration::from_secs(2))
+            .is_ok_and(|m| !m.brokers().is_empty())
+    })
+}

@@ -1,0 +1,15 @@
+//! Everything in Herald that is neither the event contract nor business logic.
+//!
+//! This is the only crate that names rdkafka: producers and consumers see [`kafka::Publisher`],
+//! [`kafka::TopicReader`] and plain data. It also owns the local Apache Kafka broker used by
+//! `herald up` and the tests ([`broker`]), HTTP serving with timeouts and graceful shutdown
+//! ([`http`]), process shutdown ([`shutdown`]), logging ([`telemetry`]), database pools
+//! chosen by URL ([`db`]) and the schema registry client ([`registry`]).
+
+pub mod broker;
+pub mod db;
+pub mod http;
+pub mod kafka;
+pub mod registry;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,283 @@
+//! `POST /api/v1/events`.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use events::Envelope;
+use platform::kafka::{Delivery, OutgoingRecord, PublishError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::idempotency::{Claim, Claimed, StoredResponse};
+use crate::prepare::{Prepared, Shape, prepare};
+use crate::problem::Problem;
+
+#[derive(Debug, Deserialize)]
+pub struct Params {
+    #[serde(default)]
+    validate_only: bool,
+}
+
+/// Where one accepted event landed.
+#[derive(Debug, Serialize)]
+struct Accepted {
+    event_id: Uuid,
+    event_type: String,
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
+
+const MAX_KEY_LEN: usize = 255;
+
+pub async fn post_events(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<Params>,
+    request: Request,
+) -> Response {
+    match handle(&state, params, request).await {
+        Ok(response) => response,
+        Err(problem) => problem.into_response(),
+    }
+}
+
+async fn handle(state: &AppState, params: Params, request: Request) -> Result<Response, Problem> {
+    let (parts, body) = request.into_parts();
+    let principal = state.auth.authenticate(&parts.headers)?;
+    let body = read_json(&parts.headers, body, state.limits.max_body_bytes).await?;
+    let idempotency_key = idempotency_key(&parts.headers)?;
+    let (shape, prepared) = prepare(
+        state.catalog(),
+        &state.policy,
+        &principal,
+        &body,
+        state.limits.max_events,
+    )?;
+    if params.validate_only {
+        let body = serde_json::json!({"valid": true, "events": prepared.len()});
+        return Ok((StatusCode::OK, axum::Json(body)).into_response());
+    }
+    let traceparent = parts
+        .headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 64)
+        .map(str::to_string);
+
+    let Some(key) = idempotency_key else {
+        let ids = new_ids(prepared.len());
+        let response = publish(state, &principal, shape, prepared, &ids, OffsetDateTime::now_utc(), None, traceparent.as_deref()).await?;
+        return Ok(response.into_response());
+    };
+
+    let claim = Claim {
+        principal: principal.subject.clone(),
+        key: key.clone(),
+        request_hash: hash(&body),
+        event_ids: new_ids(prepared.len()),
+        received_at: OffsetDateTime::now_utc(),
+        lease: state.limits.publish_deadline * 2,
+        ttl: state.limits.idempotency_ttl,
+    };
+    let (ids, received_at) = match state.store.claim(&claim).await.map_err(|e| Problem::internal(&e))? {
+        Claimed::New => (claim.event_ids.clone(), claim.received_at),
+        Claimed::Resume { event_ids, received_at } => (event_ids, received_at),
+        Claimed::Replay(stored) => return Ok(replay(stored)),
+        Claimed::Mismatch => {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key reused",
+                "this Idempotency-Key was used with a different request body",
+            ));
+        }
+        Claimed::InProgress { retry_after } => {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "idempotency-key-in-progress",
+                "Request in progress",
+                "a request with this Idempotency-Key is still being processed",
+            )
+            .with_retry_after(retry_after.as_secs()));
+        }
+    };
+    match publish(state, &principal, shape, prepared, &ids, received_at, Some(&key), traceparent.as_deref()).await {
+        Ok(response) => {
+            let stored = StoredResponse {
+                status: response.status.as_u16(),
+                body: response.body.to_string(),
+            };
+            if let Err(err) = state.store.complete(&principal.subject, &key, &stored).await {
+                // The events are durable; a retry will resume with the same ids.
+                tracing::warn!(%err, "could not record the idempotent response");
+            }
+            Ok(response.into_response())
+        }
+        Err(problem) => {
+            if let Err(err) = state.store.release(&principal.subject, &key).await {
+                tracing::warn!(%err, "could not release the idempotency key");
+            }
+            Err(problem)
+        }
+    }
+}
+
+struct Published {
+    status: StatusCode,
+    body: Json,
+}
+
+impl IntoResponse for Published {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn publish(
+    state: &AppState,
+    principal: &Principal,
+    shape: Shape,
+    prepared: Vec<Prepared>,
+    ids: &[Uuid],
+    received_at: OffsetDateTime,
+    idempotency_key: Option<&str>,
+    traceparent: Option<&str>,
+) -> Result<Published, Problem> {
+    let mut records = Vec::with_capacity(prepared.len());
+    let mut accepted = Vec::with_capacity(prepared.len());
+    for (event, &event_id) in prepared.into_iter().zip(ids) {
+        let envelope = Envelope {
+            event_id,
+            event_type: event.schema.event_type.clone(),
+            occurred_at: event.occurred_at.unwrap_or(received_at),
+            received_at,
+            actor: principal.subject.clone(),
+            source: event.source,
+            idempotency_key: idempotency_key.map(str::to_string),
+        };
+        let payload = state
+            .codec
+            .encode(&event.schema, &envelope, event.data)
+            .map_err(|e| Problem::internal(&e))?;
+        let topic = format!("{}{}", state.topic_prefix, event.schema.topic);
+        let mut headers = vec![
+            ("event_type".to_string(), envelope.event_type.clone().into_bytes()),
+            ("event_id".to_string(), event_id.to_string().into_bytes()),
+        ];
+        if let Some(tp) = traceparent {
+            headers.push(("traceparent".to_string(), tp.as_bytes().to_vec()));
+        }
+        accepted.push((event_id, envelope.event_type, topic.clone()));
+        records.push(OutgoingRecord {
+            topic,
+            key: event.key,
+            payload,
+            timestamp_ms: (received_at.unix_timestamp_nanos() / 1_000_000) as i64,
+            headers,
+        });
+    }
+    let deliveries = state.sink.publish(&records).await.map_err(|err| match err {
+        PublishError::Unknown => {
+            tracing::warn!(events = records.len(), "publish outcome unknown; answering 503");
+            Problem::unavailable(
+                "the event log did not acknowledge in time; retry with the same Idempotency-Key",
+                1,
+            )
+        }
+        PublishError::Rejected(reason) => {
+            tracing::warn!(%reason, "broker rejected events");
+            Problem::unavailable(format!("the event log refused the events ({reason})"), 5)
+        }
+    })?;
+    let accepted: Vec<Accepted> = accepted
+        .into_iter()
+        .zip(deliveries)
+        .map(|((event_id, event_type, topic), Delivery { partition, offset })| Accepted {
+            event_id,
+            event_type,
+            topic,
+            partition,
+            offset,
+        })
+        .collect();
+    let body = match shape {
+        Shape::Single => serde_json::to_value(&accepted[0]),
+        Shape::Batch => serde_json::to_value(serde_json::json!({ "events": accepted })),
+    }
+    .expect("accepted events serialise");
+    Ok(Published {
+        status: StatusCode::ACCEPTED,
+        body,
+    })
+}
+
+fn replay(stored: StoredResponse) -> Response {
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::ACCEPTED);
+    let mut response = (status, stored.body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
+
+fn new_ids(n: usize) -> Vec<Uuid> {
+    (0..n).map(|_| Uuid::now_v7()).collect()
+}
+
+/// Same JSON, same hash, whatever the key order or whitespace.
+fn hash(body: &Json) -> String {
+    let digest = Sha256::digest(body.to_string().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic()))
+        .map(|k| Some(k.to_string()))
+        .ok_or_else(|| Problem::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters"))
+}
+
+async fn read_json(headers: &HeaderMap, body: axum::body::Body, limit: usize) -> Result<Json, Problem> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            let mime = v.split(';').next().unwrap_or_default().trim();
+            mime.eq_ignore_ascii_case("application/json")
+        });
+    if !is_json {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            "send the events as Content-Type: application/json",
+        ));
+    }
+    let too_large = || Problem::too_large(format!("the body is larger than {limit} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|err| {
+        let length_limit = std::error::Error::source(&err)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if length_limit { too_large() } else { Problem::bad_request("the body could not be read") }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|err| Problem::bad_request(format!("the body is not valid JSON: {err}")))
+}

@@ -1,0 +1,400 @@
+//! Idempotency keys: a client that retries a request with the same `Idempotency-Key` gets
+//! the first answer and publishes nothing new.
+//!
+//! A key is claimed before publishing, with the event ids the request will use. If the
+//! outcome is unknown (broker timeout, crash), the claim's lock expires and a retry
+//! re-publishes with the *same* event ids, so consumers, who deduplicate by event id, apply
+//! it once. Records live for a configured time (24 h by default) and survive restarts.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use platform::db::Database;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// A stored record of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub request_hash: String,
+    pub event_ids: Vec<Uuid>,
+    pub received_at: OffsetDateTime,
+    pub response: Option<StoredResponse>,
+    pub locked_until: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+/// The answer given the first time, replayed to retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+/// What a request carrying a key asks to reserve.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub principal: String,
+    pub key: String,
+    pub request_hash: String,
+    pub event_ids: Vec<Uuid>,
+    pub received_at: OffsetDateTime,
+    /// How long the claim blocks concurrent retries: longer than the publish deadline.
+    pub lease: Duration,
+    pub ttl: Duration,
+}
+
+/// What the request must do, decided from the stored record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// First use of the key (or the old record expired): publish with the claim's ids.
+    New,
+    /// An earlier attempt did not finish: publish again with its ids and time.
+    Resume {
+        event_ids: Vec<Uuid>,
+        received_at: OffsetDateTime,
+    },
+    /// Already done: answer this.
+    Replay(StoredResponse),
+    /// The key was used with another body.
+    Mismatch,
+    /// Another attempt with this key is publishing right now.
+    InProgress { retry_after: Duration },
+}
+
+/// The decision, as a pure function of the stored record.
+pub fn decide(record: &Record, request_hash: &str, now: OffsetDateTime) -> Decision {
+    if record.expires_at <= now {
+        Decision::Expired
+    } else if record.request_hash != request_hash {
+        Decision::Claimed(Claimed::Mismatch)
+    } else if let Some(response) = &record.response {
+        Decision::Claimed(Claimed::Replay(response.clone()))
+    } else if record.locked_until > now {
+        let wait = (record.locked_until - now).whole_seconds().max(1) as u64;
+        Decision::Claimed(Claimed::InProgress {
+            retry_after: Duration::from_secs(wait),
+        })
+    } else {
+        Decision::Claimed(Claimed::Resume {
+            event_ids: record.event_ids.clone(),
+            received_at: record.received_at,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Treat as absent: overwrite with the new claim.
+    Expired,
+    Claimed(Claimed),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("idempotency store: {0}")]
+pub struct StoreError(String);
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        Self(err.to_string())
+    }
+}
+
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
+    /// Claims the key, or says what was recorded for it.
+    async fn claim(&self, claim: &Claim) -> Result<Claimed, StoreError>;
+    /// Records the answer of a finished request.
+    async fn complete(
+        &self,
+        principal: &str,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<(), StoreError>;
+    /// Ends the lock of a request that failed, so a retry may resume at once.
+    async fn release(&self, principal: &str, key: &str) -> Result<(), StoreError>;
+}
+
+fn new_record(claim: &Claim, now: OffsetDateTime) -> Record {
+    Record {
+        request_hash: claim.request_hash.clone(),
+        event_ids: claim.event_ids.clone(),
+        received_at: claim.received_at,
+        response: None,
+        locked_until: now + claim.lease,
+        expires_at: now + claim.ttl,
+    }
+}
+
+/// Keys in process memory: for tests and single-process runs without a database.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    records: Mutex<HashMap<(String, String), Record>>,
+}
+
+#[async_trait]
+impl IdempotencyStore for MemoryStore {
+    async fn claim(&self, claim: &Claim) -> Result<Claimed, StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let mut records = self.records.lock().expect("store lock");
+        let slot = (claim.principal.clone(), claim.key.clone());
+        let decision = records.get(&slot).map(|r| decide(r, &claim.request_hash, now));
+        Ok(match decision {
+            None | Some(Decision::Expired) => {
+                records.insert(slot, new_record(claim, now));
+                Claimed::New
+            }
+            Some(Decision::Claimed(claimed)) => {
+                if let Claimed::Resume { .. } = claimed {
+                    records.get_mut(&slot).expect("present").locked_until = now + claim.lease;
+                }
+                claimed
+            }
+        })
+    }
+
+    async fn complete(
+        &self,
+        principal: &str,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<(), StoreError> {
+        let mut records = self.records.lock().expect("store lock");
+        if let Some(record) = records.get_mut(&(principal.to_string(), key.to_string())) {
+            record.response = Some(response.clone());
+        }
+        Ok(())
+    }
+
+    async fn release(&self, principal: &str, key: &str) -> Result<(), StoreError> {
+        let mut records = self.records.lock().expect("store lock");
+        if let Some(record) = records.get_mut(&(principal.to_string(), key.to_string())) {
+            record.locked_until = OffsetDateTime::now_utc();
+        }
+        Ok(())
+    }
+}
+
+/// Keys in PostgreSQL or SQLite, shared by every ingress replica on the same database.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    db: Database,
+}
+
+impl SqlStore {
+    /// Connects and applies this crate's migrations.
+    pub async fn new(db: Database) -> Result<Self, StoreError> {
+        let migrated = match &db {
+            Database::Postgres(pool) => {
+                let mut migrator = sqlx::migrate!("./migrations/postgres");
+                migrator.set_ignore_missing(true);
+                migrator.run(pool).await
+            }
+            Database::Sqlite(pool) => {
+                let mut migrator = sqlx::migrate!("./migrations/sqlite");
+                migrator.set_ignore_missing(true);
+                migrator.run(pool).await
+            }
+        };
+        migrated.map_err(|err| StoreError(format!("migrations: {err}")))?;
+        Ok(Self { db })
+    }
+}
+
+type Row = (String, String, OffsetDateTime, Option<i32>, Option<String>, OffsetDateTime, OffsetDateTime);
+
+fn row_to_record(row: Row) -> Result<Record, StoreError> {
+    let (request_hash, ids, received_at, status, body, locked_until, expires_at) = row;
+    let event_ids: Vec<Uuid> = serde_json::from_str(&ids)
+        .map_err(|err| StoreError(format!("stored event ids unreadable: {err}")))?;
+    let response = match (status, body) {
+        (Some(status), Some(body)) => Some(StoredResponse {
+            status: status as u16,
+            body,
+        }),
+        _ => None,
+    };
+    Ok(Record {
+        request_hash,
+        event_ids,
+        received_at,
+        response,
+        locked_until,
+        expires_at,
+    })
+}
+
+macro_rules! sql_claim {
+    ($pool:expr, $claim:expr, $select:expr) => {{
+        let claim = $claim;
+        let now = OffsetDateTime::now_utc();
+        let record = new_record(claim, now);
+        let ids = serde_json::to_string(&record.event_ids).expect("uuids serialise");
+        let mut tx = $pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency_keys (id, principal, idempotency_key, request_hash, event_ids, \
+             received_at, locked_until, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (principal, idempotency_key) DO NOTHING",
+        )
+        .bind(Uuid::now_v7())
+        .bind(&claim.principal)
+        .bind(&claim.key)
+        .bind(&record.request_hash)
+        .bind(&ids)
+        .bind(record.received_at)
+        .bind(record.locked_until)
+        .bind(record.expires_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            tx.commit().await?;
+            return Ok(Claimed::New);
+        }
+        let row: Row = sqlx::query_as($select)
+            .bind(&claim.principal)
+            .bind(&claim.key)
+            .fetch_one(&mut *tx)
+            .await?;
+        let stored = row_to_record(row)?;
+        let claimed = match decide(&stored, &claim.request_hash, now) {
+            Decision::Expired => {
+                sqlx::query(
+                    "UPDATE idempotency_keys SET request_hash = $3, event_ids = $4, received_at = $5, \
+                     response_status = NULL, response_body = NULL, locked_until = $6, expires_at = $7, \
+                     updated_at = $8 WHERE principal = $1 AND idempotency_key = $2",
+                )
+                .bind(&claim.principal)
+                .bind(&claim.key)
+                .bind(&record.request_hash)
+                .bind(&ids)
+                .bind(record.received_at)
+                .bind(record.locked_until)
+                .bind(record.expires_at)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                Claimed::New
+            }
+            Decision::Claimed(claimed @ Claimed::Resume { .. }) => {
+                sqlx::query(
+                    "UPDATE idempotency_keys SET locked_until = $3, updated_at = $4 \
+                     WHERE principal = $1 AND idempotency_key = $2",
+                )
+                .bind(&claim.principal)
+                .bind(&claim.key)
+                .bind(record.locked_until)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                claimed
+            }
+            Decision::Claimed(claimed) => claimed,
+        };
+        tx.commit().await?;
+        Ok(claimed)
+    }};
+}
+
+const SELECT: &str = "SELECT request_hash, event_ids, received_at, response_status, response_body, \
+     locked_until, expires_at FROM idempotency_keys WHERE principal = $1 AND idempotency_key = $2";
+const SELECT_FOR_UPDATE: &str = "SELECT request_hash, event_ids, received_at, response_status, \
+     response_body, locked_until, expires_at FROM idempotency_keys \
+     WHERE principal = $1 AND idempotency_key = $2 FOR UPDATE";
+
+#[async_trait]
+impl IdempotencyStore for SqlStore {
+    async fn claim(&self, claim: &Claim) -> Result<Claimed, StoreError> {
+        match &self.db {
+            Database::Postgres(pool) => sql_claim!(pool, claim, SELECT_FOR_UPDATE),
+            Database::Sqlite(pool) => sql_claim!(pool, claim, SELECT),
+        }
+    }
+
+    async fn complete(
+        &self,
+        principal: &str,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<(), StoreError> {
+        let sql = "UPDATE idempotency_keys SET response_status = $3, response_body = $4, \
+                   updated_at = $5 WHERE principal = $1 AND idempotency_key = $2";
+        let now = OffsetDateTime::now_utc();
+        let status = i32::from(response.status);
+        match &self.db {
+            Database::Postgres(pool) => {
+                sqlx::query(sql).bind(principal).bind(key).bind(status).bind(&response.body).bind(now).execute(pool).await?;
+            }
+            Database::Sqlite(pool) => {
+                sqlx::query(sql).bind(principal).bind(key).bind(status).bind(&response.body).bind(now).execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn release(&self, principal: &str, key: &str) -> Result<(), StoreError> {
+        let sql = "UPDATE idempotency_keys SET locked_until = $3, updated_at = $3 \
+                   WHERE principal = $1 AND idempotency_key = $2 AND response_status IS NULL";
+        let now = OffsetDateTime::now_utc();
+        match &self.db {
+            Database::Postgres(pool) => {
+                sqlx::query(sql).bind(principal).bind(key).bind(now).execute(pool).await?;
+            }
+            Database::Sqlite(pool) => {
+                sqlx::query(sql).bind(principal).bind(key).bind(now).execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(hash: &str, now: OffsetDateTime) -> Record {
+        Record {
+            request_hash: hash.into(),
+            event_ids: vec![Uuid::nil()],
+            received_at: now,
+            response: None,
+            locked_until: now + Duration::from_secs(10),
+            expires_at: now + Duration::from_secs(3600),
+        }
+    }
+
+    #[test]
+    fn a_finished_request_is_replayed() {
+        let now = OffsetDateTime::now_utc();
+        let mut r = record("h", now);
+        r.response = Some(StoredResponse { status: 202, body: "{}".into() });
+        assert!(matches!(decide(&r, "h", now), Decision::Claimed(Claimed::Replay(_))));
+    }
+
+    #[test]
+    fn another_body_with_the_same_key_is_a_mismatch() {
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(decide(&record("h", now), "other", now), Decision::Claimed(Claimed::Mismatch));
+    }
+
+    #[test]
+    fn a_locked_claim_is_in_progress_and_an_expired_lock_resumes_with_the_same_ids() {
+        let now = OffsetDateTime::now_utc();
+        let r = record("h", now);
+        assert!(matches!(decide(&r, "h", now), Decision::Claimed(Claimed::InProgress { .. })));
+        let later = now + Duration::from_secs(11);
+        assert_eq!(
+            decide(&r, "h", later),
+            Decision::Claimed(Claimed::Resume { event_ids: vec![Uuid::nil()], received_at: now })
+        );
+    }
+
+    #[test]
+    fn an_expired_record_is_as_good_as_absent_whatever_its_body() {
+        let now = OffsetDateTime::now_utc();
+        let r = record("h", now);
+        assert_eq!(decide(&r, "other", now + Duration::from_secs(3601)), Decision::Expired);
+    }
+}

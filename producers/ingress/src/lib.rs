@@ -1,0 +1,215 @@
+//! The ingress: HTTP in, Avro events on Kafka out.
+//!
+//! `POST /api/v1/events` takes one event or a batch, authenticates the caller (JWT), checks
+//! the publish policy, validates every event strictly against its Avro schema, stamps the
+//! envelope (the actor comes from the token, never the body), encodes and publishes. It
+//! answers 202 only after the broker acknowledged every event of the request; when the
+//! broker is down or slow it answers 503 with Retry-After within the publish deadline.
+//! With an `Idempotency-Key`, retries publish nothing new (see [`idempotency`]).
+
+pub mod auth;
+mod catalog_api;
+mod events_api;
+pub mod idempotency;
+pub mod policy;
+mod prepare;
+pub mod problem;
+pub mod sink;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use events::{Catalog, Codec, WireFormat};
+use platform::kafka::KafkaArgs;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::auth::{AuthArgs, Authenticator};
+use crate::idempotency::IdempotencyStore;
+use crate::policy::PublishPolicy;
+use crate::problem::Problem;
+use crate::sink::EventSink;
+
+/// `herald ingress` settings. Every field is a flag and an environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IngressArgs {
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// How long a publish may wait for the broker's acknowledgement before the request is
+    /// answered 503 (milliseconds).
+    #[arg(long, env = "PUBLISH_DEADLINE_MS", default_value_t = 5000)]
+    pub publish_deadline_ms: u64,
+    /// Largest number of events in one request.
+    #[arg(long, env = "MAX_BATCH_EVENTS", default_value_t = 1000)]
+    pub max_batch_events: usize,
+    /// Largest request body in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Whole-request timeout (milliseconds); longer than the publish deadline.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+    /// Partitions of topics created at start-up.
+    #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = 6)]
+    pub topic_partitions: i32,
+    /// Replication factor of topics created at start-up (3 on a production cluster).
+    #[arg(long, env = "TOPIC_REPLICATION", default_value_t = 1)]
+    pub topic_replication: i32,
+    /// How long Idempotency-Key records are kept (hours).
+    #[arg(long, env = "IDEMPOTENCY_TTL_HOURS", default_value_t = 24)]
+    pub idempotency_ttl_hours: u64,
+    /// Publish policy file (TOML); the built-in one (producers/ingress/publish-policy.toml)
+    /// when unset.
+    #[arg(long, env = "PUBLISH_POLICY_FILE")]
+    pub publish_policy_file: Option<PathBuf>,
+    /// A folder of .avsc files to use instead of the schemas built into the binary.
+    #[arg(long, env = "SCHEMAS_DIR")]
+    pub schemas_dir: Option<PathBuf>,
+    /// Confluent-compatible schema registry: when set, events use the Confluent wire format
+    /// and schemas are registered at start-up.
+    #[arg(long, env = "SCHEMA_REGISTRY_URL")]
+    pub schema_registry_url: Option<String>,
+}
+
+/// Size and time limits of the API.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_events: usize,
+    pub max_body_bytes: usize,
+    pub publish_deadline: Duration,
+    pub request_timeout: Duration,
+    pub idempotency_ttl: Duration,
+}
+
+/// Everything a request needs.
+pub struct AppState {
+    pub codec: Codec,
+    pub policy: PublishPolicy,
+    pub auth: Authenticator,
+    pub sink: Arc<dyn EventSink>,
+    pub store: Arc<dyn IdempotencyStore>,
+    pub limits: Limits,
+    pub topic_prefix: String,
+}
+
+impl AppState {
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        self.codec.catalog()
+    }
+}
+
+impl IngressArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_events: self.max_batch_events,
+            max_body_bytes: self.max_body_bytes,
+            publish_deadline: Duration::from_millis(self.publish_deadline_ms),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            idempotency_ttl: Duration::from_secs(self.idempotency_ttl_hours * 3600),
+        }
+    }
+
+    /// Loads the catalog: the built-in schemas, or those of --schemas-dir.
+    pub fn catalog(&self) -> anyhow::Result<Catalog> {
+        let Some(dir) = &self.schemas_dir else {
+            return Ok(Catalog::embedded()?);
+        };
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "avsc") {
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+                let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                files.push((name, text));
+            }
+        }
+        Ok(Catalog::from_files(files)?)
+    }
+
+    pub fn policy(&self) -> anyhow::Result<PublishPolicy> {
+        match &self.publish_policy_file {
+            None => Ok(PublishPolicy::embedded()),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                Ok(PublishPolicy::parse(&text)?)
+            }
+        }
+    }
+}
+
+/// Connects to what the ingress needs (broker, database, registry) and creates missing topics.
+pub async fn connect(
+    args: &IngressArgs,
+    kafka: &KafkaArgs,
+    store: Arc<dyn IdempotencyStore>,
+) -> anyhow::Result<AppState> {
+    let catalog = Arc::new(args.catalog()?);
+    let limits = args.limits();
+    let topics: Vec<String> = catalog.topics().into_iter().map(|t| kafka.topic(t)).collect();
+    platform::kafka::ensure_topics(kafka, &topics, args.topic_partitions, args.topic_replication)
+        .await
+        .context("creating topics")?;
+    let format = match &args.schema_registry_url {
+        None => WireFormat::SingleObject,
+        Some(url) => {
+            let mut ids = std::collections::HashMap::new();
+            for version in catalog.all_versions() {
+                let subject = format!("{}-{}", kafka.topic(&version.topic), wire_name(version));
+                let id = platform::registry::register(url, &subject, &version.wire_json.to_string()).await?;
+                ids.insert(version.fingerprint, id);
+            }
+            WireFormat::Confluent { ids }
+        }
+    };
+    let publisher = platform::kafka::Publisher::new(kafka, limits.publish_deadline)?;
+    Ok(AppState {
+        codec: Codec::new(catalog, format),
+        policy: args.policy()?,
+        auth: Authenticator::from_args(&args.auth)?,
+        sink: Arc::new(publisher),
+        store,
+        limits,
+        topic_prefix: kafka.topic_prefix.clone(),
+    })
+}
+
+/// The record's full name: subjects follow the TopicRecordNameStrategy, since one topic
+/// carries several event types.
+fn wire_name(version: &events::SchemaVersion) -> String {
+    let name = version.wire_json["name"].as_str().unwrap_or_default();
+    format!("herald.events.{name}")
+}
+
+/// The ingress API as a value, so tests call it without a socket.
+pub fn router(state: Arc<AppState>) -> Router {
+    let timeout = state.limits.request_timeout;
+    Router::new()
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/event-types", get(catalog_api::event_types))
+        .route("/api/v1/openapi.json", get(catalog_api::openapi))
+        .route("/api/v1/events", post(events_api::post_events))
+        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", "no such route") })
+        .with_state(state)
+        .layer(axum::middleware::map_response(problem::problem_for_bare_errors))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+}
+
+async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if state.sink.ready().await {
+        axum::Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        Problem::unavailable("the Kafka cluster is not reachable", 5).into_response()
+    }
+}
+
+/// Serves the router until `shutdown` is cancelled.
+pub async fn run(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    platform::http::serve(listener, router, shutdown, platform::http::ServeOptions::default()).await
+}

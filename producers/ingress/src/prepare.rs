@@ -1,0 +1,209 @@
+//! From a request body to events ready to encode: shape, event types, publish policy and
+//! schema validation. Pure: no I/O, so every rule is tested directly.
+
+use std::sync::Arc;
+
+use events::json::FieldError;
+use events::{AvroValue, Catalog, SchemaVersion};
+use serde_json::Value as Json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::auth::Principal;
+use crate::policy::PublishPolicy;
+use crate::problem::Problem;
+
+/// One validated event of a request.
+#[derive(Debug)]
+pub struct Prepared {
+    pub schema: Arc<SchemaVersion>,
+    /// The aggregate id: the Kafka key.
+    pub key: String,
+    pub data: AvroValue,
+    pub occurred_at: Option<OffsetDateTime>,
+    pub source: String,
+}
+
+/// Whether the body was one event or a batch: the response mirrors it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Single,
+    Batch,
+}
+
+const ITEM_FIELDS: [&str; 5] = ["type", "key", "data", "occurred_at", "source"];
+const DEFAULT_SOURCE: &str = "api";
+const MAX_SOURCE_LEN: usize = 100;
+
+/// Checks a request body. A batch is all or nothing: one bad event refuses the request.
+pub fn prepare(
+    catalog: &Catalog,
+    policy: &PublishPolicy,
+    principal: &Principal,
+    body: &Json,
+    max_events: usize,
+) -> Result<(Shape, Vec<Prepared>), Problem> {
+    let (shape, items, base) = match body {
+        Json::Object(object) if object.contains_key("events") => {
+            if let Some(extra) = object.keys().find(|k| *k != "events") {
+                return Err(Problem::invalid(vec![field(&format!("/{extra}"), "unknown field")]));
+            }
+            match &object["events"] {
+                Json::Array(items) if items.is_empty() => {
+                    return Err(Problem::invalid(vec![field("/events", "a batch needs at least one event")]));
+                }
+                Json::Array(items) => (Shape::Batch, items.iter().collect::<Vec<_>>(), "/events/"),
+                _ => return Err(Problem::invalid(vec![field("/events", "expected an array of events")])),
+            }
+        }
+        Json::Object(_) => (Shape::Single, vec![body], ""),
+        _ => return Err(Problem::bad_request("the body must be a JSON object: one event, or {\"events\": [...]}")),
+    };
+    if items.len() > max_events {
+        return Err(Problem::too_large(format!(
+            "{} events in one request; at most {max_events} are accepted",
+            items.len()
+        )));
+    }
+
+    let mut errors = Vec::new();
+    let mut typed = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let at = match shape {
+            Shape::Single => String::new(),
+            Shape::Batch => format!("{base}{i}"),
+        };
+        match check_item(catalog, item, &at) {
+            Ok(schema) => typed.push((at, *item, schema)),
+            Err(mut item_errors) => errors.append(&mut item_errors),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Problem::invalid(errors));
+    }
+
+    let mut refused: Vec<&str> = typed
+        .iter()
+        .filter(|(_, _, schema)| !policy.allows(&principal.roles, &schema.event_type, &schema.topic))
+        .map(|(_, _, schema)| schema.event_type.as_str())
+        .collect();
+    if !refused.is_empty() {
+        refused.dedup();
+        return Err(Problem::forbidden(format!(
+            "your roles ({}) may not publish {}",
+            principal.roles.join(", "),
+            refused.join(", ")
+        )));
+    }
+
+    let mut prepared = Vec::with_capacity(typed.len());
+    for (at, item, schema) in typed {
+        match validate_item(&schema, item, &at) {
+            Ok(p) => prepared.push(p),
+            Err(mut item_errors) => errors.append(&mut item_errors),
+        }
+    }
+    if errors.is_empty() {
+        Ok((shape, prepared))
+    } else {
+        Err(Problem::invalid(errors))
+    }
+}
+
+fn field(pointer: &str, message: &str) -> FieldError {
+    FieldError {
+        pointer: pointer.to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// The item's shape and event type.
+fn check_item(catalog: &Catalog, item: &Json, at: &str) -> Result<Arc<SchemaVersion>, Vec<FieldError>> {
+    let Json::Object(object) = item else {
+        return Err(vec![field(at, "expected an event object")]);
+    };
+    let mut errors: Vec<FieldError> = object
+        .keys()
+        .filter(|k| !ITEM_FIELDS.contains(&k.as_str()))
+        .map(|k| field(&format!("{at}/{k}"), "unknown field; an event has type, key, data, occurred_at and source"))
+        .collect();
+    if !object.get("data").is_some_and(Json::is_object) {
+        errors.push(field(&format!("{at}/data"), "required: the event's fields as an object"));
+    }
+    let schema = match object.get("type") {
+        Some(Json::String(t)) => match catalog.latest(t) {
+            Some(schema) => Some(schema.clone()),
+            None => {
+                errors.push(field(&format!("{at}/type"), &format!("unknown event type {t:?}; GET /api/v1/event-types lists them")));
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(field(&format!("{at}/type"), "expected a string"));
+            None
+        }
+        None => {
+            errors.push(field(&format!("{at}/type"), "required: the event type, e.g. order.placed"));
+            None
+        }
+    };
+    match schema {
+        Some(schema) if errors.is_empty() => Ok(schema),
+        _ => Err(errors),
+    }
+}
+
+fn validate_item(schema: &Arc<SchemaVersion>, item: &Json, at: &str) -> Result<Prepared, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let data = schema.validate(&item["data"], &format!("{at}/data"));
+    let occurred_at = match item.get("occurred_at") {
+        None | Some(Json::Null) => None,
+        Some(Json::String(s)) => match OffsetDateTime::parse(s, &Rfc3339) {
+            Ok(t) => Some(t),
+            Err(_) => {
+                errors.push(field(&format!("{at}/occurred_at"), "expected an RFC 3339 timestamp like 2026-11-22T09:30:00Z"));
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(field(&format!("{at}/occurred_at"), "expected an RFC 3339 timestamp string"));
+            None
+        }
+    };
+    let source = match item.get("source") {
+        None | Some(Json::Null) => DEFAULT_SOURCE.to_string(),
+        Some(Json::String(s)) if !s.is_empty() && s.len() <= MAX_SOURCE_LEN => s.clone(),
+        Some(_) => {
+            errors.push(field(&format!("{at}/source"), "expected a string of 1 to 100 characters"));
+            String::new()
+        }
+    };
+    let key_in_data = item["data"].get(&schema.key_field).and_then(Json::as_str);
+    let key = match (item.get("key"), key_in_data) {
+        (None | Some(Json::Null), Some(k)) => Some(k.to_string()),
+        (Some(Json::String(k)), Some(d)) if k == d => Some(k.clone()),
+        (Some(_), Some(_)) => {
+            errors.push(field(
+                &format!("{at}/key"),
+                &format!("must equal data.{} (the aggregate id the topic is keyed by)", schema.key_field),
+            ));
+            None
+        }
+        // data's own validation reports the missing key field
+        (_, None) => None,
+    };
+    match data {
+        Ok(data) if errors.is_empty() => Ok(Prepared {
+            schema: schema.clone(),
+            key: key.unwrap_or_default(),
+            data,
+            occurred_at,
+            source,
+        }),
+        Ok(_) => Err(errors),
+        Err(mut data_errors) => {
+            data_errors.append(&mut errors);
+            Err(data_errors)
+        }
+    }
+}

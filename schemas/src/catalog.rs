@@ -1,0 +1,405 @@
+//! The catalog of event types, loaded from `.avsc` files.
+//!
+//! A file `<event_type>.v<N>.avsc` holds version N of the event type's `data` record, with a
+//! `herald` attribute naming its topic, key field and an example. The wire schema of a
+//! version is the envelope's fields followed by `data` (see schemas/README.md).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use apache_avro::Schema;
+use apache_avro::headers::{HeaderBuilder, RabinFingerprintHeader};
+use apache_avro::schema_compatibility::SchemaCompatibility;
+use serde_json::{Value as Json, json};
+
+use crate::json::{self, Names};
+
+/// The 8-byte CRC-64-AVRO fingerprint of a wire schema's canonical form, as it appears in
+/// single-object encoding (little-endian).
+pub type Fingerprint = [u8; 8];
+
+const ENVELOPE_FILE: &str = "_envelope.avsc";
+
+/// One version of one event type.
+#[derive(Debug)]
+pub struct SchemaVersion {
+    pub event_type: String,
+    pub version: u32,
+    /// The aggregate topic, without any deployment prefix.
+    pub topic: String,
+    /// The `data` field whose value is the record's Kafka key.
+    pub key_field: String,
+    pub doc: Option<String>,
+    /// A `data` object that validates; served by the catalog endpoint.
+    pub example: Json,
+    /// The file as written: what analysts read.
+    pub payload_json: Json,
+    /// Envelope plus data: what is on the wire.
+    pub wire_json: Json,
+    pub wire: Schema,
+    pub fingerprint: Fingerprint,
+    pub(crate) data_schema: Schema,
+    pub(crate) names: Names,
+}
+
+impl SchemaVersion {
+    /// The schema of the `data` record, for [`json::from_json`].
+    pub fn data_schema(&self) -> &Schema {
+        &self.data_schema
+    }
+
+    /// Validates a `data` object; errors carry JSON pointers under `base`.
+    pub fn validate(
+        &self,
+        data: &Json,
+        base: &str,
+    ) -> Result<apache_avro::types::Value, Vec<json::FieldError>> {
+        json::from_json(&self.data_schema, &self.names, data, base)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("{file}: {reason}")]
+    Invalid { file: String, reason: String },
+    #[error("the schemas folder has no {ENVELOPE_FILE}")]
+    NoEnvelope,
+}
+
+/// A version that cannot read what the version before it wrote.
+#[derive(Debug, thiserror::Error)]
+#[error("{event_type} v{reader} cannot read data written by v{writer}: {reason}")]
+pub struct CompatibilityError {
+    pub event_type: String,
+    pub writer: u32,
+    pub reader: u32,
+    pub reason: String,
+}
+
+/// Every event type Herald knows, each with all its schema versions.
+#[derive(Debug)]
+pub struct Catalog {
+    versions: BTreeMap<String, Vec<Arc<SchemaVersion>>>,
+    by_fingerprint: HashMap<Fingerprint, Arc<SchemaVersion>>,
+}
+
+impl Catalog {
+    /// The schemas compiled into this binary from `schemas/avro`.
+    pub fn embedded() -> Result<Self, CatalogError> {
+        Self::from_files(
+            crate::embedded::EMBEDDED
+                .iter()
+                .map(|(name, text)| (name.to_string(), text.to_string())),
+        )
+    }
+
+    /// Loads `(file name, contents)` pairs: every `*.avsc` of a schemas folder.
+    pub fn from_files(
+        files: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, CatalogError> {
+        let files: BTreeMap<String, String> = files.into_iter().collect();
+        let envelope = files.get(ENVELOPE_FILE).ok_or(CatalogError::NoEnvelope)?;
+        let envelope = parse_json(ENVELOPE_FILE, envelope)?;
+        let envelope_fields = envelope["fields"].as_array().cloned().ok_or_else(|| {
+            invalid(ENVELOPE_FILE, "the envelope record has no fields".into())
+        })?;
+
+        let mut versions: BTreeMap<String, Vec<Arc<SchemaVersion>>> = BTreeMap::new();
+        for (file, text) in files.iter().filter(|(name, _)| *name != ENVELOPE_FILE) {
+            let version = load_version(file, text, &envelope_fields)?;
+            versions
+                .entry(version.event_type.clone())
+                .or_default()
+                .push(Arc::new(version));
+        }
+        let mut by_fingerprint = HashMap::new();
+        for (event_type, list) in &mut versions {
+            list.sort_by_key(|v| v.version);
+            let first = &list[0];
+            for v in list.iter() {
+                if v.topic != first.topic || v.key_field != first.key_field {
+                    return Err(invalid(
+                        &format!("{event_type}.v{}.avsc", v.version),
+                        "every version of an event type must keep its topic and key".into(),
+                    ));
+                }
+                if let Some(other) = by_fingerprint.insert(v.fingerprint, v.clone()) {
+                    return Err(invalid(
+                        &format!("{event_type}.v{}.avsc", v.version),
+                        format!(
+                            "same wire schema as {} v{}",
+                            other.event_type, other.version
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(Self {
+            versions,
+            by_fingerprint,
+        })
+    }
+
+    /// The newest version of an event type: what producers write.
+    pub fn latest(&self, event_type: &str) -> Option<&Arc<SchemaVersion>> {
+        self.versions.get(event_type).and_then(|list| list.last())
+    }
+
+    /// Every version of an event type, oldest first.
+    pub fn versions(&self, event_type: &str) -> &[Arc<SchemaVersion>] {
+        self.versions.get(event_type).map_or(&[], Vec::as_slice)
+    }
+
+    /// The newest version of every event type, by name.
+    pub fn event_types(&self) -> impl Iterator<Item = &Arc<SchemaVersion>> {
+        self.versions.values().filter_map(|list| list.last())
+    }
+
+    /// Every schema version of every event type.
+    pub fn all_versions(&self) -> impl Iterator<Item = &Arc<SchemaVersion>> {
+        self.versions.values().flatten()
+    }
+
+    pub fn by_fingerprint(&self, fingerprint: &Fingerprint) -> Option<&Arc<SchemaVersion>> {
+        self.by_fingerprint.get(fingerprint)
+    }
+
+    /// The aggregate topics, without prefix.
+    pub fn topics(&self) -> BTreeSet<&str> {
+        self.event_types().map(|v| v.topic.as_str()).collect()
+    }
+
+    /// Each version must read data written by the one before it (backward compatibility).
+    pub fn check_backward_compatibility(&self) -> Result<(), Vec<CompatibilityError>> {
+        let errors: Vec<_> = self
+            .versions
+            .values()
+            .flat_map(|list| list.windows(2))
+            .filter_map(|pair| {
+                let (old, new) = (&pair[0], &pair[1]);
+                SchemaCompatibility::can_read(&old.wire, &new.wire)
+                    .err()
+                    .map(|err| CompatibilityError {
+                        event_type: new.event_type.clone(),
+                        writer: old.version,
+                        reader: new.version,
+                        reason: error_chain(&err),
+                    })
+            })
+            .collect();
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn invalid(file: &str, reason: String) -> CatalogError {
+    CatalogError::Invalid {
+        file: file.to_string(),
+        reason,
+    }
+}
+
+fn parse_json(file: &str, text: &str) -> Result<Json, CatalogError> {
+    serde_json::from_str(text).map_err(|err| invalid(file, format!("not JSON: {err}")))
+}
+
+/// `order.placed.v2.avsc` -> (`order.placed`, 2)
+fn parse_file_name(file: &str) -> Option<(String, u32)> {
+    let stem = file.strip_suffix(".avsc")?;
+    let (event_type, version) = stem.rsplit_once(".v")?;
+    let version: u32 = version.parse().ok().filter(|v| *v > 0)?;
+    let valid = !event_type.is_empty()
+        && event_type.contains('.')
+        && event_type
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_');
+    valid.then(|| (event_type.to_string(), version))
+}
+
+fn load_version(
+    file: &str,
+    text: &str,
+    envelope_fields: &[Json],
+) -> Result<SchemaVersion, CatalogError> {
+    let (event_type, version) = parse_file_name(file).ok_or_else(|| {
+        invalid(
+            file,
+            "name it <event.type>.v<N>.avsc, in lowercase, N from 1".into(),
+        )
+    })?;
+    let payload_json = parse_json(file, text)?;
+    let herald = &payload_json["herald"];
+    let topic = herald["topic"]
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| invalid(file, "the herald attribute must name a topic".into()))?
+        .to_string();
+    let key_field = herald["key"]
+        .as_str()
+        .ok_or_else(|| invalid(file, "the herald attribute must name a key field".into()))?
+        .to_string();
+    let example = herald["example"].clone();
+
+    let data_schema = Schema::parse(&payload_json)
+        .map_err(|err| invalid(file, format!("not a valid Avro schema: {}", error_chain(&err))))?;
+    let Schema::Record(record) = &data_schema else {
+        return Err(invalid(file, "the schema must be a record".into()));
+    };
+    let key_schema = record
+        .fields
+        .iter()
+        .find(|f| f.name == key_field)
+        .map(|f| &f.schema)
+        .ok_or_else(|| invalid(file, format!("the key field {key_field:?} is not a field")))?;
+    if !matches!(key_schema, Schema::String | Schema::Uuid(_)) {
+        return Err(invalid(
+            file,
+            format!("the key field {key_field:?} must be a string or uuid"),
+        ));
+    }
+
+    let mut fields = envelope_fields.to_vec();
+    fields.push(json!({"name": "data", "type": payload_json}));
+    let wire_json = json!({
+        "type": "record",
+        "name": format!("{}Event", record.name.name()),
+        "namespace": "herald.events",
+        "doc": format!("{event_type} v{version}: the envelope and its data"),
+        "fields": fields,
+    });
+    let wire = Schema::parse(&wire_json)
+        .map_err(|err| invalid(file, format!("wire schema: {}", error_chain(&err))))?;
+    let header = RabinFingerprintHeader::from_schema(&wire).build_header();
+    let mut fingerprint = [0u8; 8];
+    fingerprint.copy_from_slice(&header[2..10]);
+
+    let names = json::collect_names(&data_schema);
+    let version = SchemaVersion {
+        event_type,
+        version,
+        topic,
+        key_field,
+        doc: payload_json["doc"].as_str().map(str::to_string),
+        example,
+        payload_json,
+        wire_json,
+        wire,
+        fingerprint,
+        data_schema,
+        names,
+    };
+    version.validate(&version.example, "/example").map_err(|errors| {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        invalid(file, format!("the example does not validate: {}", list.join("; ")))
+    })?;
+    Ok(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files_with(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        crate::embedded::EMBEDDED
+            .iter()
+            .chain(extra.iter())
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn embedded_catalog_has_the_starter_event_types() {
+        let catalog = Catalog::embedded().unwrap();
+        let types: Vec<&str> = catalog.event_types().map(|v| v.event_type.as_str()).collect();
+        for expected in [
+            "user.registered",
+            "user.profile_updated",
+            "user.deleted",
+            "otp.requested",
+            "order.placed",
+            "order.shipped",
+            "message.sent",
+            "campaign.launched",
+            "report.generated",
+        ] {
+            assert!(types.contains(&expected), "{expected} missing from {types:?}");
+        }
+        assert_eq!(
+            catalog.topics().into_iter().collect::<Vec<_>>(),
+            ["campaigns", "messages", "orders", "otp", "reports", "users"]
+        );
+        assert_eq!(catalog.latest("order.placed").unwrap().key_field, "order_id");
+    }
+
+    #[test]
+    fn every_schema_version_reads_the_previous_one() {
+        Catalog::embedded()
+            .unwrap()
+            .check_backward_compatibility()
+            .unwrap_or_else(|errors| panic!("{errors:#?}"));
+    }
+
+    const V2_ADDS_OPTIONAL: &str = r#"{"type":"record","name":"OrderShipped","namespace":"herald.orders",
+      "herald":{"topic":"orders","key":"order_id","example":{"order_id":"o","carrier":"c","shipped_at":"2026-01-01T00:00:00Z"}},
+      "fields":[{"name":"order_id","type":"string"},{"name":"carrier","type":"string"},
+        {"name":"tracking_number","type":["null","string"],"default":null},
+        {"name":"shipped_at","type":{"type":"long","logicalType":"timestamp-millis"}},
+        {"name":"eta_days","type":["null","int"],"default":null}]}"#;
+
+    const V2_ADDS_REQUIRED: &str = r#"{"type":"record","name":"OrderShipped","namespace":"herald.orders",
+      "herald":{"topic":"orders","key":"order_id","example":{"order_id":"o","carrier":"c","shipped_at":"2026-01-01T00:00:00Z","warehouse":"w"}},
+      "fields":[{"name":"order_id","type":"string"},{"name":"carrier","type":"string"},
+        {"name":"tracking_number","type":["null","string"],"default":null},
+        {"name":"shipped_at","type":{"type":"long","logicalType":"timestamp-millis"}},
+        {"name":"warehouse","type":"string"}]}"#;
+
+    #[test]
+    fn a_new_optional_field_is_backward_compatible() {
+        let catalog =
+            Catalog::from_files(files_with(&[("order.shipped.v2.avsc", V2_ADDS_OPTIONAL)]))
+                .unwrap();
+        assert_eq!(catalog.latest("order.shipped").unwrap().version, 2);
+        catalog.check_backward_compatibility().unwrap();
+    }
+
+    #[test]
+    fn a_new_required_field_fails_the_compatibility_check_naming_the_field() {
+        let catalog =
+            Catalog::from_files(files_with(&[("order.shipped.v2.avsc", V2_ADDS_REQUIRED)]))
+                .unwrap();
+        let errors = catalog.check_backward_compatibility().unwrap_err();
+        assert_eq!(errors.len(), 1);
+        let message = errors[0].to_string();
+        assert!(message.contains("order.shipped v2"), "{message}");
+        assert!(message.contains("warehouse"), "{message}");
+    }
+
+    #[test]
+    fn a_schema_whose_example_does_not_validate_is_refused() {
+        let bad = V2_ADDS_OPTIONAL.replace(r#""carrier":"c","#, "");
+        let err = Catalog::from_files(files_with(&[("order.shipped.v2.avsc", bad.as_str())]))
+            .unwrap_err();
+        assert!(err.to_string().contains("/example/carrier"), "{err}");
+    }
+
+    #[test]
+    fn file_names_carry_type_and_version() {
+        assert_eq!(
+            parse_file_name("order.placed.v12.avsc"),
+            Some(("order.placed".into(), 12))
+        );
+        assert_eq!(parse_file_name("order.placed.avsc"), None);
+        assert_eq!(parse_file_name("Order.placed.v1.avsc"), None);
+        assert_eq!(parse_file_name("order.placed.v0.avsc"), None);
+    }
+}

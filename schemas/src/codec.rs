@@ -1,0 +1,331 @@
+//! Avro binary on the wire, in one of two framings:
+//! - single-object encoding (`C3 01`, 8-byte schema fingerprint): resolvable from the
+//!   schemas folder alone, the default;
+//! - the Confluent wire format (`00`, 4-byte schema id): when a schema registry is
+//!   configured, so Confluent-ecosystem readers can decode Herald topics.
+//!
+//! Decoding accepts both, whatever the configured writer framing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::types::Value;
+use apache_avro::writer::datum::GenericDatumWriter;
+use serde_json::Value as Json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{Catalog, Envelope, Fingerprint, SchemaVersion, json};
+
+const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
+const CONFLUENT_MAGIC: u8 = 0;
+
+/// How encoded events are framed.
+#[derive(Debug, Clone, Default)]
+pub enum WireFormat {
+    #[default]
+    SingleObject,
+    /// Schema ids as registered in a schema registry, by wire-schema fingerprint.
+    Confluent { ids: HashMap<Fingerprint, u32> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("record too short or without a known magic byte: not a Herald event")]
+    UnknownFraming,
+    #[error("schema fingerprint {0:02x?} is not in the catalog: deploy the schema first")]
+    UnknownFingerprint(Fingerprint),
+    #[error("schema id {0} is not known to this codec: register the schema first")]
+    UnknownSchemaId(u32),
+    #[error("{event_type} v{version} has no schema id: register it with the schema registry")]
+    Unregistered { event_type: String, version: u32 },
+    #[error("avro: {0}")]
+    Avro(#[from] apache_avro::Error),
+    #[error("the record decoded but its envelope is malformed: {0}")]
+    BadEnvelope(&'static str),
+}
+
+/// A decoded event: its envelope, the schema it was written with, and its data as JSON,
+/// resolved to the newest version of its event type.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub envelope: Envelope,
+    pub written_with: Arc<SchemaVersion>,
+    pub data: Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Codec {
+    catalog: Arc<Catalog>,
+    format: WireFormat,
+    by_id: HashMap<u32, Fingerprint>,
+}
+
+impl Codec {
+    pub fn new(catalog: Arc<Catalog>, format: WireFormat) -> Self {
+        let by_id = match &format {
+            WireFormat::SingleObject => HashMap::new(),
+            WireFormat::Confluent { ids } => ids.iter().map(|(fp, id)| (*id, *fp)).collect(),
+        };
+        Self {
+            catalog,
+            format,
+            by_id,
+        }
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// Encodes an event; `data` must come from [`SchemaVersion::validate`] of `schema`.
+    pub fn encode(
+        &self,
+        schema: &SchemaVersion,
+        envelope: &Envelope,
+        data: Value,
+    ) -> Result<Vec<u8>, CodecError> {
+        let mut out = Vec::with_capacity(256);
+        match &self.format {
+            WireFormat::SingleObject => {
+                out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
+                out.extend_from_slice(&schema.fingerprint);
+            }
+            WireFormat::Confluent { ids } => {
+                let id = ids.get(&schema.fingerprint).ok_or_else(|| CodecError::Unregistered {
+                    event_type: schema.event_type.clone(),
+                    version: schema.version,
+                })?;
+                out.push(CONFLUENT_MAGIC);
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+        }
+        let record = Value::Record(vec![
+            ("event_id".into(), Value::Uuid(envelope.event_id)),
+            ("event_type".into(), Value::String(envelope.event_type.clone())),
+            ("occurred_at".into(), Value::TimestampMicros(micros(envelope.occurred_at))),
+            ("received_at".into(), Value::TimestampMicros(micros(envelope.received_at))),
+            ("actor".into(), Value::String(envelope.actor.clone())),
+            ("source".into(), Value::String(envelope.source.clone())),
+            (
+                "idempotency_key".into(),
+                match &envelope.idempotency_key {
+                    Some(key) => Value::Union(1, Box::new(Value::String(key.clone()))),
+                    None => Value::Union(0, Box::new(Value::Null)),
+                },
+            ),
+            ("data".into(), data),
+        ]);
+        // Validation already happened against the data schema; re-validating here would
+        // double the cost of every event for no new guarantee.
+        let writer = GenericDatumWriter::builder(&schema.wire)
+            .validate(false)
+            .build()?;
+        writer.write_value_ref(&mut out, &record)?;
+        Ok(out)
+    }
+
+    /// Decodes either framing.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Decoded, CodecError> {
+        let (writer, mut body) = self.writer_schema(bytes)?;
+        let latest = self
+            .catalog
+            .latest(&writer.event_type)
+            .filter(|latest| latest.version != writer.version);
+        let builder = GenericDatumReader::builder(&writer.wire);
+        let value = match latest {
+            Some(latest) => builder.reader_schema(&latest.wire).build()?.read_value(&mut body)?,
+            None => builder.build()?.read_value(&mut body)?,
+        };
+        let Value::Record(fields) = value else {
+            return Err(CodecError::BadEnvelope("not a record"));
+        };
+        let mut fields: HashMap<String, Value> = fields.into_iter().collect();
+        let envelope = Envelope {
+            event_id: match fields.remove("event_id") {
+                Some(Value::Uuid(id)) => id,
+                Some(Value::String(s)) => {
+                    Uuid::try_parse(&s).map_err(|_| CodecError::BadEnvelope("event_id"))?
+                }
+                _ => return Err(CodecError::BadEnvelope("event_id")),
+            },
+            event_type: string(fields.remove("event_type")).ok_or(CodecError::BadEnvelope("event_type"))?,
+            occurred_at: timestamp(fields.remove("occurred_at")).ok_or(CodecError::BadEnvelope("occurred_at"))?,
+            received_at: timestamp(fields.remove("received_at")).ok_or(CodecError::BadEnvelope("received_at"))?,
+            actor: string(fields.remove("actor")).ok_or(CodecError::BadEnvelope("actor"))?,
+            source: string(fields.remove("source")).ok_or(CodecError::BadEnvelope("source"))?,
+            idempotency_key: string(fields.remove("idempotency_key")),
+        };
+        let data = fields
+            .remove("data")
+            .map(|v| json::to_json(&v))
+            .ok_or(CodecError::BadEnvelope("data"))?;
+        Ok(Decoded {
+            envelope,
+            written_with: writer.clone(),
+            data,
+        })
+    }
+
+    fn writer_schema<'b>(
+        &self,
+        bytes: &'b [u8],
+    ) -> Result<(&Arc<SchemaVersion>, &'b [u8]), CodecError> {
+        match bytes {
+            [0xC3, 0x01, rest @ ..] if rest.len() >= 8 => {
+                let mut fp = [0u8; 8];
+                fp.copy_from_slice(&rest[..8]);
+                let schema = self
+                    .catalog
+                    .by_fingerprint(&fp)
+                    .ok_or(CodecError::UnknownFingerprint(fp))?;
+                Ok((schema, &rest[8..]))
+            }
+            [CONFLUENT_MAGIC, a, b, c, d, rest @ ..] => {
+                let id = u32::from_be_bytes([*a, *b, *c, *d]);
+                let fp = self.by_id.get(&id).ok_or(CodecError::UnknownSchemaId(id))?;
+                let schema = self
+                    .catalog
+                    .by_fingerprint(fp)
+                    .ok_or(CodecError::UnknownFingerprint(*fp))?;
+                Ok((schema, rest))
+            }
+            _ => Err(CodecError::UnknownFraming),
+        }
+    }
+}
+
+fn micros(at: OffsetDateTime) -> i64 {
+    (at.unix_timestamp_nanos() / 1_000) as i64
+}
+
+fn string(value: Option<Value>) -> Option<String> {
+    match value? {
+        Value::String(s) => Some(s),
+        Value::Union(_, inner) => string(Some(*inner)),
+        _ => None,
+    }
+}
+
+fn timestamp(value: Option<Value>) -> Option<OffsetDateTime> {
+    match value? {
+        Value::TimestampMicros(us) => {
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000).ok()
+        }
+        Value::Long(us) => OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000).ok(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn catalog() -> Arc<Catalog> {
+        Arc::new(Catalog::embedded().unwrap())
+    }
+
+    fn envelope(event_type: &str, micros: i64, key: Option<String>) -> Envelope {
+        let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000).unwrap();
+        Envelope {
+            event_id: Uuid::now_v7(),
+            event_type: event_type.into(),
+            occurred_at: at,
+            received_at: at,
+            actor: "alice".into(),
+            source: "test".into(),
+            idempotency_key: key,
+        }
+    }
+
+    fn round_trip(codec: &Codec, event_type: &str, data: &Json, env: &Envelope) -> Decoded {
+        let schema = codec.catalog().latest(event_type).unwrap().clone();
+        let value = schema.validate(data, "/data").unwrap();
+        let bytes = codec.encode(&schema, env, value).unwrap();
+        codec.decode(&bytes).unwrap()
+    }
+
+    #[test]
+    fn every_example_round_trips_in_both_framings() {
+        let catalog = catalog();
+        let ids = catalog
+            .all_versions()
+            .enumerate()
+            .map(|(i, v)| (v.fingerprint, i as u32 + 100))
+            .collect();
+        for codec in [
+            Codec::new(catalog.clone(), WireFormat::SingleObject),
+            Codec::new(catalog.clone(), WireFormat::Confluent { ids }),
+        ] {
+            for schema in catalog.event_types() {
+                let env = envelope(&schema.event_type, 1_763_800_000_123_456, None);
+                let decoded = round_trip(&codec, &schema.event_type, &schema.example, &env);
+                assert_eq!(decoded.envelope, env);
+                let full = schema.validate(&schema.example, "").map(|v| json::to_json(&v)).unwrap();
+                assert_eq!(decoded.data, full, "{}", schema.event_type);
+            }
+        }
+    }
+
+    #[test]
+    fn single_object_framing_carries_the_fingerprint() {
+        let codec = Codec::new(catalog(), WireFormat::SingleObject);
+        let schema = codec.catalog().latest("order.placed").unwrap().clone();
+        let value = schema.validate(&schema.example, "").unwrap();
+        let bytes = codec.encode(&schema, &envelope("order.placed", 0, None), value).unwrap();
+        assert_eq!(&bytes[..2], &[0xC3, 0x01]);
+        assert_eq!(&bytes[2..10], &schema.fingerprint);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let codec = Codec::new(catalog(), WireFormat::SingleObject);
+        for bytes in [&b""[..], b"{}", &[0xC3, 0x01, 1, 2, 3, 4, 5, 6, 7, 8], &[0, 0, 0, 0, 9, 1]] {
+            assert!(codec.decode(bytes).is_err());
+        }
+        let schema = codec.catalog().latest("order.placed").unwrap().clone();
+        let mut truncated = SINGLE_OBJECT_MAGIC.to_vec();
+        truncated.extend_from_slice(&schema.fingerprint);
+        truncated.push(0x02);
+        assert!(codec.decode(&truncated).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn orders_round_trip(
+            order_id in "\\PC{1,40}",
+            customer in "[a-z0-9-]{1,20}",
+            items in prop::collection::vec(("[a-z0-9]{1,8}", any::<i32>(), any::<i64>()), 0..6),
+            total in any::<i64>(),
+            micros in 0i64..4_102_444_800_000_000,
+            key in prop::option::of("[ -~]{1,64}"),
+        ) {
+            let codec = Codec::new(catalog(), WireFormat::SingleObject);
+            let data = json!({
+                "order_id": order_id, "customer_id": customer, "total_cents": total, "currency": "EUR",
+                "items": items.iter().map(|(s, q, p)| json!({"sku": s, "quantity": q, "unit_price_cents": p})).collect::<Vec<_>>(),
+            });
+            let env = envelope("order.placed", micros, key);
+            let decoded = round_trip(&codec, "order.placed", &data, &env);
+            prop_assert_eq!(decoded.envelope, env);
+            prop_assert_eq!(decoded.data, data);
+        }
+
+        #[test]
+        fn timestamps_and_uuids_round_trip(millis in 0i64..4_102_444_800_000, id in any::<u128>()) {
+            let codec = Codec::new(catalog(), WireFormat::SingleObject);
+            let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000).unwrap();
+            let at = at.format(&time::format_description::well_known::Rfc3339).unwrap();
+            let data = json!({"order_id": "o", "carrier": "c", "tracking_number": null, "shipped_at": at});
+            let decoded = round_trip(&codec, "order.shipped", &data, &envelope("order.shipped", 5, None));
+            prop_assert_eq!(&decoded.data, &data);
+            let id = Uuid::from_u128(id).to_string();
+            let data = json!({"user_id": id, "reason": null});
+            let decoded = round_trip(&codec, "user.deleted", &data, &envelope("user.deleted", 5, None));
+            prop_assert_eq!(decoded.data, data);
+        }
+    }
+}

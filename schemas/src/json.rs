@@ -1,0 +1,453 @@
+//! Strict conversion between JSON and Avro values, driven by a schema.
+//!
+//! The ingress accepts JSON; the wire carries Avro. [`from_json`] accepts exactly the JSON
+//! that fits the schema: no unknown fields, no missing required ones, integers in range, enum
+//! symbols, canonical UUIDs, RFC 3339 timestamps. It reports every bad field at once, each
+//! with its JSON pointer, so a client can fix a request in one round trip. [`to_json`] is its
+//! inverse, used to show decoded events.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use apache_avro::Schema;
+use apache_avro::types::Value;
+use serde_json::{Map, Number, Value as Json};
+use time::format_description::well_known::Rfc3339;
+use time::{Date, Month, OffsetDateTime};
+use uuid::Uuid;
+
+/// Named types of a schema by full name, to follow references.
+pub type Names = HashMap<String, Schema>;
+
+/// One field that does not fit the schema.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldError {
+    /// RFC 6901 JSON pointer into the request body.
+    pub pointer: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.pointer, self.message)
+    }
+}
+
+/// Every named type (record, enum, fixed) inside `schema`, by full name.
+pub fn collect_names(schema: &Schema) -> Names {
+    fn walk(schema: &Schema, names: &mut Names) {
+        match schema {
+            Schema::Record(record) => {
+                names.insert(record.name.fullname(None), schema.clone());
+                for field in &record.fields {
+                    walk(&field.schema, names);
+                }
+            }
+            Schema::Enum(e) => {
+                names.insert(e.name.fullname(None), schema.clone());
+            }
+            Schema::Fixed(f) => {
+                names.insert(f.name.fullname(None), schema.clone());
+            }
+            Schema::Array(a) => walk(&a.items, names),
+            Schema::Map(m) => walk(&m.types, names),
+            Schema::Union(u) => u.variants().iter().for_each(|v| walk(v, names)),
+            _ => {}
+        }
+    }
+    let mut names = Names::new();
+    walk(schema, &mut names);
+    names
+}
+
+/// Converts `json` to an Avro value of `schema`, or names every field that does not fit.
+/// Pointers start with `base` (e.g. `/data` or `/events/3/data`).
+pub fn from_json(
+    schema: &Schema,
+    names: &Names,
+    json: &Json,
+    base: &str,
+) -> Result<Value, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut pointer = base.to_string();
+    let value = Converter {
+        names,
+        errors: &mut errors,
+    }
+    .convert(schema, json, &mut pointer);
+    match value {
+        Some(value) if errors.is_empty() => Ok(value),
+        _ => Err(errors),
+    }
+}
+
+struct Converter<'a> {
+    names: &'a Names,
+    errors: &'a mut Vec<FieldError>,
+}
+
+impl Converter<'_> {
+    fn fail(&mut self, pointer: &str, message: impl Into<String>) -> Option<Value> {
+        self.errors.push(FieldError {
+            pointer: pointer.to_string(),
+            message: message.into(),
+        });
+        None
+    }
+
+    fn convert(&mut self, schema: &Schema, json: &Json, ptr: &mut String) -> Option<Value> {
+        match (schema, json) {
+            (Schema::Null, Json::Null) => Some(Value::Null),
+            (Schema::Boolean, Json::Bool(b)) => Some(Value::Boolean(*b)),
+            (Schema::Int, Json::Number(n)) => match n.as_i64().map(i32::try_from) {
+                Some(Ok(i)) => Some(Value::Int(i)),
+                _ => self.fail(ptr, "expected an integer between -2147483648 and 2147483647"),
+            },
+            (Schema::Long, Json::Number(n)) => match n.as_i64() {
+                Some(i) => Some(Value::Long(i)),
+                None => self.fail(ptr, "expected a 64-bit integer"),
+            },
+            (Schema::Float, Json::Number(n)) => Some(Value::Float(n.as_f64()? as f32)),
+            (Schema::Double, Json::Number(n)) => Some(Value::Double(n.as_f64()?)),
+            (Schema::String, Json::String(s)) => Some(Value::String(s.clone())),
+            (Schema::Bytes, Json::String(s)) => match latin1(s) {
+                Some(bytes) => Some(Value::Bytes(bytes)),
+                None => self.fail(ptr, "expected bytes as a string of code points 0 to 255"),
+            },
+            (Schema::Fixed(f), Json::String(s)) => match latin1(s) {
+                Some(bytes) if bytes.len() == f.size => Some(Value::Fixed(f.size, bytes)),
+                _ => self.fail(ptr, format!("expected exactly {} bytes", f.size)),
+            },
+            (Schema::Uuid(_), Json::String(s)) => match parse_uuid(s) {
+                Some(uuid) => Some(Value::Uuid(uuid)),
+                None => self.fail(
+                    ptr,
+                    "expected a UUID in its 8-4-4-4-12 hexadecimal form",
+                ),
+            },
+            (Schema::TimestampMillis, Json::String(s)) => match parse_timestamp(s) {
+                Some(at) => Some(Value::TimestampMillis((at.unix_timestamp_nanos() / 1_000_000) as i64)),
+                None => self.fail(ptr, TIMESTAMP_HINT),
+            },
+            (Schema::TimestampMicros, Json::String(s)) => match parse_timestamp(s) {
+                Some(at) => Some(Value::TimestampMicros((at.unix_timestamp_nanos() / 1_000) as i64)),
+                None => self.fail(ptr, TIMESTAMP_HINT),
+            },
+            (Schema::Date, Json::String(s)) => match parse_date(s) {
+                Some(days) => Some(Value::Date(days)),
+                None => self.fail(ptr, "expected a date like 2026-11-22"),
+            },
+            (Schema::Enum(e), Json::String(s)) => match e.symbols.iter().position(|sym| sym == s) {
+                Some(index) => Some(Value::Enum(index as u32, s.clone())),
+                None => self.fail(
+                    ptr,
+                    format!("{s:?} is not one of: {}", e.symbols.join(", ")),
+                ),
+            },
+            (Schema::Array(a), Json::Array(items)) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    let len = ptr.len();
+                    push_token(ptr, &i.to_string());
+                    out.push(self.convert(&a.items, item, ptr));
+                    ptr.truncate(len);
+                }
+                out.into_iter().collect::<Option<Vec<_>>>().map(Value::Array)
+            }
+            (Schema::Map(m), Json::Object(entries)) => {
+                let mut out = HashMap::with_capacity(entries.len());
+                let mut ok = true;
+                for (key, item) in entries {
+                    let len = ptr.len();
+                    push_token(ptr, key);
+                    match self.convert(&m.types, item, ptr) {
+                        Some(v) => {
+                            out.insert(key.clone(), v);
+                        }
+                        None => ok = false,
+                    }
+                    ptr.truncate(len);
+                }
+                ok.then_some(Value::Map(out))
+            }
+            (Schema::Record(record), Json::Object(object)) => {
+                let mut ok = true;
+                for key in object.keys() {
+                    if !record.fields.iter().any(|f| &f.name == key) {
+                        let len = ptr.len();
+                        push_token(ptr, key);
+                        self.fail(ptr, "unknown field");
+                        ptr.truncate(len);
+                        ok = false;
+                    }
+                }
+                let mut out = Vec::with_capacity(record.fields.len());
+                for field in &record.fields {
+                    let len = ptr.len();
+                    push_token(ptr, &field.name);
+                    let value = match (object.get(&field.name), &field.default) {
+                        (Some(json), _) => self.convert(&field.schema, json, ptr),
+                        (None, Some(default)) => self.default_value(&field.schema, default, ptr),
+                        (None, None) => self.fail(ptr, "required field is missing"),
+                    };
+                    ptr.truncate(len);
+                    match value {
+                        Some(v) => out.push((field.name.clone(), v)),
+                        None => ok = false,
+                    }
+                }
+                ok.then_some(Value::Record(out))
+            }
+            (Schema::Union(union), json) => {
+                let variants = union.variants();
+                if json.is_null() {
+                    return match variants.iter().position(|v| matches!(v, Schema::Null)) {
+                        Some(i) => Some(Value::Union(i as u32, Box::new(Value::Null))),
+                        None => self.fail(ptr, "must not be null"),
+                    };
+                }
+                let candidates: Vec<(usize, &Schema)> = variants
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| !matches!(v, Schema::Null))
+                    .collect();
+                if let [(i, only)] = candidates.as_slice() {
+                    return self
+                        .convert(only, json, ptr)
+                        .map(|v| Value::Union(*i as u32, Box::new(v)));
+                }
+                for (i, variant) in candidates {
+                    let mut scratch = Vec::new();
+                    let value = Converter {
+                        names: self.names,
+                        errors: &mut scratch,
+                    }
+                    .convert(variant, json, &mut ptr.clone());
+                    if let (Some(value), true) = (value, scratch.is_empty()) {
+                        return Some(Value::Union(i as u32, Box::new(value)));
+                    }
+                }
+                self.fail(ptr, "matches none of the types this field allows")
+            }
+            (Schema::Ref { name }, json) => match self.names.get(&name.fullname(None)) {
+                Some(schema) => {
+                    let names = self.names;
+                    Converter {
+                        names,
+                        errors: self.errors,
+                    }
+                    .convert(schema, json, ptr)
+                }
+                None => self.fail(ptr, format!("schema refers to unknown type {}", name.fullname(None))),
+            },
+            (schema, json) => {
+                let message = format!("expected {}, got {}", describe(schema), json_kind(json));
+                self.fail(ptr, message)
+            }
+        }
+    }
+
+    /// A default is written in the schema for the field's type (for a union, its first
+    /// branch), so it converts like a value, with the union branch made explicit.
+    fn default_value(&mut self, schema: &Schema, default: &Json, ptr: &mut String) -> Option<Value> {
+        match schema {
+            Schema::Union(union) => {
+                let first = union.variants().first()?;
+                self.convert(first, default, ptr)
+                    .map(|v| Value::Union(0, Box::new(v)))
+            }
+            _ => self.convert(schema, default, ptr),
+        }
+    }
+}
+
+const TIMESTAMP_HINT: &str = "expected an RFC 3339 timestamp like 2026-11-22T09:30:00Z";
+
+fn push_token(pointer: &mut String, token: &str) {
+    pointer.push('/');
+    for c in token.chars() {
+        match c {
+            '~' => pointer.push_str("~0"),
+            '/' => pointer.push_str("~1"),
+            c => pointer.push(c),
+        }
+    }
+}
+
+fn latin1(s: &str) -> Option<Vec<u8>> {
+    s.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect()
+}
+
+fn parse_uuid(s: &str) -> Option<Uuid> {
+    // Only the hyphenated form: braces, URNs and bare hex would not round-trip as typed.
+    (s.len() == 36).then(|| Uuid::try_parse(s).ok()).flatten()
+}
+
+fn parse_timestamp(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &Rfc3339).ok()
+}
+
+fn parse_date(s: &str) -> Option<i32> {
+    let mut parts = s.splitn(3, '-');
+    let (y, m, d) = (parts.next()?, parts.next()?, parts.next()?);
+    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
+        return None;
+    }
+    let month = Month::try_from(m.parse::<u8>().ok()?).ok()?;
+    let date = Date::from_calendar_date(y.parse().ok()?, month, d.parse().ok()?).ok()?;
+    Some(date.to_julian_day() - EPOCH_JULIAN_DAY)
+}
+
+const EPOCH_JULIAN_DAY: i32 = 2_440_588;
+
+fn describe(schema: &Schema) -> String {
+    match schema {
+        Schema::Null => "null".into(),
+        Schema::Boolean => "a boolean".into(),
+        Schema::Int | Schema::Long => "an integer".into(),
+        Schema::Float | Schema::Double => "a number".into(),
+        Schema::String | Schema::Bytes | Schema::Fixed(_) => "a string".into(),
+        Schema::Uuid(_) => "a UUID string".into(),
+        Schema::TimestampMillis | Schema::TimestampMicros => "an RFC 3339 timestamp string".into(),
+        Schema::Date => "a date string".into(),
+        Schema::Enum(e) => format!("one of: {}", e.symbols.join(", ")),
+        Schema::Array(_) => "an array".into(),
+        Schema::Map(_) | Schema::Record(_) => "an object".into(),
+        other => format!("a value of Avro type {:?}", apache_avro::schema::SchemaKind::from(other)),
+    }
+}
+
+fn json_kind(json: &Json) -> &'static str {
+    match json {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "an array",
+        Json::Object(_) => "an object",
+    }
+}
+
+/// The JSON form of an Avro value: the inverse of [`from_json`] for the types it accepts.
+pub fn to_json(value: &Value) -> Json {
+    match value {
+        Value::Null => Json::Null,
+        Value::Boolean(b) => Json::Bool(*b),
+        Value::Int(i) => Json::from(*i),
+        Value::Date(days) => {
+            let date = Date::from_julian_day(days + EPOCH_JULIAN_DAY).ok();
+            date.map_or(Json::Null, |d| Json::String(d.to_string()))
+        }
+        Value::Long(i) => Json::from(*i),
+        Value::Float(f) => Number::from_f64(f64::from(*f)).map_or(Json::Null, Json::Number),
+        Value::Double(f) => Number::from_f64(*f).map_or(Json::Null, Json::Number),
+        Value::String(s) | Value::Enum(_, s) => Json::String(s.clone()),
+        Value::Bytes(b) | Value::Fixed(_, b) => Json::String(b.iter().map(|&c| char::from(c)).collect()),
+        Value::Uuid(u) => Json::String(u.to_string()),
+        Value::TimestampMillis(ms) => timestamp_json(i128::from(*ms) * 1_000_000),
+        Value::TimestampMicros(us) => timestamp_json(i128::from(*us) * 1_000),
+        Value::Union(_, inner) => to_json(inner),
+        Value::Array(items) => Json::Array(items.iter().map(to_json).collect()),
+        Value::Map(entries) => Json::Object(entries.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()),
+        Value::Record(fields) => Json::Object(
+            fields
+                .iter()
+                .map(|(k, v)| (k.clone(), to_json(v)))
+                .collect::<Map<String, Json>>(),
+        ),
+        other => Json::String(format!("{other:?}")),
+    }
+}
+
+fn timestamp_json(nanos: i128) -> Json {
+    OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|at| at.format(&Rfc3339).ok())
+        .map_or(Json::Null, Json::String)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Catalog;
+    use serde_json::json;
+
+    fn order_placed() -> std::sync::Arc<crate::SchemaVersion> {
+        Catalog::embedded().unwrap().latest("order.placed").unwrap().clone()
+    }
+
+    fn pointers(result: Result<Value, Vec<FieldError>>) -> Vec<String> {
+        result.unwrap_err().into_iter().map(|e| e.pointer).collect()
+    }
+
+    #[test]
+    fn every_bad_field_is_named_by_its_pointer() {
+        let schema = order_placed();
+        let data = json!({
+            "order_id": 7,
+            "items": [{"sku": "a", "quantity": 1.5, "unit_price_cents": 1, "colour": "red"}],
+            "total_cents": "900",
+            "currency": "EUR",
+            "coupon": "X"
+        });
+        let mut got = pointers(schema.validate(&data, "/data"));
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "/data/coupon",
+                "/data/customer_id",
+                "/data/items/0/colour",
+                "/data/items/0/quantity",
+                "/data/order_id",
+                "/data/total_cents",
+            ]
+        );
+    }
+
+    #[test]
+    fn messages_say_what_was_expected() {
+        let catalog = Catalog::embedded().unwrap();
+        let otp = catalog.latest("otp.requested").unwrap();
+        let data = json!({"user_id": "not-a-uuid", "phone": "+1", "code": "1",
+            "purpose": "dinner", "expires_at": "yesterday"});
+        let errors = otp.validate(&data, "/data").unwrap_err();
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(text.contains(&"/data/user_id: expected a UUID in its 8-4-4-4-12 hexadecimal form".into()), "{text:?}");
+        assert!(text.contains(&"/data/purpose: \"dinner\" is not one of: login, verify_phone, password_reset".into()), "{text:?}");
+        assert!(text.contains(&format!("/data/expires_at: {TIMESTAMP_HINT}")), "{text:?}");
+    }
+
+    #[test]
+    fn pointer_tokens_are_escaped() {
+        let mut p = String::new();
+        push_token(&mut p, "a/b~c");
+        assert_eq!(p, "/a~1b~0c");
+    }
+
+    #[test]
+    fn optional_fields_take_their_defaults() {
+        let catalog = Catalog::embedded().unwrap();
+        let v = catalog.latest("user.registered").unwrap();
+        let data = json!({"user_id": "0190c2a0-7a3b-7cc1-9c1e-2f0d7b3a9e11", "email": "a@b", "display_name": "A"});
+        let value = v.validate(&data, "").unwrap();
+        let back = to_json(&value);
+        assert_eq!(back["locale"], "en");
+        assert_eq!(back["phone"], Json::Null);
+    }
+
+    #[test]
+    fn out_of_range_integers_are_refused() {
+        let schema = order_placed();
+        let mut data = schema.example.clone();
+        data["items"][0]["quantity"] = json!(4_294_967_296_i64);
+        assert_eq!(pointers(schema.validate(&data, "")), ["/items/0/quantity"]);
+    }
+
+    #[test]
+    fn dates_round_trip() {
+        assert_eq!(parse_date("1970-01-01"), Some(0));
+        assert_eq!(parse_date("2026-11-22").map(|d| to_json(&Value::Date(d))), Some(json!("2026-11-22")));
+        assert_eq!(parse_date("2026-13-01"), None);
+    }
+}

@@ -1,0 +1,158 @@
+//! `herald`: one binary, a subcommand per service. `herald up` runs everything on one
+//! machine: a local Apache Kafka broker (unless KAFKA_BROKERS is set) and every service's
+//! HTTP API on one port, with all data under one folder.
+
+mod services;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use secrecy::SecretString;
+
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about = "An event-driven backend on Kafka")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Everything on one machine: the local broker (unless KAFKA_BROKERS is set) and all
+    /// services on one port.
+    Up(services::ServiceArgs),
+    /// The HTTP ingress alone (needs KAFKA_BROKERS).
+    Ingress(services::ServiceArgs),
+    /// Print a development JWT signed with the HS256 secret.
+    Token(TokenArgs),
+    /// Manage the local Apache Kafka broker of a data folder.
+    Broker {
+        #[command(subcommand)]
+        action: BrokerAction,
+    },
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// The token's subject (the actor of the events it publishes).
+    #[arg(long)]
+    sub: String,
+    /// A role: user, analyst, admin or service. Repeat for several.
+    #[arg(long = "role", default_value = "user")]
+    roles: Vec<String>,
+    /// Lifetime in minutes.
+    #[arg(long, default_value_t = 60)]
+    ttl_minutes: u64,
+    #[command(flatten)]
+    dev: DevSecretArgs,
+    #[arg(long, env = "JWT_ISSUER", default_value = "herald")]
+    issuer: String,
+    #[arg(long, env = "JWT_AUDIENCE", default_value = "herald")]
+    audience: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DevSecretArgs {
+    /// Folder for all local data: broker logs, database, generated secrets.
+    #[arg(long, env = "HERALD_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    #[arg(long, env = "JWT_HS256_SECRET", hide_env_values = true)]
+    pub jwt_hs256_secret: Option<SecretString>,
+}
+
+#[derive(Debug, Subcommand)]
+enum BrokerAction {
+    /// Start the broker of the data folder (or reuse it) and print its address.
+    Start {
+        #[arg(long, env = "HERALD_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+        /// Port to use the first time (the broker keeps it afterwards); random when taken.
+        #[arg(long, default_value_t = 9092)]
+        port: u16,
+    },
+    /// Stop the broker of the data folder.
+    Stop {
+        #[arg(long, env = "HERALD_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    platform::telemetry::init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => services::up(args).await,
+            Command::Ingress(args) => services::ingress(args).await,
+            Command::Token(args) => token(&args),
+            Command::Broker { action } => broker(action).await,
+        }
+    })
+}
+
+fn token(args: &TokenArgs) -> anyhow::Result<()> {
+    let secret = dev_secret(&args.dev)?;
+    let token = ingress::auth::mint_hs256(
+        &secret,
+        &args.sub,
+        &args.roles,
+        &args.issuer,
+        &args.audience,
+        Duration::from_secs(args.ttl_minutes * 60),
+    )?;
+    println!("{token}");
+    Ok(())
+}
+
+async fn broker(action: BrokerAction) -> anyhow::Result<()> {
+    match action {
+        BrokerAction::Start { data_dir, port } => {
+            let broker = platform::broker::LocalBroker::start(&data_dir.join("kafka"), Some(port)).await?;
+            println!("{}", broker.bootstrap());
+        }
+        BrokerAction::Stop { data_dir } => {
+            if platform::broker::stop_dir(&data_dir.join("kafka"), Duration::from_secs(30)).await {
+                println!("stopped");
+            } else {
+                println!("no broker running in {}", data_dir.join("kafka").display());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The HS256 secret: the configured one, else the one generated under the data folder on
+/// first use, so `herald up` and `herald token` agree without configuration.
+pub fn dev_secret(args: &DevSecretArgs) -> anyhow::Result<SecretString> {
+    if let Some(secret) = &args.jwt_hs256_secret {
+        return Ok(secret.clone());
+    }
+    let path = args.data_dir.join("dev-jwt-secret");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return Ok(SecretString::from(text.trim().to_string()));
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    write_private(&path, &secret)?;
+    Ok(SecretString::from(secret))
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}

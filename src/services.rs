@@ -1,0 +1,97 @@
+//! Starting services: alone (`herald ingress`) or all together (`herald up`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use ingress::IngressArgs;
+use ingress::idempotency::SqlStore;
+use platform::broker::LocalBroker;
+use platform::db::{Database, redact_url};
+use platform::kafka::KafkaArgs;
+
+/// Settings shared by `herald up` and each service.
+#[derive(Debug, Clone, Args)]
+pub struct ServiceArgs {
+    /// Address of the HTTP API (every service's routes on one port).
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Folder for all local data: broker logs, SQLite database, generated secrets.
+    #[arg(long, env = "HERALD_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// postgres://... for several replicas; default: a SQLite file in the data folder.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Port of the local broker the first time `herald up` starts it.
+    #[arg(long, env = "HERALD_KAFKA_PORT", default_value_t = 9092)]
+    pub local_kafka_port: u16,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub ingress: IngressArgs,
+}
+
+pub async fn up(mut args: ServiceArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let broker = match &args.kafka.brokers {
+        Some(brokers) => {
+            tracing::info!(%brokers, "using the configured kafka cluster");
+            None
+        }
+        None => {
+            let broker =
+                LocalBroker::start(&args.data_dir.join("kafka"), Some(args.local_kafka_port)).await?;
+            args.kafka.brokers = Some(broker.bootstrap());
+            Some(broker)
+        }
+    };
+    let result = serve(args).await;
+    if let Some(broker) = broker.filter(LocalBroker::owned) {
+        tracing::info!("stopping the local kafka broker");
+        broker.stop(Duration::from_secs(30)).await;
+    }
+    result
+}
+
+pub async fn ingress(args: ServiceArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.kafka.brokers.is_some(),
+        "herald ingress needs KAFKA_BROKERS (or use `herald up`, which starts a local broker)"
+    );
+    serve(args).await
+}
+
+async fn serve(mut args: ServiceArgs) -> anyhow::Result<()> {
+    let shutdown = platform::shutdown::on_signal();
+    let auth = &args.ingress.auth;
+    if auth.jwt_hs256_secret.is_none() && auth.jwt_public_key_file.is_none() && auth.jwt_jwks_file.is_none() {
+        let dev = crate::DevSecretArgs {
+            data_dir: args.data_dir.clone(),
+            jwt_hs256_secret: None,
+        };
+        args.ingress.auth.jwt_hs256_secret = Some(crate::dev_secret(&dev)?);
+        tracing::info!("using the development HS256 secret of the data folder; `herald token` signs with it");
+    }
+    let database_url = args.database_url.clone().unwrap_or_else(|| {
+        format!("sqlite://{}", args.data_dir.join("herald.db").display())
+    });
+    let db = Database::connect(&database_url).await?;
+    tracing::info!(database = %redact_url(&database_url), "database connected");
+    let store = Arc::new(SqlStore::new(db).await?);
+    let state = Arc::new(ingress::connect(&args.ingress, &args.kafka, store).await?);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let local = listener.local_addr()?;
+    let brokers = args.kafka.brokers.clone().unwrap_or_default();
+    tracing::info!(http = %local, kafka = %brokers, "herald is ready");
+    println!("herald: HTTP API on http://{local}  (kafka: {brokers})");
+    ingress::run(listener, ingress::router(state.clone()), shutdown).await?;
+    state.sink.drain(Duration::from_secs(5)).await;
+    tracing::info!("stopped");
+    Ok(())
+}
