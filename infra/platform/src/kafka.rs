@@ -151,8 +151,10 @@ impl Publisher {
             self.producer.send(future_record, self.deadline)
         });
         let all = join_all(sends);
-        // librdkafka times records out at the deadline; the margin covers its timer tick.
-        let results = tokio::time::timeout(self.deadline + Duration::from_secs(1), all)
+        // librdkafka also gives up on the records at the deadline, but checks only about once
+        // a second: the caller's deadline is kept here. A record still queued then may yet
+        // be written, which is why the outcome is "unknown", not "failed".
+        let results = tokio::time::timeout(self.deadline, all)
             .await
             .map_err(|_| PublishError::Unknown)?;
         results
@@ -225,7 +227,38 @@ pub async fn ensure_topics(
             }
         }
     }
-    Ok(())
+    // A new topic's partitions get leaders a moment after creation; until then reads fail
+    // with NotLeaderForPartition. Wait, so "started" means "usable".
+    let topics = topics.to_vec();
+    let consumer: BaseConsumer = args.client_config()?.create()?;
+    tokio::task::spawn_blocking(move || {
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = topics.iter().all(|topic| {
+                consumer
+                    .fetch_metadata(Some(topic), Duration::from_secs(5))
+                    .is_ok_and(|m| {
+                        m.topics().iter().all(|t| {
+                            t.error().is_none()
+                                && !t.partitions().is_empty()
+                                && t.partitions().iter().all(|p| p.leader() >= 0 && p.error().is_none())
+                        })
+                    })
+            });
+            if ready || std::time::Instant::now() > until {
+                return ready;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .ok()
+    .filter(|ready| *ready)
+    .map(|_| ())
+    .ok_or_else(|| KafkaSetupError::CreateTopic {
+        topic: new_topics.first().map(|t| t.name.to_string()).unwrap_or_default(),
+        reason: "partitions have no leader after 30 s".into(),
+    })
 }
 
 /// A record as read back from a topic.
@@ -266,7 +299,7 @@ pub async fn read_to_end(
                     continue;
                 }
                 for p in t.partitions() {
-                    let (low, high) = consumer.fetch_watermarks(topic, p.id(), timeout)?;
+                    let (low, high) = watermarks(&consumer, topic, p.id(), timeout)?;
                     if high > low {
                         assignment.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
                         remaining.insert((topic.clone(), p.id()), high);
@@ -315,6 +348,26 @@ pub async fn read_to_end(
     })
     .await
     .expect("reader task panicked")
+}
+
+/// Watermarks, retried while leadership is moving (new topic, broker restart).
+fn watermarks(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<(i64, i64), KafkaError> {
+    let until = std::time::Instant::now() + timeout;
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
+            Ok(marks) => return Ok(marks),
+            Err(err) if std::time::Instant::now() < until => {
+                tracing::debug!(%err, topic, partition, "watermarks not available yet");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 /// Whether a cluster at `bootstrap` answers metadata with at least one broker (blocking).

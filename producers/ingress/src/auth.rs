@@ -47,6 +47,7 @@ pub struct Principal {
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
+    #[serde(default)]
     sub: String,
     #[serde(default)]
     roles: Vec<String>,

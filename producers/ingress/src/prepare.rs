@@ -73,13 +73,11 @@ pub fn prepare(
             Shape::Single => String::new(),
             Shape::Batch => format!("{base}{i}"),
         };
-        match check_item(catalog, item, &at) {
-            Ok(schema) => typed.push((at, *item, schema)),
-            Err(mut item_errors) => errors.append(&mut item_errors),
+        let (schema, mut item_errors) = check_item(catalog, item, &at);
+        errors.append(&mut item_errors);
+        if let Some(schema) = schema {
+            typed.push((at, *item, schema));
         }
-    }
-    if !errors.is_empty() {
-        return Err(Problem::invalid(errors));
     }
 
     let mut refused: Vec<&str> = typed
@@ -96,6 +94,7 @@ pub fn prepare(
         )));
     }
 
+    // Authorised: now every field of every event, so one answer lists all that is wrong.
     let mut prepared = Vec::with_capacity(typed.len());
     for (at, item, schema) in typed {
         match validate_item(&schema, item, &at) {
@@ -117,10 +116,10 @@ fn field(pointer: &str, message: &str) -> FieldError {
     }
 }
 
-/// The item's shape and event type.
-fn check_item(catalog: &Catalog, item: &Json, at: &str) -> Result<Arc<SchemaVersion>, Vec<FieldError>> {
+/// The item's shape and event type: the schema when the type is known, and what is wrong.
+fn check_item(catalog: &Catalog, item: &Json, at: &str) -> (Option<Arc<SchemaVersion>>, Vec<FieldError>) {
     let Json::Object(object) = item else {
-        return Err(vec![field(at, "expected an event object")]);
+        return (None, vec![field(at, "expected an event object")]);
     };
     let mut errors: Vec<FieldError> = object
         .keys()
@@ -147,10 +146,9 @@ fn check_item(catalog: &Catalog, item: &Json, at: &str) -> Result<Arc<SchemaVers
             None
         }
     };
-    match schema {
-        Some(schema) if errors.is_empty() => Ok(schema),
-        _ => Err(errors),
-    }
+    // Without a data object there is nothing to validate.
+    let schema = schema.filter(|_| object.get("data").is_some_and(Json::is_object));
+    (schema, errors)
 }
 
 fn validate_item(schema: &Arc<SchemaVersion>, item: &Json, at: &str) -> Result<Prepared, Vec<FieldError>> {

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs (when missing) and starts on 127.0.0.1 what the tests need: PostgreSQL and Redis
+# from Debian's packages, Java and Maven for the Apache Kafka broker. Idempotent: a second
+# run reuses what is there. Prints the environment to export.
+set -euo pipefail
+
+need=()
+command -v pg_ctlcluster >/dev/null || need+=(postgresql)
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}" >&2
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >&2
+fi
+
+# PostgreSQL: the Debian cluster, a herald role and database.
+pg_version=$(ls /usr/lib/postgresql | sort -n | tail -n 1)
+if ! pg_lsclusters -h 2>/dev/null | grep -q .; then
+  pg_createcluster "$pg_version" main >&2
+fi
+cluster=$(pg_lsclusters -h | head -n 1 | awk '{print $1" "$2}')
+if ! pg_lsclusters -h | head -n 1 | grep -q online; then
+  pg_ctlcluster $cluster start >&2
+fi
+port=$(pg_lsclusters -h | head -n 1 | awk '{print $3}')
+for _ in $(seq 1 50); do
+  su postgres -c "psql -p $port -tAc 'select 1'" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+su postgres -c "psql -p $port -tAc \"select 1 from pg_roles where rolname='herald'\"" | grep -q 1 \
+  || su postgres -c "psql -p $port -qc \"create role herald login superuser password 'herald'\"" >&2
+su postgres -c "psql -p $port -tAc \"select 1 from pg_database where datname='herald'\"" | grep -q 1 \
+  || su postgres -c "psql -p $port -qc 'create database herald owner herald'" >&2
+
+# Redis on its default port, unless one answers already.
+if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+  redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --save '' --appendonly no >/dev/null
+fi
+
+echo "export TEST_POSTGRES_URL=postgres://herald:herald@127.0.0.1:$port/herald"
+echo "export REDIS_URL=redis://127.0.0.1:6379"

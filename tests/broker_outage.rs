@@ -1,0 +1,115 @@
+//! The broker goes away under load: the ingress answers 503 within its deadline, never 2xx
+//! for an event that is not durable, and recovers when the broker is back.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ingress::idempotency::MemoryStore;
+use platform::broker::LocalBroker;
+use serde_json::Value;
+use support::{TestIngress, ingress_args, order, token};
+
+const DEADLINE: Duration = Duration::from_millis(2000);
+
+#[derive(Debug, Default)]
+struct Outcomes {
+    accepted: Vec<String>,
+    unavailable: usize,
+    slowest_503: Duration,
+}
+
+#[tokio::test]
+async fn broker_killed_under_load_loses_no_acknowledged_event() {
+    let dir = support::test_dir(&format!("outage-{}", uuid::Uuid::new_v4().simple()));
+    let mut broker = LocalBroker::start(&dir, None).await.expect("private broker starts");
+    let kafka = support::kafka(&broker.bootstrap());
+    let args = ingress_args(&["--publish-deadline-ms", &DEADLINE.as_millis().to_string()]);
+    let app = Arc::new(TestIngress::start(kafka.clone(), args, Arc::new(MemoryStore::default())).await);
+    let user = token("alice", &["user"]);
+
+    // Load: one request every 20 ms from 4 clients until told to stop.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let (app, user, stop) = (app.clone(), user.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut out = Outcomes::default();
+            let mut i = 0;
+            while !stop.is_cancelled() {
+                i += 1;
+                let started = Instant::now();
+                let response = app.post(&user, &order(&format!("c{c}-{i}"))).await;
+                match response.status().as_u16() {
+                    202 => {
+                        let body: Value = response.json().await.unwrap();
+                        out.accepted.push(body["event_id"].as_str().unwrap().to_string());
+                    }
+                    503 => {
+                        assert!(response.headers().contains_key("retry-after"));
+                        out.unavailable += 1;
+                        out.slowest_503 = out.slowest_503.max(started.elapsed());
+                    }
+                    other => panic!("unexpected status {other}"),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            out
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.kill();
+    // While it is down, readiness says so and posts fail within the deadline.
+    tokio::time::sleep(DEADLINE + Duration::from_secs(2)).await;
+    let ready = support::client().get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    broker.restart().await.expect("broker restarts");
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let response = app.post(&user, &order("after-restart")).await;
+        if response.status() == 202 {
+            break;
+        }
+        assert!(Instant::now() < until, "no 202 within 60 s of the broker's restart");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.cancel();
+
+    let mut total = Outcomes::default();
+    for client in clients {
+        let out = client.await.unwrap();
+        total.accepted.extend(out.accepted);
+        total.unavailable += out.unavailable;
+        total.slowest_503 = total.slowest_503.max(out.slowest_503);
+    }
+    assert!(total.unavailable > 0, "the outage produced no 503");
+    assert!(
+        total.slowest_503 < DEADLINE + Duration::from_millis(500),
+        "a 503 took {:?}, over the {DEADLINE:?} deadline",
+        total.slowest_503
+    );
+    let stored: std::collections::HashSet<String> = support::read(&kafka, "orders")
+        .await
+        .into_iter()
+        .map(|(_, d)| d.envelope.event_id.to_string())
+        .collect();
+    let lost: Vec<&String> = total.accepted.iter().filter(|id| !stored.contains(*id)).collect();
+    eprintln!(
+        "outage: {} accepted, {} answered 503 (slowest {:?}), {} accepted but missing, {} records in the topic",
+        total.accepted.len(),
+        total.unavailable,
+        total.slowest_503,
+        lost.len(),
+        stored.len()
+    );
+    assert!(lost.is_empty(), "acknowledged events lost: {lost:?}");
+    match Arc::try_unwrap(app) {
+        Ok(app) => app.stop().await,
+        Err(_) => panic!("ingress still shared"),
+    }
+    broker.stop(Duration::from_secs(30)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,171 @@
+//! What the end-to-end tests share: a real Apache Kafka broker on loopback, an ingress on
+//! port 0 with its own topic prefix, tokens, and a reader that decodes what landed.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use events::{Codec, Decoded, WireFormat};
+use ingress::idempotency::IdempotencyStore;
+use ingress::{AppState, IngressArgs};
+use platform::kafka::{KafkaArgs, ReadRecord};
+use secrecy::SecretString;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "test-secret-of-at-least-thirty-two-bytes";
+
+static BROKER: OnceCell<String> = OnceCell::const_new();
+
+/// The shared test broker: KAFKA_BROKERS when set (the test command starts one), else a
+/// broker under target/ started on first use and left running for the next test binary.
+pub async fn brokers() -> String {
+    BROKER
+        .get_or_init(|| async {
+            if let Ok(brokers) = std::env::var("KAFKA_BROKERS") {
+                return brokers;
+            }
+            let broker = platform::broker::LocalBroker::start(&test_dir("kafka"), None)
+                .await
+                .expect("starting the test broker");
+            broker.bootstrap()
+        })
+        .await
+        .clone()
+}
+
+pub fn test_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("herald-test").join(name)
+}
+
+/// Kafka settings with a topic prefix of the test's own.
+pub fn kafka(brokers: &str) -> KafkaArgs {
+    KafkaArgs {
+        brokers: Some(brokers.to_string()),
+        properties: vec![],
+        topic_prefix: format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..10]),
+    }
+}
+
+#[derive(Parser)]
+struct Wrapper {
+    #[command(flatten)]
+    args: IngressArgs,
+}
+
+pub fn ingress_args(extra: &[&str]) -> IngressArgs {
+    let mut argv = vec!["ingress", "--jwt-hs256-secret", SECRET, "--topic-partitions", "3"];
+    argv.extend_from_slice(extra);
+    Wrapper::parse_from(argv).args
+}
+
+pub struct TestIngress {
+    pub base: String,
+    pub state: Arc<AppState>,
+    pub kafka: KafkaArgs,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestIngress {
+    pub async fn start(kafka: KafkaArgs, args: IngressArgs, store: Arc<dyn IdempotencyStore>) -> Self {
+        let state = Arc::new(ingress::connect(&args, &kafka, store).await.expect("ingress connects"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let router = ingress::router(state.clone());
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move {
+            ingress::run(listener, router, token).await.unwrap();
+        });
+        Self { base, state, kafka, shutdown, task }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post(&self, token: &str, body: &serde_json::Value) -> reqwest::Response {
+        client()
+            .post(self.url("/api/v1/events"))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Every record of an aggregate topic, decoded.
+    pub async fn read(&self, aggregate: &str) -> Vec<(ReadRecord, Decoded)> {
+        read(&self.kafka, aggregate).await
+    }
+}
+
+pub async fn read(kafka: &KafkaArgs, aggregate: &str) -> Vec<(ReadRecord, Decoded)> {
+    let codec = Codec::new(Arc::new(events::Catalog::embedded().unwrap()), WireFormat::SingleObject);
+    platform::kafka::read_to_end(kafka, &[kafka.topic(aggregate)], Duration::from_secs(30))
+        .await
+        .expect("topic readable")
+        .into_iter()
+        .map(|record| {
+            let decoded = codec.decode(record.payload.as_deref().unwrap_or_default()).expect("decodes");
+            (record, decoded)
+        })
+        .collect()
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+pub fn token(sub: &str, roles: &[&str]) -> String {
+    let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+    ingress::auth::mint_hs256(&SecretString::from(SECRET), sub, &roles, "herald", "herald", Duration::from_secs(600))
+        .unwrap()
+}
+
+pub fn order(id: &str) -> serde_json::Value {
+    serde_json::json!({
+        "type": "order.placed",
+        "key": id,
+        "data": {"order_id": id, "customer_id": "alice", "total_cents": 900, "currency": "EUR",
+                 "items": [{"sku": "tea", "quantity": 2, "unit_price_cents": 450}]}
+    })
+}
+
+/// The partition Java's default partitioner picks for a key: murmur2, positive, modulo.
+pub fn java_partition(key: &[u8], partitions: i32) -> i32 {
+    const M: u32 = 0x5bd1e995;
+    let mut h: u32 = 0x9747b28c ^ key.len() as u32;
+    let chunks = key.chunks_exact(4);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        let mut k = u32::from_le_bytes(chunk.try_into().unwrap());
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    if tail.len() == 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    ((h as i32) & 0x7fff_ffff) % partitions
+}
