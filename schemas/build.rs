@@ -11,12 +11,21 @@ fn main() {
         .filter(|path| path.extension().is_some_and(|ext| ext == "avsc"))
         .collect();
     files.sort();
-    let mut out = String::from("/// Every schema file of `schemas/avro`, by file name.\npub static EMBEDDED: &[(&str, &str)] = &[\n");
+    let mut out = String::from(
+        "/// Every schema file of `schemas/avro`, by file name.\npub static EMBEDDED: &[(&str, &str)] = &[\n",
+    );
     for path in files {
         println!("cargo:rerun-if-changed={}", path.display());
         let name = path.file_name().unwrap().to_str().unwrap();
-        out.push_str(&format!("    ({name:?}, include_str!({:?})),\n", path.display().to_string()));
+        out.push_str(&format!(
+            "    ({name:?}, include_str!({:?})),\n",
+            path.display().to_string()
+        ));
     }
     out.push_str("];\n");
-    fs::write(PathBuf::from(env::var("OUT_DIR").unwrap()).join("embedded.rs"), out).unwrap();
+    fs::write(
+        PathBuf::from(env::var("OUT_DIR").unwrap()).join("embedded.rs"),
+        out,
+    )
+    .unwrap();
 }

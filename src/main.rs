@@ -113,7 +113,8 @@ fn token(args: &TokenArgs) -> anyhow::Result<()> {
 async fn broker(action: BrokerAction) -> anyhow::Result<()> {
     match action {
         BrokerAction::Start { data_dir, port } => {
-            let broker = platform::broker::LocalBroker::start(&data_dir.join("kafka"), Some(port)).await?;
+            let broker =
+                platform::broker::LocalBroker::start(&data_dir.join("kafka"), Some(port)).await?;
             println!("{}", broker.bootstrap());
         }
         BrokerAction::Stop { data_dir } => {
@@ -139,7 +140,11 @@ pub fn dev_secret(args: &DevSecretArgs) -> anyhow::Result<SecretString> {
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
     write_private(&path, &secret)?;
     Ok(SecretString::from(secret))
 }

@@ -44,7 +44,8 @@ pub async fn up(mut args: ServiceArgs) -> anyhow::Result<()> {
         }
         None => {
             let broker =
-                LocalBroker::start(&args.data_dir.join("kafka"), Some(args.local_kafka_port)).await?;
+                LocalBroker::start(&args.data_dir.join("kafka"), Some(args.local_kafka_port))
+                    .await?;
             args.kafka.brokers = Some(broker.bootstrap());
             Some(broker)
         }
@@ -68,17 +69,23 @@ pub async fn ingress(args: ServiceArgs) -> anyhow::Result<()> {
 async fn serve(mut args: ServiceArgs) -> anyhow::Result<()> {
     let shutdown = platform::shutdown::on_signal();
     let auth = &args.ingress.auth;
-    if auth.jwt_hs256_secret.is_none() && auth.jwt_public_key_file.is_none() && auth.jwt_jwks_file.is_none() {
+    if auth.jwt_hs256_secret.is_none()
+        && auth.jwt_public_key_file.is_none()
+        && auth.jwt_jwks_file.is_none()
+    {
         let dev = crate::DevSecretArgs {
             data_dir: args.data_dir.clone(),
             jwt_hs256_secret: None,
         };
         args.ingress.auth.jwt_hs256_secret = Some(crate::dev_secret(&dev)?);
-        tracing::info!("using the development HS256 secret of the data folder; `herald token` signs with it");
+        tracing::info!(
+            "using the development HS256 secret of the data folder; `herald token` signs with it"
+        );
     }
-    let database_url = args.database_url.clone().unwrap_or_else(|| {
-        format!("sqlite://{}", args.data_dir.join("herald.db").display())
-    });
+    let database_url = args
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join("herald.db").display()));
     let db = Database::connect(&database_url).await?;
     tracing::info!(database = %redact_url(&database_url), "database connected");
     let store = Arc::new(SqlStore::new(db).await?);

@@ -23,10 +23,13 @@ struct Outcomes {
 #[tokio::test]
 async fn broker_killed_under_load_loses_no_acknowledged_event() {
     let dir = support::test_dir(&format!("outage-{}", uuid::Uuid::new_v4().simple()));
-    let mut broker = LocalBroker::start(&dir, None).await.expect("private broker starts");
+    let mut broker = LocalBroker::start(&dir, None)
+        .await
+        .expect("private broker starts");
     let kafka = support::kafka(&broker.bootstrap());
     let args = ingress_args(&["--publish-deadline-ms", &DEADLINE.as_millis().to_string()]);
-    let app = Arc::new(TestIngress::start(kafka.clone(), args, Arc::new(MemoryStore::default())).await);
+    let app =
+        Arc::new(TestIngress::start(kafka.clone(), args, Arc::new(MemoryStore::default())).await);
     let user = token("alice", &["user"]);
 
     // Load: one request every 20 ms from 4 clients until told to stop.
@@ -44,7 +47,8 @@ async fn broker_killed_under_load_loses_no_acknowledged_event() {
                 match response.status().as_u16() {
                     202 => {
                         let body: Value = response.json().await.unwrap();
-                        out.accepted.push(body["event_id"].as_str().unwrap().to_string());
+                        out.accepted
+                            .push(body["event_id"].as_str().unwrap().to_string());
                     }
                     503 => {
                         assert!(response.headers().contains_key("retry-after"));
@@ -63,7 +67,11 @@ async fn broker_killed_under_load_loses_no_acknowledged_event() {
     broker.kill();
     // While it is down, readiness says so and posts fail within the deadline.
     tokio::time::sleep(DEADLINE + Duration::from_secs(2)).await;
-    let ready = support::client().get(app.url("/readyz")).send().await.unwrap();
+    let ready = support::client()
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503);
     broker.restart().await.expect("broker restarts");
     let until = Instant::now() + Duration::from_secs(60);
@@ -72,7 +80,10 @@ async fn broker_killed_under_load_loses_no_acknowledged_event() {
         if response.status() == 202 {
             break;
         }
-        assert!(Instant::now() < until, "no 202 within 60 s of the broker's restart");
+        assert!(
+            Instant::now() < until,
+            "no 202 within 60 s of the broker's restart"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -96,7 +107,11 @@ async fn broker_killed_under_load_loses_no_acknowledged_event() {
         .into_iter()
         .map(|(_, d)| d.envelope.event_id.to_string())
         .collect();
-    let lost: Vec<&String> = total.accepted.iter().filter(|id| !stored.contains(*id)).collect();
+    let lost: Vec<&String> = total
+        .accepted
+        .iter()
+        .filter(|id| !stored.contains(*id))
+        .collect();
     eprintln!(
         "outage: {} accepted, {} answered 503 (slowest {:?}), {} accepted but missing, {} records in the topic",
         total.accepted.len(),

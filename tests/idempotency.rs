@@ -10,7 +10,9 @@ use serde_json::Value;
 use support::{TestIngress, ingress_args, kafka, order, token};
 
 async fn sqlite(path: &std::path::Path) -> Arc<dyn IdempotencyStore> {
-    let db = Database::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    let db = Database::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
     Arc::new(SqlStore::new(db).await.unwrap())
 }
 
@@ -56,7 +58,10 @@ async fn retries_publish_once(store: Arc<dyn IdempotencyStore>, reopen: Arc<dyn 
     assert_eq!(after_restart.json::<Value>().await.unwrap(), first);
     let records = restarted.read("orders").await;
     assert_eq!(records.len(), 1, "the retries published again");
-    assert_eq!(records[0].1.envelope.idempotency_key.as_deref(), Some(key.as_str()));
+    assert_eq!(
+        records[0].1.envelope.idempotency_key.as_deref(),
+        Some(key.as_str())
+    );
     restarted.stop().await;
 }
 

@@ -15,7 +15,10 @@ async fn start() -> TestIngress {
 
 async fn problem(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
-    let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_eq!(content_type, "application/problem+json");
     (status, response.json().await.unwrap())
 }
@@ -53,16 +56,26 @@ async fn posted_events_are_in_kafka_avro_encoded_with_a_stamped_envelope() {
 
     let orders = app.read("orders").await;
     assert_eq!(orders.len(), 2);
-    let (record, first) = orders.iter().find(|(_, d)| d.data["order_id"] == "o-1").unwrap();
+    let (record, first) = orders
+        .iter()
+        .find(|(_, d)| d.data["order_id"] == "o-1")
+        .unwrap();
     assert_eq!(first.envelope.event_id.to_string(), one["event_id"]);
     assert_eq!(record.partition, one["partition"]);
     assert_eq!(record.offset, one["offset"]);
     assert_eq!(record.key.as_deref(), Some(&b"o-1"[..]));
-    assert_eq!(&record.payload.as_ref().unwrap()[..2], &[0xC3, 0x01], "single-object encoding");
+    assert_eq!(
+        &record.payload.as_ref().unwrap()[..2],
+        &[0xC3, 0x01],
+        "single-object encoding"
+    );
     assert_eq!(first.envelope.actor, "alice");
     assert_eq!(first.envelope.source, "api");
     assert_eq!(first.envelope.event_id.get_version_num(), 7);
-    assert_eq!(first.envelope.occurred_at, time::macros::datetime!(2026-11-22 09:30 UTC));
+    assert_eq!(
+        first.envelope.occurred_at,
+        time::macros::datetime!(2026-11-22 09:30 UTC)
+    );
     assert_eq!(first.data, order("o-1")["data"]);
     assert_eq!(record.headers["event_type"], b"order.placed");
 
@@ -79,7 +92,11 @@ async fn keys_land_on_the_partition_java_clients_choose() {
     for i in 0..12 {
         let id = format!("order-{i}");
         let response: Value = app.post(&user, &order(&id)).await.json().await.unwrap();
-        assert_eq!(response["partition"], support::java_partition(id.as_bytes(), 3), "{id}");
+        assert_eq!(
+            response["partition"],
+            support::java_partition(id.as_bytes(), 3),
+            "{id}"
+        );
     }
     app.stop().await;
 }
@@ -130,8 +147,14 @@ async fn every_invalid_field_is_named_and_a_bad_batch_publishes_nothing() {
     let (status, body) = problem(app.post(&token("root", &["admin"]), &campaign).await).await;
     assert_eq!(status, 422);
     assert_eq!(body["errors"][0]["pointer"], "/data/channels/0");
-    assert_eq!(body["errors"][0]["message"], "\"fax\" is not one of: email, sms, push");
-    assert!(app.read("orders").await.is_empty(), "a refused batch published something");
+    assert_eq!(
+        body["errors"][0]["message"],
+        "\"fax\" is not one of: email, sms, push"
+    );
+    assert!(
+        app.read("orders").await.is_empty(),
+        "a refused batch published something"
+    );
     app.stop().await;
 }
 
@@ -139,8 +162,18 @@ async fn every_invalid_field_is_named_and_a_bad_batch_publishes_nothing() {
 async fn missing_or_bad_tokens_get_401_and_roles_without_the_right_get_403() {
     let app = start().await;
     let client = support::client();
-    let response = client.post(app.url("/api/v1/events")).json(&order("o")).send().await.unwrap();
-    assert!(response.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer realm=\"herald\""));
+    let response = client
+        .post(app.url("/api/v1/events"))
+        .json(&order("o"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer realm=\"herald\"")
+    );
     assert_eq!(problem(response).await.0, 401);
     let (status, _) = problem(app.post("not.a.jwt", &order("o")).await).await;
     assert_eq!(status, 401);
@@ -149,13 +182,33 @@ async fn missing_or_bad_tokens_get_401_and_roles_without_the_right_get_403() {
         "subject": "s", "body": "b", "channels": ["email"]}});
     let (status, body) = problem(app.post(&token("alice", &["user"]), &campaign).await).await;
     assert_eq!(status, 403);
-    assert!(body["detail"].as_str().unwrap().contains("campaign.launched"));
-    assert_eq!(app.post(&token("root", &["admin"]), &campaign).await.status(), 202);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("campaign.launched")
+    );
+    assert_eq!(
+        app.post(&token("root", &["admin"]), &campaign)
+            .await
+            .status(),
+        202
+    );
 
     let signup = json!({"type": "user.registered", "data": {"user_id": "0190c2a0-7a3b-7cc1-9c1e-2f0d7b3a9e11",
         "email": "a@example.com", "display_name": "A"}});
-    assert_eq!(problem(app.post(&token("alice", &["user"]), &signup).await).await.0, 403);
-    assert_eq!(app.post(&token("auth", &["service"]), &signup).await.status(), 202);
+    assert_eq!(
+        problem(app.post(&token("alice", &["user"]), &signup).await)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        app.post(&token("auth", &["service"]), &signup)
+            .await
+            .status(),
+        202
+    );
     app.stop().await;
 }
 
@@ -174,15 +227,43 @@ async fn malformed_oversized_and_non_json_bodies_get_precise_4xx() {
             .body(body)
             .send()
     };
-    assert_eq!(problem(post(b"{\"type\":".to_vec(), "application/json").await.unwrap()).await.0, 400);
-    assert_eq!(problem(post(b"[1,2]".to_vec(), "application/json").await.unwrap()).await.0, 400);
-    assert_eq!(problem(post(vec![b' '; 4096], "application/json").await.unwrap()).await.0, 413);
-    assert_eq!(problem(post(b"{}".to_vec(), "text/plain").await.unwrap()).await.0, 415);
+    assert_eq!(
+        problem(
+            post(b"{\"type\":".to_vec(), "application/json")
+                .await
+                .unwrap()
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        problem(post(b"[1,2]".to_vec(), "application/json").await.unwrap())
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        problem(post(vec![b' '; 4096], "application/json").await.unwrap())
+            .await
+            .0,
+        413
+    );
+    assert_eq!(
+        problem(post(b"{}".to_vec(), "text/plain").await.unwrap())
+            .await
+            .0,
+        415
+    );
     let four = json!({"events": [order("a"), order("b"), order("c"), order("d")]});
     assert_eq!(problem(app.post(&user, &four).await).await.0, 413);
     let response = client.get(app.url("/api/v1/nothing")).send().await.unwrap();
     assert_eq!(problem(response).await.0, 404);
-    let response = client.delete(app.url("/api/v1/events")).send().await.unwrap();
+    let response = client
+        .delete(app.url("/api/v1/events"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(problem(response).await.0, 405);
     let response = client
         .post(app.url("/api/v1/events"))
@@ -208,7 +289,10 @@ async fn validate_only_checks_without_publishing() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(response.json::<Value>().await.unwrap(), json!({"valid": true, "events": 2}));
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"valid": true, "events": 2})
+    );
     assert!(app.read("orders").await.is_empty());
     app.stop().await;
 }
@@ -217,7 +301,14 @@ async fn validate_only_checks_without_publishing() {
 async fn the_catalog_lists_every_type_with_an_example_that_the_ingress_accepts() {
     let app = start().await;
     let client = support::client();
-    let catalog: Value = client.get(app.url("/api/v1/event-types")).send().await.unwrap().json().await.unwrap();
+    let catalog: Value = client
+        .get(app.url("/api/v1/event-types"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let types = catalog["event_types"].as_array().unwrap();
     assert_eq!(types.len(), 9);
     for t in types {
@@ -232,10 +323,39 @@ async fn the_catalog_lists_every_type_with_an_example_that_the_ingress_accepts()
             .unwrap();
         assert_eq!(response.status(), 200, "{}", t["type"]);
     }
-    let openapi: Value = client.get(app.url("/api/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let openapi: Value = client
+        .get(app.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(openapi["openapi"], "3.1.0");
-    assert_eq!(openapi["components"]["schemas"]["Event"]["oneOf"].as_array().unwrap().len(), 9);
-    assert_eq!(client.get(app.url("/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(client.get(app.url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        openapi["components"]["schemas"]["Event"]["oneOf"]
+            .as_array()
+            .unwrap()
+            .len(),
+        9
+    );
+    assert_eq!(
+        client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     app.stop().await;
 }

@@ -100,9 +100,10 @@ impl Catalog {
         let files: BTreeMap<String, String> = files.into_iter().collect();
         let envelope = files.get(ENVELOPE_FILE).ok_or(CatalogError::NoEnvelope)?;
         let envelope = parse_json(ENVELOPE_FILE, envelope)?;
-        let envelope_fields = envelope["fields"].as_array().cloned().ok_or_else(|| {
-            invalid(ENVELOPE_FILE, "the envelope record has no fields".into())
-        })?;
+        let envelope_fields = envelope["fields"]
+            .as_array()
+            .cloned()
+            .ok_or_else(|| invalid(ENVELOPE_FILE, "the envelope record has no fields".into()))?;
 
         let mut versions: BTreeMap<String, Vec<Arc<SchemaVersion>>> = BTreeMap::new();
         for (file, text) in files.iter().filter(|(name, _)| *name != ENVELOPE_FILE) {
@@ -187,7 +188,11 @@ impl Catalog {
                     })
             })
             .collect();
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 }
 
@@ -250,8 +255,12 @@ fn load_version(
         .to_string();
     let example = herald["example"].clone();
 
-    let data_schema = Schema::parse(&payload_json)
-        .map_err(|err| invalid(file, format!("not a valid Avro schema: {}", error_chain(&err))))?;
+    let data_schema = Schema::parse(&payload_json).map_err(|err| {
+        invalid(
+            file,
+            format!("not a valid Avro schema: {}", error_chain(&err)),
+        )
+    })?;
     let Schema::Record(record) = &data_schema else {
         return Err(invalid(file, "the schema must be a record".into()));
     };
@@ -298,10 +307,15 @@ fn load_version(
         data_schema,
         names,
     };
-    version.validate(&version.example, "/example").map_err(|errors| {
-        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        invalid(file, format!("the example does not validate: {}", list.join("; ")))
-    })?;
+    version
+        .validate(&version.example, "/example")
+        .map_err(|errors| {
+            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            invalid(
+                file,
+                format!("the example does not validate: {}", list.join("; ")),
+            )
+        })?;
     Ok(version)
 }
 
@@ -320,7 +334,10 @@ mod tests {
     #[test]
     fn embedded_catalog_has_the_starter_event_types() {
         let catalog = Catalog::embedded().unwrap();
-        let types: Vec<&str> = catalog.event_types().map(|v| v.event_type.as_str()).collect();
+        let types: Vec<&str> = catalog
+            .event_types()
+            .map(|v| v.event_type.as_str())
+            .collect();
         for expected in [
             "user.registered",
             "user.profile_updated",
@@ -332,13 +349,19 @@ mod tests {
             "campaign.launched",
             "report.generated",
         ] {
-            assert!(types.contains(&expected), "{expected} missing from {types:?}");
+            assert!(
+                types.contains(&expected),
+                "{expected} missing from {types:?}"
+            );
         }
         assert_eq!(
             catalog.topics().into_iter().collect::<Vec<_>>(),
             ["campaigns", "messages", "orders", "otp", "reports", "users"]
         );
-        assert_eq!(catalog.latest("order.placed").unwrap().key_field, "order_id");
+        assert_eq!(
+            catalog.latest("order.placed").unwrap().key_field,
+            "order_id"
+        );
     }
 
     #[test]

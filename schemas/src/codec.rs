@@ -93,19 +93,30 @@ impl Codec {
                 out.extend_from_slice(&schema.fingerprint);
             }
             WireFormat::Confluent { ids } => {
-                let id = ids.get(&schema.fingerprint).ok_or_else(|| CodecError::Unregistered {
-                    event_type: schema.event_type.clone(),
-                    version: schema.version,
-                })?;
+                let id = ids
+                    .get(&schema.fingerprint)
+                    .ok_or_else(|| CodecError::Unregistered {
+                        event_type: schema.event_type.clone(),
+                        version: schema.version,
+                    })?;
                 out.push(CONFLUENT_MAGIC);
                 out.extend_from_slice(&id.to_be_bytes());
             }
         }
         let record = Value::Record(vec![
             ("event_id".into(), Value::Uuid(envelope.event_id)),
-            ("event_type".into(), Value::String(envelope.event_type.clone())),
-            ("occurred_at".into(), Value::TimestampMicros(micros(envelope.occurred_at))),
-            ("received_at".into(), Value::TimestampMicros(micros(envelope.received_at))),
+            (
+                "event_type".into(),
+                Value::String(envelope.event_type.clone()),
+            ),
+            (
+                "occurred_at".into(),
+                Value::TimestampMicros(micros(envelope.occurred_at)),
+            ),
+            (
+                "received_at".into(),
+                Value::TimestampMicros(micros(envelope.received_at)),
+            ),
             ("actor".into(), Value::String(envelope.actor.clone())),
             ("source".into(), Value::String(envelope.source.clone())),
             (
@@ -135,7 +146,10 @@ impl Codec {
             .filter(|latest| latest.version != writer.version);
         let builder = GenericDatumReader::builder(&writer.wire);
         let value = match latest {
-            Some(latest) => builder.reader_schema(&latest.wire).build()?.read_value(&mut body)?,
+            Some(latest) => builder
+                .reader_schema(&latest.wire)
+                .build()?
+                .read_value(&mut body)?,
             None => builder.build()?.read_value(&mut body)?,
         };
         let Value::Record(fields) = value else {
@@ -150,9 +164,12 @@ impl Codec {
                 }
                 _ => return Err(CodecError::BadEnvelope("event_id")),
             },
-            event_type: string(fields.remove("event_type")).ok_or(CodecError::BadEnvelope("event_type"))?,
-            occurred_at: timestamp(fields.remove("occurred_at")).ok_or(CodecError::BadEnvelope("occurred_at"))?,
-            received_at: timestamp(fields.remove("received_at")).ok_or(CodecError::BadEnvelope("received_at"))?,
+            event_type: string(fields.remove("event_type"))
+                .ok_or(CodecError::BadEnvelope("event_type"))?,
+            occurred_at: timestamp(fields.remove("occurred_at"))
+                .ok_or(CodecError::BadEnvelope("occurred_at"))?,
+            received_at: timestamp(fields.remove("received_at"))
+                .ok_or(CodecError::BadEnvelope("received_at"))?,
             actor: string(fields.remove("actor")).ok_or(CodecError::BadEnvelope("actor"))?,
             source: string(fields.remove("source")).ok_or(CodecError::BadEnvelope("source"))?,
             idempotency_key: string(fields.remove("idempotency_key")),
@@ -264,7 +281,10 @@ mod tests {
                 let env = envelope(&schema.event_type, 1_763_800_000_123_456, None);
                 let decoded = round_trip(&codec, &schema.event_type, &schema.example, &env);
                 assert_eq!(decoded.envelope, env);
-                let full = schema.validate(&schema.example, "").map(|v| json::to_json(&v)).unwrap();
+                let full = schema
+                    .validate(&schema.example, "")
+                    .map(|v| json::to_json(&v))
+                    .unwrap();
                 assert_eq!(decoded.data, full, "{}", schema.event_type);
             }
         }
@@ -275,7 +295,9 @@ mod tests {
         let codec = Codec::new(catalog(), WireFormat::SingleObject);
         let schema = codec.catalog().latest("order.placed").unwrap().clone();
         let value = schema.validate(&schema.example, "").unwrap();
-        let bytes = codec.encode(&schema, &envelope("order.placed", 0, None), value).unwrap();
+        let bytes = codec
+            .encode(&schema, &envelope("order.placed", 0, None), value)
+            .unwrap();
         assert_eq!(&bytes[..2], &[0xC3, 0x01]);
         assert_eq!(&bytes[2..10], &schema.fingerprint);
     }
@@ -283,7 +305,12 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         let codec = Codec::new(catalog(), WireFormat::SingleObject);
-        for bytes in [&b""[..], b"{}", &[0xC3, 0x01, 1, 2, 3, 4, 5, 6, 7, 8], &[0, 0, 0, 0, 9, 1]] {
+        for bytes in [
+            &b""[..],
+            b"{}",
+            &[0xC3, 0x01, 1, 2, 3, 4, 5, 6, 7, 8],
+            &[0, 0, 0, 0, 9, 1],
+        ] {
             assert!(codec.decode(bytes).is_err());
         }
         let schema = codec.catalog().latest("order.placed").unwrap().clone();

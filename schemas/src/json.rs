@@ -101,7 +101,10 @@ impl Converter<'_> {
             (Schema::Boolean, Json::Bool(b)) => Some(Value::Boolean(*b)),
             (Schema::Int, Json::Number(n)) => match n.as_i64().map(i32::try_from) {
                 Some(Ok(i)) => Some(Value::Int(i)),
-                _ => self.fail(ptr, "expected an integer between -2147483648 and 2147483647"),
+                _ => self.fail(
+                    ptr,
+                    "expected an integer between -2147483648 and 2147483647",
+                ),
             },
             (Schema::Long, Json::Number(n)) => match n.as_i64() {
                 Some(i) => Some(Value::Long(i)),
@@ -120,17 +123,18 @@ impl Converter<'_> {
             },
             (Schema::Uuid(_), Json::String(s)) => match parse_uuid(s) {
                 Some(uuid) => Some(Value::Uuid(uuid)),
-                None => self.fail(
-                    ptr,
-                    "expected a UUID in its 8-4-4-4-12 hexadecimal form",
-                ),
+                None => self.fail(ptr, "expected a UUID in its 8-4-4-4-12 hexadecimal form"),
             },
             (Schema::TimestampMillis, Json::String(s)) => match parse_timestamp(s) {
-                Some(at) => Some(Value::TimestampMillis((at.unix_timestamp_nanos() / 1_000_000) as i64)),
+                Some(at) => Some(Value::TimestampMillis(
+                    (at.unix_timestamp_nanos() / 1_000_000) as i64,
+                )),
                 None => self.fail(ptr, TIMESTAMP_HINT),
             },
             (Schema::TimestampMicros, Json::String(s)) => match parse_timestamp(s) {
-                Some(at) => Some(Value::TimestampMicros((at.unix_timestamp_nanos() / 1_000) as i64)),
+                Some(at) => Some(Value::TimestampMicros(
+                    (at.unix_timestamp_nanos() / 1_000) as i64,
+                )),
                 None => self.fail(ptr, TIMESTAMP_HINT),
             },
             (Schema::Date, Json::String(s)) => match parse_date(s) {
@@ -152,7 +156,9 @@ impl Converter<'_> {
                     out.push(self.convert(&a.items, item, ptr));
                     ptr.truncate(len);
                 }
-                out.into_iter().collect::<Option<Vec<_>>>().map(Value::Array)
+                out.into_iter()
+                    .collect::<Option<Vec<_>>>()
+                    .map(Value::Array)
             }
             (Schema::Map(m), Json::Object(entries)) => {
                 let mut out = HashMap::with_capacity(entries.len());
@@ -238,7 +244,10 @@ impl Converter<'_> {
                     }
                     .convert(schema, json, ptr)
                 }
-                None => self.fail(ptr, format!("schema refers to unknown type {}", name.fullname(None))),
+                None => self.fail(
+                    ptr,
+                    format!("schema refers to unknown type {}", name.fullname(None)),
+                ),
             },
             (schema, json) => {
                 let message = format!("expected {}, got {}", describe(schema), json_kind(json));
@@ -249,7 +258,12 @@ impl Converter<'_> {
 
     /// A default is written in the schema for the field's type (for a union, its first
     /// branch), so it converts like a value, with the union branch made explicit.
-    fn default_value(&mut self, schema: &Schema, default: &Json, ptr: &mut String) -> Option<Value> {
+    fn default_value(
+        &mut self,
+        schema: &Schema,
+        default: &Json,
+        ptr: &mut String,
+    ) -> Option<Value> {
         match schema {
             Schema::Union(union) => {
                 let first = union.variants().first()?;
@@ -313,7 +327,10 @@ fn describe(schema: &Schema) -> String {
         Schema::Enum(e) => format!("one of: {}", e.symbols.join(", ")),
         Schema::Array(_) => "an array".into(),
         Schema::Map(_) | Schema::Record(_) => "an object".into(),
-        other => format!("a value of Avro type {:?}", apache_avro::schema::SchemaKind::from(other)),
+        other => format!(
+            "a value of Avro type {:?}",
+            apache_avro::schema::SchemaKind::from(other)
+        ),
     }
 }
 
@@ -342,13 +359,20 @@ pub fn to_json(value: &Value) -> Json {
         Value::Float(f) => Number::from_f64(f64::from(*f)).map_or(Json::Null, Json::Number),
         Value::Double(f) => Number::from_f64(*f).map_or(Json::Null, Json::Number),
         Value::String(s) | Value::Enum(_, s) => Json::String(s.clone()),
-        Value::Bytes(b) | Value::Fixed(_, b) => Json::String(b.iter().map(|&c| char::from(c)).collect()),
+        Value::Bytes(b) | Value::Fixed(_, b) => {
+            Json::String(b.iter().map(|&c| char::from(c)).collect())
+        }
         Value::Uuid(u) => Json::String(u.to_string()),
         Value::TimestampMillis(ms) => timestamp_json(i128::from(*ms) * 1_000_000),
         Value::TimestampMicros(us) => timestamp_json(i128::from(*us) * 1_000),
         Value::Union(_, inner) => to_json(inner),
         Value::Array(items) => Json::Array(items.iter().map(to_json).collect()),
-        Value::Map(entries) => Json::Object(entries.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()),
+        Value::Map(entries) => Json::Object(
+            entries
+                .iter()
+                .map(|(k, v)| (k.clone(), to_json(v)))
+                .collect(),
+        ),
         Value::Record(fields) => Json::Object(
             fields
                 .iter()
@@ -373,7 +397,11 @@ mod tests {
     use serde_json::json;
 
     fn order_placed() -> std::sync::Arc<crate::SchemaVersion> {
-        Catalog::embedded().unwrap().latest("order.placed").unwrap().clone()
+        Catalog::embedded()
+            .unwrap()
+            .latest("order.placed")
+            .unwrap()
+            .clone()
     }
 
     fn pointers(result: Result<Value, Vec<FieldError>>) -> Vec<String> {
@@ -413,9 +441,23 @@ mod tests {
             "purpose": "dinner", "expires_at": "yesterday"});
         let errors = otp.validate(&data, "/data").unwrap_err();
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        assert!(text.contains(&"/data/user_id: expected a UUID in its 8-4-4-4-12 hexadecimal form".into()), "{text:?}");
-        assert!(text.contains(&"/data/purpose: \"dinner\" is not one of: login, verify_phone, password_reset".into()), "{text:?}");
-        assert!(text.contains(&format!("/data/expires_at: {TIMESTAMP_HINT}")), "{text:?}");
+        assert!(
+            text.contains(
+                &"/data/user_id: expected a UUID in its 8-4-4-4-12 hexadecimal form".into()
+            ),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(
+                &"/data/purpose: \"dinner\" is not one of: login, verify_phone, password_reset"
+                    .into()
+            ),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(&format!("/data/expires_at: {TIMESTAMP_HINT}")),
+            "{text:?}"
+        );
     }
 
     #[test]
@@ -447,7 +489,10 @@ mod tests {
     #[test]
     fn dates_round_trip() {
         assert_eq!(parse_date("1970-01-01"), Some(0));
-        assert_eq!(parse_date("2026-11-22").map(|d| to_json(&Value::Date(d))), Some(json!("2026-11-22")));
+        assert_eq!(
+            parse_date("2026-11-22").map(|d| to_json(&Value::Date(d))),
+            Some(json!("2026-11-22"))
+        );
         assert_eq!(parse_date("2026-13-01"), None);
     }
 }

@@ -37,7 +37,10 @@ pub async fn brokers() -> String {
 }
 
 pub fn test_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("herald-test").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("herald-test")
+        .join(name)
 }
 
 /// Kafka settings with a topic prefix of the test's own.
@@ -56,7 +59,13 @@ struct Wrapper {
 }
 
 pub fn ingress_args(extra: &[&str]) -> IngressArgs {
-    let mut argv = vec!["ingress", "--jwt-hs256-secret", SECRET, "--topic-partitions", "3"];
+    let mut argv = vec![
+        "ingress",
+        "--jwt-hs256-secret",
+        SECRET,
+        "--topic-partitions",
+        "3",
+    ];
     argv.extend_from_slice(extra);
     Wrapper::parse_from(argv).args
 }
@@ -70,8 +79,16 @@ pub struct TestIngress {
 }
 
 impl TestIngress {
-    pub async fn start(kafka: KafkaArgs, args: IngressArgs, store: Arc<dyn IdempotencyStore>) -> Self {
-        let state = Arc::new(ingress::connect(&args, &kafka, store).await.expect("ingress connects"));
+    pub async fn start(
+        kafka: KafkaArgs,
+        args: IngressArgs,
+        store: Arc<dyn IdempotencyStore>,
+    ) -> Self {
+        let state = Arc::new(
+            ingress::connect(&args, &kafka, store)
+                .await
+                .expect("ingress connects"),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
@@ -80,7 +97,13 @@ impl TestIngress {
         let task = tokio::spawn(async move {
             ingress::run(listener, router, token).await.unwrap();
         });
-        Self { base, state, kafka, shutdown, task }
+        Self {
+            base,
+            state,
+            kafka,
+            shutdown,
+            task,
+        }
     }
 
     pub async fn stop(self) {
@@ -109,26 +132,41 @@ impl TestIngress {
 }
 
 pub async fn read(kafka: &KafkaArgs, aggregate: &str) -> Vec<(ReadRecord, Decoded)> {
-    let codec = Codec::new(Arc::new(events::Catalog::embedded().unwrap()), WireFormat::SingleObject);
+    let codec = Codec::new(
+        Arc::new(events::Catalog::embedded().unwrap()),
+        WireFormat::SingleObject,
+    );
     platform::kafka::read_to_end(kafka, &[kafka.topic(aggregate)], Duration::from_secs(30))
         .await
         .expect("topic readable")
         .into_iter()
         .map(|record| {
-            let decoded = codec.decode(record.payload.as_deref().unwrap_or_default()).expect("decodes");
+            let decoded = codec
+                .decode(record.payload.as_deref().unwrap_or_default())
+                .expect("decodes");
             (record, decoded)
         })
         .collect()
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 pub fn token(sub: &str, roles: &[&str]) -> String {
     let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
-    ingress::auth::mint_hs256(&SecretString::from(SECRET), sub, &roles, "herald", "herald", Duration::from_secs(600))
-        .unwrap()
+    ingress::auth::mint_hs256(
+        &SecretString::from(SECRET),
+        sub,
+        &roles,
+        "herald",
+        "herald",
+        Duration::from_secs(600),
+    )
+    .unwrap()
 }
 
 pub fn order(id: &str) -> serde_json::Value {

@@ -75,7 +75,10 @@ pub fn install() -> Result<PathBuf, BrokerError> {
     if libs.join(".complete").exists() {
         return Ok(libs);
     }
-    require("java", "install a Java 17+ runtime (Debian: openjdk-17-jre-headless)")?;
+    require(
+        "java",
+        "install a Java 17+ runtime (Debian: openjdk-17-jre-headless)",
+    )?;
     require("mvn", "install Maven (Debian: maven)")?;
     std::fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
     let pom = root.join("pom.xml");
@@ -147,7 +150,9 @@ impl LocalBroker {
 
     fn start_blocking(dir: &Path, preferred_port: Option<u16>) -> Result<Self, BrokerError> {
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-        let dir = dir.canonicalize().map_err(io("resolving the broker folder"))?;
+        let dir = dir
+            .canonicalize()
+            .map_err(io("resolving the broker folder"))?;
         let previous = read_state(&dir);
         if let Some(State {
             port,
@@ -170,14 +175,17 @@ impl LocalBroker {
         let (port, controller_port) = match previous {
             Some(state) => (state.port, state.controller_port),
             None => (
-                preferred_port.filter(|p| port_is_free(*p)).map_or_else(free_port, Ok)?,
+                preferred_port
+                    .filter(|p| port_is_free(*p))
+                    .map_or_else(free_port, Ok)?,
                 free_port()?,
             ),
         };
         let properties = dir.join("server.properties");
         std::fs::write(&properties, server_properties(&dir, port, controller_port))
             .map_err(io("writing server.properties"))?;
-        std::fs::write(dir.join("log4j2.properties"), LOG4J).map_err(io("writing log4j2.properties"))?;
+        std::fs::write(dir.join("log4j2.properties"), LOG4J)
+            .map_err(io("writing log4j2.properties"))?;
         if !dir.join("kraft").join("meta.properties").exists() {
             format_storage(&libs, &properties)?;
         }
@@ -188,7 +196,12 @@ impl LocalBroker {
             .open(&log)
             .map_err(io("opening broker.log"))?;
         let child = Command::new("java")
-            .args(["-Xms128m", "-Xmx512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"])
+            .args([
+                "-Xms128m",
+                "-Xmx512m",
+                "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20",
+            ])
             .args(["-Djava.awt.headless=true", "-XX:TieredStopAtLevel=1"])
             .arg(format!(
                 "-Dlog4j2.configurationFile={}",
@@ -424,7 +437,10 @@ fn port_is_free(port: u16) -> bool {
 
 fn free_port() -> Result<u16, BrokerError> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
-    Ok(listener.local_addr().map_err(io("finding a free port"))?.port())
+    Ok(listener
+        .local_addr()
+        .map_err(io("finding a free port"))?
+        .port())
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -441,7 +457,10 @@ mod tests {
     fn cluster_ids_are_22_url_safe_characters() {
         let id = cluster_id();
         assert_eq!(id.len(), 22);
-        assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert!(
+            id.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        );
     }
 
     #[test]

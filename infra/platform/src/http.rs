@@ -62,12 +62,14 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = router
-            .clone()
-            .map_request(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(ConnectInfo::<SocketAddr>(remote));
+        let service = router.clone().map_request(
+            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
                 request
-            });
+                    .extensions_mut()
+                    .insert(ConnectInfo::<SocketAddr>(remote));
+                request
+            },
+        );
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
             .into_owned();

@@ -24,7 +24,11 @@ pub struct KafkaArgs {
     pub brokers: Option<String>,
     /// Extra librdkafka client properties as key=value, comma-separated, e.g.
     /// security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512.
-    #[arg(long = "kafka-property", env = "KAFKA_PROPERTIES", value_delimiter = ',')]
+    #[arg(
+        long = "kafka-property",
+        env = "KAFKA_PROPERTIES",
+        value_delimiter = ','
+    )]
     pub properties: Vec<String>,
     /// Prefix of every topic name, so several deployments (or tests) share one cluster.
     #[arg(long, env = "TOPIC_PREFIX", default_value = "")]
@@ -241,7 +245,9 @@ pub async fn ensure_topics(
                         m.topics().iter().all(|t| {
                             t.error().is_none()
                                 && !t.partitions().is_empty()
-                                && t.partitions().iter().all(|p| p.leader() >= 0 && p.error().is_none())
+                                && t.partitions()
+                                    .iter()
+                                    .all(|p| p.leader() >= 0 && p.error().is_none())
                         })
                     })
             });
@@ -256,7 +262,10 @@ pub async fn ensure_topics(
     .filter(|ready| *ready)
     .map(|_| ())
     .ok_or_else(|| KafkaSetupError::CreateTopic {
-        topic: new_topics.first().map(|t| t.name.to_string()).unwrap_or_default(),
+        topic: new_topics
+            .first()
+            .map(|t| t.name.to_string())
+            .unwrap_or_default(),
         reason: "partitions have no leader after 30 s".into(),
     })
 }
@@ -295,7 +304,9 @@ pub async fn read_to_end(
         for topic in &topics {
             let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
             for t in metadata.topics() {
-                if t.error().is_some_and(|e| e != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR) {
+                if t.error()
+                    .is_some_and(|e| e != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+                {
                     continue;
                 }
                 for p in t.partitions() {
@@ -329,7 +340,10 @@ pub async fn read_to_end(
                 .map(|h| {
                     h.iter()
                         .map(|header| {
-                            (header.key.to_string(), header.value.unwrap_or_default().to_vec())
+                            (
+                                header.key.to_string(),
+                                header.value.unwrap_or_default().to_vec(),
+                            )
                         })
                         .collect()
                 })

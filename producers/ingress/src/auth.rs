@@ -68,7 +68,9 @@ struct VerifyKey {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {
-    #[error("no token verification key configured: set JWT_HS256_SECRET, JWT_PUBLIC_KEY_FILE or JWT_JWKS_FILE")]
+    #[error(
+        "no token verification key configured: set JWT_HS256_SECRET, JWT_PUBLIC_KEY_FILE or JWT_JWKS_FILE"
+    )]
     NoKeys,
     #[error("unsupported JWT algorithm {0:?}: use RS256 or ES256 for public keys")]
     Algorithm(String),
@@ -90,7 +92,9 @@ pub struct Authenticator {
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticator").field("keys", &self.keys.len()).finish()
+        f.debug_struct("Authenticator")
+            .field("keys", &self.keys.len())
+            .finish()
     }
 }
 
@@ -124,8 +128,14 @@ impl Authenticator {
                 reason: err.to_string(),
             };
             let (key, alg) = match args.jwt_algorithm.as_str() {
-                "RS256" => (DecodingKey::from_rsa_pem(&pem).map_err(bad_key)?, Algorithm::RS256),
-                "ES256" => (DecodingKey::from_ec_pem(&pem).map_err(bad_key)?, Algorithm::ES256),
+                "RS256" => (
+                    DecodingKey::from_rsa_pem(&pem).map_err(bad_key)?,
+                    Algorithm::RS256,
+                ),
+                "ES256" => (
+                    DecodingKey::from_ec_pem(&pem).map_err(bad_key)?,
+                    Algorithm::ES256,
+                ),
                 other => return Err(AuthSetupError::Algorithm(other.to_string())),
             };
             keys.push(VerifyKey {
@@ -142,7 +152,11 @@ impl Authenticator {
             let set: JwkSet = serde_json::from_slice(&read(path)?)
                 .map_err(|err| bad(format!("not a JWKS: {err}")))?;
             for jwk in &set.keys {
-                let kid = jwk.common.key_id.clone().ok_or_else(|| bad("a key has no kid".into()))?;
+                let kid = jwk
+                    .common
+                    .key_id
+                    .clone()
+                    .ok_or_else(|| bad("a key has no kid".into()))?;
                 let alg = jwk
                     .common
                     .key_algorithm
@@ -171,15 +185,21 @@ impl Authenticator {
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| Problem::unauthorized("the Authorization header must be `Bearer <token>`"))?;
+            .ok_or_else(|| {
+                Problem::unauthorized("the Authorization header must be `Bearer <token>`")
+            })?;
         self.verify(token).map_err(Problem::unauthorized)
     }
 
     fn verify(&self, token: &str) -> Result<Principal, String> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| "malformed token".to_string())?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| "malformed token".to_string())?;
         let candidates = self.keys.iter().filter(|k| {
             k.validation.algorithms.contains(&header.alg)
                 && (header.kid.is_none() || k.kid.is_none() || k.kid == header.kid)
@@ -233,7 +253,10 @@ pub fn mint_hs256(
     audience: &str,
     ttl: Duration,
 ) -> Result<String, jsonwebtoken::errors::Error> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
     let claims = Claims {
         sub: subject.to_string(),
         roles: roles.to_vec(),
@@ -257,7 +280,11 @@ impl FromStr for Principal {
         let (subject, roles) = s.split_once(':').unwrap_or((s, ""));
         Ok(Self {
             subject: subject.into(),
-            roles: roles.split(',').filter(|r| !r.is_empty()).map(String::from).collect(),
+            roles: roles
+                .split(',')
+                .filter(|r| !r.is_empty())
+                .map(String::from)
+                .collect(),
         })
     }
 }
@@ -282,31 +309,57 @@ mod tests {
 
     fn bearer(token: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+        h.insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
         h
     }
 
-    fn token_with(claims: serde_json::Value, alg: Algorithm) -> String {
-        jsonwebtoken::encode(&Header::new(alg), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    fn token_with(claims: &serde_json::Value, alg: Algorithm) -> String {
+        jsonwebtoken::encode(
+            &Header::new(alg),
+            claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
     }
 
     fn now() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
     }
 
     #[test]
     fn a_minted_token_verifies_with_its_roles() {
         let auth = Authenticator::from_args(&args()).unwrap();
         let secret = SecretString::from(SECRET);
-        let token = mint_hs256(&secret, "alice", &["user".into()], "herald", "herald", Duration::from_secs(60)).unwrap();
+        let token = mint_hs256(
+            &secret,
+            "alice",
+            &["user".into()],
+            "herald",
+            "herald",
+            Duration::from_secs(60),
+        )
+        .unwrap();
         let p = auth.authenticate(&bearer(&token)).unwrap();
-        assert_eq!(p, Principal { subject: "alice".into(), roles: vec!["user".into()] });
+        assert_eq!(
+            p,
+            Principal {
+                subject: "alice".into(),
+                roles: vec!["user".into()]
+            }
+        );
     }
 
     #[test]
     fn expired_wrong_audience_future_and_unsigned_tokens_are_refused() {
         let auth = Authenticator::from_args(&args()).unwrap();
-        let base = serde_json::json!({"sub": "a", "iss": "herald", "aud": "herald", "exp": now() + 600});
+        let base =
+            serde_json::json!({"sub": "a", "iss": "herald", "aud": "herald", "exp": now() + 600});
         let mut expired = base.clone();
         expired["exp"] = (now() - 120).into();
         let mut wrong_aud = base.clone();
@@ -321,12 +374,16 @@ mod tests {
             (future, "token not valid yet (nbf)"),
             (no_sub, "missing claim sub"),
         ] {
-            let err = auth.authenticate(&bearer(&token_with(claims, Algorithm::HS256))).unwrap_err();
+            let err = auth
+                .authenticate(&bearer(&token_with(&claims, Algorithm::HS256)))
+                .unwrap_err();
             assert_eq!(err.status, 401);
             assert_eq!(err.detail, reason);
         }
         // alg pinned: HS384 with the same secret is not accepted
-        let err = auth.authenticate(&bearer(&token_with(base.clone(), Algorithm::HS384))).unwrap_err();
+        let err = auth
+            .authenticate(&bearer(&token_with(&base, Algorithm::HS384)))
+            .unwrap_err();
         assert_eq!(err.status, 401);
         // "alg":"none" forgery
         let forged = format!("eyJhbGciOiJub25lIn0.{}.", "eyJzdWIiOiJhIn0");
@@ -336,7 +393,10 @@ mod tests {
     #[test]
     fn a_missing_or_malformed_header_is_401() {
         let auth = Authenticator::from_args(&args()).unwrap();
-        assert_eq!(auth.authenticate(&HeaderMap::new()).unwrap_err().status, 401);
+        assert_eq!(
+            auth.authenticate(&HeaderMap::new()).unwrap_err().status,
+            401
+        );
         let mut basic = HeaderMap::new();
         basic.insert("authorization", HeaderValue::from_static("Basic YTpi"));
         assert_eq!(auth.authenticate(&basic).unwrap_err().status, 401);
@@ -346,6 +406,9 @@ mod tests {
     fn short_secrets_are_refused_at_start() {
         let mut a = args();
         a.jwt_hs256_secret = Some(SecretString::from("short"));
-        assert!(matches!(Authenticator::from_args(&a), Err(AuthSetupError::WeakSecret)));
+        assert!(matches!(
+            Authenticator::from_args(&a),
+            Err(AuthSetupError::WeakSecret)
+        ));
     }
 }

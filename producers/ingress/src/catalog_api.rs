@@ -40,10 +40,12 @@ pub async fn openapi(State(state): State<Arc<AppState>>) -> Json<Value> {
 fn document<'a>(types: impl Iterator<Item = &'a SchemaVersion>) -> Value {
     let events: Vec<Value> = types.map(event_schema).collect();
     let problem = json!({"$ref": "#/components/schemas/Problem"});
-    let problem_response = |description: &str| json!({
-        "description": description,
-        "content": {"application/problem+json": {"schema": problem}}
-    });
+    let problem_response = |description: &str| {
+        json!({
+            "description": description,
+            "content": {"application/problem+json": {"schema": problem}}
+        })
+    };
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Herald ingress", "version": "1",
@@ -124,12 +126,16 @@ fn json_schema(schema: &Schema) -> Value {
         Schema::Float | Schema::Double => json!({"type": "number"}),
         Schema::String | Schema::Bytes | Schema::Fixed(_) => json!({"type": "string"}),
         Schema::Uuid(_) => json!({"type": "string", "format": "uuid"}),
-        Schema::TimestampMillis | Schema::TimestampMicros => json!({"type": "string", "format": "date-time"}),
+        Schema::TimestampMillis | Schema::TimestampMicros => {
+            json!({"type": "string", "format": "date-time"})
+        }
         Schema::Date => json!({"type": "string", "format": "date"}),
         Schema::Enum(e) => json!({"type": "string", "enum": e.symbols}),
         Schema::Array(a) => json!({"type": "array", "items": json_schema(&a.items)}),
         Schema::Map(m) => json!({"type": "object", "additionalProperties": json_schema(&m.types)}),
-        Schema::Union(u) => json!({"anyOf": u.variants().iter().map(json_schema).collect::<Vec<_>>()}),
+        Schema::Union(u) => {
+            json!({"anyOf": u.variants().iter().map(json_schema).collect::<Vec<_>>()})
+        }
         Schema::Record(r) => {
             let properties: serde_json::Map<String, Value> = r
                 .fields

@@ -73,7 +73,17 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
 
     let Some(key) = idempotency_key else {
         let ids = new_ids(prepared.len());
-        let response = publish(state, &principal, shape, prepared, &ids, OffsetDateTime::now_utc(), None, traceparent.as_deref()).await?;
+        let response = publish(
+            state,
+            &principal,
+            shape,
+            prepared,
+            &ids,
+            OffsetDateTime::now_utc(),
+            None,
+            traceparent.as_deref(),
+        )
+        .await?;
         return Ok(response.into_response());
     };
 
@@ -86,9 +96,17 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
         lease: state.limits.publish_deadline * 2,
         ttl: state.limits.idempotency_ttl,
     };
-    let (ids, received_at) = match state.store.claim(&claim).await.map_err(|e| Problem::internal(&e))? {
+    let (ids, received_at) = match state
+        .store
+        .claim(&claim)
+        .await
+        .map_err(|e| Problem::internal(&e))?
+    {
         Claimed::New => (claim.event_ids.clone(), claim.received_at),
-        Claimed::Resume { event_ids, received_at } => (event_ids, received_at),
+        Claimed::Resume {
+            event_ids,
+            received_at,
+        } => (event_ids, received_at),
         Claimed::Replay(stored) => return Ok(replay(stored)),
         Claimed::Mismatch => {
             return Err(Problem::new(
@@ -108,13 +126,28 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
             .with_retry_after(retry_after.as_secs()));
         }
     };
-    match publish(state, &principal, shape, prepared, &ids, received_at, Some(&key), traceparent.as_deref()).await {
+    match publish(
+        state,
+        &principal,
+        shape,
+        prepared,
+        &ids,
+        received_at,
+        Some(&key),
+        traceparent.as_deref(),
+    )
+    .await
+    {
         Ok(response) => {
             let stored = StoredResponse {
                 status: response.status.as_u16(),
                 body: response.body.to_string(),
             };
-            if let Err(err) = state.store.complete(&principal.subject, &key, &stored).await {
+            if let Err(err) = state
+                .store
+                .complete(&principal.subject, &key, &stored)
+                .await
+            {
                 // The events are durable; a retry will resume with the same ids.
                 tracing::warn!(%err, "could not record the idempotent response");
             }
@@ -169,7 +202,10 @@ async fn publish(
             .map_err(|e| Problem::internal(&e))?;
         let topic = format!("{}{}", state.topic_prefix, event.schema.topic);
         let mut headers = vec![
-            ("event_type".to_string(), envelope.event_type.clone().into_bytes()),
+            (
+                "event_type".to_string(),
+                envelope.event_type.clone().into_bytes(),
+            ),
             ("event_id".to_string(), event_id.to_string().into_bytes()),
         ];
         if let Some(tp) = traceparent {
@@ -200,13 +236,15 @@ async fn publish(
     let accepted: Vec<Accepted> = accepted
         .into_iter()
         .zip(deliveries)
-        .map(|((event_id, event_type, topic), Delivery { partition, offset })| Accepted {
-            event_id,
-            event_type,
-            topic,
-            partition,
-            offset,
-        })
+        .map(
+            |((event_id, event_type, topic), Delivery { partition, offset })| Accepted {
+                event_id,
+                event_type,
+                topic,
+                partition,
+                offset,
+            },
+        )
         .collect();
     let body = match shape {
         Shape::Single => serde_json::to_value(&accepted[0]),
@@ -223,7 +261,10 @@ fn replay(stored: StoredResponse) -> Response {
     let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::ACCEPTED);
     let mut response = (status, stored.body).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     response
 }
@@ -245,12 +286,20 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     value
         .to_str()
         .ok()
-        .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic()))
+        .filter(|k| {
+            !k.is_empty() && k.len() <= MAX_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic())
+        })
         .map(|k| Some(k.to_string()))
-        .ok_or_else(|| Problem::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters"))
+        .ok_or_else(|| {
+            Problem::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters")
+        })
 }
 
-async fn read_json(headers: &HeaderMap, body: axum::body::Body, limit: usize) -> Result<Json, Problem> {
+async fn read_json(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<Json, Problem> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -277,7 +326,12 @@ async fn read_json(headers: &HeaderMap, body: axum::body::Body, limit: usize) ->
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|err| {
         let length_limit = std::error::Error::source(&err)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if length_limit { too_large() } else { Problem::bad_request("the body could not be read") }
+        if length_limit {
+            too_large()
+        } else {
+            Problem::bad_request("the body could not be read")
+        }
     })?;
-    serde_json::from_slice(&bytes).map_err(|err| Problem::bad_request(format!("the body is not valid JSON: {err}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|err| Problem::bad_request(format!("the body is not valid JSON: {err}")))
 }

@@ -140,7 +140,9 @@ impl IdempotencyStore for MemoryStore {
         let now = OffsetDateTime::now_utc();
         let mut records = self.records.lock().expect("store lock");
         let slot = (claim.principal.clone(), claim.key.clone());
-        let decision = records.get(&slot).map(|r| decide(r, &claim.request_hash, now));
+        let decision = records
+            .get(&slot)
+            .map(|r| decide(r, &claim.request_hash, now));
         Ok(match decision {
             None | Some(Decision::Expired) => {
                 records.insert(slot, new_record(claim, now));
@@ -203,7 +205,15 @@ impl SqlStore {
     }
 }
 
-type Row = (String, String, OffsetDateTime, Option<i32>, Option<String>, OffsetDateTime, OffsetDateTime);
+type Row = (
+    String,
+    String,
+    OffsetDateTime,
+    Option<i32>,
+    Option<String>,
+    OffsetDateTime,
+    OffsetDateTime,
+);
 
 fn row_to_record(row: Row) -> Result<Record, StoreError> {
     let (request_hash, ids, received_at, status, body, locked_until, expires_at) = row;
@@ -325,10 +335,24 @@ impl IdempotencyStore for SqlStore {
         let status = i32::from(response.status);
         match &self.db {
             Database::Postgres(pool) => {
-                sqlx::query(sql).bind(principal).bind(key).bind(status).bind(&response.body).bind(now).execute(pool).await?;
+                sqlx::query(sql)
+                    .bind(principal)
+                    .bind(key)
+                    .bind(status)
+                    .bind(&response.body)
+                    .bind(now)
+                    .execute(pool)
+                    .await?;
             }
             Database::Sqlite(pool) => {
-                sqlx::query(sql).bind(principal).bind(key).bind(status).bind(&response.body).bind(now).execute(pool).await?;
+                sqlx::query(sql)
+                    .bind(principal)
+                    .bind(key)
+                    .bind(status)
+                    .bind(&response.body)
+                    .bind(now)
+                    .execute(pool)
+                    .await?;
             }
         }
         Ok(())
@@ -340,10 +364,20 @@ impl IdempotencyStore for SqlStore {
         let now = OffsetDateTime::now_utc();
         match &self.db {
             Database::Postgres(pool) => {
-                sqlx::query(sql).bind(principal).bind(key).bind(now).execute(pool).await?;
+                sqlx::query(sql)
+                    .bind(principal)
+                    .bind(key)
+                    .bind(now)
+                    .execute(pool)
+                    .await?;
             }
             Database::Sqlite(pool) => {
-                sqlx::query(sql).bind(principal).bind(key).bind(now).execute(pool).await?;
+                sqlx::query(sql)
+                    .bind(principal)
+                    .bind(key)
+                    .bind(now)
+                    .execute(pool)
+                    .await?;
             }
         }
         Ok(())
@@ -369,25 +403,40 @@ mod tests {
     fn a_finished_request_is_replayed() {
         let now = OffsetDateTime::now_utc();
         let mut r = record("h", now);
-        r.response = Some(StoredResponse { status: 202, body: "{}".into() });
-        assert!(matches!(decide(&r, "h", now), Decision::Claimed(Claimed::Replay(_))));
+        r.response = Some(StoredResponse {
+            status: 202,
+            body: "{}".into(),
+        });
+        assert!(matches!(
+            decide(&r, "h", now),
+            Decision::Claimed(Claimed::Replay(_))
+        ));
     }
 
     #[test]
     fn another_body_with_the_same_key_is_a_mismatch() {
         let now = OffsetDateTime::now_utc();
-        assert_eq!(decide(&record("h", now), "other", now), Decision::Claimed(Claimed::Mismatch));
+        assert_eq!(
+            decide(&record("h", now), "other", now),
+            Decision::Claimed(Claimed::Mismatch)
+        );
     }
 
     #[test]
     fn a_locked_claim_is_in_progress_and_an_expired_lock_resumes_with_the_same_ids() {
         let now = OffsetDateTime::now_utc();
         let r = record("h", now);
-        assert!(matches!(decide(&r, "h", now), Decision::Claimed(Claimed::InProgress { .. })));
+        assert!(matches!(
+            decide(&r, "h", now),
+            Decision::Claimed(Claimed::InProgress { .. })
+        ));
         let later = now + Duration::from_secs(11);
         assert_eq!(
             decide(&r, "h", later),
-            Decision::Claimed(Claimed::Resume { event_ids: vec![Uuid::nil()], received_at: now })
+            Decision::Claimed(Claimed::Resume {
+                event_ids: vec![Uuid::nil()],
+                received_at: now
+            })
         );
     }
 
@@ -395,6 +444,9 @@ mod tests {
     fn an_expired_record_is_as_good_as_absent_whatever_its_body() {
         let now = OffsetDateTime::now_utc();
         let r = record("h", now);
-        assert_eq!(decide(&r, "other", now + Duration::from_secs(3601)), Decision::Expired);
+        assert_eq!(
+            decide(&r, "other", now + Duration::from_secs(3601)),
+            Decision::Expired
+        );
     }
 }

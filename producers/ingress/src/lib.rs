@@ -123,8 +123,13 @@ impl IngressArgs {
         for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "avsc") {
-                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-                let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
+                    .to_string();
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
                 files.push((name, text));
             }
         }
@@ -135,7 +140,8 @@ impl IngressArgs {
         match &self.publish_policy_file {
             None => Ok(PublishPolicy::embedded()),
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
                 Ok(PublishPolicy::parse(&text)?)
             }
         }
@@ -150,17 +156,28 @@ pub async fn connect(
 ) -> anyhow::Result<AppState> {
     let catalog = Arc::new(args.catalog()?);
     let limits = args.limits();
-    let topics: Vec<String> = catalog.topics().into_iter().map(|t| kafka.topic(t)).collect();
-    platform::kafka::ensure_topics(kafka, &topics, args.topic_partitions, args.topic_replication)
-        .await
-        .context("creating topics")?;
+    let topics: Vec<String> = catalog
+        .topics()
+        .into_iter()
+        .map(|t| kafka.topic(t))
+        .collect();
+    platform::kafka::ensure_topics(
+        kafka,
+        &topics,
+        args.topic_partitions,
+        args.topic_replication,
+    )
+    .await
+    .context("creating topics")?;
     let format = match &args.schema_registry_url {
         None => WireFormat::SingleObject,
         Some(url) => {
             let mut ids = std::collections::HashMap::new();
             for version in catalog.all_versions() {
                 let subject = format!("{}-{}", kafka.topic(&version.topic), wire_name(version));
-                let id = platform::registry::register(url, &subject, &version.wire_json.to_string()).await?;
+                let id =
+                    platform::registry::register(url, &subject, &version.wire_json.to_string())
+                        .await?;
                 ids.insert(version.fingerprint, id);
             }
             WireFormat::Confluent { ids }
@@ -189,18 +206,35 @@ fn wire_name(version: &events::SchemaVersion) -> String {
 pub fn router(state: Arc<AppState>) -> Router {
     let timeout = state.limits.request_timeout;
     Router::new()
-        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route("/readyz", get(readyz))
         .route("/api/v1/event-types", get(catalog_api::event_types))
         .route("/api/v1/openapi.json", get(catalog_api::openapi))
         .route("/api/v1/events", post(events_api::post_events))
-        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", "no such route") })
+        .fallback(|| async {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                "no such route",
+            )
+        })
         .with_state(state)
-        .layer(axum::middleware::map_response(problem::problem_for_bare_errors))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        .layer(axum::middleware::map_response(
+            problem::problem_for_bare_errors,
+        ))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
 }
 
-async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> axum::response::Response {
+async fn readyz(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+) -> axum::response::Response {
     use axum::response::IntoResponse;
     if state.sink.ready().await {
         axum::Json(serde_json::json!({"status": "ready"})).into_response()
@@ -210,6 +244,16 @@ async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>
 }
 
 /// Serves the router until `shutdown` is cancelled.
-pub async fn run(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
-    platform::http::serve(listener, router, shutdown, platform::http::ServeOptions::default()).await
+pub async fn run(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    platform::http::serve(
+        listener,
+        router,
+        shutdown,
+        platform::http::ServeOptions::default(),
+    )
+    .await
 }

@@ -46,18 +46,33 @@ pub fn prepare(
     let (shape, items, base) = match body {
         Json::Object(object) if object.contains_key("events") => {
             if let Some(extra) = object.keys().find(|k| *k != "events") {
-                return Err(Problem::invalid(vec![field(&format!("/{extra}"), "unknown field")]));
+                return Err(Problem::invalid(vec![field(
+                    &format!("/{extra}"),
+                    "unknown field",
+                )]));
             }
             match &object["events"] {
                 Json::Array(items) if items.is_empty() => {
-                    return Err(Problem::invalid(vec![field("/events", "a batch needs at least one event")]));
+                    return Err(Problem::invalid(vec![field(
+                        "/events",
+                        "a batch needs at least one event",
+                    )]));
                 }
                 Json::Array(items) => (Shape::Batch, items.iter().collect::<Vec<_>>(), "/events/"),
-                _ => return Err(Problem::invalid(vec![field("/events", "expected an array of events")])),
+                _ => {
+                    return Err(Problem::invalid(vec![field(
+                        "/events",
+                        "expected an array of events",
+                    )]));
+                }
             }
         }
         Json::Object(_) => (Shape::Single, vec![body], ""),
-        _ => return Err(Problem::bad_request("the body must be a JSON object: one event, or {\"events\": [...]}")),
+        _ => {
+            return Err(Problem::bad_request(
+                "the body must be a JSON object: one event, or {\"events\": [...]}",
+            ));
+        }
     };
     if items.len() > max_events {
         return Err(Problem::too_large(format!(
@@ -82,7 +97,9 @@ pub fn prepare(
 
     let mut refused: Vec<&str> = typed
         .iter()
-        .filter(|(_, _, schema)| !policy.allows(&principal.roles, &schema.event_type, &schema.topic))
+        .filter(|(_, _, schema)| {
+            !policy.allows(&principal.roles, &schema.event_type, &schema.topic)
+        })
         .map(|(_, _, schema)| schema.event_type.as_str())
         .collect();
     if !refused.is_empty() {
@@ -117,23 +134,38 @@ fn field(pointer: &str, message: &str) -> FieldError {
 }
 
 /// The item's shape and event type: the schema when the type is known, and what is wrong.
-fn check_item(catalog: &Catalog, item: &Json, at: &str) -> (Option<Arc<SchemaVersion>>, Vec<FieldError>) {
+fn check_item(
+    catalog: &Catalog,
+    item: &Json,
+    at: &str,
+) -> (Option<Arc<SchemaVersion>>, Vec<FieldError>) {
     let Json::Object(object) = item else {
         return (None, vec![field(at, "expected an event object")]);
     };
     let mut errors: Vec<FieldError> = object
         .keys()
         .filter(|k| !ITEM_FIELDS.contains(&k.as_str()))
-        .map(|k| field(&format!("{at}/{k}"), "unknown field; an event has type, key, data, occurred_at and source"))
+        .map(|k| {
+            field(
+                &format!("{at}/{k}"),
+                "unknown field; an event has type, key, data, occurred_at and source",
+            )
+        })
         .collect();
     if !object.get("data").is_some_and(Json::is_object) {
-        errors.push(field(&format!("{at}/data"), "required: the event's fields as an object"));
+        errors.push(field(
+            &format!("{at}/data"),
+            "required: the event's fields as an object",
+        ));
     }
     let schema = match object.get("type") {
         Some(Json::String(t)) => match catalog.latest(t) {
             Some(schema) => Some(schema.clone()),
             None => {
-                errors.push(field(&format!("{at}/type"), &format!("unknown event type {t:?}; GET /api/v1/event-types lists them")));
+                errors.push(field(
+                    &format!("{at}/type"),
+                    &format!("unknown event type {t:?}; GET /api/v1/event-types lists them"),
+                ));
                 None
             }
         },
@@ -142,7 +174,10 @@ fn check_item(catalog: &Catalog, item: &Json, at: &str) -> (Option<Arc<SchemaVer
             None
         }
         None => {
-            errors.push(field(&format!("{at}/type"), "required: the event type, e.g. order.placed"));
+            errors.push(field(
+                &format!("{at}/type"),
+                "required: the event type, e.g. order.placed",
+            ));
             None
         }
     };
@@ -151,7 +186,11 @@ fn check_item(catalog: &Catalog, item: &Json, at: &str) -> (Option<Arc<SchemaVer
     (schema, errors)
 }
 
-fn validate_item(schema: &Arc<SchemaVersion>, item: &Json, at: &str) -> Result<Prepared, Vec<FieldError>> {
+fn validate_item(
+    schema: &Arc<SchemaVersion>,
+    item: &Json,
+    at: &str,
+) -> Result<Prepared, Vec<FieldError>> {
     let mut errors = Vec::new();
     let data = schema.validate(&item["data"], &format!("{at}/data"));
     let occurred_at = match item.get("occurred_at") {
@@ -159,12 +198,18 @@ fn validate_item(schema: &Arc<SchemaVersion>, item: &Json, at: &str) -> Result<P
         Some(Json::String(s)) => match OffsetDateTime::parse(s, &Rfc3339) {
             Ok(t) => Some(t),
             Err(_) => {
-                errors.push(field(&format!("{at}/occurred_at"), "expected an RFC 3339 timestamp like 2026-11-22T09:30:00Z"));
+                errors.push(field(
+                    &format!("{at}/occurred_at"),
+                    "expected an RFC 3339 timestamp like 2026-11-22T09:30:00Z",
+                ));
                 None
             }
         },
         Some(_) => {
-            errors.push(field(&format!("{at}/occurred_at"), "expected an RFC 3339 timestamp string"));
+            errors.push(field(
+                &format!("{at}/occurred_at"),
+                "expected an RFC 3339 timestamp string",
+            ));
             None
         }
     };
@@ -172,7 +217,10 @@ fn validate_item(schema: &Arc<SchemaVersion>, item: &Json, at: &str) -> Result<P
         None | Some(Json::Null) => DEFAULT_SOURCE.to_string(),
         Some(Json::String(s)) if !s.is_empty() && s.len() <= MAX_SOURCE_LEN => s.clone(),
         Some(_) => {
-            errors.push(field(&format!("{at}/source"), "expected a string of 1 to 100 characters"));
+            errors.push(field(
+                &format!("{at}/source"),
+                "expected a string of 1 to 100 characters",
+            ));
             String::new()
         }
     };
@@ -183,7 +231,10 @@ fn validate_item(schema: &Arc<SchemaVersion>, item: &Json, at: &str) -> Result<P
         (Some(_), Some(_)) => {
             errors.push(field(
                 &format!("{at}/key"),
-                &format!("must equal data.{} (the aggregate id the topic is keyed by)", schema.key_field),
+                &format!(
+                    "must equal data.{} (the aggregate id the topic is keyed by)",
+                    schema.key_field
+                ),
             ));
             None
         }

@@ -19,12 +19,15 @@ pub struct Problem {
     pub errors: Vec<FieldError>,
     #[serde(skip)]
     retry_after: Option<u64>,
-    #[serde(skip)]
-    www_authenticate: Option<String>,
 }
 
 impl Problem {
-    pub fn new(status: StatusCode, slug: &str, title: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        slug: &str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
         Self {
             kind: format!("urn:herald:problem:{slug}"),
             title,
@@ -32,12 +35,16 @@ impl Problem {
             detail: detail.into(),
             errors: Vec::new(),
             retry_after: None,
-            www_authenticate: None,
         }
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", detail)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            detail,
+        )
     }
 
     pub fn invalid(errors: Vec<FieldError>) -> Self {
@@ -56,16 +63,14 @@ impl Problem {
         }
     }
 
+    /// Answered with a `WWW-Authenticate: Bearer` challenge carrying the detail.
     pub fn unauthorized(detail: impl Into<String>) -> Self {
-        let detail = detail.into();
-        let challenge = format!(
-            "Bearer realm=\"herald\", error=\"invalid_token\", error_description=\"{}\"",
-            detail.replace('"', "'")
-        );
-        Self {
-            www_authenticate: Some(challenge),
-            ..Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "Authentication required", detail)
-        }
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Authentication required",
+            detail,
+        )
     }
 
     pub fn forbidden(detail: impl Into<String>) -> Self {
@@ -73,7 +78,12 @@ impl Problem {
     }
 
     pub fn too_large(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", "Request too large", detail)
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            "Request too large",
+            detail,
+        )
     }
 
     pub fn unavailable(detail: impl Into<String>, retry_after_secs: u64) -> Self {
@@ -126,8 +136,14 @@ impl IntoResponse for Problem {
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if let Some(challenge) = self.www_authenticate.and_then(|c| HeaderValue::from_str(&c).ok()) {
-            headers.insert(header::WWW_AUTHENTICATE, challenge);
+        if status == StatusCode::UNAUTHORIZED {
+            let challenge = format!(
+                "Bearer realm=\"herald\", error=\"invalid_token\", error_description=\"{}\"",
+                self.detail.replace(['"', '\\'], "'")
+            );
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                headers.insert(header::WWW_AUTHENTICATE, value);
+            }
         }
         response
     }

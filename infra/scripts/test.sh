@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every check and test of Herald on this machine: installs and starts what the tests
+# need (PostgreSQL, Redis, the Apache Kafka broker), then fmt, clippy and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+if ! command -v cargo >/dev/null; then
+  echo "cargo not found: install Rust (https://rustup.rs) first" >&2
+  exit 1
+fi
+
+eval "$(infra/scripts/services.sh)"
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+# One broker for the whole run, in target/herald-test/kafka; stopped at the end.
+cargo build -q --bin herald
+herald="${CARGO_TARGET_DIR:-target}/debug/herald"
+KAFKA_BROKERS=$("$herald" broker start --data-dir target/herald-test --port 0)
+export KAFKA_BROKERS
+trap '"$herald" broker stop --data-dir target/herald-test >/dev/null || true' EXIT
+echo "test broker: $KAFKA_BROKERS"
+
+cargo test --workspace --no-fail-fast
