@@ -1,0 +1,281 @@
+//! Ingress throughput and latency against a raw producer on the same broker, in one run.
+//!
+//!     KAFKA_BROKERS=127.0.0.1:9092 cargo bench --bench ingress
+//!
+//! Starts the real `herald ingress` binary as its own process (so its RSS is its own), then:
+//! 1. the ceiling: the same Avro events written by a raw rdkafka producer (platform's
+//!    Publisher, batches of 100, 8 in flight);
+//! 2. batched ingress throughput: 8 clients posting batches of 100 events;
+//! 3. single-event ingress throughput: 32 clients posting one event per request;
+//! 4. open-loop latency at half of (3): requests sent at fixed intervals, latency measured
+//!    from the intended send time so queueing is not hidden.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use events::{Catalog, Codec, Envelope, WireFormat};
+use platform::kafka::{KafkaArgs, OutgoingRecord, Publisher};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+const SECRET: &str = "bench-secret-of-at-least-thirty-two-bytes";
+const BATCH: usize = 100;
+const BATCHED_EVENTS: usize = 200_000;
+const SINGLE_SECONDS: u64 = 15;
+const OPEN_LOOP_SECONDS: u64 = 15;
+
+fn order(i: usize) -> Value {
+    json!({"type": "order.placed", "data": {"order_id": format!("o-{i}"), "customer_id": "alice",
+        "items": [{"sku": "tea", "quantity": 2, "unit_price_cents": 450}], "total_cents": 900, "currency": "EUR"}})
+}
+
+#[tokio::main]
+async fn main() {
+    let brokers = std::env::var("KAFKA_BROKERS").expect("set KAFKA_BROKERS to a running broker");
+    let prefix = format!("bench{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let kafka = KafkaArgs {
+        brokers: Some(brokers.clone()),
+        properties: vec![],
+        topic_prefix: prefix.clone(),
+    };
+
+    // The ingress, as its own process.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = std::env::temp_dir().join(format!("herald-bench-{port}"));
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("ingress")
+        .env("KAFKA_BROKERS", &brokers)
+        .env("TOPIC_PREFIX", &prefix)
+        .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("HERALD_DATA_DIR", &data)
+        .env("JWT_HS256_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("herald ingress starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+    while !client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ready = started.elapsed();
+    let pid = child.id().unwrap();
+    let token = ingress::auth::mint_hs256(
+        &secrecy::SecretString::from(SECRET),
+        "bench",
+        &["user".to_string()],
+        "herald",
+        "herald",
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+
+    // 1. Raw producer ceiling with the same encoded events.
+    let catalog = Arc::new(Catalog::embedded().unwrap());
+    let codec = Codec::new(catalog.clone(), WireFormat::SingleObject);
+    let schema = catalog.latest("order.placed").unwrap().clone();
+    let publisher = Publisher::new(&kafka, Duration::from_secs(30)).unwrap();
+    let records: Vec<OutgoingRecord> = (0..BATCH)
+        .map(|i| {
+            let data = schema.validate(&order(i)["data"], "").unwrap();
+            let now = OffsetDateTime::now_utc();
+            let envelope = Envelope {
+                event_id: uuid::Uuid::now_v7(),
+                event_type: "order.placed".into(),
+                occurred_at: now,
+                received_at: now,
+                actor: "bench".into(),
+                source: "api".into(),
+                idempotency_key: None,
+            };
+            OutgoingRecord {
+                topic: kafka.topic("orders"),
+                key: format!("o-{i}"),
+                payload: codec.encode(&schema, &envelope, data).unwrap(),
+                timestamp_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
+                headers: vec![],
+            }
+        })
+        .collect();
+    let records = Arc::new(records);
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (publisher, records) = (publisher.clone(), records.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..BATCHED_EVENTS / BATCH / 8 {
+                publisher.publish_all(&records).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let raw_rate = BATCHED_EVENTS as f64 / t.elapsed().as_secs_f64();
+
+    // 2. Batched ingress.
+    let batch_body =
+        Arc::new(json!({"events": (0..BATCH).map(order).collect::<Vec<_>>()}).to_string());
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (client, body, token, url) = (
+            client.clone(),
+            batch_body.clone(),
+            token.clone(),
+            format!("{base}/api/v1/events"),
+        );
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..BATCHED_EVENTS / BATCH / 8 {
+                let r = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(body.as_str().to_owned())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 202);
+                r.bytes().await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let batched_rate = BATCHED_EVENTS as f64 / t.elapsed().as_secs_f64();
+
+    // 3. Single events, closed loop, 32 clients.
+    let single_body = Arc::new(order(1).to_string());
+    let until = Instant::now() + Duration::from_secs(SINGLE_SECONDS);
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (client, body, token, url) = (
+            client.clone(),
+            single_body.clone(),
+            token.clone(),
+            format!("{base}/api/v1/events"),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < until {
+                let s = Instant::now();
+                let r = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(body.as_str().to_owned())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 202);
+                r.bytes().await.unwrap();
+                latencies.push(s.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut closed = Vec::new();
+    for task in tasks {
+        closed.extend(task.await.unwrap());
+    }
+    let single_rate = closed.len() as f64 / t.elapsed().as_secs_f64();
+
+    // 4. Open loop at half the single-event maximum.
+    let rate = single_rate / 2.0;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let total = (rate * OPEN_LOOP_SECONDS as f64) as usize;
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        let intended = start + interval * i as u32;
+        tokio::time::sleep_until(intended).await;
+        let (client, body, token, url) = (
+            client.clone(),
+            single_body.clone(),
+            token.clone(),
+            format!("{base}/api/v1/events"),
+        );
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(&url)
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(body.as_str().to_owned())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+            r.bytes().await.unwrap();
+            intended.elapsed()
+        }));
+    }
+    let mut open = Vec::with_capacity(total);
+    for task in tasks {
+        open.push(task.await.unwrap());
+    }
+
+    let rss_kb = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(&data);
+
+    let (c50, c99) = (percentile(&mut closed, 0.50), percentile(&mut closed, 0.99));
+    let (o50, o99, o999) = (
+        percentile(&mut open, 0.50),
+        percentile(&mut open, 0.99),
+        percentile(&mut open, 0.999),
+    );
+    println!("| figure | value |\n|---|---|");
+    println!(
+        "| ingress ready after process start (broker up) | {} ms |",
+        ready.as_millis()
+    );
+    println!("| raw producer, same events (ceiling) | {raw_rate:.0} events/s |");
+    println!(
+        "| ingress, batches of {BATCH}, 8 clients | {batched_rate:.0} events/s ({:.0}% of raw) |",
+        100.0 * batched_rate / raw_rate
+    );
+    println!(
+        "| ingress, single events, 32 clients | {single_rate:.0} requests/s, p50 {} ms, p99 {} ms |",
+        ms(c50),
+        ms(c99)
+    );
+    println!(
+        "| ingress, open loop at {rate:.0} req/s (50%) | p50 {} ms, p99 {} ms, p99.9 {} ms |",
+        ms(o50),
+        ms(o99),
+        ms(o999)
+    );
+    println!(
+        "| ingress peak RSS (VmHWM) | {:.1} MB |",
+        rss_kb as f64 / 1024.0
+    );
+}
+
+fn percentile(samples: &mut [Duration], q: f64) -> Duration {
+    samples.sort_unstable();
+    samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
