@@ -68,7 +68,7 @@ enum BrokerAction {
     Start {
         #[arg(long, env = "HERALD_DATA_DIR", default_value = "data")]
         data_dir: PathBuf,
-        /// Port to use the first time (the broker keeps it afterwards); random when taken.
+        /// Port to use the first time (the broker keeps it afterwards); any free port when taken or 0.
         #[arg(long, default_value_t = 9092)]
         port: u16,
     },

@@ -176,7 +176,7 @@ impl LocalBroker {
             Some(state) => (state.port, state.controller_port),
             None => (
                 preferred_port
-                    .filter(|p| port_is_free(*p))
+                    .filter(|p| *p != 0 && port_is_free(*p))
                     .map_or_else(free_port, Ok)?,
                 free_port()?,
             ),
