@@ -68,6 +68,8 @@ pub async fn ingress(args: ServiceArgs) -> anyhow::Result<()> {
 
 async fn serve(mut args: ServiceArgs) -> anyhow::Result<()> {
     let shutdown = platform::shutdown::on_signal();
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let auth = &args.ingress.auth;
     if auth.jwt_hs256_secret.is_none()
         && auth.jwt_public_key_file.is_none()

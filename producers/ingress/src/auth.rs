@@ -411,4 +411,82 @@ mod tests {
             Err(AuthSetupError::WeakSecret)
         ));
     }
+
+    fn keys_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/keys")
+    }
+
+    fn signed(alg: Algorithm, kid: Option<&str>, private_pem: &str, sub: &str) -> String {
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_string);
+        let pem = std::fs::read(keys_dir().join(private_pem)).unwrap();
+        let key = match alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem).unwrap(),
+            _ => EncodingKey::from_ec_pem(&pem).unwrap(),
+        };
+        let claims = serde_json::json!({"sub": sub, "roles": ["service"], "iss": "herald", "aud": "herald", "exp": now() + 600});
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    }
+
+    fn public_key_args(file: &str, alg: &str) -> AuthArgs {
+        AuthArgs {
+            jwt_hs256_secret: None,
+            jwt_public_key_file: Some(keys_dir().join(file)),
+            jwt_algorithm: alg.into(),
+            ..args()
+        }
+    }
+
+    #[test]
+    fn rs256_and_es256_tokens_verify_with_their_pem_public_keys() {
+        let rsa = Authenticator::from_args(&public_key_args("rsa-public.pem", "RS256")).unwrap();
+        let token = signed(Algorithm::RS256, None, "rsa-private.pem", "auth-service");
+        assert_eq!(
+            rsa.authenticate(&bearer(&token)).unwrap().subject,
+            "auth-service"
+        );
+        let ec = Authenticator::from_args(&public_key_args("ec-public.pem", "ES256")).unwrap();
+        let token = signed(Algorithm::ES256, None, "ec-private.pem", "auth-service");
+        assert_eq!(ec.authenticate(&bearer(&token)).unwrap().roles, ["service"]);
+        // an ES256 token is no good where RS256 is pinned
+        assert_eq!(rsa.authenticate(&bearer(&token)).unwrap_err().status, 401);
+    }
+
+    #[test]
+    fn an_hs256_token_signed_with_the_public_key_is_refused() {
+        // the classic algorithm confusion: the public key used as an HMAC secret
+        let rsa = Authenticator::from_args(&public_key_args("rsa-public.pem", "RS256")).unwrap();
+        let public = std::fs::read(keys_dir().join("rsa-public.pem")).unwrap();
+        let claims = serde_json::json!({"sub": "mallory", "iss": "herald", "aud": "herald", "exp": now() + 600});
+        let forged = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(&public),
+        )
+        .unwrap();
+        let err = rsa.authenticate(&bearer(&forged)).unwrap_err();
+        assert_eq!(err.detail, "no key for algorithm HS256");
+    }
+
+    #[test]
+    fn jwks_keys_are_chosen_by_kid() {
+        let jwks = AuthArgs {
+            jwt_hs256_secret: None,
+            jwt_jwks_file: Some(keys_dir().join("jwks.json")),
+            ..args()
+        };
+        let auth = Authenticator::from_args(&jwks).unwrap();
+        for (alg, kid, pem) in [
+            (Algorithm::RS256, "rsa-1", "rsa-private.pem"),
+            (Algorithm::ES256, "ec-1", "ec-private.pem"),
+        ] {
+            let token = signed(alg, Some(kid), pem, kid);
+            assert_eq!(auth.authenticate(&bearer(&token)).unwrap().subject, kid);
+        }
+        let unknown = signed(Algorithm::RS256, Some("rsa-2"), "rsa-private.pem", "x");
+        assert_eq!(
+            auth.authenticate(&bearer(&unknown)).unwrap_err().status,
+            401
+        );
+    }
 }
