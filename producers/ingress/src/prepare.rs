@@ -256,3 +256,68 @@ fn validate_item(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn run(roles: &[&str], body: &Json) -> Result<(Shape, Vec<Prepared>), Problem> {
+        let principal = Principal {
+            subject: "alice".into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        };
+        prepare(
+            &Catalog::embedded().unwrap(),
+            &PublishPolicy::embedded(),
+            &principal,
+            body,
+            3,
+        )
+    }
+
+    fn shipped(key: Option<&str>) -> Json {
+        let mut event = json!({"type": "order.shipped", "data": {"order_id": "o-1", "carrier": "DHL",
+            "shipped_at": "2026-11-22T09:30:00Z"}});
+        if let Some(key) = key {
+            event["key"] = json!(key);
+        }
+        event
+    }
+
+    #[test]
+    fn the_key_defaults_to_the_aggregate_id_and_must_match_it() {
+        let (shape, prepared) = run(&["user"], &shipped(None)).unwrap();
+        assert_eq!(shape, Shape::Single);
+        assert_eq!(prepared[0].key, "o-1");
+        assert_eq!(prepared[0].source, "api");
+        assert!(run(&["user"], &shipped(Some("o-1"))).is_ok());
+        let err = run(&["user"], &shipped(Some("o-2"))).unwrap_err();
+        assert_eq!(err.errors[0].pointer, "/key");
+    }
+
+    #[test]
+    fn authorisation_is_decided_before_the_data_is_looked_at() {
+        let campaign = json!({"type": "campaign.launched", "data": {"nonsense": true}});
+        assert_eq!(run(&["user"], &campaign).unwrap_err().status, 403);
+        assert_eq!(run(&["admin"], &campaign).unwrap_err().status, 422);
+    }
+
+    #[test]
+    fn batches_are_bounded_and_never_empty() {
+        assert_eq!(
+            run(&["user"], &json!({"events": []})).unwrap_err().status,
+            422
+        );
+        let four = json!({"events": [shipped(None), shipped(None), shipped(None), shipped(None)]});
+        assert_eq!(run(&["user"], &four).unwrap_err().status, 413);
+        let (shape, prepared) = run(&["user"], &json!({"events": [shipped(None)]})).unwrap();
+        assert_eq!((shape, prepared.len()), (Shape::Batch, 1));
+        assert_eq!(run(&["user"], &json!([1])).unwrap_err().status, 400);
+        let extra = json!({"events": [shipped(None)], "also": 1});
+        assert_eq!(
+            run(&["user"], &extra).unwrap_err().errors[0].pointer,
+            "/also"
+        );
+    }
+}

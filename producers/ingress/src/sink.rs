@@ -39,12 +39,19 @@ impl EventSink for Publisher {
 pub struct MemorySink {
     records: Mutex<Vec<(OutgoingRecord, Delivery)>>,
     offline: AtomicBool,
+    acks_lost: AtomicBool,
 }
 
 impl MemorySink {
     /// While offline, publishing fails with an unknown outcome, as with a broker away.
     pub fn set_offline(&self, offline: bool) {
         self.offline.store(offline, Ordering::SeqCst);
+    }
+
+    /// While set, records are stored but the outcome is unknown, as when the broker wrote
+    /// them and the acknowledgement was lost.
+    pub fn set_acks_lost(&self, lost: bool) {
+        self.acks_lost.store(lost, Ordering::SeqCst);
     }
 
     pub fn records(&self) -> Vec<(OutgoingRecord, Delivery)> {
@@ -63,7 +70,7 @@ impl EventSink for MemorySink {
         for (record, delivery) in stored.iter() {
             next.insert(record.topic.clone(), delivery.offset + 1);
         }
-        Ok(records
+        let deliveries = records
             .iter()
             .map(|record| {
                 let offset = next.entry(record.topic.clone()).or_insert(0);
@@ -75,7 +82,11 @@ impl EventSink for MemorySink {
                 stored.push((record.clone(), delivery));
                 delivery
             })
-            .collect())
+            .collect();
+        if self.acks_lost.load(Ordering::SeqCst) {
+            return Err(PublishError::Unknown);
+        }
+        Ok(deliveries)
     }
 
     async fn ready(&self) -> bool {
