@@ -72,18 +72,13 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
         .map(str::to_string);
 
     let Some(key) = idempotency_key else {
-        let ids = new_ids(prepared.len());
-        let response = publish(
-            state,
-            &principal,
-            shape,
-            prepared,
-            &ids,
-            OffsetDateTime::now_utc(),
-            None,
-            traceparent.as_deref(),
-        )
-        .await?;
+        let attempt = Attempt {
+            ids: new_ids(prepared.len()),
+            received_at: OffsetDateTime::now_utc(),
+            idempotency_key: None,
+            traceparent: traceparent.as_deref(),
+        };
+        let response = publish(state, &principal, shape, prepared, attempt).await?;
         return Ok(response.into_response());
     };
 
@@ -126,18 +121,13 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
             .with_retry_after(retry_after.as_secs()));
         }
     };
-    match publish(
-        state,
-        &principal,
-        shape,
-        prepared,
-        &ids,
+    let attempt = Attempt {
+        ids,
         received_at,
-        Some(&key),
-        traceparent.as_deref(),
-    )
-    .await
-    {
+        idempotency_key: Some(&key),
+        traceparent: traceparent.as_deref(),
+    };
+    match publish(state, &principal, shape, prepared, attempt).await {
         Ok(response) => {
             let stored = StoredResponse {
                 status: response.status.as_u16(),
@@ -173,20 +163,31 @@ impl IntoResponse for Published {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One try at publishing a request's events: a retry of an unfinished idempotent request
+/// reuses the ids and time of the first.
+struct Attempt<'a> {
+    ids: Vec<Uuid>,
+    received_at: OffsetDateTime,
+    idempotency_key: Option<&'a str>,
+    traceparent: Option<&'a str>,
+}
+
 async fn publish(
     state: &AppState,
     principal: &Principal,
     shape: Shape,
     prepared: Vec<Prepared>,
-    ids: &[Uuid],
-    received_at: OffsetDateTime,
-    idempotency_key: Option<&str>,
-    traceparent: Option<&str>,
+    attempt: Attempt<'_>,
 ) -> Result<Published, Problem> {
+    let Attempt {
+        ids,
+        received_at,
+        idempotency_key,
+        traceparent,
+    } = attempt;
     let mut records = Vec::with_capacity(prepared.len());
     let mut accepted = Vec::with_capacity(prepared.len());
-    for (event, &event_id) in prepared.into_iter().zip(ids) {
+    for (event, event_id) in prepared.into_iter().zip(ids) {
         let envelope = Envelope {
             event_id,
             event_type: event.schema.event_type.clone(),

@@ -236,6 +236,19 @@ fn row_to_record(row: Row) -> Result<Record, StoreError> {
     })
 }
 
+/// Runs `$body` with `$pool` bound to whichever pool the database has: the queries are the
+/// same text for both, but sqlx types them per database.
+macro_rules! with_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            Database::Postgres($pool) => $body,
+            Database::Sqlite($pool) => $body,
+        }
+    };
+}
+
+/// The claim transaction, written once for both databases (they differ in the row lock:
+/// PostgreSQL needs `FOR UPDATE`, SQLite serialises writers anyway).
 macro_rules! sql_claim {
     ($pool:expr, $claim:expr, $select:expr) => {{
         let claim = $claim;
@@ -333,28 +346,16 @@ impl IdempotencyStore for SqlStore {
                    updated_at = $5 WHERE principal = $1 AND idempotency_key = $2";
         let now = OffsetDateTime::now_utc();
         let status = i32::from(response.status);
-        match &self.db {
-            Database::Postgres(pool) => {
-                sqlx::query(sql)
-                    .bind(principal)
-                    .bind(key)
-                    .bind(status)
-                    .bind(&response.body)
-                    .bind(now)
-                    .execute(pool)
-                    .await?;
-            }
-            Database::Sqlite(pool) => {
-                sqlx::query(sql)
-                    .bind(principal)
-                    .bind(key)
-                    .bind(status)
-                    .bind(&response.body)
-                    .bind(now)
-                    .execute(pool)
-                    .await?;
-            }
-        }
+        with_pool!(&self.db, pool => {
+            sqlx::query(sql)
+                .bind(principal)
+                .bind(key)
+                .bind(status)
+                .bind(&response.body)
+                .bind(now)
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
@@ -362,24 +363,9 @@ impl IdempotencyStore for SqlStore {
         let sql = "UPDATE idempotency_keys SET locked_until = $3, updated_at = $3 \
                    WHERE principal = $1 AND idempotency_key = $2 AND response_status IS NULL";
         let now = OffsetDateTime::now_utc();
-        match &self.db {
-            Database::Postgres(pool) => {
-                sqlx::query(sql)
-                    .bind(principal)
-                    .bind(key)
-                    .bind(now)
-                    .execute(pool)
-                    .await?;
-            }
-            Database::Sqlite(pool) => {
-                sqlx::query(sql)
-                    .bind(principal)
-                    .bind(key)
-                    .bind(now)
-                    .execute(pool)
-                    .await?;
-            }
-        }
+        with_pool!(&self.db, pool => {
+            sqlx::query(sql).bind(principal).bind(key).bind(now).execute(pool).await?;
+        });
         Ok(())
     }
 }
