@@ -50,7 +50,7 @@ pub async fn up(mut args: ServiceArgs) -> anyhow::Result<()> {
             Some(broker)
         }
     };
-    let result = serve(args).await;
+    let result = serve(args, Defaults::Development).await;
     if let Some(broker) = broker.filter(LocalBroker::owned) {
         tracing::info!("stopping the local kafka broker");
         broker.stop(Duration::from_secs(30)).await;
@@ -63,15 +63,24 @@ pub async fn ingress(args: ServiceArgs) -> anyhow::Result<()> {
         args.kafka.brokers.is_some(),
         "herald ingress needs KAFKA_BROKERS (or use `herald up`, which starts a local broker)"
     );
-    serve(args).await
+    serve(args, Defaults::Production).await
 }
 
-async fn serve(mut args: ServiceArgs) -> anyhow::Result<()> {
+/// `herald up` is for one machine and fills in what is missing; a service started alone
+/// must be configured, so a forgotten secret is an error rather than a generated key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Defaults {
+    Development,
+    Production,
+}
+
+async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> {
     let shutdown = platform::shutdown::on_signal();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let auth = &args.ingress.auth;
-    if auth.jwt_hs256_secret.is_none()
+    if defaults == Defaults::Development
+        && auth.jwt_hs256_secret.is_none()
         && auth.jwt_public_key_file.is_none()
         && auth.jwt_jwks_file.is_none()
     {
@@ -91,6 +100,7 @@ async fn serve(mut args: ServiceArgs) -> anyhow::Result<()> {
     let db = Database::connect(&database_url).await?;
     tracing::info!(database = %redact_url(&database_url), "database connected");
     let store = Arc::new(SqlStore::new(db).await?);
+    tokio::spawn(purge_idempotency_keys(store.clone(), shutdown.clone()));
     let state = Arc::new(ingress::connect(&args.ingress, &args.kafka, store).await?);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -103,4 +113,23 @@ async fn serve(mut args: ServiceArgs) -> anyhow::Result<()> {
     state.sink.drain(Duration::from_secs(5)).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Expired Idempotency-Key records are dead weight: drop them hourly.
+async fn purge_idempotency_keys(
+    store: Arc<SqlStore>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use ingress::idempotency::IdempotencyStore;
+    let mut every_hour = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every_hour.tick() => {}
+        }
+        match store.purge_expired(time::OffsetDateTime::now_utc()).await {
+            Ok(removed) => tracing::info!(removed, "purged expired idempotency keys"),
+            Err(err) => tracing::warn!(%err, "purging expired idempotency keys failed"),
+        }
+    }
 }

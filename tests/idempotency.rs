@@ -96,3 +96,36 @@ async fn a_key_is_scoped_to_its_caller() {
     assert_eq!(app.read("orders").await.len(), 2);
     app.stop().await;
 }
+
+async fn expired_keys_are_purged(store: Arc<dyn IdempotencyStore>) {
+    use ingress::idempotency::{Claim, Claimed};
+    let now = time::OffsetDateTime::now_utc();
+    let claim = Claim {
+        attempt: uuid::Uuid::now_v7(),
+        principal: "alice".into(),
+        key: uuid::Uuid::new_v4().to_string(),
+        request_hash: "h".into(),
+        event_ids: vec![uuid::Uuid::now_v7()],
+        received_at: now,
+        lease: std::time::Duration::from_secs(10),
+        // short, so the purge below touches no other test's keys (they live 24 h)
+        ttl: std::time::Duration::from_secs(1),
+    };
+    assert_eq!(store.claim(&claim).await.unwrap(), Claimed::New);
+    let later = now + std::time::Duration::from_secs(2);
+    assert!(store.purge_expired(later).await.unwrap() >= 1);
+    // gone: the same key with another body is new again rather than a mismatch
+    let other = Claim {
+        request_hash: "other".into(),
+        ..claim
+    };
+    assert_eq!(store.claim(&other).await.unwrap(), Claimed::New);
+}
+
+#[tokio::test]
+async fn expired_keys_are_purged_from_sqlite_and_postgres() {
+    let dir = support::test_dir("sqlite");
+    std::fs::create_dir_all(&dir).unwrap();
+    expired_keys_are_purged(sqlite(&dir.join(format!("{}.db", uuid::Uuid::new_v4()))).await).await;
+    expired_keys_are_purged(postgres().await).await;
+}

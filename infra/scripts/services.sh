@@ -7,7 +7,8 @@ set -euo pipefail
 need=()
 command -v pg_ctlcluster >/dev/null || need+=(postgresql)
 command -v redis-server >/dev/null || need+=(redis-server)
-command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1; }
+if ! command -v java >/dev/null || [ "$(java_major)" -lt 17 ]; then need+=(openjdk-17-jre-headless); fi
 command -v mvn >/dev/null || need+=(maven)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
@@ -16,7 +17,7 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >&2
 fi
 
-# PostgreSQL: the Debian cluster, a herald role and database.
+# PostgreSQL: the Debian cluster, a herald role and database (loopback only, tests only).
 pg_version=$(ls /usr/lib/postgresql | sort -n | tail -n 1)
 if ! pg_lsclusters -h 2>/dev/null | grep -q .; then
   pg_createcluster "$pg_version" main >&2
@@ -26,12 +27,17 @@ if ! pg_lsclusters -h | head -n 1 | grep -q online; then
   pg_ctlcluster $cluster start >&2
 fi
 port=$(pg_lsclusters -h | head -n 1 | awk '{print $3}')
-for _ in $(seq 1 50); do
-  su postgres -c "psql -p $port -tAc 'select 1'" >/dev/null 2>&1 && break
+ready=
+for _ in $(seq 1 100); do
+  if su postgres -c "psql -p $port -tAc 'select 1'" >/dev/null 2>&1; then ready=1; break; fi
   sleep 0.2
 done
+if [ -z "$ready" ]; then
+  echo "PostgreSQL cluster $cluster did not accept connections within 20 s; see /var/log/postgresql/" >&2
+  exit 1
+fi
 su postgres -c "psql -p $port -tAc \"select 1 from pg_roles where rolname='herald'\"" | grep -q 1 \
-  || su postgres -c "psql -p $port -qc \"create role herald login superuser password 'herald'\"" >&2
+  || su postgres -c "psql -p $port -qc \"create role herald login createdb password 'herald'\"" >&2
 su postgres -c "psql -p $port -tAc \"select 1 from pg_database where datname='herald'\"" | grep -q 1 \
   || su postgres -c "psql -p $port -qc 'create database herald owner herald'" >&2
 

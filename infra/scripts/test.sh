@@ -9,7 +9,9 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
-eval "$(infra/scripts/services.sh)"
+# (assigned first: a failure inside $(...) must stop the run, which eval alone would hide)
+services_env=$(infra/scripts/services.sh)
+eval "$services_env"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
@@ -17,9 +19,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 # One broker for the whole run, in target/herald-test/kafka; stopped at the end.
 cargo build -q --bin herald
 herald="${CARGO_TARGET_DIR:-target}/debug/herald"
+trap '"$herald" broker stop --data-dir target/herald-test >/dev/null || true' EXIT
 KAFKA_BROKERS=$("$herald" broker start --data-dir target/herald-test --port 0)
 export KAFKA_BROKERS
-trap '"$herald" broker stop --data-dir target/herald-test >/dev/null || true' EXIT
 echo "test broker: $KAFKA_BROKERS"
 
 cargo test --workspace --no-fail-fast

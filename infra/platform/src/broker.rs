@@ -235,7 +235,11 @@ impl LocalBroker {
             pid,
             child: Mutex::new(Some(child)),
         };
-        broker.wait_ready(Duration::from_secs(90))?;
+        if let Err(err) = broker.wait_ready(Duration::from_secs(90)) {
+            // A broker that never became ready must not linger holding 512 MB and its ports.
+            broker.kill();
+            return Err(err);
+        }
         Ok(broker)
     }
 

@@ -60,7 +60,7 @@ impl KafkaArgs {
         for property in &self.properties {
             let (key, value) = property
                 .split_once('=')
-                .ok_or_else(|| KafkaSetupError::BadProperty(property.clone()))?;
+                .ok_or_else(|| KafkaSetupError::BadProperty(property.chars().take(12).collect()))?;
             config.set(key.trim(), value.trim());
         }
         Ok(config)
@@ -71,7 +71,7 @@ impl KafkaArgs {
 pub enum KafkaSetupError {
     #[error("no Kafka brokers configured: set KAFKA_BROKERS")]
     NoBrokers,
-    #[error("kafka property {0:?} is not key=value")]
+    #[error("a kafka property is not key=value (it starts {0:?}); values are not shown")]
     BadProperty(String),
     #[error("kafka client: {0}")]
     Client(#[from] KafkaError),
@@ -104,7 +104,10 @@ pub enum PublishError {
     /// with the same event ids.
     #[error("the broker did not acknowledge in time; the outcome is unknown")]
     Unknown,
-    /// The broker refused the record for good (too large, topic missing, not authorised).
+    /// A record is larger than the cluster accepts: sending it again cannot help.
+    #[error("a record is larger than the broker accepts")]
+    TooLarge,
+    /// The broker refused the record for good (topic missing, not authorised).
     #[error("the broker rejected the record: {0}")]
     Rejected(String),
 }
@@ -195,9 +198,9 @@ impl Publisher {
 
 fn classify(err: &KafkaError) -> PublishError {
     match err.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => PublishError::TooLarge,
         Some(
-            code @ (RDKafkaErrorCode::MessageSizeTooLarge
-            | RDKafkaErrorCode::UnknownTopicOrPartition
+            code @ (RDKafkaErrorCode::UnknownTopicOrPartition
             | RDKafkaErrorCode::UnknownTopic
             | RDKafkaErrorCode::TopicAuthorizationFailed
             | RDKafkaErrorCode::InvalidRecord),

@@ -31,8 +31,8 @@ pub async fn register(base_url: &str, subject: &str, schema: &str) -> Result<u32
         .timeout(Duration::from_secs(10))
         .build()
         .map_err(|source| RegistryError::Unreachable {
-            url: base_url.to_string(),
-            source,
+            url: crate::db::redact_url(base_url),
+            source: source.without_url(),
         })?;
     let response = client
         .post(&url)
@@ -41,8 +41,8 @@ pub async fn register(base_url: &str, subject: &str, schema: &str) -> Result<u32
         .send()
         .await
         .map_err(|source| RegistryError::Unreachable {
-            url: base_url.to_string(),
-            source,
+            url: crate::db::redact_url(base_url),
+            source: source.without_url(),
         })?;
     let status = response.status().as_u16();
     let body = response.text().await.unwrap_or_default();

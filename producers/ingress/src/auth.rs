@@ -52,7 +52,8 @@ struct Claims {
     #[serde(default)]
     roles: Vec<String>,
     iss: String,
-    aud: String,
+    /// A string or an array of strings (RFC 7519); jsonwebtoken checks it.
+    aud: serde_json::Value,
     exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     nbf: Option<u64>,
@@ -261,7 +262,7 @@ pub fn mint_hs256(
         sub: subject.to_string(),
         roles: roles.to_vec(),
         iss: issuer.to_string(),
-        aud: audience.to_string(),
+        aud: serde_json::Value::String(audience.to_string()),
         exp: now + ttl.as_secs(),
         nbf: Some(now),
         iat: Some(now),
@@ -388,6 +389,26 @@ mod tests {
         // "alg":"none" forgery
         let forged = format!("eyJhbGciOiJub25lIn0.{}.", "eyJzdWIiOiJhIn0");
         assert_eq!(auth.authenticate(&bearer(&forged)).unwrap_err().status, 401);
+    }
+
+    #[test]
+    fn an_audience_array_is_accepted_when_it_names_us() {
+        let auth = Authenticator::from_args(&args()).unwrap();
+        let claims = serde_json::json!({"sub": "a", "iss": "herald", "aud": ["other", "herald"], "exp": now() + 600});
+        assert_eq!(
+            auth.authenticate(&bearer(&token_with(&claims, Algorithm::HS256)))
+                .unwrap()
+                .subject,
+            "a"
+        );
+        let claims =
+            serde_json::json!({"sub": "a", "iss": "herald", "aud": ["other"], "exp": now() + 600});
+        assert_eq!(
+            auth.authenticate(&bearer(&token_with(&claims, Algorithm::HS256)))
+                .unwrap_err()
+                .detail,
+            "wrong audience"
+        );
     }
 
     #[test]

@@ -83,6 +83,7 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
     };
 
     let claim = Claim {
+        attempt: Uuid::now_v7(),
         principal: principal.subject.clone(),
         key: key.clone(),
         request_hash: hash(&body),
@@ -91,12 +92,10 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
         lease: state.limits.publish_deadline * 2,
         ttl: state.limits.idempotency_ttl,
     };
-    let (ids, received_at) = match state
-        .store
-        .claim(&claim)
-        .await
-        .map_err(|e| Problem::internal(&e))?
-    {
+    let (ids, received_at) = match state.store.claim(&claim).await.map_err(|err| {
+        tracing::warn!(%err, "idempotency store unavailable");
+        Problem::unavailable("the idempotency store is unavailable", 1)
+    })? {
         Claimed::New => (claim.event_ids.clone(), claim.received_at),
         Claimed::Resume {
             event_ids,
@@ -144,7 +143,11 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
             Ok(response.into_response())
         }
         Err(problem) => {
-            if let Err(err) = state.store.release(&principal.subject, &key).await {
+            if let Err(err) = state
+                .store
+                .release(&principal.subject, &key, claim.attempt)
+                .await
+            {
                 tracing::warn!(%err, "could not release the idempotency key");
             }
             Err(problem)
@@ -229,6 +232,9 @@ async fn publish(
                 1,
             )
         }
+        PublishError::TooLarge => Problem::too_large(
+            "an event is larger than the event log accepts once encoded; send less data",
+        ),
         PublishError::Rejected(reason) => {
             tracing::warn!(%reason, "broker rejected events");
             Problem::unavailable(format!("the event log refused the events ({reason})"), 5)

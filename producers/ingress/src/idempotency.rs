@@ -18,6 +18,8 @@ use uuid::Uuid;
 /// A stored record of one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
+    /// The attempt that holds (or last held) the lock.
+    pub attempt: Uuid,
     pub request_hash: String,
     pub event_ids: Vec<Uuid>,
     pub received_at: OffsetDateTime,
@@ -36,6 +38,8 @@ pub struct StoredResponse {
 /// What a request carrying a key asks to reserve.
 #[derive(Debug, Clone)]
 pub struct Claim {
+    /// Identifies this try, so a stale try cannot unlock a newer one's claim.
+    pub attempt: Uuid,
     pub principal: String,
     pub key: String,
     pub request_hash: String,
@@ -113,12 +117,15 @@ pub trait IdempotencyStore: Send + Sync {
         key: &str,
         response: &StoredResponse,
     ) -> Result<(), StoreError>;
-    /// Ends the lock of a request that failed, so a retry may resume at once.
-    async fn release(&self, principal: &str, key: &str) -> Result<(), StoreError>;
+    /// Ends the lock `attempt` holds after it failed, so a retry may resume at once.
+    async fn release(&self, principal: &str, key: &str, attempt: Uuid) -> Result<(), StoreError>;
+    /// Deletes records that expired before `now`; returns how many.
+    async fn purge_expired(&self, now: OffsetDateTime) -> Result<u64, StoreError>;
 }
 
 fn new_record(claim: &Claim, now: OffsetDateTime) -> Record {
     Record {
+        attempt: claim.attempt,
         request_hash: claim.request_hash.clone(),
         event_ids: claim.event_ids.clone(),
         received_at: claim.received_at,
@@ -150,7 +157,9 @@ impl IdempotencyStore for MemoryStore {
             }
             Some(Decision::Claimed(claimed)) => {
                 if let Claimed::Resume { .. } = claimed {
-                    records.get_mut(&slot).expect("present").locked_until = now + claim.lease;
+                    let record = records.get_mut(&slot).expect("present");
+                    record.locked_until = now + claim.lease;
+                    record.attempt = claim.attempt;
                 }
                 claimed
             }
@@ -165,17 +174,27 @@ impl IdempotencyStore for MemoryStore {
     ) -> Result<(), StoreError> {
         let mut records = self.records.lock().expect("store lock");
         if let Some(record) = records.get_mut(&(principal.to_string(), key.to_string())) {
-            record.response = Some(response.clone());
+            record.response.get_or_insert_with(|| response.clone());
         }
         Ok(())
     }
 
-    async fn release(&self, principal: &str, key: &str) -> Result<(), StoreError> {
+    async fn release(&self, principal: &str, key: &str, attempt: Uuid) -> Result<(), StoreError> {
         let mut records = self.records.lock().expect("store lock");
-        if let Some(record) = records.get_mut(&(principal.to_string(), key.to_string())) {
+        if let Some(record) = records.get_mut(&(principal.to_string(), key.to_string()))
+            && record.attempt == attempt
+            && record.response.is_none()
+        {
             record.locked_until = OffsetDateTime::now_utc();
         }
         Ok(())
+    }
+
+    async fn purge_expired(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        let mut records = self.records.lock().expect("store lock");
+        let before = records.len();
+        records.retain(|_, record| record.expires_at > now);
+        Ok((before - records.len()) as u64)
     }
 }
 
@@ -206,6 +225,7 @@ impl SqlStore {
 }
 
 type Row = (
+    Uuid,
     String,
     String,
     OffsetDateTime,
@@ -216,7 +236,7 @@ type Row = (
 );
 
 fn row_to_record(row: Row) -> Result<Record, StoreError> {
-    let (request_hash, ids, received_at, status, body, locked_until, expires_at) = row;
+    let (attempt, request_hash, ids, received_at, status, body, locked_until, expires_at) = row;
     let event_ids: Vec<Uuid> = serde_json::from_str(&ids)
         .map_err(|err| StoreError(format!("stored event ids unreadable: {err}")))?;
     let response = match (status, body) {
@@ -227,6 +247,7 @@ fn row_to_record(row: Row) -> Result<Record, StoreError> {
         _ => None,
     };
     Ok(Record {
+        attempt,
         request_hash,
         event_ids,
         received_at,
@@ -258,7 +279,7 @@ macro_rules! sql_claim {
         let mut tx = $pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO idempotency_keys (id, principal, idempotency_key, request_hash, event_ids, \
-             received_at, locked_until, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             received_at, locked_until, expires_at, attempt_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (principal, idempotency_key) DO NOTHING",
         )
         .bind(Uuid::now_v7())
@@ -269,6 +290,7 @@ macro_rules! sql_claim {
         .bind(record.received_at)
         .bind(record.locked_until)
         .bind(record.expires_at)
+        .bind(claim.attempt)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -287,7 +309,7 @@ macro_rules! sql_claim {
                 sqlx::query(
                     "UPDATE idempotency_keys SET request_hash = $3, event_ids = $4, received_at = $5, \
                      response_status = NULL, response_body = NULL, locked_until = $6, expires_at = $7, \
-                     updated_at = $8 WHERE principal = $1 AND idempotency_key = $2",
+                     updated_at = $8, attempt_id = $9 WHERE principal = $1 AND idempotency_key = $2",
                 )
                 .bind(&claim.principal)
                 .bind(&claim.key)
@@ -297,19 +319,21 @@ macro_rules! sql_claim {
                 .bind(record.locked_until)
                 .bind(record.expires_at)
                 .bind(now)
+                .bind(claim.attempt)
                 .execute(&mut *tx)
                 .await?;
                 Claimed::New
             }
             Decision::Claimed(claimed @ Claimed::Resume { .. }) => {
                 sqlx::query(
-                    "UPDATE idempotency_keys SET locked_until = $3, updated_at = $4 \
+                    "UPDATE idempotency_keys SET locked_until = $3, updated_at = $4, attempt_id = $5 \
                      WHERE principal = $1 AND idempotency_key = $2",
                 )
                 .bind(&claim.principal)
                 .bind(&claim.key)
                 .bind(record.locked_until)
                 .bind(now)
+                .bind(claim.attempt)
                 .execute(&mut *tx)
                 .await?;
                 claimed
@@ -321,9 +345,9 @@ macro_rules! sql_claim {
     }};
 }
 
-const SELECT: &str = "SELECT request_hash, event_ids, received_at, response_status, response_body, \
+const SELECT: &str = "SELECT attempt_id, request_hash, event_ids, received_at, response_status, response_body, \
      locked_until, expires_at FROM idempotency_keys WHERE principal = $1 AND idempotency_key = $2";
-const SELECT_FOR_UPDATE: &str = "SELECT request_hash, event_ids, received_at, response_status, \
+const SELECT_FOR_UPDATE: &str = "SELECT attempt_id, request_hash, event_ids, received_at, response_status, \
      response_body, locked_until, expires_at FROM idempotency_keys \
      WHERE principal = $1 AND idempotency_key = $2 FOR UPDATE";
 
@@ -342,8 +366,10 @@ impl IdempotencyStore for SqlStore {
         key: &str,
         response: &StoredResponse,
     ) -> Result<(), StoreError> {
+        // The first completion wins: a stale attempt that also succeeded published the same ids.
         let sql = "UPDATE idempotency_keys SET response_status = $3, response_body = $4, \
-                   updated_at = $5 WHERE principal = $1 AND idempotency_key = $2";
+                   updated_at = $5 WHERE principal = $1 AND idempotency_key = $2 \
+                   AND response_status IS NULL";
         let now = OffsetDateTime::now_utc();
         let status = i32::from(response.status);
         with_pool!(&self.db, pool => {
@@ -359,14 +385,23 @@ impl IdempotencyStore for SqlStore {
         Ok(())
     }
 
-    async fn release(&self, principal: &str, key: &str) -> Result<(), StoreError> {
+    async fn release(&self, principal: &str, key: &str, attempt: Uuid) -> Result<(), StoreError> {
         let sql = "UPDATE idempotency_keys SET locked_until = $3, updated_at = $3 \
-                   WHERE principal = $1 AND idempotency_key = $2 AND response_status IS NULL";
+                   WHERE principal = $1 AND idempotency_key = $2 AND attempt_id = $4 \
+                   AND response_status IS NULL";
         let now = OffsetDateTime::now_utc();
         with_pool!(&self.db, pool => {
-            sqlx::query(sql).bind(principal).bind(key).bind(now).execute(pool).await?;
+            sqlx::query(sql).bind(principal).bind(key).bind(now).bind(attempt).execute(pool).await?;
         });
         Ok(())
+    }
+
+    async fn purge_expired(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        let sql = "DELETE FROM idempotency_keys WHERE expires_at < $1";
+        let removed = with_pool!(&self.db, pool => {
+            sqlx::query(sql).bind(now).execute(pool).await?.rows_affected()
+        });
+        Ok(removed)
     }
 }
 
@@ -376,6 +411,7 @@ mod tests {
 
     fn record(hash: &str, now: OffsetDateTime) -> Record {
         Record {
+            attempt: Uuid::nil(),
             request_hash: hash.into(),
             event_ids: vec![Uuid::nil()],
             received_at: now,

@@ -156,6 +156,10 @@ pub async fn connect(
 ) -> anyhow::Result<AppState> {
     let catalog = Arc::new(args.catalog()?);
     let limits = args.limits();
+    anyhow::ensure!(
+        limits.publish_deadline < limits.request_timeout,
+        "PUBLISH_DEADLINE_MS must be shorter than REQUEST_TIMEOUT_MS, or requests time out before the broker can answer"
+    );
     let topics: Vec<String> = catalog
         .topics()
         .into_iter()

@@ -224,36 +224,54 @@ fn validate_item(
             String::new()
         }
     };
-    let key_in_data = item["data"].get(&schema.key_field).and_then(Json::as_str);
-    let key = match (item.get("key"), key_in_data) {
-        (None | Some(Json::Null), Some(k)) => Some(k.to_string()),
-        (Some(Json::String(k)), Some(d)) if k == d => Some(k.clone()),
-        (Some(_), Some(_)) => {
-            errors.push(field(
-                &format!("{at}/key"),
-                &format!(
-                    "must equal data.{} (the aggregate id the topic is keyed by)",
-                    schema.key_field
-                ),
-            ));
-            None
+    let key_text = item["data"].get(&schema.key_field).and_then(Json::as_str);
+    let key_pointer = format!("{at}/key");
+    match (item.get("key"), key_text) {
+        (None | Some(Json::Null), _) => {}
+        (Some(Json::String(k)), Some(d)) if k == d => {}
+        // data's own validation reports a missing key field
+        (Some(_), None) => {}
+        (Some(_), Some(_)) => errors.push(field(
+            &key_pointer,
+            &format!(
+                "must equal data.{} (the aggregate id the topic is keyed by)",
+                schema.key_field
+            ),
+        )),
+    }
+    let data = match data {
+        Ok(data) if errors.is_empty() => data,
+        Ok(_) => return Err(errors),
+        Err(mut data_errors) => {
+            data_errors.append(&mut errors);
+            return Err(data_errors);
         }
-        // data's own validation reports the missing key field
-        (_, None) => None,
     };
-    match data {
-        Ok(data) if errors.is_empty() => Ok(Prepared {
+    // The key comes from the validated value, so a UUID is keyed in its canonical form
+    // whatever case the client wrote it in.
+    match aggregate_id(&data, &schema.key_field) {
+        Some(key) if !key.is_empty() => Ok(Prepared {
             schema: schema.clone(),
-            key: key.unwrap_or_default(),
+            key,
             data,
             occurred_at,
             source,
         }),
-        Ok(_) => Err(errors),
-        Err(mut data_errors) => {
-            data_errors.append(&mut errors);
-            Err(data_errors)
-        }
+        _ => Err(vec![field(
+            &format!("{at}/data/{}", schema.key_field),
+            "must not be empty: it is the aggregate id the topic is keyed by",
+        )]),
+    }
+}
+
+fn aggregate_id(data: &AvroValue, key_field: &str) -> Option<String> {
+    let AvroValue::Record(fields) = data else {
+        return None;
+    };
+    match &fields.iter().find(|(name, _)| name == key_field)?.1 {
+        AvroValue::String(s) => Some(s.clone()),
+        AvroValue::Uuid(u) => Some(u.to_string()),
+        _ => None,
     }
 }
 
@@ -292,8 +310,21 @@ mod tests {
         assert_eq!(prepared[0].key, "o-1");
         assert_eq!(prepared[0].source, "api");
         assert!(run(&["user"], &shipped(Some("o-1"))).is_ok());
+        let mut empty = shipped(None);
+        empty["data"]["order_id"] = json!("");
+        assert_eq!(
+            run(&["user"], &empty).unwrap_err().errors[0].pointer,
+            "/data/order_id"
+        );
         let err = run(&["user"], &shipped(Some("o-2"))).unwrap_err();
         assert_eq!(err.errors[0].pointer, "/key");
+    }
+
+    #[test]
+    fn uuid_keys_are_canonical_whatever_their_case() {
+        let event = json!({"type": "user.deleted", "data": {"user_id": "0190C2A0-7A3B-7CC1-9C1E-2F0D7B3A9E11"}});
+        let (_, prepared) = run(&["service"], &event).unwrap();
+        assert_eq!(prepared[0].key, "0190c2a0-7a3b-7cc1-9c1e-2f0d7b3a9e11");
     }
 
     #[test]

@@ -168,9 +168,18 @@ pub async fn problem_for_bare_errors(response: Response) -> Response {
         text => text.to_string(),
     };
     let slug = reason.to_lowercase().replace(' ', "-");
-    let mut problem = Problem::new(status, &slug, "Request failed", detail).into_response();
+    let mut problem = Problem::new(status, &slug, "Request failed", detail);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        problem = problem.with_retry_after(1);
+    }
+    let mut problem = problem.into_response();
     for (name, value) in &parts.headers {
-        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+        let ours = [
+            header::CONTENT_TYPE,
+            header::CONTENT_LENGTH,
+            header::RETRY_AFTER,
+        ];
+        if !ours.contains(name) {
             problem.headers_mut().insert(name.clone(), value.clone());
         }
     }

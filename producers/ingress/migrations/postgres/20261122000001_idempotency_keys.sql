@@ -9,6 +9,8 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     received_at TIMESTAMPTZ NOT NULL,
     response_status INTEGER,
     response_body TEXT,
+    -- the attempt holding the lock: only it may release it
+    attempt_id UUID NOT NULL,
     locked_until TIMESTAMPTZ NOT NULL,
     expires_at TIMESTAMPTZ NOT NULL,
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),

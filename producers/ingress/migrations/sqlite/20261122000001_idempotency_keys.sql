@@ -9,6 +9,8 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     received_at TEXT NOT NULL,
     response_status INTEGER,
     response_body TEXT,
+    -- the attempt holding the lock: only it may release it
+    attempt_id TEXT NOT NULL,
     locked_until TEXT NOT NULL,
     expires_at TEXT NOT NULL,
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
