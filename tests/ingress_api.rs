@@ -86,6 +86,34 @@ async fn posted_events_are_in_kafka_avro_encoded_with_a_stamped_envelope() {
 }
 
 #[tokio::test]
+async fn a_well_formed_traceparent_travels_in_the_kafka_headers() {
+    let app = start().await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for (id, header) in [("traced", traceparent), ("garbled", "00-xyz")] {
+        let response = support::client()
+            .post(app.url("/api/v1/events"))
+            .bearer_auth(token("alice", &["user"]))
+            .header("traceparent", header)
+            .json(&order(id))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    }
+    let records = app.read("orders").await;
+    let header_of = |id: &str| {
+        let (record, _) = records
+            .iter()
+            .find(|(_, d)| d.data["order_id"] == id)
+            .unwrap();
+        record.headers.get("traceparent").cloned()
+    };
+    assert_eq!(header_of("traced").as_deref(), Some(traceparent.as_bytes()));
+    assert_eq!(header_of("garbled"), None);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn keys_land_on_the_partition_java_clients_choose() {
     let app = start().await;
     let user = token("alice", &["user"]);

@@ -64,11 +64,12 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
         let body = serde_json::json!({"valid": true, "events": prepared.len()});
         return Ok((StatusCode::OK, axum::Json(body)).into_response());
     }
+    // Passed on to consumers only when well formed: a malformed one would break their traces.
     let traceparent = parts
         .headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= 64)
+        .filter(|v| is_traceparent(v))
         .map(str::to_string);
 
     let Some(key) = idempotency_key else {
@@ -276,6 +277,18 @@ fn replay(stored: StoredResponse) -> Response {
     response
 }
 
+/// W3C Trace Context: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero.
+fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    matches!(parts.as_slice(), [version, trace, parent, flags]
+        if hex(version, 2) && *version != "ff" && hex(trace, 32) && nonzero(trace)
+            && hex(parent, 16) && nonzero(parent) && hex(flags, 2))
+}
+
 fn new_ids(n: usize) -> Vec<Uuid> {
     (0..n).map(|_| Uuid::now_v7()).collect()
 }
@@ -341,4 +354,28 @@ async fn read_json(
     })?;
     serde_json::from_slice(&bytes)
         .map_err(|err| Problem::bad_request(format!("the body is not valid JSON: {err}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_well_formed_traceparents_pass() {
+        assert!(is_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!is_traceparent(
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+        ));
+        assert!(!is_traceparent(
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!is_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"
+        ));
+        assert!(!is_traceparent(
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+    }
 }
