@@ -1,0 +1,115 @@
+//! The README's first command, as a user runs it: `herald up` with nothing configured starts
+//! its own Apache Kafka broker under the data folder, serves the API, accepts a token from
+//! `herald token`, and on SIGTERM stops the broker it started.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+
+fn herald(data: &std::path::Path) -> Command {
+    let mut command = Command::new(HERALD);
+    command
+        .env_remove("KAFKA_BROKERS")
+        .env_remove("JWT_HS256_SECRET")
+        .env_remove("DATABASE_URL")
+        .env("HERALD_DATA_DIR", data)
+        .env("HERALD_LISTEN", "127.0.0.1:0")
+        .env("HERALD_KAFKA_PORT", "0")
+        .env("RUST_LOG", "warn");
+    command
+}
+
+#[tokio::test]
+async fn herald_up_runs_the_whole_system_from_an_empty_data_folder() {
+    let data = support::test_dir(&format!("up-{}", uuid::Uuid::new_v4().simple()));
+    let mut up = herald(&data)
+        .arg("up")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    let started = Instant::now();
+    let base = loop {
+        let line = tokio::time::timeout(Duration::from_secs(180), lines.next_line())
+            .await
+            .expect("herald up printed nothing within 180 s")
+            .unwrap()
+            .expect("herald up exited");
+        if let Some(rest) = line.split("HTTP API on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    eprintln!("herald up ready in {:?} at {base}", started.elapsed());
+
+    let token = herald(&data)
+        .args(["token", "--sub", "alice", "--role", "user"])
+        .output()
+        .await
+        .unwrap();
+    assert!(token.status.success());
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+    let response = support::client()
+        .post(format!("{base}/api/v1/events"))
+        .bearer_auth(&token)
+        .json(&support::order("o-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    assert!(
+        data.join("kafka").join("kraft").exists(),
+        "the broker's log is not under the data folder"
+    );
+    assert!(
+        data.join("herald.db").exists(),
+        "the SQLite store is not under the data folder"
+    );
+
+    let broker: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(data.join("kafka").join("broker.json")).unwrap(),
+    )
+    .unwrap();
+    let broker_pid = broker["pid"].as_u64().unwrap();
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(up.id().unwrap().to_string())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(60), up.wait())
+        .await
+        .expect("herald up did not stop")
+        .unwrap();
+    assert!(exit.success(), "{exit}");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{broker_pid}")).exists(),
+        "the broker herald up started is still running"
+    );
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+#[tokio::test]
+async fn herald_ingress_without_a_token_key_refuses_to_start() {
+    let data = support::test_dir(&format!("nokey-{}", uuid::Uuid::new_v4().simple()));
+    let output = herald(&data)
+        .arg("ingress")
+        .env("KAFKA_BROKERS", support::brokers().await)
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no token verification key configured"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&data);
+}
