@@ -255,34 +255,17 @@ async fn malformed_oversized_and_non_json_bodies_get_precise_4xx() {
             .body(body)
             .send()
     };
-    assert_eq!(
-        problem(
-            post(b"{\"type\":".to_vec(), "application/json")
-                .await
-                .unwrap()
-        )
-        .await
-        .0,
-        400
-    );
-    assert_eq!(
-        problem(post(b"[1,2]".to_vec(), "application/json").await.unwrap())
-            .await
-            .0,
-        400
-    );
-    assert_eq!(
-        problem(post(vec![b' '; 4096], "application/json").await.unwrap())
-            .await
-            .0,
-        413
-    );
-    assert_eq!(
-        problem(post(b"{}".to_vec(), "text/plain").await.unwrap())
-            .await
-            .0,
-        415
-    );
+    for (body, content_type, status) in [
+        (b"{\"type\":".to_vec(), "application/json", 400),
+        (b"[1,2]".to_vec(), "application/json", 400),
+        (vec![b' '; 4096], "application/json", 413),
+        (b"{}".to_vec(), "text/plain", 415),
+    ] {
+        assert_eq!(
+            problem(post(body, content_type).await.unwrap()).await.0,
+            status
+        );
+    }
     let four = json!({"events": [order("a"), order("b"), order("c"), order("d")]});
     assert_eq!(problem(app.post(&user, &four).await).await.0, 413);
     let response = client.get(app.url("/api/v1/nothing")).send().await.unwrap();

@@ -38,6 +38,20 @@ pub struct AuthArgs {
     pub jwt_audience: String,
 }
 
+impl AuthArgs {
+    /// HS256 with `secret`, issuer and audience `herald`: what `herald up` runs with.
+    pub fn hs256(secret: &str) -> Self {
+        Self {
+            jwt_hs256_secret: Some(SecretString::from(secret.to_string())),
+            jwt_public_key_file: None,
+            jwt_algorithm: "RS256".into(),
+            jwt_jwks_file: None,
+            jwt_issuer: "herald".into(),
+            jwt_audience: "herald".into(),
+        }
+    }
+}
+
 /// Who is calling: the token's subject and roles.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -298,14 +312,7 @@ mod tests {
     const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
 
     fn args() -> AuthArgs {
-        AuthArgs {
-            jwt_hs256_secret: Some(SecretString::from(SECRET)),
-            jwt_public_key_file: None,
-            jwt_algorithm: "RS256".into(),
-            jwt_jwks_file: None,
-            jwt_issuer: "herald".into(),
-            jwt_audience: "herald".into(),
-        }
+        AuthArgs::hs256(SECRET)
     }
 
     fn bearer(token: &str) -> HeaderMap {

@@ -20,14 +20,7 @@ use tower::ServiceExt;
 const SECRET: &str = "router-test-secret-at-least-32-bytes";
 
 fn app(sink: Arc<MemorySink>) -> axum::Router {
-    let auth = AuthArgs {
-        jwt_hs256_secret: Some(SecretString::from(SECRET)),
-        jwt_public_key_file: None,
-        jwt_algorithm: "RS256".into(),
-        jwt_jwks_file: None,
-        jwt_issuer: "herald".into(),
-        jwt_audience: "herald".into(),
-    };
+    let auth = AuthArgs::hs256(SECRET);
     let state = AppState {
         codec: Codec::new(
             Arc::new(Catalog::embedded().unwrap()),
