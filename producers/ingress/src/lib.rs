@@ -72,7 +72,7 @@ pub struct IngressArgs {
     pub schemas_dir: Option<PathBuf>,
     /// Confluent-compatible schema registry: when set, events use the Confluent wire format
     /// and schemas are registered at start-up.
-    #[arg(long, env = "SCHEMA_REGISTRY_URL")]
+    #[arg(long, env = "SCHEMA_REGISTRY_URL", hide_env_values = true)]
     pub schema_registry_url: Option<String>,
 }
 
