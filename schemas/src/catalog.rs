@@ -39,6 +39,7 @@ pub struct SchemaVersion {
     pub wire: Schema,
     pub fingerprint: Fingerprint,
     pub(crate) data_schema: Schema,
+    /// Named types of the wire schema (which holds the data schema's too).
     pub(crate) names: Names,
 }
 
@@ -292,7 +293,7 @@ fn load_version(
     let mut fingerprint = [0u8; 8];
     fingerprint.copy_from_slice(&header[2..10]);
 
-    let names = json::collect_names(&data_schema);
+    let names = json::collect_names(&wire);
     let version = SchemaVersion {
         event_type,
         version,

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
-use apache_avro::writer::datum::GenericDatumWriter;
 use serde_json::Value as Json;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -42,6 +41,8 @@ pub enum CodecError {
     Unregistered { event_type: String, version: u32 },
     #[error("avro: {0}")]
     Avro(#[from] apache_avro::Error),
+    #[error(transparent)]
+    Encode(#[from] crate::binary::EncodeError),
     #[error("the record decoded but its envelope is malformed: {0}")]
     BadEnvelope(&'static str),
 }
@@ -128,12 +129,8 @@ impl Codec {
             ),
             ("data".into(), data),
         ]);
-        // Validation already happened against the data schema; re-validating here would
-        // double the cost of every event for no new guarantee.
-        let writer = GenericDatumWriter::builder(&schema.wire)
-            .validate(false)
-            .build()?;
-        writer.write_value_ref(&mut out, &record)?;
+        // Validation already happened against the data schema: no second pass here.
+        crate::binary::encode(&record, &schema.wire, &schema.names, &mut out)?;
         Ok(out)
     }
 
@@ -287,6 +284,43 @@ mod tests {
                     .unwrap();
                 assert_eq!(decoded.data, full, "{}", schema.event_type);
             }
+        }
+    }
+
+    #[test]
+    fn the_encoder_writes_what_apache_avro_writes() {
+        let codec = Codec::new(catalog(), WireFormat::SingleObject);
+        for schema in codec.catalog().event_types() {
+            let env = envelope(&schema.event_type, 1_763_800_000_123_456, Some("k".into()));
+            let value = schema.validate(&schema.example, "").unwrap();
+            let ours = codec.encode(schema, &env, value.clone()).unwrap();
+            let Value::Record(fields) = value else {
+                unreachable!()
+            };
+            let record = Value::Record(vec![
+                ("event_id".into(), Value::Uuid(env.event_id)),
+                ("event_type".into(), Value::String(env.event_type.clone())),
+                (
+                    "occurred_at".into(),
+                    Value::TimestampMicros(micros(env.occurred_at)),
+                ),
+                (
+                    "received_at".into(),
+                    Value::TimestampMicros(micros(env.received_at)),
+                ),
+                ("actor".into(), Value::String(env.actor.clone())),
+                ("source".into(), Value::String(env.source.clone())),
+                (
+                    "idempotency_key".into(),
+                    Value::Union(1, Box::new(Value::String("k".into()))),
+                ),
+                ("data".into(), Value::Record(fields)),
+            ]);
+            let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schema.wire)
+                .build()
+                .unwrap();
+            let theirs = writer.write_value_to_vec(record).unwrap();
+            assert_eq!(&ours[10..], &theirs[..], "{}", schema.event_type);
         }
     }
 

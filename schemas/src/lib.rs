@@ -9,6 +9,7 @@
 //! - [`Codec::decode`] reads whatever [`Codec::encode`] wrote, with any schema version in the
 //!   catalog, resolved to the newest version of its event type.
 
+mod binary;
 mod catalog;
 mod codec;
 mod envelope;
