@@ -119,7 +119,11 @@ async fn main() {
     let records = Arc::new(records);
     let batch_body =
         Arc::new(json!({"events": (0..BATCH).map(order).collect::<Vec<_>>()}).to_string());
-    let url = format!("{base}/api/v1/events");
+    let target = Arc::new(Target {
+        client: client.clone(),
+        url: format!("{base}/api/v1/events"),
+        token,
+    });
 
     // 1 and 2 alternate over several rounds, so a slow moment of the shared machine (or of
     // the broker: log rolls, GC) does not land on one side only; medians are reported.
@@ -145,15 +149,10 @@ async fn main() {
         let t = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..in_flight {
-            let (client, body, token, url) = (
-                client.clone(),
-                batch_body.clone(),
-                token.clone(),
-                url.clone(),
-            );
+            let (target, body) = (target.clone(), batch_body.clone());
             tasks.push(tokio::spawn(async move {
                 for _ in 0..BATCHED_EVENTS / BATCH / in_flight {
-                    accepted(&client, &url, &token, &body).await;
+                    accepted(&target, &body).await;
                 }
             }));
         }
@@ -173,17 +172,12 @@ async fn main() {
     let t = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..32 {
-        let (client, body, token, url) = (
-            client.clone(),
-            single_body.clone(),
-            token.clone(),
-            format!("{base}/api/v1/events"),
-        );
+        let (target, body) = (target.clone(), single_body.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while Instant::now() < until {
                 let s = Instant::now();
-                accepted(&client, &url, &token, &body).await;
+                accepted(&target, &body).await;
                 latencies.push(s.elapsed());
             }
             latencies
@@ -217,14 +211,9 @@ async fn main() {
     for i in 0..total {
         let intended = start + interval * i as u32;
         tokio::time::sleep_until(intended).await;
-        let (client, body, token, url) = (
-            client.clone(),
-            single_body.clone(),
-            token.clone(),
-            format!("{base}/api/v1/events"),
-        );
+        let (target, body) = (target.clone(), single_body.clone());
         tasks.push(tokio::spawn(async move {
-            accepted(&client, &url, &token, &body).await;
+            accepted(&target, &body).await;
             intended.elapsed()
         }));
     }
@@ -289,10 +278,18 @@ async fn main() {
 }
 
 /// Posts and insists on a 202: a benchmark of failures would measure nothing.
-async fn accepted(client: &reqwest::Client, url: &str, token: &str, body: &str) {
-    let response = client
-        .post(url)
-        .bearer_auth(token)
+/// Where the load goes: the ingress's events endpoint, with a token.
+struct Target {
+    client: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+async fn accepted(target: &Target, body: &str) {
+    let response = target
+        .client
+        .post(&target.url)
+        .bearer_auth(&target.token)
         .header("content-type", "application/json")
         .body(body.to_owned())
         .send()

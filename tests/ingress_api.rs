@@ -312,14 +312,7 @@ async fn validate_only_checks_without_publishing() {
 async fn the_catalog_lists_every_type_with_an_example_that_the_ingress_accepts() {
     let app = start().await;
     let client = support::client();
-    let catalog: Value = client
-        .get(app.url("/api/v1/event-types"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let catalog = app.get_json("/api/v1/event-types").await;
     let types = catalog["event_types"].as_array().unwrap();
     assert_eq!(types.len(), 9);
     for t in types {
@@ -334,14 +327,7 @@ async fn the_catalog_lists_every_type_with_an_example_that_the_ingress_accepts()
             .unwrap();
         assert_eq!(response.status(), 200, "{}", t["type"]);
     }
-    let openapi: Value = client
-        .get(app.url("/api/v1/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let openapi = app.get_json("/api/v1/openapi.json").await;
     assert_eq!(openapi["openapi"], "3.1.0");
     assert_eq!(
         openapi["components"]["schemas"]["Event"]["oneOf"]

@@ -147,11 +147,6 @@ impl Catalog {
         self.versions.get(event_type).and_then(|list| list.last())
     }
 
-    /// Every version of an event type, oldest first.
-    pub fn versions(&self, event_type: &str) -> &[Arc<SchemaVersion>] {
-        self.versions.get(event_type).map_or(&[], Vec::as_slice)
-    }
-
     /// The newest version of every event type, by name.
     pub fn event_types(&self) -> impl Iterator<Item = &Arc<SchemaVersion>> {
         self.versions.values().filter_map(|list| list.last())

@@ -104,31 +104,7 @@ impl Codec {
                 out.extend_from_slice(&id.to_be_bytes());
             }
         }
-        let record = Value::Record(vec![
-            ("event_id".into(), Value::Uuid(envelope.event_id)),
-            (
-                "event_type".into(),
-                Value::String(envelope.event_type.clone()),
-            ),
-            (
-                "occurred_at".into(),
-                Value::TimestampMicros(micros(envelope.occurred_at)),
-            ),
-            (
-                "received_at".into(),
-                Value::TimestampMicros(micros(envelope.received_at)),
-            ),
-            ("actor".into(), Value::String(envelope.actor.clone())),
-            ("source".into(), Value::String(envelope.source.clone())),
-            (
-                "idempotency_key".into(),
-                match &envelope.idempotency_key {
-                    Some(key) => Value::Union(1, Box::new(Value::String(key.clone()))),
-                    None => Value::Union(0, Box::new(Value::Null)),
-                },
-            ),
-            ("data".into(), data),
-        ]);
+        let record = wire_record(envelope, data);
         // Validation already happened against the data schema: no second pass here.
         crate::binary::encode(&record, &schema.wire, &schema.names, &mut out)?;
         Ok(out)
@@ -208,6 +184,33 @@ impl Codec {
             _ => Err(CodecError::UnknownFraming),
         }
     }
+}
+
+/// The wire record: the envelope's fields, then `data` (schemas/README.md).
+fn wire_record(envelope: &Envelope, data: Value) -> Value {
+    let idempotency_key = match &envelope.idempotency_key {
+        Some(key) => Value::Union(1, Box::new(Value::String(key.clone()))),
+        None => Value::Union(0, Box::new(Value::Null)),
+    };
+    Value::Record(vec![
+        ("event_id".into(), Value::Uuid(envelope.event_id)),
+        (
+            "event_type".into(),
+            Value::String(envelope.event_type.clone()),
+        ),
+        (
+            "occurred_at".into(),
+            Value::TimestampMicros(micros(envelope.occurred_at)),
+        ),
+        (
+            "received_at".into(),
+            Value::TimestampMicros(micros(envelope.received_at)),
+        ),
+        ("actor".into(), Value::String(envelope.actor.clone())),
+        ("source".into(), Value::String(envelope.source.clone())),
+        ("idempotency_key".into(), idempotency_key),
+        ("data".into(), data),
+    ])
 }
 
 fn micros(at: OffsetDateTime) -> i64 {
@@ -294,28 +297,7 @@ mod tests {
             let env = envelope(&schema.event_type, 1_763_800_000_123_456, Some("k".into()));
             let value = schema.validate(&schema.example, "").unwrap();
             let ours = codec.encode(schema, &env, value.clone()).unwrap();
-            let Value::Record(fields) = value else {
-                unreachable!()
-            };
-            let record = Value::Record(vec![
-                ("event_id".into(), Value::Uuid(env.event_id)),
-                ("event_type".into(), Value::String(env.event_type.clone())),
-                (
-                    "occurred_at".into(),
-                    Value::TimestampMicros(micros(env.occurred_at)),
-                ),
-                (
-                    "received_at".into(),
-                    Value::TimestampMicros(micros(env.received_at)),
-                ),
-                ("actor".into(), Value::String(env.actor.clone())),
-                ("source".into(), Value::String(env.source.clone())),
-                (
-                    "idempotency_key".into(),
-                    Value::Union(1, Box::new(Value::String("k".into()))),
-                ),
-                ("data".into(), Value::Record(fields)),
-            ]);
+            let record = wire_record(&env, value);
             let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schema.wire)
                 .build()
                 .unwrap();

@@ -17,18 +17,3 @@ pub struct Envelope {
     pub source: String,
     pub idempotency_key: Option<String>,
 }
-
-impl Envelope {
-    /// Avro's timestamp-micros keeps microseconds: truncating here makes an envelope equal to
-    /// itself after a round trip through the wire format.
-    pub fn truncate_to_micros(mut self) -> Self {
-        self.occurred_at = truncate(self.occurred_at);
-        self.received_at = truncate(self.received_at);
-        self
-    }
-}
-
-fn truncate(at: OffsetDateTime) -> OffsetDateTime {
-    let micros = at.microsecond();
-    at.replace_microsecond(micros).unwrap_or(at)
-}

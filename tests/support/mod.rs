@@ -115,6 +115,17 @@ impl TestIngress {
         format!("{}{path}", self.base)
     }
 
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        client()
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn post(&self, token: &str, body: &serde_json::Value) -> reqwest::Response {
         client()
             .post(self.url("/api/v1/events"))

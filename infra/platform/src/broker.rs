@@ -247,14 +247,6 @@ impl LocalBroker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Whether this process started the broker (and so should stop it).
     pub fn owned(&self) -> bool {
         self.child.lock().expect("broker lock").is_some()

@@ -45,13 +45,6 @@ impl Database {
             Err(DbError::UnsupportedScheme(redact_url(url)))
         }
     }
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Postgres(_) => "postgres",
-            Self::Sqlite(_) => "sqlite",
-        }
-    }
 }
 
 /// The URL with any password replaced, for messages and logs.

@@ -36,13 +36,6 @@ pub struct KafkaArgs {
 }
 
 impl KafkaArgs {
-    pub fn with_brokers(brokers: impl Into<String>) -> Self {
-        Self {
-            brokers: Some(brokers.into()),
-            ..Self::default()
-        }
-    }
-
     /// The full topic name of an aggregate topic.
     pub fn topic(&self, aggregate: &str) -> String {
         format!("{}{aggregate}", self.topic_prefix)

@@ -3,7 +3,6 @@
 //! `aud` and `sub` are required, `nbf` is checked, 60 s of clock skew are allowed.
 
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::HeaderMap;
@@ -286,22 +285,6 @@ pub fn mint_hs256(
         &claims,
         &EncodingKey::from_secret(secret.expose_secret().as_bytes()),
     )
-}
-
-impl FromStr for Principal {
-    type Err = std::convert::Infallible;
-    /// `alice:user,admin`, for tests.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (subject, roles) = s.split_once(':').unwrap_or((s, ""));
-        Ok(Self {
-            subject: subject.into(),
-            roles: roles
-                .split(',')
-                .filter(|r| !r.is_empty())
-                .map(String::from)
-                .collect(),
-        })
-    }
 }
 
 #[cfg(test)]
