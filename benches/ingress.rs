@@ -109,7 +109,7 @@ async fn main() {
             };
             OutgoingRecord {
                 topic: kafka.topic("orders"),
-                key: format!("o-{i}"),
+                key: format!("o-{i}").into_bytes(),
                 payload: codec.encode(&schema, &envelope, data).unwrap(),
                 timestamp_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
                 headers: vec![],

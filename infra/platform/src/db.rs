@@ -47,6 +47,18 @@ impl Database {
     }
 }
 
+/// Runs `$body` with `$pool` bound to whichever pool a [`Database`] has: the query text is
+/// the same for both (`$1` placeholders work in SQLite too), but sqlx types it per database.
+#[macro_export]
+macro_rules! with_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::db::Database::Postgres($pool) => $body,
+            $crate::db::Database::Sqlite($pool) => $body,
+        }
+    };
+}
+
 /// The URL with any password replaced, for messages and logs.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

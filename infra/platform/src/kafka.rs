@@ -41,7 +41,7 @@ impl KafkaArgs {
         format!("{}{aggregate}", self.topic_prefix)
     }
 
-    fn client_config(&self) -> Result<ClientConfig, KafkaSetupError> {
+    pub(crate) fn client_config(&self) -> Result<ClientConfig, KafkaSetupError> {
         let brokers = self.brokers.as_deref().ok_or(KafkaSetupError::NoBrokers)?;
         let mut config = ClientConfig::new();
         config
@@ -76,7 +76,7 @@ pub enum KafkaSetupError {
 #[derive(Debug, Clone)]
 pub struct OutgoingRecord {
     pub topic: String,
-    pub key: String,
+    pub key: Vec<u8>,
     pub payload: Vec<u8>,
     /// Milliseconds since the epoch: the record's CreateTime, used by time-range reads.
     pub timestamp_ms: i64,

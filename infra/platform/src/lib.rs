@@ -6,10 +6,15 @@
 //! ([`http`]), process shutdown ([`shutdown`]), logging ([`telemetry`]), database pools
 //! chosen by URL ([`db`]) and the schema registry client ([`registry`]).
 
+pub mod auth;
 pub mod broker;
+pub mod consumer;
+pub mod contract;
 pub mod db;
 pub mod http;
 pub mod kafka;
+pub mod metrics;
+pub mod problem;
 pub mod registry;
 pub mod shutdown;
 pub mod telemetry;

@@ -219,7 +219,7 @@ async fn publish(
         accepted.push((event_id, envelope.event_type, topic.clone()));
         records.push(OutgoingRecord {
             topic,
-            key: event.key,
+            key: event.key.into_bytes(),
             payload,
             timestamp_ms: (received_at.unix_timestamp_nanos() / 1_000_000) as i64,
             headers,

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use platform::db::Database;
+use platform::with_pool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -255,17 +256,6 @@ fn row_to_record(row: Row) -> Result<Record, StoreError> {
         locked_until,
         expires_at,
     })
-}
-
-/// Runs `$body` with `$pool` bound to whichever pool the database has: the queries are the
-/// same text for both, but sqlx types them per database.
-macro_rules! with_pool {
-    ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            Database::Postgres($pool) => $body,
-            Database::Sqlite($pool) => $body,
-        }
-    };
 }
 
 /// The claim transaction, written once for both databases (they differ in the row lock:

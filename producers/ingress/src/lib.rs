@@ -7,14 +7,15 @@
 //! broker is down or slow it answers 503 with Retry-After within the publish deadline.
 //! With an `Idempotency-Key`, retries publish nothing new (see [`idempotency`]).
 
-pub mod auth;
 mod catalog_api;
 mod events_api;
 pub mod idempotency;
 pub mod policy;
 mod prepare;
-pub mod problem;
 pub mod sink;
+
+/// Shared with every service's API; re-exported where the ingress first defined them.
+pub use platform::{auth, problem};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,7 +25,8 @@ use anyhow::Context;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use events::{Catalog, Codec, WireFormat};
+use events::{Catalog, Codec};
+use platform::contract::ContractArgs;
 use platform::kafka::KafkaArgs;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -67,13 +69,8 @@ pub struct IngressArgs {
     /// when unset.
     #[arg(long, env = "PUBLISH_POLICY_FILE")]
     pub publish_policy_file: Option<PathBuf>,
-    /// A folder of .avsc files to use instead of the schemas built into the binary.
-    #[arg(long, env = "SCHEMAS_DIR")]
-    pub schemas_dir: Option<PathBuf>,
-    /// Confluent-compatible schema registry: when set, events use the Confluent wire format
-    /// and schemas are registered at start-up.
-    #[arg(long, env = "SCHEMA_REGISTRY_URL", hide_env_values = true)]
-    pub schema_registry_url: Option<String>,
+    #[command(flatten)]
+    pub contract: ContractArgs,
 }
 
 /// Size and time limits of the API.
@@ -114,28 +111,6 @@ impl IngressArgs {
         }
     }
 
-    /// Loads the catalog: the built-in schemas, or those of --schemas-dir.
-    pub fn catalog(&self) -> anyhow::Result<Catalog> {
-        let Some(dir) = &self.schemas_dir else {
-            return Ok(Catalog::embedded()?);
-        };
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-            let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "avsc") {
-                let name = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or_default()
-                    .to_string();
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                files.push((name, text));
-            }
-        }
-        Ok(Catalog::from_files(files)?)
-    }
-
     pub fn policy(&self) -> anyhow::Result<PublishPolicy> {
         match &self.publish_policy_file {
             None => Ok(PublishPolicy::embedded()),
@@ -154,7 +129,7 @@ pub async fn connect(
     kafka: &KafkaArgs,
     store: Arc<dyn IdempotencyStore>,
 ) -> anyhow::Result<AppState> {
-    let catalog = Arc::new(args.catalog()?);
+    let catalog = Arc::new(args.contract.catalog()?);
     let limits = args.limits();
     anyhow::ensure!(
         limits.publish_deadline < limits.request_timeout,
@@ -173,23 +148,10 @@ pub async fn connect(
     )
     .await
     .context("creating topics")?;
-    let format = match &args.schema_registry_url {
-        None => WireFormat::SingleObject,
-        Some(url) => {
-            let mut ids = std::collections::HashMap::new();
-            for version in catalog.all_versions() {
-                let subject = format!("{}-{}", kafka.topic(&version.topic), wire_name(version));
-                let id =
-                    platform::registry::register(url, &subject, &version.wire_json.to_string())
-                        .await?;
-                ids.insert(version.fingerprint, id);
-            }
-            WireFormat::Confluent { ids }
-        }
-    };
+    let codec = args.contract.codec(catalog, kafka).await?;
     let publisher = platform::kafka::Publisher::new(kafka, limits.publish_deadline)?;
     Ok(AppState {
-        codec: Codec::new(catalog, format),
+        codec,
         policy: args.policy()?,
         auth: Authenticator::from_args(&args.auth)?,
         sink: Arc::new(publisher),
@@ -197,13 +159,6 @@ pub async fn connect(
         limits,
         topic_prefix: kafka.topic_prefix.clone(),
     })
-}
-
-/// The record's full name: subjects follow the TopicRecordNameStrategy, since one topic
-/// carries several event types.
-fn wire_name(version: &events::SchemaVersion) -> String {
-    let name = version.wire_json["name"].as_str().unwrap_or_default();
-    format!("herald.events.{name}")
 }
 
 /// The ingress API as a value, so tests call it without a socket.

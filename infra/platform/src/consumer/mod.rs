@@ -1,0 +1,144 @@
+//! The consumer runtime: a consumer is a [`Handler`]; the runtime owns Kafka.
+//!
+//! What it guarantees (DESIGN.md, "Delivery semantics"):
+//! - at-least-once: an offset is stored only after the handler said the effect of that record
+//!   (and of every earlier record of its partition) is durable; stored offsets are committed
+//!   every second, on revocation and on shutdown;
+//! - order: each partition is handled by one task, in offset order; partitions run in parallel;
+//! - a transient failure ([`HandlerError::Retry`]) is retried in place with capped, jittered
+//!   exponential backoff, never skipped; a permanent one ([`HandlerError::Reject`]) or a record
+//!   that does not decode goes to the group's dead-letter topic `<group>.dlq` with headers
+//!   naming the error, the original position and the attempt count, and the partition moves on;
+//! - shutdown: fetching stops, in-flight batches finish, offsets are committed synchronously,
+//!   all within one deadline; a handler stuck past it is abandoned (its records are redelivered
+//!   to the next owner, never lost).
+//!
+//! Handlers receive batches of consecutive events of one partition, so a store can write a
+//! batch in one transaction. They must be idempotent by `event_id`: after a crash or a
+//! rebalance the same events can arrive again.
+
+mod backoff;
+mod runner;
+mod worker;
+
+use std::fmt::Display;
+use std::time::Duration;
+
+use async_trait::async_trait;
+pub use backoff::backoff;
+use events::Envelope;
+pub use runner::{Runner, RunnerError};
+
+/// One event as a handler sees it: plain data, no Kafka types.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The full topic name (with any prefix).
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// The record key: the aggregate id.
+    pub key: Option<String>,
+    pub envelope: Envelope,
+    /// The payload, resolved to the newest schema version of its event type.
+    pub data: serde_json::Value,
+    /// The schema version the event was written with.
+    pub written_with: u32,
+    /// W3C trace context from the record headers, when the producer sent one.
+    pub traceparent: Option<String>,
+}
+
+/// How the runtime must treat a failed batch. Chosen at each `?` with [`OrRetry`] or
+/// [`OrReject`], never by a blanket `From`.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Transient (database away, timeout): try the same batch again later.
+    #[error("transient: {0}")]
+    Retry(String),
+    /// Permanent (the event can never be applied): dead-letter it and move on.
+    #[error("permanent: {0}")]
+    Reject(String),
+}
+
+/// `.or_retry()?`: this failure is transient.
+pub trait OrRetry<T> {
+    fn or_retry(self) -> Result<T, HandlerError>;
+}
+
+/// `.or_reject()?`: this failure is permanent for the event at hand.
+pub trait OrReject<T> {
+    fn or_reject(self) -> Result<T, HandlerError>;
+}
+
+impl<T, E: Display> OrRetry<T> for Result<T, E> {
+    fn or_retry(self) -> Result<T, HandlerError> {
+        self.map_err(|err| HandlerError::Retry(err.to_string()))
+    }
+}
+
+impl<T, E: Display> OrReject<T> for Result<T, E> {
+    fn or_reject(self) -> Result<T, HandlerError> {
+        self.map_err(|err| HandlerError::Reject(err.to_string()))
+    }
+}
+
+/// A consumer's business logic.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Applies consecutive events of one partition. `Ok` means every effect is durable. On
+    /// `Reject` for a batch of several events the runtime retries them one by one to find the
+    /// event at fault, so a handler need not.
+    async fn handle(&self, events: &[Event]) -> Result<(), HandlerError>;
+}
+
+/// Settings of one consumer group member. Every consumer service flattens this.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConsumerArgs {
+    /// Consumer group id; default: the topic prefix followed by the consumer's name. Every
+    /// process with the same group shares the partitions.
+    #[arg(long, env = "CONSUMER_GROUP")]
+    pub group: Option<String>,
+    /// Most events handed to the handler at once (one database transaction).
+    #[arg(long, env = "CONSUMER_MAX_BATCH", default_value_t = 500)]
+    pub max_batch: usize,
+    /// How long a stopping consumer may take to finish in-flight work and commit.
+    #[arg(long, env = "CONSUMER_SHUTDOWN_MS", default_value_t = 10_000)]
+    pub shutdown_ms: u64,
+    /// Group session timeout: how soon a crashed member's partitions move to the others.
+    #[arg(long, env = "CONSUMER_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub session_timeout_ms: u64,
+    /// Upper bound of records prefetched from the broker, in KiB (memory bound).
+    #[arg(long, env = "CONSUMER_PREFETCH_KB", default_value_t = 8192)]
+    pub prefetch_kb: u64,
+    /// Longest wait between two retries of a failing batch.
+    #[arg(long, env = "CONSUMER_MAX_BACKOFF_MS", default_value_t = 30_000)]
+    pub max_backoff_ms: u64,
+}
+
+impl Default for ConsumerArgs {
+    fn default() -> Self {
+        Self {
+            group: None,
+            max_batch: 500,
+            shutdown_ms: 10_000,
+            session_timeout_ms: 10_000,
+            prefetch_kb: 8192,
+            max_backoff_ms: 30_000,
+        }
+    }
+}
+
+impl ConsumerArgs {
+    pub fn shutdown_deadline(&self) -> Duration {
+        Duration::from_millis(self.shutdown_ms)
+    }
+}
+
+/// Record headers the runtime writes on dead letters.
+pub mod dlq_headers {
+    pub const ERROR: &str = "herald.dlq.error";
+    pub const TOPIC: &str = "herald.dlq.topic";
+    pub const PARTITION: &str = "herald.dlq.partition";
+    pub const OFFSET: &str = "herald.dlq.offset";
+    pub const ATTEMPTS: &str = "herald.dlq.attempts";
+    pub const GROUP: &str = "herald.dlq.group";
+}

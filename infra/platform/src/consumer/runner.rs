@@ -1,0 +1,444 @@
+//! The group member: one thread polls Kafka (and so runs the rebalance callbacks), hands
+//! records to one task per partition, stores the offsets those tasks report as done, and
+//! commits.
+//!
+//! Polling happens on a thread of its own because a revocation must wait, inside
+//! librdkafka's callback, for the revoked partitions' tasks to finish and their offsets to
+//! be committed; blocking there must not block the async runtime the tasks run on.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use events::Codec;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::worker::{DeadLetters, Record, Shared, Worker};
+use super::{ConsumerArgs, Handler};
+use crate::kafka::{KafkaArgs, KafkaSetupError, Publisher};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error(transparent)]
+    Setup(#[from] KafkaSetupError),
+    #[error("kafka consumer: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("the consumer thread stopped unexpectedly")]
+    ThreadLost,
+}
+
+/// A consumer group member running one handler over some topics.
+pub struct Runner {
+    group: String,
+    topics: Vec<String>,
+    kafka: KafkaArgs,
+    args: ConsumerArgs,
+    codec: Arc<Codec>,
+    handler: Arc<dyn Handler>,
+}
+
+impl Runner {
+    /// `name` names the consumer (`audit-log`); the group is `args.group` or the topic
+    /// prefix followed by the name. `topics` are full topic names.
+    pub fn new(
+        name: &str,
+        topics: Vec<String>,
+        kafka: &KafkaArgs,
+        args: &ConsumerArgs,
+        codec: Arc<Codec>,
+        handler: Arc<dyn Handler>,
+    ) -> Self {
+        let group = args
+            .group
+            .clone()
+            .unwrap_or_else(|| format!("{}{name}", kafka.topic_prefix));
+        Self {
+            group,
+            topics,
+            kafka: kafka.clone(),
+            args: args.clone(),
+            codec,
+            handler,
+        }
+    }
+
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The group's dead-letter topic.
+    pub fn dead_letter_topic(&self) -> String {
+        format!("{}.dlq", self.group)
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains and commits within the deadline.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), RunnerError> {
+        let dlq = self.dead_letter_topic();
+        crate::kafka::ensure_topics(&self.kafka, std::slice::from_ref(&dlq), 1, 1).await?;
+        let shared = Arc::new(Shared {
+            handler: self.handler,
+            codec: self.codec,
+            dead_letters: DeadLetters {
+                publisher: Publisher::new(&self.kafka, Duration::from_secs(10))?,
+                topic: dlq,
+                group: self.group.clone(),
+            },
+            max_batch: self.args.max_batch.max(1),
+            max_backoff: Duration::from_millis(self.args.max_backoff_ms),
+        });
+        let context = Context {
+            shared,
+            runtime: Handle::current(),
+            deadline: self.args.shutdown_deadline(),
+            partitions: Mutex::new(HashMap::new()),
+        };
+        let mut config = self.kafka.client_config()?;
+        config
+            .set("group.id", &self.group)
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            // Offsets are stored by hand, only once a record's effect is durable.
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "session.timeout.ms",
+                self.args.session_timeout_ms.to_string(),
+            )
+            .set("heartbeat.interval.ms", (self.args.session_timeout_ms / 4).max(100).to_string())
+            .set("queued.max.messages.kbytes", self.args.prefetch_kb.to_string())
+            .set("fetch.max.bytes", (self.args.prefetch_kb * 1024).clamp(1 << 20, 1 << 26).to_string())
+            .set("statistics.interval.ms", "5000");
+        let consumer: BaseConsumer<Context> = config.create_with_context(context)?;
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        tracing::info!(group = %self.group, topics = ?self.topics, "consumer started");
+        let (done_tx, done_rx) = oneshot::channel();
+        let group = self.group.clone();
+        // Dropping this future stops the polling thread too: a dropped consumer never keeps
+        // the process alive or its partitions held.
+        let shutdown = shutdown.child_token();
+        let _stop_on_drop = shutdown.clone().drop_guard();
+        std::thread::Builder::new()
+            .name(format!("poll-{group}"))
+            .spawn(move || {
+                poll_until(&consumer, &shutdown);
+                consumer.context().finish(&consumer);
+                drop(consumer);
+                let _ = done_tx.send(());
+            })
+            .map_err(|_| RunnerError::ThreadLost)?;
+        done_rx.await.map_err(|_| RunnerError::ThreadLost)?;
+        tracing::info!(%group, "consumer stopped");
+        Ok(())
+    }
+}
+
+/// The polling loop: fetch, dispatch, store progress; until shutdown.
+fn poll_until(consumer: &BaseConsumer<Context>, shutdown: &CancellationToken) {
+    let context = consumer.context();
+    while !shutdown.is_cancelled() {
+        let parked = context.unpark(consumer);
+        context.store_progress(consumer);
+        let wait = if parked { 5 } else { 100 };
+        match consumer.poll(Duration::from_millis(wait)) {
+            None => {}
+            Some(Ok(message)) => context.dispatch(consumer, &message),
+            Some(Err(err)) => tracing::warn!(%err, "kafka consumer error"),
+        }
+    }
+}
+
+/// One assigned partition, seen from the polling thread.
+struct Slot {
+    tx: mpsc::Sender<Record>,
+    progress: Arc<AtomicI64>,
+    /// The last offset handed to librdkafka's offset store.
+    stored: i64,
+    /// A record the partition's task had no room for; the partition is paused until it
+    /// is taken.
+    parked: Option<Record>,
+    stop: CancellationToken,
+    abort: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+struct Context {
+    shared: Arc<Shared>,
+    runtime: Handle,
+    deadline: Duration,
+    /// Touched only by the polling thread (the loop and the callbacks it runs).
+    partitions: Mutex<HashMap<(String, i32), Slot>>,
+}
+
+impl Context {
+    fn slots(&self) -> MutexGuard<'_, HashMap<(String, i32), Slot>> {
+        self.partitions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn start(&self, topic: &str, partition: i32) {
+        let mut slots = self.slots();
+        if slots.contains_key(&(topic.to_string(), partition)) {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(self.shared.max_batch * 2);
+        let progress = Arc::new(AtomicI64::new(-1));
+        let stop = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let worker = Worker {
+            shared: self.shared.clone(),
+            topic: topic.to_string(),
+            partition,
+            rx,
+            progress: progress.clone(),
+            stop: stop.clone(),
+            abort: abort.clone(),
+        };
+        let task = self.runtime.spawn(worker.run());
+        slots.insert(
+            (topic.to_string(), partition),
+            Slot {
+                tx,
+                progress,
+                stored: -1,
+                parked: None,
+                stop,
+                abort,
+                task,
+            },
+        );
+        metrics::gauge!("herald_consumer_assigned_partitions", "group" => self.shared.dead_letters.group.clone())
+            .increment(1.0);
+    }
+
+    fn dispatch(&self, consumer: &BaseConsumer<Context>, message: &BorrowedMessage<'_>) {
+        let key = (message.topic().to_string(), message.partition());
+        let mut slots = self.slots();
+        let Some(slot) = slots.get_mut(&key) else {
+            tracing::debug!(topic = %key.0, partition = key.1, "record of a partition not assigned here");
+            return;
+        };
+        if slot.parked.is_some() {
+            // Fetched before the pause took effect: the seek at resume fetches it again.
+            return;
+        }
+        match slot.tx.try_send(to_record(message)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(record)) => {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&key.0, key.1);
+                if let Err(err) = consumer.pause(&tpl) {
+                    tracing::warn!(%err, "pausing a busy partition failed");
+                }
+                slot.parked = Some(record);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Hands parked records to their tasks where there is room again and resumes those
+    /// partitions from the record after. Returns whether any partition is still paused.
+    fn unpark(&self, consumer: &BaseConsumer<Context>) -> bool {
+        let mut still_parked = false;
+        for ((topic, partition), slot) in self.slots().iter_mut() {
+            let Some(record) = slot.parked.take() else {
+                continue;
+            };
+            let next = record.offset + 1;
+            match slot.tx.try_send(record) {
+                Ok(()) => {
+                    let resumed = consumer
+                        .seek(topic, *partition, Offset::Offset(next), Duration::ZERO)
+                        .and_then(|()| {
+                            let mut tpl = TopicPartitionList::new();
+                            tpl.add_partition(topic, *partition);
+                            consumer.resume(&tpl)
+                        });
+                    if let Err(err) = resumed {
+                        tracing::warn!(%err, %topic, partition, "resuming a partition failed");
+                    }
+                }
+                Err(mpsc::error::TrySendError::Full(record)) => {
+                    slot.parked = Some(record);
+                    still_parked = true;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        still_parked
+    }
+
+    /// Moves every partition's done offset into librdkafka's offset store (committed by the
+    /// auto-commit timer, on revocation and at shutdown).
+    fn store_progress(&self, consumer: &BaseConsumer<Context>) {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), slot) in self.slots().iter_mut() {
+            let next = slot.progress.load(Ordering::Acquire);
+            if next > slot.stored {
+                if tpl
+                    .add_partition_offset(topic, *partition, Offset::Offset(next))
+                    .is_ok()
+                {
+                    slot.stored = next;
+                }
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(err) = consumer.store_offsets(&tpl) {
+                tracing::debug!(%err, "storing offsets failed");
+            }
+        }
+    }
+
+    /// Stops the tasks of some partitions (all when `which` is `None`) within the deadline
+    /// and commits how far they got.
+    fn stop(&self, consumer: &BaseConsumer<Context>, which: Option<&[(String, i32)]>) {
+        let stopping: Vec<((String, i32), Slot)> = {
+            let mut slots = self.slots();
+            match which {
+                None => slots.drain().collect(),
+                Some(keys) => keys
+                    .iter()
+                    .filter_map(|key| slots.remove_entry(key))
+                    .collect(),
+            }
+        };
+        if stopping.is_empty() {
+            return;
+        }
+        for (_, slot) in &stopping {
+            slot.stop.cancel();
+        }
+        let until = Instant::now() + self.deadline;
+        let mut commit = TopicPartitionList::new();
+        for ((topic, partition), slot) in stopping {
+            let remaining = until.saturating_duration_since(Instant::now());
+            let mut task = slot.task;
+            let finished = self
+                .runtime
+                .block_on(async { tokio::time::timeout(remaining, &mut task).await.is_ok() });
+            if !finished {
+                slot.abort.cancel();
+                let _ = self
+                    .runtime
+                    .block_on(tokio::time::timeout(Duration::from_secs(1), task));
+            }
+            let next = slot.progress.load(Ordering::Acquire);
+            if next >= 0 {
+                let _ = commit.add_partition_offset(&topic, partition, Offset::Offset(next));
+            }
+            metrics::gauge!("herald_consumer_assigned_partitions", "group" => self.shared.dead_letters.group.clone())
+                .decrement(1.0);
+        }
+        if commit.count() > 0 {
+            match consumer.commit(&commit, CommitMode::Sync) {
+                Ok(()) => tracing::info!(partitions = commit.count(), "offsets committed"),
+                Err(err) => tracing::warn!(%err, "committing offsets failed; the records will be delivered again"),
+            }
+        }
+    }
+
+    /// Shutdown: finish in-flight work and commit.
+    fn finish(&self, consumer: &BaseConsumer<Context>) {
+        self.store_progress(consumer);
+        self.stop(consumer, None);
+    }
+}
+
+fn to_record(message: &BorrowedMessage<'_>) -> Record {
+    let headers = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Record {
+        topic: message.topic().to_string(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec),
+        timestamp_ms: message.timestamp().to_millis(),
+        headers,
+    }
+}
+
+impl ClientContext for Context {
+    fn stats(&self, statistics: Statistics) {
+        let group = &self.shared.dead_letters.group;
+        for (topic, stats) in &statistics.topics {
+            for (partition, p) in &stats.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    metrics::gauge!(
+                        "herald_consumer_lag",
+                        "group" => group.clone(),
+                        "topic" => topic.clone(),
+                        "partition" => partition.to_string()
+                    )
+                    .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Broker connection errors recover by themselves: not an operator's ERROR.
+        tracing::warn!(%error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let keys: Vec<(String, i32)> = tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect();
+            tracing::info!(partitions = ?keys, "partitions revoked");
+            self.store_progress(consumer);
+            self.stop(consumer, Some(&keys));
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let keys: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                tracing::info!(partitions = ?keys, "partitions assigned");
+                for (topic, partition) in keys {
+                    self.start(&topic, partition);
+                }
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(err) => tracing::warn!(%err, "rebalance failed"),
+        }
+    }
+}
+
+/// The handler type is erased so services can hold runners of different consumers.
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("group", &self.group)
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
+    }
+}

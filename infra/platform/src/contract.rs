@@ -1,0 +1,74 @@
+//! Which event contract a service speaks: the schemas (built in, or a folder of `.avsc`
+//! files) and the wire framing (single-object, or Confluent with a schema registry). Shared by
+//! the ingress, which writes events, and every consumer, which reads them.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use events::{Catalog, Codec, SchemaVersion, WireFormat};
+
+use crate::kafka::KafkaArgs;
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ContractArgs {
+    /// A folder of .avsc files to use instead of the schemas built into the binary.
+    #[arg(long, env = "SCHEMAS_DIR")]
+    pub schemas_dir: Option<PathBuf>,
+    /// Confluent-compatible schema registry: when set, events use the Confluent wire format
+    /// and schemas are registered at start-up.
+    #[arg(long, env = "SCHEMA_REGISTRY_URL", hide_env_values = true)]
+    pub schema_registry_url: Option<String>,
+}
+
+impl ContractArgs {
+    /// Loads the catalog: the built-in schemas, or those of --schemas-dir.
+    pub fn catalog(&self) -> anyhow::Result<Catalog> {
+        let Some(dir) = &self.schemas_dir else {
+            return Ok(Catalog::embedded()?);
+        };
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "avsc") {
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
+                    .to_string();
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                files.push((name, text));
+            }
+        }
+        Ok(Catalog::from_files(files)?)
+    }
+
+    /// The codec of `catalog`. With a registry, every schema version is registered (which
+    /// returns the existing id when it is known), so writers and readers agree on ids.
+    pub async fn codec(&self, catalog: Arc<Catalog>, kafka: &KafkaArgs) -> anyhow::Result<Codec> {
+        let format = match &self.schema_registry_url {
+            None => WireFormat::SingleObject,
+            Some(url) => {
+                let mut ids = HashMap::new();
+                for version in catalog.all_versions() {
+                    let subject =
+                        format!("{}-{}", kafka.topic(&version.topic), wire_name(version));
+                    let id = crate::registry::register(url, &subject, &version.wire_json.to_string())
+                        .await?;
+                    ids.insert(version.fingerprint, id);
+                }
+                WireFormat::Confluent { ids }
+            }
+        };
+        Ok(Codec::new(catalog, format))
+    }
+}
+
+/// The record's full name: subjects follow the TopicRecordNameStrategy, since one topic
+/// carries several event types.
+fn wire_name(version: &SchemaVersion) -> String {
+    let name = version.wire_json["name"].as_str().unwrap_or_default();
+    format!("herald.events.{name}")
+}
