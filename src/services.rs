@@ -11,7 +11,11 @@ use ingress::IngressArgs;
 use ingress::idempotency::SqlStore;
 use platform::broker::LocalBroker;
 use platform::db::{Database, redact_url};
+use platform::auth::{AuthArgs, Authenticator};
+use platform::consumer::{ConsumerArgs, Runner};
+use platform::contract::ContractArgs;
 use platform::kafka::KafkaArgs;
+use tokio_util::sync::CancellationToken;
 
 /// Settings shared by `herald up` and each service.
 #[derive(Debug, Clone, Args)]
@@ -32,6 +36,50 @@ pub struct ServiceArgs {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub ingress: IngressArgs,
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
+}
+
+/// `herald audit-log` settings.
+#[derive(Debug, Clone, Args)]
+pub struct AuditLogArgs {
+    /// Address of the audit query API, /healthz and /metrics.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub contract: ContractArgs,
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
+}
+
+/// Where a service keeps its tables.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Folder for all local data (the SQLite file when DATABASE_URL is unset).
+    #[arg(long, env = "HERALD_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// postgres://... for several replicas; default: a SQLite file in the data folder.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+impl StoreArgs {
+    pub async fn connect(&self) -> anyhow::Result<Database> {
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("creating {}", self.data_dir.display()))?;
+        let url = self.database_url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}", self.data_dir.join("herald.db").display())
+        });
+        let db = Database::connect(&url).await?;
+        tracing::info!(database = %redact_url(&url), "database connected");
+        Ok(db)
+    }
 }
 
 pub async fn up(mut args: ServiceArgs) -> anyhow::Result<()> {
@@ -75,6 +123,7 @@ enum Defaults {
 }
 
 async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> {
+    platform::metrics::install();
     let shutdown = platform::shutdown::on_signal();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
@@ -93,15 +142,31 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
             "using the development HS256 secret of the data folder; `herald token` signs with it"
         );
     }
-    let database_url = args
-        .database_url
-        .clone()
-        .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join("herald.db").display()));
-    let db = Database::connect(&database_url).await?;
-    tracing::info!(database = %redact_url(&database_url), "database connected");
-    let store = Arc::new(SqlStore::new(db).await?);
+    let db = StoreArgs {
+        data_dir: args.data_dir.clone(),
+        database_url: args.database_url.clone(),
+    }
+    .connect()
+    .await?;
+    let store = Arc::new(SqlStore::new(db.clone()).await?);
     tokio::spawn(purge_idempotency_keys(store.clone(), shutdown.clone()));
     let state = Arc::new(ingress::connect(&args.ingress, &args.kafka, store).await?);
+    let mut router = ingress::router(state.clone());
+    let mut consumers = Vec::new();
+    if defaults == Defaults::Development {
+        // `herald up` runs every consumer in this process; deployed, each runs on its own.
+        let audit = AuditLog::connect(
+            db,
+            &args.kafka,
+            &args.ingress.contract,
+            &args.consumer,
+            Arc::new(Authenticator::from_args(&args.ingress.auth)?),
+        )
+        .await?;
+        router = router.merge(audit.router());
+        consumers.push(spawn_consumer(audit.runner, shutdown.clone()));
+    }
+    let router = router.route("/metrics", axum::routing::get(metrics));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -109,8 +174,11 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
     let brokers = args.kafka.brokers.clone().unwrap_or_default();
     tracing::info!(http = %local, kafka = %brokers, "herald is ready");
     println!("herald: HTTP API on http://{local}  (kafka: {brokers})");
-    ingress::run(listener, ingress::router(state.clone()), shutdown).await?;
+    ingress::run(listener, router, shutdown).await?;
     state.sink.drain(Duration::from_secs(5)).await;
+    for consumer in consumers {
+        consumer.await.context("consumer task")??;
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -132,4 +200,99 @@ async fn purge_idempotency_keys(
             Err(err) => tracing::warn!(%err, "purging expired idempotency keys failed"),
         }
     }
+}
+
+async fn metrics() -> String {
+    platform::metrics::render()
+}
+
+/// The audit log's parts: its consumer and its query API.
+struct AuditLog {
+    runner: Runner,
+    api: Arc<audit_log::api::AuditApi>,
+}
+
+impl AuditLog {
+    async fn connect(
+        db: Database,
+        kafka: &KafkaArgs,
+        contract: &ContractArgs,
+        consumer: &ConsumerArgs,
+        auth: Arc<Authenticator>,
+    ) -> anyhow::Result<Self> {
+        let store: Arc<dyn audit_log::store::AuditStore> =
+            Arc::new(audit_log::store::SqlStore::new(db).await?);
+        let catalog = Arc::new(contract.catalog()?);
+        let topics = catalog.topics().into_iter().map(|t| kafka.topic(t)).collect();
+        let codec = Arc::new(contract.codec(catalog, kafka).await?);
+        let handler = Arc::new(audit_log::AuditLog::new(store.clone()));
+        let runner = Runner::new(audit_log::NAME, topics, kafka, consumer, codec, handler);
+        Ok(Self {
+            runner,
+            api: Arc::new(audit_log::api::AuditApi { store, auth }),
+        })
+    }
+
+    fn router(&self) -> axum::Router {
+        audit_log::api::router(self.api.clone())
+    }
+}
+
+/// `herald audit-log`: the consumer and its query API.
+pub async fn audit_log(args: AuditLogArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.kafka.brokers.is_some(),
+        "herald audit-log needs KAFKA_BROKERS (or use `herald up`, which runs it too)"
+    );
+    platform::metrics::install();
+    let shutdown = platform::shutdown::on_signal();
+    let db = args.store.connect().await?;
+    let audit = AuditLog::connect(
+        db,
+        &args.kafka,
+        &args.contract,
+        &args.consumer,
+        Arc::new(Authenticator::from_args(&args.auth)?),
+    )
+    .await?;
+    let router = audit
+        .router()
+        .route(
+            "/healthz",
+            axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/metrics", axum::routing::get(metrics));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(http = %local, group = %audit.runner.group(), "audit log is ready");
+    println!("herald audit-log: HTTP API on http://{local}");
+    let consumer = spawn_consumer(audit.runner, shutdown.clone());
+    platform::http::serve(
+        listener,
+        router,
+        shutdown.clone(),
+        platform::http::ServeOptions::default(),
+    )
+    .await?;
+    shutdown.cancel();
+    consumer.await.context("consumer task")??;
+    Ok(())
+}
+
+/// Runs a consumer; when it ends by itself (an error it cannot recover from) the whole
+/// process stops, so a service that no longer consumes does not look alive.
+fn spawn_consumer(
+    runner: Runner,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), platform::consumer::RunnerError>> {
+    tokio::spawn(async move {
+        let result = runner.run(shutdown.clone()).await;
+        if let Err(err) = &result {
+            tracing::error!(%err, "consumer stopped; stopping the process");
+        }
+        shutdown.cancel();
+        result
+    })
 }

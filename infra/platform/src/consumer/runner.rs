@@ -103,6 +103,7 @@ impl Runner {
             partitions: Mutex::new(HashMap::new()),
         };
         let mut config = self.kafka.client_config()?;
+        config.remove("partitioner");
         config
             .set("group.id", &self.group)
             .set("partition.assignment.strategy", "cooperative-sticky")
