@@ -155,7 +155,7 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
     let mut consumers = Vec::new();
     if defaults == Defaults::Development {
         // `herald up` runs every consumer in this process; deployed, each runs on its own.
-        let audit = AuditLog::connect(
+        let audit = audit_log::Service::connect(
             db,
             &args.kafka,
             &args.ingress.contract,
@@ -206,38 +206,6 @@ async fn metrics() -> String {
     platform::metrics::render()
 }
 
-/// The audit log's parts: its consumer and its query API.
-struct AuditLog {
-    runner: Runner,
-    api: Arc<audit_log::api::AuditApi>,
-}
-
-impl AuditLog {
-    async fn connect(
-        db: Database,
-        kafka: &KafkaArgs,
-        contract: &ContractArgs,
-        consumer: &ConsumerArgs,
-        auth: Arc<Authenticator>,
-    ) -> anyhow::Result<Self> {
-        let store: Arc<dyn audit_log::store::AuditStore> =
-            Arc::new(audit_log::store::SqlStore::new(db).await?);
-        let catalog = Arc::new(contract.catalog()?);
-        let topics = catalog.topics().into_iter().map(|t| kafka.topic(t)).collect();
-        let codec = Arc::new(contract.codec(catalog, kafka).await?);
-        let handler = Arc::new(audit_log::AuditLog::new(store.clone()));
-        let runner = Runner::new(audit_log::NAME, topics, kafka, consumer, codec, handler);
-        Ok(Self {
-            runner,
-            api: Arc::new(audit_log::api::AuditApi { store, auth }),
-        })
-    }
-
-    fn router(&self) -> axum::Router {
-        audit_log::api::router(self.api.clone())
-    }
-}
-
 /// `herald audit-log`: the consumer and its query API.
 pub async fn audit_log(args: AuditLogArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -247,7 +215,7 @@ pub async fn audit_log(args: AuditLogArgs) -> anyhow::Result<()> {
     platform::metrics::install();
     let shutdown = platform::shutdown::on_signal();
     let db = args.store.connect().await?;
-    let audit = AuditLog::connect(
+    let audit = audit_log::Service::connect(
         db,
         &args.kafka,
         &args.contract,

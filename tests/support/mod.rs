@@ -2,6 +2,8 @@
 //! port 0 with its own topic prefix, tokens, and a reader that decodes what landed.
 #![allow(dead_code)]
 
+pub mod audit;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

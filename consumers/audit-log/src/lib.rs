@@ -16,7 +16,11 @@ pub mod verify;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use platform::consumer::{Event, Handler, HandlerError, OrRetry};
+use platform::auth::Authenticator;
+use platform::consumer::{ConsumerArgs, Event, Handler, HandlerError, OrRetry, Runner};
+use platform::contract::ContractArgs;
+use platform::db::Database;
+use platform::kafka::KafkaArgs;
 
 use crate::chain::{Entry, chain_name};
 use crate::store::AuditStore;
@@ -48,5 +52,42 @@ impl Handler for AuditLog {
             .await
             .or_retry()?;
         Ok(())
+    }
+}
+
+/// The audit log's parts, connected: its consumer and its query API.
+pub struct Service {
+    pub runner: Runner,
+    pub store: Arc<dyn AuditStore>,
+    pub api: Arc<api::AuditApi>,
+}
+
+impl Service {
+    /// Migrates the store and prepares the consumer of every topic of the catalog.
+    pub async fn connect(
+        db: Database,
+        kafka: &KafkaArgs,
+        contract: &ContractArgs,
+        consumer: &ConsumerArgs,
+        auth: Arc<Authenticator>,
+    ) -> anyhow::Result<Self> {
+        let store: Arc<dyn AuditStore> = Arc::new(store::SqlStore::new(db).await?);
+        let catalog = Arc::new(contract.catalog()?);
+        let topics = catalog.topics().into_iter().map(|t| kafka.topic(t)).collect();
+        let codec = Arc::new(contract.codec(catalog, kafka).await?);
+        let handler = Arc::new(AuditLog::new(store.clone()));
+        let runner = Runner::new(NAME, topics, kafka, consumer, codec, handler);
+        Ok(Self {
+            runner,
+            api: Arc::new(api::AuditApi {
+                store: store.clone(),
+                auth,
+            }),
+            store,
+        })
+    }
+
+    pub fn router(&self) -> axum::Router {
+        api::router(self.api.clone())
     }
 }

@@ -391,3 +391,42 @@ pub(crate) fn cluster_has_brokers(bootstrap: &str) -> bool {
             .is_ok_and(|m| !m.brokers().is_empty())
     })
 }
+
+/// The offsets a consumer group has committed for some topics, by (topic, partition);
+/// partitions without a commit are left out. Reads only: it does not join the group.
+pub async fn committed_offsets(
+    args: &KafkaArgs,
+    group: &str,
+    topics: &[String],
+) -> Result<HashMap<(String, i32), i64>, KafkaSetupError> {
+    let mut config = args.client_config()?;
+    config.remove("partitioner");
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create()?;
+        let timeout = Duration::from_secs(10);
+        let mut tpl = TopicPartitionList::new();
+        for topic in &topics {
+            let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+            for t in metadata.topics() {
+                for p in t.partitions() {
+                    tpl.add_partition(topic, p.id());
+                }
+            }
+        }
+        let committed = consumer.committed_offsets(tpl, timeout)?;
+        Ok(committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(offset) => Some(((e.topic().to_string(), e.partition()), offset)),
+                _ => None,
+            })
+            .collect())
+    })
+    .await
+    .expect("offset reader task panicked")
+}

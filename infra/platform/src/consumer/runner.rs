@@ -342,6 +342,11 @@ impl Context {
                 .decrement(1.0);
         }
         if commit.count() > 0 {
+            // Stored too: librdkafka commits stored offsets again when it closes or
+            // unassigns, and an older stored offset would move the commit backwards.
+            if let Err(err) = consumer.store_offsets(&commit) {
+                tracing::debug!(%err, "storing final offsets failed");
+            }
             match consumer.commit(&commit, CommitMode::Sync) {
                 Ok(()) => tracing::info!(partitions = commit.count(), "offsets committed"),
                 Err(err) => tracing::warn!(%err, "committing offsets failed; the records will be delivered again"),

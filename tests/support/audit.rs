@@ -1,0 +1,199 @@
+//! Running the audit log as users do: `herald audit-log` processes that can be killed, a fresh
+//! PostgreSQL database per test, and a steady stream of events of every type.
+
+use std::collections::{HashMap, HashSet};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use platform::kafka::KafkaArgs;
+use serde_json::{Value, json};
+use sqlx::postgres::PgPool;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+use super::{SECRET, TestIngress, client};
+
+pub const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+
+/// A new, empty database on the test PostgreSQL server; its URL.
+pub async fn fresh_postgres() -> String {
+    let admin = std::env::var("TEST_POSTGRES_URL")
+        .expect("TEST_POSTGRES_URL must point at a PostgreSQL database: run infra/scripts/test.sh");
+    let name = format!("audit_{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let pool = PgPool::connect(&admin).await.expect("test PostgreSQL reachable");
+    // The name is generated here from hex digits: nothing to inject.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&pool)
+        .await
+        .expect("creating a test database");
+    pool.close().await;
+    let (base, _) = admin.rsplit_once('/').expect("a database URL ends in /name");
+    format!("{base}/{name}")
+}
+
+/// A `herald audit-log` process.
+pub struct AuditProcess {
+    child: Child,
+    pub base: String,
+}
+
+impl AuditProcess {
+    pub async fn start(kafka: &KafkaArgs, database_url: &str, env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(HERALD);
+        command
+            .arg("audit-log")
+            .env("KAFKA_BROKERS", kafka.brokers.as_deref().unwrap())
+            .env("TOPIC_PREFIX", &kafka.topic_prefix)
+            .env("DATABASE_URL", database_url)
+            .env("HERALD_LISTEN", "127.0.0.1:0")
+            .env("JWT_HS256_SECRET", SECRET)
+            .env("CONSUMER_SESSION_TIMEOUT_MS", "6000")
+            .env("CONSUMER_MAX_BACKOFF_MS", "1000")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("herald audit-log starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let base = loop {
+            let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+                .await
+                .expect("herald audit-log printed nothing within 60 s")
+                .unwrap()
+                .expect("herald audit-log exited before it was ready");
+            if let Some(rest) = line.split("HTTP API on ").nth(1) {
+                break rest.trim().to_string();
+            }
+        };
+        // Keep reading so the process never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { child, base }
+    }
+
+    /// SIGKILL: no chance to finish or commit anything.
+    pub async fn kill9(mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+
+    /// SIGTERM, then the exit status and how long the process took to exit.
+    pub async fn terminate(mut self) -> (std::process::ExitStatus, Duration) {
+        let pid = self.child.id().expect("still running").to_string();
+        let started = Instant::now();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("herald audit-log did not exit within 60 s of SIGTERM")
+            .unwrap();
+        (status, started.elapsed())
+    }
+
+    /// A metric summed over its label sets, from /metrics.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = client()
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// An event of each type in turn, with keys that spread over every partition.
+pub fn mixed_event(catalog: &events::Catalog, i: usize) -> Value {
+    let types: Vec<_> = catalog.event_types().collect();
+    let schema = types[i % types.len()];
+    let mut data = schema.example.clone();
+    let uuid_keyed = data[&schema.key_field]
+        .as_str()
+        .is_some_and(|k| Uuid::try_parse(k).is_ok());
+    data[&schema.key_field] = if uuid_keyed {
+        json!(Uuid::from_u128(0x5eed_0000_0000_0000 + i as u128))
+    } else {
+        json!(format!("k-{i}"))
+    };
+    json!({"type": schema.event_type, "data": data})
+}
+
+/// Posts `batches` batches of `per_batch` mixed events, `pause` apart; returns the ids of
+/// every acknowledged event (a request that failed acknowledged nothing).
+pub async fn publish(
+    app: &TestIngress,
+    token: &str,
+    batches: usize,
+    per_batch: usize,
+    pause: Duration,
+) -> Vec<Uuid> {
+    let catalog = app.state.catalog().clone();
+    let mut acked = Vec::new();
+    for b in 0..batches {
+        let events: Vec<Value> = (0..per_batch)
+            .map(|i| mixed_event(&catalog, b * per_batch + i))
+            .collect();
+        let response = app.post(token, &json!({ "events": events })).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            status == 202 || status == 503,
+            "publishing failed: {status} {}",
+            body.to_string().chars().take(300).collect::<String>()
+        );
+        if status == 202 {
+            for event in body["events"].as_array().unwrap() {
+                acked.push(Uuid::parse_str(event["event_id"].as_str().unwrap()).unwrap());
+            }
+        }
+        tokio::time::sleep(pause).await;
+    }
+    acked
+}
+
+/// Every audit row's event id, with how many rows carry it.
+pub async fn rows_by_id(database_url: &str) -> HashMap<Uuid, usize> {
+    let db = platform::db::Database::connect(database_url).await.unwrap();
+    let ids: Vec<(Uuid,)> = platform::with_pool!(&db, pool => {
+        sqlx::query_as("SELECT id FROM audit_log").fetch_all(pool).await.unwrap()
+    });
+    let mut counts = HashMap::new();
+    for (id,) in ids {
+        *counts.entry(id).or_default() += 1;
+    }
+    counts
+}
+
+/// Waits until every id in `expected` has a row (or the deadline passes); the final rows.
+pub async fn wait_for_rows(
+    database_url: &str,
+    expected: &HashSet<Uuid>,
+    within: Duration,
+) -> HashMap<Uuid, usize> {
+    let until = Instant::now() + within;
+    loop {
+        let rows = rows_by_id(database_url).await;
+        if expected.iter().all(|id| rows.contains_key(id)) || Instant::now() > until {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Counts of a run: (events acknowledged, rows, duplicated ids, missing ids).
+pub fn tally(acked: &[Uuid], rows: &HashMap<Uuid, usize>) -> (usize, usize, usize, usize) {
+    let total_rows = rows.values().sum();
+    let duplicates = rows.values().filter(|n| **n > 1).count();
+    let missing = acked.iter().filter(|id| !rows.contains_key(id)).count();
+    (acked.len(), total_rows, duplicates, missing)
+}
