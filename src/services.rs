@@ -9,11 +9,11 @@ use anyhow::Context;
 use clap::Args;
 use ingress::IngressArgs;
 use ingress::idempotency::SqlStore;
-use platform::broker::LocalBroker;
-use platform::db::{Database, redact_url};
 use platform::auth::{AuthArgs, Authenticator};
+use platform::broker::LocalBroker;
 use platform::consumer::{ConsumerArgs, Runner};
 use platform::contract::ContractArgs;
+use platform::db::{Database, redact_url};
 use platform::kafka::KafkaArgs;
 use tokio_util::sync::CancellationToken;
 
@@ -73,9 +73,10 @@ impl StoreArgs {
     pub async fn connect(&self) -> anyhow::Result<Database> {
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("creating {}", self.data_dir.display()))?;
-        let url = self.database_url.clone().unwrap_or_else(|| {
-            format!("sqlite://{}", self.data_dir.join("herald.db").display())
-        });
+        let url = self
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("herald.db").display()));
         let db = Database::connect(&url).await?;
         tracing::info!(database = %redact_url(&url), "database connected");
         Ok(db)

@@ -43,9 +43,9 @@ async fn every_acknowledged_event_has_one_row_through_kill_9_restarts() {
     let mut audit = AuditProcess::start(&kafka, &db, &[]).await;
     let producer = {
         let app = app.clone();
-        tokio::spawn(async move {
-            publish(&app, &writer(), 80, 50, Duration::from_millis(60)).await
-        })
+        tokio::spawn(
+            async move { publish(&app, &writer(), 80, 50, Duration::from_millis(60)).await },
+        )
     };
     for round in 0..3 {
         tokio::time::sleep(Duration::from_millis(1200 + round * 400)).await;
@@ -84,9 +84,9 @@ async fn two_instances_share_the_partitions_and_one_leaving_loses_nothing() {
     let second = AuditProcess::start(&kafka, &db, &[]).await;
     let producer = {
         let app = app.clone();
-        tokio::spawn(async move {
-            publish(&app, &writer(), 60, 40, Duration::from_millis(80)).await
-        })
+        tokio::spawn(
+            async move { publish(&app, &writer(), 60, 40, Duration::from_millis(80)).await },
+        )
     };
     // Both get partitions and both apply events.
     let until = std::time::Instant::now() + Duration::from_secs(60);
@@ -114,7 +114,9 @@ async fn two_instances_share_the_partitions_and_one_leaving_loses_nothing() {
     let expected: HashSet<Uuid> = acked.iter().copied().collect();
     let rows = wait_for_rows(&db, &expected, Duration::from_secs(60)).await;
     let (events, total, duplicates, missing) = tally(&acked, &rows);
-    eprintln!("one of two left: events {events}, rows {total}, duplicates {duplicates}, missing {missing}");
+    eprintln!(
+        "one of two left: events {events}, rows {total}, duplicates {duplicates}, missing {missing}"
+    );
     assert_eq!((duplicates, missing, total), (0, 0, events));
     assert_eq!(
         second.metric("herald_consumer_assigned_partitions").await,
@@ -148,7 +150,10 @@ async fn sigterm_with_work_in_flight_commits_exactly_what_was_written() {
     assert!(status.success(), "exit status {status:?}");
     assert!(took < Duration::from_secs(15), "took {took:?}");
     let rows = support::audit::rows_by_id(&db).await;
-    assert!(rows.len() < acked.len(), "stopped before the end of the backlog");
+    assert!(
+        rows.len() < acked.len(),
+        "stopped before the end of the backlog"
+    );
 
     // Per partition: the committed offset is exactly one past the last row written.
     let topics: Vec<String> = app
@@ -235,7 +240,12 @@ async fn a_poison_record_is_dead_lettered_and_later_records_still_apply() {
         &kafka,
         &platform::contract::ContractArgs::default(),
         &ConsumerArgs::default(),
-        Arc::new(platform::auth::Authenticator::from_args(&platform::auth::AuthArgs::hs256(support::SECRET)).unwrap()),
+        Arc::new(
+            platform::auth::Authenticator::from_args(&platform::auth::AuthArgs::hs256(
+                support::SECRET,
+            ))
+            .unwrap(),
+        ),
     )
     .await
     .unwrap();
@@ -261,21 +271,31 @@ async fn a_poison_record_is_dead_lettered_and_later_records_still_apply() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let ids: Vec<Uuid> = applied.iter().map(|r| r.position.event_id).collect();
-    assert_eq!(ids, expected, "every good event, in order, around the poison");
+    assert_eq!(
+        ids, expected,
+        "every good event, in order, around the poison"
+    );
 
     let letters = platform::kafka::read_to_end(&kafka, &[dlq], Duration::from_secs(30))
         .await
         .unwrap();
     assert_eq!(letters.len(), 1);
     let letter = &letters[0];
-    assert_eq!(letter.payload.as_deref(), Some(&b"\x00\x01 not avro at all"[..]));
+    assert_eq!(
+        letter.payload.as_deref(),
+        Some(&b"\x00\x01 not avro at all"[..])
+    );
     assert_eq!(letter.key.as_deref(), Some(&b"o-poison"[..]));
     let header = |name: &str| String::from_utf8(letter.headers[name].clone()).unwrap();
     assert_eq!(header(dlq_headers::TOPIC), orders);
     assert_eq!(header(dlq_headers::PARTITION), partition.to_string());
     assert_eq!(header(dlq_headers::OFFSET), poisoned.offset.to_string());
     assert_eq!(header(dlq_headers::ATTEMPTS), "1");
-    assert!(header(dlq_headers::ERROR).contains("undecodable"), "{}", header(dlq_headers::ERROR));
+    assert!(
+        header(dlq_headers::ERROR).contains("undecodable"),
+        "{}",
+        header(dlq_headers::ERROR)
+    );
     assert_eq!(header("traceparent"), "00-abc", "original headers are kept");
 
     shutdown.cancel();

@@ -134,17 +134,26 @@ async fn no_offset_passes_an_unwritten_row_while_postgres_is_down() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     outage.end();
-    eprintln!("database down for {:?}, {samples} samples of committed offsets, none past a written row", started.elapsed());
+    eprintln!(
+        "database down for {:?}, {samples} samples of committed offsets, none past a written row",
+        started.elapsed()
+    );
 
     let expected: HashSet<Uuid> = acked.iter().copied().collect();
     let rows = wait_for_rows(&db, &expected, Duration::from_secs(90)).await;
     let (events, total, duplicates, missing) = tally(&acked, &rows);
-    eprintln!("after the outage: events {events}, rows {total}, duplicates {duplicates}, missing {missing}");
+    eprintln!(
+        "after the outage: events {events}, rows {total}, duplicates {duplicates}, missing {missing}"
+    );
     assert_eq!((events, total, duplicates, missing), (2000, 2000, 0, 0));
     shutdown.cancel();
     consumer.await.unwrap().unwrap();
     let committed = platform::kafka::committed_offsets(&kafka, &group, &topics)
         .await
         .unwrap();
-    assert_eq!(committed.values().sum::<i64>(), 2000, "everything committed at the end");
+    assert_eq!(
+        committed.values().sum::<i64>(),
+        2000,
+        "everything committed at the end"
+    );
 }

@@ -37,7 +37,14 @@ async fn stores() -> Vec<(&'static str, SqlStore, String)> {
     all
 }
 
-fn event(topic: &str, partition: i32, offset: i64, actor: &str, event_type: &str, minute: i64) -> Event {
+fn event(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    actor: &str,
+    event_type: &str,
+    minute: i64,
+) -> Event {
     let at = OffsetDateTime::from_unix_timestamp(1_795_341_600 + minute * 60).unwrap();
     Event {
         topic: topic.into(),
@@ -137,7 +144,10 @@ async fn tampered(tamper: &[&str], seq: i64, fault: &str) {
             .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert_eq!(output.status.code(), Some(1), "{name}: {stdout}");
-        assert!(stdout.contains(&format!("chain orders/0 row {seq}")), "{name}: {stdout}");
+        assert!(
+            stdout.contains(&format!("chain orders/0 row {seq}")),
+            "{name}: {stdout}"
+        );
     }
 }
 
@@ -230,7 +240,10 @@ async fn an_intact_log_verifies_and_the_command_exits_0() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let offsets: Vec<i64> = lines.iter().map(|l| l["offset"].as_i64().unwrap()).collect();
+    let offsets: Vec<i64> = lines
+        .iter()
+        .map(|l| l["offset"].as_i64().unwrap())
+        .collect();
     assert_eq!(offsets, [2, 3, 4]);
     assert_eq!(lines[0]["audit"]["chain"], "orders/0");
 
@@ -249,10 +262,9 @@ struct Api {
 }
 
 async fn serve(store: SqlStore) -> Api {
-    let auth = platform::auth::Authenticator::from_args(&platform::auth::AuthArgs::hs256(
-        support::SECRET,
-    ))
-    .unwrap();
+    let auth =
+        platform::auth::Authenticator::from_args(&platform::auth::AuthArgs::hs256(support::SECRET))
+            .unwrap();
     let router = audit_log::api::router(Arc::new(audit_log::api::AuditApi {
         store: Arc::new(store),
         auth: Arc::new(auth),
@@ -290,7 +302,12 @@ fn offsets(page: &Value) -> Vec<(String, i64)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|i| (i["topic"].as_str().unwrap().to_string(), i["offset"].as_i64().unwrap()))
+        .map(|i| {
+            (
+                i["topic"].as_str().unwrap().to_string(),
+                i["offset"].as_i64().unwrap(),
+            )
+        })
         .collect()
 }
 

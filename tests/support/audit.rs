@@ -21,14 +21,18 @@ pub async fn fresh_postgres() -> String {
     let admin = std::env::var("TEST_POSTGRES_URL")
         .expect("TEST_POSTGRES_URL must point at a PostgreSQL database: run infra/scripts/test.sh");
     let name = format!("audit_{}", &Uuid::new_v4().simple().to_string()[..12]);
-    let pool = PgPool::connect(&admin).await.expect("test PostgreSQL reachable");
+    let pool = PgPool::connect(&admin)
+        .await
+        .expect("test PostgreSQL reachable");
     // The name is generated here from hex digits: nothing to inject.
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&pool)
         .await
         .expect("creating a test database");
     pool.close().await;
-    let (base, _) = admin.rsplit_once('/').expect("a database URL ends in /name");
+    let (base, _) = admin
+        .rsplit_once('/')
+        .expect("a database URL ends in /name");
     format!("{base}/{name}")
 }
 

@@ -112,7 +112,9 @@ pub fn parse(uri: &Uri) -> Result<Request, Problem> {
             .ok()
             .filter(|n| (1..=MAX_LIMIT).contains(n))
             .ok_or_else(|| {
-                Problem::bad_request(format!("limit must be a whole number from 1 to {MAX_LIMIT}"))
+                Problem::bad_request(format!(
+                    "limit must be a whole number from 1 to {MAX_LIMIT}"
+                ))
             })?,
     };
     let after = match present(params.cursor) {
@@ -193,11 +195,18 @@ mod tests {
             ("to=2026-13-01T00:00:00Z", "to"),
             ("cursor=abc", "cursor"),
             ("actr=alice", "actr"),
-            ("from=2026-11-23T00:00:00Z&to=2026-11-22T00:00:00Z", "earlier"),
+            (
+                "from=2026-11-23T00:00:00Z&to=2026-11-22T00:00:00Z",
+                "earlier",
+            ),
         ] {
             let problem = parse(&uri(query)).unwrap_err();
             assert_eq!(problem.status, 400, "{query}");
-            assert!(problem.detail.contains(needle), "{query}: {}", problem.detail);
+            assert!(
+                problem.detail.contains(needle),
+                "{query}: {}",
+                problem.detail
+            );
         }
     }
 

@@ -206,11 +206,9 @@ impl fmt::Display for Failure {
         }
         match &self.fault {
             Fault::Altered(what) => write!(f, ": altered: {what}"),
-            Fault::Removed { expected_seq } => write!(
-                f,
-                ": rows {expected_seq}..{} were removed",
-                self.seq - 1
-            ),
+            Fault::Removed { expected_seq } => {
+                write!(f, ": rows {expected_seq}..{} were removed", self.seq - 1)
+            }
             Fault::Unlinked => write!(
                 f,
                 ": does not follow the row before it (a row was removed, inserted or moved)"
@@ -258,7 +256,9 @@ impl Verifier {
             return Err(fail(Fault::Removed { expected_seq }));
         }
         if hash(&row.prev_hash, &row.entry.content) != row.hash {
-            return Err(fail(Fault::Altered("the content does not match its hash".into())));
+            return Err(fail(Fault::Altered(
+                "the content does not match its hash".into(),
+            )));
         }
         match Entry::from_content(&row.entry.content) {
             Err(why) => return Err(fail(Fault::Altered(why))),
@@ -414,7 +414,13 @@ mod tests {
         let stored: HashSet<Uuid> = [Uuid::from_u128(1)].into();
         let (again, after) = extend(
             &head,
-            vec![entry(0, 1), entry(1, 2), entry(2, 1), entry(3, 3), entry(4, 3)],
+            vec![
+                entry(0, 1),
+                entry(1, 2),
+                entry(2, 1),
+                entry(3, 3),
+                entry(4, 3),
+            ],
             &stored,
         );
         assert_eq!(again.len(), 1);

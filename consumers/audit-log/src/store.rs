@@ -87,9 +87,19 @@ pub struct ChainPosition {
 /// The audit log's storage.
 #[async_trait]
 pub trait AuditStore: Send + Sync + 'static {
-    /// Appends consecutive events of one chain, atomically: all rows and the new head, or
-    /// nothing. Redelivered and replayed events add no row. Returns the rows added.
-    async fn append(&self, chain: &str, entries: Vec<Entry>) -> Result<usize, StoreError>;
+    /// Appends consecutive events of some chains, in one transaction: all rows and the new
+    /// heads, or nothing. Redelivered and replayed events add no row. Returns the rows added
+    /// per batch.
+    async fn append_all(
+        &self,
+        batches: Vec<(String, Vec<Entry>)>,
+    ) -> Result<Vec<usize>, StoreError>;
+
+    /// [`AuditStore::append_all`] for one chain.
+    async fn append(&self, chain: &str, entries: Vec<Entry>) -> Result<usize, StoreError> {
+        let added = self.append_all(vec![(chain.to_string(), entries)]).await?;
+        Ok(added.into_iter().sum())
+    }
 
     /// Up to `limit` records after `after` in `order`.
     async fn list(
@@ -119,22 +129,24 @@ pub struct SqlStore {
 }
 
 impl SqlStore {
-    /// Applies this crate's migrations.
+    /// Applies this crate's migrations. Two processes starting together on one SQLite file
+    /// can race to record the same migration (PostgreSQL serialises them with a lock): the
+    /// loser tries again and finds it applied.
     pub async fn new(db: Database) -> Result<Self, StoreError> {
-        let migrated = match &db {
-            Database::Postgres(pool) => {
-                let mut migrator = sqlx::migrate!("./migrations/postgres");
-                migrator.set_ignore_missing(true);
-                migrator.run(pool).await
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match migrate(&db).await {
+                Ok(()) => return Ok(Self { db }),
+                Err(err) if attempt >= 5 => {
+                    return Err(StoreError(format!("migrations: {err}")));
+                }
+                Err(err) => {
+                    tracing::debug!(%err, attempt, "migrations raced, trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
             }
-            Database::Sqlite(pool) => {
-                let mut migrator = sqlx::migrate!("./migrations/sqlite");
-                migrator.set_ignore_missing(true);
-                migrator.run(pool).await
-            }
-        };
-        migrated.map_err(|err| StoreError(format!("migrations: {err}")))?;
-        Ok(Self { db })
+        }
     }
 
     pub fn database(&self) -> &Database {
@@ -142,84 +154,196 @@ impl SqlStore {
     }
 }
 
-/// Rows per INSERT: PostgreSQL allows 65,535 bound values in one statement.
-const INSERT_CHUNK: usize = 1000;
+async fn migrate(db: &Database) -> Result<(), sqlx::migrate::MigrateError> {
+    match db {
+        Database::Postgres(pool) => {
+            let mut migrator = sqlx::migrate!("./migrations/postgres");
+            migrator.set_ignore_missing(true);
+            migrator.run(pool).await
+        }
+        Database::Sqlite(pool) => {
+            let mut migrator = sqlx::migrate!("./migrations/sqlite");
+            migrator.set_ignore_missing(true);
+            migrator.run(pool).await
+        }
+    }
+}
 
-/// The append transaction, written once for both databases. The first statement writes, so
-/// SQLite takes its write lock up front (waiting its busy timeout) instead of failing to
-/// upgrade a read; PostgreSQL locks the chain's head row, so two writers of one chain (an
-/// old owner finishing while a rebalance moved the partition) apply one after the other.
+/// The append transaction, written once for both databases; `$stored` and `$insert` are the
+/// per-database statements (constant texts, so each is prepared once per connection). The
+/// first statement writes, so SQLite takes its write lock up front (waiting its busy timeout)
+/// instead of failing to upgrade a read; PostgreSQL locks the chain's head row, so two writers
+/// of one chain (an old owner finishing while a rebalance moved the partition) apply one after
+/// the other.
 macro_rules! sql_append {
-    ($pool:expr, $db:ty, $chain:expr, $entries:expr, $lock:expr) => {{
-        let chain: &str = $chain;
-        let entries: Vec<Entry> = $entries;
+    ($pool:expr, $batches:expr, $lock:expr, $stored:path, $insert:path) => {{
+        let batches: Vec<(String, Vec<Entry>)> = $batches;
+        let mut added = vec![0; batches.len()];
+        // Chains in name order, so two writers lock heads in the same order and never
+        // deadlock.
+        let mut order: Vec<usize> = (0..batches.len()).collect();
+        order.sort_by(|a, b| batches[*a].0.cmp(&batches[*b].0));
+        let mut batches: Vec<Option<(String, Vec<Entry>)>> =
+            batches.into_iter().map(Some).collect();
         let mut tx = $pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO audit_chains (chain, last_seq, last_hash, last_offset) \
-             VALUES ($1, 0, $2, -1) ON CONFLICT (chain) DO NOTHING",
-        )
-        .bind(chain)
-        .bind(GENESIS)
-        .execute(&mut *tx)
-        .await?;
-        let (seq, hash, offset): (i64, String, i64) = sqlx::query_as($lock)
-            .bind(chain)
-            .fetch_one(&mut *tx)
-            .await?;
-        let head = Head { seq, hash, offset };
-        let fresh: Vec<Uuid> = entries
-            .iter()
-            .filter(|e| e.offset > head.offset)
-            .map(|e| e.event_id)
-            .collect();
-        let mut stored = HashSet::new();
-        for ids in fresh.chunks(INSERT_CHUNK) {
-            let mut select = QueryBuilder::<$db>::new("SELECT id FROM audit_log WHERE id IN (");
-            let mut list = select.separated(", ");
-            for id in ids {
-                list.push_bind(*id);
-            }
-            select.push(")");
-            let found: Vec<(Uuid,)> = select.build_query_as().fetch_all(&mut *tx).await?;
-            stored.extend(found.into_iter().map(|(id,)| id));
-        }
-        let (links, next) = chain::extend(&head, entries, &stored);
-        for links in links.chunks(INSERT_CHUNK) {
-            let mut insert = QueryBuilder::<$db>::new(
-                "INSERT INTO audit_log (id, chain, seq, kafka_offset, event_type, actor, \
-                 aggregate_key, occurred_at_us, content, prev_hash, hash) ",
-            );
-            insert.push_values(links, |mut row, link| {
-                row.push_bind(link.entry.event_id)
-                    .push_bind(chain)
-                    .push_bind(link.seq)
-                    .push_bind(link.entry.offset)
-                    .push_bind(&link.entry.event_type)
-                    .push_bind(&link.entry.actor)
-                    .push_bind(&link.entry.key)
-                    .push_bind(link.entry.occurred_at_us)
-                    .push_bind(&link.entry.content)
-                    .push_bind(&link.prev_hash)
-                    .push_bind(&link.hash);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-        if next != head {
+        for index in order {
+            let Some((chain, entries)) = batches[index].take() else {
+                continue;
+            };
+            let chain = chain.as_str();
             sqlx::query(
-                "UPDATE audit_chains SET last_seq = $2, last_hash = $3, last_offset = $4, \
-                 updated_at = $5 WHERE chain = $1",
+                "INSERT INTO audit_chains (chain, last_seq, last_hash, last_offset) \
+                 VALUES ($1, 0, $2, -1) ON CONFLICT (chain) DO NOTHING",
             )
             .bind(chain)
-            .bind(next.seq)
-            .bind(&next.hash)
-            .bind(next.offset)
-            .bind(OffsetDateTime::now_utc())
+            .bind(GENESIS)
             .execute(&mut *tx)
             .await?;
+            let (seq, hash, offset): (i64, String, i64) = sqlx::query_as($lock)
+                .bind(chain)
+                .fetch_one(&mut *tx)
+                .await?;
+            let head = Head { seq, hash, offset };
+            let fresh: Vec<Uuid> = entries
+                .iter()
+                .filter(|e| e.offset > head.offset)
+                .map(|e| e.event_id)
+                .collect();
+            let stored = $stored(&mut *tx, &fresh).await?;
+            let (links, next) = chain::extend(&head, entries, &stored);
+            $insert(&mut *tx, chain, &links).await?;
+            if next != head {
+                sqlx::query(
+                    "UPDATE audit_chains SET last_seq = $2, last_hash = $3, last_offset = $4, \
+                     updated_at = $5 WHERE chain = $1",
+                )
+                .bind(chain)
+                .bind(next.seq)
+                .bind(&next.hash)
+                .bind(next.offset)
+                .bind(OffsetDateTime::now_utc())
+                .execute(&mut *tx)
+                .await?;
+            }
+            added[index] = links.len();
         }
         tx.commit().await?;
-        Ok(links.len())
+        Ok(added)
     }};
+}
+
+async fn pg_stored(
+    conn: &mut sqlx::PgConnection,
+    ids: &[Uuid],
+) -> Result<HashSet<Uuid>, sqlx::Error> {
+    let found: Vec<(Uuid,)> = sqlx::query_as("SELECT id FROM audit_log WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(conn)
+        .await?;
+    Ok(found.into_iter().map(|(id,)| id).collect())
+}
+
+/// All rows in one statement: the columns travel as arrays.
+async fn pg_insert(
+    conn: &mut sqlx::PgConnection,
+    chain: &str,
+    links: &[chain::Link],
+) -> Result<(), sqlx::Error> {
+    if links.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&chain::Link) -> String| links.iter().map(f).collect::<Vec<String>>();
+    let ids: Vec<Uuid> = links.iter().map(|l| l.entry.event_id).collect();
+    let seqs: Vec<i64> = links.iter().map(|l| l.seq).collect();
+    let offsets: Vec<i64> = links.iter().map(|l| l.entry.offset).collect();
+    let occurred: Vec<i64> = links.iter().map(|l| l.entry.occurred_at_us).collect();
+    let keys: Vec<Option<String>> = links.iter().map(|l| l.entry.key.clone()).collect();
+    sqlx::query(
+        "INSERT INTO audit_log (id, chain, seq, kafka_offset, event_type, actor, aggregate_key, \
+         occurred_at_us, content, prev_hash, hash) \
+         SELECT id, $1, seq, kafka_offset, event_type, actor, aggregate_key, occurred_at_us, \
+         content, prev_hash, hash FROM UNNEST($2::uuid[], $3::int8[], $4::int8[], $5::text[], \
+         $6::text[], $7::text[], $8::int8[], $9::text[], $10::text[], $11::text[]) \
+         AS t(id, seq, kafka_offset, event_type, actor, aggregate_key, occurred_at_us, content, \
+         prev_hash, hash)",
+    )
+    .bind(chain)
+    .bind(ids)
+    .bind(seqs)
+    .bind(offsets)
+    .bind(column(|l| l.entry.event_type.clone()))
+    .bind(column(|l| l.entry.actor.clone()))
+    .bind(keys)
+    .bind(occurred)
+    .bind(column(|l| l.entry.content.clone()))
+    .bind(column(|l| l.prev_hash.clone()))
+    .bind(column(|l| l.hash.clone()))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// SQLite takes rows in multi-row statements of a few fixed sizes, so a batch of any size
+/// needs few statements and the statement cache holds at most four shapes.
+const SQLITE_CHUNKS: [usize; 4] = [128, 32, 8, 1];
+
+fn sqlite_chunks<T>(mut items: &[T]) -> Vec<&[T]> {
+    let mut chunks = Vec::new();
+    for size in SQLITE_CHUNKS {
+        while items.len() >= size {
+            let (chunk, rest) = items.split_at(size);
+            chunks.push(chunk);
+            items = rest;
+        }
+    }
+    chunks
+}
+
+async fn sqlite_stored(
+    conn: &mut sqlx::SqliteConnection,
+    ids: &[Uuid],
+) -> Result<HashSet<Uuid>, sqlx::Error> {
+    let mut found = HashSet::new();
+    for chunk in sqlite_chunks(ids) {
+        let mut select =
+            QueryBuilder::<sqlx::Sqlite>::new("SELECT id FROM audit_log WHERE id IN (");
+        let mut list = select.separated(", ");
+        for id in chunk {
+            list.push_bind(*id);
+        }
+        select.push(")");
+        let rows: Vec<(Uuid,)> = select.build_query_as().fetch_all(&mut *conn).await?;
+        found.extend(rows.into_iter().map(|(id,)| id));
+    }
+    Ok(found)
+}
+
+async fn sqlite_insert(
+    conn: &mut sqlx::SqliteConnection,
+    chain: &str,
+    links: &[chain::Link],
+) -> Result<(), sqlx::Error> {
+    for chunk in sqlite_chunks(links) {
+        let mut insert = QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO audit_log (id, chain, seq, kafka_offset, event_type, actor, \
+             aggregate_key, occurred_at_us, content, prev_hash, hash) ",
+        );
+        insert.push_values(chunk, |mut row, link| {
+            row.push_bind(link.entry.event_id)
+                .push_bind(chain)
+                .push_bind(link.seq)
+                .push_bind(link.entry.offset)
+                .push_bind(&link.entry.event_type)
+                .push_bind(&link.entry.actor)
+                .push_bind(&link.entry.key)
+                .push_bind(link.entry.occurred_at_us)
+                .push_bind(&link.entry.content)
+                .push_bind(&link.prev_hash)
+                .push_bind(&link.hash);
+        });
+        insert.build().execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 /// The listing query, written once for both databases.
@@ -288,21 +412,24 @@ macro_rules! sql_list {
 
 #[async_trait]
 impl AuditStore for SqlStore {
-    async fn append(&self, chain: &str, entries: Vec<Entry>) -> Result<usize, StoreError> {
+    async fn append_all(
+        &self,
+        batches: Vec<(String, Vec<Entry>)>,
+    ) -> Result<Vec<usize>, StoreError> {
         match &self.db {
             Database::Postgres(pool) => sql_append!(
                 pool,
-                sqlx::Postgres,
-                chain,
-                entries,
-                "SELECT last_seq, last_hash, last_offset FROM audit_chains WHERE chain = $1 FOR UPDATE"
+                batches,
+                "SELECT last_seq, last_hash, last_offset FROM audit_chains WHERE chain = $1 FOR UPDATE",
+                pg_stored,
+                pg_insert
             ),
             Database::Sqlite(pool) => sql_append!(
                 pool,
-                sqlx::Sqlite,
-                chain,
-                entries,
-                "SELECT last_seq, last_hash, last_offset FROM audit_chains WHERE chain = $1"
+                batches,
+                "SELECT last_seq, last_hash, last_offset FROM audit_chains WHERE chain = $1",
+                sqlite_stored,
+                sqlite_insert
             ),
         }
     }
@@ -323,13 +450,13 @@ impl AuditStore for SqlStore {
     }
 
     async fn chains(&self) -> Result<Vec<(String, Option<Head>)>, StoreError> {
-        let heads_sql = "SELECT chain, last_seq, last_hash, last_offset FROM audit_chains ORDER BY chain";
+        let heads_sql =
+            "SELECT chain, last_seq, last_hash, last_offset FROM audit_chains ORDER BY chain";
         let chains_sql = "SELECT DISTINCT chain FROM audit_log ORDER BY chain";
-        let (heads, chains): (Vec<(String, i64, String, i64)>, Vec<(String,)>) =
-            with_pool!(&self.db, pool => (
-                sqlx::query_as(heads_sql).fetch_all(pool).await?,
-                sqlx::query_as(chains_sql).fetch_all(pool).await?,
-            ));
+        let (heads, chains): (Vec<(String, i64, String, i64)>, Vec<(String,)>) = with_pool!(&self.db, pool => (
+            sqlx::query_as(heads_sql).fetch_all(pool).await?,
+            sqlx::query_as(chains_sql).fetch_all(pool).await?,
+        ));
         let mut all: Vec<(String, Option<Head>)> = heads
             .into_iter()
             .map(|(chain, seq, hash, offset)| (chain, Some(Head { seq, hash, offset })))
@@ -374,7 +501,18 @@ impl AuditStore for SqlStore {
         Ok(rows
             .into_iter()
             .map(
-                |(seq, prev_hash, hash, event_id, event_type, actor, key, occurred_at_us, offset, content)| {
+                |(
+                    seq,
+                    prev_hash,
+                    hash,
+                    event_id,
+                    event_type,
+                    actor,
+                    key,
+                    occurred_at_us,
+                    offset,
+                    content,
+                )| {
                     StoredRow {
                         seq,
                         prev_hash,

@@ -53,10 +53,10 @@ impl ContractArgs {
             Some(url) => {
                 let mut ids = HashMap::new();
                 for version in catalog.all_versions() {
-                    let subject =
-                        format!("{}-{}", kafka.topic(&version.topic), wire_name(version));
-                    let id = crate::registry::register(url, &subject, &version.wire_json.to_string())
-                        .await?;
+                    let subject = format!("{}-{}", kafka.topic(&version.topic), wire_name(version));
+                    let id =
+                        crate::registry::register(url, &subject, &version.wire_json.to_string())
+                            .await?;
                     ids.insert(version.fingerprint, id);
                 }
                 WireFormat::Confluent { ids }

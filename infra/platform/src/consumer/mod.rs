@@ -97,17 +97,22 @@ pub struct ConsumerArgs {
     /// process with the same group shares the partitions.
     #[arg(long, env = "CONSUMER_GROUP")]
     pub group: Option<String>,
-    /// Most events handed to the handler at once (one database transaction).
-    #[arg(long, env = "CONSUMER_MAX_BATCH", default_value_t = 500)]
+    /// Most events of one partition handed to the handler at once; also how many records
+    /// each partition buffers. Memory grows with it times the partitions assigned.
+    #[arg(long, env = "CONSUMER_MAX_BATCH", default_value_t = 128)]
     pub max_batch: usize,
+    /// Batches handled at once over all partitions (bounds memory and database load).
+    #[arg(long, env = "CONSUMER_MAX_IN_FLIGHT", default_value_t = 8)]
+    pub max_in_flight: usize,
     /// How long a stopping consumer may take to finish in-flight work and commit.
     #[arg(long, env = "CONSUMER_SHUTDOWN_MS", default_value_t = 10_000)]
     pub shutdown_ms: u64,
     /// Group session timeout: how soon a crashed member's partitions move to the others.
     #[arg(long, env = "CONSUMER_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub session_timeout_ms: u64,
-    /// Upper bound of records prefetched from the broker, in KiB (memory bound).
-    #[arg(long, env = "CONSUMER_PREFETCH_KB", default_value_t = 8192)]
+    /// Records prefetched from the broker per partition, in KiB: with many partitions this is
+    /// most of the consumer's memory.
+    #[arg(long, env = "CONSUMER_PREFETCH_KB", default_value_t = 512)]
     pub prefetch_kb: u64,
     /// Longest wait between two retries of a failing batch.
     #[arg(long, env = "CONSUMER_MAX_BACKOFF_MS", default_value_t = 30_000)]
@@ -118,10 +123,11 @@ impl Default for ConsumerArgs {
     fn default() -> Self {
         Self {
             group: None,
-            max_batch: 500,
+            max_batch: 128,
+            max_in_flight: 8,
             shutdown_ms: 10_000,
             session_timeout_ms: 10_000,
-            prefetch_kb: 8192,
+            prefetch_kb: 512,
             max_backoff_ms: 30_000,
         }
     }

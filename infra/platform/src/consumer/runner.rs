@@ -6,7 +6,7 @@
 //! librdkafka's callback, for the revoked partitions' tasks to finish and their offsets to
 //! be committed; blocking there must not block the async runtime the tasks run on.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -95,6 +95,7 @@ impl Runner {
             },
             max_batch: self.args.max_batch.max(1),
             max_backoff: Duration::from_millis(self.args.max_backoff_ms),
+            in_flight: tokio::sync::Semaphore::new(self.args.max_in_flight.max(1)),
         });
         let context = Context {
             shared,
@@ -116,9 +117,31 @@ impl Runner {
                 "session.timeout.ms",
                 self.args.session_timeout_ms.to_string(),
             )
-            .set("heartbeat.interval.ms", (self.args.session_timeout_ms / 4).max(100).to_string())
-            .set("queued.max.messages.kbytes", self.args.prefetch_kb.to_string())
-            .set("fetch.max.bytes", (self.args.prefetch_kb * 1024).clamp(1 << 20, 1 << 26).to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (self.args.session_timeout_ms / 4).max(100).to_string(),
+            )
+            .set(
+                "queued.max.messages.kbytes",
+                self.args.prefetch_kb.to_string(),
+            )
+            // librdkafka otherwise prefetches up to 100,000 records per partition.
+            .set(
+                "queued.min.messages",
+                self.args.max_batch.max(1).to_string(),
+            )
+            // With small queues the default (1 s) wait after a full queue starves the
+            // partition's task; check again soon instead.
+            .set("fetch.queue.backoff.ms", "20")
+            // One fetch response is at most this (librdkafka's default is 50 MB).
+            .set(
+                "fetch.max.bytes",
+                (self.args.prefetch_kb * 1024 * 4).to_string(),
+            )
+            .set(
+                "max.partition.fetch.bytes",
+                (self.args.prefetch_kb * 1024).to_string(),
+            )
             .set("statistics.interval.ms", "5000");
         let consumer: BaseConsumer<Context> = config.create_with_context(context)?;
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
@@ -149,9 +172,9 @@ impl Runner {
 fn poll_until(consumer: &BaseConsumer<Context>, shutdown: &CancellationToken) {
     let context = consumer.context();
     while !shutdown.is_cancelled() {
-        let parked = context.unpark(consumer);
+        let holding = context.unpark(consumer);
         context.store_progress(consumer);
-        let wait = if parked { 5 } else { 100 };
+        let wait = if holding { 5 } else { 100 };
         match consumer.poll(Duration::from_millis(wait)) {
             None => {}
             Some(Ok(message)) => context.dispatch(consumer, &message),
@@ -166,9 +189,11 @@ struct Slot {
     progress: Arc<AtomicI64>,
     /// The last offset handed to librdkafka's offset store.
     stored: i64,
-    /// A record the partition's task had no room for; the partition is paused until it
-    /// is taken.
-    parked: Option<Record>,
+    /// The last offset handed over (to the task or to `overflow`).
+    dispatched: i64,
+    /// Records the partition's task had no room for, in order; while any are held the
+    /// partition is paused.
+    overflow: VecDeque<Record>,
     stop: CancellationToken,
     abort: CancellationToken,
     task: JoinHandle<()>,
@@ -192,7 +217,7 @@ impl Context {
         if slots.contains_key(&(topic.to_string(), partition)) {
             return;
         }
-        let (tx, rx) = mpsc::channel(self.shared.max_batch * 2);
+        let (tx, rx) = mpsc::channel(self.shared.max_batch);
         let progress = Arc::new(AtomicI64::new(-1));
         let stop = CancellationToken::new();
         let abort = CancellationToken::new();
@@ -212,7 +237,8 @@ impl Context {
                 tx,
                 progress,
                 stored: -1,
-                parked: None,
+                dispatched: -1,
+                overflow: VecDeque::new(),
                 stop,
                 abort,
                 task,
@@ -229,54 +255,62 @@ impl Context {
             tracing::debug!(topic = %key.0, partition = key.1, "record of a partition not assigned here");
             return;
         };
-        if slot.parked.is_some() {
-            // Fetched before the pause took effect: the seek at resume fetches it again.
+        // A refetch after a resume can repeat records already handed over.
+        if message.offset() <= slot.dispatched {
             return;
         }
-        match slot.tx.try_send(to_record(message)) {
+        slot.dispatched = message.offset();
+        let record = to_record(message);
+        if !slot.overflow.is_empty() {
+            slot.overflow.push_back(record);
+            return;
+        }
+        match slot.tx.try_send(record) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(record)) => {
+                // The task is behind: stop fetching this partition and keep what librdkafka
+                // had already fetched, in order, until the task has room.
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(&key.0, key.1);
                 if let Err(err) = consumer.pause(&tpl) {
                     tracing::warn!(%err, "pausing a busy partition failed");
                 }
-                slot.parked = Some(record);
+                slot.overflow.push_back(record);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 
-    /// Hands parked records to their tasks where there is room again and resumes those
-    /// partitions from the record after. Returns whether any partition is still paused.
+    /// Moves held-back records to their tasks where there is room again and resumes the
+    /// partitions whose backlog is gone (librdkafka resumes after the last record it
+    /// delivered). Returns whether any partition still holds records back.
     fn unpark(&self, consumer: &BaseConsumer<Context>) -> bool {
-        let mut still_parked = false;
+        let mut holding = false;
         for ((topic, partition), slot) in self.slots().iter_mut() {
-            let Some(record) = slot.parked.take() else {
+            if slot.overflow.is_empty() {
                 continue;
-            };
-            let next = record.offset + 1;
-            match slot.tx.try_send(record) {
-                Ok(()) => {
-                    let resumed = consumer
-                        .seek(topic, *partition, Offset::Offset(next), Duration::ZERO)
-                        .and_then(|()| {
-                            let mut tpl = TopicPartitionList::new();
-                            tpl.add_partition(topic, *partition);
-                            consumer.resume(&tpl)
-                        });
-                    if let Err(err) = resumed {
-                        tracing::warn!(%err, %topic, partition, "resuming a partition failed");
+            }
+            while let Some(record) = slot.overflow.pop_front() {
+                match slot.tx.try_send(record) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(record)) => {
+                        slot.overflow.push_front(record);
+                        break;
                     }
+                    Err(mpsc::error::TrySendError::Closed(_)) => slot.overflow.clear(),
                 }
-                Err(mpsc::error::TrySendError::Full(record)) => {
-                    slot.parked = Some(record);
-                    still_parked = true;
+            }
+            if slot.overflow.is_empty() {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(topic, *partition);
+                if let Err(err) = consumer.resume(&tpl) {
+                    tracing::warn!(%err, %topic, partition, "resuming a partition failed");
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            } else {
+                holding = true;
             }
         }
-        still_parked
+        holding
     }
 
     /// Moves every partition's done offset into librdkafka's offset store (committed by the
@@ -285,19 +319,18 @@ impl Context {
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), slot) in self.slots().iter_mut() {
             let next = slot.progress.load(Ordering::Acquire);
-            if next > slot.stored {
-                if tpl
+            if next > slot.stored
+                && tpl
                     .add_partition_offset(topic, *partition, Offset::Offset(next))
                     .is_ok()
-                {
-                    slot.stored = next;
-                }
+            {
+                slot.stored = next;
             }
         }
-        if tpl.count() > 0 {
-            if let Err(err) = consumer.store_offsets(&tpl) {
-                tracing::debug!(%err, "storing offsets failed");
-            }
+        if tpl.count() > 0
+            && let Err(err) = consumer.store_offsets(&tpl)
+        {
+            tracing::debug!(%err, "storing offsets failed");
         }
     }
 
@@ -349,7 +382,9 @@ impl Context {
             }
             match consumer.commit(&commit, CommitMode::Sync) {
                 Ok(()) => tracing::info!(partitions = commit.count(), "offsets committed"),
-                Err(err) => tracing::warn!(%err, "committing offsets failed; the records will be delivered again"),
+                Err(err) => {
+                    tracing::warn!(%err, "committing offsets failed; the records will be delivered again");
+                }
             }
         }
     }

@@ -40,6 +40,9 @@ pub(super) struct Shared {
     pub dead_letters: DeadLetters,
     pub max_batch: usize,
     pub max_backoff: Duration,
+    /// Batches decoded and handled at once, over all partitions: what bounds memory (a
+    /// partition waiting for a permit holds only its raw records).
+    pub in_flight: tokio::sync::Semaphore,
 }
 
 /// The task of one partition. `progress` holds the next offset to commit (-1: none yet).
@@ -91,11 +94,7 @@ impl Meters {
 
 impl Worker {
     pub async fn run(mut self) {
-        let meters = Meters::new(
-            &self.shared.dead_letters.group,
-            &self.topic,
-            self.partition,
-        );
+        let meters = Meters::new(&self.shared.dead_letters.group, &self.topic, self.partition);
         let mut batch = Vec::with_capacity(self.shared.max_batch);
         loop {
             let first = tokio::select! {
@@ -114,6 +113,14 @@ impl Worker {
                 }
             }
             let records = std::mem::take(&mut batch);
+            let _permit = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return,
+                permit = self.shared.in_flight.acquire() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
             if self.process(records, &meters).await.is_err() {
                 tracing::warn!(
                     topic = %self.topic,
@@ -154,7 +161,10 @@ impl Worker {
     }
 
     fn decode(&self, record: &Record) -> Result<Event, String> {
-        let payload = record.payload.as_deref().ok_or("the record has no payload")?;
+        let payload = record
+            .payload
+            .as_deref()
+            .ok_or("the record has no payload")?;
         let decoded = self
             .shared
             .codec
@@ -198,7 +208,9 @@ impl Worker {
                 return Ok(());
             }
             Outcome::Rejected { reason, attempts } if events.len() == 1 => {
-                return self.dead_letter(&records[0], &reason, attempts, meters).await;
+                return self
+                    .dead_letter(&records[0], &reason, attempts, meters)
+                    .await;
             }
             Outcome::Rejected { .. } => {}
         }
@@ -277,7 +289,10 @@ impl Worker {
         let mut headers = record.headers.clone();
         headers.extend([
             (dlq_headers::ERROR.to_string(), reason.as_bytes().to_vec()),
-            (dlq_headers::TOPIC.to_string(), record.topic.clone().into_bytes()),
+            (
+                dlq_headers::TOPIC.to_string(),
+                record.topic.clone().into_bytes(),
+            ),
             (
                 dlq_headers::PARTITION.to_string(),
                 record.partition.to_string().into_bytes(),
@@ -290,7 +305,10 @@ impl Worker {
                 dlq_headers::ATTEMPTS.to_string(),
                 attempts.to_string().into_bytes(),
             ),
-            (dlq_headers::GROUP.to_string(), dead.group.clone().into_bytes()),
+            (
+                dlq_headers::GROUP.to_string(),
+                dead.group.clone().into_bytes(),
+            ),
         ]);
         let letter = OutgoingRecord {
             topic: dead.topic.clone(),
@@ -304,7 +322,11 @@ impl Worker {
         let mut tries = 0u32;
         loop {
             tries += 1;
-            match dead.publisher.publish_all(std::slice::from_ref(&letter)).await {
+            match dead
+                .publisher
+                .publish_all(std::slice::from_ref(&letter))
+                .await
+            {
                 Ok(_) => break,
                 Err(err) => {
                     let wait = backoff(tries, self.shared.max_backoff, rand::random::<f64>());
