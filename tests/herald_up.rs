@@ -63,6 +63,49 @@ async fn herald_up_runs_the_whole_system_from_an_empty_data_folder() {
         .await
         .unwrap();
     assert_eq!(response.status(), 202);
+    let accepted: serde_json::Value = response.json().await.unwrap();
+
+    // The audit log runs inside `herald up` too: the event shows up for an admin.
+    let admin = herald(&data)
+        .args(["token", "--sub", "root", "--role", "admin"])
+        .output()
+        .await
+        .unwrap();
+    let admin = String::from_utf8(admin.stdout).unwrap().trim().to_string();
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let page: serde_json::Value = support::client()
+            .get(format!("{base}/api/v1/audit"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if page["items"][0]["event_id"] == accepted["event_id"] {
+            assert_eq!(page["items"][0]["actor"], "alice");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the event never reached the audit log: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = support::client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("herald_consumer_processed_total"),
+        "{metrics}"
+    );
+
     assert!(
         data.join("kafka").join("kraft").exists(),
         "the broker's log is not under the data folder"
