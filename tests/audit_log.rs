@@ -235,20 +235,7 @@ async fn a_poison_record_is_dead_lettered_and_later_records_still_apply() {
     let db = Database::connect(&format!("sqlite://{}", file.display()))
         .await
         .unwrap();
-    let service = audit_log::Service::connect(
-        db,
-        &kafka,
-        &platform::contract::ContractArgs::default(),
-        &ConsumerArgs::default(),
-        Arc::new(
-            platform::auth::Authenticator::from_args(&platform::auth::AuthArgs::hs256(
-                support::SECRET,
-            ))
-            .unwrap(),
-        ),
-    )
-    .await
-    .unwrap();
+    let service = support::audit::in_process(db, &kafka, &ConsumerArgs::default()).await;
     let dlq = service.runner.dead_letter_topic();
     let store = service.store.clone();
     let shutdown = tokio_util::sync::CancellationToken::new();

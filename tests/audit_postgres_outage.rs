@@ -83,20 +83,12 @@ async fn no_offset_passes_an_unwritten_row_while_postgres_is_down() {
         max_backoff_ms: 1000,
         ..ConsumerArgs::default()
     };
-    let service = audit_log::Service::connect(
+    let service = support::audit::in_process(
         Database::connect(&db).await.unwrap(),
         &kafka,
-        &platform::contract::ContractArgs::default(),
         &consumer_args,
-        Arc::new(
-            platform::auth::Authenticator::from_args(&platform::auth::AuthArgs::hs256(
-                support::SECRET,
-            ))
-            .unwrap(),
-        ),
     )
-    .await
-    .unwrap();
+    .await;
     let group = service.runner.group().to_string();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let consumer = tokio::spawn(service.runner.run(shutdown.clone()));

@@ -201,3 +201,22 @@ pub fn tally(acked: &[Uuid], rows: &HashMap<Uuid, usize>) -> (usize, usize, usiz
     let missing = acked.iter().filter(|id| !rows.contains_key(id)).count();
     (acked.len(), total_rows, duplicates, missing)
 }
+
+/// The audit log in this process, on `db`, with the test token secret.
+pub async fn in_process(
+    db: platform::db::Database,
+    kafka: &KafkaArgs,
+    consumer: &platform::consumer::ConsumerArgs,
+) -> audit_log::Service {
+    let auth =
+        platform::auth::Authenticator::from_args(&platform::auth::AuthArgs::hs256(SECRET)).unwrap();
+    audit_log::Service::connect(
+        db,
+        kafka,
+        &platform::contract::ContractArgs::default(),
+        consumer,
+        std::sync::Arc::new(auth),
+    )
+    .await
+    .unwrap()
+}

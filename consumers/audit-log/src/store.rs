@@ -129,43 +129,21 @@ pub struct SqlStore {
 }
 
 impl SqlStore {
-    /// Applies this crate's migrations. Two processes starting together on one SQLite file
-    /// can race to record the same migration (PostgreSQL serialises them with a lock): the
-    /// loser tries again and finds it applied.
+    /// Applies this crate's migrations.
     pub async fn new(db: Database) -> Result<Self, StoreError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match migrate(&db).await {
-                Ok(()) => return Ok(Self { db }),
-                Err(err) if attempt >= 5 => {
-                    return Err(StoreError(format!("migrations: {err}")));
-                }
-                Err(err) => {
-                    tracing::debug!(%err, attempt, "migrations raced, trying again");
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                }
-            }
-        }
+        let mut postgres = sqlx::migrate!("./migrations/postgres");
+        let mut sqlite = sqlx::migrate!("./migrations/sqlite");
+        // Other crates' migrations share the bookkeeping table.
+        postgres.set_ignore_missing(true);
+        sqlite.set_ignore_missing(true);
+        platform::db::migrate(&db, &postgres, &sqlite)
+            .await
+            .map_err(|err| StoreError(format!("migrations: {err}")))?;
+        Ok(Self { db })
     }
 
     pub fn database(&self) -> &Database {
         &self.db
-    }
-}
-
-async fn migrate(db: &Database) -> Result<(), sqlx::migrate::MigrateError> {
-    match db {
-        Database::Postgres(pool) => {
-            let mut migrator = sqlx::migrate!("./migrations/postgres");
-            migrator.set_ignore_missing(true);
-            migrator.run(pool).await
-        }
-        Database::Sqlite(pool) => {
-            let mut migrator = sqlx::migrate!("./migrations/sqlite");
-            migrator.set_ignore_missing(true);
-            migrator.run(pool).await
-        }
     }
 }
 

@@ -47,6 +47,31 @@ impl Database {
     }
 }
 
+/// Applies a crate's migrations (one set per database). Two processes starting together on
+/// one SQLite file can race to record the same migration (PostgreSQL serialises them with a
+/// lock): the loser tries again and finds it applied.
+pub async fn migrate(
+    db: &Database,
+    postgres: &sqlx::migrate::Migrator,
+    sqlite: &sqlx::migrate::Migrator,
+) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = match db {
+            Database::Postgres(pool) => postgres.run(pool).await,
+            Database::Sqlite(pool) => sqlite.run(pool).await,
+        };
+        match result {
+            Err(err) if attempt < 5 => {
+                tracing::debug!(%err, attempt, "migrations raced, trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Runs `$body` with `$pool` bound to whichever pool a [`Database`] has: the query text is
 /// the same for both (`$1` placeholders work in SQLite too), but sqlx types it per database.
 #[macro_export]

@@ -208,19 +208,14 @@ pub struct SqlStore {
 impl SqlStore {
     /// Connects and applies this crate's migrations.
     pub async fn new(db: Database) -> Result<Self, StoreError> {
-        let migrated = match &db {
-            Database::Postgres(pool) => {
-                let mut migrator = sqlx::migrate!("./migrations/postgres");
-                migrator.set_ignore_missing(true);
-                migrator.run(pool).await
-            }
-            Database::Sqlite(pool) => {
-                let mut migrator = sqlx::migrate!("./migrations/sqlite");
-                migrator.set_ignore_missing(true);
-                migrator.run(pool).await
-            }
-        };
-        migrated.map_err(|err| StoreError(format!("migrations: {err}")))?;
+        let mut postgres = sqlx::migrate!("./migrations/postgres");
+        let mut sqlite = sqlx::migrate!("./migrations/sqlite");
+        // Other crates' migrations share the bookkeeping table.
+        postgres.set_ignore_missing(true);
+        sqlite.set_ignore_missing(true);
+        platform::db::migrate(&db, &postgres, &sqlite)
+            .await
+            .map_err(|err| StoreError(format!("migrations: {err}")))?;
         Ok(Self { db })
     }
 }
