@@ -23,12 +23,8 @@ pub struct ServiceArgs {
     /// Address of the HTTP API (every service's routes on one port).
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Folder for all local data: broker logs, SQLite database, generated secrets.
-    #[arg(long, env = "HERALD_DATA_DIR", default_value = "data")]
-    pub data_dir: PathBuf,
-    /// postgres://... for several replicas; default: a SQLite file in the data folder.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Port of the local broker the first time `herald up` starts it.
     #[arg(long, env = "HERALD_KAFKA_PORT", default_value_t = 9092)]
     pub local_kafka_port: u16,
@@ -58,10 +54,10 @@ pub struct AuditLogArgs {
     pub consumer: ConsumerArgs,
 }
 
-/// Where a service keeps its tables.
+/// Where a service keeps its data.
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
-    /// Folder for all local data (the SQLite file when DATABASE_URL is unset).
+    /// Folder for all local data: broker logs, SQLite database, generated secrets.
     #[arg(long, env = "HERALD_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
     /// postgres://... for several replicas; default: a SQLite file in the data folder.
@@ -84,17 +80,19 @@ impl StoreArgs {
 }
 
 pub async fn up(mut args: ServiceArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.store.data_dir)
+        .with_context(|| format!("creating {}", args.store.data_dir.display()))?;
     let broker = match &args.kafka.brokers {
         Some(brokers) => {
             tracing::info!(%brokers, "using the configured kafka cluster");
             None
         }
         None => {
-            let broker =
-                LocalBroker::start(&args.data_dir.join("kafka"), Some(args.local_kafka_port))
-                    .await?;
+            let broker = LocalBroker::start(
+                &args.store.data_dir.join("kafka"),
+                Some(args.local_kafka_port),
+            )
+            .await?;
             args.kafka.brokers = Some(broker.bootstrap());
             Some(broker)
         }
@@ -126,8 +124,6 @@ enum Defaults {
 async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> {
     platform::metrics::install();
     let shutdown = platform::shutdown::on_signal();
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let auth = &args.ingress.auth;
     if defaults == Defaults::Development
         && auth.jwt_hs256_secret.is_none()
@@ -135,7 +131,7 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
         && auth.jwt_jwks_file.is_none()
     {
         let dev = crate::DevSecretArgs {
-            data_dir: args.data_dir.clone(),
+            data_dir: args.store.data_dir.clone(),
             jwt_hs256_secret: None,
         };
         args.ingress.auth.jwt_hs256_secret = Some(crate::dev_secret(&dev)?);
@@ -143,12 +139,7 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
             "using the development HS256 secret of the data folder; `herald token` signs with it"
         );
     }
-    let db = StoreArgs {
-        data_dir: args.data_dir.clone(),
-        database_url: args.database_url.clone(),
-    }
-    .connect()
-    .await?;
+    let db = args.store.connect().await?;
     let store = Arc::new(SqlStore::new(db.clone()).await?);
     tokio::spawn(purge_idempotency_keys(store.clone(), shutdown.clone()));
     let state = Arc::new(ingress::connect(&args.ingress, &args.kafka, store).await?);

@@ -9,12 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use audit_log::store::SqlStore;
-use ingress::idempotency::MemoryStore;
 use platform::consumer::{ConsumerArgs, dlq_headers};
 use platform::db::Database;
 use platform::kafka::{OutgoingRecord, Publisher};
 use support::audit::{AuditProcess, fresh_postgres, publish, tally, wait_for_rows};
-use support::{TestIngress, ingress_args, kafka, token};
+use support::{TestIngress, token};
 use uuid::Uuid;
 
 fn writer() -> String {
@@ -30,15 +29,8 @@ async fn verify(database_url: &str) -> audit_log::verify::Report {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_event_has_one_row_through_kill_9_restarts() {
-    let kafka = kafka(&support::brokers().await);
-    let app = Arc::new(
-        TestIngress::start(
-            kafka.clone(),
-            ingress_args(&[]),
-            Arc::new(MemoryStore::default()),
-        )
-        .await,
-    );
+    let app = Arc::new(TestIngress::start_default().await);
+    let kafka = app.kafka.clone();
     let db = fresh_postgres().await;
     let mut audit = AuditProcess::start(&kafka, &db, &[]).await;
     let producer = {
@@ -70,15 +62,8 @@ async fn every_acknowledged_event_has_one_row_through_kill_9_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_the_partitions_and_one_leaving_loses_nothing() {
-    let kafka = kafka(&support::brokers().await);
-    let app = Arc::new(
-        TestIngress::start(
-            kafka.clone(),
-            ingress_args(&[]),
-            Arc::new(MemoryStore::default()),
-        )
-        .await,
-    );
+    let app = Arc::new(TestIngress::start_default().await);
+    let kafka = app.kafka.clone();
     let db = fresh_postgres().await;
     let first = AuditProcess::start(&kafka, &db, &[]).await;
     let second = AuditProcess::start(&kafka, &db, &[]).await;
@@ -129,13 +114,8 @@ async fn two_instances_share_the_partitions_and_one_leaving_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_work_in_flight_commits_exactly_what_was_written() {
-    let kafka = kafka(&support::brokers().await);
-    let app = TestIngress::start(
-        kafka.clone(),
-        ingress_args(&[]),
-        Arc::new(MemoryStore::default()),
-    )
-    .await;
+    let app = TestIngress::start_default().await;
+    let kafka = app.kafka.clone();
     let acked = publish(&app, &writer(), 40, 500, Duration::ZERO).await;
     assert_eq!(acked.len(), 20_000);
     let db = fresh_postgres().await;
@@ -156,13 +136,7 @@ async fn sigterm_with_work_in_flight_commits_exactly_what_was_written() {
     );
 
     // Per partition: the committed offset is exactly one past the last row written.
-    let topics: Vec<String> = app
-        .state
-        .catalog()
-        .topics()
-        .into_iter()
-        .map(|t| kafka.topic(t))
-        .collect();
+    let topics = app.topics();
     let group = format!("{}{}", kafka.topic_prefix, audit_log::NAME);
     let committed = platform::kafka::committed_offsets(&kafka, &group, &topics)
         .await
@@ -193,13 +167,8 @@ async fn sigterm_with_work_in_flight_commits_exactly_what_was_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_record_is_dead_lettered_and_later_records_still_apply() {
-    let kafka = kafka(&support::brokers().await);
-    let app = TestIngress::start(
-        kafka.clone(),
-        ingress_args(&[]),
-        Arc::new(MemoryStore::default()),
-    )
-    .await;
+    let app = TestIngress::start_default().await;
+    let kafka = app.kafka.clone();
     let orders = kafka.topic("orders");
     // The partition of key "o-poison", then garbage on it, then good events with that key.
     let before = app
@@ -273,7 +242,7 @@ async fn a_poison_record_is_dead_lettered_and_later_records_still_apply() {
         Some(&b"\x00\x01 not avro at all"[..])
     );
     assert_eq!(letter.key.as_deref(), Some(&b"o-poison"[..]));
-    let header = |name: &str| String::from_utf8(letter.headers[name].clone()).unwrap();
+    let header = |name: &str| String::from_utf8(letter.header(name).unwrap().to_vec()).unwrap();
     assert_eq!(header(dlq_headers::TOPIC), orders);
     assert_eq!(header(dlq_headers::PARTITION), partition.to_string());
     assert_eq!(header(dlq_headers::OFFSET), poisoned.offset.to_string());

@@ -7,14 +7,12 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ingress::idempotency::MemoryStore;
 use platform::consumer::ConsumerArgs;
 use platform::db::Database;
 use support::audit::{fresh_postgres, publish, tally, wait_for_rows};
-use support::{TestIngress, ingress_args, kafka, token};
+use support::{TestIngress, token};
 use uuid::Uuid;
 
 /// The local PostgreSQL cluster, stopped until dropped.
@@ -70,13 +68,8 @@ async fn rows_per_chain(url: &str) -> HashMap<String, i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_offset_passes_an_unwritten_row_while_postgres_is_down() {
-    let kafka = kafka(&support::brokers().await);
-    let app = TestIngress::start(
-        kafka.clone(),
-        ingress_args(&[]),
-        Arc::new(MemoryStore::default()),
-    )
-    .await;
+    let app = TestIngress::start_default().await;
+    let kafka = app.kafka.clone();
     let writer = token("outage-test", &["user", "admin", "service"]);
     let db = fresh_postgres().await;
     let consumer_args = ConsumerArgs {
@@ -102,13 +95,7 @@ async fn no_offset_passes_an_unwritten_row_while_postgres_is_down() {
     let outage = Outage::begin();
     let started = Instant::now();
     acked.extend(publish(&app, &writer, 10, 100, Duration::ZERO).await);
-    let topics: Vec<String> = app
-        .state
-        .catalog()
-        .topics()
-        .into_iter()
-        .map(|t| kafka.topic(t))
-        .collect();
+    let topics = app.topics();
     let mut samples = 0;
     while started.elapsed() < Duration::from_secs(8) {
         let committed = platform::kafka::committed_offsets(&kafka, &group, &topics)

@@ -36,16 +36,7 @@ async fn herald_up_runs_the_whole_system_from_an_empty_data_folder() {
         .unwrap();
     let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
     let started = Instant::now();
-    let base = loop {
-        let line = tokio::time::timeout(Duration::from_secs(180), lines.next_line())
-            .await
-            .expect("herald up printed nothing within 180 s")
-            .unwrap()
-            .expect("herald up exited");
-        if let Some(rest) = line.split("HTTP API on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
+    let base = support::announced_address(&mut lines, Duration::from_secs(180)).await;
     eprintln!("herald up ready in {:?} at {base}", started.elapsed());
 
     let token = herald(&data)

@@ -108,6 +108,24 @@ impl TestIngress {
         }
     }
 
+    /// An ingress with default settings on a topic prefix of its own, keeping idempotency
+    /// keys in memory.
+    pub async fn start_default() -> Self {
+        let kafka = kafka(&brokers().await);
+        let store = Arc::new(ingress::idempotency::MemoryStore::default());
+        Self::start(kafka, ingress_args(&[]), store).await
+    }
+
+    /// The full names of every domain topic.
+    pub fn topics(&self) -> Vec<String> {
+        self.state
+            .catalog()
+            .topics()
+            .into_iter()
+            .map(|t| self.kafka.topic(t))
+            .collect()
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         let _ = self.task.await;
@@ -160,6 +178,24 @@ pub async fn read(kafka: &KafkaArgs, aggregate: &str) -> Vec<(ReadRecord, Decode
             (record, decoded)
         })
         .collect()
+}
+
+/// Reads a `herald` process's standard output until it announces its HTTP address
+/// ("... HTTP API on http://host:port ..."); panics if it exits or says nothing in `within`.
+pub async fn announced_address(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    within: Duration,
+) -> String {
+    loop {
+        let line = tokio::time::timeout(within, lines.next_line())
+            .await
+            .expect("herald printed no address in time")
+            .unwrap()
+            .expect("herald exited before it was ready");
+        if let Some(rest) = line.split("HTTP API on ").nth(1) {
+            return rest.split_whitespace().next().unwrap().to_string();
+        }
+    }
 }
 
 pub fn client() -> reqwest::Client {

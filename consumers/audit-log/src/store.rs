@@ -131,12 +131,9 @@ pub struct SqlStore {
 impl SqlStore {
     /// Applies this crate's migrations.
     pub async fn new(db: Database) -> Result<Self, StoreError> {
-        let mut postgres = sqlx::migrate!("./migrations/postgres");
-        let mut sqlite = sqlx::migrate!("./migrations/sqlite");
-        // Other crates' migrations share the bookkeeping table.
-        postgres.set_ignore_missing(true);
-        sqlite.set_ignore_missing(true);
-        platform::db::migrate(&db, &postgres, &sqlite)
+        let postgres = sqlx::migrate!("./migrations/postgres");
+        let sqlite = sqlx::migrate!("./migrations/sqlite");
+        platform::db::migrate(&db, postgres, sqlite)
             .await
             .map_err(|err| StoreError(format!("migrations: {err}")))?;
         Ok(Self { db })

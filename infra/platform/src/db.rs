@@ -47,14 +47,17 @@ impl Database {
     }
 }
 
-/// Applies a crate's migrations (one set per database). Two processes starting together on
-/// one SQLite file can race to record the same migration (PostgreSQL serialises them with a
-/// lock): the loser tries again and finds it applied.
+/// Applies a crate's migrations (one set per database, from `sqlx::migrate!`). Every crate's
+/// migrations share the bookkeeping table, so versions recorded by others are not errors. Two
+/// processes starting together on one SQLite file can race to record the same migration
+/// (PostgreSQL serialises them with a lock): the loser tries again and finds it applied.
 pub async fn migrate(
     db: &Database,
-    postgres: &sqlx::migrate::Migrator,
-    sqlite: &sqlx::migrate::Migrator,
+    mut postgres: sqlx::migrate::Migrator,
+    mut sqlite: sqlx::migrate::Migrator,
 ) -> Result<(), sqlx::migrate::MigrateError> {
+    postgres.set_ignore_missing(true);
+    sqlite.set_ignore_missing(true);
     let mut attempt = 0;
     loop {
         attempt += 1;

@@ -10,7 +10,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
@@ -56,6 +56,21 @@ impl KafkaArgs {
                 .ok_or_else(|| KafkaSetupError::BadProperty(property.chars().take(12).collect()))?;
             config.set(key.trim(), value.trim());
         }
+        Ok(config)
+    }
+}
+
+impl KafkaArgs {
+    /// Settings of a consumer in `group` (which it joins only if it subscribes). Offsets are
+    /// never committed automatically unless the caller turns that on.
+    pub(crate) fn consumer_config(&self, group: &str) -> Result<ClientConfig, KafkaSetupError> {
+        let mut config = self.client_config()?;
+        // A producer setting: librdkafka warns when a consumer carries it.
+        config.remove("partitioner");
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
         Ok(config)
     }
 }
@@ -275,7 +290,39 @@ pub struct ReadRecord {
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub timestamp_ms: Option<i64>,
-    pub headers: HashMap<String, Vec<u8>>,
+    /// In record order; a name may repeat.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl ReadRecord {
+    pub(crate) fn from_message(message: &BorrowedMessage<'_>) -> Self {
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            timestamp_ms: message.timestamp().to_millis(),
+            headers,
+        }
+    }
+
+    /// The value of the first header called `name`.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_slice())
+    }
 }
 
 /// Reads every record of some topics, from the start to the high watermark each partition
@@ -285,12 +332,7 @@ pub async fn read_to_end(
     topics: &[String],
     timeout: Duration,
 ) -> Result<Vec<ReadRecord>, KafkaSetupError> {
-    let mut config = args.client_config()?;
-    config
-        .set("group.id", "herald-reader-unused")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false");
+    let config = args.consumer_config("herald-reader-unused")?;
     let topics = topics.to_vec();
     tokio::task::spawn_blocking(move || -> Result<Vec<ReadRecord>, KafkaSetupError> {
         let consumer: BaseConsumer = config.create()?;
@@ -328,31 +370,9 @@ pub async fn read_to_end(
             if message.offset() + 1 >= high {
                 remaining.remove(&slot);
             }
-            if message.offset() >= high {
-                continue;
+            if message.offset() < high {
+                out.push(ReadRecord::from_message(&message));
             }
-            let headers = message
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|header| {
-                            (
-                                header.key.to_string(),
-                                header.value.unwrap_or_default().to_vec(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            out.push(ReadRecord {
-                topic: slot.0,
-                partition: slot.1,
-                offset: message.offset(),
-                key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().map(<[u8]>::to_vec),
-                timestamp_ms: message.timestamp().to_millis(),
-                headers,
-            });
         }
         Ok(out)
     })
@@ -399,11 +419,7 @@ pub async fn committed_offsets(
     group: &str,
     topics: &[String],
 ) -> Result<HashMap<(String, i32), i64>, KafkaSetupError> {
-    let mut config = args.client_config()?;
-    config.remove("partitioner");
-    config
-        .set("group.id", group)
-        .set("enable.auto.commit", "false");
+    let config = args.consumer_config(group)?;
     let topics = topics.to_vec();
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = config.create()?;

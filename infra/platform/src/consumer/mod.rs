@@ -90,6 +90,16 @@ pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, events: &[Event]) -> Result<(), HandlerError>;
 }
 
+/// Defaults of [`ConsumerArgs`], shared by its flags and its `Default`.
+mod defaults {
+    pub const MAX_BATCH: usize = 128;
+    pub const MAX_IN_FLIGHT: usize = 8;
+    pub const SHUTDOWN_MS: u64 = 10_000;
+    pub const SESSION_TIMEOUT_MS: u64 = 10_000;
+    pub const PREFETCH_KB: u64 = 512;
+    pub const MAX_BACKOFF_MS: u64 = 30_000;
+}
+
 /// Settings of one consumer group member. Every consumer service flattens this.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConsumerArgs {
@@ -99,23 +109,23 @@ pub struct ConsumerArgs {
     pub group: Option<String>,
     /// Most events of one partition handed to the handler at once; also how many records
     /// each partition buffers. Memory grows with it times the partitions assigned.
-    #[arg(long, env = "CONSUMER_MAX_BATCH", default_value_t = 128)]
+    #[arg(long, env = "CONSUMER_MAX_BATCH", default_value_t = defaults::MAX_BATCH)]
     pub max_batch: usize,
     /// Batches handled at once over all partitions (bounds memory and database load).
-    #[arg(long, env = "CONSUMER_MAX_IN_FLIGHT", default_value_t = 8)]
+    #[arg(long, env = "CONSUMER_MAX_IN_FLIGHT", default_value_t = defaults::MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
     /// How long a stopping consumer may take to finish in-flight work and commit.
-    #[arg(long, env = "CONSUMER_SHUTDOWN_MS", default_value_t = 10_000)]
+    #[arg(long, env = "CONSUMER_SHUTDOWN_MS", default_value_t = defaults::SHUTDOWN_MS)]
     pub shutdown_ms: u64,
     /// Group session timeout: how soon a crashed member's partitions move to the others.
-    #[arg(long, env = "CONSUMER_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "CONSUMER_SESSION_TIMEOUT_MS", default_value_t = defaults::SESSION_TIMEOUT_MS)]
     pub session_timeout_ms: u64,
     /// Records prefetched from the broker per partition, in KiB: with many partitions this is
     /// most of the consumer's memory.
-    #[arg(long, env = "CONSUMER_PREFETCH_KB", default_value_t = 512)]
+    #[arg(long, env = "CONSUMER_PREFETCH_KB", default_value_t = defaults::PREFETCH_KB)]
     pub prefetch_kb: u64,
     /// Longest wait between two retries of a failing batch.
-    #[arg(long, env = "CONSUMER_MAX_BACKOFF_MS", default_value_t = 30_000)]
+    #[arg(long, env = "CONSUMER_MAX_BACKOFF_MS", default_value_t = defaults::MAX_BACKOFF_MS)]
     pub max_backoff_ms: u64,
 }
 
@@ -123,12 +133,12 @@ impl Default for ConsumerArgs {
     fn default() -> Self {
         Self {
             group: None,
-            max_batch: 128,
-            max_in_flight: 8,
-            shutdown_ms: 10_000,
-            session_timeout_ms: 10_000,
-            prefetch_kb: 512,
-            max_backoff_ms: 30_000,
+            max_batch: defaults::MAX_BATCH,
+            max_in_flight: defaults::MAX_IN_FLIGHT,
+            shutdown_ms: defaults::SHUTDOWN_MS,
+            session_timeout_ms: defaults::SESSION_TIMEOUT_MS,
+            prefetch_kb: defaults::PREFETCH_KB,
+            max_backoff_ms: defaults::MAX_BACKOFF_MS,
         }
     }
 }

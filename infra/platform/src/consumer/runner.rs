@@ -15,7 +15,7 @@ use events::Codec;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
@@ -23,9 +23,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::worker::{DeadLetters, Record, Shared, Worker};
+use super::worker::{DeadLetters, Shared, Worker};
 use super::{ConsumerArgs, Handler};
-use crate::kafka::{KafkaArgs, KafkaSetupError, Publisher};
+use crate::kafka::{KafkaArgs, KafkaSetupError, Publisher, ReadRecord as Record};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
@@ -103,15 +103,12 @@ impl Runner {
             deadline: self.args.shutdown_deadline(),
             partitions: Mutex::new(HashMap::new()),
         };
-        let mut config = self.kafka.client_config()?;
-        config.remove("partitioner");
+        let mut config = self.kafka.consumer_config(&self.group)?;
         config
-            .set("group.id", &self.group)
             .set("partition.assignment.strategy", "cooperative-sticky")
+            // Commits what was stored by hand, only once a record's effect is durable.
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
-            // Offsets are stored by hand, only once a record's effect is durable.
-            .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set(
                 "session.timeout.ms",
@@ -260,7 +257,7 @@ impl Context {
             return;
         }
         slot.dispatched = message.offset();
-        let record = to_record(message);
+        let record = Record::from_message(message);
         if !slot.overflow.is_empty() {
             slot.overflow.push_back(record);
             return;
@@ -396,25 +393,12 @@ impl Context {
     }
 }
 
-fn to_record(message: &BorrowedMessage<'_>) -> Record {
-    let headers = message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                .collect()
-        })
-        .unwrap_or_default();
-    Record {
-        topic: message.topic().to_string(),
-        partition: message.partition(),
-        offset: message.offset(),
-        key: message.key().map(<[u8]>::to_vec),
-        payload: message.payload().map(<[u8]>::to_vec),
-        timestamp_ms: message.timestamp().to_millis(),
-        headers,
-    }
+/// The (topic, partition) pairs of a rebalance.
+fn partition_keys(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
 }
 
 impl ClientContext for Context {
@@ -444,11 +428,7 @@ impl ClientContext for Context {
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            let keys: Vec<(String, i32)> = tpl
-                .elements()
-                .iter()
-                .map(|e| (e.topic().to_string(), e.partition()))
-                .collect();
+            let keys = partition_keys(tpl);
             tracing::info!(partitions = ?keys, "partitions revoked");
             self.store_progress(consumer);
             self.stop(consumer, Some(&keys));
@@ -458,11 +438,7 @@ impl ConsumerContext for Context {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                let keys: Vec<(String, i32)> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_string(), e.partition()))
-                    .collect();
+                let keys = partition_keys(tpl);
                 tracing::info!(partitions = ?keys, "partitions assigned");
                 for (topic, partition) in keys {
                     self.start(&topic, partition);

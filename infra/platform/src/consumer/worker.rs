@@ -12,19 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Event, Handler, HandlerError, backoff, dlq_headers};
-use crate::kafka::{OutgoingRecord, Publisher};
-
-/// A record as fetched, owned so it can cross to the partition's task.
-#[derive(Debug, Clone)]
-pub(super) struct Record {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    pub timestamp_ms: Option<i64>,
-    pub headers: Vec<(String, Vec<u8>)>,
-}
+use crate::kafka::{OutgoingRecord, Publisher, ReadRecord as Record};
 
 /// Where records that cannot be applied go.
 pub(super) struct DeadLetters {
@@ -178,10 +166,9 @@ impl Worker {
             ),
         };
         let traceparent = record
-            .headers
-            .iter()
-            .find(|(name, _)| name == "traceparent")
-            .and_then(|(_, value)| String::from_utf8(value.clone()).ok());
+            .header("traceparent")
+            .and_then(|value| std::str::from_utf8(value).ok())
+            .map(str::to_string);
         Ok(Event {
             topic: record.topic.clone(),
             partition: record.partition,
