@@ -4,11 +4,6 @@
 
 mod services;
 
-/// glibc's allocator spent a tenth of the ingress's CPU under load (many small, short-lived
-/// allocations from JSON and Avro values); mimalloc serves them from per-thread pools.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -96,7 +96,7 @@ mod defaults {
     pub const MAX_IN_FLIGHT: usize = 8;
     pub const SHUTDOWN_MS: u64 = 10_000;
     pub const SESSION_TIMEOUT_MS: u64 = 10_000;
-    pub const PREFETCH_KB: u64 = 512;
+    pub const PREFETCH_KB: u64 = 128;
     pub const MAX_BACKOFF_MS: u64 = 30_000;
 }
 
@@ -107,8 +107,8 @@ pub struct ConsumerArgs {
     /// process with the same group shares the partitions.
     #[arg(long, env = "CONSUMER_GROUP")]
     pub group: Option<String>,
-    /// Most events of one partition handed to the handler at once; also how many records
-    /// each partition buffers. Memory grows with it times the partitions assigned.
+    /// Most events of one partition handed to the handler at once; each partition buffers
+    /// four batches. Memory grows with it times the partitions assigned.
     #[arg(long, env = "CONSUMER_MAX_BATCH", default_value_t = defaults::MAX_BATCH)]
     pub max_batch: usize,
     /// Batches handled at once over all partitions (bounds memory and database load).

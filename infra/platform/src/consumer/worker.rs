@@ -93,14 +93,8 @@ impl Worker {
                     None => return,
                 },
             };
-            batch.push(first);
-            while batch.len() < self.shared.max_batch {
-                match self.rx.try_recv() {
-                    Ok(record) => batch.push(record),
-                    Err(_) => break,
-                }
-            }
-            let records = std::mem::take(&mut batch);
+            // The batch is taken only once it may run: a partition waiting for its turn holds
+            // one record beyond its channel, not a batch more.
             let _permit = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => return,
@@ -109,6 +103,14 @@ impl Worker {
                     Err(_) => return,
                 },
             };
+            batch.push(first);
+            while batch.len() < self.shared.max_batch {
+                match self.rx.try_recv() {
+                    Ok(record) => batch.push(record),
+                    Err(_) => break,
+                }
+            }
+            let records = std::mem::take(&mut batch);
             if self.process(records, &meters).await.is_err() {
                 tracing::warn!(
                     topic = %self.topic,
