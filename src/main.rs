@@ -27,6 +27,9 @@ enum Command {
     Ingress(services::ServiceArgs),
     /// The audit-log consumer and its query API (needs KAFKA_BROKERS).
     AuditLog(services::AuditLogArgs),
+    /// The notification service: emails from events, each once (needs KAFKA_BROKERS and
+    /// SMTP_URL or NOTIFY_EMAIL_OUTBOX).
+    Notifications(services::NotificationsArgs),
     /// Check or export the audit log.
     Audit {
         #[command(subcommand)]
@@ -122,6 +125,7 @@ fn main() -> anyhow::Result<()> {
             Command::Up(args) => services::up(args).await,
             Command::Ingress(args) => services::ingress(args).await,
             Command::AuditLog(args) => services::audit_log(args).await,
+            Command::Notifications(args) => services::notifications(args).await,
             Command::Audit { action } => audit(action).await,
             Command::Token(args) => token(&args),
             Command::Broker { action } => broker(action).await,

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use ingress::IngressArgs;
 use ingress::idempotency::SqlStore;
+use notifications::NotifyArgs;
 use platform::auth::{AuthArgs, Authenticator};
 use platform::broker::LocalBroker;
 use platform::consumer::{ConsumerArgs, Runner};
@@ -34,6 +35,8 @@ pub struct ServiceArgs {
     pub ingress: IngressArgs,
     #[command(flatten)]
     pub consumer: ConsumerArgs,
+    #[command(flatten)]
+    pub notify: NotifyArgs,
 }
 
 /// `herald audit-log` settings.
@@ -52,6 +55,26 @@ pub struct AuditLogArgs {
     pub contract: ContractArgs,
     #[command(flatten)]
     pub consumer: ConsumerArgs,
+}
+
+/// `herald notifications` settings.
+#[derive(Debug, Clone, Args)]
+pub struct NotificationsArgs {
+    /// Address of the notifications API, /healthz and /metrics.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8082")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub contract: ContractArgs,
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
+    #[command(flatten)]
+    pub notify: NotifyArgs,
 }
 
 /// Where a service keeps its data.
@@ -147,16 +170,34 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
     let mut consumers = Vec::new();
     if defaults == Defaults::Development {
         // `herald up` runs every consumer in this process; deployed, each runs on its own.
+        let auth = Arc::new(Authenticator::from_args(&args.ingress.auth)?);
         let audit = audit_log::Service::connect(
-            db,
+            db.clone(),
             &args.kafka,
             &args.ingress.contract,
             &args.consumer,
-            Arc::new(Authenticator::from_args(&args.ingress.auth)?),
+            auth.clone(),
         )
         .await?;
         router = router.merge(audit.router());
         consumers.push(spawn_consumer(audit.runner, shutdown.clone()));
+        let mut notify = args.notify.clone();
+        if notify.smtp_url.is_none() && notify.email_outbox.is_none() {
+            let outbox = args.store.data_dir.join("outbox");
+            tracing::info!(outbox = %outbox.display(), "no SMTP_URL: emails are written as .eml files");
+            notify.email_outbox = Some(outbox);
+        }
+        let notifications = notifications::Service::connect(
+            db,
+            &args.kafka,
+            &args.ingress.contract,
+            &args.consumer,
+            auth,
+            &notify,
+        )
+        .await?;
+        router = router.merge(notifications.router());
+        consumers.push(spawn_consumer(notifications.runner, shutdown.clone()));
     }
     let router = router.route("/metrics", axum::routing::get(metrics));
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -205,7 +246,6 @@ pub async fn audit_log(args: AuditLogArgs) -> anyhow::Result<()> {
         "herald audit-log needs KAFKA_BROKERS (or use `herald up`, which runs it too)"
     );
     platform::metrics::install();
-    let shutdown = platform::shutdown::on_signal();
     let db = args.store.connect().await?;
     let audit = audit_log::Service::connect(
         db,
@@ -215,20 +255,58 @@ pub async fn audit_log(args: AuditLogArgs) -> anyhow::Result<()> {
         Arc::new(Authenticator::from_args(&args.auth)?),
     )
     .await?;
-    let router = audit
-        .router()
+    let router = audit.router();
+    serve_consumer("audit-log", args.listen, audit.runner, router).await
+}
+
+/// `herald notifications`: the consumer and its API.
+pub async fn notifications(args: NotificationsArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.kafka.brokers.is_some(),
+        "herald notifications needs KAFKA_BROKERS (or use `herald up`, which runs it too)"
+    );
+    anyhow::ensure!(
+        args.notify.smtp_url.is_some() || args.notify.email_outbox.is_some(),
+        "herald notifications needs SMTP_URL (e.g. smtp://user:pass@mail.example.com:587?tls=required), \
+         or NOTIFY_EMAIL_OUTBOX to write emails to a folder instead"
+    );
+    platform::metrics::install();
+    let db = args.store.connect().await?;
+    let notifications = notifications::Service::connect(
+        db,
+        &args.kafka,
+        &args.contract,
+        &args.consumer,
+        Arc::new(Authenticator::from_args(&args.auth)?),
+        &args.notify,
+    )
+    .await?;
+    let router = notifications.router();
+    serve_consumer("notifications", args.listen, notifications.runner, router).await
+}
+
+/// Serves a consumer service alone: its API with /healthz and /metrics, and its consumer,
+/// until a signal or until the consumer stops by itself.
+async fn serve_consumer(
+    name: &str,
+    listen: SocketAddr,
+    runner: Runner,
+    router: axum::Router,
+) -> anyhow::Result<()> {
+    let shutdown = platform::shutdown::on_signal();
+    let router = router
         .route(
             "/healthz",
             axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/metrics", axum::routing::get(metrics));
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("binding {}", args.listen))?;
+        .with_context(|| format!("binding {listen}"))?;
     let local = listener.local_addr()?;
-    tracing::info!(http = %local, group = %audit.runner.group(), "audit log is ready");
-    println!("herald audit-log: HTTP API on http://{local}");
-    let consumer = spawn_consumer(audit.runner, shutdown.clone());
+    tracing::info!(http = %local, group = %runner.group(), "{name} is ready");
+    println!("herald {name}: HTTP API on http://{local}");
+    let consumer = spawn_consumer(runner, shutdown.clone());
     platform::http::serve(
         listener,
         router,

@@ -12,7 +12,8 @@ use audit_log::store::SqlStore;
 use platform::consumer::{ConsumerArgs, dlq_headers};
 use platform::db::Database;
 use platform::kafka::{OutgoingRecord, Publisher};
-use support::audit::{AuditProcess, fresh_postgres, publish, tally, wait_for_rows};
+use support::audit::{fresh_postgres, publish, tally, wait_for_rows};
+use support::process::HeraldProcess;
 use support::{TestIngress, token};
 use uuid::Uuid;
 
@@ -32,7 +33,7 @@ async fn every_acknowledged_event_has_one_row_through_kill_9_restarts() {
     let app = Arc::new(TestIngress::start_default().await);
     let kafka = app.kafka.clone();
     let db = fresh_postgres().await;
-    let mut audit = AuditProcess::start(&kafka, &db, &[]).await;
+    let mut audit = HeraldProcess::start("audit-log", &kafka, &db, &[]).await;
     let producer = {
         let app = app.clone();
         tokio::spawn(
@@ -42,7 +43,7 @@ async fn every_acknowledged_event_has_one_row_through_kill_9_restarts() {
     for round in 0..3 {
         tokio::time::sleep(Duration::from_millis(1200 + round * 400)).await;
         audit.kill9().await;
-        audit = AuditProcess::start(&kafka, &db, &[]).await;
+        audit = HeraldProcess::start("audit-log", &kafka, &db, &[]).await;
     }
     let acked = producer.await.unwrap();
     let expected: HashSet<Uuid> = acked.iter().copied().collect();
@@ -65,8 +66,8 @@ async fn two_instances_share_the_partitions_and_one_leaving_loses_nothing() {
     let app = Arc::new(TestIngress::start_default().await);
     let kafka = app.kafka.clone();
     let db = fresh_postgres().await;
-    let first = AuditProcess::start(&kafka, &db, &[]).await;
-    let second = AuditProcess::start(&kafka, &db, &[]).await;
+    let first = HeraldProcess::start("audit-log", &kafka, &db, &[]).await;
+    let second = HeraldProcess::start("audit-log", &kafka, &db, &[]).await;
     let producer = {
         let app = app.clone();
         tokio::spawn(
@@ -120,7 +121,8 @@ async fn sigterm_with_work_in_flight_commits_exactly_what_was_written() {
     assert_eq!(acked.len(), 20_000);
     let db = fresh_postgres().await;
     // Small batches, so there is always a batch in flight when the signal comes.
-    let audit = AuditProcess::start(&kafka, &db, &[("CONSUMER_MAX_BATCH", "50")]).await;
+    let audit =
+        HeraldProcess::start("audit-log", &kafka, &db, &[("CONSUMER_MAX_BATCH", "50")]).await;
     let until = std::time::Instant::now() + Duration::from_secs(60);
     while audit.metric("herald_consumer_processed_total").await < 500.0 {
         assert!(std::time::Instant::now() < until, "no progress");

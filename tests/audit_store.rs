@@ -136,7 +136,7 @@ async fn tampered(tamper: &[&str], seq: i64, fault: &str) {
         assert!(failure.to_string().contains(fault), "{name}: {failure}");
 
         // The command says the same and exits 1.
-        let output = std::process::Command::new(support::audit::HERALD)
+        let output = std::process::Command::new(support::process::HERALD)
             .args(["audit", "verify"])
             .env("DATABASE_URL", &url)
             .env("RUST_LOG", "error")
@@ -212,7 +212,7 @@ async fn an_intact_log_verifies_and_the_command_exits_0() {
     let (orders, users) = seed();
     append(&store, &orders).await;
     append(&store, &users).await;
-    let output = std::process::Command::new(support::audit::HERALD)
+    let output = std::process::Command::new(support::process::HERALD)
         .args(["audit", "verify"])
         .env("DATABASE_URL", &url)
         .output()
@@ -222,7 +222,7 @@ async fn an_intact_log_verifies_and_the_command_exits_0() {
     assert!(stdout.contains("15 rows in 2 chains"), "{stdout}");
 
     // Export of a time range: oldest first, one JSON object per line.
-    let output = std::process::Command::new(support::audit::HERALD)
+    let output = std::process::Command::new(support::process::HERALD)
         .args([
             "audit",
             "export",
@@ -247,7 +247,7 @@ async fn an_intact_log_verifies_and_the_command_exits_0() {
     assert_eq!(offsets, [2, 3, 4]);
     assert_eq!(lines[0]["audit"]["chain"], "orders/0");
 
-    let output = std::process::Command::new(support::audit::HERALD)
+    let output = std::process::Command::new(support::process::HERALD)
         .args(["audit", "export", "--from", "yesterday"])
         .env("DATABASE_URL", &url)
         .output()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs (when missing) and starts on 127.0.0.1 what the tests need: PostgreSQL and Redis
-# from Debian's packages, Java and Maven for the Apache Kafka broker. Idempotent: a second
-# run reuses what is there. Prints the environment to export.
+# from Debian's packages, Java and Maven for the Apache Kafka broker, aiosmtpd (an SMTP
+# server) from PyPI. Idempotent: a second run reuses what is there. Prints the environment
+# to export.
 set -euo pipefail
 
 need=()
@@ -15,6 +16,12 @@ if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   $SUDO apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >&2
+fi
+
+# The SMTP server of the notification tests (Python's aiosmtpd), from PyPI.
+if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
+  echo "installing: aiosmtpd (pip)" >&2
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'aiosmtpd>=1.4,<2' >&2
 fi
 
 # PostgreSQL: the Debian cluster, a herald role and database (loopback only, tests only).

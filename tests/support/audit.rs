@@ -1,20 +1,15 @@
-//! Running the audit log as users do: `herald audit-log` processes that can be killed, a fresh
-//! PostgreSQL database per test, and a steady stream of events of every type.
+//! What the audit-log tests share: a fresh PostgreSQL database per test, a steady stream of
+//! events of every type, and counts of rows.
 
 use std::collections::{HashMap, HashSet};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use platform::kafka::KafkaArgs;
 use serde_json::{Value, json};
 use sqlx::postgres::PgPool;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use uuid::Uuid;
 
-use super::{SECRET, TestIngress, client};
-
-pub const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+use super::{SECRET, TestIngress};
 
 /// A new, empty database on the test PostgreSQL server; its URL.
 pub async fn fresh_postgres() -> String {
@@ -34,77 +29,6 @@ pub async fn fresh_postgres() -> String {
         .rsplit_once('/')
         .expect("a database URL ends in /name");
     format!("{base}/{name}")
-}
-
-/// A `herald audit-log` process.
-pub struct AuditProcess {
-    child: Child,
-    pub base: String,
-}
-
-impl AuditProcess {
-    pub async fn start(kafka: &KafkaArgs, database_url: &str, env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(HERALD);
-        command
-            .arg("audit-log")
-            .env("KAFKA_BROKERS", kafka.brokers.as_deref().unwrap())
-            .env("TOPIC_PREFIX", &kafka.topic_prefix)
-            .env("DATABASE_URL", database_url)
-            .env("HERALD_LISTEN", "127.0.0.1:0")
-            .env("JWT_HS256_SECRET", SECRET)
-            .env("CONSUMER_SESSION_TIMEOUT_MS", "6000")
-            .env("CONSUMER_MAX_BACKOFF_MS", "1000")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true);
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().expect("herald audit-log starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let base = super::announced_address(&mut lines, Duration::from_secs(60)).await;
-        // Keep reading so the process never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, base }
-    }
-
-    /// SIGKILL: no chance to finish or commit anything.
-    pub async fn kill9(mut self) {
-        self.child.start_kill().unwrap();
-        self.child.wait().await.unwrap();
-    }
-
-    /// SIGTERM, then the exit status and how long the process took to exit.
-    pub async fn terminate(mut self) -> (std::process::ExitStatus, Duration) {
-        let pid = self.child.id().expect("still running").to_string();
-        let started = Instant::now();
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
-            .await
-            .expect("herald audit-log did not exit within 60 s of SIGTERM")
-            .unwrap();
-        (status, started.elapsed())
-    }
-
-    /// A metric summed over its label sets, from /metrics.
-    pub async fn metric(&self, name: &str) -> f64 {
-        let text = client()
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
 }
 
 /// An event of each type in turn, with keys that spread over every partition.

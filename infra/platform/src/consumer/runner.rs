@@ -164,9 +164,13 @@ impl Runner {
         // the process alive or its partitions held.
         let shutdown = shutdown.child_token();
         let _stop_on_drop = shutdown.clone().drop_guard();
+        let runtime = Handle::current();
         std::thread::Builder::new()
             .name(format!("poll-{group}"))
             .spawn(move || {
+                // The handler is dropped on this thread, with the consumer; whatever it
+                // holds may spawn on the runtime when dropped (a connection pool closing).
+                let _runtime = runtime.enter();
                 poll_until(&consumer, &shutdown);
                 consumer.context().finish(&consumer);
                 drop(consumer);

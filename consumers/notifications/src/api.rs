@@ -1,0 +1,115 @@
+//! What was sent: `GET /api/v1/notifications?event_id=` for admins (every delivery one event
+//! made) and `GET /api/v1/me/notifications` for the caller's own, newest first. Both take
+//! `limit` (1 to 500, default 100). No token: 401; not an admin: 403; a missing, malformed or
+//! unknown parameter: 400.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Uri};
+use axum::routing::get;
+use axum::{Json, Router};
+use platform::auth::Authenticator;
+use platform::problem::{self, Problem};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::store::{DeliveryFilter, DeliveryRow, NotifyStore};
+
+pub const ADMIN_ROLE: &str = "admin";
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 500;
+
+pub struct NotificationsApi {
+    pub store: Arc<dyn NotifyStore>,
+    pub auth: Arc<Authenticator>,
+}
+
+pub fn router(state: Arc<NotificationsApi>) -> Router {
+    Router::new()
+        .route("/api/v1/notifications", get(by_event))
+        .route("/api/v1/me/notifications", get(mine))
+        .with_state(state)
+        .layer(axum::middleware::map_response(
+            problem::problem_for_bare_errors,
+        ))
+}
+
+#[derive(Debug, Serialize)]
+struct Items {
+    items: Vec<DeliveryRow>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    event_id: Option<String>,
+    limit: Option<String>,
+}
+
+fn params(uri: &Uri) -> Result<(Params, u32), Problem> {
+    let Query(params) = Query::<Params>::try_from_uri(uri)
+        .map_err(|err| Problem::bad_request(format!("query string: {}", err.body_text())))?;
+    let limit = match params.limit.as_deref().filter(|v| !v.is_empty()) {
+        None => DEFAULT_LIMIT,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                Problem::bad_request(format!(
+                    "limit must be a whole number from 1 to {MAX_LIMIT}"
+                ))
+            })?,
+    };
+    Ok((params, limit))
+}
+
+async fn by_event(
+    State(state): State<Arc<NotificationsApi>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Json<Items>, Problem> {
+    let principal = state.auth.authenticate(&headers)?;
+    if !principal.roles.iter().any(|role| role == ADMIN_ROLE) {
+        return Err(Problem::forbidden(format!(
+            "the notifications of any event need the {ADMIN_ROLE} role; \
+             /api/v1/me/notifications shows your own"
+        )));
+    }
+    let (params, limit) = params(&uri)?;
+    let event_id = params
+        .event_id
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Problem::bad_request("event_id is required"))?;
+    let event_id =
+        Uuid::try_parse(&event_id).map_err(|_| Problem::bad_request("event_id must be a UUID"))?;
+    list(&state, DeliveryFilter::Event(event_id), limit).await
+}
+
+async fn mine(
+    State(state): State<Arc<NotificationsApi>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Json<Items>, Problem> {
+    let principal = state.auth.authenticate(&headers)?;
+    let (params, limit) = params(&uri)?;
+    if params.event_id.is_some() {
+        return Err(Problem::bad_request(
+            "event_id is for /api/v1/notifications (admins)",
+        ));
+    }
+    list(&state, DeliveryFilter::User(principal.subject), limit).await
+}
+
+async fn list(
+    state: &NotificationsApi,
+    filter: DeliveryFilter,
+    limit: u32,
+) -> Result<Json<Items>, Problem> {
+    let items = state.store.list(&filter, limit).await.map_err(|err| {
+        tracing::warn!(%err, "notification query failed");
+        Problem::unavailable("the notification store is not reachable", 5)
+    })?;
+    Ok(Json(Items { items }))
+}

@@ -1,0 +1,455 @@
+//! Deciding what to send for an event: pure functions of the event, the rule, what the
+//! service knows of the recipient, and the clock. Sending and recording are elsewhere.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::rules::{Category, Channel, Rule};
+use crate::store::UserRecord;
+use crate::templates::{Rendered, Templates};
+
+/// The delivery log's key: one message per event, channel and recipient, ever.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeliveryKey {
+    pub event_id: Uuid,
+    pub channel: Channel,
+    /// A user id, or the address itself for rules that list raw addresses.
+    pub recipient: String,
+}
+
+impl DeliveryKey {
+    /// A stable id for providers that deduplicate (the email Message-ID, an idempotency
+    /// key): the same delivery always carries the same one.
+    pub fn idempotency_key(&self) -> String {
+        let mut hash = Sha256::new();
+        hash.update(self.event_id.as_bytes());
+        hash.update(self.channel.as_str().as_bytes());
+        hash.update([0]);
+        hash.update(self.recipient.as_bytes());
+        let digest = hash.finalize();
+        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// What is recorded before a delivery is attempted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intent {
+    pub key: DeliveryKey,
+    pub user_id: Option<String>,
+    /// Email address, phone number or device; empty when there is none.
+    pub address: String,
+    pub event_type: String,
+    pub template: String,
+    pub category: Category,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Intent recorded, outcome not yet: if found so later, the attempt's fate is unknown.
+    Sending,
+    /// The last attempt failed transiently; the next one sends again.
+    Retrying,
+    Sent,
+    /// Permanently (bad address, rejected by the provider): never retried.
+    Failed,
+    /// Decided without sending (no address, no provider for the channel, user deleted).
+    Skipped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sending => "sending",
+            Self::Retrying => "retrying",
+            Self::Sent => "sent",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::Sending,
+            Self::Retrying,
+            Self::Sent,
+            Self::Failed,
+            Self::Skipped,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+
+    /// Settled deliveries are never attempted again.
+    pub fn is_settled(self) -> bool {
+        matches!(self, Self::Sent | Self::Failed | Self::Skipped)
+    }
+}
+
+/// Who a rule addresses in one event, once looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    /// `Audience::User`: the id from the event and what the projection knows of it.
+    User {
+        user_id: String,
+        record: Option<UserRecord>,
+    },
+    Addresses(Vec<String>),
+    /// The event lacks the field the rule names (or it has the wrong type).
+    Missing(String),
+}
+
+impl Resolved {
+    pub fn addresses_in(field: &str, data: &Value) -> Self {
+        match data.get(field).and_then(Value::as_array) {
+            Some(list) => Self::Addresses(
+                list.iter()
+                    .filter_map(Value::as_str)
+                    .map(|a| a.trim().to_ascii_lowercase())
+                    .collect(),
+            ),
+            None => Self::Missing(format!("the event has no address list in {field:?}")),
+        }
+    }
+}
+
+/// One decision about one delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    Send {
+        intent: Intent,
+        /// The user's display name, for the email's To header.
+        name: Option<String>,
+        message: Rendered,
+    },
+    /// Record without sending.
+    Skip { intent: Intent, reason: String },
+    /// The recipient is not known yet (the users topic is behind this one): handle the
+    /// event again later.
+    Wait(String),
+}
+
+/// The event, as planning needs it.
+pub struct EventView<'a> {
+    pub event_id: Uuid,
+    pub event_type: &'a str,
+    pub occurred_at: &'a str,
+    pub data: &'a Value,
+    /// How long ago the ingress received it.
+    pub age: Duration,
+}
+
+/// What the running service can do, for planning.
+pub struct Capabilities<'a> {
+    pub templates: &'a Templates,
+    /// Channels with a provider configured.
+    pub channels: &'a [Channel],
+    /// How long an unknown user is waited for before the delivery is skipped.
+    pub recipient_grace: Duration,
+}
+
+/// Every delivery one rule makes for one event (pure).
+pub fn plan(
+    rule: &Rule,
+    event: &EventView<'_>,
+    who: Resolved,
+    can: &Capabilities<'_>,
+) -> Vec<Step> {
+    let intent = |channel: Channel, recipient: &str, user_id: Option<&str>, address: &str| Intent {
+        key: DeliveryKey {
+            event_id: event.event_id,
+            channel,
+            recipient: recipient.to_string(),
+        },
+        user_id: user_id.map(str::to_string),
+        address: address.to_string(),
+        event_type: event.event_type.to_string(),
+        template: rule.template.clone(),
+        category: rule.category,
+    };
+    let context = |user: Value| {
+        json!({
+            "data": event.data,
+            "user": user,
+            "event": {
+                "event_id": event.event_id.to_string(),
+                "event_type": event.event_type,
+                "occurred_at": event.occurred_at,
+            },
+        })
+    };
+    let render =
+        |channel: Channel, locale: &str, user: Value, intent: Intent, name: Option<String>| {
+            match can
+                .templates
+                .render(&rule.template, locale, channel, &context(user))
+            {
+                Ok(message) => Step::Send {
+                    intent,
+                    name,
+                    message,
+                },
+                Err(reason) => Step::Skip { intent, reason },
+            }
+        };
+    match who {
+        Resolved::Missing(reason) => rule
+            .channels
+            .iter()
+            .map(|&channel| Step::Skip {
+                intent: intent(channel, "", None, ""),
+                reason: reason.clone(),
+            })
+            .collect(),
+        Resolved::Addresses(addresses) => addresses
+            .iter()
+            .flat_map(|address| rule.channels.iter().map(move |&channel| (address, channel)))
+            .map(|(address, channel)| {
+                let intent = intent(channel, address, None, address);
+                if !can.channels.contains(&channel) {
+                    return Step::Skip {
+                        intent,
+                        reason: no_provider(channel),
+                    };
+                }
+                render(channel, "en", json!({}), intent, None)
+            })
+            .collect(),
+        Resolved::User { user_id, record } => {
+            let Some(user) = record else {
+                if event.age < can.recipient_grace {
+                    return vec![Step::Wait(format!("user {user_id} is not known yet"))];
+                }
+                return rule
+                    .channels
+                    .iter()
+                    .map(|&channel| Step::Skip {
+                        intent: intent(channel, &user_id, Some(&user_id), ""),
+                        reason: "unknown user".into(),
+                    })
+                    .collect();
+            };
+            rule.channels
+                .iter()
+                .map(|&channel| {
+                    let address = match channel {
+                        Channel::Email => user.email.clone(),
+                        Channel::Sms => user.phone.clone(),
+                        Channel::Push | Channel::Live => Some(String::new()),
+                    };
+                    let intent = intent(
+                        channel,
+                        &user_id,
+                        Some(&user_id),
+                        address.as_deref().unwrap_or_default(),
+                    );
+                    if user.deleted {
+                        return Step::Skip {
+                            intent,
+                            reason: "user deleted".into(),
+                        };
+                    }
+                    if address.is_none() {
+                        return Step::Skip {
+                            intent,
+                            reason: format!("the user has no {} address", channel.as_str()),
+                        };
+                    }
+                    if !can.channels.contains(&channel) {
+                        return Step::Skip {
+                            intent,
+                            reason: no_provider(channel),
+                        };
+                    }
+                    let view = json!({
+                        "user_id": user.user_id,
+                        "display_name": user.display_name.clone().unwrap_or_default(),
+                        "email": user.email,
+                        "locale": user.locale,
+                    });
+                    render(
+                        channel,
+                        &user.locale,
+                        view,
+                        intent,
+                        user.display_name.clone(),
+                    )
+                })
+                .collect()
+        }
+    }
+}
+
+fn no_provider(channel: Channel) -> String {
+    format!("no {} provider is configured", channel.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::Audience;
+
+    fn rule(channels: &[Channel], to: Audience) -> Rule {
+        Rule {
+            event: "user.registered".into(),
+            template: "welcome".into(),
+            category: Category::Transactional,
+            channels: channels.to_vec(),
+            to,
+        }
+    }
+
+    fn alice() -> UserRecord {
+        UserRecord {
+            user_id: "u-1".into(),
+            email: Some("alice@example.com".into()),
+            phone: None,
+            display_name: Some("Alice".into()),
+            locale: "fr".into(),
+            time_zone: "UTC".into(),
+            deleted: false,
+        }
+    }
+
+    fn run(rule: &Rule, who: Resolved, age_secs: u64) -> Vec<Step> {
+        let templates = Templates::embedded().unwrap();
+        let data = json!({"user_id": "u-1"});
+        let event = EventView {
+            event_id: Uuid::nil(),
+            event_type: "user.registered",
+            occurred_at: "2026-11-22T10:00:00Z",
+            data: &data,
+            age: Duration::from_secs(age_secs),
+        };
+        let can = Capabilities {
+            templates: &templates,
+            channels: &[Channel::Email],
+            recipient_grace: Duration::from_secs(60),
+        };
+        plan(rule, &event, who, &can)
+    }
+
+    #[test]
+    fn a_known_user_gets_the_email_in_their_locale() {
+        let steps = run(
+            &rule(&[Channel::Email], Audience::User("user_id".into())),
+            Resolved::User {
+                user_id: "u-1".into(),
+                record: Some(alice()),
+            },
+            0,
+        );
+        let [
+            Step::Send {
+                intent, message, ..
+            },
+        ] = steps.as_slice()
+        else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(intent.key.recipient, "u-1");
+        assert_eq!(intent.address, "alice@example.com");
+        assert!(
+            matches!(message, Rendered::Email { subject, .. } if subject.starts_with("Bienvenue"))
+        );
+    }
+
+    #[test]
+    fn an_unknown_user_is_waited_for_then_skipped() {
+        let r = rule(&[Channel::Email], Audience::User("user_id".into()));
+        let unknown = || Resolved::User {
+            user_id: "u-9".into(),
+            record: None,
+        };
+        assert!(matches!(run(&r, unknown(), 5).as_slice(), [Step::Wait(_)]));
+        assert!(
+            matches!(run(&r, unknown(), 61).as_slice(), [Step::Skip { reason, .. }] if reason == "unknown user")
+        );
+    }
+
+    #[test]
+    fn no_address_no_provider_or_deleted_are_skips_with_reasons() {
+        let r = rule(
+            &[Channel::Email, Channel::Sms],
+            Audience::User("user_id".into()),
+        );
+        let steps = run(
+            &r,
+            Resolved::User {
+                user_id: "u-1".into(),
+                record: Some(alice()),
+            },
+            0,
+        );
+        assert!(
+            matches!(&steps[1], Step::Skip { reason, .. } if reason == "the user has no sms address")
+        );
+        let mut with_phone = alice();
+        with_phone.phone = Some("+15550100".into());
+        let steps = run(
+            &r,
+            Resolved::User {
+                user_id: "u-1".into(),
+                record: Some(with_phone),
+            },
+            0,
+        );
+        assert!(
+            matches!(&steps[1], Step::Skip { reason, .. } if reason == "no sms provider is configured")
+        );
+        let mut gone = alice();
+        gone.deleted = true;
+        let steps = run(
+            &r,
+            Resolved::User {
+                user_id: "u-1".into(),
+                record: Some(gone),
+            },
+            0,
+        );
+        assert!(
+            steps
+                .iter()
+                .all(|s| matches!(s, Step::Skip { reason, .. } if reason == "user deleted"))
+        );
+    }
+
+    #[test]
+    fn addresses_each_get_one_delivery_keyed_by_address() {
+        let mut r = rule(&[Channel::Email], Audience::Addresses("recipients".into()));
+        r.template = "report".into();
+        let data = json!({"recipients": ["Ops@Example.com", "cfo@example.com"]});
+        let who = Resolved::addresses_in("recipients", &data);
+        let steps = run(&r, who, 0);
+        let recipients: Vec<_> = steps
+            .iter()
+            .map(|s| match s {
+                Step::Send { intent, .. } | Step::Skip { intent, .. } => {
+                    intent.key.recipient.clone()
+                }
+                Step::Wait(_) => panic!(),
+            })
+            .collect();
+        assert_eq!(recipients, ["ops@example.com", "cfo@example.com"]);
+    }
+
+    #[test]
+    fn idempotency_keys_are_stable_and_distinct() {
+        let key = |channel, recipient: &str| DeliveryKey {
+            event_id: Uuid::nil(),
+            channel,
+            recipient: recipient.into(),
+        };
+        assert_eq!(
+            key(Channel::Email, "u-1").idempotency_key(),
+            key(Channel::Email, "u-1").idempotency_key()
+        );
+        assert_ne!(
+            key(Channel::Email, "u-1").idempotency_key(),
+            key(Channel::Push, "u-1").idempotency_key()
+        );
+        assert_eq!(key(Channel::Email, "u-1").idempotency_key().len(), 32);
+    }
+}

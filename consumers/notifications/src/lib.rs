@@ -1,0 +1,336 @@
+//! Notifications: events become emails, pushes and SMS, each at most once per event, channel
+//! and recipient.
+//!
+//! The consumer reads the topics the rules name plus the users topic (its own projection of
+//! email, phone, locale). For each event, [`delivery::plan`] decides (pure) what to send to
+//! whom; each send is recorded as intent in the delivery log before the provider is called
+//! and with its outcome after. A redelivered or replayed event finds its rows settled and
+//! sends nothing; a crash between a send and its outcome leaves a row in `sending`, which the
+//! next attempt sends again and counts (`herald_notifications_repeated_total`): at most that
+//! one message can repeat, and the provider gets the same Message-ID both times.
+
+pub mod api;
+pub mod delivery;
+pub mod email;
+pub mod rules;
+pub mod store;
+pub mod templates;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use platform::auth::Authenticator;
+use platform::consumer::{ConsumerArgs, Event, Handler, HandlerError, OrRetry, Runner};
+use platform::contract::ContractArgs;
+use platform::db::Database;
+use platform::kafka::KafkaArgs;
+use secrecy::SecretString;
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::delivery::{Capabilities, EventView, Intent, Resolved, Status, Step};
+use crate::email::{Email, EmailProvider, SendError};
+use crate::rules::{Audience, Channel, Rule, Rules};
+use crate::store::{Begun, NotifyStore, UserChange};
+use crate::templates::{Rendered, Templates};
+
+/// The consumer's name: its group is the topic prefix followed by this.
+pub const NAME: &str = "notifications";
+/// The event type whose topic carries the users the projection follows.
+const USERS_EVENT: &str = "user.registered";
+
+/// `herald notifications` settings (also flattened into `herald up`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct NotifyArgs {
+    /// The SMTP server as a URL: `smtp://127.0.0.1:2525` (plain), `smtp://user:pass@host:587?tls=required`
+    /// (STARTTLS), `smtps://user:pass@host:465` (TLS).
+    #[arg(long, env = "SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<SecretString>,
+    /// Without an SMTP server: a folder to write each email to as an .eml file (`herald up`
+    /// uses `<data>/outbox`).
+    #[arg(long, env = "NOTIFY_EMAIL_OUTBOX")]
+    pub email_outbox: Option<PathBuf>,
+    /// The From of every email.
+    #[arg(
+        long,
+        env = "NOTIFY_EMAIL_FROM",
+        default_value = "Herald <no-reply@herald.localhost>"
+    )]
+    pub email_from: String,
+    /// SMTP connections kept open and used at once.
+    #[arg(long, env = "SMTP_POOL_SIZE", default_value_t = 8)]
+    pub smtp_pool_size: u32,
+    /// Rules file (TOML); default: the starter rules.
+    #[arg(long, env = "NOTIFY_RULES_FILE")]
+    pub rules_file: Option<PathBuf>,
+    /// Templates file (TOML); default: the starter templates.
+    #[arg(long, env = "NOTIFY_TEMPLATES_FILE")]
+    pub templates_file: Option<PathBuf>,
+    /// Sends in flight at once within one batch of events.
+    #[arg(long, env = "NOTIFY_SEND_CONCURRENCY", default_value_t = 32)]
+    pub send_concurrency: usize,
+    /// How long an event waits for its recipient to appear in the users topic before its
+    /// delivery is skipped as "unknown user".
+    #[arg(long, env = "NOTIFY_RECIPIENT_GRACE_SECS", default_value_t = 60)]
+    pub recipient_grace_secs: u64,
+}
+
+/// The handler: plans and makes the deliveries of a batch of events.
+pub struct Notifier {
+    store: Arc<dyn NotifyStore>,
+    rules: Rules,
+    templates: Templates,
+    email: Option<Arc<dyn EmailProvider>>,
+    channels: Vec<Channel>,
+    concurrency: usize,
+    recipient_grace: Duration,
+}
+
+impl Notifier {
+    pub fn new(
+        store: Arc<dyn NotifyStore>,
+        rules: Rules,
+        templates: Templates,
+        email: Option<Arc<dyn EmailProvider>>,
+        args: &NotifyArgs,
+    ) -> Self {
+        let channels = email.iter().map(|_| Channel::Email).collect();
+        Self {
+            store,
+            rules,
+            templates,
+            email,
+            channels,
+            concurrency: args.send_concurrency.max(1),
+            recipient_grace: Duration::from_secs(args.recipient_grace_secs),
+        }
+    }
+
+    async fn resolve(&self, rule: &Rule, event: &Event) -> Result<Resolved, HandlerError> {
+        Ok(match &rule.to {
+            Audience::User(field) => match event.data.get(field).and_then(Value::as_str) {
+                Some(user_id) => Resolved::User {
+                    user_id: user_id.to_string(),
+                    record: self.store.user(user_id).await.or_retry()?,
+                },
+                None => Resolved::Missing(format!("the event has no user id in {field:?}")),
+            },
+            Audience::Addresses(field) => Resolved::addresses_in(field, &event.data),
+            Audience::OptedIn => Resolved::Missing("opted-in audiences are not delivered".into()),
+        })
+    }
+
+    /// Carries out one decision; `Err` only for what must be tried again.
+    async fn execute(&self, step: Step) -> Result<(), HandlerError> {
+        match step {
+            Step::Wait(reason) => Err(HandlerError::Retry(reason)),
+            Step::Skip { intent, reason } => {
+                count(&intent, Status::Skipped);
+                self.store
+                    .settle(&intent, Status::Skipped, &reason, now_us())
+                    .await
+                    .or_retry()
+            }
+            Step::Send {
+                intent,
+                name,
+                message,
+            } => self.send(intent, name, message).await,
+        }
+    }
+
+    async fn send(
+        &self,
+        intent: Intent,
+        name: Option<String>,
+        message: Rendered,
+    ) -> Result<(), HandlerError> {
+        let (
+            Rendered::Email {
+                subject,
+                text,
+                html,
+            },
+            Some(provider),
+        ) = (message, &self.email)
+        else {
+            // Planning only sends on channels with a provider.
+            return self
+                .store
+                .settle(
+                    &intent,
+                    Status::Skipped,
+                    "no provider for this channel",
+                    now_us(),
+                )
+                .await
+                .or_retry();
+        };
+        match self.store.begin(&intent, now_us()).await.or_retry()? {
+            Begun::Settled(_) => return Ok(()),
+            Begun::Send {
+                attempt,
+                outcome_unknown,
+            } => {
+                if outcome_unknown {
+                    metrics::counter!("herald_notifications_repeated_total", "channel" => intent.key.channel.as_str())
+                        .increment(1);
+                    tracing::warn!(
+                        event_id = %intent.key.event_id,
+                        channel = intent.key.channel.as_str(),
+                        recipient = %intent.key.recipient,
+                        attempt,
+                        "an earlier attempt stopped before its outcome was recorded: sending again"
+                    );
+                }
+            }
+        }
+        let email = Email {
+            to: intent.address.clone(),
+            to_name: name,
+            subject,
+            text,
+            html,
+            message_id: format!("<{}@herald>", intent.key.idempotency_key()),
+        };
+        let (status, detail, result) = match provider.send(&email).await {
+            Ok(()) => (Status::Sent, None, Ok(())),
+            Err(SendError::Permanent(reason)) => (Status::Failed, Some(reason), Ok(())),
+            Err(SendError::Transient(reason)) => (
+                Status::Retrying,
+                Some(reason.clone()),
+                Err(HandlerError::Retry(format!("email provider: {reason}"))),
+            ),
+        };
+        count(&intent, status);
+        self.store
+            .finish(
+                &intent.key,
+                status,
+                Some(provider.name()),
+                detail.as_deref(),
+                now_us(),
+            )
+            .await
+            .or_retry()?;
+        result
+    }
+}
+
+fn count(intent: &Intent, status: Status) {
+    metrics::counter!(
+        "herald_notifications_total",
+        "channel" => intent.key.channel.as_str(),
+        "status" => status.as_str()
+    )
+    .increment(1);
+}
+
+fn now_us() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
+}
+
+#[async_trait]
+impl Handler for Notifier {
+    async fn handle(&self, events: &[Event]) -> Result<(), HandlerError> {
+        let changes: Vec<UserChange> = events
+            .iter()
+            .filter_map(|e| UserChange::from_event(&e.envelope.event_type, &e.data))
+            .collect();
+        if !changes.is_empty() {
+            self.store.apply_users(&changes).await.or_retry()?;
+        }
+        let can = Capabilities {
+            templates: &self.templates,
+            channels: &self.channels,
+            recipient_grace: self.recipient_grace,
+        };
+        let mut steps = Vec::new();
+        for event in events {
+            let occurred_at = event
+                .envelope
+                .occurred_at
+                .format(&Rfc3339)
+                .unwrap_or_default();
+            let view = EventView {
+                event_id: event.envelope.event_id,
+                event_type: &event.envelope.event_type,
+                occurred_at: &occurred_at,
+                data: &event.data,
+                age: (OffsetDateTime::now_utc() - event.envelope.received_at)
+                    .try_into()
+                    .unwrap_or_default(),
+            };
+            for rule in self.rules.for_event(&event.envelope.event_type) {
+                let who = self.resolve(rule, event).await?;
+                steps.extend(delivery::plan(rule, &view, who, &can));
+            }
+        }
+        // Every step runs, even when one fails: what was sent is recorded, so the retry of
+        // the batch sends only what is left.
+        let results: Vec<Result<(), HandlerError>> = futures_util::stream::iter(steps)
+            .map(|step| self.execute(step))
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+}
+
+/// The notification service's parts, connected: its consumer and its API.
+pub struct Service {
+    pub runner: Runner,
+    pub api: Arc<api::NotificationsApi>,
+}
+
+impl Service {
+    /// Loads rules and templates, connects the email provider, migrates the store and
+    /// prepares the consumer of the users topic and every topic the rules name.
+    pub async fn connect(
+        db: Database,
+        kafka: &KafkaArgs,
+        contract: &ContractArgs,
+        consumer: &ConsumerArgs,
+        auth: Arc<Authenticator>,
+        args: &NotifyArgs,
+    ) -> anyhow::Result<Self> {
+        let catalog = Arc::new(contract.catalog()?);
+        let templates = Templates::load(args.templates_file.as_deref())?;
+        let rules = Rules::load(args.rules_file.as_deref(), &catalog, &templates)?;
+        let from = email::parse_from(&args.email_from)?;
+        let email: Option<Arc<dyn EmailProvider>> = match (&args.smtp_url, &args.email_outbox) {
+            (Some(url), _) => Some(Arc::new(email::Smtp::new(
+                "smtp",
+                url,
+                from,
+                args.smtp_pool_size,
+            )?)),
+            (None, Some(dir)) => Some(Arc::new(email::Outbox::new(dir.clone(), from)?)),
+            (None, None) => None,
+        };
+        let mut topics: Vec<String> = rules
+            .event_types()
+            .chain([USERS_EVENT])
+            .filter_map(|t| catalog.latest(t))
+            .map(|schema| kafka.topic(&schema.topic))
+            .collect();
+        topics.sort();
+        topics.dedup();
+        let store: Arc<dyn NotifyStore> = Arc::new(store::SqlStore::new(db).await?);
+        let codec = Arc::new(contract.codec(catalog, kafka).await?);
+        let handler = Arc::new(Notifier::new(store.clone(), rules, templates, email, args));
+        let runner = Runner::new(NAME, topics, kafka, consumer, codec, handler);
+        Ok(Self {
+            runner,
+            api: Arc::new(api::NotificationsApi { store, auth }),
+        })
+    }
+
+    pub fn router(&self) -> axum::Router {
+        api::router(self.api.clone())
+    }
+}

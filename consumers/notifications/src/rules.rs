@@ -1,0 +1,257 @@
+//! Which events notify whom, on which channels: the rules file.
+//!
+//! A rule names an event type, a template, a category and channels, and says who receives
+//! it (`to`): the user whose id is in a field of the event, the email addresses listed in a
+//! field, or every opted-in user (promotional campaigns). The starter rules are
+//! `consumers/notifications/rules.toml`; `NOTIFY_RULES_FILE` replaces them.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use events::Catalog;
+use serde::Deserialize;
+
+use crate::templates::Templates;
+
+/// The starter rules, compiled in.
+pub const DEFAULT_RULES: &str = include_str!("../rules.toml");
+
+/// Transactional messages are what a user asked for or must know (receipts, codes); they
+/// ignore quiet hours and caps. Promotional ones need an explicit opt-in and use their own
+/// SMS route and budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    Transactional,
+    Promotional,
+}
+
+impl Category {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Transactional => "transactional",
+            Self::Promotional => "promotional",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Email,
+    Push,
+    Sms,
+    /// To the user's open stream if connected, push otherwise.
+    Live,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Email => "email",
+            Self::Push => "push",
+            Self::Sms => "sms",
+            Self::Live => "live",
+        }
+    }
+}
+
+/// Who receives a rule's notification.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Audience {
+    /// The user whose id is in this field of the event's data.
+    User(String),
+    /// The email addresses in this field (an array of strings) of the event's data.
+    Addresses(String),
+    /// Every user who opted in to the rule's category and channel.
+    OptedIn,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub event: String,
+    pub template: String,
+    pub category: Category,
+    pub channels: Vec<Channel>,
+    pub to: Audience,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesFile {
+    #[serde(default)]
+    rule: Vec<Rule>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("reading the rules file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the rules are not valid TOML of the expected shape: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("rule {index} ({event}): {reason}; fix the rules file")]
+    Invalid {
+        index: usize,
+        event: String,
+        reason: String,
+    },
+}
+
+/// The rules, by event type.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    by_event: HashMap<String, Vec<Rule>>,
+}
+
+impl Rules {
+    /// Reads `path`, or the starter rules without one, and checks every rule against the
+    /// event catalog and the templates, so a typo stops the service at start rather than
+    /// silently sending nothing.
+    pub fn load(
+        path: Option<&Path>,
+        catalog: &Catalog,
+        templates: &Templates,
+    ) -> Result<Self, RulesError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| RulesError::Read {
+                path: path.display().to_string(),
+                source,
+            })?,
+            None => DEFAULT_RULES.to_string(),
+        };
+        Self::parse(&text, catalog, templates)
+    }
+
+    pub fn parse(text: &str, catalog: &Catalog, templates: &Templates) -> Result<Self, RulesError> {
+        let file: RulesFile = toml::from_str(text)?;
+        let mut by_event: HashMap<String, Vec<Rule>> = HashMap::new();
+        for (index, rule) in file.rule.into_iter().enumerate() {
+            let invalid = |reason: String| RulesError::Invalid {
+                index: index + 1,
+                event: rule.event.clone(),
+                reason,
+            };
+            let schema = catalog
+                .latest(&rule.event)
+                .ok_or_else(|| invalid("no such event type in the schemas".into()))?;
+            let field = match &rule.to {
+                Audience::User(field) | Audience::Addresses(field) => Some(field),
+                Audience::OptedIn => None,
+            };
+            if let Some(field) = field
+                && schema.example.get(field).is_none()
+            {
+                return Err(invalid(format!("the event has no field {field:?}")));
+            }
+            if rule.to == Audience::OptedIn {
+                return Err(invalid(
+                    "\"opted_in\" audiences are not delivered yet; name a user or addresses".into(),
+                ));
+            }
+            if rule.channels.is_empty() {
+                return Err(invalid("no channels".into()));
+            }
+            if matches!(rule.to, Audience::Addresses(_)) && rule.channels != [Channel::Email] {
+                return Err(invalid(
+                    "a list of addresses can only be emailed (channels = [\"email\"])".into(),
+                ));
+            }
+            for channel in &rule.channels {
+                templates
+                    .check(&rule.template, *channel)
+                    .map_err(&invalid)?;
+            }
+            by_event.entry(rule.event.clone()).or_default().push(rule);
+        }
+        Ok(Self { by_event })
+    }
+
+    pub fn for_event(&self, event_type: &str) -> &[Rule] {
+        self.by_event.get(event_type).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn event_types(&self) -> impl Iterator<Item = &str> {
+        self.by_event.keys().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Rules, RulesError> {
+        let catalog = Catalog::embedded().unwrap();
+        Rules::parse(text, &catalog, &Templates::embedded().unwrap())
+    }
+
+    #[test]
+    fn the_starter_rules_load() {
+        let catalog = Catalog::embedded().unwrap();
+        let rules = Rules::load(None, &catalog, &Templates::embedded().unwrap()).unwrap();
+        let welcome = &rules.for_event("user.registered")[0];
+        assert_eq!(welcome.template, "welcome");
+        assert_eq!(welcome.to, Audience::User("user_id".into()));
+        assert!(rules.for_event("order.placed").len() == 1);
+        assert!(rules.for_event("user.deleted").is_empty());
+    }
+
+    #[test]
+    fn every_starter_rule_renders_its_example_event() {
+        let catalog = Catalog::embedded().unwrap();
+        let templates = Templates::embedded().unwrap();
+        let rules = Rules::load(None, &catalog, &templates).unwrap();
+        let user = serde_json::json!({"display_name": "Alice", "email": "a@example.com"});
+        for event_type in rules.event_types() {
+            let example = &catalog.latest(event_type).unwrap().example;
+            for rule in rules.for_event(event_type) {
+                for channel in &rule.channels {
+                    let context = serde_json::json!({"data": example, "user": user});
+                    templates
+                        .render(&rule.template, "en", *channel, &context)
+                        .unwrap_or_else(|err| panic!("{event_type}: {err}"));
+                    templates
+                        .render(&rule.template, "fr", *channel, &context)
+                        .unwrap_or_else(|err| panic!("{event_type} (fr): {err}"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let unknown_event = load(
+            "[[rule]]\nevent='order.lost'\ntemplate='welcome'\ncategory='transactional'\nchannels=['email']\nto={user='user_id'}",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            unknown_event.contains("no such event type"),
+            "{unknown_event}"
+        );
+        let unknown_field = load(
+            "[[rule]]\nevent='user.registered'\ntemplate='welcome'\ncategory='transactional'\nchannels=['email']\nto={user='nobody'}",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            unknown_field.contains("no field \"nobody\""),
+            "{unknown_field}"
+        );
+        let unknown_template = load(
+            "[[rule]]\nevent='user.registered'\ntemplate='nope'\ncategory='transactional'\nchannels=['email']\nto={user='user_id'}",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            unknown_template.contains("no template"),
+            "{unknown_template}"
+        );
+        let typo = load("[[rule]]\nevnt='user.registered'").unwrap_err();
+        assert!(matches!(typo, RulesError::Parse(_)));
+    }
+}

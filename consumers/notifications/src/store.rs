@@ -1,0 +1,394 @@
+//! The service's own state: its projection of users and its delivery log. PostgreSQL when
+//! several instances share it, the embedded SQLite file for one; same SQL for both.
+
+use async_trait::async_trait;
+use platform::db::Database;
+use platform::with_pool;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::delivery::{DeliveryKey, Intent, Status};
+
+/// A database failure: transient for the consumer (it retries in place).
+#[derive(Debug, thiserror::Error)]
+#[error("notification store: {0}")]
+pub struct StoreError(String);
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        Self(err.to_string())
+    }
+}
+
+/// What the service knows of a user, from the users topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct UserRecord {
+    pub user_id: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub display_name: Option<String>,
+    pub locale: String,
+    pub time_zone: String,
+    pub deleted: bool,
+}
+
+/// One event of the users topic, as a change to the projection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserChange {
+    Registered(UserRecord),
+    /// Only the fields given change.
+    Updated {
+        user_id: String,
+        email: Option<String>,
+        phone: Option<String>,
+        display_name: Option<String>,
+        locale: Option<String>,
+        time_zone: Option<String>,
+    },
+    /// Contact details are dropped; the row stays so later events find the user gone.
+    Deleted {
+        user_id: String,
+    },
+}
+
+impl UserChange {
+    /// The change an event makes, if it is a users-topic event (pure).
+    pub fn from_event(event_type: &str, data: &serde_json::Value) -> Option<Self> {
+        let text = |field: &str| data.get(field).and_then(|v| v.as_str()).map(str::to_string);
+        let user_id = text("user_id")?;
+        match event_type {
+            "user.registered" => Some(Self::Registered(UserRecord {
+                user_id,
+                email: text("email"),
+                phone: text("phone"),
+                display_name: text("display_name"),
+                locale: text("locale").unwrap_or_else(|| "en".into()),
+                time_zone: text("time_zone").unwrap_or_else(|| "UTC".into()),
+                deleted: false,
+            })),
+            "user.profile_updated" => Some(Self::Updated {
+                user_id,
+                email: text("email"),
+                phone: text("phone"),
+                display_name: text("display_name"),
+                locale: text("locale"),
+                time_zone: text("time_zone"),
+            }),
+            "user.deleted" => Some(Self::Deleted { user_id }),
+            _ => None,
+        }
+    }
+}
+
+/// A row of the delivery log, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct DeliveryRow {
+    pub event_id: String,
+    pub channel: String,
+    pub recipient: String,
+    pub user_id: Option<String>,
+    pub address: String,
+    pub event_type: String,
+    pub template: String,
+    pub category: String,
+    pub status: String,
+    pub attempts: i32,
+    pub provider: Option<String>,
+    pub detail: Option<String>,
+    pub created_at_us: i64,
+    pub updated_at_us: i64,
+}
+
+/// Which rows of the delivery log to list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryFilter {
+    Event(Uuid),
+    User(String),
+}
+
+/// What the log says about a delivery about to be attempted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Begun {
+    /// Intent recorded: send now. `attempt` counts from 1; `outcome_unknown` means an
+    /// earlier attempt recorded intent and no outcome (a crash in between): the message may
+    /// already have left, and sending again may repeat it.
+    Send { attempt: i32, outcome_unknown: bool },
+    /// Already settled: send nothing.
+    Settled(Status),
+}
+
+#[async_trait]
+pub trait NotifyStore: Send + Sync {
+    /// Applies changes of the users topic, in order, in one transaction.
+    async fn apply_users(&self, changes: &[UserChange]) -> Result<(), StoreError>;
+    async fn user(&self, user_id: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Records the intent to send (or finds the delivery settled).
+    async fn begin(&self, intent: &Intent, now_us: i64) -> Result<Begun, StoreError>;
+    /// Records the outcome of an attempt.
+    async fn finish(
+        &self,
+        key: &DeliveryKey,
+        status: Status,
+        provider: Option<&str>,
+        detail: Option<&str>,
+        now_us: i64,
+    ) -> Result<(), StoreError>;
+    /// Records a delivery decided without sending (skipped), unless one is recorded already.
+    async fn settle(
+        &self,
+        intent: &Intent,
+        status: Status,
+        detail: &str,
+        now_us: i64,
+    ) -> Result<(), StoreError>;
+    /// Newest first.
+    async fn list(
+        &self,
+        filter: &DeliveryFilter,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRow>, StoreError>;
+}
+
+pub struct SqlStore {
+    db: Database,
+}
+
+impl SqlStore {
+    /// Connects and applies this service's migrations.
+    pub async fn new(db: Database) -> Result<Self, StoreError> {
+        let postgres = sqlx::migrate!("./migrations/postgres");
+        let sqlite = sqlx::migrate!("./migrations/sqlite");
+        platform::db::migrate(&db, postgres, sqlite)
+            .await
+            .map_err(|err| StoreError(format!("migrations: {err}")))?;
+        Ok(Self { db })
+    }
+}
+
+const UPSERT_USER: &str = "INSERT INTO notify_users \
+     (user_id, email, phone, display_name, locale, time_zone, deleted, updated_at_us) \
+     VALUES ($1, $2, $3, $4, $5, $6, FALSE, $7) \
+     ON CONFLICT (user_id) DO UPDATE SET email = excluded.email, phone = excluded.phone, \
+     display_name = excluded.display_name, locale = excluded.locale, \
+     time_zone = excluded.time_zone, deleted = FALSE, updated_at_us = excluded.updated_at_us";
+const UPDATE_USER: &str = "UPDATE notify_users SET email = COALESCE($2, email), \
+     phone = COALESCE($3, phone), display_name = COALESCE($4, display_name), \
+     locale = COALESCE($5, locale), time_zone = COALESCE($6, time_zone), updated_at_us = $7 \
+     WHERE user_id = $1";
+const DELETE_USER: &str = "INSERT INTO notify_users (user_id, deleted, updated_at_us) \
+     VALUES ($1, TRUE, $2) \
+     ON CONFLICT (user_id) DO UPDATE SET email = NULL, phone = NULL, display_name = NULL, \
+     deleted = TRUE, updated_at_us = excluded.updated_at_us";
+const SELECT_USER: &str = "SELECT user_id, email, phone, display_name, locale, time_zone, deleted \
+     FROM notify_users WHERE user_id = $1";
+const INSERT_DELIVERY: &str = "INSERT INTO notify_deliveries \
+     (event_id, channel, recipient, user_id, address, event_type, template, category, status, \
+      attempts, created_at_us, updated_at_us) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) \
+     ON CONFLICT (event_id, channel, recipient) DO NOTHING";
+const SELECT_DELIVERY: &str = "SELECT status, attempts FROM notify_deliveries \
+     WHERE event_id = $1 AND channel = $2 AND recipient = $3";
+const RESTART_DELIVERY: &str = "UPDATE notify_deliveries \
+     SET status = 'sending', attempts = attempts + 1, updated_at_us = $5 \
+     WHERE event_id = $1 AND channel = $2 AND recipient = $3 AND status = $4";
+const FINISH_DELIVERY: &str = "UPDATE notify_deliveries \
+     SET status = $4, provider = $5, detail = $6, updated_at_us = $7 \
+     WHERE event_id = $1 AND channel = $2 AND recipient = $3";
+const COLUMNS: &str = "event_id, channel, recipient, user_id, address, event_type, template, \
+     category, status, attempts, provider, detail, created_at_us, updated_at_us";
+
+fn now_us() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
+}
+
+#[async_trait]
+impl NotifyStore for SqlStore {
+    async fn apply_users(&self, changes: &[UserChange]) -> Result<(), StoreError> {
+        let at = now_us();
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            for change in changes {
+                match change {
+                    UserChange::Registered(user) => {
+                        sqlx::query(UPSERT_USER)
+                            .bind(&user.user_id)
+                            .bind(&user.email)
+                            .bind(&user.phone)
+                            .bind(&user.display_name)
+                            .bind(&user.locale)
+                            .bind(&user.time_zone)
+                            .bind(at)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    UserChange::Updated { user_id, email, phone, display_name, locale, time_zone } => {
+                        sqlx::query(UPDATE_USER)
+                            .bind(user_id)
+                            .bind(email)
+                            .bind(phone)
+                            .bind(display_name)
+                            .bind(locale)
+                            .bind(time_zone)
+                            .bind(at)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    UserChange::Deleted { user_id } => {
+                        sqlx::query(DELETE_USER)
+                            .bind(user_id)
+                            .bind(at)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    async fn user(&self, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query_as(SELECT_USER).bind(user_id).fetch_optional(pool).await?
+        }))
+    }
+
+    async fn begin(&self, intent: &Intent, now_us: i64) -> Result<Begun, StoreError> {
+        let key = &intent.key;
+        let event_id = key.event_id.to_string();
+        let inserted = with_pool!(&self.db, pool => {
+            sqlx::query(INSERT_DELIVERY)
+                .bind(&event_id)
+                .bind(key.channel.as_str())
+                .bind(&key.recipient)
+                .bind(&intent.user_id)
+                .bind(&intent.address)
+                .bind(&intent.event_type)
+                .bind(&intent.template)
+                .bind(intent.category.as_str())
+                .bind(Status::Sending.as_str())
+                .bind(1_i32)
+                .bind(now_us)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        if inserted == 1 {
+            return Ok(Begun::Send {
+                attempt: 1,
+                outcome_unknown: false,
+            });
+        }
+        let (status, attempts): (String, i32) = with_pool!(&self.db, pool => {
+            sqlx::query_as(SELECT_DELIVERY)
+                .bind(&event_id)
+                .bind(key.channel.as_str())
+                .bind(&key.recipient)
+                .fetch_one(pool)
+                .await?
+        });
+        let status = Status::parse(&status)
+            .ok_or_else(|| StoreError(format!("unknown delivery status {status:?}")))?;
+        if status.is_settled() {
+            return Ok(Begun::Settled(status));
+        }
+        let restarted = with_pool!(&self.db, pool => {
+            sqlx::query(RESTART_DELIVERY)
+                .bind(&event_id)
+                .bind(key.channel.as_str())
+                .bind(&key.recipient)
+                .bind(status.as_str())
+                .bind(now_us)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        if restarted != 1 {
+            return Err(StoreError(
+                "the delivery changed while it was being resumed".into(),
+            ));
+        }
+        Ok(Begun::Send {
+            attempt: attempts + 1,
+            outcome_unknown: status == Status::Sending,
+        })
+    }
+
+    async fn finish(
+        &self,
+        key: &DeliveryKey,
+        status: Status,
+        provider: Option<&str>,
+        detail: Option<&str>,
+        now_us: i64,
+    ) -> Result<(), StoreError> {
+        with_pool!(&self.db, pool => {
+            sqlx::query(FINISH_DELIVERY)
+                .bind(key.event_id.to_string())
+                .bind(key.channel.as_str())
+                .bind(&key.recipient)
+                .bind(status.as_str())
+                .bind(provider)
+                .bind(detail)
+                .bind(now_us)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    async fn settle(
+        &self,
+        intent: &Intent,
+        status: Status,
+        detail: &str,
+        now_us: i64,
+    ) -> Result<(), StoreError> {
+        let key = &intent.key;
+        let sql = "INSERT INTO notify_deliveries \
+             (event_id, channel, recipient, user_id, address, event_type, template, category, \
+              status, attempts, detail, created_at_us, updated_at_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $11) \
+             ON CONFLICT (event_id, channel, recipient) DO NOTHING";
+        with_pool!(&self.db, pool => {
+            sqlx::query(sql)
+                .bind(key.event_id.to_string())
+                .bind(key.channel.as_str())
+                .bind(&key.recipient)
+                .bind(&intent.user_id)
+                .bind(&intent.address)
+                .bind(&intent.event_type)
+                .bind(&intent.template)
+                .bind(intent.category.as_str())
+                .bind(status.as_str())
+                .bind(detail)
+                .bind(now_us)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    async fn list(
+        &self,
+        filter: &DeliveryFilter,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
+        let (column, value) = match filter {
+            DeliveryFilter::Event(id) => ("event_id", id.to_string()),
+            DeliveryFilter::User(user) => ("user_id", user.clone()),
+        };
+        // The column name is one of two constants above: nothing from the request.
+        let sql = format!(
+            "SELECT {COLUMNS} FROM notify_deliveries WHERE {column} = $1 \
+             ORDER BY created_at_us DESC, event_id DESC, channel, recipient LIMIT $2"
+        );
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(&value)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+        }))
+    }
+}

@@ -1,0 +1,319 @@
+//! Notifications end to end: events posted at the real ingress, a real broker, the real
+//! `herald notifications` process, and a real SMTP server on loopback (aiosmtpd). Every email
+//! is counted at the SMTP server: none missing, none twice.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::process::HeraldProcess;
+use support::smtp::{Received, SmtpServer};
+use support::{TestIngress, client, test_dir, token};
+use uuid::Uuid;
+
+fn publisher() -> String {
+    token("notify-test", &["user", "admin", "service"])
+}
+
+fn sqlite_url(name: &str) -> String {
+    let dir = test_dir("notifications");
+    std::fs::create_dir_all(&dir).unwrap();
+    format!(
+        "sqlite://{}",
+        dir.join(format!("{name}-{}.db", Uuid::new_v4().simple()))
+            .display()
+    )
+}
+
+fn registered(user_id: Uuid, email: &str, name: &str, locale: &str) -> Value {
+    json!({"type": "user.registered", "data": {
+        "user_id": user_id, "email": email, "display_name": name,
+        "locale": locale, "time_zone": "Europe/Paris"
+    }})
+}
+
+async fn post(app: &TestIngress, body: &Value) -> Uuid {
+    let response = app.post(&publisher(), body).await;
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    Uuid::parse_str(body["event_id"].as_str().unwrap()).unwrap()
+}
+
+async fn get(base: &str, path: &str, bearer: Option<&str>) -> (u16, Value) {
+    let mut request = client().get(format!("{base}{path}"));
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn by_recipient(received: &[Received]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for message in received {
+        for to in &message.rcpt_tos {
+            *counts.entry(to.clone()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn welcome_and_receipt_emails_arrive_once_and_a_replay_sends_nothing() {
+    let app = TestIngress::start_default().await;
+    let smtp = SmtpServer::start("welcome").await;
+    let db = sqlite_url("welcome");
+    let notifier = HeraldProcess::start(
+        "notifications",
+        &app.kafka,
+        &db,
+        &[("SMTP_URL", &smtp.url())],
+    )
+    .await;
+
+    let user = Uuid::new_v4();
+    let address = format!("zoe.{}@example.com", &user.simple().to_string()[..8]);
+    let welcome = post(&app, &registered(user, &address, "Zoé", "fr-CA")).await;
+    let received = smtp.wait_for(1, Duration::from_secs(60)).await;
+    assert_eq!(received.len(), 1, "the welcome email arrives");
+    let email = &received[0];
+    assert_eq!(email.rcpt_tos, std::slice::from_ref(&address));
+    assert_eq!(email.from, "Herald <no-reply@herald.localhost>");
+    assert!(email.to.contains(&address), "{}", email.to);
+    // French, for a fr-CA user; non-ASCII survives the encoding.
+    assert_eq!(email.subject, "Bienvenue sur Herald, Zoé");
+    let text = email.text.as_deref().unwrap();
+    assert!(text.contains("votre compte est prêt"), "{text}");
+    assert!(text.contains(&address), "{text}");
+    assert!(email.html.as_deref().unwrap().contains("<b>"));
+
+    // The order's customer is that user: the receipt comes in English (no French receipt).
+    let order = post(
+        &app,
+        &json!({"type": "order.placed", "data": {
+            "order_id": "o-77", "customer_id": user.to_string(),
+            "items": [{"sku": "tea-01", "quantity": 2, "unit_price_cents": 450}],
+            "total_cents": 900, "currency": "EUR"
+        }}),
+    )
+    .await;
+    let received = smtp.wait_for(2, Duration::from_secs(60)).await;
+    assert_eq!(received.len(), 2, "the receipt arrives");
+    let receipt = &received[1];
+    assert_eq!(receipt.subject, "Your order o-77");
+    let text = receipt.text.as_deref().unwrap();
+    assert!(text.contains("2 x tea-01"), "{text}");
+    assert!(text.contains("Total: 9.00 EUR"), "{text}");
+    assert!(receipt.html.is_none());
+    assert_ne!(receipt.message_id, email.message_id);
+
+    // What was sent, as the user and an admin see it.
+    let (status, mine) = get(
+        &notifier.base,
+        "/api/v1/me/notifications",
+        Some(&token(&user.to_string(), &["user"])),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut rows: Vec<(String, String, String)> = mine["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["event_type"].as_str().unwrap().to_string(),
+                r["channel"].as_str().unwrap().to_string(),
+                r["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            ("order.placed".into(), "email".into(), "sent".into()),
+            ("order.placed".into(), "push".into(), "skipped".into()),
+            ("user.registered".into(), "email".into(), "sent".into()),
+        ]
+    );
+    let admin = token("ops", &["admin"]);
+    let (status, one) = get(
+        &notifier.base,
+        &format!("/api/v1/notifications?event_id={order}"),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let items = one["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    let push = items.iter().find(|r| r["channel"] == "push").unwrap();
+    assert_eq!(push["detail"], "no push provider is configured");
+    let sent = items.iter().find(|r| r["channel"] == "email").unwrap();
+    assert_eq!(sent["address"], address.as_str());
+    assert_eq!(sent["attempts"], 1);
+    assert_eq!(sent["provider"], "smtp");
+
+    // Bad requests get precise answers.
+    let path = format!("/api/v1/notifications?event_id={welcome}");
+    assert_eq!(get(&notifier.base, &path, None).await.0, 401);
+    let not_admin = token(&user.to_string(), &["user"]);
+    assert_eq!(get(&notifier.base, &path, Some(&not_admin)).await.0, 403);
+    for bad in [
+        "/api/v1/notifications",
+        "/api/v1/notifications?event_id=nope",
+        "/api/v1/notifications?event_id=&limit=0",
+        "/api/v1/notifications?event=x",
+    ] {
+        let (status, problem) = get(&notifier.base, bad, Some(&admin)).await;
+        assert_eq!(status, 400, "{bad}: {problem}");
+        assert!(problem["detail"].is_string(), "{bad}: {problem}");
+    }
+
+    // A replay: a second group reads both topics from the start against the same log.
+    let replay_group = format!("replay-{}", Uuid::new_v4().simple());
+    let replay = HeraldProcess::start(
+        "notifications",
+        &app.kafka,
+        &db,
+        &[("SMTP_URL", &smtp.url()), ("CONSUMER_GROUP", &replay_group)],
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while replay.metric("herald_consumer_processed_total").await < 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replay did not process both events"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(smtp.received().len(), 2, "a replay sends nothing new");
+    for process in [replay, notifier] {
+        let (status, _) = process.terminate().await;
+        assert!(status.success(), "{status}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_smtp_server_refusing_for_a_while_delays_but_loses_and_repeats_nothing() {
+    let app = TestIngress::start_default().await;
+    let smtp = SmtpServer::start("refusing").await;
+    smtp.refuse(true);
+    let db = sqlite_url("refusing");
+    let notifier = HeraldProcess::start(
+        "notifications",
+        &app.kafka,
+        &db,
+        &[("SMTP_URL", &smtp.url())],
+    )
+    .await;
+    let mut addresses = Vec::new();
+    for i in 0..20 {
+        let address = format!(
+            "r{i}.{}@example.com",
+            &Uuid::new_v4().simple().to_string()[..6]
+        );
+        post(&app, &registered(Uuid::new_v4(), &address, "R", "en")).await;
+        addresses.push(address);
+    }
+    // While refused, attempts are recorded as retrying and nothing is accepted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while notifier.metric("herald_notifications_total").await < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "no attempt was made");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(smtp.received().is_empty());
+    smtp.refuse(false);
+    let received = smtp.wait_for(20, Duration::from_secs(90)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let counts = by_recipient(&smtp.received());
+    let missing = addresses
+        .iter()
+        .filter(|a| !counts.contains_key(*a))
+        .count();
+    let duplicates: usize = counts.values().map(|n| n.saturating_sub(1)).sum();
+    eprintln!(
+        "refused then accepted: {} emails for 20 users, {missing} missing, {duplicates} duplicates",
+        received.len()
+    );
+    assert_eq!((missing, duplicates), (0, 0));
+    notifier.terminate().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_loses_nothing_and_every_repeat_is_counted() {
+    let app = std::sync::Arc::new(TestIngress::start_default().await);
+    let smtp = SmtpServer::start("kill9").await;
+    let db = sqlite_url("kill9");
+    let url = smtp.url();
+    let env = [("SMTP_URL", url.as_str())];
+    let mut notifier = HeraldProcess::start("notifications", &app.kafka, &db, &env).await;
+    let producer = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut addresses = Vec::new();
+            for batch in 0..30 {
+                let events: Vec<Value> = (0..20)
+                    .map(|i| {
+                        let address = format!("k{batch}-{i}@example.com");
+                        addresses.push(address.clone());
+                        registered(Uuid::new_v4(), &address, "K", "en")
+                    })
+                    .collect();
+                let response = app.post(&publisher(), &json!({ "events": events })).await;
+                assert_eq!(response.status(), 202);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            addresses
+        })
+    };
+    for pause in [1500, 1800] {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        notifier.kill9().await;
+        notifier = HeraldProcess::start("notifications", &app.kafka, &db, &env).await;
+    }
+    let addresses = producer.await.unwrap();
+    smtp.wait_for(addresses.len(), Duration::from_secs(120))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let counts = by_recipient(&smtp.received());
+    let missing = addresses
+        .iter()
+        .filter(|a| !counts.contains_key(*a))
+        .count();
+    let duplicates: usize = counts.values().map(|n| n.saturating_sub(1)).sum();
+    // Deliveries the log shows were attempted again after an attempt without an outcome:
+    // the only ones that may have reached the server twice.
+    let database = platform::db::Database::connect(&db).await.unwrap();
+    let repeated: Vec<(String,)> = platform::with_pool!(&database, pool => {
+        sqlx::query_as("SELECT address FROM notify_deliveries WHERE attempts > 1")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    });
+    let repeated: std::collections::HashSet<String> = repeated.into_iter().map(|(a,)| a).collect();
+    let uncounted: Vec<&String> = counts
+        .iter()
+        .filter(|(address, n)| **n > 1 && !repeated.contains(*address))
+        .map(|(address, _)| address)
+        .collect();
+    eprintln!(
+        "kill -9 x2: {} emails for {} users, {missing} missing, {duplicates} duplicates, \
+         {} deliveries attempted again after a crash (sends in flight at the kill)",
+        smtp.received().len(),
+        addresses.len(),
+        repeated.len()
+    );
+    assert_eq!(missing, 0);
+    assert!(
+        uncounted.is_empty(),
+        "every duplicate is a delivery the log counts as repeated: {uncounted:?}"
+    );
+    let (status, _) = notifier.terminate().await;
+    assert!(status.success(), "{status}");
+}
