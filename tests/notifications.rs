@@ -317,3 +317,97 @@ async fn kill_9_mid_stream_loses_nothing_and_every_repeat_is_counted() {
     let (status, _) = notifier.terminate().await;
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secondary_smtp_server_delivers_when_the_primary_is_down_and_both_down_dead_letters() {
+    let app = TestIngress::start_default().await;
+    // The primary is down: nothing listens on its port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let primary_url = format!("smtp://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let secondary = SmtpServer::start("secondary").await;
+    let secondary_url = secondary.url();
+    let db = sqlite_url("failover");
+    let notifier = HeraldProcess::start(
+        "notifications",
+        &app.kafka,
+        &db,
+        &[
+            ("SMTP_URL", primary_url.as_str()),
+            ("SMTP_FALLBACK_URL", secondary_url.as_str()),
+            ("NOTIFY_MAX_ATTEMPTS", "3"),
+            ("CONSUMER_MAX_BACKOFF_MS", "300"),
+        ],
+    )
+    .await;
+    let mut expected = Vec::new();
+    let mut first = None;
+    for i in 0..6 {
+        let address = format!(
+            "f{i}.{}@example.com",
+            &Uuid::new_v4().simple().to_string()[..6]
+        );
+        let id = post(&app, &registered(Uuid::new_v4(), &address, "F", "en")).await;
+        first.get_or_insert(id);
+        expected.push(address);
+    }
+    let received = secondary.wait_for(6, Duration::from_secs(60)).await;
+    let counts = by_recipient(&received);
+    assert!(
+        expected.iter().all(|a| counts.get(a) == Some(&1)),
+        "{counts:?}"
+    );
+    let admin = token("ops", &["admin"]);
+    let (_, rows) = get(
+        &notifier.base,
+        &format!("/api/v1/notifications?event_id={}", first.unwrap()),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(rows["items"][0]["provider"], "smtp-fallback", "{rows}");
+
+    // Both refuse: a few attempts, then the delivery is dead and its event dead-lettered.
+    secondary.refuse(true);
+    let doomed = post(
+        &app,
+        &registered(Uuid::new_v4(), "doomed@example.com", "D", "en"),
+    )
+    .await;
+    let dlq = format!("{}{}.dlq", app.kafka.topic_prefix, notifications::NAME);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let letters = loop {
+        let letters = platform::kafka::read_to_end(
+            &app.kafka,
+            std::slice::from_ref(&dlq),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_default();
+        if !letters.is_empty() || std::time::Instant::now() > deadline {
+            break letters;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(letters.len(), 1, "the event is dead-lettered once");
+    let error = String::from_utf8(
+        letters[0]
+            .header(platform::consumer::dlq_headers::ERROR)
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(error.contains("gave up after 3 attempts"), "{error}");
+    let (_, rows) = get(
+        &notifier.base,
+        &format!("/api/v1/notifications?event_id={doomed}"),
+        Some(&admin),
+    )
+    .await;
+    let row = &rows["items"][0];
+    assert_eq!(row["status"], "dead", "{rows}");
+    assert_eq!(row["attempts"], 4, "three sends, then the give-up");
+    assert_eq!(secondary.received().len(), 6);
+    let (status, _) = notifier.terminate().await;
+    assert!(status.success(), "{status}");
+    app.stop().await;
+}

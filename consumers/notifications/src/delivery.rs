@@ -57,6 +57,9 @@ pub enum Status {
     Failed,
     /// Decided without sending (no address, no provider for the channel, user deleted).
     Skipped,
+    /// Transient failures until the attempts ran out: the event went to the dead-letter
+    /// topic, and goes there again whenever it is handled again.
+    Dead,
 }
 
 impl Status {
@@ -67,6 +70,7 @@ impl Status {
             Self::Sent => "sent",
             Self::Failed => "failed",
             Self::Skipped => "skipped",
+            Self::Dead => "dead",
         }
     }
 
@@ -77,6 +81,7 @@ impl Status {
             Self::Sent,
             Self::Failed,
             Self::Skipped,
+            Self::Dead,
         ]
         .into_iter()
         .find(|s| s.as_str() == text)
@@ -84,7 +89,7 @@ impl Status {
 
     /// Settled deliveries are never attempted again.
     pub fn is_settled(self) -> bool {
-        matches!(self, Self::Sent | Self::Failed | Self::Skipped)
+        matches!(self, Self::Sent | Self::Failed | Self::Skipped | Self::Dead)
     }
 }
 

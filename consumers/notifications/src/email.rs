@@ -2,7 +2,9 @@
 //! an outbox folder of .eml files for a machine without a mail server.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use lettre::message::header::ContentType;
@@ -36,9 +38,8 @@ pub enum SendError {
 
 #[async_trait]
 pub trait EmailProvider: Send + Sync {
-    /// For the delivery log: which provider sent it.
-    fn name(&self) -> &str;
-    async fn send(&self, email: &Email) -> Result<(), SendError>;
+    /// Sends; on success, the name of the provider that accepted it (for the delivery log).
+    async fn send(&self, email: &Email) -> Result<&str, SendError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,14 +128,10 @@ fn kind_of(err: &lettre::transport::smtp::Error) -> String {
 
 #[async_trait]
 impl EmailProvider for Smtp {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn send(&self, email: &Email) -> Result<(), SendError> {
+    async fn send(&self, email: &Email) -> Result<&str, SendError> {
         let message = build(&self.from, email)?;
         match self.transport.send(message).await {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(&self.name),
             Err(err) if err.is_permanent() => Err(SendError::Permanent(err.to_string())),
             Err(err) => Err(SendError::Transient(err.to_string())),
         }
@@ -162,17 +159,96 @@ impl Outbox {
 
 #[async_trait]
 impl EmailProvider for Outbox {
-    fn name(&self) -> &str {
-        "outbox"
-    }
-
-    async fn send(&self, email: &Email) -> Result<(), SendError> {
+    async fn send(&self, email: &Email) -> Result<&str, SendError> {
         let message = build(&self.from, email)?;
         self.transport
             .send(message)
             .await
-            .map(|_| ())
+            .map(|_| "outbox")
             .map_err(|err| SendError::Transient(err.to_string()))
+    }
+}
+
+/// A primary provider and a secondary that takes over when the primary keeps failing:
+/// every transient failure of the primary is retried on the secondary at once, and after
+/// [`Failover::TRIP_AFTER`] failures in a row the secondary goes first for
+/// [`Failover::BYPASS`], so a dead primary does not cost every message a timeout. A permanent
+/// failure (a bad address) is not tried elsewhere.
+pub struct Failover {
+    primary: Arc<dyn EmailProvider>,
+    secondary: Arc<dyn EmailProvider>,
+    /// Transient failures of the primary in a row.
+    failures: AtomicU32,
+    /// Until then (ms since the epoch), the secondary goes first.
+    bypass_until_ms: AtomicU64,
+}
+
+impl Failover {
+    pub const TRIP_AFTER: u32 = 3;
+    pub const BYPASS: Duration = Duration::from_secs(30);
+
+    pub fn new(primary: Arc<dyn EmailProvider>, secondary: Arc<dyn EmailProvider>) -> Self {
+        Self {
+            primary,
+            secondary,
+            failures: AtomicU32::new(0),
+            bypass_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn note_primary(&self, result: &Result<&str, SendError>, now_ms: u64) {
+        match result {
+            Err(SendError::Transient(_)) => {
+                let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if failures >= Self::TRIP_AFTER {
+                    self.bypass_until_ms
+                        .store(now_ms + Self::BYPASS.as_millis() as u64, Ordering::Relaxed);
+                }
+            }
+            _ => self.failures.store(0, Ordering::Relaxed),
+        }
+    }
+}
+
+/// Whether the primary goes first (pure).
+pub fn primary_first(bypass_until_ms: u64, now_ms: u64) -> bool {
+    now_ms >= bypass_until_ms
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[async_trait]
+impl EmailProvider for Failover {
+    async fn send(&self, email: &Email) -> Result<&str, SendError> {
+        let now = now_ms();
+        let primary_first = primary_first(self.bypass_until_ms.load(Ordering::Relaxed), now);
+        let (first, second) = if primary_first {
+            (&self.primary, &self.secondary)
+        } else {
+            (&self.secondary, &self.primary)
+        };
+        let result = first.send(email).await;
+        if primary_first {
+            self.note_primary(&result, now);
+        }
+        let first_reason = match result {
+            Err(SendError::Transient(reason)) => reason,
+            done => return done,
+        };
+        let result = second.send(email).await;
+        if !primary_first {
+            self.note_primary(&result, now);
+        }
+        match result {
+            Err(SendError::Transient(reason)) => Err(SendError::Transient(format!(
+                "both providers failed: {first_reason}; {reason}"
+            ))),
+            done => done,
+        }
     }
 }
 
@@ -217,6 +293,66 @@ mod tests {
             Err(SendError::Permanent(_))
         ));
         assert!(parse_from("nope").is_err());
+    }
+
+    /// Answers from a script, counting calls.
+    struct Scripted {
+        name: &'static str,
+        answer: Result<(), SendError>,
+        calls: AtomicU32,
+    }
+
+    #[async_trait]
+    impl EmailProvider for Scripted {
+        async fn send(&self, _: &Email) -> Result<&str, SendError> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            self.answer.clone().map(|()| self.name)
+        }
+    }
+
+    fn scripted(name: &'static str, answer: Result<(), SendError>) -> Arc<Scripted> {
+        Arc::new(Scripted {
+            name,
+            answer,
+            calls: AtomicU32::new(0),
+        })
+    }
+
+    #[tokio::test]
+    async fn the_secondary_takes_over_and_then_goes_first() {
+        let down = || Err(SendError::Transient("connection refused".into()));
+        let primary = scripted("primary", down());
+        let secondary = scripted("secondary", Ok(()));
+        let failover = Failover::new(primary.clone(), secondary.clone());
+        for _ in 0..Failover::TRIP_AFTER {
+            assert_eq!(
+                failover.send(&email("a@example.com")).await,
+                Ok("secondary")
+            );
+        }
+        assert_eq!(primary.calls.load(Ordering::Relaxed), Failover::TRIP_AFTER);
+        // Tripped: the primary is no longer asked first.
+        assert_eq!(
+            failover.send(&email("a@example.com")).await,
+            Ok("secondary")
+        );
+        assert_eq!(primary.calls.load(Ordering::Relaxed), Failover::TRIP_AFTER);
+
+        let both_down = Failover::new(scripted("p", down()), scripted("s", down()));
+        assert!(matches!(
+            both_down.send(&email("a@example.com")).await,
+            Err(SendError::Transient(reason)) if reason.starts_with("both providers failed")
+        ));
+        let bad_address = scripted("p", Err(SendError::Permanent("550 no such user".into())));
+        let untouched = scripted("s", Ok(()));
+        let failover = Failover::new(bad_address, untouched.clone());
+        assert!(matches!(
+            failover.send(&email("a@example.com")).await,
+            Err(SendError::Permanent(_))
+        ));
+        assert_eq!(untouched.calls.load(Ordering::Relaxed), 0);
+        assert!(primary_first(1000, 1000));
+        assert!(!primary_first(1001, 1000));
     }
 
     #[test]

@@ -61,7 +61,10 @@ pub struct NotifyArgs {
         default_value = "Herald <no-reply@herald.localhost>"
     )]
     pub email_from: String,
-    /// SMTP connections kept open and used at once.
+    /// A second SMTP server, same URL form: takes over when the first keeps failing.
+    #[arg(long, env = "SMTP_FALLBACK_URL", hide_env_values = true)]
+    pub smtp_fallback_url: Option<SecretString>,
+    /// SMTP connections kept open and used at once (per server).
     #[arg(long, env = "SMTP_POOL_SIZE", default_value_t = 8)]
     pub smtp_pool_size: u32,
     /// Rules file (TOML); default: the starter rules.
@@ -70,6 +73,9 @@ pub struct NotifyArgs {
     /// Templates file (TOML); default: the starter templates.
     #[arg(long, env = "NOTIFY_TEMPLATES_FILE")]
     pub templates_file: Option<PathBuf>,
+    /// Attempts of one delivery before it is given up and its event dead-lettered.
+    #[arg(long, env = "NOTIFY_MAX_ATTEMPTS", default_value_t = 8)]
+    pub max_attempts: i32,
     /// Sends in flight at once within one batch of events.
     #[arg(long, env = "NOTIFY_SEND_CONCURRENCY", default_value_t = 32)]
     pub send_concurrency: usize,
@@ -88,6 +94,7 @@ pub struct Notifier {
     channels: Vec<Channel>,
     concurrency: usize,
     recipient_grace: Duration,
+    max_attempts: i32,
 }
 
 impl Notifier {
@@ -107,6 +114,7 @@ impl Notifier {
             channels,
             concurrency: args.send_concurrency.max(1),
             recipient_grace: Duration::from_secs(args.recipient_grace_secs),
+            max_attempts: args.max_attempts.max(1),
         }
     }
 
@@ -171,7 +179,27 @@ impl Notifier {
                 .or_retry();
         };
         match self.store.begin(&intent, now_us()).await.or_retry()? {
+            Begun::Settled(Status::Dead) => {
+                return Err(HandlerError::Reject(format!(
+                    "the {} delivery to {} was given up",
+                    intent.key.channel.as_str(),
+                    intent.key.recipient
+                )));
+            }
             Begun::Settled(_) => return Ok(()),
+            Begun::Send { attempt, .. } if attempt > self.max_attempts => {
+                let detail = format!("gave up after {} attempts", self.max_attempts);
+                count(&intent, Status::Dead);
+                self.store
+                    .finish(&intent.key, Status::Dead, None, Some(&detail), now_us())
+                    .await
+                    .or_retry()?;
+                return Err(HandlerError::Reject(format!(
+                    "the {} delivery to {}: {detail}",
+                    intent.key.channel.as_str(),
+                    intent.key.recipient
+                )));
+            }
             Begun::Send {
                 attempt,
                 outcome_unknown,
@@ -197,24 +225,19 @@ impl Notifier {
             html,
             message_id: format!("<{}@herald>", intent.key.idempotency_key()),
         };
-        let (status, detail, result) = match provider.send(&email).await {
-            Ok(()) => (Status::Sent, None, Ok(())),
-            Err(SendError::Permanent(reason)) => (Status::Failed, Some(reason), Ok(())),
+        let (status, provider, detail, result) = match provider.send(&email).await {
+            Ok(name) => (Status::Sent, Some(name), None, Ok(())),
+            Err(SendError::Permanent(reason)) => (Status::Failed, None, Some(reason), Ok(())),
             Err(SendError::Transient(reason)) => (
                 Status::Retrying,
+                None,
                 Some(reason.clone()),
                 Err(HandlerError::Retry(format!("email provider: {reason}"))),
             ),
         };
         count(&intent, status);
         self.store
-            .finish(
-                &intent.key,
-                status,
-                Some(provider.name()),
-                detail.as_deref(),
-                now_us(),
-            )
+            .finish(&intent.key, status, provider, detail.as_deref(), now_us())
             .await
             .or_retry()?;
         result
@@ -303,12 +326,26 @@ impl Service {
         let rules = Rules::load(args.rules_file.as_deref(), &catalog, &templates)?;
         let from = email::parse_from(&args.email_from)?;
         let email: Option<Arc<dyn EmailProvider>> = match (&args.smtp_url, &args.email_outbox) {
-            (Some(url), _) => Some(Arc::new(email::Smtp::new(
-                "smtp",
-                url,
-                from,
-                args.smtp_pool_size,
-            )?)),
+            (Some(url), _) => {
+                let primary = Arc::new(email::Smtp::new(
+                    "smtp",
+                    url,
+                    from.clone(),
+                    args.smtp_pool_size,
+                )?);
+                match &args.smtp_fallback_url {
+                    None => Some(primary),
+                    Some(fallback) => Some(Arc::new(email::Failover::new(
+                        primary,
+                        Arc::new(email::Smtp::new(
+                            "smtp-fallback",
+                            fallback,
+                            from,
+                            args.smtp_pool_size,
+                        )?),
+                    ))),
+                }
+            }
             (None, Some(dir)) => Some(Arc::new(email::Outbox::new(dir.clone(), from)?)),
             (None, None) => None,
         };
