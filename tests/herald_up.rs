@@ -1,5 +1,6 @@
 //! The README's first command, as a user runs it: `herald up` with nothing configured starts
-//! its own Apache Kafka broker under the data folder, serves the API, accepts a token from
+//! its own Apache Kafka broker under the data folder, serves the API, runs the consumers
+//! (audit log, notifications writing emails to the data folder), accepts a token from
 //! `herald token`, and on SIGTERM stops the broker it started.
 
 mod support;
@@ -84,6 +85,55 @@ async fn herald_up_runs_the_whole_system_from_an_empty_data_folder() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // So do notifications: with no SMTP_URL, the welcome email lands in the data folder.
+    let service = herald(&data)
+        .args(["token", "--sub", "accounts", "--role", "service"])
+        .output()
+        .await
+        .unwrap();
+    let service = String::from_utf8(service.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let response = support::client()
+        .post(format!("{base}/api/v1/events"))
+        .bearer_auth(&service)
+        .json(&serde_json::json!({"type": "user.registered", "data": {
+            "user_id": uuid::Uuid::new_v4(), "email": "newcomer@example.com",
+            "display_name": "Newcomer"
+        }}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let outbox = data.join("outbox");
+    let until = Instant::now() + Duration::from_secs(60);
+    let email = loop {
+        let found = std::fs::read_dir(&outbox).ok().and_then(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "eml"))
+        });
+        if let Some(path) = found {
+            break std::fs::read_to_string(path).unwrap();
+        }
+        assert!(
+            Instant::now() < until,
+            "no .eml file in {}",
+            outbox.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        email.contains("To: Newcomer <newcomer@example.com>"),
+        "{email}"
+    );
+    assert!(
+        email.contains("Subject: Welcome to Herald, Newcomer"),
+        "{email}"
+    );
+
     let metrics = support::client()
         .get(format!("{base}/metrics"))
         .send()
