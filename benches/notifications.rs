@@ -1,0 +1,260 @@
+//! Notifications against a real SMTP server on loopback (aiosmtpd, `tests/support/smtp_server.py`),
+//! with the real `herald ingress` and `herald notifications` processes:
+//!
+//!     KAFKA_BROKERS=127.0.0.1:9092 cargo bench --bench notifications
+//!
+//! 1. throughput: BENCH_EMAILS (5,000) `user.registered` events posted first, then
+//!    `herald notifications` started on the backlog: welcome emails per second accepted by the
+//!    server, from the first to the last;
+//! 2. latency: with the service caught up, `user.registered` posted at the ingress at
+//!    BENCH_RATE (100) events/s for BENCH_SECONDS (20), open loop (each request at its planned
+//!    time, whatever the previous answers): time from the POST being sent to the SMTP server
+//!    accepting the email, p50/p99/max.
+//!
+//! The store is the SQLite default (set DATABASE_URL for PostgreSQL). Both clocks are the
+//! machine's wall clock.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+const SECRET: &str = "bench-secret-of-at-least-thirty-two-bytes";
+const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+
+fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn wall() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Starts a herald service; returns it and the address it announced.
+async fn herald(service: &str, env: &[(&str, &str)]) -> (Child, String) {
+    let mut command = Command::new(HERALD);
+    command
+        .arg(service)
+        .env("HERALD_LISTEN", "127.0.0.1:0")
+        .env("JWT_HS256_SECRET", SECRET)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("herald starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+        .await
+        .expect("herald announces its address")
+        .unwrap()
+        .unwrap();
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, base)
+}
+
+/// Every accepted message: recipient and time of acceptance.
+fn accepted(path: &Path) -> Vec<(String, f64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .map(|v| {
+            (
+                v["rcpt_tos"][0].as_str().unwrap_or_default().to_string(),
+                v["at"].as_f64().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+async fn wait_for(path: &Path, n: usize, within: Duration) -> Vec<(String, f64)> {
+    let until = Instant::now() + within;
+    loop {
+        let got = accepted(path);
+        if got.len() >= n || Instant::now() > until {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn registered(email: &str) -> Value {
+    json!({"type": "user.registered", "data": {
+        "user_id": Uuid::new_v4(), "email": email, "display_name": "Bench"
+    }})
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn peak_rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+#[tokio::main]
+async fn main() {
+    let brokers = std::env::var("KAFKA_BROKERS").expect("set KAFKA_BROKERS to a running broker");
+    let emails = setting("BENCH_EMAILS", 5000) as usize;
+    let rate = setting("BENCH_RATE", 100);
+    let seconds = setting("BENCH_SECONDS", 20);
+    let prefix = format!("nbench{}.", &Uuid::new_v4().simple().to_string()[..8]);
+    let dir = std::env::temp_dir().join(format!("herald-bench-notify-{}", &prefix[..14]));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let messages: PathBuf = dir.join("accepted.jsonl");
+    let mut smtp = Command::new("python3")
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_server.py"))
+        .arg(&messages)
+        .arg("--fast")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 with aiosmtpd (infra/scripts/services.sh installs it)");
+    let port = BufReader::new(smtp.stdout.take().unwrap())
+        .lines()
+        .next_line()
+        .await
+        .unwrap()
+        .expect("the SMTP server announces its port");
+    let smtp_url = format!("smtp://127.0.0.1:{}", port.trim());
+
+    let common = [
+        ("KAFKA_BROKERS", brokers.as_str()),
+        ("TOPIC_PREFIX", prefix.as_str()),
+    ];
+    let (_ingress, ingress) = herald("ingress", &common).await;
+    let token = platform::auth::mint_hs256(
+        &SecretString::from(SECRET),
+        "bench",
+        &["service".to_string()],
+        "herald",
+        "herald",
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+
+    // 1. The backlog, then the service on it.
+    let started = Instant::now();
+    for chunk in (0..emails).collect::<Vec<_>>().chunks(100) {
+        let events: Vec<Value> = chunk
+            .iter()
+            .map(|i| registered(&format!("b{i}@example.com")))
+            .collect();
+        let response = client
+            .post(format!("{ingress}/api/v1/events"))
+            .bearer_auth(&token)
+            .json(&json!({ "events": events }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    }
+    println!(
+        "backlog: {emails} user.registered events posted in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let database = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| format!("sqlite://{}", dir.join("notify.db").display()));
+    let mut env = common.to_vec();
+    env.extend([
+        ("SMTP_URL", smtp_url.as_str()),
+        ("DATABASE_URL", database.as_str()),
+    ]);
+    let started = Instant::now();
+    let (notifier, _) = herald("notifications", &env).await;
+    let pid = notifier.id().unwrap();
+    let got = wait_for(&messages, emails, Duration::from_secs(600)).await;
+    let total = started.elapsed().as_secs_f64();
+    let first = got.iter().map(|(_, at)| *at).fold(f64::MAX, f64::min);
+    let last = got.iter().map(|(_, at)| *at).fold(0.0, f64::max);
+    let mut distinct: Vec<&String> = got.iter().map(|(to, _)| to).collect();
+    distinct.sort();
+    distinct.dedup();
+    println!(
+        "throughput: {} emails accepted ({} distinct) of {emails}; {:.2} s from process start \
+         ({:.0} emails/s), {:.2} s first to last ({:.0} emails/s); peak RSS {:.1} MB",
+        got.len(),
+        distinct.len(),
+        total,
+        got.len() as f64 / total,
+        last - first,
+        got.len() as f64 / (last - first).max(0.001),
+        peak_rss_mb(pid)
+    );
+
+    // 2. Open-loop latency at `rate` events/s.
+    let n = (rate * seconds) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = tokio::time::Instant::now();
+    let mut sent = Vec::with_capacity(n);
+    let mut requests = Vec::with_capacity(n);
+    for i in 0..n {
+        tokio::time::sleep_until(start + interval * i as u32).await;
+        let body = registered(&format!("l{i}@example.com"));
+        sent.push(wall());
+        let request = client
+            .post(format!("{ingress}/api/v1/events"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send();
+        requests.push(tokio::spawn(async move {
+            request.await.map(|r| r.status().as_u16()).unwrap_or(0)
+        }));
+    }
+    let mut rejected = 0;
+    for request in requests {
+        if request.await.unwrap() != 202 {
+            rejected += 1;
+        }
+    }
+    let got = wait_for(&messages, emails + n, Duration::from_secs(120)).await;
+    let mut latencies: Vec<f64> = got
+        .iter()
+        .filter_map(|(to, at)| {
+            let i: usize = to.strip_prefix('l')?.split('@').next()?.parse().ok()?;
+            Some((at - sent[i]) * 1000.0)
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "latency at {rate} events/s for {seconds} s: {} of {n} emails ({rejected} POSTs not 202); \
+         POST to SMTP acceptance p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        latencies.len(),
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(0.0)
+    );
+    drop(notifier);
+    let _ = smtp.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
