@@ -411,3 +411,180 @@ async fn the_secondary_smtp_server_delivers_when_the_primary_is_down_and_both_do
     assert!(status.success(), "{status}");
     app.stop().await;
 }
+
+async fn device(base: &str, user: &str, token_value: &str) -> reqwest::StatusCode {
+    client()
+        .post(format!("{base}/api/v1/devices"))
+        .bearer_auth(token(user, &["user"]))
+        .json(&json!({"token": token_value, "platform": "android"}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_reach_every_active_device_through_fcm_and_an_unregistered_one_is_dropped() {
+    let app = TestIngress::start_default().await;
+    let smtp = SmtpServer::start("push").await;
+    let fcm = support::fcm::FcmStandIn::start().await;
+    let account = fcm.service_account_file();
+    let db = sqlite_url("push");
+    let notifier = HeraldProcess::start(
+        "notifications",
+        &app.kafka,
+        &db,
+        &[
+            ("SMTP_URL", &smtp.url()),
+            ("FCM_SERVICE_ACCOUNT_FILE", &account),
+            ("FCM_ENDPOINT", &fcm.base),
+        ],
+    )
+    .await;
+    let user = Uuid::new_v4();
+    let me = user.to_string();
+    post(&app, &registered(user, "pusher@example.com", "Pat", "en")).await;
+    smtp.wait_for(1, Duration::from_secs(60)).await;
+
+    // Devices: two of the user's, one bad request of each kind.
+    assert_eq!(device(&notifier.base, &me, "phone-token-1").await, 201);
+    assert_eq!(device(&notifier.base, &me, "dead-tablet-token").await, 201);
+    let bad = |body: Value| {
+        client()
+            .post(format!("{}/api/v1/devices", notifier.base))
+            .bearer_auth(token(&me, &["user"]))
+            .json(&body)
+            .send()
+    };
+    for body in [
+        json!({"token": "", "platform": "android"}),
+        json!({"token": "t", "platform": "symbian"}),
+        json!({"token": "t"}),
+        json!({"token": "t", "platform": "ios", "extra": 1}),
+    ] {
+        let response = bad(body.clone()).await.unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+    }
+    let anonymous = client()
+        .post(format!("{}/api/v1/devices", notifier.base))
+        .json(&json!({"token": "t", "platform": "ios"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let not_mine = client()
+        .delete(format!("{}/api/v1/devices/phone-token-1", notifier.base))
+        .bearer_auth(token("someone-else", &["user"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_mine.status(), 404);
+
+    let order = |id: &str| {
+        json!({"type": "order.placed", "data": {
+            "order_id": id, "customer_id": me,
+            "items": [{"sku": "tea-01", "quantity": 2, "unit_price_cents": 450}],
+            "total_cents": 900, "currency": "EUR"
+        }})
+    };
+    let first = post(&app, &order("o-push-1")).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while fcm.sends().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", fcm.sends());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    smtp.wait_for(2, Duration::from_secs(60)).await;
+    let sends = fcm.sends();
+    let to_phone = sends
+        .iter()
+        .find(|s| s["message"]["token"] == "phone-token-1")
+        .expect("a push to the phone");
+    assert_eq!(
+        to_phone["message"]["notification"],
+        json!({"title": "Order received", "body": "Order o-push-1: 9.00 EUR"})
+    );
+    assert_eq!(to_phone["message"]["data"]["event_id"], first.to_string());
+    assert_eq!(to_phone["message"]["data"]["event_type"], "order.placed");
+    assert_eq!(
+        to_phone["message"]["data"]["herald_delivery"]
+            .as_str()
+            .unwrap()
+            .len(),
+        32
+    );
+    assert_eq!(fcm.grants(), 1, "one access token, reused");
+
+    let admin = token("ops", &["admin"]);
+    let (_, rows) = get(
+        &notifier.base,
+        &format!("/api/v1/notifications?event_id={first}"),
+        Some(&admin),
+    )
+    .await;
+    let mut outcomes: Vec<(String, String, String)> = rows["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["channel"].as_str().unwrap().into(),
+                r["status"].as_str().unwrap().into(),
+                r["address"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        [
+            ("email".into(), "sent".into(), "pusher@example.com".into()),
+            ("push".into(), "failed".into(), "android …-token".into()),
+            ("push".into(), "sent".into(), "android …oken-1".into()),
+        ],
+        "{rows}"
+    );
+
+    // The unregistered token is dropped: the next order pushes to the phone only.
+    post(&app, &order("o-push-2")).await;
+    smtp.wait_for(3, Duration::from_secs(60)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while fcm.sends().len() < 3 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sends = fcm.sends();
+    assert_eq!(sends.len(), 3, "{sends:?}");
+    assert_eq!(sends[2]["message"]["token"], "phone-token-1");
+
+    // Removing the last device: pushes stop, recorded as skipped.
+    let removed = client()
+        .delete(format!("{}/api/v1/devices/phone-token-1", notifier.base))
+        .bearer_auth(token(&me, &["user"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 204);
+    let third = post(&app, &order("o-push-3")).await;
+    smtp.wait_for(4, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, rows) = get(
+        &notifier.base,
+        &format!("/api/v1/notifications?event_id={third}"),
+        Some(&admin),
+    )
+    .await;
+    let push = rows["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["channel"] == "push")
+        .cloned()
+        .unwrap();
+    assert_eq!(push["status"], "skipped");
+    assert_eq!(push["detail"], "no device registered");
+    assert_eq!(fcm.sends().len(), 3);
+    let (status, _) = notifier.terminate().await;
+    assert!(status.success(), "{status}");
+    app.stop().await;
+}

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod audit;
+pub mod fcm;
 pub mod process;
 pub mod smtp;
 

@@ -2,23 +2,32 @@
 //! made) and `GET /api/v1/me/notifications` for the caller's own, newest first. Both take
 //! `limit` (1 to 500, default 100). No token: 401; not an admin: 403; a missing, malformed or
 //! unknown parameter: 400.
+//!
+//! The caller's push devices: `POST /api/v1/devices` `{"token": "...", "platform":
+//! "android"|"ios"|"web"}` registers one (201; again: active again, and a token moves to the
+//! user who registers it last); `DELETE /api/v1/devices/{token}` removes one of the caller's
+//! (204; 404 if it is not theirs).
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Uri};
-use axum::routing::get;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use platform::auth::Authenticator;
 use platform::problem::{self, Problem};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::store::{DeliveryFilter, DeliveryRow, NotifyStore};
+use crate::store::{DeliveryFilter, DeliveryRow, Device, NotifyStore};
 
 pub const ADMIN_ROLE: &str = "admin";
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 500;
+/// FCM registration tokens are about 160 characters; APNs tokens 64.
+const MAX_TOKEN_LEN: usize = 4096;
+const PLATFORMS: [&str; 3] = ["android", "ios", "web"];
 
 pub struct NotificationsApi {
     pub store: Arc<dyn NotifyStore>,
@@ -29,6 +38,8 @@ pub fn router(state: Arc<NotificationsApi>) -> Router {
     Router::new()
         .route("/api/v1/notifications", get(by_event))
         .route("/api/v1/me/notifications", get(mine))
+        .route("/api/v1/devices", post(register_device))
+        .route("/api/v1/devices/{token}", delete(remove_device))
         .with_state(state)
         .layer(axum::middleware::map_response(
             problem::problem_for_bare_errors,
@@ -112,4 +123,72 @@ async fn list(
         Problem::unavailable("the notification store is not reachable", 5)
     })?;
     Ok(Json(Items { items }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewDevice {
+    token: String,
+    platform: String,
+}
+
+fn unavailable(err: impl std::fmt::Display) -> Problem {
+    tracing::warn!(%err, "notification store failed");
+    Problem::unavailable("the notification store is not reachable", 5)
+}
+
+async fn register_device(
+    State(state): State<Arc<NotificationsApi>>,
+    headers: HeaderMap,
+    body: Result<Json<NewDevice>, JsonRejection>,
+) -> Result<(StatusCode, Json<Device>), Problem> {
+    let principal = state.auth.authenticate(&headers)?;
+    let Json(new) = body.map_err(|err| Problem::bad_request(err.body_text()))?;
+    let token = new.token.trim();
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN || token.chars().any(char::is_whitespace) {
+        return Err(Problem::bad_request(format!(
+            "token must be 1 to {MAX_TOKEN_LEN} characters without spaces"
+        )));
+    }
+    if !PLATFORMS.contains(&new.platform.as_str()) {
+        return Err(Problem::bad_request(format!(
+            "platform must be one of {}",
+            PLATFORMS.join(", ")
+        )));
+    }
+    let device = Device {
+        token: token.to_string(),
+        user_id: principal.subject,
+        platform: new.platform,
+        active: true,
+    };
+    state
+        .store
+        .register_device(&device)
+        .await
+        .map_err(unavailable)?;
+    Ok((StatusCode::CREATED, Json(device)))
+}
+
+async fn remove_device(
+    State(state): State<Arc<NotificationsApi>>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Result<StatusCode, Problem> {
+    let principal = state.auth.authenticate(&headers)?;
+    let removed = state
+        .store
+        .remove_device(&principal.subject, &token)
+        .await
+        .map_err(unavailable)?;
+    if removed {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "No such device",
+            "you have no device with this token",
+        ))
+    }
 }

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::rules::{Category, Channel, Rule};
-use crate::store::UserRecord;
+use crate::store::{Device, UserRecord};
 use crate::templates::{Rendered, Templates};
 
 /// The delivery log's key: one message per event, channel and recipient, ever.
@@ -100,6 +100,8 @@ pub enum Resolved {
     User {
         user_id: String,
         record: Option<UserRecord>,
+        /// Active push devices (looked up only for rules with push or live).
+        devices: Vec<Device>,
     },
     Addresses(Vec<String>),
     /// The event lacks the field the rule names (or it has the wrong type).
@@ -125,6 +127,9 @@ impl Resolved {
 pub enum Step {
     Send {
         intent: Intent,
+        /// Where it goes: the email address, or the device token (which the log does not
+        /// keep in full).
+        to: String,
         /// The user's display name, for the email's To header.
         name: Option<String>,
         message: Rendered,
@@ -185,20 +190,25 @@ pub fn plan(
             },
         })
     };
-    let render =
-        |channel: Channel, locale: &str, user: Value, intent: Intent, name: Option<String>| {
-            match can
-                .templates
-                .render(&rule.template, locale, channel, &context(user))
-            {
-                Ok(message) => Step::Send {
-                    intent,
-                    name,
-                    message,
-                },
-                Err(reason) => Step::Skip { intent, reason },
-            }
-        };
+    let render = |channel: Channel,
+                  locale: &str,
+                  user: Value,
+                  intent: Intent,
+                  to: String,
+                  name: Option<String>| {
+        match can
+            .templates
+            .render(&rule.template, locale, channel, &context(user))
+        {
+            Ok(message) => Step::Send {
+                intent,
+                to,
+                name,
+                message,
+            },
+            Err(reason) => Step::Skip { intent, reason },
+        }
+    };
     match who {
         Resolved::Missing(reason) => rule
             .channels
@@ -219,10 +229,14 @@ pub fn plan(
                         reason: no_provider(channel),
                     };
                 }
-                render(channel, "en", json!({}), intent, None)
+                render(channel, "en", json!({}), intent, address.clone(), None)
             })
             .collect(),
-        Resolved::User { user_id, record } => {
+        Resolved::User {
+            user_id,
+            record,
+            devices,
+        } => {
             let Some(user) = record else {
                 if event.age < can.recipient_grace {
                     return vec![Step::Wait(format!("user {user_id} is not known yet"))];
@@ -231,60 +245,103 @@ pub fn plan(
                     .channels
                     .iter()
                     .map(|&channel| Step::Skip {
-                        intent: intent(channel, &user_id, Some(&user_id), ""),
+                        intent: intent(sent_as(channel), &user_id, Some(&user_id), ""),
                         reason: "unknown user".into(),
                     })
                     .collect();
             };
-            rule.channels
-                .iter()
-                .map(|&channel| {
-                    let address = match channel {
-                        Channel::Email => user.email.clone(),
-                        Channel::Sms => user.phone.clone(),
-                        Channel::Push | Channel::Live => Some(String::new()),
-                    };
-                    let intent = intent(
-                        channel,
-                        &user_id,
-                        Some(&user_id),
-                        address.as_deref().unwrap_or_default(),
-                    );
-                    if user.deleted {
-                        return Step::Skip {
-                            intent,
-                            reason: "user deleted".into(),
-                        };
-                    }
-                    if address.is_none() {
-                        return Step::Skip {
-                            intent,
-                            reason: format!("the user has no {} address", channel.as_str()),
-                        };
-                    }
-                    if !can.channels.contains(&channel) {
-                        return Step::Skip {
-                            intent,
-                            reason: no_provider(channel),
-                        };
-                    }
-                    let view = json!({
-                        "user_id": user.user_id,
-                        "display_name": user.display_name.clone().unwrap_or_default(),
-                        "email": user.email,
-                        "locale": user.locale,
+            let view = json!({
+                "user_id": user.user_id,
+                "display_name": user.display_name.clone().unwrap_or_default(),
+                "email": user.email,
+                "locale": user.locale,
+            });
+            let mut steps = Vec::new();
+            for &channel in &rule.channels {
+                let channel = sent_as(channel);
+                if user.deleted {
+                    steps.push(Step::Skip {
+                        intent: intent(channel, &user_id, Some(&user_id), ""),
+                        reason: "user deleted".into(),
                     });
-                    render(
+                    continue;
+                }
+                if !can.channels.contains(&channel) {
+                    steps.push(Step::Skip {
+                        intent: intent(channel, &user_id, Some(&user_id), ""),
+                        reason: no_provider(channel),
+                    });
+                    continue;
+                }
+                // (recipient key, address the log keeps, destination)
+                let targets: Vec<(String, String, String)> = match channel {
+                    Channel::Push | Channel::Live => devices
+                        .iter()
+                        .map(|d| {
+                            let key = format!("{user_id}/{}", device_id(&d.token));
+                            (key, device_label(d), d.token.clone())
+                        })
+                        .collect(),
+                    Channel::Email => user
+                        .email
+                        .iter()
+                        .map(|a| (user_id.clone(), a.clone(), a.clone()))
+                        .collect(),
+                    Channel::Sms => user
+                        .phone
+                        .iter()
+                        .map(|a| (user_id.clone(), a.clone(), a.clone()))
+                        .collect(),
+                };
+                if targets.is_empty() {
+                    let reason = match channel {
+                        Channel::Push | Channel::Live => "no device registered".to_string(),
+                        _ => format!("the user has no {} address", channel.as_str()),
+                    };
+                    steps.push(Step::Skip {
+                        intent: intent(channel, &user_id, Some(&user_id), ""),
+                        reason,
+                    });
+                    continue;
+                }
+                for (recipient, address, to) in targets {
+                    let intent = intent(channel, &recipient, Some(&user_id), &address);
+                    steps.push(render(
                         channel,
                         &user.locale,
-                        view,
+                        view.clone(),
                         intent,
+                        to,
                         user.display_name.clone(),
-                    )
-                })
-                .collect()
+                    ));
+                }
+            }
+            steps
         }
     }
+}
+
+/// The channel a rule's channel is sent on: live delivery to connected users is not built
+/// yet, so `live` goes as push.
+fn sent_as(channel: Channel) -> Channel {
+    match channel {
+        Channel::Live => Channel::Push,
+        other => other,
+    }
+}
+
+/// A short, stable id of a device token for the log's key (the token is long, and the log
+/// does not keep it).
+pub fn device_id(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// How the log shows a device: its platform and the token's last characters.
+fn device_label(device: &Device) -> String {
+    let chars: Vec<char> = device.token.chars().collect();
+    let tail: String = chars[chars.len().saturating_sub(6)..].iter().collect();
+    format!("{} …{tail}", device.platform)
 }
 
 fn no_provider(channel: Channel) -> String {
@@ -343,6 +400,7 @@ mod tests {
             Resolved::User {
                 user_id: "u-1".into(),
                 record: Some(alice()),
+                devices: vec![],
             },
             0,
         );
@@ -367,6 +425,7 @@ mod tests {
         let unknown = || Resolved::User {
             user_id: "u-9".into(),
             record: None,
+            devices: vec![],
         };
         assert!(matches!(run(&r, unknown(), 5).as_slice(), [Step::Wait(_)]));
         assert!(
@@ -380,16 +439,19 @@ mod tests {
             &[Channel::Email, Channel::Sms],
             Audience::User("user_id".into()),
         );
+        let mut no_email = alice();
+        no_email.email = None;
         let steps = run(
             &r,
             Resolved::User {
                 user_id: "u-1".into(),
-                record: Some(alice()),
+                record: Some(no_email),
+                devices: vec![],
             },
             0,
         );
         assert!(
-            matches!(&steps[1], Step::Skip { reason, .. } if reason == "the user has no sms address")
+            matches!(&steps[0], Step::Skip { reason, .. } if reason == "the user has no email address")
         );
         let mut with_phone = alice();
         with_phone.phone = Some("+15550100".into());
@@ -398,6 +460,7 @@ mod tests {
             Resolved::User {
                 user_id: "u-1".into(),
                 record: Some(with_phone),
+                devices: vec![],
             },
             0,
         );
@@ -411,6 +474,7 @@ mod tests {
             Resolved::User {
                 user_id: "u-1".into(),
                 record: Some(gone),
+                devices: vec![],
             },
             0,
         );

@@ -13,6 +13,8 @@ use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::{ExposeSecret, SecretString};
 
+pub use crate::provider::SendError;
+
 /// An email ready to go.
 #[derive(Debug, Clone)]
 pub struct Email {
@@ -23,17 +25,6 @@ pub struct Email {
     pub html: Option<String>,
     /// The same for every attempt of one delivery, so a receiving system can tell a repeat.
     pub message_id: String,
-}
-
-/// How a failed send must be treated.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SendError {
-    /// Try again later (connection refused, timeout, 4xx).
-    #[error("transient: {0}")]
-    Transient(String),
-    /// Never retry (malformed address, 5xx such as an unknown mailbox).
-    #[error("permanent: {0}")]
-    Permanent(String),
 }
 
 #[async_trait]

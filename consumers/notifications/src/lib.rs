@@ -12,10 +12,13 @@
 pub mod api;
 pub mod delivery;
 pub mod email;
+pub mod provider;
+pub mod push;
 pub mod rules;
 pub mod store;
 pub mod templates;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +36,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::delivery::{Capabilities, EventView, Intent, Resolved, Status, Step};
-use crate::email::{Email, EmailProvider, SendError};
+use crate::email::{Email, EmailProvider};
+use crate::provider::SendError;
+use crate::push::{PushMessage, PushProvider};
 use crate::rules::{Audience, Channel, Rule, Rules};
 use crate::store::{Begun, NotifyStore, UserChange};
 use crate::templates::{Rendered, Templates};
@@ -67,6 +72,13 @@ pub struct NotifyArgs {
     /// SMTP connections kept open and used at once (per server).
     #[arg(long, env = "SMTP_POOL_SIZE", default_value_t = 8)]
     pub smtp_pool_size: u32,
+    /// A Google service-account key file (JSON) of the Firebase project: turns on push through
+    /// FCM's HTTP v1 API.
+    #[arg(long, env = "FCM_SERVICE_ACCOUNT_FILE")]
+    pub fcm_service_account_file: Option<PathBuf>,
+    /// FCM's API root (a stand-in in tests).
+    #[arg(long, env = "FCM_ENDPOINT", default_value = push::DEFAULT_ENDPOINT)]
+    pub fcm_endpoint: String,
     /// Rules file (TOML); default: the starter rules.
     #[arg(long, env = "NOTIFY_RULES_FILE")]
     pub rules_file: Option<PathBuf>,
@@ -91,6 +103,7 @@ pub struct Notifier {
     rules: Rules,
     templates: Templates,
     email: Option<Arc<dyn EmailProvider>>,
+    push: Option<Arc<dyn PushProvider>>,
     channels: Vec<Channel>,
     concurrency: usize,
     recipient_grace: Duration,
@@ -103,14 +116,20 @@ impl Notifier {
         rules: Rules,
         templates: Templates,
         email: Option<Arc<dyn EmailProvider>>,
+        push: Option<Arc<dyn PushProvider>>,
         args: &NotifyArgs,
     ) -> Self {
-        let channels = email.iter().map(|_| Channel::Email).collect();
+        let channels = email
+            .iter()
+            .map(|_| Channel::Email)
+            .chain(push.iter().map(|_| Channel::Push))
+            .collect();
         Self {
             store,
             rules,
             templates,
             email,
+            push,
             channels,
             concurrency: args.send_concurrency.max(1),
             recipient_grace: Duration::from_secs(args.recipient_grace_secs),
@@ -124,6 +143,15 @@ impl Notifier {
                 Some(user_id) => Resolved::User {
                     user_id: user_id.to_string(),
                     record: self.store.user(user_id).await.or_retry()?,
+                    devices: if rule
+                        .channels
+                        .iter()
+                        .any(|c| matches!(c, Channel::Push | Channel::Live))
+                    {
+                        self.store.devices(user_id).await.or_retry()?
+                    } else {
+                        Vec::new()
+                    },
                 },
                 None => Resolved::Missing(format!("the event has no user id in {field:?}")),
             },
@@ -145,39 +173,20 @@ impl Notifier {
             }
             Step::Send {
                 intent,
+                to,
                 name,
                 message,
-            } => self.send(intent, name, message).await,
+            } => self.send(intent, to, name, message).await,
         }
     }
 
     async fn send(
         &self,
         intent: Intent,
+        to: String,
         name: Option<String>,
         message: Rendered,
     ) -> Result<(), HandlerError> {
-        let (
-            Rendered::Email {
-                subject,
-                text,
-                html,
-            },
-            Some(provider),
-        ) = (message, &self.email)
-        else {
-            // Planning only sends on channels with a provider.
-            return self
-                .store
-                .settle(
-                    &intent,
-                    Status::Skipped,
-                    "no provider for this channel",
-                    now_us(),
-                )
-                .await
-                .or_retry();
-        };
         match self.store.begin(&intent, now_us()).await.or_retry()? {
             Begun::Settled(Status::Dead) => {
                 return Err(HandlerError::Reject(format!(
@@ -217,22 +226,59 @@ impl Notifier {
                 }
             }
         }
-        let email = Email {
-            to: intent.address.clone(),
-            to_name: name,
-            subject,
-            text,
-            html,
-            message_id: format!("<{}@herald>", intent.key.idempotency_key()),
+        let delivery = intent.key.idempotency_key();
+        let sent = match (message, &self.email, &self.push) {
+            (
+                Rendered::Email {
+                    subject,
+                    text,
+                    html,
+                },
+                Some(email),
+                _,
+            ) => {
+                let message = Email {
+                    to: to.clone(),
+                    to_name: name,
+                    subject,
+                    text,
+                    html,
+                    message_id: format!("<{delivery}@herald>"),
+                };
+                email.send(&message).await
+            }
+            (Rendered::Push { title, body }, _, Some(push)) => {
+                let message = PushMessage {
+                    title,
+                    body,
+                    data: BTreeMap::from([
+                        ("event_id".to_string(), intent.key.event_id.to_string()),
+                        ("event_type".to_string(), intent.event_type.clone()),
+                        ("herald_delivery".to_string(), delivery),
+                    ]),
+                };
+                push.send(&to, &message).await
+            }
+            // Planning sends only on channels that have a provider.
+            _ => Err(SendError::Permanent("no provider for this channel".into())),
         };
-        let (status, provider, detail, result) = match provider.send(&email).await {
+        let (status, provider, detail, result) = match sent {
             Ok(name) => (Status::Sent, Some(name), None, Ok(())),
             Err(SendError::Permanent(reason)) => (Status::Failed, None, Some(reason), Ok(())),
+            Err(SendError::Unregistered(reason)) => {
+                if intent.key.channel == Channel::Push {
+                    self.store.deactivate_device(&to).await.or_retry()?;
+                }
+                (Status::Failed, None, Some(reason), Ok(()))
+            }
             Err(SendError::Transient(reason)) => (
                 Status::Retrying,
                 None,
                 Some(reason.clone()),
-                Err(HandlerError::Retry(format!("email provider: {reason}"))),
+                Err(HandlerError::Retry(format!(
+                    "{} provider: {reason}",
+                    intent.key.channel.as_str()
+                ))),
             ),
         };
         count(&intent, status);
@@ -349,6 +395,10 @@ impl Service {
             (None, Some(dir)) => Some(Arc::new(email::Outbox::new(dir.clone(), from)?)),
             (None, None) => None,
         };
+        let push: Option<Arc<dyn PushProvider>> = match &args.fcm_service_account_file {
+            Some(file) => Some(Arc::new(push::Fcm::from_file(file, &args.fcm_endpoint)?)),
+            None => None,
+        };
         let mut topics: Vec<String> = rules
             .event_types()
             .chain([USERS_EVENT])
@@ -359,7 +409,14 @@ impl Service {
         topics.dedup();
         let store: Arc<dyn NotifyStore> = Arc::new(store::SqlStore::new(db).await?);
         let codec = Arc::new(contract.codec(catalog, kafka).await?);
-        let handler = Arc::new(Notifier::new(store.clone(), rules, templates, email, args));
+        let handler = Arc::new(Notifier::new(
+            store.clone(),
+            rules,
+            templates,
+            email,
+            push,
+            args,
+        ));
         let runner = Runner::new(NAME, topics, kafka, consumer, codec, handler);
         Ok(Self {
             runner,

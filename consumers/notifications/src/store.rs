@@ -32,6 +32,15 @@ pub struct UserRecord {
     pub deleted: bool,
 }
 
+/// A registered push device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Device {
+    pub token: String,
+    pub user_id: String,
+    pub platform: String,
+    pub active: bool,
+}
+
 /// One event of the users topic, as a change to the projection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UserChange {
@@ -122,6 +131,14 @@ pub trait NotifyStore: Send + Sync {
     /// Applies changes of the users topic, in order, in one transaction.
     async fn apply_users(&self, changes: &[UserChange]) -> Result<(), StoreError>;
     async fn user(&self, user_id: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Registers (or re-registers, active again) a device for a user; a token moves to the
+    /// user who registers it last.
+    async fn register_device(&self, device: &Device) -> Result<(), StoreError>;
+    /// Removes a user's device; whether it was theirs.
+    async fn remove_device(&self, user_id: &str, token: &str) -> Result<bool, StoreError>;
+    /// The user's active devices.
+    async fn devices(&self, user_id: &str) -> Result<Vec<Device>, StoreError>;
+    async fn deactivate_device(&self, token: &str) -> Result<(), StoreError>;
     /// Records the intent to send (or finds the delivery settled).
     async fn begin(&self, intent: &Intent, now_us: i64) -> Result<Begun, StoreError>;
     /// Records the outcome of an attempt.
@@ -251,6 +268,47 @@ impl NotifyStore for SqlStore {
         Ok(with_pool!(&self.db, pool => {
             sqlx::query_as(SELECT_USER).bind(user_id).fetch_optional(pool).await?
         }))
+    }
+
+    async fn register_device(&self, device: &Device) -> Result<(), StoreError> {
+        let sql = "INSERT INTO notify_devices (token, user_id, platform, active, updated_at_us) \
+             VALUES ($1, $2, $3, TRUE, $4) \
+             ON CONFLICT (token) DO UPDATE SET user_id = excluded.user_id, \
+             platform = excluded.platform, active = TRUE, updated_at_us = excluded.updated_at_us";
+        with_pool!(&self.db, pool => {
+            sqlx::query(sql)
+                .bind(&device.token)
+                .bind(&device.user_id)
+                .bind(&device.platform)
+                .bind(now_us())
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    async fn remove_device(&self, user_id: &str, token: &str) -> Result<bool, StoreError> {
+        let sql = "DELETE FROM notify_devices WHERE token = $1 AND user_id = $2";
+        let removed = with_pool!(&self.db, pool => {
+            sqlx::query(sql).bind(token).bind(user_id).execute(pool).await?.rows_affected()
+        });
+        Ok(removed == 1)
+    }
+
+    async fn devices(&self, user_id: &str) -> Result<Vec<Device>, StoreError> {
+        let sql = "SELECT token, user_id, platform, active FROM notify_devices \
+             WHERE user_id = $1 AND active ORDER BY token";
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query_as(sql).bind(user_id).fetch_all(pool).await?
+        }))
+    }
+
+    async fn deactivate_device(&self, token: &str) -> Result<(), StoreError> {
+        let sql = "UPDATE notify_devices SET active = FALSE, updated_at_us = $2 WHERE token = $1";
+        with_pool!(&self.db, pool => {
+            sqlx::query(sql).bind(token).bind(now_us()).execute(pool).await?;
+        });
+        Ok(())
     }
 
     async fn begin(&self, intent: &Intent, now_us: i64) -> Result<Begun, StoreError> {
