@@ -588,3 +588,86 @@ async fn pushes_reach_every_active_device_through_fcm_and_an_unregistered_one_is
     assert!(status.success(), "{status}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_otp_is_texted_on_the_transactional_route_and_no_secret_reaches_the_log() {
+    use support::sms::{ACCOUNT_SID, AUTH_TOKEN, SmsStandIn};
+    let app = TestIngress::start_default().await;
+    let smtp = SmtpServer::start("otp").await;
+    let gateway = SmsStandIn::start().await;
+    let db = sqlite_url("otp");
+    let log = test_dir("notifications").join(format!("otp-{}.log", Uuid::new_v4().simple()));
+    let notifier = HeraldProcess::start_logging(
+        "notifications",
+        &app.kafka,
+        &db,
+        &[
+            ("SMTP_URL", &smtp.url()),
+            ("SMS_TWILIO_ACCOUNT_SID", ACCOUNT_SID),
+            ("SMS_TWILIO_AUTH_TOKEN", AUTH_TOKEN),
+            ("SMS_ENDPOINT", &gateway.base),
+            ("SMS_TRANSACTIONAL_FROM", "HeraldTx"),
+            ("SMS_PROMOTIONAL_FROM", "HeraldPromo"),
+            // Everything the service logs, at its most talkative.
+            ("RUST_LOG", "debug"),
+        ],
+        &log,
+    )
+    .await;
+    let code = "731904";
+    let user = Uuid::new_v4();
+    let otp = post(
+        &app,
+        &json!({"type": "otp.requested", "data": {
+            "user_id": user, "phone": "+15550100", "code": code, "purpose": "login",
+            "expires_at": "2026-11-22T10:05:00Z"
+        }}),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while gateway.texted().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no SMS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let texted = gateway.texted();
+    assert_eq!(texted.len(), 1);
+    assert_eq!(texted[0].to, "+15550100");
+    assert_eq!(texted[0].from, "HeraldTx", "transactional route");
+    assert!(
+        texted[0]
+            .body
+            .starts_with(&format!("Your Herald code is {code}.")),
+        "{}",
+        texted[0].body
+    );
+    assert_eq!(texted[0].idempotency_key.len(), 32);
+
+    let admin = token("ops", &["admin"]);
+    let (_, rows) = get(
+        &notifier.base,
+        &format!("/api/v1/notifications?event_id={otp}"),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(rows["items"][0]["status"], "sent", "{rows}");
+    assert_eq!(rows["items"][0]["provider"], "twilio");
+    assert_eq!(rows["items"][0]["category"], "transactional");
+    let (status, _) = notifier.terminate().await;
+    assert!(status.success(), "{status}");
+
+    // The canaries: the code, the gateway's auth token, the bearer token used above.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("consumer started"),
+        "the log has content: {logged}"
+    );
+    for (what, canary) in [
+        ("the OTP code", code),
+        ("the SMS auth token", AUTH_TOKEN),
+        ("a bearer token", admin.as_str()),
+    ] {
+        let lines: Vec<&str> = logged.lines().filter(|l| l.contains(canary)).collect();
+        assert!(lines.is_empty(), "{what} appears in the log: {lines:?}");
+    }
+    app.stop().await;
+}

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod fcm;
 pub mod process;
+pub mod sms;
 pub mod smtp;
 
 use std::path::PathBuf;

@@ -24,6 +24,27 @@ impl HeraldProcess {
         database_url: &str,
         env: &[(&str, &str)],
     ) -> Self {
+        Self::spawn(service, kafka, database_url, env, None).await
+    }
+
+    /// The same, with everything it logs (stderr) written to `log`.
+    pub async fn start_logging(
+        service: &str,
+        kafka: &KafkaArgs,
+        database_url: &str,
+        env: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> Self {
+        Self::spawn(service, kafka, database_url, env, Some(log)).await
+    }
+
+    async fn spawn(
+        service: &str,
+        kafka: &KafkaArgs,
+        database_url: &str,
+        env: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> Self {
         let mut command = Command::new(HERALD);
         command
             .arg(service)
@@ -39,6 +60,9 @@ impl HeraldProcess {
             .kill_on_drop(true);
         for (key, value) in env {
             command.env(key, value);
+        }
+        if let Some(log) = log {
+            command.stderr(std::fs::File::create(log).expect("log file"));
         }
         let mut child = command.spawn().expect("herald starts");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();

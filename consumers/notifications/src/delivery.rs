@@ -109,6 +109,14 @@ pub enum Resolved {
 }
 
 impl Resolved {
+    /// The one phone number in `field`.
+    pub fn phone_in(field: &str, data: &Value) -> Self {
+        match data.get(field).and_then(Value::as_str) {
+            Some(phone) => Self::Addresses(vec![phone.trim().to_string()]),
+            None => Self::Missing(format!("the event has no phone number in {field:?}")),
+        }
+    }
+
     pub fn addresses_in(field: &str, data: &Value) -> Self {
         match data.get(field).and_then(Value::as_array) {
             Some(list) => Self::Addresses(

@@ -15,6 +15,7 @@ pub mod email;
 pub mod provider;
 pub mod push;
 pub mod rules;
+pub mod sms;
 pub mod store;
 pub mod templates;
 
@@ -40,6 +41,7 @@ use crate::email::{Email, EmailProvider};
 use crate::provider::SendError;
 use crate::push::{PushMessage, PushProvider};
 use crate::rules::{Audience, Channel, Rule, Rules};
+use crate::sms::{Route, SmsProvider, SmsRoutes};
 use crate::store::{Begun, NotifyStore, UserChange};
 use crate::templates::{Rendered, Templates};
 
@@ -79,6 +81,26 @@ pub struct NotifyArgs {
     /// FCM's API root (a stand-in in tests).
     #[arg(long, env = "FCM_ENDPOINT", default_value = push::DEFAULT_ENDPOINT)]
     pub fcm_endpoint: String,
+    /// Twilio account SID: with SMS_TWILIO_AUTH_TOKEN and a sender, turns on SMS.
+    #[arg(long, env = "SMS_TWILIO_ACCOUNT_SID")]
+    pub sms_twilio_account_sid: Option<String>,
+    #[arg(long, env = "SMS_TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    pub sms_twilio_auth_token: Option<SecretString>,
+    /// The SMS gateway's API root (a stand-in in tests).
+    #[arg(long, env = "SMS_ENDPOINT", default_value = sms::TWILIO_ENDPOINT)]
+    pub sms_endpoint: String,
+    /// Sender (number, alphanumeric id or Messaging Service SID) of transactional SMS.
+    #[arg(long, env = "SMS_TRANSACTIONAL_FROM")]
+    pub sms_transactional_from: Option<String>,
+    /// Sender of promotional SMS; never used for transactional ones, nor the reverse.
+    #[arg(long, env = "SMS_PROMOTIONAL_FROM")]
+    pub sms_promotional_from: Option<String>,
+    /// Transactional SMS per second, at most.
+    #[arg(long, env = "SMS_TRANSACTIONAL_PER_SEC", default_value_t = 10.0)]
+    pub sms_transactional_per_sec: f64,
+    /// Promotional SMS per second, at most.
+    #[arg(long, env = "SMS_PROMOTIONAL_PER_SEC", default_value_t = 1.0)]
+    pub sms_promotional_per_sec: f64,
     /// Rules file (TOML); default: the starter rules.
     #[arg(long, env = "NOTIFY_RULES_FILE")]
     pub rules_file: Option<PathBuf>,
@@ -104,6 +126,7 @@ pub struct Notifier {
     templates: Templates,
     email: Option<Arc<dyn EmailProvider>>,
     push: Option<Arc<dyn PushProvider>>,
+    sms: Option<SmsRoutes>,
     channels: Vec<Channel>,
     concurrency: usize,
     recipient_grace: Duration,
@@ -117,12 +140,14 @@ impl Notifier {
         templates: Templates,
         email: Option<Arc<dyn EmailProvider>>,
         push: Option<Arc<dyn PushProvider>>,
+        sms: Option<SmsRoutes>,
         args: &NotifyArgs,
     ) -> Self {
         let channels = email
             .iter()
             .map(|_| Channel::Email)
             .chain(push.iter().map(|_| Channel::Push))
+            .chain(sms.iter().map(|_| Channel::Sms))
             .collect();
         Self {
             store,
@@ -130,6 +155,7 @@ impl Notifier {
             templates,
             email,
             push,
+            sms,
             channels,
             concurrency: args.send_concurrency.max(1),
             recipient_grace: Duration::from_secs(args.recipient_grace_secs),
@@ -156,6 +182,7 @@ impl Notifier {
                 None => Resolved::Missing(format!("the event has no user id in {field:?}")),
             },
             Audience::Addresses(field) => Resolved::addresses_in(field, &event.data),
+            Audience::Phone(field) => Resolved::phone_in(field, &event.data),
             Audience::OptedIn => Resolved::Missing("opted-in audiences are not delivered".into()),
         })
     }
@@ -228,6 +255,10 @@ impl Notifier {
         }
         let delivery = intent.key.idempotency_key();
         let sent = match (message, &self.email, &self.push) {
+            (Rendered::Sms { text }, _, _) if self.sms.is_some() => {
+                let routes = self.sms.as_ref().expect("checked");
+                routes.send(intent.category, &to, &text, &delivery).await
+            }
             (
                 Rendered::Email {
                     subject,
@@ -399,6 +430,21 @@ impl Service {
             Some(file) => Some(Arc::new(push::Fcm::from_file(file, &args.fcm_endpoint)?)),
             None => None,
         };
+        let sms = match (&args.sms_twilio_account_sid, &args.sms_twilio_auth_token) {
+            (Some(sid), Some(token)) => {
+                let gateway: Arc<dyn SmsProvider> =
+                    Arc::new(sms::Twilio::new(&args.sms_endpoint, sid, token.clone())?);
+                Some(SmsRoutes {
+                    transactional: args.sms_transactional_from.as_deref().map(|from| {
+                        Route::new(gateway.clone(), from, args.sms_transactional_per_sec)
+                    }),
+                    promotional: args.sms_promotional_from.as_deref().map(|from| {
+                        Route::new(gateway.clone(), from, args.sms_promotional_per_sec)
+                    }),
+                })
+            }
+            _ => None,
+        };
         let mut topics: Vec<String> = rules
             .event_types()
             .chain([USERS_EVENT])
@@ -415,6 +461,7 @@ impl Service {
             templates,
             email,
             push,
+            sms,
             args,
         ));
         let runner = Runner::new(NAME, topics, kafka, consumer, codec, handler);

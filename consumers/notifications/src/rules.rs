@@ -64,6 +64,8 @@ pub enum Audience {
     User(String),
     /// The email addresses in this field (an array of strings) of the event's data.
     Addresses(String),
+    /// The phone number (E.164) in this field of the event's data: SMS only.
+    Phone(String),
     /// Every user who opted in to the rule's category and channel.
     OptedIn,
 }
@@ -140,7 +142,9 @@ impl Rules {
                 .latest(&rule.event)
                 .ok_or_else(|| invalid("no such event type in the schemas".into()))?;
             let field = match &rule.to {
-                Audience::User(field) | Audience::Addresses(field) => Some(field),
+                Audience::User(field) | Audience::Addresses(field) | Audience::Phone(field) => {
+                    Some(field)
+                }
                 Audience::OptedIn => None,
             };
             if let Some(field) = field
@@ -159,6 +163,11 @@ impl Rules {
             if matches!(rule.to, Audience::Addresses(_)) && rule.channels != [Channel::Email] {
                 return Err(invalid(
                     "a list of addresses can only be emailed (channels = [\"email\"])".into(),
+                ));
+            }
+            if matches!(rule.to, Audience::Phone(_)) && rule.channels != [Channel::Sms] {
+                return Err(invalid(
+                    "a phone number can only be texted (channels = [\"sms\"])".into(),
                 ));
             }
             for channel in &rule.channels {
@@ -250,6 +259,15 @@ mod tests {
         assert!(
             unknown_template.contains("no template"),
             "{unknown_template}"
+        );
+        let phone_by_email = load(
+            "[[rule]]\nevent='otp.requested'\ntemplate='otp'\ncategory='transactional'\nchannels=['email']\nto={phone='phone'}",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            phone_by_email.contains("can only be texted"),
+            "{phone_by_email}"
         );
         let typo = load("[[rule]]\nevnt='user.registered'").unwrap_err();
         assert!(matches!(typo, RulesError::Parse(_)));
