@@ -671,3 +671,185 @@ async fn an_otp_is_texted_on_the_transactional_route_and_no_secret_reaches_the_l
     }
     app.stop().await;
 }
+
+async fn preferences(base: &str, user: &str, body: Option<Value>) -> (u16, Value) {
+    let request = match &body {
+        None => client().get(format!("{base}/api/v1/me/notification-preferences")),
+        Some(body) => client()
+            .put(format!("{base}/api/v1/me/notification-preferences"))
+            .json(body),
+    };
+    let response = request
+        .bearer_auth(token(user, &["user"]))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opt_in_opt_out_and_the_daily_cap_are_honoured() {
+    let app = TestIngress::start_default().await;
+    let smtp = SmtpServer::start("prefs").await;
+    let db = sqlite_url("prefs");
+    // A promotional rule (rules are data) beside a transactional one.
+    let rules = test_dir("notifications").join(format!("rules-{}.toml", Uuid::new_v4().simple()));
+    std::fs::write(
+        &rules,
+        r#"
+[[rule]]
+event = "message.sent"
+template = "message"
+category = "promotional"
+channels = ["email"]
+to = { user = "recipient_id" }
+
+[[rule]]
+event = "order.placed"
+template = "receipt"
+category = "transactional"
+channels = ["email"]
+to = { user = "customer_id" }
+"#,
+    )
+    .unwrap();
+    let rules = rules.display().to_string();
+    let notifier = HeraldProcess::start(
+        "notifications",
+        &app.kafka,
+        &db,
+        &[
+            ("SMTP_URL", &smtp.url()),
+            ("NOTIFY_RULES_FILE", &rules),
+            ("NOTIFY_PROMOTIONAL_DAILY_CAP", "2"),
+        ],
+    )
+    .await;
+    let user = Uuid::new_v4();
+    let me = user.to_string();
+    post(&app, &registered(user, "prefs@example.com", "P", "en")).await;
+
+    // Defaults: transactional on, promotional off.
+    let (status, defaults) = preferences(&notifier.base, &me, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        defaults,
+        json!({"transactional": {"email": true, "push": true, "sms": true},
+               "promotional": {"email": false, "push": false, "sms": false}})
+    );
+    let promo = |n: usize| {
+        json!({"type": "message.sent", "data": {
+            "message_id": Uuid::new_v4(), "conversation_id": format!("c-{n}"),
+            "recipient_id": me, "body": format!("Offer {n}")
+        }})
+    };
+    let admin = token("ops", &["admin"]);
+    let detail_of = |event: Uuid| {
+        let base = notifier.base.clone();
+        let admin = admin.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let (_, rows) = get(
+                    &base,
+                    &format!("/api/v1/notifications?event_id={event}"),
+                    Some(&admin),
+                )
+                .await;
+                if let Some(row) = rows["items"].get(0) {
+                    return (row["status"].clone(), row["detail"].clone());
+                }
+                assert!(std::time::Instant::now() < deadline, "no delivery row");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let before = post(&app, &promo(0)).await;
+    assert_eq!(
+        detail_of(before).await,
+        (
+            json!("skipped"),
+            json!("the user has not opted in to promotional email")
+        )
+    );
+
+    // Opt in to promotional email: two of three offers arrive, the third hits the cap.
+    let (status, chosen) = preferences(
+        &notifier.base,
+        &me,
+        Some(json!({"promotional": {"email": true}})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(chosen["promotional"]["email"], true);
+    assert_eq!(chosen["promotional"]["sms"], false);
+    let mut offers = Vec::new();
+    for n in 1..=3 {
+        offers.push(post(&app, &promo(n)).await);
+    }
+    for offer in &offers {
+        detail_of(*offer).await;
+    }
+    let received = smtp.wait_for(2, Duration::from_secs(30)).await;
+    let subjects: Vec<&str> = received.iter().map(|m| m.subject.as_str()).collect();
+    assert_eq!(
+        subjects.iter().filter(|s| **s == "New message").count(),
+        2,
+        "{subjects:?}"
+    );
+    let capped = detail_of(offers[2]).await;
+    assert_eq!(
+        capped,
+        (
+            json!("skipped"),
+            json!("the daily cap of 2 promotional messages is reached")
+        )
+    );
+
+    // Opting out of transactional email stops the receipt.
+    let (status, _) = preferences(
+        &notifier.base,
+        &me,
+        Some(json!({"transactional": {"email": false}, "promotional": {"email": true}})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let order = post(
+        &app,
+        &json!({"type": "order.placed", "data": {
+            "order_id": "o-prefs", "customer_id": me,
+            "items": [{"sku": "tea-01", "quantity": 1, "unit_price_cents": 450}],
+            "total_cents": 450, "currency": "EUR"
+        }}),
+    )
+    .await;
+    assert_eq!(
+        detail_of(order).await,
+        (json!("skipped"), json!("the user turned email off"))
+    );
+    assert_eq!(smtp.received().len(), 2, "the two offers only");
+
+    // Bad documents: 400; no token: 401.
+    for bad in [
+        json!({"marketing": {"email": true}}),
+        json!({"promotional": {"fax": true}}),
+        json!({"promotional": {"live": true}}),
+        json!({"promotional": {"email": "yes"}}),
+    ] {
+        let (status, problem) = preferences(&notifier.base, &me, Some(bad.clone())).await;
+        assert_eq!(status, 400, "{bad}: {problem}");
+    }
+    let anonymous = client()
+        .get(format!(
+            "{}/api/v1/me/notification-preferences",
+            notifier.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let (status, _) = notifier.terminate().await;
+    assert!(status.success(), "{status}");
+    app.stop().await;
+}

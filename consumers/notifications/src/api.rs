@@ -7,6 +7,11 @@
 //! "android"|"ios"|"web"}` registers one (201; again: active again, and a token moves to the
 //! user who registers it last); `DELETE /api/v1/devices/{token}` removes one of the caller's
 //! (204; 404 if it is not theirs).
+//!
+//! The caller's preferences: `GET /api/v1/me/notification-preferences` answers every switch
+//! (`{"transactional": {"email": true, "push": true, "sms": true}, "promotional": {...}}`);
+//! `PUT` replaces them (a channel left out takes its category's default: transactional on,
+//! promotional off).
 
 use std::sync::Arc;
 
@@ -14,6 +19,8 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::{delete, get, post};
+
+use crate::preferences::Preferences;
 use axum::{Json, Router};
 use platform::auth::Authenticator;
 use platform::problem::{self, Problem};
@@ -38,6 +45,10 @@ pub fn router(state: Arc<NotificationsApi>) -> Router {
     Router::new()
         .route("/api/v1/notifications", get(by_event))
         .route("/api/v1/me/notifications", get(mine))
+        .route(
+            "/api/v1/me/notification-preferences",
+            get(get_preferences).put(put_preferences),
+        )
         .route("/api/v1/devices", post(register_device))
         .route("/api/v1/devices/{token}", delete(remove_device))
         .with_state(state)
@@ -191,4 +202,33 @@ async fn remove_device(
             "you have no device with this token",
         ))
     }
+}
+
+async fn get_preferences(
+    State(state): State<Arc<NotificationsApi>>,
+    headers: HeaderMap,
+) -> Result<Json<Preferences>, Problem> {
+    let principal = state.auth.authenticate(&headers)?;
+    let preferences = state
+        .store
+        .preferences(&principal.subject)
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(preferences.effective()))
+}
+
+async fn put_preferences(
+    State(state): State<Arc<NotificationsApi>>,
+    headers: HeaderMap,
+    body: Result<Json<Preferences>, JsonRejection>,
+) -> Result<Json<Preferences>, Problem> {
+    let principal = state.auth.authenticate(&headers)?;
+    let Json(preferences) = body.map_err(|err| Problem::bad_request(err.body_text()))?;
+    preferences.check().map_err(Problem::bad_request)?;
+    state
+        .store
+        .set_preferences(&principal.subject, &preferences)
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(preferences.effective()))
 }

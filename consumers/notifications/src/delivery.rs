@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::preferences::Preferences;
 use crate::rules::{Category, Channel, Rule};
 use crate::store::{Device, UserRecord};
 use crate::templates::{Rendered, Templates};
@@ -95,6 +96,10 @@ impl Status {
 
 /// Who a rule addresses in one event, once looked up.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one short-lived value per rule and event; boxing buys nothing"
+)]
 pub enum Resolved {
     /// `Audience::User`: the id from the event and what the projection knows of it.
     User {
@@ -102,6 +107,9 @@ pub enum Resolved {
         record: Option<UserRecord>,
         /// Active push devices (looked up only for rules with push or live).
         devices: Vec<Device>,
+        preferences: Preferences,
+        /// Promotional messages sent to the user in the last 24 hours (promotional rules).
+        promotional_recent: i64,
     },
     Addresses(Vec<String>),
     /// The event lacks the field the rule names (or it has the wrong type).
@@ -166,6 +174,8 @@ pub struct Capabilities<'a> {
     pub channels: &'a [Channel],
     /// How long an unknown user is waited for before the delivery is skipped.
     pub recipient_grace: Duration,
+    /// Most promotional messages a user gets in 24 hours.
+    pub promotional_cap: i64,
 }
 
 /// Every delivery one rule makes for one event (pure).
@@ -244,6 +254,8 @@ pub fn plan(
             user_id,
             record,
             devices,
+            preferences,
+            promotional_recent,
         } => {
             let Some(user) = record else {
                 if event.age < can.recipient_grace {
@@ -265,6 +277,7 @@ pub fn plan(
                 "locale": user.locale,
             });
             let mut steps = Vec::new();
+            let mut promotional_left = can.promotional_cap - promotional_recent;
             for &channel in &rule.channels {
                 let channel = sent_as(channel);
                 if user.deleted {
@@ -311,6 +324,34 @@ pub fn plan(
                         reason,
                     });
                     continue;
+                }
+                let refusal = if !preferences.allows(rule.category, channel) {
+                    Some(match rule.category {
+                        Category::Transactional => {
+                            format!("the user turned {} off", channel.as_str())
+                        }
+                        Category::Promotional => format!(
+                            "the user has not opted in to promotional {}",
+                            channel.as_str()
+                        ),
+                    })
+                } else if rule.category == Category::Promotional && promotional_left <= 0 {
+                    Some(format!(
+                        "the daily cap of {} promotional messages is reached",
+                        can.promotional_cap
+                    ))
+                } else {
+                    None
+                };
+                if let Some(reason) = refusal {
+                    steps.push(Step::Skip {
+                        intent: intent(channel, &user_id, Some(&user_id), ""),
+                        reason,
+                    });
+                    continue;
+                }
+                if rule.category == Category::Promotional {
+                    promotional_left -= 1;
                 }
                 for (recipient, address, to) in targets {
                     let intent = intent(channel, &recipient, Some(&user_id), &address);
@@ -397,6 +438,7 @@ mod tests {
             templates: &templates,
             channels: &[Channel::Email],
             recipient_grace: Duration::from_secs(60),
+            promotional_cap: 2,
         };
         plan(rule, &event, who, &can)
     }
@@ -409,6 +451,8 @@ mod tests {
                 user_id: "u-1".into(),
                 record: Some(alice()),
                 devices: vec![],
+                preferences: Preferences::default(),
+                promotional_recent: 0,
             },
             0,
         );
@@ -434,6 +478,8 @@ mod tests {
             user_id: "u-9".into(),
             record: None,
             devices: vec![],
+            preferences: Preferences::default(),
+            promotional_recent: 0,
         };
         assert!(matches!(run(&r, unknown(), 5).as_slice(), [Step::Wait(_)]));
         assert!(
@@ -455,6 +501,8 @@ mod tests {
                 user_id: "u-1".into(),
                 record: Some(no_email),
                 devices: vec![],
+                preferences: Preferences::default(),
+                promotional_recent: 0,
             },
             0,
         );
@@ -469,6 +517,8 @@ mod tests {
                 user_id: "u-1".into(),
                 record: Some(with_phone),
                 devices: vec![],
+                preferences: Preferences::default(),
+                promotional_recent: 0,
             },
             0,
         );
@@ -483,6 +533,8 @@ mod tests {
                 user_id: "u-1".into(),
                 record: Some(gone),
                 devices: vec![],
+                preferences: Preferences::default(),
+                promotional_recent: 0,
             },
             0,
         );
@@ -490,6 +542,46 @@ mod tests {
             steps
                 .iter()
                 .all(|s| matches!(s, Step::Skip { reason, .. } if reason == "user deleted"))
+        );
+    }
+
+    #[test]
+    fn promotional_needs_an_opt_in_and_stops_at_the_cap() {
+        let mut r = rule(&[Channel::Email], Audience::User("user_id".into()));
+        r.category = Category::Promotional;
+        let who = |preferences: Preferences, recent: i64| Resolved::User {
+            user_id: "u-1".into(),
+            record: Some(alice()),
+            devices: vec![],
+            preferences,
+            promotional_recent: recent,
+        };
+        let skipped = |steps: Vec<Step>| match steps.as_slice() {
+            [Step::Skip { reason, .. }] => Some(reason.clone()),
+            _ => None,
+        };
+        assert_eq!(
+            skipped(run(&r, who(Preferences::default(), 0), 0)).as_deref(),
+            Some("the user has not opted in to promotional email")
+        );
+        let opted_in: Preferences =
+            serde_json::from_str(r#"{"promotional": {"email": true}}"#).unwrap();
+        assert!(matches!(
+            run(&r, who(opted_in.clone(), 1), 0).as_slice(),
+            [Step::Send { .. }]
+        ));
+        assert_eq!(
+            skipped(run(&r, who(opted_in, 2), 0)).as_deref(),
+            Some("the daily cap of 2 promotional messages is reached")
+        );
+        // Transactional: on unless turned off.
+        let mut t = r;
+        t.category = Category::Transactional;
+        let off: Preferences =
+            serde_json::from_str(r#"{"transactional": {"email": false}}"#).unwrap();
+        assert_eq!(
+            skipped(run(&t, who(off, 0), 0)).as_deref(),
+            Some("the user turned email off")
         );
     }
 

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod delivery;
 pub mod email;
+pub mod preferences;
 pub mod provider;
 pub mod push;
 pub mod rules;
@@ -19,7 +20,7 @@ pub mod sms;
 pub mod store;
 pub mod templates;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,7 +41,7 @@ use crate::delivery::{Capabilities, EventView, Intent, Resolved, Status, Step};
 use crate::email::{Email, EmailProvider};
 use crate::provider::SendError;
 use crate::push::{PushMessage, PushProvider};
-use crate::rules::{Audience, Channel, Rule, Rules};
+use crate::rules::{Audience, Category, Channel, Rule, Rules};
 use crate::sms::{Route, SmsProvider, SmsRoutes};
 use crate::store::{Begun, NotifyStore, UserChange};
 use crate::templates::{Rendered, Templates};
@@ -110,6 +111,9 @@ pub struct NotifyArgs {
     /// Attempts of one delivery before it is given up and its event dead-lettered.
     #[arg(long, env = "NOTIFY_MAX_ATTEMPTS", default_value_t = 8)]
     pub max_attempts: i32,
+    /// Most promotional messages (all channels) one user gets in 24 hours.
+    #[arg(long, env = "NOTIFY_PROMOTIONAL_DAILY_CAP", default_value_t = 3)]
+    pub promotional_daily_cap: i64,
     /// Sends in flight at once within one batch of events.
     #[arg(long, env = "NOTIFY_SEND_CONCURRENCY", default_value_t = 32)]
     pub send_concurrency: usize,
@@ -131,6 +135,7 @@ pub struct Notifier {
     concurrency: usize,
     recipient_grace: Duration,
     max_attempts: i32,
+    promotional_cap: i64,
 }
 
 impl Notifier {
@@ -160,6 +165,7 @@ impl Notifier {
             concurrency: args.send_concurrency.max(1),
             recipient_grace: Duration::from_secs(args.recipient_grace_secs),
             max_attempts: args.max_attempts.max(1),
+            promotional_cap: args.promotional_daily_cap,
         }
     }
 
@@ -177,6 +183,16 @@ impl Notifier {
                         self.store.devices(user_id).await.or_retry()?
                     } else {
                         Vec::new()
+                    },
+                    preferences: self.store.preferences(user_id).await.or_retry()?,
+                    promotional_recent: if rule.category == Category::Promotional {
+                        let day_ago = now_us() - 86_400_000_000;
+                        self.store
+                            .promotional_sent_since(user_id, day_ago)
+                            .await
+                            .or_retry()?
+                    } else {
+                        0
                     },
                 },
                 None => Resolved::Missing(format!("the event has no user id in {field:?}")),
@@ -348,8 +364,11 @@ impl Handler for Notifier {
             templates: &self.templates,
             channels: &self.channels,
             recipient_grace: self.recipient_grace,
+            promotional_cap: self.promotional_cap,
         };
         let mut steps = Vec::new();
+        // Promotional sends planned in this batch, per user: the cap counts them too.
+        let mut promotional_planned: HashMap<String, i64> = HashMap::new();
         for event in events {
             let occurred_at = event
                 .envelope
@@ -366,8 +385,25 @@ impl Handler for Notifier {
                     .unwrap_or_default(),
             };
             for rule in self.rules.for_event(&event.envelope.event_type) {
-                let who = self.resolve(rule, event).await?;
-                steps.extend(delivery::plan(rule, &view, who, &can));
+                let mut who = self.resolve(rule, event).await?;
+                if let Resolved::User {
+                    user_id,
+                    promotional_recent,
+                    ..
+                } = &mut who
+                {
+                    *promotional_recent += promotional_planned.get(user_id).copied().unwrap_or(0);
+                }
+                let planned = delivery::plan(rule, &view, who, &can);
+                for step in &planned {
+                    if let Step::Send { intent, .. } = step
+                        && intent.category == Category::Promotional
+                        && let Some(user) = &intent.user_id
+                    {
+                        *promotional_planned.entry(user.clone()).or_default() += 1;
+                    }
+                }
+                steps.extend(planned);
             }
         }
         // Every step runs, even when one fails: what was sent is recorded, so the retry of

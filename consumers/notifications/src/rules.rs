@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use events::Catalog;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::templates::Templates;
 
@@ -35,7 +35,7 @@ impl Category {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
     Email,

@@ -8,6 +8,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::delivery::{DeliveryKey, Intent, Status};
+use crate::preferences::Preferences;
 
 /// A database failure: transient for the consumer (it retries in place).
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +140,15 @@ pub trait NotifyStore: Send + Sync {
     /// The user's active devices.
     async fn devices(&self, user_id: &str) -> Result<Vec<Device>, StoreError>;
     async fn deactivate_device(&self, token: &str) -> Result<(), StoreError>;
+    async fn preferences(&self, user_id: &str) -> Result<Preferences, StoreError>;
+    async fn set_preferences(
+        &self,
+        user_id: &str,
+        preferences: &Preferences,
+    ) -> Result<(), StoreError>;
+    /// Promotional messages sent to the user since `since_us`.
+    async fn promotional_sent_since(&self, user_id: &str, since_us: i64)
+    -> Result<i64, StoreError>;
     /// Records the intent to send (or finds the delivery settled).
     async fn begin(&self, intent: &Intent, now_us: i64) -> Result<Begun, StoreError>;
     /// Records the outcome of an attempt.
@@ -309,6 +319,53 @@ impl NotifyStore for SqlStore {
             sqlx::query(sql).bind(token).bind(now_us()).execute(pool).await?;
         });
         Ok(())
+    }
+
+    async fn preferences(&self, user_id: &str) -> Result<Preferences, StoreError> {
+        let sql = "SELECT document FROM notify_preferences WHERE user_id = $1";
+        let document: Option<(String,)> = with_pool!(&self.db, pool => {
+            sqlx::query_as(sql).bind(user_id).fetch_optional(pool).await?
+        });
+        match document {
+            None => Ok(Preferences::default()),
+            Some((text,)) => serde_json::from_str(&text)
+                .map_err(|e| StoreError(format!("preferences of {user_id} unreadable: {e}"))),
+        }
+    }
+
+    async fn set_preferences(
+        &self,
+        user_id: &str,
+        preferences: &Preferences,
+    ) -> Result<(), StoreError> {
+        let sql = "INSERT INTO notify_preferences (user_id, document, updated_at_us) \
+             VALUES ($1, $2, $3) ON CONFLICT (user_id) DO UPDATE \
+             SET document = excluded.document, updated_at_us = excluded.updated_at_us";
+        let document = serde_json::to_string(preferences)
+            .map_err(|e| StoreError(format!("preferences: {e}")))?;
+        with_pool!(&self.db, pool => {
+            sqlx::query(sql)
+                .bind(user_id)
+                .bind(&document)
+                .bind(now_us())
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    async fn promotional_sent_since(
+        &self,
+        user_id: &str,
+        since_us: i64,
+    ) -> Result<i64, StoreError> {
+        let sql = "SELECT COUNT(*) FROM notify_deliveries WHERE user_id = $1 \
+             AND category = 'promotional' AND status IN ('sending', 'retrying', 'sent') \
+             AND created_at_us >= $2";
+        let (count,): (i64,) = with_pool!(&self.db, pool => {
+            sqlx::query_as(sql).bind(user_id).bind(since_us).fetch_one(pool).await?
+        });
+        Ok(count)
     }
 
     async fn begin(&self, intent: &Intent, now_us: i64) -> Result<Begun, StoreError> {
