@@ -197,6 +197,7 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
         )
         .await?;
         router = router.merge(notifications.router());
+        tokio::spawn(notifications.notifier.release_deferred(shutdown.clone()));
         consumers.push(spawn_consumer(notifications.runner, shutdown.clone()));
     }
     let router = router.route("/metrics", axum::routing::get(metrics));
@@ -282,7 +283,11 @@ pub async fn notifications(args: NotificationsArgs) -> anyhow::Result<()> {
     )
     .await?;
     let router = notifications.router();
-    serve_consumer("notifications", args.listen, notifications.runner, router).await
+    let release = CancellationToken::new();
+    tokio::spawn(notifications.notifier.release_deferred(release.clone()));
+    let served = serve_consumer("notifications", args.listen, notifications.runner, router).await;
+    release.cancel();
+    served
 }
 
 /// Serves a consumer service alone: its API with /healthz and /metrics, and its consumer,

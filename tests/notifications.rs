@@ -853,3 +853,124 @@ to = { user = "customer_id" }
     assert!(status.success(), "{status}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_hours_hold_a_promotion_until_they_end_but_not_a_receipt() {
+    let app = TestIngress::start_default().await;
+    let smtp = SmtpServer::start("quiet").await;
+    let db = sqlite_url("quiet");
+    let rules = test_dir("notifications").join(format!("rules-{}.toml", Uuid::new_v4().simple()));
+    std::fs::write(
+        &rules,
+        r#"
+[[rule]]
+event = "message.sent"
+template = "message"
+category = "promotional"
+channels = ["email"]
+to = { user = "recipient_id" }
+
+[[rule]]
+event = "order.placed"
+template = "receipt"
+category = "transactional"
+channels = ["email"]
+to = { user = "customer_id" }
+"#,
+    )
+    .unwrap();
+    let rules = rules.display().to_string();
+    let notifier = HeraldProcess::start(
+        "notifications",
+        &app.kafka,
+        &db,
+        &[("SMTP_URL", &smtp.url()), ("NOTIFY_RULES_FILE", &rules)],
+    )
+    .await;
+    let user = Uuid::new_v4();
+    let me = user.to_string();
+    post(
+        &app,
+        &json!({"type": "user.registered", "data": {
+            "user_id": user, "email": "night@example.com", "display_name": "N",
+            "locale": "en", "time_zone": "UTC"
+        }}),
+    )
+    .await;
+
+    // Quiet from this minute to the next, in the user's zone (UTC): far enough from the
+    // minute's end that the event is planned inside the window.
+    let now = || time::OffsetDateTime::now_utc();
+    if now().second() > 45 {
+        tokio::time::sleep(Duration::from_secs(16)).await;
+    }
+    let (start, end) = (now(), now() + Duration::from_secs(60));
+    let window = json!({
+        "start": format!("{:02}:{:02}", start.hour(), start.minute()),
+        "end": format!("{:02}:{:02}", end.hour(), end.minute()),
+    });
+    let (status, saved) = preferences(
+        &notifier.base,
+        &me,
+        Some(json!({"promotional": {"email": true}, "quiet_hours": window})),
+    )
+    .await;
+    assert_eq!(status, 200, "{saved}");
+    assert_eq!(saved["quiet_hours"], window);
+
+    let offer = post(
+        &app,
+        &json!({"type": "message.sent", "data": {
+            "message_id": Uuid::new_v4(), "conversation_id": "c-night",
+            "recipient_id": me, "body": "Night offer"
+        }}),
+    )
+    .await;
+    let receipt = post(
+        &app,
+        &json!({"type": "order.placed", "data": {
+            "order_id": "o-night", "customer_id": me,
+            "items": [{"sku": "tea-01", "quantity": 1, "unit_price_cents": 450}],
+            "total_cents": 450, "currency": "EUR"
+        }}),
+    )
+    .await;
+    let received = smtp.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(received.len(), 1);
+    assert_eq!(
+        received[0].subject, "Your order o-night",
+        "the receipt is not held"
+    );
+    let admin = token("ops", &["admin"]);
+    let row = |event: Uuid| {
+        let (base, admin) = (notifier.base.clone(), admin.clone());
+        async move {
+            let (_, rows) = get(
+                &base,
+                &format!("/api/v1/notifications?event_id={event}"),
+                Some(&admin),
+            )
+            .await;
+            rows["items"][0].clone()
+        }
+    };
+    assert_eq!(row(offer).await["status"], "deferred");
+    assert_eq!(row(receipt).await["status"], "sent");
+
+    // When the window ends, the offer goes out, once.
+    let received = smtp.wait_for(2, Duration::from_secs(90)).await;
+    assert_eq!(received.len(), 2, "the offer is sent after the quiet hours");
+    assert_eq!(received[1].subject, "New message");
+    assert_eq!(
+        received[1].text.as_deref().map(str::trim),
+        Some("Night offer")
+    );
+    let released = row(offer).await;
+    assert_eq!(released["status"], "sent", "{released}");
+    assert_eq!(released["attempts"], 1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(smtp.received().len(), 2);
+    let (status, _) = notifier.terminate().await;
+    assert!(status.success(), "{status}");
+    app.stop().await;
+}

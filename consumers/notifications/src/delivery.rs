@@ -61,6 +61,8 @@ pub enum Status {
     /// Transient failures until the attempts ran out: the event went to the dead-letter
     /// topic, and goes there again whenever it is handled again.
     Dead,
+    /// Held by the user's quiet hours; the release loop sends it when they end.
+    Deferred,
 }
 
 impl Status {
@@ -72,6 +74,7 @@ impl Status {
             Self::Failed => "failed",
             Self::Skipped => "skipped",
             Self::Dead => "dead",
+            Self::Deferred => "deferred",
         }
     }
 
@@ -83,14 +86,19 @@ impl Status {
             Self::Failed,
             Self::Skipped,
             Self::Dead,
+            Self::Deferred,
         ]
         .into_iter()
         .find(|s| s.as_str() == text)
     }
 
-    /// Settled deliveries are never attempted again.
+    /// Settled deliveries are never attempted again by the consumer (a deferred one is the
+    /// release loop's).
     pub fn is_settled(self) -> bool {
-        matches!(self, Self::Sent | Self::Failed | Self::Skipped | Self::Dead)
+        matches!(
+            self,
+            Self::Sent | Self::Failed | Self::Skipped | Self::Dead | Self::Deferred
+        )
     }
 }
 
@@ -150,6 +158,14 @@ pub enum Step {
         name: Option<String>,
         message: Rendered,
     },
+    /// Record now, send when the user's quiet hours end (`until_us`).
+    Defer {
+        intent: Intent,
+        to: String,
+        name: Option<String>,
+        message: Rendered,
+        until_us: i64,
+    },
     /// Record without sending.
     Skip { intent: Intent, reason: String },
     /// The recipient is not known yet (the users topic is behind this one): handle the
@@ -176,6 +192,8 @@ pub struct Capabilities<'a> {
     pub recipient_grace: Duration,
     /// Most promotional messages a user gets in 24 hours.
     pub promotional_cap: i64,
+    /// The time planning happens at, for quiet hours.
+    pub now: jiff::Timestamp,
 }
 
 /// Every delivery one rule makes for one event (pure).
@@ -353,16 +371,38 @@ pub fn plan(
                 if rule.category == Category::Promotional {
                     promotional_left -= 1;
                 }
+                let quiet_until = match (&rule.category, &preferences.quiet_hours) {
+                    (Category::Promotional, Some(window)) => window.until(&user.time_zone, can.now),
+                    _ => None,
+                };
                 for (recipient, address, to) in targets {
                     let intent = intent(channel, &recipient, Some(&user_id), &address);
-                    steps.push(render(
+                    let step = render(
                         channel,
                         &user.locale,
                         view.clone(),
                         intent,
                         to,
                         user.display_name.clone(),
-                    ));
+                    );
+                    steps.push(match (step, quiet_until) {
+                        (
+                            Step::Send {
+                                intent,
+                                to,
+                                name,
+                                message,
+                            },
+                            Some(until),
+                        ) => Step::Defer {
+                            intent,
+                            to,
+                            name,
+                            message,
+                            until_us: until.as_microsecond(),
+                        },
+                        (step, _) => step,
+                    });
                 }
             }
             steps
@@ -439,6 +479,7 @@ mod tests {
             channels: &[Channel::Email],
             recipient_grace: Duration::from_secs(60),
             promotional_cap: 2,
+            now: "2026-11-22T12:00:00Z".parse().unwrap(),
         };
         plan(rule, &event, who, &can)
     }
@@ -586,6 +627,35 @@ mod tests {
     }
 
     #[test]
+    fn quiet_hours_hold_promotional_messages_only() {
+        let mut promo = rule(&[Channel::Email], Audience::User("user_id".into()));
+        promo.category = Category::Promotional;
+        // Planning happens at 12:00 UTC, inside 11:00 to 14:00 in alice's zone (UTC).
+        let preferences: Preferences = serde_json::from_str(
+            r#"{"promotional": {"email": true}, "quiet_hours": {"start": "11:00", "end": "14:00"}}"#,
+        )
+        .unwrap();
+        let who = || Resolved::User {
+            user_id: "u-1".into(),
+            record: Some(alice()),
+            devices: vec![],
+            preferences: preferences.clone(),
+            promotional_recent: 0,
+        };
+        let held = run(&promo, who(), 0);
+        assert!(
+            matches!(held.as_slice(), [Step::Defer { until_us, .. }] if *until_us == "2026-11-22T14:00:00Z".parse::<jiff::Timestamp>().unwrap().as_microsecond()),
+            "{held:?}"
+        );
+        let mut receipt = promo;
+        receipt.category = Category::Transactional;
+        assert!(matches!(
+            run(&receipt, who(), 0).as_slice(),
+            [Step::Send { .. }]
+        ));
+    }
+
+    #[test]
     fn addresses_each_get_one_delivery_keyed_by_address() {
         let mut r = rule(&[Channel::Email], Audience::Addresses("recipients".into()));
         r.template = "report".into();
@@ -598,7 +668,7 @@ mod tests {
                 Step::Send { intent, .. } | Step::Skip { intent, .. } => {
                     intent.key.recipient.clone()
                 }
-                Step::Wait(_) => panic!(),
+                Step::Defer { .. } | Step::Wait(_) => panic!("{s:?}"),
             })
             .collect();
         assert_eq!(recipients, ["ops@example.com", "cfo@example.com"]);

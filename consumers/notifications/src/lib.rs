@@ -15,6 +15,7 @@ pub mod email;
 pub mod preferences;
 pub mod provider;
 pub mod push;
+pub mod quiet;
 pub mod rules;
 pub mod sms;
 pub mod store;
@@ -36,6 +37,7 @@ use secrecy::SecretString;
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use tokio_util::sync::CancellationToken;
 
 use crate::delivery::{Capabilities, EventView, Intent, Resolved, Status, Step};
 use crate::email::{Email, EmailProvider};
@@ -43,7 +45,7 @@ use crate::provider::SendError;
 use crate::push::{PushMessage, PushProvider};
 use crate::rules::{Audience, Category, Channel, Rule, Rules};
 use crate::sms::{Route, SmsProvider, SmsRoutes};
-use crate::store::{Begun, NotifyStore, UserChange};
+use crate::store::{Begun, Claimed, NotifyStore, UserChange};
 use crate::templates::{Rendered, Templates};
 
 /// The consumer's name: its group is the topic prefix followed by this.
@@ -207,6 +209,21 @@ impl Notifier {
     async fn execute(&self, step: Step) -> Result<(), HandlerError> {
         match step {
             Step::Wait(reason) => Err(HandlerError::Retry(reason)),
+            Step::Defer {
+                intent,
+                to,
+                name,
+                message,
+                until_us,
+            } => {
+                count(&intent, Status::Deferred);
+                let held = serde_json::to_string(&Held { to, name, message })
+                    .map_err(|err| HandlerError::Reject(format!("holding a message: {err}")))?;
+                self.store
+                    .defer(&intent, &held, until_us, now_us())
+                    .await
+                    .or_retry()
+            }
             Step::Skip { intent, reason } => {
                 count(&intent, Status::Skipped);
                 self.store
@@ -269,11 +286,29 @@ impl Notifier {
                 }
             }
         }
+        let sent = self.deliver(&intent, &to, name, message).await;
+        let (status, provider, detail, result) = self.outcome(&intent, &to, sent).await?;
+        count(&intent, status);
+        self.store
+            .finish(&intent.key, status, provider, detail.as_deref(), now_us())
+            .await
+            .or_retry()?;
+        result
+    }
+
+    /// Hands one message to its provider.
+    async fn deliver(
+        &self,
+        intent: &Intent,
+        to: &str,
+        name: Option<String>,
+        message: Rendered,
+    ) -> Result<&str, SendError> {
         let delivery = intent.key.idempotency_key();
-        let sent = match (message, &self.email, &self.push) {
+        match (message, &self.email, &self.push) {
             (Rendered::Sms { text }, _, _) if self.sms.is_some() => {
                 let routes = self.sms.as_ref().expect("checked");
-                routes.send(intent.category, &to, &text, &delivery).await
+                routes.send(intent.category, to, &text, &delivery).await
             }
             (
                 Rendered::Email {
@@ -285,7 +320,7 @@ impl Notifier {
                 _,
             ) => {
                 let message = Email {
-                    to: to.clone(),
+                    to: to.to_string(),
                     to_name: name,
                     subject,
                     text,
@@ -304,17 +339,26 @@ impl Notifier {
                         ("herald_delivery".to_string(), delivery),
                     ]),
                 };
-                push.send(&to, &message).await
+                push.send(to, &message).await
             }
             // Planning sends only on channels that have a provider.
             _ => Err(SendError::Permanent("no provider for this channel".into())),
-        };
-        let (status, provider, detail, result) = match sent {
+        }
+    }
+
+    /// What a provider's answer means for the log and for the batch.
+    async fn outcome<'a>(
+        &self,
+        intent: &Intent,
+        to: &str,
+        sent: Result<&'a str, SendError>,
+    ) -> Result<Outcome<'a>, HandlerError> {
+        Ok(match sent {
             Ok(name) => (Status::Sent, Some(name), None, Ok(())),
             Err(SendError::Permanent(reason)) => (Status::Failed, None, Some(reason), Ok(())),
             Err(SendError::Unregistered(reason)) => {
                 if intent.key.channel == Channel::Push {
-                    self.store.deactivate_device(&to).await.or_retry()?;
+                    self.store.deactivate_device(to).await.or_retry()?;
                 }
                 (Status::Failed, None, Some(reason), Ok(()))
             }
@@ -327,14 +371,101 @@ impl Notifier {
                     intent.key.channel.as_str()
                 ))),
             ),
+        })
+    }
+
+    /// Sends deferred deliveries as they fall due, until `shutdown`. A transient failure
+    /// holds the delivery again (30 s, doubling); out of attempts it is dead. A claim whose
+    /// outcome never came (a crash) is taken again after a minute and counted as repeated.
+    pub async fn release_deferred(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = now_us();
+            let claimed = match self.store.claim_due(now, now - 60_000_000, 100).await {
+                Ok(claimed) => claimed,
+                Err(err) => {
+                    tracing::warn!(%err, "claiming deferred notifications failed");
+                    continue;
+                }
+            };
+            for claim in claimed {
+                if let Err(err) = self.release(claim).await {
+                    tracing::warn!(%err, "releasing a deferred notification failed");
+                }
+            }
+        }
+    }
+
+    async fn release(&self, claim: Claimed) -> Result<(), HandlerError> {
+        let Claimed {
+            intent,
+            payload,
+            attempt,
+            outcome_unknown,
+        } = claim;
+        if outcome_unknown {
+            metrics::counter!("herald_notifications_repeated_total", "channel" => intent.key.channel.as_str())
+                .increment(1);
+        }
+        let held: Held = match serde_json::from_str(&payload) {
+            Ok(held) => held,
+            Err(err) => {
+                let detail = format!("unreadable deferred payload: {err}");
+                return self
+                    .store
+                    .finish(&intent.key, Status::Failed, None, Some(&detail), now_us())
+                    .await
+                    .or_retry();
+            }
         };
+        let sent = self
+            .deliver(&intent, &held.to, held.name, held.message)
+            .await;
+        let (status, provider, detail, _) = self.outcome(&intent, &held.to, sent).await?;
+        if status == Status::Retrying {
+            let detail = detail.unwrap_or_default();
+            if attempt >= self.max_attempts {
+                count(&intent, Status::Dead);
+                let detail = format!("gave up after {attempt} attempts: {detail}");
+                return self
+                    .store
+                    .finish(&intent.key, Status::Dead, None, Some(&detail), now_us())
+                    .await
+                    .or_retry();
+            }
+            let wait = 30_000_000_i64 << (attempt - 1).clamp(0, 8);
+            return self
+                .store
+                .reschedule(&intent.key, now_us() + wait, &detail, now_us())
+                .await
+                .or_retry();
+        }
         count(&intent, status);
         self.store
             .finish(&intent.key, status, provider, detail.as_deref(), now_us())
             .await
-            .or_retry()?;
-        result
+            .or_retry()
     }
+}
+
+/// Status, provider, detail, and what the batch does next.
+type Outcome<'a> = (
+    Status,
+    Option<&'a str>,
+    Option<String>,
+    Result<(), HandlerError>,
+);
+
+/// What a deferred delivery keeps until it is sent.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Held {
+    to: String,
+    name: Option<String>,
+    message: Rendered,
 }
 
 fn count(intent: &Intent, status: Status) {
@@ -365,6 +496,7 @@ impl Handler for Notifier {
             channels: &self.channels,
             recipient_grace: self.recipient_grace,
             promotional_cap: self.promotional_cap,
+            now: jiff::Timestamp::now(),
         };
         let mut steps = Vec::new();
         // Promotional sends planned in this batch, per user: the cap counts them too.
@@ -421,6 +553,8 @@ impl Handler for Notifier {
 pub struct Service {
     pub runner: Runner,
     pub api: Arc<api::NotificationsApi>,
+    /// Also sends what quiet hours held: run [`Notifier::release_deferred`] beside the runner.
+    pub notifier: Arc<Notifier>,
 }
 
 impl Service {
@@ -500,10 +634,11 @@ impl Service {
             sms,
             args,
         ));
-        let runner = Runner::new(NAME, topics, kafka, consumer, codec, handler);
+        let runner = Runner::new(NAME, topics, kafka, consumer, codec, handler.clone());
         Ok(Self {
             runner,
             api: Arc::new(api::NotificationsApi { store, auth }),
+            notifier: handler,
         })
     }
 

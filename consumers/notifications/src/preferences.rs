@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::quiet::QuietHours;
 use crate::rules::{Category, Channel};
 
 /// The document of `GET`/`PUT /api/v1/me/notification-preferences`:
@@ -18,6 +19,9 @@ pub struct Preferences {
     pub transactional: BTreeMap<Channel, bool>,
     #[serde(default)]
     pub promotional: BTreeMap<Channel, bool>,
+    /// When promotional messages wait, in the user's time zone; transactional ones never do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_hours: Option<QuietHours>,
 }
 
 /// The channels a user can switch (live delivery follows push).
@@ -47,6 +51,7 @@ impl Preferences {
         Self {
             transactional: all(Category::Transactional),
             promotional: all(Category::Promotional),
+            quiet_hours: self.quiet_hours.clone(),
         }
     }
 
@@ -60,7 +65,10 @@ impl Preferences {
         if live {
             return Err("live follows push: set push instead".into());
         }
-        Ok(())
+        match &self.quiet_hours {
+            Some(window) => window.check(),
+            None => Ok(()),
+        }
     }
 }
 

@@ -33,6 +33,12 @@ impl Category {
             Self::Promotional => "promotional",
         }
     }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Transactional, Self::Promotional]
+            .into_iter()
+            .find(|c| c.as_str() == text)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -53,6 +59,12 @@ impl Channel {
             Self::Sms => "sms",
             Self::Live => "live",
         }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Email, Self::Push, Self::Sms, Self::Live]
+            .into_iter()
+            .find(|c| c.as_str() == text)
     }
 }
 

@@ -109,6 +109,18 @@ pub struct DeliveryRow {
     pub updated_at_us: i64,
 }
 
+/// A deferred delivery, claimed by the release loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub intent: Intent,
+    /// What [`NotifyStore::defer`] stored.
+    pub payload: String,
+    /// Counting this one.
+    pub attempt: i32,
+    /// An earlier claim stopped before its outcome was recorded.
+    pub outcome_unknown: bool,
+}
+
 /// Which rows of the delivery log to list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliveryFilter {
@@ -149,6 +161,31 @@ pub trait NotifyStore: Send + Sync {
     /// Promotional messages sent to the user since `since_us`.
     async fn promotional_sent_since(&self, user_id: &str, since_us: i64)
     -> Result<i64, StoreError>;
+    /// Records a delivery held until `not_before_us`, with what to send (unless one is recorded
+    /// already).
+    async fn defer(
+        &self,
+        intent: &Intent,
+        payload: &str,
+        not_before_us: i64,
+        now_us: i64,
+    ) -> Result<(), StoreError>;
+    /// Claims up to `limit` deferred deliveries that are due, and claimed ones whose outcome
+    /// never came (stale since `stale_us`): each moves to `sending`, attempts + 1.
+    async fn claim_due(
+        &self,
+        now_us: i64,
+        stale_us: i64,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, StoreError>;
+    /// Holds a claimed delivery again until `not_before_us` (a transient failure).
+    async fn reschedule(
+        &self,
+        key: &DeliveryKey,
+        not_before_us: i64,
+        detail: &str,
+        now_us: i64,
+    ) -> Result<(), StoreError>;
     /// Records the intent to send (or finds the delivery settled).
     async fn begin(&self, intent: &Intent, now_us: i64) -> Result<Begun, StoreError>;
     /// Records the outcome of an attempt.
@@ -360,12 +397,165 @@ impl NotifyStore for SqlStore {
         since_us: i64,
     ) -> Result<i64, StoreError> {
         let sql = "SELECT COUNT(*) FROM notify_deliveries WHERE user_id = $1 \
-             AND category = 'promotional' AND status IN ('sending', 'retrying', 'sent') \
+             AND category = 'promotional' \
+             AND status IN ('sending', 'retrying', 'sent', 'deferred') \
              AND created_at_us >= $2";
         let (count,): (i64,) = with_pool!(&self.db, pool => {
             sqlx::query_as(sql).bind(user_id).bind(since_us).fetch_one(pool).await?
         });
         Ok(count)
+    }
+
+    async fn defer(
+        &self,
+        intent: &Intent,
+        payload: &str,
+        not_before_us: i64,
+        now_us: i64,
+    ) -> Result<(), StoreError> {
+        let key = &intent.key;
+        let sql = "INSERT INTO notify_deliveries \
+             (event_id, channel, recipient, user_id, address, event_type, template, category, \
+              status, attempts, not_before_us, payload, created_at_us, updated_at_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'deferred', 0, $9, $10, $11, $11) \
+             ON CONFLICT (event_id, channel, recipient) DO NOTHING";
+        with_pool!(&self.db, pool => {
+            sqlx::query(sql)
+                .bind(key.event_id.to_string())
+                .bind(key.channel.as_str())
+                .bind(&key.recipient)
+                .bind(&intent.user_id)
+                .bind(&intent.address)
+                .bind(&intent.event_type)
+                .bind(&intent.template)
+                .bind(intent.category.as_str())
+                .bind(not_before_us)
+                .bind(payload)
+                .bind(now_us)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    async fn claim_due(
+        &self,
+        now_us: i64,
+        stale_us: i64,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let sql = "SELECT event_id, channel, recipient, user_id, address, event_type, template, \
+             category, status, attempts, payload, updated_at_us FROM notify_deliveries \
+             WHERE payload IS NOT NULL AND ((status = 'deferred' AND not_before_us <= $1) \
+             OR (status IN ('sending', 'retrying') AND updated_at_us < $2)) \
+             ORDER BY not_before_us LIMIT $3";
+        type Row = (
+            String,
+            String,
+            String,
+            Option<String>,
+            String,
+            String,
+            String,
+            String,
+            String,
+            i32,
+            String,
+            i64,
+        );
+        let rows: Vec<Row> = with_pool!(&self.db, pool => {
+            sqlx::query_as(sql)
+                .bind(now_us)
+                .bind(stale_us)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+        });
+        let claim = "UPDATE notify_deliveries SET status = 'sending', attempts = attempts + 1, \
+             updated_at_us = $4 WHERE event_id = $1 AND channel = $2 AND recipient = $3 \
+             AND status = $5 AND updated_at_us = $6";
+        let mut claimed = Vec::new();
+        for (
+            event_id,
+            channel,
+            recipient,
+            user_id,
+            address,
+            event_type,
+            template,
+            category,
+            status,
+            attempts,
+            payload,
+            updated,
+        ) in rows
+        {
+            let (Ok(event_id), Some(channel), Some(category)) = (
+                Uuid::try_parse(&event_id),
+                crate::rules::Channel::parse(&channel),
+                crate::rules::Category::parse(&category),
+            ) else {
+                continue;
+            };
+            // Another instance may claim the same row: only one update wins.
+            let won = with_pool!(&self.db, pool => {
+                sqlx::query(claim)
+                    .bind(event_id.to_string())
+                    .bind(channel.as_str())
+                    .bind(&recipient)
+                    .bind(now_us)
+                    .bind(&status)
+                    .bind(updated)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            });
+            if won != 1 {
+                continue;
+            }
+            claimed.push(Claimed {
+                intent: Intent {
+                    key: DeliveryKey {
+                        event_id,
+                        channel,
+                        recipient,
+                    },
+                    user_id,
+                    address,
+                    event_type,
+                    template,
+                    category,
+                },
+                payload,
+                attempt: attempts + 1,
+                outcome_unknown: status == Status::Sending.as_str(),
+            });
+        }
+        Ok(claimed)
+    }
+
+    async fn reschedule(
+        &self,
+        key: &DeliveryKey,
+        not_before_us: i64,
+        detail: &str,
+        now_us: i64,
+    ) -> Result<(), StoreError> {
+        let sql = "UPDATE notify_deliveries SET status = 'deferred', not_before_us = $4, \
+             detail = $5, updated_at_us = $6 \
+             WHERE event_id = $1 AND channel = $2 AND recipient = $3";
+        with_pool!(&self.db, pool => {
+            sqlx::query(sql)
+                .bind(key.event_id.to_string())
+                .bind(key.channel.as_str())
+                .bind(&key.recipient)
+                .bind(not_before_us)
+                .bind(detail)
+                .bind(now_us)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
     }
 
     async fn begin(&self, intent: &Intent, now_us: i64) -> Result<Begun, StoreError> {

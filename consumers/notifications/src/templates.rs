@@ -62,7 +62,7 @@ pub enum TemplateError {
 }
 
 /// What a rendered email, push or SMS says.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Rendered {
     Email {
         subject: String,
