@@ -672,6 +672,32 @@ async fn an_otp_is_texted_on_the_transactional_route_and_no_secret_reaches_the_l
     app.stop().await;
 }
 
+/// A rules file with a promotional rule (rules are data: message.sent as an offer) beside a
+/// transactional one; its path.
+fn promotional_rules() -> String {
+    let rules = test_dir("notifications").join(format!("rules-{}.toml", Uuid::new_v4().simple()));
+    std::fs::write(
+        &rules,
+        r#"
+[[rule]]
+event = "message.sent"
+template = "message"
+category = "promotional"
+channels = ["email"]
+to = { user = "recipient_id" }
+
+[[rule]]
+event = "order.placed"
+template = "receipt"
+category = "transactional"
+channels = ["email"]
+to = { user = "customer_id" }
+"#,
+    )
+    .unwrap();
+    rules.display().to_string()
+}
+
 async fn preferences(base: &str, user: &str, body: Option<Value>) -> (u16, Value) {
     let request = match &body {
         None => client().get(format!("{base}/api/v1/me/notification-preferences")),
@@ -693,28 +719,7 @@ async fn opt_in_opt_out_and_the_daily_cap_are_honoured() {
     let app = TestIngress::start_default().await;
     let smtp = SmtpServer::start("prefs").await;
     let db = sqlite_url("prefs");
-    // A promotional rule (rules are data) beside a transactional one.
-    let rules = test_dir("notifications").join(format!("rules-{}.toml", Uuid::new_v4().simple()));
-    std::fs::write(
-        &rules,
-        r#"
-[[rule]]
-event = "message.sent"
-template = "message"
-category = "promotional"
-channels = ["email"]
-to = { user = "recipient_id" }
-
-[[rule]]
-event = "order.placed"
-template = "receipt"
-category = "transactional"
-channels = ["email"]
-to = { user = "customer_id" }
-"#,
-    )
-    .unwrap();
-    let rules = rules.display().to_string();
+    let rules = promotional_rules();
     let notifier = HeraldProcess::start(
         "notifications",
         &app.kafka,
@@ -859,27 +864,7 @@ async fn quiet_hours_hold_a_promotion_until_they_end_but_not_a_receipt() {
     let app = TestIngress::start_default().await;
     let smtp = SmtpServer::start("quiet").await;
     let db = sqlite_url("quiet");
-    let rules = test_dir("notifications").join(format!("rules-{}.toml", Uuid::new_v4().simple()));
-    std::fs::write(
-        &rules,
-        r#"
-[[rule]]
-event = "message.sent"
-template = "message"
-category = "promotional"
-channels = ["email"]
-to = { user = "recipient_id" }
-
-[[rule]]
-event = "order.placed"
-template = "receipt"
-category = "transactional"
-channels = ["email"]
-to = { user = "customer_id" }
-"#,
-    )
-    .unwrap();
-    let rules = rules.display().to_string();
+    let rules = promotional_rules();
     let notifier = HeraldProcess::start(
         "notifications",
         &app.kafka,

@@ -34,32 +34,8 @@ struct Shared {
     seen: Arc<Mutex<Seen>>,
 }
 
-fn form(body: &[u8]) -> Vec<(String, String)> {
-    let decode = |s: &str| {
-        let bytes = s.replace('+', " ").into_bytes();
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i] == b'%' && i + 2 < bytes.len() {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
-                out.push(u8::from_str_radix(hex, 16).unwrap());
-                i += 3;
-            } else {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-        String::from_utf8(out).unwrap()
-    };
-    String::from_utf8_lossy(body)
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(k, v)| (decode(k), decode(v)))
-        .collect()
-}
-
 async fn token(State(shared): State<Shared>, body: Bytes) -> (StatusCode, axum::Json<Value>) {
-    let fields = form(&body);
+    let fields = super::form_fields(&body);
     let field = |name: &str| {
         fields
             .iter()

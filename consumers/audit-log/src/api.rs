@@ -105,18 +105,7 @@ pub fn parse(uri: &Uri) -> Result<Request, Problem> {
     let Query(params) = Query::<Params>::try_from_uri(uri)
         .map_err(|err| Problem::bad_request(format!("query string: {}", err.body_text())))?;
     let present = |value: Option<String>| value.filter(|v| !v.is_empty());
-    let limit = match present(params.limit) {
-        None => DEFAULT_LIMIT,
-        Some(text) => text
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                Problem::bad_request(format!(
-                    "limit must be a whole number from 1 to {MAX_LIMIT}"
-                ))
-            })?,
-    };
+    let limit = problem::limit_param(params.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let after = match present(params.cursor) {
         None => None,
         Some(cursor) => Some(Position::from_cursor(&cursor).ok_or_else(|| {

@@ -72,18 +72,7 @@ struct Params {
 fn params(uri: &Uri) -> Result<(Params, u32), Problem> {
     let Query(params) = Query::<Params>::try_from_uri(uri)
         .map_err(|err| Problem::bad_request(format!("query string: {}", err.body_text())))?;
-    let limit = match params.limit.as_deref().filter(|v| !v.is_empty()) {
-        None => DEFAULT_LIMIT,
-        Some(text) => text
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                Problem::bad_request(format!(
-                    "limit must be a whole number from 1 to {MAX_LIMIT}"
-                ))
-            })?,
-    };
+    let limit = problem::limit_param(params.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     Ok((params, limit))
 }
 

@@ -185,3 +185,17 @@ pub async fn problem_for_bare_errors(response: Response) -> Response {
     }
     problem
 }
+/// A `limit` query parameter: absent or empty is `default`; otherwise a whole number from
+/// 1 to `max`, or a 400 saying so.
+pub fn limit_param(value: Option<&str>, default: u32, max: u32) -> Result<u32, Problem> {
+    match value.filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| {
+                Problem::bad_request(format!("limit must be a whole number from 1 to {max}"))
+            }),
+    }
+}
