@@ -51,6 +51,21 @@ async fn get(base: &str, path: &str, bearer: Option<&str>) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Three columns of every delivery row of an API answer, sorted.
+fn columns(answer: &Value, names: [&str; 3]) -> Vec<(String, String, String)> {
+    let mut rows: Vec<_> = answer["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let column = |name: &str| r[name].as_str().unwrap().to_string();
+            (column(names[0]), column(names[1]), column(names[2]))
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
 fn by_recipient(received: &[Received]) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for message in received {
@@ -118,21 +133,8 @@ async fn welcome_and_receipt_emails_arrive_once_and_a_replay_sends_nothing() {
     )
     .await;
     assert_eq!(status, 200);
-    let mut rows: Vec<(String, String, String)> = mine["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["event_type"].as_str().unwrap().to_string(),
-                r["channel"].as_str().unwrap().to_string(),
-                r["status"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    rows.sort();
     assert_eq!(
-        rows,
+        columns(&mine, ["event_type", "channel", "status"]),
         [
             ("order.placed".into(), "email".into(), "sent".into()),
             ("order.placed".into(), "push".into(), "skipped".into()),
@@ -521,21 +523,8 @@ async fn pushes_reach_every_active_device_through_fcm_and_an_unregistered_one_is
         Some(&admin),
     )
     .await;
-    let mut outcomes: Vec<(String, String, String)> = rows["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["channel"].as_str().unwrap().into(),
-                r["status"].as_str().unwrap().into(),
-                r["address"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
-    outcomes.sort();
     assert_eq!(
-        outcomes,
+        columns(&rows, ["channel", "status", "address"]),
         [
             ("email".into(), "sent".into(), "pusher@example.com".into()),
             ("push".into(), "failed".into(), "android …-token".into()),
