@@ -187,6 +187,16 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
             tracing::info!(outbox = %outbox.display(), "no SMTP_URL: emails are written as .eml files");
             notify.email_outbox = Some(outbox);
         }
+        if notify.unsubscribe_secret.is_none() {
+            let dev = crate::DevSecretArgs {
+                data_dir: args.store.data_dir.clone(),
+                jwt_hs256_secret: None,
+            };
+            notify.unsubscribe_secret = Some(crate::dev_secret(&dev)?);
+        }
+        notify
+            .public_url
+            .get_or_insert_with(|| format!("http://{}", args.listen));
         let notifications = notifications::Service::connect(
             db,
             &args.kafka,
@@ -273,13 +283,17 @@ pub async fn notifications(args: NotificationsArgs) -> anyhow::Result<()> {
     );
     platform::metrics::install();
     let db = args.store.connect().await?;
+    let mut notify = args.notify.clone();
+    notify
+        .public_url
+        .get_or_insert_with(|| format!("http://{}", args.listen));
     let notifications = notifications::Service::connect(
         db,
         &args.kafka,
         &args.contract,
         &args.consumer,
         Arc::new(Authenticator::from_args(&args.auth)?),
-        &args.notify,
+        &notify,
     )
     .await?;
     let router = notifications.router();

@@ -22,6 +22,8 @@ use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "test-secret-of-at-least-thirty-two-bytes";
+/// Signs one-click unsubscribe links in the services the tests start.
+pub const UNSUBSCRIBE_SECRET: &str = "unsubscribe-secret-of-thirty-two-bytes";
 
 static BROKER: OnceCell<String> = OnceCell::const_new();
 

@@ -7,7 +7,7 @@ use platform::kafka::KafkaArgs;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::{SECRET, client};
+use super::{SECRET, UNSUBSCRIBE_SECRET, client};
 
 pub const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 
@@ -53,6 +53,7 @@ impl HeraldProcess {
             .env("DATABASE_URL", database_url)
             .env("HERALD_LISTEN", "127.0.0.1:0")
             .env("JWT_HS256_SECRET", SECRET)
+            .env("NOTIFY_UNSUBSCRIBE_SECRET", UNSUBSCRIBE_SECRET)
             .env("CONSUMER_SESSION_TIMEOUT_MS", "6000")
             .env("CONSUMER_MAX_BACKOFF_MS", "1000")
             .env("RUST_LOG", "warn")

@@ -12,12 +12,26 @@
 //! (`{"transactional": {"email": true, "push": true, "sms": true}, "promotional": {...}}`);
 //! `PUT` replaces them (a channel left out takes its category's default: transactional on,
 //! promotional off).
+//!
+//! The caller's live stream: `GET /api/v1/stream` (server-sent events) carries one
+//! `notification` event per `live` message while it is open (data: `{"event_id",
+//! "event_type", "title", "body"}`, id: the event id), and a comment every 15 s to keep
+//! proxies from closing it. A user with a stream open gets `live` messages there; without
+//! one, as push. What was missed while away is in `/api/v1/me/notifications`.
+//!
+//! One-click unsubscribe (no login; the link is signed, see [`crate::unsubscribe`]):
+//! `POST /api/v1/unsubscribe/{token}` turns the user's promotional email off (200);
+//! `GET` answers a page with the button that posts. An unknown or forged token: 404.
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::Html;
+use axum::response::sse::{self, Sse};
 use axum::routing::{delete, get, post};
 
 use crate::preferences::Preferences;
@@ -27,6 +41,9 @@ use platform::problem::{self, Problem};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::live::LiveHub;
+use crate::rules::Channel;
+use crate::unsubscribe::Unsubscribe;
 use crate::store::{DeliveryFilter, DeliveryRow, Device, NotifyStore};
 
 pub const ADMIN_ROLE: &str = "admin";
@@ -39,6 +56,8 @@ const PLATFORMS: [&str; 3] = ["android", "ios", "web"];
 pub struct NotificationsApi {
     pub store: Arc<dyn NotifyStore>,
     pub auth: Arc<Authenticator>,
+    pub live: Arc<LiveHub>,
+    pub unsubscribe: Option<Arc<Unsubscribe>>,
 }
 
 pub fn router(state: Arc<NotificationsApi>) -> Router {
@@ -51,6 +70,11 @@ pub fn router(state: Arc<NotificationsApi>) -> Router {
         )
         .route("/api/v1/devices", post(register_device))
         .route("/api/v1/devices/{token}", delete(remove_device))
+        .route("/api/v1/stream", get(stream))
+        .route(
+            "/api/v1/unsubscribe/{token}",
+            get(unsubscribe_page).post(unsubscribe),
+        )
         .with_state(state)
         .layer(axum::middleware::map_response(
             problem::problem_for_bare_errors,
@@ -220,4 +244,73 @@ async fn put_preferences(
         .await
         .map_err(unavailable)?;
     Ok(Json(preferences.effective()))
+}
+
+async fn stream(
+    State(state): State<Arc<NotificationsApi>>,
+    headers: HeaderMap,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<sse::Event, Infallible>>>, Problem> {
+    let principal = state.auth.authenticate(&headers)?;
+    let connection = state.live.connect(&principal.subject);
+    let events = futures_util::stream::unfold(connection, |mut connection| async move {
+        let message = connection.next().await?;
+        let event = sse::Event::default()
+            .event("notification")
+            .id(message.event_id.clone())
+            .json_data(&message)
+            .unwrap_or_else(|_| sse::Event::default().comment("unencodable message"));
+        Some((Ok(event), connection))
+    });
+    Ok(Sse::new(events).keep_alive(sse::KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// The user a one-click link names, if this service signed it.
+fn unsubscriber(state: &NotificationsApi, token: &str) -> Result<String, Problem> {
+    state
+        .unsubscribe
+        .as_ref()
+        .and_then(|signer| signer.verify(token))
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "No such unsubscribe link",
+                "this unsubscribe link is not one this service made; use the link of a recent email",
+            )
+        })
+}
+
+async fn unsubscribe_page(
+    State(state): State<Arc<NotificationsApi>>,
+    Path(token): Path<String>,
+) -> Result<Html<&'static str>, Problem> {
+    unsubscriber(&state, &token)?;
+    // Posting to the page's own address: the token never appears in the page.
+    Ok(Html(
+        "<!doctype html><title>Unsubscribe</title>\
+         <form method=\"post\"><input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
+         <p>Stop promotional email from us?</p><button type=\"submit\">Unsubscribe</button></form>",
+    ))
+}
+
+async fn unsubscribe(
+    State(state): State<Arc<NotificationsApi>>,
+    Path(token): Path<String>,
+) -> Result<Html<&'static str>, Problem> {
+    let user_id = unsubscriber(&state, &token)?;
+    let mut preferences = state
+        .store
+        .preferences(&user_id)
+        .await
+        .map_err(unavailable)?;
+    preferences.promotional.insert(Channel::Email, false);
+    state
+        .store
+        .set_preferences(&user_id, &preferences)
+        .await
+        .map_err(unavailable)?;
+    metrics::counter!("herald_notifications_unsubscribed_total").increment(1);
+    Ok(Html(
+        "<!doctype html><title>Unsubscribed</title><p>You will get no more promotional email from us.</p>",
+    ))
 }

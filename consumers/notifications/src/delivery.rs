@@ -11,6 +11,7 @@ use crate::preferences::Preferences;
 use crate::rules::{Category, Channel, Rule};
 use crate::store::{Device, UserRecord};
 use crate::templates::{Rendered, Templates};
+use crate::unsubscribe::Unsubscribe;
 
 /// The delivery log's key: one message per event, channel and recipient, ever.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -118,8 +119,13 @@ pub enum Resolved {
         preferences: Preferences,
         /// Promotional messages sent to the user in the last 24 hours (promotional rules).
         promotional_recent: i64,
+        /// Live or push (rules with the live channel).
+        presence: Presence,
     },
     Addresses(Vec<String>),
+    /// Who it is depends on an event the service has not seen yet (the order of an
+    /// order.shipped): waited for like an unknown user, then skipped.
+    NotYet(String),
     /// The event lacks the field the rule names (or it has the wrong type).
     Missing(String),
 }
@@ -142,6 +148,27 @@ impl Resolved {
                     .collect(),
             ),
             None => Self::Missing(format!("the event has no address list in {field:?}")),
+        }
+    }
+}
+
+/// What decides whether a `live` message goes on the user's stream or as a push.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Presence {
+    /// The user has a stream open now.
+    pub connected: bool,
+    /// The live delivery of this event, if an earlier attempt recorded one.
+    pub earlier: Option<Status>,
+}
+
+impl Presence {
+    /// Whether the message goes live (else as push). Once recorded, the choice stands: a
+    /// redelivery never sends the other way as well, whoever is connected by then.
+    pub fn goes_live(self) -> bool {
+        match self.earlier {
+            Some(Status::Skipped) => false,
+            Some(Status::Sent | Status::Failed | Status::Dead | Status::Deferred) => true,
+            Some(Status::Sending | Status::Retrying) | None => self.connected,
         }
     }
 }
@@ -194,6 +221,8 @@ pub struct Capabilities<'a> {
     pub promotional_cap: i64,
     /// The time planning happens at, for quiet hours.
     pub now: jiff::Timestamp,
+    /// Signs the one-click unsubscribe links of promotional email.
+    pub unsubscribe: Option<&'a Unsubscribe>,
 }
 
 /// Every delivery one rule makes for one event (pure).
@@ -245,15 +274,19 @@ pub fn plan(
             Err(reason) => Step::Skip { intent, reason },
         }
     };
-    match who {
-        Resolved::Missing(reason) => rule
-            .channels
+    let skip_all = |recipient: &str, user_id: Option<&str>, reason: &str| -> Vec<Step> {
+        rule.channels
             .iter()
             .map(|&channel| Step::Skip {
-                intent: intent(channel, "", None, ""),
-                reason: reason.clone(),
+                intent: intent(channel, recipient, user_id, ""),
+                reason: reason.to_string(),
             })
-            .collect(),
+            .collect()
+    };
+    match who {
+        Resolved::NotYet(reason) if event.age < can.recipient_grace => vec![Step::Wait(reason)],
+        Resolved::NotYet(reason) => skip_all("", None, &reason),
+        Resolved::Missing(reason) => skip_all("", None, &reason),
         Resolved::Addresses(addresses) => addresses
             .iter()
             .flat_map(|address| rule.channels.iter().map(move |&channel| (address, channel)))
@@ -274,30 +307,28 @@ pub fn plan(
             devices,
             preferences,
             promotional_recent,
+            presence,
         } => {
             let Some(user) = record else {
                 if event.age < can.recipient_grace {
                     return vec![Step::Wait(format!("user {user_id} is not known yet"))];
                 }
-                return rule
-                    .channels
-                    .iter()
-                    .map(|&channel| Step::Skip {
-                        intent: intent(sent_as(channel), &user_id, Some(&user_id), ""),
-                        reason: "unknown user".into(),
-                    })
-                    .collect();
+                return skip_all(&user_id, Some(&user_id), "unknown user");
+            };
+            let unsubscribe_url = match (rule.category, can.unsubscribe) {
+                (Category::Promotional, Some(signer)) => Some(signer.link(&user_id)),
+                _ => None,
             };
             let view = json!({
                 "user_id": user.user_id,
                 "display_name": user.display_name.clone().unwrap_or_default(),
                 "email": user.email,
                 "locale": user.locale,
+                "unsubscribe_url": unsubscribe_url,
             });
             let mut steps = Vec::new();
             let mut promotional_left = can.promotional_cap - promotional_recent;
             for &channel in &rule.channels {
-                let channel = sent_as(channel);
                 if user.deleted {
                     steps.push(Step::Skip {
                         intent: intent(channel, &user_id, Some(&user_id), ""),
@@ -305,6 +336,16 @@ pub fn plan(
                     });
                     continue;
                 }
+                let channel = if channel == Channel::Live && !presence.goes_live() {
+                    // Recorded, so that a redelivery keeps to push.
+                    steps.push(Step::Skip {
+                        intent: intent(Channel::Live, &user_id, Some(&user_id), ""),
+                        reason: "not connected: sent as push".into(),
+                    });
+                    Channel::Push
+                } else {
+                    channel
+                };
                 if !can.channels.contains(&channel) {
                     steps.push(Step::Skip {
                         intent: intent(channel, &user_id, Some(&user_id), ""),
@@ -314,7 +355,8 @@ pub fn plan(
                 }
                 // (recipient key, address the log keeps, destination)
                 let targets: Vec<(String, String, String)> = match channel {
-                    Channel::Push | Channel::Live => devices
+                    Channel::Live => vec![(user_id.clone(), "stream".into(), user_id.clone())],
+                    Channel::Push => devices
                         .iter()
                         .map(|d| {
                             let key = format!("{user_id}/{}", device_id(&d.token));
@@ -334,7 +376,7 @@ pub fn plan(
                 };
                 if targets.is_empty() {
                     let reason = match channel {
-                        Channel::Push | Channel::Live => "no device registered".to_string(),
+                        Channel::Push => "no device registered".to_string(),
                         _ => format!("the user has no {} address", channel.as_str()),
                     };
                     steps.push(Step::Skip {
@@ -385,6 +427,25 @@ pub fn plan(
                         to,
                         user.display_name.clone(),
                     );
+                    let step = match step {
+                        Step::Send {
+                            intent,
+                            to,
+                            name,
+                            message: Rendered::Email { subject, text, html, .. },
+                        } => Step::Send {
+                            intent,
+                            to,
+                            name,
+                            message: Rendered::Email {
+                                subject,
+                                text,
+                                html,
+                                list_unsubscribe: unsubscribe_url.clone(),
+                            },
+                        },
+                        other => other,
+                    };
                     steps.push(match (step, quiet_until) {
                         (
                             Step::Send {
@@ -410,14 +471,6 @@ pub fn plan(
     }
 }
 
-/// The channel a rule's channel is sent on: live delivery to connected users is not built
-/// yet, so `live` goes as push.
-fn sent_as(channel: Channel) -> Channel {
-    match channel {
-        Channel::Live => Channel::Push,
-        other => other,
-    }
-}
 
 /// A short, stable id of a device token for the log's key (the token is long, and the log
 /// does not keep it).
@@ -449,6 +502,7 @@ mod tests {
             category: Category::Transactional,
             channels: channels.to_vec(),
             to,
+            channels_from: None,
         }
     }
 
@@ -461,6 +515,17 @@ mod tests {
             locale: "fr".into(),
             time_zone: "UTC".into(),
             deleted: false,
+        }
+    }
+
+    fn user(id: &str, record: Option<UserRecord>, preferences: Preferences, recent: i64) -> Resolved {
+        Resolved::User {
+            user_id: id.into(),
+            record,
+            devices: vec![],
+            preferences,
+            promotional_recent: recent,
+            presence: Presence::default(),
         }
     }
 
@@ -480,6 +545,7 @@ mod tests {
             recipient_grace: Duration::from_secs(60),
             promotional_cap: 2,
             now: "2026-11-22T12:00:00Z".parse().unwrap(),
+            unsubscribe: None,
         };
         plan(rule, &event, who, &can)
     }
@@ -488,13 +554,7 @@ mod tests {
     fn a_known_user_gets_the_email_in_their_locale() {
         let steps = run(
             &rule(&[Channel::Email], Audience::User("user_id".into())),
-            Resolved::User {
-                user_id: "u-1".into(),
-                record: Some(alice()),
-                devices: vec![],
-                preferences: Preferences::default(),
-                promotional_recent: 0,
-            },
+            user("u-1", Some(alice()), Preferences::default(), 0),
             0,
         );
         let [
@@ -515,13 +575,7 @@ mod tests {
     #[test]
     fn an_unknown_user_is_waited_for_then_skipped() {
         let r = rule(&[Channel::Email], Audience::User("user_id".into()));
-        let unknown = || Resolved::User {
-            user_id: "u-9".into(),
-            record: None,
-            devices: vec![],
-            preferences: Preferences::default(),
-            promotional_recent: 0,
-        };
+        let unknown = || user("u-9", None, Preferences::default(), 0);
         assert!(matches!(run(&r, unknown(), 5).as_slice(), [Step::Wait(_)]));
         assert!(
             matches!(run(&r, unknown(), 61).as_slice(), [Step::Skip { reason, .. }] if reason == "unknown user")
@@ -538,13 +592,7 @@ mod tests {
         no_email.email = None;
         let steps = run(
             &r,
-            Resolved::User {
-                user_id: "u-1".into(),
-                record: Some(no_email),
-                devices: vec![],
-                preferences: Preferences::default(),
-                promotional_recent: 0,
-            },
+            user("u-1", Some(no_email), Preferences::default(), 0),
             0,
         );
         assert!(
@@ -554,13 +602,7 @@ mod tests {
         with_phone.phone = Some("+15550100".into());
         let steps = run(
             &r,
-            Resolved::User {
-                user_id: "u-1".into(),
-                record: Some(with_phone),
-                devices: vec![],
-                preferences: Preferences::default(),
-                promotional_recent: 0,
-            },
+            user("u-1", Some(with_phone), Preferences::default(), 0),
             0,
         );
         assert!(
@@ -570,13 +612,7 @@ mod tests {
         gone.deleted = true;
         let steps = run(
             &r,
-            Resolved::User {
-                user_id: "u-1".into(),
-                record: Some(gone),
-                devices: vec![],
-                preferences: Preferences::default(),
-                promotional_recent: 0,
-            },
+            user("u-1", Some(gone), Preferences::default(), 0),
             0,
         );
         assert!(
@@ -590,13 +626,7 @@ mod tests {
     fn promotional_needs_an_opt_in_and_stops_at_the_cap() {
         let mut r = rule(&[Channel::Email], Audience::User("user_id".into()));
         r.category = Category::Promotional;
-        let who = |preferences: Preferences, recent: i64| Resolved::User {
-            user_id: "u-1".into(),
-            record: Some(alice()),
-            devices: vec![],
-            preferences,
-            promotional_recent: recent,
-        };
+        let who = |preferences: Preferences, recent: i64| user("u-1", Some(alice()), preferences, recent);
         let skipped = |steps: Vec<Step>| match steps.as_slice() {
             [Step::Skip { reason, .. }] => Some(reason.clone()),
             _ => None,
@@ -635,13 +665,7 @@ mod tests {
             r#"{"promotional": {"email": true}, "quiet_hours": {"start": "11:00", "end": "14:00"}}"#,
         )
         .unwrap();
-        let who = || Resolved::User {
-            user_id: "u-1".into(),
-            record: Some(alice()),
-            devices: vec![],
-            preferences: preferences.clone(),
-            promotional_recent: 0,
-        };
+        let who = || user("u-1", Some(alice()), preferences.clone(), 0);
         let held = run(&promo, who(), 0);
         assert!(
             matches!(held.as_slice(), [Step::Defer { until_us, .. }] if *until_us == "2026-11-22T14:00:00Z".parse::<jiff::Timestamp>().unwrap().as_microsecond()),
@@ -653,6 +677,59 @@ mod tests {
             run(&receipt, who(), 0).as_slice(),
             [Step::Send { .. }]
         ));
+    }
+
+    #[test]
+    fn live_goes_on_the_stream_of_a_connected_user_else_as_push_and_stays_decided() {
+        let mut r = rule(&[Channel::Live], Audience::User("user_id".into()));
+        r.template = "message".into();
+        let templates = Templates::embedded().unwrap();
+        let data = json!({"user_id": "u-1", "body": "Lunch?"});
+        let event = EventView {
+            event_id: Uuid::nil(),
+            event_type: "message.sent",
+            occurred_at: "2026-11-22T10:00:00Z",
+            data: &data,
+            age: Duration::ZERO,
+        };
+        let can = Capabilities {
+            templates: &templates,
+            channels: &[Channel::Live, Channel::Push],
+            recipient_grace: Duration::from_secs(60),
+            promotional_cap: 2,
+            now: "2026-11-22T12:00:00Z".parse().unwrap(),
+            unsubscribe: None,
+        };
+        let sent_on = |connected, earlier| {
+            let who = Resolved::User {
+                user_id: "u-1".into(),
+                record: Some(alice()),
+                devices: vec![Device {
+                    token: "tok-1".into(),
+                    user_id: "u-1".into(),
+                    platform: "android".into(),
+                    active: true,
+                }],
+                preferences: Preferences::default(),
+                promotional_recent: 0,
+                presence: Presence { connected, earlier },
+            };
+            plan(&r, &event, who, &can)
+                .iter()
+                .map(|step| match step {
+                    Step::Send { intent, .. } => format!("send {}", intent.key.channel.as_str()),
+                    Step::Skip { intent, .. } => format!("skip {}", intent.key.channel.as_str()),
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sent_on(true, None), ["send live"]);
+        assert_eq!(sent_on(false, None), ["skip live", "send push"]);
+        // Decided earlier: connecting or leaving since changes nothing.
+        assert_eq!(sent_on(false, Some(Status::Sent)), ["send live"]);
+        assert_eq!(sent_on(true, Some(Status::Skipped)), ["skip live", "send push"]);
+        // The stream went away between planning and sending: decided again.
+        assert_eq!(sent_on(false, Some(Status::Retrying)), ["skip live", "send push"]);
     }
 
     #[test]

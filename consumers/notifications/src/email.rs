@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use lettre::message::header::ContentType;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -25,6 +25,8 @@ pub struct Email {
     pub html: Option<String>,
     /// The same for every attempt of one delivery, so a receiving system can tell a repeat.
     pub message_id: String,
+    /// Promotional email: the one-click unsubscribe link (RFC 8058).
+    pub list_unsubscribe: Option<String>,
 }
 
 #[async_trait]
@@ -67,11 +69,23 @@ fn build(from: &Mailbox, email: &Email) -> Result<Message, SendError> {
                 .body(html.clone()),
         ),
     };
-    Message::builder()
+    let mut message = Message::builder()
         .from(from.clone())
         .to(to)
         .subject(email.subject.clone())
-        .message_id(Some(email.message_id.clone()))
+        .message_id(Some(email.message_id.clone()));
+    if let Some(link) = &email.list_unsubscribe {
+        message = message
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe"),
+                format!("<{link}>"),
+            ))
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+                "List-Unsubscribe=One-Click".into(),
+            ));
+    }
+    message
         .multipart(body)
         .map_err(|err| SendError::Permanent(format!("building the message: {err}")))
 }
@@ -255,7 +269,21 @@ mod tests {
             text: "plain".into(),
             html: Some("<p>html</p>".into()),
             message_id: "<abc@herald>".into(),
+            list_unsubscribe: None,
         }
+    }
+
+    #[test]
+    fn a_promotional_email_carries_the_one_click_unsubscribe_headers() {
+        let from = parse_from("no-reply@herald.localhost").unwrap();
+        let mut promotional = email("alice@example.com");
+        promotional.list_unsubscribe = Some("https://api.example.com/api/v1/unsubscribe/t0k".into());
+        let raw = String::from_utf8(build(&from, &promotional).unwrap().formatted()).unwrap();
+        assert!(
+            raw.contains("List-Unsubscribe: <https://api.example.com/api/v1/unsubscribe/t0k>"),
+            "{raw}"
+        );
+        assert!(raw.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"), "{raw}");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod delivery;
 pub mod email;
+pub mod live;
 pub mod preferences;
 pub mod provider;
 pub mod push;
@@ -20,6 +21,7 @@ pub mod rules;
 pub mod sms;
 pub mod store;
 pub mod templates;
+pub mod unsubscribe;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -39,14 +41,18 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::{Capabilities, EventView, Intent, Resolved, Status, Step};
+use crate::delivery::{
+    Capabilities, DeliveryKey, EventView, Intent, Presence, Resolved, Status, Step,
+};
 use crate::email::{Email, EmailProvider};
+use crate::live::{LiveHub, LiveMessage};
 use crate::provider::SendError;
 use crate::push::{PushMessage, PushProvider};
-use crate::rules::{Audience, Category, Channel, Rule, Rules};
+use crate::rules::{Audience, Category, Channel, ORDER_PLACED, Rule, Rules};
 use crate::sms::{Route, SmsProvider, SmsRoutes};
 use crate::store::{Begun, Claimed, NotifyStore, UserChange};
 use crate::templates::{Rendered, Templates};
+use crate::unsubscribe::Unsubscribe;
 
 /// The consumer's name: its group is the topic prefix followed by this.
 pub const NAME: &str = "notifications";
@@ -123,6 +129,14 @@ pub struct NotifyArgs {
     /// delivery is skipped as "unknown user".
     #[arg(long, env = "NOTIFY_RECIPIENT_GRACE_SECS", default_value_t = 60)]
     pub recipient_grace_secs: u64,
+    /// Signs the one-click unsubscribe links of promotional email (32+ random bytes); needed
+    /// when a rule sends promotional email. `herald up` uses its development secret.
+    #[arg(long, env = "NOTIFY_UNSUBSCRIBE_SECRET", hide_env_values = true)]
+    pub unsubscribe_secret: Option<SecretString>,
+    /// Where users reach this service's API, for links in messages (default: the address it
+    /// listens on).
+    #[arg(long, env = "NOTIFY_PUBLIC_URL")]
+    pub public_url: Option<String>,
 }
 
 /// The handler: plans and makes the deliveries of a batch of events.
@@ -133,6 +147,8 @@ pub struct Notifier {
     email: Option<Arc<dyn EmailProvider>>,
     push: Option<Arc<dyn PushProvider>>,
     sms: Option<SmsRoutes>,
+    live: Arc<LiveHub>,
+    unsubscribe: Option<Arc<Unsubscribe>>,
     channels: Vec<Channel>,
     concurrency: usize,
     recipient_grace: Duration,
@@ -148,6 +164,8 @@ impl Notifier {
         email: Option<Arc<dyn EmailProvider>>,
         push: Option<Arc<dyn PushProvider>>,
         sms: Option<SmsRoutes>,
+        live: Arc<LiveHub>,
+        unsubscribe: Option<Arc<Unsubscribe>>,
         args: &NotifyArgs,
     ) -> Self {
         let channels = email
@@ -155,6 +173,7 @@ impl Notifier {
             .map(|_| Channel::Email)
             .chain(push.iter().map(|_| Channel::Push))
             .chain(sms.iter().map(|_| Channel::Sms))
+            .chain([Channel::Live])
             .collect();
         Self {
             store,
@@ -163,6 +182,8 @@ impl Notifier {
             email,
             push,
             sms,
+            live,
+            unsubscribe,
             channels,
             concurrency: args.send_concurrency.max(1),
             recipient_grace: Duration::from_secs(args.recipient_grace_secs),
@@ -171,37 +192,73 @@ impl Notifier {
         }
     }
 
-    async fn resolve(&self, rule: &Rule, event: &Event) -> Result<Resolved, HandlerError> {
+    /// Who one rule addresses in one event: one recipient, or every opted-in user.
+    async fn resolve(&self, rule: &Rule, event: &Event) -> Result<Vec<Resolved>, HandlerError> {
+        let field_text = |field: &str| event.data.get(field).and_then(Value::as_str);
         Ok(match &rule.to {
-            Audience::User(field) => match event.data.get(field).and_then(Value::as_str) {
-                Some(user_id) => Resolved::User {
-                    user_id: user_id.to_string(),
-                    record: self.store.user(user_id).await.or_retry()?,
-                    devices: if rule
-                        .channels
-                        .iter()
-                        .any(|c| matches!(c, Channel::Push | Channel::Live))
-                    {
-                        self.store.devices(user_id).await.or_retry()?
-                    } else {
-                        Vec::new()
-                    },
-                    preferences: self.store.preferences(user_id).await.or_retry()?,
-                    promotional_recent: if rule.category == Category::Promotional {
-                        let day_ago = now_us() - 86_400_000_000;
-                        self.store
-                            .promotional_sent_since(user_id, day_ago)
-                            .await
-                            .or_retry()?
-                    } else {
-                        0
-                    },
-                },
+            Audience::User(field) => vec![match field_text(field) {
+                Some(user_id) => self.recipient(rule, event, user_id).await?,
                 None => Resolved::Missing(format!("the event has no user id in {field:?}")),
+            }],
+            Audience::CustomerOfOrder(field) => vec![match field_text(field) {
+                None => Resolved::Missing(format!("the event has no order id in {field:?}")),
+                Some(order_id) => match self.store.order_customer(order_id).await.or_retry()? {
+                    Some(customer) => self.recipient(rule, event, &customer).await?,
+                    None => Resolved::NotYet(format!("unknown order {order_id}")),
+                },
+            }],
+            Audience::Addresses(field) => vec![Resolved::addresses_in(field, &event.data)],
+            Audience::Phone(field) => vec![Resolved::phone_in(field, &event.data)],
+            Audience::OptedIn => {
+                let users = self.store.opted_in(&rule.channels).await.or_retry()?;
+                let mut all = Vec::with_capacity(users.len());
+                for user_id in &users {
+                    all.push(self.recipient(rule, event, user_id).await?);
+                }
+                all
+            }
+        })
+    }
+
+    /// What planning needs to know of one user for one rule.
+    async fn recipient(
+        &self,
+        rule: &Rule,
+        event: &Event,
+        user_id: &str,
+    ) -> Result<Resolved, HandlerError> {
+        let wants = |channel| rule.channels.contains(&channel);
+        Ok(Resolved::User {
+            user_id: user_id.to_string(),
+            record: self.store.user(user_id).await.or_retry()?,
+            devices: if wants(Channel::Push) || wants(Channel::Live) {
+                self.store.devices(user_id).await.or_retry()?
+            } else {
+                Vec::new()
             },
-            Audience::Addresses(field) => Resolved::addresses_in(field, &event.data),
-            Audience::Phone(field) => Resolved::phone_in(field, &event.data),
-            Audience::OptedIn => Resolved::Missing("opted-in audiences are not delivered".into()),
+            preferences: self.store.preferences(user_id).await.or_retry()?,
+            promotional_recent: if rule.category == Category::Promotional {
+                let day_ago = now_us() - 86_400_000_000;
+                self.store
+                    .promotional_sent_since(user_id, day_ago)
+                    .await
+                    .or_retry()?
+            } else {
+                0
+            },
+            presence: if wants(Channel::Live) {
+                let key = DeliveryKey {
+                    event_id: event.envelope.event_id,
+                    channel: Channel::Live,
+                    recipient: user_id.to_string(),
+                };
+                Presence {
+                    connected: self.live.is_connected(user_id),
+                    earlier: self.store.status(&key).await.or_retry()?,
+                }
+            } else {
+                Presence::default()
+            },
         })
     }
 
@@ -305,6 +362,21 @@ impl Notifier {
         message: Rendered,
     ) -> Result<&str, SendError> {
         let delivery = intent.key.idempotency_key();
+        if intent.key.channel == Channel::Live {
+            let Rendered::Push { title, body } = message else {
+                return Err(SendError::Permanent("not a live message".into()));
+            };
+            let message = LiveMessage {
+                event_id: intent.key.event_id.to_string(),
+                event_type: intent.event_type.clone(),
+                title,
+                body,
+            };
+            return match self.live.deliver(to, &message) {
+                0 => Err(SendError::Transient("the user's stream closed".into())),
+                _ => Ok("stream"),
+            };
+        }
         match (message, &self.email, &self.push) {
             (Rendered::Sms { text }, _, _) if self.sms.is_some() => {
                 let routes = self.sms.as_ref().expect("checked");
@@ -315,6 +387,7 @@ impl Notifier {
                     subject,
                     text,
                     html,
+                    list_unsubscribe,
                 },
                 Some(email),
                 _,
@@ -326,6 +399,7 @@ impl Notifier {
                     text,
                     html,
                     message_id: format!("<{delivery}@herald>"),
+                    list_unsubscribe,
                 };
                 email.send(&message).await
             }
@@ -491,12 +565,24 @@ impl Handler for Notifier {
         if !changes.is_empty() {
             self.store.apply_users(&changes).await.or_retry()?;
         }
+        let orders: Vec<(String, String)> = events
+            .iter()
+            .filter(|e| e.envelope.event_type == ORDER_PLACED)
+            .filter_map(|e| {
+                let text = |field| e.data.get(field).and_then(Value::as_str);
+                Some((text("order_id")?.to_string(), text("customer_id")?.to_string()))
+            })
+            .collect();
+        if !orders.is_empty() {
+            self.store.apply_orders(&orders).await.or_retry()?;
+        }
         let can = Capabilities {
             templates: &self.templates,
             channels: &self.channels,
             recipient_grace: self.recipient_grace,
             promotional_cap: self.promotional_cap,
             now: jiff::Timestamp::now(),
+            unsubscribe: self.unsubscribe.as_deref(),
         };
         let mut steps = Vec::new();
         // Promotional sends planned in this batch, per user: the cap counts them too.
@@ -517,25 +603,34 @@ impl Handler for Notifier {
                     .unwrap_or_default(),
             };
             for rule in self.rules.for_event(&event.envelope.event_type) {
-                let mut who = self.resolve(rule, event).await?;
-                if let Resolved::User {
-                    user_id,
-                    promotional_recent,
-                    ..
-                } = &mut who
-                {
-                    *promotional_recent += promotional_planned.get(user_id).copied().unwrap_or(0);
+                let rule = Rule {
+                    channels: rule.channels_for(&event.data),
+                    ..rule.clone()
+                };
+                if rule.channels.is_empty() {
+                    continue;
                 }
-                let planned = delivery::plan(rule, &view, who, &can);
-                for step in &planned {
-                    if let Step::Send { intent, .. } = step
-                        && intent.category == Category::Promotional
-                        && let Some(user) = &intent.user_id
+                for mut who in self.resolve(&rule, event).await? {
+                    if let Resolved::User {
+                        user_id,
+                        promotional_recent,
+                        ..
+                    } = &mut who
                     {
-                        *promotional_planned.entry(user.clone()).or_default() += 1;
+                        *promotional_recent +=
+                            promotional_planned.get(user_id).copied().unwrap_or(0);
                     }
+                    let planned = delivery::plan(&rule, &view, who, &can);
+                    for step in &planned {
+                        if let Step::Send { intent, .. } | Step::Defer { intent, .. } = step
+                            && intent.category == Category::Promotional
+                            && let Some(user) = &intent.user_id
+                        {
+                            *promotional_planned.entry(user.clone()).or_default() += 1;
+                        }
+                    }
+                    steps.extend(planned);
                 }
-                steps.extend(planned);
             }
         }
         // Every step runs, even when one fails: what was sent is recorded, so the retry of
@@ -571,6 +666,14 @@ impl Service {
         let catalog = Arc::new(contract.catalog()?);
         let templates = Templates::load(args.templates_file.as_deref())?;
         let rules = Rules::load(args.rules_file.as_deref(), &catalog, &templates)?;
+        let unsubscribe = match (&args.unsubscribe_secret, &args.public_url) {
+            (Some(secret), Some(url)) => Some(Arc::new(Unsubscribe::new(secret, url))),
+            _ if rules.sends_promotional_email() => anyhow::bail!(
+                "a rule sends promotional email, which must carry a one-click unsubscribe link: \
+                 set NOTIFY_UNSUBSCRIBE_SECRET (32+ random bytes) and NOTIFY_PUBLIC_URL"
+            ),
+            _ => None,
+        };
         let from = email::parse_from(&args.email_from)?;
         let email: Option<Arc<dyn EmailProvider>> = match (&args.smtp_url, &args.email_outbox) {
             (Some(url), _) => {
@@ -617,7 +720,7 @@ impl Service {
         };
         let mut topics: Vec<String> = rules
             .event_types()
-            .chain([USERS_EVENT])
+            .chain([USERS_EVENT, ORDER_PLACED])
             .filter_map(|t| catalog.latest(t))
             .map(|schema| kafka.topic(&schema.topic))
             .collect();
@@ -625,6 +728,7 @@ impl Service {
         topics.dedup();
         let store: Arc<dyn NotifyStore> = Arc::new(store::SqlStore::new(db).await?);
         let codec = Arc::new(contract.codec(catalog, kafka).await?);
+        let live = Arc::new(LiveHub::default());
         let handler = Arc::new(Notifier::new(
             store.clone(),
             rules,
@@ -632,12 +736,19 @@ impl Service {
             email,
             push,
             sms,
+            live.clone(),
+            unsubscribe.clone(),
             args,
         ));
         let runner = Runner::new(NAME, topics, kafka, consumer, codec, handler.clone());
         Ok(Self {
             runner,
-            api: Arc::new(api::NotificationsApi { store, auth }),
+            api: Arc::new(api::NotificationsApi {
+                store,
+                auth,
+                live,
+                unsubscribe,
+            }),
             notifier: handler,
         })
     }

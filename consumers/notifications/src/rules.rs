@@ -1,8 +1,9 @@
 //! Which events notify whom, on which channels: the rules file.
 //!
 //! A rule names an event type, a template, a category and channels, and says who receives
-//! it (`to`): the user whose id is in a field of the event, the email addresses listed in a
-//! field, or every opted-in user (promotional campaigns). The starter rules are
+//! it (`to`): the user whose id is in a field of the event, the customer of the order named
+//! in a field, the email addresses or phone number in a field, or every opted-in user
+//! (promotional campaigns). The starter rules are
 //! `consumers/notifications/rules.toml`; `NOTIFY_RULES_FILE` replaces them.
 
 use std::collections::HashMap;
@@ -12,6 +13,9 @@ use events::Catalog;
 use serde::{Deserialize, Serialize};
 
 use crate::templates::Templates;
+
+/// The event type whose `order_id` and `customer_id` tell who placed an order.
+pub const ORDER_PLACED: &str = "order.placed";
 
 /// The starter rules, compiled in.
 pub const DEFAULT_RULES: &str = include_str!("../rules.toml");
@@ -78,6 +82,9 @@ pub enum Audience {
     Addresses(String),
     /// The phone number (E.164) in this field of the event's data: SMS only.
     Phone(String),
+    /// The customer who placed the order whose id is in this field (known from the
+    /// order.placed events the service has seen).
+    CustomerOfOrder(String),
     /// Every user who opted in to the rule's category and channel.
     OptedIn,
 }
@@ -90,6 +97,36 @@ pub struct Rule {
     pub category: Category,
     pub channels: Vec<Channel>,
     pub to: Audience,
+    /// A field of the event listing channel names: the event is sent on those of the rule's
+    /// channels it lists (a campaign chooses its channels).
+    #[serde(default)]
+    pub channels_from: Option<String>,
+}
+
+impl Rule {
+    /// The rule's channels for one event: all, or those the event's `channels_from` field
+    /// lists.
+    pub fn channels_for(&self, data: &serde_json::Value) -> Vec<Channel> {
+        let Some(field) = &self.channels_from else {
+            return self.channels.clone();
+        };
+        let listed: Vec<Channel> = data
+            .get(field)
+            .and_then(serde_json::Value::as_array)
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(serde_json::Value::as_str)
+                    .filter_map(Channel::parse)
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.channels
+            .iter()
+            .copied()
+            .filter(|c| listed.contains(c))
+            .collect()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,23 +191,40 @@ impl Rules {
                 .latest(&rule.event)
                 .ok_or_else(|| invalid("no such event type in the schemas".into()))?;
             let field = match &rule.to {
-                Audience::User(field) | Audience::Addresses(field) | Audience::Phone(field) => {
-                    Some(field)
-                }
+                Audience::User(field)
+                | Audience::Addresses(field)
+                | Audience::Phone(field)
+                | Audience::CustomerOfOrder(field) => Some(field),
                 Audience::OptedIn => None,
             };
-            if let Some(field) = field
-                && schema.example.get(field).is_none()
-            {
-                return Err(invalid(format!("the event has no field {field:?}")));
+            for field in field.into_iter().chain(rule.channels_from.as_ref()) {
+                if schema.example.get(field.as_str()).is_none() {
+                    return Err(invalid(format!("the event has no field {field:?}")));
+                }
             }
-            if rule.to == Audience::OptedIn {
+            if rule.to == Audience::OptedIn && rule.category != Category::Promotional {
                 return Err(invalid(
-                    "\"opted_in\" audiences are not delivered yet; name a user or addresses".into(),
+                    "\"opted_in\" reaches users who opted in to promotional messages: \
+                     the category must be \"promotional\""
+                        .into(),
                 ));
+            }
+            if matches!(rule.to, Audience::CustomerOfOrder(_))
+                && catalog.latest(ORDER_PLACED).is_none()
+            {
+                return Err(invalid(format!(
+                    "customers are known from {ORDER_PLACED} events, which the schemas lack"
+                )));
             }
             if rule.channels.is_empty() {
                 return Err(invalid("no channels".into()));
+            }
+            if rule.channels.contains(&Channel::Live) && rule.channels.contains(&Channel::Push) {
+                return Err(invalid(
+                    "live already goes as push to users who are not connected: \
+                     list one of the two"
+                        .into(),
+                ));
             }
             if matches!(rule.to, Audience::Addresses(_)) && rule.channels != [Channel::Email] {
                 return Err(invalid(
@@ -194,6 +248,13 @@ impl Rules {
 
     pub fn for_event(&self, event_type: &str) -> &[Rule] {
         self.by_event.get(event_type).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether some rule emails promotional messages (which need unsubscribe links).
+    pub fn sends_promotional_email(&self) -> bool {
+        self.by_event.values().flatten().any(|rule| {
+            rule.category == Category::Promotional && rule.channels.contains(&Channel::Email)
+        })
     }
 
     pub fn event_types(&self) -> impl Iterator<Item = &str> {
@@ -226,7 +287,11 @@ mod tests {
         let catalog = Catalog::embedded().unwrap();
         let templates = Templates::embedded().unwrap();
         let rules = Rules::load(None, &catalog, &templates).unwrap();
-        let user = serde_json::json!({"display_name": "Alice", "email": "a@example.com"});
+        let user = serde_json::json!({
+            "display_name": "Alice",
+            "email": "a@example.com",
+            "unsubscribe_url": "https://api.example.com/api/v1/unsubscribe/t"
+        });
         for event_type in rules.event_types() {
             let example = &catalog.latest(event_type).unwrap().example;
             for rule in rules.for_event(event_type) {
@@ -281,7 +346,37 @@ mod tests {
             phone_by_email.contains("can only be texted"),
             "{phone_by_email}"
         );
+        let campaign_to_all = load(
+            "[[rule]]\nevent='campaign.launched'\ntemplate='campaign'\ncategory='transactional'\nchannels=['push']\nto='opted_in'",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            campaign_to_all.contains("must be \"promotional\""),
+            "{campaign_to_all}"
+        );
+        let live_and_push = load(
+            "[[rule]]\nevent='message.sent'\ntemplate='message'\ncategory='transactional'\nchannels=['live', 'push']\nto={user='recipient_id'}",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(live_and_push.contains("list one of the two"), "{live_and_push}");
         let typo = load("[[rule]]\nevnt='user.registered'").unwrap_err();
         assert!(matches!(typo, RulesError::Parse(_)));
+    }
+
+    #[test]
+    fn a_campaign_goes_on_the_channels_it_lists_that_the_rule_allows() {
+        let catalog = Catalog::embedded().unwrap();
+        let rules = Rules::load(None, &catalog, &Templates::embedded().unwrap()).unwrap();
+        let campaign = &rules.for_event("campaign.launched")[0];
+        assert!(rules.sends_promotional_email());
+        let channels = |data| campaign.channels_for(&data);
+        assert_eq!(
+            channels(serde_json::json!({"channels": ["push", "email", "fax"]})),
+            [Channel::Email, Channel::Push]
+        );
+        assert!(channels(serde_json::json!({"channels": []})).is_empty());
+        assert!(channels(serde_json::json!({})).is_empty());
     }
 }

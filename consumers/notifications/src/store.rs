@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::delivery::{DeliveryKey, Intent, Status};
 use crate::preferences::Preferences;
+use crate::rules::{Category, Channel};
 
 /// A database failure: transient for the consumer (it retries in place).
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +145,11 @@ pub trait NotifyStore: Send + Sync {
     /// Applies changes of the users topic, in order, in one transaction.
     async fn apply_users(&self, changes: &[UserChange]) -> Result<(), StoreError>;
     async fn user(&self, user_id: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Records who placed each order: `(order_id, customer_id)`.
+    async fn apply_orders(&self, orders: &[(String, String)]) -> Result<(), StoreError>;
+    async fn order_customer(&self, order_id: &str) -> Result<Option<String>, StoreError>;
+    /// Users not deleted who opted in to promotional messages on any of `channels`, by id.
+    async fn opted_in(&self, channels: &[Channel]) -> Result<Vec<String>, StoreError>;
     /// Registers (or re-registers, active again) a device for a user; a token moves to the
     /// user who registers it last.
     async fn register_device(&self, device: &Device) -> Result<(), StoreError>;
@@ -186,6 +192,8 @@ pub trait NotifyStore: Send + Sync {
         detail: &str,
         now_us: i64,
     ) -> Result<(), StoreError>;
+    /// Where one delivery stands, if it was ever recorded.
+    async fn status(&self, key: &DeliveryKey) -> Result<Option<Status>, StoreError>;
     /// Records the intent to send (or finds the delivery settled).
     async fn begin(&self, intent: &Intent, now_us: i64) -> Result<Begun, StoreError>;
     /// Records the outcome of an attempt.
@@ -197,7 +205,8 @@ pub trait NotifyStore: Send + Sync {
         detail: Option<&str>,
         now_us: i64,
     ) -> Result<(), StoreError>;
-    /// Records a delivery decided without sending (skipped), unless one is recorded already.
+    /// Records a delivery decided without sending (skipped), unless one is settled already
+    /// (one that was being tried is settled so).
     async fn settle(
         &self,
         intent: &Intent,
@@ -261,6 +270,14 @@ const FINISH_DELIVERY: &str = "UPDATE notify_deliveries \
 const COLUMNS: &str = "event_id, channel, recipient, user_id, address, event_type, template, \
      category, status, attempts, provider, detail, created_at_us, updated_at_us";
 
+/// The preference switch a channel follows (live follows push).
+fn preference_channel(channel: Channel) -> Channel {
+    match channel {
+        Channel::Live => Channel::Push,
+        other => other,
+    }
+}
+
 fn now_us() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
 }
@@ -315,6 +332,52 @@ impl NotifyStore for SqlStore {
         Ok(with_pool!(&self.db, pool => {
             sqlx::query_as(SELECT_USER).bind(user_id).fetch_optional(pool).await?
         }))
+    }
+
+    async fn apply_orders(&self, orders: &[(String, String)]) -> Result<(), StoreError> {
+        let sql = "INSERT INTO notify_orders (order_id, customer_id, updated_at_us) \
+             VALUES ($1, $2, $3) ON CONFLICT (order_id) DO UPDATE \
+             SET customer_id = excluded.customer_id, updated_at_us = excluded.updated_at_us";
+        let at = now_us();
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            for (order_id, customer_id) in orders {
+                sqlx::query(sql)
+                    .bind(order_id)
+                    .bind(customer_id)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    async fn order_customer(&self, order_id: &str) -> Result<Option<String>, StoreError> {
+        let sql = "SELECT customer_id FROM notify_orders WHERE order_id = $1";
+        let row: Option<(String,)> = with_pool!(&self.db, pool => {
+            sqlx::query_as(sql).bind(order_id).fetch_optional(pool).await?
+        });
+        Ok(row.map(|(customer,)| customer))
+    }
+
+    async fn opted_in(&self, channels: &[Channel]) -> Result<Vec<String>, StoreError> {
+        let sql = "SELECT p.user_id, p.promotional_channels FROM notify_preferences p \
+             JOIN notify_users u ON u.user_id = p.user_id \
+             WHERE NOT u.deleted AND p.promotional_channels <> '' ORDER BY p.user_id";
+        let rows: Vec<(String, String)> = with_pool!(&self.db, pool => {
+            sqlx::query_as(sql).fetch_all(pool).await?
+        });
+        let wanted: Vec<String> = channels
+            .iter()
+            .map(|&c| format!(",{},", preference_channel(c).as_str()))
+            .collect();
+        Ok(rows
+            .into_iter()
+            .filter(|(_, on)| wanted.iter().any(|c| on.contains(c.as_str())))
+            .map(|(user_id, _)| user_id)
+            .collect())
     }
 
     async fn register_device(&self, device: &Device) -> Result<(), StoreError> {
@@ -375,15 +438,29 @@ impl NotifyStore for SqlStore {
         user_id: &str,
         preferences: &Preferences,
     ) -> Result<(), StoreError> {
-        let sql = "INSERT INTO notify_preferences (user_id, document, updated_at_us) \
-             VALUES ($1, $2, $3) ON CONFLICT (user_id) DO UPDATE \
-             SET document = excluded.document, updated_at_us = excluded.updated_at_us";
+        let sql = "INSERT INTO notify_preferences \
+             (user_id, document, promotional_channels, updated_at_us) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (user_id) DO UPDATE \
+             SET document = excluded.document, \
+             promotional_channels = excluded.promotional_channels, \
+             updated_at_us = excluded.updated_at_us";
         let document = serde_json::to_string(preferences)
             .map_err(|e| StoreError(format!("preferences: {e}")))?;
+        let promotional: String = crate::preferences::SWITCHABLE
+            .iter()
+            .filter(|&&c| preferences.allows(Category::Promotional, c))
+            .map(|c| format!(",{}", c.as_str()))
+            .collect();
+        let promotional = if promotional.is_empty() {
+            promotional
+        } else {
+            promotional + ","
+        };
         with_pool!(&self.db, pool => {
             sqlx::query(sql)
                 .bind(user_id)
                 .bind(&document)
+                .bind(&promotional)
                 .bind(now_us())
                 .execute(pool)
                 .await?;
@@ -558,6 +635,22 @@ impl NotifyStore for SqlStore {
         Ok(())
     }
 
+    async fn status(&self, key: &DeliveryKey) -> Result<Option<Status>, StoreError> {
+        let row: Option<(String, i32)> = with_pool!(&self.db, pool => {
+            sqlx::query_as(SELECT_DELIVERY)
+                .bind(key.event_id.to_string())
+                .bind(key.channel.as_str())
+                .bind(&key.recipient)
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(|(status, _)| {
+            Status::parse(&status)
+                .ok_or_else(|| StoreError(format!("unknown delivery status {status:?}")))
+        })
+        .transpose()
+    }
+
     async fn begin(&self, intent: &Intent, now_us: i64) -> Result<Begun, StoreError> {
         let key = &intent.key;
         let event_id = key.event_id.to_string();
@@ -654,7 +747,9 @@ impl NotifyStore for SqlStore {
              (event_id, channel, recipient, user_id, address, event_type, template, category, \
               status, attempts, detail, created_at_us, updated_at_us) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $11) \
-             ON CONFLICT (event_id, channel, recipient) DO NOTHING";
+             ON CONFLICT (event_id, channel, recipient) DO UPDATE SET status = excluded.status, \
+             detail = excluded.detail, updated_at_us = excluded.updated_at_us \
+             WHERE notify_deliveries.status IN ('sending', 'retrying')";
         with_pool!(&self.db, pool => {
             sqlx::query(sql)
                 .bind(key.event_id.to_string())

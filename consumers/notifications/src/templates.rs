@@ -68,6 +68,9 @@ pub enum Rendered {
         subject: String,
         text: String,
         html: Option<String>,
+        /// The one-click unsubscribe link of a promotional email (RFC 8058 headers).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        list_unsubscribe: Option<String>,
     },
     Push {
         title: String,
@@ -166,6 +169,7 @@ impl Templates {
                 subject: required("subject")?,
                 text: required("text")?,
                 html: render("html")?,
+                list_unsubscribe: None,
             },
             Channel::Push | Channel::Live => Rendered::Push {
                 title: required("push_title")?,
@@ -270,6 +274,7 @@ text = "Salut {{ user.name }}"
                 subject: "Hello <Zoë>".into(),
                 text: "Hi <Zoë>, you have 3 new messages.".into(),
                 html: Some("<p>Hi &lt;Zoë&gt;</p>".into()),
+                list_unsubscribe: None,
             }
         );
         let french = templates

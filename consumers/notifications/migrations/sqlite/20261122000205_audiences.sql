@@ -1,0 +1,14 @@
+-- Campaigns reach the users who opted in: each user's promotional channels that are on, as
+-- ",email,push,", kept beside the preferences document so one query finds them.
+ALTER TABLE notify_preferences ADD COLUMN promotional_channels TEXT NOT NULL DEFAULT '';
+UPDATE notify_preferences SET promotional_channels = COALESCE(
+    (SELECT ',' || group_concat(key, ',') || ','
+     FROM json_each(document, '$.promotional') WHERE type = 'true'),
+    '');
+
+-- Who placed each order (from order.placed), for the messages about it later (order.shipped).
+CREATE TABLE notify_orders (
+    order_id      TEXT PRIMARY KEY,
+    customer_id   TEXT NOT NULL,
+    updated_at_us BIGINT NOT NULL
+);

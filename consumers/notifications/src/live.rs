@@ -1,0 +1,150 @@
+//! Live delivery: users connected to `GET /api/v1/stream` (server-sent events) get their
+//! `live` notifications on that connection; whether a user is connected when an event is
+//! planned decides live versus push.
+//!
+//! The hub knows this process's connections only. With several notification instances, a
+//! user's stream is held by the instance they connected to, while their events are planned by
+//! whichever instance consumes the partition; to that one the user is not connected, and
+//! gets a push instead. A shared presence store would lift that. Either way the delivery log
+//! records exactly one of the two per event.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+/// Messages one connection may have waiting before it counts as gone (a client that stopped
+/// reading).
+const BUFFER: usize = 64;
+
+/// What a connected client receives as the data of one `notification` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LiveMessage {
+    pub event_id: String,
+    pub event_type: String,
+    pub title: String,
+    pub body: String,
+}
+
+/// The users connected to this process, and a way to reach them.
+#[derive(Default)]
+pub struct LiveHub {
+    users: Mutex<HashMap<String, Vec<(u64, mpsc::Sender<LiveMessage>)>>>,
+    next_id: AtomicU64,
+}
+
+impl LiveHub {
+    /// Registers one connection of `user_id`; it is removed when the returned value drops.
+    pub fn connect(self: &Arc<Self>, user_id: &str) -> Connection {
+        let (sender, receiver) = mpsc::channel(BUFFER);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock()
+            .entry(user_id.to_string())
+            .or_default()
+            .push((id, sender));
+        metrics::gauge!("herald_notifications_live_connections").increment(1);
+        Connection {
+            hub: self.clone(),
+            user_id: user_id.to_string(),
+            id,
+            receiver,
+        }
+    }
+
+    pub fn is_connected(&self, user_id: &str) -> bool {
+        self.lock()
+            .get(user_id)
+            .is_some_and(|senders| senders.iter().any(|(_, s)| !s.is_closed()))
+    }
+
+    /// Hands `message` to every connection of `user_id`; answers how many took it (0: the
+    /// user is not connected, or reads too slowly to take more).
+    pub fn deliver(&self, user_id: &str, message: &LiveMessage) -> usize {
+        self.lock().get(user_id).map_or(0, |senders| {
+            senders
+                .iter()
+                .filter(|(_, s)| s.try_send(message.clone()).is_ok())
+                .count()
+        })
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(u64, mpsc::Sender<LiveMessage>)>>> {
+        // The map stays consistent even if a holder panicked: every change is one call.
+        self.users.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One open stream; dropping it (the client went away) unregisters it.
+pub struct Connection {
+    hub: Arc<LiveHub>,
+    user_id: String,
+    id: u64,
+    receiver: mpsc::Receiver<LiveMessage>,
+}
+
+impl Connection {
+    /// The next message for this connection.
+    pub async fn next(&mut self) -> Option<LiveMessage> {
+        self.receiver.recv().await
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let mut users = self.hub.lock();
+        if let Some(senders) = users.get_mut(&self.user_id) {
+            senders.retain(|(id, _)| *id != self.id);
+            if senders.is_empty() {
+                users.remove(&self.user_id);
+            }
+        }
+        metrics::gauge!("herald_notifications_live_connections").decrement(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(n: u32) -> LiveMessage {
+        LiveMessage {
+            event_id: n.to_string(),
+            event_type: "message.sent".into(),
+            title: "t".into(),
+            body: "b".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_connection_of_the_user_gets_the_message_until_it_drops() {
+        let hub = Arc::new(LiveHub::default());
+        assert!(!hub.is_connected("bob"));
+        assert_eq!(hub.deliver("bob", &message(1)), 0);
+        let mut phone = hub.connect("bob");
+        let mut laptop = hub.connect("bob");
+        let _other = hub.connect("carol");
+        assert!(hub.is_connected("bob"));
+        assert_eq!(hub.deliver("bob", &message(2)), 2);
+        assert_eq!(phone.next().await, Some(message(2)));
+        assert_eq!(laptop.next().await, Some(message(2)));
+        drop(phone);
+        assert_eq!(hub.deliver("bob", &message(3)), 1);
+        drop(laptop);
+        assert!(!hub.is_connected("bob"));
+        assert!(hub.is_connected("carol"));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stopped_reading_stops_taking_messages() {
+        let hub = Arc::new(LiveHub::default());
+        let _stalled = hub.connect("bob");
+        for n in 0..BUFFER as u32 {
+            assert_eq!(hub.deliver("bob", &message(n)), 1);
+        }
+        assert_eq!(hub.deliver("bob", &message(999)), 0);
+    }
+}
