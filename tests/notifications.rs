@@ -58,7 +58,7 @@ fn columns(answer: &Value, names: [&str; 3]) -> Vec<(String, String, String)> {
         .unwrap()
         .iter()
         .map(|r| {
-            let column = |name: &str| r[name].as_str().unwrap().to_string();
+            let column = |name: &str| r[name].as_str().unwrap_or_default().to_string();
             (column(names[0]), column(names[1]), column(names[2]))
         })
         .collect();
@@ -944,6 +944,397 @@ async fn quiet_hours_hold_a_promotion_until_they_end_but_not_a_receipt() {
     assert_eq!(released["attempts"], 1);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(smtp.received().len(), 2);
+    let (status, _) = notifier.terminate().await;
+    assert!(status.success(), "{status}");
+    app.stop().await;
+}
+
+/// A client's open `GET /api/v1/stream`: the `notification` events it receives.
+struct LiveStream {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl LiveStream {
+    async fn open(base: &str, user: &str) -> Self {
+        // No overall timeout: the stream stays open as long as the test reads it.
+        let response = reqwest::Client::new()
+            .get(format!("{base}/api/v1/stream"))
+            .bearer_auth(token(user, &["user"]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        Self {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next notification: its `id` and its data.
+    async fn next(&mut self, within: Duration) -> (String, Value) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    frame
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+                        .map(str::to_string)
+                };
+                if field("event").as_deref() == Some("notification") {
+                    let data = serde_json::from_str(&field("data").unwrap()).unwrap();
+                    return (field("id").unwrap(), data);
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .expect("a notification in time")
+                .unwrap()
+                .expect("the stream stays open");
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+}
+
+/// Waits until the delivery rows of `event` show `expected` in three columns (sorted).
+async fn settled_as(base: &str, event: Uuid, names: [&str; 3], expected: &[(&str, &str, &str)]) {
+    let admin = token("ops", &["admin"]);
+    let expected: Vec<(String, String, String)> = expected
+        .iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, rows) = get(
+            base,
+            &format!("/api/v1/notifications?event_id={event}"),
+            Some(&admin),
+        )
+        .await;
+        let got = columns(&rows, names);
+        if got == expected {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{got:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the service counts `n` open streams.
+async fn wait_for_streams(notifier: &HeraldProcess, n: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while notifier
+        .metric("herald_notifications_live_connections")
+        .await
+        != n
+    {
+        assert!(std::time::Instant::now() < deadline, "{n} open streams");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_user_gets_a_message_live_and_a_disconnected_one_as_push() {
+    let app = TestIngress::start_default().await;
+    let smtp = SmtpServer::start("live").await;
+    let fcm = support::fcm::FcmStandIn::start().await;
+    let account = fcm.service_account_file();
+    let db = sqlite_url("live");
+    let notifier = HeraldProcess::start(
+        "notifications",
+        &app.kafka,
+        &db,
+        &[
+            ("SMTP_URL", &smtp.url()),
+            ("FCM_SERVICE_ACCOUNT_FILE", &account),
+            ("FCM_ENDPOINT", &fcm.base),
+        ],
+    )
+    .await;
+    let user = Uuid::new_v4();
+    let bob = user.to_string();
+    post(&app, &registered(user, "bob@example.com", "Bob", "en")).await;
+    smtp.wait_for(1, Duration::from_secs(60)).await;
+    assert_eq!(device(&notifier.base, &bob, "bob-phone").await, 201);
+
+    let anonymous = client()
+        .get(format!("{}/api/v1/stream", notifier.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    let message = |body: &str| {
+        json!({"type": "message.sent", "data": {
+            "message_id": Uuid::new_v4(), "conversation_id": "c-live",
+            "recipient_id": bob, "body": body
+        }})
+    };
+    // Connected (twice: a phone and a laptop): both streams get it, no push.
+    let mut phone = LiveStream::open(&notifier.base, &bob).await;
+    let mut laptop = LiveStream::open(&notifier.base, &bob).await;
+    let live = post(&app, &message("Lunch at noon?")).await;
+    for stream in [&mut phone, &mut laptop] {
+        let (id, data) = stream.next(Duration::from_secs(60)).await;
+        assert_eq!(id, live.to_string());
+        assert_eq!(
+            data,
+            json!({"event_id": live.to_string(), "event_type": "message.sent",
+                   "title": "New message", "body": "Lunch at noon?"})
+        );
+    }
+
+    // Gone: the next message goes as push, and only as push.
+    drop(phone);
+    drop(laptop);
+    wait_for_streams(&notifier, 0.0).await;
+    let pushed = post(&app, &message("Still there?")).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while fcm.sends().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "a push");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sends = fcm.sends();
+    assert_eq!(sends[0]["message"]["token"], "bob-phone");
+    assert_eq!(
+        sends[0]["message"]["notification"],
+        json!({"title": "New message", "body": "Still there?"})
+    );
+    assert_eq!(sends[0]["message"]["data"]["event_id"], pushed.to_string());
+
+    // A stream opened now receives neither again; the log tells what went where.
+    let mut later = LiveStream::open(&notifier.base, &bob).await;
+    settled_as(
+        &notifier.base,
+        live,
+        ["channel", "status", "provider"],
+        &[("live", "sent", "stream")],
+    )
+    .await;
+    settled_as(
+        &notifier.base,
+        pushed,
+        ["channel", "status", "detail"],
+        &[
+            ("live", "skipped", "not connected: sent as push"),
+            ("push", "sent", ""),
+        ],
+    )
+    .await;
+    let third = post(&app, &message("Back?")).await;
+    let (id, _) = later.next(Duration::from_secs(60)).await;
+    assert_eq!(id, third.to_string(), "only the new message arrives");
+    assert_eq!(fcm.sends().len(), 1);
+    drop(later);
+    let (status, _) = notifier.terminate().await;
+    assert!(status.success(), "{status}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipping_reaches_the_orders_customer_and_a_campaign_only_opted_in_users_until_they_unsubscribe()
+ {
+    let app = TestIngress::start_default().await;
+    let smtp = SmtpServer::start("campaign").await;
+    let fcm = support::fcm::FcmStandIn::start().await;
+    let account = fcm.service_account_file();
+    let db = sqlite_url("campaign");
+    let notifier = HeraldProcess::start(
+        "notifications",
+        &app.kafka,
+        &db,
+        &[
+            ("SMTP_URL", &smtp.url()),
+            ("FCM_SERVICE_ACCOUNT_FILE", &account),
+            ("FCM_ENDPOINT", &fcm.base),
+            ("NOTIFY_RECIPIENT_GRACE_SECS", "2"),
+            ("NOTIFY_PUBLIC_URL", "https://api.example.com"),
+        ],
+    )
+    .await;
+    let (fan, skeptic) = (Uuid::new_v4(), Uuid::new_v4());
+    let (fan_id, skeptic_id) = (fan.to_string(), skeptic.to_string());
+    post(&app, &registered(fan, "fan@example.com", "Fan", "en")).await;
+    post(
+        &app,
+        &registered(skeptic, "skeptic@example.com", "Sk", "en"),
+    )
+    .await;
+    smtp.wait_for(2, Duration::from_secs(60)).await;
+    assert_eq!(device(&notifier.base, &fan_id, "fan-phone").await, 201);
+    assert_eq!(
+        device(&notifier.base, &skeptic_id, "skeptic-phone").await,
+        201
+    );
+    let pushes_to = |token: &str| {
+        fcm.sends()
+            .iter()
+            .filter(|s| s["message"]["token"] == token)
+            .map(|s| {
+                s["message"]["notification"]["title"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+
+    // order.shipped names no customer: the order.placed before it did.
+    post(
+        &app,
+        &json!({"type": "order.placed", "data": {
+            "order_id": "o-ship-1", "customer_id": fan_id,
+            "items": [{"sku": "tea-01", "quantity": 1, "unit_price_cents": 450}],
+            "total_cents": 450, "currency": "EUR"
+        }}),
+    )
+    .await;
+    let shipped = |order: &str| {
+        json!({"type": "order.shipped", "data": {
+            "order_id": order, "carrier": "DHL", "tracking_number": "JD01",
+            "shipped_at": "2026-11-22T09:30:00Z"
+        }})
+    };
+    let ship = post(&app, &shipped("o-ship-1")).await;
+    settled_as(
+        &notifier.base,
+        ship,
+        ["channel", "status", "recipient"],
+        &[(
+            "push",
+            "sent",
+            &format!(
+                "{fan_id}/{}",
+                notifications::delivery::device_id("fan-phone")
+            ),
+        )],
+    )
+    .await;
+    assert_eq!(
+        pushes_to("fan-phone"),
+        ["Order received", "Your order is on its way"]
+    );
+    // An order never placed: waited for, then skipped.
+    let lost = post(&app, &shipped("o-never-placed")).await;
+    settled_as(
+        &notifier.base,
+        lost,
+        ["channel", "status", "detail"],
+        &[("push", "skipped", "unknown order o-never-placed")],
+    )
+    .await;
+
+    // The fan opts in to promotional email and push; the skeptic does not.
+    let (status, _) = preferences(
+        &notifier.base,
+        &fan_id,
+        Some(json!({"promotional": {"email": true, "push": true}})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let campaign = |id: &str, channels: Value| {
+        json!({"type": "campaign.launched", "data": {
+            "campaign_id": id, "name": id, "subject": "20% off",
+            "body": "Everything is 20% off until Sunday.", "channels": channels
+        }})
+    };
+    let first = post(&app, &campaign("spring", json!(["email"]))).await;
+    // Two welcomes, the receipt, the offer.
+    let received = smtp.wait_for(4, Duration::from_secs(60)).await;
+    settled_as(
+        &notifier.base,
+        first,
+        ["channel", "status", "recipient"],
+        &[("email", "sent", &fan_id)],
+    )
+    .await;
+    let offer = received.iter().find(|m| m.subject == "20% off").unwrap();
+    assert_eq!(offer.rcpt_tos, ["fan@example.com"]);
+    let link = offer
+        .content
+        .lines()
+        .find_map(|l| l.strip_prefix("List-Unsubscribe: <"))
+        .and_then(|l| l.strip_suffix('>'))
+        .expect("a List-Unsubscribe header")
+        .to_string();
+    assert!(
+        offer
+            .content
+            .contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"),
+        "{}",
+        offer.content
+    );
+    let path = link
+        .strip_prefix("https://api.example.com")
+        .expect("the link is on the public URL");
+    assert!(offer.text.as_deref().unwrap().contains(&link), "{offer:?}");
+    assert!(
+        pushes_to("fan-phone").len() == 2,
+        "the campaign named email only"
+    );
+
+    // One click (what a mail client sends), no login; a forged link is refused.
+    let forged = client()
+        .post(format!(
+            "{}/api/v1/unsubscribe/eyJhbGciOiJIUzI1NiJ9.e30.x",
+            notifier.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 404);
+    let page = client()
+        .get(format!("{}{path}", notifier.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("<form method=\"post\""));
+    let (_, still) = preferences(&notifier.base, &fan_id, None).await;
+    assert_eq!(still["promotional"]["email"], true, "a GET changes nothing");
+    let clicked = client()
+        .post(format!("{}{path}", notifier.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(clicked.status(), 200);
+    let (_, now) = preferences(&notifier.base, &fan_id, None).await;
+    assert_eq!(
+        now["promotional"],
+        json!({"email": false, "push": true, "sms": false})
+    );
+
+    // The next campaign: push to the fan only; no email to anyone, nothing to the skeptic.
+    let second = post(&app, &campaign("summer", json!(["email", "push"]))).await;
+    settled_as(
+        &notifier.base,
+        second,
+        ["channel", "status", "detail"],
+        &[
+            (
+                "email",
+                "skipped",
+                "the user has not opted in to promotional email",
+            ),
+            ("push", "sent", ""),
+        ],
+    )
+    .await;
+    assert_eq!(
+        pushes_to("fan-phone"),
+        ["Order received", "Your order is on its way", "20% off"]
+    );
+    assert!(pushes_to("skeptic-phone").is_empty());
+    assert_eq!(smtp.received().len(), 4);
     let (status, _) = notifier.terminate().await;
     assert!(status.success(), "{status}");
     app.stop().await;

@@ -43,8 +43,8 @@ use uuid::Uuid;
 
 use crate::live::LiveHub;
 use crate::rules::Channel;
-use crate::unsubscribe::Unsubscribe;
 use crate::store::{DeliveryFilter, DeliveryRow, Device, NotifyStore};
+use crate::unsubscribe::Unsubscribe;
 
 pub const ADMIN_ROLE: &str = "admin";
 const DEFAULT_LIMIT: u32 = 100;

@@ -432,7 +432,13 @@ pub fn plan(
                             intent,
                             to,
                             name,
-                            message: Rendered::Email { subject, text, html, .. },
+                            message:
+                                Rendered::Email {
+                                    subject,
+                                    text,
+                                    html,
+                                    ..
+                                },
                         } => Step::Send {
                             intent,
                             to,
@@ -470,7 +476,6 @@ pub fn plan(
         }
     }
 }
-
 
 /// A short, stable id of a device token for the log's key (the token is long, and the log
 /// does not keep it).
@@ -518,7 +523,12 @@ mod tests {
         }
     }
 
-    fn user(id: &str, record: Option<UserRecord>, preferences: Preferences, recent: i64) -> Resolved {
+    fn user(
+        id: &str,
+        record: Option<UserRecord>,
+        preferences: Preferences,
+        recent: i64,
+    ) -> Resolved {
         Resolved::User {
             user_id: id.into(),
             record,
@@ -610,11 +620,7 @@ mod tests {
         );
         let mut gone = alice();
         gone.deleted = true;
-        let steps = run(
-            &r,
-            user("u-1", Some(gone), Preferences::default(), 0),
-            0,
-        );
+        let steps = run(&r, user("u-1", Some(gone), Preferences::default(), 0), 0);
         assert!(
             steps
                 .iter()
@@ -626,7 +632,8 @@ mod tests {
     fn promotional_needs_an_opt_in_and_stops_at_the_cap() {
         let mut r = rule(&[Channel::Email], Audience::User("user_id".into()));
         r.category = Category::Promotional;
-        let who = |preferences: Preferences, recent: i64| user("u-1", Some(alice()), preferences, recent);
+        let who =
+            |preferences: Preferences, recent: i64| user("u-1", Some(alice()), preferences, recent);
         let skipped = |steps: Vec<Step>| match steps.as_slice() {
             [Step::Skip { reason, .. }] => Some(reason.clone()),
             _ => None,
@@ -727,9 +734,15 @@ mod tests {
         assert_eq!(sent_on(false, None), ["skip live", "send push"]);
         // Decided earlier: connecting or leaving since changes nothing.
         assert_eq!(sent_on(false, Some(Status::Sent)), ["send live"]);
-        assert_eq!(sent_on(true, Some(Status::Skipped)), ["skip live", "send push"]);
+        assert_eq!(
+            sent_on(true, Some(Status::Skipped)),
+            ["skip live", "send push"]
+        );
         // The stream went away between planning and sending: decided again.
-        assert_eq!(sent_on(false, Some(Status::Retrying)), ["skip live", "send push"]);
+        assert_eq!(
+            sent_on(false, Some(Status::Retrying)),
+            ["skip live", "send push"]
+        );
     }
 
     #[test]

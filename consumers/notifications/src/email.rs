@@ -277,13 +277,17 @@ mod tests {
     fn a_promotional_email_carries_the_one_click_unsubscribe_headers() {
         let from = parse_from("no-reply@herald.localhost").unwrap();
         let mut promotional = email("alice@example.com");
-        promotional.list_unsubscribe = Some("https://api.example.com/api/v1/unsubscribe/t0k".into());
+        promotional.list_unsubscribe =
+            Some("https://api.example.com/api/v1/unsubscribe/t0k".into());
         let raw = String::from_utf8(build(&from, &promotional).unwrap().formatted()).unwrap();
         assert!(
             raw.contains("List-Unsubscribe: <https://api.example.com/api/v1/unsubscribe/t0k>"),
             "{raw}"
         );
-        assert!(raw.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"), "{raw}");
+        assert!(
+            raw.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"),
+            "{raw}"
+        );
     }
 
     #[test]

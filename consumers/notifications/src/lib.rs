@@ -156,18 +156,31 @@ pub struct Notifier {
     promotional_cap: i64,
 }
 
+/// Where messages leave: each channel's provider (none: that channel's deliveries are
+/// skipped), the hub of open streams, and the signer of unsubscribe links.
+pub struct Outlets {
+    pub email: Option<Arc<dyn EmailProvider>>,
+    pub push: Option<Arc<dyn PushProvider>>,
+    pub sms: Option<SmsRoutes>,
+    pub live: Arc<LiveHub>,
+    pub unsubscribe: Option<Arc<Unsubscribe>>,
+}
+
 impl Notifier {
     pub fn new(
         store: Arc<dyn NotifyStore>,
         rules: Rules,
         templates: Templates,
-        email: Option<Arc<dyn EmailProvider>>,
-        push: Option<Arc<dyn PushProvider>>,
-        sms: Option<SmsRoutes>,
-        live: Arc<LiveHub>,
-        unsubscribe: Option<Arc<Unsubscribe>>,
+        outlets: Outlets,
         args: &NotifyArgs,
     ) -> Self {
+        let Outlets {
+            email,
+            push,
+            sms,
+            live,
+            unsubscribe,
+        } = outlets;
         let channels = email
             .iter()
             .map(|_| Channel::Email)
@@ -570,7 +583,10 @@ impl Handler for Notifier {
             .filter(|e| e.envelope.event_type == ORDER_PLACED)
             .filter_map(|e| {
                 let text = |field| e.data.get(field).and_then(Value::as_str);
-                Some((text("order_id")?.to_string(), text("customer_id")?.to_string()))
+                Some((
+                    text("order_id")?.to_string(),
+                    text("customer_id")?.to_string(),
+                ))
             })
             .collect();
         if !orders.is_empty() {
@@ -729,15 +745,18 @@ impl Service {
         let store: Arc<dyn NotifyStore> = Arc::new(store::SqlStore::new(db).await?);
         let codec = Arc::new(contract.codec(catalog, kafka).await?);
         let live = Arc::new(LiveHub::default());
+        let outlets = Outlets {
+            email,
+            push,
+            sms,
+            live: live.clone(),
+            unsubscribe: unsubscribe.clone(),
+        };
         let handler = Arc::new(Notifier::new(
             store.clone(),
             rules,
             templates,
-            email,
-            push,
-            sms,
-            live.clone(),
-            unsubscribe.clone(),
+            outlets,
             args,
         ));
         let runner = Runner::new(NAME, topics, kafka, consumer, codec, handler.clone());

@@ -28,10 +28,13 @@ pub struct LiveMessage {
     pub body: String,
 }
 
+/// Each connected user's open streams, by connection id.
+type Streams = HashMap<String, Vec<(u64, mpsc::Sender<LiveMessage>)>>;
+
 /// The users connected to this process, and a way to reach them.
 #[derive(Default)]
 pub struct LiveHub {
-    users: Mutex<HashMap<String, Vec<(u64, mpsc::Sender<LiveMessage>)>>>,
+    users: Mutex<Streams>,
     next_id: AtomicU64,
 }
 
@@ -70,9 +73,7 @@ impl LiveHub {
         })
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(u64, mpsc::Sender<LiveMessage>)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Streams> {
         // The map stays consistent even if a holder panicked: every change is one call.
         self.users.lock().unwrap_or_else(PoisonError::into_inner)
     }

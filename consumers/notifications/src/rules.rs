@@ -360,7 +360,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(live_and_push.contains("list one of the two"), "{live_and_push}");
+        assert!(
+            live_and_push.contains("list one of the two"),
+            "{live_and_push}"
+        );
         let typo = load("[[rule]]\nevnt='user.registered'").unwrap_err();
         assert!(matches!(typo, RulesError::Parse(_)));
     }
