@@ -415,10 +415,19 @@ async fn the_secondary_smtp_server_delivers_when_the_primary_is_down_and_both_do
 }
 
 async fn device(base: &str, user: &str, token_value: &str) -> reqwest::StatusCode {
+    device_on(base, user, token_value, "android").await
+}
+
+async fn device_on(
+    base: &str,
+    user: &str,
+    token_value: &str,
+    platform: &str,
+) -> reqwest::StatusCode {
     client()
         .post(format!("{base}/api/v1/devices"))
         .bearer_auth(token(user, &["user"]))
-        .json(&json!({"token": token_value, "platform": "android"}))
+        .json(&json!({"token": token_value, "platform": platform}))
         .send()
         .await
         .unwrap()
@@ -1335,6 +1344,97 @@ async fn shipping_reaches_the_orders_customer_and_a_campaign_only_opted_in_users
     );
     assert!(pushes_to("skeptic-phone").is_empty());
     assert_eq!(smtp.received().len(), 4);
+    let (status, _) = notifier.terminate().await;
+    assert!(status.success(), "{status}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ios_devices_are_pushed_through_apns_and_an_ios_app_on_fcm_through_fcm() {
+    let app = TestIngress::start_default().await;
+    let smtp = SmtpServer::start("apns").await;
+    let fcm = support::fcm::FcmStandIn::start().await;
+    let apns = support::apns::ApnsStandIn::start().await;
+    let account = fcm.service_account_file();
+    let db = sqlite_url("apns");
+    let mut owned = apns.env();
+    owned.extend([
+        ("SMTP_URL", smtp.url()),
+        ("FCM_SERVICE_ACCOUNT_FILE", account),
+        ("FCM_ENDPOINT", fcm.base.clone()),
+    ]);
+    let env: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let notifier = HeraldProcess::start("notifications", &app.kafka, &db, &env).await;
+    let user = Uuid::new_v4();
+    let me = user.to_string();
+    post(&app, &registered(user, "ios@example.com", "Io", "en")).await;
+    smtp.wait_for(1, Duration::from_secs(60)).await;
+    let iphone = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+    let old_ipad = "dead0000a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6071829300000";
+    let ios_on_fcm = "fcm-ios:APA91bHun4MxP5egoKMwt2KZFBaFUH";
+    for (token_value, platform) in [(iphone, "ios"), (old_ipad, "ios"), (ios_on_fcm, "ios")] {
+        assert_eq!(
+            device_on(&notifier.base, &me, token_value, platform).await,
+            201
+        );
+    }
+    let placed = post(
+        &app,
+        &json!({"type": "order.placed", "data": {
+            "order_id": "o-ios-1", "customer_id": me,
+            "items": [{"sku": "tea-01", "quantity": 2, "unit_price_cents": 450}],
+            "total_cents": 900, "currency": "EUR"
+        }}),
+    )
+    .await;
+    settled_as(
+        &notifier.base,
+        placed,
+        ["channel", "status", "provider"],
+        &[
+            ("email", "sent", "smtp"),
+            ("push", "failed", ""),
+            ("push", "sent", "apns"),
+            ("push", "sent", "fcm"),
+        ],
+    )
+    .await;
+    let sends = apns.sends();
+    assert_eq!(sends.len(), 2, "{sends:?}");
+    let to_iphone = sends.iter().find(|s| s["device"] == iphone).unwrap();
+    assert_eq!(
+        to_iphone["payload"]["aps"]["alert"],
+        json!({"title": "Order received", "body": "Order o-ios-1: 9.00 EUR"})
+    );
+    assert_eq!(to_iphone["payload"]["event_id"], placed.to_string());
+    assert_eq!(to_iphone["priority"], "10");
+    assert_eq!(
+        to_iphone["collapse_id"], to_iphone["payload"]["herald_delivery"],
+        "a repeat replaces the first on the device"
+    );
+    let fcm_sends = fcm.sends();
+    assert_eq!(fcm_sends.len(), 1);
+    assert_eq!(fcm_sends[0]["message"]["token"], ios_on_fcm);
+
+    // APNs said the iPad's token is gone: the next order skips it.
+    post(
+        &app,
+        &json!({"type": "order.placed", "data": {
+            "order_id": "o-ios-2", "customer_id": me,
+            "items": [{"sku": "tea-01", "quantity": 1, "unit_price_cents": 450}],
+            "total_cents": 450, "currency": "EUR"
+        }}),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while apns.sends().len() < 3 || fcm.sends().len() < 2 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sends = apns.sends();
+    assert_eq!(sends.len(), 3, "{sends:?}");
+    assert_eq!(sends[2]["device"], iphone);
     let (status, _) = notifier.terminate().await;
     assert!(status.success(), "{status}");
     app.stop().await;

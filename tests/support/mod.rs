@@ -2,6 +2,7 @@
 //! port 0 with its own topic prefix, tokens, and a reader that decodes what landed.
 #![allow(dead_code)]
 
+pub mod apns;
 pub mod audit;
 pub mod fcm;
 pub mod process;

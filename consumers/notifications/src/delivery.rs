@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::preferences::Preferences;
+use crate::push;
 use crate::rules::{Category, Channel, Rule};
 use crate::store::{Device, UserRecord};
 use crate::templates::{Rendered, Templates};
@@ -178,8 +179,8 @@ impl Presence {
 pub enum Step {
     Send {
         intent: Intent,
-        /// Where it goes: the email address, or the device token (which the log does not
-        /// keep in full).
+        /// Where it goes: the email address or phone number, the device's [`push::address`]
+        /// (which the log does not keep in full), or the user id of a live message.
         to: String,
         /// The user's display name, for the email's To header.
         name: Option<String>,
@@ -360,7 +361,7 @@ pub fn plan(
                         .iter()
                         .map(|d| {
                             let key = format!("{user_id}/{}", device_id(&d.token));
-                            (key, device_label(d), d.token.clone())
+                            (key, device_label(d), push::address(&d.platform, &d.token))
                         })
                         .collect(),
                     Channel::Email => user

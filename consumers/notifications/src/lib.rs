@@ -10,6 +10,7 @@
 //! one message can repeat, and the provider gets the same Message-ID both times.
 
 pub mod api;
+pub mod apns;
 pub mod delivery;
 pub mod email;
 pub mod live;
@@ -90,6 +91,21 @@ pub struct NotifyArgs {
     /// FCM's API root (a stand-in in tests).
     #[arg(long, env = "FCM_ENDPOINT", default_value = push::DEFAULT_ENDPOINT)]
     pub fcm_endpoint: String,
+    /// Apple's .p8 key file (token authentication): with APNS_KEY_ID, APNS_TEAM_ID and
+    /// APNS_TOPIC, iOS devices with APNs tokens are pushed to through APNs directly.
+    #[arg(long, env = "APNS_KEY_FILE")]
+    pub apns_key_file: Option<PathBuf>,
+    #[arg(long, env = "APNS_KEY_ID")]
+    pub apns_key_id: Option<String>,
+    #[arg(long, env = "APNS_TEAM_ID")]
+    pub apns_team_id: Option<String>,
+    /// The iOS app's bundle id.
+    #[arg(long, env = "APNS_TOPIC")]
+    pub apns_topic: Option<String>,
+    /// APNs' API root: production, `https://api.sandbox.push.apple.com` for development
+    /// builds, or a stand-in in tests.
+    #[arg(long, env = "APNS_ENDPOINT", default_value = apns::DEFAULT_ENDPOINT)]
+    pub apns_endpoint: String,
     /// Twilio account SID: with SMS_TWILIO_AUTH_TOKEN and a sender, turns on SMS.
     #[arg(long, env = "SMS_TWILIO_ACCOUNT_SID")]
     pub sms_twilio_account_sid: Option<String>,
@@ -445,7 +461,8 @@ impl Notifier {
             Err(SendError::Permanent(reason)) => (Status::Failed, None, Some(reason), Ok(())),
             Err(SendError::Unregistered(reason)) => {
                 if intent.key.channel == Channel::Push {
-                    self.store.deactivate_device(to).await.or_retry()?;
+                    let (_, token) = push::split_address(to);
+                    self.store.deactivate_device(token).await.or_retry()?;
                 }
                 (Status::Failed, None, Some(reason), Ok(()))
             }
@@ -715,9 +732,36 @@ impl Service {
             (None, Some(dir)) => Some(Arc::new(email::Outbox::new(dir.clone(), from)?)),
             (None, None) => None,
         };
-        let push: Option<Arc<dyn PushProvider>> = match &args.fcm_service_account_file {
+        let fcm: Option<Arc<dyn PushProvider>> = match &args.fcm_service_account_file {
             Some(file) => Some(Arc::new(push::Fcm::from_file(file, &args.fcm_endpoint)?)),
             None => None,
+        };
+        let apns: Option<Arc<dyn PushProvider>> = match (
+            &args.apns_key_file,
+            &args.apns_key_id,
+            &args.apns_team_id,
+            &args.apns_topic,
+        ) {
+            (Some(file), Some(key_id), Some(team_id), Some(topic)) => {
+                let account = apns::ApnsAccount {
+                    key_id: key_id.clone(),
+                    team_id: team_id.clone(),
+                    topic: topic.clone(),
+                };
+                Some(Arc::new(apns::Apns::from_file(
+                    file,
+                    account,
+                    &args.apns_endpoint,
+                )?))
+            }
+            (None, _, _, _) => None,
+            _ => anyhow::bail!(
+                "APNS_KEY_FILE needs APNS_KEY_ID, APNS_TEAM_ID and APNS_TOPIC (the app's bundle id)"
+            ),
+        };
+        let push: Option<Arc<dyn PushProvider>> = match (&fcm, &apns) {
+            (None, None) => None,
+            _ => Some(Arc::new(push::PushRoutes { fcm, apns })),
         };
         let sms = match (&args.sms_twilio_account_sid, &args.sms_twilio_auth_token) {
             (Some(sid), Some(token)) => {

@@ -1,4 +1,5 @@
-//! Push through Firebase Cloud Messaging's HTTP v1 API (Android, iOS through FCM, web).
+//! Push through Firebase Cloud Messaging's HTTP v1 API (Android, web, and iOS unless APNs is
+//! configured: see [`crate::apns`] and [`PushRoutes`]).
 //!
 //! Authentication is a Google service account: a JWT signed with its private key is traded at
 //! its `token_uri` for an OAuth2 access token (scope firebase.messaging), cached until a minute
@@ -8,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -34,6 +36,42 @@ pub struct PushMessage {
 pub trait PushProvider: Send + Sync {
     /// Sends to one device; on success, the provider's name for the delivery log.
     async fn send(&self, device_token: &str, message: &PushMessage) -> Result<&str, SendError>;
+}
+
+/// Where a push goes, as one string: the device's platform and token (`ios:<token>`), so
+/// that a held delivery keeps both.
+pub fn address(platform: &str, token: &str) -> String {
+    format!("{platform}:{token}")
+}
+
+/// The platform and token of an [`address`].
+pub fn split_address(to: &str) -> (&str, &str) {
+    to.split_once(':').unwrap_or(("", to))
+}
+
+/// Push by platform: iOS devices with an APNs token through APNs when it is configured, every
+/// other device (and iOS apps that registered an FCM token) through FCM. Takes
+/// [`address`]es.
+pub struct PushRoutes {
+    pub fcm: Option<Arc<dyn PushProvider>>,
+    pub apns: Option<Arc<dyn PushProvider>>,
+}
+
+#[async_trait]
+impl PushProvider for PushRoutes {
+    async fn send(&self, to: &str, message: &PushMessage) -> Result<&str, SendError> {
+        let (platform, token) = split_address(to);
+        let provider = match platform {
+            "ios" if crate::apns::is_device_token(token) => self.apns.as_ref(),
+            _ => self.fcm.as_ref(),
+        };
+        match provider {
+            Some(provider) => provider.send(token, message).await,
+            None => Err(SendError::Permanent(format!(
+                "no push provider for this {platform} device's token (configure FCM or APNs)"
+            ))),
+        }
+    }
 }
 
 /// The fields of a service-account key file this needs.
