@@ -290,4 +290,43 @@ mod tests {
         };
         assert!(!err.to_string().contains("secret-material"));
     }
+
+    /// Answers with its own name.
+    struct Named(&'static str);
+
+    #[async_trait]
+    impl PushProvider for Named {
+        async fn send(&self, _: &str, _: &PushMessage) -> Result<&str, SendError> {
+            Ok(self.0)
+        }
+    }
+
+    #[tokio::test]
+    async fn ios_apns_tokens_go_to_apns_and_every_other_token_to_fcm() {
+        let message = PushMessage {
+            title: "t".into(),
+            body: "b".into(),
+            data: BTreeMap::new(),
+        };
+        let both = PushRoutes {
+            fcm: Some(Arc::new(Named("fcm"))),
+            apns: Some(Arc::new(Named("apns"))),
+        };
+        assert_eq!(both.send("ios:a1b2c3", &message).await, Ok("apns"));
+        assert_eq!(both.send("ios:fcm-token:APA91b", &message).await, Ok("fcm"));
+        assert_eq!(both.send("android:a1b2c3", &message).await, Ok("fcm"));
+        assert_eq!(both.send("web:x", &message).await, Ok("fcm"));
+        let fcm_only = PushRoutes {
+            fcm: Some(Arc::new(Named("fcm"))),
+            apns: None,
+        };
+        assert!(matches!(
+            fcm_only.send("ios:a1b2c3", &message).await,
+            Err(SendError::Permanent(_))
+        ));
+        assert_eq!(
+            split_address("android:tok:with:colons"),
+            ("android", "tok:with:colons")
+        );
+    }
 }
