@@ -1142,6 +1142,29 @@ async fn a_connected_user_gets_a_message_live_and_a_disconnected_one_as_push() {
     assert_eq!(id, third.to_string(), "only the new message arrives");
     assert_eq!(fcm.sends().len(), 1);
     drop(later);
+
+    // A stream ends when its token expires.
+    let short = ingress::auth::mint_hs256(
+        &secrecy::SecretString::from(support::SECRET),
+        &bob,
+        &["user".to_string()],
+        "herald",
+        "herald",
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let mut expiring = reqwest::Client::new()
+        .get(format!("{}/api/v1/stream", notifier.base))
+        .bearer_auth(short)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(expiring.status(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while expiring.chunk().await.unwrap().is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its token");
     let (status, _) = notifier.terminate().await;
     assert!(status.success(), "{status}");
     app.stop().await;

@@ -16,7 +16,7 @@
 //! The caller's live stream: `GET /api/v1/stream` (server-sent events) carries one
 //! `notification` event per `live` message while it is open (data: `{"event_id",
 //! "event_type", "title", "body"}`, id: the event id), and a comment every 15 s to keep
-//! proxies from closing it. A user with a stream open gets `live` messages there; without
+//! proxies from closing it. It ends when the caller's token expires. A user with a stream open gets `live` messages there; without
 //! one, as push. What was missed while away is in `/api/v1/me/notifications`.
 //!
 //! One-click unsubscribe (no login; the link is signed, see [`crate::unsubscribe`]):
@@ -252,14 +252,26 @@ async fn stream(
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<sse::Event, Infallible>>>, Problem> {
     let principal = state.auth.authenticate(&headers)?;
     let connection = state.live.connect(&principal.subject);
-    let events = futures_util::stream::unfold(connection, |mut connection| async move {
-        let message = connection.next().await?;
+    // The stream ends when the token expires; the client reconnects with a fresh one.
+    let left = principal.expires_at.saturating_sub(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs(),
+    );
+    let expiry = Box::pin(tokio::time::sleep(Duration::from_secs(left)));
+    let open = (connection, expiry);
+    let events = futures_util::stream::unfold(open, |(mut connection, mut expiry)| async move {
+        let message = tokio::select! {
+            message = connection.next() => message?,
+            () = &mut expiry => return None,
+        };
         let event = sse::Event::default()
             .event("notification")
             .id(message.event_id.clone())
             .json_data(&message)
             .unwrap_or_else(|_| sse::Event::default().comment("unencodable message"));
-        Some((Ok(event), connection))
+        Some((Ok(event), (connection, expiry)))
     });
     Ok(Sse::new(events).keep_alive(sse::KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -56,6 +56,9 @@ impl AuthArgs {
 pub struct Principal {
     pub subject: String,
     pub roles: Vec<String>,
+    /// When the token stops being valid (Unix seconds): a long-lived response (a stream)
+    /// ends then, and the client comes back with a fresh token.
+    pub expires_at: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -228,6 +231,7 @@ impl Authenticator {
                     return Ok(Principal {
                         subject: data.claims.sub,
                         roles: data.claims.roles,
+                        expires_at: data.claims.exp,
                     });
                 }
                 Err(err) => last = describe(&err),
@@ -337,13 +341,9 @@ mod tests {
         )
         .unwrap();
         let p = auth.authenticate(&bearer(&token)).unwrap();
-        assert_eq!(
-            p,
-            Principal {
-                subject: "alice".into(),
-                roles: vec!["user".into()]
-            }
-        );
+        assert_eq!(p.subject, "alice");
+        assert_eq!(p.roles, ["user"]);
+        assert!(p.expires_at > now());
     }
 
     #[test]

@@ -284,6 +284,7 @@ mod tests {
         let principal = Principal {
             subject: "alice".into(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
+            expires_at: u64::MAX,
         };
         prepare(
             &Catalog::embedded().unwrap(),
