@@ -30,6 +30,8 @@ enum Command {
     /// The notification service: emails from events, each once (needs KAFKA_BROKERS and
     /// SMTP_URL or NOTIFY_EMAIL_OUTBOX).
     Notifications(services::NotificationsArgs),
+    /// The search indexer and the search API (needs KAFKA_BROKERS).
+    SearchIndexer(services::SearchIndexerArgs),
     /// Check or export the audit log.
     Audit {
         #[command(subcommand)]
@@ -126,6 +128,7 @@ fn main() -> anyhow::Result<()> {
             Command::Ingress(args) => services::ingress(args).await,
             Command::AuditLog(args) => services::audit_log(args).await,
             Command::Notifications(args) => services::notifications(args).await,
+            Command::SearchIndexer(args) => services::search_indexer(args).await,
             Command::Audit { action } => audit(action).await,
             Command::Token(args) => token(&args),
             Command::Broker { action } => broker(action).await,

@@ -16,6 +16,7 @@ use platform::consumer::{ConsumerArgs, Runner};
 use platform::contract::ContractArgs;
 use platform::db::{Database, redact_url};
 use platform::kafka::KafkaArgs;
+use search_indexer::SearchArgs;
 use tokio_util::sync::CancellationToken;
 
 /// Settings shared by `herald up` and each service.
@@ -37,6 +38,8 @@ pub struct ServiceArgs {
     pub consumer: ConsumerArgs,
     #[command(flatten)]
     pub notify: NotifyArgs,
+    #[command(flatten)]
+    pub search: SearchArgs,
 }
 
 /// `herald audit-log` settings.
@@ -75,6 +78,27 @@ pub struct NotificationsArgs {
     pub consumer: ConsumerArgs,
     #[command(flatten)]
     pub notify: NotifyArgs,
+}
+
+/// `herald search-indexer` settings.
+#[derive(Debug, Clone, Args)]
+pub struct SearchIndexerArgs {
+    /// Address of the search API, /healthz and /metrics.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8083")]
+    pub listen: SocketAddr,
+    /// Folder for local data; the index defaults to `<data>/search`.
+    #[arg(long, env = "HERALD_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub contract: ContractArgs,
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
+    #[command(flatten)]
+    pub search: SearchArgs,
 }
 
 /// Where a service keeps its data.
@@ -168,6 +192,7 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
     let state = Arc::new(ingress::connect(&args.ingress, &args.kafka, store).await?);
     let mut router = ingress::router(state.clone());
     let mut consumers = Vec::new();
+    let mut committers = Vec::new();
     if defaults == Defaults::Development {
         // `herald up` runs every consumer in this process; deployed, each runs on its own.
         let auth = Arc::new(Authenticator::from_args(&args.ingress.auth)?);
@@ -202,13 +227,31 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
             &args.kafka,
             &args.ingress.contract,
             &args.consumer,
-            auth,
+            auth.clone(),
             &notify,
         )
         .await?;
         router = router.merge(notifications.router());
         tokio::spawn(notifications.notifier.release_deferred(shutdown.clone()));
         consumers.push(spawn_consumer(notifications.runner, shutdown.clone()));
+        let search = search_indexer::Service::connect(
+            &args.kafka,
+            &args.ingress.contract,
+            &args.consumer,
+            auth,
+            &args.search,
+            args.store.data_dir.join("search"),
+        )
+        .await?;
+        router = router.merge(search.router());
+        let committer = tokio::spawn(
+            search
+                .indexer
+                .clone()
+                .commit_loop(search.commit_every, shutdown.clone()),
+        );
+        consumers.push(spawn_consumer(search.runner, shutdown.clone()));
+        committers.push(committer);
     }
     let router = router.route("/metrics", axum::routing::get(metrics));
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -222,6 +265,9 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
     state.sink.drain(Duration::from_secs(5)).await;
     for consumer in consumers {
         consumer.await.context("consumer task")??;
+    }
+    for committer in committers {
+        committer.await.context("search committer")?;
     }
     tracing::info!("stopped");
     Ok(())
@@ -301,6 +347,37 @@ pub async fn notifications(args: NotificationsArgs) -> anyhow::Result<()> {
     tokio::spawn(notifications.notifier.release_deferred(release.clone()));
     let served = serve_consumer("notifications", args.listen, notifications.runner, router).await;
     release.cancel();
+    served
+}
+
+/// `herald search-indexer`: the indexer and the search API.
+pub async fn search_indexer(args: SearchIndexerArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.kafka.brokers.is_some(),
+        "herald search-indexer needs KAFKA_BROKERS (or use `herald up`, which runs it too)"
+    );
+    platform::metrics::install();
+    let search = search_indexer::Service::connect(
+        &args.kafka,
+        &args.contract,
+        &args.consumer,
+        Arc::new(Authenticator::from_args(&args.auth)?),
+        &args.search,
+        args.data_dir.join("search"),
+    )
+    .await?;
+    let router = search.router();
+    let stop_committing = CancellationToken::new();
+    let committer = tokio::spawn(
+        search
+            .indexer
+            .clone()
+            .commit_loop(search.commit_every, stop_committing.clone()),
+    );
+    let served = serve_consumer("search-indexer", args.listen, search.runner, router).await;
+    // The consumer has stopped: a last commit makes everything it applied durable.
+    stop_committing.cancel();
+    committer.await.context("search committer")?;
     served
 }
 

@@ -88,6 +88,25 @@ pub trait Handler: Send + Sync + 'static {
     /// `Reject` for a batch of several events the runtime retries them one by one to find the
     /// event at fault, so a handler need not.
     async fn handle(&self, events: &[Event]) -> Result<(), HandlerError>;
+
+    /// Where a newly assigned partition starts. A handler that keeps its own offsets
+    /// atomically with its effects (the search index, in its commits) answers from them;
+    /// the default is the group's committed offset. Called on the polling thread: answer
+    /// from memory.
+    fn resume_from(&self, _topic: &str, _partition: i32) -> Resume {
+        Resume::Committed
+    }
+}
+
+/// Where a partition starts when assigned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// The group's committed offset (the earliest without one).
+    Committed,
+    /// The partition's first record.
+    Beginning,
+    /// This offset.
+    At(i64),
 }
 
 /// Defaults of [`ConsumerArgs`], shared by its flags and its `Default`.

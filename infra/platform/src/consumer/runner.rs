@@ -13,10 +13,13 @@ use std::time::{Duration, Instant};
 
 use events::Codec;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
@@ -24,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::worker::{DeadLetters, Shared, Worker};
-use super::{ConsumerArgs, Handler};
+use super::{ConsumerArgs, Handler, Resume};
 use crate::kafka::{KafkaArgs, KafkaSetupError, Publisher, ReadRecord as Record};
 
 /// Batches each partition's task may have waiting. A full buffer pauses the partition, and
@@ -444,6 +447,51 @@ impl ClientContext for Context {
 }
 
 impl ConsumerContext for Context {
+    /// librdkafka's own, but with each assigned partition's start set from
+    /// [`Handler::resume_from`] first.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let assigning = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+        if assigning {
+            for (topic, partition) in partition_keys(tpl) {
+                let offset = match self.shared.handler.resume_from(&topic, partition) {
+                    Resume::Committed => continue,
+                    Resume::Beginning => Offset::Beginning,
+                    Resume::At(offset) => Offset::Offset(offset),
+                };
+                if let Err(err) = tpl.set_partition_offset(&topic, partition, offset) {
+                    tracing::warn!(%err, topic, partition, "setting where a partition resumes");
+                }
+            }
+        }
+        let rebalance = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(tpl),
+            other => Rebalance::Error(KafkaError::Rebalance(other.into())),
+        };
+        self.pre_rebalance(consumer, &rebalance);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let done = match (err, cooperative) {
+            (RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, true) => {
+                consumer.incremental_assign(tpl)
+            }
+            (RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, false) => consumer.assign(tpl),
+            (_, true) => consumer.incremental_unassign(tpl),
+            (_, false) => consumer.unassign(),
+        };
+        if let Err(err) = done {
+            tracing::warn!(%err, "applying a rebalance failed");
+        }
+        self.post_rebalance(consumer, &rebalance);
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let keys = partition_keys(tpl);

@@ -1,0 +1,513 @@
+//! The index: tantivy (Lucene's design: BM25, fuzzy and phrase queries) in one folder.
+//!
+//! Exactly once without a second store: every commit carries, in tantivy's commit payload,
+//! the next offset of every partition whose events it contains. At start the consumer
+//! resumes each partition there (from the beginning for a partition the index has never
+//! seen), so a crash loses nothing (what was not committed is read again) and applies
+//! nothing twice (what was committed is not). Commits are batched by time: a document is
+//! searchable one commit interval after its event is read.
+//!
+//! Each document keeps the log position of the event that last changed it ([`Version`]);
+//! an event older than that is ignored. A removed entity stays as a tombstone (never
+//! returned), so a late older event cannot bring it back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use platform::consumer::{Event, Resume};
+use serde::{Deserialize, Serialize};
+use tantivy::collector::{Count, TopDocs};
+use tantivy::directory::MmapDirectory;
+use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, QueryParser, TermQuery};
+use tantivy::schema::{
+    FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TEXT, Value as _,
+};
+use tantivy::snippet::SnippetGenerator;
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+use crate::documents::{Change, Document, Version, Visibility, project};
+
+/// The writer's indexing memory: one thread, flushed to a segment when full.
+const WRITER_MEMORY: usize = 32 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+#[error("search index: {0}")]
+pub struct IndexError(String);
+
+impl From<tantivy::TantivyError> for IndexError {
+    fn from(err: tantivy::TantivyError) -> Self {
+        Self(err.to_string())
+    }
+}
+
+/// Why a search has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    /// The query's mistake, said so the caller can fix it (a 400).
+    #[error("{0}")]
+    Query(String),
+    /// The index failed (a 503).
+    #[error("search index: {0}")]
+    Failed(String),
+}
+
+#[derive(Clone, Copy)]
+struct Fields {
+    id: Field,
+    kind: Field,
+    title: Field,
+    body: Field,
+    owner: Field,
+    visibility: Field,
+    facets: Field,
+    updated_at: Field,
+    deleted: Field,
+    /// The document and its version as JSON, stored only.
+    source: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut builder = Schema::builder();
+    let fields = Fields {
+        id: builder.add_text_field("id", STRING | STORED),
+        kind: builder.add_text_field("kind", STRING),
+        title: builder.add_text_field("title", TEXT | STORED),
+        body: builder.add_text_field("body", TEXT | STORED),
+        owner: builder.add_text_field("owner", STRING),
+        visibility: builder.add_text_field("visibility", STRING),
+        facets: builder.add_text_field("facets", STRING),
+        updated_at: builder.add_i64_field("updated_at", INDEXED | FAST),
+        deleted: builder.add_u64_field("deleted", INDEXED),
+        source: builder.add_text_field("source", STORED),
+    };
+    (builder.build(), fields)
+}
+
+/// What the index holds for one id: the document (none: removed) and who last changed it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stored {
+    document: Option<Document>,
+    version: Version,
+}
+
+/// The commit payload.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Payload {
+    /// `"<topic>/<partition>"` to the next offset to read.
+    offsets: BTreeMap<String, i64>,
+}
+
+struct Writing {
+    writer: IndexWriter,
+    /// Changed since the last commit (not visible to the reader yet).
+    pending: HashMap<String, Stored>,
+    offsets: BTreeMap<String, i64>,
+    dirty: bool,
+}
+
+pub struct SearchIndex {
+    index: Index,
+    fields: Fields,
+    reader: IndexReader,
+    writing: Mutex<Writing>,
+    committed: Mutex<BTreeMap<String, i64>>,
+    dir: PathBuf,
+}
+
+/// Who is searching.
+pub struct Caller<'a> {
+    pub subject: &'a str,
+    pub admin: bool,
+}
+
+/// One search.
+pub struct SearchRequest<'a> {
+    pub q: &'a str,
+    pub kind: Option<&'a str>,
+    /// `name:value` filters, all required.
+    pub fields: &'a [String],
+    pub limit: usize,
+    pub offset: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Hit {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    /// The best fragment of the body, matches in `<b>`; HTML-escaped.
+    pub snippet: String,
+    pub fields: BTreeMap<String, String>,
+    pub updated_at_ms: i64,
+    pub score: f32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Page {
+    pub items: Vec<Hit>,
+    /// Matches in all, for this caller.
+    pub total: usize,
+}
+
+/// Counts for operators.
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    pub documents: u64,
+    pub removed: u64,
+    pub segments: usize,
+    pub bytes: u64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every change under these locks is completed or not begun.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn partition_key(topic: &str, partition: i32) -> String {
+    format!("{topic}/{partition}")
+}
+
+impl SearchIndex {
+    /// Opens the index in `dir`, or creates it. An index that cannot be opened (corrupt,
+    /// or of another schema) is moved aside and rebuilt from the log.
+    pub fn open(dir: &Path) -> Result<Self, IndexError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| IndexError(format!("creating {}: {e}", dir.display())))?;
+        match Self::open_in(dir) {
+            Ok(index) => Ok(index),
+            Err(err) => {
+                let aside = dir.with_extension(format!(
+                    "unreadable-{}",
+                    time::OffsetDateTime::now_utc().unix_timestamp()
+                ));
+                tracing::error!(
+                    dir = %dir.display(), aside = %aside.display(), %err,
+                    "the search index cannot be opened: moved aside, rebuilding it from the log"
+                );
+                std::fs::rename(dir, &aside)
+                    .map_err(|e| IndexError(format!("moving {} aside: {e}", dir.display())))?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| IndexError(format!("creating {}: {e}", dir.display())))?;
+                Self::open_in(dir)
+            }
+        }
+    }
+
+    fn open_in(dir: &Path) -> Result<Self, IndexError> {
+        let (schema, fields) = schema();
+        let directory = MmapDirectory::open(dir).map_err(|e| IndexError(e.to_string()))?;
+        let index = Index::open_or_create(directory, schema)?;
+        let payload: Payload = match index.load_metas()?.payload {
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| IndexError(format!("commit payload: {e}")))?,
+            None => Payload::default(),
+        };
+        let writer = index.writer_with_num_threads(1, WRITER_MEMORY)?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        Ok(Self {
+            index,
+            fields,
+            reader,
+            writing: Mutex::new(Writing {
+                writer,
+                pending: HashMap::new(),
+                offsets: payload.offsets.clone(),
+                dirty: false,
+            }),
+            committed: Mutex::new(payload.offsets),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Where a partition's events resume: after the last committed one, or from the start.
+    pub fn resume_from(&self, topic: &str, partition: i32) -> Resume {
+        match lock(&self.committed).get(&partition_key(topic, partition)) {
+            Some(next) => Resume::At(*next),
+            None => Resume::Beginning,
+        }
+    }
+
+    /// Applies consecutive events of one partition (visible after the next [`commit`]).
+    ///
+    /// [`commit`]: Self::commit
+    pub fn apply(&self, events: &[Event]) -> Result<(), IndexError> {
+        let mut writing = lock(&self.writing);
+        for event in events {
+            let key = partition_key(&event.topic, event.partition);
+            if writing
+                .offsets
+                .get(&key)
+                .is_some_and(|next| event.offset < *next)
+            {
+                continue; // read again after a rebalance; already applied
+            }
+            let occurred_at_ms =
+                (event.envelope.occurred_at.unix_timestamp_nanos() / 1_000_000) as i64;
+            if let Some(change) = project(&event.envelope.event_type, &event.data, occurred_at_ms) {
+                let version = Version {
+                    topic: event.topic.clone(),
+                    partition: event.partition,
+                    offset: event.offset,
+                    occurred_at_ms,
+                };
+                self.change(&mut writing, change, version)?;
+            }
+            writing.offsets.insert(key, event.offset + 1);
+            writing.dirty = true;
+        }
+        Ok(())
+    }
+
+    fn change(
+        &self,
+        writing: &mut Writing,
+        change: Change,
+        version: Version,
+    ) -> Result<(), IndexError> {
+        let id = change.id().to_string();
+        let current = match writing.pending.get(&id) {
+            Some(stored) => Some(stored.clone()),
+            None => self.lookup(&id)?,
+        };
+        if let Some(current) = &current
+            && !version.supersedes(&current.version)
+        {
+            return Ok(());
+        }
+        let amends = matches!(change, Change::Amend { .. });
+        let document = change.apply(current.and_then(|c| c.document));
+        if amends && document.is_none() {
+            return Ok(()); // an amendment of what the index never held
+        }
+        let stored = Stored { document, version };
+        writing
+            .writer
+            .delete_term(Term::from_field_text(self.fields.id, &id));
+        writing
+            .writer
+            .add_document(self.to_tantivy(&id, &stored)?)?;
+        writing.pending.insert(id, stored);
+        Ok(())
+    }
+
+    fn to_tantivy(&self, id: &str, stored: &Stored) -> Result<TantivyDocument, IndexError> {
+        let f = self.fields;
+        let mut doc = TantivyDocument::default();
+        doc.add_text(f.id, id);
+        doc.add_text(
+            f.source,
+            serde_json::to_string(stored).map_err(|e| IndexError(e.to_string()))?,
+        );
+        match &stored.document {
+            None => doc.add_u64(f.deleted, 1),
+            Some(d) => {
+                doc.add_u64(f.deleted, 0);
+                doc.add_text(f.kind, &d.kind);
+                doc.add_text(f.title, &d.title);
+                doc.add_text(f.body, &d.body);
+                if let Some(owner) = &d.owner {
+                    doc.add_text(f.owner, owner);
+                }
+                doc.add_text(f.visibility, d.visibility.as_str());
+                for (name, value) in &d.fields {
+                    doc.add_text(f.facets, format!("{name}:{value}"));
+                }
+                doc.add_i64(f.updated_at, d.updated_at_ms);
+            }
+        }
+        Ok(doc)
+    }
+
+    /// What the last commit holds for `id`.
+    fn lookup(&self, id: &str) -> Result<Option<Stored>, IndexError> {
+        let searcher = self.reader.searcher();
+        let query = TermQuery::new(
+            Term::from_field_text(self.fields.id, id),
+            IndexRecordOption::Basic,
+        );
+        let Some((_, address)) = searcher
+            .search(&query, &TopDocs::with_limit(1).order_by_score())?
+            .into_iter()
+            .next()
+        else {
+            return Ok(None);
+        };
+        let doc: TantivyDocument = searcher.doc(address)?;
+        let source = doc
+            .get_first(self.fields.source)
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| IndexError(format!("document {id} has no source")))?;
+        serde_json::from_str(source)
+            .map(Some)
+            .map_err(|e| IndexError(format!("document {id}: {e}")))
+    }
+
+    /// Makes what was applied durable and searchable, with the offsets it reaches. Answers
+    /// whether there was anything to commit.
+    pub fn commit(&self) -> Result<bool, IndexError> {
+        let mut writing = lock(&self.writing);
+        if !writing.dirty {
+            return Ok(false);
+        }
+        let payload = serde_json::to_string(&Payload {
+            offsets: writing.offsets.clone(),
+        })
+        .map_err(|e| IndexError(e.to_string()))?;
+        let mut prepared = writing.writer.prepare_commit()?;
+        prepared.set_payload(&payload);
+        prepared.commit()?;
+        self.reader.reload()?;
+        writing.pending.clear();
+        writing.dirty = false;
+        *lock(&self.committed) = writing.offsets.clone();
+        Ok(true)
+    }
+
+    /// Searches what the caller may see.
+    pub fn search(
+        &self,
+        request: &SearchRequest<'_>,
+        caller: &Caller<'_>,
+    ) -> Result<Page, SearchError> {
+        let f = self.fields;
+        let text = request.q.trim();
+        if text.is_empty() {
+            return Err(SearchError::Query(
+                "q is empty: say what to search for".into(),
+            ));
+        }
+        let mut exact = QueryParser::for_index(&self.index, vec![f.title, f.body]);
+        exact.set_conjunction_by_default();
+        exact.set_field_boost(f.title, 2.0);
+        let mut fuzzy = QueryParser::for_index(&self.index, vec![f.title, f.body]);
+        fuzzy.set_conjunction_by_default();
+        fuzzy.set_field_fuzzy(f.title, true, 1, true);
+        fuzzy.set_field_fuzzy(f.body, true, 1, true);
+        let parsed = exact
+            .parse_query(text)
+            .map_err(|e| SearchError::Query(format!("q: {e}")))?;
+        let mut matching: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Should, parsed.box_clone())];
+        // Typos and prefixes: the same words one edit away or continued, ranked below exact.
+        if let Ok(near) = fuzzy.parse_query(text) {
+            matching.push((Occur::Should, Box::new(BoostQuery::new(near, 0.5))));
+        }
+        let term = |field, value: &str| -> Box<dyn Query> {
+            Box::new(TermQuery::new(
+                Term::from_field_text(field, value),
+                IndexRecordOption::Basic,
+            ))
+        };
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![
+            (Occur::Must, Box::new(BooleanQuery::new(matching))),
+            (
+                Occur::Must,
+                Box::new(TermQuery::new(
+                    Term::from_field_u64(f.deleted, 0),
+                    IndexRecordOption::Basic,
+                )),
+            ),
+        ];
+        if let Some(kind) = request.kind {
+            clauses.push((Occur::Must, term(f.kind, kind)));
+        }
+        for filter in request.fields {
+            if !filter.contains(':') {
+                return Err(SearchError::Query(format!(
+                    "field filter {filter:?} must be name:value (status:shipped)"
+                )));
+            }
+            clauses.push((Occur::Must, term(f.facets, filter)));
+        }
+        if !caller.admin {
+            let own = BooleanQuery::new(vec![
+                (Occur::Must, term(f.visibility, Visibility::Owner.as_str())),
+                (Occur::Must, term(f.owner, caller.subject)),
+            ]);
+            clauses.push((
+                Occur::Must,
+                Box::new(BooleanQuery::new(vec![
+                    (
+                        Occur::Should,
+                        term(f.visibility, Visibility::Public.as_str()),
+                    ),
+                    (Occur::Should, Box::new(own)),
+                ])),
+            ));
+        }
+        let query = BooleanQuery::new(clauses);
+        let searcher = self.reader.searcher();
+        let unavailable = |e: tantivy::TantivyError| SearchError::Failed(e.to_string());
+        let (top, total) = searcher
+            .search(
+                &query,
+                &(
+                    TopDocs::with_limit(request.limit)
+                        .and_offset(request.offset)
+                        .order_by_score(),
+                    Count,
+                ),
+            )
+            .map_err(unavailable)?;
+        let mut snippets =
+            SnippetGenerator::create(&searcher, &*parsed, f.body).map_err(unavailable)?;
+        snippets.set_max_num_chars(160);
+        let mut items = Vec::with_capacity(top.len());
+        for (score, address) in top {
+            let doc: TantivyDocument = searcher.doc(address).map_err(unavailable)?;
+            let Some(Stored {
+                document: Some(document),
+                ..
+            }) = doc
+                .get_first(f.source)
+                .and_then(|v| v.as_str())
+                .and_then(|s| serde_json::from_str(s).ok())
+            else {
+                continue;
+            };
+            let snippet = snippets.snippet_from_doc(&doc).to_html();
+            items.push(Hit {
+                id: document.id,
+                kind: document.kind,
+                title: document.title,
+                snippet,
+                fields: document.fields.into_iter().collect(),
+                updated_at_ms: document.updated_at_ms,
+                score,
+            });
+        }
+        Ok(Page { items, total })
+    }
+
+    pub fn stats(&self) -> Result<Stats, IndexError> {
+        let searcher = self.reader.searcher();
+        let count = |value: u64| {
+            searcher.search(
+                &TermQuery::new(
+                    Term::from_field_u64(self.fields.deleted, value),
+                    IndexRecordOption::Basic,
+                ),
+                &Count,
+            )
+        };
+        let bytes = std::fs::read_dir(&self.dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        Ok(Stats {
+            documents: count(0)? as u64,
+            removed: count(1)? as u64,
+            segments: searcher.segment_readers().len(),
+            bytes,
+        })
+    }
+}
