@@ -85,6 +85,28 @@ async fn herald_up_runs_the_whole_system_from_an_empty_data_folder() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // And search, with its index in the data folder: alice finds her order.
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found: serde_json::Value = support::client()
+            .get(format!("{base}/api/v1/search?q=tea"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if found["items"][0]["id"] == "order:o-1" {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the order is not searchable: {found}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(data.join("search").join("meta.json").exists());
     // So do notifications: with no SMTP_URL, the welcome email lands in the data folder.
     let service = herald(&data)
         .args(["token", "--sub", "accounts", "--role", "service"])
