@@ -1,0 +1,321 @@
+//! Search against the real `herald ingress` and `herald search-indexer` processes:
+//!
+//!     KAFKA_BROKERS=127.0.0.1:9092 cargo bench --bench search
+//!
+//! 1. indexing: BENCH_DOCS (200,000) `order.placed` events posted first (batches of 500), then
+//!    the indexer started on the backlog: documents per second until all are searchable;
+//! 2. freshness: with the indexer caught up, 200 orders posted one by one at 20/s, each with a
+//!    word of its own: time from the POST being sent to a search finding it, p50/p99/max;
+//! 3. queries: 2,000 searches of one or two words of the vocabulary over the whole index, one
+//!    at a time, as an admin and as a customer (visibility filter): p50/p99;
+//! 4. the index's size on disk, and per million documents; the indexer's peak RSS.
+
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+const SECRET: &str = "bench-secret-of-at-least-thirty-two-bytes";
+const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+const CUSTOMERS: usize = 10_000;
+
+fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn herald(service: &str, env: &[(&str, &str)]) -> (Child, String) {
+    let mut command = Command::new(HERALD);
+    command
+        .arg(service)
+        .env("HERALD_LISTEN", "127.0.0.1:0")
+        .env("JWT_HS256_SECRET", SECRET)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("herald starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+        .await
+        .expect("herald announces its address")
+        .unwrap()
+        .unwrap();
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, base)
+}
+
+/// A vocabulary of 2,000 pronounceable words, the same every run.
+fn vocabulary() -> Vec<String> {
+    let onsets = [
+        "b", "k", "d", "f", "g", "l", "m", "n", "p", "r", "s", "t", "v", "z",
+    ];
+    let vowels = ["a", "e", "i", "o", "u"];
+    let mut words = Vec::new();
+    'all: for a in onsets {
+        for b in vowels {
+            for c in onsets {
+                for d in vowels {
+                    for e in ["n", "r", "s", "x"] {
+                        words.push(format!("{a}{b}{c}{d}{e}"));
+                        if words.len() == 2_000 {
+                            break 'all;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    words
+}
+
+/// A small deterministic generator (no dependency for a benchmark's dice).
+struct Dice(u64);
+
+impl Dice {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+fn order(id: &str, customer: usize, words: &[&str]) -> Value {
+    json!({"type": "order.placed", "key": id, "data": {
+        "order_id": id, "customer_id": format!("c-{customer}"),
+        "items": words.iter().map(|w| json!({"sku": w, "quantity": 1, "unit_price_cents": 450})).collect::<Vec<_>>(),
+        "total_cents": 450 * words.len(), "currency": "EUR"
+    }})
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn peak_rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn token(sub: &str, role: &str) -> String {
+    platform::auth::mint_hs256(
+        &SecretString::from(SECRET),
+        sub,
+        &[role.to_string()],
+        "herald",
+        "herald",
+        Duration::from_secs(7200),
+    )
+    .unwrap()
+}
+
+async fn stats(client: &reqwest::Client, base: &str, admin: &str) -> Value {
+    client
+        .get(format!("{base}/api/v1/search/stats"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn total(client: &reqwest::Client, base: &str, query: &str, bearer: &str) -> u64 {
+    let answer: Value = client
+        .get(format!("{base}/api/v1/search?{query}"))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["total"].as_u64().unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() {
+    let brokers = std::env::var("KAFKA_BROKERS").expect("set KAFKA_BROKERS to a running broker");
+    let docs = setting("BENCH_DOCS", 200_000) as usize;
+    let prefix = format!("sbench{}.", &Uuid::new_v4().simple().to_string()[..8]);
+    let dir = std::env::temp_dir().join(format!("herald-bench-search-{}", &prefix[..14]));
+    let common = [
+        ("KAFKA_BROKERS", brokers.as_str()),
+        ("TOPIC_PREFIX", prefix.as_str()),
+    ];
+    let (_ingress, ingress) = herald("ingress", &common).await;
+    let service = token("bench", "service");
+    let admin = token("ops", "admin");
+    let client = reqwest::Client::new();
+    let words = vocabulary();
+
+    // 1. The backlog, then the indexer on it.
+    let started = Instant::now();
+    let mut dice = Dice(0x9e37_79b9_7f4a_7c15);
+    let mut batches = Vec::new();
+    for chunk in (0..docs).collect::<Vec<_>>().chunks(500) {
+        let events: Vec<Value> = chunk
+            .iter()
+            .map(|n| {
+                let picked: Vec<&str> = (0..3)
+                    .map(|_| words[dice.below(words.len())].as_str())
+                    .collect();
+                order(&format!("o-{n}"), n % CUSTOMERS, &picked)
+            })
+            .collect();
+        batches.push(json!({ "events": events }));
+    }
+    let url = format!("{ingress}/api/v1/events");
+    futures_util::future::join_all(batches.chunks(batches.len().div_ceil(8)).map(|share| {
+        let client = client.clone();
+        let url = url.clone();
+        let service = service.clone();
+        async move {
+            for batch in share {
+                let response = client
+                    .post(&url)
+                    .bearer_auth(&service)
+                    .json(batch)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 202);
+            }
+        }
+    }))
+    .await;
+    println!(
+        "backlog: {docs} order.placed events posted in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let index_dir = dir.join("index");
+    let mut env = common.to_vec();
+    let index_dir_text = index_dir.display().to_string();
+    env.push(("SEARCH_INDEX_DIR", index_dir_text.as_str()));
+    let started = Instant::now();
+    let (indexer, base) = herald("search-indexer", &env).await;
+    let pid = indexer.id().unwrap();
+    loop {
+        let seen = stats(&client, &base, &admin).await;
+        if seen["documents"].as_u64().unwrap_or(0) as usize >= docs {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "indexing stalled: {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed().as_secs_f64();
+    println!(
+        "indexing: {docs} documents searchable {took:.1} s after process start ({:.0} documents/s); peak RSS {:.1} MB",
+        docs as f64 / took,
+        peak_rss_mb(pid)
+    );
+
+    // 2. Freshness: POST to searchable.
+    let mut waits = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut pending = Vec::new();
+    for n in 0..200 {
+        tick.tick().await;
+        let word = format!("fresh{n}x{}", &prefix[6..12]);
+        let body = order(&format!("f-{n}"), 1, &[word.as_str()]);
+        let client = client.clone();
+        let (url, service, admin, base) =
+            (url.clone(), service.clone(), admin.clone(), base.clone());
+        pending.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let response = client
+                .post(&url)
+                .bearer_auth(&service)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 202);
+            while total(&client, &base, &format!("q={word}&limit=1"), &admin).await == 0 {
+                assert!(
+                    sent.elapsed() < Duration::from_secs(30),
+                    "{word} never searchable"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            sent.elapsed().as_secs_f64() * 1000.0
+        }));
+    }
+    for task in pending {
+        waits.push(task.await.unwrap());
+    }
+    waits.sort_by(f64::total_cmp);
+    println!(
+        "freshness: 200 orders at 20/s, POST to searchable p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        percentile(&waits, 0.5),
+        percentile(&waits, 0.99),
+        waits.last().unwrap()
+    );
+
+    // 3. Queries over the whole index.
+    let customer = token("c-42", "user");
+    for (who, bearer) in [("admin", &admin), ("customer", &customer)] {
+        let mut times = Vec::new();
+        let mut hits = 0;
+        for _ in 0..2_000 {
+            let query = if dice.below(2) == 0 {
+                format!("q={}", words[dice.below(words.len())])
+            } else {
+                format!(
+                    "q={}+{}",
+                    words[dice.below(words.len())],
+                    words[dice.below(words.len())]
+                )
+            };
+            let sent = Instant::now();
+            hits += total(&client, &base, &format!("{query}&limit=20"), bearer).await;
+            times.push(sent.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "queries as {who}: 2,000 over {docs} documents, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({:.1} matches per query)",
+            percentile(&times, 0.5),
+            percentile(&times, 0.99),
+            times.last().unwrap(),
+            hits as f64 / 2_000.0
+        );
+    }
+
+    // 4. Size.
+    let seen = stats(&client, &base, &admin).await;
+    let bytes = seen["bytes"].as_f64().unwrap_or(0.0);
+    println!(
+        "index: {} documents, {} segments, {:.1} MB on disk ({:.0} MB per million documents); peak RSS {:.1} MB",
+        seen["documents"],
+        seen["segments"],
+        bytes / 1e6,
+        bytes / 1e6 / (seen["documents"].as_f64().unwrap_or(1.0) / 1e6),
+        peak_rss_mb(pid)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
