@@ -251,7 +251,17 @@ async fn stream(
     headers: HeaderMap,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<sse::Event, Infallible>>>, Problem> {
     let principal = state.auth.authenticate(&headers)?;
-    let connection = state.live.connect(&principal.subject);
+    let connection = state.live.connect(&principal.subject).ok_or_else(|| {
+        Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-streams",
+            "Too many open streams",
+            format!(
+                "you hold {} streams open already; close one first",
+                crate::live::MAX_STREAMS_PER_USER
+            ),
+        )
+    })?;
     // The stream ends when the token expires; the client reconnects with a fresh one.
     let left = principal.expires_at.saturating_sub(
         std::time::SystemTime::now()

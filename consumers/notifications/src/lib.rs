@@ -36,7 +36,7 @@ use platform::consumer::{ConsumerArgs, Event, Handler, HandlerError, OrRetry, Ru
 use platform::contract::ContractArgs;
 use platform::db::Database;
 use platform::kafka::KafkaArgs;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -700,6 +700,9 @@ impl Service {
         let templates = Templates::load(args.templates_file.as_deref())?;
         let rules = Rules::load(args.rules_file.as_deref(), &catalog, &templates)?;
         let unsubscribe = match (&args.unsubscribe_secret, &args.public_url) {
+            (Some(secret), _) if secret.expose_secret().len() < 32 => {
+                anyhow::bail!("NOTIFY_UNSUBSCRIBE_SECRET must be at least 32 bytes")
+            }
             (Some(secret), Some(url)) => Some(Arc::new(Unsubscribe::new(secret, url))),
             _ if rules.sends_promotional_email() => anyhow::bail!(
                 "a rule sends promotional email, which must carry a one-click unsubscribe link: \

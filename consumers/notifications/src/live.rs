@@ -18,6 +18,8 @@ use tokio::sync::mpsc;
 /// Messages one connection may have waiting before it counts as gone (a client that stopped
 /// reading).
 const BUFFER: usize = 64;
+/// Streams one user may hold open at once (a phone, a laptop, a few tabs).
+pub const MAX_STREAMS_PER_USER: usize = 8;
 
 /// What a connected client receives as the data of one `notification` event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -40,20 +42,24 @@ pub struct LiveHub {
 
 impl LiveHub {
     /// Registers one connection of `user_id`; it is removed when the returned value drops.
-    pub fn connect(self: &Arc<Self>, user_id: &str) -> Connection {
+    /// `None` when the user already holds [`MAX_STREAMS_PER_USER`].
+    pub fn connect(self: &Arc<Self>, user_id: &str) -> Option<Connection> {
         let (sender, receiver) = mpsc::channel(BUFFER);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock()
-            .entry(user_id.to_string())
-            .or_default()
-            .push((id, sender));
+        let mut users = self.lock();
+        let streams = users.entry(user_id.to_string()).or_default();
+        streams.retain(|(_, s)| !s.is_closed());
+        if streams.len() >= MAX_STREAMS_PER_USER {
+            return None;
+        }
+        streams.push((id, sender));
         metrics::gauge!("herald_notifications_live_connections").increment(1);
-        Connection {
+        Some(Connection {
             hub: self.clone(),
             user_id: user_id.to_string(),
             id,
             receiver,
-        }
+        })
     }
 
     pub fn is_connected(&self, user_id: &str) -> bool {
@@ -125,9 +131,9 @@ mod tests {
         let hub = Arc::new(LiveHub::default());
         assert!(!hub.is_connected("bob"));
         assert_eq!(hub.deliver("bob", &message(1)), 0);
-        let mut phone = hub.connect("bob");
-        let mut laptop = hub.connect("bob");
-        let _other = hub.connect("carol");
+        let mut phone = hub.connect("bob").unwrap();
+        let mut laptop = hub.connect("bob").unwrap();
+        let _other = hub.connect("carol").unwrap();
         assert!(hub.is_connected("bob"));
         assert_eq!(hub.deliver("bob", &message(2)), 2);
         assert_eq!(phone.next().await, Some(message(2)));
@@ -142,10 +148,22 @@ mod tests {
     #[tokio::test]
     async fn a_client_that_stopped_reading_stops_taking_messages() {
         let hub = Arc::new(LiveHub::default());
-        let _stalled = hub.connect("bob");
+        let _stalled = hub.connect("bob").unwrap();
         for n in 0..BUFFER as u32 {
             assert_eq!(hub.deliver("bob", &message(n)), 1);
         }
         assert_eq!(hub.deliver("bob", &message(999)), 0);
+    }
+
+    #[test]
+    fn a_user_holds_a_bounded_number_of_streams() {
+        let hub = Arc::new(LiveHub::default());
+        let mut open: Vec<Connection> = (0..MAX_STREAMS_PER_USER)
+            .map(|_| hub.connect("bob").unwrap())
+            .collect();
+        assert!(hub.connect("bob").is_none());
+        assert!(hub.connect("carol").is_some());
+        open.pop();
+        assert!(hub.connect("bob").is_some());
     }
 }
