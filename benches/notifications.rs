@@ -14,6 +14,10 @@
 //! The store is the SQLite default (set DATABASE_URL for PostgreSQL). Both clocks are the
 //! machine's wall clock.
 
+mod common;
+
+use common::{SECRET, herald, peak_rss_mb, percentile, setting};
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,54 +25,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use uuid::Uuid;
-
-const SECRET: &str = "bench-secret-of-at-least-thirty-two-bytes";
-const HERALD: &str = env!("CARGO_BIN_EXE_herald");
-
-fn setting(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn wall() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
-}
-
-/// Starts a herald service; returns it and the address it announced.
-async fn herald(service: &str, env: &[(&str, &str)]) -> (Child, String) {
-    let mut command = Command::new(HERALD);
-    command
-        .arg(service)
-        .env("HERALD_LISTEN", "127.0.0.1:0")
-        .env("JWT_HS256_SECRET", SECRET)
-        .env("NOTIFY_UNSUBSCRIBE_SECRET", SECRET)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let mut child = command.spawn().expect("herald starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
-        .await
-        .expect("herald announces its address")
-        .unwrap()
-        .unwrap();
-    let base = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_string();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, base)
 }
 
 /// Every accepted message: recipient and time of acceptance.
@@ -101,23 +65,6 @@ fn registered(email: &str) -> Value {
     json!({"type": "user.registered", "data": {
         "user_id": Uuid::new_v4(), "email": email, "display_name": "Bench"
     }})
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
-}
-
-fn peak_rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0
 }
 
 #[tokio::main]

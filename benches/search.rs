@@ -10,52 +10,17 @@
 //!    at a time, as an admin and as a customer (visibility filter): p50/p99;
 //! 4. the index's size on disk, and per million documents; the indexer's peak RSS.
 
+mod common;
+
+use common::{SECRET, herald, peak_rss_mb, percentile, setting};
+
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use uuid::Uuid;
 
-const SECRET: &str = "bench-secret-of-at-least-thirty-two-bytes";
-const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 const CUSTOMERS: usize = 10_000;
-
-fn setting(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn herald(service: &str, env: &[(&str, &str)]) -> (Child, String) {
-    let mut command = Command::new(HERALD);
-    command
-        .arg(service)
-        .env("HERALD_LISTEN", "127.0.0.1:0")
-        .env("JWT_HS256_SECRET", SECRET)
-        .env("RUST_LOG", "error")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let mut child = command.spawn().expect("herald starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
-        .await
-        .expect("herald announces its address")
-        .unwrap()
-        .unwrap();
-    let base = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_string();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, base)
-}
 
 /// A vocabulary of 2,000 pronounceable words, the same every run.
 fn vocabulary() -> Vec<String> {
@@ -99,23 +64,6 @@ fn order(id: &str, customer: usize, words: &[&str]) -> Value {
         "items": words.iter().map(|w| json!({"sku": w, "quantity": 1, "unit_price_cents": 450})).collect::<Vec<_>>(),
         "total_cents": 450 * words.len(), "currency": "EUR"
     }})
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
-}
-
-fn peak_rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0
 }
 
 fn token(sub: &str, role: &str) -> String {

@@ -434,24 +434,45 @@ async fn device_on(
         .status()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pushes_reach_every_active_device_through_fcm_and_an_unregistered_one_is_dropped() {
+/// The ingress, an SMTP server, the FCM stand-in, and `herald notifications` wired to them
+/// (plus `extra` settings).
+struct WithPush {
+    app: TestIngress,
+    smtp: SmtpServer,
+    fcm: support::fcm::FcmStandIn,
+    notifier: HeraldProcess,
+}
+
+async fn with_push(name: &str, extra: &[(&str, &str)]) -> WithPush {
     let app = TestIngress::start_default().await;
-    let smtp = SmtpServer::start("push").await;
+    let smtp = SmtpServer::start(name).await;
     let fcm = support::fcm::FcmStandIn::start().await;
     let account = fcm.service_account_file();
-    let db = sqlite_url("push");
-    let notifier = HeraldProcess::start(
-        "notifications",
-        &app.kafka,
-        &db,
-        &[
-            ("SMTP_URL", &smtp.url()),
-            ("FCM_SERVICE_ACCOUNT_FILE", &account),
-            ("FCM_ENDPOINT", &fcm.base),
-        ],
-    )
-    .await;
+    let db = sqlite_url(name);
+    let smtp_url = smtp.url();
+    let mut env = vec![
+        ("SMTP_URL", smtp_url.as_str()),
+        ("FCM_SERVICE_ACCOUNT_FILE", account.as_str()),
+        ("FCM_ENDPOINT", fcm.base.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let notifier = HeraldProcess::start("notifications", &app.kafka, &db, &env).await;
+    WithPush {
+        app,
+        smtp,
+        fcm,
+        notifier,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_reach_every_active_device_through_fcm_and_an_unregistered_one_is_dropped() {
+    let WithPush {
+        app,
+        smtp,
+        fcm,
+        notifier,
+    } = with_push("push", &[]).await;
     let user = Uuid::new_v4();
     let me = user.to_string();
     post(&app, &registered(user, "pusher@example.com", "Pat", "en")).await;
@@ -1051,22 +1072,12 @@ async fn wait_for_streams(notifier: &HeraldProcess, n: f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connected_user_gets_a_message_live_and_a_disconnected_one_as_push() {
-    let app = TestIngress::start_default().await;
-    let smtp = SmtpServer::start("live").await;
-    let fcm = support::fcm::FcmStandIn::start().await;
-    let account = fcm.service_account_file();
-    let db = sqlite_url("live");
-    let notifier = HeraldProcess::start(
-        "notifications",
-        &app.kafka,
-        &db,
-        &[
-            ("SMTP_URL", &smtp.url()),
-            ("FCM_SERVICE_ACCOUNT_FILE", &account),
-            ("FCM_ENDPOINT", &fcm.base),
-        ],
-    )
-    .await;
+    let WithPush {
+        app,
+        smtp,
+        fcm,
+        notifier,
+    } = with_push("live", &[]).await;
     let user = Uuid::new_v4();
     let bob = user.to_string();
     post(&app, &registered(user, "bob@example.com", "Bob", "en")).await;
@@ -1173,19 +1184,14 @@ async fn a_connected_user_gets_a_message_live_and_a_disconnected_one_as_push() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipping_reaches_the_orders_customer_and_a_campaign_only_opted_in_users_until_they_unsubscribe()
  {
-    let app = TestIngress::start_default().await;
-    let smtp = SmtpServer::start("campaign").await;
-    let fcm = support::fcm::FcmStandIn::start().await;
-    let account = fcm.service_account_file();
-    let db = sqlite_url("campaign");
-    let notifier = HeraldProcess::start(
-        "notifications",
-        &app.kafka,
-        &db,
+    let WithPush {
+        app,
+        smtp,
+        fcm,
+        notifier,
+    } = with_push(
+        "campaign",
         &[
-            ("SMTP_URL", &smtp.url()),
-            ("FCM_SERVICE_ACCOUNT_FILE", &account),
-            ("FCM_ENDPOINT", &fcm.base),
             ("NOTIFY_RECIPIENT_GRACE_SECS", "2"),
             ("NOTIFY_PUBLIC_URL", "https://api.example.com"),
         ],
@@ -1374,20 +1380,15 @@ async fn shipping_reaches_the_orders_customer_and_a_campaign_only_opted_in_users
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ios_devices_are_pushed_through_apns_and_an_ios_app_on_fcm_through_fcm() {
-    let app = TestIngress::start_default().await;
-    let smtp = SmtpServer::start("apns").await;
-    let fcm = support::fcm::FcmStandIn::start().await;
     let apns = support::apns::ApnsStandIn::start().await;
-    let account = fcm.service_account_file();
-    let db = sqlite_url("apns");
-    let mut owned = apns.env();
-    owned.extend([
-        ("SMTP_URL", smtp.url()),
-        ("FCM_SERVICE_ACCOUNT_FILE", account),
-        ("FCM_ENDPOINT", fcm.base.clone()),
-    ]);
-    let env: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let notifier = HeraldProcess::start("notifications", &app.kafka, &db, &env).await;
+    let apns_env = apns.env();
+    let extra: Vec<(&str, &str)> = apns_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let WithPush {
+        app,
+        smtp,
+        fcm,
+        notifier,
+    } = with_push("apns", &extra).await;
     let user = Uuid::new_v4();
     let me = user.to_string();
     post(&app, &registered(user, "ios@example.com", "Io", "en")).await;
