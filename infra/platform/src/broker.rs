@@ -384,9 +384,21 @@ fn format_storage(libs: &Path, properties: &Path) -> Result<(), BrokerError> {
 }
 
 /// A KRaft cluster id: 16 random bytes in URL-safe base64 without padding.
+///
+/// One id in 64 would start with '-', which the storage tool's argument
+/// parser reads as an option; like Kafka's own `Uuid.randomUuid`, such ids
+/// are drawn again.
 fn cluster_id() -> String {
+    loop {
+        let id = url_safe_base64(uuid::Uuid::new_v4().into_bytes());
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
+}
+
+fn url_safe_base64(bytes: [u8; 16]) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let bytes = uuid::Uuid::new_v4().into_bytes();
     let mut bits: u32 = 0;
     let mut count = 0;
     let mut out = String::with_capacity(22);
@@ -450,13 +462,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cluster_ids_are_22_url_safe_characters() {
-        let id = cluster_id();
-        assert_eq!(id.len(), 22);
-        assert!(
-            id.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        );
+    fn cluster_ids_are_22_url_safe_characters_never_starting_with_a_dash() {
+        for _ in 0..2_000 {
+            let id = cluster_id();
+            assert_eq!(id.len(), 22);
+            assert!(!id.starts_with('-'), "{id}");
+            assert!(
+                id.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            );
+        }
+    }
+
+    #[test]
+    fn base64_matches_the_known_encoding() {
+        assert_eq!(url_safe_base64([0xfb; 16]), "-_v7-_v7-_v7-_v7-_v7-w");
+        assert_eq!(url_safe_base64([0; 16]), "AAAAAAAAAAAAAAAAAAAAAA");
     }
 
     #[test]
