@@ -190,6 +190,10 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
     let store = Arc::new(SqlStore::new(db.clone()).await?);
     tokio::spawn(purge_idempotency_keys(store.clone(), shutdown.clone()));
     let state = Arc::new(ingress::connect(&args.ingress, &args.kafka, store).await?);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let local = listener.local_addr()?;
     let mut router = ingress::router(state.clone());
     let mut consumers = Vec::new();
     let mut committers = Vec::new();
@@ -219,9 +223,14 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
             };
             notify.unsubscribe_secret = Some(crate::dev_secret(&dev)?);
         }
-        notify
-            .public_url
-            .get_or_insert_with(|| format!("http://{}", args.listen));
+        notify.public_url.get_or_insert_with(|| {
+            // The address this process answers on, as a link on this machine can reach it.
+            let mut reachable = local;
+            if reachable.ip().is_unspecified() {
+                reachable.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{reachable}")
+        });
         let notifications = notifications::Service::connect(
             db,
             &args.kafka,
@@ -254,10 +263,6 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
         committers.push(committer);
     }
     let router = router.route("/metrics", axum::routing::get(metrics));
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    let local = listener.local_addr()?;
     let brokers = args.kafka.brokers.clone().unwrap_or_default();
     tracing::info!(http = %local, kafka = %brokers, "herald is ready");
     println!("herald: HTTP API on http://{local}  (kafka: {brokers})");
@@ -329,17 +334,13 @@ pub async fn notifications(args: NotificationsArgs) -> anyhow::Result<()> {
     );
     platform::metrics::install();
     let db = args.store.connect().await?;
-    let mut notify = args.notify.clone();
-    notify
-        .public_url
-        .get_or_insert_with(|| format!("http://{}", args.listen));
     let notifications = notifications::Service::connect(
         db,
         &args.kafka,
         &args.contract,
         &args.consumer,
         Arc::new(Authenticator::from_args(&args.auth)?),
-        &notify,
+        &args.notify,
     )
     .await?;
     let router = notifications.router();

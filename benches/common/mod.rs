@@ -26,6 +26,7 @@ pub async fn herald(service: &str, env: &[(&str, &str)]) -> (Child, String) {
         .env("HERALD_LISTEN", "127.0.0.1:0")
         .env("JWT_HS256_SECRET", SECRET)
         .env("NOTIFY_UNSUBSCRIBE_SECRET", SECRET)
+        .env("NOTIFY_PUBLIC_URL", "https://herald.test")
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .kill_on_drop(true);

@@ -54,6 +54,7 @@ impl HeraldProcess {
             .env("HERALD_LISTEN", "127.0.0.1:0")
             .env("JWT_HS256_SECRET", SECRET)
             .env("NOTIFY_UNSUBSCRIBE_SECRET", UNSUBSCRIBE_SECRET)
+            .env("NOTIFY_PUBLIC_URL", "https://herald.test")
             .env("CONSUMER_SESSION_TIMEOUT_MS", "6000")
             .env("CONSUMER_MAX_BACKOFF_MS", "1000")
             .env("RUST_LOG", "warn")

@@ -51,7 +51,6 @@ const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 500;
 /// FCM registration tokens are about 160 characters; APNs tokens 64.
 const MAX_TOKEN_LEN: usize = 4096;
-const PLATFORMS: [&str; 3] = ["android", "ios", "web"];
 
 pub struct NotificationsApi {
     pub store: Arc<dyn NotifyStore>,
@@ -174,10 +173,10 @@ async fn register_device(
             "token must be 1 to {MAX_TOKEN_LEN} characters without spaces"
         )));
     }
-    if !PLATFORMS.contains(&new.platform.as_str()) {
+    if !crate::push::PLATFORMS.contains(&new.platform.as_str()) {
         return Err(Problem::bad_request(format!(
             "platform must be one of {}",
-            PLATFORMS.join(", ")
+            crate::push::PLATFORMS.join(", ")
         )));
     }
     let device = Device {
@@ -251,6 +250,23 @@ async fn stream(
     headers: HeaderMap,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<sse::Event, Infallible>>>, Problem> {
     let principal = state.auth.authenticate(&headers)?;
+    // The stream ends when the token expires; the client reconnects with a fresh one. A
+    // token inside the clock-skew leeway is accepted elsewhere, but would open a stream that
+    // closes at once.
+    let left = principal.expires_at.saturating_sub(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs(),
+    );
+    if left == 0 {
+        return Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "token-expired",
+            "Token expired",
+            "the token expires now: open the stream with a fresh one",
+        ));
+    }
     let connection = state.live.connect(&principal.subject).ok_or_else(|| {
         Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -262,13 +278,6 @@ async fn stream(
             ),
         )
     })?;
-    // The stream ends when the token expires; the client reconnects with a fresh one.
-    let left = principal.expires_at.saturating_sub(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs(),
-    );
     let expiry = Box::pin(tokio::time::sleep(Duration::from_secs(left)));
     let open = (connection, expiry);
     let events = futures_util::stream::unfold(open, |(mut connection, mut expiry)| async move {

@@ -163,7 +163,8 @@ impl PushProvider for Apns {
         let response = request
             .send()
             .await
-            .map_err(|e| SendError::Transient(format!("APNs: {e}")))?;
+            // The URL holds the device token, which the log keeps only as a hash.
+            .map_err(|e| SendError::Transient(format!("APNs: {}", e.without_url())))?;
         let status = response.status().as_u16();
         let answer: Value = response.json().await.unwrap_or(Value::Null);
         if status == 403 {

@@ -1,6 +1,7 @@
 //! Deciding what to send for an event: pure functions of the event, the rule, what the
 //! service knows of the recipient, and the clock. Sending and recording are elsewhere.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -118,16 +119,14 @@ pub enum Resolved {
         /// Active push devices (looked up only for rules with push or live).
         devices: Vec<Device>,
         preferences: Preferences,
-        /// Promotional messages sent to the user in the last 24 hours (promotional rules).
-        promotional_recent: i64,
+        /// What the daily cap counts (promotional rules).
+        promotional: PromotionalHistory,
         /// Live or push (rules with the live channel).
         presence: Presence,
     },
     Addresses(Vec<String>),
-    /// Who it is depends on an event the service has not seen yet (the order of an
-    /// order.shipped): waited for like an unknown user, then skipped.
-    NotYet(String),
-    /// The event lacks the field the rule names (or it has the wrong type).
+    /// The event lacks the field the rule names (or it has the wrong type), or names an
+    /// order never placed.
     Missing(String),
 }
 
@@ -150,6 +149,28 @@ impl Resolved {
             ),
             None => Self::Missing(format!("the event has no address list in {field:?}")),
         }
+    }
+}
+
+/// A user's promotional messages in the last 24 hours, as the daily cap counts them: one per
+/// event and channel, however many devices a push reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PromotionalHistory {
+    /// Sent, being sent or held.
+    pub messages: HashSet<(Uuid, Channel)>,
+}
+
+impl PromotionalHistory {
+    /// Messages of events other than `event_id`.
+    fn others(&self, event_id: Uuid) -> i64 {
+        let count = self.messages.iter().filter(|(e, _)| *e != event_id).count();
+        i64::try_from(count).unwrap_or(i64::MAX)
+    }
+
+    /// Whether `event_id` already went out on `channel` (or began to) in an earlier
+    /// attempt: the cap let it through then, and a redelivery keeps to that.
+    fn began(&self, event_id: Uuid, channel: Channel) -> bool {
+        self.messages.contains(&(event_id, channel))
     }
 }
 
@@ -285,8 +306,6 @@ pub fn plan(
             .collect()
     };
     match who {
-        Resolved::NotYet(reason) if event.age < can.recipient_grace => vec![Step::Wait(reason)],
-        Resolved::NotYet(reason) => skip_all("", None, &reason),
         Resolved::Missing(reason) => skip_all("", None, &reason),
         Resolved::Addresses(addresses) => addresses
             .iter()
@@ -307,7 +326,7 @@ pub fn plan(
             record,
             devices,
             preferences,
-            promotional_recent,
+            promotional,
             presence,
         } => {
             let Some(user) = record else {
@@ -328,7 +347,7 @@ pub fn plan(
                 "unsubscribe_url": unsubscribe_url,
             });
             let mut steps = Vec::new();
-            let mut promotional_left = can.promotional_cap - promotional_recent;
+            let mut promotional_left = can.promotional_cap - promotional.others(event.event_id);
             for &channel in &rule.channels {
                 if user.deleted {
                     steps.push(Step::Skip {
@@ -396,7 +415,10 @@ pub fn plan(
                             channel.as_str()
                         ),
                     })
-                } else if rule.category == Category::Promotional && promotional_left <= 0 {
+                } else if rule.category == Category::Promotional
+                    && promotional_left <= 0
+                    && !promotional.began(event.event_id, channel)
+                {
                     Some(format!(
                         "the daily cap of {} promotional messages is reached",
                         can.promotional_cap
@@ -535,7 +557,11 @@ mod tests {
             record,
             devices: vec![],
             preferences,
-            promotional_recent: recent,
+            promotional: PromotionalHistory {
+                messages: (1..=recent)
+                    .map(|n| (Uuid::from_u128(n.unsigned_abs().into()), Channel::Email))
+                    .collect(),
+            },
             presence: Presence::default(),
         }
     }
@@ -650,9 +676,27 @@ mod tests {
             [Step::Send { .. }]
         ));
         assert_eq!(
-            skipped(run(&r, who(opted_in, 2), 0)).as_deref(),
+            skipped(run(&r, who(opted_in.clone(), 2), 0)).as_deref(),
             Some("the daily cap of 2 promotional messages is reached")
         );
+        // This event's own earlier attempts (its event id is nil here): they do not count
+        // against it, and a channel it already went out on keeps going.
+        let with_own = |recent: i64, own: Channel| {
+            let mut who = who(opted_in.clone(), recent);
+            if let Resolved::User { promotional, .. } = &mut who {
+                promotional.messages.insert((Uuid::nil(), own));
+            }
+            who
+        };
+        assert!(matches!(
+            run(&r, with_own(1, Channel::Push), 0).as_slice(),
+            [Step::Send { .. }]
+        ));
+        assert!(matches!(
+            run(&r, with_own(2, Channel::Email), 0).as_slice(),
+            [Step::Send { .. }]
+        ));
+        assert!(skipped(run(&r, with_own(2, Channel::Push), 0)).is_some());
         // Transactional: on unless turned off.
         let mut t = r;
         t.category = Category::Transactional;
@@ -719,7 +763,7 @@ mod tests {
                     active: true,
                 }],
                 preferences: Preferences::default(),
-                promotional_recent: 0,
+                promotional: PromotionalHistory::default(),
                 presence: Presence { connected, earlier },
             };
             plan(&r, &event, who, &can)

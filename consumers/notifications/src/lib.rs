@@ -24,7 +24,7 @@ pub mod store;
 pub mod templates;
 pub mod unsubscribe;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,9 +41,11 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::delivery::{
-    Capabilities, DeliveryKey, EventView, Intent, Presence, Resolved, Status, Step,
+    Capabilities, DeliveryKey, EventView, Intent, Presence, PromotionalHistory, Resolved, Status,
+    Step,
 };
 use crate::email::{Email, EmailProvider};
 use crate::live::{LiveHub, LiveMessage};
@@ -233,7 +235,9 @@ impl Notifier {
                 None => Resolved::Missing(format!("the event has no order id in {field:?}")),
                 Some(order_id) => match self.store.order_customer(order_id).await.or_retry()? {
                     Some(customer) => self.recipient(rule, event, &customer).await?,
-                    None => Resolved::NotYet(format!("unknown order {order_id}")),
+                    // order.placed goes to the same partition first (both are keyed by
+                    // the order id), so waiting cannot bring it.
+                    None => Resolved::Missing(format!("unknown order {order_id}")),
                 },
             }],
             Audience::Addresses(field) => vec![Resolved::addresses_in(field, &event.data)],
@@ -266,14 +270,14 @@ impl Notifier {
                 Vec::new()
             },
             preferences: self.store.preferences(user_id).await.or_retry()?,
-            promotional_recent: if rule.category == Category::Promotional {
+            promotional: if rule.category == Category::Promotional {
                 let day_ago = now_us() - 86_400_000_000;
                 self.store
-                    .promotional_sent_since(user_id, day_ago)
+                    .promotional_history(user_id, event.envelope.event_id, day_ago)
                     .await
                     .or_retry()?
             } else {
-                0
+                PromotionalHistory::default()
             },
             presence: if wants(Channel::Live) {
                 let key = DeliveryKey {
@@ -618,8 +622,9 @@ impl Handler for Notifier {
             unsubscribe: self.unsubscribe.as_deref(),
         };
         let mut steps = Vec::new();
-        // Promotional sends planned in this batch, per user: the cap counts them too.
-        let mut promotional_planned: HashMap<String, i64> = HashMap::new();
+        // Promotional messages planned in this batch, per user (one per event and channel):
+        // the cap counts them too.
+        let mut promotional_planned: HashMap<String, HashSet<(Uuid, Channel)>> = HashMap::new();
         for event in events {
             let occurred_at = event
                 .envelope
@@ -646,12 +651,12 @@ impl Handler for Notifier {
                 for mut who in self.resolve(&rule, event).await? {
                     if let Resolved::User {
                         user_id,
-                        promotional_recent,
+                        promotional,
                         ..
                     } = &mut who
+                        && let Some(planned) = promotional_planned.get(user_id)
                     {
-                        *promotional_recent +=
-                            promotional_planned.get(user_id).copied().unwrap_or(0);
+                        promotional.messages.extend(planned.iter().copied());
                     }
                     let planned = delivery::plan(&rule, &view, who, &can);
                     for step in &planned {
@@ -659,7 +664,10 @@ impl Handler for Notifier {
                             && intent.category == Category::Promotional
                             && let Some(user) = &intent.user_id
                         {
-                            *promotional_planned.entry(user.clone()).or_default() += 1;
+                            promotional_planned
+                                .entry(user.clone())
+                                .or_default()
+                                .insert((intent.key.event_id, intent.key.channel));
                         }
                     }
                     steps.extend(planned);
@@ -703,7 +711,10 @@ impl Service {
             (Some(secret), _) if secret.expose_secret().len() < 32 => {
                 anyhow::bail!("NOTIFY_UNSUBSCRIBE_SECRET must be at least 32 bytes")
             }
-            (Some(secret), Some(url)) => Some(Arc::new(Unsubscribe::new(secret, url))),
+            (Some(secret), Some(url)) => {
+                unsubscribe::check_public_url(url).map_err(anyhow::Error::msg)?;
+                Some(Arc::new(Unsubscribe::new(secret, url)))
+            }
             _ if rules.sends_promotional_email() => anyhow::bail!(
                 "a rule sends promotional email, which must carry a one-click unsubscribe link: \
                  set NOTIFY_UNSUBSCRIBE_SECRET (32+ random bytes) and NOTIFY_PUBLIC_URL"

@@ -69,14 +69,28 @@ impl LiveHub {
     }
 
     /// Hands `message` to every connection of `user_id`; answers how many took it (0: the
-    /// user is not connected, or reads too slowly to take more).
+    /// user is not connected).
+    ///
+    /// A connection whose buffer is full has a client that stopped reading: it is let go
+    /// here (its stream ends once the client has read what is buffered), so that it no
+    /// longer counts as connected and the retry of this message goes as push.
     pub fn deliver(&self, user_id: &str, message: &LiveMessage) -> usize {
-        self.lock().get(user_id).map_or(0, |senders| {
-            senders
-                .iter()
-                .filter(|(_, s)| s.try_send(message.clone()).is_ok())
-                .count()
-        })
+        let mut users = self.lock();
+        let Some(senders) = users.get_mut(user_id) else {
+            return 0;
+        };
+        let mut taken = 0;
+        senders.retain(|(_, sender)| match sender.try_send(message.clone()) {
+            Ok(()) => {
+                taken += 1;
+                true
+            }
+            Err(_) => false,
+        });
+        if senders.is_empty() {
+            users.remove(user_id);
+        }
+        taken
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Streams> {
@@ -148,11 +162,26 @@ mod tests {
     #[tokio::test]
     async fn a_client_that_stopped_reading_stops_taking_messages() {
         let hub = Arc::new(LiveHub::default());
-        let _stalled = hub.connect("bob").unwrap();
+        let mut stalled = hub.connect("bob").unwrap();
+        let mut reading = hub.connect("bob").unwrap();
         for n in 0..BUFFER as u32 {
-            assert_eq!(hub.deliver("bob", &message(n)), 1);
+            assert_eq!(hub.deliver("bob", &message(n)), 2);
+            assert_eq!(reading.next().await, Some(message(n)));
         }
-        assert_eq!(hub.deliver("bob", &message(999)), 0);
+        // Full: the stalled one is let go, the reader still gets it.
+        assert_eq!(hub.deliver("bob", &message(999)), 1);
+        assert_eq!(reading.next().await, Some(message(999)));
+        drop(reading);
+        assert!(
+            !hub.is_connected("bob"),
+            "a stalled stream is not a connection"
+        );
+        assert_eq!(hub.deliver("bob", &message(1000)), 0);
+        // What was buffered is still read, then the stream ends.
+        for n in 0..BUFFER as u32 {
+            assert_eq!(stalled.next().await, Some(message(n)));
+        }
+        assert_eq!(stalled.next().await, None);
     }
 
     #[test]

@@ -44,9 +44,16 @@ pub fn address(platform: &str, token: &str) -> String {
     format!("{platform}:{token}")
 }
 
-/// The platform and token of an [`address`].
+/// The platforms a device registers as.
+pub const PLATFORMS: [&str; 3] = ["android", "ios", "web"];
+
+/// The platform and token of an [`address`]. A bare FCM token (which may itself hold ':',
+/// as in messages held by quiet hours before addresses named the platform) has no platform.
 pub fn split_address(to: &str) -> (&str, &str) {
-    to.split_once(':').unwrap_or(("", to))
+    match to.split_once(':') {
+        Some((platform, token)) if PLATFORMS.contains(&platform) => (platform, token),
+        _ => ("", to),
+    }
 }
 
 /// Push by platform: iOS devices with an APNs token through APNs when it is configured, every
@@ -327,6 +334,10 @@ mod tests {
         assert_eq!(
             split_address("android:tok:with:colons"),
             ("android", "tok:with:colons")
+        );
+        assert_eq!(
+            split_address("dXk2:APA91bHun4MxP5egoKMwt2KZFBaFUH"),
+            ("", "dXk2:APA91bHun4MxP5egoKMwt2KZFBaFUH")
         );
     }
 }

@@ -226,6 +226,13 @@ impl Rules {
                         .into(),
                 ));
             }
+            if rule.channels.contains(&Channel::Live) && rule.category == Category::Promotional {
+                return Err(invalid(
+                    "live is for transactional rules: promotional messages wait out quiet \
+                     hours, and a message held that long no longer belongs on a live stream"
+                        .into(),
+                ));
+            }
             if matches!(rule.to, Audience::Addresses(_)) && rule.channels != [Channel::Email] {
                 return Err(invalid(
                     "a list of addresses can only be emailed (channels = [\"email\"])".into(),
@@ -363,6 +370,15 @@ mod tests {
         assert!(
             live_and_push.contains("list one of the two"),
             "{live_and_push}"
+        );
+        let promotional_live = load(
+            "[[rule]]\nevent='message.sent'\ntemplate='message'\ncategory='promotional'\nchannels=['live']\nto={user='recipient_id'}",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            promotional_live.contains("live is for transactional rules"),
+            "{promotional_live}"
         );
         let typo = load("[[rule]]\nevnt='user.registered'").unwrap_err();
         assert!(matches!(typo, RulesError::Parse(_)));

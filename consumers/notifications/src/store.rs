@@ -7,7 +7,7 @@ use platform::with_pool;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::delivery::{DeliveryKey, Intent, Status};
+use crate::delivery::{DeliveryKey, Intent, PromotionalHistory, Status};
 use crate::preferences::Preferences;
 use crate::rules::{Category, Channel};
 
@@ -164,9 +164,13 @@ pub trait NotifyStore: Send + Sync {
         user_id: &str,
         preferences: &Preferences,
     ) -> Result<(), StoreError>;
-    /// Promotional messages sent to the user since `since_us`.
-    async fn promotional_sent_since(&self, user_id: &str, since_us: i64)
-    -> Result<i64, StoreError>;
+    /// The user's promotional messages since `since_us`, and every one of `event_id`.
+    async fn promotional_history(
+        &self,
+        user_id: &str,
+        event_id: Uuid,
+        since_us: i64,
+    ) -> Result<PromotionalHistory, StoreError>;
     /// Records a delivery held until `not_before_us`, with what to send (unless one is recorded
     /// already).
     async fn defer(
@@ -205,8 +209,10 @@ pub trait NotifyStore: Send + Sync {
         detail: Option<&str>,
         now_us: i64,
     ) -> Result<(), StoreError>;
-    /// Records a delivery decided without sending (skipped), unless one is settled already
-    /// (one that was being tried is settled so).
+    /// Records a delivery decided without sending (skipped), unless one is settled already.
+    /// Deliveries of the same event, channel and user that were being tried are settled so
+    /// too: the live message of a user no longer connected, or the pushes to the devices of a
+    /// user deleted since.
     async fn settle(
         &self,
         intent: &Intent,
@@ -468,19 +474,33 @@ impl NotifyStore for SqlStore {
         Ok(())
     }
 
-    async fn promotional_sent_since(
+    async fn promotional_history(
         &self,
         user_id: &str,
+        event_id: Uuid,
         since_us: i64,
-    ) -> Result<i64, StoreError> {
-        let sql = "SELECT COUNT(*) FROM notify_deliveries WHERE user_id = $1 \
-             AND category = 'promotional' \
+    ) -> Result<PromotionalHistory, StoreError> {
+        // The event's own rows count whenever they were made: they decide its redelivery.
+        let sql = "SELECT DISTINCT event_id, channel FROM notify_deliveries \
+             WHERE user_id = $1 AND category = 'promotional' \
              AND status IN ('sending', 'retrying', 'sent', 'deferred') \
-             AND created_at_us >= $2";
-        let (count,): (i64,) = with_pool!(&self.db, pool => {
-            sqlx::query_as(sql).bind(user_id).bind(since_us).fetch_one(pool).await?
+             AND (created_at_us >= $2 OR event_id = $3)";
+        let rows: Vec<(String, String)> = with_pool!(&self.db, pool => {
+            sqlx::query_as(sql)
+                .bind(user_id)
+                .bind(since_us)
+                .bind(event_id.to_string())
+                .fetch_all(pool)
+                .await?
         });
-        Ok(count)
+        Ok(PromotionalHistory {
+            messages: rows
+                .iter()
+                .filter_map(|(event, channel)| {
+                    Some((Uuid::parse_str(event).ok()?, Channel::parse(channel)?))
+                })
+                .collect(),
+        })
     }
 
     async fn defer(
@@ -743,15 +763,17 @@ impl NotifyStore for SqlStore {
         now_us: i64,
     ) -> Result<(), StoreError> {
         let key = &intent.key;
-        let sql = "INSERT INTO notify_deliveries \
+        let insert = "INSERT INTO notify_deliveries \
              (event_id, channel, recipient, user_id, address, event_type, template, category, \
               status, attempts, detail, created_at_us, updated_at_us) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $11) \
-             ON CONFLICT (event_id, channel, recipient) DO UPDATE SET status = excluded.status, \
-             detail = excluded.detail, updated_at_us = excluded.updated_at_us \
-             WHERE notify_deliveries.status IN ('sending', 'retrying')";
+             ON CONFLICT (event_id, channel, recipient) DO NOTHING";
+        let settle_tried = "UPDATE notify_deliveries SET status = $1, detail = $2, \
+             updated_at_us = $3 WHERE event_id = $4 AND channel = $5 \
+             AND (recipient = $6 OR user_id = $7) AND status IN ('sending', 'retrying')";
         with_pool!(&self.db, pool => {
-            sqlx::query(sql)
+            let mut tx = pool.begin().await?;
+            sqlx::query(insert)
                 .bind(key.event_id.to_string())
                 .bind(key.channel.as_str())
                 .bind(&key.recipient)
@@ -763,8 +785,19 @@ impl NotifyStore for SqlStore {
                 .bind(status.as_str())
                 .bind(detail)
                 .bind(now_us)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?;
+            sqlx::query(settle_tried)
+                .bind(status.as_str())
+                .bind(detail)
+                .bind(now_us)
+                .bind(key.event_id.to_string())
+                .bind(key.channel.as_str())
+                .bind(&key.recipient)
+                .bind(&intent.user_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
         });
         Ok(())
     }
@@ -790,5 +823,129 @@ impl NotifyStore for SqlStore {
                 .fetch_all(pool)
                 .await?
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    async fn store() -> SqlStore {
+        let file = std::env::temp_dir().join(format!("herald-notify-{}.db", Uuid::new_v4()));
+        let db = Database::connect(&format!("sqlite://{}", file.display()))
+            .await
+            .unwrap();
+        SqlStore::new(db).await.unwrap()
+    }
+
+    fn intent(event_id: Uuid, channel: Channel, recipient: &str) -> Intent {
+        Intent {
+            key: DeliveryKey {
+                event_id,
+                channel,
+                recipient: recipient.into(),
+            },
+            user_id: Some("u-1".into()),
+            address: String::new(),
+            event_type: "campaign.launched".into(),
+            template: "campaign".into(),
+            category: Category::Promotional,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_cap_counts_one_message_per_event_and_channel() {
+        let store = store().await;
+        let (earlier, this) = (Uuid::new_v4(), Uuid::new_v4());
+        let sent = intent(earlier, Channel::Email, "u-1");
+        store.begin(&sent, 10).await.unwrap();
+        store
+            .finish(&sent.key, Status::Sent, Some("smtp"), None, 11)
+            .await
+            .unwrap();
+        // This event's push reached two devices before the batch failed.
+        for device in ["u-1/phone", "u-1/tablet"] {
+            store
+                .begin(&intent(this, Channel::Push, device), 20)
+                .await
+                .unwrap();
+        }
+        let history = store.promotional_history("u-1", this, 0).await.unwrap();
+        assert_eq!(
+            history.messages,
+            HashSet::from([(earlier, Channel::Email), (this, Channel::Push)])
+        );
+        // Outside the window, other events no longer count; this one's own rows still do.
+        let later = store.promotional_history("u-1", this, 15).await.unwrap();
+        assert_eq!(later.messages, HashSet::from([(this, Channel::Push)]));
+    }
+
+    #[tokio::test]
+    async fn a_skip_settles_the_attempts_it_replaces() {
+        let store = store().await;
+        let event = Uuid::new_v4();
+        let status = |channel, recipient: &str| {
+            let key = DeliveryKey {
+                event_id: event,
+                channel,
+                recipient: recipient.into(),
+            };
+            let store = &store;
+            async move { store.status(&key).await.unwrap() }
+        };
+        // Pushes to two devices were being tried when the user was deleted.
+        for device in ["u-1/phone", "u-1/tablet"] {
+            store
+                .begin(&intent(event, Channel::Push, device), 1)
+                .await
+                .unwrap();
+        }
+        store
+            .settle(
+                &intent(event, Channel::Push, "u-1"),
+                Status::Skipped,
+                "user deleted",
+                2,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            status(Channel::Push, "u-1/phone").await,
+            Some(Status::Skipped)
+        );
+        assert_eq!(
+            status(Channel::Push, "u-1/tablet").await,
+            Some(Status::Skipped)
+        );
+        assert_eq!(status(Channel::Push, "u-1").await, Some(Status::Skipped));
+        // A live message whose stream went away is settled as skipped (sent as push).
+        store
+            .begin(&intent(event, Channel::Live, "u-1"), 3)
+            .await
+            .unwrap();
+        store
+            .settle(
+                &intent(event, Channel::Live, "u-1"),
+                Status::Skipped,
+                "not connected: sent as push",
+                4,
+            )
+            .await
+            .unwrap();
+        assert_eq!(status(Channel::Live, "u-1").await, Some(Status::Skipped));
+        // What was sent stays sent.
+        let email = intent(event, Channel::Email, "u-1");
+        store.begin(&email, 5).await.unwrap();
+        store
+            .finish(&email.key, Status::Sent, Some("smtp"), None, 6)
+            .await
+            .unwrap();
+        store
+            .settle(&email, Status::Skipped, "user deleted", 7)
+            .await
+            .unwrap();
+        assert_eq!(status(Channel::Email, "u-1").await, Some(Status::Sent));
     }
 }

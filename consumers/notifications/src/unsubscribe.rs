@@ -40,6 +40,26 @@ impl std::fmt::Debug for Unsubscribe {
     }
 }
 
+/// Checks `NOTIFY_PUBLIC_URL`: the links go into emails read anywhere, so it must be an
+/// absolute http(s) URL of a host users can reach (not a wildcard listen address).
+pub fn check_public_url(text: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(text)
+        .map_err(|err| format!("NOTIFY_PUBLIC_URL {text:?} is not a URL: {err}"))?;
+    let reachable = url.host_str().is_some_and(|host| {
+        match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+            Ok(ip) => !ip.is_unspecified(),
+            Err(_) => !host.is_empty(),
+        }
+    });
+    if !matches!(url.scheme(), "http" | "https") || !reachable || url.port() == Some(0) {
+        return Err(format!(
+            "NOTIFY_PUBLIC_URL {text:?} must be where users reach this service, \
+             like https://api.example.com"
+        ));
+    }
+    Ok(())
+}
+
 impl Unsubscribe {
     /// `public_url`: where users reach this service's API (`https://api.example.com`).
     pub fn new(secret: &SecretString, public_url: &str) -> Self {
@@ -80,6 +100,27 @@ impl Unsubscribe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_public_url_must_be_reachable_from_an_inbox() {
+        for good in [
+            "https://api.example.com",
+            "http://127.0.0.1:8080",
+            "https://[2001:db8::1]:8443/",
+        ] {
+            assert_eq!(check_public_url(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "api.example.com",
+            "http://0.0.0.0:8080",
+            "http://[::]:8080",
+            "http://127.0.0.1:0",
+            "ftp://example.com",
+            "",
+        ] {
+            assert!(check_public_url(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn a_link_names_its_user_and_nothing_else_verifies() {
