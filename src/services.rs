@@ -1,5 +1,6 @@
 //! Starting services: alone (`herald ingress`) or all together (`herald up`).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use ingress::idempotency::SqlStore;
 use notifications::NotifyArgs;
 use platform::auth::{AuthArgs, Authenticator};
 use platform::broker::LocalBroker;
-use platform::consumer::{ConsumerArgs, Runner};
+use platform::consumer::ConsumerArgs;
 use platform::contract::ContractArgs;
 use platform::db::{Database, redact_url};
 use platform::kafka::KafkaArgs;
@@ -99,6 +100,16 @@ pub struct SearchIndexerArgs {
     pub consumer: ConsumerArgs,
     #[command(flatten)]
     pub search: SearchArgs,
+    #[command(subcommand)]
+    pub action: Option<SearchAction>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum SearchAction {
+    /// Build a fresh index from the start of the topics beside the live one, and make it
+    /// current once it has caught up (a running indexer switches to it; queries never see a
+    /// half-built index).
+    Reindex,
 }
 
 /// Where a service keeps its data.
@@ -196,7 +207,6 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
     let local = listener.local_addr()?;
     let mut router = ingress::router(state.clone());
     let mut consumers = Vec::new();
-    let mut committers = Vec::new();
     if defaults == Defaults::Development {
         // `herald up` runs every consumer in this process; deployed, each runs on its own.
         let auth = Arc::new(Authenticator::from_args(&args.ingress.auth)?);
@@ -209,7 +219,10 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
         )
         .await?;
         router = router.merge(audit.router());
-        consumers.push(spawn_consumer(audit.runner, shutdown.clone()));
+        consumers.push(spawn_consumer(
+            audit.runner.run(shutdown.clone()),
+            shutdown.clone(),
+        ));
         let mut notify = args.notify.clone();
         if notify.smtp_url.is_none() && notify.email_outbox.is_none() {
             let outbox = args.store.data_dir.join("outbox");
@@ -242,7 +255,10 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
         .await?;
         router = router.merge(notifications.router());
         tokio::spawn(notifications.notifier.release_deferred(shutdown.clone()));
-        consumers.push(spawn_consumer(notifications.runner, shutdown.clone()));
+        consumers.push(spawn_consumer(
+            notifications.runner.run(shutdown.clone()),
+            shutdown.clone(),
+        ));
         let search = search_indexer::Service::connect(
             &args.kafka,
             &args.ingress.contract,
@@ -253,14 +269,10 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
         )
         .await?;
         router = router.merge(search.router());
-        let committer = tokio::spawn(
-            search
-                .indexer
-                .clone()
-                .commit_loop(search.commit_every, shutdown.clone()),
-        );
-        consumers.push(spawn_consumer(search.runner, shutdown.clone()));
-        committers.push(committer);
+        consumers.push(spawn_consumer(
+            search.run(shutdown.clone()),
+            shutdown.clone(),
+        ));
     }
     let router = router.route("/metrics", axum::routing::get(metrics));
     let brokers = args.kafka.brokers.clone().unwrap_or_default();
@@ -270,9 +282,6 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
     state.sink.drain(Duration::from_secs(5)).await;
     for consumer in consumers {
         consumer.await.context("consumer task")??;
-    }
-    for committer in committers {
-        committer.await.context("search committer")?;
     }
     tracing::info!("stopped");
     Ok(())
@@ -318,7 +327,12 @@ pub async fn audit_log(args: AuditLogArgs) -> anyhow::Result<()> {
     )
     .await?;
     let router = audit.router();
-    serve_consumer("audit-log", args.listen, audit.runner, router).await
+    let runner = audit.runner;
+    let group = runner.group().to_string();
+    serve_consumer("audit-log", args.listen, &group, router, |shutdown| {
+        runner.run(shutdown)
+    })
+    .await
 }
 
 /// `herald notifications`: the consumer and its API.
@@ -346,17 +360,42 @@ pub async fn notifications(args: NotificationsArgs) -> anyhow::Result<()> {
     let router = notifications.router();
     let release = CancellationToken::new();
     tokio::spawn(notifications.notifier.release_deferred(release.clone()));
-    let served = serve_consumer("notifications", args.listen, notifications.runner, router).await;
+    let runner = notifications.runner;
+    let group = runner.group().to_string();
+    let served = serve_consumer("notifications", args.listen, &group, router, |shutdown| {
+        runner.run(shutdown)
+    })
+    .await;
     release.cancel();
     served
 }
 
-/// `herald search-indexer`: the indexer and the search API.
+/// `herald search-indexer`: the indexer and the search API; `reindex`: a rebuild.
 pub async fn search_indexer(args: SearchIndexerArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.kafka.brokers.is_some(),
         "herald search-indexer needs KAFKA_BROKERS (or use `herald up`, which runs it too)"
     );
+    if let Some(SearchAction::Reindex) = args.action {
+        let done = search_indexer::reindex(
+            &args.kafka,
+            &args.contract,
+            &args.consumer,
+            &args.search,
+            args.data_dir.join("search"),
+            platform::shutdown::on_signal(),
+        )
+        .await
+        .context("reindex failed; the live index is unchanged")?;
+        println!(
+            "herald search-indexer reindex: generation {} is current: {} events, {} documents, {:.1} s",
+            done.generation,
+            done.events,
+            done.documents,
+            done.elapsed.as_secs_f64()
+        );
+        return Ok(());
+    }
     platform::metrics::install();
     let search = search_indexer::Service::connect(
         &args.kafka,
@@ -368,28 +407,27 @@ pub async fn search_indexer(args: SearchIndexerArgs) -> anyhow::Result<()> {
     )
     .await?;
     let router = search.router();
-    let stop_committing = CancellationToken::new();
-    let committer = tokio::spawn(
-        search
-            .indexer
-            .clone()
-            .commit_loop(search.commit_every, stop_committing.clone()),
-    );
-    let served = serve_consumer("search-indexer", args.listen, search.runner, router).await;
-    // The consumer has stopped: a last commit makes everything it applied durable.
-    stop_committing.cancel();
-    committer.await.context("search committer")?;
-    served
+    let group = search.group().to_string();
+    serve_consumer("search-indexer", args.listen, &group, router, |shutdown| {
+        search.run(shutdown)
+    })
+    .await
 }
 
-/// Serves a consumer service alone: its API with /healthz and /metrics, and its consumer,
-/// until a signal or until the consumer stops by itself.
-async fn serve_consumer(
+/// Serves a consumer service alone: its API with /healthz and /metrics, and its consumer
+/// (`consume`, given the shutdown signal), until a signal or until the consumer stops by
+/// itself.
+async fn serve_consumer<F, E>(
     name: &str,
     listen: SocketAddr,
-    runner: Runner,
+    group: &str,
     router: axum::Router,
-) -> anyhow::Result<()> {
+    consume: impl FnOnce(CancellationToken) -> F,
+) -> anyhow::Result<()>
+where
+    F: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<anyhow::Error> + Send + 'static,
+{
     let shutdown = platform::shutdown::on_signal();
     let router = router
         .route(
@@ -401,9 +439,9 @@ async fn serve_consumer(
         .await
         .with_context(|| format!("binding {listen}"))?;
     let local = listener.local_addr()?;
-    tracing::info!(http = %local, group = %runner.group(), "{name} is ready");
+    tracing::info!(http = %local, group, "{name} is ready");
     println!("herald {name}: HTTP API on http://{local}");
-    let consumer = spawn_consumer(runner, shutdown.clone());
+    let consumer = spawn_consumer(consume(shutdown.clone()), shutdown.clone());
     platform::http::serve(
         listener,
         router,
@@ -418,14 +456,20 @@ async fn serve_consumer(
 
 /// Runs a consumer; when it ends by itself (an error it cannot recover from) the whole
 /// process stops, so a service that no longer consumes does not look alive.
-fn spawn_consumer(
-    runner: Runner,
+fn spawn_consumer<E>(
+    consume: impl Future<Output = Result<(), E>> + Send + 'static,
     shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<Result<(), platform::consumer::RunnerError>> {
+) -> tokio::task::JoinHandle<anyhow::Result<()>>
+where
+    E: Into<anyhow::Error> + Send + 'static,
+{
     tokio::spawn(async move {
-        let result = runner.run(shutdown.clone()).await;
+        let result = consume.await.map_err(Into::into);
         if let Err(err) = &result {
-            tracing::error!(%err, "consumer stopped; stopping the process");
+            tracing::error!(
+                err = format!("{err:#}"),
+                "consumer stopped; stopping the process"
+            );
         }
         shutdown.cancel();
         result

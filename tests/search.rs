@@ -267,3 +267,160 @@ async fn kill_9_mid_stream_leaves_one_document_per_entity() {
     assert!(status.success(), "{status}");
     app.stop().await;
 }
+
+/// What a set of queries answers: totals, and every hit (id, title, fields). Hits with
+/// equal scores have no defined order, and BM25 statistics count replaced documents until
+/// segments merge, so the hits are compared as sets: each query below fits on one page.
+async fn answers(base: &str) -> Vec<Value> {
+    let queries: [(&str, &str, &[&str]); 5] = [
+        ("q=mug&limit=100", "ops", &["admin"]),
+        ("q=tea&limit=100", "c-3", &["user"]),
+        ("q=tae", "c-3", &["user"]),
+        ("q=mug&field=status:shipped&limit=100", "ops", &["admin"]),
+        ("q=reindex&type=user", "ops", &["admin"]),
+    ];
+    let mut out = Vec::new();
+    for (query, who, roles) in queries {
+        let (status, answer) = search(base, query, who, roles).await;
+        assert_eq!(status, 200, "{query}: {answer}");
+        let mut hits: Vec<String> = answer["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|hit| json!([hit["id"], hit["title"], hit["fields"]]).to_string())
+            .collect();
+        hits.sort();
+        assert_eq!(
+            hits.len() as u64,
+            answer["total"].as_u64().unwrap(),
+            "{query}"
+        );
+        out.push(json!({"query": query, "total": answer["total"], "hits": hits}));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reindex_swaps_in_a_rebuilt_index_while_queries_run() {
+    let app = TestIngress::start_default().await;
+    let dir = index_dir();
+    let indexer = start(&app, &dir).await;
+    // Orders, some shipped; users, one deleted: a rebuild must end where the live index is.
+    let events: Vec<Value> = (0..300)
+        .map(|n| {
+            let sku = if n % 3 == 0 { "mug" } else { "tea" };
+            order(&format!("o-{n}"), &format!("c-{}", n % 10), sku)
+        })
+        .collect();
+    for chunk in events.chunks(100) {
+        post(&app, &json!({"events": chunk})).await;
+    }
+    for n in (0..300).step_by(6) {
+        post(
+            &app,
+            &json!({"type": "order.shipped", "data": {
+                "order_id": format!("o-{n}"), "carrier": "DHL", "tracking_number": "T",
+                "shipped_at": "2026-11-22T09:30:00Z"
+            }}),
+        )
+        .await;
+    }
+    let (kept, gone) = (Uuid::new_v4(), Uuid::new_v4());
+    for (id, name) in [(kept, "Reindex Kept"), (gone, "Reindex Gone")] {
+        post(
+            &app,
+            &json!({"type": "user.registered", "data": {
+                "user_id": id, "email": format!("{id}@example.com"), "display_name": name,
+                "locale": "en", "time_zone": "UTC"
+            }}),
+        )
+        .await;
+    }
+    post(
+        &app,
+        &json!({"type": "user.deleted", "data": {"user_id": gone}}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stats(&indexer.base).await["documents"] != 301 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Indexed is not enough: every amendment must be in before the answers are taken.
+    ids_when(
+        &indexer.base,
+        "q=mug&field=status:shipped&limit=100",
+        "ops",
+        &["admin"],
+        50,
+    )
+    .await;
+    let before = answers(&indexer.base).await;
+    let totals: Vec<&Value> = before.iter().map(|answer| &answer["total"]).collect();
+    // 100 mugs, 50 of them shipped; 20 tea orders of c-3's; one user left.
+    assert_eq!(totals, [100, 20, 20, 50, 1]);
+
+    // Queries run all along the rebuild and the swap; each must answer the same.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let querying = {
+        let (base, before, stop) = (indexer.base.clone(), before.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut rounds = 0;
+            while !stop.is_cancelled() {
+                assert_eq!(answers(&base).await, before, "after {rounds} rounds");
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let output = tokio::process::Command::new(support::process::HERALD)
+        .args(["search-indexer", "reindex"])
+        .env("KAFKA_BROKERS", app.kafka.brokers.as_deref().unwrap())
+        .env("TOPIC_PREFIX", &app.kafka.topic_prefix)
+        .env("SEARCH_INDEX_DIR", &dir)
+        .env("SEARCH_COMMIT_MS", "100")
+        .env("CONSUMER_SESSION_TIMEOUT_MS", "6000")
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        printed.contains("generation 2 is current") && printed.contains("301 documents"),
+        "{printed}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while indexer.metric("herald_search_generation").await != 2.0 {
+        assert!(Instant::now() < deadline, "the service did not switch");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    let rounds = querying.await.unwrap();
+    println!("{rounds} rounds of queries during the rebuild, each answered the same");
+    assert!(rounds > 0);
+    assert_eq!(answers(&indexer.base).await, before);
+    // The old generation goes once no query holds it; the service consumes into the new one.
+    let old = std::path::Path::new(&dir).join("gen-1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while old.exists() {
+        assert!(Instant::now() < deadline, "gen-1 was not removed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    post(&app, &order("o-after", "c-3", "kettle")).await;
+    assert_eq!(
+        ids_when(&indexer.base, "q=kettle", "c-3", &["user"], 1).await,
+        ["order:o-after"]
+    );
+    let (status, _) = indexer.terminate().await;
+    assert!(status.success(), "{status}");
+    // Restarted, it serves the new generation.
+    let indexer = start(&app, &dir).await;
+    assert_eq!(stats(&indexer.base).await["documents"], 302);
+    let (status, _) = indexer.terminate().await;
+    assert!(status.success(), "{status}");
+    app.stop().await;
+}

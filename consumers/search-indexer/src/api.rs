@@ -19,7 +19,8 @@ use platform::auth::Authenticator;
 use platform::problem::{self, Problem};
 use serde::Serialize;
 
-use crate::index::{Caller, Hit, SearchError, SearchIndex, SearchRequest, Stats};
+use crate::LiveIndex;
+use crate::index::{Caller, Hit, SearchError, SearchRequest, Stats};
 
 pub const ADMIN_ROLE: &str = "admin";
 const DEFAULT_LIMIT: u32 = 20;
@@ -30,7 +31,8 @@ const MAX_QUERY_LEN: usize = 500;
 const KINDS: [&str; 4] = ["user", "order", "message", "campaign"];
 
 pub struct SearchApi {
-    pub index: Arc<SearchIndex>,
+    /// The generation being served; a reindex swaps it under running queries.
+    pub live: Arc<LiveIndex>,
     pub auth: Arc<Authenticator>,
 }
 
@@ -145,7 +147,7 @@ async fn search(
 ) -> Result<Json<Answer>, Problem> {
     let principal = state.auth.authenticate(&headers)?;
     let params = params(&uri)?;
-    let index = state.index.clone();
+    let index = state.live.get();
     let admin = principal.roles.iter().any(|r| r == ADMIN_ROLE);
     let page = tokio::task::spawn_blocking(move || {
         index
@@ -194,7 +196,7 @@ async fn stats(
             "index statistics need the {ADMIN_ROLE} role"
         )));
     }
-    let index = state.index.clone();
+    let index = state.live.get();
     tokio::task::spawn_blocking(move || index.stats())
         .await
         .map_err(|_| Problem::unavailable("interrupted", 1))?

@@ -32,12 +32,18 @@ use crate::documents::{Change, Document, Version, Visibility, project};
 const WRITER_MEMORY: usize = 32 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
-#[error("search index: {0}")]
-pub struct IndexError(String);
+pub enum IndexError {
+    #[error("search index: {0}")]
+    Failed(String),
+    /// Another writer holds the index (a reindex finishing, or a second service on the same
+    /// folder): try again once it has stopped.
+    #[error("search index {0}: another process is writing it")]
+    Busy(String),
+}
 
 impl From<tantivy::TantivyError> for IndexError {
     fn from(err: tantivy::TantivyError) -> Self {
-        Self(err.to_string())
+        Self::Failed(err.to_string())
     }
 }
 
@@ -165,7 +171,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn partition_key(topic: &str, partition: i32) -> String {
+/// How the index names a partition in its offsets.
+pub fn partition_key(topic: &str, partition: i32) -> String {
     format!("{topic}/{partition}")
 }
 
@@ -174,9 +181,10 @@ impl SearchIndex {
     /// or of another schema) is moved aside and rebuilt from the log.
     pub fn open(dir: &Path) -> Result<Self, IndexError> {
         std::fs::create_dir_all(dir)
-            .map_err(|e| IndexError(format!("creating {}: {e}", dir.display())))?;
+            .map_err(|e| IndexError::Failed(format!("creating {}: {e}", dir.display())))?;
         match Self::open_in(dir) {
             Ok(index) => Ok(index),
+            Err(err @ IndexError::Busy(_)) => Err(err),
             Err(err) => {
                 let aside = dir.with_extension(format!(
                     "unreadable-{}",
@@ -186,10 +194,11 @@ impl SearchIndex {
                     dir = %dir.display(), aside = %aside.display(), %err,
                     "the search index cannot be opened: moved aside, rebuilding it from the log"
                 );
-                std::fs::rename(dir, &aside)
-                    .map_err(|e| IndexError(format!("moving {} aside: {e}", dir.display())))?;
+                std::fs::rename(dir, &aside).map_err(|e| {
+                    IndexError::Failed(format!("moving {} aside: {e}", dir.display()))
+                })?;
                 std::fs::create_dir_all(dir)
-                    .map_err(|e| IndexError(format!("creating {}: {e}", dir.display())))?;
+                    .map_err(|e| IndexError::Failed(format!("creating {}: {e}", dir.display())))?;
                 Self::open_in(dir)
             }
         }
@@ -197,14 +206,21 @@ impl SearchIndex {
 
     fn open_in(dir: &Path) -> Result<Self, IndexError> {
         let (schema, fields) = schema();
-        let directory = MmapDirectory::open(dir).map_err(|e| IndexError(e.to_string()))?;
+        let directory = MmapDirectory::open(dir).map_err(|e| IndexError::Failed(e.to_string()))?;
         let index = Index::open_or_create(directory, schema)?;
         let payload: Payload = match index.load_metas()?.payload {
             Some(text) => serde_json::from_str(&text)
-                .map_err(|e| IndexError(format!("commit payload: {e}")))?,
+                .map_err(|e| IndexError::Failed(format!("commit payload: {e}")))?,
             None => Payload::default(),
         };
-        let writer = index.writer_with_num_threads(1, WRITER_MEMORY)?;
+        let writer = index
+            .writer_with_num_threads(1, WRITER_MEMORY)
+            .map_err(|err| match err {
+                tantivy::TantivyError::LockFailure(..) => {
+                    IndexError::Busy(dir.display().to_string())
+                }
+                other => other.into(),
+            })?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -230,6 +246,11 @@ impl SearchIndex {
             Some(next) => Resume::At(*next),
             None => Resume::Beginning,
         }
+    }
+
+    /// The next offset of every partition the last commit covers, by `"<topic>/<partition>"`.
+    pub fn committed_offsets(&self) -> BTreeMap<String, i64> {
+        lock(&self.committed).clone()
     }
 
     /// Applies consecutive events of one partition (visible after the next [`commit`]).
@@ -301,7 +322,7 @@ impl SearchIndex {
         doc.add_text(f.id, id);
         doc.add_text(
             f.source,
-            serde_json::to_string(stored).map_err(|e| IndexError(e.to_string()))?,
+            serde_json::to_string(stored).map_err(|e| IndexError::Failed(e.to_string()))?,
         );
         match &stored.document {
             None => doc.add_u64(f.deleted, 1),
@@ -341,10 +362,10 @@ impl SearchIndex {
         let source = doc
             .get_first(self.fields.source)
             .and_then(|v| v.as_str())
-            .ok_or_else(|| IndexError(format!("document {id} has no source")))?;
+            .ok_or_else(|| IndexError::Failed(format!("document {id} has no source")))?;
         serde_json::from_str(source)
             .map(Some)
-            .map_err(|e| IndexError(format!("document {id}: {e}")))
+            .map_err(|e| IndexError::Failed(format!("document {id}: {e}")))
     }
 
     /// Makes what was applied durable and searchable, with the offsets it reaches. Answers
@@ -357,7 +378,7 @@ impl SearchIndex {
         let payload = serde_json::to_string(&Payload {
             offsets: writing.offsets.clone(),
         })
-        .map_err(|e| IndexError(e.to_string()))?;
+        .map_err(|e| IndexError::Failed(e.to_string()))?;
         let mut prepared = writing.writer.prepare_commit()?;
         prepared.set_payload(&payload);
         prepared.commit()?;
@@ -509,5 +530,137 @@ impl SearchIndex {
             segments: searcher.segment_readers().len(),
             bytes,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use events::Envelope;
+    use serde_json::{Value, json};
+    use time::OffsetDateTime;
+
+    use super::*;
+
+    fn event(at: (&str, i32, i64), seconds: i64, event_type: &str, data: Value) -> Event {
+        let (topic, partition, offset) = at;
+        let occurred_at = OffsetDateTime::from_unix_timestamp(seconds).unwrap();
+        Event {
+            topic: topic.into(),
+            partition,
+            offset,
+            key: None,
+            envelope: Envelope {
+                event_id: uuid::Uuid::new_v4(),
+                event_type: event_type.into(),
+                occurred_at,
+                received_at: occurred_at,
+                actor: "test".into(),
+                source: "test".into(),
+                idempotency_key: None,
+            },
+            data,
+            written_with: 1,
+            traceparent: None,
+        }
+    }
+
+    fn titles(index: &SearchIndex, q: &str, fields: &[String]) -> Vec<String> {
+        let request = SearchRequest {
+            q,
+            kind: None,
+            fields,
+            limit: 10,
+            offset: 0,
+        };
+        let caller = Caller {
+            subject: "ops",
+            admin: true,
+        };
+        let page = index.search(&request, &caller).unwrap();
+        page.items.into_iter().map(|hit| hit.title).collect()
+    }
+
+    #[test]
+    fn redelivered_and_out_of_order_events_never_resurrect_or_roll_back() {
+        let dir = std::env::temp_dir().join(format!("herald-index-{}", uuid::Uuid::new_v4()));
+        let index = SearchIndex::open(&dir).unwrap();
+        let alice = json!({"user_id": "u-1", "display_name": "Alice Liddell"});
+        let placed = json!({"order_id": "o-1", "customer_id": "u-1",
+            "items": [{"sku": "teapot"}], "total_cents": 450, "currency": "EUR"});
+        index
+            .apply(&[
+                event(("users", 0, 0), 100, "user.registered", alice.clone()),
+                event(
+                    ("users", 0, 1),
+                    200,
+                    "user.deleted",
+                    json!({"user_id": "u-1"}),
+                ),
+            ])
+            .unwrap();
+        index
+            .apply(&[
+                event(("orders", 0, 0), 100, "order.placed", placed.clone()),
+                event(
+                    ("orders", 0, 1),
+                    200,
+                    "order.shipped",
+                    json!({"order_id": "o-1", "carrier": "DHL", "tracking_number": "T1",
+                           "shipped_at": "2026-11-22T09:30:00Z"}),
+                ),
+            ])
+            .unwrap();
+        index.commit().unwrap();
+        let shipped = ["status:shipped".to_string()];
+        assert!(titles(&index, "alice", &[]).is_empty());
+        assert_eq!(titles(&index, "teapot", &shipped).len(), 1);
+
+        // Redelivered (read again after a rebalance): already applied, skipped.
+        index
+            .apply(&[event(
+                ("users", 0, 0),
+                100,
+                "user.registered",
+                alice.clone(),
+            )])
+            .unwrap();
+        // The same entity from another partition (a replay), older than what the index holds.
+        index
+            .apply(&[
+                event(("users", 3, 7), 150, "user.registered", alice),
+                event(("orders", 2, 9), 150, "order.placed", placed),
+            ])
+            .unwrap();
+        index.commit().unwrap();
+        assert!(
+            titles(&index, "alice", &[]).is_empty(),
+            "the user stays deleted"
+        );
+        assert_eq!(
+            titles(&index, "teapot", &shipped).len(),
+            1,
+            "the order stays shipped"
+        );
+        let stats = index.stats().unwrap();
+        assert_eq!((stats.documents, stats.removed), (1, 1));
+
+        // Reopened, the index resumes after what it committed.
+        drop(index);
+        let index = SearchIndex::open(&dir).unwrap();
+        assert_eq!(index.resume_from("users", 0), Resume::At(2));
+        assert_eq!(index.resume_from("users", 3), Resume::At(8));
+        assert_eq!(index.resume_from("orders", 1), Resume::Beginning);
+        index
+            .apply(&[event(
+                ("users", 0, 1),
+                200,
+                "user.deleted",
+                json!({"user_id": "u-1"}),
+            )])
+            .unwrap();
+        index.commit().unwrap();
+        assert_eq!(index.stats().unwrap().documents, 1);
+        drop(index);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

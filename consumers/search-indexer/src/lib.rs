@@ -4,24 +4,29 @@
 //! Every replica consumes the whole stream into its own index, in its own consumer group
 //! (`search-indexer-<replica>`), so adding replicas scales queries. The index keeps its
 //! consumer's offsets in its own commits ([`index`]): a crash neither loses nor re-applies
-//! an event.
+//! an event. The index folder holds generations ([`generations`]): `herald search-indexer
+//! reindex` builds a new one beside the live one, and the service switches to it.
 
 pub mod api;
 pub mod documents;
+pub mod generations;
 pub mod index;
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use events::Codec;
 use platform::auth::Authenticator;
 use platform::consumer::{ConsumerArgs, Event, Handler, HandlerError, OrRetry, Resume, Runner};
 use platform::contract::ContractArgs;
 use platform::kafka::KafkaArgs;
 use tokio_util::sync::CancellationToken;
 
-use crate::index::SearchIndex;
+use crate::generations::Generations;
+use crate::index::{IndexError, SearchIndex, partition_key};
 
 /// The consumer's name; its group is the topic prefix, this and the replica id.
 pub const NAME: &str = "search-indexer";
@@ -84,27 +89,57 @@ impl Indexer {
     }
 }
 
-/// The search service's parts: its consumer, its committer and its API.
-pub struct Service {
-    pub runner: Runner,
-    pub indexer: Arc<Indexer>,
-    pub api: Arc<api::SearchApi>,
-    pub commit_every: Duration,
+/// The generation being served, swapped whole under running queries.
+pub struct LiveIndex {
+    current: RwLock<(u64, Arc<SearchIndex>)>,
 }
 
-impl Service {
-    /// Opens (or rebuilds) the index and prepares the consumer of every topic it follows.
-    pub async fn connect(
+impl LiveIndex {
+    fn new(generation: u64, index: SearchIndex) -> Self {
+        Self {
+            current: RwLock::new((generation, Arc::new(index))),
+        }
+    }
+
+    /// The index to query; a query keeps the one it started with.
+    pub fn get(&self) -> Arc<SearchIndex> {
+        self.read().1.clone()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.read().0
+    }
+
+    /// Serves `index` from now on; answers the one it replaces.
+    fn replace(&self, generation: u64, index: SearchIndex) -> Arc<SearchIndex> {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        let (_, old) = std::mem::replace(&mut *current, (generation, Arc::new(index)));
+        metrics::gauge!("herald_search_generation").set(generation as f64);
+        old
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, (u64, Arc<SearchIndex>)> {
+        // A swap is one assignment: the value is whole even if a holder panicked.
+        self.current.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What consuming the stream into an index takes.
+struct Stream {
+    topics: Vec<String>,
+    kafka: KafkaArgs,
+    consumer: ConsumerArgs,
+    codec: Arc<Codec>,
+}
+
+impl Stream {
+    async fn connect(
         kafka: &KafkaArgs,
         contract: &ContractArgs,
         consumer: &ConsumerArgs,
-        auth: Arc<Authenticator>,
-        args: &SearchArgs,
-        default_dir: PathBuf,
+        replica: &str,
     ) -> anyhow::Result<Self> {
         let catalog = Arc::new(contract.catalog()?);
-        let dir = args.index_dir.clone().unwrap_or(default_dir);
-        let index = Arc::new(SearchIndex::open(&dir)?);
         let mut topics: Vec<String> = documents::EVENT_TYPES
             .iter()
             .filter_map(|t| catalog.latest(t))
@@ -113,23 +148,326 @@ impl Service {
         topics.sort();
         topics.dedup();
         let codec = Arc::new(contract.codec(catalog, kafka).await?);
-        let indexer = Arc::new(Indexer {
-            index: index.clone(),
-        });
         let mut consumer = consumer.clone();
         consumer
             .group
-            .get_or_insert_with(|| format!("{}{NAME}-{}", kafka.topic_prefix, args.replica));
-        let runner = Runner::new(NAME, topics, kafka, &consumer, codec, indexer.clone());
+            .get_or_insert_with(|| format!("{}{NAME}-{replica}", kafka.topic_prefix));
         Ok(Self {
-            runner,
+            topics,
+            kafka: kafka.clone(),
+            consumer,
+            codec,
+        })
+    }
+
+    fn group(&self) -> &str {
+        self.consumer.group.as_deref().unwrap_or(NAME)
+    }
+
+    /// A consumer applying the stream to `indexer`, in `group`.
+    fn runner(&self, indexer: Arc<Indexer>, group: &str) -> Runner {
+        let mut consumer = self.consumer.clone();
+        consumer.group = Some(group.to_string());
+        Runner::new(
+            NAME,
+            self.topics.clone(),
+            &self.kafka,
+            &consumer,
+            self.codec.clone(),
             indexer,
-            api: Arc::new(api::SearchApi { index, auth }),
+        )
+    }
+}
+
+/// The search service's parts: the live index, its consumer and its API.
+pub struct Service {
+    live: Arc<LiveIndex>,
+    generations: Generations,
+    stream: Stream,
+    pub api: Arc<api::SearchApi>,
+    commit_every: Duration,
+}
+
+impl Service {
+    /// Opens (or rebuilds) the live generation of the index and prepares the consumer of
+    /// every topic it follows.
+    pub async fn connect(
+        kafka: &KafkaArgs,
+        contract: &ContractArgs,
+        consumer: &ConsumerArgs,
+        auth: Arc<Authenticator>,
+        args: &SearchArgs,
+        default_dir: PathBuf,
+    ) -> anyhow::Result<Self> {
+        let generations = Generations::new(&args.index_dir.clone().unwrap_or(default_dir));
+        let generation = generations.live()?;
+        let index = open(&generations, generation).await?;
+        generations.remove_older_than(generation);
+        let live = Arc::new(LiveIndex::new(generation, index));
+        metrics::gauge!("herald_search_generation").set(generation as f64);
+        Ok(Self {
+            stream: Stream::connect(kafka, contract, consumer, &args.replica).await?,
+            api: Arc::new(api::SearchApi {
+                live: live.clone(),
+                auth,
+            }),
+            live,
+            generations,
             commit_every: Duration::from_millis(args.commit_ms.max(10)),
         })
     }
 
     pub fn router(&self) -> axum::Router {
         api::router(self.api.clone())
+    }
+
+    pub fn group(&self) -> &str {
+        self.stream.group()
+    }
+
+    /// Consumes into the live generation until `shutdown`, committing every commit interval
+    /// (and once more at the end). When a reindex names a new generation current, the
+    /// consumer stops, queries move to the new generation, and the consumer starts again
+    /// from the new generation's own offsets.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        loop {
+            let generation = self.live.generation();
+            let indexer = Arc::new(Indexer {
+                index: self.live.get(),
+            });
+            let stop = shutdown.child_token();
+            let committer =
+                tokio::spawn(indexer.clone().commit_loop(self.commit_every, stop.clone()));
+            let mut consuming = tokio::spawn(
+                self.stream
+                    .runner(indexer.clone(), self.stream.group())
+                    .run(stop.clone()),
+            );
+            let next = tokio::select! {
+                ended = &mut consuming => {
+                    stop.cancel();
+                    committer.await?;
+                    return Ok(ended??);
+                }
+                next = self.next_generation(generation, &shutdown) => next,
+            };
+            stop.cancel();
+            consuming.await??;
+            committer.await?;
+            let Some(next) = next else {
+                return Ok(());
+            };
+            drop(indexer);
+            let index = open(&self.generations, next).await?;
+            let old = self.live.replace(next, index);
+            tracing::info!(generation = next, "search now serves the rebuilt index");
+            retire(old, self.generations.clone(), next);
+        }
+    }
+
+    /// Waits for `CURRENT` to name another generation; `None` on shutdown.
+    async fn next_generation(&self, serving: u64, shutdown: &CancellationToken) -> Option<u64> {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                _ = tick.tick() => {}
+            }
+            match self.generations.current() {
+                Ok(Some(current)) if current != serving => return Some(current),
+                Ok(_) => {}
+                Err(err) => tracing::warn!(%err, "cannot read which search index is current"),
+            }
+        }
+    }
+}
+
+/// Opens one generation; waits while another process still writes it (a reindex that has
+/// just named it current and is closing it).
+async fn open(generations: &Generations, generation: u64) -> anyhow::Result<SearchIndex> {
+    let path = generations.path(generation);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let at = path.clone();
+        match tokio::task::spawn_blocking(move || SearchIndex::open(&at)).await? {
+            Err(IndexError::Busy(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            opened => return Ok(opened?),
+        }
+    }
+}
+
+/// Removes the generations before `current` once the last query on `old` has finished.
+fn retire(old: Arc<SearchIndex>, generations: Generations, current: u64) {
+    tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop(old);
+        tokio::task::spawn_blocking(move || generations.remove_older_than(current)).await
+    });
+}
+
+/// What `herald search-indexer reindex` did.
+#[derive(Debug)]
+pub struct Reindexed {
+    pub generation: u64,
+    pub events: i64,
+    pub documents: u64,
+    pub elapsed: Duration,
+}
+
+/// `herald search-indexer reindex`: builds a new generation from the start of the topics
+/// beside the live one, in its own consumer group, and names it current once it holds every
+/// event the topics had when it caught up. A running service switches to it; one started
+/// later opens it. Stopped (`shutdown`) or failed before that, the new generation is removed
+/// and the live one is untouched.
+pub async fn reindex(
+    kafka: &KafkaArgs,
+    contract: &ContractArgs,
+    consumer: &ConsumerArgs,
+    args: &SearchArgs,
+    default_dir: PathBuf,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Reindexed> {
+    let started = Instant::now();
+    let stream = Stream::connect(kafka, contract, consumer, &args.replica).await?;
+    let generations = Generations::new(&args.index_dir.clone().unwrap_or(default_dir));
+    generations.live()?;
+    let generation = generations.fresh()?;
+    tracing::info!(generation, dir = %generations.path(generation).display(), "building a new search index");
+    let built = build(&stream, &generations, generation, args, shutdown).await;
+    let (events, documents) = match built {
+        Ok(counts) => counts,
+        Err(err) => {
+            if let Err(removing) = generations.remove(generation) {
+                tracing::warn!(%removing, "cannot remove the unfinished generation");
+            }
+            return Err(err);
+        }
+    };
+    generations.promote(generation)?;
+    Ok(Reindexed {
+        generation,
+        events,
+        documents,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Consumes into `generation` until it has caught up, then closes it (releasing its writer
+/// for the service). Answers the events it covers and the documents it holds.
+async fn build(
+    stream: &Stream,
+    generations: &Generations,
+    generation: u64,
+    args: &SearchArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(i64, u64)> {
+    let index = Arc::new(open(generations, generation).await?);
+    let indexer = Arc::new(Indexer {
+        index: index.clone(),
+    });
+    let stop = shutdown.child_token();
+    let every = Duration::from_millis(args.commit_ms.max(10));
+    let committer = tokio::spawn(indexer.clone().commit_loop(every, stop.clone()));
+    let group = format!("{}.reindex", stream.group());
+    let mut consuming = tokio::spawn(stream.runner(indexer.clone(), &group).run(stop.clone()));
+    // Caught up: every partition's events up to its end when the build looked.
+    let ends =
+        platform::kafka::watermarks_of(&stream.kafka, &stream.topics, Duration::from_secs(30))
+            .await?;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut reported = Instant::now();
+    let caught_up = loop {
+        tokio::select! {
+            ended = &mut consuming => {
+                ended??;
+                break false; // stopped: shutdown
+            }
+            _ = tick.tick() => {}
+        }
+        let (done, total) = progress(&ends, &index.committed_offsets());
+        if done >= total {
+            break true;
+        }
+        if reported.elapsed() >= Duration::from_secs(5) {
+            tracing::info!(generation, done, total, "rebuilding the search index");
+            reported = Instant::now();
+        }
+    };
+    stop.cancel();
+    if !consuming.is_finished() {
+        consuming.await??;
+    }
+    committer.await?;
+    anyhow::ensure!(caught_up, "the rebuild was stopped before it caught up");
+    let (events, _) = progress(&ends, &index.committed_offsets());
+    let documents = index.stats()?.documents;
+    drop(indexer);
+    // The runner's tasks let go of the index as they end; the last holder closes it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut index = index;
+    loop {
+        match Arc::try_unwrap(index) {
+            Ok(owned) => {
+                tokio::task::spawn_blocking(move || drop(owned)).await?;
+                break;
+            }
+            Err(shared) if Instant::now() < deadline => {
+                index = shared;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(_) => anyhow::bail!("the rebuilt index is still in use; it was not made current"),
+        }
+    }
+    Ok((events, documents))
+}
+
+/// Of the events between each partition's low and high watermark in `ends`, how many the
+/// index's `offsets` cover, and how many there are (pure).
+fn progress(
+    ends: &HashMap<(String, i32), (i64, i64)>,
+    offsets: &BTreeMap<String, i64>,
+) -> (i64, i64) {
+    ends.iter().fold(
+        (0, 0),
+        |(done, total), ((topic, partition), &(low, high))| {
+            let next = offsets
+                .get(&partition_key(topic, *partition))
+                .copied()
+                .unwrap_or(low);
+            let covered = next.clamp(low, high.max(low)) - low;
+            (done + covered, total + (high - low).max(0))
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_counts_the_events_each_partition_covers_up_to_its_end() {
+        let ends = HashMap::from([
+            (("orders".to_string(), 0), (0, 10)),
+            (("orders".to_string(), 1), (5, 8)),
+            (("users".to_string(), 0), (0, 0)),
+        ]);
+        let offsets = |pairs: &[(&str, i64)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(progress(&ends, &offsets(&[])), (0, 13));
+        assert_eq!(progress(&ends, &offsets(&[("orders/0", 4)])), (4, 13));
+        // Past the end counts as the end: events that came after the look.
+        assert_eq!(
+            progress(&ends, &offsets(&[("orders/0", 12), ("orders/1", 8)])),
+            (13, 13)
+        );
     }
 }

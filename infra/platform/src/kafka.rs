@@ -380,6 +380,38 @@ pub async fn read_to_end(
     .expect("reader task panicked")
 }
 
+/// The low and high watermark of every partition of some topics, by (topic, partition);
+/// topics that do not exist yet are left out. Reads only: no group, nothing committed.
+pub async fn watermarks_of(
+    args: &KafkaArgs,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<HashMap<(String, i32), (i64, i64)>, KafkaSetupError> {
+    let config = args.consumer_config("herald-reader-unused")?;
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create()?;
+        let mut marks = HashMap::new();
+        for topic in &topics {
+            let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+            for t in metadata.topics() {
+                if t.error()
+                    .is_some_and(|e| e != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+                {
+                    continue;
+                }
+                for p in t.partitions() {
+                    let pair = watermarks(&consumer, topic, p.id(), timeout)?;
+                    marks.insert((topic.clone(), p.id()), pair);
+                }
+            }
+        }
+        Ok(marks)
+    })
+    .await
+    .expect("watermark reader task panicked")
+}
+
 /// Watermarks, retried while leadership is moving (new topic, broker restart).
 fn watermarks(
     consumer: &BaseConsumer,
