@@ -106,7 +106,7 @@ async fn herald_up_runs_the_whole_system_from_an_empty_data_folder() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(data.join("search").join("meta.json").exists());
+    assert!(data.join("search").join("gen-1").join("meta.json").exists());
     // So do notifications: with no SMTP_URL, the welcome email lands in the data folder.
     let service = herald(&data)
         .args(["token", "--sub", "accounts", "--role", "service"])
