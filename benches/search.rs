@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{SECRET, herald, peak_rss_mb, percentile, setting};
+use common::{HERALD, SECRET, herald, peak_rss_mb, percentile, setting};
 
 use std::time::{Duration, Instant};
 
@@ -289,6 +289,64 @@ async fn main() {
         seen["segments"],
         bytes / 1e6,
         bytes / 1e6 / (seen["documents"].as_f64().unwrap_or(1.0) / 1e6),
+        peak_rss_mb(pid)
+    );
+
+    // 5. A rebuild beside the live index while queries run.
+    let started = Instant::now();
+    let rebuild = tokio::process::Command::new(HERALD)
+        .args(["search-indexer", "reindex"])
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "error")
+        .output();
+    let querying = {
+        let (client, base, admin) = (client.clone(), base.clone(), admin.clone());
+        let words = words.clone();
+        tokio::spawn(async move {
+            let mut dice = Dice(7);
+            let mut times = Vec::new();
+            let mut failed = 0;
+            loop {
+                let query = format!(
+                    "{}/api/v1/search?q={}&limit=20",
+                    base,
+                    words[dice.below(words.len())]
+                );
+                let sent = Instant::now();
+                match client.get(&query).bearer_auth(&admin).send().await {
+                    Ok(response) if response.status() == 200 => {}
+                    _ => failed += 1,
+                }
+                times.push(sent.elapsed().as_secs_f64() * 1000.0);
+                let metrics = client.get(format!("{base}/metrics")).send().await.unwrap();
+                if metrics
+                    .text()
+                    .await
+                    .unwrap()
+                    .contains("herald_search_generation 2")
+                {
+                    return (times, failed);
+                }
+            }
+        })
+    };
+    let output = rebuild.await.unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let built = started.elapsed().as_secs_f64();
+    let (mut times, failed) = querying.await.unwrap();
+    let switched = started.elapsed().as_secs_f64();
+    times.sort_by(f64::total_cmp);
+    println!(
+        "reindex: {} in {built:.1} s ({:.0} documents/s), served {switched:.1} s after it began; {} queries meanwhile, {failed} failed, p50 {:.2} ms, p99 {:.2} ms; peak RSS of the service {:.1} MB",
+        String::from_utf8_lossy(&output.stdout).trim(),
+        (docs + 200) as f64 / built,
+        times.len(),
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
         peak_rss_mb(pid)
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -7,7 +7,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub const SECRET: &str = "bench-secret-of-at-least-thirty-two-bytes";
-const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+pub const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 
 /// A numeric setting from the environment.
 pub fn setting(name: &str, default: u64) -> u64 {
