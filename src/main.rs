@@ -32,6 +32,9 @@ enum Command {
     Notifications(services::NotificationsArgs),
     /// The search indexer and the search API (needs KAFKA_BROKERS).
     SearchIndexer(services::SearchIndexerArgs),
+    /// Aggregates, scheduled reports and maintenance jobs (needs KAFKA_BROKERS); `run` one
+    /// report period by hand.
+    Reports(services::ReportsServiceArgs),
     /// Check or export the audit log.
     Audit {
         #[command(subcommand)]
@@ -129,6 +132,7 @@ fn main() -> anyhow::Result<()> {
             Command::AuditLog(args) => services::audit_log(args).await,
             Command::Notifications(args) => services::notifications(args).await,
             Command::SearchIndexer(args) => services::search_indexer(args).await,
+            Command::Reports(args) => services::reports(args).await,
             Command::Audit { action } => audit(action).await,
             Command::Token(args) => token(&args),
             Command::Broker { action } => broker(action).await,

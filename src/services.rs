@@ -17,6 +17,7 @@ use platform::consumer::ConsumerArgs;
 use platform::contract::ContractArgs;
 use platform::db::{Database, redact_url};
 use platform::kafka::KafkaArgs;
+use reports::ReportsArgs;
 use search_indexer::SearchArgs;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +42,8 @@ pub struct ServiceArgs {
     pub notify: NotifyArgs,
     #[command(flatten)]
     pub search: SearchArgs,
+    #[command(flatten)]
+    pub reports: ReportsArgs,
 }
 
 /// `herald audit-log` settings.
@@ -110,6 +113,42 @@ pub enum SearchAction {
     /// current once it has caught up (a running indexer switches to it; queries never see a
     /// half-built index).
     Reindex,
+}
+
+/// `herald reports` settings.
+#[derive(Debug, Clone, Args)]
+pub struct ReportsServiceArgs {
+    /// Address of the reports API, /healthz and /metrics.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8084")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub contract: ContractArgs,
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
+    #[command(flatten)]
+    pub reports: ReportsArgs,
+    #[command(subcommand)]
+    pub action: Option<ReportsAction>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ReportsAction {
+    /// Produce one period of one report now (once, like a scheduled run: a period produced
+    /// already is not produced again).
+    Run {
+        /// The report's name in the schedule.
+        report: String,
+        /// The period: 2026-11-22T10 (hour), 2026-11-21 (day) or 2026-W47 (week), in the
+        /// report's time zone.
+        #[arg(long)]
+        period: String,
+    },
 }
 
 /// Where a service keeps its data.
@@ -199,7 +238,6 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
     }
     let db = args.store.connect().await?;
     let store = Arc::new(SqlStore::new(db.clone()).await?);
-    tokio::spawn(purge_idempotency_keys(store.clone(), shutdown.clone()));
     let state = Arc::new(ingress::connect(&args.ingress, &args.kafka, store).await?);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -245,7 +283,7 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
             format!("http://{reachable}")
         });
         let notifications = notifications::Service::connect(
-            db,
+            db.clone(),
             &args.kafka,
             &args.ingress.contract,
             &args.consumer,
@@ -263,7 +301,7 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
             &args.kafka,
             &args.ingress.contract,
             &args.consumer,
-            auth,
+            auth.clone(),
             &args.search,
             args.store.data_dir.join("search"),
         )
@@ -271,6 +309,21 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
         router = router.merge(search.router());
         consumers.push(spawn_consumer(
             search.run(shutdown.clone()),
+            shutdown.clone(),
+        ));
+        let reports = reports::Service::connect(
+            db.clone(),
+            &args.kafka,
+            &args.ingress.contract,
+            &args.consumer,
+            auth,
+            &args.reports,
+        )
+        .await?;
+        router = router.merge(reports.router());
+        tokio::spawn(reports.scheduler.clone().run(shutdown.clone()));
+        consumers.push(spawn_consumer(
+            reports.runner.run(shutdown.clone()),
             shutdown.clone(),
         ));
     }
@@ -285,25 +338,6 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Expired Idempotency-Key records are dead weight: drop them hourly.
-async fn purge_idempotency_keys(
-    store: Arc<SqlStore>,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    use ingress::idempotency::IdempotencyStore;
-    let mut every_hour = tokio::time::interval(Duration::from_secs(3600));
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = every_hour.tick() => {}
-        }
-        match store.purge_expired(time::OffsetDateTime::now_utc()).await {
-            Ok(removed) => tracing::info!(removed, "purged expired idempotency keys"),
-            Err(err) => tracing::warn!(%err, "purging expired idempotency keys failed"),
-        }
-    }
 }
 
 async fn metrics() -> String {
@@ -411,6 +445,65 @@ pub async fn search_indexer(args: SearchIndexerArgs) -> anyhow::Result<()> {
     serve_consumer("search-indexer", args.listen, &group, router, |shutdown| {
         search.run(shutdown)
     })
+    .await
+}
+
+/// `herald reports`: the aggregating consumer, the scheduler and the reports API;
+/// `reports run`: one period by hand.
+pub async fn reports(args: ReportsServiceArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.kafka.brokers.is_some(),
+        "herald reports needs KAFKA_BROKERS (or use `herald up`, which runs it too)"
+    );
+    let db = args.store.connect().await?;
+    if let Some(ReportsAction::Run { report, period }) = &args.action {
+        let (scheduler, _, _) = reports::Service::scheduler(
+            db,
+            &args.kafka,
+            &args.contract,
+            &args.consumer,
+            &args.reports,
+        )
+        .await?;
+        match reports::run_by_hand(&scheduler, report, period).await? {
+            reports::Produced::Made(id) => println!("herald reports run: produced {id}"),
+            reports::Produced::Already(id) => {
+                println!("herald reports run: produced before as {id}; nothing to do");
+            }
+            reports::Produced::Elsewhere => anyhow::bail!(
+                "another replica is producing {report} {period} now; it will be there shortly"
+            ),
+            reports::Produced::Waiting => anyhow::bail!(
+                "the aggregates have not read every event of {period} yet (is `herald reports` \
+                 running?); try again once it has caught up"
+            ),
+        }
+        return Ok(());
+    }
+    platform::metrics::install();
+    let service = reports::Service::connect(
+        db,
+        &args.kafka,
+        &args.contract,
+        &args.consumer,
+        Arc::new(Authenticator::from_args(&args.auth)?),
+        &args.reports,
+    )
+    .await?;
+    let router = service.router();
+    let runner = service.runner;
+    let group = runner.group().to_string();
+    let scheduler = service.scheduler.clone();
+    serve_consumer(
+        "reports",
+        args.listen,
+        &group,
+        router,
+        |shutdown| async move {
+            tokio::spawn(scheduler.run(shutdown.clone()));
+            runner.run(shutdown).await
+        },
+    )
     .await
 }
 

@@ -166,8 +166,29 @@ pub struct Scheduler {
     store: Arc<SqlStore>,
     schedule: Schedule,
     announcer: Announcer,
+    aggregates: Progress,
     me: String,
     args: ReportsArgs,
+}
+
+/// Where the aggregating consumer is: a period is produced only once the aggregates hold
+/// every event the log received before the period ended.
+struct Progress {
+    kafka: KafkaArgs,
+    topics: Vec<String>,
+    group: String,
+}
+
+impl Progress {
+    async fn holds_until(&self, end: Timestamp) -> anyhow::Result<bool> {
+        Ok(platform::kafka::group_has_read_until(
+            &self.kafka,
+            &self.group,
+            &self.topics,
+            end.as_millisecond(),
+        )
+        .await?)
+    }
 }
 
 /// What producing one period did.
@@ -178,6 +199,8 @@ pub enum Produced {
     Already(Uuid),
     /// Another replica is making it now.
     Elsewhere,
+    /// The aggregates have not read every event received before the period ended yet.
+    Waiting,
 }
 
 fn at_us(us: i64) -> Timestamp {
@@ -240,6 +263,10 @@ impl Scheduler {
 
     /// Produces one period of one report unless it exists or another replica is on it.
     pub async fn produce(&self, report: &Report, period: &Period) -> anyhow::Result<Produced> {
+        if !self.aggregates.holds_until(period.end).await? {
+            tracing::debug!(report = %report.name, period = %period.id, "waiting for the aggregates");
+            return Ok(Produced::Waiting);
+        }
         let lease = i64::try_from(self.args.lease_secs).unwrap_or(60) * 1_000_000;
         let now = self.store.now_us().await?;
         let (report_id, event_id, attempt) = match self
@@ -423,6 +450,15 @@ impl Scheduler {
     }
 }
 
+/// Every domain topic.
+fn topics(catalog: &Catalog, kafka: &KafkaArgs) -> Vec<String> {
+    catalog
+        .topics()
+        .into_iter()
+        .map(|t| kafka.topic(t))
+        .collect()
+}
+
 /// The reports service's parts: the aggregating consumer, the scheduler and the API.
 pub struct Service {
     pub runner: Runner,
@@ -440,12 +476,9 @@ impl Service {
         auth: Arc<Authenticator>,
         args: &ReportsArgs,
     ) -> anyhow::Result<Self> {
-        let (scheduler, catalog, codec) = Self::scheduler(db, kafka, contract, args).await?;
-        let topics = catalog
-            .topics()
-            .into_iter()
-            .map(|t| kafka.topic(t))
-            .collect();
+        let (scheduler, catalog, codec) =
+            Self::scheduler(db, kafka, contract, consumer, args).await?;
+        let topics = topics(&catalog, kafka);
         let handler = Arc::new(Aggregator {
             store: scheduler.store.clone(),
         });
@@ -465,6 +498,7 @@ impl Service {
         db: Database,
         kafka: &KafkaArgs,
         contract: &ContractArgs,
+        consumer: &ConsumerArgs,
         args: &ReportsArgs,
     ) -> anyhow::Result<(Arc<Scheduler>, Arc<Catalog>, Arc<Codec>)> {
         let schedule = Schedule::load(args.reports_file.as_deref())?;
@@ -478,6 +512,14 @@ impl Service {
             publisher: Publisher::new(kafka, Duration::from_secs(10))?,
             topic_prefix: kafka.topic_prefix.clone(),
         };
+        let aggregates = Progress {
+            kafka: kafka.clone(),
+            topics: topics(&catalog, kafka),
+            group: consumer
+                .group
+                .clone()
+                .unwrap_or_else(|| format!("{}{NAME}", kafka.topic_prefix)),
+        };
         let me = args.replica.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
             format!("{}-{}", host.trim(), std::process::id())
@@ -487,6 +529,7 @@ impl Service {
                 store,
                 schedule,
                 announcer,
+                aggregates,
                 me,
                 args: args.clone(),
             }),
@@ -529,5 +572,14 @@ pub async fn run_by_hand(
         period.id,
         period.end
     );
-    scheduler.produce(report, &period).await
+    // The aggregates may be behind (a process just started): wait a little for them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match scheduler.produce(report, &period).await? {
+            Produced::Waiting if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            produced => return Ok(produced),
+        }
+    }
 }

@@ -412,6 +412,57 @@ pub async fn watermarks_of(
     .expect("watermark reader task panicked")
 }
 
+/// Whether a consumer group has read, on every partition of `topics`, every record the log
+/// received before `at_ms` (record timestamps, which the ingress sets to when it received
+/// the event). Reads only: it does not join the group.
+pub async fn group_has_read_until(
+    args: &KafkaArgs,
+    group: &str,
+    topics: &[String],
+    at_ms: i64,
+) -> Result<bool, KafkaSetupError> {
+    let committed = committed_offsets(args, group, topics).await?;
+    let config = args.consumer_config(group)?;
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create()?;
+        let timeout = Duration::from_secs(10);
+        let mut wanted = TopicPartitionList::new();
+        for topic in &topics {
+            let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+            for t in metadata.topics() {
+                if t.error()
+                    .is_some_and(|e| e != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+                {
+                    continue;
+                }
+                for p in t.partitions() {
+                    wanted.add_partition_offset(topic, p.id(), Offset::Offset(at_ms))?;
+                }
+            }
+        }
+        let found = consumer.offsets_for_times(wanted, timeout)?;
+        for element in found.elements() {
+            let (topic, partition) = (element.topic(), element.partition());
+            // The first record at or after the time; none: every record is before it.
+            let needed = match element.offset() {
+                Offset::Offset(offset) => offset,
+                _ => watermarks(&consumer, topic, partition, timeout)?.1,
+            };
+            let read = committed
+                .get(&(topic.to_string(), partition))
+                .copied()
+                .unwrap_or(0);
+            if read < needed {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .await
+    .expect("offset reader task panicked")
+}
+
 /// Watermarks, retried while leadership is moving (new topic, broker restart).
 fn watermarks(
     consumer: &BaseConsumer,
