@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs (when missing) and starts on 127.0.0.1 what the tests need: PostgreSQL and Redis
-# from Debian's packages, Java and Maven for the Apache Kafka broker, aiosmtpd (an SMTP
-# server) from PyPI. Idempotent: a second run reuses what is there. Prints the environment
+# from Debian's packages, Java and Maven for the Apache Kafka broker, Chromium (renders report
+# pages headless) from Debian, aiosmtpd (an SMTP server) from PyPI. Idempotent: a second run reuses what is there. Prints the environment
 # to export.
 set -euo pipefail
 
@@ -11,6 +11,7 @@ command -v redis-server >/dev/null || need+=(redis-server)
 java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1; }
 if ! command -v java >/dev/null || [ "$(java_major)" -lt 17 ]; then need+=(openjdk-17-jre-headless); fi
 command -v mvn >/dev/null || need+=(maven)
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

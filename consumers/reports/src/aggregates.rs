@@ -3,7 +3,8 @@
 //! which users were active in each hour (so a report counts distinct users over any range).
 //!
 //! A user is active in an hour when they are the actor of an event in it (the verified token
-//! subject that posted it). Every event counts once: the store records each `event_id` it
+//! subject that posted it); Herald's own services (actors `herald-*`, such as the
+//! `report.generated` events of this service) are not users. Every event counts once: the store records each `event_id` it
 //! applied in the same transaction as the figures, and skips one it has seen.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,6 +14,8 @@ use serde_json::Value;
 pub const EVENTS: &str = "events";
 pub const SIGNUPS: &str = "signups";
 pub const ORDERS: &str = "orders";
+/// Actors of events Herald's services publish themselves.
+pub const SERVICE_ACTORS: &str = "herald-";
 
 /// One counter: a metric, in one UTC hour (its start, in Unix seconds), for one key (the
 /// event type, the currency, or empty).
@@ -74,7 +77,7 @@ impl Additions {
             }
             _ => {}
         }
-        if !actor.is_empty() {
+        if !actor.is_empty() && !actor.starts_with(SERVICE_ACTORS) {
             self.active.insert((hour, actor.to_string()));
         }
     }
@@ -118,6 +121,7 @@ mod tests {
         );
         assert_eq!(tally(EVENTS, 7_200, "order.placed").unwrap().count, 2);
         assert_eq!(tally(EVENTS, 7_200, "user.registered").unwrap().count, 1);
+        assert_eq!(tally(EVENTS, 7_200, "report.generated").unwrap().count, 1);
         assert_eq!(tally(SIGNUPS, 7_200, "").unwrap().count, 1);
         // Before 1970 still falls in the hour that holds it.
         assert_eq!(tally(ORDERS, -3_600, "USD").unwrap().sum, 100);

@@ -66,8 +66,8 @@ pub struct ReportsArgs {
     #[arg(long, env = "REPORTS_SOFT_DELETE_RETENTION_DAYS", default_value_t = 30)]
     pub soft_delete_retention_days: u64,
     /// This replica's name in the runs it claims (default: host name and process id).
-    #[arg(long, env = "REPORTS_REPLICA")]
-    pub replica: Option<String>,
+    #[arg(long = "reports-replica", env = "REPORTS_REPLICA")]
+    pub reports_replica: Option<String>,
     /// Shifts the database's clock as the scheduler reads it, in seconds: for drills and
     /// tests of catch-up, never in production.
     #[arg(
@@ -141,7 +141,7 @@ impl Announcer {
             event_type: REPORT_GENERATED.into(),
             occurred_at: now,
             received_at: now,
-            actor: "herald-reports".into(),
+            actor: format!("{}reports", aggregates::SERVICE_ACTORS),
             source: "reports".into(),
             idempotency_key: None,
         };
@@ -520,7 +520,7 @@ impl Service {
                 .clone()
                 .unwrap_or_else(|| format!("{}{NAME}", kafka.topic_prefix)),
         };
-        let me = args.replica.clone().unwrap_or_else(|| {
+        let me = args.reports_replica.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
             format!("{}-{}", host.trim(), std::process::id())
         });
