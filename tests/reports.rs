@@ -1,5 +1,6 @@
 //! Scheduled reports end to end: events posted at the real ingress, two real `herald
-//! reports` processes on one PostgreSQL database, a run left behind by a dead replica, a restart after a gap, and the
+//! reports` processes on one PostgreSQL database (one with its wall clock five minutes
+//! behind, see `support/wall_clock_skew.c`), a run left behind by a dead replica, a restart after a gap, and the
 //! output checked against what was posted.
 
 mod support;
@@ -17,6 +18,24 @@ use uuid::Uuid;
 /// The clock the scheduler reads runs this far ahead of the real one, so hours end now.
 const AHEAD_HOURS: i64 = 3;
 
+/// The preload that moves a process's wall clock, built with the system's C compiler.
+fn wall_clock_skew() -> String {
+    let source = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/support/wall_clock_skew.c"
+    );
+    let library = test_dir("reports").join("wall_clock_skew.so");
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&library)
+        .arg(source)
+        .arg("-ldl")
+        .status()
+        .expect("a C compiler (cc)");
+    assert!(built.success(), "{source} did not compile");
+    library.display().to_string()
+}
+
 struct Setup {
     app: TestIngress,
     /// Where each replica's log goes.
@@ -27,15 +46,16 @@ struct Setup {
 }
 
 impl Setup {
-    async fn replica(&self, name: &str, ahead_hours: i64) -> HeraldProcess {
+    async fn replica(&self, name: &str, ahead_hours: i64, extra: &[(&str, &str)]) -> HeraldProcess {
         let offset = (ahead_hours * 3600).to_string();
-        let env = [
+        let mut env = vec![
             ("REPORTS_FILE", self.schedule.as_str()),
             ("REPORTS_CLOCK_OFFSET_SECS", offset.as_str()),
             ("REPORTS_CATCH_UP_HOURS", "6"),
             ("REPORTS_TICK_MS", "200"),
             ("REPORTS_REPLICA", name),
         ];
+        env.extend_from_slice(extra);
         let log = self.dir.join(format!("{name}-{ahead_hours}.log"));
         HeraldProcess::start_logging("reports", &self.app.kafka, &self.database, &env, &log).await
     }
@@ -84,7 +104,7 @@ impl Setup {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_period_is_reported_once_across_replicas_with_the_posted_figures() {
+async fn each_period_is_reported_once_across_skewed_replicas_with_the_posted_figures() {
     let app = TestIngress::start_default().await;
     let database = fresh_postgres().await;
     let report = format!("t-{}", &Uuid::new_v4().simple().to_string()[..8]);
@@ -193,9 +213,17 @@ async fn each_period_is_reported_once_across_replicas_with_the_posted_figures() 
     .unwrap();
     pool.close().await;
 
-    // Two replicas race for every period; each is claimed by the database's clock.
-    let a = setup.replica("a", AHEAD_HOURS).await;
-    let b = setup.replica("b", AHEAD_HOURS).await;
+    // Two replicas race for every period, one with its own clock five minutes behind: each
+    // period is decided and claimed by the database's clock.
+    let skew = wall_clock_skew();
+    let a = setup.replica("a", AHEAD_HOURS, &[]).await;
+    let b = setup
+        .replica(
+            "b-skewed",
+            AHEAD_HOURS,
+            &[("LD_PRELOAD", &skew), ("WALL_CLOCK_SKEW_SECS", "-300")],
+        )
+        .await;
     let runs = setup.settled(|periods| periods >= 5).await;
     println!("runs: {runs:?}");
     let this_hour = format!(
@@ -349,7 +377,7 @@ async fn each_period_is_reported_once_across_replicas_with_the_posted_figures() 
     a.terminate().await;
     b.terminate().await;
     let before = runs.len();
-    let a = setup.replica("a", AHEAD_HOURS + 3).await;
+    let a = setup.replica("a", AHEAD_HOURS + 3, &[]).await;
     let runs = setup.settled(|periods| periods >= before + 3).await;
     assert!(
         runs.iter()

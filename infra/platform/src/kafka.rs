@@ -428,18 +428,12 @@ pub async fn group_has_read_until(
         let consumer: BaseConsumer = config.create()?;
         let timeout = Duration::from_secs(10);
         let mut wanted = TopicPartitionList::new();
-        for topic in &topics {
-            let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-            for t in metadata.topics() {
-                if t.error()
-                    .is_some_and(|e| e != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
-                {
-                    continue;
-                }
-                for p in t.partitions() {
-                    wanted.add_partition_offset(topic, p.id(), Offset::Offset(at_ms))?;
-                }
-            }
+        for (topic, partition) in partitions_of(&consumer, &topics, timeout)? {
+            wanted.add_partition_offset(&topic, partition, Offset::Offset(at_ms))?;
+        }
+        if wanted.count() == 0 {
+            // None of the topics exists yet: there is nothing to have read.
+            return Ok(true);
         }
         let found = consumer.offsets_for_times(wanted, timeout)?;
         for element in found.elements() {
@@ -461,6 +455,30 @@ pub async fn group_has_read_until(
     })
     .await
     .expect("offset reader task panicked")
+}
+
+/// The partitions of those of `topics` that exist, from one metadata request (asking for a
+/// topic that does not exist is an error, not an empty answer).
+fn partitions_of(
+    consumer: &BaseConsumer,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<Vec<(String, i32)>, KafkaError> {
+    let metadata = consumer.fetch_metadata(None, timeout)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| topics.iter().any(|wanted| wanted == t.name()))
+        .filter(|t| {
+            t.error()
+                .is_none_or(|e| e == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+        })
+        .flat_map(|t| {
+            t.partitions()
+                .iter()
+                .map(|p| (t.name().to_string(), p.id()))
+        })
+        .collect())
 }
 
 /// Watermarks, retried while leadership is moving (new topic, broker restart).
@@ -508,13 +526,11 @@ pub async fn committed_offsets(
         let consumer: BaseConsumer = config.create()?;
         let timeout = Duration::from_secs(10);
         let mut tpl = TopicPartitionList::new();
-        for topic in &topics {
-            let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-            for t in metadata.topics() {
-                for p in t.partitions() {
-                    tpl.add_partition(topic, p.id());
-                }
-            }
+        for (topic, partition) in partitions_of(&consumer, &topics, timeout)? {
+            tpl.add_partition(&topic, partition);
+        }
+        if tpl.count() == 0 {
+            return Ok(HashMap::new());
         }
         let committed = consumer.committed_offsets(tpl, timeout)?;
         Ok(committed
