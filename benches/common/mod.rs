@@ -50,6 +50,7 @@ pub async fn herald(service: &str, env: &[(&str, &str)]) -> (Child, String) {
 }
 
 /// The `p` quantile of sorted values (nearest rank).
+#[allow(dead_code, reason = "not every benchmark reports percentiles")]
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
