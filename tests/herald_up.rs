@@ -75,8 +75,13 @@ async fn herald_up_runs_the_whole_system_from_an_empty_data_folder() {
             .json()
             .await
             .unwrap();
-        if page["items"][0]["event_id"] == accepted["event_id"] {
-            assert_eq!(page["items"][0]["actor"], "alice");
+        // Newest first, and the reports service may have announced a report since.
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        if let Some(row) = items
+            .iter()
+            .find(|row| row["event_id"] == accepted["event_id"])
+        {
+            assert_eq!(row["actor"], "alice");
             break;
         }
         assert!(
@@ -107,6 +112,35 @@ async fn herald_up_runs_the_whole_system_from_an_empty_data_folder() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(data.join("search").join("gen-1").join("meta.json").exists());
+    // And reports: on start, the starter schedule catches up the days that ended within its
+    // window (yesterday at least).
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let listed: serde_json::Value = support::client()
+            .get(format!("{base}/api/v1/reports?report=daily-activity"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(csv) = listed["items"][0]["csv"].as_str() {
+            let csv = support::client()
+                .get(format!("{base}{csv}"))
+                .bearer_auth(&admin)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(csv.status(), 200);
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "no daily report was produced: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // So do notifications: with no SMTP_URL, the welcome email lands in the data folder.
     let service = herald(&data)
         .args(["token", "--sub", "accounts", "--role", "service"])
@@ -130,23 +164,37 @@ async fn herald_up_runs_the_whole_system_from_an_empty_data_folder() {
     assert_eq!(response.status(), 202);
     let outbox = data.join("outbox");
     let until = Instant::now() + Duration::from_secs(60);
-    let email = loop {
-        let found = std::fs::read_dir(&outbox).ok().and_then(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .find(|p| p.extension().is_some_and(|x| x == "eml"))
-        });
-        if let Some(path) = found {
-            break std::fs::read_to_string(path).unwrap();
+    // The welcome email, and the daily report's announcement emailed to its recipients.
+    let (email, report_email) = loop {
+        let emails: Vec<String> = std::fs::read_dir(&outbox)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                    .filter_map(|p| std::fs::read_to_string(p).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let find = |needle: &str| emails.iter().find(|e| e.contains(needle)).cloned();
+        if let (Some(welcome), Some(report)) = (
+            find("newcomer@example.com"),
+            find("Subject: Report daily-activity is ready"),
+        ) {
+            break (welcome, report);
         }
         assert!(
             Instant::now() < until,
-            "no .eml file in {}",
+            "no welcome and report emails among {} .eml files in {}",
+            emails.len(),
             outbox.display()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    assert!(
+        report_email.contains("To: ops@example.com"),
+        "{report_email}"
+    );
     assert!(
         email.contains("To: Newcomer <newcomer@example.com>"),
         "{email}"
