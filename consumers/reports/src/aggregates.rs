@@ -100,6 +100,8 @@ mod tests {
         add.add("order.placed", 7_200, "alice", &order);
         add.add("order.placed", 7_300, "alice", &order);
         add.add("user.registered", 10_799, "bob", &json!({}));
+        // A service's own event counts as an event, and its actor not as a user.
+        add.add("report.generated", 7_400, "herald-reports", &json!({}));
         add.add(
             "order.placed",
             -1,
@@ -125,6 +127,10 @@ mod tests {
         assert_eq!(tally(SIGNUPS, 7_200, "").unwrap().count, 1);
         // Before 1970 still falls in the hour that holds it.
         assert_eq!(tally(ORDERS, -3_600, "USD").unwrap().sum, 100);
-        assert_eq!(add.active.len(), 3);
+        assert_eq!(
+            add.active.len(),
+            3,
+            "alice, bob and carol, not herald-reports"
+        );
     }
 }

@@ -423,3 +423,112 @@ impl SqlStore {
 fn is_missing_table(message: &str) -> bool {
     message.contains("no such table") || message.contains("does not exist")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> SqlStore {
+        let file = std::env::temp_dir().join(format!("herald-reports-{}.db", Uuid::new_v4()));
+        let db = Database::connect(&format!("sqlite://{}", file.display()))
+            .await
+            .unwrap();
+        SqlStore::new(db, 0).await.unwrap()
+    }
+
+    fn period() -> Period {
+        Period {
+            id: "2026-11-21".into(),
+            start: "2026-11-21T00:00:00Z".parse().unwrap(),
+            end: "2026-11-22T00:00:00Z".parse().unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_is_claimed_once_and_taken_over_only_after_its_lease() {
+        let store = store().await;
+        let (p, lease) = (period(), 60_000_000);
+        let Claim::Run {
+            report_id,
+            event_id,
+            attempt: 1,
+        } = store.claim("daily", &p, "a", 1_000, lease).await.unwrap()
+        else {
+            panic!("the first claim runs");
+        };
+        // While a's lease lasts, b finds the run held, however often it asks.
+        for now in [1_000, 30_000_000, 1_000 + lease] {
+            assert_eq!(
+                store.claim("daily", &p, "b", now, lease).await.unwrap(),
+                Claim::Held
+            );
+        }
+        // a died: b takes over the same report and announcement ids.
+        let later = 2_000 + lease;
+        assert_eq!(
+            store.claim("daily", &p, "b", later, lease).await.unwrap(),
+            Claim::Run {
+                report_id,
+                event_id,
+                attempt: 2
+            }
+        );
+        // a comes back: it holds nothing any more, so it can neither store nor finish.
+        assert!(
+            !store
+                .save_output("daily", &p, report_id, "a", "csv", "html", later)
+                .await
+                .unwrap()
+        );
+        assert!(!store.finish("daily", &p, "a", later).await.unwrap());
+        assert!(
+            store
+                .save_output("daily", &p, report_id, "b", "csv", "html", later)
+                .await
+                .unwrap()
+        );
+        assert!(store.finish("daily", &p, "b", later).await.unwrap());
+        // Done is done, for everyone, at any time.
+        assert_eq!(
+            store
+                .claim("daily", &p, "a", later * 10, lease)
+                .await
+                .unwrap(),
+            Claim::Done { report_id }
+        );
+        assert_eq!(store.list(Some("daily"), 10, "/r").await.unwrap().len(), 1);
+        assert_eq!(store.output(report_id).await.unwrap().unwrap().csv, "csv");
+    }
+
+    #[tokio::test]
+    async fn an_event_seen_before_adds_nothing() {
+        let store = store().await;
+        let data = serde_json::json!({"currency": "EUR", "total_cents": 450});
+        let order = |event_id| Seen {
+            event_id,
+            event_type: "order.placed",
+            occurred_at: 7_300,
+            actor: "alice",
+            data: &data,
+        };
+        let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(store.apply(&[order(first)], 1).await.unwrap(), 1);
+        // Redelivered alone, and again beside a new one in a batch.
+        assert_eq!(store.apply(&[order(first)], 2).await.unwrap(), 0);
+        assert_eq!(
+            store
+                .apply(&[order(first), order(second)], 3)
+                .await
+                .unwrap(),
+            1
+        );
+        let figures = store.figures(7_200, 10_800).await.unwrap();
+        let orders: Vec<_> = figures
+            .iter()
+            .filter(|(metric, ..)| metric == "orders")
+            .collect();
+        assert_eq!(orders.len(), 1);
+        assert_eq!((orders[0].3.count, orders[0].3.sum), (2, 900));
+        assert_eq!(store.active_users(7_200, 10_800).await.unwrap(), 1);
+    }
+}
