@@ -3,6 +3,7 @@
 //! HTTP API on one port, with all data under one folder.
 
 mod services;
+mod tools;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,6 +36,14 @@ enum Command {
     /// Aggregates, scheduled reports and maintenance jobs (needs KAFKA_BROKERS); `run` one
     /// report period by hand.
     Reports(services::ReportsServiceArgs),
+    /// Write the events of a time range of some topics as JSON lines, CSV, Avro or Parquet
+    /// (reads without a consumer group: live consumers are not disturbed).
+    Replay(tools::ReplayCommand),
+    /// Consumer groups' lag per partition, in events and in seconds.
+    Lag(tools::LagCommand),
+    /// Move a stopped consumer group's offsets back to a time, so its consumers read again
+    /// from there.
+    Reprocess(tools::ReprocessCommand),
     /// Check or export the audit log.
     Audit {
         #[command(subcommand)]
@@ -133,6 +142,9 @@ fn main() -> anyhow::Result<()> {
             Command::Notifications(args) => services::notifications(args).await,
             Command::SearchIndexer(args) => services::search_indexer(args).await,
             Command::Reports(args) => services::reports(args).await,
+            Command::Replay(command) => tools::replay(command).await,
+            Command::Lag(command) => tools::lag(command).await,
+            Command::Reprocess(command) => tools::reprocess(command).await,
             Command::Audit { action } => audit(action).await,
             Command::Token(args) => token(&args),
             Command::Broker { action } => broker(action).await,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs (when missing) and starts on 127.0.0.1 what the tests need: PostgreSQL and Redis
 # from Debian's packages, Java and Maven for the Apache Kafka broker, Chromium (renders report
-# pages headless) from Debian, aiosmtpd (an SMTP server) from PyPI. Idempotent: a second run reuses what is there. Prints the environment
+# pages headless) from Debian, aiosmtpd (an SMTP server), DuckDB and fastavro
+# (readers of exports) from PyPI. Idempotent: a second run reuses what is there. Prints the environment
 # to export.
 set -euo pipefail
 
@@ -19,6 +20,12 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >&2
 fi
 
+# Outside readers of the replay exports: DuckDB (Parquet, CSV, JSON lines) and fastavro
+# (Avro container files), from PyPI.
+if ! python3 -c 'import duckdb, fastavro' 2>/dev/null; then
+  echo "installing: duckdb, fastavro (pip)" >&2
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'duckdb>=1.1,<2' 'fastavro>=1.9,<2' >&2
+fi
 # The SMTP server of the notification tests (Python's aiosmtpd), from PyPI.
 if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
   echo "installing: aiosmtpd (pip)" >&2

@@ -1,5 +1,9 @@
 //! Kafka clients: the publisher used by producers, topic administration, and a reader that
-//! drains topics without a consumer group (tests, tools).
+//! drains topics without a consumer group (tests, tools); [`range`] reads a time range,
+//! [`groups`] looks at and moves consumer groups.
+
+pub mod groups;
+pub mod range;
 
 use std::collections::HashMap;
 use std::time::Duration;

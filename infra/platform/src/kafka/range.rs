@@ -1,0 +1,210 @@
+//! Reading a time range of some topics without a consumer group.
+//!
+//! Partitions are assigned directly (no group joins, nothing is committed), so a read can
+//! neither move nor pause a live consumer. Each partition is read from the first record at or
+//! after `from` to the first record at or after `to` (what the log's time index answers), and
+//! records whose timestamp falls outside `[from, to)` are dropped on the way, so the bounds are
+//! exact even where producers' clocks made timestamps step back a little. The end of each
+//! partition is fixed when the read starts: records appended later are not waited for.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{KafkaArgs, KafkaSetupError, ReadRecord, watermarks};
+
+/// What a range read covers, by partition: `[start, end)` offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub topic: String,
+    pub partition: i32,
+    pub start: i64,
+    pub end: i64,
+}
+
+/// Why a range cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RangeError {
+    #[error("no topic {missing:?} on the cluster (it has: {existing})")]
+    UnknownTopic { missing: String, existing: String },
+    #[error("the range is empty: from ({from_ms} ms) must be before to ({to_ms} ms)")]
+    Inverted { from_ms: i64, to_ms: i64 },
+    #[error(transparent)]
+    Kafka(#[from] KafkaSetupError),
+}
+
+impl From<rdkafka::error::KafkaError> for RangeError {
+    fn from(err: rdkafka::error::KafkaError) -> Self {
+        Self::Kafka(KafkaSetupError::Client(err))
+    }
+}
+
+/// A blocking reader of `[from, to)` of some topics: call [`RangeReader::next_batch`] until it
+/// answers `None`. Memory is bounded by librdkafka's fetch buffers and one batch, whatever the
+/// range's size. Use it from a blocking thread.
+pub struct RangeReader {
+    consumer: BaseConsumer,
+    plan: Vec<Planned>,
+    /// Partitions not finished yet, and the offset each ends before.
+    remaining: HashMap<(String, i32), i64>,
+    from_ms: i64,
+    to_ms: i64,
+}
+
+impl RangeReader {
+    /// Looks up where the range starts and ends on every partition of `topics` (full names)
+    /// and assigns the partitions that have records in it.
+    pub fn open(
+        args: &KafkaArgs,
+        topics: &[String],
+        from_ms: i64,
+        to_ms: i64,
+        timeout: Duration,
+    ) -> Result<Self, RangeError> {
+        if from_ms >= to_ms {
+            return Err(RangeError::Inverted { from_ms, to_ms });
+        }
+        let mut config = args.consumer_config("herald-range-reader-unused")?;
+        // Larger fetches: a range read is a bulk read.
+        config
+            .set("fetch.message.max.bytes", "4194304")
+            .set("queued.max.messages.kbytes", "32768");
+        let consumer: BaseConsumer = config.create().map_err(KafkaSetupError::from)?;
+        let metadata = consumer.fetch_metadata(None, timeout)?;
+        let mut partitions = Vec::new();
+        for topic in topics {
+            let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+                let mut existing: Vec<&str> = metadata
+                    .topics()
+                    .iter()
+                    .map(|t| t.name())
+                    .filter(|name| !name.starts_with("__"))
+                    .collect();
+                existing.sort_unstable();
+                return Err(RangeError::UnknownTopic {
+                    missing: topic.clone(),
+                    existing: existing.join(", "),
+                });
+            };
+            for p in found.partitions() {
+                partitions.push((topic.clone(), p.id()));
+            }
+        }
+        let at = |ms: i64| -> Result<TopicPartitionList, RangeError> {
+            let mut list = TopicPartitionList::new();
+            for (topic, partition) in &partitions {
+                list.add_partition_offset(topic, *partition, Offset::Offset(ms))?;
+            }
+            Ok(consumer.offsets_for_times(list, timeout)?)
+        };
+        let (starts, ends) = (at(from_ms)?, at(to_ms)?);
+        let mut plan = Vec::new();
+        for (topic, partition) in &partitions {
+            let (_, high) = watermarks(&consumer, topic, *partition, timeout)?;
+            // No record at or after the time: the partition's end.
+            let offset_in = |list: &TopicPartitionList| match list
+                .find_partition(topic, *partition)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(offset)) => offset.min(high),
+                _ => high,
+            };
+            let (start, end) = (offset_in(&starts), offset_in(&ends));
+            if start < end {
+                plan.push(Planned {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    start,
+                    end,
+                });
+            }
+        }
+        let mut assignment = TopicPartitionList::new();
+        for p in &plan {
+            assignment.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.start))?;
+        }
+        consumer.assign(&assignment)?;
+        let remaining = plan
+            .iter()
+            .map(|p| ((p.topic.clone(), p.partition), p.end))
+            .collect();
+        Ok(Self {
+            consumer,
+            plan,
+            remaining,
+            from_ms,
+            to_ms,
+        })
+    }
+
+    /// What the read covers, by partition.
+    pub fn plan(&self) -> &[Planned] {
+        &self.plan
+    }
+
+    /// How many records the plan's offsets span (the records in the range, give or take
+    /// those whose timestamps step outside it).
+    pub fn span(&self) -> u64 {
+        self.plan
+            .iter()
+            .map(|p| u64::try_from(p.end - p.start).unwrap_or(0))
+            .sum()
+    }
+
+    /// Up to `max` records (fewer at the end), in offset order within each partition;
+    /// `None` once every partition has reached its end.
+    pub fn next_batch(&mut self, max: usize) -> Result<Option<Vec<ReadRecord>>, RangeError> {
+        let mut batch = Vec::new();
+        while batch.len() < max && !self.remaining.is_empty() {
+            let Some(message) = self.consumer.poll(Duration::from_millis(500)) else {
+                // Quiet: a partition whose last records before its end were compacted away
+                // has nothing more to deliver, though its position has reached the end.
+                self.finish_reached()?;
+                if batch.is_empty() {
+                    continue;
+                }
+                break;
+            };
+            let message = message?;
+            let slot = (message.topic().to_string(), message.partition());
+            let Some(&end) = self.remaining.get(&slot) else {
+                continue;
+            };
+            if message.offset() + 1 >= end {
+                self.remaining.remove(&slot);
+                // Stop fetching what is beyond the range.
+                let mut done = TopicPartitionList::new();
+                done.add_partition(&slot.0, slot.1);
+                self.consumer.pause(&done)?;
+            }
+            if message.offset() >= end {
+                continue;
+            }
+            let record = ReadRecord::from_message(&message);
+            if record
+                .timestamp_ms
+                .is_some_and(|ms| ms >= self.from_ms && ms < self.to_ms)
+            {
+                batch.push(record);
+            }
+        }
+        if batch.is_empty() && self.remaining.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(batch))
+    }
+
+    fn finish_reached(&mut self) -> Result<(), RangeError> {
+        let position = self.consumer.position()?;
+        self.remaining.retain(|(topic, partition), end| {
+            !matches!(
+                position.find_partition(topic, *partition).map(|e| e.offset()),
+                Some(Offset::Offset(at)) if at >= *end
+            )
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,385 @@
+//! The output formats, each a [`Sink`] over any writer: JSON lines, CSV (RFC 4180, `data` as
+//! JSON text), an Avro object container file and a Parquet file. All hold [`COLUMNS`];
+//! times are RFC 3339 text in JSON lines and CSV, and UTC microsecond timestamps in Avro
+//! (`timestamp-micros`) and Parquet (`TIMESTAMP(MICROS, true)`), which DuckDB, pandas and
+//! pyarrow read as timestamps. Memory stays bounded: Avro writes a block at a time, Parquet a
+//! row group of [`PARQUET_ROW_GROUP`] rows at a time.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use apache_avro::types::Value as Avro;
+use parquet::basic::Compression;
+use parquet::data_type::{ByteArray, ByteArrayType, Int32Type, Int64Type};
+use parquet::file::properties::WriterProperties;
+use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::parser::parse_message_type;
+
+use crate::row::{COLUMNS, Row};
+
+/// Rows per Parquet row group: what one holds in memory before it is written.
+pub const PARQUET_ROW_GROUP: usize = 65_536;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Jsonl,
+    Csv,
+    Avro,
+    Parquet,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("writing the output: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("writing Avro: {0}")]
+    Avro(#[from] Box<apache_avro::Error>),
+    #[error("writing Parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+}
+
+impl From<apache_avro::Error> for SinkError {
+    fn from(err: apache_avro::Error) -> Self {
+        Self::Avro(Box::new(err))
+    }
+}
+
+/// Where rows go.
+pub trait Sink {
+    fn write(&mut self, row: &Row) -> Result<(), SinkError>;
+    /// Writes what is buffered and the format's trailer.
+    fn finish(self: Box<Self>) -> Result<(), SinkError>;
+}
+
+pub type Output = Box<dyn Write + Send>;
+
+pub fn sink(format: Format, out: Output) -> Result<Box<dyn Sink>, SinkError> {
+    Ok(match format {
+        Format::Jsonl => Box::new(Jsonl(std::io::BufWriter::new(out))),
+        Format::Csv => Box::new(Csv::new(out)?),
+        Format::Avro => Box::new(AvroFile::new(out)?),
+        Format::Parquet => Box::new(ParquetFile::new(out)?),
+    })
+}
+
+struct Jsonl(std::io::BufWriter<Output>);
+
+impl Sink for Jsonl {
+    fn write(&mut self, row: &Row) -> Result<(), SinkError> {
+        serde_json::to_writer(&mut self.0, &row.to_json()).map_err(std::io::Error::from)?;
+        self.0.write_all(b"\n")?;
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<(), SinkError> {
+        self.0.flush()?;
+        Ok(())
+    }
+}
+
+struct Csv(std::io::BufWriter<Output>);
+
+impl Csv {
+    fn new(out: Output) -> Result<Self, SinkError> {
+        let mut out = std::io::BufWriter::new(out);
+        writeln!(out, "{}", COLUMNS.join(","))?;
+        Ok(Self(out))
+    }
+}
+
+/// A CSV field: quoted when it holds a comma, a quote or a line break, quotes doubled.
+fn csv_field(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\"")).into()
+    } else {
+        text.into()
+    }
+}
+
+impl Sink for Csv {
+    fn write(&mut self, row: &Row) -> Result<(), SinkError> {
+        let data = row.data.to_string();
+        let fields = [
+            csv_field(&row.topic),
+            row.partition.to_string().into(),
+            row.offset.to_string().into(),
+            csv_field(row.key.as_deref().unwrap_or("")),
+            csv_field(&row.event_id),
+            csv_field(&row.event_type),
+            crate::row::rfc3339(row.occurred_at_us).into(),
+            crate::row::rfc3339(row.received_at_us).into(),
+            csv_field(&row.actor),
+            csv_field(&row.source),
+            csv_field(row.idempotency_key.as_deref().unwrap_or("")),
+            csv_field(&data),
+        ];
+        writeln!(self.0, "{}", fields.join(","))?;
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<(), SinkError> {
+        self.0.flush()?;
+        Ok(())
+    }
+}
+
+const AVRO_SCHEMA: &str = r#"{
+  "type": "record", "name": "HeraldEvent", "namespace": "herald.export",
+  "doc": "One event replayed from Herald's log: its place in the log, its envelope, its data as JSON.",
+  "fields": [
+    {"name": "topic", "type": "string"},
+    {"name": "partition", "type": "int"},
+    {"name": "offset", "type": "long"},
+    {"name": "key", "type": ["null", "string"]},
+    {"name": "event_id", "type": "string"},
+    {"name": "event_type", "type": "string"},
+    {"name": "occurred_at", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+    {"name": "received_at", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+    {"name": "actor", "type": "string"},
+    {"name": "source", "type": "string"},
+    {"name": "idempotency_key", "type": ["null", "string"]},
+    {"name": "data", "type": "string"}
+  ]
+}"#;
+
+struct AvroFile {
+    writer: apache_avro::Writer<'static, Output>,
+}
+
+impl AvroFile {
+    fn new(out: Output) -> Result<Self, SinkError> {
+        // The writer borrows its schema for its whole life: one schema per process.
+        static SCHEMA: std::sync::OnceLock<apache_avro::Schema> = std::sync::OnceLock::new();
+        let schema = match SCHEMA.get() {
+            Some(schema) => schema,
+            None => {
+                let parsed = apache_avro::Schema::parse_str(AVRO_SCHEMA)?;
+                SCHEMA.get_or_init(|| parsed)
+            }
+        };
+        Ok(Self {
+            writer: apache_avro::Writer::new(schema, out)?,
+        })
+    }
+}
+
+fn optional(text: Option<&str>) -> Avro {
+    match text {
+        Some(text) => Avro::Union(1, Box::new(Avro::String(text.to_string()))),
+        None => Avro::Union(0, Box::new(Avro::Null)),
+    }
+}
+
+impl Sink for AvroFile {
+    fn write(&mut self, row: &Row) -> Result<(), SinkError> {
+        let record = Avro::Record(vec![
+            ("topic".into(), Avro::String(row.topic.clone())),
+            ("partition".into(), Avro::Int(row.partition)),
+            ("offset".into(), Avro::Long(row.offset)),
+            ("key".into(), optional(row.key.as_deref())),
+            ("event_id".into(), Avro::String(row.event_id.clone())),
+            ("event_type".into(), Avro::String(row.event_type.clone())),
+            (
+                "occurred_at".into(),
+                Avro::TimestampMicros(row.occurred_at_us),
+            ),
+            (
+                "received_at".into(),
+                Avro::TimestampMicros(row.received_at_us),
+            ),
+            ("actor".into(), Avro::String(row.actor.clone())),
+            ("source".into(), Avro::String(row.source.clone())),
+            (
+                "idempotency_key".into(),
+                optional(row.idempotency_key.as_deref()),
+            ),
+            ("data".into(), Avro::String(row.data.to_string())),
+        ]);
+        self.writer.append_value(record)?;
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), SinkError> {
+        let mut out = self.writer.into_inner()?;
+        out.flush()?;
+        Ok(())
+    }
+}
+
+const PARQUET_SCHEMA: &str = "message herald_event {
+  REQUIRED BYTE_ARRAY topic (UTF8);
+  REQUIRED INT32 partition;
+  REQUIRED INT64 offset;
+  OPTIONAL BYTE_ARRAY key (UTF8);
+  REQUIRED BYTE_ARRAY event_id (UTF8);
+  REQUIRED BYTE_ARRAY event_type (UTF8);
+  REQUIRED INT64 occurred_at (TIMESTAMP(MICROS,true));
+  REQUIRED INT64 received_at (TIMESTAMP(MICROS,true));
+  REQUIRED BYTE_ARRAY actor (UTF8);
+  REQUIRED BYTE_ARRAY source (UTF8);
+  OPTIONAL BYTE_ARRAY idempotency_key (UTF8);
+  REQUIRED BYTE_ARRAY data (JSON);
+}";
+
+/// One row group's columns, filled row by row and written together.
+#[derive(Default)]
+struct Columns {
+    topic: Vec<ByteArray>,
+    partition: Vec<i32>,
+    offset: Vec<i64>,
+    key: Vec<ByteArray>,
+    key_defined: Vec<i16>,
+    event_id: Vec<ByteArray>,
+    event_type: Vec<ByteArray>,
+    occurred_at: Vec<i64>,
+    received_at: Vec<i64>,
+    actor: Vec<ByteArray>,
+    source: Vec<ByteArray>,
+    idempotency_key: Vec<ByteArray>,
+    idempotency_key_defined: Vec<i16>,
+    data: Vec<ByteArray>,
+}
+
+impl Columns {
+    fn len(&self) -> usize {
+        self.offset.len()
+    }
+}
+
+struct ParquetFile {
+    writer: SerializedFileWriter<Output>,
+    columns: Columns,
+}
+
+fn bytes(text: &str) -> ByteArray {
+    ByteArray::from(text.as_bytes().to_vec())
+}
+
+impl ParquetFile {
+    fn new(out: Output) -> Result<Self, SinkError> {
+        let schema = Arc::new(parse_message_type(PARQUET_SCHEMA)?);
+        let properties = Arc::new(
+            WriterProperties::builder()
+                .set_compression(Compression::SNAPPY)
+                .set_created_by("herald replay".into())
+                .build(),
+        );
+        Ok(Self {
+            writer: SerializedFileWriter::new(out, schema, properties)?,
+            columns: Columns::default(),
+        })
+    }
+
+    fn flush_group(&mut self) -> Result<(), SinkError> {
+        if self.columns.len() == 0 {
+            return Ok(());
+        }
+        let c = std::mem::take(&mut self.columns);
+        let mut group = self.writer.next_row_group()?;
+        let mut index = 0;
+        while let Some(mut column) = group.next_column()? {
+            match COLUMNS[index] {
+                "partition" => {
+                    column
+                        .typed::<Int32Type>()
+                        .write_batch(&c.partition, None, None)?;
+                }
+                "offset" | "occurred_at" | "received_at" => {
+                    let values = match COLUMNS[index] {
+                        "offset" => &c.offset,
+                        "occurred_at" => &c.occurred_at,
+                        _ => &c.received_at,
+                    };
+                    column
+                        .typed::<Int64Type>()
+                        .write_batch(values, None, None)?;
+                }
+                "key" => {
+                    column.typed::<ByteArrayType>().write_batch(
+                        &c.key,
+                        Some(&c.key_defined),
+                        None,
+                    )?;
+                }
+                "idempotency_key" => {
+                    column.typed::<ByteArrayType>().write_batch(
+                        &c.idempotency_key,
+                        Some(&c.idempotency_key_defined),
+                        None,
+                    )?;
+                }
+                name => {
+                    let values = match name {
+                        "topic" => &c.topic,
+                        "event_id" => &c.event_id,
+                        "event_type" => &c.event_type,
+                        "actor" => &c.actor,
+                        "source" => &c.source,
+                        _ => &c.data,
+                    };
+                    column
+                        .typed::<ByteArrayType>()
+                        .write_batch(values, None, None)?;
+                }
+            }
+            column.close()?;
+            index += 1;
+        }
+        group.close()?;
+        Ok(())
+    }
+}
+
+impl Sink for ParquetFile {
+    fn write(&mut self, row: &Row) -> Result<(), SinkError> {
+        let c = &mut self.columns;
+        c.topic.push(bytes(&row.topic));
+        c.partition.push(row.partition);
+        c.offset.push(row.offset);
+        match &row.key {
+            Some(key) => {
+                c.key.push(bytes(key));
+                c.key_defined.push(1);
+            }
+            None => c.key_defined.push(0),
+        }
+        c.event_id.push(bytes(&row.event_id));
+        c.event_type.push(bytes(&row.event_type));
+        c.occurred_at.push(row.occurred_at_us);
+        c.received_at.push(row.received_at_us);
+        c.actor.push(bytes(&row.actor));
+        c.source.push(bytes(&row.source));
+        match &row.idempotency_key {
+            Some(key) => {
+                c.idempotency_key.push(bytes(key));
+                c.idempotency_key_defined.push(1);
+            }
+            None => c.idempotency_key_defined.push(0),
+        }
+        c.data.push(bytes(&row.data.to_string()));
+        if c.len() >= PARQUET_ROW_GROUP {
+            self.flush_group()?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<(), SinkError> {
+        self.flush_group()?;
+        let mut out = self.writer.into_inner()?;
+        out.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_only_when_needed() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+    }
+}

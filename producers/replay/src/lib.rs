@@ -1,0 +1,241 @@
+//! Analyst and operator tools over the log.
+//!
+//! `herald replay` reads a time range of some topics and writes the decoded events as JSON
+//! lines, CSV, an Avro container file or Parquet. It assigns partitions directly, with no
+//! consumer group, so it commits nothing and cannot disturb a live consumer; each partition is
+//! read from the first record at or after `--from` to the last before `--to`, as the log's
+//! record timestamps (the ingress's receipt time) say. A file is written under a temporary
+//! name and renamed when complete: a failed replay leaves no half file behind.
+//!
+//! `herald lag` and `herald reprocess` look at and move consumer groups ([`ops`]).
+
+pub mod formats;
+pub mod ops;
+pub mod row;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use events::Codec;
+use platform::kafka::KafkaArgs;
+use platform::kafka::range::RangeReader;
+
+use crate::formats::{Format, Sink};
+use crate::row::Row;
+
+/// `herald replay` settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplayArgs {
+    /// Topics to read, by their names without the prefix (`orders,users`).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub topics: Vec<String>,
+    /// The range's start, inclusive (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+    #[arg(long)]
+    pub from: String,
+    /// The range's end, exclusive (RFC 3339).
+    #[arg(long)]
+    pub to: String,
+    /// Only events of these types (repeat or separate with commas).
+    #[arg(long = "type", value_delimiter = ',')]
+    pub types: Vec<String>,
+    /// Only events with these Kafka keys (repeat or separate with commas).
+    #[arg(long = "key", value_delimiter = ',')]
+    pub keys: Vec<String>,
+    #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+    pub format: Format,
+    /// The file to write (default: standard output).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Count the events per topic and type instead of writing them.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// What a replay did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Records read in the range.
+    pub read: u64,
+    /// Events written (or counted, in a dry run) after the filters.
+    pub written: u64,
+    /// Events by (topic, type), after the filters.
+    pub by_type: BTreeMap<(String, String), u64>,
+}
+
+/// Parses an RFC 3339 time to milliseconds since the epoch.
+pub fn parse_time(flag: &str, text: &str) -> anyhow::Result<i64> {
+    let at: jiff::Timestamp = text.parse().with_context(|| {
+        format!("{flag} {text:?} is not an RFC 3339 time (like 2026-11-01T00:00:00Z)")
+    })?;
+    Ok(at.as_millisecond())
+}
+
+/// Runs a replay to its end. Blocking: call it from a blocking thread.
+pub fn replay(kafka: &KafkaArgs, codec: &Codec, args: &ReplayArgs) -> anyhow::Result<Summary> {
+    let from = parse_time("--from", &args.from)?;
+    let to = parse_time("--to", &args.to)?;
+    if from >= to {
+        bail!(
+            "--from ({}) must be before --to ({}): the range is empty",
+            args.from,
+            args.to
+        );
+    }
+    let topics: Vec<String> = args.topics.iter().map(|t| kafka.topic(t)).collect();
+    let mut reader = RangeReader::open(kafka, &topics, from, to, Duration::from_secs(30))?;
+    if reader.span() == 0 {
+        bail!(
+            "no events between {} and {} in {}",
+            args.from,
+            args.to,
+            args.topics.join(", ")
+        );
+    }
+    let progress = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(reader.span());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} events, {per_sec}, ETA {eta}",
+            )
+            .expect("a valid template"),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut output = match (&args.out, args.dry_run) {
+        (_, true) => None,
+        (Some(path), false) => Some(Partial::create(path)?),
+        (None, false) => None,
+    };
+    let mut sink: Option<Box<dyn Sink>> = match (&mut output, args.dry_run) {
+        (_, true) => None,
+        (Some(partial), false) => Some(formats::sink(args.format, partial.writer()?)?),
+        (None, false) => Some(formats::sink(args.format, Box::new(std::io::stdout()))?),
+    };
+    let mut summary = Summary::default();
+    while let Some(batch) = reader.next_batch(1_000)? {
+        progress.inc(batch.len() as u64);
+        for record in batch {
+            summary.read += 1;
+            if !args.keys.is_empty() {
+                let key = record.key.as_deref().map(String::from_utf8_lossy);
+                if !key.is_some_and(|k| args.keys.iter().any(|wanted| *wanted == k)) {
+                    continue;
+                }
+            }
+            let payload = record.payload.as_deref().unwrap_or_default();
+            let decoded = codec.decode(payload).with_context(|| {
+                format!(
+                    "the record at offset {} of {} partition {} does not decode with the \
+                     schemas at hand (SCHEMAS_DIR, SCHEMA_REGISTRY_URL)",
+                    record.offset, record.topic, record.partition
+                )
+            })?;
+            if !args.types.is_empty() && !args.types.contains(&decoded.envelope.event_type) {
+                continue;
+            }
+            *summary
+                .by_type
+                .entry((record.topic.clone(), decoded.envelope.event_type.clone()))
+                .or_default() += 1;
+            summary.written += 1;
+            if let Some(sink) = &mut sink {
+                sink.write(&Row::new(&record, decoded))?;
+            }
+        }
+    }
+    progress.finish_and_clear();
+    if let Some(sink) = sink {
+        sink.finish()?;
+    }
+    if summary.written == 0 && !args.dry_run {
+        bail!(
+            "no events between {} and {} in {} match the filters ({} read)",
+            args.from,
+            args.to,
+            args.topics.join(", "),
+            summary.read
+        );
+    }
+    if let Some(partial) = output {
+        partial.complete()?;
+    }
+    Ok(summary)
+}
+
+/// A file written under `<name>.partial` and renamed to its name only when complete; removed
+/// if dropped before.
+struct Partial {
+    path: PathBuf,
+    partial: PathBuf,
+    done: bool,
+}
+
+impl Partial {
+    fn create(path: &Path) -> anyhow::Result<Self> {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".partial");
+        let partial = path.with_file_name(name);
+        std::fs::File::create(&partial)
+            .with_context(|| format!("cannot create {}", partial.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            partial,
+            done: false,
+        })
+    }
+
+    fn writer(&self) -> anyhow::Result<formats::Output> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&self.partial)
+            .with_context(|| format!("cannot write {}", self.partial.display()))?;
+        Ok(Box::new(file))
+    }
+
+    fn complete(mut self) -> anyhow::Result<()> {
+        std::fs::rename(&self.partial, &self.path).with_context(|| {
+            format!(
+                "cannot rename {} to {}",
+                self.partial.display(),
+                self.path.display()
+            )
+        })?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.partial);
+        }
+    }
+}
+
+/// The dry run's table: events per topic and type, and the total.
+pub fn counts_table(summary: &Summary) -> String {
+    let mut out = String::from("topic\ttype\tevents\n");
+    for ((topic, event_type), count) in &summary.by_type {
+        out.push_str(&format!("{topic}\t{event_type}\t{count}\n"));
+    }
+    out.push_str(&format!("total\t\t{}\n", summary.written));
+    out
+}
+
+/// How long a replay took, for its closing line.
+pub fn rate(summary: &Summary, started: Instant) -> String {
+    let seconds = started.elapsed().as_secs_f64();
+    format!(
+        "{} events written of {} read in {seconds:.1} s ({:.0} events/s)",
+        summary.written,
+        summary.read,
+        summary.read as f64 / seconds.max(1e-9)
+    )
+}

@@ -1,0 +1,372 @@
+//! `herald replay`, `herald lag` and `herald reprocess` against the real broker: the events of
+//! a time window come out exactly, in every format, as outside readers see them; a running
+//! consumer is not disturbed; a stopped one is moved back and rebuilds without duplicates.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::process::{HERALD, HeraldProcess};
+use support::{TestIngress, test_dir, token};
+use uuid::Uuid;
+
+/// Runs `herald <args>` against the test's cluster and prefix.
+async fn herald(app: &TestIngress, args: &[&str]) -> (bool, String, String) {
+    let output = tokio::process::Command::new(HERALD)
+        .args(args)
+        .env("KAFKA_BROKERS", app.kafka.brokers.as_deref().unwrap())
+        .env("TOPIC_PREFIX", &app.kafka.topic_prefix)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn at(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).unwrap().to_string()
+}
+
+/// An export read back by DuckDB, fastavro or the json module.
+async fn read_back(format: &str, path: &std::path::Path) -> Vec<Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/read_export.py");
+    let output = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(format)
+        .arg(path)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{format}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice::<Vec<Value>>(&output.stdout).unwrap()
+}
+
+async fn post_orders(app: &TestIngress, ids: std::ops::Range<usize>, tag: &str) {
+    for n in ids {
+        let response = app
+            .post(
+                &token("shop", &["service"]),
+                &support::order(&format!("{tag}-{n}")),
+            )
+            .await;
+        assert_eq!(response.status(), 202);
+    }
+}
+
+async fn committed(app: &TestIngress, group: &str) -> HashMap<(String, i32), i64> {
+    platform::kafka::committed_offsets(&app.kafka, group, &app.topics())
+        .await
+        .unwrap()
+}
+
+/// Waits until `group` has committed the end of every partition that has records.
+async fn caught_up(app: &TestIngress, group: &str) -> HashMap<(String, i32), i64> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ends =
+            platform::kafka::watermarks_of(&app.kafka, &app.topics(), Duration::from_secs(10))
+                .await
+                .unwrap();
+        let done = committed(app, group).await;
+        if ends
+            .iter()
+            .filter(|(_, (_, high))| *high > 0)
+            .all(|(slot, (_, high))| done.get(slot) == Some(high))
+        {
+            return done;
+        }
+        assert!(Instant::now() < deadline, "{group} never caught up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_returns_exactly_the_window_in_every_format_and_disturbs_no_consumer() {
+    let app = TestIngress::start_default().await;
+    let dir = test_dir("replay").join(Uuid::new_v4().simple().to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // Three windows of events on two topics, one after the other.
+    post_orders(&app, 0..10, "a").await;
+    post_orders(&app, 0..10, "b").await;
+    for n in 0..5 {
+        let response = app
+            .post(
+                &token("accounts", &["service"]),
+                &json!({"type": "user.registered", "data": {
+                    "user_id": Uuid::new_v4(), "email": format!("r{n}@example.com"),
+                    "display_name": "R, \"quoted\"", "locale": "en", "time_zone": "UTC"
+                }}),
+            )
+            .await;
+        assert_eq!(response.status(), 202);
+    }
+    post_orders(&app, 0..10, "c").await;
+    let mut records = app.read("orders").await;
+    records.extend(app.read("users").await);
+    let first_of = |tag: &str| {
+        records
+            .iter()
+            .filter(|(_, d)| d.data["order_id"].as_str().unwrap_or("").starts_with(tag))
+            .map(|(r, _)| r.timestamp_ms.unwrap())
+            .min()
+            .unwrap()
+    };
+    // From the first order of window b (inclusive) to the first of window c (exclusive).
+    let (from, to) = (first_of("b-"), first_of("c-"));
+    let expected: BTreeMap<(String, i32, i64), String> = records
+        .iter()
+        .filter(|(r, _)| (from..to).contains(&r.timestamp_ms.unwrap()))
+        .map(|(r, d)| {
+            (
+                (r.topic.clone(), r.partition, r.offset),
+                d.envelope.event_id.to_string(),
+            )
+        })
+        .collect();
+    assert!(expected.len() >= 15, "window b and the users: {expected:?}");
+    let data: HashMap<String, Value> = records
+        .iter()
+        .map(|(_, d)| (d.envelope.event_id.to_string(), d.data.clone()))
+        .collect();
+
+    // A consumer that has read everything: its offsets must not move.
+    let database = format!("sqlite://{}", dir.join("audit.db").display());
+    let group = format!("{}{}", app.kafka.topic_prefix, audit_log::NAME);
+    let audit = HeraldProcess::start("audit-log", &app.kafka, &database, &[]).await;
+    let before = caught_up(&app, &group).await;
+
+    let (from_text, to_text) = (at(from), at(to));
+    let mut exports = Vec::new();
+    for format in ["jsonl", "csv", "avro", "parquet"] {
+        let path = dir.join(format!("window.{format}"));
+        let path_text = path.display().to_string();
+        let (ok, _, stderr) = herald(
+            &app,
+            &[
+                "replay",
+                "--topics",
+                "orders,users",
+                "--from",
+                &from_text,
+                "--to",
+                &to_text,
+                "--format",
+                format,
+                "--out",
+                &path_text,
+            ],
+        )
+        .await;
+        assert!(ok, "{format}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{} events written", expected.len())),
+            "{stderr}"
+        );
+        let rows = read_back(format, &path).await;
+        let got: BTreeMap<(String, i32, i64), String> = rows
+            .iter()
+            .map(|row| {
+                (
+                    (
+                        row["topic"].as_str().unwrap().to_string(),
+                        row["partition"].as_i64().unwrap() as i32,
+                        row["offset"].as_i64().unwrap(),
+                    ),
+                    row["event_id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(got, expected, "{format}: exactly the window");
+        for row in &rows {
+            assert_eq!(
+                row["data"],
+                data[row["event_id"].as_str().unwrap()],
+                "{format}"
+            );
+        }
+        exports.push((format, rows));
+    }
+    for (format, rows) in &exports[1..] {
+        assert_eq!(
+            rows, &exports[0].1,
+            "{format} holds the same rows as JSON lines"
+        );
+    }
+
+    // To standard output, one type, in per-partition order.
+    let (ok, stdout, stderr) = herald(
+        &app,
+        &[
+            "replay",
+            "--topics",
+            "orders,users",
+            "--from",
+            &from_text,
+            "--to",
+            &to_text,
+            "--type",
+            "order.placed",
+        ],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    let mut last: HashMap<(String, i64), i64> = HashMap::new();
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 10, "window b's orders only");
+    for line in &lines {
+        assert_eq!(line["event_type"], "order.placed");
+        let slot = (
+            line["topic"].as_str().unwrap().to_string(),
+            line["partition"].as_i64().unwrap(),
+        );
+        let offset = line["offset"].as_i64().unwrap();
+        assert!(last.get(&slot).is_none_or(|prev| *prev < offset));
+        last.insert(slot, offset);
+    }
+    let (ok, stdout, _) = herald(
+        &app,
+        &[
+            "replay",
+            "--topics",
+            "orders,users",
+            "--from",
+            &from_text,
+            "--to",
+            &to_text,
+            "--dry-run",
+        ],
+    )
+    .await;
+    assert!(ok);
+    let topic = |name: &str| app.kafka.topic(name);
+    assert!(
+        stdout.contains(&format!("{}\torder.placed\t10", topic("orders"))),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{}\tuser.registered\t5", topic("users"))),
+        "{stdout}"
+    );
+
+    // Mistakes: a clear message, a failing exit, no file.
+    let refused = [
+        (
+            vec!["--topics", "nope", "--from", &from_text, "--to", &to_text],
+            "no topic",
+        ),
+        (
+            vec!["--topics", "orders", "--from", &to_text, "--to", &from_text],
+            "must be before",
+        ),
+        (
+            vec![
+                "--topics",
+                "orders",
+                "--from",
+                "2001-01-01T00:00:00Z",
+                "--to",
+                "2001-01-02T00:00:00Z",
+            ],
+            "no events between",
+        ),
+        (
+            vec![
+                "--topics",
+                "orders",
+                "--from",
+                "yesterday",
+                "--to",
+                &to_text,
+            ],
+            "not an RFC 3339 time",
+        ),
+        (
+            vec![
+                "--topics", "orders", "--from", &from_text, "--to", &to_text, "--type", "no.such",
+            ],
+            "match the filters",
+        ),
+    ];
+    for (args, message) in refused {
+        let out = dir.join("refused.csv");
+        let out_text = out.display().to_string();
+        let mut all = vec!["replay"];
+        all.extend(args);
+        all.extend(["--format", "csv", "--out", &out_text]);
+        let (ok, _, stderr) = herald(&app, &all).await;
+        assert!(!ok && stderr.contains(message), "{all:?}: {stderr}");
+        assert!(!out.exists(), "{all:?} left a file");
+        assert!(!dir.join("refused.csv.partial").exists());
+    }
+
+    // The live consumer was not moved, and no group was made by the replays.
+    assert_eq!(committed(&app, &group).await, before);
+    let (ok, stdout, stderr) = herald(&app, &["lag"]).await;
+    assert!(ok, "{stderr}");
+    assert!(!stdout.contains("herald-range-reader"), "{stdout}");
+    assert!(stdout.contains(&group), "{stdout}");
+
+    // Lag: stopped, then five more orders behind.
+    audit.terminate().await;
+    post_orders(&app, 0..5, "d").await;
+    let (ok, stdout, stderr) = herald(&app, &["lag", "--group", audit_log::NAME]).await;
+    assert!(ok, "{stderr}");
+    let behind: i64 = stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').collect::<Vec<_>>())
+        .filter(|cells| cells[3] == topic("orders"))
+        .map(|cells| cells[7].parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(behind, 5, "{stdout}");
+    assert!(!stdout.contains("\t?\n"), "every age known: {stdout}");
+    let (ok, _, stderr) = herald(&app, &["lag", "--group", "no-such-group"]).await;
+    assert!(!ok && stderr.contains("no consumer group"), "{stderr}");
+
+    // Reprocess: refused while a consumer runs, then moved back while stopped; the rebuild
+    // adds no row twice.
+    let audit = HeraldProcess::start("audit-log", &app.kafka, &database, &[]).await;
+    caught_up(&app, &group).await;
+    let (ok, _, stderr) = herald(&app, &["reprocess", audit_log::NAME, "--from", &from_text]).await;
+    assert!(!ok && stderr.contains("live member"), "{stderr}");
+    audit.terminate().await;
+    let rows_before = support::audit::rows_by_id(&database).await;
+    let (ok, stdout, stderr) =
+        herald(&app, &["reprocess", audit_log::NAME, "--from", &from_text]).await;
+    assert!(ok, "{stderr}");
+    let again: i64 = stdout
+        .lines()
+        .find(|l| l.starts_with("total"))
+        .and_then(|l| l.rsplit('\t').next()?.parse().ok())
+        .unwrap();
+    let since_from = records
+        .iter()
+        .filter(|(r, _)| r.timestamp_ms.unwrap() >= from)
+        .count() as i64;
+    assert_eq!(
+        again,
+        since_from + 5,
+        "window b on, and the five behind: {stdout}"
+    );
+    let audit = HeraldProcess::start("audit-log", &app.kafka, &database, &[]).await;
+    caught_up(&app, &group).await;
+    let rows_after = support::audit::rows_by_id(&database).await;
+    assert_eq!(rows_after, rows_before, "read again, written once");
+    assert!(rows_after.values().all(|n| *n == 1));
+    audit.terminate().await;
+    app.stop().await;
+}
