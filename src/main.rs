@@ -44,6 +44,10 @@ enum Command {
     /// Move a stopped consumer group's offsets back to a time, so its consumers read again
     /// from there.
     Reprocess(tools::ReprocessCommand),
+    /// Print a topic's newest events decoded, and with --follow those that arrive.
+    Tail(tools::TailCommand),
+    /// List a consumer group's dead letters, or publish them again after a fix.
+    Dlq(tools::DlqCommand),
     /// Check or export the audit log.
     Audit {
         #[command(subcommand)]
@@ -145,6 +149,8 @@ fn main() -> anyhow::Result<()> {
             Command::Replay(command) => tools::replay(command).await,
             Command::Lag(command) => tools::lag(command).await,
             Command::Reprocess(command) => tools::reprocess(command).await,
+            Command::Tail(command) => tools::tail(command).await,
+            Command::Dlq(command) => tools::dlq(command).await,
             Command::Audit { action } => audit(action).await,
             Command::Token(args) => token(&args),
             Command::Broker { action } => broker(action).await,

@@ -130,3 +130,185 @@ pub async fn reprocess(command: ReprocessCommand) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[derive(Debug, Args)]
+pub struct TailCommand {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    contract: ContractArgs,
+    /// The topic, by its name without the prefix (`orders`).
+    topic: String,
+    /// Keep printing events as they arrive, until interrupted.
+    #[arg(long)]
+    follow: bool,
+    /// How many of the newest events of each partition to print first.
+    #[arg(long, default_value_t = 10)]
+    last: i64,
+    /// Only events of these types (repeat or separate with commas).
+    #[arg(long = "type", value_delimiter = ',')]
+    types: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqCommand {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    contract: ContractArgs,
+    #[command(subcommand)]
+    action: DlqAction,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum DlqAction {
+    /// The group's dead letters: the event, where it came from, why it failed, whether it
+    /// was redriven.
+    List {
+        /// The consumer group, by its name without the topic prefix (`audit-log`).
+        group: String,
+    },
+    /// Publish dead letters again to their original topic, each once.
+    Redrive {
+        group: String,
+        /// The dead letter of this event.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        event_id: Option<String>,
+        /// Every dead letter not redriven yet.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+pub async fn tail(command: TailCommand) -> anyhow::Result<()> {
+    needs_brokers(&command.kafka, "tail")?;
+    let catalog = Arc::new(command.contract.catalog()?);
+    let codec = command.contract.codec(catalog, &command.kafka).await?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        stopper.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        use std::io::Write;
+        let topic = command.kafka.topic(&command.topic);
+        let mut reader = platform::kafka::range::RangeReader::tail(
+            &command.kafka,
+            &[topic],
+            command.last,
+            command.follow,
+            TIMEOUT,
+        )?;
+        let mut out = std::io::stdout().lock();
+        while let Some(batch) = reader.next_batch(500)? {
+            for record in batch {
+                let payload = record.payload.as_deref().unwrap_or_default();
+                let line = match codec.decode(payload) {
+                    Ok(decoded) => {
+                        if !command.types.is_empty()
+                            && !command.types.contains(&decoded.envelope.event_type)
+                        {
+                            continue;
+                        }
+                        replay::row::Row::new(&record, decoded).to_json()
+                    }
+                    Err(err) => serde_json::json!({
+                        "topic": record.topic, "partition": record.partition,
+                        "offset": record.offset, "undecodable": err.to_string(),
+                    }),
+                };
+                writeln!(out, "{line}")?;
+            }
+            out.flush()?;
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+        }
+        Ok(())
+    })
+    .await
+    .context("the tail stopped unexpectedly")?
+}
+
+pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
+    use replay::dlq::{Choice, Letter};
+    needs_brokers(&command.kafka, "dlq")?;
+    let catalog = Arc::new(command.contract.catalog()?);
+    let codec = command.contract.codec(catalog, &command.kafka).await?;
+    let group = match &command.action {
+        DlqAction::List { group } | DlqAction::Redrive { group, .. } => group.clone(),
+    };
+    let topic = format!("{}.dlq", command.kafka.topic(&group));
+    let marks_topic = format!("{topic}.redriven");
+    let read = |topic: String| {
+        let kafka = command.kafka.clone();
+        async move { platform::kafka::read_to_end(&kafka, &[topic], TIMEOUT).await }
+    };
+    let letters: Vec<Letter> = read(topic.clone())
+        .await?
+        .iter()
+        .map(|record| Letter::new(record, &codec))
+        .collect();
+    let redriven: std::collections::HashSet<String> = read(marks_topic.clone())
+        .await?
+        .into_iter()
+        .filter_map(|record| record.key.map(|k| String::from_utf8_lossy(&k).into_owned()))
+        .collect();
+    let choice = match command.action {
+        DlqAction::List { .. } => {
+            print!("{}", replay::dlq::list_table(&letters, &redriven));
+            return Ok(());
+        }
+        DlqAction::Redrive {
+            event_id: Some(id), ..
+        } => Choice::EventId(id),
+        DlqAction::Redrive { .. } => Choice::All,
+    };
+    let chosen = replay::dlq::choose(&letters, &redriven, &choice)?;
+    if chosen.is_empty() {
+        println!("herald dlq redrive: no dead letter of {group} is waiting; nothing to do");
+        return Ok(());
+    }
+    let publisher = platform::kafka::Publisher::new(&command.kafka, Duration::from_secs(30))?;
+    platform::kafka::ensure_topics(&command.kafka, std::slice::from_ref(&marks_topic), 1, 1)
+        .await?;
+    let now_ms = || (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    for letter in chosen {
+        let again = platform::kafka::OutgoingRecord {
+            topic: letter.topic.clone(),
+            key: letter.key.clone(),
+            payload: letter.payload.clone(),
+            timestamp_ms: now_ms(),
+            headers: letter.headers.clone(),
+        };
+        let delivered = publisher
+            .publish_all(std::slice::from_ref(&again))
+            .await
+            .map_err(|err| anyhow::anyhow!("publishing {} again: {err:?}", letter.mark()))?;
+        let place = delivered
+            .first()
+            .map(|d| format!("{}@{}", d.partition, d.offset))
+            .unwrap_or_default();
+        let mark = platform::kafka::OutgoingRecord {
+            topic: marks_topic.clone(),
+            key: letter.mark().into_bytes(),
+            payload: format!("{}/{place}", letter.topic).into_bytes(),
+            timestamp_ms: now_ms(),
+            headers: Vec::new(),
+        };
+        publisher
+            .publish_all(std::slice::from_ref(&mark))
+            .await
+            .map_err(|err| {
+                anyhow::anyhow!("recording the redrive of {}: {err:?}", letter.mark())
+            })?;
+        println!(
+            "herald dlq redrive: {} ({}) published again to {}/{place}",
+            letter.mark(),
+            letter.event_id.as_deref().unwrap_or("undecodable"),
+            letter.topic
+        );
+    }
+    Ok(())
+}

@@ -370,3 +370,144 @@ async fn a_replay_returns_exactly_the_window_in_every_format_and_disturbs_no_con
     audit.terminate().await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_redriven_after_the_fix_is_applied_once_and_tail_shows_events() {
+    let app = TestIngress::start_default().await;
+    let dir = test_dir("replay").join(Uuid::new_v4().simple().to_string());
+    // The cause: an audit log deployed with the schemas of every event type but one.
+    let partial = dir.join("schemas");
+    std::fs::create_dir_all(&partial).unwrap();
+    let all = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/avro");
+    for entry in std::fs::read_dir(all).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.ends_with("user.registered.v1.avsc") {
+            std::fs::copy(&path, partial.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let database = format!("sqlite://{}", dir.join("audit.db").display());
+    let partial_text = partial.display().to_string();
+    let audit = HeraldProcess::start(
+        "audit-log",
+        &app.kafka,
+        &database,
+        &[("SCHEMAS_DIR", partial_text.as_str())],
+    )
+    .await;
+    let response = app
+        .post(
+            &token("accounts", &["service"]),
+            &json!({"type": "user.registered", "data": {
+                "user_id": Uuid::new_v4(), "email": "late@example.com",
+                "display_name": "Late", "locale": "en", "time_zone": "UTC"
+            }}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    let event_id = accepted["event_id"].as_str().unwrap().to_string();
+    post_orders(&app, 0..2, "o").await;
+
+    // The user's event is a dead letter; the orders are in the log.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let listed = loop {
+        let (ok, stdout, stderr) = herald(&app, &["dlq", "list", audit_log::NAME]).await;
+        assert!(ok, "{stderr}");
+        if stdout.lines().count() == 2 && support::audit::rows_by_id(&database).await.len() == 2 {
+            break stdout;
+        }
+        assert!(Instant::now() < deadline, "no dead letter: {stdout}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let line: Vec<&str> = listed.lines().nth(1).unwrap().split('\t').collect();
+    assert_eq!(line[1], event_id, "{listed}");
+    assert_eq!(line[2], "user.registered");
+    assert!(line[3].starts_with(&app.kafka.topic("users")), "{listed}");
+    assert_eq!(line[5], "no");
+    assert!(!line[6].is_empty(), "the error is shown: {listed}");
+
+    // The fix: every schema. Then the redrive, and the event is applied once.
+    audit.terminate().await;
+    let audit = HeraldProcess::start("audit-log", &app.kafka, &database, &[]).await;
+    let (ok, stdout, stderr) = herald(
+        &app,
+        &["dlq", "redrive", audit_log::NAME, "--event-id", &event_id],
+    )
+    .await;
+    assert!(ok && stdout.contains("published again"), "{stdout}{stderr}");
+    let id = Uuid::parse_str(&event_id).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !support::audit::rows_by_id(&database)
+        .await
+        .contains_key(&id)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the redriven event never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (ok, _, stderr) = herald(
+        &app,
+        &["dlq", "redrive", audit_log::NAME, "--event-id", &event_id],
+    )
+    .await;
+    assert!(!ok && stderr.contains("redriven before"), "{stderr}");
+    let (ok, stdout, _) = herald(&app, &["dlq", "redrive", audit_log::NAME, "--all"]).await;
+    assert!(ok && stdout.contains("nothing to do"), "{stdout}");
+    let (_, listed, _) = herald(&app, &["dlq", "list", audit_log::NAME]).await;
+    assert!(
+        listed.lines().nth(1).unwrap().contains("\tyes\t"),
+        "{listed}"
+    );
+    let (ok, _, stderr) = herald(
+        &app,
+        &["dlq", "redrive", audit_log::NAME, "--event-id", "nope"],
+    )
+    .await;
+    assert!(
+        !ok && stderr.contains("no dead letter of event nope"),
+        "{stderr}"
+    );
+    // Applied once: the redrive is a second record of the event, deduplicated by its id.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rows = support::audit::rows_by_id(&database).await;
+    assert_eq!(rows.len(), 3);
+    assert!(rows.values().all(|n| *n == 1), "{rows:?}");
+    audit.terminate().await;
+
+    // Tail: the newest events decoded, filtered by type; and one that arrives while following.
+    let (ok, stdout, stderr) = herald(&app, &["tail", "orders", "--type", "order.placed"]).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    let (ok, stdout, _) = herald(&app, &["tail", "users", "--type", "order.placed"]).await;
+    assert!(ok && stdout.is_empty(), "{stdout}");
+    let mut follow = tokio::process::Command::new(HERALD)
+        .args(["tail", "orders", "--follow", "--last", "0"])
+        .env("KAFKA_BROKERS", app.kafka.brokers.as_deref().unwrap())
+        .env("TOPIC_PREFIX", &app.kafka.topic_prefix)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(follow.stdout.take().unwrap()));
+    // It has assigned its partitions at their ends once it is waiting; post until one shows.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut posted = 0;
+    let seen = loop {
+        post_orders(&app, posted..posted + 1, "f").await;
+        posted += 1;
+        if let Ok(Ok(Some(line))) =
+            tokio::time::timeout(Duration::from_secs(2), lines.next_line()).await
+        {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "tail --follow printed nothing");
+    };
+    let seen: Value = serde_json::from_str(&seen).unwrap();
+    assert_eq!(seen["event_type"], "order.placed");
+    follow.kill().await.unwrap();
+    app.stop().await;
+}

@@ -67,32 +67,8 @@ impl RangeReader {
         if from_ms >= to_ms {
             return Err(RangeError::Inverted { from_ms, to_ms });
         }
-        let mut config = args.consumer_config("herald-range-reader-unused")?;
-        // Larger fetches: a range read is a bulk read.
-        config
-            .set("fetch.message.max.bytes", "4194304")
-            .set("queued.max.messages.kbytes", "32768");
-        let consumer: BaseConsumer = config.create().map_err(KafkaSetupError::from)?;
-        let metadata = consumer.fetch_metadata(None, timeout)?;
-        let mut partitions = Vec::new();
-        for topic in topics {
-            let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
-                let mut existing: Vec<&str> = metadata
-                    .topics()
-                    .iter()
-                    .map(|t| t.name())
-                    .filter(|name| !name.starts_with("__"))
-                    .collect();
-                existing.sort_unstable();
-                return Err(RangeError::UnknownTopic {
-                    missing: topic.clone(),
-                    existing: existing.join(", "),
-                });
-            };
-            for p in found.partitions() {
-                partitions.push((topic.clone(), p.id()));
-            }
-        }
+        let consumer = Self::consumer(args)?;
+        let partitions = Self::partitions(&consumer, topics, timeout)?;
         let at = |ms: i64| -> Result<TopicPartitionList, RangeError> {
             let mut list = TopicPartitionList::new();
             for (topic, partition) in &partitions {
@@ -122,6 +98,81 @@ impl RangeReader {
                 });
             }
         }
+        Self::assigned(consumer, plan, from_ms, to_ms)
+    }
+
+    /// The last `last` records of every partition of `topics` and, with `follow`, every record
+    /// appended after them, without end (`next_batch` answers an empty batch when nothing
+    /// came for a while, so the caller can stop).
+    pub fn tail(
+        args: &KafkaArgs,
+        topics: &[String],
+        last: i64,
+        follow: bool,
+        timeout: Duration,
+    ) -> Result<Self, RangeError> {
+        let consumer = Self::consumer(args)?;
+        let mut plan = Vec::new();
+        for (topic, partition) in Self::partitions(&consumer, topics, timeout)? {
+            let (low, high) = watermarks(&consumer, &topic, partition, timeout)?;
+            let start = (high - last.max(0)).max(low);
+            let end = if follow { i64::MAX } else { high };
+            if start < end {
+                plan.push(Planned {
+                    topic,
+                    partition,
+                    start,
+                    end,
+                });
+            }
+        }
+        Self::assigned(consumer, plan, i64::MIN, i64::MAX)
+    }
+
+    fn consumer(args: &KafkaArgs) -> Result<BaseConsumer, RangeError> {
+        let mut config = args.consumer_config("herald-range-reader-unused")?;
+        // Larger fetches: a range read is a bulk read.
+        config
+            .set("fetch.message.max.bytes", "4194304")
+            .set("queued.max.messages.kbytes", "32768");
+        Ok(config.create().map_err(KafkaSetupError::from)?)
+    }
+
+    /// Every partition of `topics`; an unknown topic is an error naming those that exist.
+    fn partitions(
+        consumer: &BaseConsumer,
+        topics: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<(String, i32)>, RangeError> {
+        let metadata = consumer.fetch_metadata(None, timeout)?;
+        let mut partitions = Vec::new();
+        for topic in topics {
+            let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+                let mut existing: Vec<&str> = metadata
+                    .topics()
+                    .iter()
+                    .map(|t| t.name())
+                    .filter(|name| !name.starts_with("__"))
+                    .collect();
+                existing.sort_unstable();
+                return Err(RangeError::UnknownTopic {
+                    missing: topic.clone(),
+                    existing: existing.join(", "),
+                });
+            };
+            for p in found.partitions() {
+                partitions.push((topic.clone(), p.id()));
+            }
+        }
+        Ok(partitions)
+    }
+
+    fn assigned(
+        consumer: BaseConsumer,
+        plan: Vec<Planned>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Self, RangeError> {
         let mut assignment = TopicPartitionList::new();
         for p in &plan {
             assignment.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.start))?;
@@ -154,8 +205,8 @@ impl RangeReader {
             .sum()
     }
 
-    /// Up to `max` records (fewer at the end), in offset order within each partition;
-    /// `None` once every partition has reached its end.
+    /// Up to `max` records, in offset order within each partition: fewer when none came for
+    /// half a second (possibly none); `None` once every partition has reached its end.
     pub fn next_batch(&mut self, max: usize) -> Result<Option<Vec<ReadRecord>>, RangeError> {
         let mut batch = Vec::new();
         while batch.len() < max && !self.remaining.is_empty() {
@@ -163,9 +214,6 @@ impl RangeReader {
                 // Quiet: a partition whose last records before its end were compacted away
                 // has nothing more to deliver, though its position has reached the end.
                 self.finish_reached()?;
-                if batch.is_empty() {
-                    continue;
-                }
                 break;
             };
             let message = message?;
