@@ -511,3 +511,71 @@ async fn a_dead_letter_redriven_after_the_fix_is_applied_once_and_tail_shows_eve
     follow.kill().await.unwrap();
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reprocessing_the_search_indexer_leaves_the_same_documents() {
+    let app = TestIngress::start_default().await;
+    let dir = test_dir("replay").join(Uuid::new_v4().simple().to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    let started = jiff::Timestamp::now();
+    post_orders(&app, 0..20, "s").await;
+    let index = dir.join("index").display().to_string();
+    let database = format!("sqlite://{}", dir.join("unused.db").display());
+    let env = [("SEARCH_INDEX_DIR", index.as_str())];
+    let admin = token("ops", &["admin"]);
+    let documents = |base: String| {
+        let admin = admin.clone();
+        async move {
+            let stats: Value = support::client()
+                .get(format!("{base}/api/v1/search/stats"))
+                .bearer_auth(admin)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            stats["documents"].as_u64().unwrap_or(0)
+        }
+    };
+    let until = |want: u64, base: String| {
+        let documents = &documents;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let found = documents(base.clone()).await;
+                if found == want {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{found} documents, not {want}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let search = HeraldProcess::start("search-indexer", &app.kafka, &database, &env).await;
+    until(20, search.base.clone()).await;
+    let group = platform::kafka::groups::list(&app.kafka, Duration::from_secs(10))
+        .unwrap()
+        .into_iter()
+        .find(|g| g.name.starts_with(&app.kafka.topic("search-indexer")))
+        .expect("the indexer's group")
+        .name;
+    search.terminate().await;
+    let unprefixed = group
+        .trim_start_matches(&app.kafka.topic_prefix)
+        .to_string();
+    let (ok, stdout, stderr) = herald(
+        &app,
+        &["reprocess", &unprefixed, "--from", &started.to_string()],
+    )
+    .await;
+    assert!(ok, "{stdout}{stderr}");
+    // Restarted: the same documents, and it goes on with the next one.
+    let search = HeraldProcess::start("search-indexer", &app.kafka, &database, &env).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(documents(search.base.clone()).await, 20);
+    post_orders(&app, 20..21, "s").await;
+    until(21, search.base.clone()).await;
+    search.terminate().await;
+    app.stop().await;
+}

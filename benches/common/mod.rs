@@ -56,6 +56,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// A process's peak resident memory (VmHWM), in MB.
+#[allow(dead_code, reason = "not every benchmark samples a process's memory")]
 pub fn peak_rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()

@@ -131,9 +131,12 @@ impl RangeReader {
 
     fn consumer(args: &KafkaArgs) -> Result<BaseConsumer, RangeError> {
         let mut config = args.consumer_config("herald-range-reader-unused")?;
-        // Larger fetches: a range read is a bulk read.
+        // Bulk reads, but a bounded prefetch: librdkafka otherwise keeps up to 100,000
+        // records per partition queued, hundreds of megabytes over a few partitions.
         config
+            .set("fetch.max.bytes", "16777216")
             .set("fetch.message.max.bytes", "4194304")
+            .set("queued.min.messages", "20000")
             .set("queued.max.messages.kbytes", "32768");
         Ok(config.create().map_err(KafkaSetupError::from)?)
     }

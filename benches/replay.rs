@@ -1,0 +1,203 @@
+//! `herald replay` against `kcat -C` reading the same topic on the same broker, in one run:
+//!
+//!     KAFKA_BROKERS=127.0.0.1:9092 cargo bench --bench replay
+//!
+//! BENCH_EVENTS (200,000) `order.placed` events are posted through the real ingress (batches
+//! of 500) to a topic of their own. Then, ROUNDS times, alternating: kcat consuming the whole
+//! topic raw (`-C -e -f '%s\n'`, the payload bytes only), `herald replay` of the whole range
+//! as JSON lines, and as Parquet; each writing to /dev/null, each timed by GNU time (elapsed,
+//! peak RSS). Medians. Memory against the size of the range: the replay of the first fifth of
+//! the range and of all of it, peak RSS of each.
+
+mod common;
+
+use common::{HERALD, SECRET, herald, setting};
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const ROUNDS: usize = 3;
+
+/// Runs `program args` under GNU time with stdout to /dev/null: elapsed seconds, peak RSS MB.
+async fn timed(program: &str, args: &[&str], env: &[(&str, &str)]) -> (f64, f64) {
+    let report = std::env::temp_dir().join(format!("herald-bench-time-{}", Uuid::new_v4()));
+    let mut command = tokio::process::Command::new("/usr/bin/time");
+    command
+        .arg("-f")
+        .arg("%e %M")
+        .arg("-o")
+        .arg(&report)
+        .arg(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().await.expect("GNU time runs");
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = std::fs::read_to_string(&report).unwrap();
+    std::fs::remove_file(&report).ok();
+    let mut figures = text.split_whitespace().map(|f| f.parse::<f64>().unwrap());
+    (figures.next().unwrap(), figures.next().unwrap() / 1024.0)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let brokers = std::env::var("KAFKA_BROKERS").expect("set KAFKA_BROKERS to a running broker");
+    let total = setting("BENCH_EVENTS", 200_000) as usize;
+    let prefix = format!("pbench{}.", &Uuid::new_v4().simple().to_string()[..8]);
+    let common = [
+        ("KAFKA_BROKERS", brokers.as_str()),
+        ("TOPIC_PREFIX", prefix.as_str()),
+    ];
+    let (_ingress, ingress) = herald("ingress", &common).await;
+    let client = reqwest::Client::new();
+    let service = platform::auth::mint_hs256(
+        &SecretString::from(SECRET),
+        "bench",
+        &["service".to_string()],
+        "herald",
+        "herald",
+        Duration::from_secs(7200),
+    )
+    .unwrap();
+
+    let batches: Vec<Value> = (0..total)
+        .collect::<Vec<_>>()
+        .chunks(500)
+        .map(|chunk| {
+            let events: Vec<Value> = chunk
+                .iter()
+                .map(|n| {
+                    json!({"type": "order.placed", "key": format!("o-{n}"), "data": {
+                        "order_id": format!("o-{n}"), "customer_id": format!("c-{}", n % 1000),
+                        "items": [{"sku": "tea-01", "quantity": 1, "unit_price_cents": 450}],
+                        "total_cents": 450, "currency": "EUR"
+                    }})
+                })
+                .collect();
+            json!({ "events": events })
+        })
+        .collect();
+    let url = format!("{ingress}/api/v1/events");
+    let from = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
+    futures_util::future::join_all(batches.chunks(batches.len().div_ceil(8)).map(|share| {
+        let (client, url, service) = (client.clone(), url.clone(), service.clone());
+        async move {
+            for batch in share {
+                let response = client
+                    .post(&url)
+                    .bearer_auth(&service)
+                    .json(batch)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 202);
+            }
+        }
+    }))
+    .await;
+    let to = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1);
+    println!("posted: {total} order.placed events");
+
+    let topic = format!("{prefix}orders");
+    let (from_text, to_text) = (from.to_string(), to.to_string());
+    let replay = |format: &'static str| {
+        vec![
+            "replay",
+            "--topics",
+            "orders",
+            "--from",
+            from_text.as_str(),
+            "--to",
+            to_text.as_str(),
+            "--format",
+            format,
+        ]
+    };
+    let env = [
+        ("KAFKA_BROKERS", brokers.as_str()),
+        ("TOPIC_PREFIX", prefix.as_str()),
+        ("RUST_LOG", "error"),
+    ];
+    let (mut raw, mut jsonl, mut parquet) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rss = Vec::new();
+    for round in 0..ROUNDS {
+        let kcat = timed(
+            "kcat",
+            &[
+                "-C",
+                "-b",
+                &brokers,
+                "-t",
+                &topic,
+                "-e",
+                "-q",
+                "-o",
+                "beginning",
+                "-f",
+                "%s\n",
+            ],
+            &[],
+        )
+        .await;
+        let json_lines = timed(HERALD, &replay("jsonl"), &env).await;
+        let parquet_file = timed(HERALD, &replay("parquet"), &env).await;
+        println!(
+            "round {}: kcat {:.2} s, replay jsonl {:.2} s ({:.1} MB), replay parquet {:.2} s ({:.1} MB)",
+            round + 1,
+            kcat.0,
+            json_lines.0,
+            json_lines.1,
+            parquet_file.0,
+            parquet_file.1
+        );
+        raw.push(total as f64 / kcat.0);
+        jsonl.push(total as f64 / json_lines.0);
+        parquet.push(total as f64 / parquet_file.0);
+        rss.push((json_lines.1, parquet_file.1));
+    }
+    let (raw, jsonl, parquet) = (median(raw), median(jsonl), median(parquet));
+    println!(
+        "throughput (medians of {ROUNDS}): kcat -C {raw:.0} events/s; replay JSON lines {jsonl:.0} events/s ({:.0}%); replay Parquet {parquet:.0} events/s ({:.0}%)",
+        100.0 * jsonl / raw,
+        100.0 * parquet / raw
+    );
+
+    // Memory against the range's size: a fifth of it, then all of it.
+    let span_ms = to.as_millisecond() - from.as_millisecond();
+    let fifth = jiff::Timestamp::from_millisecond(from.as_millisecond() + span_ms / 5).unwrap();
+    let fifth_text = fifth.to_string();
+    let mut small = replay("jsonl");
+    small[6] = fifth_text.as_str();
+    let (_, small_rss) = timed(HERALD, &small, &env).await;
+    let (_, whole_rss) = timed(HERALD, &replay("jsonl"), &env).await;
+    let (_, small_parquet) = timed(
+        HERALD,
+        &{
+            let mut p = replay("parquet");
+            p[6] = fifth_text.as_str();
+            p
+        },
+        &env,
+    )
+    .await;
+    let (_, whole_parquet) = timed(HERALD, &replay("parquet"), &env).await;
+    println!(
+        "peak RSS: JSON lines {small_rss:.1} MB over the first fifth of the range, {whole_rss:.1} MB over all of it; Parquet {small_parquet:.1} MB and {whole_parquet:.1} MB"
+    );
+}
