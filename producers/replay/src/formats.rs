@@ -47,6 +47,13 @@ impl From<apache_avro::Error> for SinkError {
 /// Where rows go.
 pub trait Sink {
     fn write(&mut self, row: &Row) -> Result<(), SinkError>;
+    /// Writes a line [`line`] encoded for this sink's format (line formats only).
+    fn write_line(&mut self, line: &[u8]) -> Result<(), SinkError> {
+        let _ = line;
+        Err(SinkError::Io(std::io::Error::other(
+            "this format is not written line by line",
+        )))
+    }
     /// Writes what is buffered and the format's trailer.
     fn finish(self: Box<Self>) -> Result<(), SinkError>;
 }
@@ -62,12 +69,29 @@ pub fn sink(format: Format, out: Output) -> Result<Box<dyn Sink>, SinkError> {
     })
 }
 
+/// A row as one line of a line format (JSON lines, CSV), newline included; `None` for the
+/// others. Pure, so rows can be encoded on any thread and written in order on one.
+pub fn line(format: Format, row: &Row) -> Option<Vec<u8>> {
+    let mut line = match format {
+        Format::Jsonl => row.to_json_line(),
+        Format::Csv => csv_line(row).into_bytes(),
+        Format::Avro | Format::Parquet => return None,
+    };
+    line.push(b'\n');
+    Some(line)
+}
+
 struct Jsonl(std::io::BufWriter<Output>);
 
 impl Sink for Jsonl {
     fn write(&mut self, row: &Row) -> Result<(), SinkError> {
-        serde_json::to_writer(&mut self.0, &row.to_json()).map_err(std::io::Error::from)?;
+        self.0.write_all(&row.to_json_line())?;
         self.0.write_all(b"\n")?;
+        Ok(())
+    }
+
+    fn write_line(&mut self, line: &[u8]) -> Result<(), SinkError> {
+        self.0.write_all(line)?;
         Ok(())
     }
 
@@ -96,24 +120,33 @@ fn csv_field(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+fn csv_line(row: &Row) -> String {
+    let data = row.data.to_string();
+    let fields = [
+        csv_field(&row.topic),
+        row.partition.to_string().into(),
+        row.offset.to_string().into(),
+        csv_field(row.key.as_deref().unwrap_or("")),
+        csv_field(&row.event_id),
+        csv_field(&row.event_type),
+        crate::row::rfc3339(row.occurred_at_us).into(),
+        crate::row::rfc3339(row.received_at_us).into(),
+        csv_field(&row.actor),
+        csv_field(&row.source),
+        csv_field(row.idempotency_key.as_deref().unwrap_or("")),
+        csv_field(&data),
+    ];
+    fields.join(",")
+}
+
 impl Sink for Csv {
     fn write(&mut self, row: &Row) -> Result<(), SinkError> {
-        let data = row.data.to_string();
-        let fields = [
-            csv_field(&row.topic),
-            row.partition.to_string().into(),
-            row.offset.to_string().into(),
-            csv_field(row.key.as_deref().unwrap_or("")),
-            csv_field(&row.event_id),
-            csv_field(&row.event_type),
-            crate::row::rfc3339(row.occurred_at_us).into(),
-            crate::row::rfc3339(row.received_at_us).into(),
-            csv_field(&row.actor),
-            csv_field(&row.source),
-            csv_field(row.idempotency_key.as_deref().unwrap_or("")),
-            csv_field(&data),
-        ];
-        writeln!(self.0, "{}", fields.join(","))?;
+        writeln!(self.0, "{}", csv_line(row))?;
+        Ok(())
+    }
+
+    fn write_line(&mut self, line: &[u8]) -> Result<(), SinkError> {
+        self.0.write_all(line)?;
         Ok(())
     }
 

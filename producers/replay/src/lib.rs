@@ -72,10 +72,19 @@ pub struct Summary {
 /// Records read, decoded and written at a time.
 const BATCH: usize = 4_096;
 
+/// A decoded row, and its line when the format has lines (encoded beside the decoding).
+type Decoded = (Row, Option<Vec<u8>>);
+
 /// Decodes a batch on every core, keeping its order, and keeps the rows the filters let
-/// through. Decoding is most of a replay's work; reading and writing stay on one thread.
-fn decode_all(batch: &[ReadRecord], codec: &Codec, args: &ReplayArgs) -> anyhow::Result<Vec<Row>> {
-    let decode = |records: &[ReadRecord]| -> anyhow::Result<Vec<Row>> {
+/// through, each with its line for line formats. Decoding and encoding are most of a
+/// replay's work; reading and writing stay on one thread.
+fn decode_all(
+    batch: &[ReadRecord],
+    codec: &Codec,
+    args: &ReplayArgs,
+) -> anyhow::Result<Vec<Decoded>> {
+    let lines = !args.dry_run;
+    let decode = |records: &[ReadRecord]| -> anyhow::Result<Vec<Decoded>> {
         let mut rows = Vec::with_capacity(records.len());
         for record in records {
             if !args.keys.is_empty() {
@@ -93,7 +102,13 @@ fn decode_all(batch: &[ReadRecord], codec: &Codec, args: &ReplayArgs) -> anyhow:
                 )
             })?;
             if args.types.is_empty() || args.types.contains(&decoded.envelope.event_type) {
-                rows.push(Row::new(record, decoded));
+                let row = Row::new(record, decoded);
+                let line = if lines {
+                    formats::line(args.format, &row)
+                } else {
+                    None
+                };
+                rows.push((row, line));
             }
         }
         Ok(rows)
@@ -104,7 +119,7 @@ fn decode_all(batch: &[ReadRecord], codec: &Codec, args: &ReplayArgs) -> anyhow:
     if threads == 1 || batch.len() < 256 {
         return decode(batch);
     }
-    let parts: Vec<anyhow::Result<Vec<Row>>> = std::thread::scope(|scope| {
+    let parts: Vec<anyhow::Result<Vec<Decoded>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = batch
             .chunks(batch.len().div_ceil(threads))
             .map(|part| scope.spawn(move || decode(part)))
@@ -179,14 +194,16 @@ pub fn replay(kafka: &KafkaArgs, codec: &Codec, args: &ReplayArgs) -> anyhow::Re
     while let Some(batch) = reader.next_batch(BATCH)? {
         progress.inc(batch.len() as u64);
         summary.read += batch.len() as u64;
-        for row in decode_all(&batch, codec, args)? {
+        for (row, line) in decode_all(&batch, codec, args)? {
             *summary
                 .by_type
                 .entry((row.topic.clone(), row.event_type.clone()))
                 .or_default() += 1;
             summary.written += 1;
-            if let Some(sink) = &mut sink {
-                sink.write(&row)?;
+            match (&mut sink, line) {
+                (Some(sink), Some(line)) => sink.write_line(&line)?,
+                (Some(sink), None) => sink.write(&row)?,
+                (None, _) => {}
             }
         }
     }
