@@ -11,12 +11,10 @@
 
 mod common;
 
-use common::{HERALD, SECRET, herald, setting};
+use common::{HERALD, herald, post_batches, setting, token};
 
 use std::process::Stdio;
-use std::time::Duration;
 
-use secrecy::SecretString;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -66,15 +64,7 @@ async fn main() {
     ];
     let (_ingress, ingress) = herald("ingress", &common).await;
     let client = reqwest::Client::new();
-    let service = platform::auth::mint_hs256(
-        &SecretString::from(SECRET),
-        "bench",
-        &["service".to_string()],
-        "herald",
-        "herald",
-        Duration::from_secs(7200),
-    )
-    .unwrap();
+    let service = token("bench", "service");
 
     let batches: Vec<Value> = (0..total)
         .collect::<Vec<_>>()
@@ -93,25 +83,13 @@ async fn main() {
             json!({ "events": events })
         })
         .collect();
-    let url = format!("{ingress}/api/v1/events");
-    let from = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
-    futures_util::future::join_all(batches.chunks(batches.len().div_ceil(8)).map(|share| {
-        let (client, url, service) = (client.clone(), url.clone(), service.clone());
-        async move {
-            for batch in share {
-                let response = client
-                    .post(&url)
-                    .bearer_auth(&service)
-                    .json(batch)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), 202);
-            }
-        }
-    }))
-    .await;
-    let to = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1);
+    let began = jiff::Timestamp::now();
+    post_batches(&client, &ingress, &batches, |_| service.clone()).await;
+    let ended = jiff::Timestamp::now();
+    let (from, to) = (
+        began - jiff::SignedDuration::from_secs(1),
+        ended + jiff::SignedDuration::from_secs(1),
+    );
     println!("posted: {total} order.placed events");
 
     let topic = format!("{prefix}orders");
@@ -179,8 +157,8 @@ async fn main() {
     );
 
     // Memory against the range's size: a fifth of it, then all of it.
-    let span_ms = to.as_millisecond() - from.as_millisecond();
-    let fifth = jiff::Timestamp::from_millisecond(from.as_millisecond() + span_ms / 5).unwrap();
+    let span_ms = ended.as_millisecond() - began.as_millisecond();
+    let fifth = jiff::Timestamp::from_millisecond(began.as_millisecond() + span_ms / 5).unwrap();
     let fifth_text = fifth.to_string();
     let mut small = replay("jsonl");
     small[6] = fifth_text.as_str();

@@ -15,12 +15,11 @@
 
 mod common;
 
-use common::{HERALD, SECRET, herald, peak_rss_mb, setting};
+use common::{HERALD, herald, peak_rss_mb, post_batches, setting, token};
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use secrecy::SecretString;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -29,18 +28,6 @@ const CURRENCIES: [&str; 5] = ["EUR", "USD", "GBP", "JPY", "CHF"];
 /// 2026-W46 starts on Monday 2026-11-09, 00:00 UTC.
 const WEEK_START: i64 = 1_794_182_400;
 const WEEK: i64 = 7 * 24 * 3600;
-
-fn token(sub: &str) -> String {
-    platform::auth::mint_hs256(
-        &SecretString::from(SECRET),
-        sub,
-        &["service".to_string()],
-        "herald",
-        "herald",
-        Duration::from_secs(7200),
-    )
-    .unwrap()
-}
 
 /// Event `n` of `total`, and what it adds to the expected figures.
 fn event(n: usize, total: usize, expected: &mut BTreeMap<(String, String), (u64, u64)>) -> Value {
@@ -115,7 +102,9 @@ async fn main() {
     ];
     let (_ingress, ingress) = herald("ingress", &common).await;
     let client = reqwest::Client::new();
-    let tokens: Vec<String> = (0..USERS).map(|u| token(&format!("u-{u}"))).collect();
+    let tokens: Vec<String> = (0..USERS)
+        .map(|u| token(&format!("u-{u}"), "service"))
+        .collect();
 
     // 1. The backlog, then the aggregating consumer on it.
     let started = Instant::now();
@@ -131,26 +120,9 @@ async fn main() {
             json!({ "events": events })
         })
         .collect();
-    let url = format!("{ingress}/api/v1/events");
-    let shares = batches.len().div_ceil(8);
     // Batch b is posted by user b % USERS.
     let users = batches.len().min(USERS) as u64;
-    futures_util::future::join_all(batches.chunks(shares).enumerate().map(|(s, share)| {
-        let (client, url, tokens) = (client.clone(), url.clone(), &tokens);
-        async move {
-            for (b, batch) in share.iter().enumerate() {
-                let response = client
-                    .post(&url)
-                    .bearer_auth(&tokens[(s * shares + b) % USERS])
-                    .json(batch)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), 202);
-            }
-        }
-    }))
-    .await;
+    post_batches(&client, &ingress, &batches, |b| tokens[b % USERS].clone()).await;
     println!(
         "backlog: {total} events over 2026-W46 posted in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -218,15 +190,7 @@ async fn main() {
         .to_string();
     println!("weekly report: over {total} events, produced in {took:.2} s ({printed:?})");
 
-    let analyst = platform::auth::mint_hs256(
-        &SecretString::from(SECRET),
-        "ana",
-        &["analyst".to_string()],
-        "herald",
-        "herald",
-        Duration::from_secs(600),
-    )
-    .unwrap();
+    let analyst = token("ana", "analyst");
     let csv = client
         .get(format!("{base}/api/v1/reports/{id}.csv"))
         .bearer_auth(&analyst)

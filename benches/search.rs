@@ -12,11 +12,10 @@
 
 mod common;
 
-use common::{HERALD, SECRET, herald, peak_rss_mb, percentile, setting};
+use common::{HERALD, herald, peak_rss_mb, percentile, post_batches, setting, token};
 
 use std::time::{Duration, Instant};
 
-use secrecy::SecretString;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -64,18 +63,6 @@ fn order(id: &str, customer: usize, words: &[&str]) -> Value {
         "items": words.iter().map(|w| json!({"sku": w, "quantity": 1, "unit_price_cents": 450})).collect::<Vec<_>>(),
         "total_cents": 450 * words.len(), "currency": "EUR"
     }})
-}
-
-fn token(sub: &str, role: &str) -> String {
-    platform::auth::mint_hs256(
-        &SecretString::from(SECRET),
-        sub,
-        &[role.to_string()],
-        "herald",
-        "herald",
-        Duration::from_secs(7200),
-    )
-    .unwrap()
 }
 
 async fn stats(client: &reqwest::Client, base: &str, admin: &str) -> Value {
@@ -156,25 +143,8 @@ async fn main() {
             .collect();
         batches.push(json!({ "events": events }));
     }
+    post_batches(&client, &ingress, &batches, |_| service.clone()).await;
     let url = format!("{ingress}/api/v1/events");
-    futures_util::future::join_all(batches.chunks(batches.len().div_ceil(8)).map(|share| {
-        let client = client.clone();
-        let url = url.clone();
-        let service = service.clone();
-        async move {
-            for batch in share {
-                let response = client
-                    .post(&url)
-                    .bearer_auth(&service)
-                    .json(batch)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), 202);
-            }
-        }
-    }))
-    .await;
     println!(
         "backlog: {docs} order.placed events posted in {:.1} s",
         started.elapsed().as_secs_f64()

@@ -69,3 +69,47 @@ pub fn peak_rss_mb(pid: u32) -> f64 {
         .unwrap_or(0.0)
         / 1024.0
 }
+
+/// A token for `sub` with one role, signed with the benchmark's secret, valid two hours.
+#[allow(dead_code, reason = "not every benchmark posts events")]
+pub fn token(sub: &str, role: &str) -> String {
+    platform::auth::mint_hs256(
+        &secrecy::SecretString::from(SECRET),
+        sub,
+        &[role.to_string()],
+        "herald",
+        "herald",
+        Duration::from_secs(7200),
+    )
+    .unwrap()
+}
+
+/// Posts `batches` (`{"events": [...]}` bodies) to the ingress at `base` from 8 clients at
+/// once, batch `i` with the token `bearer(i)`; every answer must be 202.
+#[allow(dead_code, reason = "not every benchmark posts events")]
+pub async fn post_batches(
+    client: &reqwest::Client,
+    base: &str,
+    batches: &[serde_json::Value],
+    bearer: impl Fn(usize) -> String,
+) {
+    let url = format!("{base}/api/v1/events");
+    let share = batches.len().div_ceil(8).max(1);
+    let bearer = &bearer;
+    futures_util::future::join_all(batches.chunks(share).enumerate().map(|(s, part)| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            for (b, batch) in part.iter().enumerate() {
+                let response = client
+                    .post(&url)
+                    .bearer_auth(bearer(s * share + b))
+                    .json(batch)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 202);
+            }
+        }
+    }))
+    .await;
+}
