@@ -26,6 +26,9 @@ enum Command {
     Up(services::ServiceArgs),
     /// The HTTP ingress alone (needs KAFKA_BROKERS).
     Ingress(services::ServiceArgs),
+    /// Accounts, sessions, one-time codes and the JWKS (needs KAFKA_BROKERS); or rotate the
+    /// signing key, or give an account a role.
+    Auth(services::AuthServiceArgs),
     /// The audit-log consumer and its query API (needs KAFKA_BROKERS).
     AuditLog(services::AuditLogArgs),
     /// The notification service: emails from events, each once (needs KAFKA_BROKERS and
@@ -142,6 +145,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Up(args) => services::up(args).await,
             Command::Ingress(args) => services::ingress(args).await,
+            Command::Auth(args) => services::auth_service(args).await,
             Command::AuditLog(args) => services::audit_log(args).await,
             Command::Notifications(args) => services::notifications(args).await,
             Command::SearchIndexer(args) => services::search_indexer(args).await,

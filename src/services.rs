@@ -16,6 +16,7 @@ use platform::broker::LocalBroker;
 use platform::consumer::ConsumerArgs;
 use platform::contract::ContractArgs;
 use platform::db::{Database, redact_url};
+use platform::edge::{Edge, EdgeArgs};
 use platform::kafka::KafkaArgs;
 use reports::ReportsArgs;
 use search_indexer::SearchArgs;
@@ -44,6 +45,54 @@ pub struct ServiceArgs {
     pub search: SearchArgs,
     #[command(flatten)]
     pub reports: ReportsArgs,
+    #[command(flatten)]
+    pub accounts: auth::AccountsArgs,
+    #[command(flatten)]
+    pub edge: EdgeArgs,
+}
+
+/// `herald auth` settings.
+#[derive(Debug, Clone, Args)]
+pub struct AuthServiceArgs {
+    /// Address of the auth API, /.well-known/jwks.json, /healthz and /metrics.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8085")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub contract: ContractArgs,
+    #[command(flatten)]
+    pub accounts: auth::AccountsArgs,
+    #[command(flatten)]
+    pub edge: EdgeArgs,
+    /// Partitions of the users and otp topics when they must be created.
+    #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = 6)]
+    pub topic_partitions: i32,
+    /// Replication factor of the topics created (3 on a production cluster).
+    #[arg(long, env = "TOPIC_REPLICATION", default_value_t = 1)]
+    pub topic_replication: i32,
+    #[command(subcommand)]
+    pub action: Option<AuthAction>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum AuthAction {
+    /// Start a signing-key rotation: the new key is published now and signs after
+    /// SIGNING_KEY_LEAD_SECS; the old keys leave the JWKS once their tokens have expired.
+    RotateKey,
+    /// Give an account a role (how the first admin is made).
+    SetRole {
+        /// The account's email.
+        #[arg(long)]
+        email: String,
+        /// user or admin.
+        #[arg(long)]
+        role: String,
+    },
 }
 
 /// `herald audit-log` settings.
@@ -62,6 +111,8 @@ pub struct AuditLogArgs {
     pub contract: ContractArgs,
     #[command(flatten)]
     pub consumer: ConsumerArgs,
+    #[command(flatten)]
+    pub edge: EdgeArgs,
 }
 
 /// `herald notifications` settings.
@@ -80,6 +131,8 @@ pub struct NotificationsArgs {
     pub contract: ContractArgs,
     #[command(flatten)]
     pub consumer: ConsumerArgs,
+    #[command(flatten)]
+    pub edge: EdgeArgs,
     #[command(flatten)]
     pub notify: NotifyArgs,
 }
@@ -101,6 +154,8 @@ pub struct SearchIndexerArgs {
     pub contract: ContractArgs,
     #[command(flatten)]
     pub consumer: ConsumerArgs,
+    #[command(flatten)]
+    pub edge: EdgeArgs,
     #[command(flatten)]
     pub search: SearchArgs,
     #[command(subcommand)]
@@ -131,6 +186,8 @@ pub struct ReportsServiceArgs {
     pub contract: ContractArgs,
     #[command(flatten)]
     pub consumer: ConsumerArgs,
+    #[command(flatten)]
+    pub edge: EdgeArgs,
     #[command(flatten)]
     pub reports: ReportsArgs,
     #[command(subcommand)]
@@ -236,16 +293,36 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
             "using the development HS256 secret of the data folder; `herald token` signs with it"
         );
     }
-    let db = args.store.connect().await?;
-    let store = Arc::new(SqlStore::new(db.clone()).await?);
-    let state = Arc::new(ingress::connect(&args.ingress, &args.kafka, store).await?);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let local = listener.local_addr()?;
+    if defaults == Defaults::Development && args.ingress.auth.jwt_jwks_url.is_none() {
+        // The auth service runs in this process: everything verifies its tokens too.
+        args.ingress.auth.jwt_jwks_url =
+            Some(format!("http://{}/.well-known/jwks.json", reachable(local)));
+    }
+    let db = args.store.connect().await?;
+    let store = Arc::new(SqlStore::new(db.clone()).await?);
+    let state = Arc::new(ingress::connect(&args.ingress, &args.kafka, store).await?);
     let mut router = ingress::router(state.clone());
     let mut consumers = Vec::new();
     if defaults == Defaults::Development {
+        let accounts = auth::Service::connect(
+            db.clone(),
+            &args.kafka,
+            &args.ingress.contract,
+            &args.ingress.auth,
+            &args.accounts,
+            auth::Setup {
+                redis_url: args.edge.redis_url.as_deref(),
+                topic_partitions: args.ingress.topic_partitions,
+                topic_replication: args.ingress.topic_replication,
+            },
+        )
+        .await?;
+        router = router.merge(accounts.router());
+        tokio::spawn(accounts.relay.run(shutdown.clone()));
         // `herald up` runs every consumer in this process; deployed, each runs on its own.
         let auth = Arc::new(Authenticator::from_args(&args.ingress.auth)?);
         let audit = audit_log::Service::connect(
@@ -274,14 +351,9 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
             };
             notify.unsubscribe_secret = Some(crate::dev_secret(&dev)?);
         }
-        notify.public_url.get_or_insert_with(|| {
-            // The address this process answers on, as a link on this machine can reach it.
-            let mut reachable = local;
-            if reachable.ip().is_unspecified() {
-                reachable.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
-            format!("http://{reachable}")
-        });
+        notify
+            .public_url
+            .get_or_insert_with(|| format!("http://{}", reachable(local)));
         let notifications = notifications::Service::connect(
             db.clone(),
             &args.kafka,
@@ -328,6 +400,8 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
         ));
     }
     let router = router.route("/metrics", axum::routing::get(metrics));
+    let edge_auth = Arc::new(Authenticator::from_args(&args.ingress.auth)?);
+    let router = Arc::new(Edge::new(&args.edge, Some(edge_auth)).await?).wrap(router)?;
     let brokers = args.kafka.brokers.clone().unwrap_or_default();
     tracing::info!(http = %local, kafka = %brokers, "herald is ready");
     println!("herald: HTTP API on http://{local}  (kafka: {brokers})");
@@ -337,6 +411,92 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
         consumer.await.context("consumer task")??;
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The address this process answers on, as a client on this machine can reach it.
+fn reachable(local: SocketAddr) -> SocketAddr {
+    let mut reachable = local;
+    if reachable.ip().is_unspecified() {
+        reachable.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    reachable
+}
+
+/// `herald auth`: accounts, sessions and codes, with their outbox relay; or one of its
+/// administrative actions.
+pub async fn auth_service(args: AuthServiceArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.kafka.brokers.is_some(),
+        "herald auth needs KAFKA_BROKERS (or use `herald up`, which runs it too)"
+    );
+    let db = args.store.connect().await?;
+    let service = auth::Service::connect(
+        db,
+        &args.kafka,
+        &args.contract,
+        &args.auth,
+        &args.accounts,
+        auth::Setup {
+            redis_url: args.edge.redis_url.as_deref(),
+            topic_partitions: args.topic_partitions,
+            topic_replication: args.topic_replication,
+        },
+    )
+    .await?;
+    match &args.action {
+        Some(AuthAction::RotateKey) => {
+            let (kid, rotation) = service.rotate_key().await?;
+            println!(
+                "herald auth rotate-key: {kid} is published now and signs {} s from now",
+                (rotation.active_from - auth::outbox::now_us()) / 1_000_000
+            );
+            return Ok(());
+        }
+        Some(AuthAction::SetRole { email, role }) => {
+            let id = service.set_role(email, role).await?;
+            println!(
+                "herald auth set-role: {email} ({id}) is now {role}; it applies from the account's next token"
+            );
+            return Ok(());
+        }
+        None => {}
+    }
+    platform::metrics::install();
+    let shutdown = platform::shutdown::on_signal();
+    let verify = Arc::new(Authenticator::from_args(&args.auth).or_else(|_| {
+        // Without other keys configured, the service's own published keys tell users apart.
+        let mut own = args.auth.clone();
+        own.jwt_jwks_url = Some(format!(
+            "http://{}/.well-known/jwks.json",
+            reachable(args.listen)
+        ));
+        Authenticator::from_args(&own)
+    })?);
+    let router = service
+        .router()
+        .route(
+            "/healthz",
+            axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/metrics", axum::routing::get(metrics));
+    let router = Arc::new(Edge::new(&args.edge, Some(verify)).await?).wrap(router)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(http = %local, "auth is ready");
+    println!("herald auth: HTTP API on http://{local}");
+    let relay = tokio::spawn(service.relay.run(shutdown.clone()));
+    platform::http::serve(
+        listener,
+        router,
+        shutdown.clone(),
+        platform::http::ServeOptions::default(),
+    )
+    .await?;
+    shutdown.cancel();
+    relay.await.context("outbox relay")?;
     Ok(())
 }
 
@@ -351,21 +511,27 @@ pub async fn audit_log(args: AuditLogArgs) -> anyhow::Result<()> {
         "herald audit-log needs KAFKA_BROKERS (or use `herald up`, which runs it too)"
     );
     platform::metrics::install();
+    let verify = Arc::new(Authenticator::from_args(&args.auth)?);
     let db = args.store.connect().await?;
     let audit = audit_log::Service::connect(
         db,
         &args.kafka,
         &args.contract,
         &args.consumer,
-        Arc::new(Authenticator::from_args(&args.auth)?),
+        verify.clone(),
     )
     .await?;
     let router = audit.router();
     let runner = audit.runner;
     let group = runner.group().to_string();
-    serve_consumer("audit-log", args.listen, &group, router, |shutdown| {
-        runner.run(shutdown)
-    })
+    serve_consumer(
+        "audit-log",
+        args.listen,
+        (&args.edge, verify),
+        &group,
+        router,
+        |shutdown| runner.run(shutdown),
+    )
     .await
 }
 
@@ -381,13 +547,14 @@ pub async fn notifications(args: NotificationsArgs) -> anyhow::Result<()> {
          or NOTIFY_EMAIL_OUTBOX to write emails to a folder instead"
     );
     platform::metrics::install();
+    let verify = Arc::new(Authenticator::from_args(&args.auth)?);
     let db = args.store.connect().await?;
     let notifications = notifications::Service::connect(
         db,
         &args.kafka,
         &args.contract,
         &args.consumer,
-        Arc::new(Authenticator::from_args(&args.auth)?),
+        verify.clone(),
         &args.notify,
     )
     .await?;
@@ -396,9 +563,14 @@ pub async fn notifications(args: NotificationsArgs) -> anyhow::Result<()> {
     tokio::spawn(notifications.notifier.release_deferred(release.clone()));
     let runner = notifications.runner;
     let group = runner.group().to_string();
-    let served = serve_consumer("notifications", args.listen, &group, router, |shutdown| {
-        runner.run(shutdown)
-    })
+    let served = serve_consumer(
+        "notifications",
+        args.listen,
+        (&args.edge, verify),
+        &group,
+        router,
+        |shutdown| runner.run(shutdown),
+    )
     .await;
     release.cancel();
     served
@@ -431,20 +603,26 @@ pub async fn search_indexer(args: SearchIndexerArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     platform::metrics::install();
+    let verify = Arc::new(Authenticator::from_args(&args.auth)?);
     let search = search_indexer::Service::connect(
         &args.kafka,
         &args.contract,
         &args.consumer,
-        Arc::new(Authenticator::from_args(&args.auth)?),
+        verify.clone(),
         &args.search,
         args.data_dir.join("search"),
     )
     .await?;
     let router = search.router();
     let group = search.group().to_string();
-    serve_consumer("search-indexer", args.listen, &group, router, |shutdown| {
-        search.run(shutdown)
-    })
+    serve_consumer(
+        "search-indexer",
+        args.listen,
+        (&args.edge, verify),
+        &group,
+        router,
+        |shutdown| search.run(shutdown),
+    )
     .await
 }
 
@@ -481,12 +659,13 @@ pub async fn reports(args: ReportsServiceArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     platform::metrics::install();
+    let verify = Arc::new(Authenticator::from_args(&args.auth)?);
     let service = reports::Service::connect(
         db,
         &args.kafka,
         &args.contract,
         &args.consumer,
-        Arc::new(Authenticator::from_args(&args.auth)?),
+        verify.clone(),
         &args.reports,
     )
     .await?;
@@ -497,6 +676,7 @@ pub async fn reports(args: ReportsServiceArgs) -> anyhow::Result<()> {
     serve_consumer(
         "reports",
         args.listen,
+        (&args.edge, verify),
         &group,
         router,
         |shutdown| async move {
@@ -513,6 +693,7 @@ pub async fn reports(args: ReportsServiceArgs) -> anyhow::Result<()> {
 async fn serve_consumer<F, E>(
     name: &str,
     listen: SocketAddr,
+    (edge, verify): (&EdgeArgs, Arc<Authenticator>),
     group: &str,
     router: axum::Router,
     consume: impl FnOnce(CancellationToken) -> F,
@@ -528,6 +709,7 @@ where
             axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/metrics", axum::routing::get(metrics));
+    let router = Arc::new(Edge::new(edge, Some(verify)).await?).wrap(router)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;

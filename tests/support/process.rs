@@ -58,6 +58,10 @@ impl HeraldProcess {
             .env("CONSUMER_SESSION_TIMEOUT_MS", "6000")
             .env("CONSUMER_MAX_BACKOFF_MS", "1000")
             .env("RUST_LOG", "warn")
+            // Every test's requests come from 127.0.0.1 and may share one Redis: limits are
+            // tested where a test sets its own.
+            .env("RATE_LIMIT_ANONYMOUS", "1000000/1m")
+            .env("RATE_LIMIT_USER", "1000000/1m")
             .stdout(Stdio::piped())
             .kill_on_drop(true);
         for (key, value) in env {

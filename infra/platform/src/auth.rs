@@ -1,9 +1,12 @@
 //! Bearer-token authentication: JWTs signed with HS256 (a shared development secret), RS256
-//! or ES256 (a PEM public key or a JWKS file). The algorithm is pinned per key, `exp`, `iss`,
-//! `aud` and `sub` are required, `nbf` is checked, 60 s of clock skew are allowed.
+//! or ES256 (a PEM public key, a JWKS file, or a JWKS served by the auth service and
+//! fetched again every `--jwt-jwks-refresh-secs`, and early when a token names a key not
+//! seen yet). The algorithm is pinned per key, `exp`, `iss`, `aud` and `sub` are required,
+//! `nbf` is checked, 60 s of clock skew are allowed.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::HeaderMap;
 use jsonwebtoken::jwk::JwkSet;
@@ -29,6 +32,14 @@ pub struct AuthArgs {
     /// JWKS file (JSON Web Key Set); each key needs `kid` and `alg`.
     #[arg(long, env = "JWT_JWKS_FILE")]
     pub jwt_jwks_file: Option<PathBuf>,
+    /// JWKS URL (the auth service's /.well-known/jwks.json), fetched at start and again
+    /// every --jwt-jwks-refresh-secs.
+    #[arg(long, env = "JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// Seconds between two fetches of --jwt-jwks-url; the auth service publishes a new key
+    /// at least twice this long before signing with it.
+    #[arg(long, env = "JWT_JWKS_REFRESH_SECS", default_value_t = 60)]
+    pub jwt_jwks_refresh_secs: u64,
     /// Required `iss` claim.
     #[arg(long, env = "JWT_ISSUER", default_value = "herald")]
     pub jwt_issuer: String,
@@ -45,6 +56,8 @@ impl AuthArgs {
             jwt_public_key_file: None,
             jwt_algorithm: "RS256".into(),
             jwt_jwks_file: None,
+            jwt_jwks_url: None,
+            jwt_jwks_refresh_secs: 60,
             jwt_issuer: "herald".into(),
             jwt_audience: "herald".into(),
         }
@@ -102,9 +115,61 @@ pub enum AuthSetupError {
     WeakSecret,
 }
 
+/// Where a JWKS that changes comes from: the auth service's URL, or its store in process.
+#[async_trait::async_trait]
+pub trait JwksSource: Send + Sync + 'static {
+    async fn fetch(&self) -> Result<Vec<u8>, String>;
+}
+
+/// A JWKS served over HTTP.
+pub struct HttpJwks {
+    url: String,
+    client: reqwest::Client,
+}
+
+impl HttpJwks {
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl JwksSource for HttpJwks {
+    async fn fetch(&self) -> Result<Vec<u8>, String> {
+        let response = self
+            .client
+            .get(&self.url)
+            .send()
+            .await
+            .map_err(|err| format!("GET {}: {err}", self.url))?;
+        if !response.status().is_success() {
+            return Err(format!("GET {}: {}", self.url, response.status()));
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|err| format!("GET {}: {err}", self.url))?;
+        Ok(body.to_vec())
+    }
+}
+
+/// Keys of a JWKS that is fetched again from time to time.
+struct Fetched {
+    keys: RwLock<Vec<VerifyKey>>,
+    /// Rung when a token names a kid not known yet.
+    unknown_kid: tokio::sync::Notify,
+}
+
 /// Verifies bearer tokens against the configured keys.
 pub struct Authenticator {
     keys: Vec<VerifyKey>,
+    fetched: Option<Arc<Fetched>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -115,17 +180,76 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
+fn validation(args: &AuthArgs, alg: Algorithm) -> Validation {
+    let mut v = Validation::new(alg);
+    v.set_issuer(&[&args.jwt_issuer]);
+    v.set_audience(&[&args.jwt_audience]);
+    v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    v.validate_nbf = true;
+    v.leeway = 60;
+    v
+}
+
+/// The keys of a JWKS document; each needs a `kid` and an `alg` of RS256 or ES256.
+fn jwks_keys(args: &AuthArgs, bytes: &[u8]) -> Result<Vec<VerifyKey>, String> {
+    let set: JwkSet = serde_json::from_slice(bytes).map_err(|err| format!("not a JWKS: {err}"))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let kid = jwk
+            .common
+            .key_id
+            .clone()
+            .ok_or_else(|| "a key has no kid".to_string())?;
+        let alg = jwk
+            .common
+            .key_algorithm
+            .and_then(|a| Algorithm::try_from(a).ok())
+            .filter(|a| matches!(a, Algorithm::RS256 | Algorithm::ES256))
+            .ok_or_else(|| format!("key {kid} needs alg RS256 or ES256"))?;
+        let key = DecodingKey::from_jwk(jwk).map_err(|err| err.to_string())?;
+        keys.push(VerifyKey {
+            kid: Some(kid),
+            key,
+            validation: validation(args, alg),
+        });
+    }
+    Ok(keys)
+}
+
 impl Authenticator {
     pub fn from_args(args: &AuthArgs) -> Result<Self, AuthSetupError> {
-        let validation = |alg| {
-            let mut v = Validation::new(alg);
-            v.set_issuer(&[&args.jwt_issuer]);
-            v.set_audience(&[&args.jwt_audience]);
-            v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-            v.validate_nbf = true;
-            v.leeway = 60;
-            v
-        };
+        let mut authenticator = Self::from_static_args(args)?;
+        if let Some(url) = &args.jwt_jwks_url {
+            authenticator = authenticator.with_jwks_source(args, Arc::new(HttpJwks::new(url)));
+        }
+        if authenticator.keys.is_empty() && authenticator.fetched.is_none() {
+            return Err(AuthSetupError::NoKeys);
+        }
+        Ok(authenticator)
+    }
+
+    /// Also trusts the keys of the JWKS `source` gives, fetched now and every
+    /// `--jwt-jwks-refresh-secs` by a task that ends when the authenticator is dropped.
+    /// Until the first fetch succeeds only the other keys verify.
+    pub fn with_jwks_source(mut self, args: &AuthArgs, source: Arc<dyn JwksSource>) -> Self {
+        let fetched = Arc::new(Fetched {
+            keys: RwLock::new(Vec::new()),
+            unknown_kid: tokio::sync::Notify::new(),
+        });
+        let refresh = Duration::from_secs(args.jwt_jwks_refresh_secs.max(1));
+        tokio::spawn(keep_fetching(
+            Arc::downgrade(&fetched),
+            source,
+            args.clone(),
+            refresh,
+        ));
+        self.fetched = Some(fetched);
+        self
+    }
+
+    /// The keys given by file or secret only; possibly none.
+    pub fn from_static_args(args: &AuthArgs) -> Result<Self, AuthSetupError> {
+        let validation = |alg| validation(args, alg);
         let mut keys = Vec::new();
         if let Some(secret) = &args.jwt_hs256_secret {
             let secret = secret.expose_secret().as_bytes();
@@ -166,32 +290,12 @@ impl Authenticator {
                 path: path.clone(),
                 reason,
             };
-            let set: JwkSet = serde_json::from_slice(&read(path)?)
-                .map_err(|err| bad(format!("not a JWKS: {err}")))?;
-            for jwk in &set.keys {
-                let kid = jwk
-                    .common
-                    .key_id
-                    .clone()
-                    .ok_or_else(|| bad("a key has no kid".into()))?;
-                let alg = jwk
-                    .common
-                    .key_algorithm
-                    .and_then(|a| Algorithm::try_from(a).ok())
-                    .filter(|a| matches!(a, Algorithm::RS256 | Algorithm::ES256))
-                    .ok_or_else(|| bad(format!("key {kid} needs alg RS256 or ES256")))?;
-                let key = DecodingKey::from_jwk(jwk).map_err(|err| bad(err.to_string()))?;
-                keys.push(VerifyKey {
-                    kid: Some(kid),
-                    key,
-                    validation: validation(alg),
-                });
-            }
+            keys.extend(jwks_keys(args, &read(path)?).map_err(bad)?);
         }
-        if keys.is_empty() {
-            return Err(AuthSetupError::NoKeys);
-        }
-        Ok(Self { keys })
+        Ok(Self {
+            keys,
+            fetched: None,
+        })
     }
 
     /// The caller of a request, or the 401 to answer.
@@ -214,30 +318,92 @@ impl Authenticator {
         self.verify(token).map_err(Problem::unauthorized)
     }
 
-    fn verify(&self, token: &str) -> Result<Principal, String> {
+    /// Verifies a bare token (without `Bearer `).
+    pub fn verify(&self, token: &str) -> Result<Principal, String> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| "malformed token".to_string())?;
-        let candidates = self.keys.iter().filter(|k| {
+        let fits = |k: &&VerifyKey| {
             k.validation.algorithms.contains(&header.alg)
                 && (header.kid.is_none() || k.kid.is_none() || k.kid == header.kid)
-        });
+        };
         let mut last = format!("no key for algorithm {:?}", header.alg);
-        for key in candidates {
-            match jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation) {
-                Ok(data) => {
-                    if data.claims.sub.is_empty() {
-                        return Err("the sub claim is empty".into());
-                    }
-                    return Ok(Principal {
-                        subject: data.claims.sub,
-                        roles: data.claims.roles,
-                        expires_at: data.claims.exp,
-                    });
-                }
-                Err(err) => last = describe(&err),
+        if let Some(result) = verify_with(self.keys.iter().filter(fits), token, &mut last) {
+            return result;
+        }
+        if let Some(fetched) = &self.fetched {
+            let keys = fetched.keys.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(result) = verify_with(keys.iter().filter(fits), token, &mut last) {
+                return result;
+            }
+            if header.kid.is_some() && !keys.iter().any(|k| k.kid == header.kid) {
+                fetched.unknown_kid.notify_one();
+                last = "unknown signing key (kid)".into();
             }
         }
         Err(last)
+    }
+}
+
+/// Tries each candidate key; `None` when none fits (the reason of the last refusal is in
+/// `last`).
+fn verify_with<'a>(
+    candidates: impl Iterator<Item = &'a VerifyKey>,
+    token: &str,
+    last: &mut String,
+) -> Option<Result<Principal, String>> {
+    for key in candidates {
+        match jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation) {
+            Ok(data) => {
+                if data.claims.sub.is_empty() {
+                    return Some(Err("the sub claim is empty".into()));
+                }
+                return Some(Ok(Principal {
+                    subject: data.claims.sub,
+                    roles: data.claims.roles,
+                    expires_at: data.claims.exp,
+                }));
+            }
+            Err(err) => *last = describe(&err),
+        }
+    }
+    None
+}
+
+/// Fetches the JWKS now, then every `refresh`, and at most every 5 s sooner when a token
+/// names an unknown kid; a failed fetch keeps the keys it had and tries again in 1 s.
+async fn keep_fetching(
+    fetched: Weak<Fetched>,
+    source: Arc<dyn JwksSource>,
+    args: AuthArgs,
+    refresh: Duration,
+) {
+    const EARLIEST: Duration = Duration::from_secs(5);
+    let mut last_fetch: Option<Instant> = None;
+    loop {
+        let Some(strong) = fetched.upgrade() else {
+            return;
+        };
+        if let Some(at) = last_fetch {
+            tokio::time::sleep(EARLIEST.saturating_sub(at.elapsed())).await;
+        }
+        let wait = match source
+            .fetch()
+            .await
+            .and_then(|bytes| jwks_keys(&args, &bytes))
+        {
+            Ok(keys) => {
+                last_fetch = Some(Instant::now());
+                tracing::debug!(keys = keys.len(), "jwks fetched");
+                *strong.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+                refresh
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot fetch the jwks; keeping the keys known so far");
+                Duration::from_secs(1)
+            }
+        };
+        let woken = async { strong.unknown_kid.notified().await };
+        let _ = tokio::time::timeout(wait, woken).await;
     }
 }
 

@@ -229,8 +229,10 @@ pub async fn ensure_topics(
     replication: i32,
 ) -> Result<(), KafkaSetupError> {
     let admin: AdminClient<DefaultClientContext> = args.client_config()?.create()?;
-    let new_topics: Vec<NewTopic<'_>> = topics
-        .iter()
+    // librdkafka crashes on a request naming a topic twice.
+    let unique: std::collections::BTreeSet<&String> = topics.iter().collect();
+    let new_topics: Vec<NewTopic<'_>> = unique
+        .into_iter()
         .map(|topic| NewTopic::new(topic, partitions, TopicReplication::Fixed(replication)))
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));

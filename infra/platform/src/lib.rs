@@ -11,6 +11,7 @@ pub mod broker;
 pub mod consumer;
 pub mod contract;
 pub mod db;
+pub mod edge;
 pub mod http;
 pub mod kafka;
 pub mod metrics;

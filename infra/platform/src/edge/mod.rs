@@ -1,0 +1,400 @@
+//! The edge every service's HTTP API shares, as one layer: request ids, rate limits per IP
+//! and per user, CORS from an allowlist, `Deprecation`/`Sunset` headers on deprecated
+//! routes, and one log line per request (method, route, status, latency, request id, user)
+//! with bodies only on request and then with their secrets redacted.
+
+pub mod rate;
+pub mod redact;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::auth::Authenticator;
+use crate::problem::Problem;
+use rate::{Count, LocalCounters, Rate, RedisCounters, RouteRate};
+
+/// Settings of the edge layer.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EdgeArgs {
+    /// Requests per client IP for calls without a valid token, e.g. 60/1m, 1000/day.
+    #[arg(long, env = "RATE_LIMIT_ANONYMOUS", default_value = "300/1m")]
+    pub rate_limit_anonymous: Rate,
+    /// Requests per user (the token's subject).
+    #[arg(long, env = "RATE_LIMIT_USER", default_value = "3000/1m")]
+    pub rate_limit_user: Rate,
+    /// A route's own limit, per caller, e.g. `POST /api/v1/auth/login=5/10m`; repeat the
+    /// flag, or separate with `;` in the variable.
+    #[arg(
+        long = "rate-limit-route",
+        env = "RATE_LIMIT_ROUTES",
+        value_delimiter = ';'
+    )]
+    pub rate_limit_routes: Vec<RouteRate>,
+    /// Addresses of reverse proxies whose X-Forwarded-For is believed; comma-separated.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Redis for counters shared by every replica (redis://127.0.0.1:6379); unset: counted
+    /// in this process.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Origins allowed to call the API from a browser (with credentials), comma-separated;
+    /// unset: no cross-origin access.
+    #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Deprecated routes: `GET /api/v1/old=2026-12-01,2027-06-01` (deprecated since, sunset
+    /// on); answered with Deprecation and Sunset headers. Separate with `;`.
+    #[arg(
+        long = "deprecated-route",
+        env = "DEPRECATED_ROUTES",
+        value_delimiter = ';'
+    )]
+    pub deprecated_routes: Vec<Deprecated>,
+    /// Log request and response bodies (JSON only, secrets redacted) at debug level.
+    #[arg(long, env = "LOG_BODIES")]
+    pub log_bodies: bool,
+}
+
+impl Default for EdgeArgs {
+    fn default() -> Self {
+        Self {
+            rate_limit_anonymous: "300/1m".parse().expect("a valid rate"),
+            rate_limit_user: "3000/1m".parse().expect("a valid rate"),
+            rate_limit_routes: Vec::new(),
+            trusted_proxies: Vec::new(),
+            redis_url: None,
+            cors_origins: Vec::new(),
+            deprecated_routes: Vec::new(),
+            log_bodies: false,
+        }
+    }
+}
+
+/// A deprecated route and its dates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deprecated {
+    pub method: String,
+    pub path: String,
+    /// `Deprecation: @<unix seconds>` (RFC 9745).
+    pub deprecation: String,
+    /// `Sunset: <HTTP date>` (RFC 8594).
+    pub sunset: String,
+}
+
+impl std::str::FromStr for Deprecated {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "{text:?} is not like `GET /api/v1/old=2026-12-01,2027-06-01` (deprecated since, sunset on)"
+            )
+        };
+        let (route, dates) = text.rsplit_once('=').ok_or_else(bad)?;
+        let (method, path) = route.trim().split_once(' ').ok_or_else(bad)?;
+        let (since, sunset) = dates.split_once(',').ok_or_else(bad)?;
+        let date = |d: &str| {
+            time::Date::parse(
+                d.trim(),
+                time::macros::format_description!("[year]-[month]-[day]"),
+            )
+            .map(|d| d.midnight().assume_utc())
+            .map_err(|_| bad())
+        };
+        let (since, sunset) = (date(since)?, date(sunset)?);
+        let http_date = time::macros::format_description!(
+            "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+        );
+        Ok(Self {
+            method: method.trim().to_ascii_uppercase(),
+            path: path.trim().to_string(),
+            deprecation: format!("@{}", since.unix_timestamp()),
+            sunset: sunset.format(&http_date).map_err(|_| bad())?,
+        })
+    }
+}
+
+enum Counters {
+    Local(LocalCounters),
+    Redis(RedisCounters),
+}
+
+/// Who a request comes from, for limits and logs; handlers may read it from the request's
+/// extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    User(String),
+    Anonymous(IpAddr),
+}
+
+/// The edge's state.
+pub struct Edge {
+    args: EdgeArgs,
+    counters: Counters,
+    auth: Option<Arc<Authenticator>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeSetupError {
+    #[error("cannot reach Redis for rate-limit counters: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("CORS origin {0:?} is not a valid origin (like https://app.example.com)")]
+    Origin(String),
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+impl Edge {
+    /// `auth` tells users apart for per-user limits and logs; without it every caller is
+    /// anonymous.
+    pub async fn new(
+        args: &EdgeArgs,
+        auth: Option<Arc<Authenticator>>,
+    ) -> Result<Self, EdgeSetupError> {
+        let counters = match &args.redis_url {
+            Some(url) => Counters::Redis(RedisCounters::connect(url).await?),
+            None => Counters::Local(LocalCounters::default()),
+        };
+        Ok(Self {
+            args: args.clone(),
+            counters,
+            auth,
+        })
+    }
+
+    /// `router` behind the edge.
+    pub fn wrap(self: Arc<Self>, router: Router) -> Result<Router, EdgeSetupError> {
+        let cors = self.cors()?;
+        let router = router.layer(axum::middleware::from_fn_with_state(self, edge));
+        Ok(match cors {
+            Some(cors) => router.layer(cors),
+            None => router,
+        })
+    }
+
+    fn cors(&self) -> Result<Option<tower_http::cors::CorsLayer>, EdgeSetupError> {
+        use tower_http::cors::{AllowOrigin, CorsLayer};
+        if self.args.cors_origins.is_empty() {
+            return Ok(None);
+        }
+        let origins = self
+            .args
+            .cors_origins
+            .iter()
+            .map(|o| {
+                let o = o.trim();
+                if o == "*" || !(o.starts_with("https://") || o.starts_with("http://")) {
+                    return Err(EdgeSetupError::Origin(o.to_string()));
+                }
+                HeaderValue::from_str(o).map_err(|_| EdgeSetupError::Origin(o.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(origins))
+                .allow_credentials(true)
+                .allow_methods([
+                    Method::GET,
+                    Method::POST,
+                    Method::PUT,
+                    Method::PATCH,
+                    Method::DELETE,
+                ])
+                .allow_headers([
+                    header::AUTHORIZATION,
+                    header::CONTENT_TYPE,
+                    HeaderName::from_static("idempotency-key"),
+                    HeaderName::from_static("traceparent"),
+                ])
+                .expose_headers([
+                    header::RETRY_AFTER,
+                    HeaderName::from_static("ratelimit-limit"),
+                    HeaderName::from_static("ratelimit-remaining"),
+                    HeaderName::from_static("ratelimit-reset"),
+                    REQUEST_ID,
+                ])
+                .max_age(Duration::from_secs(600)),
+        ))
+    }
+
+    fn caller(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Caller {
+        if headers.contains_key(header::AUTHORIZATION)
+            && let Some(auth) = &self.auth
+            && let Ok(principal) = auth.authenticate(headers)
+        {
+            return Caller::User(principal.subject);
+        }
+        let peer = peer.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        Caller::Anonymous(rate::client_ip(peer, forwarded, &self.args.trusted_proxies))
+    }
+
+    fn rate_for<'a>(&'a self, method: &Method, route: &str, caller: &Caller) -> (&'a str, Rate) {
+        if let Some(own) = self
+            .args
+            .rate_limit_routes
+            .iter()
+            .find(|r| r.path == route && r.method == method.as_str())
+        {
+            return (&own.path, own.rate);
+        }
+        match caller {
+            Caller::User(_) => ("user", self.args.rate_limit_user),
+            Caller::Anonymous(_) => ("ip", self.args.rate_limit_anonymous),
+        }
+    }
+
+    async fn count(&self, key: &str, window: Duration) -> Option<Count> {
+        match &self.counters {
+            Counters::Local(local) => Some(local.hit(key, window, Instant::now())),
+            Counters::Redis(redis) => match redis.hit(key, window).await {
+                Ok(count) => Some(count),
+                Err(err) => {
+                    // Availability first: a Redis outage lets requests through, loudly.
+                    tracing::warn!(%err, "rate-limit counter unavailable; request allowed");
+                    metrics::counter!("herald_rate_limit_unavailable_total").increment(1);
+                    None
+                }
+            },
+        }
+    }
+}
+
+async fn edge(State(edge): State<Arc<Edge>>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "<unrouted>".to_string(), |p| p.as_str().to_string());
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_string);
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let caller = edge.caller(request.headers(), peer);
+    request.extensions_mut().insert(caller.clone());
+    let (scope, rate) = edge.rate_for(&method, &route, &caller);
+    let who = match &caller {
+        Caller::User(subject) => format!("u:{subject}"),
+        Caller::Anonymous(ip) => format!("ip:{ip}"),
+    };
+    let verdict = edge
+        .count(
+            &format!("herald:rl:{scope}:{}:{who}", rate.window.as_secs()),
+            rate.window,
+        )
+        .await
+        .map(|count| rate::verdict(rate, count));
+
+    let log_bodies = edge.args.log_bodies && tracing::enabled!(tracing::Level::DEBUG);
+    let mut request_body = String::new();
+    let mut response = match verdict {
+        Some(v) if !v.allowed => Problem::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "Too many requests",
+            format!(
+                "at most {} requests per {} s; try again in {} s",
+                v.limit,
+                rate.window.as_secs(),
+                v.reset_secs
+            ),
+        )
+        .with_retry_after(v.reset_secs)
+        .into_response(),
+        _ => {
+            let small_json = request
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+                .is_some_and(|len| len <= 1 << 20)
+                && request
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+            if log_bodies && small_json {
+                let (parts, body) = request.into_parts();
+                let bytes = axum::body::to_bytes(body, 1 << 20)
+                    .await
+                    .unwrap_or_default();
+                request_body = redact::loggable_body(&bytes);
+                request = Request::from_parts(parts, Body::from(bytes));
+            }
+            next.run(request).await
+        }
+    };
+    let headers = response.headers_mut();
+    if let Some(v) = verdict {
+        headers.insert("ratelimit-limit", HeaderValue::from(v.limit));
+        headers.insert("ratelimit-remaining", HeaderValue::from(v.remaining));
+        headers.insert("ratelimit-reset", HeaderValue::from(v.reset_secs));
+        if let Ok(policy) =
+            HeaderValue::from_str(&format!("{};w={}", v.limit, rate.window.as_secs()))
+        {
+            headers.insert("ratelimit-policy", policy);
+        }
+    }
+    if let Some(d) = edge
+        .args
+        .deprecated_routes
+        .iter()
+        .find(|d| d.path == route && d.method == method.as_str())
+    {
+        if let Ok(value) = HeaderValue::from_str(&d.deprecation) {
+            headers.insert("deprecation", value);
+        }
+        if let Ok(value) = HeaderValue::from_str(&d.sunset) {
+            headers.insert("sunset", value);
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        headers.insert(REQUEST_ID, value);
+    }
+    let status = response.status().as_u16();
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let user = match &caller {
+        Caller::User(subject) => subject.as_str(),
+        Caller::Anonymous(_) => "",
+    };
+    let client = match &caller {
+        Caller::Anonymous(ip) => ip.to_string(),
+        Caller::User(_) => peer.map(|ip| ip.to_string()).unwrap_or_default(),
+    };
+    if log_bodies {
+        let (parts, body) = response.into_parts();
+        // Streams (server-sent events) are passed through unread.
+        let json = parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+            v.as_bytes().starts_with(b"application/json")
+                || v.as_bytes().starts_with(b"application/problem+json")
+        });
+        let (shown, body) = if json {
+            let bytes = axum::body::to_bytes(body, 4 << 20)
+                .await
+                .unwrap_or_default();
+            (redact::loggable_body(&bytes), Body::from(bytes))
+        } else {
+            (String::new(), body)
+        };
+        response = Response::from_parts(parts, body);
+        tracing::debug!(
+            %method, route, status, latency_ms, request_id, user, client,
+            request_body, response_body = shown, "request"
+        );
+    } else {
+        tracing::info!(%method, route, status, latency_ms, request_id, user, client, "request");
+    }
+    response
+}

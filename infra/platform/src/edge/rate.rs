@@ -1,0 +1,256 @@
+//! Rate limits: fixed windows counted per caller (the token's subject, or the client's IP
+//! for anonymous calls), in this process or in Redis so every replica counts together.
+//!
+//! A window opens at a caller's first request and lasts the configured period; the
+//! `limit + 1`-th request in it is refused with the time left until it closes. Windows are
+//! exact and cheap (one INCR); the price is that a caller can spend two limits in quick
+//! succession across a window's end.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A limit: `count` requests per `window`, written `100/day`, `5/10m`, `60/1m`, `10/s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u64,
+    pub window: Duration,
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?} is not a rate like 100/day, 5/10m, 60/1m or 10/s");
+        let (count, per) = text.trim().split_once('/').ok_or_else(bad)?;
+        let count: u64 = count.trim().parse().map_err(|_| bad())?;
+        let per = per.trim();
+        let split = per.find(|c: char| !c.is_ascii_digit()).unwrap_or(per.len());
+        let (n, unit) = per.split_at(split);
+        let n: u64 = if n.is_empty() {
+            1
+        } else {
+            n.parse().map_err(|_| bad())?
+        };
+        let unit_secs = match unit {
+            "s" | "sec" | "second" => 1,
+            "m" | "min" | "minute" => 60,
+            "h" | "hour" => 3600,
+            "d" | "day" => 86_400,
+            _ => return Err(bad()),
+        };
+        if count == 0 || n == 0 {
+            return Err(format!(
+                "{text:?}: a rate needs a count and a period above zero"
+            ));
+        }
+        Ok(Self {
+            count,
+            window: Duration::from_secs(n * unit_secs),
+        })
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}s", self.count, self.window.as_secs())
+    }
+}
+
+/// A route's own limit: `POST /api/v1/auth/login=5/10m` (the path as routed, with its
+/// `{parameters}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRate {
+    pub method: String,
+    pub path: String,
+    pub rate: Rate,
+}
+
+impl std::str::FromStr for RouteRate {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?} is not a route limit like `POST /api/v1/auth/login=5/10m`");
+        let (route, rate) = text.rsplit_once('=').ok_or_else(bad)?;
+        let (method, path) = route.trim().split_once(' ').ok_or_else(bad)?;
+        let path = path.trim();
+        if !path.starts_with('/') {
+            return Err(bad());
+        }
+        Ok(Self {
+            method: method.trim().to_ascii_uppercase(),
+            path: path.to_string(),
+            rate: rate.parse()?,
+        })
+    }
+}
+
+/// Where a count landed in its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Count {
+    /// Requests in the window, this one included.
+    pub used: u64,
+    /// Time until the window closes.
+    pub resets_in: Duration,
+}
+
+/// What to answer, from a count: pure, so its edges are tested without clocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub allowed: bool,
+    pub limit: u64,
+    pub remaining: u64,
+    /// Whole seconds until the window closes, rounded up: waiting that long is enough.
+    pub reset_secs: u64,
+}
+
+pub fn verdict(rate: Rate, count: Count) -> Verdict {
+    let reset_secs = count.resets_in.as_millis().div_ceil(1000).max(1) as u64;
+    Verdict {
+        allowed: count.used <= rate.count,
+        limit: rate.count,
+        remaining: rate.count.saturating_sub(count.used),
+        reset_secs,
+    }
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy, the last address
+/// in X-Forwarded-For that is not itself a trusted proxy.
+pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let Some(list) = forwarded_for else {
+        return peer;
+    };
+    let hops: Vec<IpAddr> = list
+        .split(',')
+        .filter_map(|hop| hop.trim().parse().ok())
+        .collect();
+    hops.iter()
+        .rev()
+        .find(|ip| !trusted.contains(ip))
+        .or_else(|| hops.first())
+        .copied()
+        .unwrap_or(peer)
+}
+
+/// Counters kept in this process.
+#[derive(Default)]
+pub struct LocalCounters {
+    windows: Mutex<HashMap<String, (u64, Instant)>>,
+}
+
+impl LocalCounters {
+    pub fn hit(&self, key: &str, window: Duration, now: Instant) -> Count {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if windows.len() > 100_000 {
+            windows.retain(|_, (_, ends)| *ends > now);
+        }
+        let entry = windows.entry(key.to_string()).or_insert((0, now + window));
+        if entry.1 <= now {
+            *entry = (0, now + window);
+        }
+        entry.0 += 1;
+        Count {
+            used: entry.0,
+            resets_in: entry.1 - now,
+        }
+    }
+}
+
+/// Counters in Redis, shared by every replica: one atomic script per request.
+pub struct RedisCounters {
+    connection: redis::aio::ConnectionManager,
+    script: redis::Script,
+}
+
+impl RedisCounters {
+    pub async fn connect(url: &str) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let connection = redis::aio::ConnectionManager::new(client).await?;
+        let script = redis::Script::new(
+            r"local used = redis.call('INCR', KEYS[1])
+              if used == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+              local ttl = redis.call('PTTL', KEYS[1])
+              if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
+              return {used, ttl}",
+        );
+        Ok(Self { connection, script })
+    }
+
+    pub async fn hit(&self, key: &str, window: Duration) -> Result<Count, redis::RedisError> {
+        let mut connection = self.connection.clone();
+        let (used, ttl_ms): (u64, i64) = self
+            .script
+            .key(key)
+            .arg(window.as_millis() as u64)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(Count {
+            used,
+            resets_in: Duration::from_millis(ttl_ms.max(0) as u64),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_written_per_period() {
+        let rate = |s: &str| s.parse::<Rate>().unwrap();
+        assert_eq!(rate("100/day").window, Duration::from_secs(86_400));
+        assert_eq!(
+            rate("5/10m"),
+            Rate {
+                count: 5,
+                window: Duration::from_secs(600)
+            }
+        );
+        assert_eq!(rate("60/1m").window, Duration::from_secs(60));
+        assert_eq!(rate("10/s").window, Duration::from_secs(1));
+        assert_eq!(rate(" 3 / 2h ").window, Duration::from_secs(7200));
+        for bad in ["", "5", "5/", "x/m", "5/10y", "0/m", "5/0m"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+        let route: RouteRate = "post /api/v1/auth/login=5/10m".parse().unwrap();
+        assert_eq!(route.method, "POST");
+        assert_eq!(route.path, "/api/v1/auth/login");
+        assert!("/api/v1/x=5/m".parse::<RouteRate>().is_err());
+    }
+
+    #[test]
+    fn the_request_after_the_limit_is_refused_until_the_window_closes() {
+        let rate: Rate = "3/10s".parse().unwrap();
+        let counters = LocalCounters::default();
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let verdicts =
+            [0, 100, 200, 300].map(|ms| verdict(rate, counters.hit("k", rate.window, at(ms))));
+        assert_eq!(verdicts.map(|v| v.allowed), [true, true, true, false]);
+        assert_eq!(verdicts.map(|v| v.remaining), [2, 1, 0, 0]);
+        // refused at 0.3 s into a 10 s window: 9.7 s left, so Retry-After 10
+        assert_eq!(verdicts[3].reset_secs, 10);
+        // still refused just before the window closes, allowed at its end
+        assert!(!verdict(rate, counters.hit("k", rate.window, at(9_999))).allowed);
+        assert!(verdict(rate, counters.hit("k", rate.window, at(10_000))).allowed);
+        // other callers count apart
+        assert!(verdict(rate, counters.hit("other", rate.window, at(300))).allowed);
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let client: IpAddr = "203.0.113.7".parse().unwrap();
+        let stranger: IpAddr = "198.51.100.2".parse().unwrap();
+        let spoofed = "1.2.3.4, 203.0.113.7";
+        assert_eq!(client_ip(stranger, Some(spoofed), &[proxy]), stranger);
+        // behind the proxy, the hop it added is the client; what came before is the client's word
+        assert_eq!(client_ip(proxy, Some(spoofed), &[proxy]), client);
+        assert_eq!(client_ip(proxy, None, &[proxy]), proxy);
+        assert_eq!(client_ip(proxy, Some("garbage"), &[proxy]), proxy);
+    }
+}

@@ -1,0 +1,314 @@
+//! The auth service: accounts, sessions and one-time codes, producing the `users` and `otp`
+//! events.
+//!
+//! Guarantees:
+//! - An account and the event that tells of it commit together (a transactional outbox,
+//!   [`outbox`]): no user without `user.registered`, no event without its user.
+//! - Passwords are argon2id at OWASP's parameters ([`password`]); refresh tokens, reset links
+//!   and codes are stored as hashes only; none of them is ever logged.
+//! - Access tokens are ES256 JWTs with a `kid`; `/.well-known/jwks.json` publishes the keys,
+//!   and a rotation publishes the next key before it signs ([`tokens`]), so verifiers that
+//!   refresh the JWKS never see a token they cannot check.
+//! - A refresh token works once; presenting it again revokes its whole family.
+//! - OTP verification allows five attempts per account per ten minutes, from any IP.
+
+mod api;
+pub mod outbox;
+pub mod password;
+pub mod store;
+pub mod tokens;
+pub mod versions;
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use events::Catalog;
+use platform::auth::{AuthArgs, Authenticator, JwksSource};
+use platform::contract::ContractArgs;
+use platform::db::Database;
+use platform::kafka::{KafkaArgs, Publisher};
+use tokio::sync::Notify;
+
+use crate::outbox::{EventWriter, Relay, now_us};
+use crate::store::{SqlStore, StoreError};
+use crate::tokens::{Issuer, Rotation, StoredKey};
+
+/// `herald auth` settings (also used by `herald up`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AccountsArgs {
+    /// Lifetime of access tokens (seconds).
+    #[arg(long, env = "ACCESS_TOKEN_TTL_SECS", default_value_t = 900)]
+    pub access_token_ttl_secs: u64,
+    /// Lifetime of refresh tokens (days); each refresh replaces the token.
+    #[arg(long, env = "REFRESH_TOKEN_TTL_DAYS", default_value_t = 30)]
+    pub refresh_token_ttl_days: u64,
+    /// How long a new signing key is published before it signs (seconds): at least twice
+    /// the verifiers' JWT_JWKS_REFRESH_SECS.
+    #[arg(long, env = "SIGNING_KEY_LEAD_SECS", default_value_t = 120)]
+    pub signing_key_lead_secs: u64,
+    /// Lifetime of an OTP (seconds).
+    #[arg(long, env = "OTP_TTL_SECS", default_value_t = 300)]
+    pub otp_ttl_secs: u64,
+    /// Lifetime of a password-reset link (minutes).
+    #[arg(long, env = "PASSWORD_RESET_TTL_MINUTES", default_value_t = 30)]
+    pub password_reset_ttl_minutes: u64,
+    /// The app's password-reset page; the link mailed is this with `#token=...`.
+    #[arg(
+        long,
+        env = "PASSWORD_RESET_URL",
+        default_value = "http://localhost:8080/reset-password"
+    )]
+    pub password_reset_url: String,
+}
+
+impl Default for AccountsArgs {
+    fn default() -> Self {
+        Self {
+            access_token_ttl_secs: 900,
+            refresh_token_ttl_days: 30,
+            signing_key_lead_secs: 120,
+            otp_ttl_secs: 300,
+            password_reset_ttl_minutes: 30,
+            password_reset_url: "http://localhost:8080/reset-password".into(),
+        }
+    }
+}
+
+pub struct Settings {
+    pub refresh_ttl: Duration,
+    pub otp_ttl: Duration,
+    pub reset_ttl: Duration,
+    pub reset_url: String,
+    pub key_lead: Duration,
+}
+
+/// Everything a request needs.
+pub struct AuthState {
+    store: Arc<SqlStore>,
+    hasher: password::Hasher,
+    writer: EventWriter,
+    relay_wake: Arc<Notify>,
+    issuer: Issuer,
+    auth: Arc<Authenticator>,
+    settings: Settings,
+    versions: versions::Versions,
+    keys: RwLock<(Vec<StoredKey>, Option<Instant>)>,
+}
+
+/// Verifiers in other processes refresh the JWKS; this process rereads the keys as often.
+const KEYS_FRESH: Duration = Duration::from_secs(5);
+
+/// Verification leeway of `platform::auth`: a retired key outlives its tokens by this much.
+const LEEWAY: Duration = Duration::from_secs(60);
+
+impl AuthState {
+    /// The signing keys, reread from the database every few seconds (another replica may
+    /// have rotated them).
+    async fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        {
+            let cached = self.keys.read().unwrap_or_else(|e| e.into_inner());
+            if cached.1.is_some_and(|at| at.elapsed() < KEYS_FRESH) {
+                return Ok(cached.0.clone());
+            }
+        }
+        let keys = self.store.signing_keys().await?;
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) =
+            (keys.clone(), Some(Instant::now()));
+        Ok(keys)
+    }
+
+    /// Starts a rotation: the new key and its schedule.
+    async fn rotate(&self) -> Result<(String, Rotation), StoreError> {
+        let now = now_us();
+        let rotation = tokens::plan_rotation(now, self.settings.key_lead, self.issuer.ttl, LEEWAY);
+        let key = StoredKey::generate(now, rotation.active_from);
+        self.store
+            .add_signing_key(&key, Some(rotation.retire_old_at))
+            .await?;
+        self.keys.write().unwrap_or_else(|e| e.into_inner()).1 = None;
+        tracing::info!(kid = %key.kid, "signing key rotation started");
+        Ok((key.kid, rotation))
+    }
+}
+
+/// The published keys, read straight from the store: how this process verifies its own
+/// tokens without a round trip over HTTP.
+struct StoreJwks(Arc<SqlStore>);
+
+#[async_trait::async_trait]
+impl JwksSource for StoreJwks {
+    async fn fetch(&self) -> Result<Vec<u8>, String> {
+        let keys = self.0.signing_keys().await.map_err(|e| e.to_string())?;
+        Ok(tokens::jwks(&tokens::published(&keys, now_us()))
+            .to_string()
+            .into_bytes())
+    }
+}
+
+/// The event types the auth service publishes.
+pub const PRODUCES: [&str; 5] = [
+    "user.registered",
+    "user.profile_updated",
+    "user.deleted",
+    "user.password_reset_requested",
+    "otp.requested",
+];
+
+/// What the service needs from the deployment beside its own settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Setup<'a> {
+    /// Shared counters and caches.
+    pub redis_url: Option<&'a str>,
+    /// Of the topics it creates when missing.
+    pub topic_partitions: i32,
+    pub topic_replication: i32,
+}
+
+/// The auth service: its API and its outbox relay.
+pub struct Service {
+    pub state: Arc<AuthState>,
+    pub relay: Relay,
+}
+
+impl Service {
+    /// Connects to the database (migrating it), makes a first signing key if there is none,
+    /// and prepares the relay. `auth` says how tokens are verified (issuer, audience, and
+    /// any other keys, such as the development HS256 secret).
+    pub async fn connect(
+        db: Database,
+        kafka: &KafkaArgs,
+        contract: &ContractArgs,
+        auth: &AuthArgs,
+        args: &AccountsArgs,
+        setup: Setup<'_>,
+    ) -> anyhow::Result<Self> {
+        let store = Arc::new(SqlStore::new(db).await?);
+        if store.signing_keys().await?.is_empty() {
+            let now = now_us();
+            store
+                .add_signing_key(&StoredKey::generate(now, now), None)
+                .await?;
+        }
+        let catalog: Arc<Catalog> = Arc::new(contract.catalog()?);
+        let topics: Vec<String> = PRODUCES
+            .iter()
+            .filter_map(|t| catalog.latest(t))
+            .map(|schema| kafka.topic(&schema.topic))
+            .collect();
+        platform::kafka::ensure_topics(
+            kafka,
+            &topics,
+            setup.topic_partitions,
+            setup.topic_replication,
+        )
+        .await
+        .context("creating the users and otp topics")?;
+        let codec = contract.codec(catalog.clone(), kafka).await?;
+        let publisher = Publisher::new(kafka, Duration::from_secs(10))?;
+        let relay = Relay::new(store.clone(), publisher);
+        let mut verify = auth.clone();
+        verify.jwt_jwks_refresh_secs = KEYS_FRESH.as_secs();
+        let authenticator = Authenticator::from_static_args(&verify)?
+            .with_jwks_source(&verify, Arc::new(StoreJwks(store.clone())));
+        let issuer = Issuer {
+            issuer: auth.jwt_issuer.clone(),
+            audience: auth.jwt_audience.clone(),
+            ttl: Duration::from_secs(args.access_token_ttl_secs),
+        };
+        let state = AuthState {
+            store: store.clone(),
+            hasher: password::Hasher::new(),
+            writer: EventWriter::new(catalog, codec, &kafka.topic_prefix),
+            relay_wake: relay.wake.clone(),
+            issuer,
+            auth: Arc::new(authenticator),
+            settings: Settings {
+                refresh_ttl: Duration::from_secs(args.refresh_token_ttl_days * 86_400),
+                otp_ttl: Duration::from_secs(args.otp_ttl_secs),
+                reset_ttl: Duration::from_secs(args.password_reset_ttl_minutes * 60),
+                reset_url: args.password_reset_url.clone(),
+                key_lead: Duration::from_secs(args.signing_key_lead_secs),
+            },
+            versions: versions::Versions::new(store, setup.redis_url).await?,
+            keys: RwLock::new((Vec::new(), None)),
+        };
+        Ok(Self {
+            state: Arc::new(state),
+            relay,
+        })
+    }
+
+    pub fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    /// Starts a signing-key rotation from the command line.
+    pub async fn rotate_key(&self) -> anyhow::Result<(String, Rotation)> {
+        Ok(self.state.rotate().await?)
+    }
+
+    /// Gives an account a role from the command line (how the first admin is made).
+    pub async fn set_role(&self, email: &str, role: &str) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            api::ROLES.contains(&role),
+            "the role must be one of {:?}",
+            api::ROLES
+        );
+        let email = api::normalize_email(email).map_err(|p| anyhow::anyhow!(p.detail))?;
+        let account = self
+            .state
+            .store
+            .account_by_email(&email)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no live account has the email {email}"))?;
+        self.state
+            .store
+            .set_role(&account.id, role, now_us())
+            .await?;
+        Ok(account.id)
+    }
+
+    pub fn store(&self) -> &Arc<SqlStore> {
+        &self.state.store
+    }
+}
+
+/// The API as a value: `/api/v1` is one nested router, so a `/api/v2` beside it is one
+/// more `nest` with the handlers that changed.
+pub fn router(state: Arc<AuthState>) -> Router {
+    Router::new()
+        .route("/.well-known/jwks.json", get(api::jwks))
+        .nest("/api/v1", v1())
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(axum::middleware::map_response(
+            platform::problem::problem_for_bare_errors,
+        ))
+}
+
+fn v1() -> Router<Arc<AuthState>> {
+    Router::new()
+        .route("/auth/register", post(api::register))
+        .route("/auth/login", post(api::login))
+        .route("/auth/refresh", post(api::refresh))
+        .route("/auth/logout", post(api::logout))
+        .route("/auth/password", post(api::change_password))
+        .route("/auth/password/forgot", post(api::forgot_password))
+        .route("/auth/password/reset", post(api::reset_password))
+        .route("/auth/otp/request", post(api::otp_request))
+        .route("/auth/otp/verify", post(api::otp_verify))
+        .route(
+            "/me",
+            get(api::me).patch(api::update_me).delete(api::delete_me),
+        )
+        .route("/users/{id}", get(api::user))
+        .route("/admin/users/{id}/role", put(api::set_role))
+        .route("/admin/signing-keys/rotate", post(api::rotate_key))
+        .route("/app/version-check", get(api::version_check))
+        .route("/admin/app-versions/{platform}", put(api::set_versions))
+}

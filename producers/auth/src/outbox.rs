@@ -1,0 +1,176 @@
+//! The transactional outbox: events are encoded and stored in the transaction that changes
+//! the account, and the relay publishes them afterwards. A crash before the commit leaves
+//! neither the change nor its event; a crash after it leaves the event in the outbox for
+//! the next relay. A crash between the broker's acknowledgement and the delete publishes the
+//! event again with the same `event_id`, which every consumer deduplicates.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use events::{Catalog, Codec, Envelope};
+use platform::kafka::{OutgoingRecord, Publisher};
+use serde_json::Value as Json;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::store::{OutboxRecord, SqlStore};
+
+/// Turns an event into an outbox row, encoded like every other event.
+pub struct EventWriter {
+    catalog: Arc<Catalog>,
+    codec: Codec,
+    topic_prefix: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("the schemas lack {0}")]
+    UnknownType(String),
+    #[error("{event_type} does not fit its schema: {errors}")]
+    Invalid { event_type: String, errors: String },
+    #[error("encoding {0}")]
+    Encode(#[from] events::CodecError),
+}
+
+pub const SOURCE: &str = "auth";
+
+impl EventWriter {
+    pub fn new(catalog: Arc<Catalog>, codec: Codec, topic_prefix: &str) -> Self {
+        Self {
+            catalog,
+            codec,
+            topic_prefix: topic_prefix.to_string(),
+        }
+    }
+
+    /// The outbox row of `event_type` about aggregate `key`, done by `actor`.
+    pub fn record(
+        &self,
+        event_type: &str,
+        key: &str,
+        actor: &str,
+        data: &Json,
+        now: time::OffsetDateTime,
+    ) -> Result<OutboxRecord, WriteError> {
+        let schema = self
+            .catalog
+            .latest(event_type)
+            .ok_or_else(|| WriteError::UnknownType(event_type.into()))?;
+        let value = schema
+            .validate(data, "")
+            .map_err(|errors| WriteError::Invalid {
+                event_type: event_type.into(),
+                // The field paths only: values may be secrets.
+                errors: errors
+                    .iter()
+                    .map(|e| e.pointer.clone())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        let event_id = Uuid::now_v7();
+        let envelope = Envelope {
+            event_id,
+            event_type: event_type.into(),
+            occurred_at: now,
+            received_at: now,
+            actor: actor.into(),
+            source: SOURCE.into(),
+            idempotency_key: None,
+        };
+        let payload = self.codec.encode(schema, &envelope, value)?;
+        Ok(OutboxRecord {
+            event_id: event_id.to_string(),
+            topic: format!("{}{}", self.topic_prefix, schema.topic),
+            record_key: key.into(),
+            payload,
+            event_type: event_type.into(),
+            created_at: (now.unix_timestamp_nanos() / 1000) as i64,
+        })
+    }
+}
+
+/// Publishes the outbox, oldest first, and deletes what the broker acknowledged.
+pub struct Relay {
+    store: Arc<SqlStore>,
+    publisher: Publisher,
+    /// Rung after a commit that queued events, so they leave at once rather than at the
+    /// next poll.
+    pub wake: Arc<Notify>,
+    pub lease: Duration,
+}
+
+const BATCH: i64 = 200;
+const POLL: Duration = Duration::from_secs(1);
+
+impl Relay {
+    pub fn new(store: Arc<SqlStore>, publisher: Publisher) -> Self {
+        Self {
+            store,
+            publisher,
+            wake: Arc::new(Notify::new()),
+            lease: Duration::from_secs(15),
+        }
+    }
+
+    /// Relays until `shutdown`; a failure is logged and tried again after a pause.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.pass().await {
+                Ok(n) if n as i64 == BATCH => continue,
+                Ok(_) => pause = Duration::from_millis(100),
+                Err(err) => {
+                    tracing::warn!(
+                        err = format!("{err:#}"),
+                        "outbox relay failed; trying again"
+                    );
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(pause) => continue,
+                    }
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+
+    /// Publishes one batch; how many events left.
+    pub async fn pass(&self) -> anyhow::Result<usize> {
+        let now = now_us();
+        let rows = self
+            .store
+            .claim_outbox(now, now + self.lease.as_micros() as i64, BATCH)
+            .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let records: Vec<OutgoingRecord> = rows
+            .iter()
+            .map(|row| OutgoingRecord {
+                topic: row.topic.clone(),
+                key: row.record_key.clone().into_bytes(),
+                payload: row.payload.clone(),
+                timestamp_ms: row.created_at / 1000,
+                headers: vec![
+                    ("event_type".into(), row.event_type.clone().into_bytes()),
+                    ("event_id".into(), row.event_id.clone().into_bytes()),
+                ],
+            })
+            .collect();
+        self.publisher.publish_all(&records).await?;
+        let ids: Vec<String> = rows.into_iter().map(|row| row.event_id).collect();
+        self.store.delete_outbox(&ids).await?;
+        metrics::counter!("herald_auth_outbox_published_total").increment(ids.len() as u64);
+        Ok(ids.len())
+    }
+}
+
+pub fn now_us() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
+}

@@ -1,0 +1,640 @@
+//! The auth tables on PostgreSQL or SQLite. Every change to an account and the event that
+//! tells of it commit in one transaction (the outbox); the relay publishes afterwards.
+
+use platform::db::Database;
+use platform::with_pool;
+
+use crate::tokens::StoredKey;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("an account with this email exists")]
+    EmailTaken,
+    #[error("auth store: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("auth store migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Account {
+    pub id: String,
+    pub email: String,
+    pub password_hash: String,
+    pub role: String,
+    pub display_name: String,
+    pub phone: Option<String>,
+    pub locale: String,
+    pub time_zone: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub deleted_at: Option<i64>,
+}
+
+/// An event to publish, already encoded.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct OutboxRecord {
+    pub event_id: String,
+    pub topic: String,
+    pub record_key: String,
+    pub payload: Vec<u8>,
+    pub event_type: String,
+    pub created_at: i64,
+}
+
+/// What presenting a refresh token found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refreshed {
+    /// It was live: it is now used, and `next` (already stored) replaces it.
+    Rotated { account_id: String },
+    /// It had been used before: its whole family is now revoked.
+    Reused,
+    /// Unknown, expired or revoked.
+    Invalid,
+}
+
+/// A profile change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProfileChange {
+    pub display_name: Option<String>,
+    pub phone: Option<String>,
+    pub locale: Option<String>,
+    pub time_zone: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct RefreshRow {
+    family_id: String,
+    account_id: String,
+    expires_at: i64,
+    used_at: Option<i64>,
+    revoked_at: Option<i64>,
+}
+
+const ACCOUNT_COLUMNS: &str = "id, email, password_hash, role, display_name, phone, locale, time_zone, created_at, updated_at, deleted_at";
+
+pub struct SqlStore {
+    db: Database,
+}
+
+/// Inserts the outbox rows in the transaction `$tx`.
+macro_rules! enqueue {
+    ($tx:expr, $events:expr) => {
+        for event in $events {
+            sqlx::query(
+                "INSERT INTO auth_outbox (event_id, topic, record_key, payload, event_type, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&event.event_id)
+            .bind(&event.topic)
+            .bind(&event.record_key)
+            .bind(&event.payload)
+            .bind(&event.event_type)
+            .bind(event.created_at)
+            .execute(&mut *$tx)
+            .await?;
+        }
+    };
+}
+
+impl SqlStore {
+    pub async fn new(db: Database) -> Result<Self, StoreError> {
+        platform::db::migrate(
+            &db,
+            sqlx::migrate!("./migrations/postgres"),
+            sqlx::migrate!("./migrations/sqlite"),
+        )
+        .await?;
+        Ok(Self { db })
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Creates the account and queues its event, together.
+    pub async fn register(
+        &self,
+        account: &Account,
+        event: &OutboxRecord,
+    ) -> Result<(), StoreError> {
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let inserted = sqlx::query(
+                "INSERT INTO auth_accounts (id, email, password_hash, role, display_name, phone, locale, time_zone, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(&account.id)
+            .bind(&account.email)
+            .bind(&account.password_hash)
+            .bind(&account.role)
+            .bind(&account.display_name)
+            .bind(&account.phone)
+            .bind(&account.locale)
+            .bind(&account.time_zone)
+            .bind(account.created_at)
+            .bind(account.updated_at)
+            .execute(&mut *tx)
+            .await;
+            match inserted {
+                Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
+                    return Err(StoreError::EmailTaken)
+                }
+                other => other?,
+            };
+            enqueue!(tx, [event]);
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    pub async fn account(&self, id: &str) -> Result<Option<Account>, StoreError> {
+        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM auth_accounts WHERE id = $1");
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(pool).await?
+        }))
+    }
+
+    /// The live account with this email.
+    pub async fn account_by_email(&self, email: &str) -> Result<Option<Account>, StoreError> {
+        let sql = format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM auth_accounts WHERE email = $1 AND deleted_at IS NULL"
+        );
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(email).fetch_optional(pool).await?
+        }))
+    }
+
+    /// The live account with this phone (the newest, should two share it).
+    pub async fn account_by_phone(&self, phone: &str) -> Result<Option<Account>, StoreError> {
+        let sql = format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM auth_accounts WHERE phone = $1 AND deleted_at IS NULL ORDER BY created_at DESC LIMIT 1"
+        );
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(phone).fetch_optional(pool).await?
+        }))
+    }
+
+    /// Applies a profile change and queues its event, together.
+    pub async fn update_profile(
+        &self,
+        id: &str,
+        change: &ProfileChange,
+        now: i64,
+        event: &OutboxRecord,
+    ) -> Result<bool, StoreError> {
+        Ok(with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let done = sqlx::query(
+                "UPDATE auth_accounts SET display_name = COALESCE($2, display_name), \
+                 phone = COALESCE($3, phone), locale = COALESCE($4, locale), \
+                 time_zone = COALESCE($5, time_zone), updated_at = $6 \
+                 WHERE id = $1 AND deleted_at IS NULL",
+            )
+            .bind(id)
+            .bind(&change.display_name)
+            .bind(&change.phone)
+            .bind(&change.locale)
+            .bind(&change.time_zone)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if done == 1 {
+                enqueue!(tx, [event]);
+                tx.commit().await?;
+            }
+            done == 1
+        }))
+    }
+
+    /// Soft-deletes the account, revokes its sessions and queues `user.deleted`, together.
+    pub async fn soft_delete(
+        &self,
+        id: &str,
+        now: i64,
+        event: &OutboxRecord,
+    ) -> Result<bool, StoreError> {
+        Ok(with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let done = sqlx::query(
+                "UPDATE auth_accounts SET deleted_at = $2, updated_at = $2 WHERE id = $1 AND deleted_at IS NULL",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if done == 1 {
+                sqlx::query("UPDATE auth_refresh_tokens SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL")
+                    .bind(id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                enqueue!(tx, [event]);
+                tx.commit().await?;
+            }
+            done == 1
+        }))
+    }
+
+    pub async fn set_role(&self, id: &str, role: &str, now: i64) -> Result<bool, StoreError> {
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query("UPDATE auth_accounts SET role = $2, updated_at = $3 WHERE id = $1 AND deleted_at IS NULL")
+                .bind(id)
+                .bind(role)
+                .bind(now)
+                .execute(pool)
+                .await?
+                .rows_affected() == 1
+        }))
+    }
+
+    /// Sets a new password hash and revokes every session of the account.
+    pub async fn set_password(&self, id: &str, hash: &str, now: i64) -> Result<bool, StoreError> {
+        Ok(with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let done = sqlx::query("UPDATE auth_accounts SET password_hash = $2, updated_at = $3 WHERE id = $1 AND deleted_at IS NULL")
+                .bind(id)
+                .bind(hash)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            sqlx::query("UPDATE auth_refresh_tokens SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL")
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            done == 1
+        }))
+    }
+
+    pub async fn insert_refresh(
+        &self,
+        token_hash: &str,
+        family_id: &str,
+        account_id: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        with_pool!(&self.db, pool => {
+            sqlx::query(
+                "INSERT INTO auth_refresh_tokens (token_hash, family_id, account_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(token_hash)
+            .bind(family_id)
+            .bind(account_id)
+            .bind(now)
+            .bind(expires_at)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Uses a refresh token once: marks it used and stores `next_hash` in its family, or,
+    /// when it was used already, revokes the family. The mark is a conditional update, so
+    /// of two concurrent uses one rotates and the other counts as reuse.
+    pub async fn use_refresh(
+        &self,
+        token_hash: &str,
+        next_hash: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Refreshed, StoreError> {
+        Ok(with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let row: Option<RefreshRow> = sqlx::query_as(
+                "SELECT family_id, account_id, expires_at, used_at, revoked_at FROM auth_refresh_tokens WHERE token_hash = $1",
+            )
+            .bind(token_hash)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(RefreshRow { family_id: family, account_id, expires_at: expires, used_at: used, revoked_at: revoked }) = row else {
+                return Ok(Refreshed::Invalid);
+            };
+            if revoked.is_some() || expires <= now {
+                return Ok(Refreshed::Invalid);
+            }
+            let marked = if used.is_none() {
+                sqlx::query("UPDATE auth_refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL")
+                    .bind(token_hash)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+            } else {
+                0
+            };
+            if marked == 0 {
+                sqlx::query("UPDATE auth_refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL")
+                    .bind(&family)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                return Ok(Refreshed::Reused);
+            }
+            sqlx::query(
+                "INSERT INTO auth_refresh_tokens (token_hash, family_id, account_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(next_hash)
+            .bind(&family)
+            .bind(&account_id)
+            .bind(now)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Refreshed::Rotated { account_id }
+        }))
+    }
+
+    /// Revokes the family of a refresh token (logout). Whether the token was known.
+    pub async fn revoke_family_of(&self, token_hash: &str, now: i64) -> Result<bool, StoreError> {
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query(
+                "UPDATE auth_refresh_tokens SET revoked_at = $2 WHERE revoked_at IS NULL AND family_id = \
+                 (SELECT family_id FROM auth_refresh_tokens WHERE token_hash = $1)",
+            )
+            .bind(token_hash)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected() > 0
+        }))
+    }
+
+    /// Replaces the account's live code for `purpose`, and queues the event carrying it.
+    pub async fn put_code(
+        &self,
+        account_id: &str,
+        purpose: &str,
+        code_hash: &str,
+        now: i64,
+        expires_at: i64,
+        event: &OutboxRecord,
+    ) -> Result<(), StoreError> {
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM auth_codes WHERE account_id = $1 AND purpose = $2")
+                .bind(account_id)
+                .bind(purpose)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO auth_codes (account_id, purpose, code_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
+                .bind(account_id)
+                .bind(purpose)
+                .bind(code_hash)
+                .bind(now)
+                .bind(expires_at)
+                .execute(&mut *tx)
+                .await?;
+            enqueue!(tx, [event]);
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Records an OTP attempt unless `limit` attempts were made since `since`; returns the
+    /// times of the attempts in the window (this one included when it was recorded) and
+    /// whether it was. Attempts on one account are serialised (a row lock on PostgreSQL,
+    /// the single writer on SQLite), so concurrent guesses cannot slip past the limit.
+    pub async fn record_attempt(
+        &self,
+        account_id: &str,
+        now: i64,
+        since: i64,
+        limit: usize,
+    ) -> Result<(bool, Vec<i64>), StoreError> {
+        let attempts_sql =
+            "SELECT at FROM auth_otp_attempts WHERE account_id = $1 AND at > $2 ORDER BY at";
+        let insert_sql = "INSERT INTO auth_otp_attempts (account_id, at) VALUES ($1, $2)";
+        let result = match &self.db {
+            Database::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT id FROM auth_accounts WHERE id = $1 FOR UPDATE")
+                    .bind(account_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let mut times: Vec<i64> = sqlx::query_scalar(attempts_sql)
+                    .bind(account_id)
+                    .bind(since)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let allowed = times.len() < limit;
+                if allowed {
+                    sqlx::query(insert_sql)
+                        .bind(account_id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    times.push(now);
+                }
+                tx.commit().await?;
+                (allowed, times)
+            }
+            Database::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                // The write first: it takes SQLite's one write lock before the count.
+                sqlx::query(insert_sql)
+                    .bind(account_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                let times: Vec<i64> = sqlx::query_scalar(attempts_sql)
+                    .bind(account_id)
+                    .bind(since)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                if times.len() <= limit {
+                    tx.commit().await?;
+                    (true, times)
+                } else {
+                    tx.rollback().await?;
+                    (false, times.into_iter().filter(|t| *t != now).collect())
+                }
+            }
+        };
+        Ok(result)
+    }
+
+    /// Takes the live code for `purpose` if `code_hash` matches: a code works once.
+    pub async fn take_code(
+        &self,
+        account_id: &str,
+        purpose: &str,
+        code_hash: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query("DELETE FROM auth_codes WHERE account_id = $1 AND purpose = $2 AND code_hash = $3 AND expires_at > $4")
+                .bind(account_id)
+                .bind(purpose)
+                .bind(code_hash)
+                .bind(now)
+                .execute(pool)
+                .await?
+                .rows_affected() == 1
+        }))
+    }
+
+    /// Stores a password-reset link and queues the event that mails it, together.
+    pub async fn put_reset(
+        &self,
+        token_hash: &str,
+        account_id: &str,
+        now: i64,
+        expires_at: i64,
+        event: &OutboxRecord,
+    ) -> Result<(), StoreError> {
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("INSERT INTO auth_reset_tokens (token_hash, account_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
+                .bind(token_hash)
+                .bind(account_id)
+                .bind(now)
+                .bind(expires_at)
+                .execute(&mut *tx)
+                .await?;
+            enqueue!(tx, [event]);
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Uses a reset link once; the account it is for.
+    pub async fn use_reset(
+        &self,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query_scalar(
+                "UPDATE auth_reset_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 RETURNING account_id",
+            )
+            .bind(token_hash)
+            .bind(now)
+            .fetch_optional(pool)
+            .await?
+        }))
+    }
+
+    pub async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query_as(
+                "SELECT kid, private_pkcs8, public_x, public_y, created_at, active_from, retire_at FROM auth_signing_keys ORDER BY active_from",
+            )
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// Adds `key`, and schedules the retirement of every key not yet scheduled.
+    pub async fn add_signing_key(
+        &self,
+        key: &StoredKey,
+        retire_old_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            if let Some(at) = retire_old_at {
+                sqlx::query("UPDATE auth_signing_keys SET retire_at = $1 WHERE retire_at IS NULL")
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query(
+                "INSERT INTO auth_signing_keys (kid, private_pkcs8, public_x, public_y, created_at, active_from, retire_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&key.kid)
+            .bind(&key.private_pkcs8)
+            .bind(&key.public_x)
+            .bind(&key.public_y)
+            .bind(key.created_at)
+            .bind(key.active_from)
+            .bind(key.retire_at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Leases up to `limit` outbox rows, oldest first, to one relay until `lease_until`.
+    pub async fn claim_outbox(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxRecord>, StoreError> {
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query_as(
+                "UPDATE auth_outbox SET claimed_until = $2 WHERE event_id IN \
+                 (SELECT event_id FROM auth_outbox WHERE claimed_until < $1 ORDER BY created_at LIMIT $3) \
+                 RETURNING event_id, topic, record_key, payload, event_type, created_at",
+            )
+            .bind(now)
+            .bind(lease_until)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    pub async fn delete_outbox(&self, event_ids: &[String]) -> Result<(), StoreError> {
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            for id in event_ids {
+                sqlx::query("DELETE FROM auth_outbox WHERE event_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    pub async fn outbox_len(&self) -> Result<i64, StoreError> {
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM auth_outbox").fetch_one(pool).await?
+        }))
+    }
+
+    pub async fn app_version(
+        &self,
+        platform: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query_as("SELECT latest, minimum FROM app_versions WHERE platform = $1")
+                .bind(platform)
+                .fetch_optional(pool)
+                .await?
+        }))
+    }
+
+    pub async fn set_app_version(
+        &self,
+        platform: &str,
+        latest: &str,
+        minimum: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        with_pool!(&self.db, pool => {
+            sqlx::query(
+                "INSERT INTO app_versions (platform, latest, minimum, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (platform) DO UPDATE SET latest = $2, minimum = $3, updated_at = $4",
+            )
+            .bind(platform)
+            .bind(latest)
+            .bind(minimum)
+            .bind(now)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+}

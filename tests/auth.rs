@@ -1,0 +1,1007 @@
+//! The auth service and the edge, as users run them: `herald auth` and `herald ingress`
+//! processes on a real broker, PostgreSQL and Redis.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::process::HeraldProcess;
+use support::{client, token};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+async fn post(base: &str, path: &str, body: &Value, bearer: Option<&str>) -> reqwest::Response {
+    let mut request = client().post(format!("{base}{path}")).json(body);
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap()
+}
+
+async fn get(base: &str, path: &str, bearer: &str) -> reqwest::Response {
+    client()
+        .get(format!("{base}{path}"))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn register(base: &str, email: &str, phone: Option<&str>) -> Value {
+    let response = post(
+        base,
+        "/api/v1/auth/register",
+        &json!({"email": email, "password": PASSWORD, "display_name": "Tester", "phone": phone}),
+        None,
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    response.json().await.unwrap()
+}
+
+async fn login(base: &str, email: &str) -> Value {
+    let response = post(
+        base,
+        "/api/v1/auth/login",
+        &json!({"email": email, "password": PASSWORD}),
+        None,
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+fn unique_email(name: &str) -> String {
+    format!(
+        "{name}-{}@example.com",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+fn unique_phone() -> String {
+    format!("+1555{:07}", rand_digits())
+}
+
+fn rand_digits() -> u32 {
+    (uuid::Uuid::new_v4().as_u128() % 10_000_000) as u32
+}
+
+/// Polls `check` until it gives a value, for at most a minute.
+async fn wait_for<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The data of the first event on `aggregate` that `pick` accepts.
+async fn event_data(
+    kafka: &platform::kafka::KafkaArgs,
+    aggregate: &str,
+    pick: impl Fn(&events::Decoded) -> bool,
+) -> Value {
+    wait_for(aggregate, || async {
+        support::read(kafka, aggregate)
+            .await
+            .into_iter()
+            .map(|(_, d)| d)
+            .find(|d| pick(d))
+            .map(|d| d.data)
+    })
+    .await
+}
+
+/// A token like the auth service's, but with its payload changed after signing.
+fn tampered(token: &str) -> String {
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    claims["roles"] = json!(["admin"]);
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    format!("{}.{payload}.{}", parts[0], parts[2])
+}
+
+fn hs256(claims: &Value, secret: &[u8], kid: Option<&str>) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test]
+async fn accounts_sessions_and_forged_tokens() {
+    let kafka = support::kafka(&support::brokers().await);
+    let database = support::audit::fresh_postgres().await;
+    let auth = HeraldProcess::start("auth", &kafka, &database, &[]).await;
+    let jwks_url = format!("{}/.well-known/jwks.json", auth.base);
+    let ingress = HeraldProcess::start(
+        "ingress",
+        &kafka,
+        &database,
+        &[("JWT_JWKS_URL", &jwks_url), ("JWT_JWKS_REFRESH_SECS", "1")],
+    )
+    .await;
+
+    // Registration: the role in the body is ignored; bad input is refused precisely.
+    let alice_email = unique_email("alice");
+    let response = post(
+        &auth.base,
+        "/api/v1/auth/register",
+        &json!({"email": alice_email, "password": PASSWORD, "role": "admin"}),
+        None,
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let alice: Value = response.json().await.unwrap();
+    assert_eq!(alice["role"], "user");
+    let alice_id = alice["id"].as_str().unwrap().to_string();
+    for (body, status, says) in [
+        (
+            json!({"email": alice_email, "password": PASSWORD}),
+            409,
+            "exists",
+        ),
+        (
+            json!({"email": unique_email("w"), "password": "short"}),
+            422,
+            "at least 10",
+        ),
+        (
+            json!({"email": "not-an-email", "password": PASSWORD}),
+            422,
+            "not an email",
+        ),
+        (
+            json!({"email": unique_email("w")}),
+            400,
+            "missing field `password`",
+        ),
+        (
+            json!({"email": unique_email("w"), "password": PASSWORD, "time_zone": "Mars/Base"}),
+            422,
+            "time zone",
+        ),
+    ] {
+        let response = post(&auth.base, "/api/v1/auth/register", &body, None).await;
+        assert_eq!(response.status().as_u16(), status, "{body}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let problem: Value = response.json().await.unwrap();
+        assert!(problem.to_string().contains(says), "{problem}");
+    }
+    let huge = json!({"email": unique_email("big"), "password": "x".repeat(100_000)});
+    assert_eq!(
+        post(&auth.base, "/api/v1/auth/register", &huge, None)
+            .await
+            .status(),
+        413
+    );
+
+    // Sign in; the token works at the ingress, which learnt the key from the JWKS.
+    let wrong = post(
+        &auth.base,
+        "/api/v1/auth/login",
+        &json!({"email": alice_email, "password": "wrong password!"}),
+        None,
+    )
+    .await;
+    assert_eq!(wrong.status(), 401);
+    let session = login(&auth.base, &alice_email).await;
+    let access = session["access_token"].as_str().unwrap().to_string();
+    let me: Value = get(&auth.base, "/api/v1/me", &access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["id"], alice_id.as_str());
+    let order = support::order("o-auth-1");
+    wait_for("the ingress to trust the auth service's key", || async {
+        let status = post(&ingress.base, "/api/v1/events", &order, Some(&access))
+            .await
+            .status();
+        (status == StatusCode::ACCEPTED).then_some(())
+    })
+    .await;
+
+    // Forged and broken tokens get 401 at the ingress.
+    let header_json =
+        |alg: &str| URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#));
+    let claims = json!({"sub": alice_id, "roles": ["admin"], "iss": "herald", "aud": "herald", "exp": now() + 600});
+    let none = format!(
+        "{}.{}.",
+        header_json("none"),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let jwks: Value = client()
+        .get(&jwks_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jwk = &jwks["keys"][0];
+    let public_point = format!(
+        "{}{}",
+        jwk["x"].as_str().unwrap(),
+        jwk["y"].as_str().unwrap()
+    );
+    let confused = hs256(&claims, public_point.as_bytes(), jwk["kid"].as_str());
+    let with = |patch: Value| {
+        let mut c = claims.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        hs256(&c, support::SECRET.as_bytes(), None)
+    };
+    let stranger_key = {
+        let pair = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &aws_lc_rs::rand::SystemRandom::new(),
+        )
+        .unwrap();
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("es256-unknown".into());
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ec_der(pair.as_ref()),
+        )
+        .unwrap()
+    };
+    for (name, forged) in [
+        ("alg none", none),
+        ("HS256 signed with the public key", confused),
+        ("expired", with(json!({"exp": now() - 300}))),
+        ("nbf in the future", with(json!({"nbf": now() + 600}))),
+        ("wrong iss", with(json!({"iss": "someone-else"}))),
+        ("wrong aud", with(json!({"aud": "someone-else"}))),
+        ("tampered payload", tampered(&access)),
+        ("unknown kid", stranger_key),
+    ] {
+        let status = post(&ingress.base, "/api/v1/events", &order, Some(&forged))
+            .await
+            .status();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}");
+    }
+
+    // Another user's account: 403, never the data.
+    let bob_email = unique_email("bob");
+    register(&auth.base, &bob_email, None).await;
+    let bob = login(&auth.base, &bob_email).await;
+    let bob_access = bob["access_token"].as_str().unwrap();
+    let peek = get(&auth.base, &format!("/api/v1/users/{alice_id}"), bob_access).await;
+    assert_eq!(peek.status(), 403);
+    assert!(!peek.text().await.unwrap().contains(&alice_email));
+    let promote = client()
+        .put(format!(
+            "{}/api/v1/admin/users/{}/role",
+            auth.base,
+            bob["user_id"].as_str().unwrap()
+        ))
+        .bearer_auth(bob_access)
+        .json(&json!({"role": "admin"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(promote.status(), 403);
+    let own = get(&auth.base, &format!("/api/v1/users/{alice_id}"), &access).await;
+    assert_eq!(own.status(), 200);
+
+    // Refresh rotates; reusing a used token revokes the whole family.
+    let first = session["refresh_token"].as_str().unwrap();
+    let rotated = post(
+        &auth.base,
+        "/api/v1/auth/refresh",
+        &json!({"refresh_token": first}),
+        None,
+    )
+    .await;
+    assert_eq!(rotated.status(), 200);
+    let second: Value = rotated.json().await.unwrap();
+    let second = second["refresh_token"].as_str().unwrap().to_string();
+    let replay = post(
+        &auth.base,
+        "/api/v1/auth/refresh",
+        &json!({"refresh_token": first}),
+        None,
+    )
+    .await;
+    assert_eq!(replay.status(), 401);
+    assert!(replay.text().await.unwrap().contains("used before"));
+    let after = post(
+        &auth.base,
+        "/api/v1/auth/refresh",
+        &json!({"refresh_token": second}),
+        None,
+    )
+    .await;
+    assert_eq!(after.status(), 401, "the family was not revoked");
+
+    // Logout revokes.
+    let session = login(&auth.base, &alice_email).await;
+    let refresh = session["refresh_token"].as_str().unwrap();
+    assert_eq!(
+        post(
+            &auth.base,
+            "/api/v1/auth/logout",
+            &json!({"refresh_token": refresh}),
+            None
+        )
+        .await
+        .status(),
+        204
+    );
+    assert_eq!(
+        post(
+            &auth.base,
+            "/api/v1/auth/refresh",
+            &json!({"refresh_token": refresh}),
+            None
+        )
+        .await
+        .status(),
+        401
+    );
+
+    // Profile update and soft delete publish their events; a deleted account cannot sign in.
+    let patched = client()
+        .patch(format!("{}/api/v1/me", auth.base))
+        .bearer_auth(&access)
+        .json(&json!({"display_name": "Alice B."}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+    let deleted = client()
+        .delete(format!("{}/api/v1/me", auth.base))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let gone = post(
+        &auth.base,
+        "/api/v1/auth/login",
+        &json!({"email": alice_email, "password": PASSWORD}),
+        None,
+    )
+    .await;
+    assert_eq!(gone.status(), 401);
+
+    let seen: Vec<(String, String)> = wait_for("the user events", || async {
+        let seen: Vec<(String, String)> = support::read(&kafka, "users")
+            .await
+            .into_iter()
+            .map(|(_, d)| {
+                (
+                    d.envelope.event_type.clone(),
+                    d.data["user_id"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        (seen.len() >= 4).then_some(seen)
+    })
+    .await;
+    let alice_events: Vec<&str> = seen
+        .iter()
+        .filter(|(_, u)| *u == alice_id)
+        .map(|(t, _)| t.as_str())
+        .collect();
+    assert_eq!(
+        alice_events,
+        ["user.registered", "user.profile_updated", "user.deleted"]
+    );
+    assert_eq!(
+        seen.iter().filter(|(t, _)| t == "user.registered").count(),
+        2
+    );
+    ingress.kill9().await;
+    auth.kill9().await;
+}
+
+#[tokio::test]
+async fn the_sixth_otp_attempt_is_refused_from_any_ip() {
+    let kafka = support::kafka(&support::brokers().await);
+    let database = support::audit::fresh_postgres().await;
+    let auth = HeraldProcess::start(
+        "auth",
+        &kafka,
+        &database,
+        &[("TRUSTED_PROXIES", "127.0.0.1")],
+    )
+    .await;
+    let phone = unique_phone();
+    register(&auth.base, &unique_email("otp"), Some(&phone)).await;
+    let requested = post(
+        &auth.base,
+        "/api/v1/auth/otp/request",
+        &json!({"phone": phone}),
+        None,
+    )
+    .await;
+    assert_eq!(requested.status(), 202);
+    let code = event_data(&kafka, "otp", |_| true).await["code"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    for attempt in 1..=5 {
+        let response = client()
+            .post(format!("{}/api/v1/auth/otp/verify", auth.base))
+            .header("x-forwarded-for", format!("203.0.113.{attempt}"))
+            .json(&json!({"phone": phone, "code": wrong}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "attempt {attempt}");
+    }
+    // The sixth, from yet another address and with the right code, is refused.
+    let sixth = client()
+        .post(format!("{}/api/v1/auth/otp/verify", auth.base))
+        .header("x-forwarded-for", "198.51.100.9")
+        .json(&json!({"phone": phone, "code": code}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sixth.status(), 429);
+    let retry: u64 = sixth.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((590..=600).contains(&retry), "Retry-After {retry}");
+
+    // Another account is not affected, and a right code signs in once.
+    let phone2 = unique_phone();
+    register(&auth.base, &unique_email("otp2"), Some(&phone2)).await;
+    post(
+        &auth.base,
+        "/api/v1/auth/otp/request",
+        &json!({"phone": phone2}),
+        None,
+    )
+    .await;
+    let code2 = event_data(&kafka, "otp", |d| d.data["phone"] == phone2.as_str()).await["code"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ok = post(
+        &auth.base,
+        "/api/v1/auth/otp/verify",
+        &json!({"phone": phone2, "code": code2}),
+        None,
+    )
+    .await;
+    assert_eq!(ok.status(), 200);
+    let again = post(
+        &auth.base,
+        "/api/v1/auth/otp/verify",
+        &json!({"phone": phone2, "code": code2}),
+        None,
+    )
+    .await;
+    assert_eq!(again.status(), 401, "a code works once");
+    auth.kill9().await;
+}
+
+#[tokio::test]
+async fn two_ingress_processes_sharing_redis_enforce_one_limit() {
+    let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let kafka = support::kafka(&support::brokers().await);
+    let database = support::audit::fresh_postgres().await;
+    let env = [("REDIS_URL", redis.as_str()), ("RATE_LIMIT_USER", "10/1m")];
+    let a = HeraldProcess::start("ingress", &kafka, &database, &env).await;
+    let b = HeraldProcess::start("ingress", &kafka, &database, &env).await;
+    let user = format!("limited-{}", uuid::Uuid::new_v4().simple());
+    let bearer = token(&user, &["user"]);
+    let order = support::order("o-limit");
+    for i in 0..10 {
+        let base = if i % 2 == 0 { &a.base } else { &b.base };
+        let response = post(base, "/api/v1/events", &order, Some(&bearer)).await;
+        assert_eq!(response.status(), 202, "request {}", i + 1);
+        assert_eq!(
+            response.headers()["ratelimit-remaining"],
+            (9 - i).to_string().as_str()
+        );
+    }
+    for base in [&a.base, &b.base] {
+        let refused = post(base, "/api/v1/events", &order, Some(&bearer)).await;
+        assert_eq!(refused.status(), 429);
+        let retry: u64 = refused.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&retry), "Retry-After {retry}");
+        assert_eq!(
+            refused.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
+    // Another user has a budget of their own.
+    let other = token(
+        &format!("other-{}", uuid::Uuid::new_v4().simple()),
+        &["user"],
+    );
+    assert_eq!(
+        post(&a.base, "/api/v1/events", &order, Some(&other))
+            .await
+            .status(),
+        202
+    );
+    a.kill9().await;
+    b.kill9().await;
+}
+
+#[tokio::test]
+async fn route_limits_versions_deprecations_and_cors() {
+    let kafka = support::kafka(&support::brokers().await);
+    let database = support::audit::fresh_postgres().await;
+    let auth = HeraldProcess::start(
+        "auth",
+        &kafka,
+        &database,
+        &[
+            ("RATE_LIMIT_ROUTES", "POST /api/v1/auth/login=3/10m"),
+            ("DEPRECATED_ROUTES", "GET /api/v1/me=2026-12-01,2027-06-01"),
+            ("CORS_ORIGINS", "https://app.example.com"),
+            ("TRUSTED_PROXIES", "127.0.0.1"),
+        ],
+    )
+    .await;
+    let email = unique_email("limited");
+    register(&auth.base, &email, None).await;
+    // A client of its own behind the trusted proxy (counters may live in a shared Redis).
+    let client_ip = format!(
+        "10.{}.{}.{}",
+        rand_digits() % 250,
+        rand_digits() % 250,
+        rand_digits() % 250
+    );
+    let attempt = |password: &'static str| {
+        let (base, email, client_ip) = (auth.base.clone(), email.clone(), client_ip.clone());
+        async move {
+            client()
+                .post(format!("{base}/api/v1/auth/login"))
+                .header("x-forwarded-for", client_ip)
+                .json(&json!({"email": email, "password": password}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for n in 1..=3 {
+        let r = attempt("wrong password!").await;
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            r.headers()["ratelimit-remaining"],
+            (3 - n).to_string().as_str()
+        );
+    }
+    let limited = attempt(PASSWORD).await;
+    assert_eq!(limited.status(), 429);
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((590..=600).contains(&retry), "Retry-After {retry}");
+
+    // App versions: changed at runtime by an admin, read by anyone.
+    let admin = token("ops", &["admin"]);
+    let put = client()
+        .put(format!("{}/api/v1/admin/app-versions/ios", auth.base))
+        .bearer_auth(&admin)
+        .json(&json!({"latest": "2.1.0", "minimum": "2.0.0"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let user_put = client()
+        .put(format!("{}/api/v1/admin/app-versions/ios", auth.base))
+        .bearer_auth(token("u", &["user"]))
+        .json(&json!({"latest": "9.0.0", "minimum": "9.0.0"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(user_put.status(), 403);
+    let check = |version: &'static str| {
+        let base = auth.base.clone();
+        async move {
+            let r = client()
+                .get(format!(
+                    "{base}/api/v1/app/version-check?platform=ios&version={version}"
+                ))
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (_, soft) = check("2.0.1").await;
+    assert_eq!(
+        (soft["soft_update"].as_bool(), soft["hard_update"].as_bool()),
+        (Some(true), Some(false))
+    );
+    let (_, hard) = check("1.9").await;
+    assert_eq!(hard["hard_update"], true);
+    assert_eq!(hard["minimum"], "2.0.0");
+    let (status, _) = check("latest").await;
+    assert_eq!(status, 400);
+
+    // Deprecation and Sunset headers on the deprecated route.
+    // The login limit counts per client: another address behind the trusted proxy has its own.
+    let session: Value = client()
+        .post(format!("{}/api/v1/auth/login", auth.base))
+        .header(
+            "x-forwarded-for",
+            format!("192.0.2.{}", rand_digits() % 250),
+        )
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let me = get(
+        &auth.base,
+        "/api/v1/me",
+        session["access_token"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(me.headers()["deprecation"], "@1796083200");
+    assert_eq!(me.headers()["sunset"], "Tue, 01 Jun 2027 00:00:00 GMT");
+    assert!(me.headers().get("x-request-id").is_some());
+
+    // CORS: the allowed origin only, never reflected for another.
+    let preflight = |origin: &'static str| {
+        let base = auth.base.clone();
+        async move {
+            client()
+                .request(reqwest::Method::OPTIONS, format!("{base}/api/v1/me"))
+                .header("origin", origin)
+                .header("access-control-request-method", "GET")
+                .header("access-control-request-headers", "authorization")
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let allowed = preflight("https://app.example.com").await;
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(
+        allowed.headers()["access-control-allow-credentials"],
+        "true"
+    );
+    let evil = preflight("https://evil.example.net").await;
+    assert!(evil.headers().get("access-control-allow-origin").is_none());
+    auth.kill9().await;
+}
+
+#[tokio::test]
+async fn the_relay_killed_mid_flight_loses_no_user_registered() {
+    let kafka = support::kafka(&support::brokers().await);
+    let database = support::audit::fresh_postgres().await;
+    let mut created: HashSet<String> = HashSet::new();
+    for round in 0..3 {
+        let auth = HeraldProcess::start("auth", &kafka, &database, &[]).await;
+        let base = auth.base.clone();
+        let sends: Vec<_> = (0..40)
+            .map(|i| {
+                let base = base.clone();
+                tokio::spawn(async move {
+                    let body = json!({"email": unique_email(&format!("r{round}-{i}")), "password": PASSWORD});
+                    let response = client().post(format!("{base}/api/v1/auth/register")).json(&body).send().await.ok()?;
+                    let value: Value = response.json().await.ok()?;
+                    value["id"].as_str().map(str::to_string)
+                })
+            })
+            .collect();
+        // Killed while registrations are in flight and the relay has events to publish.
+        tokio::time::sleep(Duration::from_millis(300 + 300 * round)).await;
+        auth.kill9().await;
+        let ids: Vec<Option<String>> = futures_util::future::join_all(sends)
+            .await
+            .into_iter()
+            .map(|joined| joined.unwrap())
+            .collect();
+        created.extend(ids.into_iter().flatten());
+    }
+    let left: i64 = {
+        let pool = sqlx::PgPool::connect(&database).await.unwrap();
+        sqlx::query_scalar("SELECT COUNT(*) FROM auth_outbox")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    // A last process relays whatever the killed ones left in the outbox.
+    let auth = HeraldProcess::start("auth", &kafka, &database, &[]).await;
+    let accounts: Vec<String> = {
+        let pool = sqlx::PgPool::connect(&database).await.unwrap();
+        sqlx::query_scalar("SELECT id FROM auth_accounts")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    };
+    assert!(
+        created.iter().all(|id| accounts.contains(id)),
+        "a 201 without its account"
+    );
+    let per_user: HashMap<String, usize> = wait_for("every account's user.registered", || async {
+        let mut per_user: HashMap<String, usize> = HashMap::new();
+        let mut ids = HashSet::new();
+        for (_, d) in support::read(&kafka, "users").await {
+            if d.envelope.event_type == "user.registered" && ids.insert(d.envelope.event_id) {
+                *per_user
+                    .entry(d.data["user_id"].as_str().unwrap().to_string())
+                    .or_default() += 1;
+            }
+        }
+        accounts
+            .iter()
+            .all(|id| per_user.contains_key(id))
+            .then_some(per_user)
+    })
+    .await;
+    assert_eq!(
+        per_user.len(),
+        accounts.len(),
+        "an event without its account"
+    );
+    assert!(
+        per_user.values().all(|n| *n == 1),
+        "one event id per account"
+    );
+    println!(
+        "left in the outbox by killed relays {left}; accounts {} (acknowledged {}), user.registered {}",
+        accounts.len(),
+        created.len(),
+        per_user.len(),
+    );
+    auth.kill9().await;
+}
+
+#[tokio::test]
+async fn canary_secrets_appear_in_no_log_and_no_payload_but_their_own() {
+    let kafka = support::kafka(&support::brokers().await);
+    let database = support::audit::fresh_postgres().await;
+    let log = support::test_dir("auth-canary").with_extension("log");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    let auth = HeraldProcess::start_logging(
+        "auth",
+        &kafka,
+        &database,
+        &[("RUST_LOG", "debug"), ("LOG_BODIES", "true")],
+        &log,
+    )
+    .await;
+    let base = auth.base.clone();
+    let password = "canary-pw-7f3a9c2e1d sea";
+    let wrong_password = "canary-wrong-5b8e0a sky";
+    let new_password = "canary-new-2c4d6f8a tree";
+    let reset_password = "canary-reset-9e7c5a3b rock";
+    let email = unique_email("canary");
+    let phone = unique_phone();
+    let r = post(
+        &base,
+        "/api/v1/auth/register",
+        &json!({"email": email, "password": password, "phone": phone}),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    let r = post(
+        &base,
+        "/api/v1/auth/login",
+        &json!({"email": email, "password": wrong_password}),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 401);
+    let r = post(
+        &base,
+        "/api/v1/auth/login",
+        &json!({"email": email, "password": password}),
+        None,
+    )
+    .await;
+    let session: Value = r.json().await.unwrap();
+    let access = session["access_token"].as_str().unwrap().to_string();
+    let refresh1 = session["refresh_token"].as_str().unwrap().to_string();
+    let r = post(
+        &base,
+        "/api/v1/auth/refresh",
+        &json!({"refresh_token": refresh1}),
+        None,
+    )
+    .await;
+    let refresh2 = r.json::<Value>().await.unwrap()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        post(
+            &base,
+            "/api/v1/auth/logout",
+            &json!({"refresh_token": refresh2}),
+            None
+        )
+        .await
+        .status(),
+        204
+    );
+
+    assert_eq!(
+        post(
+            &base,
+            "/api/v1/auth/otp/request",
+            &json!({"phone": phone}),
+            None
+        )
+        .await
+        .status(),
+        202
+    );
+    let code = event_data(&kafka, "otp", |_| true).await["code"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let wrong_code = if code == "918273" { "918274" } else { "918273" };
+    post(
+        &base,
+        "/api/v1/auth/otp/verify",
+        &json!({"phone": phone, "code": wrong_code}),
+        None,
+    )
+    .await;
+    assert_eq!(
+        post(
+            &base,
+            "/api/v1/auth/otp/verify",
+            &json!({"phone": phone, "code": code}),
+            None
+        )
+        .await
+        .status(),
+        200
+    );
+
+    let r = post(
+        &base,
+        "/api/v1/auth/password",
+        &json!({"current_password": password, "new_password": new_password}),
+        Some(&access),
+    )
+    .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        post(
+            &base,
+            "/api/v1/auth/password/forgot",
+            &json!({"email": email}),
+            None
+        )
+        .await
+        .status(),
+        202
+    );
+    let link = event_data(&kafka, "users", |d| {
+        d.envelope.event_type == "user.password_reset_requested"
+    })
+    .await["link"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reset_token = link.split("#token=").nth(1).unwrap().to_string();
+    let r = post(
+        &base,
+        "/api/v1/auth/password/reset",
+        &json!({"token": reset_token, "new_password": reset_password}),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 204);
+    let r = post(
+        &base,
+        "/api/v1/auth/password/reset",
+        &json!({"token": reset_token, "new_password": reset_password}),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 401, "a reset link works once");
+    let old = post(
+        &base,
+        "/api/v1/auth/login",
+        &json!({"email": email, "password": new_password}),
+        None,
+    )
+    .await;
+    assert_eq!(
+        old.status(),
+        401,
+        "the password before the reset still works"
+    );
+    let new = post(
+        &base,
+        "/api/v1/auth/login",
+        &json!({"email": email, "password": reset_password}),
+        None,
+    )
+    .await;
+    assert_eq!(new.status(), 200);
+    auth.terminate().await;
+
+    let logged = std::fs::read_to_string(&log).unwrap();
+    // The log did record the requests and their bodies, redacted.
+    assert!(
+        logged.contains("/api/v1/auth/login") && logged.contains("[redacted]"),
+        "nothing logged"
+    );
+    let mut payloads: Vec<(String, Vec<u8>)> = Vec::new();
+    for topic in ["users", "otp"] {
+        for (record, _) in support::read(&kafka, topic).await {
+            payloads.push((topic.to_string(), record.payload.unwrap_or_default()));
+        }
+    }
+    let contains =
+        |bytes: &[u8], needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    for (name, secret) in [
+        ("password", password),
+        ("wrong password", wrong_password),
+        ("new password", new_password),
+        ("reset password", reset_password),
+        ("refresh token", refresh1.as_str()),
+        ("rotated refresh token", refresh2.as_str()),
+        ("OTP", code.as_str()),
+        ("wrong OTP", wrong_code),
+        ("reset link token", reset_token.as_str()),
+    ] {
+        assert!(!logged.contains(secret), "the {name} is in the log");
+        let holders: Vec<&str> = payloads
+            .iter()
+            .filter(|(_, p)| contains(p, secret))
+            .map(|(t, _)| t.as_str())
+            .collect();
+        let expected: &[&str] = match name {
+            // Where they belong: the code travels to the SMS sender, the link to the mailer.
+            "OTP" => &["otp"],
+            "reset link token" => &["users"],
+            _ => &[],
+        };
+        assert_eq!(holders, expected, "the {name} is in a payload");
+    }
+}
