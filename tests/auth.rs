@@ -1005,3 +1005,117 @@ async fn canary_secrets_appear_in_no_log_and_no_payload_but_their_own() {
         assert_eq!(holders, expected, "the {name} is in a payload");
     }
 }
+
+fn kid_of(token: &str) -> String {
+    jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
+}
+
+#[tokio::test]
+async fn a_signing_key_rotation_breaks_no_token() {
+    let kafka = support::kafka(&support::brokers().await);
+    let database = support::audit::fresh_postgres().await;
+    let auth =
+        HeraldProcess::start("auth", &kafka, &database, &[("SIGNING_KEY_LEAD_SECS", "3")]).await;
+    let jwks_url = format!("{}/.well-known/jwks.json", auth.base);
+    let ingress = HeraldProcess::start(
+        "ingress",
+        &kafka,
+        &database,
+        &[("JWT_JWKS_URL", &jwks_url), ("JWT_JWKS_REFRESH_SECS", "1")],
+    )
+    .await;
+    let email = unique_email("rotation");
+    register(&auth.base, &email, None).await;
+
+    // The first admin is made from the command line; the role comes with the next token.
+    let promoted = std::process::Command::new(support::process::HERALD)
+        .args(["auth", "set-role", "--email", &email, "--role", "admin"])
+        .env("KAFKA_BROKERS", kafka.brokers.as_deref().unwrap())
+        .env("TOPIC_PREFIX", &kafka.topic_prefix)
+        .env("DATABASE_URL", &database)
+        .env("JWT_HS256_SECRET", support::SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        promoted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&promoted.stderr)
+    );
+    let old = login(&auth.base, &email).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let order = support::order("o-rotation");
+    wait_for("the ingress to trust the first key", || async {
+        let status = post(&ingress.base, "/api/v1/events", &order, Some(&old))
+            .await
+            .status();
+        (status == StatusCode::ACCEPTED).then_some(())
+    })
+    .await;
+
+    let rotated = post(
+        &auth.base,
+        "/api/v1/admin/signing-keys/rotate",
+        &json!({}),
+        Some(&old),
+    )
+    .await;
+    assert_eq!(rotated.status(), 202);
+    let next_kid = rotated.json::<Value>().await.unwrap()["kid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let jwks: Value = client()
+        .get(&jwks_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let published: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        published,
+        [kid_of(&old).as_str(), next_kid.as_str()],
+        "published before it signs"
+    );
+    let during = login(&auth.base, &email).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        kid_of(&during),
+        kid_of(&old),
+        "the new key signed before its lead time"
+    );
+
+    let new = wait_for("the new key to sign", || async {
+        let token = login(&auth.base, &email).await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        (kid_of(&token) == next_kid).then_some(token)
+    })
+    .await;
+    // Accepted at the first try: the ingress learnt the key during the lead time.
+    assert_eq!(
+        post(&ingress.base, "/api/v1/events", &order, Some(&new))
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        post(&ingress.base, "/api/v1/events", &order, Some(&old))
+            .await
+            .status(),
+        202
+    );
+    ingress.kill9().await;
+    auth.kill9().await;
+}

@@ -10,6 +10,7 @@ pub const SECRET: &str = "bench-secret-of-at-least-thirty-two-bytes";
 pub const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 
 /// A numeric setting from the environment.
+#[allow(dead_code, reason = "not every benchmark has settings")]
 pub fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -28,6 +29,9 @@ pub async fn herald(service: &str, env: &[(&str, &str)]) -> (Child, String) {
         .env("NOTIFY_UNSUBSCRIBE_SECRET", SECRET)
         .env("NOTIFY_PUBLIC_URL", "https://herald.test")
         .env("RUST_LOG", "error")
+        // Benchmarks post far more than any one user may by default.
+        .env("RATE_LIMIT_USER", "1000000000/1m")
+        .env("RATE_LIMIT_ANONYMOUS", "1000000000/1m")
         .stdout(Stdio::piped())
         .kill_on_drop(true);
     for (key, value) in env {

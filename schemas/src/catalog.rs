@@ -338,6 +338,7 @@ mod tests {
             "user.registered",
             "user.profile_updated",
             "user.deleted",
+            "user.password_reset_requested",
             "otp.requested",
             "order.placed",
             "order.shipped",

@@ -383,9 +383,6 @@ async fn keep_fetching(
         let Some(strong) = fetched.upgrade() else {
             return;
         };
-        if let Some(at) = last_fetch {
-            tokio::time::sleep(EARLIEST.saturating_sub(at.elapsed())).await;
-        }
         let wait = match source
             .fetch()
             .await
@@ -403,7 +400,12 @@ async fn keep_fetching(
             }
         };
         let woken = async { strong.unknown_kid.notified().await };
-        let _ = tokio::time::timeout(wait, woken).await;
+        let early = tokio::time::timeout(wait, woken).await.is_ok();
+        if early && let Some(at) = last_fetch {
+            // Tokens naming unknown keys (forged ones too) trigger at most one fetch per
+            // EARLIEST, never more often than the regular refresh would.
+            tokio::time::sleep(EARLIEST.min(wait).saturating_sub(at.elapsed())).await;
+        }
     }
 }
 

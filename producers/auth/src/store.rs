@@ -638,3 +638,137 @@ impl SqlStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn sqlite() -> SqlStore {
+        let path = std::env::temp_dir().join(format!("herald-auth-{}.db", uuid::Uuid::new_v4()));
+        let db = Database::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        SqlStore::new(db).await.unwrap()
+    }
+
+    fn account(id: &str, email: &str) -> Account {
+        Account {
+            id: id.into(),
+            email: email.into(),
+            password_hash: "h".into(),
+            role: "user".into(),
+            display_name: "A".into(),
+            phone: Some("+15550100".into()),
+            locale: "en".into(),
+            time_zone: "UTC".into(),
+            created_at: 1,
+            updated_at: 1,
+            deleted_at: None,
+        }
+    }
+
+    fn event(id: &str) -> OutboxRecord {
+        OutboxRecord {
+            event_id: id.into(),
+            topic: "users".into(),
+            record_key: "k".into(),
+            payload: vec![1, 2, 3],
+            event_type: "user.registered".into(),
+            created_at: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_account_and_its_event_commit_together_or_not_at_all() {
+        let store = sqlite().await;
+        store
+            .register(&account("a", "a@x.io"), &event("e1"))
+            .await
+            .unwrap();
+        // Same email: refused, and its event is not queued either.
+        let taken = store.register(&account("b", "a@x.io"), &event("e2")).await;
+        assert!(matches!(taken, Err(StoreError::EmailTaken)));
+        assert_eq!(store.outbox_len().await.unwrap(), 1);
+        assert!(store.account("b").await.unwrap().is_none());
+        // A claimed row is leased: another relay does not get it until the lease ends.
+        let claimed = store.claim_outbox(10, 100, 10).await.unwrap();
+        assert_eq!(claimed, [event("e1")]);
+        assert!(store.claim_outbox(50, 150, 10).await.unwrap().is_empty());
+        assert_eq!(store.claim_outbox(101, 200, 10).await.unwrap().len(), 1);
+        store.delete_outbox(&["e1".into()]).await.unwrap();
+        assert_eq!(store.outbox_len().await.unwrap(), 0);
+        // A deleted account frees its email.
+        assert!(store.soft_delete("a", 5, &event("e3")).await.unwrap());
+        store
+            .register(&account("c", "a@x.io"), &event("e4"))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refresh_token_works_once_and_its_reuse_revokes_the_family() {
+        let store = sqlite().await;
+        store
+            .register(&account("a", "a@x.io"), &event("e1"))
+            .await
+            .unwrap();
+        store.insert_refresh("t1", "f", "a", 0, 1000).await.unwrap();
+        assert_eq!(
+            store.use_refresh("t1", "t2", 10, 1000).await.unwrap(),
+            Refreshed::Rotated {
+                account_id: "a".into()
+            }
+        );
+        assert_eq!(
+            store.use_refresh("t1", "t3", 20, 1000).await.unwrap(),
+            Refreshed::Reused
+        );
+        // t2 was live; the reuse of t1 revoked it with its whole family.
+        assert_eq!(
+            store.use_refresh("t2", "t4", 30, 1000).await.unwrap(),
+            Refreshed::Invalid
+        );
+        assert_eq!(
+            store.use_refresh("nope", "t5", 30, 1000).await.unwrap(),
+            Refreshed::Invalid
+        );
+        store.insert_refresh("old", "g", "a", 0, 5).await.unwrap();
+        assert_eq!(
+            store.use_refresh("old", "t6", 5, 1000).await.unwrap(),
+            Refreshed::Invalid
+        );
+    }
+
+    #[tokio::test]
+    async fn the_sixth_attempt_in_the_window_is_not_recorded_and_is_refused() {
+        let store = sqlite().await;
+        store
+            .register(&account("a", "a@x.io"), &event("e1"))
+            .await
+            .unwrap();
+        for at in 1..=5 {
+            let (allowed, times) = store.record_attempt("a", at, 0, 5).await.unwrap();
+            assert!(allowed);
+            assert_eq!(times.len() as i64, at);
+        }
+        let (allowed, times) = store.record_attempt("a", 6, 0, 5).await.unwrap();
+        assert!(!allowed);
+        assert_eq!(times, [1, 2, 3, 4, 5]);
+        // Once the first attempt leaves the window, one more is allowed.
+        let (allowed, _) = store.record_attempt("a", 12, 1, 5).await.unwrap();
+        assert!(allowed);
+        // A code is taken once, and only before it expires.
+        store
+            .put_code("a", "login", "h", 0, 100, &event("e2"))
+            .await
+            .unwrap();
+        assert!(!store.take_code("a", "login", "wrong", 10).await.unwrap());
+        assert!(store.take_code("a", "login", "h", 10).await.unwrap());
+        assert!(!store.take_code("a", "login", "h", 11).await.unwrap());
+        store
+            .put_code("a", "login", "h", 0, 100, &event("e3"))
+            .await
+            .unwrap();
+        assert!(!store.take_code("a", "login", "h", 100).await.unwrap());
+    }
+}

@@ -60,6 +60,10 @@ pub struct EdgeArgs {
     /// Log request and response bodies (JSON only, secrets redacted) at debug level.
     #[arg(long, env = "LOG_BODIES")]
     pub log_bodies: bool,
+    /// Count and refuse nothing (when a proxy in front already limits, or to measure what
+    /// the limiter costs).
+    #[arg(long, env = "RATE_LIMITS_OFF")]
+    pub rate_limits_off: bool,
 }
 
 impl Default for EdgeArgs {
@@ -73,6 +77,7 @@ impl Default for EdgeArgs {
             cors_origins: Vec::new(),
             deprecated_routes: Vec::new(),
             log_bodies: false,
+            rate_limits_off: false,
         }
     }
 }
@@ -287,17 +292,18 @@ async fn edge(State(edge): State<Arc<Edge>>, mut request: Request, next: Next) -
     let caller = edge.caller(request.headers(), peer);
     request.extensions_mut().insert(caller.clone());
     let (scope, rate) = edge.rate_for(&method, &route, &caller);
-    let who = match &caller {
-        Caller::User(subject) => format!("u:{subject}"),
-        Caller::Anonymous(ip) => format!("ip:{ip}"),
+    let verdict = if edge.args.rate_limits_off {
+        None
+    } else {
+        let who = match &caller {
+            Caller::User(subject) => format!("u:{subject}"),
+            Caller::Anonymous(ip) => format!("ip:{ip}"),
+        };
+        let key = format!("herald:rl:{scope}:{}:{who}", rate.window.as_secs());
+        edge.count(&key, rate.window)
+            .await
+            .map(|count| rate::verdict(rate, count))
     };
-    let verdict = edge
-        .count(
-            &format!("herald:rl:{scope}:{}:{who}", rate.window.as_secs()),
-            rate.window,
-        )
-        .await
-        .map(|count| rate::verdict(rate, count));
 
     let log_bodies = edge.args.log_bodies && tracing::enabled!(tracing::Level::DEBUG);
     let mut request_body = String::new();

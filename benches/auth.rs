@@ -1,0 +1,256 @@
+//! The costs of authentication and of the edge, in one run:
+//!
+//!     KAFKA_BROKERS=127.0.0.1:9092 [REDIS_URL=redis://127.0.0.1:6379] cargo bench --bench auth
+//!
+//! 1. token verification: what `platform::auth` spends per request on an ES256 token (the
+//!    auth service's, its key from a JWKS) and on an HS256 one, in process;
+//! 2. the rate limiter's cost: the real `herald ingress` with limits counted in process (and
+//!    in Redis when REDIS_URL is set), against the same binary with RATE_LIMITS_OFF,
+//!    alternating rounds of single-event requests and of batches of 100;
+//! 3. login latency: `herald auth` (SQLite), argon2id at m=19456 KiB, t=2, p=1; one client
+//!    signing in over and over, then four at once.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use auth::tokens::{Issuer, StoredKey};
+use platform::auth::{AuthArgs, Authenticator, JwksSource};
+use serde_json::{Value, json};
+
+const VERIFICATIONS: usize = 50_000;
+const ROUNDS: usize = 3;
+const SINGLE_SECONDS: u64 = 8;
+const BATCHED_EVENTS: usize = 20_000;
+const LOGINS: usize = 300;
+
+struct FixedJwks(Vec<u8>);
+
+#[async_trait::async_trait]
+impl JwksSource for FixedJwks {
+    async fn fetch(&self) -> Result<Vec<u8>, String> {
+        Ok(self.0.clone())
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Microseconds per verification of `token`, median of three runs.
+fn verify_cost(auth: &Authenticator, token: &str) -> f64 {
+    let mut runs: Vec<f64> = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..VERIFICATIONS {
+                std::hint::black_box(auth.verify(std::hint::black_box(token)).unwrap());
+            }
+            t.elapsed().as_secs_f64() * 1e6 / VERIFICATIONS as f64
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    runs[1]
+}
+
+fn order(i: usize) -> Value {
+    json!({"type": "order.placed", "data": {"order_id": format!("o-{i}"), "customer_id": "alice",
+        "items": [{"sku": "tea", "quantity": 2, "unit_price_cents": 450}], "total_cents": 900, "currency": "EUR"}})
+}
+
+/// Single events from 32 clients for SINGLE_SECONDS: requests per second.
+async fn single_rate(client: &reqwest::Client, base: &str, token: &str) -> f64 {
+    let body = Arc::new(order(1).to_string());
+    let until = Instant::now() + Duration::from_secs(SINGLE_SECONDS);
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let (client, url, token, body) = (
+                client.clone(),
+                format!("{base}/api/v1/events"),
+                token.to_string(),
+                body.clone(),
+            );
+            tokio::spawn(async move {
+                let mut sent = 0usize;
+                while Instant::now() < until {
+                    let r = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .header("content-type", "application/json")
+                        .body(body.as_bytes().to_vec())
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 202);
+                    sent += 1;
+                }
+                sent
+            })
+        })
+        .collect();
+    let mut sent = 0;
+    for task in tasks {
+        sent += task.await.unwrap();
+    }
+    sent as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Batches of 100 from 8 clients: events per second.
+async fn batched_rate(client: &reqwest::Client, base: &str, token: &str) -> f64 {
+    let batches: Vec<Value> = (0..BATCHED_EVENTS / 100)
+        .map(|b| json!({"events": (0..100).map(|i| order(b * 100 + i)).collect::<Vec<_>>()}))
+        .collect();
+    let t = Instant::now();
+    common::post_batches(client, base, &batches, |_| token.to_string()).await;
+    BATCHED_EVENTS as f64 / t.elapsed().as_secs_f64()
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let brokers = std::env::var("KAFKA_BROKERS").expect("set KAFKA_BROKERS to a running broker");
+    let redis = std::env::var("REDIS_URL").ok();
+
+    // 1. Token verification.
+    let hs = Authenticator::from_args(&AuthArgs::hs256(common::SECRET)).unwrap();
+    let hs_token = common::token("bench", "user");
+    let key = StoredKey::generate(0, 0);
+    let jwks = auth::tokens::jwks(&[&key]).to_string().into_bytes();
+    let mut es_args = AuthArgs::hs256(common::SECRET);
+    es_args.jwt_hs256_secret = None;
+    let es = Authenticator::from_static_args(&es_args)
+        .unwrap()
+        .with_jwks_source(&es_args, Arc::new(FixedJwks(jwks)));
+    let issuer = Issuer {
+        issuer: "herald".into(),
+        audience: "herald".into(),
+        ttl: Duration::from_secs(3600),
+    };
+    let es_token = issuer.access_token(&key, "bench", "user", now()).unwrap();
+    while es.verify(&es_token).is_err() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let es_us = verify_cost(&es, &es_token);
+    let hs_us = verify_cost(&hs, &hs_token);
+    println!("token verification: ES256 (JWKS, kid) {es_us:.1} µs, HS256 {hs_us:.1} µs per token");
+
+    // 2. The limiter's cost at the ingress.
+    let prefix = format!("bench{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let data = std::env::temp_dir().join(format!(
+        "herald-bench-auth-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let mut variants: Vec<(&str, Vec<(&str, String)>)> = vec![
+        ("limits off", vec![("RATE_LIMITS_OFF", "true".into())]),
+        ("limits in process", vec![]),
+    ];
+    if let Some(redis) = &redis {
+        variants.push(("limits in Redis", vec![("REDIS_URL", redis.clone())]));
+    }
+    let mut running = Vec::new();
+    for (i, (name, extra)) in variants.iter().enumerate() {
+        let dir = data.join(i.to_string());
+        let mut env: Vec<(&str, String)> = vec![
+            ("KAFKA_BROKERS", brokers.clone()),
+            ("TOPIC_PREFIX", prefix.clone()),
+            ("HERALD_DATA_DIR", dir.display().to_string()),
+            ("RATE_LIMIT_USER", "1000000000/1m".into()),
+        ];
+        env.extend(extra.iter().cloned());
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (child, base) = common::herald("ingress", &env).await;
+        running.push((*name, child, base));
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+    let mut single: Vec<Vec<f64>> = vec![Vec::new(); running.len()];
+    let mut batched: Vec<Vec<f64>> = vec![Vec::new(); running.len()];
+    for round in 0..ROUNDS {
+        for (i, (_, _, base)) in running.iter().enumerate() {
+            // A user per round and variant: every request is counted, none refused.
+            let token = common::token(&format!("bench-{round}-{i}"), "user");
+            single[i].push(single_rate(&client, base, &token).await);
+            batched[i].push(batched_rate(&client, base, &token).await);
+        }
+    }
+    let off_single = median(&mut single[0].clone());
+    let off_batched = median(&mut batched[0].clone());
+    for (i, (name, _, _)) in running.iter().enumerate() {
+        let s = median(&mut single[i]);
+        let b = median(&mut batched[i]);
+        println!(
+            "ingress, {name}: {s:.0} requests/s single ({:.1}% of off), {b:.0} events/s in batches of 100 ({:.1}% of off)",
+            s / off_single * 100.0,
+            b / off_batched * 100.0
+        );
+    }
+    drop(running);
+
+    // 3. Login latency.
+    let (_auth, base) = common::herald(
+        "auth",
+        &[
+            ("KAFKA_BROKERS", &brokers),
+            ("TOPIC_PREFIX", &prefix),
+            ("HERALD_DATA_DIR", &data.join("auth").display().to_string()),
+            ("RATE_LIMIT_ANONYMOUS", "1000000000/1m"),
+        ],
+    )
+    .await;
+    let password = "correct horse battery staple";
+    let login_body = |email: &str| json!({"email": email, "password": password});
+    for i in 0..4 {
+        let r = client
+            .post(format!("{base}/api/v1/auth/register"))
+            .json(&json!({"email": format!("bench{i}@example.com"), "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let login = |email: String| {
+        let (client, url, body) = (
+            client.clone(),
+            format!("{base}/api/v1/auth/login"),
+            login_body(&email),
+        );
+        async move {
+            let mut took = Vec::new();
+            for _ in 0..LOGINS {
+                let t = Instant::now();
+                let r = client.post(&url).json(&body).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                took.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            took
+        }
+    };
+    let mut alone = login("bench0@example.com".into()).await;
+    alone.sort_by(f64::total_cmp);
+    let t = Instant::now();
+    let together =
+        futures_util::future::join_all((0..4).map(|i| login(format!("bench{i}@example.com"))))
+            .await;
+    let rate = (4 * LOGINS) as f64 / t.elapsed().as_secs_f64();
+    let mut together: Vec<f64> = together.into_iter().flatten().collect();
+    together.sort_by(f64::total_cmp);
+    println!(
+        "login (argon2id m=19456 KiB t=2 p=1): one client p50 {:.1} ms p99 {:.1} ms; four clients p50 {:.1} ms p99 {:.1} ms, {rate:.1} logins/s",
+        common::percentile(&alone, 0.5),
+        common::percentile(&alone, 0.99),
+        common::percentile(&together, 0.5),
+        common::percentile(&together, 0.99),
+    );
+    let _ = std::fs::remove_dir_all(&data);
+}
