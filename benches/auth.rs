@@ -2,8 +2,9 @@
 //!
 //!     KAFKA_BROKERS=127.0.0.1:9092 [REDIS_URL=redis://127.0.0.1:6379] cargo bench --bench auth
 //!
-//! 1. token verification: what `platform::auth` spends per request on an ES256 token (the
-//!    auth service's, its key from a JWKS) and on an HS256 one, in process;
+//! 1. token verification: what `platform::auth` spends on an ES256 token (the auth service's,
+//!    its key from a JWKS) and on an HS256 one, in process: the first time it sees a token
+//!    (the signature is checked) and afterwards (remembered until its `exp`);
 //! 2. the rate limiter's cost: the real `herald ingress` with limits counted in process (and
 //!    in Redis when REDIS_URL is set), against the same binary with RATE_LIMITS_OFF,
 //!    alternating rounds of single-event requests and of batches of 100;
@@ -21,7 +22,8 @@ use platform::auth::{AuthArgs, Authenticator, JwksSource};
 use serde_json::{Value, json};
 
 const VERIFICATIONS: usize = 50_000;
-const ROUNDS: usize = 3;
+const FRESH_TOKENS: usize = 5_000;
+const ROUNDS: usize = 5;
 const SINGLE_SECONDS: u64 = 8;
 const BATCHED_EVENTS: usize = 20_000;
 const LOGINS: usize = 300;
@@ -141,7 +143,44 @@ async fn main() {
     }
     let es_us = verify_cost(&es, &es_token);
     let hs_us = verify_cost(&hs, &hs_token);
-    println!("token verification: ES256 (JWKS, kid) {es_us:.1} µs, HS256 {hs_us:.1} µs per token");
+    // Each token once: the signature is checked every time.
+    let fresh: Vec<String> = (0..FRESH_TOKENS)
+        .map(|i| {
+            issuer
+                .access_token(&key, &format!("user-{i}"), "user", now())
+                .unwrap()
+        })
+        .collect();
+    let t = Instant::now();
+    for token in &fresh {
+        std::hint::black_box(es.verify(token).unwrap());
+    }
+    let es_fresh_us = t.elapsed().as_secs_f64() * 1e6 / FRESH_TOKENS as f64;
+    let fresh: Vec<String> = (0..FRESH_TOKENS)
+        .map(|i| common::token(&format!("user-{i}"), "user"))
+        .collect();
+    let t = Instant::now();
+    for token in &fresh {
+        std::hint::black_box(hs.verify(token).unwrap());
+    }
+    let hs_fresh_us = t.elapsed().as_secs_f64() * 1e6 / FRESH_TOKENS as f64;
+    println!(
+        "token verification, first use of a token: ES256 (JWKS, kid) {es_fresh_us:.1} µs, HS256 {hs_fresh_us:.1} µs; \
+         a token seen before: ES256 {es_us:.2} µs, HS256 {hs_us:.2} µs"
+    );
+
+    // The in-process counter alone.
+    let counters = platform::edge::rate::LocalCounters::default();
+    let window = Duration::from_secs(60);
+    let t = Instant::now();
+    for i in 0..1_000_000u64 {
+        let key = format!("herald:rl:user:60:u:bench-{}", i % 64);
+        std::hint::black_box(counters.hit(&key, window, Instant::now()));
+    }
+    println!(
+        "in-process rate-limit counter: {:.0} ns per request (key built, counted)",
+        t.elapsed().as_nanos() as f64 / 1e6
+    );
 
     // 2. The limiter's cost at the ingress.
     let prefix = format!("bench{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
@@ -175,23 +214,36 @@ async fn main() {
         .build()
         .unwrap();
     let mut single: Vec<Vec<f64>> = vec![Vec::new(); running.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); running.len()];
     let mut batched: Vec<Vec<f64>> = vec![Vec::new(); running.len()];
     for round in 0..ROUNDS {
-        for (i, (_, _, base)) in running.iter().enumerate() {
+        // Each round starts with another variant, so no variant always runs first.
+        for step in 0..running.len() {
+            let i = (round + step) % running.len();
+            let (_, child, base) = &running[i];
+            let pid = child.id().unwrap();
             // A user per round and variant: every request is counted, none refused.
             let token = common::token(&format!("bench-{round}-{i}"), "user");
-            single[i].push(single_rate(&client, base, &token).await);
+            let before = common::cpu_seconds(pid);
+            let rate = single_rate(&client, base, &token).await;
+            let used = common::cpu_seconds(pid) - before;
+            single[i].push(rate);
+            cpu[i].push(used * 1e6 / (rate * SINGLE_SECONDS as f64));
             batched[i].push(batched_rate(&client, base, &token).await);
         }
     }
     let off_single = median(&mut single[0].clone());
+    let off_cpu = median(&mut cpu[0].clone());
     let off_batched = median(&mut batched[0].clone());
     for (i, (name, _, _)) in running.iter().enumerate() {
         let s = median(&mut single[i]);
+        let c = median(&mut cpu[i]);
         let b = median(&mut batched[i]);
         println!(
-            "ingress, {name}: {s:.0} requests/s single ({:.1}% of off), {b:.0} events/s in batches of 100 ({:.1}% of off)",
+            "ingress, {name}: {s:.0} requests/s single ({:.1}% of off), {c:.1} µs CPU per request (+{:.1}), \
+             {b:.0} events/s in batches of 100 ({:.1}% of off)",
             s / off_single * 100.0,
+            c - off_cpu,
             b / off_batched * 100.0
         );
     }

@@ -10,6 +10,9 @@
 //! 4. open-loop latency at half of (3): requests sent at fixed intervals, latency measured
 //!    from the intended send time so queueing is not hidden.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +21,8 @@ use platform::kafka::{KafkaArgs, OutgoingRecord, Publisher};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-const SECRET: &str = "bench-secret-of-at-least-thirty-two-bytes";
+use common::SECRET;
+
 const BATCH: usize = 100;
 const BATCHED_EVENTS: usize = 100_000;
 const ROUNDS: usize = 3;
@@ -53,7 +57,7 @@ async fn main() {
         .port();
     let data = std::env::temp_dir().join(format!("herald-bench-{port}"));
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+    let mut child = tokio::process::Command::new(common::HERALD)
         .arg("ingress")
         .env("KAFKA_BROKERS", &brokers)
         .env("TOPIC_PREFIX", &prefix)
@@ -147,7 +151,7 @@ async fn main() {
         }
         raw_rates.push(BATCHED_EVENTS as f64 / t.elapsed().as_secs_f64());
 
-        let cpu_before = cpu_seconds(pid);
+        let cpu_before = common::cpu_seconds(pid);
         let t = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..in_flight {
@@ -162,7 +166,7 @@ async fn main() {
             task.await.unwrap();
         }
         batched_rates.push(BATCHED_EVENTS as f64 / t.elapsed().as_secs_f64());
-        cpu_per_event.push((cpu_seconds(pid) - cpu_before) / BATCHED_EVENTS as f64 * 1e6);
+        cpu_per_event.push((common::cpu_seconds(pid) - cpu_before) / BATCHED_EVENTS as f64 * 1e6);
     }
     let raw_rate = median(&mut raw_rates);
     let batched_rate = median(&mut batched_rates);
@@ -313,27 +317,6 @@ fn status_kb(pid: u32, field: &str) -> u64 {
         .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         .unwrap_or(0)
-}
-
-/// User plus system CPU time of a process so far, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // fields after the command name, which is in parentheses and may hold spaces
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|u| u.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    ticks / 100.0 // USER_HZ is 100 on Linux
 }
 
 fn median(values: &mut [f64]) -> f64 {

@@ -464,13 +464,14 @@ pub async fn auth_service(args: AuthServiceArgs) -> anyhow::Result<()> {
     }
     platform::metrics::install();
     let shutdown = platform::shutdown::on_signal();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let local = listener.local_addr()?;
     let verify = Arc::new(Authenticator::from_args(&args.auth).or_else(|_| {
         // Without other keys configured, the service's own published keys tell users apart.
         let mut own = args.auth.clone();
-        own.jwt_jwks_url = Some(format!(
-            "http://{}/.well-known/jwks.json",
-            reachable(args.listen)
-        ));
+        own.jwt_jwks_url = Some(format!("http://{}/.well-known/jwks.json", reachable(local)));
         Authenticator::from_args(&own)
     })?);
     let router = service
@@ -481,10 +482,6 @@ pub async fn auth_service(args: AuthServiceArgs) -> anyhow::Result<()> {
         )
         .route("/metrics", axum::routing::get(metrics));
     let router = Arc::new(Edge::new(&args.edge, Some(verify)).await?).wrap(router)?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    let local = listener.local_addr()?;
     tracing::info!(http = %local, "auth is ready");
     println!("herald auth: HTTP API on http://{local}");
     let relay = tokio::spawn(service.relay.run(shutdown.clone()));

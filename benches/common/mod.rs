@@ -18,6 +18,7 @@ pub fn setting(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+#[allow(dead_code, reason = "some benchmarks start their processes by hand")]
 /// Starts a herald service with the benchmark's secrets; returns it and the address it
 /// announced.
 pub async fn herald(service: &str, env: &[(&str, &str)]) -> (Child, String) {
@@ -29,6 +30,8 @@ pub async fn herald(service: &str, env: &[(&str, &str)]) -> (Child, String) {
         .env("NOTIFY_UNSUBSCRIBE_SECRET", SECRET)
         .env("NOTIFY_PUBLIC_URL", "https://herald.test")
         .env("RUST_LOG", "error")
+        // Shared counters only where a benchmark asks for them.
+        .env_remove("REDIS_URL")
         // Benchmarks post far more than any one user may by default.
         .env("RATE_LIMIT_USER", "1000000000/1m")
         .env("RATE_LIMIT_ANONYMOUS", "1000000000/1m")
@@ -116,4 +119,26 @@ pub async fn post_batches(
         }
     }))
     .await;
+}
+
+/// CPU time (user + system) a process has used so far, in seconds.
+#[allow(dead_code, reason = "not every benchmark measures CPU")]
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // fields after the command name, which is in parentheses and may hold spaces
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    ticks / 100.0 // USER_HZ is 100 on Linux
 }

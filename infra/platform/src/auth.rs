@@ -164,12 +164,43 @@ struct Fetched {
     keys: RwLock<Vec<VerifyKey>>,
     /// Rung when a token names a kid not known yet.
     unknown_kid: tokio::sync::Notify,
+    /// Emptied when the set of keys changes, so a withdrawn key's tokens stop working.
+    verified: Arc<Verified>,
+}
+
+/// Tokens verified already, with their principal. A client sends the same token for its
+/// whole life (minutes), and a request is authenticated twice (the edge, then the handler):
+/// a signature is checked once per token instead of once per use. An entry is used only
+/// before its token's `exp`; the map is emptied when it reaches its bound.
+#[derive(Default)]
+struct Verified(std::sync::Mutex<std::collections::HashMap<String, Principal>>);
+
+const VERIFIED_BOUND: usize = 10_000;
+
+impl Verified {
+    fn get(&self, token: &str, now: u64) -> Option<Principal> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(token).filter(|p| now < p.expires_at).cloned()
+    }
+
+    fn put(&self, token: &str, principal: &Principal) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= VERIFIED_BOUND {
+            map.clear();
+        }
+        map.insert(token.to_string(), principal.clone());
+    }
+
+    fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
 }
 
 /// Verifies bearer tokens against the configured keys.
 pub struct Authenticator {
     keys: Vec<VerifyKey>,
     fetched: Option<Arc<Fetched>>,
+    verified: Arc<Verified>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -235,6 +266,7 @@ impl Authenticator {
         let fetched = Arc::new(Fetched {
             keys: RwLock::new(Vec::new()),
             unknown_kid: tokio::sync::Notify::new(),
+            verified: self.verified.clone(),
         });
         let refresh = Duration::from_secs(args.jwt_jwks_refresh_secs.max(1));
         tokio::spawn(keep_fetching(
@@ -295,6 +327,7 @@ impl Authenticator {
         Ok(Self {
             keys,
             fetched: None,
+            verified: Arc::default(),
         })
     }
 
@@ -320,6 +353,21 @@ impl Authenticator {
 
     /// Verifies a bare token (without `Bearer `).
     pub fn verify(&self, token: &str) -> Result<Principal, String> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        if let Some(principal) = self.verified.get(token, now) {
+            return Ok(principal);
+        }
+        let verified = self.verify_signature(token);
+        if let Ok(principal) = &verified {
+            self.verified.put(token, principal);
+        }
+        verified
+    }
+
+    fn verify_signature(&self, token: &str) -> Result<Principal, String> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| "malformed token".to_string())?;
         let fits = |k: &&VerifyKey| {
@@ -391,7 +439,13 @@ async fn keep_fetching(
             Ok(keys) => {
                 last_fetch = Some(Instant::now());
                 tracing::debug!(keys = keys.len(), "jwks fetched");
-                *strong.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+                let mut known = strong.keys.write().unwrap_or_else(|e| e.into_inner());
+                let kids =
+                    |keys: &[VerifyKey]| keys.iter().map(|k| k.kid.clone()).collect::<Vec<_>>();
+                if kids(&known) != kids(&keys) {
+                    strong.verified.clear();
+                }
+                *known = keys;
                 refresh
             }
             Err(err) => {
@@ -567,6 +621,28 @@ mod tests {
                 .detail,
             "wrong audience"
         );
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_until_it_expires_and_within_a_bound() {
+        let verified = Verified::default();
+        let principal = Principal {
+            subject: "a".into(),
+            roles: vec![],
+            expires_at: 100,
+        };
+        verified.put("t", &principal);
+        assert_eq!(verified.get("t", 99), Some(principal.clone()));
+        assert_eq!(verified.get("t", 100), None, "used after its exp");
+        assert_eq!(verified.get("other", 50), None);
+        for i in 0..VERIFIED_BOUND {
+            verified.put(&i.to_string(), &principal);
+        }
+        assert_eq!(verified.get("t", 50), None, "the bound empties the map");
+        // and a token that fails is never remembered
+        let auth = Authenticator::from_args(&args()).unwrap();
+        assert!(auth.verify("nope").is_err());
+        assert!(auth.verified.get("nope", 0).is_none());
     }
 
     #[test]

@@ -148,7 +148,11 @@ impl LocalCounters {
         if windows.len() > 100_000 {
             windows.retain(|_, (_, ends)| *ends > now);
         }
-        let entry = windows.entry(key.to_string()).or_insert((0, now + window));
+        // Looked up by &str first: a key is allocated once per window, not per request.
+        if !windows.contains_key(key) {
+            windows.insert(key.to_string(), (0, now + window));
+        }
+        let entry = windows.get_mut(key).expect("inserted above");
         if entry.1 <= now {
             *entry = (0, now + window);
         }
