@@ -2,9 +2,9 @@
 //!
 //!     KAFKA_BROKERS=127.0.0.1:9092 [REDIS_URL=redis://127.0.0.1:6379] cargo bench --bench auth
 //!
-//! 1. token verification: what `platform::auth` spends on an ES256 token (the auth service's,
-//!    its key from a JWKS) and on an HS256 one, in process: the first time it sees a token
-//!    (the signature is checked) and afterwards (remembered until its `exp`);
+//! 1. token verification: what `platform::auth` spends on an RS256 token (the auth service's,
+//!    its key from a JWKS), an ES256 one and an HS256 one, in process: the first time it sees a
+//!    token (the signature is checked) and afterwards (remembered until its `exp`);
 //! 2. the rate limiter's cost: the real `herald ingress` with limits counted in process (and
 //!    in Redis when REDIS_URL is set), against the same binary with RATE_LIMITS_OFF,
 //!    alternating rounds of single-event requests and of batches of 100;
@@ -57,6 +57,15 @@ fn verify_cost(auth: &Authenticator, token: &str) -> f64 {
         .collect();
     runs.sort_by(f64::total_cmp);
     runs[1]
+}
+
+/// Microseconds per token when each is verified once.
+fn first_use_cost(auth: &Authenticator, tokens: &[String]) -> f64 {
+    let t = Instant::now();
+    for token in tokens {
+        std::hint::black_box(auth.verify(token).unwrap());
+    }
+    t.elapsed().as_secs_f64() * 1e6 / tokens.len() as f64
 }
 
 fn order(i: usize) -> Value {
@@ -122,26 +131,26 @@ async fn main() {
     let brokers = std::env::var("KAFKA_BROKERS").expect("set KAFKA_BROKERS to a running broker");
     let redis = std::env::var("REDIS_URL").ok();
 
-    // 1. Token verification.
+    // 1. Token verification: the auth service's RS256 tokens, its key from a JWKS.
     let hs = Authenticator::from_args(&AuthArgs::hs256(common::SECRET)).unwrap();
     let hs_token = common::token("bench", "user");
     let key = StoredKey::generate(0, 0);
     let jwks = auth::tokens::jwks(&[&key]).to_string().into_bytes();
-    let mut es_args = AuthArgs::hs256(common::SECRET);
-    es_args.jwt_hs256_secret = None;
-    let es = Authenticator::from_static_args(&es_args)
+    let mut svc_args = AuthArgs::hs256(common::SECRET);
+    svc_args.jwt_hs256_secret = None;
+    let svc = Authenticator::from_static_args(&svc_args)
         .unwrap()
-        .with_jwks_source(&es_args, Arc::new(FixedJwks(jwks)));
+        .with_jwks_source(&svc_args, Arc::new(FixedJwks(jwks)));
     let issuer = Issuer {
         issuer: "herald".into(),
         audience: "herald".into(),
         ttl: Duration::from_secs(3600),
     };
-    let es_token = issuer.access_token(&key, "bench", "user", now()).unwrap();
-    while es.verify(&es_token).is_err() {
+    let svc_token = issuer.access_token(&key, "bench", "user", now()).unwrap();
+    while svc.verify(&svc_token).is_err() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let es_us = verify_cost(&es, &es_token);
+    let svc_us = verify_cost(&svc, &svc_token);
     let hs_us = verify_cost(&hs, &hs_token);
     // Each token once: the signature is checked every time.
     let fresh: Vec<String> = (0..FRESH_TOKENS)
@@ -151,22 +160,33 @@ async fn main() {
                 .unwrap()
         })
         .collect();
-    let t = Instant::now();
-    for token in &fresh {
-        std::hint::black_box(es.verify(token).unwrap());
-    }
-    let es_fresh_us = t.elapsed().as_secs_f64() * 1e6 / FRESH_TOKENS as f64;
+    let svc_fresh_us = first_use_cost(&svc, &fresh);
     let fresh: Vec<String> = (0..FRESH_TOKENS)
         .map(|i| common::token(&format!("user-{i}"), "user"))
         .collect();
-    let t = Instant::now();
-    for token in &fresh {
-        std::hint::black_box(hs.verify(token).unwrap());
-    }
-    let hs_fresh_us = t.elapsed().as_secs_f64() * 1e6 / FRESH_TOKENS as f64;
+    let hs_fresh_us = first_use_cost(&hs, &fresh);
+    // ES256 for comparison: platform's test JWKS (key ec-1, P-256).
+    let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("infra/platform/tests/keys");
+    let mut es_args = svc_args.clone();
+    es_args.jwt_jwks_file = Some(keys.join("jwks.json"));
+    let es = Authenticator::from_args(&es_args).unwrap();
+    let ec = jsonwebtoken::EncodingKey::from_ec_pem(
+        &std::fs::read(keys.join("ec-private.pem")).unwrap(),
+    )
+    .unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("ec-1".into());
+    let fresh: Vec<String> = (0..FRESH_TOKENS)
+        .map(|i| {
+            let claims = json!({"sub": format!("user-{i}"), "roles": ["user"], "iss": "herald", "aud": "herald", "exp": now() + 3600});
+            jsonwebtoken::encode(&header, &claims, &ec).unwrap()
+        })
+        .collect();
+    let es_fresh_us = first_use_cost(&es, &fresh);
     println!(
-        "token verification, first use of a token: ES256 (JWKS, kid) {es_fresh_us:.1} µs, HS256 {hs_fresh_us:.1} µs; \
-         a token seen before: ES256 {es_us:.2} µs, HS256 {hs_us:.2} µs"
+        "token verification, first use of a token: RS256 2048 (the auth service's, JWKS, kid) {svc_fresh_us:.1} µs, \
+         ES256 (JWKS, kid) {es_fresh_us:.1} µs, HS256 {hs_fresh_us:.1} µs; \
+         a token seen before: RS256 {svc_us:.2} µs, HS256 {hs_us:.2} µs"
     );
 
     // The in-process counter alone.

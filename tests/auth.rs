@@ -250,12 +250,9 @@ async fn accounts_sessions_and_forged_tokens() {
         .await
         .unwrap();
     let jwk = &jwks["keys"][0];
-    let public_point = format!(
-        "{}{}",
-        jwk["x"].as_str().unwrap(),
-        jwk["y"].as_str().unwrap()
-    );
-    let confused = hs256(&claims, public_point.as_bytes(), jwk["kid"].as_str());
+    // The classic confusion: the published public key used as an HMAC secret.
+    let modulus = URL_SAFE_NO_PAD.decode(jwk["n"].as_str().unwrap()).unwrap();
+    let confused = hs256(&claims, &modulus, jwk["kid"].as_str());
     let with = |patch: Value| {
         let mut c = claims.clone();
         for (k, v) in patch.as_object().unwrap() {

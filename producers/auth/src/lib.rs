@@ -6,7 +6,7 @@
 //!   [`outbox`]): no user without `user.registered`, no event without its user.
 //! - Passwords are argon2id at OWASP's parameters ([`password`]); refresh tokens, reset links
 //!   and codes are stored as hashes only; none of them is ever logged.
-//! - Access tokens are ES256 JWTs with a `kid`; `/.well-known/jwks.json` publishes the keys,
+//! - Access tokens are RS256 JWTs with a `kid`; `/.well-known/jwks.json` publishes the keys,
 //!   and a rotation publishes the next key before it signs ([`tokens`]), so verifiers that
 //!   refresh the JWKS never see a token they cannot check.
 //! - A refresh token works once; presenting it again revokes its whole family.

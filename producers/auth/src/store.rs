@@ -525,7 +525,7 @@ impl SqlStore {
     pub async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
         Ok(with_pool!(&self.db, pool => {
             sqlx::query_as(
-                "SELECT kid, private_pkcs8, public_x, public_y, created_at, active_from, retire_at FROM auth_signing_keys ORDER BY active_from",
+                "SELECT kid, private_pkcs8, public_jwk, created_at, active_from, retire_at FROM auth_signing_keys ORDER BY active_from",
             )
             .fetch_all(pool)
             .await?
@@ -547,12 +547,11 @@ impl SqlStore {
                     .await?;
             }
             sqlx::query(
-                "INSERT INTO auth_signing_keys (kid, private_pkcs8, public_x, public_y, created_at, active_from, retire_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO auth_signing_keys (kid, private_pkcs8, public_jwk, created_at, active_from, retire_at) VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(&key.kid)
             .bind(&key.private_pkcs8)
-            .bind(&key.public_x)
-            .bind(&key.public_y)
+            .bind(&key.public_jwk)
             .bind(key.created_at)
             .bind(key.active_from)
             .bind(key.retire_at)

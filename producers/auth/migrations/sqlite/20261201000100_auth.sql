@@ -61,8 +61,7 @@ CREATE INDEX IF NOT EXISTS auth_otp_attempts_account ON auth_otp_attempts (accou
 CREATE TABLE IF NOT EXISTS auth_signing_keys (
     kid TEXT PRIMARY KEY,
     private_pkcs8 TEXT NOT NULL,
-    public_x TEXT NOT NULL,
-    public_y TEXT NOT NULL,
+    public_jwk TEXT NOT NULL,
     created_at BIGINT NOT NULL,
     active_from BIGINT NOT NULL,
     retire_at BIGINT
