@@ -304,7 +304,10 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
     }
     let db = args.store.connect().await?;
     let store = Arc::new(SqlStore::new(db.clone()).await?);
-    let state = Arc::new(ingress::connect(&args.ingress, &args.kafka, store).await?);
+    // One verifier for the edge, the ingress and every consumer of this process.
+    let verify = Arc::new(Authenticator::from_args(&args.ingress.auth)?);
+    let state =
+        Arc::new(ingress::connect(&args.ingress, &args.kafka, store, verify.clone()).await?);
     let mut router = ingress::router(state.clone());
     let mut consumers = Vec::new();
     if defaults == Defaults::Development {
@@ -324,7 +327,7 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
         router = router.merge(accounts.router());
         tokio::spawn(accounts.relay.run(shutdown.clone()));
         // `herald up` runs every consumer in this process; deployed, each runs on its own.
-        let auth = Arc::new(Authenticator::from_args(&args.ingress.auth)?);
+        let auth = verify.clone();
         let audit = audit_log::Service::connect(
             db.clone(),
             &args.kafka,
@@ -400,8 +403,7 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
         ));
     }
     let router = router.route("/metrics", axum::routing::get(metrics));
-    let edge_auth = Arc::new(Authenticator::from_args(&args.ingress.auth)?);
-    let router = Arc::new(Edge::new(&args.edge, Some(edge_auth)).await?).wrap(router)?;
+    let router = Arc::new(Edge::new(&args.edge, Some(verify)).await?).wrap(router)?;
     let brokers = args.kafka.brokers.clone().unwrap_or_default();
     tracing::info!(http = %local, kafka = %brokers, "herald is ready");
     println!("herald: HTTP API on http://{local}  (kafka: {brokers})");
@@ -468,12 +470,8 @@ pub async fn auth_service(args: AuthServiceArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let local = listener.local_addr()?;
-    let verify = Arc::new(Authenticator::from_args(&args.auth).or_else(|_| {
-        // Without other keys configured, the service's own published keys tell users apart.
-        let mut own = args.auth.clone();
-        own.jwt_jwks_url = Some(format!("http://{}/.well-known/jwks.json", reachable(local)));
-        Authenticator::from_args(&own)
-    })?);
+    // The service's own verifier: the configured keys and its own JWKS, from its store.
+    let verify = service.authenticator();
     let router = service
         .router()
         .route(

@@ -94,9 +94,14 @@ impl TestIngress {
         store: Arc<dyn IdempotencyStore>,
     ) -> Self {
         let state = Arc::new(
-            ingress::connect(&args, &kafka, store)
-                .await
-                .expect("ingress connects"),
+            ingress::connect(
+                &args,
+                &kafka,
+                store,
+                Arc::new(ingress::auth::Authenticator::from_args(&args.auth).expect("token keys")),
+            )
+            .await
+            .expect("ingress connects"),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

@@ -162,8 +162,9 @@ impl JwksSource for HttpJwks {
 /// Keys of a JWKS that is fetched again from time to time.
 struct Fetched {
     keys: RwLock<Vec<VerifyKey>>,
-    /// Rung when a token names a kid not known yet.
-    unknown_kid: tokio::sync::Notify,
+    /// Rung when a token names a kid not known yet. Its own Arc, so the fetching task waits
+    /// on it without keeping the keys (and itself) alive once the authenticator is gone.
+    unknown_kid: Arc<tokio::sync::Notify>,
     /// Emptied when the set of keys changes, so a withdrawn key's tokens stop working.
     verified: Arc<Verified>,
 }
@@ -173,26 +174,43 @@ struct Fetched {
 /// a signature is checked once per token instead of once per use. An entry is used only
 /// before its token's `exp`; the map is emptied when it reaches its bound.
 #[derive(Default)]
-struct Verified(std::sync::Mutex<std::collections::HashMap<String, Principal>>);
+struct Verified {
+    map: std::sync::Mutex<std::collections::HashMap<String, Principal>>,
+    /// Moves on each change of the key set: a check that began before a change does not
+    /// store its result after it.
+    generation: std::sync::atomic::AtomicU64,
+}
 
 const VERIFIED_BOUND: usize = 10_000;
 
 impl Verified {
     fn get(&self, token: &str, now: u64) -> Option<Principal> {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.get(token).filter(|p| now < p.expires_at).cloned()
     }
 
-    fn put(&self, token: &str, principal: &Principal) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stores a result of a check that began at `generation`, unless the keys changed since.
+    fn put(&self, token: &str, principal: &Principal, generation: u64) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if self.generation() != generation {
+            return;
+        }
         if map.len() >= VERIFIED_BOUND {
             map.clear();
         }
         map.insert(token.to_string(), principal.clone());
     }
 
+    /// Forgets everything: the keys changed.
     fn clear(&self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        map.clear();
     }
 }
 
@@ -265,7 +283,7 @@ impl Authenticator {
     pub fn with_jwks_source(mut self, args: &AuthArgs, source: Arc<dyn JwksSource>) -> Self {
         let fetched = Arc::new(Fetched {
             keys: RwLock::new(Vec::new()),
-            unknown_kid: tokio::sync::Notify::new(),
+            unknown_kid: Arc::new(tokio::sync::Notify::new()),
             verified: self.verified.clone(),
         });
         let refresh = Duration::from_secs(args.jwt_jwks_refresh_secs.max(1));
@@ -360,9 +378,10 @@ impl Authenticator {
         if let Some(principal) = self.verified.get(token, now) {
             return Ok(principal);
         }
+        let generation = self.verified.generation();
         let verified = self.verify_signature(token);
         if let Ok(principal) = &verified {
-            self.verified.put(token, principal);
+            self.verified.put(token, principal, generation);
         }
         verified
     }
@@ -446,6 +465,7 @@ async fn keep_fetching(
                     strong.verified.clear();
                 }
                 *known = keys;
+                drop(known);
                 refresh
             }
             Err(err) => {
@@ -453,7 +473,9 @@ async fn keep_fetching(
                 Duration::from_secs(1)
             }
         };
-        let woken = async { strong.unknown_kid.notified().await };
+        let unknown_kid = strong.unknown_kid.clone();
+        drop(strong);
+        let woken = async { unknown_kid.notified().await };
         let early = tokio::time::timeout(wait, woken).await.is_ok();
         if early && let Some(at) = last_fetch {
             // Tokens naming unknown keys (forged ones too) trigger at most one fetch per
@@ -631,14 +653,19 @@ mod tests {
             roles: vec![],
             expires_at: 100,
         };
-        verified.put("t", &principal);
+        verified.put("t", &principal, verified.generation());
         assert_eq!(verified.get("t", 99), Some(principal.clone()));
         assert_eq!(verified.get("t", 100), None, "used after its exp");
         assert_eq!(verified.get("other", 50), None);
         for i in 0..VERIFIED_BOUND {
-            verified.put(&i.to_string(), &principal);
+            verified.put(&i.to_string(), &principal, verified.generation());
         }
         assert_eq!(verified.get("t", 50), None, "the bound empties the map");
+        // a check that began before the keys changed does not store its result
+        let began = verified.generation();
+        verified.clear();
+        verified.put("late", &principal, began);
+        assert_eq!(verified.get("late", 50), None);
         // and a token that fails is never remembered
         let auth = Authenticator::from_args(&args()).unwrap();
         assert!(auth.verify("nope").is_err());

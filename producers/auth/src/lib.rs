@@ -273,6 +273,12 @@ impl Service {
         Ok(account.id)
     }
 
+    /// How this service verifies tokens (its own keys, read from its store, and any
+    /// configured): for the edge in front of it too.
+    pub fn authenticator(&self) -> Arc<Authenticator> {
+        self.state.auth.clone()
+    }
+
     pub fn store(&self) -> &Arc<SqlStore> {
         &self.state.store
     }

@@ -65,10 +65,9 @@ pub struct ProfileChange {
 #[derive(sqlx::FromRow)]
 struct RefreshRow {
     family_id: String,
-    account_id: String,
-    expires_at: i64,
     used_at: Option<i64>,
     revoked_at: Option<i64>,
+    expires_at: i64,
 }
 
 const ACCOUNT_COLUMNS: &str = "id, email, password_hash, role, display_name, phone, locale, time_zone, created_at, updated_at, deleted_at";
@@ -266,6 +265,11 @@ impl SqlStore {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+            // A reset link asked for before no longer resets the new password.
+            sqlx::query("DELETE FROM auth_reset_tokens WHERE account_id = $1 AND used_at IS NULL")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             done == 1
         }))
@@ -295,8 +299,10 @@ impl SqlStore {
     }
 
     /// Uses a refresh token once: marks it used and stores `next_hash` in its family, or,
-    /// when it was used already, revokes the family. The mark is a conditional update, so
-    /// of two concurrent uses one rotates and the other counts as reuse.
+    /// when it was used already, revokes the family. The mark is the transaction's first
+    /// statement, a conditional write: of two concurrent uses one rotates and the other
+    /// counts as reuse, on PostgreSQL (row lock) and on SQLite (the write lock is taken first,
+    /// so no read snapshot has to be upgraded).
     pub async fn use_refresh(
         &self,
         token_hash: &str,
@@ -306,49 +312,47 @@ impl SqlStore {
     ) -> Result<Refreshed, StoreError> {
         Ok(with_pool!(&self.db, pool => {
             let mut tx = pool.begin().await?;
+            let marked: Option<(String, String)> = sqlx::query_as(
+                "UPDATE auth_refresh_tokens SET used_at = $2 \
+                 WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $2 \
+                 RETURNING family_id, account_id",
+            )
+            .bind(token_hash)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((family, account_id)) = marked {
+                sqlx::query(
+                    "INSERT INTO auth_refresh_tokens (token_hash, family_id, account_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(next_hash)
+                .bind(&family)
+                .bind(&account_id)
+                .bind(now)
+                .bind(expires_at)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                return Ok(Refreshed::Rotated { account_id });
+            }
             let row: Option<RefreshRow> = sqlx::query_as(
-                "SELECT family_id, account_id, expires_at, used_at, revoked_at FROM auth_refresh_tokens WHERE token_hash = $1",
+                "SELECT family_id, used_at, revoked_at, expires_at FROM auth_refresh_tokens WHERE token_hash = $1",
             )
             .bind(token_hash)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some(RefreshRow { family_id: family, account_id, expires_at: expires, used_at: used, revoked_at: revoked }) = row else {
-                return Ok(Refreshed::Invalid);
-            };
-            if revoked.is_some() || expires <= now {
-                return Ok(Refreshed::Invalid);
+            match row {
+                Some(row) if row.used_at.is_some() && row.revoked_at.is_none() && row.expires_at > now => {
+                    sqlx::query("UPDATE auth_refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL")
+                        .bind(&row.family_id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Refreshed::Reused
+                }
+                _ => Refreshed::Invalid,
             }
-            let marked = if used.is_none() {
-                sqlx::query("UPDATE auth_refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL")
-                    .bind(token_hash)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-            } else {
-                0
-            };
-            if marked == 0 {
-                sqlx::query("UPDATE auth_refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL")
-                    .bind(&family)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                return Ok(Refreshed::Reused);
-            }
-            sqlx::query(
-                "INSERT INTO auth_refresh_tokens (token_hash, family_id, account_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(next_hash)
-            .bind(&family)
-            .bind(&account_id)
-            .bind(now)
-            .bind(expires_at)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Refreshed::Rotated { account_id }
         }))
     }
 
@@ -379,19 +383,18 @@ impl SqlStore {
     ) -> Result<(), StoreError> {
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin().await?;
-            sqlx::query("DELETE FROM auth_codes WHERE account_id = $1 AND purpose = $2")
-                .bind(account_id)
-                .bind(purpose)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("INSERT INTO auth_codes (account_id, purpose, code_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
-                .bind(account_id)
-                .bind(purpose)
-                .bind(code_hash)
-                .bind(now)
-                .bind(expires_at)
-                .execute(&mut *tx)
-                .await?;
+            // One statement: two requests at once both succeed, the later code wins.
+            sqlx::query(
+                "INSERT INTO auth_codes (account_id, purpose, code_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (account_id, purpose) DO UPDATE SET code_hash = $3, created_at = $4, expires_at = $5",
+            )
+            .bind(account_id)
+            .bind(purpose)
+            .bind(code_hash)
+            .bind(now)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?;
             enqueue!(tx, [event]);
             tx.commit().await?;
         });
@@ -562,25 +565,47 @@ impl SqlStore {
         Ok(())
     }
 
-    /// Leases up to `limit` outbox rows, oldest first, to one relay until `lease_until`.
+    /// Leases up to `limit` outbox rows, oldest first, to one relay until `lease_until`;
+    /// returned in the order they were written. On PostgreSQL rows another relay is claiming
+    /// are skipped, and the lease is tested again on the row locked; SQLite has one writer.
     pub async fn claim_outbox(
         &self,
         now: i64,
         lease_until: i64,
         limit: i64,
     ) -> Result<Vec<OutboxRecord>, StoreError> {
-        Ok(with_pool!(&self.db, pool => {
-            sqlx::query_as(
-                "UPDATE auth_outbox SET claimed_until = $2 WHERE event_id IN \
-                 (SELECT event_id FROM auth_outbox WHERE claimed_until < $1 ORDER BY created_at LIMIT $3) \
-                 RETURNING event_id, topic, record_key, payload, event_type, created_at",
-            )
-            .bind(now)
-            .bind(lease_until)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?
-        }))
+        const RETURNING: &str =
+            "RETURNING event_id, topic, record_key, payload, event_type, created_at";
+        let mut rows: Vec<OutboxRecord> = match &self.db {
+            Database::Postgres(pool) => {
+                let sql = format!(
+                    "UPDATE auth_outbox SET claimed_until = $2 WHERE claimed_until < $1 AND event_id IN \
+                     (SELECT event_id FROM auth_outbox WHERE claimed_until < $1 ORDER BY created_at, event_id LIMIT $3 \
+                     FOR UPDATE SKIP LOCKED) {RETURNING}"
+                );
+                sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(now)
+                    .bind(lease_until)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?
+            }
+            Database::Sqlite(pool) => {
+                let sql = format!(
+                    "UPDATE auth_outbox SET claimed_until = $2 WHERE event_id IN \
+                     (SELECT event_id FROM auth_outbox WHERE claimed_until < $1 ORDER BY created_at, event_id LIMIT $3) {RETURNING}"
+                );
+                sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(now)
+                    .bind(lease_until)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?
+            }
+        };
+        // RETURNING has no order: an account's events must leave in the order written.
+        rows.sort_by(|a, b| (a.created_at, &a.event_id).cmp(&(b.created_at, &b.event_id)));
+        Ok(rows)
     }
 
     pub async fn delete_outbox(&self, event_ids: &[String]) -> Result<(), StoreError> {

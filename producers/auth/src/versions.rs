@@ -7,9 +7,30 @@ use std::sync::Arc;
 
 use crate::store::{SqlStore, StoreError};
 
-/// A version as apps write it: up to four numbers with dots (`2`, `2.0`, `2.0.1`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// A version as apps write it: up to four numbers with dots (`2`, `2.0`, `2.0.1`). It
+/// compares by its numbers only: `2.0` equals `2.0.0`.
+#[derive(Debug, Clone, Copy)]
 pub struct Version([u32; 4], u8);
+
+impl PartialEq for Version {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Version {}
+
+impl PartialOrd for Version {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Version {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
+}
 
 impl Version {
     pub fn parse(text: &str) -> Option<Self> {
@@ -26,7 +47,6 @@ impl Version {
             parts[i] = part.parse().ok()?;
             count += 1;
         }
-        // The count of written parts does not order: 2.0 equals 2.0.0.
         Some(Self(parts, count))
     }
 }
@@ -59,8 +79,8 @@ pub fn advise(version: Version, thresholds: Option<&Thresholds>) -> Advice {
             hard_update: false,
         },
         Some(t) => Advice {
-            soft_update: version.0 < t.latest.0,
-            hard_update: version.0 < t.minimum.0,
+            soft_update: version < t.latest,
+            hard_update: version < t.minimum,
         },
     }
 }
@@ -130,9 +150,11 @@ impl Versions {
             let text =
                 thresholds.map_or_else(String::new, |t| format!("{} {}", t.latest, t.minimum));
             let mut connection = cache.clone();
-            let _: Result<(), _> = redis::cmd("SET")
+            // NX: a change made since this read wrote its own value, which must stay.
+            let _: Result<Option<String>, _> = redis::cmd("SET")
                 .arg(&key)
                 .arg(text)
+                .arg("NX")
                 .arg("EX")
                 .arg(CACHE_SECS)
                 .query_async(&mut connection)
@@ -141,7 +163,8 @@ impl Versions {
         Ok(thresholds)
     }
 
-    /// Stores new thresholds and clears the cached ones.
+    /// Stores new thresholds and puts them in the cache, so every replica answers with them
+    /// at once.
     pub async fn set(&self, platform: &str, thresholds: &Thresholds) -> Result<(), StoreError> {
         self.store
             .set_app_version(
@@ -153,12 +176,15 @@ impl Versions {
             .await?;
         if let Some(cache) = &self.cache {
             let mut connection = cache.clone();
-            let deleted: Result<(), _> = redis::cmd("DEL")
+            let written: Result<(), _> = redis::cmd("SET")
                 .arg(Self::cache_key(platform))
+                .arg(format!("{} {}", thresholds.latest, thresholds.minimum))
+                .arg("EX")
+                .arg(CACHE_SECS)
                 .query_async(&mut connection)
                 .await;
-            if let Err(err) = deleted {
-                tracing::warn!(%err, "cannot clear the cached app versions; other replicas answer from the cache for up to 5 minutes");
+            if let Err(err) = written {
+                tracing::warn!(%err, "cannot update the cached app versions; other replicas answer from the cache for up to 5 minutes");
             }
         }
         Ok(())
@@ -176,7 +202,9 @@ mod tests {
     #[test]
     fn versions_compare_by_number_not_text() {
         assert!(v("2.10.0") > v("2.9.9"));
-        assert_eq!(v("2.0").0, v("2.0.0").0);
+        assert_eq!(v("2.0"), v("2.0.0"));
+        // minimum 2.0.0 with latest 2.0 is not "minimum above latest"
+        assert!(v("2.0.0") <= v("2.0"));
         assert_eq!(v("2.0.1").to_string(), "2.0.1");
         for bad in ["", "2.", "v2", "2..1", "1.2.3.4.5", "-1", "1.x"] {
             assert!(Version::parse(bad).is_none(), "{bad}");

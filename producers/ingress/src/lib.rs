@@ -87,7 +87,8 @@ pub struct Limits {
 pub struct AppState {
     pub codec: Codec,
     pub policy: PublishPolicy,
-    pub auth: Authenticator,
+    /// Shared with the edge in front, so a token is checked once per process.
+    pub auth: Arc<Authenticator>,
     pub sink: Arc<dyn EventSink>,
     pub store: Arc<dyn IdempotencyStore>,
     pub limits: Limits,
@@ -128,6 +129,7 @@ pub async fn connect(
     args: &IngressArgs,
     kafka: &KafkaArgs,
     store: Arc<dyn IdempotencyStore>,
+    auth: Arc<Authenticator>,
 ) -> anyhow::Result<AppState> {
     let catalog = Arc::new(args.contract.catalog()?);
     let limits = args.limits();
@@ -153,7 +155,7 @@ pub async fn connect(
     Ok(AppState {
         codec,
         policy: args.policy()?,
-        auth: Authenticator::from_args(&args.auth)?,
+        auth,
         sink: Arc::new(publisher),
         store,
         limits,

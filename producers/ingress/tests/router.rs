@@ -27,7 +27,7 @@ fn app(sink: Arc<MemorySink>) -> axum::Router {
             WireFormat::SingleObject,
         ),
         policy: PublishPolicy::embedded(),
-        auth: Authenticator::from_args(&auth).unwrap(),
+        auth: std::sync::Arc::new(Authenticator::from_args(&auth).unwrap()),
         sink,
         store: Arc::new(MemoryStore::default()),
         limits: Limits {

@@ -134,9 +134,11 @@ enum Counters {
 /// Who a request comes from, for limits and logs; handlers may read it from the request's
 /// extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Caller {
-    User(String),
-    Anonymous(IpAddr),
+pub struct Caller {
+    /// The subject of a valid token.
+    pub user: Option<String>,
+    /// The client's address (see [`rate::client_ip`]).
+    pub ip: IpAddr,
 }
 
 /// The edge's state.
@@ -230,29 +232,57 @@ impl Edge {
     }
 
     fn caller(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Caller {
-        if headers.contains_key(header::AUTHORIZATION)
-            && let Some(auth) = &self.auth
-            && let Ok(principal) = auth.authenticate(headers)
-        {
-            return Caller::User(principal.subject);
-        }
+        let user = match &self.auth {
+            Some(auth) if headers.contains_key(header::AUTHORIZATION) => {
+                auth.authenticate(headers).ok().map(|p| p.subject)
+            }
+            _ => None,
+        };
         let peer = peer.unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-        Caller::Anonymous(rate::client_ip(peer, forwarded, &self.args.trusted_proxies))
+        // Every X-Forwarded-For line, in order: a proxy may add its own line.
+        let forwarded: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let forwarded = (!forwarded.is_empty()).then(|| forwarded.join(","));
+        let ip = rate::client_ip(peer, forwarded.as_deref(), &self.args.trusted_proxies);
+        Caller { user, ip }
     }
 
-    fn rate_for<'a>(&'a self, method: &Method, route: &str, caller: &Caller) -> (&'a str, Rate) {
+    /// The limit that applies, and the counter's key. A route's own limit counts per client
+    /// address even for signed-in callers, so accounts an attacker made for themself do not
+    /// multiply, say, the login route's budget.
+    fn limit_for(&self, method: &Method, route: &str, caller: &Caller) -> (Rate, String) {
         if let Some(own) = self
             .args
             .rate_limit_routes
             .iter()
             .find(|r| r.path == route && r.method == method.as_str())
         {
-            return (&own.path, own.rate);
+            let key = format!(
+                "herald:rl:{}:{}:ip:{}",
+                own.path,
+                own.rate.window.as_secs(),
+                caller.ip
+            );
+            return (own.rate, key);
         }
-        match caller {
-            Caller::User(_) => ("user", self.args.rate_limit_user),
-            Caller::Anonymous(_) => ("ip", self.args.rate_limit_anonymous),
+        match &caller.user {
+            Some(user) => {
+                let rate = self.args.rate_limit_user;
+                (
+                    rate,
+                    format!("herald:rl:user:{}:u:{user}", rate.window.as_secs()),
+                )
+            }
+            None => {
+                let rate = self.args.rate_limit_anonymous;
+                (
+                    rate,
+                    format!("herald:rl:ip:{}:ip:{}", rate.window.as_secs(), caller.ip),
+                )
+            }
         }
     }
 
@@ -291,15 +321,10 @@ async fn edge(State(edge): State<Arc<Edge>>, mut request: Request, next: Next) -
         .map(|c| c.0.ip());
     let caller = edge.caller(request.headers(), peer);
     request.extensions_mut().insert(caller.clone());
-    let (scope, rate) = edge.rate_for(&method, &route, &caller);
+    let (rate, key) = edge.limit_for(&method, &route, &caller);
     let verdict = if edge.args.rate_limits_off {
         None
     } else {
-        let who = match &caller {
-            Caller::User(subject) => format!("u:{subject}"),
-            Caller::Anonymous(ip) => format!("ip:{ip}"),
-        };
-        let key = format!("herald:rl:{scope}:{}:{who}", rate.window.as_secs());
         edge.count(&key, rate.window)
             .await
             .map(|count| rate::verdict(rate, count))
@@ -371,21 +396,21 @@ async fn edge(State(edge): State<Arc<Edge>>, mut request: Request, next: Next) -
     }
     let status = response.status().as_u16();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let user = match &caller {
-        Caller::User(subject) => subject.as_str(),
-        Caller::Anonymous(_) => "",
-    };
-    let client = match &caller {
-        Caller::Anonymous(ip) => ip.to_string(),
-        Caller::User(_) => peer.map(|ip| ip.to_string()).unwrap_or_default(),
-    };
+    let user = caller.user.as_deref().unwrap_or_default();
+    let client = caller.ip.to_string();
     if log_bodies {
         let (parts, body) = response.into_parts();
         // Streams (server-sent events) are passed through unread.
-        let json = parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| {
-            v.as_bytes().starts_with(b"application/json")
-                || v.as_bytes().starts_with(b"application/problem+json")
-        });
+        let small = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .is_some_and(|len| len <= 4 << 20);
+        let json = small
+            && parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+                v.as_bytes().starts_with(b"application/json")
+                    || v.as_bytes().starts_with(b"application/problem+json")
+            });
         let (shown, body) = if json {
             let bytes = axum::body::to_bytes(body, 4 << 20)
                 .await

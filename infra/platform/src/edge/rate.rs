@@ -116,7 +116,9 @@ pub fn verdict(rate: Rate, count: Count) -> Verdict {
 }
 
 /// The client's address: the peer, or, when the peer is a trusted proxy, the last address
-/// in X-Forwarded-For that is not itself a trusted proxy.
+/// in X-Forwarded-For (all its lines, in order) that is not itself a trusted proxy. A hop that
+/// does not parse ends the walk at the last one believed, since what lies left of it was
+/// written by someone not trusted.
 pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
     if !trusted.contains(&peer) {
         return peer;
@@ -124,16 +126,29 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) 
     let Some(list) = forwarded_for else {
         return peer;
     };
-    let hops: Vec<IpAddr> = list
-        .split(',')
-        .filter_map(|hop| hop.trim().parse().ok())
-        .collect();
-    hops.iter()
-        .rev()
-        .find(|ip| !trusted.contains(ip))
-        .or_else(|| hops.first())
-        .copied()
-        .unwrap_or(peer)
+    let mut believed = peer;
+    for hop in list.split(',').rev() {
+        match parse_hop(hop) {
+            Some(ip) if trusted.contains(&ip) => believed = ip,
+            Some(ip) => return ip,
+            None => return believed,
+        }
+    }
+    believed
+}
+
+/// `1.2.3.4`, `1.2.3.4:5555`, `::1` or `[::1]:80`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    if let Ok(ip) = hop.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = hop.strip_prefix('[') {
+        return rest.split_once(']')?.0.parse().ok();
+    }
+    let (host, port) = hop.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
 /// Counters kept in this process.
@@ -256,5 +271,26 @@ mod tests {
         assert_eq!(client_ip(proxy, Some(spoofed), &[proxy]), client);
         assert_eq!(client_ip(proxy, None, &[proxy]), proxy);
         assert_eq!(client_ip(proxy, Some("garbage"), &[proxy]), proxy);
+        // the proxy's own entry with a port is still the client, not the spoofed one before it
+        assert_eq!(
+            client_ip(proxy, Some("6.6.6.6, 203.0.113.7:5555"), &[proxy]),
+            client
+        );
+        assert_eq!(
+            client_ip(proxy, Some("6.6.6.6, [2001:db8::1]:80"), &[proxy]),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        // an entry that does not parse is not skipped to reach the one the client wrote
+        assert_eq!(client_ip(proxy, Some("6.6.6.6, bad-hop"), &[proxy]), proxy);
+        // two proxies in a row: the hop before both
+        let inner: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(
+            client_ip(
+                proxy,
+                Some("6.6.6.6, 203.0.113.7, 10.0.0.2"),
+                &[proxy, inner]
+            ),
+            client
+        );
     }
 }
