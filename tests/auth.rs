@@ -23,6 +23,11 @@ async fn post(base: &str, path: &str, body: &Value, bearer: Option<&str>) -> req
     request.send().await.unwrap()
 }
 
+/// The status of an anonymous POST.
+async fn status(base: &str, path: &str, body: &Value) -> StatusCode {
+    post(base, path, body, None).await.status()
+}
+
 async fn get(base: &str, path: &str, bearer: &str) -> reqwest::Response {
     client()
         .get(format!("{base}{path}"))
@@ -207,14 +212,15 @@ async fn accounts_sessions_and_forged_tokens() {
     );
 
     // Sign in; the token works at the ingress, which learnt the key from the JWKS.
-    let wrong = post(
-        &auth.base,
-        "/api/v1/auth/login",
-        &json!({"email": alice_email, "password": "wrong password!"}),
-        None,
-    )
-    .await;
-    assert_eq!(wrong.status(), 401);
+    assert_eq!(
+        status(
+            &auth.base,
+            "/api/v1/auth/login",
+            &json!({"email": alice_email, "password": "wrong password!"})
+        )
+        .await,
+        401
+    );
     let session = login(&auth.base, &alice_email).await;
     let access = session["access_token"].as_str().unwrap().to_string();
     let me: Value = get(&auth.base, "/api/v1/me", &access)
@@ -335,38 +341,36 @@ async fn accounts_sessions_and_forged_tokens() {
     .await;
     assert_eq!(replay.status(), 401);
     assert!(replay.text().await.unwrap().contains("used before"));
-    let after = post(
-        &auth.base,
-        "/api/v1/auth/refresh",
-        &json!({"refresh_token": second}),
-        None,
-    )
-    .await;
-    assert_eq!(after.status(), 401, "the family was not revoked");
+    assert_eq!(
+        status(
+            &auth.base,
+            "/api/v1/auth/refresh",
+            &json!({"refresh_token": second})
+        )
+        .await,
+        401,
+        "the family was not revoked"
+    );
 
     // Logout revokes.
     let session = login(&auth.base, &alice_email).await;
     let refresh = session["refresh_token"].as_str().unwrap();
     assert_eq!(
-        post(
+        status(
             &auth.base,
             "/api/v1/auth/logout",
-            &json!({"refresh_token": refresh}),
-            None
+            &json!({"refresh_token": refresh})
         )
-        .await
-        .status(),
+        .await,
         204
     );
     assert_eq!(
-        post(
+        status(
             &auth.base,
             "/api/v1/auth/refresh",
-            &json!({"refresh_token": refresh}),
-            None
+            &json!({"refresh_token": refresh})
         )
-        .await
-        .status(),
+        .await,
         401
     );
 
@@ -386,14 +390,15 @@ async fn accounts_sessions_and_forged_tokens() {
         .await
         .unwrap();
     assert_eq!(deleted.status(), 204);
-    let gone = post(
-        &auth.base,
-        "/api/v1/auth/login",
-        &json!({"email": alice_email, "password": PASSWORD}),
-        None,
-    )
-    .await;
-    assert_eq!(gone.status(), 401);
+    assert_eq!(
+        status(
+            &auth.base,
+            "/api/v1/auth/login",
+            &json!({"email": alice_email, "password": PASSWORD})
+        )
+        .await,
+        401
+    );
 
     let seen: Vec<(String, String)> = wait_for("the user events", || async {
         let seen: Vec<(String, String)> = support::read(&kafka, "users")
@@ -439,14 +444,15 @@ async fn the_sixth_otp_attempt_is_refused_from_any_ip() {
     .await;
     let phone = unique_phone();
     register(&auth.base, &unique_email("otp"), Some(&phone)).await;
-    let requested = post(
-        &auth.base,
-        "/api/v1/auth/otp/request",
-        &json!({"phone": phone}),
-        None,
-    )
-    .await;
-    assert_eq!(requested.status(), 202);
+    assert_eq!(
+        status(
+            &auth.base,
+            "/api/v1/auth/otp/request",
+            &json!({"phone": phone})
+        )
+        .await,
+        202
+    );
     let code = event_data(&kafka, "otp", |_| true).await["code"]
         .as_str()
         .unwrap()
@@ -492,22 +498,25 @@ async fn the_sixth_otp_attempt_is_refused_from_any_ip() {
         .as_str()
         .unwrap()
         .to_string();
-    let ok = post(
-        &auth.base,
-        "/api/v1/auth/otp/verify",
-        &json!({"phone": phone2, "code": code2}),
-        None,
-    )
-    .await;
-    assert_eq!(ok.status(), 200);
-    let again = post(
-        &auth.base,
-        "/api/v1/auth/otp/verify",
-        &json!({"phone": phone2, "code": code2}),
-        None,
-    )
-    .await;
-    assert_eq!(again.status(), 401, "a code works once");
+    assert_eq!(
+        status(
+            &auth.base,
+            "/api/v1/auth/otp/verify",
+            &json!({"phone": phone2, "code": code2})
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        status(
+            &auth.base,
+            "/api/v1/auth/otp/verify",
+            &json!({"phone": phone2, "code": code2})
+        )
+        .await,
+        401,
+        "a code works once"
+    );
     auth.kill9().await;
 }
 
@@ -813,22 +822,24 @@ async fn canary_secrets_appear_in_no_log_and_no_payload_but_their_own() {
     let reset_password = "canary-reset-9e7c5a3b rock";
     let email = unique_email("canary");
     let phone = unique_phone();
-    let r = post(
-        &base,
-        "/api/v1/auth/register",
-        &json!({"email": email, "password": password, "phone": phone}),
-        None,
-    )
-    .await;
-    assert_eq!(r.status(), 201);
-    let r = post(
-        &base,
-        "/api/v1/auth/login",
-        &json!({"email": email, "password": wrong_password}),
-        None,
-    )
-    .await;
-    assert_eq!(r.status(), 401);
+    assert_eq!(
+        status(
+            &base,
+            "/api/v1/auth/register",
+            &json!({"email": email, "password": password, "phone": phone})
+        )
+        .await,
+        201
+    );
+    assert_eq!(
+        status(
+            &base,
+            "/api/v1/auth/login",
+            &json!({"email": email, "password": wrong_password})
+        )
+        .await,
+        401
+    );
     let r = post(
         &base,
         "/api/v1/auth/login",
@@ -851,26 +862,17 @@ async fn canary_secrets_appear_in_no_log_and_no_payload_but_their_own() {
         .unwrap()
         .to_string();
     assert_eq!(
-        post(
+        status(
             &base,
             "/api/v1/auth/logout",
-            &json!({"refresh_token": refresh2}),
-            None
+            &json!({"refresh_token": refresh2})
         )
-        .await
-        .status(),
+        .await,
         204
     );
 
     assert_eq!(
-        post(
-            &base,
-            "/api/v1/auth/otp/request",
-            &json!({"phone": phone}),
-            None
-        )
-        .await
-        .status(),
+        status(&base, "/api/v1/auth/otp/request", &json!({"phone": phone})).await,
         202
     );
     let code = event_data(&kafka, "otp", |_| true).await["code"]
@@ -886,14 +888,12 @@ async fn canary_secrets_appear_in_no_log_and_no_payload_but_their_own() {
     )
     .await;
     assert_eq!(
-        post(
+        status(
             &base,
             "/api/v1/auth/otp/verify",
-            &json!({"phone": phone, "code": code}),
-            None
+            &json!({"phone": phone, "code": code})
         )
-        .await
-        .status(),
+        .await,
         200
     );
 
@@ -906,14 +906,12 @@ async fn canary_secrets_appear_in_no_log_and_no_payload_but_their_own() {
     .await;
     assert_eq!(r.status(), 204);
     assert_eq!(
-        post(
+        status(
             &base,
             "/api/v1/auth/password/forgot",
-            &json!({"email": email}),
-            None
+            &json!({"email": email})
         )
-        .await
-        .status(),
+        .await,
         202
     );
     let link = event_data(&kafka, "users", |d| {
@@ -924,42 +922,44 @@ async fn canary_secrets_appear_in_no_log_and_no_payload_but_their_own() {
         .unwrap()
         .to_string();
     let reset_token = link.split("#token=").nth(1).unwrap().to_string();
-    let r = post(
-        &base,
-        "/api/v1/auth/password/reset",
-        &json!({"token": reset_token, "new_password": reset_password}),
-        None,
-    )
-    .await;
-    assert_eq!(r.status(), 204);
-    let r = post(
-        &base,
-        "/api/v1/auth/password/reset",
-        &json!({"token": reset_token, "new_password": reset_password}),
-        None,
-    )
-    .await;
-    assert_eq!(r.status(), 401, "a reset link works once");
-    let old = post(
-        &base,
-        "/api/v1/auth/login",
-        &json!({"email": email, "password": new_password}),
-        None,
-    )
-    .await;
     assert_eq!(
-        old.status(),
+        status(
+            &base,
+            "/api/v1/auth/password/reset",
+            &json!({"token": reset_token, "new_password": reset_password})
+        )
+        .await,
+        204
+    );
+    assert_eq!(
+        status(
+            &base,
+            "/api/v1/auth/password/reset",
+            &json!({"token": reset_token, "new_password": reset_password})
+        )
+        .await,
+        401,
+        "a reset link works once"
+    );
+    assert_eq!(
+        status(
+            &base,
+            "/api/v1/auth/login",
+            &json!({"email": email, "password": new_password})
+        )
+        .await,
         401,
         "the password before the reset still works"
     );
-    let new = post(
-        &base,
-        "/api/v1/auth/login",
-        &json!({"email": email, "password": reset_password}),
-        None,
-    )
-    .await;
-    assert_eq!(new.status(), 200);
+    assert_eq!(
+        status(
+            &base,
+            "/api/v1/auth/login",
+            &json!({"email": email, "password": reset_password})
+        )
+        .await,
+        200
+    );
     auth.terminate().await;
 
     let logged = std::fs::read_to_string(&log).unwrap();
