@@ -121,11 +121,6 @@ async fn batched_rate(client: &reqwest::Client, base: &str, token: &str) -> f64 
     BATCHED_EVENTS as f64 / t.elapsed().as_secs_f64()
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 #[tokio::main]
 async fn main() {
     let brokers = std::env::var("KAFKA_BROKERS").expect("set KAFKA_BROKERS to a running broker");
@@ -252,13 +247,13 @@ async fn main() {
             batched[i].push(batched_rate(&client, base, &token).await);
         }
     }
-    let off_single = median(&mut single[0].clone());
-    let off_cpu = median(&mut cpu[0].clone());
-    let off_batched = median(&mut batched[0].clone());
+    let off_single = common::median(&mut single[0].clone());
+    let off_cpu = common::median(&mut cpu[0].clone());
+    let off_batched = common::median(&mut batched[0].clone());
     for (i, (name, _, _)) in running.iter().enumerate() {
-        let s = median(&mut single[i]);
-        let c = median(&mut cpu[i]);
-        let b = median(&mut batched[i]);
+        let s = common::median(&mut single[i]);
+        let c = common::median(&mut cpu[i]);
+        let b = common::median(&mut batched[i]);
         println!(
             "ingress, {name}: {s:.0} requests/s single ({:.1}% of off), {c:.1} µs CPU per request (+{:.1}), \
              {b:.0} events/s in batches of 100 ({:.1}% of off)",

@@ -168,9 +168,9 @@ async fn main() {
         batched_rates.push(BATCHED_EVENTS as f64 / t.elapsed().as_secs_f64());
         cpu_per_event.push((common::cpu_seconds(pid) - cpu_before) / BATCHED_EVENTS as f64 * 1e6);
     }
-    let raw_rate = median(&mut raw_rates);
-    let batched_rate = median(&mut batched_rates);
-    let cpu_us = median(&mut cpu_per_event);
+    let raw_rate = common::median(&mut raw_rates);
+    let batched_rate = common::median(&mut batched_rates);
+    let cpu_us = common::median(&mut cpu_per_event);
 
     // 3. Single events, closed loop, 32 clients.
     let single_body = Arc::new(order(1).to_string());
@@ -317,11 +317,6 @@ fn status_kb(pid: u32, field: &str) -> u64 {
         .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         .unwrap_or(0)
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 fn percentile(samples: &mut [Duration], q: f64) -> Duration {

@@ -48,11 +48,6 @@ async fn timed(program: &str, args: &[&str], env: &[(&str, &str)]) -> (f64, f64)
     (figures.next().unwrap(), figures.next().unwrap() / 1024.0)
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 #[tokio::main]
 async fn main() {
     let brokers = std::env::var("KAFKA_BROKERS").expect("set KAFKA_BROKERS to a running broker");
@@ -149,7 +144,11 @@ async fn main() {
         parquet.push(total as f64 / parquet_file.0);
         rss.push((json_lines.1, parquet_file.1));
     }
-    let (raw, jsonl, parquet) = (median(raw), median(jsonl), median(parquet));
+    let (raw, jsonl, parquet) = (
+        common::median(&mut raw),
+        common::median(&mut jsonl),
+        common::median(&mut parquet),
+    );
     println!(
         "throughput (medians of {ROUNDS}): kcat -C {raw:.0} events/s; replay JSON lines {jsonl:.0} events/s ({:.0}%); replay Parquet {parquet:.0} events/s ({:.0}%)",
         100.0 * jsonl / raw,

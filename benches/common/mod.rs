@@ -56,6 +56,13 @@ pub async fn herald(service: &str, env: &[(&str, &str)]) -> (Child, String) {
     (child, base)
 }
 
+/// The middle of `values` (the upper one of an even count), sorting them.
+#[allow(dead_code, reason = "not every benchmark reports medians")]
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 /// The `p` quantile of sorted values (nearest rank).
 #[allow(dead_code, reason = "not every benchmark reports percentiles")]
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {

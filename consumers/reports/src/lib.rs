@@ -146,16 +146,14 @@ impl Announcer {
             idempotency_key: None,
         };
         let payload = self.codec.encode(schema, &envelope, value)?;
-        let record = OutgoingRecord {
-            topic: format!("{}{}", self.topic_prefix, schema.topic),
-            key: report_id.to_string().into_bytes(),
+        let record = OutgoingRecord::event(
+            &format!("{}{}", self.topic_prefix, schema.topic),
+            report_id.to_string().into_bytes(),
             payload,
-            timestamp_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
-            headers: vec![
-                ("event_type".into(), REPORT_GENERATED.as_bytes().to_vec()),
-                ("event_id".into(), event_id.to_string().into_bytes()),
-            ],
-        };
+            REPORT_GENERATED,
+            &event_id.to_string(),
+            (now.unix_timestamp_nanos() / 1_000_000) as i64,
+        );
         self.publisher.publish_all(&[record]).await?;
         Ok(())
     }

@@ -102,6 +102,30 @@ pub struct OutgoingRecord {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+impl OutgoingRecord {
+    /// An encoded event, with the `event_type` and `event_id` headers every consumer and
+    /// tool reads without decoding.
+    pub fn event(
+        topic: &str,
+        key: Vec<u8>,
+        payload: Vec<u8>,
+        event_type: &str,
+        event_id: &str,
+        timestamp_ms: i64,
+    ) -> Self {
+        Self {
+            topic: topic.to_string(),
+            key,
+            payload,
+            timestamp_ms,
+            headers: vec![
+                ("event_type".into(), event_type.as_bytes().to_vec()),
+                ("event_id".into(), event_id.as_bytes().to_vec()),
+            ],
+        }
+    }
+}
+
 /// Where the broker stored an acknowledged record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {

@@ -15,7 +15,7 @@ use serde_json::{Value as Json, json};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::outbox::now_us;
+use crate::outbox::{micros, now_us};
 use crate::store::{Account, ProfileChange, Refreshed, StoreError};
 use crate::tokens::{self, digest, new_secret};
 use crate::{AuthState, versions};
@@ -176,7 +176,7 @@ pub async fn register(State(state): State<Arc<AuthState>>, bytes: Bytes) -> Answ
     }
     let password_hash = state.hasher.hash(&request.password).await;
     let at = now();
-    let us = (at.unix_timestamp_nanos() / 1000) as i64;
+    let us = micros(at);
     let id = Uuid::now_v7().to_string();
     let account = Account {
         id: id.clone(),
@@ -230,18 +230,22 @@ fn conflict() -> Problem {
     )
 }
 
-/// A new session: an access token and the first refresh token of a new family.
-async fn session(state: &AuthState, account: &Account) -> Answer {
+/// An access token for `account`, signed by the key active at `us`.
+async fn access_token(state: &AuthState, account: &Account, us: i64) -> Result<String, Problem> {
     let keys = state.keys().await.map_err(|e| store_error(&e))?;
-    let at = now();
-    let us = (at.unix_timestamp_nanos() / 1000) as i64;
     let key = tokens::signer(&keys, us).ok_or_else(|| {
         Problem::unavailable("no signing key is active yet; try again shortly", 1)
     })?;
-    let access = state
+    state
         .issuer
-        .access_token(key, &account.id, &account.role, at.unix_timestamp() as u64)
-        .map_err(|e| Problem::internal(&e))?;
+        .access_token(key, &account.id, &account.role, (us / 1_000_000) as u64)
+        .map_err(|e| Problem::internal(&e))
+}
+
+/// A new session: an access token and the first refresh token of a new family.
+async fn session(state: &AuthState, account: &Account) -> Answer {
+    let us = now_us();
+    let access = access_token(state, account, us).await?;
     let refresh = new_secret();
     let family = Uuid::now_v7().to_string();
     let expires = us + state.settings.refresh_ttl.as_micros() as i64;
@@ -334,13 +338,7 @@ pub async fn refresh(State(state): State<Arc<AuthState>>, bytes: Bytes) -> Answe
         .map_err(|e| store_error(&e))?
         .filter(|a| a.deleted_at.is_none())
         .ok_or_else(|| Problem::unauthorized("the account no longer exists"))?;
-    let keys = state.keys().await.map_err(|e| store_error(&e))?;
-    let key = tokens::signer(&keys, us)
-        .ok_or_else(|| Problem::unavailable("no signing key is active yet", 1))?;
-    let access = state
-        .issuer
-        .access_token(key, &account.id, &account.role, (us / 1_000_000) as u64)
-        .map_err(|e| Problem::internal(&e))?;
+    let access = access_token(&state, &account, us).await?;
     Ok(tokens_response(&state, &access, &next, &account.id))
 }
 
@@ -417,7 +415,7 @@ pub async fn forgot_password(State(state): State<Arc<AuthState>>, bytes: Bytes) 
     {
         let token = new_secret();
         let at = now();
-        let us = (at.unix_timestamp_nanos() / 1000) as i64;
+        let us = micros(at);
         let expires = us + state.settings.reset_ttl.as_micros() as i64;
         let link = format!("{}#token={token}", state.settings.reset_url);
         let event = state
@@ -494,7 +492,7 @@ pub async fn otp_request(State(state): State<Arc<AuthState>>, bytes: Bytes) -> A
     {
         let code = format!("{:06}", rand::random_range(0..1_000_000u32));
         let at = now();
-        let us = (at.unix_timestamp_nanos() / 1000) as i64;
+        let us = micros(at);
         let expires = us + state.settings.otp_ttl.as_micros() as i64;
         let event = state
             .writer
@@ -650,7 +648,7 @@ pub async fn update_me(
             at,
         )
         .map_err(|e| Problem::internal(&e))?;
-    let us = (at.unix_timestamp_nanos() / 1000) as i64;
+    let us = micros(at);
     state
         .store
         .update_profile(&account.id, &change, us, &event)
@@ -677,11 +675,7 @@ pub async fn delete_me(State(state): State<Arc<AuthState>>, headers: HeaderMap) 
         .map_err(|e| Problem::internal(&e))?;
     state
         .store
-        .soft_delete(
-            &account.id,
-            (at.unix_timestamp_nanos() / 1000) as i64,
-            &event,
-        )
+        .soft_delete(&account.id, micros(at), &event)
         .await
         .map_err(|e| store_error(&e))?;
     state.relay_wake.notify_one();

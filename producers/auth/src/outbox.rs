@@ -85,7 +85,7 @@ impl EventWriter {
             record_key: key.into(),
             payload,
             event_type: event_type.into(),
-            created_at: (now.unix_timestamp_nanos() / 1000) as i64,
+            created_at: micros(now),
         })
     }
 }
@@ -152,15 +152,15 @@ impl Relay {
         }
         let records: Vec<OutgoingRecord> = rows
             .iter()
-            .map(|row| OutgoingRecord {
-                topic: row.topic.clone(),
-                key: row.record_key.clone().into_bytes(),
-                payload: row.payload.clone(),
-                timestamp_ms: row.created_at / 1000,
-                headers: vec![
-                    ("event_type".into(), row.event_type.clone().into_bytes()),
-                    ("event_id".into(), row.event_id.clone().into_bytes()),
-                ],
+            .map(|row| {
+                OutgoingRecord::event(
+                    &row.topic,
+                    row.record_key.clone().into_bytes(),
+                    row.payload.clone(),
+                    &row.event_type,
+                    &row.event_id,
+                    row.created_at / 1000,
+                )
             })
             .collect();
         self.publisher.publish_all(&records).await?;
@@ -171,6 +171,11 @@ impl Relay {
     }
 }
 
+/// Unix microseconds, how the auth tables keep time.
+pub fn micros(at: time::OffsetDateTime) -> i64 {
+    (at.unix_timestamp_nanos() / 1000) as i64
+}
+
 pub fn now_us() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
+    micros(time::OffsetDateTime::now_utc())
 }

@@ -206,24 +206,21 @@ async fn publish(
             .encode(&event.schema, &envelope, event.data)
             .map_err(|e| Problem::internal(&e))?;
         let topic = format!("{}{}", state.topic_prefix, event.schema.topic);
-        let mut headers = vec![
-            (
-                "event_type".to_string(),
-                envelope.event_type.clone().into_bytes(),
-            ),
-            ("event_id".to_string(), event_id.to_string().into_bytes()),
-        ];
-        if let Some(tp) = traceparent {
-            headers.push(("traceparent".to_string(), tp.as_bytes().to_vec()));
-        }
-        accepted.push((event_id, envelope.event_type, topic.clone()));
-        records.push(OutgoingRecord {
-            topic,
-            key: event.key.into_bytes(),
+        let mut record = OutgoingRecord::event(
+            &topic,
+            event.key.into_bytes(),
             payload,
-            timestamp_ms: (received_at.unix_timestamp_nanos() / 1_000_000) as i64,
-            headers,
-        });
+            &envelope.event_type,
+            &event_id.to_string(),
+            (received_at.unix_timestamp_nanos() / 1_000_000) as i64,
+        );
+        if let Some(tp) = traceparent {
+            record
+                .headers
+                .push(("traceparent".to_string(), tp.as_bytes().to_vec()));
+        }
+        accepted.push((event_id, envelope.event_type, topic));
+        records.push(record);
     }
     let deliveries = state.sink.publish(&records).await.map_err(|err| match err {
         PublishError::Unknown => {

@@ -321,10 +321,10 @@ async fn edge(State(edge): State<Arc<Edge>>, mut request: Request, next: Next) -
         .map(|c| c.0.ip());
     let caller = edge.caller(request.headers(), peer);
     request.extensions_mut().insert(caller.clone());
-    let (rate, key) = edge.limit_for(&method, &route, &caller);
     let verdict = if edge.args.rate_limits_off {
         None
     } else {
+        let (rate, key) = edge.limit_for(&method, &route, &caller);
         edge.count(&key, rate.window)
             .await
             .map(|count| rate::verdict(rate, count))
@@ -339,9 +339,7 @@ async fn edge(State(edge): State<Arc<Edge>>, mut request: Request, next: Next) -
             "Too many requests",
             format!(
                 "at most {} requests per {} s; try again in {} s",
-                v.limit,
-                rate.window.as_secs(),
-                v.reset_secs
+                v.limit, v.window_secs, v.reset_secs
             ),
         )
         .with_retry_after(v.reset_secs)
@@ -372,9 +370,7 @@ async fn edge(State(edge): State<Arc<Edge>>, mut request: Request, next: Next) -
         headers.insert("ratelimit-limit", HeaderValue::from(v.limit));
         headers.insert("ratelimit-remaining", HeaderValue::from(v.remaining));
         headers.insert("ratelimit-reset", HeaderValue::from(v.reset_secs));
-        if let Ok(policy) =
-            HeaderValue::from_str(&format!("{};w={}", v.limit, rate.window.as_secs()))
-        {
+        if let Ok(policy) = HeaderValue::from_str(&format!("{};w={}", v.limit, v.window_secs)) {
             headers.insert("ratelimit-policy", policy);
         }
     }

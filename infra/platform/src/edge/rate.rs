@@ -103,6 +103,8 @@ pub struct Verdict {
     pub remaining: u64,
     /// Whole seconds until the window closes, rounded up: waiting that long is enough.
     pub reset_secs: u64,
+    /// The window's length.
+    pub window_secs: u64,
 }
 
 pub fn verdict(rate: Rate, count: Count) -> Verdict {
@@ -112,6 +114,7 @@ pub fn verdict(rate: Rate, count: Count) -> Verdict {
         limit: rate.count,
         remaining: rate.count.saturating_sub(count.used),
         reset_secs,
+        window_secs: rate.window.as_secs(),
     }
 }
 
