@@ -204,7 +204,7 @@ pub async fn tail(command: TailCommand) -> anyhow::Result<()> {
         while let Some(batch) = reader.next_batch(500)? {
             for record in batch {
                 let payload = record.payload.as_deref().unwrap_or_default();
-                let line = match codec.decode(payload) {
+                let line = match codec.decode_text(payload) {
                     Ok(decoded) => {
                         if !command.types.is_empty()
                             && !command.types.contains(&decoded.envelope.event_type)

@@ -351,10 +351,7 @@ pub fn to_json(value: &Value) -> Json {
         Value::Null => Json::Null,
         Value::Boolean(b) => Json::Bool(*b),
         Value::Int(i) => Json::from(*i),
-        Value::Date(days) => {
-            let date = Date::from_julian_day(days + EPOCH_JULIAN_DAY).ok();
-            date.map_or(Json::Null, |d| Json::String(d.to_string()))
-        }
+        Value::Date(days) => date_json(*days),
         Value::Long(i) => Json::from(*i),
         Value::Float(f) => Number::from_f64(f64::from(*f)).map_or(Json::Null, Json::Number),
         Value::Double(f) => Number::from_f64(*f).map_or(Json::Null, Json::Number),
@@ -383,7 +380,14 @@ pub fn to_json(value: &Value) -> Json {
     }
 }
 
-fn timestamp_json(nanos: i128) -> Json {
+pub(crate) fn date_json(days: i32) -> Json {
+    let date = days
+        .checked_add(EPOCH_JULIAN_DAY)
+        .and_then(|day| Date::from_julian_day(day).ok());
+    date.map_or(Json::Null, |d| Json::String(d.to_string()))
+}
+
+pub(crate) fn timestamp_json(nanos: i128) -> Json {
     OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
         .and_then(|at| at.format(&Rfc3339).ok())

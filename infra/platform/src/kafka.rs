@@ -326,8 +326,14 @@ pub struct ReadRecord {
 
 impl ReadRecord {
     pub(crate) fn from_message(message: &BorrowedMessage<'_>) -> Self {
+        Self::read(message, true)
+    }
+
+    /// The record, with its headers only when asked for.
+    pub(crate) fn read(message: &BorrowedMessage<'_>, with_headers: bool) -> Self {
         let headers = message
             .headers()
+            .filter(|_| with_headers)
             .map(|headers| {
                 headers
                     .iter()

@@ -46,7 +46,7 @@ impl From<apache_avro::Error> for SinkError {
 
 /// Where rows go.
 pub trait Sink {
-    fn write(&mut self, row: &Row) -> Result<(), SinkError>;
+    fn write(&mut self, row: Row<'_>) -> Result<(), SinkError>;
     /// Writes a line [`line`] encoded for this sink's format (line formats only).
     fn write_line(&mut self, line: &[u8]) -> Result<(), SinkError> {
         let _ = line;
@@ -71,7 +71,7 @@ pub fn sink(format: Format, out: Output) -> Result<Box<dyn Sink>, SinkError> {
 
 /// A row as one line of a line format (JSON lines, CSV), newline included; `None` for the
 /// others. Pure, so rows can be encoded on any thread and written in order on one.
-pub fn line(format: Format, row: &Row) -> Option<Vec<u8>> {
+pub fn line(format: Format, row: &Row<'_>) -> Option<Vec<u8>> {
     let mut line = match format {
         Format::Jsonl => row.to_json_line(),
         Format::Csv => csv_line(row).into_bytes(),
@@ -84,7 +84,7 @@ pub fn line(format: Format, row: &Row) -> Option<Vec<u8>> {
 struct Jsonl(std::io::BufWriter<Output>);
 
 impl Sink for Jsonl {
-    fn write(&mut self, row: &Row) -> Result<(), SinkError> {
+    fn write(&mut self, row: Row<'_>) -> Result<(), SinkError> {
         self.0.write_all(&row.to_json_line())?;
         self.0.write_all(b"\n")?;
         Ok(())
@@ -120,28 +120,28 @@ fn csv_field(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-fn csv_line(row: &Row) -> String {
-    let data = row.data.to_string();
+fn csv_line(row: &Row<'_>) -> String {
+    let mut id = [0u8; 36];
     let fields = [
-        csv_field(&row.topic),
+        csv_field(row.topic),
         row.partition.to_string().into(),
         row.offset.to_string().into(),
         csv_field(row.key.as_deref().unwrap_or("")),
-        csv_field(&row.event_id),
+        csv_field(row.event_id_text(&mut id)),
         csv_field(&row.event_type),
         crate::row::rfc3339(row.occurred_at_us).into(),
         crate::row::rfc3339(row.received_at_us).into(),
         csv_field(&row.actor),
         csv_field(&row.source),
         csv_field(row.idempotency_key.as_deref().unwrap_or("")),
-        csv_field(&data),
+        csv_field(&row.data),
     ];
     fields.join(",")
 }
 
 impl Sink for Csv {
-    fn write(&mut self, row: &Row) -> Result<(), SinkError> {
-        writeln!(self.0, "{}", csv_line(row))?;
+    fn write(&mut self, row: Row<'_>) -> Result<(), SinkError> {
+        writeln!(self.0, "{}", csv_line(&row))?;
         Ok(())
     }
 
@@ -204,14 +204,14 @@ fn optional(text: Option<&str>) -> Avro {
 }
 
 impl Sink for AvroFile {
-    fn write(&mut self, row: &Row) -> Result<(), SinkError> {
+    fn write(&mut self, row: Row<'_>) -> Result<(), SinkError> {
         let record = Avro::Record(vec![
-            ("topic".into(), Avro::String(row.topic.clone())),
+            ("topic".into(), Avro::String(row.topic.to_owned())),
             ("partition".into(), Avro::Int(row.partition)),
             ("offset".into(), Avro::Long(row.offset)),
             ("key".into(), optional(row.key.as_deref())),
-            ("event_id".into(), Avro::String(row.event_id.clone())),
-            ("event_type".into(), Avro::String(row.event_type.clone())),
+            ("event_id".into(), Avro::String(row.event_id.to_string())),
+            ("event_type".into(), Avro::String(row.event_type)),
             (
                 "occurred_at".into(),
                 Avro::TimestampMicros(row.occurred_at_us),
@@ -220,13 +220,13 @@ impl Sink for AvroFile {
                 "received_at".into(),
                 Avro::TimestampMicros(row.received_at_us),
             ),
-            ("actor".into(), Avro::String(row.actor.clone())),
-            ("source".into(), Avro::String(row.source.clone())),
+            ("actor".into(), Avro::String(row.actor)),
+            ("source".into(), Avro::String(row.source)),
             (
                 "idempotency_key".into(),
                 optional(row.idempotency_key.as_deref()),
             ),
-            ("data".into(), Avro::String(row.data.to_string())),
+            ("data".into(), Avro::String(row.data)),
         ]);
         self.writer.append_value(record)?;
         Ok(())
@@ -279,94 +279,144 @@ impl Columns {
     }
 }
 
+/// Rows are gathered into columns here, and each full row group is encoded, compressed and
+/// written on a thread of its own, beside the decoding.
 struct ParquetFile {
-    writer: SerializedFileWriter<Output>,
     columns: Columns,
+    groups: Option<std::sync::mpsc::SyncSender<Columns>>,
+    writer: Option<std::thread::JoinHandle<Result<(), SinkError>>>,
 }
 
 fn bytes(text: &str) -> ByteArray {
     ByteArray::from(text.as_bytes().to_vec())
 }
 
+fn owned(text: String) -> ByteArray {
+    ByteArray::from(text.into_bytes())
+}
+
+/// Columns whose values are mostly distinct: a dictionary costs time and saves nothing.
+const PARQUET_PLAIN: [&str; 7] = [
+    "offset",
+    "key",
+    "event_id",
+    "occurred_at",
+    "received_at",
+    "idempotency_key",
+    "data",
+];
+
 impl ParquetFile {
     fn new(out: Output) -> Result<Self, SinkError> {
         let schema = Arc::new(parse_message_type(PARQUET_SCHEMA)?);
-        let properties = Arc::new(
-            WriterProperties::builder()
-                .set_compression(Compression::SNAPPY)
-                .set_created_by("herald replay".into())
-                .build(),
-        );
+        let mut properties = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_created_by("herald replay".into());
+        for column in PARQUET_PLAIN {
+            properties = properties.set_column_dictionary_enabled(column.into(), false);
+        }
+        let mut file = SerializedFileWriter::new(out, schema, Arc::new(properties.build()))?;
+        // One group queued while one is written: memory stays at a few row groups.
+        let (groups, queued) = std::sync::mpsc::sync_channel::<Columns>(1);
+        let writer = std::thread::spawn(move || {
+            for columns in queued {
+                write_group(&mut file, &columns)?;
+            }
+            file.into_inner()?.flush()?;
+            Ok(())
+        });
         Ok(Self {
-            writer: SerializedFileWriter::new(out, schema, properties)?,
             columns: Columns::default(),
+            groups: Some(groups),
+            writer: Some(writer),
         })
     }
 
+    /// Hands the gathered rows to the writing thread; its error, if it stopped on one.
     fn flush_group(&mut self) -> Result<(), SinkError> {
         if self.columns.len() == 0 {
             return Ok(());
         }
-        let c = std::mem::take(&mut self.columns);
-        let mut group = self.writer.next_row_group()?;
-        let mut index = 0;
-        while let Some(mut column) = group.next_column()? {
-            match COLUMNS[index] {
-                "partition" => {
-                    column
-                        .typed::<Int32Type>()
-                        .write_batch(&c.partition, None, None)?;
-                }
-                "offset" | "occurred_at" | "received_at" => {
-                    let values = match COLUMNS[index] {
-                        "offset" => &c.offset,
-                        "occurred_at" => &c.occurred_at,
-                        _ => &c.received_at,
-                    };
-                    column
-                        .typed::<Int64Type>()
-                        .write_batch(values, None, None)?;
-                }
-                "key" => {
-                    column.typed::<ByteArrayType>().write_batch(
-                        &c.key,
-                        Some(&c.key_defined),
-                        None,
-                    )?;
-                }
-                "idempotency_key" => {
-                    column.typed::<ByteArrayType>().write_batch(
-                        &c.idempotency_key,
-                        Some(&c.idempotency_key_defined),
-                        None,
-                    )?;
-                }
-                name => {
-                    let values = match name {
-                        "topic" => &c.topic,
-                        "event_id" => &c.event_id,
-                        "event_type" => &c.event_type,
-                        "actor" => &c.actor,
-                        "source" => &c.source,
-                        _ => &c.data,
-                    };
-                    column
-                        .typed::<ByteArrayType>()
-                        .write_batch(values, None, None)?;
-                }
-            }
-            column.close()?;
-            index += 1;
+        let columns = std::mem::take(&mut self.columns);
+        let sent = self
+            .groups
+            .as_ref()
+            .is_some_and(|groups| groups.send(columns).is_ok());
+        if sent { Ok(()) } else { self.join() }
+    }
+
+    /// Waits for the writing thread to finish what it was given.
+    fn join(&mut self) -> Result<(), SinkError> {
+        self.groups = None;
+        match self.writer.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(SinkError::Io(std::io::Error::other(
+                "the Parquet writing thread panicked",
+            ))),
+            None => Err(SinkError::Io(std::io::Error::other(
+                "the Parquet writing thread already stopped",
+            ))),
         }
-        group.close()?;
-        Ok(())
     }
 }
 
+fn write_group(writer: &mut SerializedFileWriter<Output>, c: &Columns) -> Result<(), SinkError> {
+    let mut group = writer.next_row_group()?;
+    let mut index = 0;
+    while let Some(mut column) = group.next_column()? {
+        match COLUMNS[index] {
+            "partition" => {
+                column
+                    .typed::<Int32Type>()
+                    .write_batch(&c.partition, None, None)?;
+            }
+            "offset" | "occurred_at" | "received_at" => {
+                let values = match COLUMNS[index] {
+                    "offset" => &c.offset,
+                    "occurred_at" => &c.occurred_at,
+                    _ => &c.received_at,
+                };
+                column
+                    .typed::<Int64Type>()
+                    .write_batch(values, None, None)?;
+            }
+            "key" => {
+                column
+                    .typed::<ByteArrayType>()
+                    .write_batch(&c.key, Some(&c.key_defined), None)?;
+            }
+            "idempotency_key" => {
+                column.typed::<ByteArrayType>().write_batch(
+                    &c.idempotency_key,
+                    Some(&c.idempotency_key_defined),
+                    None,
+                )?;
+            }
+            name => {
+                let values = match name {
+                    "topic" => &c.topic,
+                    "event_id" => &c.event_id,
+                    "event_type" => &c.event_type,
+                    "actor" => &c.actor,
+                    "source" => &c.source,
+                    _ => &c.data,
+                };
+                column
+                    .typed::<ByteArrayType>()
+                    .write_batch(values, None, None)?;
+            }
+        }
+        column.close()?;
+        index += 1;
+    }
+    group.close()?;
+    Ok(())
+}
+
 impl Sink for ParquetFile {
-    fn write(&mut self, row: &Row) -> Result<(), SinkError> {
+    fn write(&mut self, row: Row<'_>) -> Result<(), SinkError> {
         let c = &mut self.columns;
-        c.topic.push(bytes(&row.topic));
+        c.topic.push(bytes(row.topic));
         c.partition.push(row.partition);
         c.offset.push(row.offset);
         match &row.key {
@@ -376,20 +426,20 @@ impl Sink for ParquetFile {
             }
             None => c.key_defined.push(0),
         }
-        c.event_id.push(bytes(&row.event_id));
-        c.event_type.push(bytes(&row.event_type));
+        c.event_id.push(bytes(row.event_id_text(&mut [0u8; 36])));
+        c.event_type.push(owned(row.event_type));
         c.occurred_at.push(row.occurred_at_us);
         c.received_at.push(row.received_at_us);
-        c.actor.push(bytes(&row.actor));
-        c.source.push(bytes(&row.source));
-        match &row.idempotency_key {
+        c.actor.push(owned(row.actor));
+        c.source.push(owned(row.source));
+        match row.idempotency_key {
             Some(key) => {
-                c.idempotency_key.push(bytes(key));
+                c.idempotency_key.push(owned(key));
                 c.idempotency_key_defined.push(1);
             }
             None => c.idempotency_key_defined.push(0),
         }
-        c.data.push(bytes(&row.data.to_string()));
+        c.data.push(owned(row.data));
         if c.len() >= PARQUET_ROW_GROUP {
             self.flush_group()?;
         }
@@ -398,9 +448,7 @@ impl Sink for ParquetFile {
 
     fn finish(mut self: Box<Self>) -> Result<(), SinkError> {
         self.flush_group()?;
-        let mut out = self.writer.into_inner()?;
-        out.flush()?;
-        Ok(())
+        self.join()
     }
 }
 

@@ -69,22 +69,39 @@ pub struct Summary {
     pub by_type: BTreeMap<(String, String), u64>,
 }
 
+impl Summary {
+    /// Counts one event; the map's few keys are compared in place, not built per event.
+    fn count(&mut self, topic: &str, event_type: &str) {
+        let known = self
+            .by_type
+            .iter_mut()
+            .find(|((t, e), _)| t == topic && e == event_type);
+        match known {
+            Some((_, n)) => *n += 1,
+            None => {
+                self.by_type
+                    .insert((topic.to_owned(), event_type.to_owned()), 1);
+            }
+        }
+    }
+}
+
 /// Records read, decoded and written at a time.
 const BATCH: usize = 4_096;
 
 /// A decoded row, and its line when the format has lines (encoded beside the decoding).
-type Decoded = (Row, Option<Vec<u8>>);
+type Decoded<'a> = (Row<'a>, Option<Vec<u8>>);
 
 /// Decodes a batch on every core, keeping its order, and keeps the rows the filters let
 /// through, each with its line for line formats. Decoding and encoding are most of a
 /// replay's work; reading and writing stay on one thread.
-fn decode_all(
-    batch: &[ReadRecord],
+fn decode_all<'a>(
+    batch: &'a [ReadRecord],
     codec: &Codec,
     args: &ReplayArgs,
-) -> anyhow::Result<Vec<Decoded>> {
+) -> anyhow::Result<Vec<Decoded<'a>>> {
     let lines = !args.dry_run;
-    let decode = |records: &[ReadRecord]| -> anyhow::Result<Vec<Decoded>> {
+    let decode = |records: &'a [ReadRecord]| -> anyhow::Result<Vec<Decoded<'a>>> {
         let mut rows = Vec::with_capacity(records.len());
         for record in records {
             if !args.keys.is_empty() {
@@ -94,7 +111,7 @@ fn decode_all(
                 }
             }
             let payload = record.payload.as_deref().unwrap_or_default();
-            let decoded = codec.decode(payload).with_context(|| {
+            let decoded = codec.decode_text(payload).with_context(|| {
                 format!(
                     "the record at offset {} of {} partition {} does not decode with the \
                      schemas at hand (SCHEMAS_DIR, SCHEMA_REGISTRY_URL)",
@@ -119,7 +136,7 @@ fn decode_all(
     if threads == 1 || batch.len() < 256 {
         return decode(batch);
     }
-    let parts: Vec<anyhow::Result<Vec<Decoded>>> = std::thread::scope(|scope| {
+    let parts: Vec<anyhow::Result<Vec<Decoded<'a>>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = batch
             .chunks(batch.len().div_ceil(threads))
             .map(|part| scope.spawn(move || decode(part)))
@@ -159,7 +176,8 @@ pub fn replay(kafka: &KafkaArgs, codec: &Codec, args: &ReplayArgs) -> anyhow::Re
         );
     }
     let topics: Vec<String> = args.topics.iter().map(|t| kafka.topic(t)).collect();
-    let mut reader = RangeReader::open(kafka, &topics, from, to, Duration::from_secs(30))?;
+    let mut reader =
+        RangeReader::open(kafka, &topics, from, to, Duration::from_secs(30))?.without_headers();
     if reader.span() == 0 {
         bail!(
             "no events between {} and {} in {}",
@@ -191,22 +209,37 @@ pub fn replay(kafka: &KafkaArgs, codec: &Codec, args: &ReplayArgs) -> anyhow::Re
         (None, false) => Some(formats::sink(args.format, Box::new(std::io::stdout()))?),
     };
     let mut summary = Summary::default();
-    while let Some(batch) = reader.next_batch(BATCH)? {
-        progress.inc(batch.len() as u64);
-        summary.read += batch.len() as u64;
-        for (row, line) in decode_all(&batch, codec, args)? {
-            *summary
-                .by_type
-                .entry((row.topic.clone(), row.event_type.clone()))
-                .or_default() += 1;
-            summary.written += 1;
-            match (&mut sink, line) {
-                (Some(sink), Some(line)) => sink.write_line(&line)?,
-                (Some(sink), None) => sink.write(&row)?,
-                (None, _) => {}
+    // Reading runs beside decoding and writing: a batch is fetched while the last one is
+    // decoded. Two in the queue keep memory bounded.
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let (sender, batches) = std::sync::mpsc::sync_channel(2);
+        scope.spawn(move || {
+            loop {
+                let batch = reader.next_batch(BATCH);
+                let more = matches!(batch, Ok(Some(_)));
+                if sender.send(batch).is_err() || !more {
+                    break;
+                }
+            }
+        });
+        while let Some(batch) = batches
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the reading thread stopped"))??
+        {
+            progress.inc(batch.len() as u64);
+            summary.read += batch.len() as u64;
+            for (row, line) in decode_all(&batch, codec, args)? {
+                summary.count(row.topic, &row.event_type);
+                summary.written += 1;
+                match (&mut sink, line) {
+                    (Some(sink), Some(line)) => sink.write_line(&line)?,
+                    (Some(sink), None) => sink.write(row)?,
+                    (None, _) => {}
+                }
             }
         }
-    }
+        Ok(())
+    })?;
     progress.finish_and_clear();
     if let Some(sink) = sink {
         sink.finish()?;

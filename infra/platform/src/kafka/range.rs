@@ -7,7 +7,6 @@
 //! exact even where producers' clocks made timestamps step back a little. The end of each
 //! partition is fixed when the read starts: records appended later are not waited for.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -48,10 +47,12 @@ impl From<rdkafka::error::KafkaError> for RangeError {
 pub struct RangeReader {
     consumer: BaseConsumer,
     plan: Vec<Planned>,
-    /// Partitions not finished yet, and the offset each ends before.
-    remaining: HashMap<(String, i32), i64>,
+    /// Partitions not finished yet, and the offset each ends before. A list: there are
+    /// few, and it is looked up for every record without building a key.
+    remaining: Vec<((String, i32), i64)>,
     from_ms: i64,
     to_ms: i64,
+    headers: bool,
 }
 
 impl RangeReader {
@@ -137,7 +138,10 @@ impl RangeReader {
             .set("fetch.max.bytes", "16777216")
             .set("fetch.message.max.bytes", "4194304")
             .set("queued.min.messages", "20000")
-            .set("queued.max.messages.kbytes", "32768");
+            .set("queued.max.messages.kbytes", "32768")
+            // A full queue pauses fetching for this long (a second by default): at a bulk
+            // reader's pace the queue drains long before, and the reader would sit idle.
+            .set("fetch.queue.backoff.ms", "5");
         Ok(config.create().map_err(KafkaSetupError::from)?)
     }
 
@@ -191,7 +195,15 @@ impl RangeReader {
             remaining,
             from_ms,
             to_ms,
+            headers: true,
         })
+    }
+
+    /// Leaves records' headers unread: a bulk reader that has no use for them saves copying
+    /// each one.
+    pub fn without_headers(mut self) -> Self {
+        self.headers = false;
+        self
     }
 
     /// What the read covers, by partition.
@@ -220,21 +232,24 @@ impl RangeReader {
                 break;
             };
             let message = message?;
-            let slot = (message.topic().to_string(), message.partition());
-            let Some(&end) = self.remaining.get(&slot) else {
+            let slot = self.remaining.iter().position(|((topic, partition), _)| {
+                *partition == message.partition() && topic == message.topic()
+            });
+            let Some(slot) = slot else {
                 continue;
             };
+            let end = self.remaining[slot].1;
             if message.offset() + 1 >= end {
-                self.remaining.remove(&slot);
+                let ((topic, partition), _) = self.remaining.swap_remove(slot);
                 // Stop fetching what is beyond the range.
                 let mut done = TopicPartitionList::new();
-                done.add_partition(&slot.0, slot.1);
+                done.add_partition(&topic, partition);
                 self.consumer.pause(&done)?;
             }
             if message.offset() >= end {
                 continue;
             }
-            let record = ReadRecord::from_message(&message);
+            let record = ReadRecord::read(&message, self.headers);
             if record
                 .timestamp_ms
                 .is_some_and(|ms| ms >= self.from_ms && ms < self.to_ms)
@@ -250,7 +265,7 @@ impl RangeReader {
 
     fn finish_reached(&mut self) -> Result<(), RangeError> {
         let position = self.consumer.position()?;
-        self.remaining.retain(|(topic, partition), end| {
+        self.remaining.retain(|((topic, partition), end)| {
             !matches!(
                 position.find_partition(topic, *partition).map(|e| e.offset()),
                 Some(Offset::Offset(at)) if at >= *end
