@@ -211,7 +211,7 @@ pub async fn tail(command: TailCommand) -> anyhow::Result<()> {
                         {
                             continue;
                         }
-                        replay::row::Row::new(&record, decoded).to_json()
+                        replay::row::Row::new(&record, &decoded).to_json()
                     }
                     Err(err) => serde_json::json!({
                         "topic": record.topic, "partition": record.partition,

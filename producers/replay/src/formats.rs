@@ -47,7 +47,7 @@ impl From<apache_avro::Error> for SinkError {
 /// Where rows go.
 pub trait Sink {
     fn write(&mut self, row: Row<'_>) -> Result<(), SinkError>;
-    /// Writes a line [`line`] encoded for this sink's format (line formats only).
+    /// Writes a row [`line`] encoded for this sink's format (line formats only).
     fn write_line(&mut self, line: &[u8]) -> Result<(), SinkError> {
         let _ = line;
         Err(SinkError::Io(std::io::Error::other(
@@ -70,7 +70,7 @@ pub fn sink(format: Format, out: Output) -> Result<Box<dyn Sink>, SinkError> {
 }
 
 /// A row as one line of a line format (JSON lines, CSV), newline included; `None` for the
-/// others. Pure, so rows can be encoded on any thread and written in order on one.
+/// others. Pure, so rows are encoded on the decoding threads and written in order on one.
 pub fn line(format: Format, row: &Row<'_>) -> Option<Vec<u8>> {
     let mut line = match format {
         Format::Jsonl => row.to_json_line(),
@@ -128,13 +128,13 @@ fn csv_line(row: &Row<'_>) -> String {
         row.offset.to_string().into(),
         csv_field(row.key.as_deref().unwrap_or("")),
         csv_field(row.event_id_text(&mut id)),
-        csv_field(&row.event_type),
+        csv_field(row.event_type),
         crate::row::rfc3339(row.occurred_at_us).into(),
         crate::row::rfc3339(row.received_at_us).into(),
-        csv_field(&row.actor),
-        csv_field(&row.source),
-        csv_field(row.idempotency_key.as_deref().unwrap_or("")),
-        csv_field(&row.data),
+        csv_field(row.actor),
+        csv_field(row.source),
+        csv_field(row.idempotency_key.unwrap_or("")),
+        csv_field(row.data),
     ];
     fields.join(",")
 }
@@ -211,7 +211,7 @@ impl Sink for AvroFile {
             ("offset".into(), Avro::Long(row.offset)),
             ("key".into(), optional(row.key.as_deref())),
             ("event_id".into(), Avro::String(row.event_id.to_string())),
-            ("event_type".into(), Avro::String(row.event_type)),
+            ("event_type".into(), Avro::String(row.event_type.to_owned())),
             (
                 "occurred_at".into(),
                 Avro::TimestampMicros(row.occurred_at_us),
@@ -220,13 +220,10 @@ impl Sink for AvroFile {
                 "received_at".into(),
                 Avro::TimestampMicros(row.received_at_us),
             ),
-            ("actor".into(), Avro::String(row.actor)),
-            ("source".into(), Avro::String(row.source)),
-            (
-                "idempotency_key".into(),
-                optional(row.idempotency_key.as_deref()),
-            ),
-            ("data".into(), Avro::String(row.data)),
+            ("actor".into(), Avro::String(row.actor.to_owned())),
+            ("source".into(), Avro::String(row.source.to_owned())),
+            ("idempotency_key".into(), optional(row.idempotency_key)),
+            ("data".into(), Avro::String(row.data.to_owned())),
         ]);
         self.writer.append_value(record)?;
         Ok(())
@@ -277,6 +274,67 @@ impl Columns {
     fn len(&self) -> usize {
         self.offset.len()
     }
+
+    fn push(&mut self, row: ParquetRow) {
+        let optional = |values: &mut Vec<ByteArray>, defined: &mut Vec<i16>, value| match value {
+            Some(value) => {
+                values.push(value);
+                defined.push(1);
+            }
+            None => defined.push(0),
+        };
+        self.topic.push(row.topic);
+        self.partition.push(row.partition);
+        self.offset.push(row.offset);
+        optional(&mut self.key, &mut self.key_defined, row.key);
+        self.event_id.push(row.event_id);
+        self.event_type.push(row.event_type);
+        self.occurred_at.push(row.occurred_at);
+        self.received_at.push(row.received_at);
+        self.actor.push(row.actor);
+        self.source.push(row.source);
+        optional(
+            &mut self.idempotency_key,
+            &mut self.idempotency_key_defined,
+            row.idempotency_key,
+        );
+        self.data.push(row.data);
+    }
+}
+
+/// One row's Parquet values.
+struct ParquetRow {
+    topic: ByteArray,
+    partition: i32,
+    offset: i64,
+    key: Option<ByteArray>,
+    event_id: ByteArray,
+    event_type: ByteArray,
+    occurred_at: i64,
+    received_at: i64,
+    actor: ByteArray,
+    source: ByteArray,
+    idempotency_key: Option<ByteArray>,
+    data: ByteArray,
+}
+
+impl ParquetRow {
+    fn new(row: &Row<'_>) -> Self {
+        Self {
+            topic: bytes(row.topic),
+            partition: row.partition,
+            offset: row.offset,
+            key: row.key.as_deref().map(bytes),
+            event_id: bytes(row.event_id_text(&mut [0u8; 36])),
+            event_type: bytes(row.event_type),
+            occurred_at: row.occurred_at_us,
+            received_at: row.received_at_us,
+            actor: bytes(row.actor),
+            source: bytes(row.source),
+            idempotency_key: row.idempotency_key.map(bytes),
+            data: bytes(row.data),
+        }
+    }
 }
 
 /// Rows are gathered into columns here, and each full row group is encoded, compressed and
@@ -289,10 +347,6 @@ struct ParquetFile {
 
 fn bytes(text: &str) -> ByteArray {
     ByteArray::from(text.as_bytes().to_vec())
-}
-
-fn owned(text: String) -> ByteArray {
-    ByteArray::from(text.into_bytes())
 }
 
 /// Columns whose values are mostly distinct: a dictionary costs time and saves nothing.
@@ -415,32 +469,8 @@ fn write_group(writer: &mut SerializedFileWriter<Output>, c: &Columns) -> Result
 
 impl Sink for ParquetFile {
     fn write(&mut self, row: Row<'_>) -> Result<(), SinkError> {
-        let c = &mut self.columns;
-        c.topic.push(bytes(row.topic));
-        c.partition.push(row.partition);
-        c.offset.push(row.offset);
-        match &row.key {
-            Some(key) => {
-                c.key.push(bytes(key));
-                c.key_defined.push(1);
-            }
-            None => c.key_defined.push(0),
-        }
-        c.event_id.push(bytes(row.event_id_text(&mut [0u8; 36])));
-        c.event_type.push(owned(row.event_type));
-        c.occurred_at.push(row.occurred_at_us);
-        c.received_at.push(row.received_at_us);
-        c.actor.push(owned(row.actor));
-        c.source.push(owned(row.source));
-        match row.idempotency_key {
-            Some(key) => {
-                c.idempotency_key.push(owned(key));
-                c.idempotency_key_defined.push(1);
-            }
-            None => c.idempotency_key_defined.push(0),
-        }
-        c.data.push(owned(row.data));
-        if c.len() >= PARQUET_ROW_GROUP {
+        self.columns.push(ParquetRow::new(&row));
+        if self.columns.len() >= PARQUET_ROW_GROUP {
             self.flush_group()?;
         }
         Ok(())

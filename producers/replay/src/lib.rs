@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use events::Codec;
+use events::{Codec, DecodedText};
 use platform::kafka::range::RangeReader;
 use platform::kafka::{KafkaArgs, ReadRecord};
 
@@ -89,71 +89,112 @@ impl Summary {
 /// Records read, decoded and written at a time.
 const BATCH: usize = 4_096;
 
-/// A decoded row, and its line when the format has lines (encoded beside the decoding).
-type Decoded<'a> = (Row<'a>, Option<Vec<u8>>);
+/// A batch of records and what decoding kept of it: for each record the filters let
+/// through, its index, its event and, for line formats, its line.
+struct DecodedBatch {
+    records: Vec<ReadRecord>,
+    kept: Vec<(usize, DecodedText, Option<Vec<u8>>)>,
+}
 
-/// Decodes a batch on every core, keeping its order, and keeps the rows the filters let
-/// through, each with its line for line formats. Decoding and encoding are most of a
-/// replay's work; reading and writing stay on one thread.
-fn decode_all<'a>(
-    batch: &'a [ReadRecord],
+/// Decodes a batch, keeps the events the filters let through, and encodes each one's line
+/// for line formats. Pure: it runs on any of the decoding threads.
+fn decode_batch(
+    records: Vec<ReadRecord>,
     codec: &Codec,
     args: &ReplayArgs,
-) -> anyhow::Result<Vec<Decoded<'a>>> {
-    let lines = !args.dry_run;
-    let decode = |records: &'a [ReadRecord]| -> anyhow::Result<Vec<Decoded<'a>>> {
-        let mut rows = Vec::with_capacity(records.len());
-        for record in records {
-            if !args.keys.is_empty() {
-                let key = record.key.as_deref().map(String::from_utf8_lossy);
-                if !key.is_some_and(|k| args.keys.iter().any(|wanted| *wanted == k)) {
-                    continue;
-                }
-            }
-            let payload = record.payload.as_deref().unwrap_or_default();
-            let decoded = codec.decode_text(payload).with_context(|| {
-                format!(
-                    "the record at offset {} of {} partition {} does not decode with the \
-                     schemas at hand (SCHEMAS_DIR, SCHEMA_REGISTRY_URL)",
-                    record.offset, record.topic, record.partition
-                )
-            })?;
-            if args.types.is_empty() || args.types.contains(&decoded.envelope.event_type) {
-                let row = Row::new(record, decoded);
-                let line = if lines {
-                    formats::line(args.format, &row)
-                } else {
-                    None
-                };
-                rows.push((row, line));
+) -> anyhow::Result<DecodedBatch> {
+    let mut kept = Vec::with_capacity(records.len());
+    for (index, record) in records.iter().enumerate() {
+        if !args.keys.is_empty() {
+            let key = record.key.as_deref().map(String::from_utf8_lossy);
+            if !key.is_some_and(|k| args.keys.iter().any(|wanted| *wanted == k)) {
+                continue;
             }
         }
-        Ok(rows)
-    };
+        let payload = record.payload.as_deref().unwrap_or_default();
+        let decoded = codec.decode_text(payload).with_context(|| {
+            format!(
+                "the record at offset {} of {} partition {} does not decode with the \
+                 schemas at hand (SCHEMAS_DIR, SCHEMA_REGISTRY_URL)",
+                record.offset, record.topic, record.partition
+            )
+        })?;
+        if args.types.is_empty() || args.types.contains(&decoded.envelope.event_type) {
+            let line = if args.dry_run {
+                None
+            } else {
+                formats::line(args.format, &Row::new(record, &decoded))
+            };
+            kept.push((index, decoded, line));
+        }
+    }
+    Ok(DecodedBatch { records, kept })
+}
+
+/// Reads, decodes and hands over every batch in order, as a pipeline: one thread reads,
+/// `threads` decode (most of a replay's work), and the calling thread gets the batches back
+/// in the order they were read. Each queue holds a few batches, so memory stays bounded.
+fn pipeline(
+    mut next_batch: impl FnMut() -> anyhow::Result<Option<Vec<ReadRecord>>> + Send,
+    codec: &Codec,
+    args: &ReplayArgs,
+    mut each: impl FnMut(DecodedBatch) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let threads = args
         .decoders
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)));
-    if threads == 1 || batch.len() < 256 {
-        return decode(batch);
-    }
-    let parts: Vec<anyhow::Result<Vec<Decoded<'a>>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = batch
-            .chunks(batch.len().div_ceil(threads))
-            .map(|part| scope.spawn(move || decode(part)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a decoder panicked")))
-            })
-            .collect()
-    });
-    let mut rows = Vec::with_capacity(batch.len());
-    for part in parts {
-        rows.extend(part?);
-    }
-    Ok(rows)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)))
+        .max(1);
+    std::thread::scope(|scope| {
+        let (to_decode, batches) = std::sync::mpsc::sync_channel::<(u64, Vec<ReadRecord>)>(threads);
+        let (to_write, decoded) = std::sync::mpsc::sync_channel(threads);
+        let read_errors = to_write.clone();
+        scope.spawn(move || {
+            for seq in 0u64.. {
+                match next_batch() {
+                    Ok(Some(batch)) => {
+                        if to_decode.send((seq, batch)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(err) => {
+                        let _ = read_errors.send((seq, Err(err)));
+                        return;
+                    }
+                }
+            }
+        });
+        // The decoders share the queue of batches; a decoder stops when either queue closes.
+        let batches = std::sync::Arc::new(std::sync::Mutex::new(batches));
+        for _ in 0..threads {
+            let (batches, to_write) = (batches.clone(), to_write.clone());
+            scope.spawn(move || {
+                loop {
+                    let next = batches.lock().map(|queue| queue.recv());
+                    let Ok(Ok((seq, records))) = next else {
+                        return;
+                    };
+                    if to_write
+                        .send((seq, decode_batch(records, codec, args)))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+        drop((batches, to_write));
+        let mut waiting = BTreeMap::new();
+        let mut next = 0;
+        for (seq, batch) in decoded {
+            waiting.insert(seq, batch);
+            while let Some(batch) = waiting.remove(&next) {
+                each(batch?)?;
+                next += 1;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Parses an RFC 3339 time to milliseconds since the epoch.
@@ -209,33 +250,18 @@ pub fn replay(kafka: &KafkaArgs, codec: &Codec, args: &ReplayArgs) -> anyhow::Re
         (None, false) => Some(formats::sink(args.format, Box::new(std::io::stdout()))?),
     };
     let mut summary = Summary::default();
-    // Reading runs beside decoding and writing: a batch is fetched while the last one is
-    // decoded. Two in the queue keep memory bounded.
-    std::thread::scope(|scope| -> anyhow::Result<()> {
-        let (sender, batches) = std::sync::mpsc::sync_channel(2);
-        scope.spawn(move || {
-            loop {
-                let batch = reader.next_batch(BATCH);
-                let more = matches!(batch, Ok(Some(_)));
-                if sender.send(batch).is_err() || !more {
-                    break;
-                }
-            }
-        });
-        while let Some(batch) = batches
-            .recv()
-            .map_err(|_| anyhow::anyhow!("the reading thread stopped"))??
-        {
-            progress.inc(batch.len() as u64);
-            summary.read += batch.len() as u64;
-            for (row, line) in decode_all(&batch, codec, args)? {
-                summary.count(row.topic, &row.event_type);
-                summary.written += 1;
-                match (&mut sink, line) {
-                    (Some(sink), Some(line)) => sink.write_line(&line)?,
-                    (Some(sink), None) => sink.write(row)?,
-                    (None, _) => {}
-                }
+    let next_batch = || Ok(reader.next_batch(BATCH)?);
+    pipeline(next_batch, codec, args, |batch| {
+        progress.inc(batch.records.len() as u64);
+        summary.read += batch.records.len() as u64;
+        for (index, decoded, line) in &batch.kept {
+            let record = &batch.records[*index];
+            summary.count(&record.topic, &decoded.envelope.event_type);
+            summary.written += 1;
+            match (&mut sink, line) {
+                (Some(sink), Some(line)) => sink.write_line(line)?,
+                (Some(sink), None) => sink.write(Row::new(record, decoded))?,
+                (None, _) => {}
             }
         }
         Ok(())
@@ -330,4 +356,146 @@ pub fn rate(summary: &Summary, started: Instant) -> String {
         summary.read,
         summary.read as f64 / seconds.max(1e-9)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use clap::Parser;
+    use events::{Catalog, Envelope, WireFormat};
+    use time::OffsetDateTime;
+    use uuid::Uuid;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ReplayArgs,
+    }
+
+    fn args(decoders: usize) -> ReplayArgs {
+        Cli::parse_from([
+            "replay",
+            "--topics",
+            "orders",
+            "--from",
+            "2026-01-01T00:00:00Z",
+            "--to",
+            "2027-01-01T00:00:00Z",
+            "--decoders",
+            &decoders.to_string(),
+        ])
+        .args
+    }
+
+    fn codec() -> Codec {
+        Codec::new(
+            Arc::new(Catalog::embedded().unwrap()),
+            WireFormat::SingleObject,
+        )
+    }
+
+    /// Batches of `size` order.placed records with offsets counting up from 0.
+    fn batches(codec: &Codec, count: usize, size: usize) -> Vec<Vec<ReadRecord>> {
+        let schema = codec.catalog().latest("order.placed").unwrap().clone();
+        let value = schema.validate(&schema.example, "").unwrap();
+        let envelope = Envelope {
+            event_id: Uuid::now_v7(),
+            event_type: "order.placed".into(),
+            occurred_at: OffsetDateTime::UNIX_EPOCH,
+            received_at: OffsetDateTime::UNIX_EPOCH,
+            actor: "alice".into(),
+            source: "test".into(),
+            idempotency_key: None,
+        };
+        let payload = codec.encode(&schema, &envelope, value).unwrap();
+        (0..count)
+            .map(|b| {
+                (0..size)
+                    .map(|i| ReadRecord {
+                        topic: "orders".into(),
+                        partition: 0,
+                        offset: (b * size + i) as i64,
+                        key: None,
+                        payload: Some(payload.clone()),
+                        timestamp_ms: Some(0),
+                        headers: Vec::new(),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn source(
+        batches: Vec<Vec<ReadRecord>>,
+    ) -> impl FnMut() -> anyhow::Result<Option<Vec<ReadRecord>>> + Send {
+        let mut batches = batches.into_iter();
+        move || Ok(batches.next())
+    }
+
+    #[test]
+    fn batches_come_back_in_the_order_they_were_read() {
+        let codec = codec();
+        for decoders in [1, 3] {
+            let mut offsets = Vec::new();
+            pipeline(
+                source(batches(&codec, 40, 7)),
+                &codec,
+                &args(decoders),
+                |batch| {
+                    for (index, _, line) in &batch.kept {
+                        assert!(line.as_ref().is_some_and(|l| l.ends_with(b"}\n")));
+                        offsets.push(batch.records[*index].offset);
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
+            assert_eq!(offsets, (0..280).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn an_undecodable_record_stops_the_replay_naming_it() {
+        let codec = codec();
+        let mut batches = batches(&codec, 10, 5);
+        batches[4][2].payload = Some(b"not avro".to_vec());
+        let err = pipeline(source(batches), &codec, &args(2), |_| Ok(())).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("offset 22 of orders partition 0 does not decode"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn a_failing_writer_or_reader_stops_everything_without_hanging() {
+        let codec = codec();
+        let endless = {
+            let batch = batches(&codec, 1, 3).remove(0);
+            move || Ok(Some(batch.clone()))
+        };
+        let mut written = 0;
+        let err = pipeline(endless, &codec, &args(2), |_| {
+            written += 1;
+            if written == 5 {
+                anyhow::bail!("disk full");
+            }
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "disk full");
+
+        let mut calls = 0;
+        let failing = || {
+            calls += 1;
+            if calls == 3 {
+                anyhow::bail!("broker gone");
+            }
+            Ok(Some(batches(&codec, 1, 2).remove(0)))
+        };
+        let err = pipeline(failing, &codec, &args(2), |_| Ok(())).unwrap_err();
+        assert_eq!(err.to_string(), "broker gone");
+    }
 }

@@ -24,7 +24,7 @@ pub const COLUMNS: [&str; 12] = [
     "data",
 ];
 
-/// A row borrows what it can from the record it was read from: a replay makes millions.
+/// A row is a view of a record and its decoded event: a replay makes millions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row<'a> {
     pub topic: &'a str,
@@ -32,34 +32,34 @@ pub struct Row<'a> {
     pub offset: i64,
     pub key: Option<Cow<'a, str>>,
     pub event_id: Uuid,
-    pub event_type: String,
+    pub event_type: &'a str,
     /// Microseconds since the epoch, UTC.
     pub occurred_at_us: i64,
     pub received_at_us: i64,
-    pub actor: String,
-    pub source: String,
-    pub idempotency_key: Option<String>,
+    pub actor: &'a str,
+    pub source: &'a str,
+    pub idempotency_key: Option<&'a str>,
     /// The event's data as JSON text: every format writes it as text, so it is never parsed.
-    pub data: String,
+    pub data: &'a str,
 }
 
 impl<'a> Row<'a> {
-    pub fn new(record: &'a ReadRecord, decoded: DecodedText) -> Self {
+    pub fn new(record: &'a ReadRecord, decoded: &'a DecodedText) -> Self {
         let micros = |at: time::OffsetDateTime| (at.unix_timestamp_nanos() / 1_000) as i64;
-        let envelope = decoded.envelope;
+        let envelope = &decoded.envelope;
         Self {
             topic: &record.topic,
             partition: record.partition,
             offset: record.offset,
             key: record.key.as_deref().map(String::from_utf8_lossy),
             event_id: envelope.event_id,
-            event_type: envelope.event_type,
+            event_type: &envelope.event_type,
             occurred_at_us: micros(envelope.occurred_at),
             received_at_us: micros(envelope.received_at),
-            actor: envelope.actor,
-            source: envelope.source,
-            idempotency_key: envelope.idempotency_key,
-            data: decoded.data,
+            actor: &envelope.actor,
+            source: &envelope.source,
+            idempotency_key: envelope.idempotency_key.as_deref(),
+            data: &decoded.data,
         }
     }
 
@@ -83,13 +83,13 @@ impl<'a> Row<'a> {
         field("offset", &self.offset);
         field("key", &self.key.as_deref());
         field("event_id", &self.event_id_text(&mut id));
-        field("event_type", &self.event_type.as_str());
+        field("event_type", &self.event_type);
         field("occurred_at", &Timestamp(self.occurred_at_us));
         field("received_at", &Timestamp(self.received_at_us));
-        field("actor", &self.actor.as_str());
-        field("source", &self.source.as_str());
-        field("idempotency_key", &self.idempotency_key.as_deref());
-        field("data", &erased::Raw(&self.data));
+        field("actor", &self.actor);
+        field("source", &self.source);
+        field("idempotency_key", &self.idempotency_key);
+        field("data", &erased::Raw(self.data));
         out.push(b'}');
         out
     }
@@ -108,7 +108,7 @@ impl<'a> Row<'a> {
             "actor": self.actor,
             "source": self.source,
             "idempotency_key": self.idempotency_key,
-            "data": serde_json::from_str::<Value>(&self.data).unwrap_or(Value::Null),
+            "data": serde_json::from_str::<Value>(self.data).unwrap_or(Value::Null),
         })
     }
 }
@@ -214,19 +214,20 @@ mod tests {
 
     #[test]
     fn a_json_line_is_the_json_object() {
+        let data = json!({"order_id": "o-1", "note": "a \"quote\""}).to_string();
         let row = Row {
             topic: "orders",
             partition: 1,
             offset: 7,
             key: Some("o-1".into()),
             event_id: Uuid::now_v7(),
-            event_type: "order.placed".into(),
+            event_type: "order.placed",
             occurred_at_us: 1,
             received_at_us: 2,
-            actor: "alice".into(),
-            source: "api".into(),
+            actor: "alice",
+            source: "api",
             idempotency_key: None,
-            data: json!({"order_id": "o-1", "note": "a \"quote\""}).to_string(),
+            data: &data,
         };
         let line: Value = serde_json::from_slice(&row.to_json_line()).unwrap();
         assert_eq!(line, row.to_json());
