@@ -19,3 +19,4 @@ pub mod problem;
 pub mod registry;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;

@@ -27,3 +27,23 @@ pub fn install() -> Option<&'static PrometheusHandle> {
 pub fn render() -> String {
     install().map(PrometheusHandle::render).unwrap_or_default()
 }
+
+/// One HTTP request answered: `herald_http_requests_total{method, route, status}` and
+/// `herald_http_request_duration_seconds{method, route}`. The route is the router's pattern
+/// (`/api/v1/users/{id}`), never the path, so a label cannot take unbounded values.
+pub fn http_request(method: &str, route: &str, status: u16, seconds: f64) {
+    let (method, route) = (method.to_string(), route.to_string());
+    metrics::counter!(
+        "herald_http_requests_total",
+        "method" => method.clone(),
+        "route" => route.clone(),
+        "status" => status.to_string()
+    )
+    .increment(1);
+    metrics::histogram!(
+        "herald_http_request_duration_seconds",
+        "method" => method,
+        "route" => route
+    )
+    .record(seconds);
+}

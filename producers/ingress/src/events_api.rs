@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use events::Envelope;
 use platform::kafka::{Delivery, OutgoingRecord, PublishError};
+use platform::trace::TraceContext;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
@@ -64,13 +65,21 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
         let body = serde_json::json!({"valid": true, "events": prepared.len()});
         return Ok((StatusCode::OK, axum::Json(body)).into_response());
     }
-    // Passed on to consumers only when well formed: a malformed one would break their traces.
-    let traceparent = parts
-        .headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| is_traceparent(v))
-        .map(str::to_string);
+    // The request's span, started by the edge (a child of the caller's traceparent, or a new
+    // trace), is the parent of every consumer's work on these events.
+    let trace = parts
+        .extensions
+        .get::<TraceContext>()
+        .copied()
+        .unwrap_or_else(|| {
+            parts
+                .headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(TraceContext::parse)
+                .map_or_else(TraceContext::root, |parent| parent.child())
+        });
+    let traceparent = Some(trace.traceparent());
 
     let Some(key) = idempotency_key else {
         let attempt = Attempt {
@@ -275,17 +284,6 @@ fn replay(stored: StoredResponse) -> Response {
 }
 
 /// W3C Trace Context: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero.
-fn is_traceparent(value: &str) -> bool {
-    let parts: Vec<&str> = value.split('-').collect();
-    let hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
-    matches!(parts.as_slice(), [version, trace, parent, flags]
-        if hex(version, 2) && *version != "ff" && hex(trace, 32) && nonzero(trace)
-            && hex(parent, 16) && nonzero(parent) && hex(flags, 2))
-}
-
 fn new_ids(n: usize) -> Vec<Uuid> {
     (0..n).map(|_| Uuid::now_v7()).collect()
 }
@@ -351,28 +349,4 @@ async fn read_json(
     })?;
     serde_json::from_slice(&bytes)
         .map_err(|err| Problem::bad_request(format!("the body is not valid JSON: {err}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_well_formed_traceparents_pass() {
-        assert!(is_traceparent(
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-        ));
-        assert!(!is_traceparent(
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
-        ));
-        assert!(!is_traceparent(
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"
-        ));
-        assert!(!is_traceparent(
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"
-        ));
-        assert!(!is_traceparent(
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-        ));
-    }
 }

@@ -22,7 +22,17 @@ pub trait EventSink: Send + Sync {
 #[async_trait]
 impl EventSink for Publisher {
     async fn publish(&self, records: &[OutgoingRecord]) -> Result<Vec<Delivery>, PublishError> {
-        self.publish_all(records).await
+        let started = std::time::Instant::now();
+        let result = self.publish_all(records).await;
+        let outcome = match &result {
+            Ok(_) => "acknowledged",
+            Err(PublishError::Unknown) => "unknown",
+            Err(_) => "refused",
+        };
+        // From handing a request's records to the producer to the broker's last ack.
+        metrics::histogram!("herald_kafka_produce_seconds", "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        result
     }
 
     async fn ready(&self) -> bool {

@@ -17,8 +17,11 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use tracing::Instrument;
+
 use crate::auth::Authenticator;
 use crate::problem::Problem;
+use crate::trace::TraceContext;
 use rate::{Count, LocalCounters, Rate, RedisCounters, RouteRate};
 
 /// Settings of the edge layer.
@@ -226,6 +229,7 @@ impl Edge {
                     HeaderName::from_static("ratelimit-remaining"),
                     HeaderName::from_static("ratelimit-reset"),
                     REQUEST_ID,
+                    HeaderName::from_static("traceresponse"),
                 ])
                 .max_age(Duration::from_secs(600)),
         ))
@@ -302,19 +306,44 @@ impl Edge {
     }
 }
 
+/// Starts the request's span: a request id (the caller's `x-request-id` when usable) and a
+/// trace context (a child of the caller's `traceparent`, or a new trace), both on every log
+/// line written while the request is handled and in the response headers.
 async fn edge(State(edge): State<Arc<Edge>>, mut request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "<unrouted>".to_string(), |p| p.as_str().to_string());
     let request_id = request
         .headers()
         .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_string);
+    let trace = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse)
+        .map_or_else(TraceContext::root, |parent| parent.child());
+    request.extensions_mut().insert(trace);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        trace_id = %trace.trace_id_hex()
+    );
+    let mut response = handle(edge, request, next, &request_id)
+        .instrument(span)
+        .await;
+    if let Ok(value) = HeaderValue::from_str(&trace.traceparent()) {
+        response.headers_mut().insert("traceresponse", value);
+    }
+    response
+}
+
+async fn handle(edge: Arc<Edge>, mut request: Request, next: Next, request_id: &str) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "<unrouted>".to_string(), |p| p.as_str().to_string());
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -387,11 +416,13 @@ async fn edge(State(edge): State<Arc<Edge>>, mut request: Request, next: Next) -
             headers.insert("sunset", value);
         }
     }
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
+    if let Ok(value) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID, value);
     }
     let status = response.status().as_u16();
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed().as_secs_f64();
+    let latency_ms = elapsed * 1000.0;
+    crate::metrics::http_request(method.as_str(), &route, status, elapsed);
     let user = caller.user.as_deref().unwrap_or_default();
     let client = caller.ip.to_string();
     if log_bodies {

@@ -1,0 +1,149 @@
+//! W3C trace context (`traceparent`): one trace per request, carried from the HTTP request
+//! into the Kafka headers of every event it publishes, so one trace id ties a request to all
+//! of its effects. The edge starts the request's span (a child of the caller's, or a new
+//! trace); log lines inside it carry its trace id.
+
+use std::fmt::Write as _;
+
+/// A span's place in its trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// Bit 0: sampled.
+    pub flags: u8,
+}
+
+impl TraceContext {
+    /// Parses a `traceparent` header value; `None` unless it is well formed (lowercase hex,
+    /// ids not all zero, version not `ff`), since a malformed one would break every trace
+    /// downstream.
+    pub fn parse(value: &str) -> Option<Self> {
+        let mut parts = value.split('-');
+        let (version, trace, span, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        // Version 00 has exactly four parts; later versions may append more.
+        if version == "ff" || (version == "00" && parts.next().is_some()) {
+            return None;
+        }
+        hex::<1>(version)?;
+        let context = Self {
+            trace_id: hex(trace)?,
+            span_id: hex(span)?,
+            flags: hex::<1>(flags)?[0],
+        };
+        let zero = |bytes: &[u8]| bytes.iter().all(|b| *b == 0);
+        (!zero(&context.trace_id) && !zero(&context.span_id)).then_some(context)
+    }
+
+    /// A new trace, sampled.
+    pub fn root() -> Self {
+        Self {
+            trace_id: rand::random(),
+            span_id: nonzero_span_id(),
+            flags: 1,
+        }
+    }
+
+    /// A span of the same trace whose parent is this one.
+    pub fn child(&self) -> Self {
+        Self {
+            span_id: nonzero_span_id(),
+            ..*self
+        }
+    }
+
+    /// The `traceparent` header value.
+    pub fn traceparent(&self) -> String {
+        format!(
+            "00-{}-{}-{:02x}",
+            to_hex(&self.trace_id),
+            to_hex(&self.span_id),
+            self.flags
+        )
+    }
+
+    pub fn trace_id_hex(&self) -> String {
+        to_hex(&self.trace_id)
+    }
+}
+
+fn nonzero_span_id() -> [u8; 8] {
+    loop {
+        let id: [u8; 8] = rand::random();
+        if id != [0; 8] {
+            return id;
+        }
+    }
+}
+
+fn hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != 2 * N {
+        return None;
+    }
+    let digit = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; N];
+    for (i, pair) in text.as_bytes().chunks(2).enumerate() {
+        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_well_formed_header_round_trips() {
+        let context = TraceContext::parse(EXAMPLE).unwrap();
+        assert_eq!(context.traceparent(), EXAMPLE);
+        assert_eq!(context.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(context.flags, 1);
+    }
+
+    #[test]
+    fn malformed_headers_are_refused() {
+        for bad in [
+            "",
+            "00-xyz",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(TraceContext::parse(bad), None, "{bad}");
+        }
+        // A later version may carry more fields; the four known ones are read.
+        assert!(
+            TraceContext::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_child_keeps_the_trace_and_gets_its_own_span() {
+        let parent = TraceContext::parse(EXAMPLE).unwrap();
+        let child = parent.child();
+        assert_eq!(child.trace_id, parent.trace_id);
+        assert_ne!(child.span_id, parent.span_id);
+        let root = TraceContext::root();
+        assert_eq!(TraceContext::parse(&root.traceparent()), Some(root));
+    }
+}
