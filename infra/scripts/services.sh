@@ -2,7 +2,8 @@
 # Installs (when missing) and starts on 127.0.0.1 what the tests need: PostgreSQL and Redis
 # from Debian's packages, Java and Maven for the Apache Kafka broker, Chromium (renders report
 # pages headless) from Debian, aiosmtpd (an SMTP server), DuckDB and fastavro
-# (readers of exports) from PyPI. Idempotent: a second run reuses what is there. Prints the environment
+# (readers of exports) from PyPI, nginx and Prometheus's promtool (check the deployment files)
+# from Debian. Idempotent: a second run reuses what is there. Prints the environment
 # to export.
 set -euo pipefail
 
@@ -13,6 +14,9 @@ java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | he
 if ! command -v java >/dev/null || [ "$(java_major)" -lt 17 ]; then need+=(openjdk-17-jre-headless); fi
 command -v mvn >/dev/null || need+=(maven)
 command -v chromium >/dev/null || need+=(chromium)
+# The deployment files are checked with the real tools: `nginx -t`, `promtool`.
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
@@ -30,6 +34,25 @@ fi
 if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
   echo "installing: aiosmtpd (pip)" >&2
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'aiosmtpd>=1.4,<2' >&2
+fi
+
+# The Compose specification's JSON schema, to check docker-compose.yml against (no Docker
+# engine here): jsonschema and PyYAML from PyPI, the schema out of the docker-compose 1.29.2
+# wheel, which ships it. Kept under ~/.cache/herald.
+compose_schema="$HOME/.cache/herald/compose_spec.json"
+if ! python3 -c 'import jsonschema, yaml' 2>/dev/null; then
+  echo "installing: jsonschema, pyyaml (pip)" >&2
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'jsonschema>=4,<5' 'pyyaml>=6,<7' >&2
+fi
+if [ ! -s "$compose_schema" ]; then
+  echo "fetching: the Compose specification schema (docker-compose 1.29.2 wheel, PyPI)" >&2
+  wheel_dir=$(mktemp -d)
+  python3 -m pip download -q --disable-pip-version-check --no-deps -d "$wheel_dir" 'docker-compose==1.29.2' >&2
+  mkdir -p "$(dirname "$compose_schema")"
+  python3 -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read("compose/config/compose_spec.json"))' \
+    "$wheel_dir"/docker_compose-1.29.2-py2.py3-none-any.whl > "$compose_schema.tmp"
+  mv "$compose_schema.tmp" "$compose_schema"
+  rm -rf "$wheel_dir"
 fi
 
 # PostgreSQL: the Debian cluster, a herald role and database (loopback only, tests only).

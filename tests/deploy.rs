@@ -1,0 +1,213 @@
+//! The deployment files, checked with the real tools: `nginx -t` on the reverse proxy's
+//! configuration, `promtool` on Prometheus's configuration and alert rules (with unit tests of
+//! the rules). Each check is also shown to fail on a broken copy, so it cannot pass vacuously.
+//! The tools come from Debian (`infra/scripts/services.sh` installs them).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn deploy(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("infra/deploy")
+        .join(path)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/herald-test/deploy")
+        .join(format!("{name}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs a tool: whether it succeeded, and what it printed.
+fn run(program: &str, args: &[&str]) -> (bool, String) {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| {
+            panic!("{program} is not installed ({err}): run infra/scripts/services.sh")
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+fn nginx() -> &'static str {
+    if Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    }
+}
+
+/// `nginx -t` of `config` under a prefix holding a self-signed certificate.
+fn nginx_test(config: &str) -> (bool, String) {
+    let dir = scratch("nginx");
+    std::fs::create_dir_all(dir.join("certs")).unwrap();
+    let (made, text) = run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=herald.test",
+            "-keyout",
+            dir.join("certs/herald.key").to_str().unwrap(),
+            "-out",
+            dir.join("certs/herald.crt").to_str().unwrap(),
+        ],
+    );
+    assert!(made, "openssl: {text}");
+    std::fs::write(dir.join("nginx.conf"), config).unwrap();
+    let prefix = format!("{}/", dir.display());
+    let conf = dir.join("nginx.conf");
+    let pid = format!("pid {};", dir.join("nginx.pid").display());
+    run(
+        nginx(),
+        &[
+            "-t",
+            "-p",
+            &prefix,
+            "-c",
+            conf.to_str().unwrap(),
+            "-g",
+            &pid,
+        ],
+    )
+}
+
+#[test]
+fn the_reverse_proxy_configuration_passes_nginx_t() {
+    let config = std::fs::read_to_string(deploy("nginx/nginx.conf")).unwrap();
+    let (ok, text) = nginx_test(&config);
+    assert!(ok && text.contains("test is successful"), "{text}");
+
+    // What the configuration promises, so an edit cannot drop it unnoticed.
+    for needle in [
+        "return 308 https://",
+        "listen 443 ssl",
+        "client_max_body_size",
+        "limit_req_zone",
+        "Strict-Transport-Security",
+        "X-Content-Type-Options nosniff",
+        "location = /metrics { return 404; }",
+        "proxy_pass $ingress",
+        "proxy_pass $auth",
+        "proxy_buffering off",
+    ] {
+        assert!(config.contains(needle), "nginx.conf lost {needle:?}");
+    }
+
+    // The check is real: a broken copy fails it.
+    let broken = config.replace("client_max_body_size 2m;", "client_max_body_size 2m");
+    let (ok, text) = nginx_test(&broken);
+    assert!(!ok, "a broken configuration passed: {text}");
+}
+
+#[test]
+fn prometheus_configuration_and_alert_rules_pass_promtool_and_their_unit_tests() {
+    let (ok, text) = run(
+        "promtool",
+        &[
+            "check",
+            "config",
+            deploy("prometheus/prometheus.yml").to_str().unwrap(),
+        ],
+    );
+    assert!(ok && text.contains("4 rules found"), "{text}");
+    let (ok, text) = run(
+        "promtool",
+        &[
+            "test",
+            "rules",
+            deploy("prometheus/alerts_test.yml").to_str().unwrap(),
+        ],
+    );
+    assert!(ok && text.contains("SUCCESS"), "{text}");
+
+    // A rule that does not parse fails the check.
+    let dir = scratch("prometheus");
+    let rules = std::fs::read_to_string(deploy("prometheus/alerts.yml")).unwrap();
+    let broken = rules.replace("> 300", "> > 300");
+    std::fs::write(dir.join("alerts.yml"), broken).unwrap();
+    let (ok, text) = run(
+        "promtool",
+        &["check", "rules", dir.join("alerts.yml").to_str().unwrap()],
+    );
+    assert!(!ok, "a broken rule passed: {text}");
+}
+
+/// Validates compose text against the Compose specification's JSON schema (fetched by
+/// `infra/scripts/services.sh`); the error message when it does not fit.
+fn compose_check(text: &str) -> (bool, String) {
+    let schema = std::env::var("HOME")
+        .map(|home| PathBuf::from(home).join(".cache/herald/compose_spec.json"))
+        .unwrap();
+    assert!(
+        schema.exists(),
+        "{} is missing: run infra/scripts/services.sh",
+        schema.display()
+    );
+    let dir = scratch("compose");
+    std::fs::write(dir.join("docker-compose.yml"), text).unwrap();
+    let script = "import json, sys, yaml, jsonschema\n\
+        schema = json.load(open(sys.argv[1]))\n\
+        doc = yaml.safe_load(open(sys.argv[2]))\n\
+        try:\n    jsonschema.validate(doc, schema)\n\
+        except jsonschema.ValidationError as err:\n    \
+        sys.exit(f\"{'/'.join(map(str, err.absolute_path))}: {err.message}\")\n\
+        print('valid')\n";
+    run(
+        "python3",
+        &[
+            "-c",
+            script,
+            schema.to_str().unwrap(),
+            dir.join("docker-compose.yml").to_str().unwrap(),
+        ],
+    )
+}
+
+#[test]
+fn docker_compose_fits_the_compose_specification_and_publishes_only_the_proxy() {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docker-compose.yml"))
+            .unwrap();
+    let (ok, out) = compose_check(&text);
+    assert!(ok && out.contains("valid"), "{out}");
+
+    // Only nginx publishes ports to the world; operator UIs are bound to loopback.
+    let mut service = String::new();
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(':'))
+            && !name.starts_with(' ')
+        {
+            service = name.to_string();
+        }
+        if let Some(ports) = line.trim().strip_prefix("ports:") {
+            for port in ports.trim_matches(|c| " []".contains(c)).split(',') {
+                let port = port.trim().trim_matches('"');
+                assert!(
+                    service == "nginx" || port.starts_with("127.0.0.1:"),
+                    "{service} publishes {port} beyond loopback"
+                );
+            }
+        }
+    }
+
+    let broken = text.replacen("deploy: {replicas: 2}", "deploy: {replicas: two}", 1);
+    let (ok, out) = compose_check(&broken);
+    assert!(
+        !ok && out.contains("replicas"),
+        "a broken file passed: {out}"
+    );
+}
