@@ -50,14 +50,7 @@ async fn one_request_is_one_trace_in_the_response_the_log_the_event_and_the_metr
     assert_eq!(record.header("traceparent"), Some(span.as_bytes()));
 
     // Metrics by route pattern and status; the produce latency by outcome.
-    let text = support::client()
-        .get(format!("{}/metrics", ingress.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = ingress.metrics().await;
     for series in [
         r#"herald_http_requests_total{method="POST",route="/api/v1/events",status="202"} 1"#,
         r#"herald_http_requests_total{method="POST",route="/api/v1/events",status="422"} 1"#,

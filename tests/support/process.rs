@@ -100,16 +100,21 @@ impl HeraldProcess {
         (status, started.elapsed())
     }
 
-    /// A metric summed over its label sets, from /metrics.
-    pub async fn metric(&self, name: &str) -> f64 {
-        let text = client()
+    /// The process's /metrics text.
+    pub async fn metrics(&self) -> String {
+        client()
             .get(format!("{}/metrics", self.base))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// A metric summed over its label sets, from /metrics.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics().await;
         text.lines()
             .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
             .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
