@@ -275,65 +275,30 @@ impl Columns {
         self.offset.len()
     }
 
-    fn push(&mut self, row: ParquetRow) {
+    fn push(&mut self, row: &Row<'_>) {
         let optional = |values: &mut Vec<ByteArray>, defined: &mut Vec<i16>, value| match value {
             Some(value) => {
-                values.push(value);
+                values.push(bytes(value));
                 defined.push(1);
             }
             None => defined.push(0),
         };
-        self.topic.push(row.topic);
+        self.topic.push(bytes(row.topic));
         self.partition.push(row.partition);
         self.offset.push(row.offset);
-        optional(&mut self.key, &mut self.key_defined, row.key);
-        self.event_id.push(row.event_id);
-        self.event_type.push(row.event_type);
-        self.occurred_at.push(row.occurred_at);
-        self.received_at.push(row.received_at);
-        self.actor.push(row.actor);
-        self.source.push(row.source);
+        optional(&mut self.key, &mut self.key_defined, row.key.as_deref());
+        self.event_id.push(bytes(row.event_id_text(&mut [0u8; 36])));
+        self.event_type.push(bytes(row.event_type));
+        self.occurred_at.push(row.occurred_at_us);
+        self.received_at.push(row.received_at_us);
+        self.actor.push(bytes(row.actor));
+        self.source.push(bytes(row.source));
         optional(
             &mut self.idempotency_key,
             &mut self.idempotency_key_defined,
             row.idempotency_key,
         );
-        self.data.push(row.data);
-    }
-}
-
-/// One row's Parquet values.
-struct ParquetRow {
-    topic: ByteArray,
-    partition: i32,
-    offset: i64,
-    key: Option<ByteArray>,
-    event_id: ByteArray,
-    event_type: ByteArray,
-    occurred_at: i64,
-    received_at: i64,
-    actor: ByteArray,
-    source: ByteArray,
-    idempotency_key: Option<ByteArray>,
-    data: ByteArray,
-}
-
-impl ParquetRow {
-    fn new(row: &Row<'_>) -> Self {
-        Self {
-            topic: bytes(row.topic),
-            partition: row.partition,
-            offset: row.offset,
-            key: row.key.as_deref().map(bytes),
-            event_id: bytes(row.event_id_text(&mut [0u8; 36])),
-            event_type: bytes(row.event_type),
-            occurred_at: row.occurred_at_us,
-            received_at: row.received_at_us,
-            actor: bytes(row.actor),
-            source: bytes(row.source),
-            idempotency_key: row.idempotency_key.map(bytes),
-            data: bytes(row.data),
-        }
+        self.data.push(bytes(row.data));
     }
 }
 
@@ -469,7 +434,7 @@ fn write_group(writer: &mut SerializedFileWriter<Output>, c: &Columns) -> Result
 
 impl Sink for ParquetFile {
     fn write(&mut self, row: Row<'_>) -> Result<(), SinkError> {
-        self.columns.push(ParquetRow::new(&row));
+        self.columns.push(&row);
         if self.columns.len() >= PARQUET_ROW_GROUP {
             self.flush_group()?;
         }
