@@ -211,3 +211,26 @@ fn docker_compose_fits_the_compose_specification_and_publishes_only_the_proxy() 
         "a broken file passed: {out}"
     );
 }
+
+#[test]
+fn every_variable_compose_reads_is_documented_in_env_example() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let compose = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
+    let example = std::fs::read_to_string(root.join(".env.example")).unwrap();
+    let mut variables: Vec<&str> = compose
+        .split("${")
+        .skip(1)
+        .filter_map(|rest| rest.split([':', '}', '-']).next())
+        .collect();
+    variables.sort_unstable();
+    variables.dedup();
+    assert!(variables.contains(&"POSTGRES_PASSWORD"), "{variables:?}");
+    for variable in variables {
+        assert!(
+            example
+                .lines()
+                .any(|l| l.starts_with(&format!("{variable}="))),
+            "{variable} is read by docker-compose.yml but not in .env.example"
+        );
+    }
+}
