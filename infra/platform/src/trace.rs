@@ -36,6 +36,16 @@ impl TraceContext {
         (!zero(&context.trace_id) && !zero(&context.span_id)).then_some(context)
     }
 
+    /// The span that handles a request: a child of the caller's `traceparent` when it is
+    /// well formed, else the root of a new trace.
+    pub fn for_request(headers: &axum::http::HeaderMap) -> Self {
+        headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(Self::parse)
+            .map_or_else(Self::root, |parent| parent.child())
+    }
+
     /// A new trace, sampled.
     pub fn root() -> Self {
         Self {

@@ -71,22 +71,15 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
         .extensions
         .get::<TraceContext>()
         .copied()
-        .unwrap_or_else(|| {
-            parts
-                .headers
-                .get("traceparent")
-                .and_then(|v| v.to_str().ok())
-                .and_then(TraceContext::parse)
-                .map_or_else(TraceContext::root, |parent| parent.child())
-        });
-    let traceparent = Some(trace.traceparent());
+        .unwrap_or_else(|| TraceContext::for_request(&parts.headers));
+    let traceparent = trace.traceparent();
 
     let Some(key) = idempotency_key else {
         let attempt = Attempt {
             ids: new_ids(prepared.len()),
             received_at: OffsetDateTime::now_utc(),
             idempotency_key: None,
-            traceparent: traceparent.as_deref(),
+            traceparent: &traceparent,
         };
         let response = publish(state, &principal, shape, prepared, attempt).await?;
         return Ok(response.into_response());
@@ -134,7 +127,7 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
         ids,
         received_at,
         idempotency_key: Some(&key),
-        traceparent: traceparent.as_deref(),
+        traceparent: &traceparent,
     };
     match publish(state, &principal, shape, prepared, attempt).await {
         Ok(response) => {
@@ -182,7 +175,7 @@ struct Attempt<'a> {
     ids: Vec<Uuid>,
     received_at: OffsetDateTime,
     idempotency_key: Option<&'a str>,
-    traceparent: Option<&'a str>,
+    traceparent: &'a str,
 }
 
 async fn publish(
@@ -223,11 +216,9 @@ async fn publish(
             &event_id.to_string(),
             (received_at.unix_timestamp_nanos() / 1_000_000) as i64,
         );
-        if let Some(tp) = traceparent {
-            record
-                .headers
-                .push(("traceparent".to_string(), tp.as_bytes().to_vec()));
-        }
+        record
+            .headers
+            .push(("traceparent".to_string(), traceparent.as_bytes().to_vec()));
         accepted.push((event_id, envelope.event_type, topic));
         records.push(record);
     }
@@ -283,7 +274,6 @@ fn replay(stored: StoredResponse) -> Response {
     response
 }
 
-/// W3C Trace Context: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero.
 fn new_ids(n: usize) -> Vec<Uuid> {
     (0..n).map(|_| Uuid::now_v7()).collect()
 }

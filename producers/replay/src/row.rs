@@ -68,28 +68,42 @@ impl<'a> Row<'a> {
         self.event_id.hyphenated().encode_lower(buffer)
     }
 
-    /// The row as one line of JSON (no newline), written straight from the row.
+    /// The row as one line of JSON (no newline), written straight from the row: the
+    /// envelope's columns serialized, then `data`, already JSON text, appended as it is.
     pub fn to_json_line(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(320 + self.data.len());
-        let mut field = |name: &str, value: &dyn erased::Json| {
-            out.push(if out.is_empty() { b'{' } else { b',' });
-            erased::write(&mut out, name);
-            out.push(b':');
-            value.write_to(&mut out);
-        };
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            topic: &'a str,
+            partition: i32,
+            offset: i64,
+            key: Option<&'a str>,
+            event_id: &'a str,
+            event_type: &'a str,
+            occurred_at: Timestamp,
+            received_at: Timestamp,
+            actor: &'a str,
+            source: &'a str,
+            idempotency_key: Option<&'a str>,
+        }
         let mut id = [0u8; 36];
-        field("topic", &self.topic);
-        field("partition", &self.partition);
-        field("offset", &self.offset);
-        field("key", &self.key.as_deref());
-        field("event_id", &self.event_id_text(&mut id));
-        field("event_type", &self.event_type);
-        field("occurred_at", &Timestamp(self.occurred_at_us));
-        field("received_at", &Timestamp(self.received_at_us));
-        field("actor", &self.actor);
-        field("source", &self.source);
-        field("idempotency_key", &self.idempotency_key);
-        field("data", &erased::Raw(self.data));
+        let line = Line {
+            topic: self.topic,
+            partition: self.partition,
+            offset: self.offset,
+            key: self.key.as_deref(),
+            event_id: self.event_id_text(&mut id),
+            event_type: self.event_type,
+            occurred_at: Timestamp(self.occurred_at_us),
+            received_at: Timestamp(self.received_at_us),
+            actor: self.actor,
+            source: self.source,
+            idempotency_key: self.idempotency_key,
+        };
+        let mut out = Vec::with_capacity(320 + self.data.len());
+        serde_json::to_writer(&mut out, &line).expect("writing JSON to memory cannot fail");
+        out.pop(); // the closing brace
+        out.extend_from_slice(b",\"data\":");
+        out.extend_from_slice(self.data.as_bytes());
         out.push(b'}');
         out
     }
@@ -110,32 +124,6 @@ impl<'a> Row<'a> {
             "idempotency_key": self.idempotency_key,
             "data": serde_json::from_str::<Value>(self.data).unwrap_or(Value::Null),
         })
-    }
-}
-
-/// Values a JSON line is written from, with `data` already JSON text.
-mod erased {
-    pub trait Json {
-        fn write_to(&self, out: &mut Vec<u8>);
-    }
-
-    impl<T: serde::Serialize> Json for T {
-        fn write_to(&self, out: &mut Vec<u8>) {
-            write(out, self);
-        }
-    }
-
-    /// JSON text, written as it is.
-    pub struct Raw<'a>(pub &'a str);
-
-    impl Json for Raw<'_> {
-        fn write_to(&self, out: &mut Vec<u8>) {
-            out.extend_from_slice(self.0.as_bytes());
-        }
-    }
-
-    pub fn write<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
-        serde_json::to_writer(out, value).expect("writing JSON to memory cannot fail");
     }
 }
 

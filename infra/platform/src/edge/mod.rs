@@ -316,12 +316,7 @@ async fn edge(State(edge): State<Arc<Edge>>, mut request: Request, next: Next) -
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_string);
-    let trace = request
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::parse)
-        .map_or_else(TraceContext::root, |parent| parent.child());
+    let trace = TraceContext::for_request(request.headers());
     request.extensions_mut().insert(trace);
     let span = tracing::info_span!(
         "request",
