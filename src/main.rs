@@ -136,12 +136,12 @@ enum BrokerAction {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    platform::telemetry::init();
+    platform::telemetry::init(cli.command.service_name());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let outcome = runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => services::up(args).await,
             Command::Ingress(args) => services::ingress(args).await,
@@ -159,7 +159,25 @@ fn main() -> anyhow::Result<()> {
             Command::Token(args) => token(&args),
             Command::Broker { action } => broker(action).await,
         }
-    })
+    });
+    platform::telemetry::shutdown();
+    outcome
+}
+
+impl Command {
+    /// The name this process has in traces.
+    fn service_name(&self) -> &'static str {
+        match self {
+            Command::Up(_) => "herald",
+            Command::Ingress(_) => "herald-ingress",
+            Command::Auth(_) => "herald-auth",
+            Command::AuditLog(_) => "herald-audit-log",
+            Command::Notifications(_) => "herald-notifications",
+            Command::SearchIndexer(_) => "herald-search-indexer",
+            Command::Reports(_) => "herald-reports",
+            _ => "herald-cli",
+        }
+    }
 }
 
 fn token(args: &TokenArgs) -> anyhow::Result<()> {

@@ -1,10 +1,17 @@
 //! Seeing a request: its trace id from the edge to the Kafka headers, its log line, its
-//! metrics. Real broker, a `herald ingress` process.
+//! metrics, and one exported trace from the ingress through every consumer down to the SMTP
+//! call. Real broker, `herald <service>` processes, a local OTLP/HTTP receiver, a real SMTP
+//! server.
 
 mod support;
 
-use serde_json::Value;
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::otlp::{OtlpReceiver, Span};
 use support::process::HeraldProcess;
+use support::smtp::SmtpServer;
 
 #[tokio::test]
 async fn one_request_is_one_trace_in_the_response_the_log_the_event_and_the_metrics() {
@@ -41,13 +48,15 @@ async fn one_request_is_one_trace_in_the_response_the_log_the_event_and_the_metr
         .unwrap();
     assert_eq!(refused.status(), 422);
 
-    // The event carries the span the response named.
+    // The event carries the produce span: a child of the one the response named.
     let records = support::read(&kafka, "orders").await;
     let (record, _) = records
         .iter()
         .find(|(_, d)| d.data["order_id"] == "observed")
         .expect("the event is in Kafka");
-    assert_eq!(record.header("traceparent"), Some(span.as_bytes()));
+    let produce = std::str::from_utf8(record.header("traceparent").unwrap()).unwrap();
+    assert!(produce.starts_with(&format!("00-{trace_id}-")), "{produce}");
+    assert_ne!(produce, span);
 
     // Metrics by route pattern and status; the produce latency by outcome.
     let text = ingress.metrics().await;
@@ -77,4 +86,128 @@ async fn one_request_is_one_trace_in_the_response_the_log_the_event_and_the_metr
     assert_eq!(request["route"], "/api/v1/events");
     assert_eq!(request["span"]["trace_id"], trace_id);
     assert_eq!(request["span"]["request_id"], "req-observability-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_spans_the_ingress_and_every_consumer_down_to_the_smtp_call() {
+    let kafka = support::kafka(&support::brokers().await);
+    let otlp = OtlpReceiver::start().await;
+    let smtp = SmtpServer::start("traced").await;
+    let dir = support::test_dir(&format!("otlp-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sqlite = |name: &str| format!("sqlite://{}", dir.join(name).display());
+    let index = dir.join("index").display().to_string();
+    let smtp_url = smtp.url();
+    // Logs quiet: spans are exported whatever RUST_LOG says.
+    let traced = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("RUST_LOG", "error"),
+    ];
+    let with = |more: &[(&'static str, &str)]| {
+        let mut env: Vec<(&str, String)> =
+            traced.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        env.extend(more.iter().map(|(k, v)| (*k, v.to_string())));
+        env
+    };
+    let start = |service: &'static str, database: String, env: Vec<(&'static str, String)>| {
+        let kafka = kafka.clone();
+        async move {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            HeraldProcess::start(service, &kafka, &database, &env).await
+        }
+    };
+    let ingress = start("ingress", sqlite("ingress.db"), with(&[])).await;
+    let audit = start("audit-log", sqlite("audit.db"), with(&[])).await;
+    let notifier = start(
+        "notifications",
+        sqlite("notifications.db"),
+        with(&[("SMTP_URL", &smtp_url)]),
+    )
+    .await;
+    let search = start(
+        "search-indexer",
+        "sqlite::memory:".to_string(),
+        with(&[("SEARCH_INDEX_DIR", &index), ("SEARCH_COMMIT_MS", "100")]),
+    )
+    .await;
+
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let user = uuid::Uuid::new_v4();
+    let response = support::client()
+        .post(format!("{}/api/v1/events", ingress.base))
+        .bearer_auth(support::token("traced", &["user", "service"]))
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .json(&json!({"type": "user.registered", "data": {
+            "user_id": user, "email": format!("traced.{}@example.com", user.simple()),
+            "display_name": "Traced", "locale": "en", "time_zone": "Europe/Paris"
+        }}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "{:?}", response.text().await);
+    assert_eq!(smtp.wait_for(1, Duration::from_secs(60)).await.len(), 1);
+
+    let consumers = [
+        "herald-audit-log",
+        "herald-notifications",
+        "herald-search-indexer",
+    ];
+    let complete = |spans: &[Span]| {
+        let ours: Vec<&Span> = spans.iter().filter(|s| s.trace_id == trace_id).collect();
+        let served: HashSet<&str> = ours.iter().map(|s| s.service.as_str()).collect();
+        ours.iter().any(|s| s.name == "email send")
+            && served.contains("herald-ingress")
+            && consumers.iter().all(|c| served.contains(c))
+    };
+    let spans = otlp.wait_until(Duration::from_secs(30), complete).await;
+    let ours: Vec<&Span> = spans.iter().filter(|s| s.trace_id == trace_id).collect();
+    let find = |service: &str, kind: u64| {
+        ours.iter()
+            .find(|s| s.service == service && s.kind == kind)
+            .unwrap_or_else(|| panic!("no span of kind {kind} from {service} in {ours:#?}"))
+    };
+
+    eprintln!(
+        "{} spans in the trace: {:?}",
+        ours.len(),
+        ours.iter()
+            .map(|s| (&s.service, &s.name))
+            .collect::<Vec<_>>()
+    );
+    // The request: a server span, child of the caller's span; the produce span under it.
+    let request = find("herald-ingress", 2);
+    assert_eq!(request.name, "POST /api/v1/events");
+    assert_eq!(request.parent_span_id, "b7ad6b7169203331");
+    assert_eq!(
+        request.attributes["http.response.status_code"],
+        json!("202")
+    );
+    let produce = find("herald-ingress", 4);
+    assert_eq!(produce.parent_span_id, request.span_id);
+    // The traceresponse names the request's span.
+    let traceresponse = response.headers()["traceresponse"].to_str().unwrap();
+    assert_eq!(
+        traceresponse,
+        format!("00-{trace_id}-{}-01", request.span_id)
+    );
+
+    // Each consumer's processing is a child of the produce span, in its own process.
+    for consumer in consumers {
+        let process = find(consumer, 5);
+        assert_eq!(process.parent_span_id, produce.span_id, "{consumer}");
+        assert!(process.name.ends_with("users process"), "{}", process.name);
+    }
+    // Down to the SMTP call, inside the notifier's processing.
+    let notify = find("herald-notifications", 5);
+    let send = ours
+        .iter()
+        .find(|s| s.name == "email send")
+        .expect("the SMTP call is a span");
+    assert_eq!(send.parent_span_id, notify.span_id);
+    assert_eq!(send.kind, 3);
+
+    for process in [ingress, audit, notifier, search] {
+        process.terminate().await;
+    }
 }

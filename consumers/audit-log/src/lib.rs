@@ -14,6 +14,7 @@ pub mod store;
 pub mod verify;
 
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 use async_trait::async_trait;
 use platform::auth::Authenticator;
@@ -97,8 +98,14 @@ impl Handler for AuditLog {
             entries: events.iter().map(Entry::from_event).collect(),
             done,
         };
-        self.writer.send(pending).await.or_retry()?;
-        result.await.or_retry()?.or_retry()
+        // The writer appends batches of several partitions in one transaction.
+        let span = tracing::info_span!("append", otel.kind = "client", entries = events.len());
+        async {
+            self.writer.send(pending).await.or_retry()?;
+            result.await.or_retry()?.or_retry()
+        }
+        .instrument(span)
+        .await
     }
 }
 

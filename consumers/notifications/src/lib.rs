@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -337,7 +338,7 @@ impl Notifier {
         name: Option<String>,
         message: Rendered,
     ) -> Result<(), HandlerError> {
-        match self.store.begin(&intent, now_us()).await.or_retry()? {
+        let attempt = match self.store.begin(&intent, now_us()).await.or_retry()? {
             Begun::Settled(Status::Dead) => {
                 return Err(HandlerError::Reject(format!(
                     "the {} delivery to {} was given up",
@@ -374,9 +375,22 @@ impl Notifier {
                         "an earlier attempt stopped before its outcome was recorded: sending again"
                     );
                 }
+                attempt
             }
-        }
-        let sent = self.deliver(&intent, &to, name, message).await;
+        };
+        let channel = intent.key.channel.as_str();
+        let span = tracing::info_span!(
+            "deliver",
+            otel.name = %format_args!("{channel} send"),
+            otel.kind = "client",
+            herald.channel = channel,
+            herald.event_id = %intent.key.event_id,
+            herald.attempt = attempt,
+        );
+        let sent = self
+            .deliver(&intent, &to, name, message)
+            .instrument(span)
+            .await;
         let (status, provider, detail, result) = self.outcome(&intent, &to, sent).await?;
         count(&intent, status);
         self.store

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use async_trait::async_trait;
 use events::{Catalog, Codec, Envelope};
@@ -97,8 +98,13 @@ impl Handler for Aggregator {
                 data: &event.data,
             })
             .collect();
-        let now = self.store.now_us().await.or_retry()?;
-        let new = self.store.apply(&seen, now).await.or_retry()?;
+        let span = tracing::info_span!("aggregate", otel.kind = "client", events = seen.len());
+        let new = async {
+            let now = self.store.now_us().await.or_retry()?;
+            self.store.apply(&seen, now).await.or_retry()
+        }
+        .instrument(span)
+        .await?;
         metrics::counter!("herald_reports_events_total").increment(new as u64);
         Ok(())
     }

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use async_trait::async_trait;
 use events::Codec;
@@ -55,7 +56,9 @@ impl Handler for Indexer {
     async fn handle(&self, events: &[Event]) -> Result<(), HandlerError> {
         let index = self.index.clone();
         let events = events.to_vec();
+        let span = tracing::info_span!("index", otel.kind = "client", documents = events.len());
         tokio::task::spawn_blocking(move || index.apply(&events))
+            .instrument(span)
             .await
             .or_retry()?
             .or_retry()

@@ -1,14 +1,34 @@
-//! Logging: `RUST_LOG` filters (default `info`). Lines go to stderr, readable on a terminal
-//! and JSON otherwise (one object per line, for a log collector), or as `LOG_FORMAT`
-//! (`json` or `text`) says. A line written while a request is handled carries the request's
-//! span: its request id and trace id.
+//! Logging and tracing.
+//!
+//! Logs: `RUST_LOG` filters (default `info`). Lines go to stderr, readable on a terminal and
+//! JSON otherwise (one object per line, for a log collector), or as `LOG_FORMAT` (`json` or
+//! `text`) says. A line written while a request is handled carries the request's span: its
+//! request id and trace id.
+//!
+//! Traces: when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, every span at level info or above (the
+//! request, the Kafka produce, each consumer's batch, the SMTP/HTTP/SQL calls inside it) is
+//! exported over OTLP/HTTP (JSON) to that collector, whatever `RUST_LOG` says, in batches from
+//! a thread of its own (`OTEL_BSP_*` tune them). The service is named by `OTEL_SERVICE_NAME`,
+//! or after the subcommand. Without the variable nothing is exported and spans cost what
+//! `tracing` spans cost.
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
-/// Installs the global subscriber once; later calls (tests) are no-ops.
-pub fn init() {
+static EXPORTER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// Installs the global subscriber once; later calls (tests) are no-ops. `service` names the
+/// process in traces unless `OTEL_SERVICE_NAME` does.
+pub fn init(service: &str) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,sqlx=warn"));
     let json = match std::env::var("LOG_FORMAT").as_deref() {
@@ -16,17 +36,76 @@ pub fn init() {
         Ok("text") => false,
         _ => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder
+    let logs = if json {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .try_init()
+            .boxed()
     } else {
-        builder.try_init()
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed()
     };
+    let traces = match exporter(service) {
+        Ok(Some(provider)) => {
+            let tracer = provider.tracer("herald");
+            let _ = EXPORTER.set(provider);
+            // Libraries' own spans (hyper, the exporter's HTTP client) stay out: below info.
+            Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(LevelFilter::INFO),
+            )
+        }
+        Ok(None) => None,
+        Err(err) => {
+            eprintln!("traces are not exported: {err}");
+            None
+        }
+    };
+    let _ = tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(traces)
+        .try_init();
+}
+
+/// Whether spans are exported: only then do they have OpenTelemetry ids.
+pub(crate) fn exporting() -> bool {
+    EXPORTER.get().is_some()
+}
+
+/// Sends the spans still buffered; call once, before the process exits.
+pub fn shutdown() {
+    if let Some(provider) = EXPORTER.get()
+        && let Err(err) = provider.shutdown()
+    {
+        eprintln!("flushing traces: {err}");
+    }
+}
+
+fn exporter(service: &str) -> anyhow::Result<Option<SdkTracerProvider>> {
+    let configured = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    if !configured("OTEL_EXPORTER_OTLP_ENDPOINT")
+        && !configured("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    {
+        return Ok(None);
+    }
+    // The endpoint, headers and timeout come from the standard OTEL_EXPORTER_OTLP_* variables.
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpJson)
+        .build()?;
+    let mut resource = Resource::builder();
+    if !configured("OTEL_SERVICE_NAME") {
+        resource = resource.with_service_name(service.to_string());
+    }
+    Ok(Some(
+        SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .build(),
+    ))
 }

@@ -2,8 +2,18 @@
 //! into the Kafka headers of every event it publishes, so one trace id ties a request to all
 //! of its effects. The edge starts the request's span (a child of the caller's, or a new
 //! trace); log lines inside it carry its trace id.
+//!
+//! When spans are exported (see [`crate::telemetry`]) a context is the exported span's own
+//! ids, so the `traceparent` a consumer reads names a span the trace backend has; when they
+//! are not, the ids are made here, so logs and Kafka headers still tie a request to its
+//! effects.
 
 use std::fmt::Write as _;
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// A span's place in its trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +85,59 @@ impl TraceContext {
 
     pub fn trace_id_hex(&self) -> String {
         to_hex(&self.trace_id)
+    }
+
+    /// Makes `span` continue a trace that came from another process (`parent`, from a
+    /// header) or start one, and returns the context `span` passes on. Call it before the
+    /// span is first entered.
+    pub fn continue_in(span: &tracing::Span, parent: Option<Self>) -> Self {
+        if let Some(parent) = parent
+            && crate::telemetry::exporting()
+        {
+            // Refused only when the span is disabled; then it is not exported either.
+            let _ = span.set_parent(
+                opentelemetry::Context::new().with_remote_span_context(parent.span_context()),
+            );
+        }
+        Self::exported(span).unwrap_or_else(|| parent.map_or_else(Self::root, |p| p.child()))
+    }
+
+    /// The context `span` passes on, when `span` is a child of the span whose context is
+    /// `self`, in this process.
+    pub fn child_in(&self, span: &tracing::Span) -> Self {
+        Self::exported(span).unwrap_or_else(|| self.child())
+    }
+
+    /// Links `span` to other traces it also works for (the other events of a batch).
+    pub fn link(span: &tracing::Span, others: impl IntoIterator<Item = Self>) {
+        if crate::telemetry::exporting() {
+            for other in others {
+                span.add_link(other.span_context());
+            }
+        }
+    }
+
+    fn exported(span: &tracing::Span) -> Option<Self> {
+        if !crate::telemetry::exporting() {
+            return None;
+        }
+        let context = span.context();
+        let own = context.span().span_context().clone();
+        own.is_valid().then(|| Self {
+            trace_id: own.trace_id().to_bytes(),
+            span_id: own.span_id().to_bytes(),
+            flags: own.trace_flags().to_u8(),
+        })
+    }
+
+    fn span_context(&self) -> SpanContext {
+        SpanContext::new(
+            TraceId::from_bytes(self.trace_id),
+            SpanId::from_bytes(self.span_id),
+            TraceFlags::new(self.flags),
+            true,
+            TraceState::NONE,
+        )
     }
 }
 

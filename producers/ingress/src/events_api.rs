@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::AppState;
@@ -66,20 +67,19 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
         return Ok((StatusCode::OK, axum::Json(body)).into_response());
     }
     // The request's span, started by the edge (a child of the caller's traceparent, or a new
-    // trace), is the parent of every consumer's work on these events.
+    // trace), is the parent of the produce span, whose context every record carries.
     let trace = parts
         .extensions
         .get::<TraceContext>()
         .copied()
         .unwrap_or_else(|| TraceContext::for_request(&parts.headers));
-    let traceparent = trace.traceparent();
 
     let Some(key) = idempotency_key else {
         let attempt = Attempt {
             ids: new_ids(prepared.len()),
             received_at: OffsetDateTime::now_utc(),
             idempotency_key: None,
-            traceparent: &traceparent,
+            trace,
         };
         let response = publish(state, &principal, shape, prepared, attempt).await?;
         return Ok(response.into_response());
@@ -127,7 +127,7 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
         ids,
         received_at,
         idempotency_key: Some(&key),
-        traceparent: &traceparent,
+        trace,
     };
     match publish(state, &principal, shape, prepared, attempt).await {
         Ok(response) => {
@@ -175,7 +175,8 @@ struct Attempt<'a> {
     ids: Vec<Uuid>,
     received_at: OffsetDateTime,
     idempotency_key: Option<&'a str>,
-    traceparent: &'a str,
+    /// The request's trace: the parent of the produce span.
+    trace: TraceContext,
 }
 
 async fn publish(
@@ -189,8 +190,17 @@ async fn publish(
         ids,
         received_at,
         idempotency_key,
-        traceparent,
+        trace,
     } = attempt;
+    // The produce span's context goes into every record: each consumer's span is its child.
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = "publish",
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.batch.message_count = prepared.len(),
+    );
+    let traceparent = trace.child_in(&span).traceparent();
     let mut records = Vec::with_capacity(prepared.len());
     let mut accepted = Vec::with_capacity(prepared.len());
     for (event, event_id) in prepared.into_iter().zip(ids) {
@@ -222,7 +232,12 @@ async fn publish(
         accepted.push((event_id, envelope.event_type, topic));
         records.push(record);
     }
-    let deliveries = state.sink.publish(&records).await.map_err(|err| match err {
+    let deliveries = state
+        .sink
+        .publish(&records)
+        .instrument(span)
+        .await
+        .map_err(|err| match err {
         PublishError::Unknown => {
             tracing::warn!(events = records.len(), "publish outcome unknown; answering 503");
             Problem::unavailable(

@@ -10,9 +10,11 @@ use metrics::{Counter, Gauge, Histogram};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::{Event, Handler, HandlerError, backoff, dlq_headers};
 use crate::kafka::{OutgoingRecord, Publisher, ReadRecord as Record};
+use crate::trace::TraceContext;
 
 /// Where records that cannot be applied go.
 pub(super) struct DeadLetters {
@@ -215,8 +217,39 @@ impl Worker {
     }
 
     /// Calls the handler until it applies or rejects the events, waiting between transient
-    /// failures.
+    /// failures, in a span that continues the trace of the first event (and links the others'),
+    /// so the handler's own spans (SMTP, HTTP, SQL) belong to the request that caused them.
     async fn attempt(&self, events: &[Event], meters: &Meters) -> Result<Outcome, Aborted> {
+        let span = tracing::info_span!(
+            "process",
+            otel.name = %format_args!("{} process", self.topic),
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "kafka",
+            messaging.destination.name = %self.topic,
+            messaging.destination.partition.id = self.partition,
+            messaging.consumer.group.name = %self.shared.dead_letters.group,
+            messaging.kafka.offset = events.first().map(|e| e.offset),
+            messaging.batch.message_count = events.len(),
+            trace_id = tracing::field::Empty,
+        );
+        let mut parents = events
+            .iter()
+            .filter_map(|event| event.traceparent.as_deref().and_then(TraceContext::parse));
+        let trace = TraceContext::continue_in(&span, parents.next());
+        TraceContext::link(&span, parents);
+        span.record("trace_id", trace.trace_id_hex());
+        let outcome = self
+            .attempt_traced(events, meters)
+            .instrument(span.clone())
+            .await;
+        if let Ok(Outcome::Rejected { .. }) = outcome {
+            span.record("otel.status_code", "error");
+        }
+        outcome
+    }
+
+    async fn attempt_traced(&self, events: &[Event], meters: &Meters) -> Result<Outcome, Aborted> {
         let mut attempts = 0u32;
         loop {
             attempts += 1;

@@ -316,16 +316,37 @@ async fn edge(State(edge): State<Arc<Edge>>, mut request: Request, next: Next) -
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_string);
-    let trace = TraceContext::for_request(request.headers());
-    request.extensions_mut().insert(trace);
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("<unrouted>", |p| p.as_str());
     let span = tracing::info_span!(
         "request",
+        otel.name = %format_args!("{} {route}", request.method()),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %request.method(),
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
         request_id = %request_id,
-        trace_id = %trace.trace_id_hex()
+        trace_id = tracing::field::Empty,
     );
+    let caller = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse);
+    let trace = TraceContext::continue_in(&span, caller);
+    span.record("trace_id", trace.trace_id_hex());
+    request.extensions_mut().insert(trace);
     let mut response = handle(edge, request, next, &request_id)
-        .instrument(span)
+        .instrument(span.clone())
         .await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
     if let Ok(value) = HeaderValue::from_str(&trace.traceparent()) {
         response.headers_mut().insert("traceresponse", value);
     }
