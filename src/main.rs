@@ -136,12 +136,14 @@ enum BrokerAction {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    platform::telemetry::init(cli.command.service_name());
+    let service = cli.command.service_name();
+    platform::telemetry::init(service);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let outcome = runtime.block_on(async move {
+        platform::alerts::start(service)?;
         match cli.command {
             Command::Up(args) => services::up(args).await,
             Command::Ingress(args) => services::ingress(args).await,

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use ingress::idempotency::MemoryStore;
 use platform::broker::LocalBroker;
 use serde_json::Value;
+use support::process::HeraldProcess;
+use support::webhook::Webhook;
 use support::{TestIngress, ingress_args, order, token};
 
 const DEADLINE: Duration = Duration::from_millis(2000);
@@ -125,6 +127,69 @@ async fn broker_killed_under_load_loses_no_acknowledged_event() {
         Ok(app) => app.stop().await,
         Err(_) => panic!("ingress still shared"),
     }
+    broker.stop(Duration::from_secs(30)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_outage_posts_two_alerts_not_one_per_failed_request() {
+    let dir = support::test_dir(&format!("alerts-{}", uuid::Uuid::new_v4().simple()));
+    let broker = LocalBroker::start(&dir, None)
+        .await
+        .expect("private broker starts");
+    let kafka = support::kafka(&broker.bootstrap());
+    let webhook = Webhook::start().await;
+    let database = format!("sqlite://{}", dir.join("ingress.db").display());
+    let ingress = HeraldProcess::start(
+        "ingress",
+        &kafka,
+        &database,
+        &[
+            ("ALERT_WEBHOOK_URL", &webhook.url),
+            ("ALERT_WINDOW_SECS", "3"),
+            ("PUBLISH_DEADLINE_MS", "2000"),
+        ],
+    )
+    .await;
+    let user = token("alice", &["user"]);
+    let post = |i: usize| {
+        let (base, user) = (ingress.base.clone(), user.clone());
+        async move {
+            support::client()
+                .post(format!("{base}/api/v1/events"))
+                .bearer_auth(user)
+                .json(&order(&format!("alerted-{i}")))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(post(0).await, 202);
+    assert!(webhook.texts().is_empty(), "a 202 is no alert");
+
+    broker.kill();
+    let statuses = futures_util::future::join_all((1..=30).map(post)).await;
+    assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
+
+    // The first failure at once, the other 29 in one summary when the window closes.
+    let texts = webhook
+        .wait_for(2, Duration::from_secs(15), Duration::from_secs(4))
+        .await;
+    eprintln!("alerts: {texts:#?}");
+    assert_eq!(texts.len(), 2, "{texts:#?}");
+    assert!(
+        texts[0].starts_with("herald-ingress: 503 on POST /api/v1/events (request "),
+        "{}",
+        texts[0]
+    );
+    assert!(
+        texts[1].starts_with("herald-ingress: 29 more 5xx on POST /api/v1/events in the last 3 s"),
+        "{}",
+        texts[1]
+    );
+    ingress.terminate().await;
     broker.stop(Duration::from_secs(30)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

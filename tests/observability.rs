@@ -8,10 +8,12 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use platform::kafka::{OutgoingRecord, Publisher};
 use serde_json::{Value, json};
 use support::otlp::{OtlpReceiver, Span};
 use support::process::HeraldProcess;
 use support::smtp::SmtpServer;
+use support::webhook::Webhook;
 
 #[tokio::test]
 async fn one_request_is_one_trace_in_the_response_the_log_the_event_and_the_metrics() {
@@ -210,4 +212,66 @@ async fn one_trace_spans_the_ingress_and_every_consumer_down_to_the_smtp_call() 
     for process in [ingress, audit, notifier, search] {
         process.terminate().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_dead_letters_is_one_alert_and_one_summary() {
+    let app = support::TestIngress::start_default().await;
+    let webhook = Webhook::start().await;
+    let dir = support::test_dir(&format!("dlq-alerts-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let database = format!("sqlite://{}", dir.join("audit.db").display());
+    let audit = HeraldProcess::start(
+        "audit-log",
+        &app.kafka,
+        &database,
+        &[
+            ("ALERT_WEBHOOK_URL", &webhook.url),
+            ("ALERT_WINDOW_SECS", "3"),
+        ],
+    )
+    .await;
+    let orders = app.kafka.topic("orders");
+    let group = format!("{}audit-log", app.kafka.topic_prefix);
+    let publisher = Publisher::new(&app.kafka, Duration::from_secs(10)).unwrap();
+    let garbage: Vec<OutgoingRecord> = (0..20)
+        .map(|i| OutgoingRecord {
+            topic: orders.clone(),
+            key: format!("poison-{i}").into_bytes(),
+            payload: b"\x00\x01 not avro at all".to_vec(),
+            timestamp_ms: time::OffsetDateTime::now_utc().unix_timestamp() * 1000,
+            headers: vec![],
+        })
+        .collect();
+    publisher.publish_all(&garbage).await.unwrap();
+
+    let texts = webhook
+        .wait_for(2, Duration::from_secs(60), Duration::from_secs(4))
+        .await;
+    eprintln!("alerts: {texts:#?}");
+    assert_eq!(texts.len(), 2, "{texts:#?}");
+    assert!(
+        texts[0].starts_with(&format!(
+            "herald-audit-log: {group} dead-lettered an event from {orders}: undecodable"
+        )),
+        "{}",
+        texts[0]
+    );
+    assert!(
+        texts[0].contains(&format!("herald dlq list {group}")),
+        "{}",
+        texts[0]
+    );
+    assert!(
+        texts[1].starts_with(&format!(
+            "herald-audit-log: 19 more dead letters of {group} from {orders} in the last 3 s"
+        )),
+        "{}",
+        texts[1]
+    );
+    assert_eq!(
+        audit.metric("herald_consumer_dead_lettered_total").await,
+        20.0
+    );
+    audit.terminate().await;
 }

@@ -9,6 +9,7 @@ pub mod otlp;
 pub mod process;
 pub mod sms;
 pub mod smtp;
+pub mod webhook;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -3,9 +3,11 @@
 //! This is the only crate that names rdkafka: producers and consumers see [`kafka::Publisher`],
 //! [`kafka::TopicReader`] and plain data. It also owns the local Apache Kafka broker used by
 //! `herald up` and the tests ([`broker`]), HTTP serving with timeouts and graceful shutdown
-//! ([`http`]), process shutdown ([`shutdown`]), logging ([`telemetry`]), database pools
+//! ([`http`]), process shutdown ([`shutdown`]), logs and traces ([`telemetry`], [`trace`]),
+//! error alerts ([`alerts`]), database pools
 //! chosen by URL ([`db`]) and the schema registry client ([`registry`]).
 
+pub mod alerts;
 pub mod auth;
 pub mod broker;
 pub mod consumer;

@@ -358,6 +358,11 @@ impl Worker {
             }
         }
         meters.dead_lettered.increment(1);
+        crate::alerts::raise(crate::alerts::Alert::DeadLetter {
+            group: dead.group.clone(),
+            topic: record.topic.clone(),
+            reason: reason.to_string(),
+        });
         tracing::warn!(
             topic = %record.topic,
             partition = record.partition,

@@ -1,0 +1,362 @@
+//! Error alerts to a chat webhook: 5xx responses and dead letters, as Slack-compatible JSON
+//! (`{"text": ...}`, which Slack, Mattermost, Rocket.Chat and Teams workflows accept).
+//!
+//! An incident must send a few messages, not thousands. Alerts are grouped by what failed (a
+//! route, a consumer group): the first of a group goes out at once, the others of its window
+//! are counted and summed up in one message when the window closes. Whatever the groups, at
+//! most `ALERT_MAX_PER_WINDOW` messages leave per window; the rest are folded into one line.
+//!
+//! Configured by `ALERT_WEBHOOK_URL` (or `ALERT_WEBHOOK_URL_FILE`, since the URL is a secret),
+//! `ALERT_WINDOW_SECS` (default 300) and `ALERT_MAX_PER_WINDOW` (default 10). Unset, alerts
+//! cost one atomic load. Raising never blocks the request or the consumer that failed: a
+//! full queue drops the alert and counts it (`herald_alerts_dropped_total`).
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+
+/// Something an operator should hear about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Alert {
+    /// A 5xx answer.
+    ServerError {
+        method: String,
+        route: String,
+        status: u16,
+        request_id: String,
+    },
+    /// An event a consumer could not apply, now in its dead-letter topic.
+    DeadLetter {
+        group: String,
+        topic: String,
+        reason: String,
+    },
+}
+
+impl Alert {
+    /// What failed: alerts with the same group are one incident.
+    fn group(&self) -> String {
+        match self {
+            Alert::ServerError { method, route, .. } => format!("5xx on {method} {route}"),
+            Alert::DeadLetter { group, topic, .. } => {
+                format!("dead letters of {group} from {topic}")
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Alert::ServerError {
+                method,
+                route,
+                status,
+                request_id,
+            } => format!("{status} on {method} {route} (request {request_id})"),
+            Alert::DeadLetter {
+                group,
+                topic,
+                reason,
+            } => format!(
+                "{group} dead-lettered an event from {topic}: {reason}. \
+                 `herald dlq list {group}` shows it; `herald dlq redrive {group}` after the fix"
+            ),
+        }
+    }
+}
+
+/// How alerts become messages.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub window: Duration,
+    pub max_per_window: usize,
+}
+
+#[derive(Debug)]
+struct Incident {
+    opened: Instant,
+    more: u64,
+    last: String,
+}
+
+/// The grouping and rate-limiting, without clocks or I/O: what to send, given what happened
+/// and when.
+#[derive(Debug)]
+pub struct Grouper {
+    policy: Policy,
+    incidents: HashMap<String, Incident>,
+    window_started: Instant,
+    sent: usize,
+    held_back: u64,
+}
+
+impl Grouper {
+    pub fn new(policy: Policy, now: Instant) -> Self {
+        Self {
+            policy,
+            incidents: HashMap::new(),
+            window_started: now,
+            sent: 0,
+            held_back: 0,
+        }
+    }
+
+    /// An alert happened: the message to send now, if any.
+    pub fn observe(&mut self, alert: &Alert, now: Instant) -> Option<String> {
+        let mut out = self.close(now);
+        let group = alert.group();
+        match self.incidents.get_mut(&group) {
+            Some(incident) => {
+                incident.more += 1;
+                incident.last = alert.describe();
+            }
+            None => {
+                self.incidents.insert(
+                    group,
+                    Incident {
+                        opened: now,
+                        more: 0,
+                        last: String::new(),
+                    },
+                );
+                out.extend(self.budget(alert.describe()));
+            }
+        }
+        join(&out)
+    }
+
+    /// Time passed: the summaries of incidents whose window closed.
+    pub fn tick(&mut self, now: Instant) -> Option<String> {
+        join(&self.close(now))
+    }
+
+    fn close(&mut self, now: Instant) -> Vec<String> {
+        let mut out = self.roll(now);
+        let window = self.policy.window;
+        let closed: Vec<String> = self
+            .incidents
+            .iter()
+            .filter(|(_, i)| now.duration_since(i.opened) >= window)
+            .map(|(group, _)| group.clone())
+            .collect();
+        for group in closed {
+            let incident = self.incidents.remove(&group).expect("listed");
+            if incident.more > 0 {
+                let summary = format!(
+                    "{} more {group} in the last {} s; the last: {}",
+                    incident.more,
+                    window.as_secs(),
+                    incident.last
+                );
+                out.extend(self.budget(summary));
+            }
+        }
+        out
+    }
+
+    /// Starts a new budget window when the last one is over, announcing what it held back.
+    fn roll(&mut self, now: Instant) -> Vec<String> {
+        if now.duration_since(self.window_started) < self.policy.window {
+            return Vec::new();
+        }
+        self.window_started = now;
+        self.sent = 0;
+        let held_back = std::mem::take(&mut self.held_back);
+        if held_back == 0 {
+            return Vec::new();
+        }
+        self.sent = 1;
+        vec![format!(
+            "{held_back} more alert messages were held back in the last {} s: see the metrics and logs",
+            self.policy.window.as_secs()
+        )]
+    }
+
+    fn budget(&mut self, message: String) -> Option<String> {
+        if self.sent >= self.policy.max_per_window {
+            self.held_back += 1;
+            return None;
+        }
+        self.sent += 1;
+        Some(message)
+    }
+}
+
+fn join(messages: &[String]) -> Option<String> {
+    (!messages.is_empty()).then(|| messages.join("\n"))
+}
+
+static QUEUE: OnceLock<mpsc::Sender<Alert>> = OnceLock::new();
+
+/// Reports an alert; never waits.
+pub fn raise(alert: Alert) {
+    if let Some(queue) = QUEUE.get()
+        && queue.try_send(alert).is_err()
+    {
+        metrics::counter!("herald_alerts_dropped_total").increment(1);
+    }
+}
+
+/// Starts sending alerts when a webhook is configured (see the module docs). Call once, inside
+/// the runtime; `service` starts every message.
+pub fn start(service: &str) -> anyhow::Result<()> {
+    let Some(url) = webhook_url()? else {
+        return Ok(());
+    };
+    let number = |name: &str, default: u64| -> anyhow::Result<u64> {
+        std::env::var(name).map_or(Ok(default), |v| {
+            v.trim()
+                .parse()
+                .with_context(|| format!("{name} must be a whole number, not {v:?}"))
+        })
+    };
+    let policy = Policy {
+        window: Duration::from_secs(number("ALERT_WINDOW_SECS", 300)?.max(1)),
+        max_per_window: number("ALERT_MAX_PER_WINDOW", 10)?.max(1) as usize,
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .context("building the alert webhook client")?;
+    let (tx, rx) = mpsc::channel(1024);
+    if QUEUE.set(tx).is_ok() {
+        tokio::spawn(send_loop(rx, policy, client, url, service.to_string()));
+    }
+    Ok(())
+}
+
+fn webhook_url() -> anyhow::Result<Option<reqwest::Url>> {
+    let url = match (
+        std::env::var("ALERT_WEBHOOK_URL"),
+        std::env::var("ALERT_WEBHOOK_URL_FILE"),
+    ) {
+        (Ok(url), _) if !url.trim().is_empty() => url,
+        (_, Ok(path)) if !path.trim().is_empty() => std::fs::read_to_string(path.trim())
+            .with_context(|| format!("reading ALERT_WEBHOOK_URL_FILE {path}"))?,
+        _ => return Ok(None),
+    };
+    // The URL is a credential: an error names the variable, never the value.
+    reqwest::Url::parse(url.trim())
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .map(Some)
+        .context("ALERT_WEBHOOK_URL is not an http(s) URL")
+}
+
+async fn send_loop(
+    mut rx: mpsc::Receiver<Alert>,
+    policy: Policy,
+    client: reqwest::Client,
+    url: reqwest::Url,
+    service: String,
+) {
+    let mut grouper = Grouper::new(policy, Instant::now());
+    let mut tick = tokio::time::interval(Duration::from_secs(1).min(policy.window));
+    loop {
+        let message = tokio::select! {
+            alert = rx.recv() => match alert {
+                Some(alert) => grouper.observe(&alert, Instant::now()),
+                None => return,
+            },
+            _ = tick.tick() => grouper.tick(Instant::now()),
+        };
+        let Some(text) = message else { continue };
+        let body = serde_json::json!({ "text": format!("{service}: {text}") });
+        let outcome = match client.post(url.clone()).json(&body).send().await {
+            Ok(response) if response.status().is_success() => "sent",
+            Ok(response) => {
+                tracing::warn!(status = %response.status(), "the alert webhook refused a message");
+                "failed"
+            }
+            Err(err) => {
+                tracing::warn!(err = %err.without_url(), "the alert webhook is unreachable");
+                "failed"
+            }
+        };
+        metrics::counter!("herald_alerts_total", "outcome" => outcome).increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(route: &str) -> Alert {
+        Alert::ServerError {
+            method: "POST".into(),
+            route: route.into(),
+            status: 503,
+            request_id: "r".into(),
+        }
+    }
+
+    const POLICY: Policy = Policy {
+        window: Duration::from_secs(60),
+        max_per_window: 3,
+    };
+
+    #[test]
+    fn an_incident_is_one_message_then_one_summary() {
+        let start = Instant::now();
+        let mut grouper = Grouper::new(POLICY, start);
+        let first = grouper.observe(&error("/a"), start).unwrap();
+        assert!(first.starts_with("503 on POST /a"), "{first}");
+        for s in 1..=999 {
+            let at = start + Duration::from_millis(s * 50);
+            assert_eq!(grouper.observe(&error("/a"), at), None);
+        }
+        assert_eq!(grouper.tick(start + Duration::from_secs(59)), None);
+        let summary = grouper.tick(start + Duration::from_secs(60)).unwrap();
+        assert!(
+            summary.starts_with("999 more 5xx on POST /a in the last 60 s"),
+            "{summary}"
+        );
+        assert_eq!(grouper.tick(start + Duration::from_secs(61)), None);
+        // A later failure is a new incident.
+        assert!(
+            grouper
+                .observe(&error("/a"), start + Duration::from_secs(62))
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_lone_alert_has_no_summary() {
+        let start = Instant::now();
+        let mut grouper = Grouper::new(POLICY, start);
+        assert!(grouper.observe(&error("/a"), start).is_some());
+        assert_eq!(grouper.tick(start + Duration::from_secs(120)), None);
+    }
+
+    #[test]
+    fn groups_are_separate_and_the_window_caps_messages() {
+        let start = Instant::now();
+        let mut grouper = Grouper::new(POLICY, start);
+        let sent: Vec<_> = (0..10)
+            .filter_map(|i| grouper.observe(&error(&format!("/{i}")), start))
+            .collect();
+        assert_eq!(sent.len(), 3, "three groups, then the cap");
+        let dead = Alert::DeadLetter {
+            group: "audit-log".into(),
+            topic: "orders".into(),
+            reason: "undecodable".into(),
+        };
+        assert_eq!(grouper.observe(&dead, start), None, "capped too");
+        // The next window starts by saying how much was held back, then the summaries are
+        // none (each held-back group had a single alert).
+        let next = grouper.tick(start + Duration::from_secs(60)).unwrap();
+        assert!(
+            next.starts_with("8 more alert messages were held back"),
+            "{next}"
+        );
+        let dead_again = grouper
+            .observe(&dead, start + Duration::from_secs(61))
+            .unwrap();
+        assert!(
+            dead_again.contains("herald dlq list audit-log"),
+            "{dead_again}"
+        );
+    }
+}
