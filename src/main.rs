@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use secrecy::SecretString;
 
 #[derive(Debug, Parser)]
@@ -135,7 +135,15 @@ enum BrokerAction {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // Every setting read from NAME can come from the file NAME_FILE names (mounted secrets).
+    let command = match platform::secrets::from_files(Cli::command()) {
+        Ok(command) => command,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::exit(2);
+        }
+    };
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|err| err.exit());
     let service = cli.command.service_name();
     platform::telemetry::init(service);
     let runtime = tokio::runtime::Builder::new_multi_thread()

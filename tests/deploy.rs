@@ -234,3 +234,46 @@ fn every_variable_compose_reads_is_documented_in_env_example() {
         );
     }
 }
+
+/// Secrets mounted as files: `NAME_FILE` instead of `NAME`, for every setting of every service.
+#[test]
+fn secrets_come_from_files_and_never_show_in_help() {
+    let dir = scratch("secrets");
+    let secret = "mounted-secret-of-at-least-thirty-two-bytes";
+    let file = dir.join("jwt");
+    std::fs::write(&file, format!("{secret}\n")).unwrap();
+    let herald = |args: &[&str], env: &[(&str, &Path)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+        command.args(args).env_remove("JWT_HS256_SECRET");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.output().unwrap()
+    };
+    let from_file = [("JWT_HS256_SECRET_FILE", file.as_path())];
+    let token = herald(&["token", "--sub", "alice", "--role", "user"], &from_file);
+    assert!(token.status.success(), "{token:?}");
+    let token = String::from_utf8(token.stdout).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_audience(&["herald"]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        token.trim(),
+        &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
+        &validation,
+    )
+    .expect("signed with the file's secret, without its newline");
+    assert_eq!(claims.claims["sub"], "alice");
+
+    for service in ["token", "ingress", "notifications", "auth"] {
+        let help = herald(&[service, "--help"], &from_file);
+        let text = String::from_utf8_lossy(&help.stdout);
+        assert!(help.status.success() && !text.contains(secret), "{text}");
+    }
+    let missing = herald(
+        &["token", "--sub", "alice"],
+        &[("JWT_HS256_SECRET_FILE", &dir.join("absent"))],
+    );
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success());
+    assert!(err.contains("JWT_HS256_SECRET_FILE: cannot read"), "{err}");
+}

@@ -19,6 +19,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod problem;
 pub mod registry;
+pub mod secrets;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace;
