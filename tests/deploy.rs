@@ -277,3 +277,93 @@ fn secrets_come_from_files_and_never_show_in_help() {
     assert!(!missing.status.success());
     assert!(err.contains("JWT_HS256_SECRET_FILE: cannot read"), "{err}");
 }
+
+/// Validates manifests with `tests/support/validate_k8s.py` (Kubernetes 1.33 schemas, strict;
+/// KEDA's CRD for ScaledObjects): whether they passed, and what it printed.
+fn k8s_check(manifests: &[PathBuf]) -> (bool, String) {
+    let crds = std::env::var("HOME")
+        .map(|home| PathBuf::from(home).join(".cache/herald/keda-v2.21.0"))
+        .unwrap();
+    assert!(
+        crds.join("keda.sh_scaledobjects.yaml").exists(),
+        "{} is missing: run infra/scripts/services.sh",
+        crds.display()
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/validate_k8s.py");
+    let mut args = vec![
+        script.to_str().unwrap().to_string(),
+        "1.33".to_string(),
+        crds.to_str().unwrap().to_string(),
+    ];
+    args.extend(manifests.iter().map(|m| m.to_str().unwrap().to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run("python3", &args)
+}
+
+#[test]
+fn kubernetes_manifests_fit_their_schemas_and_keda_scales_every_consumer_group() {
+    let dir = deploy("k8s");
+    let mut manifests: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    manifests.sort();
+    let (ok, out) = k8s_check(&manifests);
+    assert!(ok, "{out}");
+    let objects: usize = out
+        .lines()
+        .last()
+        .and_then(|l| l.split(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(objects >= 18, "{out}");
+
+    // kustomize applies every manifest of the folder.
+    let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    for manifest in &manifests {
+        let name = manifest.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name == "kustomization.yaml" || kustomization.contains(&format!("- {name}")),
+            "{name} is not in kustomization.yaml"
+        );
+    }
+    // Each lag-scaled consumer's ScaledObject names its own group and Deployment; every
+    // pod is probed.
+    let all: String = manifests
+        .iter()
+        .map(|m| std::fs::read_to_string(m).unwrap())
+        .collect();
+    for group in ["audit-log", "notifications", "reports"] {
+        let manifest = std::fs::read_to_string(dir.join(format!("{group}.yaml"))).unwrap();
+        assert!(manifest.contains("kind: ScaledObject"), "{group}");
+        assert!(
+            manifest.contains(&format!("consumerGroup: {group}\n")),
+            "{group}"
+        );
+        assert!(
+            manifest.contains(&format!("scaleTargetRef: {{name: {group}}}")),
+            "{group}"
+        );
+    }
+    assert_eq!(
+        all.matches("livenessProbe:").count(),
+        all.matches("\nkind: Deployment\n").count() + all.matches("\nkind: StatefulSet\n").count()
+    );
+
+    // A broken copy fails, naming the field.
+    let broken = scratch("k8s").join("reports.yaml");
+    let text = std::fs::read_to_string(dir.join("reports.yaml")).unwrap();
+    std::fs::write(
+        &broken,
+        text.replacen("minReplicaCount: 1", "minReplicaCount: one", 1)
+            .replacen("periodSeconds: 5", "periodSecond: 5", 1),
+    )
+    .unwrap();
+    let (ok, out) = k8s_check(&[broken]);
+    assert!(!ok, "a broken manifest passed: {out}");
+    assert!(
+        out.contains("spec.minReplicaCount: 'one' is not of type 'integer'"),
+        "{out}"
+    );
+    assert!(out.contains("'periodSecond' was unexpected"), "{out}");
+}

@@ -55,6 +55,23 @@ if [ ! -s "$compose_schema" ]; then
   rm -rf "$wheel_dir"
 fi
 
+# Kubernetes manifests are checked against the Kubernetes OpenAPI schemas (kubernetes-validate,
+# PyPI) and KEDA's ScaledObject against KEDA's own CRD, out of the KEDA module on the Go module
+# proxy. Kept under ~/.cache/herald.
+keda_crds="$HOME/.cache/herald/keda-v2.21.0"
+if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
+  echo "installing: kubernetes-validate (pip)" >&2
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'kubernetes-validate==1.37.0' >&2
+fi
+if [ ! -s "$keda_crds/keda.sh_scaledobjects.yaml" ]; then
+  echo "fetching: KEDA's CRDs (github.com/kedacore/keda/v2 v2.21.0, Go module proxy)" >&2
+  go_bin=$(command -v go || echo /usr/local/go/bin/go)
+  module_dir=$(cd "$(mktemp -d)" && "$go_bin" mod download -json github.com/kedacore/keda/v2@v2.21.0 \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+  mkdir -p "$keda_crds"
+  cp "$module_dir"/config/crd/bases/*.yaml "$keda_crds/"
+fi
+
 # PostgreSQL: the Debian cluster, a herald role and database (loopback only, tests only).
 pg_version=$(ls /usr/lib/postgresql | sort -n | tail -n 1)
 if ! pg_lsclusters -h 2>/dev/null | grep -q .; then
