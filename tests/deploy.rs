@@ -367,3 +367,135 @@ fn kubernetes_manifests_fit_their_schemas_and_keda_scales_every_consumer_group()
     );
     assert!(out.contains("'periodSecond' was unexpected"), "{out}");
 }
+
+/// Two network namespaces joined by a veth pair: a host (10.213.0.1) and a client from outside
+/// (10.213.0.2). Removed when dropped.
+struct Hosts {
+    host: String,
+    client: String,
+}
+
+impl Hosts {
+    fn new() -> Self {
+        let id = std::process::id() % 100_000;
+        let hosts = Self {
+            host: format!("herald-fw-{id}-host"),
+            client: format!("herald-fw-{id}-client"),
+        };
+        let ip = |args: &str| {
+            let (ok, out) = run("ip", &args.split(' ').collect::<Vec<_>>());
+            assert!(ok, "ip {args}: {out}");
+        };
+        let (host, client) = (&hosts.host, &hosts.client);
+        ip(&format!("netns add {host}"));
+        ip(&format!("netns add {client}"));
+        ip(&format!(
+            "link add hfw{id}h netns {host} type veth peer name hfw{id}c netns {client}"
+        ));
+        ip(&format!("-n {host} addr add 10.213.0.1/30 dev hfw{id}h"));
+        ip(&format!("-n {client} addr add 10.213.0.2/30 dev hfw{id}c"));
+        for (ns, dev) in [(host, format!("hfw{id}h")), (client, format!("hfw{id}c"))] {
+            ip(&format!("-n {ns} link set {dev} up"));
+            ip(&format!("-n {ns} link set lo up"));
+        }
+        hosts
+    }
+
+    /// The ports of `ports` the client can connect to while the host listens on all of them.
+    fn reachable(&self, ports: &[u16]) -> Vec<u16> {
+        let list = format!("{ports:?}");
+        let listen = format!(
+            "import socket, time\n\
+             socks = []\n\
+             for port in {list}:\n    \
+                 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n    \
+                 s.bind(('10.213.0.1', port)); s.listen(); socks.append(s)\n\
+             print('ready', flush=True)\n\
+             time.sleep(30)\n"
+        );
+        let mut listener = Command::new("ip")
+            .args(["netns", "exec", &self.host, "python3", "-c", &listen])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(listener.stdout.as_mut().unwrap()),
+            &mut ready,
+        )
+        .unwrap();
+        assert_eq!(ready.trim(), "ready");
+        let probe = format!(
+            "import socket\n\
+             for port in {list}:\n    \
+                 s = socket.socket(); s.settimeout(1)\n    \
+                 try:\n        s.connect(('10.213.0.1', port)); print(port)\n    \
+                 except OSError:\n        pass\n"
+        );
+        let (ok, out) = run(
+            "ip",
+            &["netns", "exec", &self.client, "python3", "-c", &probe],
+        );
+        let _ = listener.kill();
+        let _ = listener.wait();
+        assert!(ok, "{out}");
+        out.lines().filter_map(|l| l.trim().parse().ok()).collect()
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "del", &self.host]);
+        let _ = run("ip", &["netns", "del", &self.client]);
+    }
+}
+
+/// The host firewall, loaded for real in a network namespace of its own: from outside, only
+/// 22, 80 and 443 answer, and loading it twice changes nothing.
+#[test]
+fn the_host_firewall_admits_only_ssh_http_and_https() {
+    let script = deploy("firewall/apply.sh");
+    let (ok, out) = run("bash", &[script.to_str().unwrap(), "--check"]);
+    assert!(ok, "{out}");
+
+    let hosts = Hosts::new();
+    let ports = [22, 80, 443, 5432, 6379, 8080, 9092];
+    assert_eq!(
+        hosts.reachable(&ports),
+        ports,
+        "without the firewall all answer"
+    );
+    for _ in 0..2 {
+        let (ok, out) = run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &hosts.host,
+                "bash",
+                script.to_str().unwrap(),
+            ],
+        );
+        assert!(ok, "{out}");
+        assert_eq!(hosts.reachable(&ports), [22, 80, 443]);
+    }
+
+    // A broken copy is refused by the check, naming the line.
+    let broken = scratch("firewall");
+    std::fs::copy(&script, broken.join("apply.sh")).unwrap();
+    let rules = std::fs::read_to_string(deploy("firewall/herald.nft")).unwrap();
+    std::fs::write(
+        broken.join("herald.nft"),
+        rules.replacen(
+            "tcp dport { 80, 443 } accept",
+            "tcp dport { 80, 443 } acept",
+            1,
+        ),
+    )
+    .unwrap();
+    let (ok, out) = run(
+        "bash",
+        &[broken.join("apply.sh").to_str().unwrap(), "--check"],
+    );
+    assert!(!ok && out.contains("herald.nft:"), "{out}");
+}
