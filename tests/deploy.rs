@@ -499,3 +499,183 @@ fn the_host_firewall_admits_only_ssh_http_and_https() {
     );
     assert!(!ok && out.contains("herald.nft:"), "{out}");
 }
+
+/// The `herald_*` metric names a PromQL text uses, without histogram suffixes.
+fn herald_metrics(promql: &str) -> Vec<String> {
+    let mut names: Vec<String> = promql
+        .match_indices("herald_")
+        .map(|(at, _)| {
+            promql[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect::<String>()
+        })
+        .map(|name| {
+            ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .map_or(name.clone(), str::to_string)
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Every Rust source of the services, concatenated: where metric names are defined.
+fn sources() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut text = String::new();
+    let mut dirs: Vec<PathBuf> = ["infra", "producers", "consumers", "src"]
+        .iter()
+        .map(|d| root.join(d))
+        .collect();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                text.push_str(&std::fs::read_to_string(path).unwrap());
+            }
+        }
+    }
+    text
+}
+
+/// `promtool check rules` on the expressions, each as a recording rule.
+fn promql_check(exprs: &[String]) -> (bool, String) {
+    let dir = scratch("promql");
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, expr) in exprs.iter().enumerate() {
+        rules.push_str(&format!(
+            "      - record: panel_{i}\n        expr: {}\n",
+            serde_json::to_string(expr).unwrap()
+        ));
+    }
+    let file = dir.join("panels.yml");
+    std::fs::write(&file, rules).unwrap();
+    run("promtool", &["check", "rules", file.to_str().unwrap()])
+}
+
+#[test]
+fn the_dashboard_and_the_alerts_query_only_metrics_herald_exports() {
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy("grafana/dashboards/herald.json")).unwrap(),
+    )
+    .unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().unwrap().clone())
+        .map(|target| target["expr"].as_str().unwrap().to_string())
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let (ok, out) = promql_check(&exprs);
+    assert!(ok, "{out}");
+    let mut broken = exprs.clone();
+    broken[0] = broken[0].replacen(')', "", 1);
+    let (ok, out) = promql_check(&broken);
+    assert!(!ok, "a broken expression passed: {out}");
+
+    // A misspelt metric would draw an empty panel or never fire: each name is one the code
+    // registers.
+    let code = sources();
+    let alerts = std::fs::read_to_string(deploy("prometheus/alerts.yml")).unwrap();
+    let used = herald_metrics(&format!("{}\n{alerts}", exprs.join("\n")));
+    assert!(used.len() >= 10, "{used:?}");
+    for name in &used {
+        assert!(
+            code.contains(&format!("\"{name}\"")),
+            "{name} is queried but no service exports it"
+        );
+    }
+    assert_eq!(
+        herald_metrics("rate(herald_missing_total[5m])"),
+        ["herald_missing_total"]
+    );
+    assert!(!code.contains("\"herald_missing_total\""));
+
+    // Provisioning: the panels' data source is the provisioned one, and the dashboards folder
+    // is where docker-compose.yml mounts it.
+    let datasource =
+        std::fs::read_to_string(deploy("grafana/provisioning/datasources/prometheus.yml")).unwrap();
+    assert!(
+        datasource.contains("uid: prometheus")
+            && datasource.contains("url: http://prometheus:9090")
+    );
+    assert!(
+        dashboard["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["datasource"]["uid"] == "prometheus")
+    );
+    let provider =
+        std::fs::read_to_string(deploy("grafana/provisioning/dashboards/herald.yml")).unwrap();
+    let compose =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docker-compose.yml"))
+            .unwrap();
+    assert!(provider.contains("path: /var/lib/grafana/dashboards"));
+    assert!(compose.contains("./infra/deploy/grafana/dashboards:/var/lib/grafana/dashboards:ro"));
+}
+
+#[test]
+fn the_collector_pipeline_is_complete_and_wired_to_the_services_and_jaeger() {
+    let script = "import sys, yaml\n\
+        config = yaml.safe_load(open(sys.argv[1]))\n\
+        compose = yaml.safe_load(open(sys.argv[2]))\n\
+        problems = []\n\
+        for name, pipeline in config['service']['pipelines'].items():\n    \
+            for kind in ('receivers', 'processors', 'exporters'):\n        \
+                for component in pipeline.get(kind, []):\n            \
+                    if component not in (config.get(kind) or {}):\n                \
+                        problems.append(f'{name} uses {component}, not defined in {kind}')\n\
+        for extension in config['service'].get('extensions', []):\n    \
+            if extension not in (config.get('extensions') or {}):\n        \
+                problems.append(f'extension {extension} is not defined')\n\
+        services = compose['services']\n\
+        for name, exporter in config['exporters'].items():\n    \
+            host = exporter['endpoint'].split('://')[-1].split(':')[0]\n    \
+            if host not in services:\n        \
+                problems.append(f'exporter {name} sends to {host}, not a compose service')\n\
+        port = config['receivers']['otlp']['protocols']['http']['endpoint'].rsplit(':', 1)[1]\n\
+        for name, service in services.items():\n    \
+            endpoint = (service.get('environment') or {}).get('OTEL_EXPORTER_OTLP_ENDPOINT')\n    \
+            if endpoint and endpoint != f'http://otel-collector:{port}':\n        \
+                problems.append(f'{name} exports to {endpoint}')\n\
+        herald = [n for n, s in services.items() if 'build' in s]\n\
+        missing = [n for n in herald if 'OTEL_EXPORTER_OTLP_ENDPOINT' not in (services[n].get('environment') or {})]\n\
+        if missing:\n    \
+            problems.append(f'not traced: {missing}')\n\
+        print('\\n'.join(problems) or 'wired')\n\
+        sys.exit(1 if problems else 0)\n";
+    let check = |config: &Path| {
+        run(
+            "python3",
+            &[
+                "-c",
+                script,
+                config.to_str().unwrap(),
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("docker-compose.yml")
+                    .to_str()
+                    .unwrap(),
+            ],
+        )
+    };
+    let config = deploy("otel/collector.yaml");
+    let (ok, out) = check(&config);
+    assert!(ok && out.trim() == "wired", "{out}");
+
+    let broken = scratch("otel").join("collector.yaml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &broken,
+        text.replace("exporters: [otlp/jaeger]", "exporters: [otlp/zipkin]"),
+    )
+    .unwrap();
+    let (ok, out) = check(&broken);
+    assert!(!ok && out.contains("traces uses otlp/zipkin"), "{out}");
+}
