@@ -104,6 +104,7 @@ async fn one_trace_spans_the_ingress_and_every_consumer_down_to_the_smtp_call() 
     let traced = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint.as_str()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
         ("RUST_LOG", "error"),
     ];
     let with = |more: &[(&'static str, &str)]| {

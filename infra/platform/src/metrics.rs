@@ -1,5 +1,7 @@
 //! Metrics in the Prometheus text format: every service records through the `metrics`
-//! facade; `GET /metrics` on the service's HTTP port renders them.
+//! facade; `GET /metrics` on the service's HTTP port renders them. `HERALD_METRICS=off`
+//! installs no recorder: recording costs nothing and `/metrics` is empty (to measure what
+//! metrics cost, or where nothing scrapes them).
 
 use std::sync::OnceLock;
 
@@ -11,6 +13,9 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 pub fn install() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
+            if std::env::var("HERALD_METRICS").is_ok_and(|v| v.eq_ignore_ascii_case("off")) {
+                return None;
+            }
             let buckets = [
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ];

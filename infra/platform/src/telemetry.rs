@@ -7,10 +7,12 @@
 //!
 //! Traces: when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, every span at level info or above (the
 //! request, the Kafka produce, each consumer's batch, the SMTP/HTTP/SQL calls inside it) is
-//! exported over OTLP/HTTP (JSON) to that collector, whatever `RUST_LOG` says, in batches from
-//! a thread of its own (`OTEL_BSP_*` tune them). The service is named by `OTEL_SERVICE_NAME`,
-//! or after the subcommand. Without the variable nothing is exported and spans cost what
-//! `tracing` spans cost.
+//! exported over OTLP/HTTP to that collector, whatever `RUST_LOG` says, in batches from a
+//! thread of its own (`OTEL_BSP_*` tune them). The encoding is protobuf, or JSON when
+//! `OTEL_EXPORTER_OTLP_PROTOCOL` is `http/json`; `OTEL_TRACES_SAMPLER` and
+//! `OTEL_TRACES_SAMPLER_ARG` sample (default: every trace). The service is named by
+//! `OTEL_SERVICE_NAME`, or after the subcommand. Without the variable nothing is exported and
+//! spans cost what `tracing` spans cost.
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
@@ -57,6 +59,11 @@ pub fn init(service: &str) {
             Some(
                 tracing_opentelemetry::layer()
                     .with_tracer(tracer)
+                    // What a trace UI does not need, and each costs time on every span: the
+                    // source location, the thread, busy and idle time per poll.
+                    .with_location(false)
+                    .with_threads(false)
+                    .with_tracked_inactivity(false)
                     .with_filter(LevelFilter::INFO),
             )
         }
@@ -93,10 +100,23 @@ fn exporter(service: &str) -> anyhow::Result<Option<SdkTracerProvider>> {
     {
         return Ok(None);
     }
-    // The endpoint, headers and timeout come from the standard OTEL_EXPORTER_OTLP_* variables.
+    // The endpoint, headers and timeout come from the standard OTEL_EXPORTER_OTLP_* variables;
+    // protobuf unless JSON is asked for (it is larger and slower to encode).
+    let json = [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ]
+    .iter()
+    .find_map(|name| std::env::var(name).ok())
+    .is_some_and(|protocol| protocol.trim() == "http/json");
+    let protocol = if json {
+        opentelemetry_otlp::Protocol::HttpJson
+    } else {
+        opentelemetry_otlp::Protocol::HttpBinary
+    };
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
-        .with_protocol(opentelemetry_otlp::Protocol::HttpJson)
+        .with_protocol(protocol)
         .build()?;
     let mut resource = Resource::builder();
     if !configured("OTEL_SERVICE_NAME") {
