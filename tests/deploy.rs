@@ -679,3 +679,56 @@ fn the_collector_pipeline_is_complete_and_wired_to_the_services_and_jaeger() {
     let (ok, out) = check(&broken);
     assert!(!ok && out.contains("traces uses otlp/zipkin"), "{out}");
 }
+
+/// The runtime image's filesystem, built as the Dockerfile builds it (`rootfs.sh`), with this
+/// build's `herald` in it: it runs there as the non-root user, with nothing else beside it.
+#[test]
+fn the_runtime_filesystem_runs_herald_as_a_non_root_user_and_holds_nothing_else() {
+    let dockerfile = std::fs::read_to_string(deploy("Dockerfile")).unwrap();
+    for line in [
+        "RUN rootfs.sh /rootfs",
+        "FROM scratch",
+        "COPY --from=rootfs /rootfs /",
+        "USER 10001:10001",
+    ] {
+        assert!(dockerfile.contains(line), "the Dockerfile lacks {line:?}");
+    }
+    let root = scratch("rootfs").join("image");
+    let (ok, out) = run(
+        "bash",
+        &[
+            deploy("rootfs.sh").to_str().unwrap(),
+            root.to_str().unwrap(),
+            env!("CARGO_BIN_EXE_herald"),
+        ],
+    );
+    assert!(ok, "{out}");
+    for absent in ["bin/sh", "bin/bash", "usr/bin/apt-get", "usr/bin/dpkg"] {
+        assert!(!root.join(absent).exists(), "{absent} is in the image");
+    }
+    let secret = "image-secret-of-at-least-thirty-two-bytes";
+    let output = Command::new("chroot")
+        .args(["--userspec=10001:10001", root.to_str().unwrap()])
+        .args(["/usr/local/bin/herald", "token", "--sub", "alice"])
+        .env("JWT_HS256_SECRET", secret)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let token = String::from_utf8(output.stdout).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_audience(&["herald"]);
+    jsonwebtoken::decode::<serde_json::Value>(
+        token.trim(),
+        &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
+        &validation,
+    )
+    .expect("a token from inside the image");
+    // The data folder is the user's; the CA bundle is there for TLS.
+    let (ok, out) = run(
+        "stat",
+        &["-c", "%u", root.join("var/lib/herald").to_str().unwrap()],
+    );
+    assert!(ok && out.trim() == "10001", "{out}");
+    assert!(root.join("etc/ssl/certs/ca-certificates.crt").exists());
+    let _ = std::fs::remove_dir_all(root.parent().unwrap());
+}
