@@ -59,11 +59,14 @@ pub fn init(service: &str) {
             Some(
                 tracing_opentelemetry::layer()
                     .with_tracer(tracer)
-                    // What a trace UI does not need, and each costs time on every span: the
-                    // source location, the thread, busy and idle time per poll.
+                    // What a trace UI does not need, and each costs time on every span (or
+                    // on every poll of a traced future): the source location, the thread,
+                    // busy and idle time, and making each span the current OpenTelemetry
+                    // context (nothing here reads it: parents come from the span tree).
                     .with_location(false)
                     .with_threads(false)
                     .with_tracked_inactivity(false)
+                    .with_context_activation(false)
                     .with_filter(LevelFilter::INFO),
             )
         }
