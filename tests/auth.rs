@@ -598,9 +598,9 @@ async fn shared_counters_batched_under_load_stay_exact() {
         let (is_other, count) = hit.unwrap();
         assert!(count.resets_in <= window && count.resets_in > Duration::from_secs(50));
         if is_other {
-            others.push(count.used);
+            others.push(count.used)
         } else {
-            mine.push(count.used);
+            mine.push(count.used)
         }
     }
     mine.sort_unstable();
