@@ -3,15 +3,13 @@
 //!
 //! A window opens at a caller's first request and lasts the configured period; the
 //! `limit + 1`-th request in it is refused with the time left until it closes. Windows are
-//! exact and cheap (one INCR; with Redis, concurrent requests share a round trip); the price is that a caller can spend two limits in quick
+//! exact and cheap (one INCR); the price is that a caller can spend two limits in quick
 //! succession across a window's end.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-use tokio::sync::{mpsc, oneshot};
 
 /// A limit: `count` requests per `window`, written `100/day`, `5/10m`, `60/1m`, `10/s`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,105 +182,38 @@ impl LocalCounters {
     }
 }
 
-/// Counters in Redis, shared by every replica. Requests that arrive while a round trip is
-/// in flight are counted together in the next one: one script call increments all their
-/// keys in order and answers each its own count, so under load a batch of requests costs one
-/// round trip (one write, one read, one script run) instead of one each, and the counts stay
-/// exact. Alone, a request goes at once.
+/// Counters in Redis, shared by every replica: one atomic script per request.
 pub struct RedisCounters {
-    hits: mpsc::Sender<Hit>,
+    connection: redis::aio::ConnectionManager,
+    script: redis::Script,
 }
-
-/// Why a shared count is not known: Redis is unreachable, slow or refused the script.
-#[derive(Debug, thiserror::Error)]
-#[error("redis: {0}")]
-pub struct CounterUnavailable(String);
-
-struct Hit {
-    key: String,
-    window_ms: u64,
-    answer: oneshot::Sender<Result<Count, CounterUnavailable>>,
-}
-
-/// At most this many requests share one round trip.
-const MAX_BATCH: usize = 128;
 
 impl RedisCounters {
     pub async fn connect(url: &str) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(url)?;
         let connection = redis::aio::ConnectionManager::new(client).await?;
-        // KEYS: the counters, in arrival order (a key may come twice); ARGV: their windows in
-        // ms. A window opens with its key's first increment.
         let script = redis::Script::new(
-            r"local out = {}
-              for i, key in ipairs(KEYS) do
-                local used = redis.call('INCR', key)
-                local ttl = redis.call('PTTL', key)
-                if ttl < 0 then redis.call('PEXPIRE', key, ARGV[i]); ttl = tonumber(ARGV[i]) end
-                out[2 * i - 1] = used
-                out[2 * i] = ttl
-              end
-              return out",
+            r"local used = redis.call('INCR', KEYS[1])
+              if used == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+              local ttl = redis.call('PTTL', KEYS[1])
+              if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
+              return {used, ttl}",
         );
-        let (hits, requests) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(count_in_batches(connection, script, requests));
-        Ok(Self { hits })
+        Ok(Self { connection, script })
     }
 
-    pub async fn hit(&self, key: &str, window: Duration) -> Result<Count, CounterUnavailable> {
-        let (answer, answered) = oneshot::channel();
-        let hit = Hit {
-            key: key.to_string(),
-            window_ms: window.as_millis() as u64,
-            answer,
-        };
-        self.hits
-            .send(hit)
-            .await
-            .map_err(|_| CounterUnavailable("the counting task stopped".into()))?;
-        answered
-            .await
-            .map_err(|_| CounterUnavailable("the counting task stopped".into()))?
-    }
-}
-
-/// Takes the requests waiting, counts them in one script call, answers each; again.
-async fn count_in_batches(
-    mut connection: redis::aio::ConnectionManager,
-    script: redis::Script,
-    mut requests: mpsc::Receiver<Hit>,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while requests.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut invocation = script.prepare_invoke();
-        for hit in &batch {
-            invocation.key(&hit.key);
-        }
-        for hit in &batch {
-            invocation.arg(hit.window_ms);
-        }
-        let counted: Result<Vec<i64>, _> = invocation.invoke_async(&mut connection).await;
-        match counted {
-            Ok(values) if values.len() == 2 * batch.len() => {
-                for (hit, pair) in batch.drain(..).zip(values.chunks(2)) {
-                    let _ = hit.answer.send(Ok(Count {
-                        used: pair[0].max(0) as u64,
-                        resets_in: Duration::from_millis(pair[1].max(0) as u64),
-                    }));
-                }
-            }
-            Ok(values) => {
-                let why = format!("{} values for {} counters", values.len(), batch.len());
-                for hit in batch.drain(..) {
-                    let _ = hit.answer.send(Err(CounterUnavailable(why.clone())));
-                }
-            }
-            Err(err) => {
-                for hit in batch.drain(..) {
-                    let _ = hit.answer.send(Err(CounterUnavailable(err.to_string())));
-                }
-            }
-        }
+    pub async fn hit(&self, key: &str, window: Duration) -> Result<Count, redis::RedisError> {
+        let mut connection = self.connection.clone();
+        let (used, ttl_ms): (u64, i64) = self
+            .script
+            .key(key)
+            .arg(window.as_millis() as u64)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(Count {
+            used,
+            resets_in: Duration::from_millis(ttl_ms.max(0) as u64),
+        })
     }
 }
 
