@@ -134,10 +134,12 @@ async fn broker_killed_under_load_loses_no_acknowledged_event() {
 #[tokio::test]
 async fn an_outage_posts_two_alerts_not_one_per_failed_request() {
     let dir = support::test_dir(&format!("alerts-{}", uuid::Uuid::new_v4().simple()));
-    let broker = LocalBroker::start(&dir, None)
-        .await
-        .expect("private broker starts");
-    let kafka = support::kafka(&broker.bootstrap());
+    let broker = KilledOnDrop(
+        LocalBroker::start(&dir, None)
+            .await
+            .expect("private broker starts"),
+    );
+    let kafka = support::kafka(&broker.0.bootstrap());
     let webhook = Webhook::start().await;
     let database = format!("sqlite://{}", dir.join("ingress.db").display());
     let ingress = HeraldProcess::start(
@@ -169,7 +171,7 @@ async fn an_outage_posts_two_alerts_not_one_per_failed_request() {
     assert_eq!(post(0).await, 202);
     assert!(webhook.texts().is_empty(), "a 202 is no alert");
 
-    broker.kill();
+    broker.0.kill();
     let statuses = futures_util::future::join_all((1..=30).map(post)).await;
     assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
 
@@ -190,6 +192,15 @@ async fn an_outage_posts_two_alerts_not_one_per_failed_request() {
         texts[1]
     );
     ingress.terminate().await;
-    broker.stop(Duration::from_secs(30)).await;
+    drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A private broker that does not outlive its test, even one that fails.
+struct KilledOnDrop(LocalBroker);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        self.0.kill();
+    }
 }
