@@ -136,7 +136,8 @@ enum BrokerAction {
 
 fn main() -> anyhow::Result<()> {
     // Every setting read from NAME can come from the file NAME_FILE names (mounted secrets).
-    let command = match platform::secrets::from_files(Cli::command()) {
+    let args: Vec<String> = std::env::args().collect();
+    let command = match platform::secrets::from_files(Cli::command(), &args) {
         Ok(command) => command,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -152,7 +153,7 @@ fn main() -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let outcome = runtime.block_on(async move {
         platform::alerts::start(service)?;
-        match cli.command {
+        let outcome = match cli.command {
             Command::Up(args) => services::up(args).await,
             Command::Ingress(args) => services::ingress(args).await,
             Command::Auth(args) => services::auth_service(args).await,
@@ -168,7 +169,9 @@ fn main() -> anyhow::Result<()> {
             Command::Audit { action } => audit(action).await,
             Command::Token(args) => token(&args),
             Command::Broker { action } => broker(action).await,
-        }
+        };
+        platform::alerts::shutdown(Duration::from_secs(5)).await;
+        outcome
     });
     platform::telemetry::shutdown();
     outcome

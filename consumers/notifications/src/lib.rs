@@ -383,14 +383,18 @@ impl Notifier {
             "deliver",
             otel.name = %format_args!("{channel} send"),
             otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
             herald.channel = channel,
             herald.event_id = %intent.key.event_id,
             herald.attempt = attempt,
         );
         let sent = self
             .deliver(&intent, &to, name, message)
-            .instrument(span)
+            .instrument(span.clone())
             .await;
+        if sent.is_err() {
+            span.record("otel.status_code", "error");
+        }
         let (status, provider, detail, result) = self.outcome(&intent, &to, sent).await?;
         count(&intent, status);
         self.store

@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
-use tracing::Instrument as _;
 
 use async_trait::async_trait;
 use events::Codec;
@@ -57,8 +56,8 @@ impl Handler for Indexer {
         let index = self.index.clone();
         let events = events.to_vec();
         let span = tracing::info_span!("index", otel.kind = "client", documents = events.len());
-        tokio::task::spawn_blocking(move || index.apply(&events))
-            .instrument(span)
+        // The span covers the work on the blocking thread, not the wait for it.
+        tokio::task::spawn_blocking(move || span.in_scope(|| index.apply(&events)))
             .await
             .or_retry()?
             .or_retry()

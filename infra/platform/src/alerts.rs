@@ -4,19 +4,24 @@
 //! An incident must send a few messages, not thousands. Alerts are grouped by what failed (a
 //! route, a consumer group): the first of a group goes out at once, the others of its window
 //! are counted and summed up in one message when the window closes. Whatever the groups, at
-//! most `ALERT_MAX_PER_WINDOW` messages leave per window; the rest are folded into one line.
+//! most `ALERT_MAX_PER_WINDOW` lines leave per window (lines due at the same moment share one
+//! post); the rest are folded into one line. A stopping process posts what it still holds.
+//! Messages name what failed and where to look, never the failure's detail: a reason can hold
+//! a recipient's address, which has no business in a chat.
 //!
 //! Configured by `ALERT_WEBHOOK_URL` (or `ALERT_WEBHOOK_URL_FILE`, since the URL is a secret),
-//! `ALERT_WINDOW_SECS` (default 300) and `ALERT_MAX_PER_WINDOW` (default 10). Unset, alerts
-//! cost one atomic load. Raising never blocks the request or the consumer that failed: a
-//! full queue drops the alert and counts it (`herald_alerts_dropped_total`).
+//! `ALERT_WINDOW_SECS` (default 300) and `ALERT_MAX_PER_WINDOW` (default 10). Callers check
+//! [`enabled`] before building an alert, so unset they cost one atomic load. Raising never
+//! blocks the request or the consumer that failed: a full queue drops the alert and counts it
+//! (`herald_alerts_dropped_total`).
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// Something an operator should hear about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,9 +35,9 @@ pub enum Alert {
     },
     /// An event a consumer could not apply, now in its dead-letter topic.
     DeadLetter {
+        /// The group as `herald dlq` takes it.
         group: String,
         topic: String,
-        reason: String,
     },
 }
 
@@ -55,13 +60,9 @@ impl Alert {
                 status,
                 request_id,
             } => format!("{status} on {method} {route} (request {request_id})"),
-            Alert::DeadLetter {
-                group,
-                topic,
-                reason,
-            } => format!(
-                "{group} dead-lettered an event from {topic}: {reason}. \
-                 `herald dlq list {group}` shows it; `herald dlq redrive {group}` after the fix"
+            Alert::DeadLetter { group, topic } => format!(
+                "{group} dead-lettered an event from {topic}. \
+                 `herald dlq list {group}` shows it and why; `herald dlq redrive {group}` after the fix"
             ),
         }
     }
@@ -78,7 +79,8 @@ pub struct Policy {
 struct Incident {
     opened: Instant,
     more: u64,
-    last: String,
+    /// The latest alert after the first, described in the summary.
+    last: Option<Alert>,
 }
 
 /// The grouping and rate-limiting, without clocks or I/O: what to send, given what happened
@@ -110,7 +112,7 @@ impl Grouper {
         match self.incidents.get_mut(&group) {
             Some(incident) => {
                 incident.more += 1;
-                incident.last = alert.describe();
+                incident.last = Some(alert.clone());
             }
             None => {
                 self.incidents.insert(
@@ -118,7 +120,7 @@ impl Grouper {
                     Incident {
                         opened: now,
                         more: 0,
-                        last: String::new(),
+                        last: None,
                     },
                 );
                 out.extend(self.budget(alert.describe()));
@@ -132,6 +134,23 @@ impl Grouper {
         join(&self.close(now))
     }
 
+    /// The process stops: the summaries of every open incident, and what was held back, at
+    /// once and whatever the budget.
+    pub fn drain(&mut self) -> Option<String> {
+        let mut out: Vec<String> = self
+            .incidents
+            .drain()
+            .filter_map(|(group, incident)| summary(&group, &incident, self.policy.window))
+            .collect();
+        if self.held_back > 0 {
+            out.push(format!(
+                "{} more alert messages were held back: see the metrics and logs",
+                std::mem::take(&mut self.held_back)
+            ));
+        }
+        join(&out)
+    }
+
     fn close(&mut self, now: Instant) -> Vec<String> {
         let mut out = self.roll(now);
         let window = self.policy.window;
@@ -143,13 +162,7 @@ impl Grouper {
             .collect();
         for group in closed {
             let incident = self.incidents.remove(&group).expect("listed");
-            if incident.more > 0 {
-                let summary = format!(
-                    "{} more {group} in the last {} s; the last: {}",
-                    incident.more,
-                    window.as_secs(),
-                    incident.last
-                );
+            if let Some(summary) = summary(&group, &incident, window) {
                 out.extend(self.budget(summary));
             }
         }
@@ -184,11 +197,28 @@ impl Grouper {
     }
 }
 
+/// "n more of the group", when the incident had more than its first alert.
+fn summary(group: &str, incident: &Incident, window: Duration) -> Option<String> {
+    let last = incident.last.as_ref()?;
+    Some(format!(
+        "{} more {group} in the last {} s; the last: {}",
+        incident.more,
+        window.as_secs(),
+        last.describe()
+    ))
+}
+
 fn join(messages: &[String]) -> Option<String> {
     (!messages.is_empty()).then(|| messages.join("\n"))
 }
 
 static QUEUE: OnceLock<mpsc::Sender<Alert>> = OnceLock::new();
+static SENDER: Mutex<Option<(CancellationToken, tokio::task::JoinHandle<()>)>> = Mutex::new(None);
+
+/// Whether alerts are posted anywhere: check before building one.
+pub fn enabled() -> bool {
+    QUEUE.get().is_some()
+}
 
 /// Reports an alert; never waits.
 pub fn raise(alert: Alert) {
@@ -222,20 +252,44 @@ pub fn start(service: &str) -> anyhow::Result<()> {
         .context("building the alert webhook client")?;
     let (tx, rx) = mpsc::channel(1024);
     if QUEUE.set(tx).is_ok() {
-        tokio::spawn(send_loop(rx, policy, client, url, service.to_string()));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(send_loop(
+            rx,
+            policy,
+            Webhook {
+                client,
+                url,
+                service: service.to_string(),
+            },
+            stop.clone(),
+        ));
+        *SENDER.lock().expect("not poisoned") = Some((stop, task));
     }
     Ok(())
 }
 
+/// Posts what is still queued or held (open incidents' summaries), within `deadline`; call
+/// once, when the process stops.
+pub async fn shutdown(deadline: Duration) {
+    let sender = SENDER.lock().expect("not poisoned").take();
+    if let Some((stop, task)) = sender {
+        stop.cancel();
+        if tokio::time::timeout(deadline, task).await.is_err() {
+            tracing::warn!("the alert webhook did not answer before the shutdown deadline");
+        }
+    }
+}
+
 fn webhook_url() -> anyhow::Result<Option<reqwest::Url>> {
-    let url = match (
-        std::env::var("ALERT_WEBHOOK_URL"),
-        std::env::var("ALERT_WEBHOOK_URL_FILE"),
-    ) {
-        (Ok(url), _) if !url.trim().is_empty() => url,
-        (_, Ok(path)) if !path.trim().is_empty() => std::fs::read_to_string(path.trim())
-            .with_context(|| format!("reading ALERT_WEBHOOK_URL_FILE {path}"))?,
-        _ => return Ok(None),
+    let set = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let url = match (set("ALERT_WEBHOOK_URL"), set("ALERT_WEBHOOK_URL_FILE")) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "ALERT_WEBHOOK_URL and ALERT_WEBHOOK_URL_FILE are both set: set one of them"
+        ),
+        (Some(url), None) => url,
+        (None, Some(path)) => std::fs::read_to_string(path.trim())
+            .with_context(|| format!("ALERT_WEBHOOK_URL_FILE: cannot read {path}"))?,
+        (None, None) => return Ok(None),
     };
     // The URL is a credential: an error names the variable, never the value.
     reqwest::Url::parse(url.trim())
@@ -245,26 +299,17 @@ fn webhook_url() -> anyhow::Result<Option<reqwest::Url>> {
         .context("ALERT_WEBHOOK_URL is not an http(s) URL")
 }
 
-async fn send_loop(
-    mut rx: mpsc::Receiver<Alert>,
-    policy: Policy,
+/// Where messages go.
+struct Webhook {
     client: reqwest::Client,
     url: reqwest::Url,
     service: String,
-) {
-    let mut grouper = Grouper::new(policy, Instant::now());
-    let mut tick = tokio::time::interval(Duration::from_secs(1).min(policy.window));
-    loop {
-        let message = tokio::select! {
-            alert = rx.recv() => match alert {
-                Some(alert) => grouper.observe(&alert, Instant::now()),
-                None => return,
-            },
-            _ = tick.tick() => grouper.tick(Instant::now()),
-        };
-        let Some(text) = message else { continue };
-        let body = serde_json::json!({ "text": format!("{service}: {text}") });
-        let outcome = match client.post(url.clone()).json(&body).send().await {
+}
+
+impl Webhook {
+    async fn post(&self, text: &str) {
+        let body = serde_json::json!({ "text": format!("{}: {text}", self.service) });
+        let outcome = match self.client.post(self.url.clone()).json(&body).send().await {
             Ok(response) if response.status().is_success() => "sent",
             Ok(response) => {
                 tracing::warn!(status = %response.status(), "the alert webhook refused a message");
@@ -276,6 +321,38 @@ async fn send_loop(
             }
         };
         metrics::counter!("herald_alerts_total", "outcome" => outcome).increment(1);
+    }
+}
+
+async fn send_loop(
+    mut rx: mpsc::Receiver<Alert>,
+    policy: Policy,
+    webhook: Webhook,
+    stop: CancellationToken,
+) {
+    let mut grouper = Grouper::new(policy, Instant::now());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let message = tokio::select! {
+            () = stop.cancelled() => break,
+            alert = rx.recv() => match alert {
+                Some(alert) => grouper.observe(&alert, Instant::now()),
+                None => break,
+            },
+            _ = tick.tick() => grouper.tick(Instant::now()),
+        };
+        if let Some(text) = message {
+            webhook.post(&text).await;
+        }
+    }
+    // Stopping: what is queued joins its incidents, then everything held goes out.
+    let mut last = Vec::new();
+    while let Ok(alert) = rx.try_recv() {
+        last.extend(grouper.observe(&alert, Instant::now()));
+    }
+    last.extend(grouper.drain());
+    if let Some(text) = join(&last) {
+        webhook.post(&text).await;
     }
 }
 
@@ -323,6 +400,23 @@ mod tests {
     }
 
     #[test]
+    fn stopping_sends_every_open_summary_and_what_was_held_back() {
+        let start = Instant::now();
+        let mut grouper = Grouper::new(POLICY, start);
+        for i in 0..5 {
+            grouper.observe(&error(&format!("/{i}")), start);
+            grouper.observe(&error(&format!("/{i}")), start);
+        }
+        let last = grouper.drain().unwrap();
+        assert_eq!(last.matches("1 more 5xx on POST /").count(), 5, "{last}");
+        assert!(
+            last.contains("2 more alert messages were held back"),
+            "{last}"
+        );
+        assert_eq!(grouper.drain(), None);
+    }
+
+    #[test]
     fn a_lone_alert_has_no_summary() {
         let start = Instant::now();
         let mut grouper = Grouper::new(POLICY, start);
@@ -341,7 +435,6 @@ mod tests {
         let dead = Alert::DeadLetter {
             group: "audit-log".into(),
             topic: "orders".into(),
-            reason: "undecodable".into(),
         };
         assert_eq!(grouper.observe(&dead, start), None, "capped too");
         // The next window starts by saying how much was held back, then the summaries are

@@ -1,20 +1,23 @@
-//! Secrets from files: every setting read from an environment variable `NAME` can instead be
-//! read from the file named by `NAME_FILE` (the convention of Docker and Kubernetes secrets,
-//! which are mounted as files), so a secret never has to sit in the environment, where
-//! `docker inspect` and child processes see it. The file's content, without its trailing
-//! newline, is the value; `--help` never shows it.
+//! Secrets from files: every command-line setting read from an environment variable `NAME`
+//! can instead be read from the file named by `NAME_FILE` (the convention of Docker and
+//! Kubernetes secrets, which are mounted as files), so a secret never has to sit in the
+//! environment, where `docker inspect` and child processes see it. The file's content, without
+//! its trailing newline, is the value; `--help` never shows it. Only the settings of the
+//! subcommand being run are read, so a file meant for another service cannot stop this one.
+//! (`ALERT_WEBHOOK_URL_FILE` is read the same way by [`crate::alerts`].)
 
 use anyhow::Context as _;
 use clap::Command;
 
 /// `command` with the value of every `NAME_FILE` file as the default of the argument read
-/// from `NAME`, through all subcommands.
-pub fn from_files(command: Command) -> anyhow::Result<Command> {
-    from_files_with(command, &|name| std::env::var_os(name))
+/// from `NAME`, along the subcommands `args` (the command line) names.
+pub fn from_files(command: Command, args: &[String]) -> anyhow::Result<Command> {
+    from_files_with(command, args, &|name| std::env::var_os(name))
 }
 
 fn from_files_with(
     mut command: Command,
+    args: &[String],
     env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
 ) -> anyhow::Result<Command> {
     let read: Vec<(clap::Id, String)> = command
@@ -43,17 +46,21 @@ fn from_files_with(
                 .required(false)
         });
     }
-    let names: Vec<String> = command
-        .get_subcommands()
-        .map(|s| s.get_name().to_string())
-        .collect();
-    for name in names {
+    // The subcommand run: the first word of the command line that names one.
+    let invoked = args.iter().enumerate().find_map(|(at, word)| {
+        command
+            .find_subcommand(word)
+            .map(|sub| (sub.get_name().to_string(), at))
+    });
+    if let Some((name, at)) = invoked {
         let mut failed = None;
-        command = command.mut_subcommand(&name, |sub| match from_files_with(sub.clone(), env) {
-            Ok(sub) => sub,
-            Err(err) => {
-                failed = Some(err);
-                sub
+        command = command.mut_subcommand(&name, |sub| {
+            match from_files_with(sub.clone(), &args[at + 1..], env) {
+                Ok(sub) => sub,
+                Err(err) => {
+                    failed = Some(err);
+                    sub
+                }
             }
         });
         if let Some(err) = failed {
@@ -89,7 +96,8 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), OsString::from(v)))
             .collect();
-        let command = from_files_with(cli(), &|name| env.get(name).cloned())?;
+        let words: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let command = from_files_with(cli(), &words, &|name| env.get(name).cloned())?;
         Ok(command.try_get_matches_from(args)?)
     }
 
@@ -115,7 +123,8 @@ mod tests {
         .unwrap();
         assert_eq!(secret(&matches), "flag");
         let env = HashMap::from([("THE_SECRET_FILE".to_string(), OsString::from(path))]);
-        let mut command = from_files_with(cli(), &|name| env.get(name).cloned()).unwrap();
+        let words = ["herald".to_string(), "ingress".to_string()];
+        let mut command = from_files_with(cli(), &words, &|name| env.get(name).cloned()).unwrap();
         let help = command
             .find_subcommand_mut("ingress")
             .unwrap()
@@ -126,16 +135,19 @@ mod tests {
 
     #[test]
     fn a_missing_file_or_both_variables_are_clear_errors() {
-        let err = parse(&[("THE_SECRET_FILE", "/nonexistent/secret")], &["herald"])
-            .unwrap_err()
-            .to_string();
+        let err = parse(
+            &[("THE_SECRET_FILE", "/nonexistent/secret")],
+            &["herald", "ingress"],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             err.starts_with("THE_SECRET_FILE: cannot read /nonexistent/secret"),
             "{err}"
         );
         let err = parse(
             &[("THE_SECRET_FILE", "/x"), ("THE_SECRET", "y")],
-            &["herald"],
+            &["herald", "ingress"],
         )
         .unwrap_err()
         .to_string();
@@ -143,6 +155,20 @@ mod tests {
             err,
             "THE_SECRET and THE_SECRET_FILE are both set: set one of them"
         );
+    }
+
+    #[test]
+    fn another_subcommand_s_files_are_not_read() {
+        // `herald token` does not read the ingress's secret, even from a missing file.
+        let command = Command::new("herald")
+            .subcommand(Command::new("token"))
+            .subcommand(cli().find_subcommand("ingress").unwrap().clone());
+        let env = HashMap::from([(
+            "THE_SECRET_FILE".to_string(),
+            OsString::from("/nonexistent/secret"),
+        )]);
+        let words = ["herald".to_string(), "token".to_string()];
+        assert!(from_files_with(command, &words, &|name| env.get(name).cloned()).is_ok());
     }
 
     #[test]

@@ -197,6 +197,7 @@ async fn publish(
         "publish",
         otel.name = "publish",
         otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
         messaging.system = "kafka",
         messaging.batch.message_count = prepared.len(),
     );
@@ -232,14 +233,16 @@ async fn publish(
         accepted.push((event_id, envelope.event_type, topic));
         records.push(record);
     }
-    let deliveries = state
-        .sink
-        .publish(&records)
-        .instrument(span)
-        .await
-        .map_err(|err| match err {
+    let published = state.sink.publish(&records).instrument(span.clone()).await;
+    if published.is_err() {
+        span.record("otel.status_code", "error");
+    }
+    let deliveries = published.map_err(|err| match err {
         PublishError::Unknown => {
-            tracing::warn!(events = records.len(), "publish outcome unknown; answering 503");
+            tracing::warn!(
+                events = records.len(),
+                "publish outcome unknown; answering 503"
+            );
             Problem::unavailable(
                 "the event log did not acknowledge in time; retry with the same Idempotency-Key",
                 1,

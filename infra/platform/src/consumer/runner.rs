@@ -102,6 +102,11 @@ impl Runner {
                 publisher: Publisher::new(&self.kafka, Duration::from_secs(10))?,
                 topic: dlq,
                 group: self.group.clone(),
+                dlq_name: self
+                    .group
+                    .strip_prefix(&self.kafka.topic_prefix)
+                    .unwrap_or(&self.group)
+                    .to_string(),
             },
             max_batch: self.args.max_batch.max(1),
             max_backoff: Duration::from_millis(self.args.max_backoff_ms),

@@ -21,6 +21,8 @@ pub(super) struct DeadLetters {
     pub publisher: Publisher,
     pub topic: String,
     pub group: String,
+    /// The group as `herald dlq` takes it: without the topic prefix.
+    pub dlq_name: String,
 }
 
 /// Everything a partition task shares with the others.
@@ -217,8 +219,9 @@ impl Worker {
     }
 
     /// Calls the handler until it applies or rejects the events, waiting between transient
-    /// failures, in a span that continues the trace of the first event (and links the others'),
-    /// so the handler's own spans (SMTP, HTTP, SQL) belong to the request that caused them.
+    /// failures, in a span that continues the trace of the first event with a traceparent (and
+    /// links the others'), so the handler's own spans (SMTP, HTTP, SQL) belong to the request
+    /// that caused them.
     async fn attempt(&self, events: &[Event], meters: &Meters) -> Result<Outcome, Aborted> {
         let span = tracing::info_span!(
             "process",
@@ -236,8 +239,16 @@ impl Worker {
         let mut parents = events
             .iter()
             .filter_map(|event| event.traceparent.as_deref().and_then(TraceContext::parse));
-        let trace = TraceContext::continue_in(&span, parents.next());
-        TraceContext::link(&span, parents);
+        let parent = parents.next();
+        let trace = TraceContext::continue_in(&span, parent);
+        // The records of one request share a traceparent: each other span is linked once.
+        let mut linked: Vec<TraceContext> = Vec::new();
+        for other in parents {
+            if Some(other) != parent && !linked.contains(&other) && linked.len() < 128 {
+                linked.push(other);
+            }
+        }
+        TraceContext::link(&span, linked);
         span.record("trace_id", trace.trace_id_hex());
         let outcome = self
             .attempt_traced(events, meters)
@@ -358,11 +369,12 @@ impl Worker {
             }
         }
         meters.dead_lettered.increment(1);
-        crate::alerts::raise(crate::alerts::Alert::DeadLetter {
-            group: dead.group.clone(),
-            topic: record.topic.clone(),
-            reason: reason.to_string(),
-        });
+        if crate::alerts::enabled() {
+            crate::alerts::raise(crate::alerts::Alert::DeadLetter {
+                group: dead.dlq_name.clone(),
+                topic: record.topic.clone(),
+            });
+        }
         tracing::warn!(
             topic = %record.topic,
             partition = record.partition,
