@@ -20,13 +20,14 @@ use std::sync::OnceLock;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
 static EXPORTER: OnceLock<SdkTracerProvider> = OnceLock::new();
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
 /// Installs the global subscriber once; later calls (tests) are no-ops. `service` names the
 /// process in traces unless `OTEL_SERVICE_NAME` does.
@@ -54,6 +55,7 @@ pub fn init(service: &str) {
     let traces = match exporter(service) {
         Ok(Some(provider)) => {
             let tracer = provider.tracer("herald");
+            let _ = TRACER.set(tracer.clone());
             let _ = EXPORTER.set(provider);
             // Libraries' own spans (hyper, the exporter's HTTP client) stay out: below info.
             Some(
@@ -85,6 +87,11 @@ pub fn init(service: &str) {
 /// Whether spans are exported: only then do they have OpenTelemetry ids.
 pub(crate) fn exporting() -> bool {
     EXPORTER.get().is_some()
+}
+
+/// The tracer, for the few spans made straight in the SDK, when spans are exported.
+pub(crate) fn tracer() -> Option<&'static SdkTracer> {
+    TRACER.get()
 }
 
 /// Sends the spans still buffered; call once, before the process exits.

@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
-use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::AppState;
@@ -193,15 +192,8 @@ async fn publish(
         trace,
     } = attempt;
     // The produce span's context goes into every record: each consumer's span is its child.
-    let span = tracing::info_span!(
-        "publish",
-        otel.name = "publish",
-        otel.kind = "producer",
-        otel.status_code = tracing::field::Empty,
-        messaging.system = "kafka",
-        messaging.batch.message_count = prepared.len(),
-    );
-    let traceparent = trace.child_in(&span).traceparent();
+    let (produce, producing) = trace.produce(prepared.len());
+    let traceparent = produce.traceparent();
     let mut records = Vec::with_capacity(prepared.len());
     let mut accepted = Vec::with_capacity(prepared.len());
     for (event, event_id) in prepared.into_iter().zip(ids) {
@@ -233,10 +225,8 @@ async fn publish(
         accepted.push((event_id, envelope.event_type, topic));
         records.push(record);
     }
-    let published = state.sink.publish(&records).instrument(span.clone()).await;
-    if published.is_err() {
-        span.record("otel.status_code", "error");
-    }
+    let published = state.sink.publish(&records).await;
+    producing.end(published.is_ok());
     let deliveries = published.map_err(|err| match err {
         PublishError::Unknown => {
             tracing::warn!(
