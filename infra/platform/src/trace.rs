@@ -48,14 +48,18 @@ impl TraceContext {
         (!zero(&context.trace_id) && !zero(&context.span_id)).then_some(context)
     }
 
-    /// The span that handles a request: a child of the caller's `traceparent` when it is
-    /// well formed, else the root of a new trace.
-    pub fn for_request(headers: &axum::http::HeaderMap) -> Self {
+    /// The caller's span: its `traceparent` header, when well formed.
+    pub fn caller(headers: &axum::http::HeaderMap) -> Option<Self> {
         headers
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .and_then(Self::parse)
-            .map_or_else(Self::root, |parent| parent.child())
+    }
+
+    /// The span that handles a request: a child of the caller's span, else the root of a
+    /// new trace.
+    pub fn for_request(headers: &axum::http::HeaderMap) -> Self {
+        Self::caller(headers).map_or_else(Self::root, |parent| parent.child())
     }
 
     /// A new trace, sampled.

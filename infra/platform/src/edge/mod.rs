@@ -319,27 +319,22 @@ async fn edge(State(edge): State<Arc<Edge>>, mut request: Request, next: Next) -
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or("<unrouted>", |p| p.as_str());
+        .map_or_else(|| "<unrouted>".to_string(), |p| p.as_str().to_string());
     let span = tracing::info_span!(
         "request",
         otel.name = %format_args!("{} {route}", request.method()),
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
         http.request.method = %request.method(),
-        http.route = route,
+        http.route = route.as_str(),
         http.response.status_code = tracing::field::Empty,
         request_id = %request_id,
         trace_id = tracing::field::Empty,
     );
-    let caller = request
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::parse);
-    let trace = TraceContext::continue_in(&span, caller);
+    let trace = TraceContext::continue_in(&span, TraceContext::caller(request.headers()));
     span.record("trace_id", trace.trace_id_hex());
     request.extensions_mut().insert(trace);
-    let mut response = handle(edge, request, next, &request_id)
+    let mut response = handle(edge, request, next, &request_id, route)
         .instrument(span.clone())
         .await;
     let status = response.status();
@@ -353,13 +348,15 @@ async fn edge(State(edge): State<Arc<Edge>>, mut request: Request, next: Next) -
     response
 }
 
-async fn handle(edge: Arc<Edge>, mut request: Request, next: Next, request_id: &str) -> Response {
+async fn handle(
+    edge: Arc<Edge>,
+    mut request: Request,
+    next: Next,
+    request_id: &str,
+    route: String,
+) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "<unrouted>".to_string(), |p| p.as_str().to_string());
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
