@@ -5,6 +5,7 @@
 pub mod apns;
 pub mod audit;
 pub mod fcm;
+pub mod ledger;
 pub mod otlp;
 pub mod process;
 pub mod sms;

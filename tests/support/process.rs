@@ -78,6 +78,10 @@ impl HeraldProcess {
         Self { child, base }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("still running")
+    }
+
     /// SIGKILL: no chance to finish or commit anything.
     pub async fn kill9(mut self) {
         self.child.start_kill().unwrap();

@@ -274,6 +274,17 @@ impl LocalBroker {
         }
     }
 
+    /// SIGSTOP: the broker holds its connections but answers nothing, as a long GC pause or
+    /// a frozen VM would. For fault tests.
+    pub fn pause(&self) {
+        signal(self.pid, "-STOP");
+    }
+
+    /// SIGCONT after [`Self::pause`].
+    pub fn resume(&self) {
+        signal(self.pid, "-CONT");
+    }
+
     /// Starts the broker again in the same folder, on the same ports.
     pub async fn restart(&mut self) -> Result<(), BrokerError> {
         let fresh = Self::start(&self.dir, Some(self.port)).await?;

@@ -1,0 +1,517 @@
+//! The fault suite: real faults under real load, each counted by the ledger of
+//! `support::ledger` against what a fresh reader finds once the fault heals.
+//!
+//! `HERALD_FAULTS=full` runs the long variant (more kills, a broker paused for a minute);
+//! `infra/scripts/faults.sh` runs it. The default is the short variant the test command runs.
+//! Scenarios run one at a time: each has a broker of its own to kill or pause.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use platform::broker::LocalBroker;
+use platform::kafka::KafkaArgs;
+use support::ledger::{self, Load, Outcome, Sent, Tally, Written};
+use support::process::HeraldProcess;
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const DEADLINE: Duration = Duration::from_secs(2);
+/// How late a 503 may come after the publish deadline: the time to write the answer.
+const ANSWER_SLACK: Duration = Duration::from_millis(500);
+
+fn full() -> bool {
+    std::env::var("HERALD_FAULTS").is_ok_and(|v| v == "full")
+}
+
+/// A broker of the scenario's own, killed when the scenario ends however it ends.
+struct Stage {
+    dir: std::path::PathBuf,
+    broker: LocalBroker,
+    kafka: KafkaArgs,
+}
+
+impl Stage {
+    async fn start(name: &str) -> Self {
+        let dir = support::test_dir(&format!("fault-{name}-{}", uuid::Uuid::new_v4().simple()));
+        let broker = LocalBroker::start(&dir.join("kafka"), None)
+            .await
+            .expect("private broker starts");
+        let kafka = support::kafka(&broker.bootstrap());
+        Self { dir, broker, kafka }
+    }
+
+    /// A `herald ingress` process on this stage's broker, its idempotency keys in SQLite.
+    async fn ingress(&self, name: &str, env: &[(&str, &str)]) -> HeraldProcess {
+        let database = format!("sqlite://{}", self.dir.join(format!("{name}.db")).display());
+        HeraldProcess::start("ingress", &self.topics(name), &database, env).await
+    }
+
+    /// The Kafka settings of the ingress called `name`: a topic prefix of its own.
+    fn topics(&self, name: &str) -> KafkaArgs {
+        let mut kafka = self.kafka.clone();
+        kafka.topic_prefix = format!("{}{name}.", kafka.topic_prefix);
+        kafka
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        self.broker.resume();
+        self.broker.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn resident_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// The checks every scenario shares: the delivery promise, and 503s that came in time and
+/// said when to retry.
+fn assert_promise_kept(scenario: &str, sent: &[Sent], written: &[Written]) -> Tally {
+    let tally = Tally::of(sent, written);
+    let (slowest, honest) = ledger::slowest_failure(sent);
+    let latency = slowest.map(|s| s.latency).unwrap_or_default();
+    eprintln!("fault {scenario}: {tally}; slowest non-2xx {latency:?}");
+    assert!(tally.holds(), "{scenario}: {tally}");
+    assert_eq!(
+        tally.failed, 0,
+        "{scenario}: a request was refused: {tally}"
+    );
+    assert!(honest, "{scenario}: a 503 without Retry-After");
+    assert!(
+        latency <= DEADLINE + ANSWER_SLACK,
+        "{scenario}: a non-2xx came after {latency:?}, past the {DEADLINE:?} deadline: {slowest:?}"
+    );
+    tally
+}
+
+#[test]
+fn the_ledger_counts_every_kind_of_harm() {
+    let now = Instant::now();
+    let sent = |n: u64, key: &str, outcome: Outcome| Sent {
+        idempotency_key: format!("c0-{n}"),
+        key: key.into(),
+        seq: n,
+        outcome,
+        latency: Duration::ZERO,
+        answered_at: now,
+        retry_after: true,
+    };
+    let written = |n: u64, key: &str, offset: i64| Written {
+        event_id: uuid::Uuid::nil(),
+        idempotency_key: format!("c0-{n}"),
+        key: key.into(),
+        partition: 0,
+        offset,
+    };
+    let sent = [
+        sent(0, "a", Outcome::Ok),
+        sent(1, "a", Outcome::Ok), // lost
+        sent(2, "b", Outcome::Ok), // written twice
+        sent(3, "b", Outcome::Ok), // before 2 in the log
+        sent(4, "a", Outcome::Failed(422)),
+        sent(5, "a", Outcome::Unknown("503".into())),
+        sent(6, "a", Outcome::Unknown("timeout".into())),
+    ];
+    let log = [
+        written(0, "a", 0),
+        written(3, "b", 1),
+        written(2, "b", 2),
+        written(2, "b", 3),
+        written(4, "a", 4),
+        written(5, "a", 5),
+        written(9, "a", 6),
+    ];
+    let tally = Tally::of(&sent, &log);
+    assert_eq!(
+        tally,
+        Tally {
+            sent: 7,
+            ok: 4,
+            failed: 1,
+            unknown: 2,
+            unknown_written: 1,
+            records: 7,
+            lost: 1,
+            failed_written: 1,
+            duplicate_records: 1,
+            order_violations: 1,
+            strangers: 1,
+        }
+    );
+    assert!(!tally.holds());
+    let clean = Tally::of(&sent[..1], &log[..1]);
+    assert!(clean.holds(), "{clean}");
+}
+
+#[tokio::test]
+async fn broker_killed_again_and_again_under_load_loses_no_acknowledged_event() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cycles = if full() { 5 } else { 2 };
+    let mut stage = Stage::start("kill").await;
+    let ingress = stage
+        .ingress("kill", &[("PUBLISH_DEADLINE_MS", "2000")])
+        .await;
+    let user = support::token("alice", &["user"]);
+    let load = Load::start(
+        &ingress.base,
+        &user,
+        8,
+        Duration::from_millis(10),
+        ledger::orders::<4>,
+    );
+    load.recovery(Instant::now(), Duration::from_secs(30)).await;
+
+    let mut recoveries = Vec::new();
+    for _ in 0..cycles {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stage.broker.kill();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stage.broker.restart().await.expect("broker restarts");
+        let ready = Instant::now();
+        recoveries.push(load.recovery(ready, Duration::from_secs(60)).await);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = load.stop().await;
+    let written = ledger::drain(&stage.topics("kill"), "orders").await;
+    let tally = assert_promise_kept("broker-kill", &sent, &written);
+    eprintln!("fault broker-kill: {cycles} kills; first 2xx after each restart: {recoveries:?}");
+    assert!(tally.unknown > 0, "the kills cost no request: {tally}");
+    ingress.terminate().await;
+}
+
+#[tokio::test]
+async fn broker_paused_gets_503s_in_time_bounded_memory_and_recovery() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let pause = Duration::from_secs(if full() { 60 } else { 10 });
+    let stage = Stage::start("pause").await;
+    let ingress = stage
+        .ingress("pause", &[("PUBLISH_DEADLINE_MS", "2000")])
+        .await;
+    let user = support::token("alice", &["user"]);
+    let load = Load::start(
+        &ingress.base,
+        &user,
+        16,
+        Duration::from_millis(10),
+        ledger::orders::<4>,
+    );
+    load.recovery(Instant::now(), Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = resident_mb(ingress.pid());
+
+    stage.broker.pause();
+    let paused = Instant::now();
+    let mut peak: f64 = 0.0;
+    while paused.elapsed() < pause {
+        peak = peak.max(resident_mb(ingress.pid()));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stage.broker.resume();
+    let resumed = Instant::now();
+    let recovery = load.recovery(resumed, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = load.stop().await;
+    let written = ledger::drain(&stage.topics("pause"), "orders").await;
+    let tally = assert_promise_kept("broker-pause", &sent, &written);
+    eprintln!(
+        "fault broker-pause: paused {pause:?}; ingress RSS {before:.1} MB before, {peak:.1} MB \
+         at most while paused; first 2xx {recovery:?} after resuming"
+    );
+    assert!(tally.unknown > 0, "the pause cost no request: {tally}");
+    assert!(
+        peak < before + 64.0,
+        "ingress memory grew from {before:.1} MB to {peak:.1} MB while the broker was paused"
+    );
+    ingress.terminate().await;
+}
+
+/// The control run: the same short broker pauses, with requests timing out inside the
+/// publish deadline so the producer retries them, once with idempotence and once without.
+/// Without it the ledger must find duplicates; otherwise it could not be trusted to.
+#[tokio::test]
+async fn without_idempotence_retried_produces_write_duplicates_the_ledger_finds() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cycles = if full() { 6 } else { 3 };
+    let stage = Stage::start("control").await;
+    let mut tallies = Vec::new();
+    for (name, properties) in [
+        ("idempotent", "socket.timeout.ms=500"),
+        ("control", "socket.timeout.ms=500,enable.idempotence=false"),
+    ] {
+        let ingress = stage
+            .ingress(
+                name,
+                &[
+                    ("PUBLISH_DEADLINE_MS", "5000"),
+                    ("KAFKA_PROPERTIES", properties),
+                ],
+            )
+            .await;
+        let user = support::token("alice", &["user"]);
+        let load = Load::start(
+            &ingress.base,
+            &user,
+            16,
+            Duration::from_millis(5),
+            ledger::orders::<4>,
+        );
+        load.recovery(Instant::now(), Duration::from_secs(30)).await;
+        for _ in 0..cycles {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            stage.broker.pause();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            stage.broker.resume();
+            load.recovery(Instant::now(), Duration::from_secs(30)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let sent = load.stop().await;
+        let written = ledger::drain(&stage.topics(name), "orders").await;
+        let tally = Tally::of(&sent, &written);
+        eprintln!("fault pause-retry {name}: {tally}");
+        tallies.push(tally);
+        ingress.terminate().await;
+    }
+    assert!(tallies[0].holds(), "with idempotence: {}", tallies[0]);
+    assert!(
+        tallies[1].duplicate_records > 0,
+        "without idempotence the retries wrote no duplicate: {}",
+        tallies[1]
+    );
+}
+
+/// The consumers of one deployment, each service's instances oldest first.
+struct Fleet {
+    kafka: KafkaArgs,
+    database: String,
+    settings: Vec<(&'static str, Vec<(&'static str, String)>)>,
+    running: Vec<(&'static str, HeraldProcess)>,
+}
+
+impl Fleet {
+    async fn start(&mut self, service: &'static str) {
+        let env: Vec<(&str, &str)> = self
+            .settings
+            .iter()
+            .find(|(name, _)| *name == service)
+            .map(|(_, env)| env.iter().map(|(k, v)| (*k, v.as_str())).collect())
+            .unwrap_or_default();
+        let process = HeraldProcess::start(service, &self.kafka, &self.database, &env).await;
+        self.running.push((service, process));
+    }
+
+    fn take_oldest(&mut self, service: &str) -> HeraldProcess {
+        let at = self
+            .running
+            .iter()
+            .position(|(name, _)| *name == service)
+            .expect("an instance runs");
+        self.running.remove(at).1
+    }
+
+    /// SIGKILL to the oldest instance, then a new one in its place, as a supervisor would.
+    async fn kill_and_replace(&mut self, service: &'static str) {
+        self.take_oldest(service).kill9().await;
+        self.start(service).await;
+    }
+
+    /// SIGTERM to the oldest instance: scaling down.
+    async fn scale_down(&mut self, service: &'static str) {
+        let (status, _) = self.take_oldest(service).terminate().await;
+        assert!(status.success(), "{service} stopped with {status}");
+    }
+
+    fn base(&self, service: &str) -> String {
+        let (_, process) = self
+            .running
+            .iter()
+            .find(|(name, _)| *name == service)
+            .expect("an instance runs");
+        process.base.clone()
+    }
+}
+
+/// Polls `count` until it reaches `want` or `within` passes; the last count.
+async fn settle<F, Fut>(want: usize, within: Duration, count: F) -> usize
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = usize>,
+{
+    let until = Instant::now() + within;
+    loop {
+        let now = count().await;
+        if now >= want || Instant::now() > until {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Registrations flow through the ingress to three consumers (audit log and notifications on
+/// PostgreSQL, the search indexer on its own index) while each consumer is killed in turn with
+/// SIGKILL and replaced, then the audit log and notifications are scaled to three instances
+/// and back to one. Every registration must end as exactly one audit row, one document and
+/// one welcome email. An email is the one effect that cannot be made exactly-once: a process
+/// killed after the SMTP server accepted a message and before it recorded so sends it again
+/// (with the same Message-ID); each such repeat must be one the delivery log counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_killed_and_rescaled_under_load_leave_one_effect_per_event() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let rounds = if full() { 3 } else { 1 };
+    let dir = support::test_dir(&format!(
+        "fault-consumers-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kafka = support::kafka(&support::brokers().await);
+    let database = support::audit::fresh_postgres().await;
+    let smtp = support::smtp::SmtpServer::start("faults").await;
+    let ingress_db = format!("sqlite://{}", dir.join("ingress.db").display());
+    let ingress = HeraldProcess::start("ingress", &kafka, &ingress_db, &[]).await;
+    let index = dir.join("index").display().to_string();
+    let mut fleet = Fleet {
+        kafka: kafka.clone(),
+        database: database.clone(),
+        settings: vec![
+            ("notifications", vec![("SMTP_URL", smtp.url())]),
+            (
+                "search-indexer",
+                vec![
+                    ("SEARCH_INDEX_DIR", index),
+                    ("SEARCH_COMMIT_MS", "100".into()),
+                ],
+            ),
+        ],
+        running: Vec::new(),
+    };
+    const SERVICES: [&str; 3] = ["audit-log", "notifications", "search-indexer"];
+    for service in SERVICES {
+        fleet.start(service).await;
+    }
+    let publisher = support::token("faults", &["user", "admin", "service"]);
+    let load = Load::start(
+        &ingress.base,
+        &publisher,
+        4,
+        Duration::from_millis(20),
+        ledger::registrations,
+    );
+    load.recovery(Instant::now(), Duration::from_secs(30)).await;
+
+    for _ in 0..rounds {
+        for service in SERVICES {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            fleet.kill_and_replace(service).await;
+        }
+    }
+    for service in ["audit-log", "notifications"] {
+        fleet.start(service).await;
+        fleet.start(service).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for service in ["audit-log", "notifications"] {
+        fleet.scale_down(service).await;
+        fleet.scale_down(service).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = load.stop().await;
+    let written = ledger::drain(&kafka, "users").await;
+    let tally = assert_promise_kept("consumers", &sent, &written);
+    let events = written.len();
+
+    // Audit rows: one per event id (the primary key forbids two; a missing one shows).
+    let ids: std::collections::HashSet<uuid::Uuid> = written.iter().map(|w| w.event_id).collect();
+    let rows = support::audit::wait_for_rows(&database, &ids, Duration::from_secs(120)).await;
+    let rows_missing = ids.iter().filter(|id| !rows.contains_key(id)).count();
+    let rows_extra =
+        rows.values().sum::<usize>() - ids.iter().filter(|id| rows.contains_key(id)).count();
+
+    // Documents: one per user.
+    let search = fleet.base("search-indexer");
+    let documents = settle(events, Duration::from_secs(60), || {
+        let search = search.clone();
+        async move {
+            let stats: serde_json::Value = support::client()
+                .get(format!("{search}/api/v1/search/stats"))
+                .bearer_auth(support::token("ops", &["admin"]))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            stats["documents"].as_u64().unwrap_or(0) as usize
+        }
+    })
+    .await;
+
+    // Emails: one per user, a repeat only where the log counts a retried delivery.
+    let addresses: Vec<String> = written
+        .iter()
+        .map(|w| ledger::email_of(&w.idempotency_key))
+        .collect();
+    let reached = || {
+        let mut counts = std::collections::HashMap::<String, usize>::new();
+        for message in smtp.received() {
+            for to in message.rcpt_tos {
+                *counts.entry(to).or_default() += 1;
+            }
+        }
+        counts
+    };
+    settle(events, Duration::from_secs(120), || {
+        let counts = reached();
+        let reached = addresses.iter().filter(|a| counts.contains_key(*a)).count();
+        async move { reached }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let counts = reached();
+    let emails_missing = addresses
+        .iter()
+        .filter(|a| !counts.contains_key(*a))
+        .count();
+    let emails_twice: usize = counts.values().map(|n| n.saturating_sub(1)).sum();
+    let retried: Vec<(String,)> = sqlx::query_as(
+        "SELECT address FROM notify_deliveries WHERE channel = 'email' AND attempts > 1",
+    )
+    .fetch_all(&sqlx::PgPool::connect(&database).await.unwrap())
+    .await
+    .unwrap();
+    let retried: std::collections::HashSet<String> = retried.into_iter().map(|(a,)| a).collect();
+    let uncounted: Vec<&String> = counts
+        .iter()
+        .filter(|(address, n)| **n > 1 && !retried.contains(*address))
+        .map(|(address, _)| address)
+        .collect();
+
+    eprintln!(
+        "fault consumers: {rounds} round(s) of kill -9 per consumer, then 1 -> 3 -> 1; {events} \
+         events: audit rows missing {rows_missing}, extra {rows_extra}; documents {documents}; \
+         emails missing {emails_missing}, twice {emails_twice} (deliveries retried after a \
+         crash: {}); {tally}",
+        retried.len()
+    );
+    assert_eq!(rows_missing, 0, "audit rows missing");
+    assert_eq!(rows_extra, 0, "audit rows twice");
+    assert_eq!(documents, events, "one document per registered user");
+    assert_eq!(emails_missing, 0, "welcome emails missing");
+    assert!(
+        uncounted.is_empty(),
+        "emails sent twice that the delivery log does not count as retried: {uncounted:?}"
+    );
+    for (_, process) in fleet.running.drain(..) {
+        process.terminate().await;
+    }
+    ingress.terminate().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
