@@ -11,49 +11,9 @@ use std::time::{Duration, Instant};
 
 use platform::consumer::ConsumerArgs;
 use platform::db::Database;
-use support::audit::{fresh_postgres, publish, tally, wait_for_rows};
+use support::audit::{Outage, fresh_postgres, publish, tally, wait_for_rows};
 use support::{TestIngress, token};
 use uuid::Uuid;
-
-/// The local PostgreSQL cluster, stopped until dropped.
-struct Outage {
-    cluster: Vec<String>,
-}
-
-impl Outage {
-    fn begin() -> Self {
-        let listing = std::process::Command::new("pg_lsclusters")
-            .arg("-h")
-            .output()
-            .expect("pg_lsclusters (the test PostgreSQL is Debian's; run infra/scripts/test.sh)");
-        let listing = String::from_utf8(listing.stdout).unwrap();
-        let cluster: Vec<String> = listing
-            .split_whitespace()
-            .take(2)
-            .map(str::to_string)
-            .collect();
-        let outage = Self { cluster };
-        outage.ctl("stop");
-        outage
-    }
-
-    fn ctl(&self, action: &str) {
-        let status = std::process::Command::new("pg_ctlcluster")
-            .args(&self.cluster)
-            .args([action, "-m", "fast"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "pg_ctlcluster {action}");
-    }
-
-    fn end(self) {}
-}
-
-impl Drop for Outage {
-    fn drop(&mut self) {
-        self.ctl("start");
-    }
-}
 
 async fn rows_per_chain(url: &str) -> HashMap<String, i64> {
     let db = Database::connect(url).await.unwrap();

@@ -17,6 +17,8 @@ use support::process::HeraldProcess;
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const DEADLINE: Duration = Duration::from_secs(2);
+/// The ingress's settings in every scenario: the publish deadline above.
+const INGRESS: [(&str, &str); 1] = [("PUBLISH_DEADLINE_MS", "2000")];
 /// How late a 503 may come after the publish deadline: the time to write the answer.
 const ANSWER_SLACK: Duration = Duration::from_millis(500);
 
@@ -158,9 +160,7 @@ async fn broker_killed_again_and_again_under_load_loses_no_acknowledged_event() 
     let _one = ONE_AT_A_TIME.lock().await;
     let cycles = if full() { 5 } else { 2 };
     let mut stage = Stage::start("kill").await;
-    let ingress = stage
-        .ingress("kill", &[("PUBLISH_DEADLINE_MS", "2000")])
-        .await;
+    let ingress = stage.ingress("kill", &INGRESS).await;
     let user = support::token("alice", &["user"]);
     let load = Load::start(
         &ingress.base,
@@ -194,9 +194,7 @@ async fn broker_paused_gets_503s_in_time_bounded_memory_and_recovery() {
     let _one = ONE_AT_A_TIME.lock().await;
     let pause = Duration::from_secs(if full() { 60 } else { 10 });
     let stage = Stage::start("pause").await;
-    let ingress = stage
-        .ingress("pause", &[("PUBLISH_DEADLINE_MS", "2000")])
-        .await;
+    let ingress = stage.ingress("pause", &INGRESS).await;
     let user = support::token("alice", &["user"]);
     let load = Load::start(
         &ingress.base,
@@ -356,162 +354,491 @@ where
     }
 }
 
-/// Registrations flow through the ingress to three consumers (audit log and notifications on
-/// PostgreSQL, the search indexer on its own index) while each consumer is killed in turn with
-/// SIGKILL and replaced, then the audit log and notifications are scaled to three instances
-/// and back to one. Every registration must end as exactly one audit row, one document and
-/// one welcome email. An email is the one effect that cannot be made exactly-once: a process
-/// killed after the SMTP server accepted a message and before it recorded so sends it again
-/// (with the same Message-ID); each such repeat must be one the delivery log counts.
+/// A deployment's consumers behind an ingress: the audit log and notifications on one fresh
+/// PostgreSQL database, the search indexer on an index of its own, email to a real SMTP
+/// server.
+struct Pipeline {
+    dir: std::path::PathBuf,
+    kafka: KafkaArgs,
+    database: String,
+    smtp: support::smtp::SmtpServer,
+    ingress: HeraldProcess,
+    fleet: Fleet,
+}
+
+const CONSUMERS: [&str; 3] = ["audit-log", "notifications", "search-indexer"];
+
+impl Pipeline {
+    async fn start(name: &str) -> Self {
+        let dir = support::test_dir(&format!("fault-{name}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kafka = support::kafka(&support::brokers().await);
+        let database = support::audit::fresh_postgres().await;
+        let smtp = support::smtp::SmtpServer::start(name).await;
+        let ingress_db = format!("sqlite://{}", dir.join("ingress.db").display());
+        let ingress = HeraldProcess::start("ingress", &kafka, &ingress_db, &INGRESS).await;
+        let index = dir.join("index").display().to_string();
+        let mut fleet = Fleet {
+            kafka: kafka.clone(),
+            database: database.clone(),
+            settings: vec![
+                ("notifications", vec![("SMTP_URL", smtp.url())]),
+                (
+                    "search-indexer",
+                    vec![
+                        ("SEARCH_INDEX_DIR", index),
+                        ("SEARCH_COMMIT_MS", "100".into()),
+                    ],
+                ),
+            ],
+            running: Vec::new(),
+        };
+        for service in CONSUMERS {
+            fleet.start(service).await;
+        }
+        Self {
+            dir,
+            kafka,
+            database,
+            smtp,
+            ingress,
+            fleet,
+        }
+    }
+
+    fn load(&self) -> Load {
+        let publisher = support::token("faults", &["user", "admin", "service"]);
+        Load::start(
+            &self.ingress.base,
+            &publisher,
+            4,
+            Duration::from_millis(20),
+            ledger::registrations,
+        )
+    }
+
+    /// The effects of `written` (registrations), once they stop changing or the deadlines
+    /// pass.
+    async fn effects(&self, written: &[Written]) -> Effects {
+        let events = written.len();
+        // Audit rows: one per event id (the primary key forbids two; a missing one shows).
+        let ids: std::collections::HashSet<uuid::Uuid> =
+            written.iter().map(|w| w.event_id).collect();
+        let rows =
+            support::audit::wait_for_rows(&self.database, &ids, Duration::from_secs(120)).await;
+        let rows_missing = ids.iter().filter(|id| !rows.contains_key(id)).count();
+        let rows_extra = rows.values().sum::<usize>() - (ids.len() - rows_missing);
+
+        let search = self.fleet.base("search-indexer");
+        let documents = settle(events, Duration::from_secs(60), || {
+            let search = search.clone();
+            async move {
+                let stats: serde_json::Value = support::client()
+                    .get(format!("{search}/api/v1/search/stats"))
+                    .bearer_auth(support::token("ops", &["admin"]))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                stats["documents"].as_u64().unwrap_or(0) as usize
+            }
+        })
+        .await;
+
+        let addresses: Vec<String> = written
+            .iter()
+            .map(|w| ledger::email_of(&w.idempotency_key))
+            .collect();
+        let reached = || {
+            let mut counts = std::collections::HashMap::<String, usize>::new();
+            for message in self.smtp.received() {
+                for to in message.rcpt_tos {
+                    *counts.entry(to).or_default() += 1;
+                }
+            }
+            counts
+        };
+        settle(events, Duration::from_secs(120), || {
+            let counts = reached();
+            let reached = addresses.iter().filter(|a| counts.contains_key(*a)).count();
+            async move { reached }
+        })
+        .await;
+        // Anything sent twice would come right behind.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let counts = reached();
+        let retried: Vec<(String,)> = sqlx::query_as(
+            "SELECT address FROM notify_deliveries WHERE channel = 'email' AND attempts > 1",
+        )
+        .fetch_all(&sqlx::PgPool::connect(&self.database).await.unwrap())
+        .await
+        .unwrap();
+        let retried: std::collections::HashSet<String> =
+            retried.into_iter().map(|(a,)| a).collect();
+        Effects {
+            events,
+            rows_missing,
+            rows_extra,
+            documents,
+            emails_missing: addresses
+                .iter()
+                .filter(|a| !counts.contains_key(*a))
+                .count(),
+            emails_twice: counts.values().map(|n| n.saturating_sub(1)).sum(),
+            emails_twice_uncounted: counts
+                .iter()
+                .filter(|(address, n)| **n > 1 && !retried.contains(*address))
+                .count(),
+            deliveries_retried: retried.len(),
+        }
+    }
+
+    async fn stop(mut self) {
+        for (_, process) in self.fleet.running.drain(..) {
+            process.terminate().await;
+        }
+        self.ingress.terminate().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What the consumers did with a set of registrations.
+#[derive(Debug)]
+struct Effects {
+    events: usize,
+    rows_missing: usize,
+    rows_extra: usize,
+    documents: usize,
+    emails_missing: usize,
+    emails_twice: usize,
+    /// Emails sent twice for a delivery the log does not count as retried.
+    emails_twice_uncounted: usize,
+    /// Email deliveries attempted again after an attempt with no recorded outcome.
+    deliveries_retried: usize,
+}
+
+impl Effects {
+    /// One audit row, one document and one email per event; an email twice only where the
+    /// delivery log counts it (`allow_counted_repeats`), never otherwise.
+    fn assert_exactly_once(&self, scenario: &str, allow_counted_repeats: bool) {
+        assert_eq!(
+            self.rows_missing, 0,
+            "{scenario}: audit rows missing: {self:?}"
+        );
+        assert_eq!(self.rows_extra, 0, "{scenario}: audit rows twice: {self:?}");
+        assert_eq!(
+            self.documents, self.events,
+            "{scenario}: one document per user: {self:?}"
+        );
+        assert_eq!(
+            self.emails_missing, 0,
+            "{scenario}: emails missing: {self:?}"
+        );
+        assert_eq!(
+            self.emails_twice_uncounted, 0,
+            "{scenario}: emails twice the delivery log does not count: {self:?}"
+        );
+        if !allow_counted_repeats {
+            assert_eq!(self.emails_twice, 0, "{scenario}: emails twice: {self:?}");
+        }
+    }
+}
+
+impl std::fmt::Display for Effects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} events: audit rows missing {}, twice {}; documents {}; emails missing {}, twice \
+             {} ({} of them uncounted; deliveries retried after a crash {})",
+            self.events,
+            self.rows_missing,
+            self.rows_extra,
+            self.documents,
+            self.emails_missing,
+            self.emails_twice,
+            self.emails_twice_uncounted,
+            self.deliveries_retried
+        )
+    }
+}
+
+/// Registrations flow while each consumer is killed in turn with SIGKILL and replaced, then
+/// the audit log and notifications are scaled to three instances and back to one. Every
+/// registration must end as exactly one audit row, one document and one welcome email. An
+/// email is the one effect that cannot be made exactly-once: a process killed after the SMTP
+/// server accepted a message and before it recorded so sends it again (with the same
+/// Message-ID); each such repeat must be one the delivery log counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_killed_and_rescaled_under_load_leave_one_effect_per_event() {
     let _one = ONE_AT_A_TIME.lock().await;
     let rounds = if full() { 3 } else { 1 };
-    let dir = support::test_dir(&format!(
-        "fault-consumers-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kafka = support::kafka(&support::brokers().await);
-    let database = support::audit::fresh_postgres().await;
-    let smtp = support::smtp::SmtpServer::start("faults").await;
-    let ingress_db = format!("sqlite://{}", dir.join("ingress.db").display());
-    let ingress = HeraldProcess::start("ingress", &kafka, &ingress_db, &[]).await;
-    let index = dir.join("index").display().to_string();
-    let mut fleet = Fleet {
-        kafka: kafka.clone(),
-        database: database.clone(),
-        settings: vec![
-            ("notifications", vec![("SMTP_URL", smtp.url())]),
-            (
-                "search-indexer",
-                vec![
-                    ("SEARCH_INDEX_DIR", index),
-                    ("SEARCH_COMMIT_MS", "100".into()),
-                ],
-            ),
-        ],
-        running: Vec::new(),
-    };
-    const SERVICES: [&str; 3] = ["audit-log", "notifications", "search-indexer"];
-    for service in SERVICES {
-        fleet.start(service).await;
-    }
-    let publisher = support::token("faults", &["user", "admin", "service"]);
-    let load = Load::start(
-        &ingress.base,
-        &publisher,
-        4,
-        Duration::from_millis(20),
-        ledger::registrations,
-    );
+    let mut pipeline = Pipeline::start("consumers").await;
+    let load = pipeline.load();
     load.recovery(Instant::now(), Duration::from_secs(30)).await;
-
     for _ in 0..rounds {
-        for service in SERVICES {
+        for service in CONSUMERS {
             tokio::time::sleep(Duration::from_millis(1500)).await;
-            fleet.kill_and_replace(service).await;
+            pipeline.fleet.kill_and_replace(service).await;
         }
     }
     for service in ["audit-log", "notifications"] {
-        fleet.start(service).await;
-        fleet.start(service).await;
+        pipeline.fleet.start(service).await;
+        pipeline.fleet.start(service).await;
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     for service in ["audit-log", "notifications"] {
-        fleet.scale_down(service).await;
-        fleet.scale_down(service).await;
+        pipeline.fleet.scale_down(service).await;
+        pipeline.fleet.scale_down(service).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let sent = load.stop().await;
-    let written = ledger::drain(&kafka, "users").await;
-    let tally = assert_promise_kept("consumers", &sent, &written);
-    let events = written.len();
-
-    // Audit rows: one per event id (the primary key forbids two; a missing one shows).
-    let ids: std::collections::HashSet<uuid::Uuid> = written.iter().map(|w| w.event_id).collect();
-    let rows = support::audit::wait_for_rows(&database, &ids, Duration::from_secs(120)).await;
-    let rows_missing = ids.iter().filter(|id| !rows.contains_key(id)).count();
-    let rows_extra =
-        rows.values().sum::<usize>() - ids.iter().filter(|id| rows.contains_key(id)).count();
-
-    // Documents: one per user.
-    let search = fleet.base("search-indexer");
-    let documents = settle(events, Duration::from_secs(60), || {
-        let search = search.clone();
-        async move {
-            let stats: serde_json::Value = support::client()
-                .get(format!("{search}/api/v1/search/stats"))
-                .bearer_auth(support::token("ops", &["admin"]))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            stats["documents"].as_u64().unwrap_or(0) as usize
-        }
-    })
-    .await;
-
-    // Emails: one per user, a repeat only where the log counts a retried delivery.
-    let addresses: Vec<String> = written
-        .iter()
-        .map(|w| ledger::email_of(&w.idempotency_key))
-        .collect();
-    let reached = || {
-        let mut counts = std::collections::HashMap::<String, usize>::new();
-        for message in smtp.received() {
-            for to in message.rcpt_tos {
-                *counts.entry(to).or_default() += 1;
-            }
-        }
-        counts
-    };
-    settle(events, Duration::from_secs(120), || {
-        let counts = reached();
-        let reached = addresses.iter().filter(|a| counts.contains_key(*a)).count();
-        async move { reached }
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let counts = reached();
-    let emails_missing = addresses
-        .iter()
-        .filter(|a| !counts.contains_key(*a))
-        .count();
-    let emails_twice: usize = counts.values().map(|n| n.saturating_sub(1)).sum();
-    let retried: Vec<(String,)> = sqlx::query_as(
-        "SELECT address FROM notify_deliveries WHERE channel = 'email' AND attempts > 1",
-    )
-    .fetch_all(&sqlx::PgPool::connect(&database).await.unwrap())
-    .await
-    .unwrap();
-    let retried: std::collections::HashSet<String> = retried.into_iter().map(|(a,)| a).collect();
-    let uncounted: Vec<&String> = counts
-        .iter()
-        .filter(|(address, n)| **n > 1 && !retried.contains(*address))
-        .map(|(address, _)| address)
-        .collect();
-
+    let written = ledger::drain(&pipeline.kafka, "users").await;
+    assert_promise_kept("consumers", &sent, &written);
+    let effects = pipeline.effects(&written).await;
     eprintln!(
-        "fault consumers: {rounds} round(s) of kill -9 per consumer, then 1 -> 3 -> 1; {events} \
-         events: audit rows missing {rows_missing}, extra {rows_extra}; documents {documents}; \
-         emails missing {emails_missing}, twice {emails_twice} (deliveries retried after a \
-         crash: {}); {tally}",
-        retried.len()
+        "fault consumers: {rounds} round(s) of kill -9 per consumer, then 1 -> 3 -> 1: {effects}"
     );
-    assert_eq!(rows_missing, 0, "audit rows missing");
-    assert_eq!(rows_extra, 0, "audit rows twice");
-    assert_eq!(documents, events, "one document per registered user");
-    assert_eq!(emails_missing, 0, "welcome emails missing");
-    assert!(
-        uncounted.is_empty(),
-        "emails sent twice that the delivery log does not count as retried: {uncounted:?}"
-    );
-    for (_, process) in fleet.running.drain(..) {
-        process.terminate().await;
+    effects.assert_exactly_once("consumers", true);
+    pipeline.stop().await;
+}
+
+/// Lag of a consumer group over every partition it reads; `None` before it committed.
+async fn lag(kafka: &KafkaArgs, group: &str) -> Option<i64> {
+    let (kafka, group) = (kafka.clone(), group.to_string());
+    tokio::task::spawn_blocking(move || {
+        platform::kafka::groups::lag(&kafka, &group, Duration::from_secs(10)).ok()
+    })
+    .await
+    .unwrap()
+    .filter(|lags| !lags.is_empty())
+    .map(|lags| lags.iter().map(|l| l.lag).sum())
+}
+
+async fn caught_up(kafka: &KafkaArgs, groups: &[String], within: Duration) {
+    let until = Instant::now() + within;
+    for group in groups {
+        while lag(kafka, group).await != Some(0) {
+            assert!(
+                Instant::now() < until,
+                "{group} did not catch up in {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
+}
+
+async fn count(kafka: &KafkaArgs, topic: &str) -> usize {
+    platform::kafka::read_to_end(kafka, &[topic.to_string()], Duration::from_secs(30))
+        .await
+        .map(|records| records.len())
+        .unwrap_or(0)
+}
+
+/// Bad and repeated input on a settled pipeline: every record of the users topic written
+/// again byte for byte, with records that do not decode among them; then the audit log's and
+/// notifications' groups moved back to the start (`herald reprocess`) and run again. No effect
+/// may happen twice, and each consumer dead-letters each poison record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_repeated_records_and_a_reset_group_add_no_effect() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    const POISON: usize = 6;
+    let mut pipeline = Pipeline::start("replays").await;
+    let load = pipeline.load();
+    load.recovery(Instant::now(), Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sent = load.stop().await;
+    let written = ledger::drain(&pipeline.kafka, "users").await;
+    assert_promise_kept("replays", &sent, &written);
+    pipeline
+        .effects(&written)
+        .await
+        .assert_exactly_once("replays: first pass", false);
+
+    // The same records again, poison records among them.
+    let users = pipeline.kafka.topic("users");
+    let mut again: Vec<platform::kafka::OutgoingRecord> =
+        platform::kafka::read_to_end(&pipeline.kafka, &[users.clone()], Duration::from_secs(30))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|record| platform::kafka::OutgoingRecord {
+                topic: record.topic,
+                key: record.key.unwrap_or_default(),
+                payload: record.payload.unwrap_or_default(),
+                timestamp_ms: record.timestamp_ms.unwrap_or_default(),
+                headers: record.headers,
+            })
+            .collect();
+    let step = again.len() / POISON;
+    for n in 0..POISON {
+        again.insert(
+            n * step + n,
+            platform::kafka::OutgoingRecord::event(
+                &users,
+                format!("poison-{n}").into_bytes(),
+                b"\x00 not an event".to_vec(),
+                "user.registered",
+                &uuid::Uuid::now_v7().to_string(),
+                time::OffsetDateTime::now_utc().unix_timestamp() * 1000,
+            ),
+        );
+    }
+    let publisher =
+        platform::kafka::Publisher::new(&pipeline.kafka, Duration::from_secs(30)).unwrap();
+    publisher.publish_all(&again).await.expect("re-produced");
+    let groups: Vec<String> = ["audit-log", "notifications"]
+        .iter()
+        .map(|g| pipeline.kafka.topic(g))
+        .collect();
+    caught_up(&pipeline.kafka, &groups, Duration::from_secs(120)).await;
+    let effects = pipeline.effects(&written).await;
+    eprintln!(
+        "fault replays: {} records written again, {POISON} poison: {effects}",
+        again.len() - POISON
+    );
+    effects.assert_exactly_once("replays: records written again", false);
+    let mut dead = Vec::new();
+    for group in &groups {
+        dead.push(count(&pipeline.kafka, &format!("{group}.dlq")).await);
+    }
+    assert_eq!(dead, [POISON, POISON], "dead letters of {groups:?}");
+
+    // The two groups back to the start, as `herald reprocess` does it.
+    for service in ["audit-log", "notifications"] {
+        pipeline.fleet.scale_down(service).await;
+        let status = std::process::Command::new(support::process::HERALD)
+            .args(["reprocess", service, "--from", "2000-01-01T00:00:00Z"])
+            .env("KAFKA_BROKERS", pipeline.kafka.brokers.as_deref().unwrap())
+            .env("TOPIC_PREFIX", &pipeline.kafka.topic_prefix)
+            .status()
+            .unwrap();
+        assert!(status.success(), "herald reprocess {service}: {status}");
+        pipeline.fleet.start(service).await;
+    }
+    caught_up(&pipeline.kafka, &groups, Duration::from_secs(120)).await;
+    let effects = pipeline.effects(&written).await;
+    eprintln!("fault replays: groups reset to the start: {effects}");
+    effects.assert_exactly_once("replays: groups reset", false);
+    pipeline.stop().await;
+}
+
+/// PostgreSQL, the store of the audit log and notifications, stopped under load and started
+/// again: the consumers wait and retry, commit nothing past an unwritten effect, and catch
+/// up by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_under_load_loses_and_repeats_no_effect() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let down = Duration::from_secs(if full() { 30 } else { 8 });
+    let pipeline = Pipeline::start("postgres").await;
+    let load = pipeline.load();
+    load.recovery(Instant::now(), Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let outage = support::audit::Outage::begin();
+    tokio::time::sleep(down).await;
+    outage.end();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sent = load.stop().await;
+    let written = ledger::drain(&pipeline.kafka, "users").await;
+    assert_promise_kept("postgres", &sent, &written);
+    let effects = pipeline.effects(&written).await;
+    eprintln!("fault postgres: stopped {down:?} under load: {effects}");
+    effects.assert_exactly_once("postgres", true);
+    pipeline.stop().await;
+}
+
+/// A small filesystem of its own (tmpfs), unmounted when dropped.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: std::path::PathBuf, megabytes: u32) -> Self {
+        std::fs::create_dir_all(&path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("mount (the fault suite runs as root)");
+        assert!(status.success(), "mounting a tmpfs at {}", path.display());
+        Self { path }
+    }
+
+    /// Writes a file until the filesystem has no space left.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(self.path.join("filler")).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while filler.write_all(&block).is_ok() {}
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.path.join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// The disk of the ingress's idempotency keys and the audit log's SQLite store fills up under
+/// load, then space comes back: requests meanwhile get 503, the audit log retries in place,
+/// and every acknowledged event ends as exactly one row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_load_loses_nothing_and_writes_nothing_twice() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let full_for = Duration::from_secs(if full() { 30 } else { 6 });
+    let dir = support::test_dir(&format!("fault-disk-{}", uuid::Uuid::new_v4().simple()));
+    let disk = SmallDisk::mount(dir.join("disk"), 16);
+    let kafka = support::kafka(&support::brokers().await);
+    let store = |name: &str| format!("sqlite://{}", disk.path.join(name).display());
+    let ingress = HeraldProcess::start("ingress", &kafka, &store("ingress.db"), &INGRESS).await;
+    let audit = HeraldProcess::start("audit-log", &kafka, &store("audit.db"), &[]).await;
+    let user = support::token("alice", &["user"]);
+    let load = Load::start(
+        &ingress.base,
+        &user,
+        4,
+        Duration::from_millis(20),
+        ledger::orders::<4>,
+    );
+    load.recovery(Instant::now(), Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    disk.fill();
+    let filled = Instant::now();
+    tokio::time::sleep(full_for).await;
+    let refused = load
+        .sent()
+        .iter()
+        .filter(|s| s.answered_at > filled && s.outcome != Outcome::Ok)
+        .count();
+    disk.free();
+    let freed = Instant::now();
+    let recovery = load.recovery(freed, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = load.stop().await;
+    let written = ledger::drain(&kafka, "orders").await;
+    let tally = assert_promise_kept("disk", &sent, &written);
+    let ids: std::collections::HashSet<uuid::Uuid> = written.iter().map(|w| w.event_id).collect();
+    let rows =
+        support::audit::wait_for_rows(&store("audit.db"), &ids, Duration::from_secs(120)).await;
+    let rows_missing = ids.iter().filter(|id| !rows.contains_key(id)).count();
+    let rows_extra = rows.values().sum::<usize>() - (ids.len() - rows_missing);
+    eprintln!(
+        "fault disk: full for {full_for:?}: {refused} requests refused meanwhile, first 2xx \
+         {recovery:?} after space came back; audit rows missing {rows_missing}, twice \
+         {rows_extra}; {tally}"
+    );
+    assert!(refused > 0, "a full disk refused no request");
+    assert_eq!((rows_missing, rows_extra), (0, 0), "audit rows");
+    audit.terminate().await;
     ingress.terminate().await;
+    drop(disk);
     let _ = std::fs::remove_dir_all(&dir);
 }

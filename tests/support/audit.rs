@@ -138,3 +138,43 @@ pub async fn in_process(
     .await
     .unwrap()
 }
+
+/// The local PostgreSQL cluster, stopped until dropped.
+pub struct Outage {
+    cluster: Vec<String>,
+}
+
+impl Outage {
+    pub fn begin() -> Self {
+        let listing = std::process::Command::new("pg_lsclusters")
+            .arg("-h")
+            .output()
+            .expect("pg_lsclusters (the test PostgreSQL is Debian's; run infra/scripts/test.sh)");
+        let listing = String::from_utf8(listing.stdout).unwrap();
+        let cluster: Vec<String> = listing
+            .split_whitespace()
+            .take(2)
+            .map(str::to_string)
+            .collect();
+        let outage = Self { cluster };
+        outage.ctl("stop");
+        outage
+    }
+
+    fn ctl(&self, action: &str) {
+        let status = std::process::Command::new("pg_ctlcluster")
+            .args(&self.cluster)
+            .args([action, "-m", "fast"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctlcluster {action}");
+    }
+
+    pub fn end(self) {}
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        self.ctl("start");
+    }
+}

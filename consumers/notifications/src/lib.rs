@@ -397,11 +397,35 @@ impl Notifier {
         }
         let (status, provider, detail, result) = self.outcome(&intent, &to, sent).await?;
         count(&intent, status);
-        self.store
-            .finish(&intent.key, status, provider, detail.as_deref(), now_us())
-            .await
-            .or_retry()?;
+        self.record(&intent, status, provider, detail.as_deref())
+            .await;
         result
+    }
+
+    /// Records an attempt's outcome, retrying in place for as long as the store fails: the
+    /// provider may have the message already, and failing the batch would send it again.
+    async fn record(
+        &self,
+        intent: &Intent,
+        status: Status,
+        provider: Option<&str>,
+        detail: Option<&str>,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        while let Err(err) = self
+            .store
+            .finish(&intent.key, status, provider, detail, now_us())
+            .await
+        {
+            tracing::warn!(
+                %err,
+                event_id = %intent.key.event_id,
+                channel = intent.key.channel.as_str(),
+                "could not record a delivery's outcome; retrying, so it is not sent again"
+            );
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
     }
 
     /// Hands one message to its provider.
@@ -571,10 +595,9 @@ impl Notifier {
                 .or_retry();
         }
         count(&intent, status);
-        self.store
-            .finish(&intent.key, status, provider, detail.as_deref(), now_us())
-            .await
-            .or_retry()
+        self.record(&intent, status, provider, detail.as_deref())
+            .await;
+        Ok(())
     }
 }
 

@@ -4,6 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::Connection;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
@@ -38,6 +39,18 @@ impl Database {
                 .busy_timeout(Duration::from_secs(5));
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
+                // SQLite rolls a transaction back by itself on some errors (a full disk). The
+                // ROLLBACK sqlx then sends fails, its count of open transactions stays at one,
+                // and the connection's next transaction becomes a savepoint that never
+                // commits: writes reported done, never durable. Such a connection is closed
+                // (which rolls back whatever it holds) rather than reused. The ping first lets
+                // a dropped transaction's queued ROLLBACK run.
+                .after_release(|conn, _| {
+                    Box::pin(async move {
+                        conn.ping().await?;
+                        Ok(!conn.is_in_transaction())
+                    })
+                })
                 .connect_with(options)
                 .await?;
             Ok(Self::Sqlite(pool))
@@ -102,6 +115,67 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A write that fills the database (here: past `max_page_count`, as a full disk would)
+    /// makes SQLite roll the transaction back by itself; then a statement fails that SQLite
+    /// does not roll back for. Every transaction committed afterwards must be visible to a
+    /// new connection.
+    #[tokio::test]
+    async fn writes_after_transactions_sqlite_rolled_back_itself_are_durable() {
+        let path = std::env::temp_dir().join(format!("herald-db-{}.db", uuid::Uuid::new_v4()));
+        let url = format!("sqlite://{}", path.display());
+        let Database::Sqlite(pool) = Database::connect(&url).await.unwrap() else {
+            unreachable!("a sqlite URL")
+        };
+        sqlx::query("CREATE TABLE t (x BLOB)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        for _ in 0..8 {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("PRAGMA max_page_count = 8")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            let full = sqlx::query("INSERT INTO t VALUES (zeroblob(100000))")
+                .execute(&mut *tx)
+                .await;
+            assert!(full.is_err(), "the insert should not fit");
+        }
+        // An error SQLite does not roll back for: sqlx rolls back to its savepoint.
+        for _ in 0..8 {
+            let mut tx = pool.begin().await.unwrap();
+            let missing = sqlx::query("INSERT INTO missing VALUES (1)")
+                .execute(&mut *tx)
+                .await;
+            assert!(missing.is_err());
+        }
+        for _ in 0..20 {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("PRAGMA max_page_count = 1073741823")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            sqlx::query("INSERT INTO t VALUES (x'01')")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+        let Database::Sqlite(other) = Database::connect(&url).await.unwrap() else {
+            unreachable!("a sqlite URL")
+        };
+        let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM t")
+            .fetch_one(&other)
+            .await
+            .unwrap();
+        assert_eq!(rows, 20);
+        pool.close().await;
+        other.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
 
     #[test]
     fn passwords_never_reach_messages() {

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::Principal;
-use crate::idempotency::{Claim, Claimed, StoredResponse};
+use crate::idempotency::{Claim, Claimed, StoreError, StoredResponse};
 use crate::prepare::{Prepared, Shape, prepare};
 use crate::problem::Problem;
 
@@ -94,10 +94,17 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
         lease: state.limits.publish_deadline * 2,
         ttl: state.limits.idempotency_ttl,
     };
-    let (ids, received_at) = match state.store.claim(&claim).await.map_err(|err| {
-        tracing::warn!(%err, "idempotency store unavailable");
-        Problem::unavailable("the idempotency store is unavailable", 1)
-    })? {
+    // The store gets the publish deadline too: one that hangs (a full disk, a lock held
+    // elsewhere) must not keep the client waiting past it.
+    let deadline = state.limits.publish_deadline;
+    let claimed = tokio::time::timeout(deadline, state.store.claim(&claim))
+        .await
+        .unwrap_or_else(|_| Err(StoreError::timed_out(deadline)))
+        .map_err(|err| {
+            tracing::warn!(%err, "idempotency store unavailable");
+            Problem::unavailable("the idempotency store is unavailable", 1)
+        })?;
+    let (ids, received_at) = match claimed {
         Claimed::New => (claim.event_ids.clone(), claim.received_at),
         Claimed::Resume {
             event_ids,
@@ -134,10 +141,10 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
                 status: response.status.as_u16(),
                 body: response.body.to_string(),
             };
-            if let Err(err) = state
-                .store
-                .complete(&principal.subject, &key, &stored)
+            let completed = state.store.complete(&principal.subject, &key, &stored);
+            if let Err(err) = tokio::time::timeout(deadline, completed)
                 .await
+                .unwrap_or_else(|_| Err(StoreError::timed_out(deadline)))
             {
                 // The events are durable; a retry will resume with the same ids.
                 tracing::warn!(%err, "could not record the idempotent response");
@@ -145,10 +152,10 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
             Ok(response.into_response())
         }
         Err(problem) => {
-            if let Err(err) = state
-                .store
-                .release(&principal.subject, &key, claim.attempt)
+            let released = state.store.release(&principal.subject, &key, claim.attempt);
+            if let Err(err) = tokio::time::timeout(deadline, released)
                 .await
+                .unwrap_or_else(|_| Err(StoreError::timed_out(deadline)))
             {
                 tracing::warn!(%err, "could not release the idempotency key");
             }

@@ -101,6 +101,13 @@ pub enum Decision {
 #[error("idempotency store: {0}")]
 pub struct StoreError(String);
 
+impl StoreError {
+    /// The store did not answer within `deadline`.
+    pub fn timed_out(deadline: std::time::Duration) -> Self {
+        Self(format!("no answer within {deadline:?}"))
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
         Self(err.to_string())
