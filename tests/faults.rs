@@ -658,19 +658,22 @@ async fn poison_repeated_records_and_a_reset_group_add_no_effect() {
 
     // The same records again, poison records among them.
     let users = pipeline.kafka.topic("users");
-    let mut again: Vec<platform::kafka::OutgoingRecord> =
-        platform::kafka::read_to_end(&pipeline.kafka, &[users.clone()], Duration::from_secs(30))
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|record| platform::kafka::OutgoingRecord {
-                topic: record.topic,
-                key: record.key.unwrap_or_default(),
-                payload: record.payload.unwrap_or_default(),
-                timestamp_ms: record.timestamp_ms.unwrap_or_default(),
-                headers: record.headers,
-            })
-            .collect();
+    let mut again: Vec<platform::kafka::OutgoingRecord> = platform::kafka::read_to_end(
+        &pipeline.kafka,
+        std::slice::from_ref(&users),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|record| platform::kafka::OutgoingRecord {
+        topic: record.topic,
+        key: record.key.unwrap_or_default(),
+        payload: record.payload.unwrap_or_default(),
+        timestamp_ms: record.timestamp_ms.unwrap_or_default(),
+        headers: record.headers,
+    })
+    .collect();
     let step = again.len() / POISON;
     for n in 0..POISON {
         again.insert(
