@@ -263,6 +263,13 @@ async fn each_period_is_reported_once_across_skewed_replicas_with_the_posted_fig
         .map(|r| r["period"].as_str().unwrap())
         .collect();
     assert_eq!(periods.len(), runs.len());
+    eprintln!(
+        "fault scheduler-skew: two replicas, one 300 s behind, and a dead replica's run: {} \
+         periods, {} outputs, {} runs taken over, 0 periods twice",
+        runs.len(),
+        listed.len(),
+        runs.iter().filter(|(_, _, attempts, _)| *attempts > 1).count()
+    );
 
     // The figures of this hour are what was posted.
     let ours = listed
