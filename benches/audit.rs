@@ -6,6 +6,7 @@
 //! `infra/scripts/services.sh` prints TEST_POSTGRES_URL; without it only SQLite runs. For
 //! each store: time from process start to the last row, time from the first row to the last
 //! (the drain rate), peak RSS of the process (VmHWM), and a full `verify` of the chains.
+//! Then PostgreSQL again with two processes in one group: the scaling from one to two.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,8 +65,13 @@ async fn main() {
         Ok(admin) => stores.push(("postgres", fresh_postgres(&admin).await)),
         Err(_) => println!("postgres: skipped (TEST_POSTGRES_URL unset)"),
     }
+    let postgres = stores.iter().any(|(name, _)| *name == "postgres");
     for (name, url) in stores {
-        drain(name, &url, &kafka, events).await;
+        drain(name, &url, &kafka, events, 1).await;
+    }
+    // Scaling: two processes in one group share the partitions, on a database of their own.
+    if let (true, Ok(admin)) = (postgres, std::env::var("TEST_POSTGRES_URL")) {
+        drain("postgres", &fresh_postgres(&admin).await, &kafka, events, 2).await;
     }
     let _ = std::fs::remove_dir_all(&temp);
 }
@@ -135,25 +141,30 @@ async fn count(db: &Database) -> i64 {
 }
 
 /// Starts `herald audit-log` on the backlog and times it until every event has its row.
-async fn drain(name: &str, url: &str, kafka: &KafkaArgs, events: usize) {
+async fn drain(name: &str, url: &str, kafka: &KafkaArgs, events: usize, instances: usize) {
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("audit-log")
-        .env("KAFKA_BROKERS", kafka.brokers.as_deref().unwrap())
-        .env("TOPIC_PREFIX", &kafka.topic_prefix)
-        .env(
-            "CONSUMER_GROUP",
-            format!("{}audit-bench-{name}", kafka.topic_prefix),
-        )
-        .env("DATABASE_URL", url)
-        .env("HERALD_LISTEN", "127.0.0.1:0")
-        .env("JWT_HS256_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("herald audit-log starts");
-    let pid = child.id().unwrap();
+    let mut children = Vec::new();
+    for _ in 0..instances {
+        children.push(
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+                .arg("audit-log")
+                .env("KAFKA_BROKERS", kafka.brokers.as_deref().unwrap())
+                .env("TOPIC_PREFIX", &kafka.topic_prefix)
+                .env(
+                    "CONSUMER_GROUP",
+                    format!("{}audit-bench-{name}-{instances}", kafka.topic_prefix),
+                )
+                .env("DATABASE_URL", url)
+                .env("HERALD_LISTEN", "127.0.0.1:0")
+                .env("JWT_HS256_SECRET", SECRET)
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("herald audit-log starts"),
+        );
+    }
+    let pids: Vec<u32> = children.iter().map(|c| c.id().unwrap()).collect();
     // The process creates the tables; until then the count reads as 0.
     let db = loop {
         if let Ok(db) = Database::connect(url).await {
@@ -174,34 +185,48 @@ async fn drain(name: &str, url: &str, kafka: &KafkaArgs, events: usize) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let total = started.elapsed();
-    let peak_kb = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+    let peak_kb = pids
+        .iter()
+        .map(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|status| {
+                    status
+                        .lines()
+                        .find(|l| l.starts_with("VmHWM:"))
+                        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                })
+                .unwrap_or(0)
         })
+        .max()
         .unwrap_or(0);
-    let cpu_seconds = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
-            let ticks: u64 =
-                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-            Some(ticks as f64 / 100.0)
+    let cpu_seconds: f64 = pids
+        .iter()
+        .map(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+                    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()?
+                        + fields.get(12)?.parse::<u64>().ok()?;
+                    Some(ticks as f64 / 100.0)
+                })
+                .unwrap_or(0.0)
         })
-        .unwrap_or(0.0);
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+        .sum();
+    for (pid, mut child) in pids.iter().zip(children) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    }
     let rows = count(&db).await;
     let first = first_row.unwrap_or(total);
     let draining = total.saturating_sub(first).as_secs_f64().max(0.001);
     println!(
-        "{name}: {rows} rows of {events} events; {:.2} s from process start ({:.0} events/s), \
-         {:.2} s from first to last row ({:.0} events/s); peak RSS {:.1} MB; CPU {:.1} s",
+        "{name}, {instances} process(es): {rows} rows of {events} events; {:.2} s from process \
+         start ({:.0} events/s), {:.2} s from first to last row ({:.0} events/s); peak RSS \
+         {:.1} MB; CPU {:.1} s",
         total.as_secs_f64(),
         rows as f64 / total.as_secs_f64(),
         draining,

@@ -7,8 +7,8 @@
 //!    Publisher, batches of 100, BENCH_IN_FLIGHT batches at once, default 32);
 //! 2. batched ingress throughput: BENCH_IN_FLIGHT clients posting batches of 100 events;
 //! 3. single-event ingress throughput: 32 clients posting one event per request;
-//! 4. open-loop latency at half of (3): requests sent at fixed intervals, latency measured
-//!    from the intended send time so queueing is not hidden.
+//! 4. open-loop latency at 25, 50 and 75% of (2) and of (3): requests sent at fixed
+//!    intervals, latency measured from the intended send time so queueing is not hidden.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -195,11 +195,8 @@ async fn main() {
     }
     let single_rate = closed.len() as f64 / t.elapsed().as_secs_f64();
 
-    // 4. Open loop at half the single-event maximum.
-    let rate = single_rate / 2.0;
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let total = (rate * OPEN_LOOP_SECONDS as f64) as usize;
-    // The ingress's resident memory while under this load, sampled every 100 ms.
+    // 4. Open loop at 25, 50 and 75% of each maximum, single events and batches, with the
+    //    ingress's resident memory sampled every 100 ms throughout.
     let sampling = tokio_util::sync::CancellationToken::new();
     let sampler = tokio::spawn({
         let sampling = sampling.clone();
@@ -212,34 +209,25 @@ async fn main() {
             max_kb
         }
     });
-    let start = tokio::time::Instant::now();
-    let mut tasks = Vec::with_capacity(total);
-    for i in 0..total {
-        let intended = start + interval * i as u32;
-        tokio::time::sleep_until(intended).await;
-        let (target, body) = (target.clone(), single_body.clone());
-        tasks.push(tokio::spawn(async move {
-            accepted(&target, &body).await;
-            intended.elapsed()
-        }));
-    }
-    let mut open = Vec::with_capacity(total);
-    for task in tasks {
-        open.push(task.await.unwrap());
+    let mut open_loops = Vec::new();
+    for (what, body, saturation) in [
+        ("single events", &single_body, single_rate),
+        ("batches of 100", &batch_body, batched_rate / BATCH as f64),
+    ] {
+        for share in [0.25, 0.50, 0.75] {
+            let rate = saturation * share;
+            let mut latencies = open_loop(&target, body, rate).await;
+            open_loops.push((what, share, rate, percentiles(&mut latencies)));
+        }
     }
     sampling.cancel();
-    let half_load_rss_kb = sampler.await.unwrap();
+    let open_loop_rss_kb = sampler.await.unwrap();
 
     let rss_kb = status_kb(pid, "VmHWM");
     let _ = child.kill().await;
     let _ = std::fs::remove_dir_all(&data);
 
     let (c50, c99) = (percentile(&mut closed, 0.50), percentile(&mut closed, 0.99));
-    let (o50, o99, o999) = (
-        percentile(&mut open, 0.50),
-        percentile(&mut open, 0.99),
-        percentile(&mut open, 0.999),
-    );
     println!("| figure | value |\n|---|---|");
     println!(
         "| ingress ready after process start (broker up) | {} ms |",
@@ -267,15 +255,19 @@ async fn main() {
         ms(c50),
         ms(c99)
     );
+    for (what, share, rate, (p50, p99, p999)) in open_loops {
+        println!(
+            "| ingress, {what}, open loop at {rate:.0} requests/s ({:.0}% of its maximum) | p50 \
+             {} ms, p99 {} ms, p99.9 {} ms |",
+            share * 100.0,
+            ms(p50),
+            ms(p99),
+            ms(p999)
+        );
+    }
     println!(
-        "| ingress, open loop at {rate:.0} req/s (50%) | p50 {} ms, p99 {} ms, p99.9 {} ms |",
-        ms(o50),
-        ms(o99),
-        ms(o999)
-    );
-    println!(
-        "| ingress RSS under the open-loop load (max of VmRSS) | {:.1} MB |",
-        half_load_rss_kb as f64 / 1024.0
+        "| ingress RSS under the open-loop loads (max of VmRSS) | {:.1} MB |",
+        open_loop_rss_kb as f64 / 1024.0
     );
     println!(
         "| ingress peak RSS over the whole run (VmHWM) | {:.1} MB |",
@@ -283,7 +275,6 @@ async fn main() {
     );
 }
 
-/// Posts and insists on a 202: a benchmark of failures would measure nothing.
 /// Where the load goes: the ingress's events endpoint, with a token.
 struct Target {
     client: reqwest::Client,
@@ -291,6 +282,39 @@ struct Target {
     token: String,
 }
 
+/// Sends `body` at `rate` requests per second for OPEN_LOOP_SECONDS, each at its intended
+/// time whether or not earlier ones were answered; each latency runs from that intended time,
+/// so time spent queueing (in the client, the ingress or the broker) is counted, not hidden.
+async fn open_loop(target: &Arc<Target>, body: &Arc<String>, rate: f64) -> Vec<Duration> {
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let total = (rate * OPEN_LOOP_SECONDS as f64) as usize;
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        let intended = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(intended).await;
+        let (target, body) = (target.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            accepted(&target, &body).await;
+            intended.elapsed()
+        }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    for task in tasks {
+        latencies.push(task.await.unwrap());
+    }
+    latencies
+}
+
+fn percentiles(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
+    (
+        percentile(samples, 0.50),
+        percentile(samples, 0.99),
+        percentile(samples, 0.999),
+    )
+}
+
+/// Posts and insists on a 202: a benchmark of failures would measure nothing.
 async fn accepted(target: &Target, body: &str) {
     let response = target
         .client

@@ -268,7 +268,9 @@ async fn each_period_is_reported_once_across_skewed_replicas_with_the_posted_fig
          periods, {} outputs, {} runs taken over, 0 periods twice",
         runs.len(),
         listed.len(),
-        runs.iter().filter(|(_, _, attempts, _)| *attempts > 1).count()
+        runs.iter()
+            .filter(|(_, _, attempts, _)| *attempts > 1)
+            .count()
     );
 
     // The figures of this hour are what was posted.
