@@ -16,50 +16,13 @@
 
 mod common;
 
-use common::{SECRET, herald, peak_rss_mb, percentile, setting};
+use common::{SECRET, Smtp, herald, peak_rss_mb, percentile, setting, wall};
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 use uuid::Uuid;
-
-fn wall() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
-/// Every accepted message: recipient and time of acceptance.
-fn accepted(path: &Path) -> Vec<(String, f64)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .map(|v| {
-            (
-                v["rcpt_tos"][0].as_str().unwrap_or_default().to_string(),
-                v["at"].as_f64().unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
-async fn wait_for(path: &Path, n: usize, within: Duration) -> Vec<(String, f64)> {
-    let until = Instant::now() + within;
-    loop {
-        let got = accepted(path);
-        if got.len() >= n || Instant::now() > until {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn registered(email: &str) -> Value {
     json!({"type": "user.registered", "data": {
@@ -77,23 +40,8 @@ async fn main() {
     let dir = std::env::temp_dir().join(format!("herald-bench-notify-{}", &prefix[..14]));
     std::fs::create_dir_all(&dir).unwrap();
 
-    let messages: PathBuf = dir.join("accepted.jsonl");
-    let mut smtp = Command::new("python3")
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_server.py"))
-        .arg(&messages)
-        .arg("--fast")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 with aiosmtpd (infra/scripts/services.sh installs it)");
-    let port = BufReader::new(smtp.stdout.take().unwrap())
-        .lines()
-        .next_line()
-        .await
-        .unwrap()
-        .expect("the SMTP server announces its port");
-    let smtp_url = format!("smtp://127.0.0.1:{}", port.trim());
+    let smtp = Smtp::start(&dir).await;
+    let smtp_url = smtp.url.clone();
 
     let common = [
         ("KAFKA_BROKERS", brokers.as_str()),
@@ -141,7 +89,7 @@ async fn main() {
     let started = Instant::now();
     let (notifier, _) = herald("notifications", &env).await;
     let pid = notifier.id().unwrap();
-    let got = wait_for(&messages, emails, Duration::from_secs(600)).await;
+    let got = smtp.wait_for(emails, Duration::from_secs(600)).await;
     let total = started.elapsed().as_secs_f64();
     let first = got.iter().map(|(_, at)| *at).fold(f64::MAX, f64::min);
     let last = got.iter().map(|(_, at)| *at).fold(0.0, f64::max);
@@ -185,7 +133,7 @@ async fn main() {
             rejected += 1;
         }
     }
-    let got = wait_for(&messages, emails + n, Duration::from_secs(120)).await;
+    let got = smtp.wait_for(emails + n, Duration::from_secs(120)).await;
     let mut latencies: Vec<f64> = got
         .iter()
         .filter_map(|(to, at)| {
@@ -203,6 +151,6 @@ async fn main() {
         latencies.last().copied().unwrap_or(0.0)
     );
     drop(notifier);
-    let _ = smtp.kill().await;
+    drop(smtp);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,7 +1,8 @@
 //! What the benchmarks share: settings, the real `herald` processes, percentiles, memory.
 
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -148,4 +149,76 @@ pub fn cpu_seconds(pid: u32) -> f64 {
             .and_then(|s| s.parse::<f64>().ok())
             .unwrap_or(0.0);
     ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+/// Now, in seconds since the epoch: the clock the SMTP server and PostgreSQL stamp with.
+#[allow(dead_code, reason = "not every benchmark compares wall-clock times")]
+pub fn wall() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// The real SMTP server of the tests (`tests/support/smtp_server.py`, aiosmtpd) in its fast
+/// mode: it records only each message's recipients and time of acceptance.
+#[allow(dead_code, reason = "not every benchmark sends email")]
+pub struct Smtp {
+    _child: Child,
+    pub url: String,
+    messages: PathBuf,
+}
+
+#[allow(dead_code, reason = "not every benchmark sends email")]
+impl Smtp {
+    pub async fn start(dir: &Path) -> Self {
+        let messages = dir.join("accepted.jsonl");
+        let mut child = Command::new("python3")
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_server.py"))
+            .arg(&messages)
+            .arg("--fast")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 with aiosmtpd (infra/scripts/services.sh installs it)");
+        let port = BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the SMTP server announces its port");
+        Self {
+            _child: child,
+            url: format!("smtp://127.0.0.1:{}", port.trim()),
+            messages,
+        }
+    }
+
+    /// Every accepted message: its first recipient and time of acceptance.
+    pub fn accepted(&self) -> Vec<(String, f64)> {
+        std::fs::read_to_string(&self.messages)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .map(|v| {
+                (
+                    v["rcpt_tos"][0].as_str().unwrap_or_default().to_string(),
+                    v["at"].as_f64().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until `n` messages were accepted or `within` passes; those accepted.
+    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<(String, f64)> {
+        let until = Instant::now() + within;
+        loop {
+            let got = self.accepted();
+            if got.len() >= n || Instant::now() > until {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
