@@ -1,9 +1,11 @@
 //! The fault suite: real faults under real load, each counted by the ledger of
 //! `support::ledger` against what a fresh reader finds once the fault heals.
 //!
-//! `HERALD_FAULTS=full` runs the long variant (more kills, a broker paused for a minute);
-//! `infra/scripts/faults.sh` runs it. The default is the short variant the test command runs.
-//! Scenarios run one at a time: each has a broker of its own to kill or pause.
+//! `HERALD_FAULTS=full` runs the long variant (more kills, a broker paused for a minute,
+//! longer outages); `infra/scripts/faults.sh` runs it. The default is the short variant the
+//! test command runs. Scenarios run one at a time: some kill or pause a broker of their own,
+//! one stops the shared PostgreSQL server, one mounts a tmpfs (so the suite runs as root).
+//! RELIABILITY.md has the figures of a long run.
 
 mod support;
 
