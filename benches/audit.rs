@@ -8,6 +8,8 @@
 //! (the drain rate), peak RSS of the process (VmHWM), and a full `verify` of the chains.
 //! Then PostgreSQL again with two processes in one group: the scaling from one to two.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +21,6 @@ use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-const SECRET: &str = "bench-secret-of-at-least-thirty-two-bytes";
 const EVENTS: usize = 100_000;
 const PARTITIONS: i32 = 6;
 
@@ -156,7 +157,7 @@ async fn drain(name: &str, url: &str, kafka: &KafkaArgs, events: usize, instance
                 )
                 .env("DATABASE_URL", url)
                 .env("HERALD_LISTEN", "127.0.0.1:0")
-                .env("JWT_HS256_SECRET", SECRET)
+                .env("JWT_HS256_SECRET", common::SECRET)
                 .env("RUST_LOG", "warn")
                 .stdout(std::process::Stdio::null())
                 .kill_on_drop(true)
@@ -185,35 +186,11 @@ async fn drain(name: &str, url: &str, kafka: &KafkaArgs, events: usize, instance
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let total = started.elapsed();
-    let peak_kb = pids
+    let peak_mb = pids
         .iter()
-        .map(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .ok()
-                .and_then(|status| {
-                    status
-                        .lines()
-                        .find(|l| l.starts_with("VmHWM:"))
-                        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                })
-                .unwrap_or(0)
-        })
-        .max()
-        .unwrap_or(0);
-    let cpu_seconds: f64 = pids
-        .iter()
-        .map(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
-                    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()?
-                        + fields.get(12)?.parse::<u64>().ok()?;
-                    Some(ticks as f64 / 100.0)
-                })
-                .unwrap_or(0.0)
-        })
-        .sum();
+        .map(|pid| common::peak_rss_mb(*pid))
+        .fold(0.0, f64::max);
+    let cpu_seconds: f64 = pids.iter().map(|pid| common::cpu_seconds(*pid)).sum();
     for (pid, mut child) in pids.iter().zip(children) {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
@@ -231,7 +208,7 @@ async fn drain(name: &str, url: &str, kafka: &KafkaArgs, events: usize, instance
         rows as f64 / total.as_secs_f64(),
         draining,
         rows as f64 / draining,
-        peak_kb as f64 / 1024.0,
+        peak_mb,
         cpu_seconds
     );
     let store = SqlStore::new(db).await.unwrap();
