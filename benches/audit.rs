@@ -63,7 +63,7 @@ async fn main() {
         format!("sqlite://{}", temp.join("audit.db").display()),
     )];
     match std::env::var("TEST_POSTGRES_URL") {
-        Ok(admin) => stores.push(("postgres", fresh_postgres(&admin).await)),
+        Ok(admin) => stores.push(("postgres", common::fresh_postgres(&admin).await)),
         Err(_) => println!("postgres: skipped (TEST_POSTGRES_URL unset)"),
     }
     let postgres = stores.iter().any(|(name, _)| *name == "postgres");
@@ -72,7 +72,14 @@ async fn main() {
     }
     // Scaling: two processes in one group share the partitions, on a database of their own.
     if let (true, Ok(admin)) = (postgres, std::env::var("TEST_POSTGRES_URL")) {
-        drain("postgres", &fresh_postgres(&admin).await, &kafka, events, 2).await;
+        drain(
+            "postgres",
+            &common::fresh_postgres(&admin).await,
+            &kafka,
+            events,
+            2,
+        )
+        .await;
     }
     let _ = std::fs::remove_dir_all(&temp);
 }
@@ -118,18 +125,6 @@ async fn backlog(kafka: &KafkaArgs, catalog: &Arc<Catalog>, n: usize) {
             chunk.clear();
         }
     }
-}
-
-async fn fresh_postgres(admin: &str) -> String {
-    let name = format!("bench_{}", &Uuid::new_v4().simple().to_string()[..12]);
-    let pool = sqlx::postgres::PgPool::connect(admin).await.unwrap();
-    // A generated name of hex digits: nothing to inject.
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&pool)
-        .await
-        .unwrap();
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    format!("{base}/{name}")
 }
 
 async fn count(db: &Database) -> i64 {

@@ -32,18 +32,6 @@ fn registered(user: Uuid, email: &str) -> Value {
     }})
 }
 
-/// A new, empty database on the PostgreSQL server `admin` points at; its URL.
-async fn fresh_postgres(admin: &str) -> String {
-    let name = format!("e2e_{}", &Uuid::new_v4().simple().to_string()[..12]);
-    let pool = sqlx::PgPool::connect(admin).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    format!("{}/{name}", admin.rsplit_once('/').unwrap().0)
-}
-
 async fn documents(client: &reqwest::Client, search: &str, admin: &str) -> usize {
     let Ok(response) = client
         .get(format!("{search}/api/v1/search/stats"))
@@ -72,7 +60,7 @@ async fn main() {
     let dir = std::env::temp_dir().join(format!("herald-bench-e2e-{}", &prefix[..11]));
     std::fs::create_dir_all(&dir).unwrap();
     let smtp = Smtp::start(&dir).await;
-    let database = fresh_postgres(&admin_url).await;
+    let database = common::fresh_postgres(&admin_url).await;
     let index = dir.join("index").display().to_string();
     let env = [
         ("KAFKA_BROKERS", brokers.as_str()),
@@ -104,6 +92,10 @@ async fn main() {
         assert_eq!(response.status(), 202);
     }
     smtp.wait_for(10, Duration::from_secs(60)).await;
+    let until = Instant::now() + Duration::from_secs(60);
+    while documents(&client, &search, &admin).await < 10 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let warm = documents(&client, &search, &admin).await;
 
     // The index's document count over time, from before the first POST.

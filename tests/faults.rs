@@ -517,13 +517,15 @@ impl Pipeline {
 struct Effects {
     events: usize,
     rows_missing: usize,
+    /// Rows beyond one per event: for an event no request wrote (the primary key makes two
+    /// rows of one event impossible; a consumer that tried would stall, a missing row).
     rows_extra: usize,
     documents: usize,
     emails_missing: usize,
     emails_twice: usize,
     /// Emails sent twice for a delivery the log does not count as retried.
     emails_twice_uncounted: usize,
-    /// Email deliveries attempted again after an attempt with no recorded outcome.
+    /// Email deliveries with more than one attempt: after a crash, or a transient failure.
     deliveries_retried: usize,
 }
 
@@ -559,7 +561,7 @@ impl std::fmt::Display for Effects {
         write!(
             f,
             "{} events: audit rows missing {}, twice {}; documents {}; emails missing {}, twice \
-             {} ({} of them uncounted; deliveries retried after a crash {})",
+             {} ({} of them uncounted; deliveries attempted more than once {})",
             self.events,
             self.rows_missing,
             self.rows_extra,
@@ -710,11 +712,25 @@ async fn poison_repeated_records_and_a_reset_group_add_no_effect() {
         again.len() - POISON
     );
     effects.assert_exactly_once("replays: records written again", false);
+    // The search indexer keeps its offsets in its index, so its dead letters say when it is
+    // through.
+    let dead_letters = [
+        groups[0].clone(),
+        groups[1].clone(),
+        pipeline.kafka.topic("search-indexer-0"),
+    ]
+    .map(|group| format!("{group}.dlq"));
+    let until = Instant::now() + Duration::from_secs(60);
     let mut dead = Vec::new();
-    for group in &groups {
-        dead.push(count(&pipeline.kafka, &format!("{group}.dlq")).await);
+    for topic in &dead_letters {
+        let mut n = count(&pipeline.kafka, topic).await;
+        while n < POISON && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            n = count(&pipeline.kafka, topic).await;
+        }
+        dead.push(n);
     }
-    assert_eq!(dead, [POISON, POISON], "dead letters of {groups:?}");
+    assert_eq!(dead, [POISON; 3], "dead letters in {dead_letters:?}");
 
     // The two groups back to the start, as `herald reprocess` does it.
     for service in ["audit-log", "notifications"] {
@@ -755,7 +771,8 @@ async fn postgres_stopped_under_load_loses_and_repeats_no_effect() {
     assert_promise_kept("postgres", &sent, &written);
     let effects = pipeline.effects(&written).await;
     eprintln!("fault postgres: stopped {down:?} under load: {effects}");
-    effects.assert_exactly_once("postgres", true);
+    // No crash here: every email reached the server once, the delivery log written late.
+    effects.assert_exactly_once("postgres", false);
     pipeline.stop().await;
 }
 

@@ -222,3 +222,18 @@ impl Smtp {
         }
     }
 }
+
+/// A new, empty database on the PostgreSQL server `admin` points at; its URL.
+#[allow(dead_code, reason = "not every benchmark uses PostgreSQL")]
+pub async fn fresh_postgres(admin: &str) -> String {
+    let name = format!("bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let pool = sqlx::postgres::PgPool::connect(admin).await.unwrap();
+    // A generated name of hex digits: nothing to inject.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}

@@ -3,7 +3,7 @@
 # topic left by the tests slows it), PostgreSQL and Redis from services.sh. Each benchmark's
 # output goes to target/bench/<name>.txt; BENCHMARKS.md holds one run of them all.
 #
-#   infra/scripts/bench.sh                 # all of them, about 25 minutes
+#   infra/scripts/bench.sh                 # all of them, about 20 minutes
 #   infra/scripts/bench.sh ingress e2e     # some of them
 set -euo pipefail
 cd "$(dirname "$0")/../.."

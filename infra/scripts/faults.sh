@@ -19,9 +19,12 @@ export KAFKA_BROKERS
 
 export HERALD_FAULTS=full
 mkdir -p target
+# A failing scenario must still leave its figures and the log behind.
+set +e
 cargo test --test faults --test reports -- --test-threads 1 --nocapture 2>&1 |
   tee target/faults.log | grep --line-buffered -E '^(fault |test |test result)'
 status=${PIPESTATUS[0]}
+set -e
 grep -E '^fault ' target/faults.log > target/faults.txt || true
 echo "figures: target/faults.txt; everything: target/faults.log"
 exit "$status"

@@ -411,20 +411,21 @@ impl Notifier {
         provider: Option<&str>,
         detail: Option<&str>,
     ) {
-        let mut backoff = Duration::from_millis(100);
+        let mut attempt = 0;
         while let Err(err) = self
             .store
             .finish(&intent.key, status, provider, detail, now_us())
             .await
         {
+            attempt += 1;
             tracing::warn!(
                 %err,
                 event_id = %intent.key.event_id,
                 channel = intent.key.channel.as_str(),
                 "could not record a delivery's outcome; retrying, so it is not sent again"
             );
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            let wait = platform::consumer::backoff(attempt, Duration::from_secs(5), 1.0);
+            tokio::time::sleep(wait).await;
         }
     }
 

@@ -97,13 +97,19 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
     // The store gets the publish deadline too: one that hangs (a full disk, a lock held
     // elsewhere) must not keep the client waiting past it.
     let deadline = state.limits.publish_deadline;
-    let claimed = tokio::time::timeout(deadline, state.store.claim(&claim))
-        .await
-        .unwrap_or_else(|_| Err(StoreError::timed_out(deadline)))
-        .map_err(|err| {
-            tracing::warn!(%err, "idempotency store unavailable");
-            Problem::unavailable("the idempotency store is unavailable", 1)
-        })?;
+    let claimed = match tokio::time::timeout(deadline, state.store.claim(&claim)).await {
+        Ok(claimed) => claimed,
+        Err(_) => {
+            // The claim may still be written after this answer: give it back, so the retry
+            // the 503 invites is not refused as in progress.
+            release(state, &principal.subject, &key, claim.attempt).await;
+            Err(StoreError::timed_out(deadline))
+        }
+    }
+    .map_err(|err| {
+        tracing::warn!(%err, "idempotency store unavailable");
+        Problem::unavailable("the idempotency store is unavailable", 1)
+    })?;
     let (ids, received_at) = match claimed {
         Claimed::New => (claim.event_ids.clone(), claim.received_at),
         Claimed::Resume {
@@ -152,15 +158,25 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
             Ok(response.into_response())
         }
         Err(problem) => {
-            let released = state.store.release(&principal.subject, &key, claim.attempt);
-            if let Err(err) = tokio::time::timeout(deadline, released)
-                .await
-                .unwrap_or_else(|_| Err(StoreError::timed_out(deadline)))
-            {
-                tracing::warn!(%err, "could not release the idempotency key");
-            }
+            release(state, &principal.subject, &key, claim.attempt).await;
             Err(problem)
         }
+    }
+}
+
+/// Gives an idempotency key back after a failed attempt. The release runs on its own task,
+/// and the answer waits for it only briefly: a store that hangs must not hold an answer past
+/// the deadline, and a release that comes late only delays a retry (409, in progress).
+async fn release(state: &AppState, principal: &str, key: &str, attempt: Uuid) {
+    const WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+    let (store, principal, key) = (state.store.clone(), principal.to_string(), key.to_string());
+    let released = tokio::spawn(async move {
+        if let Err(err) = store.release(&principal, &key, attempt).await {
+            tracing::warn!(%err, "could not release the idempotency key");
+        }
+    });
+    if tokio::time::timeout(WAIT, released).await.is_err() {
+        tracing::warn!("the idempotency store is slow to release a key; releasing it later");
     }
 }
 
