@@ -432,24 +432,14 @@ impl Pipeline {
         // Audit rows: one per event id (the primary key forbids two; a missing one shows).
         let ids: std::collections::HashSet<uuid::Uuid> =
             written.iter().map(|w| w.event_id).collect();
-        let rows =
-            support::audit::wait_for_rows(&self.database, &ids, Duration::from_secs(120)).await;
-        let rows_missing = ids.iter().filter(|id| !rows.contains_key(id)).count();
-        let rows_extra = rows.values().sum::<usize>() - (ids.len() - rows_missing);
+        let (rows_missing, rows_extra) =
+            support::audit::missing_and_extra(&self.database, &ids, Duration::from_secs(120)).await;
 
         let search = self.fleet.base("search-indexer");
         let documents = settle(events, Duration::from_secs(60), || {
             let search = search.clone();
             async move {
-                let stats: serde_json::Value = support::client()
-                    .get(format!("{search}/api/v1/search/stats"))
-                    .bearer_auth(support::token("ops", &["admin"]))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let stats = support::search_stats(&search).await;
                 stats["documents"].as_u64().unwrap_or(0) as usize
             }
         })
@@ -459,15 +449,7 @@ impl Pipeline {
             .iter()
             .map(|w| ledger::email_of(&w.idempotency_key))
             .collect();
-        let reached = || {
-            let mut counts = std::collections::HashMap::<String, usize>::new();
-            for message in self.smtp.received() {
-                for to in message.rcpt_tos {
-                    *counts.entry(to).or_default() += 1;
-                }
-            }
-            counts
-        };
+        let reached = || support::smtp::by_recipient(&self.smtp.received());
         settle(events, Duration::from_secs(120), || {
             let counts = reached();
             let reached = addresses.iter().filter(|a| counts.contains_key(*a)).count();
@@ -854,10 +836,8 @@ async fn a_full_disk_under_load_loses_nothing_and_writes_nothing_twice() {
     let written = ledger::drain(&kafka, "orders").await;
     let tally = assert_promise_kept("disk", &sent, &written);
     let ids: std::collections::HashSet<uuid::Uuid> = written.iter().map(|w| w.event_id).collect();
-    let rows =
-        support::audit::wait_for_rows(&store("audit.db"), &ids, Duration::from_secs(120)).await;
-    let rows_missing = ids.iter().filter(|id| !rows.contains_key(id)).count();
-    let rows_extra = rows.values().sum::<usize>() - (ids.len() - rows_missing);
+    let (rows_missing, rows_extra) =
+        support::audit::missing_and_extra(&store("audit.db"), &ids, Duration::from_secs(120)).await;
     eprintln!(
         "fault disk: full for {full_for:?}: {refused} requests refused meanwhile, first 2xx \
          {recovery:?} after space came back; audit rows missing {rows_missing}, twice \

@@ -4,12 +4,11 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::process::HeraldProcess;
-use support::smtp::{Received, SmtpServer};
+use support::smtp::{SmtpServer, by_recipient};
 use support::{TestIngress, client, test_dir, token};
 use uuid::Uuid;
 
@@ -68,16 +67,6 @@ fn columns(answer: &Value, names: [&str; 3]) -> Vec<(String, String, String)> {
         .collect();
     rows.sort();
     rows
-}
-
-fn by_recipient(received: &[Received]) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for message in received {
-        for to in &message.rcpt_tos {
-            *counts.entry(to.clone()).or_default() += 1;
-        }
-    }
-    counts
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

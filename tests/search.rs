@@ -203,18 +203,6 @@ async fn owners_find_their_orders_with_typos_and_removed_users_disappear() {
     app.stop().await;
 }
 
-async fn stats(base: &str) -> Value {
-    client()
-        .get(format!("{base}/api/v1/search/stats"))
-        .bearer_auth(token("ops", &["admin"]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_leaves_one_document_per_entity() {
     let app = TestIngress::start_default().await;
@@ -252,10 +240,10 @@ async fn kill_9_mid_stream_leaves_one_document_per_entity() {
     poster.await.unwrap();
     let indexer = start(&app, &dir).await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = stats(&indexer.base).await;
+    let mut seen = support::search_stats(&indexer.base).await;
     while seen["documents"] != ORDERS && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        seen = stats(&indexer.base).await;
+        seen = support::search_stats(&indexer.base).await;
     }
     println!("after two kill -9: {seen}");
     assert_eq!(seen["documents"], ORDERS, "one document per order: {seen}");
@@ -342,7 +330,9 @@ async fn reindex_swaps_in_a_rebuilt_index_while_queries_run() {
     )
     .await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while stats(&indexer.base).await["documents"] != 301 && Instant::now() < deadline {
+    while support::search_stats(&indexer.base).await["documents"] != 301
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Indexed is not enough: every amendment must be in before the answers are taken.
@@ -419,7 +409,7 @@ async fn reindex_swaps_in_a_rebuilt_index_while_queries_run() {
     assert!(status.success(), "{status}");
     // Restarted, it serves the new generation.
     let indexer = start(&app, &dir).await;
-    assert_eq!(stats(&indexer.base).await["documents"], 302);
+    assert_eq!(support::search_stats(&indexer.base).await["documents"], 302);
     let (status, _) = indexer.terminate().await;
     assert!(status.success(), "{status}");
     app.stop().await;

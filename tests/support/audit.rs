@@ -109,6 +109,20 @@ pub async fn wait_for_rows(
     }
 }
 
+/// Waits for a row of every event in `expected`, then counts (missing, extra): events with no
+/// row, and rows beyond one per expected event (rows of no expected event; the primary key
+/// makes two rows of one event impossible).
+pub async fn missing_and_extra(
+    database_url: &str,
+    expected: &HashSet<Uuid>,
+    within: Duration,
+) -> (usize, usize) {
+    let rows = wait_for_rows(database_url, expected, within).await;
+    let missing = expected.iter().filter(|id| !rows.contains_key(id)).count();
+    let extra = rows.values().sum::<usize>() - (expected.len() - missing);
+    (missing, extra)
+}
+
 /// Counts of a run: (events acknowledged, rows, duplicated ids, missing ids). The primary
 /// key makes a duplicated id impossible to store: a consumer that tried would fail its batch
 /// over and over, which shows as missing rows, so `missing` and `rows == events` are the

@@ -213,6 +213,19 @@ pub async fn announced_address(
     }
 }
 
+/// A search indexer's `/api/v1/search/stats`, read as an admin.
+pub async fn search_stats(base: &str) -> serde_json::Value {
+    client()
+        .get(format!("{base}/api/v1/search/stats"))
+        .bearer_auth(token("ops", &["admin"]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))

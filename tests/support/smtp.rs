@@ -93,3 +93,14 @@ impl SmtpServer {
         }
     }
 }
+
+/// How many messages reached each recipient.
+pub fn by_recipient(received: &[Received]) -> std::collections::HashMap<String, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for message in received {
+        for to in &message.rcpt_tos {
+            *counts.entry(to.clone()).or_default() += 1;
+        }
+    }
+    counts
+}
