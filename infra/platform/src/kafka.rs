@@ -66,7 +66,8 @@ impl KafkaArgs {
             // librdkafka backs off up to 10 s between reconnects by default: after a broker
             // restart that is up to 10 s of 503s for nothing. One second is still gentle.
             .set("reconnect.backoff.max.ms", "1000");
-        for property in &self.properties {
+        // An empty KAFKA_PROPERTIES (or a trailing comma) sets nothing.
+        for property in self.properties.iter().filter(|p| !p.trim().is_empty()) {
             let (key, value) = property
                 .split_once('=')
                 .ok_or_else(|| KafkaSetupError::BadProperty(property.chars().take(12).collect()))?;

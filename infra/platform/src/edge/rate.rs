@@ -11,6 +11,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use tokio::sync::{mpsc, oneshot};
+
 /// A limit: `count` requests per `window`, written `100/day`, `5/10m`, `60/1m`, `10/s`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
@@ -182,39 +184,198 @@ impl LocalCounters {
     }
 }
 
-/// Counters in Redis, shared by every replica: one atomic script per request.
+/// Counters in Redis, shared by every replica.
+///
+/// A round trip per request would cost the ingress a tenth of its throughput, so hits that
+/// arrive while earlier ones are on their way go together: one transaction counts a batch,
+/// and a batch's hits on one key become one INCRBY whose counts are dealt out in arrival
+/// order ([`merge`], [`deal`]). Every request still gets a count of its own, exactly what one
+/// INCR each would have given, so a limit shared by replicas stays exact. An idle edge sends
+/// each hit at once; a batch forms only while a transaction is already waiting, so a hit
+/// waits at most one round trip more.
+///
+/// The transaction is plain commands in MULTI/EXEC (`SET key 0 PX window NX`, `INCRBY`,
+/// `PTTL` per key): Redis runs them in under half the time of the same steps as a Lua
+/// script (its INFO commandstats said 8.8 µs per EVALSHA here).
 pub struct RedisCounters {
-    connection: redis::aio::ConnectionManager,
-    script: redis::Script,
+    hits: mpsc::Sender<Hit>,
+}
+
+/// Transactions waiting for Redis at once; further hits queue and go as the next batch. One
+/// makes the largest batches: under the edge benchmark's load, batches held 7.8 hits on
+/// average with one and 3.3 with four, and the limiter cost the ingress 7.5 to 9.9 µs of CPU
+/// per request with one against 11 to 12 µs with four.
+const IN_FLIGHT: usize = 1;
+/// Hits counted by one transaction at most.
+const MAX_BATCH: usize = 512;
+
+struct Hit {
+    key: String,
+    window: Duration,
+    reply: oneshot::Sender<Result<Count, redis::RedisError>>,
 }
 
 impl RedisCounters {
     pub async fn connect(url: &str) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(url)?;
         let connection = redis::aio::ConnectionManager::new(client).await?;
-        let script = redis::Script::new(
-            r"local used = redis.call('INCR', KEYS[1])
-              if used == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-              local ttl = redis.call('PTTL', KEYS[1])
-              if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
-              return {used, ttl}",
-        );
-        Ok(Self { connection, script })
+        let (hits, queue) = mpsc::channel(IN_FLIGHT * MAX_BATCH);
+        tokio::spawn(send_batches(queue, connection));
+        Ok(Self { hits })
     }
 
     pub async fn hit(&self, key: &str, window: Duration) -> Result<Count, redis::RedisError> {
-        let mut connection = self.connection.clone();
-        let (used, ttl_ms): (u64, i64) = self
-            .script
-            .key(key)
-            .arg(window.as_millis() as u64)
-            .invoke_async(&mut connection)
-            .await?;
-        Ok(Count {
-            used,
-            resets_in: Duration::from_millis(ttl_ms.max(0) as u64),
-        })
+        let gone =
+            || redis::RedisError::from((redis::ErrorKind::Client, "rate-limit batcher stopped"));
+        let (reply, answer) = oneshot::channel();
+        let hit = Hit {
+            key: key.to_owned(),
+            window,
+            reply,
+        };
+        self.hits.send(hit).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
+}
+
+/// Takes the queued hits a batch at a time, with up to [`IN_FLIGHT`] batches at Redis; ends
+/// when the counters are dropped.
+async fn send_batches(mut queue: mpsc::Receiver<Hit>, connection: redis::aio::ConnectionManager) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = Vec::new();
+        if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        let mut connection = connection.clone();
+        tokio::spawn(async move {
+            count_batch(&mut connection, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn count_batch(connection: &mut redis::aio::ConnectionManager, batch: Vec<Hit>) {
+    let merged = merge(batch.iter().map(|hit| hit.key.as_str()));
+    let window_ms = |slot: usize| batch[merged.firsts[slot]].window.as_millis() as u64;
+    let mut transaction = redis::pipe();
+    transaction.atomic();
+    for (slot, &first) in merged.firsts.iter().enumerate() {
+        let key = &batch[first].key;
+        transaction
+            .cmd("SET")
+            .arg(key)
+            .arg(0)
+            .arg("PX")
+            .arg(window_ms(slot))
+            .arg("NX")
+            .ignore()
+            .cmd("INCRBY")
+            .arg(key)
+            .arg(merged.hits[slot])
+            .cmd("PTTL")
+            .arg(key);
+    }
+    let answer: Result<Vec<i64>, redis::RedisError> = transaction.query_async(connection).await;
+    let pairs = match answer {
+        Ok(flat) if flat.len() == 2 * merged.hits.len() => flat,
+        Ok(_) => {
+            let wrong = (
+                redis::ErrorKind::UnexpectedReturnType,
+                "the rate-limit transaction answered with the wrong number of counts",
+            );
+            return reply_all(batch, &redis::RedisError::from(wrong));
+        }
+        Err(err) => return reply_all(batch, &err),
+    };
+    let used: Vec<u64> = pairs.chunks(2).map(|p| p[0].max(0) as u64).collect();
+    let mut resets_in: Vec<Duration> = Vec::with_capacity(used.len());
+    for (slot, pair) in pairs.chunks(2).enumerate() {
+        let ttl_ms = match pair[1] {
+            ttl if ttl >= 0 => ttl as u64,
+            // A counter without an expiry (written by hand, or by a client that died between
+            // steps) would never reset: give it the window now.
+            _ => {
+                let key = &batch[merged.firsts[slot]].key;
+                let fixed: Result<(), _> = redis::cmd("PEXPIRE")
+                    .arg(key)
+                    .arg(window_ms(slot))
+                    .query_async(connection)
+                    .await;
+                if let Err(err) = fixed {
+                    tracing::warn!(%err, "could not set a rate-limit counter's expiry");
+                }
+                window_ms(slot)
+            }
+        };
+        resets_in.push(Duration::from_millis(ttl_ms));
+    }
+    let counts = deal(&merged, &used);
+    for ((hit, used), &slot) in batch.into_iter().zip(counts).zip(&merged.slots) {
+        let _ = hit.reply.send(Ok(Count {
+            used,
+            resets_in: resets_in[slot],
+        }));
+    }
+}
+
+fn reply_all(batch: Vec<Hit>, err: &redis::RedisError) {
+    for hit in batch {
+        let _ = hit.reply.send(Err(err.clone()));
+    }
+}
+
+/// A batch's hits merged by key.
+#[derive(Debug, PartialEq, Eq)]
+struct Merged {
+    /// Each hit's key, as an index into `firsts` and `hits`.
+    slots: Vec<usize>,
+    /// Each key's first hit, in the order keys were first seen.
+    firsts: Vec<usize>,
+    /// Each key's number of hits.
+    hits: Vec<u64>,
+}
+
+fn merge<'a>(keys: impl IntoIterator<Item = &'a str>) -> Merged {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut merged = Merged {
+        slots: Vec::new(),
+        firsts: Vec::new(),
+        hits: Vec::new(),
+    };
+    for (index, key) in keys.into_iter().enumerate() {
+        let slot = *seen.entry(key).or_insert_with(|| {
+            merged.firsts.push(index);
+            merged.hits.push(0);
+            merged.firsts.len() - 1
+        });
+        merged.hits[slot] += 1;
+        merged.slots.push(slot);
+    }
+    merged
+}
+
+/// Each hit's own count: a key whose `n` hits brought its count to `used` gave them
+/// `used - n + 1` to `used`, in the order they arrived.
+fn deal(merged: &Merged, used: &[u64]) -> Vec<u64> {
+    let mut next: Vec<u64> = merged
+        .hits
+        .iter()
+        .zip(used)
+        .map(|(&n, &used)| used.saturating_sub(n) + 1)
+        .collect();
+    merged
+        .slots
+        .iter()
+        .map(|&slot| {
+            let count = next[slot];
+            next[slot] += 1;
+            count
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -261,6 +422,17 @@ mod tests {
         assert!(verdict(rate, counters.hit("k", rate.window, at(10_000))).allowed);
         // other callers count apart
         assert!(verdict(rate, counters.hit("other", rate.window, at(300))).allowed);
+    }
+
+    #[test]
+    fn hits_on_one_key_in_a_batch_get_the_counts_one_incr_each_would_give() {
+        let merged = merge(["a", "b", "a", "c", "a"]);
+        assert_eq!(merged.slots, [0, 1, 0, 2, 0]);
+        assert_eq!(merged.firsts, [0, 1, 3]);
+        assert_eq!(merged.hits, [3, 1, 1]);
+        // a stood at 7 before the batch, b was new, c stood at 41
+        assert_eq!(deal(&merged, &[10, 1, 42]), [8, 1, 9, 42, 10]);
+        assert_eq!(merge([]).slots, Vec::<usize>::new());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -131,18 +132,32 @@ impl RangeReader {
     }
 
     fn consumer(args: &KafkaArgs) -> Result<BaseConsumer, RangeError> {
+        Ok(Self::config(args)?
+            .create()
+            .map_err(KafkaSetupError::from)?)
+    }
+
+    /// The reader's client settings: bulk reads with a bounded prefetch. librdkafka's
+    /// defaults keep up to 100,000 records per partition queued and fetch up to 50 MB at a
+    /// time, hundreds of megabytes over a few partitions; small fetches (2 MB, 512 kB per
+    /// partition) read as fast here and keep a replay's memory near 100 MB whatever its
+    /// range. A full queue pauses fetching for fetch.queue.backoff.ms (a second by default):
+    /// at a bulk reader's pace the queue drains long before, and the reader would sit idle.
+    /// KAFKA_PROPERTIES may set any of these otherwise.
+    fn config(args: &KafkaArgs) -> Result<ClientConfig, KafkaSetupError> {
         let mut config = args.consumer_config("herald-range-reader-unused")?;
-        // Bulk reads, but a bounded prefetch: librdkafka otherwise keeps up to 100,000
-        // records per partition queued, hundreds of megabytes over a few partitions.
-        config
-            .set("fetch.max.bytes", "16777216")
-            .set("fetch.message.max.bytes", "4194304")
-            .set("queued.min.messages", "20000")
-            .set("queued.max.messages.kbytes", "32768")
-            // A full queue pauses fetching for this long (a second by default): at a bulk
-            // reader's pace the queue drains long before, and the reader would sit idle.
-            .set("fetch.queue.backoff.ms", "5");
-        Ok(config.create().map_err(KafkaSetupError::from)?)
+        for (key, value) in [
+            ("fetch.max.bytes", "2097152"),
+            ("fetch.message.max.bytes", "524288"),
+            ("queued.min.messages", "5000"),
+            ("queued.max.messages.kbytes", "8192"),
+            ("fetch.queue.backoff.ms", "5"),
+        ] {
+            if config.get(key).is_none() {
+                config.set(key, value);
+            }
+        }
+        Ok(config)
     }
 
     /// Every partition of `topics`; an unknown topic is an error naming those that exist.
@@ -272,5 +287,35 @@ impl RangeReader {
             )
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(properties: &[&str]) -> KafkaArgs {
+        KafkaArgs {
+            brokers: Some("127.0.0.1:9092".into()),
+            properties: properties.iter().map(|p| (*p).to_owned()).collect(),
+            topic_prefix: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_prefetch_is_bounded_unless_kafka_properties_say_otherwise() {
+        let config = RangeReader::config(&args(&[])).unwrap();
+        assert_eq!(config.get("fetch.max.bytes"), Some("2097152"));
+        assert_eq!(config.get("queued.max.messages.kbytes"), Some("8192"));
+
+        let config = RangeReader::config(&args(&["fetch.max.bytes=1048576", ""])).unwrap();
+        assert_eq!(config.get("fetch.max.bytes"), Some("1048576"));
+        assert_eq!(config.get("queued.min.messages"), Some("5000"));
+    }
+
+    #[test]
+    fn a_property_without_a_value_is_refused_without_showing_it() {
+        let err = RangeReader::config(&args(&["sasl.password"])).unwrap_err();
+        assert!(matches!(err, KafkaSetupError::BadProperty(ref start) if start == "sasl.passwor"));
     }
 }
