@@ -355,9 +355,10 @@ impl ReadRecord {
 
     /// The record, with its headers only when asked for.
     pub(crate) fn read(message: &BorrowedMessage<'_>, with_headers: bool) -> Self {
-        let headers = message
-            .headers()
-            .filter(|_| with_headers)
+        // Not even asked of librdkafka unless wanted: it parses them on request.
+        let headers = with_headers
+            .then(|| message.headers())
+            .flatten()
             .map(|headers| {
                 headers
                     .iter()

@@ -47,9 +47,9 @@ impl From<apache_avro::Error> for SinkError {
 /// Where rows go.
 pub trait Sink {
     fn write(&mut self, row: Row<'_>) -> Result<(), SinkError>;
-    /// Writes a row [`line`] encoded for this sink's format (line formats only).
-    fn write_line(&mut self, line: &[u8]) -> Result<(), SinkError> {
-        let _ = line;
+    /// Writes rows encoded by [`append_line`] for this sink's format (line formats only).
+    fn write_lines(&mut self, lines: &[u8]) -> Result<(), SinkError> {
+        let _ = lines;
         Err(SinkError::Io(std::io::Error::other(
             "this format is not written line by line",
         )))
@@ -69,29 +69,35 @@ pub fn sink(format: Format, out: Output) -> Result<Box<dyn Sink>, SinkError> {
     })
 }
 
-/// A row as one line of a line format (JSON lines, CSV), newline included; `None` for the
-/// others. Pure, so rows are encoded on the decoding threads and written in order on one.
-pub fn line(format: Format, row: &Row<'_>) -> Option<Vec<u8>> {
-    let mut line = match format {
-        Format::Jsonl => row.to_json_line(),
-        Format::Csv => csv_line(row).into_bytes(),
-        Format::Avro | Format::Parquet => return None,
-    };
-    line.push(b'\n');
-    Some(line)
+/// Whether rows of `format` are lines, encoded by [`append_line`] on the decoding threads.
+pub fn is_line_format(format: Format) -> bool {
+    matches!(format, Format::Jsonl | Format::Csv)
+}
+
+/// Appends a row as one line of a line format (JSON lines, CSV), newline included; nothing
+/// for the others. Pure, so rows are encoded on the decoding threads, a batch's lines into
+/// one buffer, and written in order on one.
+pub fn append_line(format: Format, row: &Row<'_>, out: &mut Vec<u8>) {
+    match format {
+        Format::Jsonl => row.write_json_line(out),
+        Format::Csv => out.extend_from_slice(csv_line(row).as_bytes()),
+        Format::Avro | Format::Parquet => return,
+    }
+    out.push(b'\n');
 }
 
 struct Jsonl(std::io::BufWriter<Output>);
 
 impl Sink for Jsonl {
     fn write(&mut self, row: Row<'_>) -> Result<(), SinkError> {
-        self.0.write_all(&row.to_json_line())?;
-        self.0.write_all(b"\n")?;
+        let mut line = Vec::with_capacity(512);
+        append_line(Format::Jsonl, &row, &mut line);
+        self.0.write_all(&line)?;
         Ok(())
     }
 
-    fn write_line(&mut self, line: &[u8]) -> Result<(), SinkError> {
-        self.0.write_all(line)?;
+    fn write_lines(&mut self, lines: &[u8]) -> Result<(), SinkError> {
+        self.0.write_all(lines)?;
         Ok(())
     }
 
@@ -145,8 +151,8 @@ impl Sink for Csv {
         Ok(())
     }
 
-    fn write_line(&mut self, line: &[u8]) -> Result<(), SinkError> {
-        self.0.write_all(line)?;
+    fn write_lines(&mut self, lines: &[u8]) -> Result<(), SinkError> {
+        self.0.write_all(lines)?;
         Ok(())
     }
 

@@ -90,20 +90,23 @@ impl Summary {
 const BATCH: usize = 4_096;
 
 /// A batch of records and what decoding kept of it: for each record the filters let
-/// through, its index, its event and, for line formats, its line.
+/// through, its index and its event; for line formats, their lines, one after the other.
 struct DecodedBatch {
     records: Vec<ReadRecord>,
-    kept: Vec<(usize, DecodedText, Option<Vec<u8>>)>,
+    kept: Vec<(usize, DecodedText)>,
+    lines: Vec<u8>,
 }
 
-/// Decodes a batch, keeps the events the filters let through, and encodes each one's line
-/// for line formats. Pure: it runs on any of the decoding threads.
+/// Decodes a batch, keeps the events the filters let through, and encodes their lines for
+/// line formats. Pure: it runs on any of the decoding threads.
 fn decode_batch(
     records: Vec<ReadRecord>,
     codec: &Codec,
     args: &ReplayArgs,
 ) -> anyhow::Result<DecodedBatch> {
     let mut kept = Vec::with_capacity(records.len());
+    let mut lines = Vec::new();
+    let encode = !args.dry_run && formats::is_line_format(args.format);
     for (index, record) in records.iter().enumerate() {
         if !args.keys.is_empty() {
             let key = record.key.as_deref().map(String::from_utf8_lossy);
@@ -120,15 +123,22 @@ fn decode_batch(
             )
         })?;
         if args.types.is_empty() || args.types.contains(&decoded.envelope.event_type) {
-            let line = if args.dry_run {
-                None
-            } else {
-                formats::line(args.format, &Row::new(record, &decoded))
-            };
-            kept.push((index, decoded, line));
+            if encode {
+                formats::append_line(args.format, &Row::new(record, &decoded), &mut lines);
+                if kept.is_empty() {
+                    // Room for the batch at the first line's size, so the buffer is not
+                    // copied over and over as it grows.
+                    lines.reserve(lines.len() * (records.len() - index) * 5 / 4);
+                }
+            }
+            kept.push((index, decoded));
         }
     }
-    Ok(DecodedBatch { records, kept })
+    Ok(DecodedBatch {
+        records,
+        kept,
+        lines,
+    })
 }
 
 /// Reads, decodes and hands over every batch in order, as a pipeline: one thread reads,
@@ -254,15 +264,17 @@ pub fn replay(kafka: &KafkaArgs, codec: &Codec, args: &ReplayArgs) -> anyhow::Re
     pipeline(next_batch, codec, args, |batch| {
         progress.inc(batch.records.len() as u64);
         summary.read += batch.records.len() as u64;
-        for (index, decoded, line) in &batch.kept {
+        let lines = formats::is_line_format(args.format);
+        for (index, decoded) in &batch.kept {
             let record = &batch.records[*index];
             summary.count(&record.topic, &decoded.envelope.event_type);
             summary.written += 1;
-            match (&mut sink, line) {
-                (Some(sink), Some(line)) => sink.write_line(line)?,
-                (Some(sink), None) => sink.write(Row::new(record, decoded))?,
-                (None, _) => {}
+            if let (Some(sink), false) = (&mut sink, lines) {
+                sink.write(Row::new(record, decoded))?;
             }
+        }
+        if let (Some(sink), true) = (&mut sink, lines) {
+            sink.write_lines(&batch.lines)?;
         }
         Ok(())
     })?;
@@ -445,8 +457,12 @@ mod tests {
                 &codec,
                 &args(decoders),
                 |batch| {
-                    for (index, _, line) in &batch.kept {
-                        assert!(line.as_ref().is_some_and(|l| l.ends_with(b"}\n")));
+                    assert_eq!(
+                        batch.lines.split(|b| *b == b'\n').count(),
+                        batch.kept.len() + 1
+                    );
+                    assert!(batch.lines.ends_with(b"}\n"));
+                    for (index, _) in &batch.kept {
                         offsets.push(batch.records[*index].offset);
                     }
                     Ok(())
