@@ -11,12 +11,17 @@
 //!    time, whatever the previous answers): time from the POST being sent to the SMTP server
 //!    accepting the email, p50/p99/max.
 //!
-//! The store is the SQLite default (set DATABASE_URL for PostgreSQL). Both clocks are the
-//! machine's wall clock.
+//! 3. scaling, on PostgreSQL (TEST_POSTGRES_URL): a backlog of BENCH_EMAILS drained by one
+//!    process, then another backlog (topics and database of its own) by two processes in one
+//!    consumer group, which share the partitions; emails per second from the first to the
+//!    last, and the processes' CPU per email.
+//!
+//! The store of 1 and 2 is the SQLite default (set DATABASE_URL for PostgreSQL). Both clocks
+//! are the machine's wall clock.
 
 mod common;
 
-use common::{SECRET, Smtp, herald, peak_rss_mb, percentile, setting, wall};
+use common::{SECRET, Smtp, cpu_seconds, herald, peak_rss_mb, percentile, setting, wall};
 
 use std::time::{Duration, Instant};
 
@@ -151,6 +156,78 @@ async fn main() {
         latencies.last().copied().unwrap_or(0.0)
     );
     drop(notifier);
+
+    // 3. Scaling from one process to two.
+    match std::env::var("TEST_POSTGRES_URL") {
+        Ok(admin) => {
+            for processes in [1, 2] {
+                let database = common::fresh_postgres(&admin).await;
+                scaling(&brokers, &smtp, &token, &database, emails, processes).await;
+            }
+        }
+        Err(_) => println!("scaling: skipped (TEST_POSTGRES_URL unset)"),
+    }
     drop(smtp);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A backlog of `emails` on topics of its own, drained by `processes` notification processes
+/// in one group on `database`.
+async fn scaling(
+    brokers: &str,
+    smtp: &Smtp,
+    token: &str,
+    database: &str,
+    emails: usize,
+    processes: usize,
+) {
+    let prefix = format!("nbench{}.", &Uuid::new_v4().simple().to_string()[..8]);
+    let common = [
+        ("KAFKA_BROKERS", brokers),
+        ("TOPIC_PREFIX", prefix.as_str()),
+    ];
+    let (_ingress, ingress) = herald("ingress", &common).await;
+    let client = reqwest::Client::new();
+    let tag = format!("s{processes}-{}", &prefix[6..14]);
+    for chunk in (0..emails).collect::<Vec<_>>().chunks(100) {
+        let events: Vec<Value> = chunk
+            .iter()
+            .map(|i| registered(&format!("{tag}-{i}@example.com")))
+            .collect();
+        let response = client
+            .post(format!("{ingress}/api/v1/events"))
+            .bearer_auth(token)
+            .json(&json!({ "events": events }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    }
+    let before = smtp.accepted().len();
+    let mut env = common.to_vec();
+    env.extend([("SMTP_URL", smtp.url.as_str()), ("DATABASE_URL", database)]);
+    let mut notifiers = Vec::new();
+    for _ in 0..processes {
+        notifiers.push(herald("notifications", &env).await.0);
+    }
+    let got = smtp
+        .wait_for(before + emails, Duration::from_secs(600))
+        .await;
+    let cpu: f64 = notifiers.iter().map(|n| cpu_seconds(n.id().unwrap())).sum();
+    let times: Vec<f64> = got
+        .iter()
+        .filter(|(to, _)| to.starts_with(&tag))
+        .map(|(_, at)| *at)
+        .collect();
+    let first = times.iter().copied().fold(f64::MAX, f64::min);
+    let last = times.iter().copied().fold(0.0, f64::max);
+    println!(
+        "scaling, PostgreSQL, {processes} process{} in one group: {} of {emails} emails, \
+         {:.2} s first to last ({:.0} emails/s), {:.0} µs of their CPU per email",
+        if processes == 1 { "" } else { "es" },
+        times.len(),
+        last - first,
+        times.len() as f64 / (last - first).max(0.001),
+        cpu * 1e6 / times.len().max(1) as f64
+    );
 }
