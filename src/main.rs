@@ -12,12 +12,6 @@ use anyhow::Context;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use secrecy::SecretString;
 
-/// Herald's hot paths (the ingress, the consumers, replay) allocate a little per event on one
-/// thread and free it on another; mimalloc's per-thread heaps make that cheaper than glibc's
-/// arenas (BENCHMARKS.md has the figures).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(name = "herald", version, about = "An event-driven backend on Kafka")]
 struct Cli {

@@ -17,7 +17,8 @@ use parquet::schema::parser::parse_message_type;
 
 use crate::row::{COLUMNS, Row};
 
-/// Rows per Parquet row group: what one holds in memory before it is written.
+/// Rows per Parquet row group (give or take a batch): what one holds in memory before it is
+/// written.
 pub const PARQUET_ROW_GROUP: usize = 65_536;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -52,6 +53,13 @@ pub trait Sink {
         let _ = lines;
         Err(SinkError::Io(std::io::Error::other(
             "this format is not written line by line",
+        )))
+    }
+    /// Writes rows gathered by a [`ColumnsBuilder`] (Parquet only).
+    fn write_columns(&mut self, columns: Columns) -> Result<(), SinkError> {
+        let _ = columns;
+        Err(SinkError::Io(std::io::Error::other(
+            "this format is not written in columns",
         )))
     }
     /// Writes what is buffered and the format's trailer.
@@ -257,9 +265,9 @@ const PARQUET_SCHEMA: &str = "message herald_event {
   REQUIRED BYTE_ARRAY data (JSON);
 }";
 
-/// One row group's columns, filled row by row and written together.
+/// Rows as Parquet columns: a row group's, or a batch's built on the thread that decoded it.
 #[derive(Default)]
-struct Columns {
+pub struct Columns {
     topic: Vec<ByteArray>,
     partition: Vec<i32>,
     offset: Vec<i64>,
@@ -281,30 +289,117 @@ impl Columns {
         self.offset.len()
     }
 
-    fn push(&mut self, row: &Row<'_>) {
-        let optional = |values: &mut Vec<ByteArray>, defined: &mut Vec<i16>, value| match value {
+    /// Moves `other`'s rows after these.
+    fn append(&mut self, mut other: Columns) {
+        self.topic.append(&mut other.topic);
+        self.partition.append(&mut other.partition);
+        self.offset.append(&mut other.offset);
+        self.key.append(&mut other.key);
+        self.key_defined.append(&mut other.key_defined);
+        self.event_id.append(&mut other.event_id);
+        self.event_type.append(&mut other.event_type);
+        self.occurred_at.append(&mut other.occurred_at);
+        self.received_at.append(&mut other.received_at);
+        self.actor.append(&mut other.actor);
+        self.source.append(&mut other.source);
+        self.idempotency_key.append(&mut other.idempotency_key);
+        self.idempotency_key_defined
+            .append(&mut other.idempotency_key_defined);
+        self.data.append(&mut other.data);
+    }
+}
+
+/// A text column being filled: its values one after the other in one buffer, so a row costs
+/// no allocation of its own; each value becomes a slice of the buffer in [`Text::finish`].
+#[derive(Default)]
+struct Text {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Text {
+    fn push(&mut self, value: &str) {
+        self.bytes.extend_from_slice(value.as_bytes());
+        self.ends.push(self.bytes.len());
+    }
+
+    fn finish(self) -> Vec<ByteArray> {
+        let buffer = bytes::Bytes::from(self.bytes);
+        let mut start = 0;
+        self.ends
+            .into_iter()
+            .map(|end| {
+                let value = ByteArray::from(buffer.slice(start..end));
+                start = end;
+                value
+            })
+            .collect()
+    }
+}
+
+/// Builds a batch's [`Columns`] row by row.
+#[derive(Default)]
+pub struct ColumnsBuilder {
+    topic: Text,
+    partition: Vec<i32>,
+    offset: Vec<i64>,
+    key: Text,
+    key_defined: Vec<i16>,
+    event_id: Text,
+    event_type: Text,
+    occurred_at: Vec<i64>,
+    received_at: Vec<i64>,
+    actor: Text,
+    source: Text,
+    idempotency_key: Text,
+    idempotency_key_defined: Vec<i16>,
+    data: Text,
+}
+
+impl ColumnsBuilder {
+    pub fn push(&mut self, row: &Row<'_>) {
+        let optional = |values: &mut Text, defined: &mut Vec<i16>, value| match value {
             Some(value) => {
-                values.push(bytes(value));
+                values.push(value);
                 defined.push(1);
             }
             None => defined.push(0),
         };
-        self.topic.push(bytes(row.topic));
+        self.topic.push(row.topic);
         self.partition.push(row.partition);
         self.offset.push(row.offset);
         optional(&mut self.key, &mut self.key_defined, row.key.as_deref());
-        self.event_id.push(bytes(row.event_id_text(&mut [0u8; 36])));
-        self.event_type.push(bytes(row.event_type));
+        self.event_id.push(row.event_id_text(&mut [0u8; 36]));
+        self.event_type.push(row.event_type);
         self.occurred_at.push(row.occurred_at_us);
         self.received_at.push(row.received_at_us);
-        self.actor.push(bytes(row.actor));
-        self.source.push(bytes(row.source));
+        self.actor.push(row.actor);
+        self.source.push(row.source);
         optional(
             &mut self.idempotency_key,
             &mut self.idempotency_key_defined,
             row.idempotency_key,
         );
-        self.data.push(bytes(row.data));
+        self.data.push(row.data);
+    }
+
+    pub fn build(self) -> Columns {
+        Columns {
+            topic: self.topic.finish(),
+            partition: self.partition,
+            offset: self.offset,
+            key: self.key.finish(),
+            key_defined: self.key_defined,
+            event_id: self.event_id.finish(),
+            event_type: self.event_type.finish(),
+            occurred_at: self.occurred_at,
+            received_at: self.received_at,
+            actor: self.actor.finish(),
+            source: self.source.finish(),
+            idempotency_key: self.idempotency_key.finish(),
+            idempotency_key_defined: self.idempotency_key_defined,
+            data: self.data.finish(),
+        }
     }
 }
 
@@ -314,10 +409,6 @@ struct ParquetFile {
     columns: Columns,
     groups: Option<std::sync::mpsc::SyncSender<Columns>>,
     writer: Option<std::thread::JoinHandle<Result<(), SinkError>>>,
-}
-
-fn bytes(text: &str) -> ByteArray {
-    ByteArray::from(text.as_bytes().to_vec())
 }
 
 /// Columns whose values are mostly distinct: a dictionary costs time and saves nothing.
@@ -440,7 +531,13 @@ fn write_group(writer: &mut SerializedFileWriter<Output>, c: &Columns) -> Result
 
 impl Sink for ParquetFile {
     fn write(&mut self, row: Row<'_>) -> Result<(), SinkError> {
-        self.columns.push(&row);
+        let mut one = ColumnsBuilder::default();
+        one.push(&row);
+        self.write_columns(one.build())
+    }
+
+    fn write_columns(&mut self, columns: Columns) -> Result<(), SinkError> {
+        self.columns.append(columns);
         if self.columns.len() >= PARQUET_ROW_GROUP {
             self.flush_group()?;
         }

@@ -70,8 +70,10 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Counts one event; the map's few keys are compared in place, not built per event.
+    /// Counts one event written; the map's few keys are compared in place, not built per
+    /// event.
     fn count(&mut self, topic: &str, event_type: &str) {
+        self.written += 1;
         let known = self
             .by_type
             .iter_mut()
@@ -84,17 +86,33 @@ impl Summary {
             }
         }
     }
+
+    /// Adds another summary's counts to this one's.
+    fn add(&mut self, other: &Summary) {
+        self.read += other.read;
+        self.written += other.written;
+        for (key, n) in &other.by_type {
+            *self.by_type.entry(key.clone()).or_default() += n;
+        }
+    }
 }
 
 /// Records read, decoded and written at a time.
 const BATCH: usize = 4_096;
 
-/// A batch of records and what decoding kept of it: for each record the filters let
-/// through, its index and its event; for line formats, their lines, one after the other.
+/// What decoding made of a batch. Line formats get their lines and Parquet its columns:
+/// each event is encoded and freed on the thread that decoded it, since freeing memory on
+/// another thread than the one that took it is what costs most with glibc's allocator.
 struct DecodedBatch {
+    /// What the batch held and kept, by topic and type.
+    summary: Summary,
+    /// Line formats: the kept events' lines, one after the other.
+    lines: Vec<u8>,
+    /// Parquet: the kept events as columns.
+    columns: Option<formats::Columns>,
+    /// Other formats: the records and, for each the filters let through, its index and event.
     records: Vec<ReadRecord>,
     kept: Vec<(usize, DecodedText)>,
-    lines: Vec<u8>,
 }
 
 /// Decodes a batch, keeps the events the filters let through, and encodes their lines for
@@ -104,9 +122,16 @@ fn decode_batch(
     codec: &Codec,
     args: &ReplayArgs,
 ) -> anyhow::Result<DecodedBatch> {
-    let mut kept = Vec::with_capacity(records.len());
-    let mut lines = Vec::new();
     let encode = !args.dry_run && formats::is_line_format(args.format);
+    let mut columns =
+        (!args.dry_run && args.format == Format::Parquet).then(formats::ColumnsBuilder::default);
+    let rows = !args.dry_run && !encode && columns.is_none();
+    let mut summary = Summary {
+        read: records.len() as u64,
+        ..Summary::default()
+    };
+    let mut kept = Vec::new();
+    let mut lines = Vec::new();
     for (index, record) in records.iter().enumerate() {
         if !args.keys.is_empty() {
             let key = record.key.as_deref().map(String::from_utf8_lossy);
@@ -122,22 +147,29 @@ fn decode_batch(
                 record.offset, record.topic, record.partition
             )
         })?;
-        if args.types.is_empty() || args.types.contains(&decoded.envelope.event_type) {
-            if encode {
-                formats::append_line(args.format, &Row::new(record, &decoded), &mut lines);
-                if kept.is_empty() {
-                    // Room for the batch at the first line's size, so the buffer is not
-                    // copied over and over as it grows.
-                    lines.reserve(lines.len() * (records.len() - index) * 5 / 4);
-                }
+        if !args.types.is_empty() && !args.types.contains(&decoded.envelope.event_type) {
+            continue;
+        }
+        summary.count(&record.topic, &decoded.envelope.event_type);
+        if encode {
+            formats::append_line(args.format, &Row::new(record, &decoded), &mut lines);
+            if summary.written == 1 {
+                // Room for the batch at the first line's size, so the buffer is not
+                // copied over and over as it grows.
+                lines.reserve(lines.len() * (records.len() - index) * 5 / 4);
             }
+        } else if let Some(columns) = &mut columns {
+            columns.push(&Row::new(record, &decoded));
+        } else if rows {
             kept.push((index, decoded));
         }
     }
     Ok(DecodedBatch {
-        records,
-        kept,
+        summary,
         lines,
+        columns: columns.map(formats::ColumnsBuilder::build),
+        records: if rows { records } else { Vec::new() },
+        kept,
     })
 }
 
@@ -262,19 +294,18 @@ pub fn replay(kafka: &KafkaArgs, codec: &Codec, args: &ReplayArgs) -> anyhow::Re
     let mut summary = Summary::default();
     let next_batch = || Ok(reader.next_batch(BATCH)?);
     pipeline(next_batch, codec, args, |batch| {
-        progress.inc(batch.records.len() as u64);
-        summary.read += batch.records.len() as u64;
-        let lines = formats::is_line_format(args.format);
-        for (index, decoded) in &batch.kept {
-            let record = &batch.records[*index];
-            summary.count(&record.topic, &decoded.envelope.event_type);
-            summary.written += 1;
-            if let (Some(sink), false) = (&mut sink, lines) {
-                sink.write(Row::new(record, decoded))?;
+        progress.inc(batch.summary.read);
+        summary.add(&batch.summary);
+        if let Some(sink) = &mut sink {
+            if formats::is_line_format(args.format) {
+                sink.write_lines(&batch.lines)?;
             }
-        }
-        if let (Some(sink), true) = (&mut sink, lines) {
-            sink.write_lines(&batch.lines)?;
+            if let Some(columns) = batch.columns {
+                sink.write_columns(columns)?;
+            }
+            for (index, decoded) in &batch.kept {
+                sink.write(Row::new(&batch.records[*index], decoded))?;
+            }
         }
         Ok(())
     })?;
@@ -457,13 +488,11 @@ mod tests {
                 &codec,
                 &args(decoders),
                 |batch| {
-                    assert_eq!(
-                        batch.lines.split(|b| *b == b'\n').count(),
-                        batch.kept.len() + 1
-                    );
                     assert!(batch.lines.ends_with(b"}\n"));
-                    for (index, _) in &batch.kept {
-                        offsets.push(batch.records[*index].offset);
+                    assert_eq!(batch.summary.written, 7);
+                    for line in batch.lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                        let line: serde_json::Value = serde_json::from_slice(line).unwrap();
+                        offsets.push(line["offset"].as_i64().unwrap());
                     }
                     Ok(())
                 },
