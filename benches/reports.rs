@@ -11,7 +11,11 @@
 //!    timed from the command's start to its exit (process start and connections included),
 //!    and its CSV checked against the counts of what was posted.
 //!
-//! The store is the SQLite default (set DATABASE_URL for PostgreSQL).
+//! 3. scaling, on PostgreSQL (TEST_POSTGRES_URL): another backlog of BENCH_EVENTS (topics and
+//!    database of its own) aggregated by one process, then another by two processes in one
+//!    consumer group, which share the partitions.
+//!
+//! The store of 1 and 2 is the SQLite default (set DATABASE_URL for PostgreSQL).
 
 mod common;
 
@@ -62,6 +66,88 @@ fn event(n: usize, total: usize, expected: &mut BTreeMap<(String, String), (u64,
             "total_cents": cents, "currency": currency
         }})
     }
+}
+
+/// Waits until the processes behind `bases` have processed `total` events together; seconds
+/// from `started` to then, and to the first one.
+async fn aggregated(
+    client: &reqwest::Client,
+    bases: &[String],
+    total: usize,
+    started: Instant,
+) -> (f64, f64) {
+    let mut first = None;
+    loop {
+        let mut processed = 0.0;
+        for base in bases {
+            processed += metric(client, base, "herald_consumer_processed_total").await;
+        }
+        if processed > 0.0 && first.is_none() {
+            first = Some(started.elapsed().as_secs_f64());
+        }
+        if processed as usize >= total {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "aggregation stalled at {processed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (started.elapsed().as_secs_f64(), first.unwrap_or(0.0))
+}
+
+/// Another backlog of `total` events on topics of its own, aggregated by `processes`
+/// processes in one group on `database`.
+async fn scaling(brokers: &str, schedule: &str, database: &str, total: usize, processes: usize) {
+    let prefix = format!("rbench{}.", &Uuid::new_v4().simple().to_string()[..8]);
+    let common = [
+        ("KAFKA_BROKERS", brokers),
+        ("TOPIC_PREFIX", prefix.as_str()),
+    ];
+    let (_ingress, ingress) = herald("ingress", &common).await;
+    let client = reqwest::Client::new();
+    let tokens: Vec<String> = (0..USERS)
+        .map(|u| token(&format!("u-{u}"), "service"))
+        .collect();
+    let mut expected = BTreeMap::new();
+    let batches: Vec<Value> = (0..total)
+        .collect::<Vec<_>>()
+        .chunks(500)
+        .map(|chunk| {
+            let events: Vec<Value> = chunk
+                .iter()
+                .map(|n| event(*n, total, &mut expected))
+                .collect();
+            json!({ "events": events })
+        })
+        .collect();
+    post_batches(&client, &ingress, &batches, |b| tokens[b % USERS].clone()).await;
+    let mut env = common.to_vec();
+    env.extend([
+        ("DATABASE_URL", database),
+        ("REPORTS_FILE", schedule),
+        ("REPORTS_CATCH_UP_HOURS", "1"),
+    ]);
+    let started = Instant::now();
+    let mut running = Vec::new();
+    for _ in 0..processes {
+        running.push(herald("reports", &env).await);
+    }
+    let bases: Vec<String> = running.iter().map(|(_, base)| base.clone()).collect();
+    let (took, first) = aggregated(&client, &bases, total, started).await;
+    let cpu: f64 = running
+        .iter()
+        .map(|(child, _)| common::cpu_seconds(child.id().unwrap()))
+        .sum();
+    println!(
+        "scaling, PostgreSQL, {processes} process{} in one group: {total} events aggregated \
+         {took:.1} s after the first start ({:.0} events/s; {:.0} events/s from the first one); \
+         CPU {cpu:.1} s",
+        if processes == 1 { "" } else { "es" },
+        total as f64 / took,
+        total as f64 / (took - first),
+    );
 }
 
 async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
@@ -136,23 +222,7 @@ async fn main() {
     let started = Instant::now();
     let (reports, base) = herald("reports", &env).await;
     let pid = reports.id().unwrap();
-    let mut first = None;
-    loop {
-        let processed = metric(&client, &base, "herald_consumer_processed_total").await;
-        if processed > 0.0 && first.is_none() {
-            first = Some(started.elapsed().as_secs_f64());
-        }
-        if processed as usize >= total {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(1800),
-            "aggregation stalled at {processed}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let took = started.elapsed().as_secs_f64();
-    let first = first.unwrap_or(0.0);
+    let (took, first) = aggregated(&client, &[base.clone()], total, started).await;
     println!(
         "aggregation: {total} events aggregated {took:.1} s after process start ({:.0} events/s; \
          {:.0} events/s from the first one, {first:.1} s in); peak RSS {:.1} MB",
@@ -227,5 +297,17 @@ async fn main() {
         "figures: {} rows of CSV, every count and sum equal to what was posted, {active} active users",
         csv.lines().count() - 1
     );
+    drop(reports);
+
+    // 3. Scaling from one process to two.
+    match std::env::var("TEST_POSTGRES_URL") {
+        Ok(admin) => {
+            for processes in [1, 2] {
+                let database = common::fresh_postgres(&admin).await;
+                scaling(&brokers, &schedule, &database, total, processes).await;
+            }
+        }
+        Err(_) => println!("scaling: skipped (TEST_POSTGRES_URL unset)"),
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
