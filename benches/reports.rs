@@ -222,7 +222,7 @@ async fn main() {
     let started = Instant::now();
     let (reports, base) = herald("reports", &env).await;
     let pid = reports.id().unwrap();
-    let (took, first) = aggregated(&client, &[base.clone()], total, started).await;
+    let (took, first) = aggregated(&client, std::slice::from_ref(&base), total, started).await;
     println!(
         "aggregation: {total} events aggregated {took:.1} s after process start ({:.0} events/s; \
          {:.0} events/s from the first one, {first:.1} s in); peak RSS {:.1} MB",
