@@ -35,6 +35,30 @@ fn registered(email: &str) -> Value {
     }})
 }
 
+/// `emails` user.registered events for `{tag}{n}@example.com`, in batches of 100.
+async fn post_backlog(
+    client: &reqwest::Client,
+    ingress: &str,
+    token: &str,
+    tag: &str,
+    emails: usize,
+) {
+    for chunk in (0..emails).collect::<Vec<_>>().chunks(100) {
+        let events: Vec<Value> = chunk
+            .iter()
+            .map(|i| registered(&format!("{tag}{i}@example.com")))
+            .collect();
+        let response = client
+            .post(format!("{ingress}/api/v1/events"))
+            .bearer_auth(token)
+            .json(&json!({ "events": events }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let brokers = std::env::var("KAFKA_BROKERS").expect("set KAFKA_BROKERS to a running broker");
@@ -66,20 +90,7 @@ async fn main() {
 
     // 1. The backlog, then the service on it.
     let started = Instant::now();
-    for chunk in (0..emails).collect::<Vec<_>>().chunks(100) {
-        let events: Vec<Value> = chunk
-            .iter()
-            .map(|i| registered(&format!("b{i}@example.com")))
-            .collect();
-        let response = client
-            .post(format!("{ingress}/api/v1/events"))
-            .bearer_auth(&token)
-            .json(&json!({ "events": events }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
-    }
+    post_backlog(&client, &ingress, &token, "b", emails).await;
     println!(
         "backlog: {emails} user.registered events posted in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -188,21 +199,8 @@ async fn scaling(
     ];
     let (_ingress, ingress) = herald("ingress", &common).await;
     let client = reqwest::Client::new();
-    let tag = format!("s{processes}-{}", &prefix[6..14]);
-    for chunk in (0..emails).collect::<Vec<_>>().chunks(100) {
-        let events: Vec<Value> = chunk
-            .iter()
-            .map(|i| registered(&format!("{tag}-{i}@example.com")))
-            .collect();
-        let response = client
-            .post(format!("{ingress}/api/v1/events"))
-            .bearer_auth(token)
-            .json(&json!({ "events": events }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
-    }
+    let tag = format!("s{processes}-{}-", &prefix[6..14]);
+    post_backlog(&client, &ingress, token, &tag, emails).await;
     let before = smtp.accepted().len();
     let mut env = common.to_vec();
     env.extend([("SMTP_URL", smtp.url.as_str()), ("DATABASE_URL", database)]);

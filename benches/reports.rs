@@ -107,21 +107,9 @@ async fn scaling(brokers: &str, schedule: &str, database: &str, total: usize, pr
     ];
     let (_ingress, ingress) = herald("ingress", &common).await;
     let client = reqwest::Client::new();
-    let tokens: Vec<String> = (0..USERS)
-        .map(|u| token(&format!("u-{u}"), "service"))
-        .collect();
+    let tokens = user_tokens();
     let mut expected = BTreeMap::new();
-    let batches: Vec<Value> = (0..total)
-        .collect::<Vec<_>>()
-        .chunks(500)
-        .map(|chunk| {
-            let events: Vec<Value> = chunk
-                .iter()
-                .map(|n| event(*n, total, &mut expected))
-                .collect();
-            json!({ "events": events })
-        })
-        .collect();
+    let batches = backlog(total, &mut expected);
     post_batches(&client, &ingress, &batches, |b| tokens[b % USERS].clone()).await;
     let mut env = common.to_vec();
     env.extend([
@@ -148,6 +136,25 @@ async fn scaling(brokers: &str, schedule: &str, database: &str, total: usize, pr
         total as f64 / took,
         total as f64 / (took - first),
     );
+}
+
+/// A token for each of the users who post the backlog.
+fn user_tokens() -> Vec<String> {
+    (0..USERS)
+        .map(|u| token(&format!("u-{u}"), "service"))
+        .collect()
+}
+
+/// `total` events in batches of 500, adding what they make to `expected`.
+fn backlog(total: usize, expected: &mut BTreeMap<(String, String), (u64, u64)>) -> Vec<Value> {
+    (0..total)
+        .collect::<Vec<_>>()
+        .chunks(500)
+        .map(|chunk| {
+            let events: Vec<Value> = chunk.iter().map(|n| event(*n, total, expected)).collect();
+            json!({ "events": events })
+        })
+        .collect()
 }
 
 async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
@@ -188,24 +195,12 @@ async fn main() {
     ];
     let (_ingress, ingress) = herald("ingress", &common).await;
     let client = reqwest::Client::new();
-    let tokens: Vec<String> = (0..USERS)
-        .map(|u| token(&format!("u-{u}"), "service"))
-        .collect();
+    let tokens = user_tokens();
 
     // 1. The backlog, then the aggregating consumer on it.
     let started = Instant::now();
     let mut expected = BTreeMap::new();
-    let batches: Vec<Value> = (0..total)
-        .collect::<Vec<_>>()
-        .chunks(500)
-        .map(|chunk| {
-            let events: Vec<Value> = chunk
-                .iter()
-                .map(|n| event(*n, total, &mut expected))
-                .collect();
-            json!({ "events": events })
-        })
-        .collect();
+    let batches = backlog(total, &mut expected);
     // Batch b is posted by user b % USERS.
     let users = batches.len().min(USERS) as u64;
     post_batches(&client, &ingress, &batches, |b| tokens[b % USERS].clone()).await;
