@@ -597,6 +597,106 @@ async fn two_ingress_processes_sharing_redis_enforce_one_limit() {
     b.kill9().await;
 }
 
+/// A Redis of this test's own, to pause: `kill -STOP` and `kill -CONT` on its process.
+struct PausableRedis {
+    process: tokio::process::Child,
+    url: String,
+}
+
+impl PausableRedis {
+    async fn start() -> Self {
+        let port = {
+            let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            free.local_addr().unwrap().port()
+        };
+        let process = tokio::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server (infra/scripts/services.sh installs it)");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            process,
+            url: format!("redis://127.0.0.1:{port}"),
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.process.id().unwrap().to_string();
+        let sent = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+}
+
+/// Requests while Redis answers nothing are let through (availability first), and after the
+/// first one times out the edge stops asking for a moment: the paused Redis receives almost
+/// none of the hits, which it would count all at once when it wakes.
+#[tokio::test]
+async fn a_redis_that_stops_answering_lets_requests_through_without_queueing_on_it() {
+    let redis = PausableRedis::start().await;
+    let kafka = support::kafka(&support::brokers().await);
+    let database = support::audit::fresh_postgres().await;
+    let env = [
+        ("REDIS_URL", redis.url.as_str()),
+        ("RATE_LIMIT_USER", "1000/1m"),
+    ];
+    let ingress = HeraldProcess::start("ingress", &kafka, &database, &env).await;
+    let bearer = token(
+        &format!("paused-{}", uuid::Uuid::new_v4().simple()),
+        &["user"],
+    );
+    let order = support::order("o-paused");
+    let remaining = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get("ratelimit-remaining")
+            .map(|v| v.to_str().unwrap().parse::<u64>().unwrap())
+    };
+    let counted = post(&ingress.base, "/api/v1/events", &order, Some(&bearer)).await;
+    assert_eq!(remaining(&counted), Some(999));
+
+    redis.signal("-STOP");
+    for i in 0..20 {
+        let response = post(&ingress.base, "/api/v1/events", &order, Some(&bearer)).await;
+        assert_eq!(response.status(), 202, "request {i} with Redis paused");
+    }
+    redis.signal("-CONT");
+
+    // Counting resumes once the edge asks Redis again; what the paused Redis was sent, it
+    // counted when it woke. One request in each second of the pause is sent (and waits for
+    // the client's timeout); one each would have made 20.
+    let mut resumed = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let response = post(&ingress.base, "/api/v1/events", &order, Some(&bearer)).await;
+        assert_eq!(response.status(), 202);
+        if let Some(left) = remaining(&response) {
+            resumed = Some(left);
+            break;
+        }
+    }
+    let left = resumed.expect("counting resumed after Redis came back");
+    assert!(
+        left >= 990,
+        "{} hits reached Redis: the paused Redis was asked for each request",
+        999 - left
+    );
+    ingress.kill9().await;
+}
+
 #[tokio::test]
 async fn route_limits_versions_deprecations_and_cors() {
     let kafka = support::kafka(&support::brokers().await);
