@@ -151,14 +151,7 @@ impl TestIngress {
     }
 
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
-        client()
-            .get(self.url(path))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(client().get(self.url(path))).await
     }
 
     pub async fn post(&self, token: &str, body: &serde_json::Value) -> reqwest::Response {
@@ -215,15 +208,17 @@ pub async fn announced_address(
 
 /// A search indexer's `/api/v1/search/stats`, read as an admin.
 pub async fn search_stats(base: &str) -> serde_json::Value {
-    client()
-        .get(format!("{base}/api/v1/search/stats"))
-        .bearer_auth(token("ops", &["admin"]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(
+        client()
+            .get(format!("{base}/api/v1/search/stats"))
+            .bearer_auth(token("ops", &["admin"])),
+    )
+    .await
+}
+
+/// The JSON body of a GET.
+async fn get_json(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request.send().await.unwrap().json().await.unwrap()
 }
 
 pub fn client() -> reqwest::Client {

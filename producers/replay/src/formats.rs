@@ -15,6 +15,9 @@ use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
 
+use events::DecodedText;
+use platform::kafka::ReadRecord;
+
 use crate::row::{COLUMNS, Row};
 
 /// Rows per Parquet row group (give or take a batch): what one holds in memory before it is
@@ -47,23 +50,15 @@ impl From<apache_avro::Error> for SinkError {
 
 /// Where rows go.
 pub trait Sink {
-    fn write(&mut self, row: Row<'_>) -> Result<(), SinkError>;
-    /// Writes rows encoded by [`append_line`] for this sink's format (line formats only).
-    fn write_lines(&mut self, lines: &[u8]) -> Result<(), SinkError> {
-        let _ = lines;
-        Err(SinkError::Io(std::io::Error::other(
-            "this format is not written line by line",
-        )))
-    }
-    /// Writes rows gathered by a [`ColumnsBuilder`] (Parquet only).
-    fn write_columns(&mut self, columns: Columns) -> Result<(), SinkError> {
-        let _ = columns;
-        Err(SinkError::Io(std::io::Error::other(
-            "this format is not written in columns",
-        )))
-    }
+    /// Writes a batch, encoded by an [`Encoder`] for this sink's format.
+    fn write(&mut self, batch: Encoded) -> Result<(), SinkError>;
     /// Writes what is buffered and the format's trailer.
     fn finish(self: Box<Self>) -> Result<(), SinkError>;
+}
+
+/// A batch encoded for another format than the sink's: a mistake in the caller.
+fn mismatched() -> SinkError {
+    SinkError::Io(std::io::Error::other("a batch encoded for another format"))
 }
 
 pub type Output = Box<dyn Write + Send>;
@@ -77,36 +72,105 @@ pub fn sink(format: Format, out: Output) -> Result<Box<dyn Sink>, SinkError> {
     })
 }
 
-/// Whether rows of `format` are lines, encoded by [`append_line`] on the decoding threads.
-pub fn is_line_format(format: Format) -> bool {
-    matches!(format, Format::Jsonl | Format::Csv)
+/// A batch's kept events, encoded on the thread that decoded them for the format at hand:
+/// each event is then freed on the thread that made it, which is what glibc's allocator is
+/// fast at.
+pub enum Encoded {
+    /// Nothing to write (a dry run).
+    Nothing,
+    /// JSON lines or CSV: the lines, one after the other.
+    Lines(Vec<u8>),
+    /// Parquet: the events as columns.
+    Columns(Box<Columns>),
+    /// Avro: the batch's records and, for each kept one, its index and event.
+    Rows(Vec<ReadRecord>, Vec<(usize, DecodedText)>),
 }
 
-/// Appends a row as one line of a line format (JSON lines, CSV), newline included; nothing
-/// for the others. Pure, so rows are encoded on the decoding threads, a batch's lines into
-/// one buffer, and written in order on one.
-pub fn append_line(format: Format, row: &Row<'_>, out: &mut Vec<u8>) {
+/// Encodes a batch's kept events one by one into an [`Encoded`].
+pub struct Encoder(Encoding);
+
+enum Encoding {
+    Nothing,
+    Lines {
+        format: Format,
+        lines: Vec<u8>,
+        /// The batch's size, to make room for its lines at the first one's length.
+        records: usize,
+    },
+    Columns(Box<ColumnsBuilder>),
+    Rows(Vec<(usize, DecodedText)>),
+}
+
+impl Encoder {
+    /// For a batch of `records` records; a dry run encodes nothing.
+    pub fn new(format: Format, dry_run: bool, records: usize) -> Self {
+        Self(match format {
+            _ if dry_run => Encoding::Nothing,
+            Format::Jsonl | Format::Csv => Encoding::Lines {
+                format,
+                lines: Vec::new(),
+                records,
+            },
+            Format::Parquet => Encoding::Columns(Box::default()),
+            Format::Avro => Encoding::Rows(Vec::new()),
+        })
+    }
+
+    /// Adds the batch's record `index` and its event.
+    pub fn add(&mut self, index: usize, record: &ReadRecord, decoded: DecodedText) {
+        match &mut self.0 {
+            Encoding::Nothing => {}
+            Encoding::Lines {
+                format,
+                lines,
+                records,
+            } => {
+                let first = lines.is_empty();
+                append_line(*format, &Row::new(record, &decoded), lines);
+                if first {
+                    // Room for the batch, so the buffer is not copied over and over.
+                    lines.reserve(lines.len() * *records * 5 / 4);
+                }
+            }
+            Encoding::Columns(columns) => columns.push(&Row::new(record, &decoded)),
+            Encoding::Rows(kept) => kept.push((index, decoded)),
+        }
+    }
+
+    /// The encoded batch; `records` are kept only where the rows need them.
+    pub fn finish(self, records: Vec<ReadRecord>) -> Encoded {
+        match self.0 {
+            Encoding::Nothing => Encoded::Nothing,
+            Encoding::Lines { lines, .. } => Encoded::Lines(lines),
+            Encoding::Columns(columns) => Encoded::Columns(Box::new(columns.build())),
+            Encoding::Rows(kept) => Encoded::Rows(records, kept),
+        }
+    }
+}
+
+/// Appends a row as one line of JSON lines or CSV, newline included.
+fn append_line(format: Format, row: &Row<'_>, out: &mut Vec<u8>) {
     match format {
-        Format::Jsonl => row.write_json_line(out),
         Format::Csv => out.extend_from_slice(csv_line(row).as_bytes()),
-        Format::Avro | Format::Parquet => return,
+        _ => row.write_json_line(out),
     }
     out.push(b'\n');
+}
+
+/// Writes a batch's lines.
+fn write_lines(out: &mut impl Write, batch: Encoded) -> Result<(), SinkError> {
+    match batch {
+        Encoded::Lines(lines) => Ok(out.write_all(&lines)?),
+        Encoded::Nothing => Ok(()),
+        _ => Err(mismatched()),
+    }
 }
 
 struct Jsonl(std::io::BufWriter<Output>);
 
 impl Sink for Jsonl {
-    fn write(&mut self, row: Row<'_>) -> Result<(), SinkError> {
-        let mut line = Vec::with_capacity(512);
-        append_line(Format::Jsonl, &row, &mut line);
-        self.0.write_all(&line)?;
-        Ok(())
-    }
-
-    fn write_lines(&mut self, lines: &[u8]) -> Result<(), SinkError> {
-        self.0.write_all(lines)?;
-        Ok(())
+    fn write(&mut self, batch: Encoded) -> Result<(), SinkError> {
+        write_lines(&mut self.0, batch)
     }
 
     fn finish(mut self: Box<Self>) -> Result<(), SinkError> {
@@ -154,14 +218,8 @@ fn csv_line(row: &Row<'_>) -> String {
 }
 
 impl Sink for Csv {
-    fn write(&mut self, row: Row<'_>) -> Result<(), SinkError> {
-        writeln!(self.0, "{}", csv_line(&row))?;
-        Ok(())
-    }
-
-    fn write_lines(&mut self, lines: &[u8]) -> Result<(), SinkError> {
-        self.0.write_all(lines)?;
-        Ok(())
+    fn write(&mut self, batch: Encoded) -> Result<(), SinkError> {
+        write_lines(&mut self.0, batch)
     }
 
     fn finish(mut self: Box<Self>) -> Result<(), SinkError> {
@@ -218,7 +276,28 @@ fn optional(text: Option<&str>) -> Avro {
 }
 
 impl Sink for AvroFile {
-    fn write(&mut self, row: Row<'_>) -> Result<(), SinkError> {
+    fn write(&mut self, batch: Encoded) -> Result<(), SinkError> {
+        match batch {
+            Encoded::Rows(records, kept) => {
+                for (index, decoded) in &kept {
+                    self.append(&Row::new(&records[*index], decoded))?;
+                }
+                Ok(())
+            }
+            Encoded::Nothing => Ok(()),
+            _ => Err(mismatched()),
+        }
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), SinkError> {
+        let mut out = self.writer.into_inner()?;
+        out.flush()?;
+        Ok(())
+    }
+}
+
+impl AvroFile {
+    fn append(&mut self, row: &Row<'_>) -> Result<(), SinkError> {
         let record = Avro::Record(vec![
             ("topic".into(), Avro::String(row.topic.to_owned())),
             ("partition".into(), Avro::Int(row.partition)),
@@ -240,12 +319,6 @@ impl Sink for AvroFile {
             ("data".into(), Avro::String(row.data.to_owned())),
         ]);
         self.writer.append_value(record)?;
-        Ok(())
-    }
-
-    fn finish(self: Box<Self>) -> Result<(), SinkError> {
-        let mut out = self.writer.into_inner()?;
-        out.flush()?;
         Ok(())
     }
 }
@@ -339,7 +412,7 @@ impl Text {
 
 /// Builds a batch's [`Columns`] row by row.
 #[derive(Default)]
-pub struct ColumnsBuilder {
+struct ColumnsBuilder {
     topic: Text,
     partition: Vec<i32>,
     offset: Vec<i64>,
@@ -357,7 +430,7 @@ pub struct ColumnsBuilder {
 }
 
 impl ColumnsBuilder {
-    pub fn push(&mut self, row: &Row<'_>) {
+    fn push(&mut self, row: &Row<'_>) {
         let optional = |values: &mut Text, defined: &mut Vec<i16>, value| match value {
             Some(value) => {
                 values.push(value);
@@ -383,7 +456,7 @@ impl ColumnsBuilder {
         self.data.push(row.data);
     }
 
-    pub fn build(self) -> Columns {
+    fn build(self) -> Columns {
         Columns {
             topic: self.topic.finish(),
             partition: self.partition,
@@ -530,14 +603,12 @@ fn write_group(writer: &mut SerializedFileWriter<Output>, c: &Columns) -> Result
 }
 
 impl Sink for ParquetFile {
-    fn write(&mut self, row: Row<'_>) -> Result<(), SinkError> {
-        let mut one = ColumnsBuilder::default();
-        one.push(&row);
-        self.write_columns(one.build())
-    }
-
-    fn write_columns(&mut self, columns: Columns) -> Result<(), SinkError> {
-        self.columns.append(columns);
+    fn write(&mut self, batch: Encoded) -> Result<(), SinkError> {
+        match batch {
+            Encoded::Columns(columns) => self.columns.append(*columns),
+            Encoded::Nothing => return Ok(()),
+            _ => return Err(mismatched()),
+        }
         if self.columns.len() >= PARQUET_ROW_GROUP {
             self.flush_group()?;
         }

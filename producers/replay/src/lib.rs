@@ -20,12 +20,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use events::{Codec, DecodedText};
+use events::Codec;
 use platform::kafka::range::RangeReader;
 use platform::kafka::{KafkaArgs, ReadRecord};
 
 use crate::formats::{Format, Sink};
-use crate::row::Row;
 
 /// `herald replay` settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -100,38 +99,25 @@ impl Summary {
 /// Records read, decoded and written at a time.
 const BATCH: usize = 4_096;
 
-/// What decoding made of a batch. Line formats get their lines and Parquet its columns:
-/// each event is encoded and freed on the thread that decoded it, since freeing memory on
-/// another thread than the one that took it is what costs most with glibc's allocator.
+/// What decoding made of a batch.
 struct DecodedBatch {
     /// What the batch held and kept, by topic and type.
     summary: Summary,
-    /// Line formats: the kept events' lines, one after the other.
-    lines: Vec<u8>,
-    /// Parquet: the kept events as columns.
-    columns: Option<formats::Columns>,
-    /// Other formats: the records and, for each the filters let through, its index and event.
-    records: Vec<ReadRecord>,
-    kept: Vec<(usize, DecodedText)>,
+    encoded: formats::Encoded,
 }
 
-/// Decodes a batch, keeps the events the filters let through, and encodes their lines for
-/// line formats. Pure: it runs on any of the decoding threads.
+/// Decodes a batch, keeps the events the filters let through, and encodes them for the
+/// output format. Pure: it runs on any of the decoding threads.
 fn decode_batch(
     records: Vec<ReadRecord>,
     codec: &Codec,
     args: &ReplayArgs,
 ) -> anyhow::Result<DecodedBatch> {
-    let encode = !args.dry_run && formats::is_line_format(args.format);
-    let mut columns =
-        (!args.dry_run && args.format == Format::Parquet).then(formats::ColumnsBuilder::default);
-    let rows = !args.dry_run && !encode && columns.is_none();
+    let mut encoder = formats::Encoder::new(args.format, args.dry_run, records.len());
     let mut summary = Summary {
         read: records.len() as u64,
         ..Summary::default()
     };
-    let mut kept = Vec::new();
-    let mut lines = Vec::new();
     for (index, record) in records.iter().enumerate() {
         if !args.keys.is_empty() {
             let key = record.key.as_deref().map(String::from_utf8_lossy);
@@ -151,25 +137,11 @@ fn decode_batch(
             continue;
         }
         summary.count(&record.topic, &decoded.envelope.event_type);
-        if encode {
-            formats::append_line(args.format, &Row::new(record, &decoded), &mut lines);
-            if summary.written == 1 {
-                // Room for the batch at the first line's size, so the buffer is not
-                // copied over and over as it grows.
-                lines.reserve(lines.len() * (records.len() - index) * 5 / 4);
-            }
-        } else if let Some(columns) = &mut columns {
-            columns.push(&Row::new(record, &decoded));
-        } else if rows {
-            kept.push((index, decoded));
-        }
+        encoder.add(index, record, decoded);
     }
     Ok(DecodedBatch {
         summary,
-        lines,
-        columns: columns.map(formats::ColumnsBuilder::build),
-        records: if rows { records } else { Vec::new() },
-        kept,
+        encoded: encoder.finish(records),
     })
 }
 
@@ -297,15 +269,7 @@ pub fn replay(kafka: &KafkaArgs, codec: &Codec, args: &ReplayArgs) -> anyhow::Re
         progress.inc(batch.summary.read);
         summary.add(&batch.summary);
         if let Some(sink) = &mut sink {
-            if formats::is_line_format(args.format) {
-                sink.write_lines(&batch.lines)?;
-            }
-            if let Some(columns) = batch.columns {
-                sink.write_columns(columns)?;
-            }
-            for (index, decoded) in &batch.kept {
-                sink.write(Row::new(&batch.records[*index], decoded))?;
-            }
+            sink.write(batch.encoded)?;
         }
         Ok(())
     })?;
@@ -488,9 +452,12 @@ mod tests {
                 &codec,
                 &args(decoders),
                 |batch| {
-                    assert!(batch.lines.ends_with(b"}\n"));
+                    let formats::Encoded::Lines(lines) = batch.encoded else {
+                        panic!("JSON lines are encoded as lines");
+                    };
+                    assert!(lines.ends_with(b"}\n"));
                     assert_eq!(batch.summary.written, 7);
-                    for line in batch.lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                         let line: serde_json::Value = serde_json::from_slice(line).unwrap();
                         offsets.push(line["offset"].as_i64().unwrap());
                     }
