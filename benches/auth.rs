@@ -7,7 +7,8 @@
 //!    token (the signature is checked) and afterwards (remembered until its `exp`);
 //! 2. the rate limiter's cost: the real `herald ingress` with limits counted in process (and
 //!    in Redis when REDIS_URL is set), against the same binary with RATE_LIMITS_OFF,
-//!    alternating rounds of single-event requests and of batches of 100;
+//!    alternating rounds of single-event requests (from 32 clients, then from 256) and of
+//!    batches of 100;
 //! 3. login latency: `herald auth` (SQLite), argon2id at m=19456 KiB, t=2, p=1; one client
 //!    signing in over and over, then four at once.
 
@@ -73,12 +74,12 @@ fn order(i: usize) -> Value {
         "items": [{"sku": "tea", "quantity": 2, "unit_price_cents": 450}], "total_cents": 900, "currency": "EUR"}})
 }
 
-/// Single events from 32 clients for SINGLE_SECONDS: requests per second.
-async fn single_rate(client: &reqwest::Client, base: &str, token: &str) -> f64 {
+/// Single events from `clients` clients for SINGLE_SECONDS: requests per second.
+async fn single_rate(client: &reqwest::Client, base: &str, token: &str, clients: usize) -> f64 {
     let body = Arc::new(order(1).to_string());
     let until = Instant::now() + Duration::from_secs(SINGLE_SECONDS);
     let t = Instant::now();
-    let tasks: Vec<_> = (0..32)
+    let tasks: Vec<_> = (0..clients)
         .map(|_| {
             let (client, url, token, body) = (
                 client.clone(),
@@ -224,12 +225,16 @@ async fn main() {
         let (child, base) = common::herald("ingress", &env).await;
         running.push((*name, child, base));
     }
+    // Single events at two loads: 32 clients leave the machine half idle, so the rate is
+    // bound by each request's latency (and shows the limiter's round trip); 256 keep every
+    // core busy, so the rate is the ingress's capacity (and shows the limiter's CPU).
+    const LOADS: [usize; 2] = [32, 256];
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
+        .pool_max_idle_per_host(LOADS[1])
         .build()
         .unwrap();
-    let mut single: Vec<Vec<f64>> = vec![Vec::new(); running.len()];
-    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); running.len()];
+    let mut single: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); running.len()]; LOADS.len()];
+    let mut cpu: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); running.len()]; LOADS.len()];
     let mut batched: Vec<Vec<f64>> = vec![Vec::new(); running.len()];
     for round in 0..ROUNDS {
         // Each round starts with another variant, so no variant always runs first.
@@ -239,26 +244,35 @@ async fn main() {
             let pid = child.id().unwrap();
             // A user per round and variant: every request is counted, none refused.
             let token = common::token(&format!("bench-{round}-{i}"), "user");
-            let before = common::cpu_seconds(pid);
-            let rate = single_rate(&client, base, &token).await;
-            let used = common::cpu_seconds(pid) - before;
-            single[i].push(rate);
-            cpu[i].push(used * 1e6 / (rate * SINGLE_SECONDS as f64));
+            for (load, &clients) in LOADS.iter().enumerate() {
+                let before = common::cpu_seconds(pid);
+                let rate = single_rate(&client, base, &token, clients).await;
+                let used = common::cpu_seconds(pid) - before;
+                single[load][i].push(rate);
+                cpu[load][i].push(used * 1e6 / (rate * SINGLE_SECONDS as f64));
+            }
             batched[i].push(batched_rate(&client, base, &token).await);
         }
     }
-    let off_single = common::median(&mut single[0].clone());
-    let off_cpu = common::median(&mut cpu[0].clone());
+    for (load, clients) in LOADS.iter().enumerate() {
+        let off_single = common::median(&mut single[load][0].clone());
+        let off_cpu = common::median(&mut cpu[load][0].clone());
+        for (i, (name, _, _)) in running.iter().enumerate() {
+            let s = common::median(&mut single[load][i]);
+            let c = common::median(&mut cpu[load][i]);
+            println!(
+                "ingress, {name}, single events from {clients} clients: {s:.0} requests/s ({:.1}% of off), \
+                 {c:.1} µs CPU per request (+{:.1})",
+                s / off_single * 100.0,
+                c - off_cpu,
+            );
+        }
+    }
     let off_batched = common::median(&mut batched[0].clone());
     for (i, (name, _, _)) in running.iter().enumerate() {
-        let s = common::median(&mut single[i]);
-        let c = common::median(&mut cpu[i]);
         let b = common::median(&mut batched[i]);
         println!(
-            "ingress, {name}: {s:.0} requests/s single ({:.1}% of off), {c:.1} µs CPU per request (+{:.1}), \
-             {b:.0} events/s in batches of 100 ({:.1}% of off)",
-            s / off_single * 100.0,
-            c - off_cpu,
+            "ingress, {name}, batches of 100: {b:.0} events/s ({:.1}% of off)",
             b / off_batched * 100.0
         );
     }

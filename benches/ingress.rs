@@ -5,7 +5,8 @@
 //! Starts the real `herald ingress` binary as its own process (so its RSS is its own), then:
 //! 1. the ceiling: the same Avro events written by a raw rdkafka producer (platform's
 //!    Publisher, batches of 100, BENCH_IN_FLIGHT batches at once, default 32);
-//! 2. batched ingress throughput: BENCH_IN_FLIGHT clients posting batches of 100 events;
+//! 2. batched ingress throughput: BENCH_IN_FLIGHT clients posting batches of 100 events
+//!    (BENCH_EVENTS per round on each side, default 100,000);
 //! 3. single-event ingress throughput: 32 clients posting one event per request;
 //! 4. open-loop latency at 25, 50 and 75% of (2) and of (3): requests sent at fixed
 //!    intervals, latency measured from the intended send time so queueing is not hidden.
@@ -24,7 +25,6 @@ use time::OffsetDateTime;
 use common::SECRET;
 
 const BATCH: usize = 100;
-const BATCHED_EVENTS: usize = 100_000;
 const ROUNDS: usize = 3;
 const SINGLE_SECONDS: u64 = 15;
 const OPEN_LOOP_SECONDS: u64 = 15;
@@ -42,6 +42,14 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(32);
+    // Events per round on each side, rounded down to whole batches per client.
+    let per_client = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(100_000)
+        / BATCH
+        / in_flight;
+    let round_events = (per_client * BATCH * in_flight) as f64;
     let prefix = format!("bench{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let kafka = KafkaArgs {
         brokers: Some(brokers.clone()),
@@ -141,7 +149,7 @@ async fn main() {
         for _ in 0..in_flight {
             let (publisher, records) = (publisher.clone(), records.clone());
             tasks.push(tokio::spawn(async move {
-                for _ in 0..BATCHED_EVENTS / BATCH / in_flight {
+                for _ in 0..per_client {
                     publisher.publish_all(&records).await.unwrap();
                 }
             }));
@@ -149,7 +157,7 @@ async fn main() {
         for task in tasks {
             task.await.unwrap();
         }
-        raw_rates.push(BATCHED_EVENTS as f64 / t.elapsed().as_secs_f64());
+        raw_rates.push(round_events / t.elapsed().as_secs_f64());
 
         let cpu_before = common::cpu_seconds(pid);
         let t = Instant::now();
@@ -157,7 +165,7 @@ async fn main() {
         for _ in 0..in_flight {
             let (target, body) = (target.clone(), batch_body.clone());
             tasks.push(tokio::spawn(async move {
-                for _ in 0..BATCHED_EVENTS / BATCH / in_flight {
+                for _ in 0..per_client {
                     accepted(&target, &body).await;
                 }
             }));
@@ -165,8 +173,8 @@ async fn main() {
         for task in tasks {
             task.await.unwrap();
         }
-        batched_rates.push(BATCHED_EVENTS as f64 / t.elapsed().as_secs_f64());
-        cpu_per_event.push((common::cpu_seconds(pid) - cpu_before) / BATCHED_EVENTS as f64 * 1e6);
+        batched_rates.push(round_events / t.elapsed().as_secs_f64());
+        cpu_per_event.push((common::cpu_seconds(pid) - cpu_before) / round_events * 1e6);
     }
     let raw_rate = common::median(&mut raw_rates);
     let batched_rate = common::median(&mut batched_rates);

@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+mod link;
+
+use link::{Arg, Link, Reply};
+
 /// A limit: `count` requests per `window`, written `100/day`, `5/10m`, `60/1m`, `10/s`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
@@ -196,18 +200,23 @@ impl LocalCounters {
 ///
 /// The transaction is plain commands in MULTI/EXEC (`SET key 0 PX window NX`, `INCRBY`,
 /// `PTTL` per key): Redis runs them in under half the time of the same steps as a Lua
-/// script (its INFO commandstats said 8.8 µs per EVALSHA here).
+/// script (its INFO commandstats said 8.8 µs per EVALSHA here). It goes over a connection of
+/// the counters' own ([`link`]).
 pub struct RedisCounters {
     hits: mpsc::Sender<Hit>,
 }
 
-/// After Redis fails (its client gives up on an answer after 500 ms), hits are let through
+/// After Redis fails (an error, or no answer within [`ANSWER_WITHIN`]), hits are let through
 /// without asking it for this long: a Redis that stopped answering then costs one batch in
 /// each such span a timeout, and the rest nothing, instead of every batch waiting its turn
 /// for a timeout of its own while requests queue behind it.
 const RESPITE: Duration = Duration::from_secs(1);
+/// How long a transaction (or a reconnection) may take before Redis counts as failed.
+const ANSWER_WITHIN: Duration = Duration::from_millis(500);
 /// Hits counted by one transaction at most.
 const MAX_BATCH: usize = 512;
+/// Turns a batch lets other tasks take while they keep adding hits to it.
+const MAX_YIELDS: usize = 4;
 
 struct Hit {
     key: String,
@@ -216,11 +225,12 @@ struct Hit {
 }
 
 impl RedisCounters {
+    /// Checks that Redis answers at `url`, then counts there.
     pub async fn connect(url: &str) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        let connection = redis::aio::ConnectionManager::new(client).await?;
+        let info = redis::Client::open(url)?.get_connection_info().clone();
+        let link = within(ANSWER_WITHIN, Link::open(&info)).await?;
         let (hits, queue) = mpsc::channel(MAX_BATCH);
-        tokio::spawn(send_batches(queue, connection));
+        tokio::spawn(send_batches(queue, info, link));
         Ok(Self { hits })
     }
 
@@ -242,99 +252,152 @@ impl RedisCounters {
 /// while the one before is on its way, so the busier the edge, the larger the batches. (With
 /// up to four at once, under the edge benchmark's load batches held 3.3 hits on average
 /// against 7.8, and the limiter cost the ingress 11 to 12 µs of CPU per request against 7.5
-/// to 9.9.) Ends when the counters are dropped.
-async fn send_batches(
-    mut queue: mpsc::Receiver<Hit>,
-    mut connection: redis::aio::ConnectionManager,
-) {
+/// to 9.9.) A failed link is dropped, since a late answer would be read as the next one's,
+/// and opened again after the respite. Ends when the counters are dropped.
+async fn send_batches(mut queue: mpsc::Receiver<Hit>, info: redis::ConnectionInfo, link: Link) {
+    let mut link = Some(link);
     let mut failing: Option<(Instant, redis::RedisError)> = None;
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // Requests often arrive together (one acknowledgement from Kafka answers many, and
+        // their clients send again at once), and the first hit wakes this task before the
+        // others had their turn to run: let them run first, for as long as they bring hits,
+        // so those join this transaction instead of waiting for it to end.
+        for _ in 0..MAX_YIELDS {
+            tokio::task::yield_now().await;
+            let before = batch.len();
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(hit) => batch.push(hit),
+                    Err(_) => break,
+                }
+            }
+            if batch.len() == before {
+                break;
+            }
+        }
         let hits = std::mem::take(&mut batch);
-        match &failing {
-            Some((until, err)) if Instant::now() < *until => reply_all(hits, err),
-            _ => {
-                failing = count_batch(&mut connection, hits)
-                    .await
-                    .err()
-                    .map(|err| (Instant::now() + RESPITE, err));
+        if let Some((until, err)) = &failing
+            && Instant::now() < *until
+        {
+            reply_all(hits, err);
+            continue;
+        }
+        let started = Instant::now();
+        match count_over(link.take(), &info, &hits).await {
+            Ok((open, counts)) => {
+                link = Some(open);
+                failing = None;
+                metrics::histogram!("herald_rate_limit_batch_hits").record(counts.len() as f64);
+                metrics::histogram!("herald_rate_limit_transaction_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                for (hit, count) in hits.into_iter().zip(counts) {
+                    let _ = hit.reply.send(Ok(count));
+                }
+            }
+            Err(err) => {
+                reply_all(hits, &err);
+                failing = Some((Instant::now() + RESPITE, err));
             }
         }
     }
 }
 
-/// Counts a batch in one transaction and answers each hit; the error, if Redis failed.
-async fn count_batch(
-    connection: &mut redis::aio::ConnectionManager,
-    batch: Vec<Hit>,
-) -> Result<(), redis::RedisError> {
+/// Counts a batch over `link`, or over a new one when the last failed; the link is given
+/// back only while its replies are still in step with its requests.
+async fn count_over(
+    link: Option<Link>,
+    info: &redis::ConnectionInfo,
+    hits: &[Hit],
+) -> Result<(Link, Vec<Count>), redis::RedisError> {
+    let mut link = match link {
+        Some(link) => link,
+        None => within(ANSWER_WITHIN, Link::open(info)).await?,
+    };
+    let counts = within(ANSWER_WITHIN, count_batch(&mut link, hits)).await?;
+    Ok((link, counts))
+}
+
+async fn within<T>(
+    limit: Duration,
+    work: impl std::future::Future<Output = Result<T, redis::RedisError>>,
+) -> Result<T, redis::RedisError> {
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "Redis did not answer in time",
+            format!("no answer within {} ms", limit.as_millis()),
+        )))
+    })
+}
+
+/// Counts a batch in one transaction: each hit's count, in order.
+async fn count_batch(link: &mut Link, batch: &[Hit]) -> Result<Vec<Count>, redis::RedisError> {
     let merged = merge(batch.iter().map(|hit| hit.key.as_str()));
     let window_ms = |slot: usize| batch[merged.firsts[slot]].window.as_millis() as u64;
-    let mut transaction = redis::pipe();
-    transaction.atomic();
+    link.multi();
     for (slot, &first) in merged.firsts.iter().enumerate() {
-        let key = &batch[first].key;
-        transaction
-            .cmd("SET")
-            .arg(key)
-            .arg(0)
-            .arg("PX")
-            .arg(window_ms(slot))
-            .arg("NX")
-            .ignore()
-            .cmd("INCRBY")
-            .arg(key)
-            .arg(merged.hits[slot])
-            .cmd("PTTL")
-            .arg(key);
+        let key = batch[first].key.as_str();
+        link.queue(&[
+            Arg::Text("SET"),
+            Arg::Text(key),
+            Arg::Int(0),
+            Arg::Text("PX"),
+            Arg::Int(window_ms(slot)),
+            Arg::Text("NX"),
+        ]);
+        link.queue(&[
+            Arg::Text("INCRBY"),
+            Arg::Text(key),
+            Arg::Int(merged.hits[slot]),
+        ]);
+        link.queue(&[Arg::Text("PTTL"), Arg::Text(key)]);
     }
-    let answer: Result<Vec<i64>, redis::RedisError> = transaction.query_async(connection).await;
-    let pairs = match answer {
-        Ok(flat) if flat.len() == 2 * merged.hits.len() => flat,
-        Ok(_) => {
-            let wrong = (
-                redis::ErrorKind::UnexpectedReturnType,
-                "the rate-limit transaction answered with the wrong number of counts",
-            );
-            let err = redis::RedisError::from(wrong);
-            reply_all(batch, &err);
-            return Err(err);
-        }
-        Err(err) => {
-            reply_all(batch, &err);
-            return Err(err);
-        }
-    };
-    let used: Vec<u64> = pairs.chunks(2).map(|p| p[0].max(0) as u64).collect();
-    let mut resets_in: Vec<Duration> = Vec::with_capacity(used.len());
-    for (slot, pair) in pairs.chunks(2).enumerate() {
-        let ttl_ms = match pair[1] {
+    let replies = link.exec(3 * merged.hits.len()).await?;
+    let mut used = Vec::with_capacity(merged.hits.len());
+    let mut resets_in = Vec::with_capacity(merged.hits.len());
+    for (slot, replies) in replies.chunks(3).enumerate() {
+        let (count, ttl) = match replies {
+            [
+                Reply::Status(_) | Reply::Bulk(None),
+                Reply::Int(count),
+                Reply::Int(ttl),
+            ] => (*count, *ttl),
+            // A key holding something else than a counter, written by someone else.
+            _ => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "a rate-limit counter could not be counted",
+                    format!("{:?}: {replies:?}", batch[merged.firsts[slot]].key),
+                )));
+            }
+        };
+        used.push(count.max(0) as u64);
+        let ttl_ms = match ttl {
             ttl if ttl >= 0 => ttl as u64,
             // A counter without an expiry (written by hand, or by a client that died between
             // steps) would never reset: give it the window now.
             _ => {
-                let key = &batch[merged.firsts[slot]].key;
-                let fixed: Result<(), _> = redis::cmd("PEXPIRE")
-                    .arg(key)
-                    .arg(window_ms(slot))
-                    .query_async(connection)
-                    .await;
-                if let Err(err) = fixed {
-                    tracing::warn!(%err, "could not set a rate-limit counter's expiry");
-                }
+                link.multi();
+                link.queue(&[
+                    Arg::Text("PEXPIRE"),
+                    Arg::Text(&batch[merged.firsts[slot]].key),
+                    Arg::Int(window_ms(slot)),
+                ]);
+                link.exec(1).await?;
                 window_ms(slot)
             }
         };
         resets_in.push(Duration::from_millis(ttl_ms));
     }
-    let counts = deal(&merged, &used);
-    for ((hit, used), &slot) in batch.into_iter().zip(counts).zip(&merged.slots) {
-        let _ = hit.reply.send(Ok(Count {
+    Ok(deal(&merged, &used)
+        .into_iter()
+        .zip(&merged.slots)
+        .map(|(used, &slot)| Count {
             used,
             resets_in: resets_in[slot],
-        }));
-    }
-    Ok(())
+        })
+        .collect())
 }
 
 fn reply_all(batch: Vec<Hit>, err: &redis::RedisError) {
