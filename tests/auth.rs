@@ -631,6 +631,24 @@ impl PausableRedis {
         }
     }
 
+    /// A Redis of its own, an ingress counting there with a limit of 1000 a minute, and a
+    /// token for a user of its own.
+    async fn with_ingress(who: &str) -> (Self, HeraldProcess, String) {
+        let redis = Self::start().await;
+        let kafka = support::kafka(&support::brokers().await);
+        let database = support::audit::fresh_postgres().await;
+        let env = [
+            ("REDIS_URL", redis.url.as_str()),
+            ("RATE_LIMIT_USER", "1000/1m"),
+        ];
+        let ingress = HeraldProcess::start("ingress", &kafka, &database, &env).await;
+        let bearer = token(
+            &format!("{who}-{}", uuid::Uuid::new_v4().simple()),
+            &["user"],
+        );
+        (redis, ingress, bearer)
+    }
+
     fn signal(&self, signal: &str) {
         let pid = self.process.id().unwrap().to_string();
         let sent = std::process::Command::new("kill")
@@ -641,23 +659,41 @@ impl PausableRedis {
     }
 }
 
+/// Redis closing the edge's idle connection (a restart, its client `timeout`) costs no
+/// request its count: the first hit after it finds the link dead and is counted on a new one,
+/// instead of passing uncounted with a second of uncounted requests after it.
+#[tokio::test]
+async fn a_connection_that_redis_closed_is_replaced_without_an_uncounted_request() {
+    let (redis, ingress, bearer) = PausableRedis::with_ingress("closed").await;
+    let order = support::order("o-closed");
+    for expected in [999, 998] {
+        let response = post(&ingress.base, "/api/v1/events", &order, Some(&bearer)).await;
+        assert_eq!(response.status(), 202);
+        assert_eq!(
+            response.headers().get("ratelimit-remaining").unwrap(),
+            &expected.to_string()
+        );
+        // every client but redis-cli itself: the edge's connection
+        let killed = std::process::Command::new("redis-cli")
+            .args(["-u", &redis.url, "CLIENT", "KILL", "TYPE", "normal"])
+            .output()
+            .expect("redis-cli (installed with redis-server)");
+        assert_eq!(String::from_utf8_lossy(&killed.stdout).trim(), "1");
+    }
+    let response = post(&ingress.base, "/api/v1/events", &order, Some(&bearer)).await;
+    assert_eq!(
+        response.headers().get("ratelimit-remaining").unwrap(),
+        "997"
+    );
+    ingress.kill9().await;
+}
+
 /// Requests while Redis answers nothing are let through (availability first), and after the
 /// first one times out the edge stops asking for a moment: the paused Redis receives almost
 /// none of the hits, which it would count all at once when it wakes.
 #[tokio::test]
 async fn a_redis_that_stops_answering_lets_requests_through_without_queueing_on_it() {
-    let redis = PausableRedis::start().await;
-    let kafka = support::kafka(&support::brokers().await);
-    let database = support::audit::fresh_postgres().await;
-    let env = [
-        ("REDIS_URL", redis.url.as_str()),
-        ("RATE_LIMIT_USER", "1000/1m"),
-    ];
-    let ingress = HeraldProcess::start("ingress", &kafka, &database, &env).await;
-    let bearer = token(
-        &format!("paused-{}", uuid::Uuid::new_v4().simple()),
-        &["user"],
-    );
+    let (redis, ingress, bearer) = PausableRedis::with_ingress("paused").await;
     let order = support::order("o-paused");
     let remaining = |response: &reqwest::Response| {
         response

@@ -304,16 +304,24 @@ async fn send_batches(mut queue: mpsc::Receiver<Hit>, info: redis::ConnectionInf
 }
 
 /// Counts a batch over `link`, or over a new one when the last failed; the link is given
-/// back only while its replies are still in step with its requests.
+/// back only while its replies are still in step with its requests. A link that waited
+/// idle may have been closed by Redis (a restart, its `timeout`), which shows at its first
+/// use: then the batch is tried once more on a new link, rather than let through uncounted
+/// with the second's respite after it. (Had Redis run the transaction before the link
+/// dropped, its hits count twice: a limit reached a little early, never one passed.)
 async fn count_over(
     link: Option<Link>,
     info: &redis::ConnectionInfo,
     hits: &[Hit],
 ) -> Result<(Link, Vec<Count>), redis::RedisError> {
-    let mut link = match link {
-        Some(link) => link,
-        None => within(ANSWER_WITHIN, Link::open(info)).await?,
-    };
+    if let Some(mut link) = link {
+        match within(ANSWER_WITHIN, count_batch(&mut link, hits)).await {
+            Ok(counts) => return Ok((link, counts)),
+            Err(err) if !err.is_connection_dropped() => return Err(err),
+            Err(_) => {}
+        }
+    }
+    let mut link = within(ANSWER_WITHIN, Link::open(info)).await?;
     let counts = within(ANSWER_WITHIN, count_batch(&mut link, hits)).await?;
     Ok((link, counts))
 }
@@ -323,10 +331,9 @@ async fn within<T>(
     work: impl std::future::Future<Output = Result<T, redis::RedisError>>,
 ) -> Result<T, redis::RedisError> {
     tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
-        Err(redis::RedisError::from((
-            redis::ErrorKind::Io,
-            "Redis did not answer in time",
-            format!("no answer within {} ms", limit.as_millis()),
+        Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("Redis did not answer within {} ms", limit.as_millis()),
         )))
     })
 }

@@ -154,8 +154,8 @@ impl Link {
     async fn read_head(&mut self) -> Result<Option<Option<usize>>, RedisError> {
         self.line.clear();
         if self.stream.read_until(b'\n', &mut self.line).await? == 0 {
-            return Err(RedisError::from((
-                ErrorKind::Io,
+            return Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
                 "Redis closed the connection",
             )));
         }
@@ -387,6 +387,9 @@ mod tests {
         .await;
         let err = replies.unwrap_err();
         assert!(err.to_string().contains("unknown command"), "{err}");
+        // a connection Redis closed is an error that says so, to be tried again on a new one
+        let (replies, _) = transaction(b"", &[incr]).await;
+        assert!(replies.unwrap_err().is_connection_dropped());
         // garbage and a closed connection are errors, not panics
         for garbage in [
             &b"+OK\r\n?\r\n"[..],
