@@ -605,6 +605,11 @@ struct PausableRedis {
 
 impl PausableRedis {
     async fn start() -> Self {
+        Self::start_with_password(None).await
+    }
+
+    /// With a password, the URL carries it.
+    async fn start_with_password(password: Option<&str>) -> Self {
         let port = {
             let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             free.local_addr().unwrap().port()
@@ -612,6 +617,7 @@ impl PausableRedis {
         let process = tokio::process::Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
+            .args(password.map(|p| ["--requirepass", p]).into_iter().flatten())
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -625,9 +631,10 @@ impl PausableRedis {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let credentials = password.map(|p| format!(":{p}@")).unwrap_or_default();
         Self {
             process,
-            url: format!("redis://127.0.0.1:{port}"),
+            url: format!("redis://{credentials}127.0.0.1:{port}"),
         }
     }
 
@@ -657,6 +664,50 @@ impl PausableRedis {
             .unwrap();
         assert!(sent.success());
     }
+}
+
+/// The limiter signs in to a Redis that requires a password and counts in the URL's
+/// database, not in database 0.
+#[tokio::test]
+async fn counters_sign_in_with_the_urls_password_and_use_its_database() {
+    let redis = PausableRedis::start_with_password(Some("s3cret")).await;
+    let url = format!("{}/2", redis.url);
+    let kafka = support::kafka(&support::brokers().await);
+    let database = support::audit::fresh_postgres().await;
+    let env = [("REDIS_URL", url.as_str()), ("RATE_LIMIT_USER", "1000/1m")];
+    let ingress = HeraldProcess::start("ingress", &kafka, &database, &env).await;
+    let bearer = token("signed-in", &["user"]);
+    let response = post(
+        &ingress.base,
+        "/api/v1/events",
+        &support::order("o-signed-in"),
+        Some(&bearer),
+    )
+    .await;
+    assert_eq!(response.status(), 202);
+    assert_eq!(
+        response.headers().get("ratelimit-remaining").unwrap(),
+        "999"
+    );
+    let port = redis.url.rsplit(':').next().unwrap();
+    let keys = |database: &str| {
+        let out = std::process::Command::new("redis-cli")
+            .args([
+                "-p",
+                port,
+                "-a",
+                "s3cret",
+                "--no-auth-warning",
+                "-n",
+                database,
+            ])
+            .arg("DBSIZE")
+            .output()
+            .expect("redis-cli (installed with redis-server)");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!((keys("2"), keys("0")), ("1".into(), "0".into()));
+    ingress.kill9().await;
 }
 
 /// Redis closing the edge's idle connection (a restart, its client `timeout`) costs no
