@@ -22,7 +22,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{Smtp, herald, percentile, setting, wall};
+use common::{Smtp, herald, percentile, setting, topic_prefix, wall};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -56,7 +56,7 @@ async fn main() {
         .expect("set TEST_POSTGRES_URL (infra/scripts/services.sh prints it)");
     let rate = setting("BENCH_RATE", 50);
     let seconds = setting("BENCH_SECONDS", 20);
-    let prefix = format!("e2e{}.", &Uuid::new_v4().simple().to_string()[..8]);
+    let prefix = topic_prefix("e2e");
     let dir = std::env::temp_dir().join(format!("herald-bench-e2e-{}", &prefix[..11]));
     std::fs::create_dir_all(&dir).unwrap();
     let smtp = Smtp::start(&dir).await;

@@ -21,7 +21,10 @@
 
 mod common;
 
-use common::{SECRET, Smtp, cpu_seconds, herald, peak_rss_mb, percentile, setting, wall};
+use common::{
+    SECRET, Smtp, cpu_seconds, herald, ingress_on, peak_rss_mb, percentile, setting, topic_prefix,
+    wall,
+};
 
 use std::time::{Duration, Instant};
 
@@ -65,18 +68,14 @@ async fn main() {
     let emails = setting("BENCH_EMAILS", 5000) as usize;
     let rate = setting("BENCH_RATE", 100);
     let seconds = setting("BENCH_SECONDS", 20);
-    let prefix = format!("nbench{}.", &Uuid::new_v4().simple().to_string()[..8]);
+    let prefix = topic_prefix("nbench");
     let dir = std::env::temp_dir().join(format!("herald-bench-notify-{}", &prefix[..14]));
     std::fs::create_dir_all(&dir).unwrap();
 
     let smtp = Smtp::start(&dir).await;
     let smtp_url = smtp.url.clone();
 
-    let common = [
-        ("KAFKA_BROKERS", brokers.as_str()),
-        ("TOPIC_PREFIX", prefix.as_str()),
-    ];
-    let (_ingress, ingress) = herald("ingress", &common).await;
+    let (_ingress, ingress, common) = ingress_on(brokers.as_str(), &prefix).await;
     let token = platform::auth::mint_hs256(
         &SecretString::from(SECRET),
         "bench",
@@ -192,12 +191,8 @@ async fn scaling(
     emails: usize,
     processes: usize,
 ) {
-    let prefix = format!("nbench{}.", &Uuid::new_v4().simple().to_string()[..8]);
-    let common = [
-        ("KAFKA_BROKERS", brokers),
-        ("TOPIC_PREFIX", prefix.as_str()),
-    ];
-    let (_ingress, ingress) = herald("ingress", &common).await;
+    let prefix = topic_prefix("nbench");
+    let (_ingress, ingress, common) = ingress_on(brokers, &prefix).await;
     let client = reqwest::Client::new();
     let tag = format!("s{processes}-{}-", &prefix[6..14]);
     post_backlog(&client, &ingress, token, &tag, emails).await;

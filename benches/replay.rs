@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{HERALD, herald, post_batches, setting, token};
+use common::{HERALD, ingress_on, post_batches, setting, token, topic_prefix};
 
 use std::process::Stdio;
 
@@ -53,12 +53,8 @@ async fn timed(program: &str, args: &[&str], env: &[(&str, &str)]) -> (f64, f64)
 async fn main() {
     let brokers = std::env::var("KAFKA_BROKERS").expect("set KAFKA_BROKERS to a running broker");
     let total = setting("BENCH_EVENTS", 200_000) as usize;
-    let prefix = format!("pbench{}.", &Uuid::new_v4().simple().to_string()[..8]);
-    let common = [
-        ("KAFKA_BROKERS", brokers.as_str()),
-        ("TOPIC_PREFIX", prefix.as_str()),
-    ];
-    let (_ingress, ingress) = herald("ingress", &common).await;
+    let prefix = topic_prefix("pbench");
+    let (_ingress, ingress, _) = ingress_on(brokers.as_str(), &prefix).await;
     let client = reqwest::Client::new();
     let service = token("bench", "service");
 

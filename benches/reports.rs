@@ -19,7 +19,7 @@
 
 mod common;
 
-use common::{HERALD, herald, peak_rss_mb, post_batches, setting, token};
+use common::{HERALD, herald, ingress_on, peak_rss_mb, post_batches, setting, token, topic_prefix};
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -100,12 +100,8 @@ async fn aggregated(
 /// Another backlog of `total` events on topics of its own, aggregated by `processes`
 /// processes in one group on `database`.
 async fn scaling(brokers: &str, schedule: &str, database: &str, total: usize, processes: usize) {
-    let prefix = format!("rbench{}.", &Uuid::new_v4().simple().to_string()[..8]);
-    let common = [
-        ("KAFKA_BROKERS", brokers),
-        ("TOPIC_PREFIX", prefix.as_str()),
-    ];
-    let (_ingress, ingress) = herald("ingress", &common).await;
+    let prefix = topic_prefix("rbench");
+    let (_ingress, ingress, common) = ingress_on(brokers, &prefix).await;
     let client = reqwest::Client::new();
     let tokens = user_tokens();
     let mut expected = BTreeMap::new();
@@ -176,7 +172,7 @@ async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
 async fn main() {
     let brokers = std::env::var("KAFKA_BROKERS").expect("set KAFKA_BROKERS to a running broker");
     let total = setting("BENCH_EVENTS", 200_000) as usize;
-    let prefix = format!("rbench{}.", &Uuid::new_v4().simple().to_string()[..8]);
+    let prefix = topic_prefix("rbench");
     let dir = std::env::temp_dir().join(format!("herald-bench-reports-{}", &prefix[..14]));
     std::fs::create_dir_all(&dir).unwrap();
     let schedule = dir.join("reports.toml");
@@ -189,11 +185,7 @@ async fn main() {
     let schedule = schedule.display().to_string();
     let database = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| format!("sqlite://{}", dir.join("reports.db").display()));
-    let common = [
-        ("KAFKA_BROKERS", brokers.as_str()),
-        ("TOPIC_PREFIX", prefix.as_str()),
-    ];
-    let (_ingress, ingress) = herald("ingress", &common).await;
+    let (_ingress, ingress, common) = ingress_on(brokers.as_str(), &prefix).await;
     let client = reqwest::Client::new();
     let tokens = user_tokens();
 

@@ -12,12 +12,13 @@
 
 mod common;
 
-use common::{HERALD, herald, peak_rss_mb, percentile, post_batches, setting, token};
+use common::{
+    HERALD, herald, ingress_on, peak_rss_mb, percentile, post_batches, setting, token, topic_prefix,
+};
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use uuid::Uuid;
 
 const CUSTOMERS: usize = 10_000;
 
@@ -115,13 +116,9 @@ async fn ids(client: &reqwest::Client, base: &str, query: &str, bearer: &str) ->
 async fn main() {
     let brokers = std::env::var("KAFKA_BROKERS").expect("set KAFKA_BROKERS to a running broker");
     let docs = setting("BENCH_DOCS", 200_000) as usize;
-    let prefix = format!("sbench{}.", &Uuid::new_v4().simple().to_string()[..8]);
+    let prefix = topic_prefix("sbench");
     let dir = std::env::temp_dir().join(format!("herald-bench-search-{}", &prefix[..14]));
-    let common = [
-        ("KAFKA_BROKERS", brokers.as_str()),
-        ("TOPIC_PREFIX", prefix.as_str()),
-    ];
-    let (_ingress, ingress) = herald("ingress", &common).await;
+    let (_ingress, ingress, common) = ingress_on(brokers.as_str(), &prefix).await;
     let service = token("bench", "service");
     let admin = token("ops", "admin");
     let client = reqwest::Client::new();

@@ -20,6 +20,25 @@ pub fn setting(name: &str, default: u64) -> u64 {
 }
 
 #[allow(dead_code, reason = "some benchmarks start their processes by hand")]
+/// A prefix of the benchmark's own for every topic and group: `tag`, 8 random hex digits
+/// and a dot, so runs on one broker never read each other's events.
+pub fn topic_prefix(tag: &str) -> String {
+    format!("{tag}{}.", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+#[allow(dead_code, reason = "some benchmarks start their processes by hand")]
+/// An ingress publishing to the topics under `prefix`, and the environment that gives the
+/// benchmark's other processes the same broker and topics.
+pub async fn ingress_on<'a>(
+    brokers: &'a str,
+    prefix: &'a str,
+) -> (Child, String, [(&'static str, &'a str); 2]) {
+    let env = [("KAFKA_BROKERS", brokers), ("TOPIC_PREFIX", prefix)];
+    let (child, base) = herald("ingress", &env).await;
+    (child, base, env)
+}
+
+#[allow(dead_code, reason = "some benchmarks start their processes by hand")]
 /// Starts a herald service with the benchmark's secrets; returns it and the address it
 /// announced.
 pub async fn herald(service: &str, env: &[(&str, &str)]) -> (Child, String) {
