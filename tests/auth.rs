@@ -605,11 +605,11 @@ struct PausableRedis {
 
 impl PausableRedis {
     async fn start() -> Self {
-        Self::start_with_password(None).await
+        Self::start_with_user(None).await
     }
 
-    /// With a password, the URL carries it.
-    async fn start_with_password(password: Option<&str>) -> Self {
+    /// With a user (name, password), the default user is off and the URL signs in as it.
+    async fn start_with_user(user: Option<(&str, &str)>) -> Self {
         let port = {
             let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             free.local_addr().unwrap().port()
@@ -617,7 +617,16 @@ impl PausableRedis {
         let process = tokio::process::Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
-            .args(password.map(|p| ["--requirepass", p]).into_iter().flatten())
+            .args(user.into_iter().flat_map(|(name, password)| {
+                let user = vec![
+                    "--user".into(),
+                    name.into(),
+                    "on".into(),
+                    format!(">{password}"),
+                ];
+                let rights = ["~*", "+@all", "--user", "default", "off"];
+                user.into_iter().chain(rights.map(String::from))
+            }))
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -631,7 +640,9 @@ impl PausableRedis {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let credentials = password.map(|p| format!(":{p}@")).unwrap_or_default();
+        let credentials = user
+            .map(|(name, password)| format!("{name}:{password}@"))
+            .unwrap_or_default();
         Self {
             process,
             url: format!("redis://{credentials}127.0.0.1:{port}"),
@@ -666,12 +677,16 @@ impl PausableRedis {
     }
 }
 
-/// The limiter signs in to a Redis that requires a password and counts in the URL's
-/// database, not in database 0.
+/// The limiter signs in as the URL's user to a Redis whose default user is off, and counts
+/// in the URL's database, not in database 0; a wrong password stops it at start, saying why.
 #[tokio::test]
-async fn counters_sign_in_with_the_urls_password_and_use_its_database() {
-    let redis = PausableRedis::start_with_password(Some("s3cret")).await;
+async fn counters_sign_in_as_the_urls_user_and_use_its_database() {
+    let redis = PausableRedis::start_with_user(Some(("herald", "s3cret"))).await;
     let url = format!("{}/2", redis.url);
+    let wrong = redis.url.replace("s3cret", "nope");
+    let refused = platform::edge::rate::RedisCounters::connect(&wrong).await;
+    let err = refused.err().expect("a wrong password is refused");
+    assert!(err.to_string().contains("WRONGPASS"), "{err}");
     let kafka = support::kafka(&support::brokers().await);
     let database = support::audit::fresh_postgres().await;
     let env = [("REDIS_URL", url.as_str()), ("RATE_LIMIT_USER", "1000/1m")];
@@ -692,15 +707,8 @@ async fn counters_sign_in_with_the_urls_password_and_use_its_database() {
     let port = redis.url.rsplit(':').next().unwrap();
     let keys = |database: &str| {
         let out = std::process::Command::new("redis-cli")
-            .args([
-                "-p",
-                port,
-                "-a",
-                "s3cret",
-                "--no-auth-warning",
-                "-n",
-                database,
-            ])
+            .args(["-p", port, "--user", "herald", "--pass", "s3cret"])
+            .args(["--no-auth-warning", "-n", database])
             .arg("DBSIZE")
             .output()
             .expect("redis-cli (installed with redis-server)");

@@ -278,53 +278,6 @@ mod tests {
         assert_eq!(out, b"*3\r\n$6\r\nINCRBY\r\n$3\r\nk:1\r\n$2\r\n12\r\n");
     }
 
-    #[tokio::test]
-    async fn opening_signs_in_and_selects_the_urls_database() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let redis = tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut heard = Vec::new();
-            for answer in ["+OK\r\n", "+OK\r\n", "+PONG\r\n"] {
-                let mut chunk = vec![0; 256];
-                let n = socket.read(&mut chunk).await.unwrap();
-                heard.extend_from_slice(&chunk[..n]);
-                socket.write_all(answer.as_bytes()).await.unwrap();
-            }
-            String::from_utf8(heard).unwrap()
-        });
-        let url = format!("redis://herald:s%20cret@127.0.0.1:{port}/3");
-        let info = redis::Client::open(url.as_str())
-            .unwrap()
-            .get_connection_info()
-            .clone();
-        Link::open(&info).await.unwrap();
-        assert_eq!(
-            redis.await.unwrap(),
-            "*3\r\n$4\r\nAUTH\r\n$6\r\nherald\r\n$6\r\ns cret\r\n\
-             *2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n*1\r\n$4\r\nPING\r\n"
-        );
-        // a refused password is an error that says so
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut chunk = vec![0; 256];
-            let _ = socket.read(&mut chunk).await.unwrap();
-            socket
-                .write_all(b"-WRONGPASS invalid password\r\n")
-                .await
-                .unwrap();
-        });
-        let url = format!("redis://:nope@127.0.0.1:{port}");
-        let info = redis::Client::open(url.as_str())
-            .unwrap()
-            .get_connection_info()
-            .clone();
-        let err = Link::open(&info).await.err().unwrap();
-        assert!(err.to_string().contains("WRONGPASS"), "{err}");
-    }
-
     /// Runs one transaction of `queued` commands against a stand-in Redis that answers
     /// `answer` and then closes: the outcome, and what was sent.
     async fn transaction(
