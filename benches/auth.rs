@@ -8,7 +8,9 @@
 //! 2. the rate limiter's cost: the real `herald ingress` with limits counted in process (and
 //!    in Redis when REDIS_URL is set), against the same binary with RATE_LIMITS_OFF,
 //!    alternating rounds of single-event requests (from 32 clients, then from 256) and of
-//!    batches of 100;
+//!    batches of 100; a second limits-off process, the control, shows how far two identical
+//!    processes differ in the same run. BENCH_CLIENTS (`32,256`) and BENCH_ROUNDS (5) change
+//!    the loads and the rounds;
 //! 3. login latency: `herald auth` (SQLite), argon2id at m=19456 KiB, t=2, p=1; one client
 //!    signing in over and over, then four at once.
 
@@ -208,6 +210,12 @@ async fn main() {
         ("limits off", vec![("RATE_LIMITS_OFF", "true".into())]),
         ("limits in process", vec![]),
     ];
+    // A second process with limits off, measured like the others: how far two identical
+    // processes differ in one run is the smallest difference the others can show.
+    variants.push((
+        "limits off, control",
+        vec![("RATE_LIMITS_OFF", "true".into())],
+    ));
     if let Some(redis) = &redis {
         variants.push(("limits in Redis", vec![("REDIS_URL", redis.clone())]));
     }
@@ -228,15 +236,24 @@ async fn main() {
     // Single events at two loads: 32 clients leave the machine half idle, so the rate is
     // bound by each request's latency (and shows the limiter's round trip); 256 keep every
     // core busy, so the rate is the ingress's capacity (and shows the limiter's CPU).
-    const LOADS: [usize; 2] = [32, 256];
+    let loads: Vec<usize> = std::env::var("BENCH_CLIENTS").map_or(vec![32, 256], |v| {
+        v.split(',')
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .expect("BENCH_CLIENTS: numbers, comma-separated")
+            })
+            .collect()
+    });
+    let rounds = common::setting("BENCH_ROUNDS", ROUNDS as u64) as usize;
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(LOADS[1])
+        .pool_max_idle_per_host(*loads.iter().max().unwrap())
         .build()
         .unwrap();
-    let mut single: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); running.len()]; LOADS.len()];
-    let mut cpu: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); running.len()]; LOADS.len()];
+    let mut single: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); running.len()]; loads.len()];
+    let mut cpu: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); running.len()]; loads.len()];
     let mut batched: Vec<Vec<f64>> = vec![Vec::new(); running.len()];
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         // Each round starts with another variant, so no variant always runs first.
         for step in 0..running.len() {
             let i = (round + step) % running.len();
@@ -244,7 +261,7 @@ async fn main() {
             let pid = child.id().unwrap();
             // A user per round and variant: every request is counted, none refused.
             let token = common::token(&format!("bench-{round}-{i}"), "user");
-            for (load, &clients) in LOADS.iter().enumerate() {
+            for (load, &clients) in loads.iter().enumerate() {
                 let before = common::cpu_seconds(pid);
                 let rate = single_rate(&client, base, &token, clients).await;
                 let used = common::cpu_seconds(pid) - before;
@@ -254,17 +271,19 @@ async fn main() {
             batched[i].push(batched_rate(&client, base, &token).await);
         }
     }
-    for (load, clients) in LOADS.iter().enumerate() {
+    for (load, clients) in loads.iter().enumerate() {
         let off_single = common::median(&mut single[load][0].clone());
         let off_cpu = common::median(&mut cpu[load][0].clone());
         for (i, (name, _, _)) in running.iter().enumerate() {
+            let rounds: Vec<String> = single[load][i].iter().map(|r| format!("{r:.0}")).collect();
             let s = common::median(&mut single[load][i]);
             let c = common::median(&mut cpu[load][i]);
             println!(
                 "ingress, {name}, single events from {clients} clients: {s:.0} requests/s ({:.1}% of off), \
-                 {c:.1} µs CPU per request (+{:.1})",
+                 {c:.1} µs CPU per request ({:+.1}); rounds {}",
                 s / off_single * 100.0,
                 c - off_cpu,
+                rounds.join(" "),
             );
         }
     }

@@ -149,6 +149,29 @@ pub struct Edge {
     args: EdgeArgs,
     counters: Counters,
     auth: Option<Arc<Authenticator>>,
+    anonymous: Limit,
+    user: Limit,
+    /// One per `args.rate_limit_routes`, in the same order.
+    routes: Vec<Limit>,
+}
+
+/// A configured rate with the two RateLimit headers that never change for it, written once
+/// rather than on every response.
+struct Limit {
+    rate: Rate,
+    limit: HeaderValue,
+    policy: HeaderValue,
+}
+
+impl Limit {
+    fn new(rate: Rate) -> Self {
+        let policy = format!("{};w={}", rate.count, rate.window.as_secs());
+        Self {
+            rate,
+            limit: HeaderValue::from(rate.count),
+            policy: HeaderValue::from_str(&policy).expect("digits and ;w= are a valid header"),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +199,13 @@ impl Edge {
             args: args.clone(),
             counters,
             auth,
+            anonymous: Limit::new(args.rate_limit_anonymous),
+            user: Limit::new(args.rate_limit_user),
+            routes: args
+                .rate_limit_routes
+                .iter()
+                .map(|r| Limit::new(r.rate))
+                .collect(),
         })
     }
 
@@ -257,12 +287,13 @@ impl Edge {
     /// The limit that applies, and the counter's key. A route's own limit counts per client
     /// address even for signed-in callers, so accounts an attacker made for themself do not
     /// multiply, say, the login route's budget.
-    fn limit_for(&self, method: &Method, route: &str, caller: &Caller) -> (Rate, String) {
-        if let Some(own) = self
+    fn limit_for(&self, method: &Method, route: &str, caller: &Caller) -> (&Limit, String) {
+        if let Some((own, limit)) = self
             .args
             .rate_limit_routes
             .iter()
-            .find(|r| r.path == route && r.method == method.as_str())
+            .zip(&self.routes)
+            .find(|(r, _)| r.path == route && r.method == method.as_str())
         {
             let key = format!(
                 "herald:rl:{}:{}:ip:{}",
@@ -270,21 +301,18 @@ impl Edge {
                 own.rate.window.as_secs(),
                 caller.ip
             );
-            return (own.rate, key);
+            return (limit, key);
         }
         match &caller.user {
             Some(user) => {
-                let rate = self.args.rate_limit_user;
-                (
-                    rate,
-                    format!("herald:rl:user:{}:u:{user}", rate.window.as_secs()),
-                )
+                let window = self.user.rate.window.as_secs();
+                (&self.user, format!("herald:rl:user:{window}:u:{user}"))
             }
             None => {
-                let rate = self.args.rate_limit_anonymous;
+                let window = self.anonymous.rate.window.as_secs();
                 (
-                    rate,
-                    format!("herald:rl:ip:{}:ip:{}", rate.window.as_secs(), caller.ip),
+                    &self.anonymous,
+                    format!("herald:rl:ip:{window}:ip:{}", caller.ip),
                 )
             }
         }
@@ -363,13 +391,15 @@ async fn handle(
         .map(|c| c.0.ip());
     let caller = edge.caller(request.headers(), peer);
     request.extensions_mut().insert(caller.clone());
-    let verdict = if edge.args.rate_limits_off {
-        None
+    let (verdict, limit) = if edge.args.rate_limits_off {
+        (None, None)
     } else {
-        let (rate, key) = edge.limit_for(&method, &route, &caller);
-        edge.count(&key, rate.window)
-            .await
-            .map(|count| rate::verdict(rate, count))
+        let (limit, key) = edge.limit_for(&method, &route, &caller);
+        let count = edge.count(&key, limit.rate.window).await;
+        (
+            count.map(|count| rate::verdict(limit.rate, count)),
+            Some(limit),
+        )
     };
 
     let log_bodies = edge.args.log_bodies && tracing::enabled!(tracing::Level::DEBUG);
@@ -408,13 +438,11 @@ async fn handle(
         }
     };
     let headers = response.headers_mut();
-    if let Some(v) = verdict {
-        headers.insert("ratelimit-limit", HeaderValue::from(v.limit));
+    if let (Some(v), Some(limit)) = (verdict, limit) {
+        headers.insert("ratelimit-limit", limit.limit.clone());
         headers.insert("ratelimit-remaining", HeaderValue::from(v.remaining));
         headers.insert("ratelimit-reset", HeaderValue::from(v.reset_secs));
-        if let Ok(policy) = HeaderValue::from_str(&format!("{};w={}", v.limit, v.window_secs)) {
-            headers.insert("ratelimit-policy", policy);
-        }
+        headers.insert("ratelimit-policy", limit.policy.clone());
     }
     if let Some(d) = edge
         .args
