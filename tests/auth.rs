@@ -567,10 +567,8 @@ async fn two_ingress_processes_sharing_redis_enforce_one_limit() {
     );
     // At once, from both processes: hits counted together in one Redis call still get a
     // count each, so exactly the limit passes and each remaining count is given out once.
-    let crowd = token(
-        &format!("crowd-{}", uuid::Uuid::new_v4().simple()),
-        &["user"],
-    );
+    let crowd_user = format!("crowd-{}", uuid::Uuid::new_v4().simple());
+    let crowd = token(&crowd_user, &["user"]);
     let sends = (0..60).map(|i| {
         let base = if i % 2 == 0 { &a.base } else { &b.base };
         post(base, "/api/v1/events", &order, Some(&crowd))
@@ -593,6 +591,28 @@ async fn two_ingress_processes_sharing_redis_enforce_one_limit() {
     remaining.sort_unstable();
     assert_eq!(remaining, (0..10).collect::<Vec<u64>>());
     assert_eq!(refused, 50);
+    // Over the limit the answer is 429 before anything else: for a body that does not
+    // validate, and for a request that only validates.
+    let invalid = json!({"type": "order.placed", "data": {"order_id": 7}});
+    let over = post(&a.base, "/api/v1/events", &invalid, Some(&crowd)).await;
+    assert_eq!(over.status(), 429);
+    let over = post(
+        &b.base,
+        "/api/v1/events?validate_only=true",
+        &order,
+        Some(&crowd),
+    )
+    .await;
+    assert_eq!(over.status(), 429);
+    // And nothing refused was published: exactly the limit per user is in the topic.
+    let published = support::read(&kafka, "orders").await;
+    for user in [&user, crowd_user.as_str()] {
+        let theirs = published
+            .iter()
+            .filter(|(_, d)| d.envelope.actor == *user)
+            .count();
+        assert_eq!(theirs, 10, "events published for {user}");
+    }
     a.kill9().await;
     b.kill9().await;
 }
