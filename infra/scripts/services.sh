@@ -3,8 +3,8 @@
 # from Debian's packages, Java and Maven for the Apache Kafka broker, Chromium (renders report
 # pages headless) from Debian, aiosmtpd (an SMTP server), DuckDB and fastavro
 # (readers of exports) from PyPI, nginx and Prometheus's promtool (check the deployment files)
-# from Debian. Idempotent: a second run reuses what is there. Prints the environment
-# to export.
+# from Debian, and kcat and GNU time for the benchmarks. Idempotent: a second run reuses what
+# is there. Prints the environment to export.
 set -euo pipefail
 
 need=()
@@ -20,6 +20,9 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
 command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need+=(iproute2)
+# The replay benchmark's ceiling: kcat reading the same topic, timed by GNU time.
+command -v kcat >/dev/null || need+=(kcat)
+[ -x /usr/bin/time ] || need+=(time)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
