@@ -539,6 +539,8 @@ async fn two_ingress_processes_sharing_redis_enforce_one_limit() {
             response.headers()["ratelimit-remaining"],
             (9 - i).to_string().as_str()
         );
+        assert_eq!(response.headers()["ratelimit-limit"], "10");
+        assert_eq!(response.headers()["ratelimit-policy"], "10;w=60");
     }
     for base in [&a.base, &b.base] {
         let refused = post(base, "/api/v1/events", &order, Some(&bearer)).await;
