@@ -366,7 +366,7 @@ async fn count_batch(link: &mut Link, batch: &[Hit]) -> Result<Vec<Count>, redis
     for (slot, replies) in replies.chunks(3).enumerate() {
         let (count, ttl) = match replies {
             [
-                Reply::Status(_) | Reply::Bulk(None),
+                Reply::Status | Reply::Bulk(None),
                 Reply::Int(count),
                 Reply::Int(ttl),
             ] => (*count, *ttl),

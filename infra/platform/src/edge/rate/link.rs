@@ -18,7 +18,8 @@ const MAX_BULK: usize = 1 << 20;
 /// One RESP2 reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Reply {
-    Status(String),
+    /// A simple string (`+OK`, `+QUEUED`): no counter command needs its text, so none is kept.
+    Status,
     Error(String),
     Int(i64),
     /// `None` is the null bulk string, e.g. a `SET ... NX` that set nothing.
@@ -103,7 +104,7 @@ impl Link {
         let mut refused = None;
         for _ in 0..=queued {
             match self.read_reply().await? {
-                Reply::Status(_) => {}
+                Reply::Status => {}
                 Reply::Error(e) => refused = refused.or(Some(e)),
                 other => return Err(unexpected("MULTI", &other)),
             }
@@ -118,7 +119,7 @@ impl Link {
     async fn call_ok(&mut self, what: &'static str) -> Result<(), RedisError> {
         self.send().await?;
         match self.read_reply().await? {
-            Reply::Status(_) => Ok(()),
+            Reply::Status => Ok(()),
             Reply::Error(e) => Err(server_error(e)),
             other => Err(unexpected(what, &other)),
         }
@@ -173,7 +174,7 @@ impl Link {
     async fn take_scalar(&mut self) -> Result<Reply, RedisError> {
         let text = || String::from_utf8_lossy(&self.line[1..]).into_owned();
         Ok(match self.line[0] {
-            b'+' => Reply::Status(text()),
+            b'+' => Reply::Status,
             b'-' => Reply::Error(text()),
             b':' => Reply::Int(
                 std::str::from_utf8(&self.line[1..])
