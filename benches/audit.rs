@@ -116,7 +116,7 @@ async fn backlog(kafka: &KafkaArgs, catalog: &Arc<Catalog>, n: usize) {
         chunk.push(OutgoingRecord {
             topic: kafka.topic(&schema.topic),
             key: key.into_bytes(),
-            payload: codec.encode(schema, &envelope, value).unwrap(),
+            payload: codec.encode(schema, &envelope, &value).unwrap(),
             timestamp_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
             headers: vec![],
         });

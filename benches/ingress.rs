@@ -53,7 +53,10 @@ async fn main() {
     let prefix = format!("bench{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let kafka = KafkaArgs {
         brokers: Some(brokers.clone()),
-        properties: vec![],
+        // The ingress inherits KAFKA_PROPERTIES too: both sides produce alike.
+        properties: std::env::var("KAFKA_PROPERTIES")
+            .map(|p| p.split(',').map(str::to_string).collect())
+            .unwrap_or_default(),
         topic_prefix: prefix.clone(),
     };
 
@@ -124,7 +127,7 @@ async fn main() {
             OutgoingRecord {
                 topic: kafka.topic("orders"),
                 key: format!("o-{i}").into_bytes(),
-                payload: codec.encode(&schema, &envelope, data).unwrap(),
+                payload: codec.encode(&schema, &envelope, &data).unwrap(),
                 timestamp_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
                 headers: vec![],
             }

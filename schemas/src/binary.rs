@@ -12,6 +12,7 @@ use apache_avro::Schema;
 use apache_avro::types::Value;
 use serde_json::Number;
 
+use crate::Envelope;
 use crate::json::{Names, date_json, timestamp_json};
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +118,32 @@ pub fn encode(
             Ok(())
         }
         _ => Err(EncodeError("unsupported value")),
+    }
+}
+
+/// Appends the envelope's fields (`schemas/avro/_envelope.avsc`), in order: the front of
+/// every wire record.
+pub fn envelope(envelope: &Envelope, out: &mut Vec<u8>) {
+    let micros = |at: time::OffsetDateTime| (at.unix_timestamp_nanos() / 1_000) as i64;
+    bytes(
+        envelope
+            .event_id
+            .hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer())
+            .as_bytes(),
+        out,
+    );
+    bytes(envelope.event_type.as_bytes(), out);
+    long(micros(envelope.occurred_at), out);
+    long(micros(envelope.received_at), out);
+    bytes(envelope.actor.as_bytes(), out);
+    bytes(envelope.source.as_bytes(), out);
+    match &envelope.idempotency_key {
+        None => long(0, out),
+        Some(key) => {
+            long(1, out);
+            bytes(key.as_bytes(), out);
+        }
     }
 }
 
@@ -317,7 +344,7 @@ pub fn read_str<'a>(input: &mut &'a [u8]) -> Result<&'a str, DecodeError> {
 }
 
 /// Zig-zag variable-length long.
-fn long(n: i64, out: &mut Vec<u8>) {
+pub(crate) fn long(n: i64, out: &mut Vec<u8>) {
     let mut z = ((n << 1) ^ (n >> 63)) as u64;
     while z >= 0x80 {
         out.push((z as u8) | 0x80);
@@ -326,7 +353,7 @@ fn long(n: i64, out: &mut Vec<u8>) {
     out.push(z as u8);
 }
 
-fn bytes(b: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn bytes(b: &[u8], out: &mut Vec<u8>) {
     long(b.len() as i64, out);
     out.extend_from_slice(b);
 }

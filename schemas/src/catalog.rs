@@ -12,6 +12,7 @@ use apache_avro::headers::{HeaderBuilder, RabinFingerprintHeader};
 use apache_avro::schema_compatibility::SchemaCompatibility;
 use serde_json::{Value as Json, json};
 
+use crate::direct::Plan;
 use crate::json::{self, Names};
 
 /// The 8-byte CRC-64-AVRO fingerprint of a wire schema's canonical form, as it appears in
@@ -41,6 +42,8 @@ pub struct SchemaVersion {
     pub(crate) data_schema: Schema,
     /// Named types of the wire schema (which holds the data schema's too).
     pub(crate) names: Names,
+    /// The data schema compiled for encoding JSON text directly.
+    plan: Option<Plan>,
 }
 
 impl SchemaVersion {
@@ -56,6 +59,28 @@ impl SchemaVersion {
         base: &str,
     ) -> Result<apache_avro::types::Value, Vec<json::FieldError>> {
         json::from_json(&self.data_schema, &self.names, data, base)
+    }
+
+    /// Appends the Avro binary of a `data` object given as JSON text and returns its
+    /// aggregate id, when the data fits the schema. `None` says only "not here": call
+    /// [`SchemaVersion::validate`] for what is wrong, or for data that fits in a way only it
+    /// handles (see `direct`). `out` is left as it was on `None`.
+    pub fn encode_json(&self, data: &str, out: &mut Vec<u8>) -> Option<String> {
+        self.plan.as_ref()?.encode(data, out)
+    }
+
+    /// Appends the Avro binary of a value from [`SchemaVersion::validate`] to `out`.
+    pub fn encode_value(
+        &self,
+        data: &apache_avro::types::Value,
+        out: &mut Vec<u8>,
+    ) -> Result<(), crate::CodecError> {
+        Ok(crate::binary::encode(
+            data,
+            &self.data_schema,
+            &self.names,
+            out,
+        )?)
     }
 }
 
@@ -289,6 +314,7 @@ fn load_version(
     fingerprint.copy_from_slice(&header[2..10]);
 
     let names = json::collect_names(&wire);
+    let plan = Plan::new(&data_schema, &names, &key_field);
     let version = SchemaVersion {
         event_type,
         version,
@@ -302,6 +328,7 @@ fn load_version(
         fingerprint,
         data_schema,
         names,
+        plan,
     };
     version
         .validate(&version.example, "/example")

@@ -96,9 +96,22 @@ impl Codec {
         &self,
         schema: &SchemaVersion,
         envelope: &Envelope,
-        data: Value,
+        data: &Value,
     ) -> Result<Vec<u8>, CodecError> {
-        let mut out = Vec::with_capacity(256);
+        let mut encoded = Vec::with_capacity(128);
+        schema.encode_value(data, &mut encoded)?;
+        self.encode_bytes(schema, envelope, &encoded)
+    }
+
+    /// Encodes an event whose data is already Avro binary of `schema`'s data record, from
+    /// [`SchemaVersion::encode_json`] or [`SchemaVersion::encode_value`].
+    pub fn encode_bytes(
+        &self,
+        schema: &SchemaVersion,
+        envelope: &Envelope,
+        data: &[u8],
+    ) -> Result<Vec<u8>, CodecError> {
+        let mut out = Vec::with_capacity(96 + data.len());
         match &self.format {
             WireFormat::SingleObject => {
                 out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
@@ -115,9 +128,9 @@ impl Codec {
                 out.extend_from_slice(&id.to_be_bytes());
             }
         }
-        let record = wire_record(envelope, data);
-        // Validation already happened against the data schema: no second pass here.
-        crate::binary::encode(&record, &schema.wire, &schema.names, &mut out)?;
+        // The wire record is the envelope's fields, then data (schemas/README.md).
+        crate::binary::envelope(envelope, &mut out);
+        out.extend_from_slice(data);
         Ok(out)
     }
 
@@ -268,36 +281,6 @@ fn decode_current(writer: &Arc<SchemaVersion>, mut body: &[u8]) -> Result<Decode
 }
 
 /// The wire record: the envelope's fields, then `data` (schemas/README.md).
-fn wire_record(envelope: &Envelope, data: Value) -> Value {
-    let idempotency_key = match &envelope.idempotency_key {
-        Some(key) => Value::Union(1, Box::new(Value::String(key.clone()))),
-        None => Value::Union(0, Box::new(Value::Null)),
-    };
-    Value::Record(vec![
-        ("event_id".into(), Value::Uuid(envelope.event_id)),
-        (
-            "event_type".into(),
-            Value::String(envelope.event_type.clone()),
-        ),
-        (
-            "occurred_at".into(),
-            Value::TimestampMicros(micros(envelope.occurred_at)),
-        ),
-        (
-            "received_at".into(),
-            Value::TimestampMicros(micros(envelope.received_at)),
-        ),
-        ("actor".into(), Value::String(envelope.actor.clone())),
-        ("source".into(), Value::String(envelope.source.clone())),
-        ("idempotency_key".into(), idempotency_key),
-        ("data".into(), data),
-    ])
-}
-
-fn micros(at: OffsetDateTime) -> i64 {
-    (at.unix_timestamp_nanos() / 1_000) as i64
-}
-
 fn string(value: Option<Value>) -> Option<String> {
     match value? {
         Value::String(s) => Some(s),
@@ -339,10 +322,41 @@ mod tests {
         }
     }
 
+    /// The wire record as an apache-avro value: what its writer is compared with.
+    fn wire_record(envelope: &Envelope, data: Value) -> Value {
+        let idempotency_key = match &envelope.idempotency_key {
+            Some(key) => Value::Union(1, Box::new(Value::String(key.clone()))),
+            None => Value::Union(0, Box::new(Value::Null)),
+        };
+        Value::Record(vec![
+            ("event_id".into(), Value::Uuid(envelope.event_id)),
+            (
+                "event_type".into(),
+                Value::String(envelope.event_type.clone()),
+            ),
+            (
+                "occurred_at".into(),
+                Value::TimestampMicros(micros(envelope.occurred_at)),
+            ),
+            (
+                "received_at".into(),
+                Value::TimestampMicros(micros(envelope.received_at)),
+            ),
+            ("actor".into(), Value::String(envelope.actor.clone())),
+            ("source".into(), Value::String(envelope.source.clone())),
+            ("idempotency_key".into(), idempotency_key),
+            ("data".into(), data),
+        ])
+    }
+
+    fn micros(at: OffsetDateTime) -> i64 {
+        (at.unix_timestamp_nanos() / 1_000) as i64
+    }
+
     fn round_trip(codec: &Codec, event_type: &str, data: &Json, env: &Envelope) -> Decoded {
         let schema = codec.catalog().latest(event_type).unwrap().clone();
         let value = schema.validate(data, "/data").unwrap();
-        let bytes = codec.encode(&schema, env, value).unwrap();
+        let bytes = codec.encode(&schema, env, &value).unwrap();
         codec.decode(&bytes).unwrap()
     }
 
@@ -375,15 +389,17 @@ mod tests {
     fn the_encoder_writes_what_apache_avro_writes() {
         let codec = Codec::new(catalog(), WireFormat::SingleObject);
         for schema in codec.catalog().event_types() {
-            let env = envelope(&schema.event_type, 1_763_800_000_123_456, Some("k".into()));
-            let value = schema.validate(&schema.example, "").unwrap();
-            let ours = codec.encode(schema, &env, value.clone()).unwrap();
-            let record = wire_record(&env, value);
-            let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schema.wire)
-                .build()
-                .unwrap();
-            let theirs = writer.write_value_to_vec(record).unwrap();
-            assert_eq!(&ours[10..], &theirs[..], "{}", schema.event_type);
+            for key in [None, Some("k".to_string())] {
+                let env = envelope(&schema.event_type, 1_763_800_000_123_456, key);
+                let value = schema.validate(&schema.example, "").unwrap();
+                let ours = codec.encode(schema, &env, &value).unwrap();
+                let record = wire_record(&env, value);
+                let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schema.wire)
+                    .build()
+                    .unwrap();
+                let theirs = writer.write_value_to_vec(record).unwrap();
+                assert_eq!(&ours[10..], &theirs[..], "{}", schema.event_type);
+            }
         }
     }
 
@@ -394,7 +410,7 @@ mod tests {
             for key in [None, Some("k".to_string())] {
                 let env = envelope(&schema.event_type, 1_763_800_000_123_456, key);
                 let value = schema.validate(&schema.example, "").unwrap();
-                let bytes = codec.encode(schema, &env, value).unwrap();
+                let bytes = codec.encode(schema, &env, &value).unwrap();
                 let ours = decode_current(schema, &bytes[10..]).unwrap();
                 let data: Json = serde_json::from_str(&ours.data).unwrap();
                 let theirs = GenericDatumReader::builder(&schema.wire)
@@ -418,7 +434,7 @@ mod tests {
         let schema = codec.catalog().latest("order.placed").unwrap().clone();
         let value = schema.validate(&schema.example, "").unwrap();
         let bytes = codec
-            .encode(&schema, &envelope("order.placed", 0, None), value)
+            .encode(&schema, &envelope("order.placed", 0, None), &value)
             .unwrap();
         assert_eq!(&bytes[..2], &[0xC3, 0x01]);
         assert_eq!(&bytes[2..10], &schema.fingerprint);

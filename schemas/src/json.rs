@@ -275,6 +275,17 @@ impl Converter<'_> {
     }
 }
 
+/// The value of an absent field with a `default` in the schema, as `from_json` fills it in.
+pub(crate) fn default_value(schema: &Schema, names: &Names, default: &Json) -> Option<Value> {
+    let mut errors = Vec::new();
+    let value = Converter {
+        names,
+        errors: &mut errors,
+    }
+    .default_value(schema, default, &mut String::new());
+    value.filter(|_| errors.is_empty())
+}
+
 const TIMESTAMP_HINT: &str = "expected an RFC 3339 timestamp like 2026-11-22T09:30:00Z";
 
 fn push_token(pointer: &mut String, token: &str) {
@@ -288,20 +299,20 @@ fn push_token(pointer: &mut String, token: &str) {
     }
 }
 
-fn latin1(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn latin1(s: &str) -> Option<Vec<u8>> {
     s.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect()
 }
 
-fn parse_uuid(s: &str) -> Option<Uuid> {
+pub(crate) fn parse_uuid(s: &str) -> Option<Uuid> {
     // Only the hyphenated form: braces, URNs and bare hex would not round-trip as typed.
     (s.len() == 36).then(|| Uuid::try_parse(s).ok()).flatten()
 }
 
-fn parse_timestamp(s: &str) -> Option<OffsetDateTime> {
+pub(crate) fn parse_timestamp(s: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(s, &Rfc3339).ok()
 }
 
-fn parse_date(s: &str) -> Option<i32> {
+pub(crate) fn parse_date(s: &str) -> Option<i32> {
     let mut parts = s.splitn(3, '-');
     let (y, m, d) = (parts.next()?, parts.next()?, parts.next()?);
     if y.len() != 4 || m.len() != 2 || d.len() != 2 {

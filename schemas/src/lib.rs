@@ -12,6 +12,7 @@
 mod binary;
 mod catalog;
 mod codec;
+mod direct;
 mod envelope;
 pub mod json;
 

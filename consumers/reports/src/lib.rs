@@ -151,7 +151,7 @@ impl Announcer {
             source: "reports".into(),
             idempotency_key: None,
         };
-        let payload = self.codec.encode(schema, &envelope, value)?;
+        let payload = self.codec.encode(schema, &envelope, &value)?;
         let record = OutgoingRecord::event(
             &format!("{}{}", self.topic_prefix, schema.topic),
             report_id.to_string().into_bytes(),

@@ -45,6 +45,15 @@ impl KafkaArgs {
         format!("{}{aggregate}", self.topic_prefix)
     }
 
+    /// Whether `key` is among the extra properties, whatever its value.
+    fn names_property(&self, key: &str) -> bool {
+        self.properties.iter().any(|property| {
+            property
+                .split_once('=')
+                .is_some_and(|(k, _)| k.trim() == key)
+        })
+    }
+
     /// Whether `key=value` is among the extra properties.
     fn has_property(&self, key: &str, value: &str) -> bool {
         self.properties.iter().any(|property| {
@@ -161,6 +170,14 @@ pub enum PublishError {
     Rejected(String),
 }
 
+/// The producer's defaults for throughput and latency. A request's events go out together,
+/// so batches fill without waiting long; lz4 shrinks what crosses the network for little CPU.
+const PRODUCER_TUNING: [(&str, &str); 3] = [
+    ("linger.ms", "2"),
+    ("compression.type", "lz4"),
+    ("queue.buffering.max.kbytes", "65536"),
+];
+
 /// An idempotent, acks=all producer. A publish resolves only once the broker acknowledged
 /// every record, or fails within the deadline.
 #[derive(Clone)]
@@ -189,10 +206,13 @@ impl Publisher {
             .set("acks", "all")
             // librdkafka gives up on a record at the deadline, so no record outlives the
             // request that carried it and memory stays bounded while the broker is away.
-            .set("message.timeout.ms", &deadline_ms)
-            .set("linger.ms", "2")
-            .set("compression.type", "lz4")
-            .set("queue.buffering.max.kbytes", "65536");
+            .set("message.timeout.ms", &deadline_ms);
+        // Tuning, not guarantees: KAFKA_PROPERTIES may set these otherwise.
+        for (key, value) in PRODUCER_TUNING {
+            if !args.names_property(key) {
+                config.set(key, value);
+            }
+        }
         let producer: FutureProducer = config.create()?;
         Ok(Self { producer, deadline })
     }

@@ -78,7 +78,7 @@ impl EventWriter {
             source: SOURCE.into(),
             idempotency_key: None,
         };
-        let payload = self.codec.encode(schema, &envelope, value)?;
+        let payload = self.codec.encode(schema, &envelope, &value)?;
         Ok(OutboxRecord {
             event_id: event_id.to_string(),
             topic: format!("{}{}", self.topic_prefix, schema.topic),

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +18,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::auth::Principal;
 use crate::idempotency::{Claim, Claimed, StoreError, StoredResponse};
-use crate::prepare::{Prepared, Shape, prepare};
+use crate::prepare::{Prepared, Shape, prepare, prepare_text};
 use crate::problem::Problem;
 
 #[derive(Debug, Deserialize)]
@@ -28,12 +29,18 @@ pub struct Params {
 
 /// Where one accepted event landed.
 #[derive(Debug, Serialize)]
-struct Accepted {
+struct Accepted<'a> {
     event_id: Uuid,
-    event_type: String,
-    topic: String,
+    event_type: &'a str,
+    topic: &'a str,
     partition: i32,
     offset: i64,
+}
+
+/// The answer to a batch.
+#[derive(Debug, Serialize)]
+struct AcceptedBatch<'a> {
+    events: &'a [Accepted<'a>],
 }
 
 const MAX_KEY_LEN: usize = 255;
@@ -52,15 +59,20 @@ pub async fn post_events(
 async fn handle(state: &AppState, params: Params, request: Request) -> Result<Response, Problem> {
     let (parts, body) = request.into_parts();
     let principal = state.auth.authenticate(&parts.headers)?;
-    let body = read_json(&parts.headers, body, state.limits.max_body_bytes).await?;
+    let body = read_body(&parts.headers, body, state.limits.max_body_bytes).await?;
     let idempotency_key = idempotency_key(&parts.headers)?;
-    let (shape, prepared) = prepare(
-        state.catalog(),
-        &state.policy,
-        &principal,
-        &body,
-        state.limits.max_events,
-    )?;
+    let (catalog, policy, max_events) = (state.catalog(), &state.policy, state.limits.max_events);
+    // Most bodies fit: read once, straight to Avro. The rest go through the JSON tree, which
+    // names everything that is wrong.
+    let (shape, prepared, tree) = match prepare_text(catalog, policy, &principal, &body, max_events)
+    {
+        Some((shape, prepared)) => (shape, prepared, None),
+        None => {
+            let tree = parse_json(&body)?;
+            let (shape, prepared) = prepare(catalog, policy, &principal, &tree, max_events)?;
+            (shape, prepared, Some(tree))
+        }
+    };
     if params.validate_only {
         let body = serde_json::json!({"valid": true, "events": prepared.len()});
         return Ok((StatusCode::OK, axum::Json(body)).into_response());
@@ -88,7 +100,10 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
         attempt: Uuid::now_v7(),
         principal: principal.subject.clone(),
         key: key.clone(),
-        request_hash: hash(&body),
+        request_hash: hash(&match tree {
+            Some(tree) => tree,
+            None => parse_json(&body)?,
+        }),
         event_ids: new_ids(prepared.len()),
         received_at: OffsetDateTime::now_utc(),
         lease: state.limits.publish_deadline * 2,
@@ -145,7 +160,7 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
         Ok(response) => {
             let stored = StoredResponse {
                 status: response.status.as_u16(),
-                body: response.body.to_string(),
+                body: response.body.clone(),
             };
             let completed = state.store.complete(&principal.subject, &key, &stored);
             if let Err(err) = tokio::time::timeout(deadline, completed)
@@ -182,12 +197,14 @@ async fn release(state: &AppState, principal: &str, key: &str, attempt: Uuid) {
 
 struct Published {
     status: StatusCode,
-    body: Json,
+    /// JSON text.
+    body: String,
 }
 
 impl IntoResponse for Published {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body)).into_response()
+        let json = HeaderValue::from_static("application/json");
+        (self.status, [(header::CONTENT_TYPE, json)], self.body).into_response()
     }
 }
 
@@ -218,7 +235,7 @@ async fn publish(
     let (produce, producing) = trace.produce(prepared.len());
     let traceparent = produce.traceparent();
     let mut records = Vec::with_capacity(prepared.len());
-    let mut accepted = Vec::with_capacity(prepared.len());
+    let mut landed = Vec::with_capacity(prepared.len());
     for (event, event_id) in prepared.into_iter().zip(ids) {
         let envelope = Envelope {
             event_id,
@@ -231,7 +248,7 @@ async fn publish(
         };
         let payload = state
             .codec
-            .encode(&event.schema, &envelope, event.data)
+            .encode_bytes(&event.schema, &envelope, &event.data)
             .map_err(|e| Problem::internal(&e))?;
         let topic = format!("{}{}", state.topic_prefix, event.schema.topic);
         let mut record = OutgoingRecord::event(
@@ -245,7 +262,7 @@ async fn publish(
         record
             .headers
             .push(("traceparent".to_string(), traceparent.as_bytes().to_vec()));
-        accepted.push((event_id, envelope.event_type, topic));
+        landed.push((event_id, event.schema));
         records.push(record);
     }
     let published = state.sink.publish(&records).await;
@@ -269,22 +286,23 @@ async fn publish(
             Problem::unavailable(format!("the event log refused the events ({reason})"), 5)
         }
     })?;
-    let accepted: Vec<Accepted> = accepted
-        .into_iter()
+    let accepted: Vec<Accepted<'_>> = landed
+        .iter()
+        .zip(&records)
         .zip(deliveries)
         .map(
-            |((event_id, event_type, topic), Delivery { partition, offset })| Accepted {
-                event_id,
-                event_type,
-                topic,
+            |(((event_id, schema), record), Delivery { partition, offset })| Accepted {
+                event_id: *event_id,
+                event_type: &schema.event_type,
+                topic: &record.topic,
                 partition,
                 offset,
             },
         )
         .collect();
     let body = match shape {
-        Shape::Single => serde_json::to_value(&accepted[0]),
-        Shape::Batch => serde_json::to_value(serde_json::json!({ "events": accepted })),
+        Shape::Single => serde_json::to_string(&accepted[0]),
+        Shape::Batch => serde_json::to_string(&AcceptedBatch { events: &accepted }),
     }
     .expect("accepted events serialise");
     Ok(Published {
@@ -331,11 +349,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
         })
 }
 
-async fn read_json(
+async fn read_body(
     headers: &HeaderMap,
     body: axum::body::Body,
     limit: usize,
-) -> Result<Json, Problem> {
+) -> Result<Bytes, Problem> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -359,7 +377,7 @@ async fn read_json(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|err| {
+    axum::body::to_bytes(body, limit).await.map_err(|err| {
         let length_limit = std::error::Error::source(&err)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if length_limit {
@@ -367,7 +385,10 @@ async fn read_json(
         } else {
             Problem::bad_request("the body could not be read")
         }
-    })?;
-    serde_json::from_slice(&bytes)
+    })
+}
+
+fn parse_json(body: &[u8]) -> Result<Json, Problem> {
+    serde_json::from_slice(body)
         .map_err(|err| Problem::bad_request(format!("the body is not valid JSON: {err}")))
 }

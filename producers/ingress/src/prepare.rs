@@ -1,11 +1,14 @@
 //! From a request body to events ready to encode: shape, event types, publish policy and
 //! schema validation. Pure: no I/O, so every rule is tested directly.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use events::json::FieldError;
 use events::{AvroValue, Catalog, SchemaVersion};
+use serde::Deserialize;
 use serde_json::Value as Json;
+use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -19,7 +22,8 @@ pub struct Prepared {
     pub schema: Arc<SchemaVersion>,
     /// The aggregate id: the Kafka key.
     pub key: String,
-    pub data: AvroValue,
+    /// The Avro binary of the event's data record.
+    pub data: Vec<u8>,
     pub occurred_at: Option<OffsetDateTime>,
     pub source: String,
 }
@@ -34,6 +38,81 @@ pub enum Shape {
 const ITEM_FIELDS: [&str; 5] = ["type", "key", "data", "occurred_at", "source"];
 const DEFAULT_SOURCE: &str = "api";
 const MAX_SOURCE_LEN: usize = 100;
+
+/// The common case in one pass over the body text: every event well formed, of a known type
+/// the principal may publish, its data fitting the schema. `None` for anything else, and
+/// [`prepare`] then says what is wrong (or takes what this leaves to it, such as fields out
+/// of the usual shapes). Whatever this accepts, `prepare` accepts alike (tested).
+pub fn prepare_text(
+    catalog: &Catalog,
+    policy: &PublishPolicy,
+    principal: &Principal,
+    body: &[u8],
+    max_events: usize,
+) -> Option<(Shape, Vec<Prepared>)> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Batch<'a> {
+        #[serde(borrow)]
+        events: Vec<Item<'a>>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Item<'a> {
+        #[serde(rename = "type", borrow)]
+        event_type: Cow<'a, str>,
+        #[serde(default, borrow)]
+        key: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        data: &'a RawValue,
+        #[serde(default, borrow)]
+        occurred_at: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        source: Option<Cow<'a, str>>,
+    }
+
+    // A single event has no `events` field, a batch nothing else: at most one parse fits.
+    let (shape, items) = match serde_json::from_slice::<Batch<'_>>(body) {
+        Ok(batch) => (Shape::Batch, batch.events),
+        Err(_) => (Shape::Single, vec![serde_json::from_slice(body).ok()?]),
+    };
+    if items.is_empty() || items.len() > max_events {
+        return None;
+    }
+    let prepare_item = |item: Item<'_>| {
+        let schema = catalog.latest(&item.event_type)?;
+        if !policy.allows(&principal.roles, &schema.event_type, &schema.topic) {
+            return None;
+        }
+        let occurred_at = match item.occurred_at {
+            Some(at) => Some(OffsetDateTime::parse(&at, &Rfc3339).ok()?),
+            None => None,
+        };
+        let source = match item.source {
+            None => DEFAULT_SOURCE.to_string(),
+            Some(s) if !s.is_empty() && s.len() <= MAX_SOURCE_LEN => s.into_owned(),
+            Some(_) => return None,
+        };
+        let text = item.data.get();
+        let mut data = Vec::with_capacity(text.len());
+        let key = schema.encode_json(text, &mut data)?;
+        if item.key.is_some_and(|k| k != key) {
+            return None;
+        }
+        Some(Prepared {
+            schema: schema.clone(),
+            key,
+            data,
+            occurred_at,
+            source,
+        })
+    };
+    let prepared = items
+        .into_iter()
+        .map(prepare_item)
+        .collect::<Option<Vec<_>>>()?;
+    Some((shape, prepared))
+}
 
 /// Checks a request body. A batch is all or nothing: one bad event refuses the request.
 pub fn prepare(
@@ -249,19 +328,25 @@ fn validate_item(
     };
     // The key comes from the validated value, so a UUID is keyed in its canonical form
     // whatever case the client wrote it in.
-    match aggregate_id(&data, &schema.key_field) {
-        Some(key) if !key.is_empty() => Ok(Prepared {
-            schema: schema.clone(),
-            key,
-            data,
-            occurred_at,
-            source,
-        }),
-        _ => Err(vec![field(
+    let key = aggregate_id(&data, &schema.key_field).filter(|key| !key.is_empty());
+    let Some(key) = key else {
+        return Err(vec![field(
             &format!("{at}/data/{}", schema.key_field),
             "must not be empty: it is the aggregate id the topic is keyed by",
-        )]),
+        )]);
+    };
+    let mut encoded = Vec::with_capacity(128);
+    if let Err(err) = schema.encode_value(&data, &mut encoded) {
+        // validate() built the value from the schema: it always encodes.
+        return Err(vec![field(&format!("{at}/data"), &err.to_string())]);
     }
+    Ok(Prepared {
+        schema: schema.clone(),
+        key,
+        data: encoded,
+        occurred_at,
+        source,
+    })
 }
 
 fn aggregate_id(data: &AvroValue, key_field: &str) -> Option<String> {
@@ -293,6 +378,131 @@ mod tests {
             body,
             3,
         )
+    }
+
+    /// Both ways through a body: from its text, and through the JSON tree.
+    fn both(roles: &[&str], body: &str) -> (Option<Vec<Json>>, Option<Vec<Json>>) {
+        let principal = Principal {
+            subject: "alice".into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            expires_at: u64::MAX,
+        };
+        let (catalog, policy) = (Catalog::embedded().unwrap(), PublishPolicy::embedded());
+        // What a prepared event is, comparably.
+        let show = |(shape, prepared): (Shape, Vec<Prepared>)| {
+            prepared
+                .into_iter()
+                .map(|p| {
+                    json!([
+                        format!("{shape:?}"),
+                        p.schema.event_type,
+                        p.key,
+                        p.data,
+                        p.occurred_at.map(|t| t.unix_timestamp_nanos().to_string()),
+                        p.source
+                    ])
+                })
+                .collect::<Vec<_>>()
+        };
+        let text = prepare_text(&catalog, &policy, &principal, body.as_bytes(), 3).map(show);
+        let tree = serde_json::from_str(body)
+            .ok()
+            .and_then(|json| prepare(&catalog, &policy, &principal, &json, 3).ok())
+            .map(show);
+        (text, tree)
+    }
+
+    #[test]
+    fn the_text_path_takes_what_the_tree_takes_alike() {
+        let shipped = shipped(Some("o-1")).to_string();
+        let ordered = r#"{"data": {"shipped_at": "2026-11-22T09:30:00Z", "carrier": "DHL",
+            "order_id": "o-1"}, "source": "shop", "occurred_at": "2026-11-22T10:00:00+01:00",
+            "type": "order.shipped"}"#;
+        for body in [
+            shipped.clone(),
+            ordered.to_string(),
+            format!(r#"{{"events": [{shipped}, {ordered}]}}"#),
+            format!(r#"{{"events": [{shipped}, {ordered}, {shipped}]}}"#),
+            r#"{"type": "user.deleted", "key": "0190c2a0-7a3b-7cc1-9c1e-2f0d7b3a9e11",
+                "data": {"user_id": "0190c2a0-7a3b-7cc1-9c1e-2f0d7b3a9e11"}}"#
+                .to_string(),
+        ] {
+            let (text, tree) = both(&["user", "service"], &body);
+            assert!(text.is_some(), "{body}");
+            assert_eq!(text, tree, "{body}");
+        }
+    }
+
+    #[test]
+    fn the_text_path_leaves_the_rest_to_the_tree() {
+        let good = shipped(None).to_string();
+        for (roles, body, tree_takes) in [
+            // Refused by the tree, each for its own reason.
+            (&["user"][..], "{".to_string(), false),
+            (&["user"], "[]".to_string(), false),
+            (&["analyst"], good.clone(), false),
+            (&["user"], r#"{"events": []}"#.to_string(), false),
+            (
+                &["user"],
+                format!(r#"{{"events": [{good}, {good}, {good}, {good}]}}"#),
+                false,
+            ),
+            (
+                &["user"],
+                format!(r#"{{"events": [{good}], "also": 1}}"#),
+                false,
+            ),
+            (&["user"], format!(r#"{{"events": [{good}, 1]}}"#), false),
+            (
+                &["user"],
+                good.replace("order.shipped", "order.lost"),
+                false,
+            ),
+            (
+                &["user"],
+                good.replace("DHL", "")[..].replace(r#""carrier":"","#, ""),
+                false,
+            ),
+            (
+                &["user"],
+                good.replace(r#""type""#, r#""source":"","type""#),
+                false,
+            ),
+            (
+                &["user"],
+                good.replace(r#""type""#, r#""occurred_at":"now","type""#),
+                false,
+            ),
+            (
+                &["user"],
+                good.replace(r#""type""#, r#""key":"o-2","type""#),
+                false,
+            ),
+            (
+                &["user"],
+                good.replace(r#""type""#, r#""extra":1,"type""#),
+                false,
+            ),
+            (&["user"], good.replace("o-1", ""), false),
+            // Taken by the tree, left to it here: an upper-case UUID key is compared as
+            // written, and a repeated member keeps its last value.
+            (
+                &["service"],
+                r#"{"type": "user.deleted", "key": "0190C2A0-7A3B-7CC1-9C1E-2F0D7B3A9E11",
+                "data": {"user_id": "0190C2A0-7A3B-7CC1-9C1E-2F0D7B3A9E11"}}"#
+                    .to_string(),
+                true,
+            ),
+            (
+                &["user"],
+                good.replace(r#""type""#, r#""source":"a","source":"b","type""#),
+                true,
+            ),
+        ] {
+            let (text, tree) = both(roles, &body);
+            assert_eq!(text, None, "{body}");
+            assert_eq!(tree.is_some(), tree_takes, "{body}");
+        }
     }
 
     fn shipped(key: Option<&str>) -> Json {

@@ -417,7 +417,7 @@ mod tests {
             source: "test".into(),
             idempotency_key: None,
         };
-        let payload = codec.encode(&schema, &envelope, value).unwrap();
+        let payload = codec.encode(&schema, &envelope, &value).unwrap();
         (0..count)
             .map(|b| {
                 (0..size)
