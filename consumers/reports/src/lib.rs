@@ -153,7 +153,7 @@ impl Announcer {
         };
         let payload = self.codec.encode(schema, &envelope, &value)?;
         let record = OutgoingRecord::event(
-            &format!("{}{}", self.topic_prefix, schema.topic),
+            format!("{}{}", self.topic_prefix, schema.topic),
             report_id.to_string().into_bytes(),
             payload,
             REPORT_GENERATED,

@@ -6,16 +6,16 @@ pub mod groups;
 pub mod range;
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures_util::future::join_all;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -128,22 +128,23 @@ impl OutgoingRecord {
     /// An encoded event, with the `event_type` and `event_id` headers every consumer and
     /// tool reads without decoding.
     pub fn event(
-        topic: &str,
+        topic: impl Into<String>,
         key: Vec<u8>,
         payload: Vec<u8>,
         event_type: &str,
         event_id: &str,
         timestamp_ms: i64,
     ) -> Self {
+        // Room for a third header, the traceparent most callers add.
+        let mut headers = Vec::with_capacity(3);
+        headers.push(("event_type".into(), event_type.as_bytes().to_vec()));
+        headers.push(("event_id".into(), event_id.as_bytes().to_vec()));
         Self {
-            topic: topic.to_string(),
+            topic: topic.into(),
             key,
             payload,
             timestamp_ms,
-            headers: vec![
-                ("event_type".into(), event_type.as_bytes().to_vec()),
-                ("event_id".into(), event_id.as_bytes().to_vec()),
-            ],
+            headers,
         }
     }
 }
@@ -182,7 +183,7 @@ const PRODUCER_TUNING: [(&str, &str); 3] = [
 /// every record, or fails within the deadline.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: Arc<ThreadedProducer<Deliveries>>,
     deadline: Duration,
 }
 
@@ -213,8 +214,11 @@ impl Publisher {
                 config.set(key, value);
             }
         }
-        let producer: FutureProducer = config.create()?;
-        Ok(Self { producer, deadline })
+        let producer = config.create_with_context(Deliveries)?;
+        Ok(Self {
+            producer: Arc::new(producer),
+            deadline,
+        })
     }
 
     /// Publishes every record; `Ok` only when all were acknowledged, in input order.
@@ -222,7 +226,9 @@ impl Publisher {
         &self,
         records: &[OutgoingRecord],
     ) -> Result<Vec<Delivery>, PublishError> {
-        let sends = records.iter().map(|record| {
+        let deadline = tokio::time::Instant::now() + self.deadline;
+        let batch = Arc::new(Batch::new(records.len()));
+        for (index, record) in records.iter().enumerate() {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
             for (key, value) in &record.headers {
                 headers = headers.insert(Header {
@@ -230,30 +236,40 @@ impl Publisher {
                     value: Some(value),
                 });
             }
-            let future_record = FutureRecord::to(&record.topic)
+            let slot = Box::new(Slot {
+                batch: batch.clone(),
+                index,
+            });
+            let mut base = BaseRecord::with_opaque_to(&record.topic, slot)
                 .key(&record.key)
                 .payload(&record.payload)
                 .timestamp(record.timestamp_ms)
                 .headers(headers);
-            self.producer.send(future_record, self.deadline)
-        });
-        let all = join_all(sends);
+            // A full local queue drains as the broker acknowledges: wait for room until the
+            // deadline, as a slow broker would make a request wait anyway.
+            loop {
+                match self.producer.send(base) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                        if tokio::time::Instant::now() + QUEUE_FULL_PAUSE < deadline =>
+                    {
+                        base = back;
+                        tokio::time::sleep(QUEUE_FULL_PAUSE).await;
+                    }
+                    Err((err, _)) => {
+                        batch.settle(index, Err(classify(&err)));
+                        break;
+                    }
+                }
+            }
+        }
         // librdkafka also gives up on the records at the deadline, but checks only about once
         // a second: the caller's deadline is kept here. A record still queued then may yet
         // be written, which is why the outcome is "unknown", not "failed".
-        let results = tokio::time::timeout(self.deadline, all)
+        tokio::time::timeout_at(deadline, batch.settled())
             .await
             .map_err(|_| PublishError::Unknown)?;
-        results
-            .into_iter()
-            .map(|result| match result {
-                Ok(delivery) => Ok(Delivery {
-                    partition: delivery.partition,
-                    offset: delivery.offset,
-                }),
-                Err((err, _)) => Err(classify(&err)),
-            })
-            .collect()
+        batch.outcome()
     }
 
     /// Whether the cluster answers a metadata request within `timeout`.
@@ -286,6 +302,94 @@ fn classify(err: &KafkaError) -> PublishError {
             | RDKafkaErrorCode::InvalidRecord),
         ) => PublishError::Rejected(code.to_string()),
         _ => PublishError::Unknown,
+    }
+}
+
+/// How long a publish waits before trying again when librdkafka's local queue is full.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(10);
+
+/// The outcomes of one publish's records, filled in by librdkafka's delivery reports. One per
+/// publish, not one channel and one future per record: a request of a hundred events is
+/// woken once, when the last report is in.
+struct Batch {
+    outcomes: Mutex<Outcomes>,
+    settled: tokio::sync::Notify,
+}
+
+struct Outcomes {
+    each: Vec<Option<Result<Delivery, PublishError>>>,
+    unsettled: usize,
+}
+
+impl Batch {
+    fn new(records: usize) -> Self {
+        Self {
+            outcomes: Mutex::new(Outcomes {
+                each: (0..records).map(|_| None).collect(),
+                unsettled: records,
+            }),
+            settled: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn settle(&self, index: usize, outcome: Result<Delivery, PublishError>) {
+        let mut outcomes = self.outcomes.lock().unwrap_or_else(PoisonError::into_inner);
+        if outcomes.each[index].replace(outcome).is_none() {
+            outcomes.unsettled -= 1;
+            if outcomes.unsettled == 0 {
+                // Stored if nobody waits yet: the waiter's next wait returns at once.
+                self.settled.notify_one();
+            }
+        }
+    }
+
+    async fn settled(&self) {
+        loop {
+            let unsettled = self
+                .outcomes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .unsettled;
+            if unsettled == 0 {
+                return;
+            }
+            self.settled.notified().await;
+        }
+    }
+
+    /// Every record's delivery in input order, or the first failure.
+    fn outcome(&self) -> Result<Vec<Delivery>, PublishError> {
+        let mut outcomes = self.outcomes.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut outcomes.each)
+            .into_iter()
+            .map(|outcome| outcome.unwrap_or(Err(PublishError::Unknown)))
+            .collect()
+    }
+}
+
+/// Which record of which publish a delivery report is about.
+struct Slot {
+    batch: Arc<Batch>,
+    index: usize,
+}
+
+/// The producer's context: delivery reports go to their publish.
+struct Deliveries;
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<Slot>;
+
+    fn delivery(&self, report: &DeliveryResult<'_>, slot: Box<Slot>) {
+        let outcome = match report {
+            Ok(message) => Ok(Delivery {
+                partition: message.partition(),
+                offset: message.offset(),
+            }),
+            Err((err, _)) => Err(classify(err)),
+        };
+        slot.batch.settle(slot.index, outcome);
     }
 }
 

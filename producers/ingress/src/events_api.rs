@@ -236,27 +236,34 @@ async fn publish(
     let traceparent = produce.traceparent();
     let mut records = Vec::with_capacity(prepared.len());
     let mut landed = Vec::with_capacity(prepared.len());
+    // One envelope for the request, updated for each event: its strings keep their buffers.
+    let mut envelope = Envelope {
+        event_id: Uuid::nil(),
+        event_type: String::new(),
+        occurred_at: received_at,
+        received_at,
+        actor: principal.subject.clone(),
+        source: String::new(),
+        idempotency_key: idempotency_key.map(str::to_string),
+    };
     for (event, event_id) in prepared.into_iter().zip(ids) {
-        let envelope = Envelope {
-            event_id,
-            event_type: event.schema.event_type.clone(),
-            occurred_at: event.occurred_at.unwrap_or(received_at),
-            received_at,
-            actor: principal.subject.clone(),
-            source: event.source,
-            idempotency_key: idempotency_key.map(str::to_string),
-        };
+        envelope.event_id = event_id;
+        envelope.event_type.clone_from(&event.schema.event_type);
+        envelope.occurred_at = event.occurred_at.unwrap_or(received_at);
+        envelope.source = event.source;
         let payload = state
             .codec
             .encode_bytes(&event.schema, &envelope, &event.data)
             .map_err(|e| Problem::internal(&e))?;
         let topic = format!("{}{}", state.topic_prefix, event.schema.topic);
         let mut record = OutgoingRecord::event(
-            &topic,
+            topic,
             event.key.into_bytes(),
             payload,
             &envelope.event_type,
-            &event_id.to_string(),
+            event_id
+                .hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer()),
             (received_at.unix_timestamp_nanos() / 1_000_000) as i64,
         );
         record
