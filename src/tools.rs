@@ -280,7 +280,11 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
             key: letter.key.clone(),
             payload: letter.payload.clone(),
             timestamp_ms: now_ms(),
-            headers: letter.headers.clone(),
+            headers: letter
+                .headers
+                .iter()
+                .map(|(name, value)| (name.clone().into(), value.clone()))
+                .collect(),
         };
         let delivered = publisher
             .publish_all(std::slice::from_ref(&again))

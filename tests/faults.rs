@@ -663,7 +663,11 @@ async fn poison_repeated_records_and_a_reset_group_add_no_effect() {
         key: record.key.unwrap_or_default(),
         payload: record.payload.unwrap_or_default(),
         timestamp_ms: record.timestamp_ms.unwrap_or_default(),
-        headers: record.headers,
+        headers: record
+            .headers
+            .into_iter()
+            .map(|(name, value)| (name.into(), value))
+            .collect(),
     })
     .collect();
     let step = again.len() / POISON;

@@ -5,6 +5,7 @@
 pub mod groups;
 pub mod range;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -121,7 +122,8 @@ pub struct OutgoingRecord {
     pub payload: Vec<u8>,
     /// Milliseconds since the epoch: the record's CreateTime, used by time-range reads.
     pub timestamp_ms: i64,
-    pub headers: Vec<(String, Vec<u8>)>,
+    /// Names are mostly fixed (`event_id`, `traceparent`): borrowed, not allocated per record.
+    pub headers: Vec<(Cow<'static, str>, Vec<u8>)>,
 }
 
 impl OutgoingRecord {

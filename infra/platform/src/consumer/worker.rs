@@ -319,29 +319,27 @@ impl Worker {
         meters: &Meters,
     ) -> Result<(), Aborted> {
         let dead = &self.shared.dead_letters;
-        let mut headers = record.headers.clone();
+        let mut headers: Vec<_> = record
+            .headers
+            .iter()
+            .map(|(name, value)| (name.clone().into(), value.clone()))
+            .collect();
         headers.extend([
-            (dlq_headers::ERROR.to_string(), reason.as_bytes().to_vec()),
+            (dlq_headers::ERROR.into(), reason.as_bytes().to_vec()),
+            (dlq_headers::TOPIC.into(), record.topic.clone().into_bytes()),
             (
-                dlq_headers::TOPIC.to_string(),
-                record.topic.clone().into_bytes(),
-            ),
-            (
-                dlq_headers::PARTITION.to_string(),
+                dlq_headers::PARTITION.into(),
                 record.partition.to_string().into_bytes(),
             ),
             (
-                dlq_headers::OFFSET.to_string(),
+                dlq_headers::OFFSET.into(),
                 record.offset.to_string().into_bytes(),
             ),
             (
-                dlq_headers::ATTEMPTS.to_string(),
+                dlq_headers::ATTEMPTS.into(),
                 attempts.to_string().into_bytes(),
             ),
-            (
-                dlq_headers::GROUP.to_string(),
-                dead.group.clone().into_bytes(),
-            ),
+            (dlq_headers::GROUP.into(), dead.group.clone().into_bytes()),
         ]);
         let letter = OutgoingRecord {
             topic: dead.topic.clone(),
