@@ -6,7 +6,7 @@ use axum::body::Bytes;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use events::Envelope;
+use events::{Envelope, SchemaVersion};
 use platform::kafka::{Delivery, OutgoingRecord, PublishError};
 use platform::trace::TraceContext;
 use serde::{Deserialize, Serialize};
@@ -38,9 +38,35 @@ struct Accepted<'a> {
 }
 
 /// The answer to a batch.
-#[derive(Debug, Serialize)]
+#[derive(Serialize)]
 struct AcceptedBatch<'a> {
-    events: &'a [Accepted<'a>],
+    events: Landed<'a>,
+}
+
+/// Where a request's events landed: its answer, written without collecting it first.
+struct Landed<'a> {
+    events: &'a [(Uuid, Arc<SchemaVersion>)],
+    records: &'a [OutgoingRecord],
+    deliveries: &'a [Delivery],
+}
+
+impl Landed<'_> {
+    fn each(&self) -> impl Iterator<Item = Accepted<'_>> {
+        let placed = self.events.iter().zip(self.records).zip(self.deliveries);
+        placed.map(|(((event_id, schema), record), delivery)| Accepted {
+            event_id: *event_id,
+            event_type: &schema.event_type,
+            topic: &record.topic,
+            partition: delivery.partition,
+            offset: delivery.offset,
+        })
+    }
+}
+
+impl Serialize for Landed<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.each())
+    }
 }
 
 const MAX_KEY_LEN: usize = 255;
@@ -295,25 +321,17 @@ async fn publish(
             Problem::unavailable(format!("the event log refused the events ({reason})"), 5)
         }
     })?;
-    let accepted: Vec<Accepted<'_>> = landed
-        .iter()
-        .zip(&records)
-        .zip(deliveries)
-        .map(
-            |(((event_id, schema), record), Delivery { partition, offset })| Accepted {
-                event_id: *event_id,
-                event_type: &schema.event_type,
-                topic: &record.topic,
-                partition,
-                offset,
-            },
-        )
-        .collect();
+    let landed = Landed {
+        events: &landed,
+        records: &records,
+        deliveries: &deliveries,
+    };
     // Sized for the answer up front: growing it by doubling copies it several times.
-    let mut body = Vec::with_capacity(ANSWER_BYTES_PER_EVENT * accepted.len() + 16);
+    let mut body = Vec::with_capacity(ANSWER_BYTES_PER_EVENT * records.len() + 16);
     match shape {
-        Shape::Single => serde_json::to_writer(&mut body, &accepted[0]),
-        Shape::Batch => serde_json::to_writer(&mut body, &AcceptedBatch { events: &accepted }),
+        // A single event's request has exactly one.
+        Shape::Single => serde_json::to_writer(&mut body, &landed.each().next()),
+        Shape::Batch => serde_json::to_writer(&mut body, &AcceptedBatch { events: landed }),
     }
     .expect("accepted events serialise");
     let body = String::from_utf8(body).expect("JSON is UTF-8");
