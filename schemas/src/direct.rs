@@ -244,7 +244,7 @@ fn record<'de, 'o, A: MapAccess<'de>>(
             out.extend_from_slice(field.default.as_deref().ok_or_else(refused)?);
         }
     } else {
-        // Rare: rebuild the tail in schema order.
+        // Out of order (a client that sorts its keys, say): the tail again, in schema order.
         let tail = out.split_off(prefix_end);
         for (index, field) in fields.iter().enumerate().skip(next) {
             match later.iter().find(|(i, _, _)| *i == index) {
