@@ -16,7 +16,7 @@ use std::fmt;
 use apache_avro::Schema;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use crate::binary::{bytes, long, read_str};
+use crate::binary::{bytes, long};
 use crate::json::{self, Names};
 
 /// A data schema compiled for direct encoding: references resolved, defaults encoded once.
@@ -82,8 +82,9 @@ impl Plan {
     }
 
     /// Appends the Avro binary of `data`, the JSON text of a data object, to `out` and returns
-    /// its aggregate id (a UUID in canonical form). `None`: the data does not fit, or not in a
-    /// way this module handles; `out` is then back to its length before the call.
+    /// its aggregate id, as written and canonical (a UUID in lower case). `None`: the data does
+    /// not fit, or not in a way this module handles; `out` is then back to its length before
+    /// the call.
     pub fn encode(&self, data: &str, out: &mut Vec<u8>) -> Option<String> {
         let start = out.len();
         let mut key = None;
@@ -192,23 +193,34 @@ impl<'de> Visitor<'de> for Root<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        let key = record(&self.plan.fields, map, self.out, Some(self.plan.key))?;
-        // Encoded, a UUID is already in its canonical form (lower case, hyphenated).
-        let mut encoded = key.ok_or_else(refused::<A::Error>)?;
-        let text = read_str(&mut encoded).map_err(|_| refused::<A::Error>())?;
-        *self.key = Some(text.to_string());
+        let mut text = None;
+        record(
+            &self.plan.fields,
+            map,
+            self.out,
+            Some((self.plan.key, &mut text)),
+        )?;
+        let text = text.ok_or_else(refused::<A::Error>)?;
+        // A request's `key` is compared with the key field as written, and the topic is keyed
+        // by the canonical form: a UUID written in upper case is left to from_json's path.
+        if matches!(self.plan.fields[self.plan.key].node, Node::Uuid)
+            && text.bytes().any(|b| b.is_ascii_uppercase())
+        {
+            return Err(refused());
+        }
+        *self.key = Some(text);
         Ok(())
     }
 }
 
-/// Encodes a record's fields in schema order whatever their order in the JSON. Returns the
-/// encoded bytes of field `capture` when asked for.
-fn record<'de, 'o, A: MapAccess<'de>>(
+/// Encodes a record's fields in schema order whatever their order in the JSON, and keeps the
+/// text of field `key.0` in `key.1` when asked for.
+fn record<'de, A: MapAccess<'de>>(
     fields: &[Field],
     mut map: A,
-    out: &'o mut Vec<u8>,
-    capture: Option<usize>,
-) -> Result<Option<&'o [u8]>, A::Error> {
+    out: &mut Vec<u8>,
+    mut key: Option<(usize, &mut Option<String>)>,
+) -> Result<(), A::Error> {
     let start = out.len();
     let mut seen = 0u64;
     // Fields below `next` came in schema order and sit at out[start..prefix_end].
@@ -216,7 +228,6 @@ fn record<'de, 'o, A: MapAccess<'de>>(
     let mut prefix_end = start;
     // Fields that came out of order: (index, range in out).
     let mut later: Vec<(usize, usize, usize)> = Vec::new();
-    let mut captured = None;
     while let Some(index) = map.next_key_seed(FieldName(fields))? {
         let bit = 1u64 << index;
         if seen & bit != 0 {
@@ -225,18 +236,19 @@ fn record<'de, 'o, A: MapAccess<'de>>(
         }
         seen |= bit;
         let from = out.len();
-        map.next_value_seed(Enc {
-            node: &fields[index].node,
-            out,
-        })?;
+        let node = &fields[index].node;
+        match &mut key {
+            Some((at, text)) if *at == index => map.next_value_seed(KeyText {
+                enc: Enc { node, out },
+                text,
+            })?,
+            _ => map.next_value_seed(Enc { node, out })?,
+        }
         if later.is_empty() && index == next {
             next += 1;
             prefix_end = out.len();
         } else {
             later.push((index, from, out.len()));
-        }
-        if capture == Some(index) {
-            captured = Some((from, out.len()));
         }
     }
     if later.is_empty() {
@@ -249,16 +261,40 @@ fn record<'de, 'o, A: MapAccess<'de>>(
         for (index, field) in fields.iter().enumerate().skip(next) {
             match later.iter().find(|(i, _, _)| *i == index) {
                 Some(&(_, from, to)) => {
-                    if capture == Some(index) {
-                        captured = Some((out.len(), out.len() + to - from));
-                    }
                     out.extend_from_slice(&tail[from - prefix_end..to - prefix_end]);
                 }
                 None => out.extend_from_slice(field.default.as_deref().ok_or_else(refused)?),
             }
         }
     }
-    Ok(captured.map(|(from, to)| &out[from..to]))
+    Ok(())
+}
+
+/// The key field's value: encoded like any other, its text kept.
+struct KeyText<'a, 'k> {
+    enc: Enc<'a>,
+    text: &'k mut Option<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for KeyText<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyText<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the aggregate id")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<(), E> {
+        *self.text = Some(s.to_string());
+        self.enc.visit_str(s)
+    }
 }
 
 /// A field name, as its index in the record.
@@ -453,7 +489,7 @@ impl<'de> Visitor<'de> for Enc<'_> {
         let Node::Record(fields) = enc.node else {
             return Err(refused());
         };
-        record(fields, map, enc.out, None).map(|_| ())
+        record(fields, map, enc.out, None)
     }
 }
 
@@ -531,7 +567,7 @@ mod tests {
     #[test]
     fn every_handled_type_encodes_as_through_the_tree() {
         let (schema, names) = every_type();
-        let full = json!({"id": ID.to_uppercase(), "b": false, "i": -3, "l": 1u64 << 40, "f": 0.25,
+        let full = json!({"id": ID, "b": false, "i": -3, "l": 1u64 << 40, "f": 0.25,
             "d": -1e300, "s": "é\"\\n", "by": "\u{0001}\u{00e9}", "fx": "zz",
             "ms": "2026-11-22T09:30:00.123Z", "us": "2026-11-22T09:30:00.123456+02:00",
             "day": "2026-11-22", "e": "b", "opt": "o", "opt_last": null, "arr": ["ab", "cd"],
@@ -561,14 +597,18 @@ mod tests {
     }
 
     #[test]
-    fn the_key_is_the_aggregate_id_in_canonical_form() {
+    fn the_key_is_the_aggregate_id_as_written_and_canonical() {
         let (schema, names) = every_type();
         let plan = Plan::new(&schema, &names, "id").unwrap();
-        let data = format!(
-            r#"{{"id": "{}", "l": 1, "ms": "{AT}", "us": "{AT}", "day": "2026-11-22"}}"#,
-            ID.to_uppercase()
+        let data = |id: &str| {
+            format!(r#"{{"id": "{id}", "l": 1, "ms": "{AT}", "us": "{AT}", "day": "2026-11-22"}}"#)
+        };
+        assert_eq!(plan.encode(&data(ID), &mut Vec::new()).as_deref(), Some(ID));
+        // Written in upper case, its text and its canonical form differ: left to from_json.
+        assert_eq!(
+            plan.encode(&data(&ID.to_uppercase()), &mut Vec::new()),
+            None
         );
-        assert_eq!(plan.encode(&data, &mut Vec::new()).as_deref(), Some(ID));
         assert!(
             Plan::new(&schema, &names, "l").is_none(),
             "only a string or UUID keys"
@@ -639,6 +679,7 @@ mod tests {
         for data in [
             required_and(&json!({"m": {"a": 1}})),
             required_and(&json!({"either": 3})),
+            required_and(&json!({"id": ID.to_uppercase()})),
             format!(
                 r#"{{"id": "{ID}", "l": 1, "ms": "{AT}", "us": "{AT}", "day": "2026-11-22", "l": 2}}"#
             ),

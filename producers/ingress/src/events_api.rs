@@ -128,6 +128,9 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
         attempt: Uuid::now_v7(),
         principal: principal.subject.clone(),
         key: key.clone(),
+        // The hash is of the JSON tree, so key order and spacing do not make another
+        // request: a body that took the text path is parsed again here (it parsed once, so
+        // this cannot fail).
         request_hash: hash(&match tree {
             Some(tree) => tree,
             None => parse_json(&body)?,

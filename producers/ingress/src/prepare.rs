@@ -484,6 +484,14 @@ mod tests {
                 false,
             ),
             (&["user"], good.replace("o-1", ""), false),
+            // The key is compared with the data's key field as written.
+            (
+                &["service"],
+                r#"{"type": "user.deleted", "key": "0190c2a0-7a3b-7cc1-9c1e-2f0d7b3a9e11",
+                "data": {"user_id": "0190C2A0-7A3B-7CC1-9C1E-2F0D7B3A9E11"}}"#
+                    .to_string(),
+                false,
+            ),
             // Taken by the tree, left to it here: an upper-case UUID key is compared as
             // written, and a repeated member keeps its last value.
             (
