@@ -280,18 +280,14 @@ async fn raw_round(
     in_flight: usize,
     per_client: usize,
 ) {
-    let mut tasks = Vec::new();
-    for _ in 0..in_flight {
+    let (publisher, records) = (publisher.clone(), records.clone());
+    in_parallel(in_flight, per_client, move || {
         let (publisher, records) = (publisher.clone(), records.clone());
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..per_client {
-                publisher.publish_all(&records).await.unwrap();
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
+        async move {
+            publisher.publish_all(&records).await.unwrap();
+        }
+    })
+    .await;
 }
 
 /// The ingress: `in_flight` clients posting `body` `per_client` times each.
@@ -301,17 +297,32 @@ async fn batched_round(
     in_flight: usize,
     per_client: usize,
 ) {
-    let mut tasks = Vec::new();
-    for _ in 0..in_flight {
+    let (target, body) = (target.clone(), body.clone());
+    in_parallel(in_flight, per_client, move || {
         let (target, body) = (target.clone(), body.clone());
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..per_client {
-                accepted(&target, &body).await;
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
+        async move { accepted(&target, &body).await }
+    })
+    .await;
+}
+
+/// `tasks` tasks, each awaiting `step()` `times` times in turn.
+async fn in_parallel<F, Fut>(tasks: usize, times: usize, step: F)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let step = step.clone();
+            tokio::spawn(async move {
+                for _ in 0..times {
+                    step().await;
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.await.unwrap();
     }
 }
 

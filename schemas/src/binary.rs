@@ -59,12 +59,7 @@ pub fn encode(
             Ok(())
         }
         (Schema::Uuid(_), Value::Uuid(u)) => {
-            bytes(
-                u.hyphenated()
-                    .encode_lower(&mut uuid::Uuid::encode_buffer())
-                    .as_bytes(),
-                out,
-            );
+            uuid(u, out);
             Ok(())
         }
         (_, Value::Bytes(b)) => {
@@ -125,14 +120,7 @@ pub fn encode(
 /// every wire record.
 pub fn envelope(envelope: &Envelope, out: &mut Vec<u8>) {
     let micros = |at: time::OffsetDateTime| (at.unix_timestamp_nanos() / 1_000) as i64;
-    bytes(
-        envelope
-            .event_id
-            .hyphenated()
-            .encode_lower(&mut uuid::Uuid::encode_buffer())
-            .as_bytes(),
-        out,
-    );
+    uuid(&envelope.event_id, out);
     bytes(envelope.event_type.as_bytes(), out);
     long(micros(envelope.occurred_at), out);
     long(micros(envelope.received_at), out);
@@ -356,6 +344,12 @@ pub(crate) fn long(n: i64, out: &mut Vec<u8>) {
 pub(crate) fn bytes(b: &[u8], out: &mut Vec<u8>) {
     long(b.len() as i64, out);
     out.extend_from_slice(b);
+}
+
+/// A UUID as Avro's `uuid` logical type: a string, hyphenated, lower case.
+pub(crate) fn uuid(u: &uuid::Uuid, out: &mut Vec<u8>) {
+    let mut buffer = uuid::Uuid::encode_buffer();
+    bytes(u.hyphenated().encode_lower(&mut buffer).as_bytes(), out);
 }
 
 #[cfg(test)]

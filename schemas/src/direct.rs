@@ -16,7 +16,7 @@ use std::fmt;
 use apache_avro::Schema;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use crate::binary::{bytes, long};
+use crate::binary::{bytes, long, uuid};
 use crate::json::{self, Names};
 
 /// A data schema compiled for direct encoding: references resolved, defaults encoded once.
@@ -428,13 +428,7 @@ impl<'de> Visitor<'de> for Enc<'_> {
                 _ => return Err(refused()),
             },
             Node::Uuid => {
-                let uuid = json::parse_uuid(s).ok_or_else(refused)?;
-                bytes(
-                    uuid.hyphenated()
-                        .encode_lower(&mut uuid::Uuid::encode_buffer())
-                        .as_bytes(),
-                    out,
-                );
+                uuid(&json::parse_uuid(s).ok_or_else(refused)?, out);
             }
             Node::TimestampMillis => {
                 let at = json::parse_timestamp(s).ok_or_else(refused)?;
