@@ -511,6 +511,8 @@ mod tests {
                 {"name": "ms", "type": {"type": "long", "logicalType": "timestamp-millis"}},
                 {"name": "us", "type": {"type": "long", "logicalType": "timestamp-micros"}},
                 {"name": "day", "type": {"type": "int", "logicalType": "date"}},
+                {"name": "ms_d", "type": {"type": "long", "logicalType": "timestamp-millis"}, "default": 1},
+                {"name": "day_d", "type": {"type": "int", "logicalType": "date"}, "default": 2},
                 {"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["a", "b"]}, "default": "a"},
                 {"name": "opt", "type": ["null", "string"], "default": null},
                 {"name": "opt_last", "type": ["string", "null"], "default": "z"},

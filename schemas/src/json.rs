@@ -73,6 +73,7 @@ pub fn from_json(
     let value = Converter {
         names,
         errors: &mut errors,
+        default: false,
     }
     .convert(schema, json, &mut pointer);
     match value {
@@ -84,6 +85,9 @@ pub fn from_json(
 struct Converter<'a> {
     names: &'a Names,
     errors: &'a mut Vec<FieldError>,
+    /// Converting a schema's `default`, which Avro writes in its own JSON encoding: there a
+    /// timestamp or a date is a number, where a request gives it as text.
+    default: bool,
 }
 
 impl Converter<'_> {
@@ -137,6 +141,16 @@ impl Converter<'_> {
                 )),
                 None => self.fail(ptr, TIMESTAMP_HINT),
             },
+            (Schema::TimestampMillis, Json::Number(n)) if self.default => {
+                n.as_i64().map(Value::TimestampMillis)
+            }
+            (Schema::TimestampMicros, Json::Number(n)) if self.default => {
+                n.as_i64().map(Value::TimestampMicros)
+            }
+            (Schema::Date, Json::Number(n)) if self.default => n
+                .as_i64()
+                .and_then(|d| i32::try_from(d).ok())
+                .map(Value::Date),
             (Schema::Date, Json::String(s)) => match parse_date(s) {
                 Some(days) => Some(Value::Date(days)),
                 None => self.fail(ptr, "expected a date like 2026-11-22"),
@@ -193,7 +207,12 @@ impl Converter<'_> {
                     push_token(ptr, &field.name);
                     let value = match (object.get(&field.name), &field.default) {
                         (Some(json), _) => self.convert(&field.schema, json, ptr),
-                        (None, Some(default)) => self.default_value(&field.schema, default, ptr),
+                        (None, Some(default)) => Converter {
+                            names: self.names,
+                            errors: self.errors,
+                            default: true,
+                        }
+                        .default_value(&field.schema, default, ptr),
                         (None, None) => self.fail(ptr, "required field is missing"),
                     };
                     ptr.truncate(len);
@@ -227,6 +246,7 @@ impl Converter<'_> {
                     let value = Converter {
                         names: self.names,
                         errors: &mut scratch,
+                        default: self.default,
                     }
                     .convert(variant, json, &mut ptr.clone());
                     if let (Some(value), true) = (value, scratch.is_empty()) {
@@ -241,6 +261,7 @@ impl Converter<'_> {
                     Converter {
                         names,
                         errors: self.errors,
+                        default: self.default,
                     }
                     .convert(schema, json, ptr)
                 }
@@ -257,7 +278,8 @@ impl Converter<'_> {
     }
 
     /// A default is written in the schema for the field's type (for a union, its first
-    /// branch), so it converts like a value, with the union branch made explicit.
+    /// branch), so it converts like a value, with the union branch made explicit. Call it on
+    /// a converter with `default` set.
     fn default_value(
         &mut self,
         schema: &Schema,
@@ -281,6 +303,7 @@ pub(crate) fn default_value(schema: &Schema, names: &Names, default: &Json) -> O
     let value = Converter {
         names,
         errors: &mut errors,
+        default: true,
     }
     .default_value(schema, default, &mut String::new());
     value.filter(|_| errors.is_empty())
@@ -491,6 +514,40 @@ mod tests {
         let back = to_json(&value);
         assert_eq!(back["locale"], "en");
         assert_eq!(back["phone"], Json::Null);
+    }
+
+    #[test]
+    fn defaults_of_timestamps_and_dates_are_numbers_as_avro_writes_them() {
+        let schema = Schema::parse(&json!({
+            "type": "record", "name": "Defaults", "fields": [
+                {"name": "ms", "type": {"type": "long", "logicalType": "timestamp-millis"}, "default": 1},
+                {"name": "us", "type": {"type": "long", "logicalType": "timestamp-micros"}, "default": 2},
+                {"name": "day", "type": {"type": "int", "logicalType": "date"}, "default": 3},
+                {"name": "then", "type": {"type": "record", "name": "Then", "fields": [
+                    {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}}
+                ]}, "default": {"at": 4}}
+            ]
+        }))
+        .unwrap();
+        let names = collect_names(&schema);
+        let value = from_json(&schema, &names, &json!({}), "").unwrap();
+        assert_eq!(
+            value,
+            Value::Record(vec![
+                ("ms".into(), Value::TimestampMillis(1)),
+                ("us".into(), Value::TimestampMicros(2)),
+                ("day".into(), Value::Date(3)),
+                (
+                    "then".into(),
+                    Value::Record(vec![("at".into(), Value::TimestampMillis(4))])
+                ),
+            ])
+        );
+        // A request still gives a timestamp as text, never as a number.
+        assert_eq!(
+            pointers(from_json(&schema, &names, &json!({"ms": 5}), "")),
+            ["/ms"]
+        );
     }
 
     #[test]
