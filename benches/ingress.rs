@@ -3,19 +3,24 @@
 //!     KAFKA_BROKERS=127.0.0.1:9092 cargo bench --bench ingress
 //!
 //! Starts the real `herald ingress` binary as its own process (so its RSS is its own), then:
-//! 1. the ceiling: the same Avro events written by a raw rdkafka producer (platform's
-//!    Publisher, batches of 100, BENCH_IN_FLIGHT batches at once, default 32);
+//! 1. the ceiling: the same Avro events, with the same headers, written by a raw rdkafka
+//!    producer (platform's Publisher, batches of 100, BENCH_IN_FLIGHT batches at once,
+//!    default 32);
 //! 2. batched ingress throughput: BENCH_IN_FLIGHT clients posting batches of 100 events
 //!    (BENCH_EVENTS per round on each side, default 100,000);
 //! 3. single-event ingress throughput: 32 clients posting one event per request;
 //! 4. open-loop latency at 25, 50 and 75% of (2) and of (3): requests sent at fixed
-//!    intervals, latency measured from the intended send time so queueing is not hidden.
+//!    intervals, latency measured from the intended send time so queueing is not hidden;
+//! 5. the floor under (4): the raw producer's batches of 100, open loop, at the event rate of
+//!    the ingress's batches at 50%, so a p99 can be told apart from the broker's own.
 
 #[path = "common/mod.rs"]
 mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use events::{Catalog, Codec, Envelope, WireFormat};
 use platform::kafka::{KafkaArgs, OutgoingRecord, Publisher};
@@ -127,18 +132,25 @@ async fn main() {
                 source: "api".into(),
                 idempotency_key: None,
             };
-            OutgoingRecord {
-                topic: kafka.topic("orders"),
-                key: format!("o-{i}").into_bytes(),
-                payload: codec.encode(&schema, &envelope, &data).unwrap(),
-                timestamp_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
-                headers: vec![],
-            }
+            // The headers the ingress writes: the event's type and id, and a traceparent.
+            let mut record = OutgoingRecord::event(
+                kafka.topic("orders"),
+                format!("o-{i}").into_bytes(),
+                codec.encode(&schema, &envelope, &data).unwrap(),
+                "order.placed",
+                &envelope.event_id.to_string(),
+                (now.unix_timestamp_nanos() / 1_000_000) as i64,
+            );
+            let traceparent = format!("00-{}-{:016x}-01", uuid::Uuid::new_v4().simple(), i);
+            record
+                .headers
+                .push(("traceparent".into(), traceparent.into_bytes()));
+            record
         })
         .collect();
     let records = Arc::new(records);
     let batch_body =
-        Arc::new(json!({"events": (0..BATCH).map(order).collect::<Vec<_>>()}).to_string());
+        Bytes::from(json!({"events": (0..BATCH).map(order).collect::<Vec<_>>()}).to_string());
     let target = Arc::new(Target {
         client: client.clone(),
         url: format!("{base}/api/v1/events"),
@@ -147,8 +159,8 @@ async fn main() {
 
     // 1 and 2 alternate over several rounds, so a slow moment of the shared machine (or of
     // the broker: log rolls, GC) does not land on one side only; medians are reported.
-    let (mut raw_rates, mut batched_rates, mut cpu_per_event) =
-        (Vec::new(), Vec::new(), Vec::new());
+    let (mut raw_rates, mut batched_rates, mut raw_cpu_per_event, mut cpu_per_event) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // Warm-up, untimed: the broker's JIT compiles for some seconds after it starts.
     let warm_until = Instant::now() + WARMUP;
     while Instant::now() < warm_until {
@@ -156,9 +168,13 @@ async fn main() {
         batched_round(&target, &batch_body, in_flight, per_client).await;
     }
     for _ in 0..ROUNDS {
+        // This process does nothing else meanwhile: its CPU is the raw producer's.
+        let cpu_before = common::cpu_seconds(std::process::id());
         let t = Instant::now();
         raw_round(&publisher, &records, in_flight, per_client).await;
         raw_rates.push(round_events / t.elapsed().as_secs_f64());
+        raw_cpu_per_event
+            .push((common::cpu_seconds(std::process::id()) - cpu_before) / round_events * 1e6);
 
         let cpu_before = common::cpu_seconds(pid);
         let t = Instant::now();
@@ -169,9 +185,10 @@ async fn main() {
     let raw_rate = common::median(&mut raw_rates);
     let batched_rate = common::median(&mut batched_rates);
     let cpu_us = common::median(&mut cpu_per_event);
+    let raw_cpu_us = common::median(&mut raw_cpu_per_event);
 
     // 3. Single events, closed loop, 32 clients.
-    let single_body = Arc::new(order(1).to_string());
+    let single_body = Bytes::from(order(1).to_string());
     let until = Instant::now() + Duration::from_secs(SINGLE_SECONDS);
     let t = Instant::now();
     let mut tasks = Vec::new();
@@ -221,6 +238,11 @@ async fn main() {
     sampling.cancel();
     let open_loop_rss_kb = sampler.await.unwrap();
 
+    // 5. The raw producer at the events/s of the ingress's batches at 50%.
+    let floor_rate = batched_rate / BATCH as f64 * 0.5;
+    let mut raw_latencies = raw_open_loop(&publisher, &records, floor_rate).await;
+    let raw_open = percentiles(&mut raw_latencies);
+
     let rss_kb = status_kb(pid, "VmHWM");
     let _ = child.kill().await;
     let _ = std::fs::remove_dir_all(&data);
@@ -238,7 +260,9 @@ async fn main() {
         "| ingress, batches of {BATCH}, {in_flight} clients | {batched_rate:.0} events/s ({:.0}% of raw) |",
         100.0 * batched_rate / raw_rate
     );
-    println!("| ingress CPU per batched event | {cpu_us:.1} µs |");
+    println!(
+        "| CPU per event: ingress, batched / raw producer | {cpu_us:.1} µs / {raw_cpu_us:.1} µs |"
+    );
     println!(
         "| rounds (raw / batched events/s) | {} |",
         raw_rates
@@ -263,6 +287,14 @@ async fn main() {
             ms(p999)
         );
     }
+    println!(
+        "| raw producer, batches of {BATCH}, open loop at {:.0} batches/s (the ingress's 50%) | \
+         p50 {} ms, p99 {} ms, p99.9 {} ms |",
+        floor_rate,
+        ms(raw_open.0),
+        ms(raw_open.1),
+        ms(raw_open.2)
+    );
     println!(
         "| ingress RSS under the open-loop loads (max of VmRSS) | {:.1} MB |",
         open_loop_rss_kb as f64 / 1024.0
@@ -291,12 +323,7 @@ async fn raw_round(
 }
 
 /// The ingress: `in_flight` clients posting `body` `per_client` times each.
-async fn batched_round(
-    target: &Arc<Target>,
-    body: &Arc<String>,
-    in_flight: usize,
-    per_client: usize,
-) {
+async fn batched_round(target: &Arc<Target>, body: &Bytes, in_flight: usize, per_client: usize) {
     let (target, body) = (target.clone(), body.clone());
     in_parallel(in_flight, per_client, move || {
         let (target, body) = (target.clone(), body.clone());
@@ -333,10 +360,38 @@ struct Target {
     token: String,
 }
 
-/// Sends `body` at `rate` requests per second for OPEN_LOOP_SECONDS, each at its intended
-/// time whether or not earlier ones were answered; each latency runs from that intended time,
-/// so time spent queueing (in the client, the ingress or the broker) is counted, not hidden.
-async fn open_loop(target: &Arc<Target>, body: &Arc<String>, rate: f64) -> Vec<Duration> {
+/// Sends `body` at `rate` requests per second for OPEN_LOOP_SECONDS (see `at_rate`).
+async fn open_loop(target: &Arc<Target>, body: &Bytes, rate: f64) -> Vec<Duration> {
+    at_rate(rate, || {
+        let (target, body) = (target.clone(), body.clone());
+        async move { accepted(&target, &body).await }
+    })
+    .await
+}
+
+/// Publishes `records` at `rate` times per second for OPEN_LOOP_SECONDS (see `at_rate`).
+async fn raw_open_loop(
+    publisher: &Publisher,
+    records: &Arc<Vec<OutgoingRecord>>,
+    rate: f64,
+) -> Vec<Duration> {
+    at_rate(rate, || {
+        let (publisher, records) = (publisher.clone(), records.clone());
+        async move {
+            publisher.publish_all(&records).await.unwrap();
+        }
+    })
+    .await
+}
+
+/// Starts `step()` `rate` times per second for OPEN_LOOP_SECONDS, each at its intended time
+/// whether or not earlier ones finished; each latency runs from that intended time, so time
+/// spent queueing (in the client, the ingress or the broker) is counted, not hidden.
+async fn at_rate<F, Fut>(rate: f64, step: F) -> Vec<Duration>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let interval = Duration::from_secs_f64(1.0 / rate);
     let total = (rate * OPEN_LOOP_SECONDS as f64) as usize;
     let start = tokio::time::Instant::now();
@@ -344,9 +399,9 @@ async fn open_loop(target: &Arc<Target>, body: &Arc<String>, rate: f64) -> Vec<D
     for i in 0..total {
         let intended = start + interval.mul_f64(i as f64);
         tokio::time::sleep_until(intended).await;
-        let (target, body) = (target.clone(), body.clone());
+        let step = step();
         tasks.push(tokio::spawn(async move {
-            accepted(&target, &body).await;
+            step.await;
             intended.elapsed()
         }));
     }
@@ -366,13 +421,13 @@ fn percentiles(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
 }
 
 /// Posts and insists on a 202: a benchmark of failures would measure nothing.
-async fn accepted(target: &Target, body: &str) {
+async fn accepted(target: &Target, body: &Bytes) {
     let response = target
         .client
         .post(&target.url)
         .bearer_auth(&target.token)
         .header("content-type", "application/json")
-        .body(body.to_owned())
+        .body(body.clone())
         .send()
         .await
         .unwrap();
