@@ -207,12 +207,7 @@ impl Converter<'_> {
                     push_token(ptr, &field.name);
                     let value = match (object.get(&field.name), &field.default) {
                         (Some(json), _) => self.convert(&field.schema, json, ptr),
-                        (None, Some(default)) => Converter {
-                            names: self.names,
-                            errors: self.errors,
-                            default: true,
-                        }
-                        .default_value(&field.schema, default, ptr),
+                        (None, Some(default)) => self.default_value(&field.schema, default, ptr),
                         (None, None) => self.fail(ptr, "required field is missing"),
                     };
                     ptr.truncate(len);
@@ -278,21 +273,26 @@ impl Converter<'_> {
     }
 
     /// A default is written in the schema for the field's type (for a union, its first
-    /// branch), so it converts like a value, with the union branch made explicit. Call it on
-    /// a converter with `default` set.
+    /// branch), so it converts like a value in Avro's JSON encoding, with the union branch
+    /// made explicit.
     fn default_value(
         &mut self,
         schema: &Schema,
         default: &Json,
         ptr: &mut String,
     ) -> Option<Value> {
+        let mut avro = Converter {
+            names: self.names,
+            errors: self.errors,
+            default: true,
+        };
         match schema {
             Schema::Union(union) => {
                 let first = union.variants().first()?;
-                self.convert(first, default, ptr)
+                avro.convert(first, default, ptr)
                     .map(|v| Value::Union(0, Box::new(v)))
             }
-            _ => self.convert(schema, default, ptr),
+            _ => avro.convert(schema, default, ptr),
         }
     }
 }
@@ -303,7 +303,7 @@ pub(crate) fn default_value(schema: &Schema, names: &Names, default: &Json) -> O
     let value = Converter {
         names,
         errors: &mut errors,
-        default: true,
+        default: false,
     }
     .default_value(schema, default, &mut String::new());
     value.filter(|_| errors.is_empty())
