@@ -219,19 +219,7 @@ async fn main() {
     let single_rate = closed.len() as f64 / t.elapsed().as_secs_f64();
 
     // 4. Open loop at 25, 50 and 75% of each maximum, single events and batches, with the
-    //    ingress's resident memory sampled every 100 ms throughout.
-    let sampling = tokio_util::sync::CancellationToken::new();
-    let sampler = tokio::spawn({
-        let sampling = sampling.clone();
-        async move {
-            let mut max_kb = 0;
-            while !sampling.is_cancelled() {
-                max_kb = max_kb.max(status_kb(pid, "VmRSS"));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            max_kb
-        }
-    });
+    //    ingress's resident memory sampled every 100 ms during each.
     let mut open_loops = Vec::new();
     for (what, body, saturation) in [
         ("single events", &single_body, single_rate),
@@ -239,12 +227,10 @@ async fn main() {
     ] {
         for share in [0.25, 0.50, 0.75] {
             let rate = saturation * share;
-            let mut latencies = open_loop(&target, body, rate).await;
-            open_loops.push((what, share, rate, percentiles(&mut latencies)));
+            let (mut latencies, rss_kb) = max_rss_during(pid, open_loop(&target, body, rate)).await;
+            open_loops.push((what, share, rate, percentiles(&mut latencies), rss_kb));
         }
     }
-    sampling.cancel();
-    let open_loop_rss_kb = sampler.await.unwrap();
 
     // 5. The raw producer at the events/s of the ingress's batches at 50%.
     let floor_rate = batched_rate / BATCH as f64 * 0.5;
@@ -286,14 +272,15 @@ async fn main() {
         ms(c50),
         ms(c99)
     );
-    for (what, share, rate, (p50, p99, p999)) in open_loops {
+    for (what, share, rate, (p50, p99, p999), rss_kb) in open_loops {
         println!(
             "| ingress, {what}, open loop at {rate:.0} requests/s ({:.0}% of its maximum) | p50 \
-             {} ms, p99 {} ms, p99.9 {} ms |",
+             {} ms, p99 {} ms, p99.9 {} ms; RSS at most {:.1} MB |",
             share * 100.0,
             ms(p50),
             ms(p99),
-            ms(p999)
+            ms(p999),
+            rss_kb as f64 / 1024.0
         );
     }
     println!(
@@ -305,13 +292,29 @@ async fn main() {
         ms(raw_open.2)
     );
     println!(
-        "| ingress RSS under the open-loop loads (max of VmRSS) | {:.1} MB |",
-        open_loop_rss_kb as f64 / 1024.0
-    );
-    println!(
         "| ingress peak RSS over the whole run (VmHWM) | {:.1} MB |",
         rss_kb as f64 / 1024.0
     );
+}
+
+/// What `work` returns, and the most resident memory `pid` had while it ran (VmRSS, sampled
+/// every 100 ms).
+async fn max_rss_during<T>(pid: u32, work: impl std::future::Future<Output = T>) -> (T, u64) {
+    let sampling = tokio_util::sync::CancellationToken::new();
+    let sampler = tokio::spawn({
+        let sampling = sampling.clone();
+        async move {
+            let mut max_kb = 0;
+            while !sampling.is_cancelled() {
+                max_kb = max_kb.max(status_kb(pid, "VmRSS"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            max_kb
+        }
+    });
+    let out = work.await;
+    sampling.cancel();
+    (out, sampler.await.unwrap())
 }
 
 /// The raw producer: `in_flight` tasks publishing `records` `per_client` times each.

@@ -7,6 +7,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// The allocator `herald` runs on, so a ceiling measured in this process (a raw producer) is
+/// measured on the same terms as the service.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 pub const SECRET: &str = "bench-secret-of-at-least-thirty-two-bytes";
 pub const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 
