@@ -237,7 +237,7 @@ async fn main() {
     let mut raw_latencies = raw_open_loop(&publisher, &records, floor_rate).await;
     let raw_open = percentiles(&mut raw_latencies);
 
-    let rss_kb = status_kb(pid, "VmHWM");
+    let rss_kb = common::status_kb(pid, "VmHWM:");
     let _ = child.kill().await;
     let _ = std::fs::remove_dir_all(&data);
 
@@ -300,21 +300,15 @@ async fn main() {
 /// What `work` returns, and the most resident memory `pid` had while it ran (VmRSS, sampled
 /// every 100 ms).
 async fn max_rss_during<T>(pid: u32, work: impl std::future::Future<Output = T>) -> (T, u64) {
-    let sampling = tokio_util::sync::CancellationToken::new();
-    let sampler = tokio::spawn({
-        let sampling = sampling.clone();
-        async move {
-            let mut max_kb = 0;
-            while !sampling.is_cancelled() {
-                max_kb = max_kb.max(status_kb(pid, "VmRSS"));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            max_kb
+    let mut work = std::pin::pin!(work);
+    let mut max_kb = 0;
+    loop {
+        max_kb = max_kb.max(common::status_kb(pid, "VmRSS:"));
+        tokio::select! {
+            out = &mut work => return (out, max_kb),
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
-    });
-    let out = work.await;
-    sampling.cancel();
-    (out, sampler.await.unwrap())
+    }
 }
 
 /// The raw producer: `in_flight` tasks publishing `records` `per_client` times each.
@@ -450,15 +444,6 @@ async fn accepted(target: &Target, body: &Bytes) {
 }
 
 /// A memory figure of /proc/<pid>/status, in kB.
-fn status_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .unwrap_or(0)
-}
-
 fn percentile(samples: &mut [Duration], q: f64) -> Duration {
     samples.sort_unstable();
     samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)]

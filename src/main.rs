@@ -134,12 +134,6 @@ enum BrokerAction {
     },
 }
 
-/// jemalloc serves every allocation, librdkafka's included: glibc's allocator spent a fifth of
-/// the ingress's CPU consolidating small chunks freed on another thread than the one that took
-/// them (each event's buffers are taken on a request's thread and freed on librdkafka's).
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> anyhow::Result<()> {
     // Every setting read from NAME can come from the file NAME_FILE names (mounted secrets).
     let args: Vec<String> = std::env::args().collect();

@@ -7,11 +7,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// The allocator `herald` runs on, so a ceiling measured in this process (a raw producer) is
-/// measured on the same terms as the service.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 pub const SECRET: &str = "bench-secret-of-at-least-thirty-two-bytes";
 pub const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 
@@ -97,16 +92,18 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// A process's peak resident memory (VmHWM), in MB.
 #[allow(dead_code, reason = "not every benchmark samples a process's memory")]
 pub fn peak_rss_mb(pid: u32) -> f64 {
+    status_kb(pid, "VmHWM:") as f64 / 1024.0
+}
+
+/// A field of a process's /proc status given in kB (`VmRSS:`, `VmHWM:`), 0 when unreadable.
+#[allow(dead_code, reason = "not every benchmark samples a process's memory")]
+pub fn status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0)
 }
 
 /// A token for `sub` with one role, signed with the benchmark's secret, valid two hours.
