@@ -11,6 +11,8 @@
 //! 3. single-event ingress throughput: 32 clients posting one event per request;
 //! 4. open-loop latency at 25, 50 and 75% of (2) and of (3): requests sent at fixed
 //!    intervals, latency measured from the intended send time so queueing is not hidden;
+//!    and at 150%, an overload: how many requests were shed (503) and how large the ingress
+//!    grew meanwhile;
 //! 5. the floor under (4): the raw producer's batches of 100, open loop, at the event rate of
 //!    the ingress's batches at 50%, so a p99 can be told apart from the broker's own.
 
@@ -219,22 +221,24 @@ async fn main() {
     let single_rate = closed.len() as f64 / t.elapsed().as_secs_f64();
 
     // 4. Open loop at 25, 50 and 75% of each maximum, single events and batches, with the
-    //    ingress's resident memory sampled every 100 ms during each.
+    //    ingress's resident memory sampled every 100 ms during each; and at 150%, beyond
+    //    what it can serve, where its memory stays bounded because it sheds what does not fit.
     let mut open_loops = Vec::new();
     for (what, body, saturation) in [
         ("single events", &single_body, single_rate),
         ("batches of 100", &batch_body, batched_rate / BATCH as f64),
     ] {
-        for share in [0.25, 0.50, 0.75] {
+        for share in [0.25, 0.50, 0.75, 1.5] {
             let rate = saturation * share;
-            let (mut latencies, rss_kb) = max_rss_during(pid, open_loop(&target, body, rate)).await;
-            open_loops.push((what, share, rate, percentiles(&mut latencies), rss_kb));
+            let ((mut latencies, shed), rss_kb) =
+                max_rss_during(pid, open_loop(&target, body, rate)).await;
+            open_loops.push((what, share, rate, percentiles(&mut latencies), shed, rss_kb));
         }
     }
 
     // 5. The raw producer at the events/s of the ingress's batches at 50%.
     let floor_rate = batched_rate / BATCH as f64 * 0.5;
-    let mut raw_latencies = raw_open_loop(&publisher, &records, floor_rate).await;
+    let (mut raw_latencies, _) = raw_open_loop(&publisher, &records, floor_rate).await;
     let raw_open = percentiles(&mut raw_latencies);
 
     let rss_kb = common::status_kb(pid, "VmHWM:");
@@ -272,10 +276,10 @@ async fn main() {
         ms(c50),
         ms(c99)
     );
-    for (what, share, rate, (p50, p99, p999), rss_kb) in open_loops {
+    for (what, share, rate, (p50, p99, p999), shed, rss_kb) in open_loops {
         println!(
             "| ingress, {what}, open loop at {rate:.0} requests/s ({:.0}% of its maximum) | p50 \
-             {} ms, p99 {} ms, p99.9 {} ms; RSS at most {:.1} MB |",
+             {} ms, p99 {} ms, p99.9 {} ms; RSS at most {:.1} MB; {shed} shed (503) |",
             share * 100.0,
             ms(p50),
             ms(p99),
@@ -367,10 +371,10 @@ struct Target {
 }
 
 /// Sends `body` at `rate` requests per second for OPEN_LOOP_SECONDS (see `at_rate`).
-async fn open_loop(target: &Arc<Target>, body: &Bytes, rate: f64) -> Vec<Duration> {
+async fn open_loop(target: &Arc<Target>, body: &Bytes, rate: f64) -> (Vec<Duration>, usize) {
     at_rate(rate, || {
         let (target, body) = (target.clone(), body.clone());
-        async move { accepted(&target, &body).await }
+        async move { served(&target, &body).await }
     })
     .await
 }
@@ -380,12 +384,10 @@ async fn raw_open_loop(
     publisher: &Publisher,
     records: &Arc<Vec<OutgoingRecord>>,
     rate: f64,
-) -> Vec<Duration> {
+) -> (Vec<Duration>, usize) {
     at_rate(rate, || {
         let (publisher, records) = (publisher.clone(), records.clone());
-        async move {
-            publisher.publish_all(&records).await.unwrap();
-        }
+        async move { publisher.publish_all(&records).await.is_ok() }
     })
     .await
 }
@@ -393,10 +395,11 @@ async fn raw_open_loop(
 /// Starts `step()` `rate` times per second for OPEN_LOOP_SECONDS, each at its intended time
 /// whether or not earlier ones finished; each latency runs from that intended time, so time
 /// spent queueing (in the client, the ingress or the broker) is counted, not hidden.
-async fn at_rate<F, Fut>(rate: f64, step: F) -> Vec<Duration>
+/// Returns the latencies of the steps served and how many were shed (`step()` gave false).
+async fn at_rate<F, Fut>(rate: f64, step: F) -> (Vec<Duration>, usize)
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
 {
     let interval = Duration::from_secs_f64(1.0 / rate);
     let total = (rate * OPEN_LOOP_SECONDS as f64) as usize;
@@ -407,15 +410,15 @@ where
         tokio::time::sleep_until(intended).await;
         let step = step();
         tasks.push(tokio::spawn(async move {
-            step.await;
-            intended.elapsed()
+            step.await.then(|| intended.elapsed())
         }));
     }
     let mut latencies = Vec::with_capacity(total);
     for task in tasks {
-        latencies.push(task.await.unwrap());
+        latencies.extend(task.await.unwrap());
     }
-    latencies
+    let shed = total - latencies.len();
+    (latencies, shed)
 }
 
 fn percentiles(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
@@ -426,8 +429,14 @@ fn percentiles(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
     )
 }
 
-/// Posts and insists on a 202: a benchmark of failures would measure nothing.
+/// Posts and insists on a 202: a closed loop never holds more than the ingress admits.
 async fn accepted(target: &Target, body: &Bytes) {
+    assert!(served(target, body).await, "a closed loop was shed");
+}
+
+/// Posts: true on 202, false when the ingress shed the request (503 overloaded); anything else
+/// stops the benchmark, as a benchmark of failures would measure nothing.
+async fn served(target: &Target, body: &Bytes) -> bool {
     let response = target
         .client
         .post(&target.url)
@@ -440,7 +449,13 @@ async fn accepted(target: &Target, body: &Bytes) {
     let status = response.status();
     // Read to the end, as a client does: a connection with an unread answer is not reused.
     let answer = response.bytes().await.unwrap();
-    assert_eq!(status, 202, "{}", String::from_utf8_lossy(&answer));
+    let shed = status == 503 && answer.windows(10).any(|w| w == b"overloaded");
+    assert!(
+        status == 202 || shed,
+        "{status} {}",
+        String::from_utf8_lossy(&answer)
+    );
+    status == 202
 }
 
 /// A memory figure of /proc/<pid>/status, in kB.

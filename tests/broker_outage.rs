@@ -207,3 +207,74 @@ impl Drop for KilledOnDrop {
         self.0.kill();
     }
 }
+
+#[tokio::test]
+async fn requests_beyond_the_in_flight_budget_are_shed_at_once_and_publish_nothing() {
+    let dir = support::test_dir(&format!("shed-{}", uuid::Uuid::new_v4().simple()));
+    let broker = KilledOnDrop(
+        LocalBroker::start(&dir, None)
+            .await
+            .expect("private broker starts"),
+    );
+    let kafka = support::kafka(&broker.0.bootstrap());
+    // A budget of 4 KiB: an order (about 250 bytes, plus 1 KiB a request costs anyway)
+    // takes 2 KiB of it, so two requests fill it.
+    let args = ingress_args(&[
+        "--max-body-bytes",
+        "2048",
+        "--max-in-flight-bytes",
+        "4096",
+        "--publish-deadline-ms",
+        "8000",
+    ]);
+    let app =
+        Arc::new(TestIngress::start(kafka.clone(), args, Arc::new(MemoryStore::default())).await);
+    let user = token("alice", &["user"]);
+    assert_eq!(app.post(&user, &order("before")).await.status(), 202);
+
+    // Frozen, the broker acknowledges nothing: two requests wait and hold the budget.
+    broker.0.pause();
+    let waiting: Vec<_> = ["held-1", "held-2"]
+        .into_iter()
+        .map(|id| {
+            let (app, user) = (app.clone(), user.clone());
+            tokio::spawn(async move { app.post(&user, &order(id)).await.status().as_u16() })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let shed = app.post(&user, &order("shed")).await;
+    let took = started.elapsed();
+    assert_eq!(shed.status(), 503);
+    assert_eq!(shed.headers()["retry-after"], "1");
+    let problem: Value = shed.json().await.unwrap();
+    assert_eq!(
+        problem["type"], "urn:herald:problem:overloaded",
+        "{problem}"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "shed after {took:?}, not at once"
+    );
+
+    // Back: the held requests are acknowledged and the budget is free again.
+    broker.0.resume();
+    for request in waiting {
+        assert_eq!(request.await.unwrap(), 202);
+    }
+    assert_eq!(app.post(&user, &order("after")).await.status(), 202);
+    let mut keys: Vec<String> = support::read(&kafka, "orders")
+        .await
+        .into_iter()
+        .map(|(record, _)| String::from_utf8(record.key.unwrap_or_default()).unwrap())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["after", "before", "held-1", "held-2"]);
+    eprintln!("shed: a request beyond the budget answered 503 in {took:?}");
+    match Arc::try_unwrap(app) {
+        Ok(app) => app.stop().await,
+        Err(_) => panic!("ingress still shared"),
+    }
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}

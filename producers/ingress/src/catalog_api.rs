@@ -88,7 +88,7 @@ fn document<'a>(types: impl Iterator<Item = &'a SchemaVersion>) -> Value {
                     "413": problem_response("Body or batch too large"),
                     "415": problem_response("Not application/json"),
                     "422": problem_response("Fields that do not match the schema, by JSON pointer"),
-                    "503": problem_response("The event log is unavailable; retry after Retry-After")
+                    "503": problem_response("The event log is unavailable, or the ingress is overloaded (nothing published); retry after Retry-After")
                 }}},
             "/api/v1/event-types": {"get": {"summary": "The event catalog", "security": [],
                 "responses": {"200": {"description": "Every event type with its schema, topic, key, roles and an example"}}}},

@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::admission::Admitted;
 use crate::auth::Principal;
 use crate::idempotency::{Claim, Claimed, StoreError, StoredResponse};
 use crate::prepare::{Prepared, Shape, prepare, prepare_text};
@@ -87,7 +88,8 @@ pub async fn post_events(
 async fn handle(state: &AppState, params: Params, request: Request) -> Result<Response, Problem> {
     let (parts, body) = request.into_parts();
     let principal = state.auth.authenticate(&parts.headers)?;
-    let body = read_body(&parts.headers, body, state.limits.max_body_bytes).await?;
+    // Held until the answer: a request that waits for the broker keeps its share.
+    let (body, _admitted) = admit_and_read(state, &parts.headers, body).await?;
     let idempotency_key = idempotency_key(&parts.headers)?;
     let (catalog, policy, max_events) = (state.catalog(), &state.policy, state.limits.max_events);
     // Most bodies fit: read once, straight to Avro. The rest go through the JSON tree, which
@@ -382,11 +384,32 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
         })
 }
 
-async fn read_body(
+/// Reads the body of a request the in-flight budget admits. A body of declared length is
+/// admitted before it is read, so a request that is shed never holds its body: it is read
+/// and dropped as it comes, which keeps the connection usable for the retry. A body of no
+/// declared length (chunked) is admitted once read, by its size.
+async fn admit_and_read<'a>(
+    state: &'a AppState,
     headers: &HeaderMap,
     body: axum::body::Body,
-    limit: usize,
-) -> Result<Bytes, Problem> {
+) -> Result<(Bytes, Admitted<'a>), Problem> {
+    let limit = state.limits.max_body_bytes;
+    let declared = checked_length(headers, limit)?;
+    if let Some(len) = declared {
+        let Some(admitted) = state.in_flight.admit(len) else {
+            discard(body, limit).await;
+            return Err(overloaded());
+        };
+        return Ok((read_body(body, limit).await?, admitted));
+    }
+    let body = read_body(body, limit).await?;
+    let admitted = state.in_flight.admit(body.len()).ok_or_else(overloaded)?;
+    Ok((body, admitted))
+}
+
+/// The body's declared length, after the checks that need no byte of it: a JSON content
+/// type, and a declared length within `limit`.
+fn checked_length(headers: &HeaderMap, limit: usize) -> Result<Option<usize>, Problem> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -402,23 +425,55 @@ async fn read_body(
             "send the events as Content-Type: application/json",
         ));
     }
-    let too_large = || Problem::too_large(format!("the body is larger than {limit} bytes"));
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
+        return Err(too_large(limit));
     }
+    Ok(declared)
+}
+
+fn too_large(limit: usize) -> Problem {
+    Problem::too_large(format!("the body is larger than {limit} bytes"))
+}
+
+async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, Problem> {
     axum::body::to_bytes(body, limit).await.map_err(|err| {
         let length_limit = std::error::Error::source(&err)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if length_limit {
-            too_large()
+            too_large(limit)
         } else {
             Problem::bad_request("the body could not be read")
         }
     })
+}
+
+/// Reads a body to its end, or to `limit` bytes, keeping none of it.
+async fn discard(mut body: axum::body::Body, limit: usize) {
+    use http_body_util::BodyExt;
+    let mut read = 0;
+    while let Some(Ok(frame)) = body.frame().await {
+        read += frame.data_ref().map_or(0, Bytes::len);
+        if read > limit {
+            return;
+        }
+    }
+}
+
+/// The answer to a request beyond the in-flight budget. Nothing of it was published, and by
+/// the time the client tries again the requests ahead of it have mostly been answered.
+fn overloaded() -> Problem {
+    metrics::counter!("herald_ingress_overloaded_total").increment(1);
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "Overloaded",
+        "the ingress holds as many requests as its memory budget allows (MAX_IN_FLIGHT_BYTES); nothing was published",
+    )
+    .with_retry_after(1)
 }
 
 fn parse_json(body: &[u8]) -> Result<Json, Problem> {

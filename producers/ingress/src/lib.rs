@@ -7,6 +7,7 @@
 //! broker is down or slow it answers 503 with Retry-After within the publish deadline.
 //! With an `Idempotency-Key`, retries publish nothing new (see [`idempotency`]).
 
+pub mod admission;
 mod catalog_api;
 mod events_api;
 pub mod idempotency;
@@ -32,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::admission::InFlight;
 use crate::auth::{AuthArgs, Authenticator};
 use crate::idempotency::IdempotencyStore;
 use crate::policy::PublishPolicy;
@@ -53,6 +55,12 @@ pub struct IngressArgs {
     /// Largest request body in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Bytes of request bodies the ingress holds while their events wait for the broker;
+    /// a request beyond it gets 503 with Retry-After at once. Bounds memory under overload:
+    /// the process holds about three times this (bodies, encoded events, librdkafka's
+    /// copies) on top of its resting size.
+    #[arg(long, env = "MAX_IN_FLIGHT_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_in_flight_bytes: usize,
     /// Whole-request timeout (milliseconds); longer than the publish deadline.
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
@@ -78,6 +86,7 @@ pub struct IngressArgs {
 pub struct Limits {
     pub max_events: usize,
     pub max_body_bytes: usize,
+    pub max_in_flight_bytes: usize,
     pub publish_deadline: Duration,
     pub request_timeout: Duration,
     pub idempotency_ttl: Duration,
@@ -92,6 +101,8 @@ pub struct AppState {
     pub sink: Arc<dyn EventSink>,
     pub store: Arc<dyn IdempotencyStore>,
     pub limits: Limits,
+    /// Built from `limits.max_in_flight_bytes`.
+    pub in_flight: InFlight,
     pub topic_prefix: String,
 }
 
@@ -106,6 +117,7 @@ impl IngressArgs {
         Limits {
             max_events: self.max_batch_events,
             max_body_bytes: self.max_body_bytes,
+            max_in_flight_bytes: self.max_in_flight_bytes,
             publish_deadline: Duration::from_millis(self.publish_deadline_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             idempotency_ttl: Duration::from_secs(self.idempotency_ttl_hours * 3600),
@@ -137,6 +149,12 @@ pub async fn connect(
         limits.publish_deadline < limits.request_timeout,
         "PUBLISH_DEADLINE_MS must be shorter than REQUEST_TIMEOUT_MS, or requests time out before the broker can answer"
     );
+    anyhow::ensure!(
+        InFlight::holds(limits.max_in_flight_bytes, limits.max_body_bytes),
+        "MAX_IN_FLIGHT_BYTES must be at least MAX_BODY_BYTES plus {} bytes, or the largest \
+         request could never be admitted",
+        admission::REQUEST_OVERHEAD_BYTES
+    );
     let topics: Vec<String> = catalog
         .topics()
         .into_iter()
@@ -158,6 +176,7 @@ pub async fn connect(
         auth,
         sink: Arc::new(publisher),
         store,
+        in_flight: InFlight::new(limits.max_in_flight_bytes),
         limits,
         topic_prefix: kafka.topic_prefix.clone(),
     })

@@ -33,10 +33,12 @@ fn app(sink: Arc<MemorySink>) -> axum::Router {
         limits: Limits {
             max_events: 10,
             max_body_bytes: 64 * 1024,
+            max_in_flight_bytes: 1024 * 1024,
             publish_deadline: Duration::from_millis(200),
             request_timeout: Duration::from_secs(5),
             idempotency_ttl: Duration::from_secs(3600),
         },
+        in_flight: ingress::admission::InFlight::new(1024 * 1024),
         topic_prefix: String::new(),
     };
     ingress::router(Arc::new(state))
