@@ -12,7 +12,8 @@
 //! 4. open-loop latency at 25, 50 and 75% of (2) and of (3): requests sent at fixed
 //!    intervals, latency measured from the intended send time so queueing is not hidden;
 //!    and at 150%, an overload: how many requests were shed (503) and how large the ingress
-//!    grew meanwhile;
+//!    grew meanwhile (the load generator keeps at most MAX_OUTSTANDING requests under way
+//!    and counts those it could not send apart);
 //! 5. the floor under (4): the raw producer's batches of 100, open loop, at the event rate of
 //!    the ingress's batches at 50%, so a p99 can be told apart from the broker's own.
 
@@ -38,6 +39,8 @@ const ROUNDS: usize = 5;
 const WARMUP: Duration = Duration::from_secs(10);
 const SINGLE_SECONDS: u64 = 15;
 const OPEN_LOOP_SECONDS: u64 = 15;
+/// Requests an open loop keeps under way at most: well under this process's file limit.
+const MAX_OUTSTANDING: usize = 8_000;
 
 fn order(i: usize) -> Value {
     json!({"type": "order.placed", "data": {"order_id": format!("o-{i}"), "customer_id": "alice",
@@ -230,16 +233,17 @@ async fn main() {
     ] {
         for share in [0.25, 0.50, 0.75, 1.5] {
             let rate = saturation * share;
-            let ((mut latencies, shed), rss_kb) =
-                max_rss_during(pid, open_loop(&target, body, rate)).await;
-            open_loops.push((what, share, rate, percentiles(&mut latencies), shed, rss_kb));
+            let (mut outcome, rss_kb) = max_rss_during(pid, open_loop(&target, body, rate)).await;
+            let (shed, unsent) = (outcome.shed, outcome.unsent);
+            let latencies = percentiles(&mut outcome.latencies);
+            open_loops.push((what, share, rate, latencies, shed, unsent, rss_kb));
         }
     }
 
     // 5. The raw producer at the events/s of the ingress's batches at 50%.
     let floor_rate = batched_rate / BATCH as f64 * 0.5;
-    let (mut raw_latencies, _) = raw_open_loop(&publisher, &records, floor_rate).await;
-    let raw_open = percentiles(&mut raw_latencies);
+    let mut raw = raw_open_loop(&publisher, &records, floor_rate).await;
+    let raw_open = percentiles(&mut raw.latencies);
 
     let rss_kb = common::status_kb(pid, "VmHWM:");
     let _ = child.kill().await;
@@ -276,10 +280,11 @@ async fn main() {
         ms(c50),
         ms(c99)
     );
-    for (what, share, rate, (p50, p99, p999), shed, rss_kb) in open_loops {
+    for (what, share, rate, (p50, p99, p999), shed, unsent, rss_kb) in open_loops {
         println!(
             "| ingress, {what}, open loop at {rate:.0} requests/s ({:.0}% of its maximum) | p50 \
-             {} ms, p99 {} ms, p99.9 {} ms; RSS at most {:.1} MB; {shed} shed (503) |",
+             {} ms, p99 {} ms, p99.9 {} ms; RSS at most {:.1} MB; {shed} shed (503), {unsent} not sent (client at {MAX_OUTSTANDING} \
+             outstanding) |",
             share * 100.0,
             ms(p50),
             ms(p99),
@@ -371,7 +376,7 @@ struct Target {
 }
 
 /// Sends `body` at `rate` requests per second for OPEN_LOOP_SECONDS (see `at_rate`).
-async fn open_loop(target: &Arc<Target>, body: &Bytes, rate: f64) -> (Vec<Duration>, usize) {
+async fn open_loop(target: &Arc<Target>, body: &Bytes, rate: f64) -> Outcome {
     at_rate(rate, || {
         let (target, body) = (target.clone(), body.clone());
         async move { served(&target, &body).await }
@@ -384,7 +389,7 @@ async fn raw_open_loop(
     publisher: &Publisher,
     records: &Arc<Vec<OutgoingRecord>>,
     rate: f64,
-) -> (Vec<Duration>, usize) {
+) -> Outcome {
     at_rate(rate, || {
         let (publisher, records) = (publisher.clone(), records.clone());
         async move { publisher.publish_all(&records).await.is_ok() }
@@ -395,30 +400,53 @@ async fn raw_open_loop(
 /// Starts `step()` `rate` times per second for OPEN_LOOP_SECONDS, each at its intended time
 /// whether or not earlier ones finished; each latency runs from that intended time, so time
 /// spent queueing (in the client, the ingress or the broker) is counted, not hidden.
-/// Returns the latencies of the steps served and how many were shed (`step()` gave false).
-async fn at_rate<F, Fut>(rate: f64, step: F) -> (Vec<Duration>, usize)
+///
+/// Past the ingress's maximum the late steps pile up in this client, each holding a
+/// connection, and the process may not open more files than its limit. So at most
+/// MAX_OUTSTANDING steps are under way; one due while they are is not sent and is counted
+/// apart from what the ingress shed.
+/// Returns the latencies of the steps served, how many were shed (`step()` gave false), and
+/// how many were never sent.
+async fn at_rate<F, Fut>(rate: f64, step: F) -> Outcome
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool> + Send + 'static,
 {
     let interval = Duration::from_secs_f64(1.0 / rate);
     let total = (rate * OPEN_LOOP_SECONDS as f64) as usize;
+    let outstanding = Arc::new(tokio::sync::Semaphore::new(MAX_OUTSTANDING));
     let start = tokio::time::Instant::now();
     let mut tasks = Vec::with_capacity(total);
     for i in 0..total {
         let intended = start + interval.mul_f64(i as f64);
         tokio::time::sleep_until(intended).await;
+        let Ok(permit) = outstanding.clone().try_acquire_owned() else {
+            continue;
+        };
         let step = step();
         tasks.push(tokio::spawn(async move {
-            step.await.then(|| intended.elapsed())
+            let served = step.await.then(|| intended.elapsed());
+            drop(permit);
+            served
         }));
     }
-    let mut latencies = Vec::with_capacity(total);
+    let sent = tasks.len();
+    let mut latencies = Vec::with_capacity(sent);
     for task in tasks {
         latencies.extend(task.await.unwrap());
     }
-    let shed = total - latencies.len();
-    (latencies, shed)
+    Outcome {
+        shed: sent - latencies.len(),
+        unsent: total - sent,
+        latencies,
+    }
+}
+
+/// What an open loop saw.
+struct Outcome {
+    latencies: Vec<Duration>,
+    shed: usize,
+    unsent: usize,
 }
 
 fn percentiles(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
