@@ -233,10 +233,9 @@ async fn main() {
     ] {
         for share in [0.25, 0.50, 0.75, 1.5] {
             let rate = saturation * share;
-            let (mut outcome, rss_kb) = max_rss_during(pid, open_loop(&target, body, rate)).await;
-            let (shed, unsent) = (outcome.shed, outcome.unsent);
-            let latencies = percentiles(&mut outcome.latencies);
-            open_loops.push((what, share, rate, latencies, shed, unsent, rss_kb));
+            let (mut seen, rss_kb) = max_rss_during(pid, open_loop(&target, body, rate)).await;
+            let latencies = percentiles(&mut seen.latencies);
+            open_loops.push((what, share, rate, latencies, seen.shed, seen.unsent, rss_kb));
         }
     }
 
@@ -283,8 +282,8 @@ async fn main() {
     for (what, share, rate, (p50, p99, p999), shed, unsent, rss_kb) in open_loops {
         println!(
             "| ingress, {what}, open loop at {rate:.0} requests/s ({:.0}% of its maximum) | p50 \
-             {} ms, p99 {} ms, p99.9 {} ms; RSS at most {:.1} MB; {shed} shed (503), {unsent} not sent (client at {MAX_OUTSTANDING} \
-             outstanding) |",
+             {} ms, p99 {} ms, p99.9 {} ms; RSS at most {:.1} MB; {shed} shed (503), {unsent} \
+             not sent (client at {MAX_OUTSTANDING} outstanding) |",
             share * 100.0,
             ms(p50),
             ms(p99),
