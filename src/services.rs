@@ -293,9 +293,8 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
             "using the development HS256 secret of the data folder; `herald token` signs with it"
         );
     }
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let listener =
+        platform::http::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
     let local = listener.local_addr()?;
     if defaults == Defaults::Development && args.ingress.auth.jwt_jwks_url.is_none() {
         // The auth service runs in this process: everything verifies its tokens too.
@@ -407,7 +406,7 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
     let brokers = args.kafka.brokers.clone().unwrap_or_default();
     tracing::info!(http = %local, kafka = %brokers, "herald is ready");
     println!("herald: HTTP API on http://{local}  (kafka: {brokers})");
-    ingress::run(listener, router, shutdown).await?;
+    ingress::run(listener, router, shutdown, args.edge.serve_options()).await?;
     state.sink.drain(Duration::from_secs(5)).await;
     for consumer in consumers {
         consumer.await.context("consumer task")??;
@@ -466,9 +465,8 @@ pub async fn auth_service(args: AuthServiceArgs) -> anyhow::Result<()> {
     }
     platform::metrics::install();
     let shutdown = platform::shutdown::on_signal();
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let listener =
+        platform::http::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
     let local = listener.local_addr()?;
     // The service's own verifier: the configured keys and its own JWKS, from its store.
     let verify = service.authenticator();
@@ -487,7 +485,7 @@ pub async fn auth_service(args: AuthServiceArgs) -> anyhow::Result<()> {
         listener,
         router,
         shutdown.clone(),
-        platform::http::ServeOptions::default(),
+        args.edge.serve_options(),
     )
     .await?;
     shutdown.cancel();
@@ -705,20 +703,12 @@ where
         )
         .route("/metrics", axum::routing::get(metrics));
     let router = Arc::new(Edge::new(edge, Some(verify)).await?).wrap(router)?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
+    let listener = platform::http::bind(listen).with_context(|| format!("binding {listen}"))?;
     let local = listener.local_addr()?;
     tracing::info!(http = %local, group, "{name} is ready");
     println!("herald {name}: HTTP API on http://{local}");
     let consumer = spawn_consumer(consume(shutdown.clone()), shutdown.clone());
-    platform::http::serve(
-        listener,
-        router,
-        shutdown.clone(),
-        platform::http::ServeOptions::default(),
-    )
-    .await?;
+    platform::http::serve(listener, router, shutdown.clone(), edge.serve_options()).await?;
     shutdown.cancel();
     consumer.await.context("consumer task")??;
     Ok(())

@@ -112,7 +112,9 @@ impl TestIngress {
         let router = ingress::router(state.clone());
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
-            ingress::run(listener, router, token).await.unwrap();
+            ingress::run(listener, router, token, Default::default())
+                .await
+                .unwrap();
         });
         Self {
             base,

@@ -1,10 +1,14 @@
-//! Serving an axum router with the timeouts `axum::serve` lacks.
+//! Serving an axum router with the timeouts and the bound `axum::serve` lacks.
 //!
 //! A client that opens a connection and sends headers slowly would otherwise hold a task
-//! forever; hyper's header-read timeout closes it. Shutdown stops accepting, lets in-flight
-//! requests finish within a deadline, then returns.
+//! forever; hyper's header-read timeout closes it, and closes a kept-alive connection that
+//! sends no next request within the same time. At most `max_connections` are open at once:
+//! past that the listener is not read, so new connections wait in the kernel's accept queue,
+//! where they cost the process nothing, instead of each holding buffers and a task here.
+//! Shutdown stops accepting, lets in-flight requests finish within a deadline, then returns.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -14,24 +18,51 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
-    /// A connection must send a request's headers within this time.
+    /// A connection must send a request's headers within this time, and an idle kept-alive
+    /// connection its next request: so no idle client holds one of `max_connections` longer.
     pub header_read_timeout: Duration,
     /// In-flight requests get this long to finish after shutdown is requested.
     pub drain_deadline: Duration,
+    /// Connections open at once; the next waits in the kernel's accept queue until one
+    /// closes.
+    pub max_connections: usize,
 }
+
+/// About 20 KiB each under load (buffers, the task, a request being read): 1,024 of them
+/// stay well within the ingress's 64 MB.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 impl Default for ServeOptions {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
             drain_deadline: Duration::from_secs(10),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
+}
+
+/// Connections the kernel queues for a listener past `max_connections` (the system's
+/// `net.core.somaxconn` may lower it). Past this queue the kernel drops a new connection's
+/// first packet, and its client sends it again a second later.
+pub const ACCEPT_QUEUE: u32 = 1024;
+
+/// Binds a listener with an accept queue of [`ACCEPT_QUEUE`]: `TcpListener::bind` gives 128.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // A restarted service binds again while the last one's connections are in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_QUEUE)
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then drains.
@@ -48,7 +79,13 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout);
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
     loop {
+        // A slot first, then a connection: at the cap nothing is accepted until one closes.
+        let slot = tokio::select! {
+            () = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
         let (stream, remote) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -74,10 +111,14 @@ pub async fn serve(
             .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
             .into_owned();
         let connection = graceful.watch(connection);
+        let open = metrics::gauge!("herald_http_connections");
+        open.increment(1);
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::debug!(%remote, err = %err, "connection closed with an error");
             }
+            open.decrement(1);
+            drop(slot);
         });
     }
     drop(listener);
@@ -98,7 +139,7 @@ mod tests {
     async fn start(
         options: ServeOptions,
     ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let router = Router::new().route(
@@ -152,5 +193,74 @@ mod tests {
             tokio::net::TcpStream::connect(addr).await.is_err(),
             "still accepting after shutdown"
         );
+    }
+
+    /// Reads from `stream` until the answer's body, "done", has come.
+    async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !answer.ends_with(b"done") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the answer came");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(answer).unwrap()
+    }
+
+    #[tokio::test]
+    async fn past_the_connection_cap_a_connection_waits_until_one_closes() {
+        let options = ServeOptions {
+            max_connections: 1,
+            ..ServeOptions::default()
+        };
+        let (addr, shutdown, task) = start(options).await;
+        // Holds the only slot without sending a byte.
+        let first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Connects (the kernel queues it) but is not served while the first is open.
+        let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        second
+            .write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let early = tokio::time::timeout(Duration::from_secs(1), read_answer(&mut second)).await;
+        assert!(early.is_err(), "served past the cap: {early:?}");
+        drop(first);
+        let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut second))
+            .await
+            .expect("served once the first connection closed");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_idle_kept_alive_connection_gives_its_slot_up() {
+        let options = ServeOptions {
+            max_connections: 1,
+            header_read_timeout: Duration::from_millis(500),
+            ..ServeOptions::default()
+        };
+        let (addr, shutdown, task) = start(options).await;
+        // Served, then kept alive and silent.
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_answer(&mut idle).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let mut next = tokio::net::TcpStream::connect(addr).await.unwrap();
+        next.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut next))
+            .await
+            .expect("served once the idle connection timed out");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(1), idle.read_to_end(&mut rest));
+        assert!(closed.await.is_ok(), "the idle connection is still open");
+        shutdown.cancel();
+        task.await.unwrap();
     }
 }

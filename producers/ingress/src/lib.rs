@@ -228,12 +228,7 @@ pub async fn run(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
+    options: platform::http::ServeOptions,
 ) -> std::io::Result<()> {
-    platform::http::serve(
-        listener,
-        router,
-        shutdown,
-        platform::http::ServeOptions::default(),
-    )
-    .await
+    platform::http::serve(listener, router, shutdown, options).await
 }

@@ -67,6 +67,11 @@ pub struct EdgeArgs {
     /// the limiter costs).
     #[arg(long, env = "RATE_LIMITS_OFF")]
     pub rate_limits_off: bool,
+    /// HTTP connections open at once; past it new ones wait in the kernel's accept queue
+    /// until one closes (an idle one closes after 10 s), so a flood of clients cannot grow
+    /// the process.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = crate::http::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
 }
 
 impl Default for EdgeArgs {
@@ -81,6 +86,17 @@ impl Default for EdgeArgs {
             deprecated_routes: Vec::new(),
             log_bodies: false,
             rate_limits_off: false,
+            max_connections: crate::http::DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl EdgeArgs {
+    /// How the service's listener is served.
+    pub fn serve_options(&self) -> crate::http::ServeOptions {
+        crate::http::ServeOptions {
+            max_connections: self.max_connections,
+            ..crate::http::ServeOptions::default()
         }
     }
 }
