@@ -235,7 +235,8 @@ async fn main() {
             let rate = saturation * share;
             let (mut seen, rss_kb) = max_rss_during(pid, open_loop(&target, body, rate)).await;
             let latencies = percentiles(&mut seen.latencies);
-            open_loops.push((what, share, rate, latencies, seen.shed, seen.unsent, rss_kb));
+            let lost = (seen.shed, seen.unsent, seen.reset);
+            open_loops.push((what, share, rate, latencies, lost, rss_kb));
         }
     }
 
@@ -279,11 +280,11 @@ async fn main() {
         ms(c50),
         ms(c99)
     );
-    for (what, share, rate, (p50, p99, p999), shed, unsent, rss_kb) in open_loops {
+    for (what, share, rate, (p50, p99, p999), (shed, unsent, reset), rss_kb) in open_loops {
         println!(
             "| ingress, {what}, open loop at {rate:.0} requests/s ({:.0}% of its maximum) | p50 \
              {} ms, p99 {} ms, p99.9 {} ms; RSS at most {:.1} MB; {shed} shed (503), {unsent} \
-             not sent (client at {MAX_OUTSTANDING} outstanding) |",
+             not sent (client at {MAX_OUTSTANDING} outstanding or out of files), {reset} reset |",
             share * 100.0,
             ms(p50),
             ms(p99),
@@ -391,7 +392,12 @@ async fn raw_open_loop(
 ) -> Outcome {
     at_rate(rate, || {
         let (publisher, records) = (publisher.clone(), records.clone());
-        async move { publisher.publish_all(&records).await.is_ok() }
+        async move {
+            match publisher.publish_all(&records).await {
+                Ok(_) => Answer::Accepted,
+                Err(_) => Answer::Shed,
+            }
+        }
     })
     .await
 }
@@ -403,13 +409,15 @@ async fn raw_open_loop(
 /// Past the ingress's maximum the late steps pile up in this client, each holding a
 /// connection, and the process may not open more files than its limit. So at most
 /// MAX_OUTSTANDING steps are under way; one due while they are is not sent and is counted
-/// apart from what the ingress shed.
-/// Returns the latencies of the steps served, how many were shed (`step()` gave false), and
-/// how many were never sent.
+/// apart from what the ingress shed, as is one that could not open a connection (the
+/// client's connection pool keeps connecting for a request that took another connection,
+/// so while the ingress leaves connections in its accept queue, those pile up too).
+/// Returns the latencies of the steps served, how many were shed, and how many were never
+/// sent.
 async fn at_rate<F, Fut>(rate: f64, step: F) -> Outcome
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool> + Send + 'static,
+    Fut: std::future::Future<Output = Answer> + Send + 'static,
 {
     let interval = Duration::from_secs_f64(1.0 / rate);
     let total = (rate * OPEN_LOOP_SECONDS as f64) as usize;
@@ -424,21 +432,40 @@ where
         };
         let step = step();
         tasks.push(tokio::spawn(async move {
-            let served = step.await.then(|| intended.elapsed());
+            let answer = step.await;
+            let latency = intended.elapsed();
             drop(permit);
-            served
+            (answer, latency)
         }));
     }
-    let sent = tasks.len();
-    let mut latencies = Vec::with_capacity(sent);
+    let mut seen = Outcome {
+        latencies: Vec::with_capacity(tasks.len()),
+        shed: 0,
+        unsent: total - tasks.len(),
+        reset: 0,
+    };
     for task in tasks {
-        latencies.extend(task.await.unwrap());
+        match task.await.unwrap() {
+            (Answer::Accepted, latency) => seen.latencies.push(latency),
+            (Answer::Shed, _) => seen.shed += 1,
+            (Answer::NotSent, _) => seen.unsent += 1,
+            (Answer::Reset, _) => seen.reset += 1,
+        }
     }
-    Outcome {
-        shed: sent - latencies.len(),
-        unsent: total - sent,
-        latencies,
-    }
+    seen
+}
+
+/// What became of one request.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    Accepted,
+    /// 503 overloaded: the ingress's in-flight budget was full.
+    Shed,
+    /// The client could not open a connection (its file limit).
+    NotSent,
+    /// The connection was reset before an answer came: past the ingress's accept queue, the
+    /// kernel may drop a connection the client believes open.
+    Reset,
 }
 
 /// What an open loop saw.
@@ -446,6 +473,7 @@ struct Outcome {
     latencies: Vec<Duration>,
     shed: usize,
     unsent: usize,
+    reset: usize,
 }
 
 fn percentiles(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
@@ -458,21 +486,28 @@ fn percentiles(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
 
 /// Posts and insists on a 202: a closed loop never holds more than the ingress admits.
 async fn accepted(target: &Target, body: &Bytes) {
-    assert!(served(target, body).await, "a closed loop was shed");
+    let answer = served(target, body).await;
+    assert_eq!(answer, Answer::Accepted, "a closed loop's request");
 }
 
-/// Posts: true on 202, false when the ingress shed the request (503 overloaded); anything else
-/// stops the benchmark, as a benchmark of failures would measure nothing.
-async fn served(target: &Target, body: &Bytes) -> bool {
-    let response = target
+/// Posts: a 202 is accepted, a 503 overloaded shed, a connection the client could not open
+/// not sent; anything else stops the benchmark, as a benchmark of failures would measure
+/// nothing.
+async fn served(target: &Target, body: &Bytes) -> Answer {
+    let sent = target
         .client
         .post(&target.url)
         .bearer_auth(&target.token)
         .header("content-type", "application/json")
         .body(body.clone())
         .send()
-        .await
-        .unwrap();
+        .await;
+    let response = match sent {
+        Ok(response) => response,
+        Err(err) if err.is_connect() => return Answer::NotSent,
+        Err(err) if was_reset(&err) => return Answer::Reset,
+        Err(err) => panic!("{err:?}"),
+    };
     let status = response.status();
     // Read to the end, as a client does: a connection with an unread answer is not reused.
     let answer = response.bytes().await.unwrap();
@@ -482,10 +517,26 @@ async fn served(target: &Target, body: &Bytes) -> bool {
         "{status} {}",
         String::from_utf8_lossy(&answer)
     );
-    status == 202
+    if status == 202 {
+        Answer::Accepted
+    } else {
+        Answer::Shed
+    }
 }
 
-/// A memory figure of /proc/<pid>/status, in kB.
+/// Whether a request failed on a connection reset by the ingress's side.
+fn was_reset(err: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionReset;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// The `q` quantile of `samples`, which it sorts.
 fn percentile(samples: &mut [Duration], q: f64) -> Duration {
     samples.sort_unstable();
     samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)]

@@ -5,14 +5,18 @@
 //! sends no next request within the same time. At most `max_connections` are open at once:
 //! past that the listener is not read, so new connections wait in the kernel's accept queue,
 //! where they cost the process nothing, instead of each holding buffers and a task here.
+//! While one waits, every connection open for a second or more closes after its current
+//! answer (`Connection: close`), so waiting clients get their turn.
 //! Shutdown stops accepting, lets in-flight requests finish within a deadline, then returns.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use axum::http::{HeaderValue, header};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -32,6 +36,9 @@ pub struct ServeOptions {
     /// Connections open at once; the next waits in the kernel's accept queue until one
     /// closes.
     pub max_connections: usize,
+    /// How long a connection keeps its slot while another waits: at the cap at most
+    /// `max_connections` connections per turn are closed and opened again.
+    pub turn: Duration,
 }
 
 /// About 20 KiB each under load (buffers, the task, a request being read): 1,024 of them
@@ -44,6 +51,7 @@ impl Default for ServeOptions {
             header_read_timeout: Duration::from_secs(10),
             drain_deadline: Duration::from_secs(10),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            turn: Duration::from_secs(1),
         }
     }
 }
@@ -80,12 +88,11 @@ pub async fn serve(
         .header_read_timeout(options.header_read_timeout);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    // Set while an accepted connection waits for a slot: each open connection that has had
+    // its turn then closes after its current answer, so kept-alive clients take turns with
+    // those waiting instead of keeping them out for as long as they stay busy.
+    let waiting = Arc::new(AtomicBool::new(false));
     loop {
-        // A slot first, then a connection: at the cap nothing is accepted until one closes.
-        let slot = tokio::select! {
-            () = shutdown.cancelled() => break,
-            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-        };
         let (stream, remote) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -98,15 +105,38 @@ pub async fn serve(
                 }
             },
         };
+        // At the cap this one connection waits here, and the next in the kernel's queue.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                waiting.store(true, Ordering::Relaxed);
+                let slot = tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                };
+                waiting.store(false, Ordering::Relaxed);
+                slot
+            }
+        };
         let _ = stream.set_nodelay(true);
-        let service = router.clone().map_request(
-            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
-                request
-                    .extensions_mut()
-                    .insert(ConnectInfo::<SocketAddr>(remote));
-                request
-            },
-        );
+        let (waiting_now, opened, turn) = (waiting.clone(), Instant::now(), options.turn);
+        let service = router
+            .clone()
+            .map_request(
+                move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(ConnectInfo::<SocketAddr>(remote));
+                    request
+                },
+            )
+            .map_response(move |mut response: axum::response::Response| {
+                if waiting_now.load(Ordering::Relaxed) && opened.elapsed() >= turn {
+                    let close = HeaderValue::from_static("close");
+                    response.headers_mut().insert(header::CONNECTION, close);
+                }
+                response
+            });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
             .into_owned();
@@ -260,6 +290,42 @@ mod tests {
         let mut rest = Vec::new();
         let closed = tokio::time::timeout(Duration::from_secs(1), idle.read_to_end(&mut rest));
         assert!(closed.await.is_ok(), "the idle connection is still open");
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_a_busy_kept_alive_connection_makes_way_for_a_waiting_one() {
+        let options = ServeOptions {
+            max_connections: 1,
+            turn: Duration::from_secs(3),
+            ..ServeOptions::default()
+        };
+        let (addr, shutdown, task) = start(options).await;
+        let request = b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n";
+        let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+        busy.write_all(request).await.unwrap();
+        let answer = read_answer(&mut busy).await;
+        assert!(!answer.contains("connection: close"), "{answer}");
+        let mut waiting = tokio::net::TcpStream::connect(addr).await.unwrap();
+        waiting.write_all(request).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Within its turn, the busy client keeps its connection while the other waits.
+        busy.write_all(request).await.unwrap();
+        let answer = read_answer(&mut busy).await;
+        assert!(!answer.contains("connection: close"), "{answer}");
+        tokio::time::sleep(options.turn).await;
+        // After it, the busy client's next answer closes its connection.
+        busy.write_all(request).await.unwrap();
+        let answer = read_answer(&mut busy).await;
+        assert!(answer.contains("connection: close"), "{answer}");
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(1), busy.read_to_end(&mut rest));
+        assert!(closed.await.is_ok(), "the busy connection is still open");
+        let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut waiting))
+            .await
+            .expect("the waiting connection was served");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         shutdown.cancel();
         task.await.unwrap();
     }
