@@ -235,7 +235,7 @@ async fn main() {
             let rate = saturation * share;
             let (mut seen, rss_kb) = max_rss_during(pid, open_loop(&target, body, rate)).await;
             let latencies = percentiles(&mut seen.latencies);
-            let lost = (seen.shed, seen.unsent, seen.reset);
+            let lost = (seen.shed, seen.unsent, seen.unconnected, seen.reset);
             open_loops.push((what, share, rate, latencies, lost, rss_kb));
         }
     }
@@ -280,11 +280,14 @@ async fn main() {
         ms(c50),
         ms(c99)
     );
-    for (what, share, rate, (p50, p99, p999), (shed, unsent, reset), rss_kb) in open_loops {
+    for (what, share, rate, (p50, p99, p999), (shed, unsent, unconnected, reset), rss_kb) in
+        open_loops
+    {
         println!(
             "| ingress, {what}, open loop at {rate:.0} requests/s ({:.0}% of its maximum) | p50 \
              {} ms, p99 {} ms, p99.9 {} ms; RSS at most {:.1} MB; {shed} shed (503), {unsent} \
-             not sent (client at {MAX_OUTSTANDING} outstanding or out of files), {reset} reset |",
+             not sent (client at {MAX_OUTSTANDING} outstanding), {unconnected} could not \
+             connect, {reset} reset |",
             share * 100.0,
             ms(p50),
             ms(p99),
@@ -412,8 +415,8 @@ async fn raw_open_loop(
 /// apart from what the ingress shed, as is one that could not open a connection (the
 /// client's connection pool keeps connecting for a request that took another connection,
 /// so while the ingress leaves connections in its accept queue, those pile up too).
-/// Returns the latencies of the steps served, how many were shed, and how many were never
-/// sent.
+/// Returns the latencies of the steps served, and how many were shed, never sent, could not
+/// connect, or were reset.
 async fn at_rate<F, Fut>(rate: f64, step: F) -> Outcome
 where
     F: Fn() -> Fut,
@@ -442,13 +445,14 @@ where
         latencies: Vec::with_capacity(tasks.len()),
         shed: 0,
         unsent: total - tasks.len(),
+        unconnected: 0,
         reset: 0,
     };
     for task in tasks {
         match task.await.unwrap() {
             (Answer::Accepted, latency) => seen.latencies.push(latency),
             (Answer::Shed, _) => seen.shed += 1,
-            (Answer::NotSent, _) => seen.unsent += 1,
+            (Answer::Unconnected, _) => seen.unconnected += 1,
             (Answer::Reset, _) => seen.reset += 1,
         }
     }
@@ -462,7 +466,7 @@ enum Answer {
     /// 503 overloaded: the ingress's in-flight budget was full.
     Shed,
     /// The client could not open a connection (its file limit).
-    NotSent,
+    Unconnected,
     /// The connection was reset before an answer came: past the ingress's accept queue, the
     /// kernel may drop a connection the client believes open.
     Reset,
@@ -473,6 +477,7 @@ struct Outcome {
     latencies: Vec<Duration>,
     shed: usize,
     unsent: usize,
+    unconnected: usize,
     reset: usize,
 }
 
@@ -504,7 +509,7 @@ async fn served(target: &Target, body: &Bytes) -> Answer {
         .await;
     let response = match sent {
         Ok(response) => response,
-        Err(err) if err.is_connect() => return Answer::NotSent,
+        Err(err) if err.is_connect() => return Answer::Unconnected,
         Err(err) if was_reset(&err) => return Answer::Reset,
         Err(err) => panic!("{err:?}"),
     };
