@@ -22,7 +22,7 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -87,11 +87,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout);
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
-    // Set while an accepted connection waits for a slot: each open connection that has had
-    // its turn then closes after its current answer, so kept-alive clients take turns with
-    // those waiting instead of keeping them out for as long as they stay busy.
-    let waiting = Arc::new(AtomicBool::new(false));
+    let slots = Arc::new(Slots::new(options.max_connections));
     loop {
         let (stream, remote) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -106,20 +102,12 @@ pub async fn serve(
             },
         };
         // At the cap this one connection waits here, and the next in the kernel's queue.
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                waiting.store(true, Ordering::Relaxed);
-                let slot = tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-                };
-                waiting.store(false, Ordering::Relaxed);
-                slot
-            }
+        let slot = tokio::select! {
+            () = shutdown.cancelled() => break,
+            slot = slots.take() => slot,
         };
         let _ = stream.set_nodelay(true);
-        let (waiting_now, opened, turn) = (waiting.clone(), Instant::now(), options.turn);
+        let (slots_now, opened, turn) = (slots.clone(), Instant::now(), options.turn);
         let service = router
             .clone()
             .map_request(
@@ -131,7 +119,9 @@ pub async fn serve(
                 },
             )
             .map_response(move |mut response: axum::response::Response| {
-                if waiting_now.load(Ordering::Relaxed) && opened.elapsed() >= turn {
+                // Kept-alive clients take turns with those waiting, rather than keeping them
+                // out for as long as they stay busy.
+                if slots_now.wanted() && opened.elapsed() >= turn {
                     let close = HeaderValue::from_static("close");
                     response.headers_mut().insert(header::CONNECTION, close);
                 }
@@ -159,6 +149,37 @@ pub async fn serve(
         tracing::warn!("connections still open after the drain deadline; closing them");
     }
     Ok(())
+}
+
+/// The connections a listener may have open, and whether an accepted one waits for a slot.
+struct Slots {
+    free: Arc<Semaphore>,
+    waiting: AtomicBool,
+}
+
+impl Slots {
+    fn new(max_connections: usize) -> Self {
+        Self {
+            free: Arc::new(Semaphore::new(max_connections.max(1))),
+            waiting: AtomicBool::new(false),
+        }
+    }
+
+    /// A slot for a connection just accepted, held until it closes.
+    async fn take(&self) -> OwnedSemaphorePermit {
+        if let Ok(slot) = self.free.clone().try_acquire_owned() {
+            return slot;
+        }
+        self.waiting.store(true, Ordering::Relaxed);
+        let slot = self.free.clone().acquire_owned().await;
+        self.waiting.store(false, Ordering::Relaxed);
+        slot.expect("the semaphore is never closed")
+    }
+
+    /// Whether an accepted connection waits for a slot.
+    fn wanted(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]
@@ -207,11 +228,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_lets_in_flight_requests_finish() {
         let (addr, shutdown, task) = start(ServeOptions::default()).await;
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
+        let mut stream = send(addr, CLOSE).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         shutdown.cancel();
         let mut response = String::new();
@@ -223,6 +240,23 @@ mod tests {
             tokio::net::TcpStream::connect(addr).await.is_err(),
             "still accepting after shutdown"
         );
+    }
+
+    const KEEP_ALIVE: &[u8] = b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n";
+    const CLOSE: &[u8] = b"GET /slow HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+
+    /// Sends `request` on a new connection to `addr`.
+    async fn send(addr: SocketAddr, request: &[u8]) -> tokio::net::TcpStream {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        stream
+    }
+
+    /// Whether the server closes `stream` within a second.
+    async fn closed(stream: &mut tokio::net::TcpStream) -> bool {
+        let mut rest = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(1), stream.read_to_end(&mut rest));
+        end.await.is_ok()
     }
 
     /// Reads from `stream` until the answer's body, "done", has come.
@@ -248,11 +282,7 @@ mod tests {
         let first = tokio::net::TcpStream::connect(addr).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         // Connects (the kernel queues it) but is not served while the first is open.
-        let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
-        second
-            .write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
+        let mut second = send(addr, CLOSE).await;
         let early = tokio::time::timeout(Duration::from_secs(1), read_answer(&mut second)).await;
         assert!(early.is_err(), "served past the cap: {early:?}");
         drop(first);
@@ -273,23 +303,15 @@ mod tests {
         };
         let (addr, shutdown, task) = start(options).await;
         // Served, then kept alive and silent.
-        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
-        idle.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
+        let mut idle = send(addr, KEEP_ALIVE).await;
         let answer = read_answer(&mut idle).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        let mut next = tokio::net::TcpStream::connect(addr).await.unwrap();
-        next.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
+        let mut next = send(addr, CLOSE).await;
         let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut next))
             .await
             .expect("served once the idle connection timed out");
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        let mut rest = Vec::new();
-        let closed = tokio::time::timeout(Duration::from_secs(1), idle.read_to_end(&mut rest));
-        assert!(closed.await.is_ok(), "the idle connection is still open");
+        assert!(closed(&mut idle).await, "the idle connection is still open");
         shutdown.cancel();
         task.await.unwrap();
     }
@@ -302,26 +324,21 @@ mod tests {
             ..ServeOptions::default()
         };
         let (addr, shutdown, task) = start(options).await;
-        let request = b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n";
-        let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
-        busy.write_all(request).await.unwrap();
+        let mut busy = send(addr, KEEP_ALIVE).await;
         let answer = read_answer(&mut busy).await;
         assert!(!answer.contains("connection: close"), "{answer}");
-        let mut waiting = tokio::net::TcpStream::connect(addr).await.unwrap();
-        waiting.write_all(request).await.unwrap();
+        let mut waiting = send(addr, KEEP_ALIVE).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         // Within its turn, the busy client keeps its connection while the other waits.
-        busy.write_all(request).await.unwrap();
+        busy.write_all(KEEP_ALIVE).await.unwrap();
         let answer = read_answer(&mut busy).await;
         assert!(!answer.contains("connection: close"), "{answer}");
         tokio::time::sleep(options.turn).await;
         // After it, the busy client's next answer closes its connection.
-        busy.write_all(request).await.unwrap();
+        busy.write_all(KEEP_ALIVE).await.unwrap();
         let answer = read_answer(&mut busy).await;
         assert!(answer.contains("connection: close"), "{answer}");
-        let mut rest = Vec::new();
-        let closed = tokio::time::timeout(Duration::from_secs(1), busy.read_to_end(&mut rest));
-        assert!(closed.await.is_ok(), "the busy connection is still open");
+        assert!(closed(&mut busy).await, "the busy connection is still open");
         let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut waiting))
             .await
             .expect("the waiting connection was served");
