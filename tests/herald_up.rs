@@ -267,3 +267,41 @@ async fn herald_ingress_without_a_token_key_refuses_to_start() {
     );
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// `MAX_CONNECTIONS` reaches the binary's listener: with one slot, a second client waits until
+/// the first closes its connection.
+#[tokio::test]
+async fn herald_ingress_keeps_at_most_max_connections_open() {
+    let data = support::test_dir(&format!("cap-{}", uuid::Uuid::new_v4().simple()));
+    let prefix = format!("cap{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut ingress = herald(&data)
+        .arg("ingress")
+        .env("KAFKA_BROKERS", support::brokers().await)
+        .env("TOPIC_PREFIX", &prefix)
+        .env("JWT_HS256_SECRET", support::SECRET)
+        .env("MAX_CONNECTIONS", "1")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(ingress.stdout.take().unwrap()).lines();
+    let base = support::announced_address(&mut lines, Duration::from_secs(60)).await;
+    let healthz = |within| {
+        support::client()
+            .get(format!("{base}/healthz"))
+            .timeout(within)
+            .send()
+    };
+    // Holds the only slot without sending a byte.
+    let first = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let early = healthz(Duration::from_secs(1)).await;
+    assert!(early.is_err(), "answered past the cap: {early:?}");
+    drop(first);
+    let answer = healthz(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let _ = ingress.kill().await;
+    let _ = std::fs::remove_dir_all(&data);
+}
