@@ -495,9 +495,9 @@ async fn accepted(target: &Target, body: &Bytes) {
     assert_eq!(answer, Answer::Accepted, "a closed loop's request");
 }
 
-/// Posts: a 202 is accepted, a 503 overloaded shed, a connection the client could not open
-/// not sent; anything else stops the benchmark, as a benchmark of failures would measure
-/// nothing.
+/// Posts: a 202 is accepted, a 503 overloaded shed, and a connection the client could not
+/// open or saw reset is counted as such; anything else stops the benchmark, as a benchmark of
+/// failures would measure nothing.
 async fn served(target: &Target, body: &Bytes) -> Answer {
     let sent = target
         .client

@@ -406,7 +406,7 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
     let brokers = args.kafka.brokers.clone().unwrap_or_default();
     tracing::info!(http = %local, kafka = %brokers, "herald is ready");
     println!("herald: HTTP API on http://{local}  (kafka: {brokers})");
-    ingress::run(listener, router, shutdown, args.edge.serve_options()).await?;
+    platform::http::serve(listener, router, shutdown, args.edge.serve_options()).await?;
     state.sink.drain(Duration::from_secs(5)).await;
     for consumer in consumers {
         consumer.await.context("consumer task")??;

@@ -112,7 +112,7 @@ impl TestIngress {
         let router = ingress::router(state.clone());
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
-            ingress::run(listener, router, token, Default::default())
+            platform::http::serve(listener, router, token, Default::default())
                 .await
                 .unwrap();
         });

@@ -259,6 +259,14 @@ mod tests {
         end.await.is_ok()
     }
 
+    /// Asserts that `stream` gets a 200 within five seconds: `what` says which.
+    async fn served_within(stream: &mut tokio::net::TcpStream, what: &str) {
+        let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(stream))
+            .await
+            .unwrap_or_else(|_| panic!("no answer in 5 s: {what}"));
+        assert!(answer.starts_with("HTTP/1.1 200"), "{what}: {answer}");
+    }
+
     /// Reads from `stream` until the answer's body, "done", has come.
     async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
         let mut answer = Vec::new();
@@ -286,10 +294,7 @@ mod tests {
         let early = tokio::time::timeout(Duration::from_secs(1), read_answer(&mut second)).await;
         assert!(early.is_err(), "served past the cap: {early:?}");
         drop(first);
-        let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut second))
-            .await
-            .expect("served once the first connection closed");
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        served_within(&mut second, "served once the first connection closed").await;
         shutdown.cancel();
         task.await.unwrap();
     }
@@ -307,10 +312,7 @@ mod tests {
         let answer = read_answer(&mut idle).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         let mut next = send(addr, CLOSE).await;
-        let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut next))
-            .await
-            .expect("served once the idle connection timed out");
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        served_within(&mut next, "served once the idle connection timed out").await;
         assert!(closed(&mut idle).await, "the idle connection is still open");
         shutdown.cancel();
         task.await.unwrap();
@@ -339,10 +341,7 @@ mod tests {
         let answer = read_answer(&mut busy).await;
         assert!(answer.contains("connection: close"), "{answer}");
         assert!(closed(&mut busy).await, "the busy connection is still open");
-        let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut waiting))
-            .await
-            .expect("the waiting connection was served");
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        served_within(&mut waiting, "the waiting connection was served").await;
         shutdown.cancel();
         task.await.unwrap();
     }

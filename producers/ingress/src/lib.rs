@@ -29,8 +29,6 @@ use axum::routing::{get, post};
 use events::{Catalog, Codec};
 use platform::contract::ContractArgs;
 use platform::kafka::KafkaArgs;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::admission::InFlight;
@@ -221,14 +219,4 @@ async fn readyz(
     } else {
         Problem::unavailable("the Kafka cluster is not reachable", 5).into_response()
     }
-}
-
-/// Serves the router until `shutdown` is cancelled.
-pub async fn run(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-    options: platform::http::ServeOptions,
-) -> std::io::Result<()> {
-    platform::http::serve(listener, router, shutdown, options).await
 }
