@@ -213,16 +213,12 @@ mod tests {
             ..ServeOptions::default()
         };
         let (addr, shutdown, task) = start(options).await;
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n")
-            .await
-            .unwrap();
+        // The headers' blank line never comes.
+        let mut stream = send(addr, b"GET /slow HTTP/1.1\r\nhost: x\r\n").await;
         let mut buf = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
         assert!(read.is_ok(), "the connection was still open after 5 s");
-        shutdown.cancel();
-        task.await.unwrap();
+        stop(shutdown, task).await;
     }
 
     #[tokio::test]
@@ -267,6 +263,12 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 200"), "{what}: {answer}");
     }
 
+    /// Stops the server `start` began, and waits for it to return.
+    async fn stop(shutdown: CancellationToken, task: tokio::task::JoinHandle<()>) {
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
     /// Reads from `stream` until the answer's body, "done", has come.
     async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
         let mut answer = Vec::new();
@@ -295,8 +297,7 @@ mod tests {
         assert!(early.is_err(), "served past the cap: {early:?}");
         drop(first);
         served_within(&mut second, "served once the first connection closed").await;
-        shutdown.cancel();
-        task.await.unwrap();
+        stop(shutdown, task).await;
     }
 
     #[tokio::test]
@@ -309,13 +310,11 @@ mod tests {
         let (addr, shutdown, task) = start(options).await;
         // Served, then kept alive and silent.
         let mut idle = send(addr, KEEP_ALIVE).await;
-        let answer = read_answer(&mut idle).await;
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        served_within(&mut idle, "the first request").await;
         let mut next = send(addr, CLOSE).await;
         served_within(&mut next, "served once the idle connection timed out").await;
         assert!(closed(&mut idle).await, "the idle connection is still open");
-        shutdown.cancel();
-        task.await.unwrap();
+        stop(shutdown, task).await;
     }
 
     #[tokio::test]
@@ -342,7 +341,6 @@ mod tests {
         assert!(answer.contains("connection: close"), "{answer}");
         assert!(closed(&mut busy).await, "the busy connection is still open");
         served_within(&mut waiting, "the waiting connection was served").await;
-        shutdown.cancel();
-        task.await.unwrap();
+        stop(shutdown, task).await;
     }
 }
