@@ -15,7 +15,14 @@
 //!    grew meanwhile (the load generator keeps at most MAX_OUTSTANDING requests under way
 //!    and counts those it could not send apart);
 //! 5. the floor under (4): the raw producer's batches of 100, open loop, at the event rate of
-//!    the ingress's batches at 50%, so a p99 can be told apart from the broker's own.
+//!    the ingress's batches at 50%, so a p99 can be told apart from the broker's own;
+//! 6. the HTTP floor: the same batches posted to a server that does only what every HTTP
+//!    front of Kafka must (this benchmark's own executable, started again as its own process
+//!    on the serving code the ingress uses): it reads each body, publishes the raw producer's
+//!    100 records and answers with an answer of the ingress's size. No auth, no JSON, no
+//!    Avro, no middleware. Measured in the rounds of (1) and (2), and open loop at the rate
+//!    of (5). What it reaches is what any ingress on this machine could at best; the ingress's
+//!    own work is the difference between the two.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -47,9 +54,17 @@ fn order(i: usize) -> Value {
         "items": [{"sku": "tea", "quantity": 2, "unit_price_cents": 450}], "total_cents": 900, "currency": "EUR"}})
 }
 
+/// Set on the HTTP floor's process: the address it serves on.
+const FLOOR_LISTEN: &str = "BENCH_HTTP_FLOOR";
+/// Set on the HTTP floor's process: the topic prefix of the run that started it.
+const FLOOR_PREFIX: &str = "BENCH_HTTP_FLOOR_PREFIX";
+
 #[tokio::main]
 async fn main() {
     let brokers = std::env::var("KAFKA_BROKERS").expect("set KAFKA_BROKERS to a running broker");
+    if let (Ok(listen), Ok(prefix)) = (std::env::var(FLOOR_LISTEN), std::env::var(FLOOR_PREFIX)) {
+        return http_floor(&listen, kafka_args(&brokers, prefix)).await;
+    }
     // Batches in flight, the same on both sides; 32 saturates this machine.
     let in_flight: usize = std::env::var("BENCH_IN_FLIGHT")
         .ok()
@@ -64,21 +79,10 @@ async fn main() {
         / in_flight;
     let round_events = (per_client * BATCH * in_flight) as f64;
     let prefix = format!("bench{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let kafka = KafkaArgs {
-        brokers: Some(brokers.clone()),
-        // The ingress inherits KAFKA_PROPERTIES too: both sides produce alike.
-        properties: std::env::var("KAFKA_PROPERTIES")
-            .map(|p| p.split(',').map(str::to_string).collect())
-            .unwrap_or_default(),
-        topic_prefix: prefix.clone(),
-    };
+    let kafka = kafka_args(&brokers, prefix.clone());
 
     // The ingress, as its own process.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let data = std::env::temp_dir().join(format!("herald-bench-{port}"));
     let started = Instant::now();
     let mut child = tokio::process::Command::new(common::HERALD)
@@ -124,60 +128,39 @@ async fn main() {
     .unwrap();
 
     // 1. Raw producer ceiling with the same encoded events.
-    let catalog = Arc::new(Catalog::embedded().unwrap());
-    let codec = Codec::new(catalog.clone(), WireFormat::SingleObject);
-    let schema = catalog.latest("order.placed").unwrap().clone();
     let publisher = Publisher::new(&kafka, Duration::from_secs(30)).unwrap();
-    let records: Vec<OutgoingRecord> = (0..BATCH)
-        .map(|i| {
-            let data = schema.validate(&order(i)["data"], "").unwrap();
-            let now = OffsetDateTime::now_utc();
-            let envelope = Envelope {
-                event_id: uuid::Uuid::now_v7(),
-                event_type: "order.placed".into(),
-                occurred_at: now,
-                received_at: now,
-                actor: "bench".into(),
-                source: "api".into(),
-                idempotency_key: None,
-            };
-            // The headers the ingress writes: the event's type and id, and a traceparent.
-            let mut record = OutgoingRecord::event(
-                kafka.topic("orders"),
-                format!("o-{i}").into_bytes(),
-                codec.encode(&schema, &envelope, &data).unwrap(),
-                "order.placed",
-                &envelope.event_id.to_string(),
-                (now.unix_timestamp_nanos() / 1_000_000) as i64,
-            );
-            let traceparent = format!("00-{}-{:016x}-01", uuid::Uuid::new_v4().simple(), i);
-            record
-                .headers
-                .push(("traceparent".into(), traceparent.into_bytes()));
-            record
-        })
-        .collect();
-    let records = Arc::new(records);
+    let records = Arc::new(raw_records(&kafka));
     let batch_body =
         Bytes::from(json!({"events": (0..BATCH).map(order).collect::<Vec<_>>()}).to_string());
+    let (mut floor, floor_base) = start_http_floor(&brokers, &prefix).await;
+    let floor_pid = floor.id().unwrap();
+    let floor_target = Arc::new(Target {
+        client: client.clone(),
+        url: format!("{floor_base}/api/v1/events"),
+        token: token.clone(),
+    });
     let target = Arc::new(Target {
         client: client.clone(),
         url: format!("{base}/api/v1/events"),
         token,
     });
 
-    // 1 and 2 alternate over several rounds, so a slow moment of the shared machine (or of
+    // 1, 2 and 6 alternate over several rounds, so a slow moment of the shared machine (or of
     // the broker: log rolls, GC) does not land on one side only; medians are reported.
     let mut raw_rates = Vec::new();
     let mut batched_rates = Vec::new();
-    // Microseconds of CPU per event: the raw producer's, the ingress's, the HTTP client's.
+    let mut floor_rates = Vec::new();
+    // Microseconds of CPU per event: the raw producer's, the ingress's, the HTTP client's,
+    // the HTTP floor's.
     let (mut raw_cpu, mut ingress_cpu, mut client_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let mut floor_cpu = Vec::new();
     let own_cpu = || common::cpu_seconds(std::process::id());
     // Warm-up, untimed: the broker's JIT compiles for some seconds after it starts.
     let warm_until = Instant::now() + WARMUP;
     while Instant::now() < warm_until {
         raw_round(&publisher, &records, in_flight, per_client).await;
         batched_round(&target, &batch_body, in_flight, per_client).await;
+        batched_round(&floor_target, &batch_body, in_flight, per_client).await;
     }
     for _ in 0..ROUNDS {
         // This process does nothing else meanwhile: its CPU is the raw producer's.
@@ -193,12 +176,20 @@ async fn main() {
         batched_rates.push(round_events / t.elapsed().as_secs_f64());
         ingress_cpu.push((common::cpu_seconds(pid) - ingress_before) / round_events * 1e6);
         client_cpu.push((own_cpu() - own_before) / round_events * 1e6);
+
+        let floor_before = common::cpu_seconds(floor_pid);
+        let t = Instant::now();
+        batched_round(&floor_target, &batch_body, in_flight, per_client).await;
+        floor_rates.push(round_events / t.elapsed().as_secs_f64());
+        floor_cpu.push((common::cpu_seconds(floor_pid) - floor_before) / round_events * 1e6);
     }
     let raw_rate = common::median(&mut raw_rates);
     let batched_rate = common::median(&mut batched_rates);
     let raw_cpu = common::median(&mut raw_cpu);
     let ingress_cpu = common::median(&mut ingress_cpu);
     let client_cpu = common::median(&mut client_cpu);
+    let floor_rate_max = common::median(&mut floor_rates);
+    let floor_cpu = common::median(&mut floor_cpu);
 
     // 3. Single events, closed loop, 32 clients.
     let single_body = Bytes::from(order(1).to_string());
@@ -244,6 +235,11 @@ async fn main() {
     let floor_rate = batched_rate / BATCH as f64 * 0.5;
     let mut raw = raw_open_loop(&publisher, &records, floor_rate).await;
     let raw_open = percentiles(&mut raw.latencies);
+    // 6. The HTTP floor at that rate too.
+    let mut floor_open = open_loop(&floor_target, &batch_body, floor_rate).await;
+    let floor_open_shed = floor_open.shed + floor_open.unsent + floor_open.unconnected;
+    let floor_open = percentiles(&mut floor_open.latencies);
+    let _ = floor.kill().await;
 
     let rss_kb = common::status_kb(pid, "VmHWM:");
     let _ = child.kill().await;
@@ -263,15 +259,23 @@ async fn main() {
         100.0 * batched_rate / raw_rate
     );
     println!(
-        "| CPU per event: raw producer / ingress, batched / its HTTP client | {raw_cpu:.1} / \
-         {ingress_cpu:.1} / {client_cpu:.1} µs |"
+        "| HTTP floor (reads the body, publishes the same records, answers), batches of \
+         {BATCH}, {in_flight} clients | {floor_rate_max:.0} events/s ({:.0}% of raw; the \
+         ingress is {:.0}% of it) |",
+        100.0 * floor_rate_max / raw_rate,
+        100.0 * batched_rate / floor_rate_max
     );
     println!(
-        "| rounds (raw / batched events/s) | {} |",
+        "| CPU per event: raw producer / ingress, batched / its HTTP client / HTTP floor | \
+         {raw_cpu:.1} / {ingress_cpu:.1} / {client_cpu:.1} / {floor_cpu:.1} µs |"
+    );
+    println!(
+        "| rounds (raw / batched / HTTP floor events/s) | {} |",
         raw_rates
             .iter()
             .zip(&batched_rates)
-            .map(|(r, b)| format!("{r:.0} / {b:.0}"))
+            .zip(&floor_rates)
+            .map(|((r, b), f)| format!("{r:.0} / {b:.0} / {f:.0}"))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -304,9 +308,139 @@ async fn main() {
         ms(raw_open.2)
     );
     println!(
+        "| HTTP floor, batches of {BATCH}, open loop at {:.0} batches/s (the ingress's 50%) | \
+         p50 {} ms, p99 {} ms, p99.9 {} ms; {floor_open_shed} not served |",
+        floor_rate,
+        ms(floor_open.0),
+        ms(floor_open.1),
+        ms(floor_open.2)
+    );
+    println!(
         "| ingress peak RSS over the whole run (VmHWM) | {:.1} MB |",
         rss_kb as f64 / 1024.0
     );
+}
+
+/// The broker and topics of a run: the ingress inherits KAFKA_PROPERTIES too, so every side
+/// produces alike.
+fn kafka_args(brokers: &str, topic_prefix: String) -> KafkaArgs {
+    KafkaArgs {
+        brokers: Some(brokers.to_string()),
+        properties: std::env::var("KAFKA_PROPERTIES")
+            .map(|p| p.split(',').map(str::to_string).collect())
+            .unwrap_or_default(),
+        topic_prefix,
+    }
+}
+
+/// A batch of the events the load posts, encoded as the ingress encodes them, with the
+/// headers it writes: the event's type and id, and a traceparent.
+fn raw_records(kafka: &KafkaArgs) -> Vec<OutgoingRecord> {
+    let catalog = Arc::new(Catalog::embedded().unwrap());
+    let codec = Codec::new(catalog.clone(), WireFormat::SingleObject);
+    let schema = catalog.latest("order.placed").unwrap().clone();
+    (0..BATCH)
+        .map(|i| {
+            let data = schema.validate(&order(i)["data"], "").unwrap();
+            let now = OffsetDateTime::now_utc();
+            let envelope = Envelope {
+                event_id: uuid::Uuid::now_v7(),
+                event_type: "order.placed".into(),
+                occurred_at: now,
+                received_at: now,
+                actor: "bench".into(),
+                source: "api".into(),
+                idempotency_key: None,
+            };
+            let mut record = OutgoingRecord::event(
+                kafka.topic("orders"),
+                format!("o-{i}").into_bytes(),
+                codec.encode(&schema, &envelope, &data).unwrap(),
+                "order.placed",
+                &envelope.event_id.to_string(),
+                (now.unix_timestamp_nanos() / 1_000_000) as i64,
+            );
+            let traceparent = format!("00-{}-{:016x}-01", uuid::Uuid::new_v4().simple(), i);
+            record
+                .headers
+                .push(("traceparent".into(), traceparent.into_bytes()));
+            record
+        })
+        .collect()
+}
+
+/// Starts this executable again as the HTTP floor (see the top of this file) on a free port
+/// of its own; returns it once it answers, and its base URL.
+async fn start_http_floor(brokers: &str, prefix: &str) -> (tokio::process::Child, String) {
+    let port = free_port();
+    let child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .env("KAFKA_BROKERS", brokers)
+        .env(FLOOR_LISTEN, format!("127.0.0.1:{port}"))
+        .env(FLOOR_PREFIX, prefix)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the HTTP floor starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    while !client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (child, base)
+}
+
+/// The HTTP floor's process: reads each posted body whole, publishes the raw producer's
+/// records, and answers 202 with as many bytes as the ingress's answer to a batch. It checks
+/// nothing: what it costs is what reaching Kafka over HTTP costs before any of the ingress's
+/// work.
+async fn http_floor(listen: &str, kafka: KafkaArgs) {
+    use axum::routing::{get, post};
+
+    let publisher = Publisher::new(&kafka, Duration::from_secs(30)).unwrap();
+    let records = Arc::new(raw_records(&kafka));
+    let answer = Bytes::from(answer_like(&kafka));
+    let publish = move |_body: Bytes| {
+        let (publisher, records, answer) = (publisher.clone(), records.clone(), answer.clone());
+        async move {
+            publisher.publish_all(&records).await.unwrap();
+            (
+                axum::http::StatusCode::ACCEPTED,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                answer,
+            )
+        }
+    };
+    let router = axum::Router::new()
+        .route("/api/v1/events", post(publish))
+        .route("/readyz", get(|| async { "ready" }));
+    let listener = platform::http::bind(listen.parse().unwrap()).unwrap();
+    let options = platform::http::ServeOptions::default();
+    platform::http::serve(listener, router, Default::default(), options)
+        .await
+        .unwrap();
+}
+
+/// An answer shaped as the ingress's to a batch, with offsets of a busy topic.
+fn answer_like(kafka: &KafkaArgs) -> String {
+    let events: Vec<Value> = (0..BATCH)
+        .map(|i| {
+            json!({"event_id": uuid::Uuid::now_v7(), "event_type": "order.placed",
+                "topic": kafka.topic("orders"), "partition": i % 6, "offset": 1_234_567 + i})
+        })
+        .collect();
+    json!({ "events": events }).to_string()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// What `work` returns, and the most resident memory `pid` had while it ran (VmRSS, sampled
