@@ -114,7 +114,7 @@ async fn backlog(kafka: &KafkaArgs, catalog: &Arc<Catalog>, n: usize) {
             idempotency_key: None,
         };
         chunk.push(OutgoingRecord {
-            topic: kafka.topic(&schema.topic),
+            topic: kafka.topic(&schema.topic).into(),
             key: key.into_bytes(),
             payload: codec.encode(schema, &envelope, &value).unwrap(),
             timestamp_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,

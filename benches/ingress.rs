@@ -5,7 +5,7 @@
 //! Starts the real `herald ingress` binary as its own process (so its RSS is its own), then:
 //! 1. the ceiling: the same Avro events, with the same headers, written by a raw rdkafka
 //!    producer (platform's Publisher, batches of 100, BENCH_IN_FLIGHT batches at once,
-//!    default 32);
+//!    default 32), each event its own, with its own id, encoded before the clock starts;
 //! 2. batched ingress throughput: BENCH_IN_FLIGHT clients posting batches of 100 events
 //!    (BENCH_EVENTS per round on each side, default 100,000);
 //! 3. single-event ingress throughput: 32 clients posting one event per request;
@@ -18,8 +18,8 @@
 //!    the ingress's batches at 50%, so a p99 can be told apart from the broker's own;
 //! 6. the HTTP floor: the same batches posted to a server that does only what every HTTP
 //!    front of Kafka must (this benchmark's own executable, started again as its own process
-//!    on the serving code the ingress uses): it reads each body, publishes the raw producer's
-//!    100 records and answers with an answer of the ingress's size. No auth, no JSON, no
+//!    on the serving code the ingress uses): it reads each body, publishes 100 events encoded
+//!    as the raw producer's are, and answers with an answer of the ingress's size. No auth, no JSON, no
 //!    Avro, no middleware. Measured in the rounds of (1) and (2), and open loop at the rate
 //!    of (5). What it reaches is what any ingress on this machine could at best; the ingress's
 //!    own work is the difference between the two.
@@ -48,6 +48,9 @@ const SINGLE_SECONDS: u64 = 15;
 const OPEN_LOOP_SECONDS: u64 = 15;
 /// Requests an open loop keeps under way at most: well under this process's file limit.
 const MAX_OUTSTANDING: usize = 8_000;
+/// Distinct events the raw producer and the HTTP floor send, each in turn: a round's worth at
+/// the default BENCH_EVENTS, so no batch of a round repeats another's.
+const POOL: usize = 100_000;
 
 fn order(i: usize) -> Value {
     json!({"type": "order.placed", "data": {"order_id": format!("o-{i}"), "customer_id": "alice",
@@ -129,7 +132,7 @@ async fn main() {
 
     // 1. Raw producer ceiling with the same encoded events.
     let publisher = Publisher::new(&kafka, Duration::from_secs(30)).unwrap();
-    let records = Arc::new(raw_records(&kafka));
+    let records = Arc::new(Pool::new(&kafka, POOL));
     let batch_body =
         Bytes::from(json!({"events": (0..BATCH).map(order).collect::<Vec<_>>()}).to_string());
     let (mut floor, floor_base) = start_http_floor(&brokers, &prefix).await;
@@ -333,14 +336,42 @@ fn kafka_args(brokers: &str, topic_prefix: String) -> KafkaArgs {
     }
 }
 
-/// A batch of the events the load posts, encoded as the ingress encodes them, with the
+/// Events for the raw producer and the HTTP floor, taken a batch at a time, in turn.
+///
+/// Each is its own event, with its own id and traceparent, as the ingress writes them: the
+/// same hundred records sent again and again would make batches of copies, which lz4 and the
+/// broker handle for less than real events. Their keys are those of the load's batch body, so
+/// the partitions fill alike.
+struct Pool {
+    records: Vec<OutgoingRecord>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Pool {
+    fn new(kafka: &KafkaArgs, events: usize) -> Self {
+        Self {
+            records: raw_records(kafka, events.div_ceil(BATCH) * BATCH),
+            next: Default::default(),
+        }
+    }
+
+    /// The next batch of BATCH events, after the last taken; the first again after the last.
+    fn batch(&self) -> &[OutgoingRecord] {
+        let batches = self.records.len() / BATCH;
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % batches;
+        &self.records[n * BATCH..(n + 1) * BATCH]
+    }
+}
+
+/// `count` events of the kind the load posts, encoded as the ingress encodes them, with the
 /// headers it writes: the event's type and id, and a traceparent.
-fn raw_records(kafka: &KafkaArgs) -> Vec<OutgoingRecord> {
+fn raw_records(kafka: &KafkaArgs, count: usize) -> Vec<OutgoingRecord> {
     let catalog = Arc::new(Catalog::embedded().unwrap());
     let codec = Codec::new(catalog.clone(), WireFormat::SingleObject);
     let schema = catalog.latest("order.placed").unwrap().clone();
-    (0..BATCH)
-        .map(|i| {
+    (0..count)
+        .map(|n| {
+            let i = n % BATCH;
             let data = schema.validate(&order(i)["data"], "").unwrap();
             let now = OffsetDateTime::now_utc();
             let envelope = Envelope {
@@ -360,7 +391,7 @@ fn raw_records(kafka: &KafkaArgs) -> Vec<OutgoingRecord> {
                 &envelope.event_id.to_string(),
                 (now.unix_timestamp_nanos() / 1_000_000) as i64,
             );
-            let traceparent = format!("00-{}-{:016x}-01", uuid::Uuid::new_v4().simple(), i);
+            let traceparent = format!("00-{}-{:016x}-01", uuid::Uuid::new_v4().simple(), n);
             record
                 .headers
                 .push(("traceparent".into(), traceparent.into_bytes()));
@@ -393,20 +424,20 @@ async fn start_http_floor(brokers: &str, prefix: &str) -> (tokio::process::Child
     (child, base)
 }
 
-/// The HTTP floor's process: reads each posted body whole, publishes the raw producer's
-/// records, and answers 202 with as many bytes as the ingress's answer to a batch. It checks
+/// The HTTP floor's process: reads each posted body whole, publishes a batch of events
+/// encoded beforehand, and answers 202 with as many bytes as the ingress's answer to a batch. It checks
 /// nothing: what it costs is what reaching Kafka over HTTP costs before any of the ingress's
 /// work.
 async fn http_floor(listen: &str, kafka: KafkaArgs) {
     use axum::routing::{get, post};
 
     let publisher = Publisher::new(&kafka, Duration::from_secs(30)).unwrap();
-    let records = Arc::new(raw_records(&kafka));
+    let records = Arc::new(Pool::new(&kafka, POOL));
     let answer = Bytes::from(answer_like(&kafka));
     let publish = move |_body: Bytes| {
         let (publisher, records, answer) = (publisher.clone(), records.clone(), answer.clone());
         async move {
-            publisher.publish_all(&records).await.unwrap();
+            publisher.publish_all(records.batch()).await.unwrap();
             (
                 axum::http::StatusCode::ACCEPTED,
                 [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -457,10 +488,10 @@ async fn max_rss_during<T>(pid: u32, work: impl std::future::Future<Output = T>)
     }
 }
 
-/// The raw producer: `in_flight` tasks publishing `records` `per_client` times each.
+/// The raw producer: `in_flight` tasks publishing a batch of `records` `per_client` times each.
 async fn raw_round(
     publisher: &Publisher,
-    records: &Arc<Vec<OutgoingRecord>>,
+    records: &Arc<Pool>,
     in_flight: usize,
     per_client: usize,
 ) {
@@ -468,7 +499,7 @@ async fn raw_round(
     in_parallel(in_flight, per_client, move || {
         let (publisher, records) = (publisher.clone(), records.clone());
         async move {
-            publisher.publish_all(&records).await.unwrap();
+            publisher.publish_all(records.batch()).await.unwrap();
         }
     })
     .await;
@@ -521,17 +552,13 @@ async fn open_loop(target: &Arc<Target>, body: &Bytes, rate: f64) -> Outcome {
     .await
 }
 
-/// Publishes `records` at `rate` times per second for OPEN_LOOP_SECONDS (see `at_rate`).
-async fn raw_open_loop(
-    publisher: &Publisher,
-    records: &Arc<Vec<OutgoingRecord>>,
-    rate: f64,
-) -> Outcome {
+/// Publishes a batch of `records` `rate` times per second for OPEN_LOOP_SECONDS (see `at_rate`).
+async fn raw_open_loop(publisher: &Publisher, records: &Arc<Pool>, rate: f64) -> Outcome {
     at_rate(rate, || {
         let (publisher, records) = (publisher.clone(), records.clone());
         async move {
             // The floor is the broker's own latency: a failed publish would measure nothing.
-            let published = publisher.publish_all(&records).await;
+            let published = publisher.publish_all(records.batch()).await;
             published.expect("the raw producer's publish failed");
             Answer::Accepted
         }

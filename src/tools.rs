@@ -276,7 +276,7 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
     let now_ms = || (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     for letter in chosen {
         let again = platform::kafka::OutgoingRecord {
-            topic: letter.topic.clone(),
+            topic: letter.topic.as_str().into(),
             key: letter.key.clone(),
             payload: letter.payload.clone(),
             timestamp_ms: now_ms(),
@@ -295,7 +295,7 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
             .map(|d| format!("{}@{}", d.partition, d.offset))
             .unwrap_or_default();
         let mark = platform::kafka::OutgoingRecord {
-            topic: marks_topic.clone(),
+            topic: marks_topic.as_str().into(),
             key: letter.mark().into_bytes(),
             payload: format!("{}/{place}", letter.topic).into_bytes(),
             timestamp_ms: now_ms(),

@@ -182,7 +182,7 @@ async fn a_poison_record_is_dead_lettered_and_later_records_still_apply() {
     let partition = before["partition"].as_i64().unwrap() as i32;
     let publisher = Publisher::new(&kafka, Duration::from_secs(10)).unwrap();
     let garbage = OutgoingRecord {
-        topic: orders.clone(),
+        topic: orders.as_str().into(),
         key: b"o-poison".to_vec(),
         payload: b"\x00\x01 not avro at all".to_vec(),
         timestamp_ms: time::OffsetDateTime::now_utc().unix_timestamp() * 1000,

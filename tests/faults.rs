@@ -659,7 +659,7 @@ async fn poison_repeated_records_and_a_reset_group_add_no_effect() {
     .unwrap()
     .into_iter()
     .map(|record| platform::kafka::OutgoingRecord {
-        topic: record.topic,
+        topic: record.topic.into(),
         key: record.key.unwrap_or_default(),
         payload: record.payload.unwrap_or_default(),
         timestamp_ms: record.timestamp_ms.unwrap_or_default(),
@@ -675,7 +675,7 @@ async fn poison_repeated_records_and_a_reset_group_add_no_effect() {
         again.insert(
             n * step + n,
             platform::kafka::OutgoingRecord::event(
-                &users,
+                users.as_str(),
                 format!("poison-{n}").into_bytes(),
                 b"\x00 not an event".to_vec(),
                 "user.registered",

@@ -236,7 +236,7 @@ async fn a_burst_of_dead_letters_is_one_alert_and_one_summary() {
     let publisher = Publisher::new(&app.kafka, Duration::from_secs(10)).unwrap();
     let garbage: Vec<OutgoingRecord> = (0..20)
         .map(|i| OutgoingRecord {
-            topic: orders.clone(),
+            topic: orders.as_str().into(),
             key: format!("poison-{i}").into_bytes(),
             payload: b"\x00\x01 not avro at all".to_vec(),
             timestamp_ms: time::OffsetDateTime::now_utc().unix_timestamp() * 1000,

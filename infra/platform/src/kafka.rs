@@ -117,7 +117,8 @@ pub enum KafkaSetupError {
 /// A record to publish.
 #[derive(Debug, Clone)]
 pub struct OutgoingRecord {
-    pub topic: String,
+    /// Shared: a publisher names a handful of topics for millions of records.
+    pub topic: Arc<str>,
     pub key: Vec<u8>,
     pub payload: Vec<u8>,
     /// Milliseconds since the epoch: the record's CreateTime, used by time-range reads.
@@ -130,7 +131,7 @@ impl OutgoingRecord {
     /// An encoded event, with the `event_type` and `event_id` headers every consumer and
     /// tool reads without decoding.
     pub fn event(
-        topic: impl Into<String>,
+        topic: impl Into<Arc<str>>,
         key: Vec<u8>,
         payload: Vec<u8>,
         event_type: &str,

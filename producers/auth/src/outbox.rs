@@ -154,7 +154,7 @@ impl Relay {
             .iter()
             .map(|row| {
                 OutgoingRecord::event(
-                    &row.topic,
+                    row.topic.as_str(),
                     row.record_key.clone().into_bytes(),
                     row.payload.clone(),
                     &row.event_type,

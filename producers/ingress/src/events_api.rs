@@ -288,9 +288,8 @@ async fn publish(
             .codec
             .encode_bytes(&event.schema, &envelope, &event.data)
             .map_err(|e| Problem::internal(&e))?;
-        let topic = format!("{}{}", state.topic_prefix, event.schema.topic);
         let mut record = OutgoingRecord::event(
-            topic,
+            state.topics.name(&event.schema.topic),
             event.key.into_bytes(),
             payload,
             &envelope.event_type,

@@ -18,6 +18,7 @@ pub mod sink;
 /// Shared with every service's API; re-exported where the ingress first defined them.
 pub use platform::{auth, problem};
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,7 +102,37 @@ pub struct AppState {
     pub limits: Limits,
     /// Built from `limits.max_in_flight_bytes`.
     pub in_flight: InFlight,
-    pub topic_prefix: String,
+    pub topics: Topics,
+}
+
+/// The Kafka name of each aggregate's topic, prefix and all, made once: a request names them
+/// for every event it carries.
+pub struct Topics {
+    prefix: String,
+    names: HashMap<String, Arc<str>>,
+}
+
+impl Topics {
+    pub fn new(prefix: &str, catalog: &Catalog) -> Self {
+        let names = catalog
+            .topics()
+            .into_iter()
+            .map(|topic| (topic.to_string(), format!("{prefix}{topic}").into()))
+            .collect();
+        Self {
+            prefix: prefix.to_string(),
+            names,
+        }
+    }
+
+    /// The topic `aggregate`'s events go to.
+    pub fn name(&self, aggregate: &str) -> Arc<str> {
+        match self.names.get(aggregate) {
+            Some(name) => name.clone(),
+            // Every schema's topic is in the catalog the names were made from.
+            None => format!("{}{aggregate}", self.prefix).into(),
+        }
+    }
 }
 
 impl AppState {
@@ -169,6 +200,7 @@ pub async fn connect(
     let codec = args.contract.codec(catalog, kafka).await?;
     let publisher = platform::kafka::Publisher::new(kafka, limits.publish_deadline)?;
     Ok(AppState {
+        topics: Topics::new(&kafka.topic_prefix, codec.catalog()),
         codec,
         policy: args.policy()?,
         auth,
@@ -176,7 +208,6 @@ pub async fn connect(
         store,
         in_flight: InFlight::new(limits.max_in_flight_bytes),
         limits,
-        topic_prefix: kafka.topic_prefix.clone(),
     })
 }
 

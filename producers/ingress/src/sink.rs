@@ -2,8 +2,8 @@
 //! where they landed, or fail"; Kafka is one implementation, memory another.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -76,7 +76,7 @@ impl EventSink for MemorySink {
             return Err(PublishError::Unknown);
         }
         let mut stored = self.records.lock().expect("sink lock");
-        let mut next: HashMap<String, i64> = HashMap::new();
+        let mut next: HashMap<Arc<str>, i64> = HashMap::new();
         for (record, delivery) in stored.iter() {
             next.insert(record.topic.clone(), delivery.offset + 1);
         }

@@ -21,11 +21,10 @@ const SECRET: &str = "router-test-secret-at-least-32-bytes";
 
 fn app(sink: Arc<MemorySink>) -> axum::Router {
     let auth = AuthArgs::hs256(SECRET);
+    let catalog = Arc::new(Catalog::embedded().unwrap());
     let state = AppState {
-        codec: Codec::new(
-            Arc::new(Catalog::embedded().unwrap()),
-            WireFormat::SingleObject,
-        ),
+        topics: ingress::Topics::new("", &catalog),
+        codec: Codec::new(catalog, WireFormat::SingleObject),
         policy: PublishPolicy::embedded(),
         auth: std::sync::Arc::new(Authenticator::from_args(&auth).unwrap()),
         sink,
@@ -39,7 +38,6 @@ fn app(sink: Arc<MemorySink>) -> axum::Router {
             idempotency_ttl: Duration::from_secs(3600),
         },
         in_flight: ingress::admission::InFlight::new(1024 * 1024),
-        topic_prefix: String::new(),
     };
     ingress::router(Arc::new(state))
 }

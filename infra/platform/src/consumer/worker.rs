@@ -342,7 +342,7 @@ impl Worker {
             (dlq_headers::GROUP.into(), dead.group.clone().into_bytes()),
         ]);
         let letter = OutgoingRecord {
-            topic: dead.topic.clone(),
+            topic: dead.topic.as_str().into(),
             key: record.key.clone().unwrap_or_default(),
             payload: record.payload.clone().unwrap_or_default(),
             timestamp_ms: record
