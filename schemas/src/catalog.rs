@@ -12,7 +12,7 @@ use apache_avro::headers::{HeaderBuilder, RabinFingerprintHeader};
 use apache_avro::schema_compatibility::SchemaCompatibility;
 use serde_json::{Value as Json, json};
 
-use crate::direct::Plan;
+use crate::direct::{DataSeed, Plan};
 use crate::json::{self, Names};
 
 /// The 8-byte CRC-64-AVRO fingerprint of a wire schema's canonical form, as it appears in
@@ -67,6 +67,12 @@ impl SchemaVersion {
     /// handles (see `direct`). `out` is left as it was on `None`.
     pub fn encode_json(&self, data: &str, out: &mut Vec<u8>) -> Option<String> {
         self.plan.as_ref()?.encode(data, out)
+    }
+
+    /// [`SchemaVersion::encode_json`] for a data object inside a larger JSON text (see
+    /// [`DataSeed`]); `None` when this schema has no direct plan.
+    pub fn data_seed<'a>(&'a self, out: &'a mut Vec<u8>) -> Option<DataSeed<'a>> {
+        Some(self.plan.as_ref()?.seed(out))
     }
 
     /// Appends the Avro binary of a value from [`SchemaVersion::validate`] to `out`.

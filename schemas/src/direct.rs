@@ -87,23 +87,43 @@ impl Plan {
     /// the call.
     pub fn encode(&self, data: &str, out: &mut Vec<u8>) -> Option<String> {
         let start = out.len();
-        let mut key = None;
         let mut deserializer = serde_json::Deserializer::from_str(data);
-        let root = Root {
-            plan: self,
-            out,
-            key: &mut key,
-        };
-        let encoded = deserializer
-            .deserialize_map(root)
-            .and_then(|()| deserializer.end());
-        match (encoded, key) {
-            (Ok(()), Some(key)) if !key.is_empty() => Some(key),
-            _ => {
-                out.truncate(start);
-                None
-            }
+        let key = self
+            .seed(out)
+            .deserialize(&mut deserializer)
+            .and_then(|key| deserializer.end().map(|()| key));
+        if key.is_err() {
+            out.truncate(start);
         }
+        key.ok()
+    }
+
+    /// [`Plan::encode`] for a data object read as part of a larger text, such as a request
+    /// body, so the object is read once, not once to find its end and again to encode it.
+    pub fn seed<'a>(&'a self, out: &'a mut Vec<u8>) -> DataSeed<'a> {
+        DataSeed { plan: self, out }
+    }
+}
+
+/// Reading a data object through this appends its Avro binary to `out` and gives its
+/// aggregate id, as [`Plan::encode`] does. An error stands for `encode`'s `None`: the data
+/// does not fit, or not in a way this module handles, and `out` may hold part of it.
+pub struct DataSeed<'a> {
+    plan: &'a Plan,
+    out: &'a mut Vec<u8>,
+}
+
+impl<'de> DeserializeSeed<'de> for DataSeed<'_> {
+    type Value = String;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<String, D::Error> {
+        let mut key = None;
+        deserializer.deserialize_map(Root {
+            plan: self.plan,
+            out: self.out,
+            key: &mut key,
+        })?;
+        key.filter(|key| !key.is_empty()).ok_or_else(refused)
     }
 }
 

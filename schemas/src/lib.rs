@@ -19,6 +19,7 @@ pub mod json;
 pub use apache_avro::types::Value as AvroValue;
 pub use catalog::{Catalog, CatalogError, CompatibilityError, Fingerprint, SchemaVersion};
 pub use codec::{Codec, CodecError, Decoded, DecodedText, WireFormat};
+pub use direct::DataSeed;
 pub use envelope::Envelope;
 
 mod embedded {

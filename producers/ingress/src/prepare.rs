@@ -2,11 +2,13 @@
 //! schema validation. Pure: no I/O, so every rule is tested directly.
 
 use std::borrow::Cow;
+use std::fmt;
 use std::sync::Arc;
 
 use events::json::FieldError;
 use events::{AvroValue, Catalog, SchemaVersion};
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value as Json;
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
@@ -42,7 +44,12 @@ const MAX_SOURCE_LEN: usize = 100;
 /// The common case in one pass over the body text: every event well formed, of a known type
 /// the principal may publish, its data fitting the schema. `None` for anything else, and
 /// [`prepare`] then says what is wrong (or takes what this leaves to it, such as fields out
-/// of the usual shapes). Whatever this accepts, `prepare` accepts alike (tested).
+/// of the usual shapes, or a member given twice). Whatever this accepts, `prepare` accepts
+/// alike (tested).
+///
+/// An event whose `type` comes before its `data`, as in the API's examples, has its data
+/// encoded as it is read; one with `data` first has it read once to find its end and again to
+/// encode it, the type being unknown until then.
 pub fn prepare_text(
     catalog: &Catalog,
     policy: &PublishPolicy,
@@ -50,68 +57,280 @@ pub fn prepare_text(
     body: &[u8],
     max_events: usize,
 ) -> Option<(Shape, Vec<Prepared>)> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Batch<'a> {
-        #[serde(borrow)]
-        events: Vec<Item<'a>>,
+    let text = Text {
+        catalog,
+        policy,
+        principal,
+        max_events,
+    };
+    // UTF-8 checked once for the whole body, not string by string as it is read.
+    let body = std::str::from_utf8(body).ok()?;
+    let mut deserializer = serde_json::Deserializer::from_str(body);
+    let prepared = deserializer.deserialize_map(BodyVisitor(&text)).ok()?;
+    deserializer.end().ok()?;
+    Some(prepared)
+}
+
+/// What [`prepare_text`] checks events against.
+struct Text<'c> {
+    catalog: &'c Catalog,
+    policy: &'c PublishPolicy,
+    principal: &'c Principal,
+    max_events: usize,
+}
+
+/// Any error of the text path: it only says "not here".
+fn not_here<E: de::Error>() -> E {
+    E::custom("left to the tree")
+}
+
+/// A member name of a body or an event; `Other` for any name neither has.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Member {
+    Events,
+    Type,
+    Key,
+    Data,
+    OccurredAt,
+    Source,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Member {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl Visitor<'_> for Name {
+            type Value = Member;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<Member, E> {
+                Ok(match name {
+                    "events" => Member::Events,
+                    "type" => Member::Type,
+                    "key" => Member::Key,
+                    "data" => Member::Data,
+                    "occurred_at" => Member::OccurredAt,
+                    "source" => Member::Source,
+                    _ => Member::Other,
+                })
+            }
+        }
+        deserializer.deserialize_str(Name)
     }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Item<'a> {
-        #[serde(rename = "type", borrow)]
-        event_type: Cow<'a, str>,
-        #[serde(default, borrow)]
-        key: Option<Cow<'a, str>>,
-        #[serde(borrow)]
-        data: &'a RawValue,
-        #[serde(default, borrow)]
-        occurred_at: Option<Cow<'a, str>>,
-        #[serde(default, borrow)]
-        source: Option<Cow<'a, str>>,
+}
+
+/// The body: `{"events": [...]}` and nothing else, or one event.
+struct BodyVisitor<'t, 'c>(&'t Text<'c>);
+
+impl<'de> Visitor<'de> for BodyVisitor<'_, '_> {
+    type Value = (Shape, Vec<Prepared>);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an event or a batch")
     }
 
-    // A single event has no `events` field, a batch nothing else: at most one parse fits.
-    let (shape, items) = match serde_json::from_slice::<Batch<'_>>(body) {
-        Ok(batch) => (Shape::Batch, batch.events),
-        Err(_) => (Shape::Single, vec![serde_json::from_slice(body).ok()?]),
-    };
-    if items.is_empty() || items.len() > max_events {
-        return None;
-    }
-    let prepare_item = |item: Item<'_>| {
-        let schema = catalog.latest(&item.event_type)?;
-        if !policy.allows(&principal.roles, &schema.event_type, &schema.topic) {
-            return None;
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let text = self.0;
+        match map.next_key::<Member>()?.ok_or_else(not_here)? {
+            Member::Events => {
+                let prepared = map.next_value_seed(EventsSeed(text))?;
+                match map.next_key::<Member>()? {
+                    None => Ok((Shape::Batch, prepared)),
+                    Some(_) => Err(not_here()),
+                }
+            }
+            first => {
+                let mut event = EventText::default();
+                event.take(text, first, &mut map)?;
+                while let Some(member) = map.next_key()? {
+                    event.take(text, member, &mut map)?;
+                }
+                Ok((Shape::Single, vec![event.finish()?]))
+            }
         }
-        let occurred_at = match item.occurred_at {
-            Some(at) => Some(OffsetDateTime::parse(&at, &Rfc3339).ok()?),
+    }
+}
+
+/// A batch's events: at least one, at most `max_events`.
+struct EventsSeed<'t, 'c>(&'t Text<'c>);
+
+impl<'de> DeserializeSeed<'de> for EventsSeed<'_, '_> {
+    type Value = Vec<Prepared>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EventsSeed<'_, '_> {
+    type Value = Vec<Prepared>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of events")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let text = self.0;
+        let mut prepared = Vec::new();
+        while let Some(event) = seq.next_element_seed(EventSeed(text))? {
+            if prepared.len() == text.max_events {
+                return Err(not_here());
+            }
+            prepared.push(event);
+        }
+        if prepared.is_empty() {
+            return Err(not_here());
+        }
+        Ok(prepared)
+    }
+}
+
+/// One event of a batch.
+struct EventSeed<'t, 'c>(&'t Text<'c>);
+
+impl<'de> DeserializeSeed<'de> for EventSeed<'_, '_> {
+    type Value = Prepared;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Prepared, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EventSeed<'_, '_> {
+    type Value = Prepared;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an event")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Prepared, A::Error> {
+        let mut event = EventText::default();
+        while let Some(member) = map.next_key()? {
+            event.take(self.0, member, &mut map)?;
+        }
+        event.finish()
+    }
+}
+
+/// An event's members as they are read.
+#[derive(Default)]
+struct EventText<'c, 'de> {
+    schema: Option<&'c Arc<SchemaVersion>>,
+    key: Option<Option<Cow<'de, str>>>,
+    data: Option<Data<'de>>,
+    occurred_at: Option<Option<Cow<'de, str>>>,
+    source: Option<Option<Cow<'de, str>>>,
+}
+
+/// An event's data: encoded as read when its type came first, else its text.
+enum Data<'de> {
+    Encoded { avro: Vec<u8>, key: String },
+    Text(&'de RawValue),
+}
+
+impl<'c, 'de> EventText<'c, 'de> {
+    /// Reads the value of `member`; a member given twice, or one an event does not have,
+    /// is left to the tree.
+    fn take<A: MapAccess<'de>>(
+        &mut self,
+        text: &Text<'c>,
+        member: Member,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        match member {
+            Member::Type if self.schema.is_none() => {
+                let name: Cow<'de, str> = map.next_value::<Borrowed<'de>>()?.0;
+                let schema = text.catalog.latest(&name).ok_or_else(not_here)?;
+                let allowed =
+                    text.policy
+                        .allows(&text.principal.roles, &schema.event_type, &schema.topic);
+                if !allowed {
+                    return Err(not_here());
+                }
+                self.schema = Some(schema);
+            }
+            Member::Data if self.data.is_none() => {
+                self.data = Some(match self.schema {
+                    Some(schema) => {
+                        let mut avro = Vec::with_capacity(128);
+                        let seed = schema.data_seed(&mut avro).ok_or_else(not_here)?;
+                        let key = map.next_value_seed(seed)?;
+                        Data::Encoded { avro, key }
+                    }
+                    None => Data::Text(map.next_value()?),
+                });
+            }
+            Member::Key if self.key.is_none() => self.key = Some(optional(map)?),
+            Member::OccurredAt if self.occurred_at.is_none() => {
+                self.occurred_at = Some(optional(map)?);
+            }
+            Member::Source if self.source.is_none() => self.source = Some(optional(map)?),
+            _ => return Err(not_here()),
+        }
+        Ok(())
+    }
+
+    fn finish<E: de::Error>(self) -> Result<Prepared, E> {
+        let schema = self.schema.ok_or_else(not_here)?;
+        let (data, key) = match self.data.ok_or_else(not_here)? {
+            Data::Encoded { avro, key } => (avro, key),
+            Data::Text(raw) => {
+                let raw = raw.get();
+                let mut avro = Vec::with_capacity(raw.len());
+                let key = schema.encode_json(raw, &mut avro).ok_or_else(not_here)?;
+                (avro, key)
+            }
+        };
+        if self.key.flatten().is_some_and(|k| k != key) {
+            return Err(not_here());
+        }
+        let occurred_at = match self.occurred_at.flatten() {
+            Some(at) => Some(OffsetDateTime::parse(&at, &Rfc3339).map_err(|_| not_here())?),
             None => None,
         };
-        let source = match item.source {
+        let source = match self.source.flatten() {
             None => DEFAULT_SOURCE.to_string(),
             Some(s) if !s.is_empty() && s.len() <= MAX_SOURCE_LEN => s.into_owned(),
-            Some(_) => return None,
+            Some(_) => return Err(not_here()),
         };
-        let text = item.data.get();
-        let mut data = Vec::with_capacity(text.len());
-        let key = schema.encode_json(text, &mut data)?;
-        if item.key.is_some_and(|k| k != key) {
-            return None;
-        }
-        Some(Prepared {
+        Ok(Prepared {
             schema: schema.clone(),
             key,
             data,
             occurred_at,
             source,
         })
-    };
-    let prepared = items
-        .into_iter()
-        .map(prepare_item)
-        .collect::<Option<Vec<_>>>()?;
-    Some((shape, prepared))
+    }
+}
+
+/// A string member that may be null.
+fn optional<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<Cow<'de, str>>, A::Error> {
+    Ok(map
+        .next_value::<Option<Borrowed<'de>>>()?
+        .map(|text| text.0))
+}
+
+/// A string, borrowed from the body unless it has escapes.
+struct Borrowed<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Borrowed<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Str;
+        impl<'de> Visitor<'de> for Str {
+            type Value = Borrowed<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Borrowed(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Borrowed(Cow::Owned(s.to_string())))
+            }
+        }
+        deserializer.deserialize_str(Str)
+    }
 }
 
 /// Checks a request body. A batch is all or nothing: one bad event refuses the request.
@@ -418,9 +637,14 @@ mod tests {
         let ordered = r#"{"data": {"shipped_at": "2026-11-22T09:30:00Z", "carrier": "DHL",
             "order_id": "o-1"}, "source": "shop", "occurred_at": "2026-11-22T10:00:00+01:00",
             "type": "order.shipped"}"#;
+        // Type first, as the API's examples write it: the data is encoded as it is read.
+        let typed = r#"{"type": "order.shipped", "key": "o-1", "data": {"order_id": "o-1",
+            "carrier": "D\u0048L", "shipped_at": "2026-11-22T09:30:00Z"}, "source": null}"#;
         for body in [
             shipped.clone(),
             ordered.to_string(),
+            typed.to_string(),
+            format!(r#"{{"events": [{typed}, {shipped}, {typed}]}}"#),
             format!(r#"{{"events": [{shipped}, {ordered}]}}"#),
             format!(r#"{{"events": [{shipped}, {ordered}, {shipped}]}}"#),
             r#"{"type": "user.deleted", "key": "0190c2a0-7a3b-7cc1-9c1e-2f0d7b3a9e11",
@@ -484,6 +708,29 @@ mod tests {
                 false,
             ),
             (&["user"], good.replace("o-1", ""), false),
+            // The same refusals with the type first, where the data is encoded as it is read.
+            (
+                &["user"],
+                r#"{"type": "order.shipped", "data": {"order_id": "o-1"}}"#.to_string(),
+                false,
+            ),
+            (
+                &["user"],
+                r#"{"type": "order.shipped", "data": [1]}"#.to_string(),
+                false,
+            ),
+            (
+                &["user"],
+                r#"{"type": "order.shipped", "data": {"order_id": "o-1", "carrier": "DHL",
+                "shipped_at": "2026-11-22T09:30:00Z", "extra": 1}}"#
+                    .to_string(),
+                false,
+            ),
+            (
+                &["user"],
+                r#"{"type": "campaign.launched", "data": {"campaign_id": "c-1"}}"#.to_string(),
+                false,
+            ),
             // The key is compared with the data's key field as written.
             (
                 &["service"],
@@ -504,6 +751,11 @@ mod tests {
             (
                 &["user"],
                 good.replace(r#""type""#, r#""source":"a","source":"b","type""#),
+                true,
+            ),
+            (
+                &["user"],
+                format!(r#"{{"type": "order.shipped", {}"#, &good[1..]),
                 true,
             ),
         ] {
