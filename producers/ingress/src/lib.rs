@@ -129,7 +129,8 @@ impl Topics {
     pub fn name(&self, aggregate: &str) -> Arc<str> {
         match self.names.get(aggregate) {
             Some(name) => name.clone(),
-            // Every schema's topic is in the catalog the names were made from.
+            // Not reached while the names come from the catalog the events are checked
+            // against; a name made here rather than a panic if a caller ever mixes catalogs.
             None => format!("{}{aggregate}", self.prefix).into(),
         }
     }

@@ -57,7 +57,7 @@ pub fn prepare_text(
     body: &[u8],
     max_events: usize,
 ) -> Option<(Shape, Vec<Prepared>)> {
-    let text = Text {
+    let checks = Checks {
         catalog,
         policy,
         principal,
@@ -66,13 +66,13 @@ pub fn prepare_text(
     // UTF-8 checked once for the whole body, not string by string as it is read.
     let body = std::str::from_utf8(body).ok()?;
     let mut deserializer = serde_json::Deserializer::from_str(body);
-    let prepared = deserializer.deserialize_map(BodyVisitor(&text)).ok()?;
+    let prepared = deserializer.deserialize_map(BodyVisitor(&checks)).ok()?;
     deserializer.end().ok()?;
     Some(prepared)
 }
 
 /// What [`prepare_text`] checks events against.
-struct Text<'c> {
+struct Checks<'c> {
     catalog: &'c Catalog,
     policy: &'c PublishPolicy,
     principal: &'c Principal,
@@ -121,7 +121,7 @@ impl<'de> Deserialize<'de> for Member {
 }
 
 /// The body: `{"events": [...]}` and nothing else, or one event.
-struct BodyVisitor<'t, 'c>(&'t Text<'c>);
+struct BodyVisitor<'t, 'c>(&'t Checks<'c>);
 
 impl<'de> Visitor<'de> for BodyVisitor<'_, '_> {
     type Value = (Shape, Vec<Prepared>);
@@ -131,20 +131,22 @@ impl<'de> Visitor<'de> for BodyVisitor<'_, '_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let text = self.0;
+        let checks = self.0;
         match map.next_key::<Member>()?.ok_or_else(not_here)? {
             Member::Events => {
-                let prepared = map.next_value_seed(EventsSeed(text))?;
+                let prepared = map.next_value_seed(EventsSeed(checks))?;
                 match map.next_key::<Member>()? {
                     None => Ok((Shape::Batch, prepared)),
                     Some(_) => Err(not_here()),
                 }
             }
+            // One event is a request of one: refused where no event is allowed, as in `prepare`.
+            _ if checks.max_events == 0 => Err(not_here()),
             first => {
                 let mut event = EventText::default();
-                event.take(text, first, &mut map)?;
+                event.take(checks, first, &mut map)?;
                 while let Some(member) = map.next_key()? {
-                    event.take(text, member, &mut map)?;
+                    event.take(checks, member, &mut map)?;
                 }
                 Ok((Shape::Single, vec![event.finish()?]))
             }
@@ -153,7 +155,7 @@ impl<'de> Visitor<'de> for BodyVisitor<'_, '_> {
 }
 
 /// A batch's events: at least one, at most `max_events`.
-struct EventsSeed<'t, 'c>(&'t Text<'c>);
+struct EventsSeed<'t, 'c>(&'t Checks<'c>);
 
 impl<'de> DeserializeSeed<'de> for EventsSeed<'_, '_> {
     type Value = Vec<Prepared>;
@@ -171,10 +173,10 @@ impl<'de> Visitor<'de> for EventsSeed<'_, '_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let text = self.0;
+        let checks = self.0;
         let mut prepared = Vec::new();
-        while let Some(event) = seq.next_element_seed(EventSeed(text))? {
-            if prepared.len() == text.max_events {
+        while let Some(event) = seq.next_element_seed(EventSeed(checks))? {
+            if prepared.len() == checks.max_events {
                 return Err(not_here());
             }
             prepared.push(event);
@@ -187,7 +189,7 @@ impl<'de> Visitor<'de> for EventsSeed<'_, '_> {
 }
 
 /// One event of a batch.
-struct EventSeed<'t, 'c>(&'t Text<'c>);
+struct EventSeed<'t, 'c>(&'t Checks<'c>);
 
 impl<'de> DeserializeSeed<'de> for EventSeed<'_, '_> {
     type Value = Prepared;
@@ -213,7 +215,8 @@ impl<'de> Visitor<'de> for EventSeed<'_, '_> {
     }
 }
 
-/// An event's members as they are read.
+/// An event's members as they are read. For the optional ones, the outer `None` is "not seen
+/// yet", so a member given twice is caught, and the inner one a JSON null.
 #[derive(Default)]
 struct EventText<'c, 'de> {
     schema: Option<&'c Arc<SchemaVersion>>,
@@ -234,17 +237,19 @@ impl<'c, 'de> EventText<'c, 'de> {
     /// is left to the tree.
     fn take<A: MapAccess<'de>>(
         &mut self,
-        text: &Text<'c>,
+        checks: &Checks<'c>,
         member: Member,
         map: &mut A,
     ) -> Result<(), A::Error> {
         match member {
             Member::Type if self.schema.is_none() => {
                 let name: Cow<'de, str> = map.next_value::<Borrowed<'de>>()?.0;
-                let schema = text.catalog.latest(&name).ok_or_else(not_here)?;
-                let allowed =
-                    text.policy
-                        .allows(&text.principal.roles, &schema.event_type, &schema.topic);
+                let schema = checks.catalog.latest(&name).ok_or_else(not_here)?;
+                let allowed = checks.policy.allows(
+                    &checks.principal.roles,
+                    &schema.event_type,
+                    &schema.topic,
+                );
                 if !allowed {
                     return Err(not_here());
                 }
@@ -655,6 +660,21 @@ mod tests {
             assert!(text.is_some(), "{body}");
             assert_eq!(text, tree, "{body}");
         }
+    }
+
+    #[test]
+    fn where_no_event_is_allowed_neither_path_takes_one() {
+        let principal = Principal {
+            subject: "alice".into(),
+            roles: vec!["user".into()],
+            expires_at: u64::MAX,
+        };
+        let (catalog, policy) = (Catalog::embedded().unwrap(), PublishPolicy::embedded());
+        let body = shipped(None);
+        let text = body.to_string();
+        assert!(prepare_text(&catalog, &policy, &principal, text.as_bytes(), 0).is_none());
+        let refused = prepare(&catalog, &policy, &principal, &body, 0).unwrap_err();
+        assert_eq!(refused.status, 413);
     }
 
     #[test]
