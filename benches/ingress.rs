@@ -118,14 +118,7 @@ async fn main() {
         .pool_max_idle_per_host(64)
         .build()
         .unwrap();
-    while !client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_ready(&client, &base).await;
     let ready = started.elapsed();
     let pid = child.id().unwrap();
     let token = ingress::auth::mint_hs256(
@@ -423,7 +416,12 @@ async fn start_http_floor(brokers: &str, prefix: &str) -> (tokio::process::Child
         .spawn()
         .expect("the HTTP floor starts");
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    wait_ready(&reqwest::Client::new(), &base).await;
+    (child, base)
+}
+
+/// Waits until the server at `base` answers its readiness check.
+async fn wait_ready(client: &reqwest::Client, base: &str) {
     while !client
         .get(format!("{base}/readyz"))
         .send()
@@ -432,7 +430,6 @@ async fn start_http_floor(brokers: &str, prefix: &str) -> (tokio::process::Child
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    (child, base)
 }
 
 /// The HTTP floor's process: reads each posted body whole, publishes a batch of events
