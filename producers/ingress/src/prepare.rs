@@ -142,14 +142,10 @@ impl<'de> Visitor<'de> for BodyVisitor<'_, '_> {
             }
             // One event is a request of one: refused where no event is allowed, as in `prepare`.
             _ if checks.max_events == 0 => Err(not_here()),
-            first => {
-                let mut event = EventText::default();
-                event.take(checks, first, &mut map)?;
-                while let Some(member) = map.next_key()? {
-                    event.take(checks, member, &mut map)?;
-                }
-                Ok((Shape::Single, vec![event.finish()?]))
-            }
+            first => Ok((
+                Shape::Single,
+                vec![EventText::read(checks, Some(first), map)?],
+            )),
         }
     }
 }
@@ -206,12 +202,8 @@ impl<'de> Visitor<'de> for EventSeed<'_, '_> {
         f.write_str("an event")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Prepared, A::Error> {
-        let mut event = EventText::default();
-        while let Some(member) = map.next_key()? {
-            event.take(self.0, member, &mut map)?;
-        }
-        event.finish()
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Prepared, A::Error> {
+        EventText::read(self.0, None, map)
     }
 }
 
@@ -233,6 +225,22 @@ enum Data<'de> {
 }
 
 impl<'c, 'de> EventText<'c, 'de> {
+    /// An event from its members: `first`, when its name was read already, then the rest.
+    fn read<A: MapAccess<'de>>(
+        checks: &Checks<'c>,
+        first: Option<Member>,
+        mut map: A,
+    ) -> Result<Prepared, A::Error> {
+        let mut event = Self::default();
+        if let Some(member) = first {
+            event.take(checks, member, &mut map)?;
+        }
+        while let Some(member) = map.next_key()? {
+            event.take(checks, member, &mut map)?;
+        }
+        event.finish()
+    }
+
     /// Reads the value of `member`; a member given twice, or one an event does not have,
     /// is left to the tree.
     fn take<A: MapAccess<'de>>(
