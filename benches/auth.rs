@@ -272,12 +272,12 @@ async fn main() {
         }
     }
     for (load, clients) in loads.iter().enumerate() {
-        let off_single = common::median(&mut single[load][0].clone());
-        let off_cpu = common::median(&mut cpu[load][0].clone());
+        let off_single = common::median(&single[load][0].clone());
+        let off_cpu = common::median(&cpu[load][0].clone());
         for (i, (name, _, _)) in running.iter().enumerate() {
             let rounds: Vec<String> = single[load][i].iter().map(|r| format!("{r:.0}")).collect();
-            let s = common::median(&mut single[load][i]);
-            let c = common::median(&mut cpu[load][i]);
+            let s = common::median(&single[load][i]);
+            let c = common::median(&cpu[load][i]);
             println!(
                 "ingress, {name}, single events from {clients} clients: {s:.0} requests/s ({:.1}% of off), \
                  {c:.1} µs CPU per request ({:+.1}); rounds {}",
@@ -287,9 +287,9 @@ async fn main() {
             );
         }
     }
-    let off_batched = common::median(&mut batched[0].clone());
+    let off_batched = common::median(&batched[0].clone());
     for (i, (name, _, _)) in running.iter().enumerate() {
-        let b = common::median(&mut batched[i]);
+        let b = common::median(&batched[i]);
         println!(
             "ingress, {name}, batches of 100: {b:.0} events/s ({:.1}% of off)",
             b / off_batched * 100.0

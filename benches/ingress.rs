@@ -187,13 +187,13 @@ async fn main() {
         floor_rates.push(round_events / t.elapsed().as_secs_f64());
         floor_cpu.push((common::cpu_seconds(floor_pid) - floor_before) / round_events * 1e6);
     }
-    let raw_rate = common::median(&mut raw_rates);
-    let batched_rate = common::median(&mut batched_rates);
-    let raw_cpu = common::median(&mut raw_cpu);
-    let ingress_cpu = common::median(&mut ingress_cpu);
-    let client_cpu = common::median(&mut client_cpu);
-    let http_floor_rate = common::median(&mut floor_rates);
-    let floor_cpu = common::median(&mut floor_cpu);
+    let raw_rate = common::median(&raw_rates);
+    let batched_rate = common::median(&batched_rates);
+    let raw_cpu = common::median(&raw_cpu);
+    let ingress_cpu = common::median(&ingress_cpu);
+    let client_cpu = common::median(&client_cpu);
+    let http_floor_rate = common::median(&floor_rates);
+    let floor_cpu = common::median(&floor_cpu);
 
     // 3. Single events, closed loop, 32 clients.
     let single_body = Bytes::from(order_text(1));

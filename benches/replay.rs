@@ -158,10 +158,10 @@ async fn main() {
         rss.push((json_lines.1, parquet_file.1));
     }
     let (raw, raw_tuned, jsonl, parquet) = (
-        common::median(&mut raw),
-        common::median(&mut raw_tuned),
-        common::median(&mut jsonl),
-        common::median(&mut parquet),
+        common::median(&raw),
+        common::median(&raw_tuned),
+        common::median(&jsonl),
+        common::median(&parquet),
     );
     println!(
         "throughput (medians of {ROUNDS}): kcat -C {raw:.0} events/s, with a large queue {raw_tuned:.0} events/s; \

@@ -76,11 +76,13 @@ pub async fn herald(service: &str, env: &[(&str, &str)]) -> (Child, String) {
     (child, base)
 }
 
-/// The middle of `values` (the upper one of an even count), sorting them.
+/// The middle of `values` (the upper one of an even count); `values` keep their order.
 #[allow(dead_code, reason = "not every benchmark reports medians")]
-pub fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+pub fn median(values: &[f64]) -> f64 {
+    // Sorted apart: callers also print the values in the order they were measured.
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
 }
 
 /// The `p` quantile of sorted values (nearest rank).

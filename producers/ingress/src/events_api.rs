@@ -1,22 +1,23 @@
 //! `POST /api/v1/events`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::body::Bytes;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use events::{Envelope, SchemaVersion};
-use platform::kafka::{Delivery, OutgoingRecord, PublishError};
+use events::Envelope;
+use platform::kafka::{OutgoingRecord, PublishError};
 use platform::trace::TraceContext;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
-use uuid::Uuid;
+use uuid::{ContextV7, Timestamp, Uuid};
 
 use crate::AppState;
 use crate::admission::Admitted;
+use crate::answer::{self, Landed};
 use crate::auth::Principal;
 use crate::idempotency::{Claim, Claimed, StoreError, StoredResponse};
 use crate::prepare::{Prepared, Shape, prepare, prepare_text};
@@ -28,51 +29,7 @@ pub struct Params {
     validate_only: bool,
 }
 
-/// Where one accepted event landed.
-#[derive(Debug, Serialize)]
-struct Accepted<'a> {
-    event_id: Uuid,
-    event_type: &'a str,
-    topic: &'a str,
-    partition: i32,
-    offset: i64,
-}
-
-/// The answer to a batch.
-#[derive(Serialize)]
-struct AcceptedBatch<'a> {
-    events: Landed<'a>,
-}
-
-/// Where a request's events landed: its answer, written without collecting it first.
-struct Landed<'a> {
-    events: &'a [(Uuid, Arc<SchemaVersion>)],
-    records: &'a [OutgoingRecord],
-    deliveries: &'a [Delivery],
-}
-
-impl Landed<'_> {
-    fn each(&self) -> impl Iterator<Item = Accepted<'_>> {
-        let placed = self.events.iter().zip(self.records).zip(self.deliveries);
-        placed.map(|(((event_id, schema), record), delivery)| Accepted {
-            event_id: *event_id,
-            event_type: &schema.event_type,
-            topic: &record.topic,
-            partition: delivery.partition,
-            offset: delivery.offset,
-        })
-    }
-}
-
-impl Serialize for Landed<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.each())
-    }
-}
-
 const MAX_KEY_LEN: usize = 255;
-/// About what one event's line of the answer takes, with a prefixed topic name.
-const ANSWER_BYTES_PER_EVENT: usize = 160;
 
 pub async fn post_events(
     State(state): State<Arc<AppState>>,
@@ -116,9 +73,10 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
         .unwrap_or_else(|| TraceContext::for_request(&parts.headers));
 
     let Some(key) = idempotency_key else {
+        let (ids, received_at) = stamp(prepared.len());
         let attempt = Attempt {
-            ids: new_ids(prepared.len()),
-            received_at: OffsetDateTime::now_utc(),
+            ids,
+            received_at,
             idempotency_key: None,
             trace,
         };
@@ -126,6 +84,7 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
         return Ok(response.into_response());
     };
 
+    let (event_ids, received_at) = stamp(prepared.len());
     let claim = Claim {
         attempt: Uuid::now_v7(),
         principal: principal.subject.clone(),
@@ -137,8 +96,8 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
             Some(tree) => tree,
             None => parse_json(&body)?,
         }),
-        event_ids: new_ids(prepared.len()),
-        received_at: OffsetDateTime::now_utc(),
+        event_ids,
+        received_at,
         lease: state.limits.publish_deadline * 2,
         ttl: state.limits.idempotency_ttl,
     };
@@ -283,7 +242,8 @@ async fn publish(
         envelope.event_id = event_id;
         envelope.event_type.clone_from(&event.schema.event_type);
         envelope.occurred_at = event.occurred_at.unwrap_or(received_at);
-        envelope.source = event.source;
+        envelope.source.clear();
+        envelope.source.push_str(&event.source);
         let payload = state
             .codec
             .encode_bytes(&event.schema, &envelope, &event.data)
@@ -325,20 +285,17 @@ async fn publish(
             Problem::unavailable(format!("the event log refused the events ({reason})"), 5)
         }
     })?;
-    let landed = Landed {
-        events: &landed,
-        records: &records,
-        deliveries: &deliveries,
-    };
-    // Sized for the answer up front: growing it by doubling copies it several times.
-    let mut body = Vec::with_capacity(ANSWER_BYTES_PER_EVENT * records.len() + 16);
-    match shape {
-        // A single event's request has exactly one.
-        Shape::Single => serde_json::to_writer(&mut body, &landed.each().next()),
-        Shape::Batch => serde_json::to_writer(&mut body, &AcceptedBatch { events: landed }),
-    }
-    .expect("accepted events serialise");
-    let body = String::from_utf8(body).expect("JSON is UTF-8");
+    let placed = landed.iter().zip(&records).zip(&deliveries);
+    let body = answer::write(
+        shape,
+        placed.map(|(((event_id, schema), record), delivery)| Landed {
+            event_id: *event_id,
+            event_type: &schema.event_type,
+            topic: &record.topic,
+            partition: delivery.partition,
+            offset: delivery.offset,
+        }),
+    );
     Ok(Published {
         status: StatusCode::ACCEPTED,
         body,
@@ -357,8 +314,21 @@ fn replay(stored: StoredResponse) -> Response {
     response
 }
 
-fn new_ids(n: usize) -> Vec<Uuid> {
-    (0..n).map(|_| Uuid::now_v7()).collect()
+/// A request's event ids (UUID v7) and the time it was received, from one reading of the
+/// clock. The ids come from one context for the process, held once per request rather than
+/// once per event, so they keep the order they were made in, as `Uuid::now_v7` keeps it.
+fn stamp(events: usize) -> (Vec<Uuid>, OffsetDateTime) {
+    static IDS: Mutex<ContextV7> = Mutex::new(ContextV7::new());
+    let now = OffsetDateTime::now_utc();
+    let (seconds, nanos) = (
+        u64::try_from(now.unix_timestamp()).unwrap_or(0),
+        now.nanosecond(),
+    );
+    let context = IDS.lock().unwrap_or_else(PoisonError::into_inner);
+    let ids = (0..events)
+        .map(|_| Uuid::new_v7(Timestamp::from_unix(&*context, seconds, nanos)))
+        .collect();
+    (ids, now)
 }
 
 /// Same JSON, same hash, whatever the key order or whitespace.

@@ -8,6 +8,7 @@
 //! With an `Idempotency-Key`, retries publish nothing new (see [`idempotency`]).
 
 pub mod admission;
+mod answer;
 mod catalog_api;
 mod events_api;
 pub mod idempotency;

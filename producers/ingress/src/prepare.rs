@@ -2,6 +2,7 @@
 //! schema validation. Pure: no I/O, so every rule is tested directly.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 
@@ -27,7 +28,8 @@ pub struct Prepared {
     /// The Avro binary of the event's data record.
     pub data: Vec<u8>,
     pub occurred_at: Option<OffsetDateTime>,
-    pub source: String,
+    /// Borrowed when it is the default: most events name none.
+    pub source: Cow<'static, str>,
 }
 
 /// Whether the body was one event or a batch: the response mirrors it.
@@ -62,6 +64,7 @@ pub fn prepare_text(
         policy,
         principal,
         max_events,
+        last_allowed: Cell::new(None),
     };
     // UTF-8 checked once for the whole body, not string by string as it is read.
     let body = std::str::from_utf8(body).ok()?;
@@ -77,6 +80,28 @@ struct Checks<'c> {
     policy: &'c PublishPolicy,
     principal: &'c Principal,
     max_events: usize,
+    /// The type the last event named, found and allowed: a batch's events are mostly of one
+    /// type, so most of them skip the catalog's and the policy's lookups.
+    last_allowed: Cell<Option<&'c Arc<SchemaVersion>>>,
+}
+
+impl<'c> Checks<'c> {
+    /// The newest schema of the event type `name`, if the principal may publish it.
+    fn allowed_type(&self, name: &str) -> Option<&'c Arc<SchemaVersion>> {
+        if let Some(schema) = self.last_allowed.get()
+            && schema.event_type == name
+        {
+            return Some(schema);
+        }
+        let schema = self.catalog.latest(name)?;
+        let allowed = self
+            .policy
+            .allows(&self.principal.roles, &schema.event_type, &schema.topic);
+        allowed.then(|| {
+            self.last_allowed.set(Some(schema));
+            schema
+        })
+    }
 }
 
 /// Any error of the text path: it only says "not here".
@@ -252,16 +277,7 @@ impl<'c, 'de> EventText<'c, 'de> {
         match member {
             Member::Type if self.schema.is_none() => {
                 let name: Cow<'de, str> = map.next_value::<Borrowed<'de>>()?.0;
-                let schema = checks.catalog.latest(&name).ok_or_else(not_here)?;
-                let allowed = checks.policy.allows(
-                    &checks.principal.roles,
-                    &schema.event_type,
-                    &schema.topic,
-                );
-                if !allowed {
-                    return Err(not_here());
-                }
-                self.schema = Some(schema);
+                self.schema = Some(checks.allowed_type(&name).ok_or_else(not_here)?);
             }
             Member::Data if self.data.is_none() => {
                 self.data = Some(match self.schema {
@@ -303,8 +319,8 @@ impl<'c, 'de> EventText<'c, 'de> {
             None => None,
         };
         let source = match self.source.flatten() {
-            None => DEFAULT_SOURCE.to_string(),
-            Some(s) if !s.is_empty() && s.len() <= MAX_SOURCE_LEN => s.into_owned(),
+            None => Cow::Borrowed(DEFAULT_SOURCE),
+            Some(s) if !s.is_empty() && s.len() <= MAX_SOURCE_LEN => Cow::Owned(s.into_owned()),
             Some(_) => return Err(not_here()),
         };
         Ok(Prepared {
@@ -525,14 +541,16 @@ fn validate_item(
         }
     };
     let source = match item.get("source") {
-        None | Some(Json::Null) => DEFAULT_SOURCE.to_string(),
-        Some(Json::String(s)) if !s.is_empty() && s.len() <= MAX_SOURCE_LEN => s.clone(),
+        None | Some(Json::Null) => Cow::Borrowed(DEFAULT_SOURCE),
+        Some(Json::String(s)) if !s.is_empty() && s.len() <= MAX_SOURCE_LEN => {
+            Cow::Owned(s.clone())
+        }
         Some(_) => {
             errors.push(field(
                 &format!("{at}/source"),
                 "expected a string of 1 to 100 characters",
             ));
-            String::new()
+            Cow::Borrowed("")
         }
     };
     let key_text = item["data"].get(&schema.key_field).and_then(Json::as_str);
