@@ -272,8 +272,8 @@ async fn main() {
         }
     }
     for (load, clients) in loads.iter().enumerate() {
-        let off_single = common::median(&single[load][0].clone());
-        let off_cpu = common::median(&cpu[load][0].clone());
+        let off_single = common::median(&single[load][0]);
+        let off_cpu = common::median(&cpu[load][0]);
         for (i, (name, _, _)) in running.iter().enumerate() {
             let rounds: Vec<String> = single[load][i].iter().map(|r| format!("{r:.0}")).collect();
             let s = common::median(&single[load][i]);
@@ -287,7 +287,7 @@ async fn main() {
             );
         }
     }
-    let off_batched = common::median(&batched[0].clone());
+    let off_batched = common::median(&batched[0]);
     for (i, (name, _, _)) in running.iter().enumerate() {
         let b = common::median(&batched[i]);
         println!(

@@ -160,13 +160,13 @@ async fn main() {
     );
     println!("|---|---|---|---|---|---|");
     let (single_off, batch_off) = (
-        common::median(&single_rates[0].clone()),
-        common::median(&batch_rates[0].clone()),
+        common::median(&single_rates[0]),
+        common::median(&batch_rates[0]),
     );
     for (k, (name, _)) in sides.iter().enumerate() {
         let (single, batch) = (
-            common::median(&single_rates[k].clone()),
-            common::median(&batch_rates[k].clone()),
+            common::median(&single_rates[k]),
+            common::median(&batch_rates[k]),
         );
         println!(
             "| {name} | {single:.0} ({}) | {:.1}% | {batch:.0} ({}) | {:.1}% | {} |",

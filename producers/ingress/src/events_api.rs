@@ -227,7 +227,7 @@ async fn publish(
     let (produce, producing) = trace.produce(prepared.len());
     let traceparent = produce.traceparent();
     let mut records = Vec::with_capacity(prepared.len());
-    let mut landed = Vec::with_capacity(prepared.len());
+    let mut accepted = Vec::with_capacity(prepared.len());
     // One envelope for the request, updated for each event: its strings keep their buffers.
     let mut envelope = Envelope {
         event_id: Uuid::nil(),
@@ -261,7 +261,7 @@ async fn publish(
         record
             .headers
             .push(("traceparent".into(), traceparent.as_bytes().to_vec()));
-        landed.push((event_id, event.schema));
+        accepted.push((event_id, event.schema));
         records.push(record);
     }
     let published = state.sink.publish(&records).await;
@@ -285,7 +285,7 @@ async fn publish(
             Problem::unavailable(format!("the event log refused the events ({reason})"), 5)
         }
     })?;
-    let placed = landed.iter().zip(&records).zip(&deliveries);
+    let placed = accepted.iter().zip(&records).zip(&deliveries);
     let body = answer::write(
         shape,
         placed.map(|(((event_id, schema), record), delivery)| Landed {
@@ -315,8 +315,10 @@ fn replay(stored: StoredResponse) -> Response {
 }
 
 /// A request's event ids (UUID v7) and the time it was received, from one reading of the
-/// clock. The ids come from one context for the process, held once per request rather than
-/// once per event, so they keep the order they were made in, as `Uuid::now_v7` keeps it.
+/// clock rather than one per event. The ids come from one context for all the ingress's
+/// events, locked once per request: they keep the order they were made in, as
+/// `Uuid::now_v7` keeps it, so an id's time is `received_at` or, when a request that read
+/// the clock later took the lock first, a moment after it.
 fn stamp(events: usize) -> (Vec<Uuid>, OffsetDateTime) {
     static IDS: Mutex<ContextV7> = Mutex::new(ContextV7::new());
     let now = OffsetDateTime::now_utc();
@@ -324,10 +326,10 @@ fn stamp(events: usize) -> (Vec<Uuid>, OffsetDateTime) {
         u64::try_from(now.unix_timestamp()).unwrap_or(0),
         now.nanosecond(),
     );
+    let mut ids = Vec::with_capacity(events);
     let context = IDS.lock().unwrap_or_else(PoisonError::into_inner);
-    let ids = (0..events)
-        .map(|_| Uuid::new_v7(Timestamp::from_unix(&*context, seconds, nanos)))
-        .collect();
+    ids.extend((0..events).map(|_| Uuid::new_v7(Timestamp::from_unix(&*context, seconds, nanos))));
+    drop(context);
     (ids, now)
 }
 
@@ -448,4 +450,23 @@ fn overloaded() -> Problem {
 fn parse_json(body: &[u8]) -> Result<Json, Problem> {
     serde_json::from_slice(body)
         .map_err(|err| Problem::bad_request(format!("the body is not valid JSON: {err}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_requests_ids_are_version_7_distinct_and_in_the_order_made() {
+        let (first, received_at) = stamp(100);
+        let (second, _) = stamp(100);
+        let ids: Vec<Uuid> = first.into_iter().chain(second).collect();
+        assert!(ids.iter().all(|id| id.get_version_num() == 7));
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
+        // Each id carries the time the request was received, to the millisecond, or later.
+        let (seconds, nanos) = ids[0].get_timestamp().unwrap().to_unix();
+        let millis = seconds as i128 * 1000 + nanos as i128 / 1_000_000;
+        assert!(millis >= received_at.unix_timestamp_nanos() / 1_000_000);
+        assert_eq!(stamp(0).0, Vec::<Uuid>::new());
+    }
 }

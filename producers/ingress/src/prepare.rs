@@ -689,6 +689,25 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_of_mixed_types_is_checked_event_by_event() {
+        // The type the event before named is remembered; each other type is looked up and
+        // its policy checked again.
+        let shipped = shipped(Some("o-1")).to_string();
+        let deleted = r#"{"type": "user.deleted", "key": "0190c2a0-7a3b-7cc1-9c1e-2f0d7b3a9e11",
+            "data": {"user_id": "0190c2a0-7a3b-7cc1-9c1e-2f0d7b3a9e11"}}"#;
+        let mixed = format!(r#"{{"events": [{shipped}, {deleted}, {shipped}]}}"#);
+        let (text, tree) = both(&["user", "service"], &mixed);
+        assert!(text.is_some());
+        assert_eq!(text, tree);
+        // A user may publish the orders' events but not the users': neither path takes the
+        // batch, though its first event alone would pass.
+        assert_eq!(both(&["user"], &mixed), (None, None));
+        let campaign = r#"{"type": "campaign.launched", "data": {}}"#;
+        let body = format!(r#"{{"events": [{shipped}, {campaign}]}}"#);
+        assert_eq!(both(&["user"], &body), (None, None));
+    }
+
+    #[test]
     fn where_no_event_is_allowed_neither_path_takes_one() {
         let principal = Principal {
             subject: "alice".into(),
