@@ -109,19 +109,19 @@ pub struct AppState {
 /// The Kafka name of each aggregate's topic, prefix and all, made once: a request names them
 /// for every event it carries.
 pub struct Topics {
-    prefix: String,
+    kafka: KafkaArgs,
     names: HashMap<String, Arc<str>>,
 }
 
 impl Topics {
-    pub fn new(prefix: &str, catalog: &Catalog) -> Self {
+    pub fn new(kafka: &KafkaArgs, catalog: &Catalog) -> Self {
         let names = catalog
             .topics()
             .into_iter()
-            .map(|topic| (topic.to_string(), format!("{prefix}{topic}").into()))
+            .map(|topic| (topic.to_string(), kafka.topic(topic).into()))
             .collect();
         Self {
-            prefix: prefix.to_string(),
+            kafka: kafka.clone(),
             names,
         }
     }
@@ -132,7 +132,7 @@ impl Topics {
             Some(name) => name.clone(),
             // Not reached while the names come from the catalog the events are checked
             // against; a name made here rather than a panic if a caller ever mixes catalogs.
-            None => format!("{}{aggregate}", self.prefix).into(),
+            None => self.kafka.topic(aggregate).into(),
         }
     }
 }
@@ -202,7 +202,7 @@ pub async fn connect(
     let codec = args.contract.codec(catalog, kafka).await?;
     let publisher = platform::kafka::Publisher::new(kafka, limits.publish_deadline)?;
     Ok(AppState {
-        topics: Topics::new(&kafka.topic_prefix, codec.catalog()),
+        topics: Topics::new(kafka, codec.catalog()),
         codec,
         policy: args.policy()?,
         auth,

@@ -104,6 +104,11 @@ impl<'c> Checks<'c> {
     }
 }
 
+/// Whether `source`, when an event names one, is 1 to `MAX_SOURCE_LEN` bytes.
+fn fits_source(source: &str) -> bool {
+    !source.is_empty() && source.len() <= MAX_SOURCE_LEN
+}
+
 /// Any error of the text path: it only says "not here".
 fn not_here<E: de::Error>() -> E {
     E::custom("left to the tree")
@@ -320,7 +325,7 @@ impl<'c, 'de> EventText<'c, 'de> {
         };
         let source = match self.source.flatten() {
             None => Cow::Borrowed(DEFAULT_SOURCE),
-            Some(s) if !s.is_empty() && s.len() <= MAX_SOURCE_LEN => Cow::Owned(s.into_owned()),
+            Some(s) if fits_source(&s) => Cow::Owned(s.into_owned()),
             Some(_) => return Err(not_here()),
         };
         Ok(Prepared {
@@ -542,9 +547,7 @@ fn validate_item(
     };
     let source = match item.get("source") {
         None | Some(Json::Null) => Cow::Borrowed(DEFAULT_SOURCE),
-        Some(Json::String(s)) if !s.is_empty() && s.len() <= MAX_SOURCE_LEN => {
-            Cow::Owned(s.clone())
-        }
+        Some(Json::String(s)) if fits_source(s) => Cow::Owned(s.clone()),
         Some(_) => {
             errors.push(field(
                 &format!("{at}/source"),

@@ -23,7 +23,7 @@ fn app(sink: Arc<MemorySink>) -> axum::Router {
     let auth = AuthArgs::hs256(SECRET);
     let catalog = Arc::new(Catalog::embedded().unwrap());
     let state = AppState {
-        topics: ingress::Topics::new("", &catalog),
+        topics: ingress::Topics::new(&Default::default(), &catalog),
         codec: Codec::new(catalog, WireFormat::SingleObject),
         policy: PublishPolicy::embedded(),
         auth: std::sync::Arc::new(Authenticator::from_args(&auth).unwrap()),
