@@ -102,7 +102,8 @@ async fn main() {
         .pool_max_idle_per_host(64)
         .build()
         .unwrap();
-    let token = common::token("bench", "user");
+    // The customer of every order: a user publishes only their own.
+    let token = common::token("alice", "user");
     let single = order(1).to_string();
     let batch = json!({"events": (0..100).map(order).collect::<Vec<_>>()}).to_string();
 

@@ -701,6 +701,7 @@ where
             "/healthz",
             axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
         )
+        .route("/readyz", axum::routing::get(consumer_ready))
         .route("/metrics", axum::routing::get(metrics));
     let router = Arc::new(Edge::new(edge, Some(verify)).await?).wrap(router)?;
     let listener = platform::http::bind(listen).with_context(|| format!("binding {listen}"))?;
@@ -712,6 +713,18 @@ where
     shutdown.cancel();
     consumer.await.context("consumer task")??;
     Ok(())
+}
+
+/// A consumer service is ready while every partition assigned to it is consumed.
+async fn consumer_ready() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let lost = platform::consumer::health::lost_partitions();
+    if lost.is_empty() {
+        axum::Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        let detail = format!("partitions no longer consumed: {}", lost.join(", "));
+        platform::problem::Problem::unavailable(detail, 5).into_response()
+    }
 }
 
 /// Runs a consumer; when it ends by itself (an error it cannot recover from) the whole

@@ -55,6 +55,8 @@ pub async fn herald(service: &str, env: &[(&str, &str)]) -> (Child, String) {
         // Benchmarks post far more than any one user may by default.
         .env("RATE_LIMIT_USER", "1000000000/1m")
         .env("RATE_LIMIT_ANONYMOUS", "1000000000/1m")
+        // Every client of a load is on this one address.
+        .env("MAX_CONNECTIONS_PER_ADDRESS", "1000000")
         .stdout(Stdio::piped())
         .kill_on_drop(true);
     for (key, value) in env {

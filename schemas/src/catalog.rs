@@ -14,6 +14,7 @@ use serde_json::{Value as Json, json};
 
 use crate::direct::{DataSeed, Plan};
 use crate::json::{self, Names};
+use crate::rules::{self, DataFacts, Owner, Rule};
 
 /// The 8-byte CRC-64-AVRO fingerprint of a wire schema's canonical form, as it appears in
 /// single-object encoding (little-endian).
@@ -44,6 +45,11 @@ pub struct SchemaVersion {
     pub(crate) names: Names,
     /// The data schema compiled for encoding JSON text directly.
     plan: Option<Plan>,
+    /// Whose an event of this type is (`herald.owner`); `None`: it changes another party's
+    /// state, and no `user` may publish it.
+    pub owner: Option<Owner>,
+    /// Domain rules its data keeps (`herald.rules`).
+    pub rules: Vec<&'static Rule>,
 }
 
 impl SchemaVersion {
@@ -73,6 +79,32 @@ impl SchemaVersion {
     /// [`DataSeed`]); `None` when this schema has no direct plan.
     pub fn data_seed<'a>(&'a self, out: &'a mut Vec<u8>) -> Option<DataSeed<'a>> {
         Some(self.plan.as_ref()?.seed(out))
+    }
+
+    /// Reads `avro`, this type's encoded data (from [`SchemaVersion::encode_json`] or
+    /// [`SchemaVersion::encode_value`]), for its owner and checks its domain rules; broken
+    /// rules are named by pointers under `base`.
+    pub fn check_data<'a>(
+        &'a self,
+        avro: &'a [u8],
+        base: &str,
+    ) -> Result<DataFacts<'a>, Vec<json::FieldError>> {
+        rules::check(
+            &self.data_schema,
+            &self.names,
+            self.owner.as_ref(),
+            &self.rules,
+            avro,
+            base,
+        )
+    }
+
+    /// The name of the data field that holds the owner's id, when there is one.
+    pub fn owner_field(&self) -> Option<&str> {
+        match &self.owner {
+            Some(Owner::Field(field)) => Some(field),
+            _ => None,
+        }
     }
 
     /// Appends the Avro binary of a value from [`SchemaVersion::validate`] to `out`.
@@ -281,6 +313,38 @@ fn load_version(
         .ok_or_else(|| invalid(file, "the herald attribute must name a key field".into()))?
         .to_string();
     let example = herald["example"].clone();
+    let owner = match &herald["owner"] {
+        Json::Null => None,
+        Json::String(owner) if owner == rules::ACTOR => Some(Owner::Actor),
+        Json::String(field) => Some(Owner::Field(field.clone())),
+        _ => {
+            return Err(invalid(
+                file,
+                "herald.owner must be a field's name or \"@actor\"".into(),
+            ));
+        }
+    };
+    let rules = match &herald["rules"] {
+        Json::Null => Vec::new(),
+        Json::Array(names) => names
+            .iter()
+            .map(|name| {
+                name.as_str().and_then(rules::rule).ok_or_else(|| {
+                    let known: Vec<&str> = rules::RULES.iter().map(|r| r.name).collect();
+                    invalid(
+                        file,
+                        format!("herald.rules: {name} is not a rule; rules are {known:?}"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(invalid(
+                file,
+                "herald.rules must be a list of rule names".into(),
+            ));
+        }
+    };
 
     let data_schema = Schema::parse(&payload_json).map_err(|err| {
         invalid(
@@ -297,6 +361,15 @@ fn load_version(
         .find(|f| f.name == key_field)
         .map(|f| &f.schema)
         .ok_or_else(|| invalid(file, format!("the key field {key_field:?} is not a field")))?;
+    if let Some(Owner::Field(owner)) = &owner {
+        let owner_schema = record.fields.iter().find(|f| &f.name == owner);
+        if !owner_schema.is_some_and(|f| matches!(f.schema, Schema::String | Schema::Uuid(_))) {
+            return Err(invalid(
+                file,
+                format!("the owner field {owner:?} must be a string or uuid field of the data"),
+            ));
+        }
+    }
     if !matches!(key_schema, Schema::String | Schema::Uuid(_)) {
         return Err(invalid(
             file,
@@ -335,16 +408,26 @@ fn load_version(
         data_schema,
         names,
         plan,
+        owner,
+        rules,
     };
-    version
+    let example_fails = |errors: Vec<json::FieldError>| {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        invalid(
+            file,
+            format!("the example does not validate: {}", list.join("; ")),
+        )
+    };
+    let value = version
         .validate(&version.example, "/example")
-        .map_err(|errors| {
-            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            invalid(
-                file,
-                format!("the example does not validate: {}", list.join("; ")),
-            )
-        })?;
+        .map_err(example_fails)?;
+    let mut encoded = Vec::new();
+    version
+        .encode_value(&value, &mut encoded)
+        .map_err(|err| invalid(file, format!("the example does not encode: {err}")))?;
+    version
+        .check_data(&encoded, "/example")
+        .map_err(example_fails)?;
     Ok(version)
 }
 

@@ -311,7 +311,9 @@ pub(crate) fn default_value(schema: &Schema, names: &Names, default: &Json) -> O
 
 const TIMESTAMP_HINT: &str = "expected an RFC 3339 timestamp like 2026-11-22T09:30:00Z";
 
-fn push_token(pointer: &mut String, token: &str) {
+/// Appends `token` to `pointer` as one reference token, escaped as RFC 6901 says (`~` as
+/// `~0`, `/` as `~1`), so a member named `a/b` is not read as two levels.
+pub fn push_token(pointer: &mut String, token: &str) {
     pointer.push('/');
     for c in token.chars() {
         match c {

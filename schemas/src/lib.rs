@@ -15,12 +15,14 @@ mod codec;
 mod direct;
 mod envelope;
 pub mod json;
+mod rules;
 
 pub use apache_avro::types::Value as AvroValue;
 pub use catalog::{Catalog, CatalogError, CompatibilityError, Fingerprint, SchemaVersion};
 pub use codec::{Codec, CodecError, Decoded, DecodedText, WireFormat};
 pub use direct::DataSeed;
 pub use envelope::Envelope;
+pub use rules::{DataFacts, Owner, Rule};
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/embedded.rs"));

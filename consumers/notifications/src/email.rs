@@ -52,12 +52,39 @@ pub enum EmailSetupError {
     },
 }
 
+/// A recipient's name as a header may carry it. lettre panics on some control characters in
+/// a mailbox's name (a CR or LF), so a name with any is refused here, ending that one
+/// delivery as failed instead of the partition's task.
+fn mailbox_name(name: &str) -> Result<String, SendError> {
+    if name.chars().any(char::is_control) {
+        return Err(SendError::Permanent(
+            "the recipient's name has control characters".into(),
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// A subject as a header may carry it: a template can bring user text with line breaks and
+/// other control characters into it; each becomes a space.
+fn subject_text(subject: &str) -> String {
+    subject
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 fn build(from: &Mailbox, email: &Email) -> Result<Message, SendError> {
+    if email.to.chars().any(char::is_control) {
+        return Err(SendError::Permanent(
+            "invalid recipient address: it has control characters".into(),
+        ));
+    }
     let address = email
         .to
         .parse()
         .map_err(|err| SendError::Permanent(format!("invalid recipient address: {err}")))?;
-    let to = Mailbox::new(email.to_name.clone(), address);
+    let name = email.to_name.as_deref().map(mailbox_name).transpose()?;
+    let to = Mailbox::new(name, address);
     let text = SinglePart::builder()
         .header(ContentType::TEXT_PLAIN)
         .body(email.text.clone());
@@ -72,9 +99,11 @@ fn build(from: &Mailbox, email: &Email) -> Result<Message, SendError> {
     let mut message = Message::builder()
         .from(from.clone())
         .to(to)
-        .subject(email.subject.clone())
+        .subject(subject_text(&email.subject))
         .message_id(Some(email.message_id.clone()));
-    if let Some(link) = &email.list_unsubscribe {
+    if let Some(link) = &email.list_unsubscribe
+        && !link.chars().any(char::is_control)
+    {
         message = message
             .raw_header(HeaderValue::new(
                 HeaderName::new_from_ascii_str("List-Unsubscribe"),
@@ -306,6 +335,46 @@ mod tests {
             "{raw}"
         );
         assert!(raw.contains("multipart/alternative"), "{raw}");
+    }
+
+    #[test]
+    fn hostile_names_subjects_and_addresses_fail_the_delivery_and_never_panic() {
+        let from = parse_from("no-reply@herald.localhost").unwrap();
+        let long = "x".repeat(1 << 20);
+        let hostile = [
+            "Eve\r\nBcc: x@evil.example",
+            "Eve\nBcc: x@evil.example",
+            "Eve\0",
+            "\u{1b}[31mred",
+            "\u{202e}evil\u{202c}",
+            "\u{7f}",
+            "\"quoted\" <a@b.c>",
+            long.as_str(),
+            "",
+        ];
+        for text in hostile {
+            let mut message = email("ok@example.com");
+            message.to_name = Some(text.to_string());
+            message.subject = format!("Welcome {text}");
+            let built = build(&from, &message);
+            if text.chars().any(char::is_control) {
+                assert!(
+                    matches!(built, Err(SendError::Permanent(_))),
+                    "{:?}",
+                    &text[..text.len().min(40)]
+                );
+            } else if let Ok(message) = built {
+                let raw = String::from_utf8_lossy(&message.formatted()).to_string();
+                assert!(!raw.contains("\nBcc:"), "a header was injected");
+            }
+            for to in [text, "a@b.c\r\nBcc: x@evil.example", "@", "a@"] {
+                assert!(
+                    build(&from, &email(to)).is_err(),
+                    "{:?}",
+                    &to[..to.len().min(40)]
+                );
+            }
+        }
     }
 
     #[test]

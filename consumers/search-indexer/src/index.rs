@@ -389,7 +389,9 @@ impl SearchIndex {
         Ok(true)
     }
 
-    /// Searches what the caller may see.
+    /// Searches what the caller may see. A query the index cannot run (`title:*` asks for a
+    /// field's existence, which only fast fields answer) is the caller's error, never the
+    /// server's.
     pub fn search(
         &self,
         request: &SearchRequest<'_>,
@@ -462,7 +464,7 @@ impl SearchIndex {
         }
         let query = BooleanQuery::new(clauses);
         let searcher = self.reader.searcher();
-        let unavailable = |e: tantivy::TantivyError| SearchError::Failed(e.to_string());
+        let unavailable = classify;
         let (top, total) = searcher
             .search(
                 &query,
@@ -533,6 +535,19 @@ impl SearchIndex {
     }
 }
 
+/// Who is at fault for an error from running a query: errors about the query's fields or
+/// arguments are the caller's (400), the rest the index's (503).
+fn classify(err: tantivy::TantivyError) -> SearchError {
+    use tantivy::TantivyError as E;
+    match err {
+        E::FieldNotFound(_)
+        | E::InvalidArgument(_)
+        | E::SchemaError(_)
+        | E::AggregationError(_) => SearchError::Query(format!("q cannot be run: {err}")),
+        other => SearchError::Failed(other.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use events::Envelope;
@@ -578,6 +593,59 @@ mod tests {
         };
         let page = index.search(&request, &caller).unwrap();
         page.items.into_iter().map(|hit| hit.title).collect()
+    }
+
+    #[test]
+    fn a_query_the_index_cannot_run_is_the_callers_error() {
+        let dir = std::env::temp_dir().join(format!("herald-index-{}", uuid::Uuid::new_v4()));
+        let index = SearchIndex::open(&dir).unwrap();
+        let alice = json!({"user_id": "u-1", "display_name": "Alice Liddell"});
+        index
+            .apply(&[event(("users", 0, 0), 100, "user.registered", alice)])
+            .unwrap();
+        index.commit().unwrap();
+        let long = "a ".repeat(5000);
+        let hostile = [
+            "title:*",
+            "body:*",
+            "*",
+            "nope:x",
+            "title:[a TO",
+            "\"unclosed",
+            "((((",
+            "a AND",
+            "title:a~9",
+            "\u{0}",
+            "\r\n",
+            "\u{202e}",
+            long.as_str(),
+            "IN [",
+            "-",
+            "+",
+            "^2",
+        ];
+        for q in hostile {
+            let request = SearchRequest {
+                q,
+                kind: None,
+                fields: &[],
+                limit: 10,
+                offset: 0,
+            };
+            let caller = Caller {
+                subject: "ops",
+                admin: false,
+            };
+            match index.search(&request, &caller) {
+                Ok(_) | Err(SearchError::Query(_)) => {}
+                Err(SearchError::Failed(reason)) => {
+                    panic!(
+                        "{:?} failed as the server's fault: {reason}",
+                        &q[..q.len().min(30)]
+                    )
+                }
+            }
+        }
     }
 
     #[test]

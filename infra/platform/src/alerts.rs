@@ -39,6 +39,12 @@ pub enum Alert {
         group: String,
         topic: String,
     },
+    /// A consumer's handler panicked on an event (retried, then dead-lettered): a bug to fix.
+    HandlerPanic {
+        /// The group as `herald dlq` takes it.
+        group: String,
+        topic: String,
+    },
 }
 
 impl Alert {
@@ -49,6 +55,7 @@ impl Alert {
             Alert::DeadLetter { group, topic, .. } => {
                 format!("dead letters of {group} from {topic}")
             }
+            Alert::HandlerPanic { group, topic } => format!("panics in {group} on {topic}"),
         }
     }
 
@@ -63,6 +70,10 @@ impl Alert {
             Alert::DeadLetter { group, topic } => format!(
                 "{group} dead-lettered an event from {topic}. \
                  `herald dlq list {group}` shows it and why; `herald dlq redrive {group}` after the fix"
+            ),
+            Alert::HandlerPanic { group, topic } => format!(
+                "{group} panicked handling an event from {topic}; it is retried, then dead-lettered. \
+                 The log line \"handler panicked\" has the message"
             ),
         }
     }

@@ -50,11 +50,23 @@ pub fn render() -> String {
     install().map(PrometheusHandle::render).unwrap_or_default()
 }
 
+/// A method as a label: the standard ones as they are, any other (a client can send any
+/// token as a method) as `_OTHER`, as OpenTelemetry's HTTP conventions do, so invented methods
+/// cannot grow the series without bound.
+pub fn method_label(method: &str) -> &str {
+    match method {
+        "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" | "TRACE" | "CONNECT" => {
+            method
+        }
+        _ => "_OTHER",
+    }
+}
+
 /// One HTTP request answered: `herald_http_requests_total{method, route, status}` and
 /// `herald_http_request_duration_seconds{method, route}`. The route is the router's pattern
 /// (`/api/v1/users/{id}`), never the path, so a label cannot take unbounded values.
 pub fn http_request(method: &str, route: &str, status: u16, seconds: f64) {
-    let (method, route) = (method.to_string(), route.to_string());
+    let (method, route) = (method_label(method).to_string(), route.to_string());
     metrics::counter!(
         "herald_http_requests_total",
         "method" => method.clone(),
@@ -68,4 +80,18 @@ pub fn http_request(method: &str, route: &str, status: u16, seconds: f64) {
         "route" => route
     )
     .record(seconds);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::method_label;
+
+    #[test]
+    fn invented_methods_fold_into_one_label() {
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!(method_label("PATCH"), "PATCH");
+        for odd in ["FOO", "get", "PROPFIND", "X\u{1}", ""] {
+            assert_eq!(method_label(odd), "_OTHER", "{odd:?}");
+        }
+    }
 }

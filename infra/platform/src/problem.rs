@@ -98,6 +98,12 @@ impl Problem {
         }
     }
 
+    /// The fields at fault, by JSON pointer.
+    pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
+        self.errors = errors;
+        self
+    }
+
     pub fn with_retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs);
         self
@@ -197,5 +203,76 @@ pub fn limit_param(value: Option<&str>, default: u32, max: u32) -> Result<u32, P
             .ok_or_else(|| {
                 Problem::bad_request(format!("limit must be a whole number from 1 to {max}"))
             }),
+    }
+}
+
+/// Whether a `Content-Type` names JSON: `application/json` or `application/<x>+json`, with
+/// or without parameters.
+pub fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|subtype| subtype.ends_with("+json"))
+}
+
+/// Middleware: a request that carries a body must say it is JSON, or it is answered 415.
+/// A browser sends `text/plain` and form bodies cross-site without asking the server first
+/// (no CORS preflight); refusing every other type means a page on another site cannot drive
+/// the API with a visitor's cookies or from their network.
+pub async fn json_bodies_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = request.headers();
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|len| len.as_bytes() != b"0");
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_json);
+    if has_body && !json {
+        return Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            "the body must be JSON: send Content-Type: application/json",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod json_tests {
+    use super::is_json;
+
+    #[test]
+    fn json_content_types_are_told_from_others() {
+        for yes in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            "application/merge-patch+json",
+        ] {
+            assert!(is_json(yes), "{yes}");
+        }
+        for no in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/jsonx",
+            "text/json",
+            "",
+        ] {
+            assert!(!is_json(no), "{no}");
+        }
     }
 }

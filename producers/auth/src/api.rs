@@ -8,6 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use platform::auth::Principal;
+use platform::edge::rate::Rate;
 use platform::problem::Problem;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -25,6 +26,49 @@ type Answer = Result<Response, Problem>;
 /// OTP verification: at most this many attempts per account in the window, from any IP.
 pub const OTP_ATTEMPTS: usize = 5;
 pub const OTP_WINDOW: Duration = Duration::from_secs(600);
+
+/// Counts an attempt on `route` against one target account (an email or a phone), whatever
+/// address or token it comes with; past `rate`, 429 with Retry-After. The target is stored
+/// as a digest, so the count holds no personal data.
+async fn limit_target(
+    state: &AuthState,
+    route: &str,
+    target: &str,
+    rate: Rate,
+) -> Result<(), Problem> {
+    let us = now_us();
+    let window = i64::try_from(rate.window.as_micros()).unwrap_or(i64::MAX);
+    let limit = usize::try_from(rate.count).unwrap_or(usize::MAX);
+    let (allowed, times) = state
+        .store
+        .hit_limit(
+            &digest(&format!("{route}:{target}")),
+            us,
+            us - window,
+            limit,
+        )
+        .await
+        .map_err(|e| store_error(&e))?;
+    if allowed {
+        return Ok(());
+    }
+    let oldest = times.first().copied().unwrap_or(us);
+    let retry = ((oldest + window - us).max(0) as u64)
+        .div_ceil(1_000_000)
+        .max(1);
+    metrics::counter!("herald_auth_limited_total", "route" => route.to_string()).increment(1);
+    Err(Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate-limited",
+        "Too many requests",
+        format!(
+            "at most {} attempts per {} s for one account; try again in {retry} s",
+            rate.count,
+            rate.window.as_secs()
+        ),
+    )
+    .with_retry_after(retry))
+}
 
 fn store_error(err: &StoreError) -> Problem {
     Problem::internal(err)
@@ -90,6 +134,7 @@ pub fn normalize_email(email: &str) -> Result<String, Problem> {
                 && !domain.starts_with('.')
                 && !domain.ends_with('.')
                 && !email.contains(char::is_whitespace)
+                && !email.contains(is_forbidden_char)
                 && domain.matches('@').count() == 0
         });
     if valid {
@@ -116,10 +161,23 @@ fn check_time_zone(zone: &str) -> Result<(), Problem> {
     }
 }
 
+/// Characters no free-text account field may hold: control characters (CR and LF split
+/// headers and log lines, NUL ends C strings) and the bidirectional overrides and isolates,
+/// which make a name display as something else than it is.
+fn is_forbidden_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 fn check_text(field: &str, value: &str, max: usize) -> Result<(), Problem> {
     let len = value.trim().chars().count();
     if len == 0 || len > max {
         return Err(invalid(field, format!("between 1 and {max} characters")));
+    }
+    if value.chars().any(is_forbidden_char) {
+        return Err(invalid(
+            field,
+            "control characters and bidirectional overrides are not allowed",
+        ));
     }
     Ok(())
 }
@@ -165,6 +223,13 @@ pub async fn register(State(state): State<Arc<AuthState>>, bytes: Bytes) -> Answ
     check_text("locale", &locale, 16)?;
     let time_zone = request.time_zone.unwrap_or_else(|| "UTC".into());
     check_time_zone(&time_zone)?;
+    limit_target(
+        &state,
+        "register",
+        &email,
+        state.settings.per_account.register,
+    )
+    .await?;
     if state
         .store
         .account_by_email(&email)
@@ -286,6 +351,7 @@ pub async fn login(State(state): State<Arc<AuthState>>, bytes: Bytes) -> Answer 
     let request: Login = body(&bytes)?;
     let refused = || Problem::unauthorized("wrong email or password");
     let email = normalize_email(&request.email).map_err(|_| refused())?;
+    limit_target(&state, "login", &email, state.settings.per_account.login).await?;
     let account = state
         .store
         .account_by_email(&email)
@@ -407,6 +473,7 @@ pub struct Forgot {
 pub async fn forgot_password(State(state): State<Arc<AuthState>>, bytes: Bytes) -> Answer {
     let request: Forgot = body(&bytes)?;
     let email = normalize_email(&request.email)?;
+    limit_target(&state, "forgot", &email, state.settings.per_account.forgot).await?;
     if let Some(account) = state
         .store
         .account_by_email(&email)
@@ -484,6 +551,13 @@ pub struct OtpRequest {
 pub async fn otp_request(State(state): State<Arc<AuthState>>, bytes: Bytes) -> Answer {
     let request: OtpRequest = body(&bytes)?;
     check_phone(&request.phone)?;
+    limit_target(
+        &state,
+        "otp-request",
+        &request.phone,
+        state.settings.per_account.otp_request,
+    )
+    .await?;
     if let Some(account) = state
         .store
         .account_by_phone(&request.phone)
@@ -878,8 +952,31 @@ mod tests {
             "a@.com",
             "a b@c.com",
             "a@b.com.",
+            "a\0@b.com",
+            "a\u{202e}@b.com",
         ] {
             assert!(normalize_email(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn free_text_with_control_characters_or_bidi_overrides_is_refused_with_its_pointer() {
+        for bad in [
+            "Eve\r\nBcc: x@evil.example",
+            "Eve\n",
+            "Eve\0",
+            "\u{1b}[31m",
+            "\u{7f}",
+            "\u{85}",
+            "a\u{202e}b",
+            "a\u{2066}b",
+        ] {
+            let err = check_text("display_name", bad, 100).err().unwrap();
+            assert_eq!(err.status, 422, "{bad:?}");
+            assert_eq!(err.errors[0].pointer, "/display_name");
+        }
+        for good in ["Eve", "Ève Ünïcødé", "李小龙", "O'Brien-Smith", "مرحبا"] {
+            assert!(check_text("display_name", good, 100).is_ok(), "{good}");
         }
     }
 

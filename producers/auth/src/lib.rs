@@ -31,6 +31,7 @@ use events::Catalog;
 use platform::auth::{AuthArgs, Authenticator, JwksSource};
 use platform::contract::ContractArgs;
 use platform::db::Database;
+use platform::edge::rate::Rate;
 use platform::kafka::{KafkaArgs, Publisher};
 use tokio::sync::Notify;
 
@@ -64,6 +65,23 @@ pub struct AccountsArgs {
         default_value = "http://localhost:8080/reset-password"
     )]
     pub password_reset_url: String,
+    /// Login attempts per account (email), from any address with any token: one account's
+    /// password is not guessed from many addresses.
+    #[arg(long, env = "LOGIN_LIMIT_PER_ACCOUNT", default_value = "10/10m")]
+    pub login_limit_per_account: Rate,
+    /// Sign-in codes texted per phone number: a phone is not flooded, nor SMS spent.
+    #[arg(long, env = "OTP_REQUEST_LIMIT_PER_PHONE", default_value = "3/10m")]
+    pub otp_request_limit_per_phone: Rate,
+    /// Password-reset links mailed per account.
+    #[arg(
+        long,
+        env = "PASSWORD_FORGOT_LIMIT_PER_ACCOUNT",
+        default_value = "3/10m"
+    )]
+    pub password_forgot_limit_per_account: Rate,
+    /// Registrations tried per email address.
+    #[arg(long, env = "REGISTER_LIMIT_PER_EMAIL", default_value = "5/10m")]
+    pub register_limit_per_email: Rate,
 }
 
 impl Default for AccountsArgs {
@@ -75,6 +93,10 @@ impl Default for AccountsArgs {
             otp_ttl_secs: 300,
             password_reset_ttl_minutes: 30,
             password_reset_url: "http://localhost:8080/reset-password".into(),
+            login_limit_per_account: "10/10m".parse().expect("a valid rate"),
+            otp_request_limit_per_phone: "3/10m".parse().expect("a valid rate"),
+            password_forgot_limit_per_account: "3/10m".parse().expect("a valid rate"),
+            register_limit_per_email: "5/10m".parse().expect("a valid rate"),
         }
     }
 }
@@ -85,6 +107,17 @@ pub struct Settings {
     pub reset_ttl: Duration,
     pub reset_url: String,
     pub key_lead: Duration,
+    /// Attempts per target account, by route.
+    pub per_account: PerAccount,
+}
+
+/// Limits per target account (see [`AccountsArgs`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PerAccount {
+    pub login: Rate,
+    pub otp_request: Rate,
+    pub forgot: Rate,
+    pub register: Rate,
 }
 
 /// Everything a request needs.
@@ -233,6 +266,12 @@ impl Service {
                 reset_ttl: Duration::from_secs(args.password_reset_ttl_minutes * 60),
                 reset_url: args.password_reset_url.clone(),
                 key_lead: Duration::from_secs(args.signing_key_lead_secs),
+                per_account: PerAccount {
+                    login: args.login_limit_per_account,
+                    otp_request: args.otp_request_limit_per_phone,
+                    forgot: args.password_forgot_limit_per_account,
+                    register: args.register_limit_per_email,
+                },
             },
             versions: versions::Versions::new(store, setup.redis_url).await?,
             keys: RwLock::new((Vec::new(), None)),
@@ -292,6 +331,9 @@ pub fn router(state: Arc<AuthState>) -> Router {
         .nest("/api/v1", v1())
         .with_state(state)
         .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(axum::middleware::from_fn(
+            platform::problem::json_bodies_only,
+        ))
         .layer(axum::middleware::map_response(
             platform::problem::problem_for_bare_errors,
         ))

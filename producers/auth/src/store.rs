@@ -464,6 +464,45 @@ impl SqlStore {
         Ok(result)
     }
 
+    /// Counts an attempt against `target` (a digest naming a route and an account) and
+    /// answers how many were made since `since`, this one included, and whether it is within
+    /// `limit`. A refused attempt is not counted, and attempts older than `since` are
+    /// forgotten. Attempts on one target are serialised (an advisory lock on PostgreSQL, the
+    /// single writer on SQLite), so concurrent ones cannot slip past the limit.
+    pub async fn hit_limit(
+        &self,
+        target: &str,
+        now: i64,
+        since: i64,
+        limit: usize,
+    ) -> Result<(bool, Vec<i64>), StoreError> {
+        let forget_sql = "DELETE FROM auth_limit_hits WHERE target = $1 AND at <= $2";
+        let times_sql = "SELECT at FROM auth_limit_hits WHERE target = $1 ORDER BY at";
+        let insert_sql = "INSERT INTO auth_limit_hits (target, at) VALUES ($1, $2)";
+        Ok(with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            if matches!(self.db, Database::Postgres(_)) {
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                    .bind(target)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            // The write first: on SQLite it takes the one write lock before the count.
+            sqlx::query(forget_sql).bind(target).bind(since).execute(&mut *tx).await?;
+            let mut times: Vec<i64> = sqlx::query_scalar(times_sql)
+                .bind(target)
+                .fetch_all(&mut *tx)
+                .await?;
+            let allowed = times.len() < limit;
+            if allowed {
+                sqlx::query(insert_sql).bind(target).bind(now).execute(&mut *tx).await?;
+                times.push(now);
+            }
+            tx.commit().await?;
+            (allowed, times)
+        }))
+    }
+
     /// Takes the live code for `purpose` if `code_hash` matches: a code works once.
     pub async fn take_code(
         &self,

@@ -24,6 +24,9 @@ pub async fn event_types(State(state): State<Arc<AppState>>) -> Json<Value> {
                 "key_field": v.key_field,
                 "doc": v.doc,
                 "publish_roles": state.policy.allowed_roles(&v.event_type, &v.topic),
+                // Whose an event is: a `user` publishes only events whose owner is them.
+                "owner": v.owner.as_ref().map(events::Owner::as_str),
+                "rules": v.rules.iter().map(|rule| json!({"name": rule.name, "says": rule.says})).collect::<Vec<_>>(),
                 "schema": v.payload_json,
                 "example": v.example,
             })

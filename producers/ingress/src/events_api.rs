@@ -20,7 +20,7 @@ use crate::admission::Admitted;
 use crate::answer::{self, Landed};
 use crate::auth::Principal;
 use crate::idempotency::{Claim, Claimed, StoreError, StoredResponse};
-use crate::prepare::{Prepared, Shape, prepare, prepare_text};
+use crate::prepare::{Prepared, Shape, check_events, prepare, prepare_text};
 use crate::problem::Problem;
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +60,13 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
             (shape, prepared, Some(tree))
         }
     };
+    check_events(
+        shape,
+        &prepared,
+        (policy, &principal),
+        OffsetDateTime::now_utc(),
+        state.limits.occurred_at,
+    )?;
     if params.validate_only {
         let body = serde_json::json!({"valid": true, "events": prepared.len()});
         return Ok((StatusCode::OK, axum::Json(body)).into_response());

@@ -14,6 +14,7 @@ mod events_api;
 pub mod idempotency;
 pub mod policy;
 mod prepare;
+pub use prepare::TimeWindow;
 pub mod sink;
 
 /// Shared with every service's API; re-exported where the ingress first defined them.
@@ -73,6 +74,14 @@ pub struct IngressArgs {
     /// How long Idempotency-Key records are kept (hours).
     #[arg(long, env = "IDEMPOTENCY_TTL_HOURS", default_value_t = 24)]
     pub idempotency_ttl_hours: u64,
+    /// How far in the past an event's `occurred_at` may be, in days (older is refused with
+    /// 422): backfills fit, year 0000 does not.
+    #[arg(long, env = "OCCURRED_AT_MAX_AGE_DAYS", default_value_t = 3650)]
+    pub occurred_at_max_age_days: u64,
+    /// How far in the future an event's `occurred_at` may be, in seconds: the clock skew
+    /// allowed to clients.
+    #[arg(long, env = "OCCURRED_AT_MAX_AHEAD_SECS", default_value_t = 300)]
+    pub occurred_at_max_ahead_secs: u64,
     /// Publish policy file (TOML); the built-in one (producers/ingress/publish-policy.toml)
     /// when unset.
     #[arg(long, env = "PUBLISH_POLICY_FILE")]
@@ -90,6 +99,8 @@ pub struct Limits {
     pub publish_deadline: Duration,
     pub request_timeout: Duration,
     pub idempotency_ttl: Duration,
+    /// The window an event's `occurred_at` must fall in, around the time it is received.
+    pub occurred_at: TimeWindow,
 }
 
 /// Everything a request needs.
@@ -152,6 +163,10 @@ impl IngressArgs {
             publish_deadline: Duration::from_millis(self.publish_deadline_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             idempotency_ttl: Duration::from_secs(self.idempotency_ttl_hours * 3600),
+            occurred_at: TimeWindow {
+                before: Duration::from_secs(self.occurred_at_max_age_days.saturating_mul(86_400)),
+                after: Duration::from_secs(self.occurred_at_max_ahead_secs),
+            },
         }
     }
 
@@ -175,6 +190,8 @@ pub async fn connect(
     auth: Arc<Authenticator>,
 ) -> anyhow::Result<AppState> {
     let catalog = Arc::new(args.contract.catalog()?);
+    let policy = args.policy()?;
+    policy.check_owners(&catalog)?;
     let limits = args.limits();
     anyhow::ensure!(
         limits.publish_deadline < limits.request_timeout,
@@ -204,7 +221,7 @@ pub async fn connect(
     Ok(AppState {
         topics: Topics::new(kafka, codec.catalog()),
         codec,
-        policy: args.policy()?,
+        policy,
         auth,
         sink: Arc::new(publisher),
         store,
@@ -247,6 +264,11 @@ async fn readyz(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    let lost = platform::consumer::health::lost_partitions();
+    if !lost.is_empty() {
+        let detail = format!("partitions no longer consumed: {}", lost.join(", "));
+        return Problem::unavailable(detail, 5).into_response();
+    }
     if state.sink.ready().await {
         axum::Json(serde_json::json!({"status": "ready"})).into_response()
     } else {

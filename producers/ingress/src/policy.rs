@@ -42,7 +42,39 @@ impl PublishPolicy {
         let allowed = self.allowed_roles(event_type, topic);
         roles.iter().any(|role| allowed.contains(role))
     }
+
+    /// Whether a caller with `roles` publishes `event_type` only as a `user`, and so only on
+    /// their own behalf: no other role of theirs is allowed it.
+    pub fn only_as_user(&self, roles: &[String], event_type: &str, topic: &str) -> bool {
+        let allowed = self.allowed_roles(event_type, topic);
+        !roles
+            .iter()
+            .any(|role| role != USER && allowed.contains(role))
+    }
+
+    /// Refuses a policy that lets users publish an event type whose schema names no owner:
+    /// a user could then publish it on anyone's behalf.
+    pub fn check_owners(&self, catalog: &events::Catalog) -> Result<(), PolicyError> {
+        let unowned: Vec<&str> = catalog
+            .event_types()
+            .filter(|v| {
+                v.owner.is_none() && self.allowed_roles(&v.event_type, &v.topic).contains(USER)
+            })
+            .map(|v| v.event_type.as_str())
+            .collect();
+        if unowned.is_empty() {
+            Ok(())
+        } else {
+            Err(PolicyError(format!(
+                "users may publish {unowned:?}, whose schemas name no owner (herald.owner); \
+                 give them one or leave them to service and admin"
+            )))
+        }
+    }
 }
+
+/// The role that publishes only on its own behalf.
+pub const USER: &str = "user";
 
 #[cfg(test)]
 mod tests {
@@ -70,6 +102,20 @@ mod tests {
         assert!(!policy.allows(&roles(&["service"]), "campaign.launched", "campaigns"));
         assert!(policy.allows(&roles(&["service"]), "user.registered", "users"));
         assert!(!policy.allows(&roles(&["admin"]), "otp.requested", "otp"));
+    }
+
+    #[test]
+    fn users_publish_only_event_types_that_name_an_owner() {
+        let policy = PublishPolicy::embedded();
+        let catalog = events::Catalog::embedded().unwrap();
+        policy.check_owners(&catalog).unwrap();
+        assert!(!policy.allows(&roles(&["user"]), "order.shipped", "orders"));
+        let loose = PublishPolicy::parse("default = [\"user\"]").unwrap();
+        let err = loose.check_owners(&catalog).unwrap_err().to_string();
+        assert!(err.contains("order.shipped"), "{err}");
+        assert!(policy.only_as_user(&roles(&["user"]), "order.placed", "orders"));
+        assert!(!policy.only_as_user(&roles(&["user", "service"]), "order.placed", "orders"));
+        assert!(policy.only_as_user(&roles(&["user", "analyst"]), "order.placed", "orders"));
     }
 
     #[test]

@@ -32,6 +32,101 @@ pub struct Prepared {
     pub source: Cow<'static, str>,
 }
 
+/// How far before and after the time a request is received its events may have occurred.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWindow {
+    pub before: std::time::Duration,
+    pub after: std::time::Duration,
+}
+
+/// Refuses events whose `occurred_at` is outside `window` around `now` (422, naming each by
+/// its pointer): a timestamp far from now is a client's bug, and years such as 0000 or 9999
+/// are more than common readers of the topics (Python's datetime, JavaScript's Date) hold.
+fn check_occurred_at(
+    shape: Shape,
+    prepared: &[Prepared],
+    now: OffsetDateTime,
+    window: TimeWindow,
+) -> Result<(), Problem> {
+    let (earliest, latest) = (now - window.before, now + window.after);
+    let errors: Vec<FieldError> = prepared
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.occurred_at.is_some_and(|t| t < earliest || t > latest))
+        .map(|(i, _)| {
+            let at = match shape {
+                Shape::Single => "/occurred_at".to_string(),
+                Shape::Batch => format!("/events/{i}/occurred_at"),
+            };
+            field(
+                &at,
+                &format!(
+                    "must be within {} days before and {} s after the time of the request",
+                    window.before.as_secs() / 86_400,
+                    window.after.as_secs()
+                ),
+            )
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Problem::invalid(errors))
+    }
+}
+
+/// Checks what the contract asks of prepared events beyond their schemas, for the whole
+/// request (a batch is refused whole):
+/// - each event's domain rules (422, by pointer);
+/// - whose each event is: a caller publishing only as a `user` must be its owner (403 naming
+///   the owner field's pointer), so no one publishes on someone else's behalf;
+/// - `occurred_at` within `window` of `now` (422).
+pub fn check_events(
+    shape: Shape,
+    prepared: &[Prepared],
+    (policy, principal): (&PublishPolicy, &Principal),
+    now: OffsetDateTime,
+    window: TimeWindow,
+) -> Result<(), Problem> {
+    check_occurred_at(shape, prepared, now, window)?;
+    let mut broken = Vec::new();
+    let mut not_theirs = Vec::new();
+    for (i, event) in prepared.iter().enumerate() {
+        let schema = &event.schema;
+        let as_user = schema.owner_field().is_some()
+            && policy.only_as_user(&principal.roles, &schema.event_type, &schema.topic);
+        if schema.rules.is_empty() && !as_user {
+            continue;
+        }
+        let base = match shape {
+            Shape::Single => "/data".to_string(),
+            Shape::Batch => format!("/events/{i}/data"),
+        };
+        match schema.check_data(&event.data, &base) {
+            Err(errors) => broken.extend(errors),
+            Ok(facts) if as_user && facts.owner != Some(principal.subject.as_str()) => {
+                let owner = schema.owner_field().unwrap_or_default();
+                not_theirs.push(field(
+                    &pointer(&base, owner),
+                    "must be your own id (the token's subject): you may publish only your own events",
+                ));
+            }
+            Ok(_) => {}
+        }
+    }
+    if !broken.is_empty() {
+        return Err(Problem::invalid(broken));
+    }
+    if !not_theirs.is_empty() {
+        let detail = format!(
+            "{} of the events belong to someone else; nothing was published",
+            not_theirs.len()
+        );
+        return Err(Problem::forbidden(detail).with_errors(not_theirs));
+    }
+    Ok(())
+}
+
 /// Whether the body was one event or a batch: the response mirrors it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -379,7 +474,7 @@ pub fn prepare(
         Json::Object(object) if object.contains_key("events") => {
             if let Some(extra) = object.keys().find(|k| *k != "events") {
                 return Err(Problem::invalid(vec![field(
-                    &format!("/{extra}"),
+                    &pointer("", extra),
                     "unknown field",
                 )]));
             }
@@ -458,6 +553,13 @@ pub fn prepare(
     }
 }
 
+/// `base` followed by the member `name`, escaped (RFC 6901).
+fn pointer(base: &str, name: &str) -> String {
+    let mut pointer = base.to_string();
+    events::json::push_token(&mut pointer, name);
+    pointer
+}
+
 fn field(pointer: &str, message: &str) -> FieldError {
     FieldError {
         pointer: pointer.to_string(),
@@ -479,7 +581,7 @@ fn check_item(
         .filter(|k| !ITEM_FIELDS.contains(&k.as_str()))
         .map(|k| {
             field(
-                &format!("{at}/{k}"),
+                &pointer(at, k),
                 "unknown field; an event has type, key, data, occurred_at and source",
             )
         })
@@ -730,65 +832,65 @@ mod tests {
         let good = shipped(None).to_string();
         for (roles, body, tree_takes) in [
             // Refused by the tree, each for its own reason.
-            (&["user"][..], "{".to_string(), false),
-            (&["user"], "[]".to_string(), false),
+            (&["service"][..], "{".to_string(), false),
+            (&["service"], "[]".to_string(), false),
             (&["analyst"], good.clone(), false),
-            (&["user"], r#"{"events": []}"#.to_string(), false),
+            (&["service"], r#"{"events": []}"#.to_string(), false),
             (
-                &["user"],
+                &["service"],
                 format!(r#"{{"events": [{good}, {good}, {good}, {good}]}}"#),
                 false,
             ),
             (
-                &["user"],
+                &["service"],
                 format!(r#"{{"events": [{good}], "also": 1}}"#),
                 false,
             ),
-            (&["user"], format!(r#"{{"events": [{good}, 1]}}"#), false),
+            (&["service"], format!(r#"{{"events": [{good}, 1]}}"#), false),
             (
-                &["user"],
+                &["service"],
                 good.replace("order.shipped", "order.lost"),
                 false,
             ),
             (
-                &["user"],
+                &["service"],
                 good.replace("DHL", "")[..].replace(r#""carrier":"","#, ""),
                 false,
             ),
             (
-                &["user"],
+                &["service"],
                 good.replace(r#""type""#, r#""source":"","type""#),
                 false,
             ),
             (
-                &["user"],
+                &["service"],
                 good.replace(r#""type""#, r#""occurred_at":"now","type""#),
                 false,
             ),
             (
-                &["user"],
+                &["service"],
                 good.replace(r#""type""#, r#""key":"o-2","type""#),
                 false,
             ),
             (
-                &["user"],
+                &["service"],
                 good.replace(r#""type""#, r#""extra":1,"type""#),
                 false,
             ),
-            (&["user"], good.replace("o-1", ""), false),
+            (&["service"], good.replace("o-1", ""), false),
             // The same refusals with the type first, where the data is encoded as it is read.
             (
-                &["user"],
+                &["service"],
                 r#"{"type": "order.shipped", "data": {"order_id": "o-1"}}"#.to_string(),
                 false,
             ),
             (
-                &["user"],
+                &["service"],
                 r#"{"type": "order.shipped", "data": [1]}"#.to_string(),
                 false,
             ),
             (
-                &["user"],
+                &["service"],
                 r#"{"type": "order.shipped", "data": {"order_id": "o-1", "carrier": "DHL",
                 "shipped_at": "2026-11-22T09:30:00Z", "extra": 1}}"#
                     .to_string(),
@@ -817,12 +919,12 @@ mod tests {
                 true,
             ),
             (
-                &["user"],
+                &["service"],
                 good.replace(r#""type""#, r#""source":"a","source":"b","type""#),
                 true,
             ),
             (
-                &["user"],
+                &["service"],
                 format!(r#"{{"type": "order.shipped", {}"#, &good[1..]),
                 true,
             ),
@@ -844,18 +946,18 @@ mod tests {
 
     #[test]
     fn the_key_defaults_to_the_aggregate_id_and_must_match_it() {
-        let (shape, prepared) = run(&["user"], &shipped(None)).unwrap();
+        let (shape, prepared) = run(&["service"], &shipped(None)).unwrap();
         assert_eq!(shape, Shape::Single);
         assert_eq!(prepared[0].key, "o-1");
         assert_eq!(prepared[0].source, "api");
-        assert!(run(&["user"], &shipped(Some("o-1"))).is_ok());
+        assert!(run(&["service"], &shipped(Some("o-1"))).is_ok());
         let mut empty = shipped(None);
         empty["data"]["order_id"] = json!("");
         assert_eq!(
-            run(&["user"], &empty).unwrap_err().errors[0].pointer,
+            run(&["service"], &empty).unwrap_err().errors[0].pointer,
             "/data/order_id"
         );
-        let err = run(&["user"], &shipped(Some("o-2"))).unwrap_err();
+        let err = run(&["service"], &shipped(Some("o-2"))).unwrap_err();
         assert_eq!(err.errors[0].pointer, "/key");
     }
 
@@ -876,17 +978,19 @@ mod tests {
     #[test]
     fn batches_are_bounded_and_never_empty() {
         assert_eq!(
-            run(&["user"], &json!({"events": []})).unwrap_err().status,
+            run(&["service"], &json!({"events": []}))
+                .unwrap_err()
+                .status,
             422
         );
         let four = json!({"events": [shipped(None), shipped(None), shipped(None), shipped(None)]});
-        assert_eq!(run(&["user"], &four).unwrap_err().status, 413);
-        let (shape, prepared) = run(&["user"], &json!({"events": [shipped(None)]})).unwrap();
+        assert_eq!(run(&["service"], &four).unwrap_err().status, 413);
+        let (shape, prepared) = run(&["service"], &json!({"events": [shipped(None)]})).unwrap();
         assert_eq!((shape, prepared.len()), (Shape::Batch, 1));
-        assert_eq!(run(&["user"], &json!([1])).unwrap_err().status, 400);
+        assert_eq!(run(&["service"], &json!([1])).unwrap_err().status, 400);
         let extra = json!({"events": [shipped(None)], "also": 1});
         assert_eq!(
-            run(&["user"], &extra).unwrap_err().errors[0].pointer,
+            run(&["service"], &extra).unwrap_err().errors[0].pointer,
             "/also"
         );
     }

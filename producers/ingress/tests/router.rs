@@ -36,6 +36,10 @@ fn app(sink: Arc<MemorySink>) -> axum::Router {
             publish_deadline: Duration::from_millis(200),
             request_timeout: Duration::from_secs(5),
             idempotency_ttl: Duration::from_secs(3600),
+            occurred_at: ingress::TimeWindow {
+                before: Duration::from_secs(3650 * 86_400),
+                after: Duration::from_secs(300),
+            },
         },
         in_flight: ingress::admission::InFlight::new(1024 * 1024),
     };
@@ -66,7 +70,8 @@ async fn post(app: &axum::Router, key: &str, body: &Value) -> (u16, Value) {
 
 fn order() -> Value {
     json!({"type": "order.placed", "data": {"order_id": "o-1", "customer_id": "alice",
-        "items": [], "total_cents": 0, "currency": "EUR"}})
+        "items": [{"sku": "tea", "quantity": 2, "unit_price_cents": 450}], "total_cents": 900,
+        "currency": "EUR"}})
 }
 
 #[tokio::test]
@@ -111,5 +116,143 @@ async fn a_broker_away_answers_503_and_publishes_nothing() {
     let (status, problem) = post(&app, "k-2", &order()).await;
     assert_eq!(status, 503);
     assert_eq!(problem["type"], "urn:herald:problem:unavailable");
+    assert!(sink.records().is_empty());
+}
+
+#[tokio::test]
+async fn an_occurred_at_outside_its_window_is_refused_by_its_pointer_and_nothing_is_written() {
+    let sink = Arc::new(MemorySink::default());
+    let app = app(sink.clone());
+    for (n, at) in [
+        "0000-01-01T00:00:00Z",
+        "9999-12-31T23:59:59Z",
+        "1900-01-01T00:00:00Z",
+        "2999-01-01T00:00:00+01:00",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut event = order();
+        event["occurred_at"] = json!(at);
+        let (status, problem) = post(&app, &format!("single-{n}"), &event).await;
+        assert_eq!(status, 422, "{at}: {problem}");
+        assert_eq!(problem["errors"][0]["pointer"], "/occurred_at", "{problem}");
+        let batch = json!({"events": [order(), event]});
+        let (status, problem) = post(&app, &format!("batch-{n}"), &batch).await;
+        assert_eq!(status, 422, "{at}: {problem}");
+        assert_eq!(problem["errors"][0]["pointer"], "/events/1/occurred_at");
+    }
+    assert!(sink.records().is_empty(), "nothing is written");
+    let mut recent = order();
+    recent["occurred_at"] = json!("2026-01-01T00:00:00Z");
+    assert_eq!(post(&app, "recent", &recent).await.0, 202);
+}
+
+#[tokio::test]
+async fn member_names_in_error_pointers_are_escaped() {
+    let app = app(Arc::new(MemorySink::default()));
+    let mut event = order();
+    event["a/b~c"] = json!(1);
+    let (status, problem) = post(&app, "escaped-1", &event).await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["pointer"], "/a~1b~0c");
+    let batch = json!({"events": [order()], "x/y": 1});
+    let (_, problem) = post(&app, "escaped-2", &batch).await;
+    assert_eq!(problem["errors"][0]["pointer"], "/x~1y");
+    let batch = json!({"events": [event]});
+    let (_, problem) = post(&app, "escaped-3", &batch).await;
+    assert_eq!(problem["errors"][0]["pointer"], "/events/0/a~1b~0c");
+}
+
+/// An event of `schema` that belongs to `owner`, from the schema's example.
+fn owned_by(schema: &events::SchemaVersion, owner: &str) -> Value {
+    let mut data = schema.example.clone();
+    if let Some(field) = schema.owner_field() {
+        let uuid_owner = data[field]
+            .as_str()
+            .is_some_and(|id| uuid::Uuid::try_parse(id).is_ok());
+        data[field] = if uuid_owner {
+            json!(uuid::Uuid::new_v4().to_string())
+        } else {
+            json!(owner)
+        };
+    }
+    json!({"type": schema.event_type, "data": data})
+}
+
+#[tokio::test]
+async fn a_user_publishing_any_event_type_on_someone_elses_behalf_is_refused_and_nothing_is_written()
+ {
+    let sink = Arc::new(MemorySink::default());
+    let app = app(sink.clone());
+    let catalog = Catalog::embedded().unwrap();
+    let mut refused = 0;
+    for schema in catalog.event_types() {
+        // Always the publisher's own: the owner is the token's subject, stamped as actor.
+        if schema.owner == Some(events::Owner::Actor) {
+            continue;
+        }
+        let theirs = owned_by(schema, "mallory");
+        let (status, problem) = post(&app, &format!("one-{}", schema.event_type), &theirs).await;
+        assert_eq!(status, 403, "{}: {problem}", schema.event_type);
+        // A batch with one such event is refused whole.
+        let batch = json!({"events": [order(), theirs]});
+        let (status, problem) = post(&app, &format!("batch-{}", schema.event_type), &batch).await;
+        assert_eq!(status, 403, "{}: {problem}", schema.event_type);
+        refused += 1;
+    }
+    assert!(refused >= 8, "event types tried: {refused}");
+    assert!(sink.records().is_empty(), "nothing is written");
+    let (status, problem) = post(&app, "own", &order()).await;
+    assert_eq!(status, 202, "{problem}");
+}
+
+#[tokio::test]
+async fn the_refusal_names_the_owner_field_by_its_pointer() {
+    let app = app(Arc::new(MemorySink::default()));
+    let mut theirs = order();
+    theirs["data"]["customer_id"] = json!("bob");
+    let (status, problem) = post(&app, "pointer-1", &theirs).await;
+    assert_eq!(status, 403, "{problem}");
+    assert_eq!(problem["errors"][0]["pointer"], "/data/customer_id");
+    let batch = json!({"events": [order(), theirs]});
+    let (_, problem) = post(&app, "pointer-2", &batch).await;
+    assert_eq!(
+        problem["errors"][0]["pointer"],
+        "/events/1/data/customer_id"
+    );
+}
+
+#[tokio::test]
+async fn order_amounts_that_do_not_add_up_are_refused_on_both_paths() {
+    let sink = Arc::new(MemorySink::default());
+    let app = app(sink.clone());
+    let bad = [
+        (
+            json!([{"sku": "a", "quantity": -2, "unit_price_cents": 450}]),
+            -900,
+            "/data/items/0/quantity",
+        ),
+        (
+            json!([{"sku": "a", "quantity": 2, "unit_price_cents": -450}]),
+            -900,
+            "/data/items/0/unit_price_cents",
+        ),
+        (
+            json!([{"sku": "a", "quantity": 2, "unit_price_cents": 450}]),
+            1,
+            "/data/total_cents",
+        ),
+    ];
+    for (n, (items, total, pointer)) in bad.into_iter().enumerate() {
+        let mut event = order();
+        event["data"]["items"] = items;
+        event["data"]["total_cents"] = json!(total);
+        // In the schema's order with the type first (the text path), and sorted (the tree's
+        // order of members does not matter).
+        let (status, problem) = post(&app, &format!("amounts-{n}"), &event).await;
+        assert_eq!(status, 422, "{problem}");
+        assert_eq!(problem["errors"][0]["pointer"], pointer, "{problem}");
+    }
     assert!(sink.records().is_empty());
 }

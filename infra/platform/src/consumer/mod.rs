@@ -18,6 +18,7 @@
 //! rebalance the same events can arrive again.
 
 mod backoff;
+pub mod health;
 mod runner;
 mod worker;
 

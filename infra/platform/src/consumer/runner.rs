@@ -220,6 +220,8 @@ struct Slot {
     stop: CancellationToken,
     abort: CancellationToken,
     task: JoinHandle<()>,
+    /// The task ended while the partition was still assigned here (reported once).
+    lost: bool,
 }
 
 struct Context {
@@ -265,6 +267,7 @@ impl Context {
                 stop,
                 abort,
                 task,
+                lost: false,
             },
         );
         metrics::gauge!("herald_consumer_assigned_partitions", "group" => self.shared.dead_letters.group.clone())
@@ -341,6 +344,16 @@ impl Context {
     fn store_progress(&self, consumer: &BaseConsumer<Context>) {
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), slot) in self.slots().iter_mut() {
+            if !slot.lost && slot.task.is_finished() {
+                // Handler panics are caught in the task; this is a bug in the runtime itself.
+                // The partition no longer moves: say so where readiness is asked.
+                slot.lost = true;
+                let group = &self.shared.dead_letters.group;
+                tracing::error!(%group, %topic, partition, "a partition's worker stopped; the partition is not consumed");
+                metrics::counter!("herald_consumer_workers_lost_total", "group" => group.clone())
+                    .increment(1);
+                super::health::worker_lost(group, topic, *partition);
+            }
             let next = slot.progress.load(Ordering::Acquire);
             if next > slot.stored
                 && tpl
@@ -379,6 +392,9 @@ impl Context {
         let until = Instant::now() + self.deadline;
         let mut commit = TopicPartitionList::new();
         for ((topic, partition), slot) in stopping {
+            if slot.lost {
+                super::health::worker_gone(&self.shared.dead_letters.group, &topic, partition);
+            }
             let remaining = until.saturating_duration_since(Instant::now());
             let mut task = slot.task;
             let finished = self

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use events::Codec;
+use futures_util::FutureExt as _;
 use metrics::{Counter, Gauge, Histogram};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -59,8 +60,12 @@ enum Outcome {
     Rejected { reason: String, attempts: u32 },
 }
 
+/// Attempts at a batch whose handler panics before the panic counts as the events' fault.
+pub(super) const PANIC_ATTEMPTS: u32 = 3;
+
 struct Meters {
     processed: Counter,
+    panics: Counter,
     dead_lettered: Counter,
     retried: Counter,
     latency: Histogram,
@@ -76,6 +81,7 @@ impl Meters {
         ];
         Self {
             processed: metrics::counter!("herald_consumer_processed_total", &labels),
+            panics: metrics::counter!("herald_consumer_handler_panics_total", &labels),
             dead_lettered: metrics::counter!("herald_consumer_dead_lettered_total", &labels),
             retried: metrics::counter!("herald_consumer_retried_total", &labels),
             latency: metrics::histogram!("herald_consumer_handler_seconds", &labels),
@@ -265,10 +271,15 @@ impl Worker {
         loop {
             attempts += 1;
             let started = Instant::now();
+            // A panicking handler is a failure like any other: the task, and with it the
+            // partition, lives on.
+            let handled = std::panic::AssertUnwindSafe(self.shared.handler.handle(events));
             let result = tokio::select! {
                 biased;
                 () = self.abort.cancelled() => return Err(Aborted),
-                result = self.shared.handler.handle(events) => result,
+                result = handled.catch_unwind() => result.unwrap_or_else(|panic| {
+                    self.panicked(events, &*panic, attempts, meters)
+                }),
             };
             meters.latency.record(started.elapsed().as_secs_f64());
             match result {
@@ -298,6 +309,44 @@ impl Worker {
                     self.pause(wait).await?;
                 }
             }
+        }
+    }
+
+    /// What a handler's panic means: retried in place like a transient failure, up to
+    /// [`PANIC_ATTEMPTS`] attempts, then a rejection (a panic that repeats is the event's, and
+    /// goes to the dead-letter topic rather than holding the partition for good).
+    fn panicked(
+        &self,
+        events: &[Event],
+        panic: &(dyn std::any::Any + Send),
+        attempts: u32,
+        meters: &Meters,
+    ) -> Result<(), HandlerError> {
+        meters.panics.increment(1);
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_string());
+        tracing::error!(
+            topic = %self.topic,
+            partition = self.partition,
+            offset = events.first().map(|e| e.offset),
+            attempts,
+            %message,
+            "handler panicked"
+        );
+        if crate::alerts::enabled() {
+            crate::alerts::raise(crate::alerts::Alert::HandlerPanic {
+                group: self.shared.dead_letters.dlq_name.clone(),
+                topic: self.topic.clone(),
+            });
+        }
+        let reason = format!("the handler panicked: {message}");
+        if attempts >= PANIC_ATTEMPTS {
+            Err(HandlerError::Reject(reason))
+        } else {
+            Err(HandlerError::Retry(reason))
         }
     }
 

@@ -33,8 +33,10 @@ pub struct EdgeArgs {
     /// Requests per user (the token's subject).
     #[arg(long, env = "RATE_LIMIT_USER", default_value = "3000/1m")]
     pub rate_limit_user: Rate,
-    /// A route's own limit, per caller, e.g. `POST /api/v1/auth/login=5/10m`; repeat the
-    /// flag, or separate with `;` in the variable.
+    /// A route's own limit, per client address, e.g. `POST /api/v1/auth/login=5/10m`; repeat
+    /// the flag, or separate with `;` in the variable. The auth routes have built-in limits
+    /// (register 20/10m, login 30/10m, otp/request 10/10m, otp/verify 30/10m, password/forgot
+    /// 10/10m, password/reset 20/10m); one given here for the same route replaces its own.
     #[arg(
         long = "rate-limit-route",
         env = "RATE_LIMIT_ROUTES",
@@ -72,6 +74,18 @@ pub struct EdgeArgs {
     /// the process.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = crate::http::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// HTTP connections open at once from one client address (trusted proxies exempt); past
+    /// it a new one is closed at once, so one address cannot take every connection.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_ADDRESS", default_value_t = crate::http::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
+    pub max_connections_per_address: usize,
+    /// Seconds a new connection has to send its first request's start (or the HTTP/2
+    /// preface) before it is closed.
+    #[arg(long, env = "HANDSHAKE_TIMEOUT_SECS", default_value_t = 5)]
+    pub handshake_timeout_secs: u64,
+    /// Seconds a connection may stay open with no request under way (HTTP/1 kept alive,
+    /// HTTP/2) before it is closed.
+    #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 30)]
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for EdgeArgs {
@@ -87,6 +101,9 @@ impl Default for EdgeArgs {
             log_bodies: false,
             rate_limits_off: false,
             max_connections: crate::http::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: crate::http::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            handshake_timeout_secs: 5,
+            idle_timeout_secs: 30,
         }
     }
 }
@@ -96,9 +113,41 @@ impl EdgeArgs {
     pub fn serve_options(&self) -> crate::http::ServeOptions {
         crate::http::ServeOptions {
             max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
+            unlimited: self.trusted_proxies.clone(),
+            handshake_timeout: Duration::from_secs(self.handshake_timeout_secs.max(1)),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
             ..crate::http::ServeOptions::default()
         }
     }
+}
+
+/// Limits per client address on the routes that guess or spend something (passwords, codes,
+/// accounts, messages sent), on unless configured otherwise: counted per address whatever
+/// token comes with the request, so neither a token nor accounts made for the purpose buy
+/// more guesses. The auth service limits the same routes per target account as well.
+pub const DEFAULT_ROUTE_LIMITS: &[&str] = &[
+    "POST /api/v1/auth/register=20/10m",
+    "POST /api/v1/auth/login=30/10m",
+    "POST /api/v1/auth/otp/request=10/10m",
+    "POST /api/v1/auth/otp/verify=30/10m",
+    "POST /api/v1/auth/password/forgot=10/10m",
+    "POST /api/v1/auth/password/reset=20/10m",
+];
+
+/// The configured route limits, then each built-in one whose route none of them names.
+pub fn route_rates(configured: &[RouteRate]) -> Vec<RouteRate> {
+    let mut rates = configured.to_vec();
+    for default in DEFAULT_ROUTE_LIMITS {
+        let default: RouteRate = default.parse().expect("the built-in route limits parse");
+        if !rates
+            .iter()
+            .any(|r| r.method == default.method && r.path == default.path)
+        {
+            rates.push(default);
+        }
+    }
+    rates
 }
 
 /// A deprecated route and its dates.
@@ -167,8 +216,9 @@ pub struct Edge {
     auth: Option<Arc<Authenticator>>,
     anonymous: Limit,
     user: Limit,
-    /// One per `args.rate_limit_routes`, in the same order.
-    routes: Vec<Limit>,
+    /// The routes with limits of their own: those configured, and the built-in ones
+    /// ([`DEFAULT_ROUTE_LIMITS`]) not configured otherwise.
+    routes: Vec<(Limit, RouteRate)>,
 }
 
 /// A configured rate with the two RateLimit headers that never change for it, written once
@@ -217,10 +267,9 @@ impl Edge {
             auth,
             anonymous: Limit::new(args.rate_limit_anonymous),
             user: Limit::new(args.rate_limit_user),
-            routes: args
-                .rate_limit_routes
-                .iter()
-                .map(|r| Limit::new(r.rate))
+            routes: route_rates(&args.rate_limit_routes)
+                .into_iter()
+                .map(|r| (Limit::new(r.rate), r))
                 .collect(),
         })
     }
@@ -304,12 +353,10 @@ impl Edge {
     /// address even for signed-in callers, so accounts an attacker made for themself do not
     /// multiply, say, the login route's budget.
     fn limit_for(&self, method: &Method, route: &str, caller: &Caller) -> (&Limit, String) {
-        if let Some((own, limit)) = self
-            .args
-            .rate_limit_routes
+        if let Some((limit, own)) = self
+            .routes
             .iter()
-            .zip(&self.routes)
-            .find(|(r, _)| r.path == route && r.method == method.as_str())
+            .find(|(_, r)| r.path == route && r.method == method.as_str())
         {
             let key = format!(
                 "herald:rl:{}:{}:ip:{}",

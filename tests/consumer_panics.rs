@@ -1,0 +1,101 @@
+//! The consumer runtime never loses a partition to a panicking handler: the panic is caught,
+//! counted and retried, then the event goes to the dead-letter topic, and the partition goes
+//! on with the events after it. On a real broker.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use platform::consumer::{ConsumerArgs, Event, Handler, HandlerError, Runner, dlq_headers};
+use support::{TestIngress, token};
+
+/// Records the orders it handles; panics on one of them, every time.
+struct PanicsOn {
+    order: &'static str,
+    handled: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl Handler for PanicsOn {
+    async fn handle(&self, events: &[Event]) -> Result<(), HandlerError> {
+        for event in events {
+            let order = event.data["order_id"].as_str().unwrap_or_default();
+            assert_ne!(order, self.order, "the handler's bug");
+        }
+        let mut handled = self.handled.lock().unwrap();
+        handled.extend(
+            events
+                .iter()
+                .map(|e| e.data["order_id"].as_str().unwrap_or_default().to_string()),
+        );
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_handler_that_panics_on_one_event_dead_letters_it_and_the_partition_goes_on() {
+    let app = TestIngress::start_default().await;
+    let kafka = app.kafka.clone();
+    let writer = token("svc", &["service"]);
+    // One key, so one partition: two events before the bad one, two after.
+    let orders = ["o-1", "o-2", "o-panic", "o-3", "o-4"];
+    for order in orders {
+        let mut event = support::order(order);
+        event["key"] = "one-key".into();
+        let answer = app.post(&writer, &event).await;
+        assert_eq!(answer.status(), 202, "{order}");
+    }
+    let contract = platform::contract::ContractArgs::default();
+    let catalog = Arc::new(contract.catalog().unwrap());
+    let codec = Arc::new(contract.codec(catalog, &kafka).await.unwrap());
+    let handler = Arc::new(PanicsOn {
+        order: "o-panic",
+        handled: Mutex::new(Vec::new()),
+    });
+    let consumer = ConsumerArgs {
+        max_backoff_ms: 50,
+        ..ConsumerArgs::default()
+    };
+    let runner = Runner::new(
+        "panics",
+        vec![kafka.topic("orders")],
+        &kafka,
+        &consumer,
+        codec,
+        handler.clone(),
+    );
+    let dlq = runner.dead_letter_topic();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(runner.run(shutdown.clone()));
+
+    let until = Instant::now() + Duration::from_secs(60);
+    while handler.handled.lock().unwrap().len() < 4 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        *handler.handled.lock().unwrap(),
+        ["o-1", "o-2", "o-3", "o-4"],
+        "every other event, in order"
+    );
+    let letters = platform::kafka::read_to_end(&kafka, &[dlq], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1, "one dead letter");
+    let header = |name: &str| String::from_utf8(letters[0].header(name).unwrap().to_vec()).unwrap();
+    assert!(
+        header(dlq_headers::ERROR).contains("panicked")
+            && header(dlq_headers::ERROR).contains("the handler's bug"),
+        "{}",
+        header(dlq_headers::ERROR)
+    );
+    assert_eq!(header(dlq_headers::ATTEMPTS), "3");
+    assert!(
+        platform::consumer::health::lost_partitions().is_empty(),
+        "no partition lost"
+    );
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    app.stop().await;
+}
