@@ -297,6 +297,20 @@ pub fn dev_secret(args: &DevSecretArgs) -> anyhow::Result<SecretString> {
     Ok(SecretString::from(secret))
 }
 
+/// The sealing key of `herald up`: made on first use under the data folder, like the HS256
+/// secret, so the auth service that seals and the notifications service that opens agree.
+pub fn dev_sealing_key(data_dir: &Path) -> anyhow::Result<SecretString> {
+    let path = data_dir.join("sealing-key");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return Ok(SecretString::from(text.trim().to_string()));
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let key = platform::seal::SealingKey::generate();
+    write_private(&path, secrecy::ExposeSecret::expose_secret(&key))?;
+    Ok(key)
+}
+
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

@@ -293,6 +293,9 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
             "using the development HS256 secret of the data folder; `herald token` signs with it"
         );
     }
+    if defaults == Defaults::Development && args.ingress.contract.sealing_key.is_none() {
+        args.ingress.contract.sealing_key = Some(crate::dev_sealing_key(&args.store.data_dir)?);
+    }
     let listener =
         platform::http::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
     let local = listener.local_addr()?;

@@ -229,7 +229,7 @@ async fn accounts_sessions_and_forged_tokens() {
         .await
         .unwrap();
     assert_eq!(me["id"], alice_id.as_str());
-    let order = support::order("o-auth-1");
+    let order = support::order_of("o-auth-1", &alice_id);
     wait_for("the ingress to trust the auth service's key", || async {
         let status = post(&ingress.base, "/api/v1/events", &order, Some(&access))
             .await
@@ -530,7 +530,7 @@ async fn two_ingress_processes_sharing_redis_enforce_one_limit() {
     let b = HeraldProcess::start("ingress", &kafka, &database, &env).await;
     let user = format!("limited-{}", uuid::Uuid::new_v4().simple());
     let bearer = token(&user, &["user"]);
-    let order = support::order("o-limit");
+    let order = support::order_of("o-limit", &user);
     for i in 0..10 {
         let base = if i % 2 == 0 { &a.base } else { &b.base };
         let response = post(base, "/api/v1/events", &order, Some(&bearer)).await;
@@ -682,9 +682,10 @@ impl PausableRedis {
             ("RATE_LIMIT_USER", "1000/1m"),
         ];
         let ingress = HeraldProcess::start("ingress", &kafka, &database, &env).await;
+        // A service: it may publish any customer's orders, and is counted like a user.
         let bearer = token(
             &format!("{who}-{}", uuid::Uuid::new_v4().simple()),
-            &["user"],
+            &["service"],
         );
         (redis, ingress, bearer)
     }
@@ -717,7 +718,7 @@ async fn counters_sign_in_as_the_urls_user_and_use_its_database() {
     let response = post(
         &ingress.base,
         "/api/v1/events",
-        &support::order("o-signed-in"),
+        &support::order_of("o-signed-in", "signed-in"),
         Some(&bearer),
     )
     .await;

@@ -11,7 +11,12 @@ use async_trait::async_trait;
 use platform::consumer::{ConsumerArgs, Event, Handler, HandlerError, Runner, dlq_headers};
 use support::{TestIngress, token};
 
-/// Records the orders it handles; panics on one of them, every time.
+/// The first item's SKU: what tells the events of one order apart here.
+fn sku(event: &Event) -> &str {
+    event.data["items"][0]["sku"].as_str().unwrap_or_default()
+}
+
+/// Records the SKUs it handles; panics on one of them, every time.
 struct PanicsOn {
     order: &'static str,
     handled: Mutex<Vec<String>>,
@@ -21,15 +26,10 @@ struct PanicsOn {
 impl Handler for PanicsOn {
     async fn handle(&self, events: &[Event]) -> Result<(), HandlerError> {
         for event in events {
-            let order = event.data["order_id"].as_str().unwrap_or_default();
-            assert_ne!(order, self.order, "the handler's bug");
+            assert_ne!(sku(event), self.order, "the handler's bug");
         }
         let mut handled = self.handled.lock().unwrap();
-        handled.extend(
-            events
-                .iter()
-                .map(|e| e.data["order_id"].as_str().unwrap_or_default().to_string()),
-        );
+        handled.extend(events.iter().map(|e| sku(e).to_string()));
         Ok(())
     }
 }
@@ -39,19 +39,18 @@ async fn a_handler_that_panics_on_one_event_dead_letters_it_and_the_partition_go
     let app = TestIngress::start_default().await;
     let kafka = app.kafka.clone();
     let writer = token("svc", &["service"]);
-    // One key, so one partition: two events before the bad one, two after.
-    let orders = ["o-1", "o-2", "o-panic", "o-3", "o-4"];
-    for order in orders {
-        let mut event = support::order(order);
-        event["key"] = "one-key".into();
+    // One order, so one key and one partition: two events before the bad one, two after.
+    for sku in ["s-1", "s-2", "panic", "s-3", "s-4"] {
+        let mut event = support::order("o-panics");
+        event["data"]["items"][0]["sku"] = sku.into();
         let answer = app.post(&writer, &event).await;
-        assert_eq!(answer.status(), 202, "{order}");
+        assert_eq!(answer.status(), 202, "{sku}");
     }
     let contract = platform::contract::ContractArgs::default();
     let catalog = Arc::new(contract.catalog().unwrap());
     let codec = Arc::new(contract.codec(catalog, &kafka).await.unwrap());
     let handler = Arc::new(PanicsOn {
-        order: "o-panic",
+        order: "panic",
         handled: Mutex::new(Vec::new()),
     });
     let consumer = ConsumerArgs {
@@ -76,7 +75,7 @@ async fn a_handler_that_panics_on_one_event_dead_letters_it_and_the_partition_go
     }
     assert_eq!(
         *handler.handled.lock().unwrap(),
-        ["o-1", "o-2", "o-3", "o-4"],
+        ["s-1", "s-2", "s-3", "s-4"],
         "every other event, in order"
     );
     let letters = platform::kafka::read_to_end(&kafka, &[dlq], Duration::from_secs(30))

@@ -50,6 +50,9 @@ pub struct SchemaVersion {
     pub owner: Option<Owner>,
     /// Domain rules its data keeps (`herald.rules`).
     pub rules: Vec<&'static Rule>,
+    /// Fields that carry a live secret (`herald.sealed`): on the log they hold only a value
+    /// sealed for the service that delivers it (see `platform::seal`).
+    pub sealed: Vec<String>,
 }
 
 impl SchemaVersion {
@@ -92,8 +95,7 @@ impl SchemaVersion {
         rules::check(
             &self.data_schema,
             &self.names,
-            self.owner.as_ref(),
-            &self.rules,
+            (self.owner.as_ref(), &self.rules, &self.sealed),
             avro,
             base,
         )
@@ -361,6 +363,30 @@ fn load_version(
         .find(|f| f.name == key_field)
         .map(|f| &f.schema)
         .ok_or_else(|| invalid(file, format!("the key field {key_field:?} is not a field")))?;
+    let sealed: Vec<String> = match &herald["sealed"] {
+        Json::Null => Vec::new(),
+        Json::Array(names) => names
+            .iter()
+            .map(|name| {
+                let name = name.as_str().unwrap_or_default();
+                let field = record.fields.iter().find(|f| f.name == name);
+                if field.is_some_and(|f| matches!(f.schema, Schema::String)) {
+                    Ok(name.to_string())
+                } else {
+                    Err(invalid(
+                        file,
+                        format!("herald.sealed: {name:?} is not a string field of the data: only strings can be sealed"),
+                    ))
+                }
+            })
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(invalid(
+                file,
+                "herald.sealed must be a list of field names".into(),
+            ));
+        }
+    };
     if let Some(Owner::Field(owner)) = &owner {
         let owner_schema = record.fields.iter().find(|f| &f.name == owner);
         if !owner_schema.is_some_and(|f| matches!(f.schema, Schema::String | Schema::Uuid(_))) {
@@ -410,6 +436,7 @@ fn load_version(
         plan,
         owner,
         rules,
+        sealed,
     };
     let example_fails = |errors: Vec<json::FieldError>| {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();

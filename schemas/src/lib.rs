@@ -22,7 +22,7 @@ pub use catalog::{Catalog, CatalogError, CompatibilityError, Fingerprint, Schema
 pub use codec::{Codec, CodecError, Decoded, DecodedText, WireFormat};
 pub use direct::DataSeed;
 pub use envelope::Envelope;
-pub use rules::{DataFacts, Owner, Rule};
+pub use rules::{DataFacts, Owner, Rule, SEALED_PREFIX};
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/embedded.rs"));

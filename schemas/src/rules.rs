@@ -34,6 +34,10 @@ impl Owner {
 
 pub(crate) const ACTOR: &str = "@actor";
 
+/// How a sealed value begins (`platform::seal` writes and opens them; the contract only
+/// tells them apart from plain text).
+pub const SEALED_PREFIX: &str = "sealed:v1:";
+
 /// A domain rule: a name the schema refers to and the check it stands for.
 #[derive(Debug)]
 pub struct Rule {
@@ -67,8 +71,7 @@ pub struct DataFacts<'a> {
 pub(crate) fn check<'a>(
     schema: &'a Schema,
     names: &'a Names,
-    owner: Option<&Owner>,
-    rules: &[&'static Rule],
+    (owner, rules, sealed): (Option<&Owner>, &[&'static Rule], &[String]),
     avro: &'a [u8],
     base: &str,
 ) -> Result<DataFacts<'a>, Vec<FieldError>> {
@@ -90,6 +93,19 @@ pub(crate) fn check<'a>(
         _ => None,
     };
     let mut broken = Vec::new();
+    for field in sealed {
+        if record
+            .text(field)
+            .is_some_and(|value| !value.starts_with(SEALED_PREFIX))
+        {
+            broken.push((
+                format!("/{field}"),
+                "carries a live secret, and the log is kept for good: seal it with the sealing key \
+                 before publishing (see the README's security section)"
+                    .into(),
+            ));
+        }
+    }
     for rule in rules {
         (rule.check)(&record, &mut broken);
     }

@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 pub const SECRET: &str = "test-secret-of-at-least-thirty-two-bytes";
 /// Signs one-click unsubscribe links in the services the tests start.
 pub const UNSUBSCRIBE_SECRET: &str = "unsubscribe-secret-of-thirty-two-bytes";
+/// The key that seals live secrets in the tests' events (32 bytes, base64).
+pub const SEALING_KEY: &str = "dGVzdC1zZWFsaW5nLWtleS1vZi0zMi1ieXRlcy0hISE=";
 
 static BROKER: OnceCell<String> = OnceCell::const_new();
 
@@ -241,6 +243,13 @@ pub fn token(sub: &str, roles: &[&str]) -> String {
         Duration::from_secs(600),
     )
     .unwrap()
+}
+
+/// `order.placed` for `id`, placed by `customer` (a user may publish only their own).
+pub fn order_of(id: &str, customer: &str) -> serde_json::Value {
+    let mut event = order(id);
+    event["data"]["customer_id"] = customer.into();
+    event
 }
 
 pub fn order(id: &str) -> serde_json::Value {

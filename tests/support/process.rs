@@ -7,7 +7,10 @@ use platform::kafka::KafkaArgs;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::{SECRET, UNSUBSCRIBE_SECRET, client};
+use super::{SEALING_KEY, SECRET, UNSUBSCRIBE_SECRET, client};
+
+/// The built-in auth route limits, raised out of the way.
+pub const RELAXED_ROUTE_LIMITS: &str = "POST /api/v1/auth/register=100000/1m;POST /api/v1/auth/login=100000/1m;POST /api/v1/auth/otp/request=100000/1m;POST /api/v1/auth/otp/verify=100000/1m;POST /api/v1/auth/password/forgot=100000/1m;POST /api/v1/auth/password/reset=100000/1m";
 
 pub const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 
@@ -54,6 +57,14 @@ impl HeraldProcess {
             .env("HERALD_LISTEN", "127.0.0.1:0")
             .env("JWT_HS256_SECRET", SECRET)
             .env("NOTIFY_UNSUBSCRIBE_SECRET", UNSUBSCRIBE_SECRET)
+            .env("SEALING_KEY", SEALING_KEY)
+            // Tests drive many accounts from one address: the built-in auth limits are tested
+            // on their own (tests/hostile.rs); a test may set its own.
+            .env("RATE_LIMIT_ROUTES", RELAXED_ROUTE_LIMITS)
+            .env("LOGIN_LIMIT_PER_ACCOUNT", "100000/1m")
+            .env("OTP_REQUEST_LIMIT_PER_PHONE", "100000/1m")
+            .env("PASSWORD_FORGOT_LIMIT_PER_ACCOUNT", "100000/1m")
+            .env("REGISTER_LIMIT_PER_EMAIL", "100000/1m")
             .env("NOTIFY_PUBLIC_URL", "https://herald.test")
             .env("CONSUMER_SESSION_TIMEOUT_MS", "6000")
             .env("CONSUMER_MAX_BACKOFF_MS", "1000")

@@ -24,6 +24,7 @@ pub mod store;
 pub mod templates;
 pub mod unsubscribe;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,7 +37,9 @@ use platform::auth::Authenticator;
 use platform::consumer::{ConsumerArgs, Event, Handler, HandlerError, OrRetry, Runner};
 use platform::contract::ContractArgs;
 use platform::db::Database;
+use events::SchemaVersion;
 use platform::kafka::KafkaArgs;
+use platform::seal::SealingKey;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -173,6 +176,42 @@ pub struct Notifier {
     recipient_grace: Duration,
     max_attempts: i32,
     promotional_cap: i64,
+    opener: Opener,
+}
+
+/// Opens the sealed fields (live secrets: codes, links) of the events this service delivers,
+/// only in memory and only to render them: they are stored nowhere here.
+pub struct Opener {
+    pub key: Option<Arc<SealingKey>>,
+    /// The event types with sealed fields that some rule delivers.
+    pub sealed: HashMap<String, Arc<SchemaVersion>>,
+}
+
+impl Opener {
+    /// `events` with every sealed field opened; borrowed as they are when none has one. A
+    /// value that does not open (another key, tampered) rejects the batch, and the runtime
+    /// then finds and dead-letters the event at fault.
+    fn open<'a>(&self, events: &'a [Event]) -> Result<Cow<'a, [Event]>, HandlerError> {
+        if !events
+            .iter()
+            .any(|e| self.sealed.contains_key(&e.envelope.event_type))
+        {
+            return Ok(Cow::Borrowed(events));
+        }
+        let mut opened = events.to_vec();
+        for event in &mut opened {
+            let Some(schema) = self.sealed.get(&event.envelope.event_type) else {
+                continue;
+            };
+            let key = self
+                .key
+                .as_ref()
+                .ok_or_else(|| HandlerError::Reject("no sealing key to open the event".into()))?;
+            key.open_fields(schema, &mut event.data)
+                .map_err(|err| HandlerError::Reject(format!("a sealed field: {err}")))?;
+        }
+        Ok(Cow::Owned(opened))
+    }
 }
 
 /// Where messages leave: each channel's provider (none: that channel's deliveries are
@@ -191,6 +230,7 @@ impl Notifier {
         rules: Rules,
         templates: Templates,
         outlets: Outlets,
+        opener: Opener,
         args: &NotifyArgs,
     ) -> Self {
         let Outlets {
@@ -221,6 +261,7 @@ impl Notifier {
             recipient_grace: Duration::from_secs(args.recipient_grace_secs),
             max_attempts: args.max_attempts.max(1),
             promotional_cap: args.promotional_daily_cap,
+            opener,
         }
     }
 
@@ -634,6 +675,8 @@ fn now_us() -> i64 {
 #[async_trait]
 impl Handler for Notifier {
     async fn handle(&self, events: &[Event]) -> Result<(), HandlerError> {
+        let opened = self.opener.open(events)?;
+        let events: &[Event] = &opened;
         let changes: Vec<UserChange> = events
             .iter()
             .filter_map(|e| UserChange::from_event(&e.envelope.event_type, &e.data))
@@ -843,6 +886,21 @@ impl Service {
         topics.sort();
         topics.dedup();
         let store: Arc<dyn NotifyStore> = Arc::new(store::SqlStore::new(db).await?);
+        let sealed: HashMap<String, Arc<SchemaVersion>> = catalog
+            .event_types()
+            .filter(|v| !v.sealed.is_empty() && !rules.for_event(&v.event_type).is_empty())
+            .map(|v| (v.event_type.clone(), v.clone()))
+            .collect();
+        let opener = Opener {
+            key: if sealed.is_empty() {
+                None
+            } else {
+                Some(contract.sealing_key(
+                    "the notifications service opens the sealed codes and links it delivers",
+                )?)
+            },
+            sealed,
+        };
         let codec = Arc::new(contract.codec(catalog, kafka).await?);
         let live = Arc::new(LiveHub::default());
         let outlets = Outlets {
@@ -857,6 +915,7 @@ impl Service {
             rules,
             templates,
             outlets,
+            opener,
             args,
         ));
         let runner = Runner::new(NAME, topics, kafka, consumer, codec, handler.clone());

@@ -20,9 +20,26 @@ pub struct ContractArgs {
     /// and schemas are registered at start-up.
     #[arg(long, env = "SCHEMA_REGISTRY_URL", hide_env_values = true)]
     pub schema_registry_url: Option<String>,
+    /// The key that seals live secrets on the log (OTP codes, reset links): 32 bytes in
+    /// base64 (`openssl rand -base64 32`), or a file with SEALING_KEY_FILE. Needed by the
+    /// services that write them (auth) and deliver them (notifications), and by no other.
+    #[arg(long, env = "SEALING_KEY", hide_env_values = true)]
+    pub sealing_key: Option<secrecy::SecretString>,
 }
 
 impl ContractArgs {
+    /// The sealing key, required by a service that seals or opens (`who` says which, for
+    /// the message when it is missing).
+    pub fn sealing_key(&self, who: &str) -> anyhow::Result<Arc<crate::seal::SealingKey>> {
+        let text = self.sealing_key.as_ref().with_context(|| {
+            format!(
+                "SEALING_KEY (or SEALING_KEY_FILE) is not set: {who}; give the auth and \
+                 notifications services the same key (`openssl rand -base64 32`)"
+            )
+        })?;
+        Ok(Arc::new(crate::seal::SealingKey::from_base64(text)?))
+    }
+
     /// Loads the catalog: the built-in schemas, or those of --schemas-dir.
     pub fn catalog(&self) -> anyhow::Result<Catalog> {
         let Some(dir) = &self.schemas_dir else {

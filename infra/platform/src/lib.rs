@@ -27,6 +27,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod problem;
 pub mod registry;
+pub mod seal;
 pub mod secrets;
 pub mod shutdown;
 pub mod telemetry;

@@ -241,6 +241,7 @@ impl Service {
         )
         .await
         .context("creating the users and otp topics")?;
+        let sealing = contract.sealing_key("the auth service seals OTP codes and reset links")?;
         let codec = contract.codec(catalog.clone(), kafka).await?;
         let publisher = Publisher::new(kafka, Duration::from_secs(10))?;
         let relay = Relay::new(store.clone(), publisher);
@@ -256,7 +257,7 @@ impl Service {
         let state = AuthState {
             store: store.clone(),
             hasher: password::Hasher::new(),
-            writer: EventWriter::new(catalog, codec, &kafka.topic_prefix),
+            writer: EventWriter::new(catalog, codec, &kafka.topic_prefix, sealing),
             relay_wake: relay.wake.clone(),
             issuer,
             auth: Arc::new(authenticator),

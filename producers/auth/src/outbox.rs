@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use events::{Catalog, Codec, Envelope};
 use platform::kafka::{OutgoingRecord, Publisher};
+use platform::seal::SealingKey;
 use serde_json::Value as Json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +22,9 @@ pub struct EventWriter {
     catalog: Arc<Catalog>,
     codec: Codec,
     topic_prefix: String,
+    /// Seals the fields that carry live secrets before they are encoded (outbox rows are
+    /// copies of the log).
+    sealing: Arc<SealingKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,11 +40,17 @@ pub enum WriteError {
 pub const SOURCE: &str = "auth";
 
 impl EventWriter {
-    pub fn new(catalog: Arc<Catalog>, codec: Codec, topic_prefix: &str) -> Self {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        codec: Codec,
+        topic_prefix: &str,
+        sealing: Arc<SealingKey>,
+    ) -> Self {
         Self {
             catalog,
             codec,
             topic_prefix: topic_prefix.to_string(),
+            sealing,
         }
     }
 
@@ -57,8 +67,10 @@ impl EventWriter {
             .catalog
             .latest(event_type)
             .ok_or_else(|| WriteError::UnknownType(event_type.into()))?;
+        let mut data = data.clone();
+        self.sealing.seal_fields(schema, &mut data);
         let value = schema
-            .validate(data, "")
+            .validate(&data, "")
             .map_err(|errors| WriteError::Invalid {
                 event_type: event_type.into(),
                 // The field paths only: values may be secrets.
