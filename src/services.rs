@@ -466,6 +466,9 @@ pub async fn auth_service(args: AuthServiceArgs) -> anyhow::Result<()> {
         }
         None => {}
     }
+    // Serving, it sends codes and reset links: sealed, never in plain text on the log.
+    args.contract
+        .sealing_key("the auth service seals the OTP codes and reset links it sends")?;
     platform::metrics::install();
     let shutdown = platform::shutdown::on_signal();
     let listener =

@@ -107,9 +107,49 @@ async fn event_data(
             .into_iter()
             .map(|(_, d)| d)
             .find(|d| pick(d))
-            .map(|d| d.data)
+            .map(support::opened)
     })
     .await
+}
+
+/// Verifies the phone of the account signed in with `access`, as its owner does: the code
+/// texted to the phone comes back.
+async fn verify_phone(
+    base: &str,
+    kafka: &platform::kafka::KafkaArgs,
+    access: &str,
+    phone: &str,
+) -> Value {
+    let asked = post(
+        base,
+        "/api/v1/me/phone/verification",
+        &json!({}),
+        Some(access),
+    )
+    .await;
+    assert_eq!(asked.status(), StatusCode::ACCEPTED);
+    let code = texted(kafka, phone, "verify_phone").await;
+    post(
+        base,
+        "/api/v1/me/phone/verify",
+        &json!({"code": code}),
+        Some(access),
+    )
+    .await
+    .json()
+    .await
+    .unwrap()
+}
+
+/// The last code texted to `phone` for `purpose`, opened as the SMS sender opens it.
+async fn texted(kafka: &platform::kafka::KafkaArgs, phone: &str, purpose: &str) -> String {
+    event_data(kafka, "otp", |d| {
+        d.data["phone"] == phone && d.data["purpose"] == purpose
+    })
+    .await["code"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// A token like the auth service's, but with its payload changed after signing.
@@ -443,7 +483,16 @@ async fn the_sixth_otp_attempt_is_refused_from_any_ip() {
     )
     .await;
     let phone = unique_phone();
-    register(&auth.base, &unique_email("otp"), Some(&phone)).await;
+    let email = unique_email("otp");
+    register(&auth.base, &email, Some(&phone)).await;
+    let access = login(&auth.base, &email).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        verify_phone(&auth.base, &kafka, &access, &phone).await["phone_verified"],
+        true
+    );
     assert_eq!(
         status(
             &auth.base,
@@ -453,10 +502,7 @@ async fn the_sixth_otp_attempt_is_refused_from_any_ip() {
         .await,
         202
     );
-    let code = event_data(&kafka, "otp", |_| true).await["code"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let code = texted(&kafka, &phone, "login").await;
     let wrong = if code == "000000" { "111111" } else { "000000" };
     for attempt in 1..=5 {
         let response = client()
@@ -486,7 +532,13 @@ async fn the_sixth_otp_attempt_is_refused_from_any_ip() {
 
     // Another account is not affected, and a right code signs in once.
     let phone2 = unique_phone();
-    register(&auth.base, &unique_email("otp2"), Some(&phone2)).await;
+    let email2 = unique_email("otp2");
+    register(&auth.base, &email2, Some(&phone2)).await;
+    let access2 = login(&auth.base, &email2).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    verify_phone(&auth.base, &kafka, &access2, &phone2).await;
     post(
         &auth.base,
         "/api/v1/auth/otp/request",
@@ -494,10 +546,7 @@ async fn the_sixth_otp_attempt_is_refused_from_any_ip() {
         None,
     )
     .await;
-    let code2 = event_data(&kafka, "otp", |d| d.data["phone"] == phone2.as_str()).await["code"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let code2 = texted(&kafka, &phone2, "login").await;
     assert_eq!(
         status(
             &auth.base,
@@ -557,14 +606,17 @@ async fn two_ingress_processes_sharing_redis_enforce_one_limit() {
         );
     }
     // Another user has a budget of their own.
-    let other = token(
-        &format!("other-{}", uuid::Uuid::new_v4().simple()),
-        &["user"],
-    );
+    let other_user = format!("other-{}", uuid::Uuid::new_v4().simple());
+    let other = token(&other_user, &["user"]);
     assert_eq!(
-        post(&a.base, "/api/v1/events", &order, Some(&other))
-            .await
-            .status(),
+        post(
+            &a.base,
+            "/api/v1/events",
+            &support::order_of("o-limit", &other_user),
+            Some(&other)
+        )
+        .await
+        .status(),
         202
     );
     // At once, from both processes: hits counted together in one Redis call still get a
@@ -824,7 +876,13 @@ async fn route_limits_versions_deprecations_and_cors() {
         &kafka,
         &database,
         &[
-            ("RATE_LIMIT_ROUTES", "POST /api/v1/auth/login=3/10m"),
+            (
+                "RATE_LIMIT_ROUTES",
+                &format!(
+                    "POST /api/v1/auth/login=3/10m;{}",
+                    support::process::RELAXED_ROUTE_LIMITS
+                ),
+            ),
             ("DEPRECATED_ROUTES", "GET /api/v1/me=2026-12-01,2027-06-01"),
             ("CORS_ORIGINS", "https://app.example.com"),
             ("TRUSTED_PROXIES", "127.0.0.1"),
@@ -1117,14 +1175,13 @@ async fn canary_secrets_appear_in_no_log_and_no_payload_but_their_own() {
         204
     );
 
+    // Access tokens outlive the sessions revoked above (they expire on their own).
+    verify_phone(&base, &kafka, &access, &phone).await;
     assert_eq!(
         status(&base, "/api/v1/auth/otp/request", &json!({"phone": phone})).await,
         202
     );
-    let code = event_data(&kafka, "otp", |_| true).await["code"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let code = texted(&kafka, &phone, "login").await;
     let wrong_code = if code == "918273" { "918274" } else { "918273" };
     post(
         &base,
@@ -1239,13 +1296,11 @@ async fn canary_secrets_appear_in_no_log_and_no_payload_but_their_own() {
             .filter(|(_, p)| contains(p, secret))
             .map(|(t, _)| t.as_str())
             .collect();
-        let expected: &[&str] = match name {
-            // Where they belong: the code travels to the SMS sender, the link to the mailer.
-            "OTP" => &["otp"],
-            "reset link token" => &["users"],
-            _ => &[],
-        };
-        assert_eq!(holders, expected, "the {name} is in a payload");
+        // The code and the link travel sealed: only the notifications service opens them.
+        assert!(
+            holders.is_empty(),
+            "the {name} is in a payload of {holders:?}"
+        );
     }
 }
 
@@ -1361,4 +1416,85 @@ async fn a_signing_key_rotation_breaks_no_token() {
     );
     ingress.kill9().await;
     auth.kill9().await;
+}
+
+/// A second account registered with someone else's phone never signs in by code as them, and
+/// cannot make the phone its own: codes go to the account that verified the phone, and one
+/// verified phone belongs to one account.
+#[tokio::test]
+async fn a_second_account_with_someone_elses_phone_gets_neither_their_codes_nor_the_phone() {
+    let kafka = support::kafka(&support::brokers().await);
+    let database = support::audit::fresh_postgres().await;
+    let auth = HeraldProcess::start("auth", &kafka, &database, &[]).await;
+    let phone = unique_phone();
+    // Before anyone verifies it, the phone signs no one in.
+    let victim_email = unique_email("victim");
+    let victim = register(&auth.base, &victim_email, Some(&phone)).await;
+    assert_eq!(victim["phone_verified"], false);
+    let before = support::read(&kafka, "otp").await.len();
+    assert_eq!(
+        status(
+            &auth.base,
+            "/api/v1/auth/otp/request",
+            &json!({"phone": phone})
+        )
+        .await,
+        202
+    );
+    let victim_access = login(&auth.base, &victim_email).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    verify_phone(&auth.base, &kafka, &victim_access, &phone).await;
+    let sent: Vec<Value> = support::read(&kafka, "otp")
+        .await
+        .into_iter()
+        .skip(before)
+        .map(|(_, d)| d.data)
+        .collect();
+    assert!(
+        sent.iter().all(|d| d["purpose"] != "login"),
+        "a code went to an unverified phone: {sent:?}"
+    );
+
+    // The attacker registers with the same phone.
+    let attacker_email = unique_email("attacker");
+    let attacker = register(&auth.base, &attacker_email, Some(&phone)).await;
+    let attacker_id = attacker["id"].as_str().unwrap().to_string();
+    let attacker_access = login(&auth.base, &attacker_email).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A sign-in code for the phone is the victim's, never the attacker's.
+    assert_eq!(
+        status(
+            &auth.base,
+            "/api/v1/auth/otp/request",
+            &json!({"phone": phone})
+        )
+        .await,
+        202
+    );
+    let login_codes: Vec<Value> = support::read(&kafka, "otp")
+        .await
+        .into_iter()
+        .map(|(_, d)| d.data)
+        .filter(|d| d["purpose"] == "login")
+        .collect();
+    assert!(!login_codes.is_empty());
+    assert!(
+        login_codes.iter().all(|d| d["user_id"] == victim["id"]),
+        "{login_codes:?}"
+    );
+    // Even holding the code texted to the phone, the attacker cannot take the phone over.
+    let verified = verify_phone(&auth.base, &kafka, &attacker_access, &phone).await;
+    assert_eq!(verified["status"], 409, "{verified}");
+    let me: Value = get(&auth.base, "/api/v1/me", &attacker_access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["id"], attacker_id.as_str());
+    assert_eq!(me["phone_verified"], false);
+    auth.terminate().await;
 }

@@ -68,7 +68,8 @@ impl Drop for Stage {
 }
 
 /// A token for a load's clients, its subject new each time: rate limits count per subject
-/// (in Redis, shared with every other test's processes), and a load posts thousands.
+/// (in Redis, shared with every other test's processes), and a load posts thousands. Loads
+/// publish as a service, which may publish any customer's orders.
 fn loader(roles: &[&str]) -> String {
     support::token(&format!("load-{}", uuid::Uuid::new_v4().simple()), roles)
 }
@@ -169,7 +170,7 @@ async fn broker_killed_again_and_again_under_load_loses_no_acknowledged_event() 
     let cycles = if full() { 5 } else { 2 };
     let mut stage = Stage::start("kill").await;
     let ingress = stage.ingress("kill", &INGRESS).await;
-    let user = loader(&["user"]);
+    let user = loader(&["service"]);
     let load = Load::start(
         &ingress.base,
         &user,
@@ -203,7 +204,7 @@ async fn broker_paused_gets_503s_in_time_bounded_memory_and_recovery() {
     let pause = Duration::from_secs(if full() { 60 } else { 10 });
     let stage = Stage::start("pause").await;
     let ingress = stage.ingress("pause", &INGRESS).await;
-    let user = loader(&["user"]);
+    let user = loader(&["service"]);
     let load = Load::start(
         &ingress.base,
         &user,
@@ -263,7 +264,7 @@ async fn without_idempotence_retried_produces_write_duplicates_the_ledger_finds(
                 ],
             )
             .await;
-        let user = loader(&["user"]);
+        let user = loader(&["service"]);
         let load = Load::start(
             &ingress.base,
             &user,
@@ -814,7 +815,7 @@ async fn a_full_disk_under_load_loses_nothing_and_writes_nothing_twice() {
     let store = |name: &str| format!("sqlite://{}", disk.path.join(name).display());
     let ingress = HeraldProcess::start("ingress", &kafka, &store("ingress.db"), &INGRESS).await;
     let audit = HeraldProcess::start("audit-log", &kafka, &store("audit.db"), &[]).await;
-    let user = loader(&["user"]);
+    let user = loader(&["service"]);
     let load = Load::start(
         &ingress.base,
         &user,

@@ -88,7 +88,7 @@ async fn a_key_is_scoped_to_its_caller() {
         .post(app.url("/api/v1/events"))
         .bearer_auth(token("bob", &["user"]))
         .header("idempotency-key", &key)
-        .json(&order("o-2"))
+        .json(&support::order_of("o-2", "bob"))
         .send()
         .await
         .unwrap();

@@ -150,7 +150,8 @@ async fn the_actor_is_the_token_subject_whatever_the_body_says() {
 #[tokio::test]
 async fn every_invalid_field_is_named_and_a_bad_batch_publishes_nothing() {
     let app = start().await;
-    let user = token("alice", &["user"]);
+    // A service: order.shipped belongs to services and admins.
+    let user = token("alice", &["service"]);
     let batch = json!({"events": [
         order("fine"),
         {"type": "order.refunded", "data": {}},

@@ -628,14 +628,24 @@ async fn an_otp_is_texted_on_the_transactional_route_and_no_secret_reaches_the_l
     .await;
     let code = "731904";
     let user = Uuid::new_v4();
-    let otp = post(
-        &app,
-        &json!({"type": "otp.requested", "data": {
-            "user_id": user, "phone": "+15550100", "code": code, "purpose": "login",
-            "expires_at": "2026-11-22T10:05:00Z"
-        }}),
-    )
-    .await;
+    // In plain text, the ingress refuses it: a live secret never crosses the log unsealed.
+    let plain = json!({"type": "otp.requested", "data": {
+        "user_id": user, "phone": "+15550100", "code": code, "purpose": "login",
+        "expires_at": "2026-11-22T10:05:00Z"
+    }});
+    let refused = app.post(&token("svc", &["service"]), &plain).await;
+    assert_eq!(refused.status(), 422);
+    let refused: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(refused["errors"][0]["pointer"], "/data/code", "{refused}");
+    let mut sealed = plain.clone();
+    sealed["data"]["code"] = support::sealed("otp.requested", "code", code).into();
+    let otp = post(&app, &sealed).await;
+    // On the log, only the sealed code.
+    let payloads = app.read("otp").await;
+    assert!(payloads.iter().all(|(record, _)| {
+        let payload = record.payload.as_deref().unwrap_or_default();
+        !payload.windows(code.len()).any(|w| w == code.as_bytes())
+    }));
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while gateway.texted().is_empty() {
         assert!(std::time::Instant::now() < deadline, "no SMS");
@@ -1474,6 +1484,81 @@ async fn ios_devices_are_pushed_through_apns_and_an_ios_app_on_fcm_through_fcm()
     let sends = apns.sends();
     assert_eq!(sends.len(), 3, "{sends:?}");
     assert_eq!(sends[2]["device"], iphone);
+    let (status, _) = notifier.terminate().await;
+    assert!(status.success(), "{status}");
+    app.stop().await;
+}
+
+/// An event whose recipient is not known yet waits aside: the messages of everyone else in
+/// its partitions go on at once instead of after the recipient grace (60 s), and once the
+/// user is known each of its messages is sent, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_for_an_unknown_recipient_wait_aside_and_delay_no_one_else() {
+    let app = TestIngress::start_default().await;
+    let smtp = SmtpServer::start("parked").await;
+    let db = sqlite_url("parked");
+    let notifier = HeraldProcess::start(
+        "notifications",
+        &app.kafka,
+        &db,
+        &[("SMTP_URL", &smtp.url())],
+    )
+    .await;
+    let address = |user: Uuid| format!("p.{}@example.com", user.simple());
+    let known: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+    for user in &known {
+        post(&app, &registered(*user, &address(*user), "Known", "en")).await;
+    }
+    smtp.wait_for(known.len(), Duration::from_secs(60)).await;
+    let unknown = Uuid::new_v4();
+    let order = |n: usize, customer: Uuid| {
+        json!({"type": "order.placed", "data": {
+            "order_id": format!("o-parked-{n}-{}", customer.simple()), "customer_id": customer.to_string(),
+            "items": [{"sku": "tea-01", "quantity": 1, "unit_price_cents": 450}],
+            "total_cents": 450, "currency": "EUR"
+        }})
+    };
+    // 50 orders of the unknown user interleaved with 50 of known users, over every partition.
+    let events: Vec<Value> = (0..50)
+        .flat_map(|n| [order(n, unknown), order(n, known[n % known.len()])])
+        .collect();
+    let started = std::time::Instant::now();
+    let response = app.post(&publisher(), &json!({ "events": events })).await;
+    assert_eq!(response.status(), 202);
+    let received = smtp
+        .wait_for(known.len() + 50, Duration::from_secs(50))
+        .await;
+    let took = started.elapsed();
+    let counts = by_recipient(&received);
+    for user in &known {
+        assert_eq!(
+            counts.get(&address(*user)),
+            Some(&11),
+            "a welcome and 10 receipts"
+        );
+    }
+    assert!(
+        took < Duration::from_secs(30),
+        "the known users' receipts waited {took:?}"
+    );
+    assert_eq!(counts.get(&address(unknown)), None);
+    // Once the user is known, the parked orders run: each receipt once.
+    post(&app, &registered(unknown, &address(unknown), "Late", "en")).await;
+    let received = smtp
+        .wait_for(known.len() + 50 + 51, Duration::from_secs(60))
+        .await;
+    let counts = by_recipient(&received);
+    assert_eq!(
+        counts.get(&address(unknown)),
+        Some(&51),
+        "a welcome and 50 receipts"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        smtp.received().len(),
+        known.len() + 50 + 51,
+        "nothing twice"
+    );
     let (status, _) = notifier.terminate().await;
     assert!(status.success(), "{status}");
     app.stop().await;

@@ -49,7 +49,10 @@ pub async fn herald(service: &str, env: &[(&str, &str)]) -> (Child, String) {
         .env("JWT_HS256_SECRET", SECRET)
         .env("NOTIFY_UNSUBSCRIBE_SECRET", SECRET)
         .env("NOTIFY_PUBLIC_URL", "https://herald.test")
-        .env("SEALING_KEY", "YmVuY2gtc2VhbGluZy1rZXktb2YtMzItYnl0ZXMtISE=")
+        .env(
+            "SEALING_KEY",
+            "YmVuY2gtc2VhbGluZy1rZXktb2YtMzItYnl0ZXMtISE=",
+        )
         .env("RUST_LOG", "error")
         // Shared counters only where a benchmark asks for them.
         .env_remove("REDIS_URL")

@@ -245,6 +245,23 @@ pub fn token(sub: &str, roles: &[&str]) -> String {
     .unwrap()
 }
 
+/// `value` sealed with the tests' key, as a producer of `event_type` writes `field`.
+pub fn sealed(event_type: &str, field: &str, value: &str) -> String {
+    let key = SecretString::from(SEALING_KEY);
+    let key = platform::seal::SealingKey::from_base64(&key).expect("the tests' sealing key");
+    key.seal(event_type, field, value)
+}
+
+/// An event's data with its sealed fields opened, as the notifications service sees it.
+pub fn opened(decoded: events::Decoded) -> serde_json::Value {
+    let key = SecretString::from(SEALING_KEY);
+    let key = platform::seal::SealingKey::from_base64(&key).expect("the tests' sealing key");
+    let mut data = decoded.data;
+    key.open_fields(&decoded.written_with, &mut data)
+        .expect("sealed with the tests' key");
+    data
+}
+
 /// `order.placed` for `id`, placed by `customer` (a user may publish only their own).
 pub fn order_of(id: &str, customer: &str) -> serde_json::Value {
     let mut event = order(id);

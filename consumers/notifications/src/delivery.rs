@@ -218,8 +218,8 @@ pub enum Step {
     /// Record without sending.
     Skip { intent: Intent, reason: String },
     /// The recipient is not known yet (the users topic is behind this one): handle the
-    /// event again later.
-    Wait(String),
+    /// event again once they are, or once the grace has passed.
+    Wait { user_id: String },
 }
 
 /// The event, as planning needs it.
@@ -331,7 +331,7 @@ pub fn plan(
         } => {
             let Some(user) = record else {
                 if event.age < can.recipient_grace {
-                    return vec![Step::Wait(format!("user {user_id} is not known yet"))];
+                    return vec![Step::Wait { user_id }];
                 }
                 return skip_all(&user_id, Some(&user_id), "unknown user");
             };
@@ -613,7 +613,10 @@ mod tests {
     fn an_unknown_user_is_waited_for_then_skipped() {
         let r = rule(&[Channel::Email], Audience::User("user_id".into()));
         let unknown = || user("u-9", None, Preferences::default(), 0);
-        assert!(matches!(run(&r, unknown(), 5).as_slice(), [Step::Wait(_)]));
+        assert!(matches!(
+            run(&r, unknown(), 5).as_slice(),
+            [Step::Wait { .. }]
+        ));
         assert!(
             matches!(run(&r, unknown(), 61).as_slice(), [Step::Skip { reason, .. }] if reason == "unknown user")
         );
@@ -803,7 +806,7 @@ mod tests {
                 Step::Send { intent, .. } | Step::Skip { intent, .. } => {
                     intent.key.recipient.clone()
                 }
-                Step::Defer { .. } | Step::Wait(_) => panic!("{s:?}"),
+                Step::Defer { .. } | Step::Wait { .. } => panic!("{s:?}"),
             })
             .collect();
         assert_eq!(recipients, ["ops@example.com", "cfo@example.com"]);

@@ -14,6 +14,7 @@ pub mod apns;
 pub mod delivery;
 pub mod email;
 pub mod live;
+pub mod parked;
 pub mod preferences;
 pub mod provider;
 pub mod push;
@@ -32,12 +33,12 @@ use std::time::Duration;
 use tracing::Instrument as _;
 
 use async_trait::async_trait;
+use events::SchemaVersion;
 use futures_util::StreamExt;
 use platform::auth::Authenticator;
 use platform::consumer::{ConsumerArgs, Event, Handler, HandlerError, OrRetry, Runner};
 use platform::contract::ContractArgs;
 use platform::db::Database;
-use events::SchemaVersion;
 use platform::kafka::KafkaArgs;
 use platform::seal::SealingKey;
 use secrecy::{ExposeSecret, SecretString};
@@ -57,7 +58,7 @@ use crate::provider::SendError;
 use crate::push::{PushMessage, PushProvider};
 use crate::rules::{Audience, Category, Channel, ORDER_PLACED, Rule, Rules};
 use crate::sms::{Route, SmsProvider, SmsRoutes};
-use crate::store::{Begun, Claimed, NotifyStore, UserChange};
+use crate::store::{Begun, Claimed, NotifyStore, StoreError, UserChange};
 use crate::templates::{Rendered, Templates};
 use crate::unsubscribe::Unsubscribe;
 
@@ -340,7 +341,10 @@ impl Notifier {
     /// Carries out one decision; `Err` only for what must be tried again.
     async fn execute(&self, step: Step) -> Result<(), HandlerError> {
         match step {
-            Step::Wait(reason) => Err(HandlerError::Retry(reason)),
+            // The handler parks such events before any step runs.
+            Step::Wait { user_id } => Err(HandlerError::Retry(format!(
+                "user {user_id} is not known yet"
+            ))),
             Step::Defer {
                 intent,
                 to,
@@ -566,7 +570,8 @@ impl Notifier {
         })
     }
 
-    /// Sends deferred deliveries as they fall due, until `shutdown`. A transient failure
+    /// Sends deferred deliveries as they fall due, and runs parked events once their
+    /// recipient is known, until `shutdown`. A transient failure
     /// holds the delivery again (30 s, doubling); out of attempts it is dead. A claim whose
     /// outcome never came (a crash) is taken again after a minute and counted as repeated.
     pub async fn release_deferred(self: Arc<Self>, shutdown: CancellationToken) {
@@ -575,6 +580,9 @@ impl Notifier {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
+            }
+            if let Err(err) = self.release_parked().await {
+                tracing::warn!(%err, "releasing parked events failed");
             }
             let now = now_us();
             let claimed = match self.store.claim_due(now, now - 60_000_000, 100).await {
@@ -675,7 +683,28 @@ fn now_us() -> i64 {
 #[async_trait]
 impl Handler for Notifier {
     async fn handle(&self, events: &[Event]) -> Result<(), HandlerError> {
-        let opened = self.opener.open(events)?;
+        let waiting = self.apply(events).await?;
+        // Events for a recipient not known yet wait aside, so no one else's messages wait
+        // behind them (their deliveries are keyed by event, so a later run sends each once).
+        for (event, user_id) in waiting {
+            let parked = parked::Parked::of(event, &user_id);
+            self.store.park(&parked).await.or_retry()?;
+            metrics::counter!("herald_notifications_parked_total").increment(1);
+            tracing::info!(event_id = %event.envelope.event_id, "parked until its recipient is known");
+        }
+        Ok(())
+    }
+}
+
+impl Notifier {
+    /// Applies events: their changes to users and orders, and every delivery they call for.
+    /// Returns the events that wait for a recipient not known yet, none of whose deliveries
+    /// ran, with who they wait for.
+    async fn apply<'e>(
+        &self,
+        originals: &'e [Event],
+    ) -> Result<Vec<(&'e Event, String)>, HandlerError> {
+        let opened = self.opener.open(originals)?;
         let events: &[Event] = &opened;
         let changes: Vec<UserChange> = events
             .iter()
@@ -710,7 +739,9 @@ impl Handler for Notifier {
         // Promotional messages planned in this batch, per user (one per event and channel):
         // the cap counts them too.
         let mut promotional_planned: HashMap<String, HashSet<(Uuid, Channel)>> = HashMap::new();
-        for event in events {
+        let mut waiting = Vec::new();
+        for (index, event) in events.iter().enumerate() {
+            let mut event_steps = Vec::new();
             let occurred_at = event
                 .envelope
                 .occurred_at
@@ -755,8 +786,15 @@ impl Handler for Notifier {
                                 .insert((intent.key.event_id, intent.key.channel));
                         }
                     }
-                    steps.extend(planned);
+                    event_steps.extend(planned);
                 }
+            }
+            match event_steps.iter().find_map(|step| match step {
+                Step::Wait { user_id } => Some(user_id.clone()),
+                _ => None,
+            }) {
+                Some(user_id) => waiting.push((&originals[index], user_id)),
+                None => steps.extend(event_steps),
             }
         }
         // Every step runs, even when one fails: what was sent is recorded, so the retry of
@@ -766,7 +804,38 @@ impl Handler for Notifier {
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
-        results.into_iter().collect()
+        results.into_iter().collect::<Result<(), HandlerError>>()?;
+        Ok(waiting)
+    }
+
+    /// Runs parked events whose recipient is known now, or whose grace has passed (their
+    /// deliveries are then skipped as "unknown user"), and unparks them.
+    async fn release_parked(&self) -> Result<(), StoreError> {
+        let expired =
+            now_us() - i64::try_from(self.recipient_grace.as_micros()).unwrap_or(i64::MAX);
+        for parked in self.store.parked_ready(expired, 100).await? {
+            let event = match parked.event() {
+                Ok(event) => event,
+                Err(err) => {
+                    tracing::error!(event_id = %parked.event_id, %err, "a parked event is unreadable; dropped");
+                    self.store.unpark(&parked.event_id).await?;
+                    continue;
+                }
+            };
+            match self.apply(std::slice::from_ref(&event)).await {
+                Ok(waiting) if waiting.is_empty() => self.store.unpark(&parked.event_id).await?,
+                Ok(_) => {}
+                Err(HandlerError::Retry(reason)) => {
+                    tracing::warn!(event_id = %parked.event_id, %reason, "a parked event failed; it stays parked");
+                }
+                Err(HandlerError::Reject(reason)) => {
+                    tracing::error!(event_id = %parked.event_id, %reason, "a parked event cannot be applied; dropped");
+                    metrics::counter!("herald_notifications_parked_rejected_total").increment(1);
+                    self.store.unpark(&parked.event_id).await?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::delivery::{DeliveryKey, Intent, PromotionalHistory, Status};
+use crate::parked::Parked;
 use crate::preferences::Preferences;
 use crate::rules::{Category, Channel};
 
@@ -220,6 +221,13 @@ pub trait NotifyStore: Send + Sync {
         detail: &str,
         now_us: i64,
     ) -> Result<(), StoreError>;
+    /// Sets an event aside until its recipient is known (once: parking it again keeps the
+    /// first).
+    async fn park(&self, parked: &Parked) -> Result<(), StoreError>;
+    /// Parked events that may run now: their user is known, or they were received before
+    /// `expired_us`; at most `limit`, oldest first.
+    async fn parked_ready(&self, expired_us: i64, limit: u32) -> Result<Vec<Parked>, StoreError>;
+    async fn unpark(&self, event_id: &str) -> Result<(), StoreError>;
     /// Newest first.
     async fn list(
         &self,
@@ -290,6 +298,56 @@ fn now_us() -> i64 {
 
 #[async_trait]
 impl NotifyStore for SqlStore {
+    async fn park(&self, parked: &Parked) -> Result<(), StoreError> {
+        with_pool!(&self.db, pool => {
+            sqlx::query(
+                "INSERT INTO notify_parked (event_id, user_id, received_at_us, event) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING",
+            )
+            .bind(&parked.event_id)
+            .bind(&parked.user_id)
+            .bind(parked.received_at_us)
+            .bind(&parked.event)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    async fn parked_ready(&self, expired_us: i64, limit: u32) -> Result<Vec<Parked>, StoreError> {
+        let rows: Vec<(String, String, i64, String)> = with_pool!(&self.db, pool => {
+            sqlx::query_as(
+                "SELECT p.event_id, p.user_id, p.received_at_us, p.event FROM notify_parked p \
+                 WHERE p.received_at_us < $1 \
+                 OR EXISTS (SELECT 1 FROM notify_users u WHERE u.user_id = p.user_id) \
+                 ORDER BY p.received_at_us LIMIT $2",
+            )
+            .bind(expired_us)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(event_id, user_id, received_at_us, event)| Parked {
+                event_id,
+                user_id,
+                received_at_us,
+                event,
+            })
+            .collect())
+    }
+
+    async fn unpark(&self, event_id: &str) -> Result<(), StoreError> {
+        with_pool!(&self.db, pool => {
+            sqlx::query("DELETE FROM notify_parked WHERE event_id = $1")
+                .bind(event_id)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
     async fn apply_users(&self, changes: &[UserChange]) -> Result<(), StoreError> {
         let at = now_us();
         with_pool!(&self.db, pool => {

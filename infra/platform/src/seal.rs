@@ -66,7 +66,8 @@ impl SealingKey {
         }
         let digest = Sha256::digest(raw);
         let id = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-        let key = UnboundKey::new(&AES_256_GCM, raw).map_err(|_| SealError::BadKey("a key AES-256 refuses".into()))?;
+        let key = UnboundKey::new(&AES_256_GCM, raw)
+            .map_err(|_| SealError::BadKey("a key AES-256 refuses".into()))?;
         Ok(Self {
             id,
             key: LessSafeKey::new(key),
@@ -100,7 +101,11 @@ impl SealingKey {
             .expect("AES-256-GCM seals any length a string has");
         let mut bytes = nonce.to_vec();
         bytes.extend_from_slice(&sealed);
-        format!("{SEALED_PREFIX}{}:{}", self.id, URL_SAFE_NO_PAD.encode(bytes))
+        format!(
+            "{SEALED_PREFIX}{}:{}",
+            self.id,
+            URL_SAFE_NO_PAD.encode(bytes)
+        )
     }
 
     /// Opens what [`SealingKey::seal`] sealed for the same event type and field.
@@ -169,7 +174,10 @@ mod tests {
         let sealed = key.seal("otp.requested", "code", "482913");
         assert!(sealed.starts_with(SEALED_PREFIX), "{sealed}");
         assert!(!sealed.contains("482913"));
-        assert_eq!(key.open("otp.requested", "code", &sealed).unwrap(), "482913");
+        assert_eq!(
+            key.open("otp.requested", "code", &sealed).unwrap(),
+            "482913"
+        );
         // Each sealing differs (a fresh nonce): equal codes cannot be told apart on the log.
         assert_ne!(sealed, key.seal("otp.requested", "code", "482913"));
         assert!(matches!(
@@ -194,7 +202,13 @@ mod tests {
     fn hostile_sealed_text_never_panics() {
         let key = key();
         let prefix = format!("{SEALED_PREFIX}{}:", key.id());
-        for body in ["", "A", "!!!!", "AAAAAAAAAAAAAAAAAAAAAAAAAAAA", &"A".repeat(100_000)] {
+        for body in [
+            "",
+            "A",
+            "!!!!",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            &"A".repeat(100_000),
+        ] {
             assert!(key.open("t.t", "f", &format!("{prefix}{body}")).is_err());
         }
         assert!(key.open("t.t", "f", SEALED_PREFIX).is_err());
@@ -203,7 +217,10 @@ mod tests {
     #[test]
     fn keys_of_the_wrong_size_or_alphabet_are_refused() {
         for bad in ["", "short", "not base64 at all!", &"A".repeat(44)] {
-            assert!(SealingKey::from_base64(&SecretString::from(bad.to_string())).is_err(), "{bad}");
+            assert!(
+                SealingKey::from_base64(&SecretString::from(bad.to_string())).is_err(),
+                "{bad}"
+            );
         }
     }
 }

@@ -188,6 +188,7 @@ fn profile_json(account: &Account) -> Json {
         "email": account.email,
         "display_name": account.display_name,
         "phone": account.phone,
+        "phone_verified": account.phone_verified_at.is_some(),
         "locale": account.locale,
         "time_zone": account.time_zone,
         "role": account.role,
@@ -255,6 +256,7 @@ pub async fn register(State(state): State<Arc<AuthState>>, bytes: Bytes) -> Answ
         created_at: us,
         updated_at: us,
         deleted_at: None,
+        phone_verified_at: None,
     };
     let event = state
         .writer
@@ -564,44 +566,167 @@ pub async fn otp_request(State(state): State<Arc<AuthState>>, bytes: Bytes) -> A
         .await
         .map_err(|e| store_error(&e))?
     {
-        let code = format!("{:06}", rand::random_range(0..1_000_000u32));
-        let at = now();
-        let us = micros(at);
-        let expires = us + state.settings.otp_ttl.as_micros() as i64;
-        let event = state
-            .writer
-            .record(
-                "otp.requested",
-                &account.id,
-                &account.id,
-                &json!({
-                    "user_id": account.id,
-                    "phone": request.phone,
-                    "code": code,
-                    "purpose": "login",
-                    "expires_at": rfc3339_us(expires),
-                }),
-                at,
-            )
-            .map_err(|e| Problem::internal(&e))?;
-        state
-            .store
-            .put_code(
-                &account.id,
-                "login",
-                &code_digest(&account.id, &code),
-                us,
-                expires,
-                &event,
-            )
-            .await
-            .map_err(|e| store_error(&e))?;
-        state.relay_wake.notify_one();
+        send_code(&state, &account, &request.phone, "login").await?;
     }
     Ok(json_response(
         StatusCode::ACCEPTED,
         &json!({"status": "if an account has this phone, a code is on its way"}),
     ))
+}
+
+/// Texts a new one-time code for `purpose` to `phone`: the code's digest is stored and the
+/// `otp.requested` event (the code sealed) queued in one transaction.
+async fn send_code(
+    state: &AuthState,
+    account: &Account,
+    phone: &str,
+    purpose: &str,
+) -> Result<(), Problem> {
+    let code = format!("{:06}", rand::random_range(0..1_000_000u32));
+    let at = now();
+    let us = micros(at);
+    let expires = us + state.settings.otp_ttl.as_micros() as i64;
+    let event = state
+        .writer
+        .record(
+            "otp.requested",
+            &account.id,
+            &account.id,
+            &json!({
+                "user_id": account.id,
+                "phone": phone,
+                "code": code,
+                "purpose": purpose,
+                "expires_at": rfc3339_us(expires),
+            }),
+            at,
+        )
+        .map_err(|e| Problem::internal(&e))?;
+    state
+        .store
+        .put_code(
+            &account.id,
+            purpose,
+            &code_digest(&account.id, &code),
+            us,
+            expires,
+            &event,
+        )
+        .await
+        .map_err(|e| store_error(&e))?;
+    state.relay_wake.notify_one();
+    Ok(())
+}
+
+/// Counts an OTP attempt on `account` (five per ten minutes, from any address): 429 past it.
+async fn otp_attempt(state: &AuthState, account: &Account) -> Result<(), Problem> {
+    let us = now_us();
+    let window = OTP_WINDOW.as_micros() as i64;
+    let (allowed, times) = state
+        .store
+        .record_attempt(&account.id, us, us - window, OTP_ATTEMPTS)
+        .await
+        .map_err(|e| store_error(&e))?;
+    if allowed {
+        return Ok(());
+    }
+    let oldest = times.first().copied().unwrap_or(us);
+    let wait_us = (oldest + window - us).max(0);
+    let retry = (wait_us as u64).div_ceil(1_000_000).max(1);
+    Err(Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "otp-attempts",
+        "Too many attempts",
+        format!("{OTP_ATTEMPTS} attempts in 10 minutes; try again in {retry} s"),
+    )
+    .with_retry_after(retry))
+}
+
+/// The account's phone, for verification.
+fn phone_of(account: &Account) -> Result<&str, Problem> {
+    account.phone.as_deref().ok_or_else(|| {
+        invalid(
+            "phone",
+            "the account has no phone: set one with PATCH /api/v1/me",
+        )
+    })
+}
+
+/// `POST /api/v1/me/phone/verification`: texts a code to the account's phone. The phone signs
+/// in by one-time code only once that code comes back (`POST /api/v1/me/phone/verify`).
+pub async fn phone_verification(State(state): State<Arc<AuthState>>, headers: HeaderMap) -> Answer {
+    let account = me_account(&state, &headers).await?;
+    let phone = phone_of(&account)?;
+    if account.phone_verified_at.is_some() {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "phone-verified",
+            "Already verified",
+            "this phone is verified already",
+        ));
+    }
+    limit_target(
+        &state,
+        "otp-request",
+        phone,
+        state.settings.per_account.otp_request,
+    )
+    .await?;
+    send_code(&state, &account, phone, "verify_phone").await?;
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({"status": "a code is on its way to the account's phone"}),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct PhoneVerify {
+    code: String,
+}
+
+/// `POST /api/v1/me/phone/verify`: the code texted by `/me/phone/verification` proves the phone
+/// is the account's. One verified phone belongs to one account: 409 if another has it.
+pub async fn phone_verify(
+    State(state): State<Arc<AuthState>>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Answer {
+    let account = me_account(&state, &headers).await?;
+    let request: PhoneVerify = body(&bytes)?;
+    let phone = phone_of(&account)?;
+    otp_attempt(&state, &account).await?;
+    let us = now_us();
+    let taken = state
+        .store
+        .take_code(
+            &account.id,
+            "verify_phone",
+            &code_digest(&account.id, request.code.trim()),
+            us,
+        )
+        .await
+        .map_err(|e| store_error(&e))?;
+    if !taken {
+        return Err(invalid("code", "wrong or expired code"));
+    }
+    let conflict = |detail: &str| {
+        Problem::new(
+            StatusCode::CONFLICT,
+            "phone-taken",
+            "Phone not verified",
+            detail.to_string(),
+        )
+    };
+    match state.store.verify_phone(&account.id, phone, us).await {
+        Ok(true) => {}
+        Ok(false) => return Err(conflict("the phone changed since the code was sent")),
+        Err(StoreError::PhoneTaken) => {
+            return Err(conflict("another account has verified this phone"));
+        }
+        Err(err) => return Err(store_error(&err)),
+    }
+    let account = me_account(&state, &headers).await?;
+    Ok(json_response(StatusCode::OK, &profile_json(&account)))
 }
 
 fn code_digest(account_id: &str, code: &str) -> String {
@@ -625,25 +750,8 @@ pub async fn otp_verify(State(state): State<Arc<AuthState>>, bytes: Bytes) -> An
         .await
         .map_err(|e| store_error(&e))?
         .ok_or_else(refused)?;
+    otp_attempt(&state, &account).await?;
     let us = now_us();
-    let window = OTP_WINDOW.as_micros() as i64;
-    let (allowed, times) = state
-        .store
-        .record_attempt(&account.id, us, us - window, OTP_ATTEMPTS)
-        .await
-        .map_err(|e| store_error(&e))?;
-    if !allowed {
-        let oldest = times.first().copied().unwrap_or(us);
-        let wait_us = (oldest + window - us).max(0);
-        let retry = (wait_us as u64).div_ceil(1_000_000).max(1);
-        return Err(Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "otp-attempts",
-            "Too many attempts",
-            format!("{OTP_ATTEMPTS} attempts in 10 minutes; try again in {retry} s"),
-        )
-        .with_retry_after(retry));
-    }
     if !state
         .store
         .take_code(

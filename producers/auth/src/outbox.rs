@@ -23,8 +23,8 @@ pub struct EventWriter {
     codec: Codec,
     topic_prefix: String,
     /// Seals the fields that carry live secrets before they are encoded (outbox rows are
-    /// copies of the log).
-    sealing: Arc<SealingKey>,
+    /// copies of the log); without it such events cannot be written.
+    sealing: Option<Arc<SealingKey>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,8 @@ pub enum WriteError {
     Invalid { event_type: String, errors: String },
     #[error("encoding {0}")]
     Encode(#[from] events::CodecError),
+    #[error("{0} carries a live secret, and SEALING_KEY is not set to seal it")]
+    NoSealingKey(String),
 }
 
 pub const SOURCE: &str = "auth";
@@ -44,7 +46,7 @@ impl EventWriter {
         catalog: Arc<Catalog>,
         codec: Codec,
         topic_prefix: &str,
-        sealing: Arc<SealingKey>,
+        sealing: Option<Arc<SealingKey>>,
     ) -> Self {
         Self {
             catalog,
@@ -68,7 +70,13 @@ impl EventWriter {
             .latest(event_type)
             .ok_or_else(|| WriteError::UnknownType(event_type.into()))?;
         let mut data = data.clone();
-        self.sealing.seal_fields(schema, &mut data);
+        if !schema.sealed.is_empty() {
+            let key = self
+                .sealing
+                .as_ref()
+                .ok_or_else(|| WriteError::NoSealingKey(event_type.into()))?;
+            key.seal_fields(schema, &mut data);
+        }
         let value = schema
             .validate(&data, "")
             .map_err(|errors| WriteError::Invalid {

@@ -10,6 +10,8 @@ use crate::tokens::StoredKey;
 pub enum StoreError {
     #[error("an account with this email exists")]
     EmailTaken,
+    #[error("another account has verified this phone")]
+    PhoneTaken,
     #[error("auth store: {0}")]
     Db(#[from] sqlx::Error),
     #[error("auth store migrations: {0}")]
@@ -29,6 +31,8 @@ pub struct Account {
     pub created_at: i64,
     pub updated_at: i64,
     pub deleted_at: Option<i64>,
+    /// When a code sent to `phone` came back; `None` while the phone is unverified.
+    pub phone_verified_at: Option<i64>,
 }
 
 /// An event to publish, already encoded.
@@ -70,7 +74,7 @@ struct RefreshRow {
     expires_at: i64,
 }
 
-const ACCOUNT_COLUMNS: &str = "id, email, password_hash, role, display_name, phone, locale, time_zone, created_at, updated_at, deleted_at";
+const ACCOUNT_COLUMNS: &str = "id, email, password_hash, role, display_name, phone, locale, time_zone, created_at, updated_at, deleted_at, phone_verified_at";
 
 pub struct SqlStore {
     db: Database,
@@ -167,11 +171,36 @@ impl SqlStore {
     /// The live account with this phone (the newest, should two share it).
     pub async fn account_by_phone(&self, phone: &str) -> Result<Option<Account>, StoreError> {
         let sql = format!(
-            "SELECT {ACCOUNT_COLUMNS} FROM auth_accounts WHERE phone = $1 AND deleted_at IS NULL ORDER BY created_at DESC LIMIT 1"
+            "SELECT {ACCOUNT_COLUMNS} FROM auth_accounts WHERE phone = $1 AND phone_verified_at IS NOT NULL AND deleted_at IS NULL"
         );
         Ok(with_pool!(&self.db, pool => {
             sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(phone).fetch_optional(pool).await?
         }))
+    }
+
+    /// Marks the account's phone verified, if it is still `phone`. `Ok(false)`: the phone
+    /// changed meanwhile. A phone another live account has verified is a conflict
+    /// ([`StoreError::PhoneTaken`]): one verified phone, one account.
+    pub async fn verify_phone(&self, id: &str, phone: &str, now: i64) -> Result<bool, StoreError> {
+        let done = with_pool!(&self.db, pool => {
+            sqlx::query(
+                "UPDATE auth_accounts SET phone_verified_at = $3, updated_at = $3 \
+                 WHERE id = $1 AND phone = $2 AND deleted_at IS NULL",
+            )
+            .bind(id)
+            .bind(phone)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        });
+        match done {
+            Ok(rows) => Ok(rows == 1),
+            Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
+                Err(StoreError::PhoneTaken)
+            }
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// Applies a profile change and queues its event, together.
@@ -186,6 +215,7 @@ impl SqlStore {
             let mut tx = pool.begin().await?;
             let done = sqlx::query(
                 "UPDATE auth_accounts SET display_name = COALESCE($2, display_name), \
+                 phone_verified_at = CASE WHEN $3 IS NULL OR $3 = phone THEN phone_verified_at END, \
                  phone = COALESCE($3, phone), locale = COALESCE($4, locale), \
                  time_zone = COALESCE($5, time_zone), updated_at = $6 \
                  WHERE id = $1 AND deleted_at IS NULL",
@@ -727,6 +757,7 @@ mod tests {
             created_at: 1,
             updated_at: 1,
             deleted_at: None,
+            phone_verified_at: None,
         }
     }
 
