@@ -528,9 +528,11 @@ async fn hostile_input_on_every_route_yields_no_5xx_no_panic_and_no_stuck_consum
     for schema in catalog.event_types() {
         // One field at a time, so the rest of the event stays valid and it reaches the
         // consumers (a hostile UUID or timestamp is refused at the door, as it should be).
-        let variants = strings_in(&schema.example)
-            .into_iter()
-            .flat_map(|field| hostile_strings().into_iter().map(move |value| (field.clone(), value)));
+        let variants = strings_in(&schema.example).into_iter().flat_map(|field| {
+            hostile_strings()
+                .into_iter()
+                .map(move |value| (field.clone(), value))
+        });
         for (field, value) in variants {
             let mut data = schema.example.clone();
             set(&mut data, &field, &value);

@@ -188,7 +188,7 @@ mod tests {
             self::key().open("otp.requested", "code", &sealed),
             Err(SealError::OtherKey(..))
         ));
-        let mut tampered = sealed.clone();
+        let mut tampered = sealed;
         tampered.pop();
         tampered.push('A');
         assert!(key.open("otp.requested", "code", &tampered).is_err());
