@@ -120,6 +120,7 @@ async fn verify_phone(
     access: &str,
     phone: &str,
 ) -> Value {
+    let before = codes(kafka, phone, "verify_phone").await.len();
     let asked = post(
         base,
         "/api/v1/me/phone/verification",
@@ -128,7 +129,13 @@ async fn verify_phone(
     )
     .await;
     assert_eq!(asked.status(), StatusCode::ACCEPTED);
-    let code = texted(kafka, phone, "verify_phone").await;
+    let code = wait_for("the verification code", || async {
+        codes(kafka, phone, "verify_phone")
+            .await
+            .get(before)
+            .cloned()
+    })
+    .await;
     post(
         base,
         "/api/v1/me/phone/verify",
@@ -141,15 +148,24 @@ async fn verify_phone(
     .unwrap()
 }
 
-/// The last code texted to `phone` for `purpose`, opened as the SMS sender opens it.
+/// The codes texted to `phone` for `purpose` so far, in order, opened as the SMS sender
+/// opens them.
+async fn codes(kafka: &platform::kafka::KafkaArgs, phone: &str, purpose: &str) -> Vec<String> {
+    support::read(kafka, "otp")
+        .await
+        .into_iter()
+        .map(|(_, d)| d)
+        .filter(|d| d.data["phone"] == phone && d.data["purpose"] == purpose)
+        .map(|d| support::opened(d)["code"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The first code texted to `phone` for `purpose`.
 async fn texted(kafka: &platform::kafka::KafkaArgs, phone: &str, purpose: &str) -> String {
-    event_data(kafka, "otp", |d| {
-        d.data["phone"] == phone && d.data["purpose"] == purpose
+    wait_for("a code", || async {
+        codes(kafka, phone, purpose).await.first().cloned()
     })
-    .await["code"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    .await
 }
 
 /// A token like the auth service's, but with its payload changed after signing.
@@ -623,9 +639,10 @@ async fn two_ingress_processes_sharing_redis_enforce_one_limit() {
     // count each, so exactly the limit passes and each remaining count is given out once.
     let crowd_user = format!("crowd-{}", uuid::Uuid::new_v4().simple());
     let crowd = token(&crowd_user, &["user"]);
+    let crowd_order = support::order_of("o-crowd", &crowd_user);
     let sends = (0..60).map(|i| {
         let base = if i % 2 == 0 { &a.base } else { &b.base };
-        post(base, "/api/v1/events", &order, Some(&crowd))
+        post(base, "/api/v1/events", &crowd_order, Some(&crowd))
     });
     let mut remaining = Vec::new();
     let mut refused = 0;
@@ -1496,5 +1513,58 @@ async fn a_second_account_with_someone_elses_phone_gets_neither_their_codes_nor_
         .unwrap();
     assert_eq!(me["id"], attacker_id.as_str());
     assert_eq!(me["phone_verified"], false);
+    auth.terminate().await;
+}
+
+/// The built-in limits of the auth routes hold whatever token comes with the requests: per
+/// client address (30 logins in 10 minutes), and per target account from any address (10).
+#[tokio::test]
+async fn login_guesses_are_limited_per_address_and_per_account_whatever_token_is_attached() {
+    let kafka = support::kafka(&support::brokers().await);
+    let database = support::audit::fresh_postgres().await;
+    let auth = HeraldProcess::start(
+        "auth",
+        &kafka,
+        &database,
+        &[
+            // No route of the auth service named: its built-in limits apply.
+            ("RATE_LIMIT_ROUTES", "GET /nothing=1/1m"),
+            ("LOGIN_LIMIT_PER_ACCOUNT", "10/10m"),
+            ("TRUSTED_PROXIES", "127.0.0.1"),
+        ],
+    )
+    .await;
+    let bearer = token("guesser", &["user"]);
+    let guess = |email: String, from: String| {
+        let url = format!("{}/api/v1/auth/login", auth.base);
+        let bearer = bearer.clone();
+        async move {
+            client()
+                .post(url)
+                .bearer_auth(bearer)
+                .header("x-forwarded-for", from)
+                .json(&json!({"email": email, "password": "a wrong guess"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // One account, guessed at from eleven addresses: the eleventh guess is refused.
+    let victim = unique_email("victim");
+    register(&auth.base, &victim, None).await;
+    for i in 0..10 {
+        let status = guess(victim.clone(), format!("198.51.100.{i}")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "guess {}", i + 1);
+    }
+    let refused = guess(victim.clone(), "198.51.100.99".into()).await;
+    assert_eq!(refused, StatusCode::TOO_MANY_REQUESTS);
+    // One address, guessing at thirty-one accounts: the thirty-first is refused.
+    for i in 0..30 {
+        let status = guess(unique_email("any"), "203.0.113.7".into()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "account {}", i + 1);
+    }
+    let refused = guess(unique_email("any"), "203.0.113.7".into()).await;
+    assert_eq!(refused, StatusCode::TOO_MANY_REQUESTS);
     auth.terminate().await;
 }

@@ -694,7 +694,11 @@ pub async fn phone_verify(
     let account = me_account(&state, &headers).await?;
     let request: PhoneVerify = body(&bytes)?;
     let phone = phone_of(&account)?;
-    otp_attempt(&state, &account).await?;
+    let attempts = Rate {
+        count: OTP_ATTEMPTS as u64,
+        window: OTP_WINDOW,
+    };
+    limit_target(&state, "verify-phone", &account.id, attempts).await?;
     let us = now_us();
     let taken = state
         .store
