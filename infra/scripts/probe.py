@@ -11,6 +11,8 @@ the data folder. Each prints CLOSED (the break cannot happen) or OPEN (it can, a
 Exit status: the number of OPEN checks.
 """
 
+import email.parser as email_parser
+import email.policy as email_policy
 import json
 import os
 import socket
@@ -110,8 +112,11 @@ def live_secrets_at_rest():
     deadline = time.monotonic() + 90
     while link is None and time.monotonic() < deadline:
         for name in os.listdir(outbox) if os.path.isdir(outbox) else []:
-            text = open(os.path.join(outbox, name), errors="replace").read()
-            if address in text and "#token=" in text:
+            with open(os.path.join(outbox, name), "rb") as file:
+                message = email_parser.BytesParser(policy=email_policy.default).parse(file)
+            body = message.get_body(("plain",))
+            text = body.get_content() if body else ""
+            if address in str(message["to"]) and "#token=" in text:
                 link = text.split("#token=")[1].split()[0].split("<")[0].strip()
         time.sleep(0.5)
     if link is None:
