@@ -708,11 +708,17 @@ async fn served(target: &Target, body: &Bytes) -> Answer {
 }
 
 /// Whether a request failed on a connection reset by the ingress's side.
+/// Whether the connection was reset, or closed before an answer came: under overload the
+/// ingress closes a connection whose request does not arrive within its deadlines (the
+/// handshake and header timeouts), and the client may have written its request by then.
 fn was_reset(err: &reqwest::Error) -> bool {
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             return io.kind() == std::io::ErrorKind::ConnectionReset;
+        }
+        if format!("{cause:?}").contains("IncompleteMessage") {
+            return true;
         }
         source = cause.source();
     }
