@@ -273,7 +273,7 @@ fn latin1(bytes: &[u8]) -> String {
 
 /// Array and map items come in blocks, each a count then the items, ended by a count of 0;
 /// a negative count is followed by the block's size in bytes.
-fn read_blocks<'a>(
+pub(crate) fn read_blocks<'a>(
     input: &mut &'a [u8],
     mut item: impl FnMut(&mut &'a [u8]) -> Result<(), DecodeError>,
 ) -> Result<(), DecodeError> {
@@ -296,7 +296,7 @@ fn read_blocks<'a>(
     }
 }
 
-fn take<'a>(input: &mut &'a [u8], n: usize) -> Result<&'a [u8], DecodeError> {
+pub(crate) fn take<'a>(input: &mut &'a [u8], n: usize) -> Result<&'a [u8], DecodeError> {
     if input.len() < n {
         return Err(DecodeError("record ends early"));
     }
@@ -321,7 +321,7 @@ pub fn read_long(input: &mut &[u8]) -> Result<i64, DecodeError> {
     Err(DecodeError("variable-length long over 10 bytes"))
 }
 
-fn read_bytes<'a>(input: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
+pub(crate) fn read_bytes<'a>(input: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
     let len = usize::try_from(read_long(input)?).map_err(|_| DecodeError("negative length"))?;
     take(input, len)
 }

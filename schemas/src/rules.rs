@@ -4,12 +4,12 @@
 //! Both are declared in the schema's `herald` attribute (`"owner": "customer_id"`,
 //! `"rules": ["order-amounts"]`) and read from the data's Avro binary, which every way into
 //! the ingress produces: one check serves the JSON tree and the direct encoder alike, and
-//! reading the binary allocates only for records and arrays, never for strings.
+//! reads only the fields a rule asks for, in place, with no allocation.
 
 use apache_avro::Schema;
-use apache_avro::schema::{InnerDecimalSchema, RecordSchema};
+use apache_avro::schema::InnerDecimalSchema;
 
-use crate::binary::{DecodeError, read_long, read_str};
+use crate::binary::{DecodeError, read_blocks as blocks, read_bytes, read_long, read_str, take};
 use crate::json::{FieldError, Names};
 
 /// Whose an event is: the party it belongs to, who alone may publish it as a `user`.
@@ -44,7 +44,7 @@ pub struct Rule {
     pub name: &'static str,
     /// What the rule asks, for the catalog endpoint.
     pub says: &'static str,
-    check: fn(&Record<'_>, &mut Vec<(String, String)>),
+    check: fn(Value<'_>, &mut Vec<(String, String)>),
 }
 
 /// Every rule a schema may name.
@@ -75,29 +75,19 @@ pub(crate) fn check<'a>(
     avro: &'a [u8],
     base: &str,
 ) -> Result<DataFacts<'a>, Vec<FieldError>> {
-    let mut input = avro;
-    let datum = read(schema, names, &mut input, 0).map_err(|err| {
-        vec![FieldError {
-            pointer: base.to_string(),
-            message: format!("unreadable data: {}", err.0),
-        }]
-    })?;
-    let Datum::Record(record) = datum else {
-        return Err(vec![FieldError {
-            pointer: base.to_string(),
-            message: "the data is not a record".into(),
-        }]);
+    let record = Value {
+        schema,
+        names,
+        bytes: avro,
     };
     let owner = match owner {
-        Some(Owner::Field(field)) => record.text(field),
+        Some(Owner::Field(field)) => record.field(field).and_then(Value::text),
         _ => None,
     };
     let mut broken = Vec::new();
     for field in sealed {
-        if record
-            .text(field)
-            .is_some_and(|value| !value.starts_with(SEALED_PREFIX))
-        {
+        let text = record.field(field).and_then(Value::text);
+        if text.is_some_and(|value| !value.starts_with(SEALED_PREFIX)) {
             broken.push((
                 format!("/{field}"),
                 "carries a live secret, and the log is kept for good: seal it with the sealing key \
@@ -107,7 +97,7 @@ pub(crate) fn check<'a>(
         }
     }
     for rule in rules {
-        (rule.check)(&record, &mut broken);
+        (rule.check)(record, &mut broken);
     }
     if broken.is_empty() {
         Ok(DataFacts { owner })
@@ -122,72 +112,137 @@ pub(crate) fn check<'a>(
     }
 }
 
-/// A value read from Avro binary, its strings borrowed from the input.
-#[derive(Debug)]
-enum Datum<'a> {
-    Null,
-    Long(i64),
-    Text(&'a str),
-    Array(Vec<Datum<'a>>),
-    Record(Record<'a>),
-    /// Booleans, floating point numbers, bytes, fixed, enums and maps: no rule reads them
-    /// yet.
-    Other,
+/// A value of `schema` at the front of `bytes`, read only where a rule asks: nothing is
+/// decoded ahead or copied, so a check costs no allocation. Bytes that do not fit the schema
+/// read as absent (they come from this crate's own encoders).
+#[derive(Clone, Copy)]
+struct Value<'a> {
+    schema: &'a Schema,
+    names: &'a Names,
+    bytes: &'a [u8],
 }
 
-/// A record's fields, in schema order.
-#[derive(Debug)]
-struct Record<'a> {
-    schema: &'a RecordSchema,
-    fields: Vec<Datum<'a>>,
-}
-
-impl<'a> Record<'a> {
-    fn get(&self, name: &str) -> Option<&Datum<'a>> {
-        let index = self.schema.fields.iter().position(|f| f.name == name)?;
-        self.fields.get(index)
+impl<'a> Value<'a> {
+    /// The value itself: a reference followed, a union's branch chosen.
+    fn resolved(self) -> Option<Self> {
+        let mut value = self;
+        for _ in 0..MAX_DEPTH {
+            match value.schema {
+                Schema::Ref { name } => value.schema = value.names.get(&name.fullname(None))?,
+                Schema::Union(union) => {
+                    let mut bytes = value.bytes;
+                    let branch = usize::try_from(read_long(&mut bytes).ok()?).ok()?;
+                    value.schema = union.variants().get(branch)?;
+                    value.bytes = bytes;
+                }
+                _ => return Some(value),
+            }
+        }
+        None
     }
 
-    fn long(&self, name: &str) -> Option<i64> {
-        match self.get(name)? {
-            Datum::Long(n) => Some(*n),
+    /// A record's field `name`.
+    fn field(self, name: &str) -> Option<Self> {
+        let value = self.resolved()?;
+        let Schema::Record(record) = value.schema else {
+            return None;
+        };
+        let mut bytes = value.bytes;
+        for field in &record.fields {
+            if field.name == name {
+                return Some(Value {
+                    schema: &field.schema,
+                    names: value.names,
+                    bytes,
+                });
+            }
+            skip(&field.schema, value.names, &mut bytes, 0).ok()?;
+        }
+        None
+    }
+
+    /// Calls `each` with every field of a record, in schema order, in one pass.
+    fn each_field(self, mut each: impl FnMut(&str, Value<'a>)) {
+        let Some(value) = self.resolved() else { return };
+        let Schema::Record(record) = value.schema else {
+            return;
+        };
+        let mut bytes = value.bytes;
+        for field in &record.fields {
+            each(
+                &field.name,
+                Value {
+                    schema: &field.schema,
+                    names: value.names,
+                    bytes,
+                },
+            );
+            if skip(&field.schema, value.names, &mut bytes, 0).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn long(self) -> Option<i64> {
+        let value = self.resolved()?;
+        match value.schema {
+            Schema::Int | Schema::Long => read_long(&mut { value.bytes }).ok(),
             _ => None,
         }
     }
 
-    fn text(&self, name: &str) -> Option<&'a str> {
-        match self.get(name)? {
-            Datum::Text(text) => Some(text),
+    fn text(self) -> Option<&'a str> {
+        let value = self.resolved()?;
+        match value.schema {
+            Schema::String | Schema::Uuid(_) => read_str(&mut { value.bytes }).ok(),
             _ => None,
         }
     }
 
-    fn array(&self, name: &str) -> Option<&[Datum<'a>]> {
-        match self.get(name)? {
-            Datum::Array(items) => Some(items),
-            _ => None,
-        }
+    /// Calls `each` with every item of an array, in order; how many there were.
+    fn each_item(self, mut each: impl FnMut(usize, Value<'a>)) -> usize {
+        let Some(value) = self.resolved() else {
+            return 0;
+        };
+        let Schema::Array(array) = value.schema else {
+            return 0;
+        };
+        let mut count = 0;
+        let mut bytes = value.bytes;
+        let _ = blocks(&mut bytes, |input| {
+            each(
+                count,
+                Value {
+                    schema: &array.items,
+                    names: value.names,
+                    bytes: input,
+                },
+            );
+            count += 1;
+            skip(&array.items, value.names, input, 0)
+        });
+        count
     }
 }
 
 /// Nesting deeper than this is refused rather than followed (a recursive schema).
 const MAX_DEPTH: usize = 64;
 
-fn read<'a>(
-    schema: &'a Schema,
-    names: &'a Names,
-    input: &mut &'a [u8],
+/// Moves `input` past one value of `schema`.
+fn skip(
+    schema: &Schema,
+    names: &Names,
+    input: &mut &[u8],
     depth: usize,
-) -> Result<Datum<'a>, DecodeError> {
+) -> Result<(), DecodeError> {
     if depth > MAX_DEPTH {
         return Err(DecodeError("nested too deep"));
     }
     let depth = depth + 1;
-    Ok(match schema {
-        Schema::Null => Datum::Null,
+    match schema {
+        Schema::Null => {}
         Schema::Boolean => {
             take(input, 1)?;
-            Datum::Other
         }
         Schema::Int
         | Schema::Long
@@ -199,150 +254,103 @@ fn read<'a>(
         | Schema::TimestampNanos
         | Schema::LocalTimestampMillis
         | Schema::LocalTimestampMicros
-        | Schema::LocalTimestampNanos => Datum::Long(read_long(input)?),
+        | Schema::LocalTimestampNanos
+        | Schema::Enum(_) => {
+            read_long(input)?;
+        }
         Schema::Float => {
             take(input, 4)?;
-            Datum::Other
         }
         Schema::Double => {
             take(input, 8)?;
-            Datum::Other
         }
-        Schema::String | Schema::Uuid(_) => Datum::Text(read_str(input)?),
-        Schema::Decimal(decimal) => {
-            match &decimal.inner {
-                InnerDecimalSchema::Fixed(fixed) => take(input, fixed.size)?,
-                InnerDecimalSchema::Bytes => read_bytes(input)?,
-            };
-            Datum::Other
-        }
-        Schema::Bytes | Schema::BigDecimal => {
+        Schema::String | Schema::Uuid(_) | Schema::Bytes | Schema::BigDecimal => {
             read_bytes(input)?;
-            Datum::Other
         }
+        Schema::Decimal(decimal) => match &decimal.inner {
+            InnerDecimalSchema::Fixed(fixed) => {
+                take(input, fixed.size)?;
+            }
+            InnerDecimalSchema::Bytes => {
+                read_bytes(input)?;
+            }
+        },
         Schema::Fixed(fixed) => {
             take(input, fixed.size)?;
-            Datum::Other
         }
         Schema::Duration(_) => {
             take(input, 12)?;
-            Datum::Other
         }
-        Schema::Enum(_) => {
-            read_long(input)?;
-            Datum::Other
-        }
-        Schema::Array(array) => {
-            let mut items = Vec::new();
-            blocks(input, |input| {
-                items.push(read(&array.items, names, input, depth)?);
-                Ok(())
-            })?;
-            Datum::Array(items)
-        }
-        Schema::Map(map) => {
-            blocks(input, |input| {
-                read_str(input)?;
-                read(&map.types, names, input, depth)?;
-                Ok(())
-            })?;
-            Datum::Other
-        }
+        Schema::Array(array) => blocks(input, |input| skip(&array.items, names, input, depth))?,
+        Schema::Map(map) => blocks(input, |input| {
+            read_str(input)?;
+            skip(&map.types, names, input, depth)
+        })?,
         Schema::Union(union) => {
             let branch = usize::try_from(read_long(input)?)
                 .ok()
                 .and_then(|i| union.variants().get(i))
                 .ok_or(DecodeError("union branch out of range"))?;
-            read(branch, names, input, depth)?
+            skip(branch, names, input, depth)?;
         }
         Schema::Record(record) => {
-            let mut fields = Vec::with_capacity(record.fields.len());
             for field in &record.fields {
-                fields.push(read(&field.schema, names, input, depth)?);
+                skip(&field.schema, names, input, depth)?;
             }
-            Datum::Record(Record {
-                schema: record,
-                fields,
-            })
         }
         Schema::Ref { name } => {
             let named = names
                 .get(&name.fullname(None))
                 .ok_or(DecodeError("unknown named type"))?;
-            read(named, names, input, depth)?
-        }
-    })
-}
-
-fn read_bytes<'a>(input: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
-    let len = usize::try_from(read_long(input)?).map_err(|_| DecodeError("negative length"))?;
-    take(input, len)
-}
-
-fn take<'a>(input: &mut &'a [u8], n: usize) -> Result<&'a [u8], DecodeError> {
-    if input.len() < n {
-        return Err(DecodeError("record ends early"));
-    }
-    let (head, rest) = input.split_at(n);
-    *input = rest;
-    Ok(head)
-}
-
-/// Array and map items come in blocks, each a count then the items, ended by a count of 0.
-fn blocks<'a>(
-    input: &mut &'a [u8],
-    mut item: impl FnMut(&mut &'a [u8]) -> Result<(), DecodeError>,
-) -> Result<(), DecodeError> {
-    loop {
-        let count = read_long(input)?;
-        if count == 0 {
-            return Ok(());
-        }
-        if count < 0 {
-            read_long(input)?;
-        }
-        let count = count.unsigned_abs();
-        if count > input.len() as u64 + 1 {
-            return Err(DecodeError("block count beyond the record"));
-        }
-        for _ in 0..count {
-            item(input)?;
+            skip(named, names, input, depth)?;
         }
     }
+    Ok(())
 }
 
 /// `order-amounts`: an order's amounts are whole and agree with each other.
-fn order_amounts(order: &Record<'_>, broken: &mut Vec<(String, String)>) {
-    let items = order.array("items").unwrap_or_default();
-    if items.is_empty() {
+fn order_amounts(order: Value<'_>, broken: &mut Vec<(String, String)>) {
+    let (mut sum, mut count, mut lines_broken) = (0i128, 0, false);
+    let (mut total, mut currency) = (0, "");
+    order.each_field(|name, value| match name {
+        "items" => {
+            count = value.each_item(|i, item| {
+                let (mut quantity, mut price) = (0, 0);
+                item.each_field(|name, value| match name {
+                    "quantity" => quantity = value.long().unwrap_or(0),
+                    "unit_price_cents" => price = value.long().unwrap_or(0),
+                    _ => {}
+                });
+                if quantity < 1 {
+                    broken.push((format!("/items/{i}/quantity"), "must be at least 1".into()));
+                    lines_broken = true;
+                }
+                if price < 0 {
+                    broken.push((
+                        format!("/items/{i}/unit_price_cents"),
+                        "must not be negative".into(),
+                    ));
+                    lines_broken = true;
+                }
+                sum += i128::from(quantity) * i128::from(price);
+            });
+        }
+        "total_cents" => total = value.long().unwrap_or(0),
+        "currency" => currency = value.text().unwrap_or_default(),
+        _ => {}
+    });
+    if count == 0 {
         broken.push(("/items".into(), "an order needs at least one item".into()));
+        lines_broken = true;
     }
-    let mut sum: i128 = 0;
-    for (i, item) in items.iter().enumerate() {
-        let Datum::Record(item) = item else { continue };
-        let quantity = item.long("quantity").unwrap_or(0);
-        let price = item.long("unit_price_cents").unwrap_or(0);
-        if quantity < 1 {
-            broken.push((format!("/items/{i}/quantity"), "must be at least 1".into()));
-        }
-        if price < 0 {
-            broken.push((
-                format!("/items/{i}/unit_price_cents"),
-                "must not be negative".into(),
-            ));
-        }
-        sum += i128::from(quantity) * i128::from(price);
-    }
-    let total = order.long("total_cents").unwrap_or(0);
     if total < 0 {
         broken.push(("/total_cents".into(), "must not be negative".into()));
-    } else if i128::from(total) != sum && broken.is_empty() {
+    } else if i128::from(total) != sum && !lines_broken {
         broken.push((
             "/total_cents".into(),
             format!("must be the sum of the items' quantity × unit_price_cents: {sum}"),
         ));
     }
-    let currency = order.text("currency").unwrap_or_default();
     if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
         broken.push((
             "/currency".into(),
