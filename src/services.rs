@@ -724,12 +724,9 @@ where
 /// A consumer service is ready while every partition assigned to it is consumed.
 async fn consumer_ready() -> axum::response::Response {
     use axum::response::IntoResponse;
-    let lost = platform::consumer::health::lost_partitions();
-    if lost.is_empty() {
-        axum::Json(serde_json::json!({"status": "ready"})).into_response()
-    } else {
-        let detail = format!("partitions no longer consumed: {}", lost.join(", "));
-        platform::problem::Problem::unavailable(detail, 5).into_response()
+    match platform::consumer::health::readiness() {
+        Ok(()) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
+        Err(problem) => problem.into_response(),
     }
 }
 

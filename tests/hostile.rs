@@ -319,6 +319,9 @@ impl Up {
             // Every request reaches its handler, rather than most of a walk from one address
             // stopping at the limits (tested on their own).
             .env("RATE_LIMITS_OFF", "true")
+            // Events for recipients no one registered wait aside this long, then end skipped:
+            // the walk checks that every delivery ends.
+            .env("NOTIFY_RECIPIENT_GRACE_SECS", "5")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .kill_on_drop(true)
@@ -524,6 +527,7 @@ async fn hostile_input_on_every_route_yields_no_5xx_no_panic_and_no_stuck_consum
     let key = up.sealing_key();
     let catalog = events::Catalog::embedded().unwrap();
     let mut posted = 0;
+    let mut accepted_ids = Vec::new();
     let mut event_statuses: BTreeMap<u16, usize> = BTreeMap::new();
     for schema in catalog.event_types() {
         // One field at a time, so the rest of the event stays valid and it reaches the
@@ -543,9 +547,14 @@ async fn hostile_input_on_every_route_yields_no_5xx_no_panic_and_no_stuck_consum
             } else {
                 &service
             };
-            let url = format!("{}/api/v1/events", up.base);
-            let body = ("application/json", body.to_string().into_bytes());
-            if let Some(status) = send(&client, "POST", &url, Some(token), Some(&body)).await {
+            let answer = client
+                .post(format!("{}/api/v1/events", up.base))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await;
+            if let Ok(answer) = answer {
+                let status = answer.status().as_u16();
                 *event_statuses.entry(status).or_insert(0) += 1;
                 tally.record(
                     &format!("POST {} with hostile strings", schema.event_type),
@@ -553,6 +562,8 @@ async fn hostile_input_on_every_route_yields_no_5xx_no_panic_and_no_stuck_consum
                 );
                 if status == 202 {
                     posted += 1;
+                    let accepted: Value = answer.json().await.unwrap();
+                    accepted_ids.push(accepted["event_id"].as_str().unwrap().to_string());
                 }
             }
         }
@@ -601,6 +612,16 @@ async fn hostile_input_on_every_route_yields_no_5xx_no_panic_and_no_stuck_consum
         assert!(Instant::now() < deadline, "consumers stuck: {:?}", lags.1);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    // Every delivery the hostile events made ends: sent, failed, skipped or dead, none left
+    // sending or retrying.
+    parked_events_run(&client, &up.base).await;
+    let deliveries = deliveries_end(&client, &up.base, &admin, &accepted_ids).await;
+    eprintln!("hostile events' deliveries: {deliveries:?}");
+    assert!(
+        deliveries.values().sum::<usize>() > 0,
+        "no hostile event made a delivery, so the notifications were not tried"
+    );
+
     let ready = client
         .get(format!("{}/readyz", up.base))
         .send()
@@ -611,6 +632,90 @@ async fn hostile_input_on_every_route_yields_no_5xx_no_panic_and_no_stuck_consum
 }
 
 /// The JSON pointers of every string in `value`.
+/// Waits until no event waits aside for its recipient (it then has its deliveries).
+async fn parked_events_run(client: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let metrics = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let count = |name: &str| -> f64 {
+            metrics
+                .lines()
+                .filter(|line| line.starts_with(name))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let (parked, unparked) = (
+            count("herald_notifications_parked_total"),
+            count("herald_notifications_unparked_total"),
+        );
+        if parked == unparked {
+            eprintln!("parked events all ran: {parked}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "parked events never ran: {parked} parked, {unparked} unparked"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits until every delivery of `event_ids` has a final status; how many ended in each.
+async fn deliveries_end(
+    client: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    event_ids: &[String],
+) -> BTreeMap<String, usize> {
+    const FINAL: [&str; 4] = ["sent", "failed", "skipped", "dead"];
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut pending: Vec<&String> = event_ids.iter().collect();
+    let mut ended: BTreeMap<String, usize> = BTreeMap::new();
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for event_id in pending {
+            let items: Value = client
+                .get(format!("{base}/api/v1/notifications?event_id={event_id}"))
+                .bearer_auth(admin)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let statuses: Vec<String> = items["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|row| row["status"].as_str().unwrap().to_string())
+                .collect();
+            if statuses.iter().all(|s| FINAL.contains(&s.as_str())) {
+                for status in statuses {
+                    *ended.entry(status).or_default() += 1;
+                }
+            } else {
+                assert!(
+                    Instant::now() < deadline,
+                    "event {event_id}'s deliveries never ended: {statuses:?}"
+                );
+                still.push(event_id);
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    ended
+}
+
 fn strings_in(value: &Value) -> Vec<String> {
     let mut found = Vec::new();
     fn walk(value: &Value, at: String, found: &mut Vec<String>) {

@@ -818,12 +818,12 @@ impl Notifier {
                 Ok(event) => event,
                 Err(err) => {
                     tracing::error!(event_id = %parked.event_id, %err, "a parked event is unreadable; dropped");
-                    self.store.unpark(&parked.event_id).await?;
+                    self.unpark(&parked).await?;
                     continue;
                 }
             };
             match self.apply(std::slice::from_ref(&event)).await {
-                Ok(waiting) if waiting.is_empty() => self.store.unpark(&parked.event_id).await?,
+                Ok(waiting) if waiting.is_empty() => self.unpark(&parked).await?,
                 Ok(_) => {}
                 Err(HandlerError::Retry(reason)) => {
                     tracing::warn!(event_id = %parked.event_id, %reason, "a parked event failed; it stays parked");
@@ -831,10 +831,18 @@ impl Notifier {
                 Err(HandlerError::Reject(reason)) => {
                     tracing::error!(event_id = %parked.event_id, %reason, "a parked event cannot be applied; dropped");
                     metrics::counter!("herald_notifications_parked_rejected_total").increment(1);
-                    self.store.unpark(&parked.event_id).await?;
+                    self.unpark(&parked).await?;
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Done with a parked event, whichever way: `herald_notifications_unparked_total` against
+    /// `herald_notifications_parked_total` tells how many still wait.
+    async fn unpark(&self, parked: &parked::Parked) -> Result<(), StoreError> {
+        self.store.unpark(&parked.event_id).await?;
+        metrics::counter!("herald_notifications_unparked_total").increment(1);
         Ok(())
     }
 }

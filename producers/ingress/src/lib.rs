@@ -264,10 +264,8 @@ async fn readyz(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let lost = platform::consumer::health::lost_partitions();
-    if !lost.is_empty() {
-        let detail = format!("partitions no longer consumed: {}", lost.join(", "));
-        return Problem::unavailable(detail, 5).into_response();
+    if let Err(problem) = platform::consumer::health::readiness() {
+        return problem.into_response();
     }
     if state.sink.ready().await {
         axum::Json(serde_json::json!({"status": "ready"})).into_response()

@@ -36,3 +36,16 @@ pub fn lost_partitions() -> Vec<String> {
         .cloned()
         .collect()
 }
+
+/// What `/readyz` answers for the consumers in this process: ready, or 503 naming the
+/// partitions no longer consumed (an orchestrator then restarts the process, and the group
+/// hands them to a live member).
+pub fn readiness() -> Result<(), crate::problem::Problem> {
+    let lost = lost_partitions();
+    if lost.is_empty() {
+        Ok(())
+    } else {
+        let detail = format!("partitions no longer consumed: {}", lost.join(", "));
+        Err(crate::problem::Problem::unavailable(detail, 5))
+    }
+}

@@ -224,6 +224,22 @@ struct Slot {
     lost: bool,
 }
 
+impl Slot {
+    /// Notes, once, a task that ended while its partition is still assigned here. Handler
+    /// panics are caught in the task, so this is a bug in the runtime itself; the partition
+    /// no longer moves, and readiness says so ([`super::health`]).
+    fn check_alive(&mut self, group: &str, topic: &str, partition: i32) {
+        if self.lost || !self.task.is_finished() {
+            return;
+        }
+        self.lost = true;
+        tracing::error!(%group, %topic, partition, "a partition's worker stopped; the partition is not consumed");
+        metrics::counter!("herald_consumer_workers_lost_total", "group" => group.to_string())
+            .increment(1);
+        super::health::worker_lost(group, topic, partition);
+    }
+}
+
 struct Context {
     shared: Arc<Shared>,
     runtime: Handle,
@@ -344,16 +360,7 @@ impl Context {
     fn store_progress(&self, consumer: &BaseConsumer<Context>) {
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), slot) in self.slots().iter_mut() {
-            if !slot.lost && slot.task.is_finished() {
-                // Handler panics are caught in the task; this is a bug in the runtime itself.
-                // The partition no longer moves: say so where readiness is asked.
-                slot.lost = true;
-                let group = &self.shared.dead_letters.group;
-                tracing::error!(%group, %topic, partition, "a partition's worker stopped; the partition is not consumed");
-                metrics::counter!("herald_consumer_workers_lost_total", "group" => group.clone())
-                    .increment(1);
-                super::health::worker_lost(group, topic, *partition);
-            }
+            slot.check_alive(&self.shared.dead_letters.group, topic, *partition);
             let next = slot.progress.load(Ordering::Acquire);
             if next > slot.stored
                 && tpl
@@ -544,5 +551,71 @@ impl std::fmt::Debug for Runner {
             .field("group", &self.group)
             .field("topics", &self.topics)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker that ends while its partition is assigned (here: a panic outside the
+    /// handler's guard) makes readiness fail, naming the partition, until the partition is
+    /// no longer this process's.
+    #[tokio::test]
+    async fn a_stopped_worker_fails_readiness_until_its_partition_goes() {
+        let group = format!("g-{}", uuid::Uuid::new_v4().simple());
+        let task = tokio::spawn(async { panic!("a bug in the runtime") });
+        while !task.is_finished() {
+            tokio::task::yield_now().await;
+        }
+        let (tx, _rx) = mpsc::channel(1);
+        let mut slot = Slot {
+            tx,
+            progress: Arc::new(AtomicI64::new(-1)),
+            stored: -1,
+            dispatched: -1,
+            overflow: VecDeque::new(),
+            stop: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            task,
+            lost: false,
+        };
+        let name = format!("{group} orders[3]");
+        slot.check_alive(&group, "orders", 3);
+        assert!(slot.lost);
+        assert!(super::super::health::lost_partitions().contains(&name));
+        let problem = super::super::health::readiness().unwrap_err();
+        assert_eq!(problem.status, 503);
+        assert!(problem.detail.contains(&name), "{}", problem.detail);
+
+        super::super::health::worker_gone(&group, "orders", 3);
+        assert!(!super::super::health::lost_partitions().contains(&name));
+    }
+
+    #[tokio::test]
+    async fn a_running_worker_is_not_lost() {
+        let group = format!("g-{}", uuid::Uuid::new_v4().simple());
+        let stop = CancellationToken::new();
+        let until = stop.clone();
+        let task = tokio::spawn(async move { until.cancelled().await });
+        let (tx, _rx) = mpsc::channel(1);
+        let mut slot = Slot {
+            tx,
+            progress: Arc::new(AtomicI64::new(-1)),
+            stored: -1,
+            dispatched: -1,
+            overflow: VecDeque::new(),
+            stop,
+            abort: CancellationToken::new(),
+            task,
+            lost: false,
+        };
+        slot.check_alive(&group, "orders", 0);
+        assert!(!slot.lost);
+        assert!(
+            !super::super::health::lost_partitions()
+                .iter()
+                .any(|p| p.starts_with(&group))
+        );
     }
 }
