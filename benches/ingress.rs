@@ -134,6 +134,17 @@ async fn main() {
         Duration::from_secs(3600),
     )
     .unwrap();
+    // The same orders from a service, which may publish for anyone: no owner check, the rest
+    // alike. Alternated with the user's rounds, it prices the ownership check alone.
+    let service_token = ingress::auth::mint_hs256(
+        &secrecy::SecretString::from(SECRET),
+        "bench-service",
+        &["service".to_string()],
+        "herald",
+        "herald",
+        Duration::from_secs(3600),
+    )
+    .unwrap();
 
     // 1. Raw producer ceiling with the same encoded events.
     let publisher = Publisher::new(&kafka, Duration::from_secs(30)).unwrap();
@@ -152,6 +163,11 @@ async fn main() {
         url: format!("{base}/api/v1/events"),
         token,
     });
+    let service_target = Arc::new(Target {
+        client: client.clone(),
+        url: format!("{base}/api/v1/events"),
+        token: service_token,
+    });
 
     // 1, 2 and 6 alternate over several rounds, so a slow moment of the shared machine (or of
     // the broker: log rolls, GC) does not land on one side only; medians are reported.
@@ -162,6 +178,7 @@ async fn main() {
     // the HTTP floor's.
     let (mut raw_cpu, mut ingress_cpu, mut client_cpu) = (Vec::new(), Vec::new(), Vec::new());
     let mut floor_cpu = Vec::new();
+    let (mut service_rates, mut service_cpu) = (Vec::new(), Vec::new());
     let own_cpu = || common::cpu_seconds(std::process::id());
     // Warm-up, untimed: the broker's JIT compiles for some seconds after it starts.
     let warm_until = Instant::now() + WARMUP;
@@ -170,7 +187,7 @@ async fn main() {
         batched_round(&target, &batch_body, in_flight, per_client).await;
         batched_round(&floor_target, &batch_body, in_flight, per_client).await;
     }
-    for _ in 0..ROUNDS {
+    for round in 0..ROUNDS {
         // This process does nothing else meanwhile: its CPU is the raw producer's.
         let own_before = own_cpu();
         let t = Instant::now();
@@ -178,12 +195,29 @@ async fn main() {
         raw_rates.push(round_events / t.elapsed().as_secs_f64());
         raw_cpu.push((own_cpu() - own_before) / round_events * 1e6);
 
+        // The user's and the service's rounds take turns going first, so whatever follows
+        // the raw round (the broker flushing, say) lands on each alike.
+        let user_first = round % 2 == 0;
+        if !user_first {
+            let ingress_before = common::cpu_seconds(pid);
+            let t = Instant::now();
+            batched_round(&service_target, &batch_body, in_flight, per_client).await;
+            service_rates.push(round_events / t.elapsed().as_secs_f64());
+            service_cpu.push((common::cpu_seconds(pid) - ingress_before) / round_events * 1e6);
+        }
         let (own_before, ingress_before) = (own_cpu(), common::cpu_seconds(pid));
         let t = Instant::now();
         batched_round(&target, &batch_body, in_flight, per_client).await;
         batched_rates.push(round_events / t.elapsed().as_secs_f64());
         ingress_cpu.push((common::cpu_seconds(pid) - ingress_before) / round_events * 1e6);
         client_cpu.push((own_cpu() - own_before) / round_events * 1e6);
+        if user_first {
+            let ingress_before = common::cpu_seconds(pid);
+            let t = Instant::now();
+            batched_round(&service_target, &batch_body, in_flight, per_client).await;
+            service_rates.push(round_events / t.elapsed().as_secs_f64());
+            service_cpu.push((common::cpu_seconds(pid) - ingress_before) / round_events * 1e6);
+        }
 
         let floor_before = common::cpu_seconds(floor_pid);
         let t = Instant::now();
@@ -194,10 +228,19 @@ async fn main() {
     let raw_rate = common::median(&raw_rates);
     let batched_rate = common::median(&batched_rates);
     let raw_cpu = common::median(&raw_cpu);
+    let ingress_cpu_rounds = ingress_cpu.clone();
     let ingress_cpu = common::median(&ingress_cpu);
     let client_cpu = common::median(&client_cpu);
     let http_floor_rate = common::median(&floor_rates);
     let floor_cpu = common::median(&floor_cpu);
+    let service_rate = common::median(&service_rates);
+    let service_cpu_median = common::median(&service_cpu);
+    // Round by round, so a slow moment lands on both sides of each ratio.
+    let owner_cost: Vec<f64> = ingress_cpu_rounds
+        .iter()
+        .zip(&service_cpu)
+        .map(|(user, service)| 100.0 * (user / service - 1.0))
+        .collect();
 
     // 3. Single events, closed loop, 32 clients.
     let single_body = Bytes::from(order_text(1));
@@ -287,6 +330,17 @@ async fn main() {
             .map(|((r, b), f)| format!("{r:.0} / {b:.0} / {f:.0}"))
             .collect::<Vec<_>>()
             .join(", ")
+    );
+    println!(
+        "| ownership check: the same batches from a service (no owner check), alternated with \
+         the user's | {service_rate:.0} events/s, CPU per event {service_cpu_median:.2} µs \
+         against the user's {ingress_cpu:.2} µs; the check's cost by round {} (median {:+.1}%) |",
+        owner_cost
+            .iter()
+            .map(|c| format!("{c:+.1}%"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        common::median(&owner_cost)
     );
     println!(
         "| ingress, single events, 32 clients | {single_rate:.0} requests/s, p50 {} ms, p99 {} ms |",

@@ -2,6 +2,7 @@
 //! machine: a local Apache Kafka broker (unless KAFKA_BROKERS is set) and every service's
 //! HTTP API on one port, with all data under one folder.
 
+mod check;
 mod services;
 mod tools;
 
@@ -58,6 +59,12 @@ enum Command {
     },
     /// Print a development JWT signed with the HS256 secret.
     Token(TokenArgs),
+    /// Check a service's settings (flags, environment, NAME_FILE secrets) as it would read
+    /// them, connecting to nothing: exits 0, or 1 naming the bad setting and why.
+    Check {
+        #[command(subcommand)]
+        service: check::Checked,
+    },
     /// Manage the local Apache Kafka broker of a data folder.
     Broker {
         #[command(subcommand)]
@@ -146,7 +153,11 @@ fn main() -> anyhow::Result<()> {
     };
     let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|err| err.exit());
     let service = cli.command.service_name();
-    platform::telemetry::init(service);
+    // A check reports on its own, and exports no traces (it may run where the collector
+    // named in its settings is not reachable).
+    if !matches!(cli.command, Command::Check { .. }) {
+        platform::telemetry::init(service);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -168,6 +179,15 @@ fn main() -> anyhow::Result<()> {
             Command::Dlq(command) => tools::dlq(command).await,
             Command::Audit { action } => audit(action).await,
             Command::Token(args) => token(&args),
+            Command::Check { service } => {
+                check::check(&service)
+                    .with_context(|| format!("herald check {}", service.name()))?;
+                println!(
+                    "herald check {}: the settings hold (nothing was connected)",
+                    service.name()
+                );
+                Ok(())
+            }
             Command::Broker { action } => broker(action).await,
         };
         platform::alerts::shutdown(Duration::from_secs(5)).await;

@@ -220,13 +220,17 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
+    /// DATABASE_URL, or the SQLite file of the data folder.
+    pub fn url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("herald.db").display()))
+    }
+
     pub async fn connect(&self) -> anyhow::Result<Database> {
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("creating {}", self.data_dir.display()))?;
-        let url = self
-            .database_url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("herald.db").display()));
+        let url = self.url();
         let db = Database::connect(&url).await?;
         tracing::info!(database = %redact_url(&url), "database connected");
         Ok(db)
@@ -251,10 +255,17 @@ pub async fn up(mut args: ServiceArgs) -> anyhow::Result<()> {
             Some(broker)
         }
     };
+    // The local broker is brought back whenever it dies, for as long as the services run.
+    let watching = CancellationToken::new();
+    let supervisor = broker.map(|broker| tokio::spawn(broker.supervise(watching.clone())));
     let result = serve(args, Defaults::Development).await;
-    if let Some(broker) = broker.filter(LocalBroker::owned) {
-        tracing::info!("stopping the local kafka broker");
-        broker.stop(Duration::from_secs(30)).await;
+    watching.cancel();
+    if let Some(supervisor) = supervisor {
+        let broker = supervisor.await.context("local broker supervisor")?;
+        if broker.owned() {
+            tracing::info!("stopping the local kafka broker");
+            broker.stop(Duration::from_secs(30)).await;
+        }
     }
     result
 }

@@ -305,3 +305,174 @@ async fn herald_ingress_keeps_at_most_max_connections_open() {
     let _ = ingress.kill().await;
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// Where a test's `herald up` logs, beside its data folder.
+fn data_log(data: &std::path::Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(data).unwrap();
+    data.join("herald-up.log")
+}
+
+/// The pid of the broker `herald up` runs for `data` (its `broker.json`).
+fn broker_pid(data: &std::path::Path) -> u32 {
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("kafka/broker.json")).unwrap())
+            .unwrap();
+    state["pid"].as_u64().unwrap() as u32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_up_brings_its_broker_back_after_each_kill_9_losing_nothing() {
+    let data = support::test_dir(&format!("heal-{}", uuid::Uuid::new_v4().simple()));
+    let mut up = herald(&data)
+        .arg("up")
+        .env("TOPIC_PREFIX", "heal.")
+        // One user posts all the load: past the default per-user limit it would be refused.
+        .env("RATE_LIMIT_USER", "100000000/1m")
+        .stdout(Stdio::piped())
+        // The broker's deaths are logged as errors, as they should be: kept out of the
+        // test's output, in the data folder.
+        .stderr(std::fs::File::create(data_log(&data)).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    let base = support::announced_address(&mut lines, Duration::from_secs(180)).await;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let token = herald(&data)
+        .args(["token", "--sub", "alice", "--role", "user"])
+        .output()
+        .await
+        .unwrap();
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+
+    // Four clients post orders all along; each acknowledged event id is kept.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut clients = Vec::new();
+    for client in 0..4 {
+        let (base, token, stop) = (base.clone(), token.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let http = support::client();
+            let (mut acked, mut refused) = (Vec::new(), 0usize);
+            let mut i = 0;
+            while !stop.is_cancelled() {
+                i += 1;
+                let sent = http
+                    .post(format!("{base}/api/v1/events"))
+                    .bearer_auth(&token)
+                    .json(&support::order(&format!("o-{client}-{i}")))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status() == 202 => {
+                        let body: serde_json::Value = r.json().await.unwrap();
+                        acked.push(body["event_id"].as_str().unwrap().to_string());
+                    }
+                    Ok(r) => {
+                        assert!(
+                            r.status() == 503,
+                            "a request got {} while the broker was away",
+                            r.status()
+                        );
+                        refused += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(_) => refused += 1,
+                }
+            }
+            (acked, refused)
+        }));
+    }
+
+    let http = support::client();
+    let ready = |http: reqwest::Client, base: String| async move {
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    let mut recoveries = Vec::new();
+    for kill in 1..=3 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let pid = broker_pid(&data);
+        let killed = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let at = Instant::now();
+        // Not ready while the broker is away.
+        let deadline = at + Duration::from_secs(30);
+        while ready(http.clone(), base.clone()).await == 200 {
+            assert!(
+                Instant::now() < deadline,
+                "/readyz stayed 200 after kill {kill}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Ready again, on a new broker process.
+        let deadline = at + Duration::from_secs(120);
+        while ready(http.clone(), base.clone()).await != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "herald up did not bring its broker back after kill {kill}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_ne!(broker_pid(&data), pid, "a new broker process");
+        recoveries.push(at.elapsed());
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    let (mut acked, mut refused) = (Vec::new(), 0);
+    for client in clients {
+        let (a, r) = client.await.unwrap();
+        acked.extend(a);
+        refused += r;
+    }
+
+    // Every acknowledged event is on the topic, once.
+    let port = {
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(data.join("kafka/broker.json")).unwrap())
+                .unwrap();
+        state["port"].as_u64().unwrap()
+    };
+    let kafka = platform::kafka::KafkaArgs {
+        brokers: Some(format!("127.0.0.1:{port}")),
+        properties: vec![],
+        topic_prefix: "heal.".into(),
+    };
+    let on_topic: Vec<String> = support::read(&kafka, "orders")
+        .await
+        .into_iter()
+        .map(|(_, decoded)| decoded.envelope.event_id.to_string())
+        .collect();
+    let unique: std::collections::HashSet<&String> = on_topic.iter().collect();
+    let lost = acked.iter().filter(|id| !unique.contains(id)).count();
+    eprintln!(
+        "3 kills: {} acknowledged, {refused} refused or cut, {lost} lost, {} on the topic \
+         ({} duplicates); ready again after {recoveries:?}",
+        acked.len(),
+        on_topic.len(),
+        on_topic.len() - unique.len()
+    );
+    assert!(
+        acked.len() > 100,
+        "too little load to tell: {}",
+        acked.len()
+    );
+    assert_eq!(lost, 0, "acknowledged events lost");
+
+    // SIGTERM stops the broker this process restarted too.
+    let pid = broker_pid(&data);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &up.id().unwrap().to_string()])
+        .status();
+    let _ = tokio::time::timeout(Duration::from_secs(60), up.wait()).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "the broker outlived herald up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -5,64 +5,15 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
 use events::{Catalog, Codec, WireFormat};
 use ingress::idempotency::MemoryStore;
-use serde_json::{Value, json};
 use support::{TestIngress, ingress_args, kafka, order, token};
-
-#[derive(Default)]
-struct Registry {
-    /// (subject, canonical schema) -> id
-    ids: Mutex<HashMap<(String, String), u32>>,
-}
-
-async fn register(
-    State(registry): State<Arc<Registry>>,
-    Path(subject): Path<String>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> (StatusCode, Json<Value>) {
-    if headers["content-type"] != "application/vnd.schemaregistry.v1+json" {
-        return (
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Json(json!({"error_code": 415})),
-        );
-    }
-    let Some(schema) = body["schema"].as_str() else {
-        return (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({"error_code": 42201})),
-        );
-    };
-    let Ok(parsed) = apache_avro::Schema::parse_str(schema) else {
-        return (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({"error_code": 42201})),
-        );
-    };
-    let mut ids = registry.ids.lock().unwrap();
-    let next = ids.len() as u32 + 1;
-    let id = *ids
-        .entry((subject, parsed.canonical_form()))
-        .or_insert(next);
-    (StatusCode::OK, Json(json!({"id": id})))
-}
 
 #[tokio::test]
 async fn with_a_registry_events_carry_the_registered_schema_id() {
-    let registry = Arc::new(Registry::default());
-    let app = axum::Router::new()
-        .route("/subjects/{subject}/versions", post(register))
-        .with_state(registry.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (url, registry) = support::registry::start().await;
 
     let kafka = kafka(&support::brokers().await);
     let args = ingress_args(&["--schema-registry-url", &url]);

@@ -8,6 +8,8 @@ pub mod fcm;
 pub mod ledger;
 pub mod otlp;
 pub mod process;
+pub mod registry;
+pub mod routes;
 pub mod sms;
 pub mod smtp;
 pub mod webhook;

@@ -32,8 +32,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument as _;
 
+use anyhow::Context as _;
 use async_trait::async_trait;
-use events::SchemaVersion;
+use events::{Catalog, SchemaVersion};
 use futures_util::StreamExt;
 use platform::auth::Authenticator;
 use platform::consumer::{ConsumerArgs, Event, Handler, HandlerError, OrRetry, Runner};
@@ -855,17 +856,28 @@ pub struct Service {
     pub notifier: Arc<Notifier>,
 }
 
-impl Service {
-    /// Loads rules and templates, connects the email provider, migrates the store and
-    /// prepares the consumer of the users topic and every topic the rules name.
-    pub async fn connect(
-        db: Database,
-        kafka: &KafkaArgs,
-        contract: &ContractArgs,
-        consumer: &ConsumerArgs,
-        auth: Arc<Authenticator>,
-        args: &NotifyArgs,
-    ) -> anyhow::Result<Self> {
+/// Every setting of the service read and checked, nothing connected or created: a start
+/// and `herald check` fail alike on a bad one.
+struct Setup {
+    catalog: Arc<Catalog>,
+    templates: Templates,
+    rules: Rules,
+    unsubscribe: Option<Arc<Unsubscribe>>,
+    email: EmailSetting,
+    push: Option<Arc<dyn PushProvider>>,
+    sms: Option<SmsRoutes>,
+    opener: Opener,
+}
+
+/// Where emails go; an outbox folder is made only when the service starts.
+enum EmailSetting {
+    Provider(Arc<dyn EmailProvider>),
+    Outbox(PathBuf, lettre::message::Mailbox),
+    None,
+}
+
+impl Setup {
+    fn read(args: &NotifyArgs, contract: &ContractArgs) -> anyhow::Result<Self> {
         let catalog = Arc::new(contract.catalog()?);
         let templates = Templates::load(args.templates_file.as_deref())?;
         let rules = Rules::load(args.rules_file.as_deref(), &catalog, &templates)?;
@@ -874,7 +886,8 @@ impl Service {
                 anyhow::bail!("NOTIFY_UNSUBSCRIBE_SECRET must be at least 32 bytes")
             }
             (Some(secret), Some(url)) => {
-                unsubscribe::check_public_url(url).map_err(anyhow::Error::msg)?;
+                unsubscribe::check_public_url(url)
+                    .map_err(|reason| anyhow::anyhow!("NOTIFY_PUBLIC_URL: {reason}"))?;
                 Some(Arc::new(Unsubscribe::new(secret, url)))
             }
             _ if rules.sends_promotional_email() => anyhow::bail!(
@@ -884,29 +897,25 @@ impl Service {
             _ => None,
         };
         let from = email::parse_from(&args.email_from)?;
-        let email: Option<Arc<dyn EmailProvider>> = match (&args.smtp_url, &args.email_outbox) {
+        let email = match (&args.smtp_url, &args.email_outbox) {
             (Some(url), _) => {
-                let primary = Arc::new(email::Smtp::new(
-                    "smtp",
-                    url,
-                    from.clone(),
-                    args.smtp_pool_size,
-                )?);
-                match &args.smtp_fallback_url {
-                    None => Some(primary),
-                    Some(fallback) => Some(Arc::new(email::Failover::new(
+                let primary = Arc::new(
+                    email::Smtp::new("smtp", url, from.clone(), args.smtp_pool_size)
+                        .context("SMTP_URL")?,
+                );
+                EmailSetting::Provider(match &args.smtp_fallback_url {
+                    None => primary,
+                    Some(fallback) => Arc::new(email::Failover::new(
                         primary,
-                        Arc::new(email::Smtp::new(
-                            "smtp-fallback",
-                            fallback,
-                            from,
-                            args.smtp_pool_size,
-                        )?),
-                    ))),
-                }
+                        Arc::new(
+                            email::Smtp::new("smtp-fallback", fallback, from, args.smtp_pool_size)
+                                .context("SMTP_FALLBACK_URL")?,
+                        ),
+                    )),
+                })
             }
-            (None, Some(dir)) => Some(Arc::new(email::Outbox::new(dir.clone(), from)?)),
-            (None, None) => None,
+            (None, Some(dir)) => EmailSetting::Outbox(dir.clone(), from),
+            (None, None) => EmailSetting::None,
         };
         let fcm: Option<Arc<dyn PushProvider>> = match &args.fcm_service_account_file {
             Some(file) => Some(Arc::new(push::Fcm::from_file(file, &args.fcm_endpoint)?)),
@@ -952,17 +961,11 @@ impl Service {
                     }),
                 })
             }
-            _ => None,
+            (None, None) => None,
+            _ => anyhow::bail!(
+                "SMS_TWILIO_ACCOUNT_SID and SMS_TWILIO_AUTH_TOKEN go together: set both, or neither"
+            ),
         };
-        let mut topics: Vec<String> = rules
-            .event_types()
-            .chain([USERS_EVENT, ORDER_PLACED])
-            .filter_map(|t| catalog.latest(t))
-            .map(|schema| kafka.topic(&schema.topic))
-            .collect();
-        topics.sort();
-        topics.dedup();
-        let store: Arc<dyn NotifyStore> = Arc::new(store::SqlStore::new(db).await?);
         let sealed: HashMap<String, Arc<SchemaVersion>> = catalog
             .event_types()
             .filter(|v| !v.sealed.is_empty() && !rules.for_event(&v.event_type).is_empty())
@@ -978,6 +981,60 @@ impl Service {
             },
             sealed,
         };
+        Ok(Self {
+            catalog,
+            templates,
+            rules,
+            unsubscribe,
+            email,
+            push,
+            sms,
+            opener,
+        })
+    }
+}
+
+/// Whether the service would start with these settings, as far as can be told without
+/// connecting to anything or creating a folder (`herald check`).
+pub fn check(args: &NotifyArgs, contract: &ContractArgs) -> anyhow::Result<()> {
+    Setup::read(args, contract).map(drop)
+}
+
+impl Service {
+    /// Loads rules and templates, connects the email provider, migrates the store and
+    /// prepares the consumer of the users topic and every topic the rules name.
+    pub async fn connect(
+        db: Database,
+        kafka: &KafkaArgs,
+        contract: &ContractArgs,
+        consumer: &ConsumerArgs,
+        auth: Arc<Authenticator>,
+        args: &NotifyArgs,
+    ) -> anyhow::Result<Self> {
+        let Setup {
+            catalog,
+            templates,
+            rules,
+            unsubscribe,
+            email,
+            push,
+            sms,
+            opener,
+        } = Setup::read(args, contract)?;
+        let email: Option<Arc<dyn EmailProvider>> = match email {
+            EmailSetting::Provider(provider) => Some(provider),
+            EmailSetting::Outbox(dir, from) => Some(Arc::new(email::Outbox::new(dir, from)?)),
+            EmailSetting::None => None,
+        };
+        let mut topics: Vec<String> = rules
+            .event_types()
+            .chain([USERS_EVENT, ORDER_PLACED])
+            .filter_map(|t| catalog.latest(t))
+            .map(|schema| kafka.topic(&schema.topic))
+            .collect();
+        topics.sort();
+        topics.dedup();
+        let store: Arc<dyn NotifyStore> = Arc::new(store::SqlStore::new(db).await?);
         let codec = Arc::new(contract.codec(catalog, kafka).await?);
         let live = Arc::new(LiveHub::default());
         let outlets = Outlets {

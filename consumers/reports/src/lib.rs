@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument as _;
 
+use anyhow::Context as _;
 use async_trait::async_trait;
 use events::{Catalog, Codec, Envelope};
 use jiff::{SignedDuration, Timestamp};
@@ -78,6 +79,13 @@ pub struct ReportsArgs {
         allow_hyphen_values = true
     )]
     pub clock_offset_secs: i64,
+}
+
+impl ReportsArgs {
+    /// The schedule, read and checked (`herald check` reads it too).
+    pub fn schedule(&self) -> anyhow::Result<Schedule> {
+        Schedule::load(self.reports_file.as_deref()).context("REPORTS_FILE")
+    }
 }
 
 /// The handler: each batch of new events added to the aggregates in one transaction.
@@ -505,7 +513,7 @@ impl Service {
         consumer: &ConsumerArgs,
         args: &ReportsArgs,
     ) -> anyhow::Result<(Arc<Scheduler>, Arc<Catalog>, Arc<Codec>)> {
-        let schedule = Schedule::load(args.reports_file.as_deref())?;
+        let schedule = args.schedule()?;
         let store =
             Arc::new(SqlStore::new(db, args.clock_offset_secs.saturating_mul(1_000_000)).await?);
         let catalog = Arc::new(contract.catalog()?);

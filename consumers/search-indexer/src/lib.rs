@@ -13,7 +13,7 @@ pub mod generations;
 pub mod index;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,15 @@ pub struct SearchArgs {
     /// How often what was indexed becomes searchable (and durable), in milliseconds.
     #[arg(long, env = "SEARCH_COMMIT_MS", default_value_t = 250)]
     pub commit_ms: u64,
+}
+
+impl SearchArgs {
+    /// Whether the index folder (`default_dir` unless SEARCH_INDEX_DIR is set) can be read,
+    /// creating nothing (`herald check`); a folder not made yet is fine.
+    pub fn check(&self, default_dir: &Path) -> Result<(), generations::GenerationError> {
+        let dir = self.index_dir.as_deref().unwrap_or(default_dir);
+        Generations::new(dir).current().map(drop)
+    }
 }
 
 /// The handler: applies events to the index; the committer makes them durable.

@@ -99,9 +99,12 @@ struct VerifyKey {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {
     #[error(
-        "no token verification key configured: set JWT_HS256_SECRET, JWT_PUBLIC_KEY_FILE or JWT_JWKS_FILE"
+        "no token verification key configured: set JWT_JWKS_URL (the auth service's JWKS), \
+         JWT_HS256_SECRET, JWT_PUBLIC_KEY_FILE or JWT_JWKS_FILE"
     )]
     NoKeys,
+    #[error("JWT_JWKS_URL: {0}")]
+    JwksUrl(String),
     #[error("unsupported JWT algorithm {0:?}: use RS256 or ES256 for public keys")]
     Algorithm(String),
     #[error("reading {path}: {source}")]
@@ -263,6 +266,19 @@ fn jwks_keys(args: &AuthArgs, bytes: &[u8]) -> Result<Vec<VerifyKey>, String> {
         });
     }
     Ok(keys)
+}
+
+impl AuthArgs {
+    /// Whether these settings give keys to verify tokens with: the key files are read and
+    /// decoded, a JWKS URL is parsed but not fetched (`herald check`).
+    pub fn check(&self) -> Result<(), AuthSetupError> {
+        let authenticator = Authenticator::from_static_args(self)?;
+        match &self.jwt_jwks_url {
+            Some(url) => crate::net::check_http_url(url).map_err(AuthSetupError::JwksUrl),
+            None if authenticator.keys.is_empty() => Err(AuthSetupError::NoKeys),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Authenticator {

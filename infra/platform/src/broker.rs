@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 /// The pinned Apache Kafka release.
 pub const KAFKA_VERSION: &str = "4.2.1";
@@ -30,6 +31,10 @@ rootLogger.appenderRef.out.ref = out
 logger.server.name = kafka.server.KafkaRaftServer
 logger.server.level = INFO
 ";
+
+/// How often [`LocalBroker::supervise`] looks at the broker's process.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -289,6 +294,51 @@ impl LocalBroker {
         Ok(())
     }
 
+    /// Keeps the broker running until `shutdown`, then hands it back: a broker that dies (an
+    /// OOM kill, a stray `kill -9`) is reaped and started again in the same folder on the
+    /// same ports, with backoff from 1 s to 30 s while starting fails. Each restart is
+    /// logged and counted (`herald_local_broker_restarts_total`); clients reconnect by
+    /// themselves, and the ingress's `/readyz` answers 503 until the broker is back.
+    pub async fn supervise(mut self, shutdown: CancellationToken) -> Self {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return self,
+                () = tokio::time::sleep(WATCH_EVERY) => {}
+            }
+            if self.alive() {
+                continue;
+            }
+            tracing::error!(
+                pid = self.pid,
+                port = self.port,
+                "the local kafka broker stopped; starting it again"
+            );
+            let mut backoff = Duration::from_secs(1);
+            loop {
+                match self.restart().await {
+                    Ok(()) => {
+                        metrics::counter!("herald_local_broker_restarts_total").increment(1);
+                        tracing::warn!(
+                            pid = self.pid,
+                            port = self.port,
+                            "the local kafka broker runs again"
+                        );
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::error!(%err, retry_in_secs = backoff.as_secs(), "starting the local kafka broker again failed");
+                        tokio::select! {
+                            () = shutdown.cancelled() => return self,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(MAX_RESTART_BACKOFF);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the broker's process runs; a child of this process that ended is reaped.
     fn alive(&self) -> bool {
         if let Some(child) = self.child.lock().expect("broker lock").as_mut() {
             return matches!(child.try_wait(), Ok(None));

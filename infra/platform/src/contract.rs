@@ -28,6 +28,27 @@ pub struct ContractArgs {
 }
 
 impl ContractArgs {
+    /// Whether these settings load, connecting to nothing (`herald check`): the catalog,
+    /// the registry's URL (not dialled) and the sealing key, which `sealing_for` (the
+    /// service's reason, as for [`Self::sealing_key`]) requires. Returns the catalog.
+    pub fn check(&self, sealing_for: Option<&str>) -> anyhow::Result<Catalog> {
+        let catalog = self.catalog().context("SCHEMAS_DIR")?;
+        if let Some(url) = &self.schema_registry_url {
+            crate::net::check_http_url(url)
+                .map_err(|reason| anyhow::anyhow!("SCHEMA_REGISTRY_URL: {reason}"))?;
+        }
+        match sealing_for {
+            Some(who) => {
+                self.sealing_key(who)?;
+            }
+            None if self.sealing_key.is_some() => {
+                self.sealing_key("")?;
+            }
+            None => {}
+        }
+        Ok(catalog)
+    }
+
     /// The sealing key, required by a service that seals or opens (`who` says which, for
     /// the message when it is missing).
     pub fn sealing_key(&self, who: &str) -> anyhow::Result<Arc<crate::seal::SealingKey>> {

@@ -19,11 +19,29 @@ pub enum Database {
 pub enum DbError {
     #[error("unsupported database URL scheme in {0:?}: use postgres:// or sqlite://")]
     UnsupportedScheme(String),
+    #[error("the database URL {0} does not parse: {1}")]
+    BadUrl(String, String),
     #[error("cannot connect to the database: {0}")]
     Connect(#[from] sqlx::Error),
 }
 
 impl Database {
+    /// Whether `url` is one [`Self::connect`] can use, connecting to nothing (`herald
+    /// check`). A bad URL's error never shows its password.
+    pub fn check_url(url: &str) -> Result<(), DbError> {
+        let bad = |err: sqlx::Error| {
+            DbError::BadUrl(redact_url(url), err.to_string().replace(url, "<the URL>"))
+        };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            sqlx::postgres::PgConnectOptions::from_str(url).map_err(bad)?;
+        } else if url.starts_with("sqlite:") {
+            SqliteConnectOptions::from_str(url).map_err(bad)?;
+        } else {
+            return Err(DbError::UnsupportedScheme(redact_url(url)));
+        }
+        Ok(())
+    }
+
     pub async fn connect(url: &str) -> Result<Self, DbError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = PgPoolOptions::new()

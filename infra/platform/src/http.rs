@@ -63,7 +63,7 @@ pub struct ServeOptions {
     /// Connections open at once from one client address; the next is closed at once.
     pub max_connections_per_address: usize,
     /// Addresses exempt from `max_connections_per_address` (reverse proxies).
-    pub unlimited: Vec<IpAddr>,
+    pub unlimited: Vec<crate::net::IpRange>,
     /// How long a connection keeps its slot while another waits: at the cap at most
     /// `max_connections` connections per turn are closed and opened again.
     pub turn: Duration,
@@ -471,7 +471,7 @@ impl AsyncWrite for Replayed {
 /// Connections open per client address.
 struct PerAddress {
     max: usize,
-    unlimited: Vec<IpAddr>,
+    unlimited: Vec<crate::net::IpRange>,
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -482,7 +482,7 @@ struct Admitted {
 }
 
 impl PerAddress {
-    fn new(max: usize, unlimited: Vec<IpAddr>) -> Self {
+    fn new(max: usize, unlimited: Vec<crate::net::IpRange>) -> Self {
         Self {
             max: max.max(1),
             unlimited,
@@ -493,7 +493,7 @@ impl PerAddress {
     /// A place for a connection from `ip`, or `None` when its address holds `max` already.
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admitted> {
         let ip = ip.to_canonical();
-        if self.unlimited.contains(&ip) {
+        if crate::net::in_any(&self.unlimited, ip) {
             return Some(Admitted {
                 addresses: self.clone(),
                 ip: None,

@@ -64,6 +64,13 @@ impl KafkaArgs {
         })
     }
 
+    /// Whether the brokers are named and every KAFKA_PROPERTIES entry is one librdkafka
+    /// takes, connecting to nothing (`herald check`).
+    pub fn check(&self) -> Result<(), KafkaSetupError> {
+        self.client_config()?.create_native_config()?;
+        Ok(())
+    }
+
     pub(crate) fn client_config(&self) -> Result<ClientConfig, KafkaSetupError> {
         let brokers = self.brokers.as_deref().ok_or(KafkaSetupError::NoBrokers)?;
         let mut config = ClientConfig::new();

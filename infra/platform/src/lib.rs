@@ -25,6 +25,7 @@ pub mod edge;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod net;
 pub mod problem;
 pub mod registry;
 pub mod seal;

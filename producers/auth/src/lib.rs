@@ -84,6 +84,19 @@ pub struct AccountsArgs {
     pub register_limit_per_email: Rate,
 }
 
+impl AccountsArgs {
+    /// Whether the settings hold, connecting to nothing (a start checks them too).
+    pub fn check(&self) -> anyhow::Result<()> {
+        platform::net::check_http_url(&self.password_reset_url)
+            .map_err(|reason| anyhow::anyhow!("PASSWORD_RESET_URL: {reason}"))?;
+        anyhow::ensure!(
+            self.access_token_ttl_secs >= 1 && self.refresh_token_ttl_days >= 1,
+            "ACCESS_TOKEN_TTL_SECS and REFRESH_TOKEN_TTL_DAYS must be at least 1"
+        );
+        Ok(())
+    }
+}
+
 impl Default for AccountsArgs {
     fn default() -> Self {
         Self {
@@ -220,6 +233,7 @@ impl Service {
         args: &AccountsArgs,
         setup: Setup<'_>,
     ) -> anyhow::Result<Self> {
+        args.check()?;
         let store = Arc::new(SqlStore::new(db).await?);
         if store.signing_keys().await?.is_empty() {
             let now = now_us();

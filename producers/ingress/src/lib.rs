@@ -170,6 +170,31 @@ impl IngressArgs {
         }
     }
 
+    /// Whether the ingress's own settings hold together with `catalog`, connecting to
+    /// nothing (`herald check` calls it, and so does [`connect`]); the publish policy.
+    pub fn check(&self, catalog: &Catalog) -> anyhow::Result<PublishPolicy> {
+        let policy = self.policy().context("PUBLISH_POLICY_FILE")?;
+        policy
+            .check_owners(catalog)
+            .context("PUBLISH_POLICY_FILE")?;
+        let limits = self.limits();
+        anyhow::ensure!(
+            limits.publish_deadline < limits.request_timeout,
+            "PUBLISH_DEADLINE_MS must be shorter than REQUEST_TIMEOUT_MS, or requests time out before the broker can answer"
+        );
+        anyhow::ensure!(
+            InFlight::holds(limits.max_in_flight_bytes, limits.max_body_bytes),
+            "MAX_IN_FLIGHT_BYTES must be at least MAX_BODY_BYTES plus {} bytes, or the largest \
+             request could never be admitted",
+            admission::REQUEST_OVERHEAD_BYTES
+        );
+        anyhow::ensure!(
+            self.topic_partitions >= 1 && self.topic_replication >= 1,
+            "TOPIC_PARTITIONS and TOPIC_REPLICATION must be at least 1"
+        );
+        Ok(policy)
+    }
+
     pub fn policy(&self) -> anyhow::Result<PublishPolicy> {
         match &self.publish_policy_file {
             None => Ok(PublishPolicy::embedded()),
@@ -190,19 +215,8 @@ pub async fn connect(
     auth: Arc<Authenticator>,
 ) -> anyhow::Result<AppState> {
     let catalog = Arc::new(args.contract.catalog()?);
-    let policy = args.policy()?;
-    policy.check_owners(&catalog)?;
+    let policy = args.check(&catalog)?;
     let limits = args.limits();
-    anyhow::ensure!(
-        limits.publish_deadline < limits.request_timeout,
-        "PUBLISH_DEADLINE_MS must be shorter than REQUEST_TIMEOUT_MS, or requests time out before the broker can answer"
-    );
-    anyhow::ensure!(
-        InFlight::holds(limits.max_in_flight_bytes, limits.max_body_bytes),
-        "MAX_IN_FLIGHT_BYTES must be at least MAX_BODY_BYTES plus {} bytes, or the largest \
-         request could never be admitted",
-        admission::REQUEST_OVERHEAD_BYTES
-    );
     let topics: Vec<String> = catalog
         .topics()
         .into_iter()

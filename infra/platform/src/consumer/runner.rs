@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use events::Codec;
 use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
 };
@@ -118,50 +119,7 @@ impl Runner {
             deadline: self.args.shutdown_deadline(),
             partitions: Mutex::new(HashMap::new()),
         };
-        let mut config = self.kafka.consumer_config(&self.group)?;
-        config
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            // Commits what was stored by hand, only once a record's effect is durable.
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("auto.offset.reset", "earliest")
-            .set(
-                "session.timeout.ms",
-                self.args.session_timeout_ms.to_string(),
-            )
-            .set(
-                "heartbeat.interval.ms",
-                (self.args.session_timeout_ms / 4).max(100).to_string(),
-            )
-            .set(
-                "queued.max.messages.kbytes",
-                self.args.prefetch_kb.to_string(),
-            )
-            // librdkafka otherwise prefetches up to 100,000 records per partition.
-            .set(
-                "queued.min.messages",
-                self.args.max_batch.max(1).to_string(),
-            )
-            // With small queues the default (1 s) wait after a full queue starves the
-            // partition's task; check again soon instead.
-            .set("fetch.queue.backoff.ms", "20")
-            .set(
-                "max.partition.fetch.bytes",
-                (self.args.prefetch_kb * 1024).to_string(),
-            )
-            .set("statistics.interval.ms", "5000");
-        // One fetch response is at most this (librdkafka's default is 50 MB); librdkafka
-        // refuses a limit below the largest record it may be sent.
-        let largest_record: u64 = config
-            .get("message.max.bytes")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1_000_000);
-        config.set(
-            "fetch.max.bytes",
-            (self.args.prefetch_kb * 1024 * 4)
-                .max(largest_record)
-                .to_string(),
-        );
+        let config = group_config(&self.kafka, &self.args, &self.group)?;
         let consumer: BaseConsumer<Context> = config.create_with_context(context)?;
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
@@ -551,6 +509,59 @@ impl std::fmt::Debug for Runner {
             .field("group", &self.group)
             .field("topics", &self.topics)
             .finish_non_exhaustive()
+    }
+}
+
+/// The consumer's librdkafka settings for `group`.
+fn group_config(
+    kafka: &KafkaArgs,
+    args: &ConsumerArgs,
+    group: &str,
+) -> Result<ClientConfig, KafkaSetupError> {
+    let mut config = kafka.consumer_config(group)?;
+    config
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        // Commits what was stored by hand, only once a record's effect is durable.
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", args.session_timeout_ms.to_string())
+        .set(
+            "heartbeat.interval.ms",
+            (args.session_timeout_ms / 4).max(100).to_string(),
+        )
+        .set("queued.max.messages.kbytes", args.prefetch_kb.to_string())
+        // librdkafka otherwise prefetches up to 100,000 records per partition.
+        .set("queued.min.messages", args.max_batch.max(1).to_string())
+        // With small queues the default (1 s) wait after a full queue starves the
+        // partition's task; check again soon instead.
+        .set("fetch.queue.backoff.ms", "20")
+        .set(
+            "max.partition.fetch.bytes",
+            (args.prefetch_kb * 1024).to_string(),
+        )
+        .set("statistics.interval.ms", "5000");
+    // One fetch response is at most this (librdkafka's default is 50 MB); librdkafka
+    // refuses a limit below the largest record it may be sent.
+    let largest_record: u64 = config
+        .get("message.max.bytes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    config.set(
+        "fetch.max.bytes",
+        (args.prefetch_kb * 1024 * 4)
+            .max(largest_record)
+            .to_string(),
+    );
+    Ok(config)
+}
+
+impl ConsumerArgs {
+    /// Whether librdkafka takes these settings with `kafka`'s, connecting to nothing
+    /// (`herald check`): a prefetch of 0 KB, say, is refused here rather than once serving.
+    pub fn check(&self, kafka: &KafkaArgs) -> Result<(), KafkaSetupError> {
+        group_config(kafka, self, "herald-check")?.create_native_config()?;
+        Ok(())
     }
 }
 

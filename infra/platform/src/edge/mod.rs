@@ -43,9 +43,11 @@ pub struct EdgeArgs {
         value_delimiter = ';'
     )]
     pub rate_limit_routes: Vec<RouteRate>,
-    /// Addresses of reverse proxies whose X-Forwarded-For is believed; comma-separated.
+    /// Reverse proxies whose X-Forwarded-For is believed, and which the per-address
+    /// connection cap exempts: addresses or CIDR ranges (`10.0.0.7,172.16.0.0/12`),
+    /// comma-separated.
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
-    pub trusted_proxies: Vec<IpAddr>,
+    pub trusted_proxies: Vec<crate::net::IpRange>,
     /// Redis for counters shared by every replica (redis://127.0.0.1:6379); unset: counted
     /// in this process.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
@@ -109,6 +111,29 @@ impl Default for EdgeArgs {
 }
 
 impl EdgeArgs {
+    /// Whether the edge can start with these settings, connecting to nothing (`herald
+    /// check`): the CORS origins, and REDIS_URL parsed but not dialled.
+    pub fn check(&self) -> Result<(), EdgeSetupError> {
+        self.cors_origins()?;
+        if let Some(url) = &self.redis_url {
+            redis::Client::open(url.as_str()).map_err(EdgeSetupError::RedisUrl)?;
+        }
+        Ok(())
+    }
+
+    fn cors_origins(&self) -> Result<Vec<HeaderValue>, EdgeSetupError> {
+        self.cors_origins
+            .iter()
+            .map(|o| {
+                let o = o.trim();
+                if o == "*" || !(o.starts_with("https://") || o.starts_with("http://")) {
+                    return Err(EdgeSetupError::Origin(o.to_string()));
+                }
+                HeaderValue::from_str(o).map_err(|_| EdgeSetupError::Origin(o.to_string()))
+            })
+            .collect()
+    }
+
     /// How the service's listener is served.
     pub fn serve_options(&self) -> crate::http::ServeOptions {
         crate::http::ServeOptions {
@@ -244,6 +269,8 @@ impl Limit {
 pub enum EdgeSetupError {
     #[error("cannot reach Redis for rate-limit counters: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("REDIS_URL does not parse: {0}")]
+    RedisUrl(redis::RedisError),
     #[error("CORS origin {0:?} is not a valid origin (like https://app.example.com)")]
     Origin(String),
 }
@@ -289,18 +316,7 @@ impl Edge {
         if self.args.cors_origins.is_empty() {
             return Ok(None);
         }
-        let origins = self
-            .args
-            .cors_origins
-            .iter()
-            .map(|o| {
-                let o = o.trim();
-                if o == "*" || !(o.starts_with("https://") || o.starts_with("http://")) {
-                    return Err(EdgeSetupError::Origin(o.to_string()));
-                }
-                HeaderValue::from_str(o).map_err(|_| EdgeSetupError::Origin(o.to_string()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let origins = self.args.cors_origins()?;
         Ok(Some(
             CorsLayer::new()
                 .allow_origin(AllowOrigin::list(origins))

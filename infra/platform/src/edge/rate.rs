@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+
+use crate::net::{IpRange, in_any};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -128,8 +130,8 @@ pub fn verdict(rate: Rate, count: Count) -> Verdict {
 /// in X-Forwarded-For (all its lines, in order) that is not itself a trusted proxy. A hop that
 /// does not parse ends the walk at the last one believed, since what lies left of it was
 /// written by someone not trusted.
-pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
-    if !trusted.contains(&peer) {
+pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpRange]) -> IpAddr {
+    if !in_any(trusted, peer) {
         return peer;
     }
     let Some(list) = forwarded_for else {
@@ -138,7 +140,7 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) 
     let mut believed = peer;
     for hop in list.split(',').rev() {
         match parse_hop(hop) {
-            Some(ip) if trusted.contains(&ip) => believed = ip,
+            Some(ip) if in_any(trusted, ip) => believed = ip,
             Some(ip) => return ip,
             None => return believed,
         }
@@ -526,29 +528,46 @@ mod tests {
         let client: IpAddr = "203.0.113.7".parse().unwrap();
         let stranger: IpAddr = "198.51.100.2".parse().unwrap();
         let spoofed = "1.2.3.4, 203.0.113.7";
-        assert_eq!(client_ip(stranger, Some(spoofed), &[proxy]), stranger);
+        assert_eq!(
+            client_ip(stranger, Some(spoofed), &[proxy.into()]),
+            stranger
+        );
         // behind the proxy, the hop it added is the client; what came before is the client's word
-        assert_eq!(client_ip(proxy, Some(spoofed), &[proxy]), client);
-        assert_eq!(client_ip(proxy, None, &[proxy]), proxy);
-        assert_eq!(client_ip(proxy, Some("garbage"), &[proxy]), proxy);
+        assert_eq!(client_ip(proxy, Some(spoofed), &[proxy.into()]), client);
+        assert_eq!(client_ip(proxy, None, &[proxy.into()]), proxy);
+        assert_eq!(client_ip(proxy, Some("garbage"), &[proxy.into()]), proxy);
         // the proxy's own entry with a port is still the client, not the spoofed one before it
         assert_eq!(
-            client_ip(proxy, Some("6.6.6.6, 203.0.113.7:5555"), &[proxy]),
+            client_ip(proxy, Some("6.6.6.6, 203.0.113.7:5555"), &[proxy.into()]),
             client
         );
         assert_eq!(
-            client_ip(proxy, Some("6.6.6.6, [2001:db8::1]:80"), &[proxy]),
+            client_ip(proxy, Some("6.6.6.6, [2001:db8::1]:80"), &[proxy.into()]),
             "2001:db8::1".parse::<IpAddr>().unwrap()
         );
         // an entry that does not parse is not skipped to reach the one the client wrote
-        assert_eq!(client_ip(proxy, Some("6.6.6.6, bad-hop"), &[proxy]), proxy);
+        assert_eq!(
+            client_ip(proxy, Some("6.6.6.6, bad-hop"), &[proxy.into()]),
+            proxy
+        );
+        // a range of proxies (a container network): its hops are all proxies
+        let network: IpRange = "10.0.0.0/8".parse().unwrap();
+        assert_eq!(
+            client_ip(
+                "10.9.8.7".parse().unwrap(),
+                Some("6.6.6.6, 203.0.113.7, 10.0.0.1"),
+                &[network]
+            ),
+            client
+        );
+        assert_eq!(client_ip(stranger, Some(spoofed), &[network]), stranger);
         // two proxies in a row: the hop before both
         let inner: IpAddr = "10.0.0.2".parse().unwrap();
         assert_eq!(
             client_ip(
                 proxy,
                 Some("6.6.6.6, 203.0.113.7, 10.0.0.2"),
-                &[proxy, inner]
+                &[proxy.into(), inner.into()]
             ),
             client
         );
