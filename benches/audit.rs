@@ -36,6 +36,7 @@ async fn main() {
         brokers: Some(brokers.clone()),
         properties: vec![],
         topic_prefix: prefix.clone(),
+        topics_file: None,
     };
     let catalog = Arc::new(Catalog::embedded().unwrap());
     let topics: Vec<String> = catalog
@@ -43,9 +44,16 @@ async fn main() {
         .into_iter()
         .map(|t| kafka.topic(t))
         .collect();
-    platform::kafka::ensure_topics(&kafka, &topics, PARTITIONS, 1)
-        .await
-        .unwrap();
+    platform::kafka::ensure_topics(
+        &kafka,
+        &topics,
+        platform::kafka::TopicOverrides {
+            partitions: Some(PARTITIONS),
+            replication: None,
+        },
+    )
+    .await
+    .unwrap();
 
     let started = Instant::now();
     backlog(&kafka, &catalog, events).await;

@@ -393,6 +393,7 @@ fn kafka_args(brokers: &str, topic_prefix: String) -> KafkaArgs {
             .map(|p| p.split(',').map(str::to_string).collect())
             .unwrap_or_default(),
         topic_prefix,
+        topics_file: None,
     }
 }
 

@@ -73,10 +73,7 @@ pub fn check(checked: &Checked) -> anyhow::Result<()> {
                 .then_some("the auth service seals the OTP codes and reset links it sends");
             args.contract.check(sealing)?;
             args.accounts.check()?;
-            anyhow::ensure!(
-                args.topic_partitions >= 1 && args.topic_replication >= 1,
-                "TOPIC_PARTITIONS and TOPIC_REPLICATION must be at least 1"
-            );
+            args.topics.check().map_err(anyhow::Error::msg)?;
             Ok(args.edge.check()?)
         }
         Checked::AuditLog(args) => {
@@ -165,7 +162,9 @@ fn stand_in_secret() -> secrecy::SecretString {
 
 fn kafka(args: &KafkaArgs) -> anyhow::Result<()> {
     args.check()
-        .context("KAFKA_BROKERS or KAFKA_PROPERTIES (see the README's deployment section)")
+        .context("KAFKA_BROKERS or KAFKA_PROPERTIES (see the README's deployment section)")?;
+    platform::topics::Declared::load(args.topics_file.as_deref()).context("TOPICS_FILE")?;
+    Ok(())
 }
 
 fn consumer(args: &ConsumerArgs, kafka: &KafkaArgs) -> anyhow::Result<()> {

@@ -59,6 +59,9 @@ enum Command {
     },
     /// Print a development JWT signed with the HS256 secret.
     Token(TokenArgs),
+    /// Show how the cluster's topics differ from the topics file (`plan`), or make them so
+    /// (`apply`).
+    Topics(tools::TopicsCommand),
     /// Check a service's settings (flags, environment, NAME_FILE secrets) as it would read
     /// them, connecting to nothing: exits 0, or 1 naming the bad setting and why.
     Check {
@@ -179,6 +182,7 @@ fn main() -> anyhow::Result<()> {
             Command::Dlq(command) => tools::dlq(command).await,
             Command::Audit { action } => audit(action).await,
             Command::Token(args) => token(&args),
+            Command::Topics(command) => tools::topics(command).await,
             Command::Check { service } => {
                 check::check(&service)
                     .with_context(|| format!("herald check {}", service.name()))?;

@@ -69,12 +69,8 @@ pub struct AuthServiceArgs {
     pub accounts: auth::AccountsArgs,
     #[command(flatten)]
     pub edge: EdgeArgs,
-    /// Partitions of the users and otp topics when they must be created.
-    #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = 6)]
-    pub topic_partitions: i32,
-    /// Replication factor of the topics created (3 on a production cluster).
-    #[arg(long, env = "TOPIC_REPLICATION", default_value_t = 1)]
-    pub topic_replication: i32,
+    #[command(flatten)]
+    pub topics: platform::kafka::TopicOverrides,
     #[command(subcommand)]
     pub action: Option<AuthAction>,
 }
@@ -332,8 +328,7 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
             &args.accounts,
             auth::Setup {
                 redis_url: args.edge.redis_url.as_deref(),
-                topic_partitions: args.ingress.topic_partitions,
-                topic_replication: args.ingress.topic_replication,
+                topics: args.ingress.topics,
             },
         )
         .await?;
@@ -454,8 +449,7 @@ pub async fn auth_service(args: AuthServiceArgs) -> anyhow::Result<()> {
         &args.accounts,
         auth::Setup {
             redis_url: args.edge.redis_url.as_deref(),
-            topic_partitions: args.topic_partitions,
-            topic_replication: args.topic_replication,
+            topics: args.topics,
         },
     )
     .await?;

@@ -271,8 +271,12 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
         return Ok(());
     }
     let publisher = platform::kafka::Publisher::new(&command.kafka, Duration::from_secs(30))?;
-    platform::kafka::ensure_topics(&command.kafka, std::slice::from_ref(&marks_topic), 1, 1)
-        .await?;
+    platform::kafka::ensure_topics(
+        &command.kafka,
+        std::slice::from_ref(&marks_topic),
+        Default::default(),
+    )
+    .await?;
     let now_ms = || (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     for letter in chosen {
         let again = platform::kafka::OutgoingRecord {
@@ -314,5 +318,83 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
             letter.topic
         );
     }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct TopicsCommand {
+    #[command(subcommand)]
+    action: TopicsAction,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    contract: ContractArgs,
+}
+
+#[derive(Debug, Clone, Copy, clap::Subcommand)]
+enum TopicsAction {
+    /// Print how the cluster's topics differ from the topics file; change nothing.
+    Plan,
+    /// Make the cluster's topics as the topics file declares them: create the missing, add
+    /// partitions, set configs. Never deletes data or lowers partitions; replicas are only
+    /// reported (raising them moves data: kafka-reassign-partitions.sh).
+    Apply,
+}
+
+/// `herald topics plan|apply`: every event topic of the catalog, and every topic of the
+/// prefix the topics file declares (dead letters and their redrive marks).
+pub async fn topics(command: TopicsCommand) -> anyhow::Result<()> {
+    use platform::kafka::admin;
+    let kafka = &command.kafka;
+    let declared = platform::topics::Declared::load(kafka.topics_file.as_deref())?;
+    let catalog = command.contract.catalog()?;
+    let mut names: Vec<String> = catalog
+        .topics()
+        .into_iter()
+        .map(|t| kafka.topic(t))
+        .collect();
+    for existing in admin::existing(kafka).await? {
+        let name = existing
+            .strip_prefix(&kafka.topic_prefix)
+            .unwrap_or(&existing);
+        if declared.spec(name).is_ok() {
+            names.push(existing);
+        } else {
+            println!("{existing}: not declared in the topics file; left alone");
+        }
+    }
+    names.sort();
+    names.dedup();
+    let plans = admin::plan(kafka, &names, Default::default()).await?;
+    let action = match command.action {
+        TopicsAction::Plan => "plan",
+        TopicsAction::Apply => "apply",
+    };
+    let mut pending = 0;
+    for plan in &plans {
+        if plan.changes.is_empty() {
+            println!("{}: as declared", plan.topic);
+        }
+        for change in &plan.changes {
+            let mark = match (change.applied(), command.action) {
+                (false, _) => "reported only",
+                (true, TopicsAction::Plan) => "to do",
+                (true, TopicsAction::Apply) => "done",
+            };
+            println!("{}: {change} [{mark}]", plan.topic);
+            pending += usize::from(change.applied());
+        }
+    }
+    if let TopicsAction::Apply = command.action {
+        admin::apply(kafka, &plans).await?;
+    }
+    println!(
+        "herald topics {action}: {} topics, {pending} changes {}",
+        plans.len(),
+        match command.action {
+            TopicsAction::Plan => "to make (`herald topics apply` makes them)",
+            TopicsAction::Apply => "made",
+        }
+    );
     Ok(())
 }

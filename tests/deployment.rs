@@ -371,7 +371,10 @@ async fn the_composed_deployment_serves_every_route_through_nginx() {
     let services = deployment("compose", &repo("docker-compose.yml"), &compose_env).unwrap();
     // Host names to loopback, ports to free ones: every replacement the test makes.
     let mut map: Vec<(String, String)> = vec![
-        ("kafka:9092".into(), brokers.clone()),
+        (
+            "kafka-1:9092,kafka-2:9092,kafka-3:9092".into(),
+            brokers.clone(),
+        ),
         ("@postgres/herald".into(), format!("@{db_host}/{db_name}")),
         ("redis://redis:6379".into(), redis),
         ("http://schema-registry:8081".into(), registry),

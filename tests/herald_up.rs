@@ -442,6 +442,7 @@ async fn herald_up_brings_its_broker_back_after_each_kill_9_losing_nothing() {
         brokers: Some(format!("127.0.0.1:{port}")),
         properties: vec![],
         topic_prefix: "heal.".into(),
+        topics_file: None,
     };
     let on_topic: Vec<String> = support::read(&kafka, "orders")
         .await

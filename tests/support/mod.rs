@@ -65,6 +65,7 @@ pub fn kafka(brokers: &str) -> KafkaArgs {
         brokers: Some(brokers.to_string()),
         properties: vec![],
         topic_prefix: format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..10]),
+        topics_file: None,
     }
 }
 

@@ -2,16 +2,18 @@
 //! drains topics without a consumer group (tests, tools); [`range`] reads a time range,
 //! [`groups`] looks at and moves consumer groups.
 
+pub mod admin;
 pub mod groups;
 pub mod range;
+
+pub use admin::{TopicOverrides, ensure_topics};
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -38,6 +40,10 @@ pub struct KafkaArgs {
     /// Prefix of every topic name, so several deployments (or tests) share one cluster.
     #[arg(long, env = "TOPIC_PREFIX", default_value = "")]
     pub topic_prefix: String,
+    /// How the cluster keeps each topic (partitions, replicas, retention): a file like
+    /// infra/topics.toml, which is built in and used when this is unset.
+    #[arg(long, env = "TOPICS_FILE")]
+    pub topics_file: Option<std::path::PathBuf>,
 }
 
 impl KafkaArgs {
@@ -119,6 +125,8 @@ pub enum KafkaSetupError {
     Client(#[from] KafkaError),
     #[error("creating topic {topic}: {reason}")]
     CreateTopic { topic: String, reason: String },
+    #[error(transparent)]
+    Topics(#[from] crate::topics::TopicsError),
 }
 
 /// A record to publish.
@@ -401,72 +409,6 @@ impl ProducerContext for Deliveries {
         };
         slot.batch.settle(slot.index, outcome);
     }
-}
-
-/// Creates the missing topics; existing ones are left as they are.
-pub async fn ensure_topics(
-    args: &KafkaArgs,
-    topics: &[String],
-    partitions: i32,
-    replication: i32,
-) -> Result<(), KafkaSetupError> {
-    let admin: AdminClient<DefaultClientContext> = args.client_config()?.create()?;
-    // librdkafka crashes on a request naming a topic twice.
-    let unique: std::collections::BTreeSet<&String> = topics.iter().collect();
-    let new_topics: Vec<NewTopic<'_>> = unique
-        .into_iter()
-        .map(|topic| NewTopic::new(topic, partitions, TopicReplication::Fixed(replication)))
-        .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin.create_topics(&new_topics, &options).await?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => {
-                return Err(KafkaSetupError::CreateTopic {
-                    topic,
-                    reason: code.to_string(),
-                });
-            }
-        }
-    }
-    // A new topic's partitions get leaders a moment after creation; until then reads fail
-    // with NotLeaderForPartition. Wait, so "started" means "usable".
-    let topics = topics.to_vec();
-    let consumer: BaseConsumer = args.client_config()?.create()?;
-    tokio::task::spawn_blocking(move || {
-        let until = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = topics.iter().all(|topic| {
-                consumer
-                    .fetch_metadata(Some(topic), Duration::from_secs(5))
-                    .is_ok_and(|m| {
-                        m.topics().iter().all(|t| {
-                            t.error().is_none()
-                                && !t.partitions().is_empty()
-                                && t.partitions()
-                                    .iter()
-                                    .all(|p| p.leader() >= 0 && p.error().is_none())
-                        })
-                    })
-            });
-            if ready || std::time::Instant::now() > until {
-                return ready;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    })
-    .await
-    .ok()
-    .filter(|ready| *ready)
-    .map(|_| ())
-    .ok_or_else(|| KafkaSetupError::CreateTopic {
-        topic: new_topics
-            .first()
-            .map(|t| t.name.to_string())
-            .unwrap_or_default(),
-        reason: "partitions have no leader after 30 s".into(),
-    })
 }
 
 /// A record as read back from a topic.

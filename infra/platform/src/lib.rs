@@ -32,4 +32,5 @@ pub mod seal;
 pub mod secrets;
 pub mod shutdown;
 pub mod telemetry;
+pub mod topics;
 pub mod trace;

@@ -211,8 +211,7 @@ pub struct Setup<'a> {
     /// Shared counters and caches.
     pub redis_url: Option<&'a str>,
     /// Of the topics it creates when missing.
-    pub topic_partitions: i32,
-    pub topic_replication: i32,
+    pub topics: platform::kafka::TopicOverrides,
 }
 
 /// The auth service: its API and its outbox relay.
@@ -247,14 +246,9 @@ impl Service {
             .filter_map(|t| catalog.latest(t))
             .map(|schema| kafka.topic(&schema.topic))
             .collect();
-        platform::kafka::ensure_topics(
-            kafka,
-            &topics,
-            setup.topic_partitions,
-            setup.topic_replication,
-        )
-        .await
-        .context("creating the users and otp topics")?;
+        platform::kafka::ensure_topics(kafka, &topics, setup.topics)
+            .await
+            .context("creating the users and otp topics")?;
         // Required to serve (see `herald auth`); the command-line tools write no secrets.
         let sealing = match &contract.sealing_key {
             Some(_) => Some(contract.sealing_key("the auth service seals codes and links")?),

@@ -31,7 +31,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use events::{Catalog, Codec};
 use platform::contract::ContractArgs;
-use platform::kafka::KafkaArgs;
+use platform::kafka::{KafkaArgs, TopicOverrides};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::admission::InFlight;
@@ -65,12 +65,8 @@ pub struct IngressArgs {
     /// Whole-request timeout (milliseconds); longer than the publish deadline.
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
-    /// Partitions of topics created at start-up.
-    #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = 6)]
-    pub topic_partitions: i32,
-    /// Replication factor of topics created at start-up (3 on a production cluster).
-    #[arg(long, env = "TOPIC_REPLICATION", default_value_t = 1)]
-    pub topic_replication: i32,
+    #[command(flatten)]
+    pub topics: TopicOverrides,
     /// How long Idempotency-Key records are kept (hours).
     #[arg(long, env = "IDEMPOTENCY_TTL_HOURS", default_value_t = 24)]
     pub idempotency_ttl_hours: u64,
@@ -188,10 +184,7 @@ impl IngressArgs {
              request could never be admitted",
             admission::REQUEST_OVERHEAD_BYTES
         );
-        anyhow::ensure!(
-            self.topic_partitions >= 1 && self.topic_replication >= 1,
-            "TOPIC_PARTITIONS and TOPIC_REPLICATION must be at least 1"
-        );
+        self.topics.check().map_err(anyhow::Error::msg)?;
         Ok(policy)
     }
 
@@ -222,14 +215,9 @@ pub async fn connect(
         .into_iter()
         .map(|t| kafka.topic(t))
         .collect();
-    platform::kafka::ensure_topics(
-        kafka,
-        &topics,
-        args.topic_partitions,
-        args.topic_replication,
-    )
-    .await
-    .context("creating topics")?;
+    platform::kafka::ensure_topics(kafka, &topics, args.topics)
+        .await
+        .context("creating topics")?;
     let codec = args.contract.codec(catalog, kafka).await?;
     let publisher = platform::kafka::Publisher::new(kafka, limits.publish_deadline)?;
     Ok(AppState {

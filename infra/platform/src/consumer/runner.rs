@@ -95,7 +95,8 @@ impl Runner {
     /// Runs until `shutdown` is cancelled, then drains and commits within the deadline.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RunnerError> {
         let dlq = self.dead_letter_topic();
-        crate::kafka::ensure_topics(&self.kafka, std::slice::from_ref(&dlq), 1, 1).await?;
+        crate::kafka::ensure_topics(&self.kafka, std::slice::from_ref(&dlq), Default::default())
+            .await?;
         let shared = Arc::new(Shared {
             handler: self.handler,
             codec: self.codec,

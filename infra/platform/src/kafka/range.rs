@@ -299,6 +299,7 @@ mod tests {
             brokers: Some("127.0.0.1:9092".into()),
             properties: properties.iter().map(|p| (*p).to_owned()).collect(),
             topic_prefix: String::new(),
+            topics_file: None,
         }
     }
 
