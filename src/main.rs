@@ -136,8 +136,12 @@ enum BrokerAction {
         /// Port to use the first time (the broker keeps it afterwards); any free port when taken or 0.
         #[arg(long, default_value_t = 9092)]
         port: u16,
+        /// Nodes of a replicated cluster on this machine (each broker and controller, on
+        /// free ports; `--port` is then unused). Prints every node's address.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
     },
-    /// Stop the broker of the data folder.
+    /// Stop the broker (or the cluster) of the data folder.
     Stop {
         #[arg(long, env = "HERALD_DATA_DIR", default_value = "data")]
         data_dir: PathBuf,
@@ -284,13 +288,31 @@ fn time_arg(flag: &str, value: Option<String>) -> anyhow::Result<Option<i64>> {
 
 async fn broker(action: BrokerAction) -> anyhow::Result<()> {
     match action {
-        BrokerAction::Start { data_dir, port } => {
-            let broker =
-                platform::broker::LocalBroker::start(&data_dir.join("kafka"), Some(port)).await?;
-            println!("{}", broker.bootstrap());
+        BrokerAction::Start {
+            data_dir,
+            port,
+            nodes,
+        } => {
+            anyhow::ensure!(
+                (1..=9).contains(&nodes),
+                "--nodes is 1 to 9 (three survive the loss of one)"
+            );
+            let bootstrap = if nodes == 1 {
+                platform::broker::LocalBroker::start(&data_dir.join("kafka"), Some(port))
+                    .await?
+                    .bootstrap()
+            } else {
+                platform::broker::LocalCluster::start(&data_dir.join("kafka-cluster"), nodes)
+                    .await?
+                    .bootstrap()
+            };
+            println!("{bootstrap}");
         }
         BrokerAction::Stop { data_dir } => {
-            if platform::broker::stop_dir(&data_dir.join("kafka"), Duration::from_secs(30)).await {
+            let deadline = Duration::from_secs(30);
+            let cluster =
+                platform::broker::stop_dir(&data_dir.join("kafka-cluster"), deadline).await;
+            if platform::broker::stop_dir(&data_dir.join("kafka"), deadline).await || cluster {
                 println!("stopped");
             } else {
                 println!("no broker running in {}", data_dir.join("kafka").display());

@@ -188,61 +188,49 @@ impl LocalBroker {
                 free_port()?,
             ),
         };
-        let properties = dir.join("server.properties");
-        std::fs::write(&properties, server_properties(&dir, port, controller_port))
-            .map_err(io("writing server.properties"))?;
-        std::fs::write(dir.join("log4j2.properties"), LOG4J)
-            .map_err(io("writing log4j2.properties"))?;
-        if !dir.join("kraft").join("meta.properties").exists() {
-            format_storage(&libs, &properties)?;
-        }
-        let log = dir.join("broker.log");
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(io("opening broker.log"))?;
-        let child = Command::new("java")
-            .args(jvm_options("KAFKA_HEAP_OPTS", HEAP_OPTS))
-            .args(jvm_options("KAFKA_JVM_PERFORMANCE_OPTS", PERFORMANCE_OPTS))
-            .arg(format!(
-                "-Dlog4j2.configurationFile={}",
-                dir.join("log4j2.properties").display()
-            ))
-            .arg("-cp")
-            .arg(libs.join("*"))
-            .arg("kafka.Kafka")
-            .arg(&properties)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().map_err(io("broker log"))?)
-            .stderr(log_file)
-            // Its own process group: a terminal's ctrl-c reaches herald, which stops the
-            // broker in order, rather than both at once.
-            .process_group(0)
-            .spawn()
-            .map_err(io("starting java"))?;
-        let pid = child.id();
-        write_state(
-            &dir,
-            State {
-                port,
-                controller_port,
-                pid: Some(pid),
-            },
-        )?;
-        tracing::info!(port, pid, dir = %dir.display(), "started local kafka broker");
-        let broker = Self {
-            dir,
+        let node = Node {
+            id: 1,
             port,
-            pid,
-            child: Mutex::new(Some(child)),
+            controller_port,
+            quorum: Quorum::Standalone,
         };
+        let broker = Self::launch(&dir, &libs, &node)?;
         if let Err(err) = broker.wait_ready(Duration::from_secs(90)) {
             // A broker that never became ready must not linger holding 512 MB and its ports.
             broker.kill();
             return Err(err);
         }
         Ok(broker)
+    }
+
+    /// Writes `node`'s settings in `dir`, formats its log directory the first time, and
+    /// starts its JVM; does not wait for it to be ready.
+    fn launch(dir: &Path, libs: &Path, node: &Node<'_>) -> Result<Self, BrokerError> {
+        let properties = dir.join("server.properties");
+        std::fs::write(&properties, server_properties(dir, node))
+            .map_err(io("writing server.properties"))?;
+        std::fs::write(dir.join("log4j2.properties"), LOG4J)
+            .map_err(io("writing log4j2.properties"))?;
+        if !dir.join("kraft").join("meta.properties").exists() {
+            format_storage(libs, &properties, &node.quorum)?;
+        }
+        let child = spawn_java(dir, libs)?;
+        let pid = child.id();
+        write_state(
+            dir,
+            State {
+                port: node.port,
+                controller_port: node.controller_port,
+                pid: Some(pid),
+            },
+        )?;
+        tracing::info!(port = node.port, node = node.id, pid, dir = %dir.display(), "started local kafka broker");
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            port: node.port,
+            pid,
+            child: Mutex::new(Some(child)),
+        })
     }
 
     pub fn bootstrap(&self) -> String {
@@ -287,11 +275,57 @@ impl LocalBroker {
         signal(self.pid, "-CONT");
     }
 
-    /// Starts the broker again in the same folder, on the same ports.
+    /// Starts the broker again in the same folder, with the same settings and ports (a
+    /// cluster's node rejoins its cluster).
     pub async fn restart(&mut self) -> Result<(), BrokerError> {
-        let fresh = Self::start(&self.dir, Some(self.port)).await?;
+        let dir = self.dir.clone();
+        let fresh = tokio::task::spawn_blocking(move || Self::relaunch(&dir))
+            .await
+            .expect("broker restart task panicked")?;
         *self = fresh;
         Ok(())
+    }
+
+    fn relaunch(dir: &Path) -> Result<Self, BrokerError> {
+        if let Some(State {
+            port,
+            pid: Some(pid),
+            ..
+        }) = read_state(dir)
+            && is_kafka_process(pid)
+        {
+            return Ok(Self {
+                dir: dir.to_path_buf(),
+                port,
+                pid,
+                child: Mutex::new(None),
+            });
+        }
+        let libs = install()?;
+        let child = spawn_java(dir, &libs)?;
+        let state = read_state(dir).ok_or_else(|| BrokerError::Io {
+            context: format!("reading {}", dir.join("broker.json").display()),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })?;
+        let pid = child.id();
+        write_state(
+            dir,
+            State {
+                pid: Some(pid),
+                ..state
+            },
+        )?;
+        let broker = Self {
+            dir: dir.to_path_buf(),
+            port: state.port,
+            pid,
+            child: Mutex::new(Some(child)),
+        };
+        if let Err(err) = broker.wait_ready(Duration::from_secs(90)) {
+            broker.kill();
+            return Err(err);
+        }
+        Ok(broker)
     }
 
     /// Keeps the broker running until `shutdown`, then hands it back: a broker that dies (an
@@ -369,8 +403,199 @@ impl LocalBroker {
     }
 }
 
+/// Several KRaft nodes on loopback, each broker and controller, in folders `node-1`,
+/// `node-2`... of one folder, whose `cluster.json` keeps the cluster id and every node's
+/// ports: a replicated cluster on one machine, for the fault suite and `herald broker start
+/// --nodes 3`.
+#[derive(Debug)]
+pub struct LocalCluster {
+    nodes: Vec<LocalBroker>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Layout {
+    cluster_id: String,
+    /// (port, controller port) of node 1, 2...
+    nodes: Vec<(u16, u16)>,
+}
+
+impl LocalCluster {
+    /// Starts the `size` nodes of `dir` (reusing those that run) and waits until each is
+    /// ready and the cluster counts all of them.
+    pub async fn start(dir: &Path, size: usize) -> Result<Self, BrokerError> {
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || Self::start_blocking(&dir, size))
+            .await
+            .expect("cluster start task panicked")
+    }
+
+    fn start_blocking(dir: &Path, size: usize) -> Result<Self, BrokerError> {
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        let dir = dir
+            .canonicalize()
+            .map_err(io("resolving the cluster folder"))?;
+        let layout_file = dir.join("cluster.json");
+        let layout = match std::fs::read_to_string(&layout_file)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Layout>(&text).ok())
+            .filter(|layout| layout.nodes.len() == size)
+        {
+            Some(layout) => layout,
+            None => {
+                // Held together until all are known, so no two nodes draw the same port.
+                let listeners = (0..size * 2)
+                    .map(|_| TcpListener::bind("127.0.0.1:0"))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(io("finding free ports"))?;
+                let ports: Vec<u16> = listeners
+                    .iter()
+                    .map(|l| l.local_addr().map(|a| a.port()))
+                    .collect::<Result<_, _>>()
+                    .map_err(io("finding free ports"))?;
+                let layout = Layout {
+                    cluster_id: cluster_id(),
+                    nodes: ports.chunks(2).map(|p| (p[0], p[1])).collect(),
+                };
+                std::fs::write(
+                    &layout_file,
+                    serde_json::to_string(&layout).expect("layout serialises"),
+                )
+                .map_err(io("writing cluster.json"))?;
+                layout
+            }
+        };
+        let voters = layout
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (_, controller))| format!("{}@127.0.0.1:{controller}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let libs = install()?;
+        let mut nodes = Vec::new();
+        for (i, (port, controller_port)) in layout.nodes.iter().enumerate() {
+            let node_dir = dir.join(format!("node-{}", i + 1));
+            std::fs::create_dir_all(&node_dir)
+                .map_err(io(format!("creating {}", node_dir.display())))?;
+            let running = read_state(&node_dir)
+                .and_then(|state| state.pid)
+                .filter(|pid| is_kafka_process(*pid));
+            let node = match running {
+                Some(pid) => LocalBroker {
+                    dir: node_dir,
+                    port: *port,
+                    pid,
+                    child: Mutex::new(None),
+                },
+                None => LocalBroker::launch(
+                    &node_dir,
+                    &libs,
+                    &Node {
+                        id: i + 1,
+                        port: *port,
+                        controller_port: *controller_port,
+                        quorum: Quorum::Voters {
+                            voters: &voters,
+                            cluster_id: &layout.cluster_id,
+                            size,
+                        },
+                    },
+                )?,
+            };
+            nodes.push(node);
+        }
+        let cluster = Self { nodes };
+        // The nodes elect a controller among themselves: each is ready only once a majority
+        // runs, so all are started before any is waited for.
+        let ready = cluster
+            .nodes
+            .iter()
+            .try_for_each(|node| node.wait_ready(Duration::from_secs(120)))
+            .and_then(|()| cluster.wait_complete(Duration::from_secs(60)));
+        if let Err(err) = ready {
+            cluster.kill_all();
+            return Err(err);
+        }
+        Ok(cluster)
+    }
+
+    /// Waits until the cluster's metadata lists every node.
+    fn wait_complete(&self, limit: Duration) -> Result<(), BrokerError> {
+        let until = Instant::now() + limit;
+        while crate::kafka::brokers_in_cluster(&self.bootstrap()) < self.nodes.len() {
+            if Instant::now() > until {
+                return Err(BrokerError::NotReady {
+                    seconds: limit.as_secs(),
+                    log: self.nodes[0].dir.join("broker.log"),
+                    tail: "not every node joined the cluster".into(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    }
+
+    /// Every node's address, comma-separated.
+    pub fn bootstrap(&self) -> String {
+        self.nodes
+            .iter()
+            .map(LocalBroker::bootstrap)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Node `id` (1, 2...), to kill, pause or restart.
+    pub fn node(&mut self, id: usize) -> &mut LocalBroker {
+        &mut self.nodes[id - 1]
+    }
+
+    /// The id of the node at `port`.
+    pub fn node_at(&self, port: u16) -> Option<usize> {
+        self.nodes
+            .iter()
+            .position(|n| n.port == port)
+            .map(|i| i + 1)
+    }
+
+    pub fn size(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Stops every node at once (see [`stop_dir`]).
+    pub async fn stop(&self, deadline: Duration) {
+        futures_util::future::join_all(self.nodes.iter().map(|node| node.stop(deadline))).await;
+    }
+
+    /// SIGCONT then SIGKILL to every node, as a test's cleanup.
+    pub fn kill_all(&self) {
+        for node in &self.nodes {
+            node.resume();
+            node.kill();
+        }
+    }
+}
+
 /// Stops the broker recorded in `dir`, if it runs. For `herald broker stop`.
 pub async fn stop_dir(dir: &Path, deadline: Duration) -> bool {
+    if dir.join("cluster.json").exists() {
+        // All at once: the last node of a cluster stopped one by one has no quorum left to
+        // shut down in order with, and would wait out the deadline.
+        let nodes: Vec<PathBuf> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| {
+                path.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("node-"))
+            })
+            .collect();
+        let stopped = futures_util::future::join_all(
+            nodes.iter().map(|node| Box::pin(stop_dir(node, deadline))),
+        )
+        .await;
+        return stopped.into_iter().any(|s| s);
+    }
     let Some(State {
         pid: Some(pid),
         port,
@@ -392,26 +617,93 @@ pub async fn stop_dir(dir: &Path, deadline: Duration) -> bool {
     true
 }
 
-fn server_properties(dir: &Path, port: u16, controller_port: u16) -> String {
+/// The broker's JVM on the settings of `dir`, logging to its `broker.log`.
+fn spawn_java(dir: &Path, libs: &Path) -> Result<Child, BrokerError> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("broker.log"))
+        .map_err(io("opening broker.log"))?;
+    Command::new("java")
+        .args(jvm_options("KAFKA_HEAP_OPTS", HEAP_OPTS))
+        .args(jvm_options("KAFKA_JVM_PERFORMANCE_OPTS", PERFORMANCE_OPTS))
+        .arg(format!(
+            "-Dlog4j2.configurationFile={}",
+            dir.join("log4j2.properties").display()
+        ))
+        .arg("-cp")
+        .arg(libs.join("*"))
+        .arg("kafka.Kafka")
+        .arg(dir.join("server.properties"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(io("broker log"))?)
+        .stderr(log)
+        // Its own process group: a terminal's ctrl-c reaches herald, which stops the broker
+        // in order, rather than both at once.
+        .process_group(0)
+        .spawn()
+        .map_err(io("starting java"))
+}
+
+/// One node of a local cluster: its id, ports and how it finds the controllers.
+struct Node<'a> {
+    id: usize,
+    port: u16,
+    controller_port: u16,
+    quorum: Quorum<'a>,
+}
+
+enum Quorum<'a> {
+    /// One node, its own controller (a dynamic quorum of one).
+    Standalone,
+    /// Every node is a controller too: `id@host:port,...` of all of them.
+    Voters {
+        voters: &'a str,
+        cluster_id: &'a str,
+        size: usize,
+    },
+}
+
+fn server_properties(dir: &Path, node: &Node<'_>) -> String {
+    let (port, controller_port, id) = (node.port, node.controller_port, node.id);
+    let (quorum, replicas, min_isr) = match &node.quorum {
+        Quorum::Standalone => (
+            format!("controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}"),
+            1,
+            1,
+        ),
+        Quorum::Voters { voters, size, .. } => (
+            format!(
+                "controller.quorum.voters={voters}\n\
+                 default.replication.factor={}\n\
+                 min.insync.replicas={}\n\
+                 unclean.leader.election.enable=false",
+                (*size).min(3),
+                (*size).min(3).min(2)
+            ),
+            (*size).min(3),
+            (*size).min(3).min(2),
+        ),
+    };
     format!(
-        "# Written by herald: a single-node KRaft broker on loopback.
+        "# Written by herald: a KRaft node (broker and controller) on loopback.
 process.roles=broker,controller
-node.id=1
+node.id={id}
 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
 advertised.listeners=PLAINTEXT://127.0.0.1:{port}
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}
+{quorum}
 log.dirs={kraft}
 num.partitions=6
 auto.create.topics.enable=false
-offsets.topic.replication.factor=1
+offsets.topic.replication.factor={replicas}
 offsets.topic.num.partitions=12
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor={replicas}
+transaction.state.log.min.isr={min_isr}
 transaction.state.log.num.partitions=4
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.replication.factor={replicas}
+share.coordinator.state.topic.min.isr={min_isr}
 group.initial.rebalance.delay.ms=0
 # Fewer threads than Kafka's defaults (3 and 8) for a broker sharing a small machine: on two
 # cores, 1 and 2 gave a producer 4% more throughput and a lower p99 than 2 and 4 (README).
@@ -450,12 +742,20 @@ fn options_or(set: Option<&str>, default: &str) -> Vec<String> {
         .collect()
 }
 
-fn format_storage(libs: &Path, properties: &Path) -> Result<(), BrokerError> {
-    let output = Command::new("java")
+fn format_storage(libs: &Path, properties: &Path, quorum: &Quorum<'_>) -> Result<(), BrokerError> {
+    let mut command = Command::new("java");
+    command
         .args(["-Xmx256m", "-XX:TieredStopAtLevel=1", "-cp"])
         .arg(libs.join("*"))
         .arg("kafka.tools.StorageTool")
-        .args(["format", "--standalone", "-t", &cluster_id(), "-c"])
+        .arg("format");
+    match quorum {
+        Quorum::Standalone => command.args(["--standalone", "-t", &cluster_id()]),
+        // Static voters: every node formatted with the one cluster id.
+        Quorum::Voters { cluster_id, .. } => command.args(["-t", cluster_id]),
+    };
+    let output = command
+        .arg("-c")
         .arg(properties)
         .stdin(Stdio::null())
         .output()

@@ -640,13 +640,18 @@ fn watermarks(
 
 /// Whether a cluster at `bootstrap` answers metadata with at least one broker (blocking).
 pub(crate) fn cluster_has_brokers(bootstrap: &str) -> bool {
+    brokers_in_cluster(bootstrap) > 0
+}
+
+/// How many brokers the cluster at `bootstrap` lists; 0 when it does not answer.
+pub(crate) fn brokers_in_cluster(bootstrap: &str) -> usize {
     let consumer: Result<BaseConsumer, _> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("log_level", "0")
         .create();
-    consumer.is_ok_and(|c| {
+    consumer.map_or(0, |c| {
         c.fetch_metadata(None, Duration::from_secs(2))
-            .is_ok_and(|m| !m.brokers().is_empty())
+            .map_or(0, |m| m.brokers().len())
     })
 }
 

@@ -120,6 +120,22 @@ pub async fn plan(
         .collect())
 }
 
+/// The leader (a broker id) of each partition of `topic`; -1 where it has none.
+pub async fn leaders(args: &KafkaArgs, topic: &str) -> Result<BTreeMap<i32, i32>, KafkaSetupError> {
+    let consumer: BaseConsumer = args.client_config()?.create()?;
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| (p.id(), p.leader())))
+            .collect())
+    })
+    .await
+    .expect("metadata task panicked")
+}
+
 /// Every topic of the cluster with `args`'s prefix, by full name.
 pub async fn existing(args: &KafkaArgs) -> Result<Vec<String>, KafkaSetupError> {
     let consumer: BaseConsumer = args.client_config()?.create()?;
