@@ -59,6 +59,24 @@ enum Command {
     },
     /// Print a development JWT signed with the HS256 secret.
     Token(TokenArgs),
+    /// Back up the database (PostgreSQL or the data folder's SQLite file) to a new file:
+    /// accounts, sessions, signing keys, devices, preferences, deliveries (what the topics
+    /// do not hold).
+    Backup {
+        #[command(flatten)]
+        store: services::StoreArgs,
+        /// The file to write (it must not exist).
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Restore a backup into an empty database.
+    Restore {
+        #[command(flatten)]
+        store: services::StoreArgs,
+        /// The file `herald backup` wrote.
+        #[arg(long)]
+        input: PathBuf,
+    },
     /// Show how the cluster's topics differ from the topics file (`plan`), or make them so
     /// (`apply`).
     Topics(tools::TopicsCommand),
@@ -110,6 +128,18 @@ enum AuditAction {
     Verify {
         #[command(flatten)]
         store: services::StoreArgs,
+    },
+    /// Rebuild a lost audit log from the topics: into an empty database, with the audit-log
+    /// consumers stopped, moves their group back to the start of every topic; the consumers
+    /// started again then write every chain anew, row for row as before.
+    Rebuild {
+        #[command(flatten)]
+        store: services::StoreArgs,
+        #[command(flatten)]
+        kafka: platform::kafka::KafkaArgs,
+        /// The audit log's consumer group, without the topic prefix.
+        #[arg(long, default_value = "audit-log")]
+        group: String,
     },
     /// Write the events of a time range (on occurred_at) as JSON lines, oldest first.
     Export {
@@ -187,6 +217,29 @@ fn main() -> anyhow::Result<()> {
             Command::Audit { action } => audit(action).await,
             Command::Token(args) => token(&args),
             Command::Topics(command) => tools::topics(command).await,
+            Command::Backup { store, output } => {
+                platform::backup::backup(&store.url(), &output).await?;
+                println!(
+                    "herald backup: {} written; `herald restore --input {}` puts it back into an \
+                     empty database",
+                    output.display(),
+                    output.display()
+                );
+                Ok(())
+            }
+            Command::Restore { store, input } => {
+                if store.database_url.is_none() {
+                    std::fs::create_dir_all(&store.data_dir)
+                        .with_context(|| format!("creating {}", store.data_dir.display()))?;
+                }
+                platform::backup::restore(&store.url(), &input).await?;
+                println!(
+                    "herald restore: {} restored into {}",
+                    input.display(),
+                    platform::db::redact_url(&store.url())
+                );
+                Ok(())
+            }
             Command::Check { service } => {
                 check::check(&service)
                     .with_context(|| format!("herald check {}", service.name()))?;
@@ -236,7 +289,7 @@ fn token(args: &TokenArgs) -> anyhow::Result<()> {
 }
 
 async fn audit(action: AuditAction) -> anyhow::Result<()> {
-    use audit_log::store::SqlStore;
+    use audit_log::store::{AuditStore, SqlStore};
     match action {
         AuditAction::Verify { store } => {
             let store = SqlStore::new(store.connect().await?).await?;
@@ -254,6 +307,45 @@ async fn audit(action: AuditAction) -> anyhow::Result<()> {
             println!(
                 "ok: {} rows in {} chains verified",
                 report.rows, report.chains
+            );
+        }
+        AuditAction::Rebuild {
+            store,
+            kafka,
+            group,
+        } => {
+            anyhow::ensure!(
+                kafka.brokers.is_some(),
+                "herald audit rebuild needs KAFKA_BROKERS"
+            );
+            let store = SqlStore::new(store.connect().await?).await?;
+            let chains = store.chains().await?.len();
+            anyhow::ensure!(
+                chains == 0,
+                "the audit log's database holds {chains} chains: rebuild into an empty database \
+                 (drop it, or set DATABASE_URL to a new one), or nothing would tell the rebuilt \
+                 rows from the old"
+            );
+            let group = kafka.topic(&group);
+            let name = group.clone();
+            let moved = tokio::task::spawn_blocking(move || {
+                platform::kafka::groups::reset_to_time(&kafka, &group, 0, Duration::from_secs(30))
+            })
+            .await
+            .context("the reset stopped unexpectedly")?;
+            match moved {
+                Ok(moves) => print!("{}", replay::ops::moves_table(&moves)),
+                // A group that never committed starts from the beginning anyway.
+                Err(
+                    platform::kafka::groups::GroupError::NothingCommitted(_)
+                    | platform::kafka::groups::GroupError::Unknown(_),
+                ) => {}
+                Err(err) => return Err(err.into()),
+            }
+            println!(
+                "herald audit rebuild: {name} starts from the beginning of every topic; start the \
+                 audit-log consumers and they write the log anew (`herald lag` shows how far, \
+                 `herald audit verify` checks it)"
             );
         }
         AuditAction::Export {

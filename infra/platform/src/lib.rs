@@ -17,6 +17,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 pub mod alerts;
 pub mod auth;
+pub mod backup;
 pub mod broker;
 pub mod consumer;
 pub mod contract;
