@@ -131,6 +131,15 @@ pub struct NotificationsArgs {
     pub edge: EdgeArgs,
     #[command(flatten)]
     pub notify: NotifyArgs,
+    #[command(subcommand)]
+    pub action: Option<NotificationsAction>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum NotificationsAction {
+    /// Rebuild the recipients and orders the service knows from the users and orders
+    /// topics, sending nothing (after a restore from an older backup, or a lost database).
+    RebuildProjection,
 }
 
 /// `herald search-indexer` settings.
@@ -545,6 +554,19 @@ pub async fn notifications(args: NotificationsArgs) -> anyhow::Result<()> {
         args.kafka.brokers.is_some(),
         "herald notifications needs KAFKA_BROKERS (or use `herald up`, which runs it too)"
     );
+    if let Some(NotificationsAction::RebuildProjection) = args.action {
+        let db = args.store.connect().await?;
+        let started = std::time::Instant::now();
+        let rebuilt = notifications::rebuild_projection(db, &args.kafka, &args.contract).await?;
+        println!(
+            "herald notifications rebuild-projection: {} user changes and {} orders applied \
+             again in {:.1} s; nothing was sent",
+            rebuilt.user_changes,
+            rebuilt.orders,
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     anyhow::ensure!(
         args.notify.smtp_url.is_some() || args.notify.email_outbox.is_some(),
         "herald notifications needs SMTP_URL (e.g. smtp://user:pass@mail.example.com:587?tls=required), \

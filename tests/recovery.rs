@@ -264,3 +264,170 @@ async fn a_sqlite_backup_restored_into_a_new_data_folder_signs_the_account_in() 
     backup_and_restore_sign_in(database, restored, &dir).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The notifications' projection of users (recipients' addresses): as the database held it.
+async fn projection(database_url: &str) -> Vec<(String, Option<String>, Option<String>, bool)> {
+    let pool = PgPool::connect(database_url).await.unwrap();
+    let rows = sqlx::query_as(
+        "SELECT user_id, email, display_name, deleted FROM notify_users ORDER BY user_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    rows
+}
+
+async fn count(database_url: &str, table: &str) -> i64 {
+    let pool = PgPool::connect(database_url).await.unwrap();
+    // The table name is one of this file's constants.
+    let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_notifications_projection_is_rebuilt_from_the_log_sending_nothing() {
+    let app = TestIngress::start_default().await;
+    let kafka = app.kafka.clone();
+    let database = support::audit::fresh_postgres().await;
+    let smtp = support::smtp::SmtpServer::start("projection").await;
+    let notifications = HeraldProcess::start(
+        "notifications",
+        &kafka,
+        &database,
+        &[("SMTP_URL", smtp.url().as_str())],
+    )
+    .await;
+    let writer = token("projection-writer", &["service", "admin"]);
+    let users = 40;
+    let events: Vec<Value> = (0..users)
+        .map(|i| support::ledger::registrations(7, i).1)
+        .collect();
+    let registered = app.post(&writer, &json!({ "events": events })).await;
+    assert_eq!(registered.status(), 202);
+    let settle = Instant::now();
+    while smtp.received().len() < users as usize {
+        assert!(
+            settle.elapsed() < Duration::from_secs(120),
+            "the welcome emails never came"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Then some change: a new name for one, a deletion for another.
+    let first = support::ledger::registrations(7, 0).0;
+    let second = support::ledger::registrations(7, 1).0;
+    let changes = json!({"events": [
+        {"type": "user.profile_updated", "data": {"user_id": first, "display_name": "Renamed"}},
+        {"type": "user.deleted", "data": {"user_id": second}},
+    ]});
+    assert_eq!(app.post(&writer, &changes).await.status(), 202);
+    while projection(&database).await.iter().all(|row| !row.3) {
+        assert!(
+            settle.elapsed() < Duration::from_secs(120),
+            "the deletion never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    notifications.terminate().await;
+    let before = projection(&database).await;
+    assert!(before.iter().any(|row| row.2.as_deref() == Some("Renamed")));
+    let (deliveries, emails) = (
+        count(&database, "notify_deliveries").await,
+        smtp.received().len(),
+    );
+
+    // The projection lost (as a restore from an older backup would leave it).
+    let pool = PgPool::connect(&database).await.unwrap();
+    sqlx::query("TRUNCATE notify_users, notify_orders")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let brokers = kafka.brokers.clone().unwrap();
+    let (ok, said) = herald(
+        &["notifications", "rebuild-projection"],
+        &[
+            ("KAFKA_BROKERS", brokers.as_str()),
+            ("TOPIC_PREFIX", kafka.topic_prefix.as_str()),
+            ("DATABASE_URL", database.as_str()),
+        ],
+    );
+    assert!(ok, "{said}");
+    assert_eq!(projection(&database).await, before, "{said}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(count(&database, "notify_deliveries").await, deliveries);
+    assert_eq!(smtp.received().len(), emails, "the rebuild sent something");
+    eprintln!("recovery: {said}");
+}
+
+/// The reports' aggregates: every counter and the active users per hour.
+async fn aggregates(database_url: &str) -> (Vec<(String, i64, String, i64, i64)>, i64) {
+    let pool = PgPool::connect(database_url).await.unwrap();
+    let counters = sqlx::query_as(
+        "SELECT metric, hour, key, count, total FROM report_counters ORDER BY metric, hour, key",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let (active,): (i64,) = sqlx::query_as("SELECT count(*) FROM report_active")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    (counters, active)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_aggregates_are_rebuilt_by_replaying_the_topics_into_emptied_tables() {
+    let app = TestIngress::start_default().await;
+    let kafka = app.kafka.clone();
+    let database = support::audit::fresh_postgres().await;
+    let reports = HeraldProcess::start("reports", &kafka, &database, &[]).await;
+    let writer = token("aggregates-writer", &["service", "admin"]);
+    support::audit::publish(&app, &writer, 4, 250, Duration::ZERO).await;
+    // Settled: the count of applied events stops moving.
+    let mut seen = -1;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = count(&database, "report_seen").await;
+        if now == seen && now > 0 {
+            break;
+        }
+        seen = now;
+    }
+    reports.terminate().await;
+    let before = aggregates(&database).await;
+    assert!(!before.0.is_empty());
+
+    let pool = PgPool::connect(&database).await.unwrap();
+    sqlx::query("TRUNCATE report_seen, report_counters, report_active")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let brokers = kafka.brokers.clone().unwrap();
+    let (ok, said) = herald(
+        &["reprocess", "reports", "--from", "1970-01-01T00:00:00Z"],
+        &[
+            ("KAFKA_BROKERS", brokers.as_str()),
+            ("TOPIC_PREFIX", kafka.topic_prefix.as_str()),
+        ],
+    );
+    assert!(ok, "{said}");
+    let reports = HeraldProcess::start("reports", &kafka, &database, &[]).await;
+    let started = Instant::now();
+    while count(&database, "report_seen").await < seen {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the replay stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(aggregates(&database).await, before);
+    reports.terminate().await;
+}
