@@ -1,6 +1,6 @@
 //! Topics as code, on the real broker: a service creates its topics as infra/topics.toml
-//! declares them; `herald topics plan` shows a topic that drifted from it, `herald topics
-//! apply` brings it back, keeping its events.
+//! declares them and warns of one that drifted from it; `herald topics plan` shows the
+//! drift, `herald topics apply` brings the topic back, keeping its events.
 
 mod support;
 
@@ -82,9 +82,24 @@ async fn topics_are_created_as_declared_and_drift_is_planned_and_applied_keeping
     publisher.publish_all(&records).await.unwrap();
 
     // A service's start creates what is missing as declared, and warns of the drift.
-    platform::kafka::ensure_topics(&kafka, &[orders.clone(), users.clone()], Default::default())
-        .await
-        .unwrap();
+    let log = dir.join("ingress.log");
+    let database = format!("sqlite://{}?mode=rwc", dir.join("ingress.db").display());
+    let ingress =
+        support::process::HeraldProcess::start_logging("ingress", &kafka, &database, &[], &log)
+            .await;
+    ingress.terminate().await;
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let warning = logged
+        .lines()
+        .find(|line| line.contains("differs from the topics file") && line.contains(&users))
+        .unwrap_or_else(|| panic!("no drift warning for {users}:\n{logged}"));
+    assert!(warning.contains("partitions 2 -> 6"), "{warning}");
+    assert!(
+        !logged
+            .lines()
+            .any(|line| line.contains("differs from the topics file") && line.contains(&orders)),
+        "{logged}"
+    );
 
     let plan = topics(&kafka, "plan", None);
     assert_eq!(
