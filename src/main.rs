@@ -77,6 +77,8 @@ enum Command {
         #[arg(long)]
         input: PathBuf,
     },
+    /// The wire schemas (envelope plus data) for standard Avro readers: `export DIR`.
+    Schemas(tools::SchemasCommand),
     /// Show how the cluster's topics differ from the topics file (`plan`), or make them so
     /// (`apply`).
     Topics(tools::TopicsCommand),
@@ -217,6 +219,7 @@ fn main() -> anyhow::Result<()> {
             Command::Audit { action } => audit(action).await,
             Command::Token(args) => token(&args),
             Command::Topics(command) => tools::topics(command).await,
+            Command::Schemas(command) => tools::schemas(&command),
             Command::Backup { store, output } => {
                 platform::backup::backup(&store.url(), &output).await?;
                 println!(

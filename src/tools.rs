@@ -398,3 +398,47 @@ pub async fn topics(command: TopicsCommand) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[derive(Debug, Args)]
+pub struct SchemasCommand {
+    #[command(subcommand)]
+    action: SchemasAction,
+    #[command(flatten)]
+    contract: ContractArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum SchemasAction {
+    /// Write every wire schema version (the envelope and its data: what a record on a topic
+    /// is) as DIR/<event type>.v<version>.avsc, for standard Avro readers.
+    Export {
+        /// The folder to write into (made when missing).
+        dir: std::path::PathBuf,
+    },
+}
+
+/// `herald schemas export DIR`.
+pub fn schemas(command: &SchemasCommand) -> anyhow::Result<()> {
+    let SchemasAction::Export { dir } = &command.action;
+    let catalog = command.contract.catalog()?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut written = 0;
+    for version in catalog.all_versions() {
+        let path = dir.join(format!("{}.v{}.avsc", version.event_type, version.version));
+        let text = serde_json::to_string_pretty(&version.wire_json)?;
+        std::fs::write(&path, text + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        let hex: String = version
+            .fingerprint
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        println!("{}  {hex}", path.display());
+        written += 1;
+    }
+    println!(
+        "herald schemas export: {written} wire schemas in {}",
+        dir.display()
+    );
+    Ok(())
+}

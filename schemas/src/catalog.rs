@@ -39,7 +39,12 @@ pub struct SchemaVersion {
     /// Envelope plus data: what is on the wire.
     pub wire_json: Json,
     pub wire: Schema,
+    /// The Avro specification's fingerprint of the wire schema: what is written.
     pub fingerprint: Fingerprint,
+    /// The fingerprint records written before 2026-12-06 carry (apache-avro 0.22's
+    /// canonical form); read as an alias of [`Self::fingerprint`]. Equal to it for schemas
+    /// without logical types.
+    pub legacy_fingerprint: Fingerprint,
     pub(crate) data_schema: Schema,
     /// Named types of the wire schema (which holds the data schema's too).
     pub(crate) names: Names,
@@ -199,6 +204,15 @@ impl Catalog {
                         ),
                     ));
                 }
+            }
+        }
+        // Old records name their schema by the legacy fingerprint: an alias, never in the
+        // place of a current one.
+        for list in versions.values() {
+            for v in list {
+                by_fingerprint
+                    .entry(v.legacy_fingerprint)
+                    .or_insert_with(|| v.clone());
             }
         }
         Ok(Self {
@@ -414,9 +428,12 @@ fn load_version(
     });
     let wire = Schema::parse(&wire_json)
         .map_err(|err| invalid(file, format!("wire schema: {}", error_chain(&err))))?;
+    let fingerprint = crate::canonical::fingerprint(&wire_json);
+    // What records written before the specification's form carry: apache-avro 0.22's
+    // canonical form keeps a logical type's `{"type": ...}`, so its fingerprint differs.
     let header = RabinFingerprintHeader::from_schema(&wire).build_header();
-    let mut fingerprint = [0u8; 8];
-    fingerprint.copy_from_slice(&header[2..10]);
+    let mut legacy_fingerprint = [0u8; 8];
+    legacy_fingerprint.copy_from_slice(&header[2..10]);
 
     let names = json::collect_names(&wire);
     let plan = Plan::new(&data_schema, &names, &key_field);
@@ -431,6 +448,7 @@ fn load_version(
         wire_json,
         wire,
         fingerprint,
+        legacy_fingerprint,
         data_schema,
         names,
         plan,

@@ -440,6 +440,26 @@ mod tests {
         assert_eq!(&bytes[2..10], &schema.fingerprint);
     }
 
+    /// The specification's fingerprint of order.placed v1's wire schema, as Java's
+    /// `SchemaNormalization` and fastavro compute it; records written before carry
+    /// apache-avro 0.22's, and still decode.
+    #[test]
+    fn records_carry_the_specification_fingerprint_and_old_ones_still_decode() {
+        let codec = Codec::new(catalog(), WireFormat::SingleObject);
+        let schema = codec.catalog().latest("order.placed").unwrap().clone();
+        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        assert_eq!(hex(&schema.fingerprint), "f7cc5bc124cd9c97");
+        assert_eq!(hex(&schema.legacy_fingerprint), "22048dcba1f02a7b");
+        let value = schema.validate(&schema.example, "").unwrap();
+        let mut bytes = codec
+            .encode(&schema, &envelope("order.placed", 0, None), &value)
+            .unwrap();
+        bytes[2..10].copy_from_slice(&schema.legacy_fingerprint);
+        let decoded = codec.decode(&bytes).unwrap();
+        assert_eq!(decoded.written_with.fingerprint, schema.fingerprint);
+        assert_eq!(decoded.data, schema.example);
+    }
+
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         let codec = Codec::new(catalog(), WireFormat::SingleObject);

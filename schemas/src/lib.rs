@@ -10,6 +10,7 @@
 //!   catalog, resolved to the newest version of its event type.
 
 mod binary;
+pub mod canonical;
 mod catalog;
 mod codec;
 mod direct;

@@ -47,6 +47,10 @@ impl Problem {
         )
     }
 
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+    }
+
     pub fn invalid(errors: Vec<FieldError>) -> Self {
         let detail = match errors.len() {
             1 => format!("1 field is invalid: {}", errors[0]),

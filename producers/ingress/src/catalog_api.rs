@@ -35,6 +35,62 @@ pub async fn event_types(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({ "event_types": types }))
 }
 
+/// One wire schema version as `/api/v1/schemas` lists it.
+fn schema_summary(v: &SchemaVersion) -> Value {
+    json!({
+        "fingerprint": hex(&v.fingerprint),
+        "event_type": v.event_type,
+        "version": v.version,
+        "topic": v.topic,
+        // What records written before the specification's fingerprint carry: still read.
+        "legacy_fingerprint": (v.legacy_fingerprint != v.fingerprint).then(|| hex(&v.legacy_fingerprint)),
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `GET /api/v1/schemas`: every wire schema version (envelope plus data, what a record on a
+/// topic is), with the fingerprint single-object encoding carries (the 8 bytes after `C3 01`,
+/// in hex as they are on the wire).
+pub async fn schemas(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let mut versions: Vec<&Arc<SchemaVersion>> = state.catalog().all_versions().collect();
+    versions.sort_by(|a, b| (&a.event_type, a.version).cmp(&(&b.event_type, b.version)));
+    let items: Vec<Value> = versions.into_iter().map(|v| schema_summary(v)).collect();
+    Json(json!({ "schemas": items }))
+}
+
+/// `GET /api/v1/schemas/{fingerprint}`: one wire schema, by its fingerprint (16 hex digits,
+/// the current or a legacy one).
+pub async fn schema(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(fingerprint): axum::extract::Path<String>,
+) -> Result<Json<Value>, crate::problem::Problem> {
+    let bytes: Option<[u8; 8]> = (fingerprint.len() == 16)
+        .then(|| {
+            let mut out = [0u8; 8];
+            for (i, byte) in out.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(fingerprint.get(i * 2..i * 2 + 2)?, 16).ok()?;
+            }
+            Some(out)
+        })
+        .flatten();
+    let Some(bytes) = bytes else {
+        return Err(crate::problem::Problem::bad_request(
+            "a fingerprint is 16 hexadecimal digits, as GET /api/v1/schemas lists them",
+        ));
+    };
+    let version = state.catalog().by_fingerprint(&bytes).ok_or_else(|| {
+        crate::problem::Problem::not_found(format!(
+            "no wire schema has the fingerprint {fingerprint}: GET /api/v1/schemas lists them"
+        ))
+    })?;
+    let mut body = schema_summary(version);
+    body["schema"] = version.wire_json.clone();
+    Ok(Json(body))
+}
+
 /// `GET /api/v1/openapi.json`
 pub async fn openapi(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(document(state.catalog().event_types().map(Arc::as_ref)))

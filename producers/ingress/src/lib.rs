@@ -243,6 +243,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/event-types", get(catalog_api::event_types))
         .route("/api/v1/openapi.json", get(catalog_api::openapi))
+        .route("/api/v1/schemas", get(catalog_api::schemas))
+        .route("/api/v1/schemas/{fingerprint}", get(catalog_api::schema))
         .route("/api/v1/events", post(events_api::post_events))
         .fallback(|| async {
             Problem::new(
