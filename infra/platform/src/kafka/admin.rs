@@ -236,11 +236,12 @@ pub async fn apply(args: &KafkaArgs, plans: &[TopicPlan]) -> Result<(), KafkaSet
     Ok(())
 }
 
-/// The topic's configs set on it (not the broker's defaults).
-async fn dynamic_configs(
+/// Every config of `topic` the cluster reports with a value: (name, value, whether it is set
+/// on the topic itself rather than a broker's default).
+async fn topic_configs(
     admin: &AdminClient<DefaultClientContext>,
     topic: &str,
-) -> Result<Vec<(String, String)>, KafkaSetupError> {
+) -> Result<Vec<(String, String, bool)>, KafkaSetupError> {
     let described = admin
         .describe_configs(
             &[ResourceSpecifier::Topic(topic)],
@@ -254,14 +255,29 @@ async fn dynamic_configs(
             reason: code.to_string(),
         })?;
         for entry in resource.entries {
-            if entry.source == ConfigSource::DynamicTopic
-                && let Some(value) = entry.value
-            {
-                configs.push((entry.name, value));
+            if let Some(value) = entry.value {
+                configs.push((
+                    entry.name,
+                    value,
+                    entry.source == ConfigSource::DynamicTopic,
+                ));
             }
         }
     }
     Ok(configs)
+}
+
+/// The topic's configs set on it (not the broker's defaults).
+async fn dynamic_configs(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+) -> Result<Vec<(String, String)>, KafkaSetupError> {
+    Ok(topic_configs(admin, topic)
+        .await?
+        .into_iter()
+        .filter(|(_, _, own)| *own)
+        .map(|(name, value, _)| (name, value))
+        .collect())
 }
 
 /// The cluster's broker count, and how it has each of `topics` that exists.
@@ -324,27 +340,12 @@ async fn described_configs(
     topic: &str,
 ) -> Result<BTreeMap<String, String>, KafkaSetupError> {
     let keys = ["cleanup.policy", "min.insync.replicas", "retention.ms"];
-    let described = admin
-        .describe_configs(
-            &[ResourceSpecifier::Topic(topic)],
-            &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
-        )
-        .await?;
-    let mut configs = BTreeMap::new();
-    for resource in described {
-        let resource = resource.map_err(|code| KafkaSetupError::CreateTopic {
-            topic: topic.to_string(),
-            reason: code.to_string(),
-        })?;
-        for entry in resource.entries {
-            if keys.contains(&entry.name.as_str())
-                && let Some(value) = entry.value
-            {
-                configs.insert(entry.name, value);
-            }
-        }
-    }
-    Ok(configs)
+    Ok(topic_configs(admin, topic)
+        .await?
+        .into_iter()
+        .filter(|(name, _, _)| keys.contains(&name.as_str()))
+        .map(|(name, value, _)| (name, value))
+        .collect())
 }
 
 /// A new topic's partitions get leaders a moment after creation; until then reads fail with
