@@ -162,6 +162,28 @@ fn fastavro(
         .collect()
 }
 
+/// The app's topics read by fastavro and by Java with `dir`'s exported schemas (and its
+/// `ids.json` when `confluent`), each read back as posted; how many records there were.
+async fn read_by_both(
+    app: &TestIngress,
+    dir: &std::path::Path,
+    posted: &HashMap<String, (String, Value)>,
+    confluent: bool,
+) -> usize {
+    let records = dir.join("records.jsonl");
+    let count = records_file(app, &records).await;
+    let ids = confluent.then(|| dir.join("ids.json"));
+    assert_read_back(
+        &fastavro(&dir.join("schemas"), &records, ids.as_deref()),
+        posted,
+    );
+    assert_read_back(
+        &java(&dir.join("schemas"), &records, ids.as_deref()),
+        posted,
+    );
+    count
+}
+
 /// `herald schemas export DIR`.
 fn export(dir: &std::path::Path) {
     let output = Command::new(HERALD)
@@ -201,11 +223,7 @@ async fn fastavro_and_java_read_every_event_type_in_single_object_encoding() {
     let posted = post_every_type(&app).await;
     let dir = support::test_dir(&format!("outside-{}", uuid::Uuid::new_v4().simple()));
     export(&dir.join("schemas"));
-    let count = records_file(&app, &dir.join("records.jsonl")).await;
-    let read = fastavro(&dir.join("schemas"), &dir.join("records.jsonl"), None);
-    assert_read_back(&read, &posted);
-    let read = java(&dir.join("schemas"), &dir.join("records.jsonl"), None);
-    assert_read_back(&read, &posted);
+    let count = read_by_both(&app, &dir, &posted, false).await;
     eprintln!(
         "outside readers: fastavro and Java Avro each read {count} single-object records of {} \
          event types",
@@ -243,19 +261,7 @@ async fn fastavro_and_java_read_every_event_type_in_the_confluent_wire_format() 
         })
         .collect();
     std::fs::write(dir.join("ids.json"), serde_json::to_string(&ids).unwrap()).unwrap();
-    let count = records_file(&app, &dir.join("records.jsonl")).await;
-    let read = fastavro(
-        &dir.join("schemas"),
-        &dir.join("records.jsonl"),
-        Some(&dir.join("ids.json")),
-    );
-    assert_read_back(&read, &posted);
-    let read = java(
-        &dir.join("schemas"),
-        &dir.join("records.jsonl"),
-        Some(&dir.join("ids.json")),
-    );
-    assert_read_back(&read, &posted);
+    let count = read_by_both(&app, &dir, &posted, true).await;
     eprintln!(
         "outside readers: fastavro and Java Avro each read {count} Confluent-framed records of \
          {} event types",
@@ -317,6 +323,9 @@ async fn the_wire_schemas_are_served_by_fingerprint_as_they_are_exported() {
         ("nothex!!nothex!!", 400),
         ("0000000000000000", 404),
         ("abc", 400),
+        // A sign, which `from_str_radix` alone would take.
+        ("+f+f+f+f+f+f+f+f", 400),
+        ("%E2%80%AEffffffffffffff", 400),
     ] {
         let answer = client
             .get(app.url(&format!("/api/v1/schemas/{bad}")))

@@ -160,24 +160,16 @@ impl LocalBroker {
         let dir = dir
             .canonicalize()
             .map_err(io("resolving the broker folder"))?;
-        let previous = read_state(&dir);
-        if let Some(State {
-            port,
-            pid: Some(pid),
-            ..
-        }) = previous
-            && is_kafka_process(pid)
-        {
-            tracing::info!(port, pid, "reusing the running local kafka broker");
-            let broker = Self {
-                dir,
-                port,
-                pid,
-                child: Mutex::new(None),
-            };
+        if let Some(broker) = Self::running(&dir) {
+            tracing::info!(
+                port = broker.port,
+                pid = broker.pid,
+                "reusing the running local kafka broker"
+            );
             broker.wait_ready(Duration::from_secs(60))?;
             return Ok(broker);
         }
+        let previous = read_state(&dir);
         let libs = install()?;
         let (port, controller_port) = match previous {
             Some(state) => (state.port, state.controller_port),
@@ -286,20 +278,22 @@ impl LocalBroker {
         Ok(())
     }
 
+    /// The broker `dir`'s state names, when its process runs (started by another process,
+    /// which reaps it).
+    fn running(dir: &Path) -> Option<Self> {
+        let state = read_state(dir)?;
+        let pid = state.pid.filter(|pid| is_kafka_process(*pid))?;
+        Some(Self {
+            dir: dir.to_path_buf(),
+            port: state.port,
+            pid,
+            child: Mutex::new(None),
+        })
+    }
+
     fn relaunch(dir: &Path) -> Result<Self, BrokerError> {
-        if let Some(State {
-            port,
-            pid: Some(pid),
-            ..
-        }) = read_state(dir)
-            && is_kafka_process(pid)
-        {
-            return Ok(Self {
-                dir: dir.to_path_buf(),
-                port,
-                pid,
-                child: Mutex::new(None),
-            });
+        if let Some(broker) = Self::running(dir) {
+            return Ok(broker);
         }
         let libs = install()?;
         let child = spawn_java(dir, &libs)?;
@@ -477,16 +471,8 @@ impl LocalCluster {
             let node_dir = dir.join(format!("node-{}", i + 1));
             std::fs::create_dir_all(&node_dir)
                 .map_err(io(format!("creating {}", node_dir.display())))?;
-            let running = read_state(&node_dir)
-                .and_then(|state| state.pid)
-                .filter(|pid| is_kafka_process(*pid));
-            let node = match running {
-                Some(pid) => LocalBroker {
-                    dir: node_dir,
-                    port: *port,
-                    pid,
-                    child: Mutex::new(None),
-                },
+            let node = match LocalBroker::running(&node_dir) {
+                Some(node) => node,
                 None => LocalBroker::launch(
                     &node_dir,
                     &libs,
@@ -596,22 +582,8 @@ pub async fn stop_dir(dir: &Path, deadline: Duration) -> bool {
         .await;
         return stopped.into_iter().any(|s| s);
     }
-    let Some(State {
-        pid: Some(pid),
-        port,
-        ..
-    }) = read_state(dir)
-    else {
+    let Some(broker) = LocalBroker::running(dir) else {
         return false;
-    };
-    if !is_kafka_process(pid) {
-        return false;
-    }
-    let broker = LocalBroker {
-        dir: dir.to_path_buf(),
-        port,
-        pid,
-        child: Mutex::new(None),
     };
     broker.stop(deadline).await;
     true

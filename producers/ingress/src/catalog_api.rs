@@ -67,15 +67,17 @@ pub async fn schema(
     State(state): State<Arc<AppState>>,
     axum::extract::Path(fingerprint): axum::extract::Path<String>,
 ) -> Result<Json<Value>, crate::problem::Problem> {
-    let bytes: Option<[u8; 8]> = (fingerprint.len() == 16)
-        .then(|| {
-            let mut out = [0u8; 8];
-            for (i, byte) in out.iter_mut().enumerate() {
-                *byte = u8::from_str_radix(fingerprint.get(i * 2..i * 2 + 2)?, 16).ok()?;
-            }
-            Some(out)
-        })
-        .flatten();
+    // Hex digits only: `from_str_radix` would also take a sign.
+    let bytes: Option<[u8; 8]> = (fingerprint.len() == 16
+        && fingerprint.bytes().all(|b| b.is_ascii_hexdigit()))
+    .then(|| {
+        let mut out = [0u8; 8];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(fingerprint.get(i * 2..i * 2 + 2)?, 16).ok()?;
+        }
+        Some(out)
+    })
+    .flatten();
     let Some(bytes) = bytes else {
         return Err(crate::problem::Problem::bad_request(
             "a fingerprint is 16 hexadecimal digits, as GET /api/v1/schemas lists them",

@@ -570,6 +570,22 @@ impl ConsumerArgs {
 mod tests {
     use super::*;
 
+    /// A partition's slot around `task`, as `Context::start` makes one.
+    fn slot_of(task: JoinHandle<()>) -> Slot {
+        let (tx, _rx) = mpsc::channel(1);
+        Slot {
+            tx,
+            progress: Arc::new(AtomicI64::new(-1)),
+            stored: -1,
+            dispatched: -1,
+            overflow: VecDeque::new(),
+            stop: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            task,
+            lost: false,
+        }
+    }
+
     /// A worker that ends while its partition is assigned (here: a panic outside the
     /// handler's guard) makes readiness fail, naming the partition, until the partition is
     /// no longer this process's.
@@ -580,18 +596,7 @@ mod tests {
         while !task.is_finished() {
             tokio::task::yield_now().await;
         }
-        let (tx, _rx) = mpsc::channel(1);
-        let mut slot = Slot {
-            tx,
-            progress: Arc::new(AtomicI64::new(-1)),
-            stored: -1,
-            dispatched: -1,
-            overflow: VecDeque::new(),
-            stop: CancellationToken::new(),
-            abort: CancellationToken::new(),
-            task,
-            lost: false,
-        };
+        let mut slot = slot_of(task);
         let name = format!("{group} orders[3]");
         slot.check_alive(&group, "orders", 3);
         assert!(slot.lost);
@@ -608,20 +613,8 @@ mod tests {
     async fn a_running_worker_is_not_lost() {
         let group = format!("g-{}", uuid::Uuid::new_v4().simple());
         let stop = CancellationToken::new();
-        let until = stop.clone();
-        let task = tokio::spawn(async move { until.cancelled().await });
-        let (tx, _rx) = mpsc::channel(1);
-        let mut slot = Slot {
-            tx,
-            progress: Arc::new(AtomicI64::new(-1)),
-            stored: -1,
-            dispatched: -1,
-            overflow: VecDeque::new(),
-            stop,
-            abort: CancellationToken::new(),
-            task,
-            lost: false,
-        };
+        let task = tokio::spawn(stop.clone().cancelled_owned());
+        let mut slot = slot_of(task);
         slot.check_alive(&group, "orders", 0);
         assert!(!slot.lost);
         assert!(
@@ -629,5 +622,6 @@ mod tests {
                 .iter()
                 .any(|p| p.starts_with(&group))
         );
+        stop.cancel();
     }
 }
