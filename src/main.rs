@@ -3,6 +3,7 @@
 //! HTTP API on one port, with all data under one folder.
 
 mod check;
+mod reference;
 mod services;
 mod tools;
 

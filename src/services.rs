@@ -419,7 +419,9 @@ async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> 
             shutdown.clone(),
         ));
     }
-    let router = router.route("/metrics", axum::routing::get(metrics));
+    let router = router
+        .merge(crate::reference::router(state.catalog()))
+        .route("/metrics", axum::routing::get(metrics));
     let router = Arc::new(Edge::new(&args.edge, Some(verify)).await?).wrap(router)?;
     let brokers = args.kafka.brokers.clone().unwrap_or_default();
     tracing::info!(http = %local, kafka = %brokers, "herald is ready");

@@ -14,14 +14,11 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::routes::{routes, routes_in};
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+use support::up::Up;
 
 fn full() -> bool {
     std::env::var("HOSTILE_FULL").is_ok_and(|v| v == "1")
@@ -163,80 +160,6 @@ fn hostile_params() -> Vec<String> {
 
 const HOSTILE_QUERY: &str = "?q=%00%0D%0A&limit=-1&offset=99999999999999999999&cursor=%FF&from=0000-01-01T00:00:00Z&to=9999-99-99&event_id=nope&platform=%00&version=1.2.3.4.5.6&type=x&field=a&field=b";
 
-/// `herald up` on the tests' broker, its data in a folder of its own; its address, its data
-/// folder and the file its standard error goes to.
-struct Up {
-    /// Killed when the test ends.
-    _child: tokio::process::Child,
-    base: String,
-    data: std::path::PathBuf,
-    log: std::path::PathBuf,
-    kafka: platform::kafka::KafkaArgs,
-}
-
-impl Up {
-    async fn start() -> Self {
-        let kafka = support::kafka(&support::brokers().await);
-        let data = support::test_dir(&format!("hostile-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&data).unwrap();
-        let log = data.join("stderr.log");
-        let mut child = tokio::process::Command::new(HERALD)
-            .arg("up")
-            .env("KAFKA_BROKERS", kafka.brokers.as_deref().unwrap())
-            .env("TOPIC_PREFIX", &kafka.topic_prefix)
-            .env_remove("JWT_HS256_SECRET")
-            .env_remove("DATABASE_URL")
-            .env_remove("REDIS_URL")
-            .env("HERALD_DATA_DIR", &data)
-            .env("HERALD_LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "warn")
-            // Every request reaches its handler, rather than most of a walk from one address
-            // stopping at the limits (tested on their own).
-            .env("RATE_LIMITS_OFF", "true")
-            // Events for recipients no one registered wait aside this long, then end skipped:
-            // the walk checks that every delivery ends.
-            .env("NOTIFY_RECIPIENT_GRACE_SECS", "5")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let base = support::announced_address(&mut lines, Duration::from_secs(180)).await;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self {
-            _child: child,
-            base,
-            data,
-            log,
-            kafka,
-        }
-    }
-
-    fn token(&self, sub: &str, role: &str) -> String {
-        let out = std::process::Command::new(HERALD)
-            .args(["token", "--sub", sub, "--role", role])
-            .env_remove("JWT_HS256_SECRET")
-            .env("HERALD_DATA_DIR", &self.data)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    }
-
-    fn sealing_key(&self) -> platform::seal::SealingKey {
-        let text = std::fs::read_to_string(self.data.join("sealing-key")).unwrap();
-        platform::seal::SealingKey::from_base64(&secrecy::SecretString::from(text)).unwrap()
-    }
-
-    /// Fails on any panic the process logged.
-    fn assert_no_panic(&self) {
-        let logged = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let panics: Vec<&str> = logged.lines().filter(|l| l.contains("panicked")).collect();
-        assert!(panics.is_empty(), "herald up panicked: {panics:?}");
-    }
-}
-
 /// What the walk saw.
 #[derive(Default)]
 struct Tally {
@@ -291,7 +214,13 @@ async fn hostile_input_on_every_route_yields_no_5xx_no_panic_and_no_stuck_consum
             "{expected} not found in {routes:?}"
         );
     }
-    let up = Up::start().await;
+    let up = Up::start(
+        "hostile",
+        // Events for recipients no one registered wait aside this long, then end skipped:
+        // the walk checks that every delivery ends.
+        &[("NOTIFY_RECIPIENT_GRACE_SECS", "5")],
+    )
+    .await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()

@@ -335,15 +335,6 @@ async fn the_catalog_lists_every_type_with_an_example_that_the_ingress_accepts()
             .unwrap();
         assert_eq!(response.status(), 200, "{}", t["type"]);
     }
-    let openapi = app.get_json("/api/v1/openapi.json").await;
-    assert_eq!(openapi["openapi"], "3.1.0");
-    assert_eq!(
-        openapi["components"]["schemas"]["Event"]["oneOf"]
-            .as_array()
-            .unwrap()
-            .len(),
-        10
-    );
     assert_eq!(
         client
             .get(app.url("/healthz"))

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs (when missing) and starts on 127.0.0.1 what the tests need: PostgreSQL and Redis
 # from Debian's packages, Java and Maven for the Apache Kafka broker, Chromium (renders report
-# pages headless) from Debian, aiosmtpd (an SMTP server), DuckDB and fastavro
-# (readers of exports) from PyPI, nginx and Prometheus's promtool (check the deployment files)
-# from Debian, and kcat and GNU time for the benchmarks. Idempotent: a second run reuses what
-# is there. Prints the environment to export.
+# pages headless) from Debian, aiosmtpd (an SMTP server), DuckDB and fastavro (readers of
+# exports) and schemathesis (tests the API from its OpenAPI document) from PyPI, nginx and
+# Prometheus's promtool (check the deployment files) from Debian, and kcat and GNU time for
+# the benchmarks. Idempotent: a second run reuses what is there. Prints the environment to
+# export.
 set -euo pipefail
 
 need=()
@@ -40,6 +41,17 @@ fi
 if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
   echo "installing: aiosmtpd (pip)" >&2
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'aiosmtpd>=1.4,<2' >&2
+fi
+
+# schemathesis (PyPI) generates requests from the OpenAPI document and checks the answers
+# against it. In a folder of its own under ~/.cache/herald, so its many dependencies meet no
+# other package; the tests run it with PYTHONPATH set to that folder.
+schemathesis_dir="$HOME/.cache/herald/schemathesis-4.32.5"
+if [ ! -x "$schemathesis_dir/bin/st" ]; then
+  echo "installing: schemathesis 4.32.5 (pip, into $schemathesis_dir)" >&2
+  rm -rf "$schemathesis_dir"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+    --target "$schemathesis_dir" 'schemathesis==4.32.5' >&2
 fi
 
 # The Compose specification's JSON schema, to check docker-compose.yml against (no Docker

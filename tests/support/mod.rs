@@ -12,6 +12,7 @@ pub mod registry;
 pub mod routes;
 pub mod sms;
 pub mod smtp;
+pub mod up;
 pub mod webhook;
 
 use std::path::PathBuf;

@@ -12,8 +12,10 @@ use axum::http::{HeaderMap, Uri};
 use axum::routing::get;
 use axum::{Json, Router};
 use platform::auth::Authenticator;
+use platform::openapi::{Api, Operation};
 use platform::problem::{self, Problem};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -37,6 +39,88 @@ pub fn router(state: Arc<AuditApi>) -> Router {
         .layer(axum::middleware::map_response(
             problem::problem_for_bare_errors,
         ))
+}
+
+/// The audit log's part of the OpenAPI document: every route `router` serves.
+pub fn openapi() -> Api {
+    let schema = |name: &str| json!({ "$ref": format!("#/components/schemas/{name}") });
+    // An empty value is taken as absent, as `parse` does.
+    let time = json!({"anyOf": [{"type": "string", "format": "date-time"}, {"const": ""}]});
+    let record = json!({
+        "type": "object",
+        "description": "One event as the audit log stored it (its envelope, its place in the log and its data; keys as written below) and its place in the hash chain",
+        "required": ["event_id", "event_type", "occurred_at", "received_at", "actor", "source",
+                     "idempotency_key", "topic", "partition", "offset", "key", "schema_version",
+                     "traceparent", "data", "audit"],
+        "properties": {
+            "event_id": {"type": "string", "format": "uuid"},
+            "event_type": {"type": "string", "description": "such as order.placed"},
+            "occurred_at": {"type": "string", "format": "date-time"},
+            "received_at": {"type": "string", "format": "date-time"},
+            "actor": {"type": "string", "description": "the verified token's subject"},
+            "source": {"type": "string"},
+            "idempotency_key": {"type": ["string", "null"]},
+            "topic": {"type": "string"},
+            "partition": {"type": "integer", "minimum": 0},
+            "offset": {"type": "integer", "minimum": 0},
+            "key": {"type": ["string", "null"], "description": "the record key: the aggregate id"},
+            "schema_version": {"type": "integer", "description": "the schema version the event was written with"},
+            "traceparent": {"type": ["string", "null"], "description": "W3C trace context, when the producer sent one"},
+            "data": {"type": "object", "description": "the payload, in the newest schema version of its event type"},
+            "audit": schema("AuditChainPosition"),
+        }
+    });
+    let hash = json!({"type": "string", "pattern": "^[0-9a-f]{64}$"});
+    let position = json!({
+        "type": "object",
+        "description": "Where the row sits in its chain (one per topic-partition): hash = SHA-256(prev_hash ‖ canonical content)",
+        "required": ["chain", "seq", "prev_hash", "hash"],
+        "properties": {
+            "chain": {"type": "string", "description": "<topic>/<partition>"},
+            "seq": {"type": "integer", "minimum": 1},
+            "prev_hash": hash,
+            "hash": hash,
+        }
+    });
+    Api {
+        tag: "audit",
+        description: "Every domain event, once, in an append-only hash-chained log that shows tampering, for admins to query.",
+        operations: vec![
+            Operation::get("/api/v1/audit", "The audit log, newest first")
+                .describe("Stored events newest first (by occurred_at, then event id), narrowed by every filter given, a page at a time: next_cursor, when not null, asks for the page after this one. An unknown parameter, or one given twice, is a 400; an empty value counts as absent.")
+                .bearer("admin role")
+                .query("actor", json!({"type": "string"}), "only events of this actor (token subject)")
+                .query("type", json!({"type": "string"}), "only events of this type, such as order.placed")
+                .query("key", json!({"type": "string"}), "only events of this aggregate (record key)")
+                .query("from", time.clone(), "RFC 3339: only events that occurred at or after this time")
+                .query("to", time, "RFC 3339, later than from: only events that occurred before this time")
+                .query(
+                    "limit",
+                    json!({"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+                                     {"const": ""}],
+                           "default": DEFAULT_LIMIT}),
+                    "most events in the page (empty: the default)",
+                )
+                .query(
+                    "cursor",
+                    json!({"type": "string",
+                           "pattern": "^([+-]?0*[0-9]{1,18}_[0-9a-fA-F]{32})?$"}),
+                    "the next_cursor of the previous page, as is (empty: the first page)",
+                )
+                .ok(200, "A page of events", json!({
+                    "type": "object",
+                    "required": ["items", "next_cursor"],
+                    "properties": {
+                        "items": {"type": "array", "items": schema("AuditRecord")},
+                        "next_cursor": {"type": ["string", "null"],
+                                        "description": "the cursor of the next page; null on the last page"},
+                    }
+                }))
+                .problem(400, "A parameter is unknown, given twice or malformed: limit not a whole number from 1 to 1000, from or to not an RFC 3339 time, from not earlier than to, or a cursor this API did not give out")
+                .problem(403, "The token lacks the admin role"),
+        ],
+        schemas: vec![("AuditRecord", record), ("AuditChainPosition", position)],
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -113,9 +197,9 @@ pub fn parse(uri: &Uri) -> Result<Request, Problem> {
         })?),
     };
     let filter = Filter {
-        actor: present(params.actor),
-        event_type: present(params.event_type),
-        key: present(params.key),
+        actor: text_param("actor", present(params.actor))?,
+        event_type: text_param("type", present(params.event_type))?,
+        key: text_param("key", present(params.key))?,
         from_us: time_param("from", present(params.from))?,
         to_us: time_param("to", present(params.to))?,
     };
@@ -129,6 +213,17 @@ pub fn parse(uri: &Uri) -> Result<Request, Problem> {
         after,
         limit,
     })
+}
+
+/// A value compared as text: no record holds a control character there, and PostgreSQL
+/// refuses a NUL in a query, so one is a 400 rather than a failed store call.
+fn text_param(name: &str, value: Option<String>) -> Result<Option<String>, Problem> {
+    match value {
+        Some(text) if text.chars().any(char::is_control) => Err(Problem::bad_request(format!(
+            "{name} must not hold control characters"
+        ))),
+        value => Ok(value),
+    }
 }
 
 /// An RFC 3339 time as microseconds since the epoch.
@@ -184,6 +279,8 @@ mod tests {
             ("to=2026-13-01T00:00:00Z", "to"),
             ("cursor=abc", "cursor"),
             ("actr=alice", "actr"),
+            ("actor=al%00ice", "actor"),
+            ("key=%0D%0A", "key"),
             (
                 "from=2026-11-23T00:00:00Z&to=2026-11-22T00:00:00Z",
                 "earlier",

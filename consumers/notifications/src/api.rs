@@ -37,8 +37,10 @@ use axum::routing::{delete, get, post};
 use crate::preferences::Preferences;
 use axum::{Json, Router};
 use platform::auth::Authenticator;
+use platform::openapi::{Api, Operation};
 use platform::problem::{self, Problem};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::live::LiveHub;
@@ -78,6 +80,170 @@ pub fn router(state: Arc<NotificationsApi>) -> Router {
         .layer(axum::middleware::map_response(
             problem::problem_for_bare_errors,
         ))
+}
+
+/// The notifications service's part of the OpenAPI document: every route `router` serves.
+pub fn openapi() -> Api {
+    let schema = |name: &str| json!({ "$ref": format!("#/components/schemas/{name}") });
+    let limit =
+        json!({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT});
+    let limit_doc = "at most this many rows, 1 to 500 (default 100); empty counts as absent";
+    let deliveries = json!({
+        "type": "object", "required": ["items"],
+        "properties": {"items": {"type": "array", "items": schema("Delivery")}}
+    });
+    // What a `PUT` accepts: `Preferences` and `QuietHours` refuse unknown fields, a channel
+    // map takes only email, push and sms (`live` is refused by `check`), and a time is HH:MM.
+    let switches = json!({
+        "type": "object", "additionalProperties": false,
+        "properties": {"email": {"type": "boolean"}, "push": {"type": "boolean"}, "sms": {"type": "boolean"}},
+        "description": "a channel left out takes its category's default (transactional on, promotional off); live follows push and is refused"
+    });
+    let time_of_day = json!({"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$",
+                             "description": "HH:MM, 24-hour, in the user's time zone"});
+    let preferences_in = json!({
+        "type": "object", "additionalProperties": false,
+        "properties": {
+            "transactional": switches,
+            "promotional": switches,
+            "quiet_hours": {"anyOf": [
+                {"type": "object", "additionalProperties": false, "required": ["start", "end"],
+                 "properties": {"start": time_of_day, "end": time_of_day},
+                 "description": "start and end must differ; an end before the start runs over midnight"},
+                {"type": "null"}]}
+        }
+    });
+    let new_device = json!({
+        "type": "object", "additionalProperties": false, "required": ["token", "platform"],
+        "properties": {
+            "token": {"type": "string", "maxLength": MAX_TOKEN_LEN, "pattern": "^\\s*\\S+\\s*$",
+                      "description": "the FCM, APNs or web push token: 1 to 4096 bytes once trimmed, no whitespace inside"},
+            "platform": {"type": "string", "enum": crate::push::PLATFORMS}
+        }
+    });
+    let path_token = "The token in the path is not valid UTF-8 once percent-decoded";
+    let unsubscribe_token = json!({"type": "string", "minLength": 1});
+    let unknown_link = "The token is not an unsubscribe link this service signed (or no unsubscribe secret is configured)";
+    let html = json!({"type": "string"});
+    Api {
+        tag: "notifications",
+        description: "What the notification service sent (email, push, SMS and live), each user's notification preferences and push devices, their live stream, and one-click unsubscribe from promotional email.",
+        operations: vec![
+            Operation::get("/api/v1/notifications", "Every delivery one event made")
+                .describe("Each message the event led to, one per channel and recipient, newest first, with its status and attempts.")
+                .bearer("admin role")
+                .required_query("event_id", json!({"type": "string", "format": "uuid",
+                    "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"}),
+                    "the event whose deliveries to list")
+                .query("limit", limit.clone(), limit_doc)
+                .ok(200, "The event's deliveries, newest first (none: an empty list)", deliveries.clone())
+                .problem(400, "event_id is missing, empty or not a UUID; limit is not a whole number from 1 to 500; or a query parameter is unknown or repeated")
+                .problem(403, "The caller lacks the admin role (checked before the query string); /api/v1/me/notifications shows their own"),
+            Operation::get("/api/v1/me/notifications", "The caller's notifications")
+                .describe("Every message sent to the caller, newest first: what was missed while no stream was open is here too.")
+                .bearer("any signed-in user; sees only their own")
+                .query("limit", limit, limit_doc)
+                .ok(200, "The caller's deliveries, newest first (none: an empty list)", deliveries)
+                .problem(400, "limit is not a whole number from 1 to 500, or a query parameter is unknown or repeated (event_id is for /api/v1/notifications)"),
+            Operation::get("/api/v1/me/notification-preferences", "The caller's notification preferences")
+                .describe("Every switch spelled out, defaults included: transactional channels are on and promotional ones off until the user says otherwise; quiet_hours only when set.")
+                .bearer("any signed-in user; sees only their own")
+                .ok(200, "The preferences in force", schema("NotificationPreferences")),
+            Operation::put("/api/v1/me/notification-preferences", "Replace the caller's notification preferences")
+                .describe("Replaces the whole document: a channel left out takes its category's default, and quiet_hours left out (or null) removes the window.")
+                .bearer("any signed-in user; changes only their own")
+                .json_body(preferences_in)
+                .ok(200, "The preferences now in force, every switch spelled out", schema("NotificationPreferences"))
+                .problem(400, "A channel other than email, push or sms (live follows push), an unknown field, a quiet_hours time that is not HH:MM, or a quiet_hours start equal to its end"),
+            Operation::post("/api/v1/devices", "Register a push device")
+                .describe("Registers the token for the caller's push messages. Registering it again makes it active again; a token registered by another user moves to the caller.")
+                .bearer("any signed-in user; the device becomes theirs")
+                .json_body(new_device)
+                .ok(201, "Registered (again): the device, active", schema("PushDevice"))
+                .problem(400, "The token is empty, longer than 4096 bytes or holds whitespace, or the platform is not android, ios or web"),
+            Operation::delete("/api/v1/devices/{token}", "Remove a push device")
+                .bearer("any signed-in user; removes only their own")
+                .path_param("token", json!({"type": "string", "minLength": 1}), "the token as registered (trimmed)")
+                .empty(204, "Removed")
+                .problem(400, path_token)
+                .problem(404, "The caller has no device with this token"),
+            Operation::get("/api/v1/stream", "The caller's live notifications (server-sent events)")
+                .describe("Stays open and carries one `notification` event per live notification for the caller (id: the event id; data: JSON {event_id, event_type, title, body}), and a comment every 15 s to keep proxies from closing it. It ends when the caller's token expires (reconnect with a fresh one), or once a client that stopped reading has read the 64 messages buffered for it. While a stream is open the caller's live notifications come here instead of as push.")
+                .bearer("any signed-in user; receives only their own")
+                .content(200, "The event stream, open until the token expires or the client leaves", "text/event-stream", json!({"type": "string"}))
+                .problem(401, "The token expires within the current second: open the stream with a fresh one")
+                .problem(429, "The caller already holds 8 streams open: close one first (a closed one frees its place within a keep-alive interval, 15 s)"),
+            Operation::get("/api/v1/unsubscribe/{token}", "The one-click unsubscribe page")
+                .describe("The page a promotional email's unsubscribe link opens: a button that posts to this same address. Fetching it changes nothing, so link scanners unsubscribe nobody.")
+                .public()
+                .path_param("token", unsubscribe_token.clone(), "the signed token of the email's List-Unsubscribe link")
+                .content(200, "The page with the button", "text/html", html.clone())
+                .problem(400, path_token)
+                .problem(404, unknown_link),
+            Operation::post("/api/v1/unsubscribe/{token}", "Unsubscribe from promotional email (one click)")
+                .describe("Turns the linked user's promotional email off; doing it again changes nothing. Mail clients post the form List-Unsubscribe=One-Click (RFC 8058): any body, of any media type, or none, is accepted and ignored, since the signed token alone says who.")
+                .public()
+                .path_param("token", unsubscribe_token, "the signed token of the email's List-Unsubscribe link")
+                .content(200, "Unsubscribed: a confirmation page", "text/html", html)
+                .problem(400, path_token)
+                .problem(404, unknown_link),
+        ],
+        schemas: vec![
+            ("Delivery", json!({
+                "type": "object",
+                "description": "One message of the delivery log: per event, channel and recipient",
+                "required": ["event_id", "channel", "recipient", "user_id", "address", "event_type", "template",
+                             "category", "status", "attempts", "provider", "detail", "created_at_us", "updated_at_us"],
+                "properties": {
+                    "event_id": {"type": "string", "format": "uuid", "description": "the event that caused it"},
+                    "channel": {"type": "string", "enum": ["email", "push", "sms", "live"]},
+                    "recipient": {"type": "string", "description": "whom it is for: a user id, or a user's device for push"},
+                    "user_id": {"type": ["string", "null"]},
+                    "address": {"type": "string", "description": "where it went (email address, phone number, push token); empty when none was known"},
+                    "event_type": {"type": "string"},
+                    "template": {"type": "string"},
+                    "category": {"type": "string", "enum": ["transactional", "promotional"]},
+                    "status": {"type": "string", "enum": ["sending", "retrying", "sent", "failed", "skipped", "dead", "deferred"]},
+                    "attempts": {"type": "integer", "minimum": 0},
+                    "provider": {"type": ["string", "null"], "description": "who took it (smtp, fcm, apns, an SMS provider)"},
+                    "detail": {"type": ["string", "null"], "description": "why it failed or was skipped or deferred"},
+                    "created_at_us": {"type": "integer", "description": "Unix time in microseconds"},
+                    "updated_at_us": {"type": "integer", "description": "Unix time in microseconds"}
+                }
+            })),
+            ("PushDevice", json!({
+                "type": "object",
+                "required": ["token", "user_id", "platform", "active"],
+                "properties": {
+                    "token": {"type": "string"},
+                    "user_id": {"type": "string"},
+                    "platform": {"type": "string", "enum": crate::push::PLATFORMS},
+                    "active": {"type": "boolean"}
+                }
+            })),
+            ("NotificationSwitches", json!({
+                "type": "object",
+                "required": ["email", "push", "sms"],
+                "properties": {"email": {"type": "boolean"}, "push": {"type": "boolean"}, "sms": {"type": "boolean"}},
+                "description": "Whether the category may use each channel (live follows push)"
+            })),
+            ("QuietHours", json!({
+                "type": "object",
+                "required": ["start", "end"],
+                "properties": {"start": {"type": "string", "description": "HH:MM"}, "end": {"type": "string", "description": "HH:MM"}},
+                "description": "When promotional messages wait, in the user's time zone; an end before the start runs over midnight"
+            })),
+            ("NotificationPreferences", json!({
+                "type": "object",
+                "required": ["transactional", "promotional"],
+                "properties": {
+                    "transactional": schema("NotificationSwitches"),
+                    "promotional": schema("NotificationSwitches"),
+                    "quiet_hours": schema("QuietHours")
+                }
+            })),
+        ],
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -168,9 +334,9 @@ async fn register_device(
     let principal = state.auth.authenticate(&headers)?;
     let Json(new) = body.map_err(|err| Problem::bad_request(err.body_text()))?;
     let token = new.token.trim();
-    if token.is_empty() || token.len() > MAX_TOKEN_LEN || token.chars().any(char::is_whitespace) {
+    if !token_shape(token) {
         return Err(Problem::bad_request(format!(
-            "token must be 1 to {MAX_TOKEN_LEN} characters without spaces"
+            "token must be 1 to {MAX_TOKEN_LEN} bytes without spaces or control characters"
         )));
     }
     if !crate::push::PLATFORMS.contains(&new.platform.as_str()) {
@@ -193,12 +359,23 @@ async fn register_device(
     Ok((StatusCode::CREATED, Json(device)))
 }
 
+/// Whether `token` can be a push token: what providers hand out is visible characters.
+fn token_shape(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= MAX_TOKEN_LEN
+        && !token.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 async fn remove_device(
     State(state): State<Arc<NotificationsApi>>,
     headers: HeaderMap,
     Path(token): Path<String>,
 ) -> Result<StatusCode, Problem> {
     let principal = state.auth.authenticate(&headers)?;
+    // No device has such a token: the store is not asked (PostgreSQL refuses a NUL).
+    if !token_shape(&token) {
+        return Err(Problem::not_found("you have no device with this token"));
+    }
     let removed = state
         .store
         .remove_device(&principal.subject, &token)

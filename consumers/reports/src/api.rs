@@ -9,8 +9,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use platform::auth::Authenticator;
+use platform::openapi::{Api, Operation};
 use platform::problem::{self, Problem};
 use serde::Serialize;
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::store::{Listed, SqlStore};
@@ -33,6 +35,73 @@ pub fn router(state: Arc<ReportsApi>) -> Router {
         .layer(axum::middleware::map_response(
             problem::problem_for_bare_errors,
         ))
+}
+
+/// The reports service's part of the OpenAPI document: every route `router` serves.
+pub fn openapi() -> Api {
+    let schema = |name: &str| json!({ "$ref": format!("#/components/schemas/{name}") });
+    let listing = json!({
+        "type": "object",
+        "description": "One stored report: which report, which period, and where to download it",
+        "required": ["report_id", "report", "period", "period_start", "period_end", "created_at",
+                     "csv", "html"],
+        "properties": {
+            "report_id": {"type": "string", "format": "uuid"},
+            "report": {"type": "string", "description": "the report's name in the schedule"},
+            "period": {"type": "string",
+                       "description": "the period's name in the report's zone: 2026-11-22T10 (hour), 2026-11-22 (day) or 2026-W47 (week)"},
+            "period_start": {"type": "string", "format": "date-time"},
+            "period_end": {"type": "string", "format": "date-time", "description": "exclusive"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "csv": {"type": "string", "description": "the path of its CSV: /api/v1/reports/<report_id>.csv"},
+            "html": {"type": "string", "description": "the path of its page: /api/v1/reports/<report_id>.html"},
+        }
+    });
+    // What `Uuid::parse_str` reads: simple, hyphenated, braced or URN.
+    let hyphenated = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}";
+    let file = format!(
+        "^([0-9a-fA-F]{{32}}|{hyphenated}|\\{{{hyphenated}\\}}|urn:uuid:{hyphenated})\\.(csv|html)$"
+    );
+    let text = json!({"type": "string"});
+    Api {
+        tag: "reports",
+        description: "Scheduled reports, made exactly once per period from aggregates kept from the event stream, to list and download.",
+        operations: vec![
+            Operation::get(BASE, "Stored reports, newest first")
+                .describe("Every stored report (until the retention period purges it), newest first, optionally of one report only. Parameter values are compared as sent, without percent-decoding. An unknown parameter is a 400; one given twice counts once, the last.")
+                .bearer("admin or analyst role")
+                .query("report", json!({"type": "string"}), "only this report (its name in the schedule)")
+                .query(
+                    "limit",
+                    json!({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}),
+                    "most reports in the answer",
+                )
+                .ok(200, "The stored reports", json!({
+                    "type": "object",
+                    "required": ["items"],
+                    "properties": {"items": {"type": "array", "items": schema("ReportListing")}}
+                }))
+                .problem(400, "An unknown parameter, or limit not a whole number from 1 to 500")
+                .problem(403, "The token lacks the admin or analyst role"),
+            Operation::get("/api/v1/reports/{file}", "Download one stored report")
+                .describe("<report id>.csv is the report's figures as CSV, sent as an attachment; <report id>.html is the same as a static page (no scripts, nothing loaded from elsewhere), sent inline.")
+                .bearer("admin or analyst role")
+                .path_param(
+                    "file",
+                    json!({"type": "string", "pattern": file}),
+                    "<report id>.csv or <report id>.html, the report id as report_id of the listing",
+                )
+                .content_types(
+                    200,
+                    "The report: text/csv for .csv, text/html for .html (UTF-8)",
+                    &[("text/csv", text.clone()), ("text/html", text)],
+                )
+                .problem(400, "file is not <report id>.csv or <report id>.html")
+                .problem(403, "The token lacks the admin or analyst role")
+                .problem(404, "No stored report has this id (never made, or purged after the retention period)"),
+        ],
+        schemas: vec![("ReportListing", listing)],
+    }
 }
 
 fn allowed(state: &ReportsApi, headers: &HeaderMap) -> Result<(), Problem> {

@@ -16,8 +16,10 @@ use axum::http::{HeaderMap, Uri};
 use axum::routing::get;
 use axum::{Json, Router};
 use platform::auth::Authenticator;
+use platform::openapi::{Api, Operation};
 use platform::problem::{self, Problem};
 use serde::Serialize;
+use serde_json::json;
 
 use crate::LiveIndex;
 use crate::index::{Caller, Hit, SearchError, SearchRequest, Stats};
@@ -44,6 +46,91 @@ pub fn router(state: Arc<SearchApi>) -> Router {
         .layer(axum::middleware::map_response(
             problem::problem_for_bare_errors,
         ))
+}
+
+/// The search service's part of the OpenAPI document: every route `router` serves.
+pub fn openapi() -> Api {
+    let schema = |name: &str| json!({ "$ref": format!("#/components/schemas/{name}") });
+    let hit = json!({
+        "type": "object",
+        "description": "One document the caller may see, ranked by BM25",
+        "required": ["id", "type", "title", "snippet", "fields", "updated_at_ms", "score"],
+        "properties": {
+            "id": {"type": "string", "description": "<type>:<entity id>, such as order:o-1"},
+            "type": {"type": "string", "enum": KINDS},
+            "title": {"type": "string"},
+            "snippet": {"type": "string",
+                        "description": "the best fragment of the body, HTML-escaped, matches in <b>; may be empty"},
+            "fields": {"type": "object", "additionalProperties": {"type": "string"},
+                       "description": "the document's filterable fields, such as status and currency"},
+            "updated_at_ms": {"type": "integer", "description": "when the entity last changed, Unix milliseconds"},
+            "score": {"type": "number"},
+        }
+    });
+    let stats = json!({
+        "type": "object",
+        "description": "Counts of the generation being served",
+        "required": ["documents", "removed", "segments", "bytes"],
+        "properties": {
+            "documents": {"type": "integer", "minimum": 0, "description": "documents that can be found"},
+            "removed": {"type": "integer", "minimum": 0, "description": "removed entities kept as tombstones"},
+            "segments": {"type": "integer", "minimum": 0},
+            "bytes": {"type": "integer", "minimum": 0, "description": "the size of the index's files on disk"},
+        }
+    });
+    Api {
+        tag: "search",
+        description: "Full-text search over users, orders, messages and campaigns, projected from the event stream into an embedded inverted index.",
+        operations: vec![
+            Operation::get("/api/v1/search", "Search the documents the caller may see")
+                .describe("BM25-ranked documents with a highlighted snippet. q takes words (all required), \"quoted phrases\", -excluded words and title:word; a word one typo away or a word's beginning also matches, ranked below exact matches. next_cursor, when not null, asks for the next page; pages end at 10000 results deep. An unknown parameter, or q, type, limit or cursor given twice, is a 400.")
+                .bearer("any signed-in user; sees public documents and their own, admins see every document")
+                .required_query(
+                    "q",
+                    json!({"type": "string", "minLength": 1, "maxLength": MAX_QUERY_LEN, "pattern": "\\S"}),
+                    "the words to search for: not blank, at most 500 characters",
+                )
+                .query("type", json!({"type": "string", "enum": KINDS}), "only documents of this type")
+                .query(
+                    "field",
+                    json!({"type": "array", "items": {"type": "string", "pattern": ":"}}),
+                    "name:value, such as status:shipped; repeatable, all must match",
+                )
+                .query(
+                    "limit",
+                    // An empty value is taken as absent, as `limit_param` does.
+                    json!({"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+                                     {"const": ""}],
+                           "default": DEFAULT_LIMIT}),
+                    "most documents in the page (empty: the default)",
+                )
+                .query(
+                    "cursor",
+                    json!({"type": "string", "pattern": "^\\+?0*([0-9]{1,4}|10000)$"}),
+                    "the next_cursor of the previous page, as is",
+                )
+                .ok(200, "A page of matches", json!({
+                    "type": "object",
+                    "required": ["items", "total", "next_cursor"],
+                    "properties": {
+                        "items": {"type": "array", "items": schema("SearchHit")},
+                        "total": {"type": "integer", "minimum": 0,
+                                  "description": "matches in all that the caller may see"},
+                        "next_cursor": {"type": ["string", "null"],
+                                        "description": "the cursor of the next page; null on the last page"},
+                    }
+                }))
+                .problem(400, "A parameter is unknown, given twice or malformed: q missing, blank, longer than 500 characters or not a query the parser reads (such as an unclosed quote or bracket, or a field that does not exist), type not one of user, order, message, campaign, a field filter without ':', limit not a whole number from 1 to 100, or a cursor a search did not give out")
+                .problem(503, "The index cannot be read, or the search stopped before answering"),
+            Operation::get("/api/v1/search/stats", "Statistics of the index being served")
+                .describe("Documents, removed ones kept as tombstones, segments and bytes on disk, of the generation queries use now.")
+                .bearer("admin role")
+                .ok(200, "The index's counts", schema("SearchStats"))
+                .problem(403, "The token lacks the admin role")
+                .problem(503, "The index cannot be read"),
+        ],
+        schemas: vec![("SearchHit", hit), ("SearchStats", stats)],
+    }
 }
 
 #[derive(Debug, Serialize)]

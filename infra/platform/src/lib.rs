@@ -27,6 +27,7 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod net;
+pub mod openapi;
 pub mod problem;
 pub mod registry;
 pub mod seal;

@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use platform::auth::Principal;
 use platform::edge::rate::Rate;
+use platform::openapi::{Api, Operation};
 use platform::problem::Problem;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -70,8 +71,23 @@ async fn limit_target(
     .with_retry_after(retry))
 }
 
+/// A store that cannot be reached is a 503 the client retries; anything else is a fault of
+/// ours, logged and answered 500.
 fn store_error(err: &StoreError) -> Problem {
-    Problem::internal(err)
+    use sqlx::Error as E;
+    match err {
+        StoreError::Db(E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_)) => {
+            tracing::warn!(%err, "auth store unreachable");
+            Problem::unavailable("the account store is not reachable; retry shortly", 5)
+        }
+        _ => Problem::internal(err),
+    }
+}
+
+/// Whether `text` can be looked up at all: PostgreSQL's text holds no NUL, so no stored
+/// value has one, and asking the store would fail rather than find nothing.
+fn storable(text: &str) -> bool {
+    !text.contains('\0')
 }
 
 /// The body as `T`; the message names the problem but never echoes a value (it may be a
@@ -748,6 +764,9 @@ pub struct OtpVerify {
 pub async fn otp_verify(State(state): State<Arc<AuthState>>, bytes: Bytes) -> Answer {
     let request: OtpVerify = body(&bytes)?;
     let refused = || Problem::unauthorized("wrong phone or code");
+    if !storable(&request.phone) {
+        return Err(refused());
+    }
     let account = state
         .store
         .account_by_phone(&request.phone)
@@ -880,6 +899,9 @@ pub async fn user(
             "only the account's owner or an admin may read it",
         ));
     }
+    if !storable(&id) {
+        return Err(not_found());
+    }
     let account = state
         .store
         .account(&id)
@@ -925,6 +947,9 @@ pub async fn set_role(
     let request: RoleBody = body(&bytes)?;
     if !ROLES.contains(&request.role.as_str()) {
         return Err(invalid("role", format!("one of {ROLES:?}")));
+    }
+    if !storable(&id) {
+        return Err(not_found());
     }
     if !state
         .store
@@ -1044,6 +1069,345 @@ pub async fn set_versions(
         StatusCode::OK,
         &json!({"platform": platform, "latest": latest.to_string(), "minimum": minimum.to_string()}),
     ))
+}
+
+// The OpenAPI description of the routes above. Its patterns spell character classes out:
+// validators read a schema's `\s` as ASCII white space, where `str::trim` removes Unicode's.
+
+/// What `is_forbidden_char` refuses.
+const FORBIDDEN_CHARS: &str = r"\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069";
+/// The white space `str::trim` removes that is not a control character.
+const SPACE_CHARS: &str = r" \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
+/// Every character `str::trim` removes.
+const TRIMMED_CHARS: &str = r"\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
+/// The ASCII addresses `normalize_email` accepts whose local part fits a display name.
+const EMAIL_PATTERN: &str = r"^[\x21-\x3f\x41-\x7e]{1,64}@[\x21-\x2d\x2f-\x3f\x41-\x7e][\x21-\x3f\x41-\x7e]*\.[\x21-\x3f\x41-\x7e]*[\x21-\x2d\x2f-\x3f\x41-\x7e]$";
+/// Text of at most three distinct characters, which no password may be.
+const FEW_CHARACTERS: &str = r"^([\s\S])\1*(?:([\s\S])(?:\1|\2)*(?:([\s\S])(?:\1|\2|\3)*)?)?$";
+const PHONE_PATTERN: &str = r"^\+[0-9]{8,15}$";
+const PLATFORM_PATTERN: &str = "^[a-z0-9-]{1,32}$";
+
+/// What `check_text` accepts for `max` (1 to `max` characters once trimmed, none forbidden),
+/// or null.
+fn text_schema(max: usize, doc: &str) -> Json {
+    let (f, s) = (FORBIDDEN_CHARS, SPACE_CHARS);
+    json!({
+        "type": ["string", "null"],
+        "pattern": format!("^[{s}]*[^{s}{f}](?:[^{f}]{{0,{}}}[^{s}{f}])?[{s}]*$", max - 2),
+        "description": doc,
+    })
+}
+
+/// The time zone names `check_time_zone` accepts: those of the database it looks them up in.
+fn time_zones() -> Vec<String> {
+    let mut zones: Vec<String> = jiff::tz::db()
+        .available()
+        .map(|name| name.to_string())
+        .collect();
+    zones.push("UTC".into());
+    zones.sort();
+    zones.dedup();
+    zones
+}
+
+/// The auth service's part of the OpenAPI document: every route `router` serves.
+pub fn openapi() -> Api {
+    let schema = |name: &str| json!({ "$ref": format!("#/components/schemas/{name}") });
+    let or_null = |name: &str| json!({"anyOf": [schema(name), {"type": "null"}]});
+    let version = json!({
+        "type": "string",
+        "pattern": format!(r"^[{TRIMMED_CHARS}]*[0-9]{{1,9}}(?:\.[0-9]{{1,9}}){{0,3}}[{TRIMMED_CHARS}]*$"),
+        "description": "1 to 4 numbers of up to 9 digits, with dots (2, 2.0, 2.0.1); compared by number, so 2.0 equals 2.0.0",
+    });
+    let platform = json!({"type": "string", "pattern": PLATFORM_PATTERN});
+    let account_id = json!({"type": "string", "minLength": 1});
+    let refresh_body = json!({
+        "type": "object", "required": ["refresh_token"],
+        "properties": {"refresh_token": {"type": "string", "description": "as the sign-in or the last refresh gave it"}}
+    });
+    let role = json!({"type": "string", "enum": ROLES});
+    // PATCH /me: at least one field that is not null.
+    let some_field: Vec<Json> = ["display_name", "phone", "locale", "time_zone"]
+        .into_iter()
+        .map(|field| json!({"required": [field], "properties": {field: {"type": "string"}}}))
+        .collect();
+    let sign_in_503 = "No signing key is active yet: retry after Retry-After";
+    let gone_401 = "the token's account was deleted";
+    Api {
+        tag: "auth",
+        description: "Accounts, sessions and one-time codes: registration, sign-in by password or texted code, token refresh, profiles, roles, signing keys and the app-update check.",
+        operations: vec![
+            Operation::get("/.well-known/jwks.json", "The keys that verify access tokens")
+                .describe("Every published signing key as a JSON Web Key Set: the key that signs now, a key a rotation will sign with, and older keys until the last token they signed has expired. Cacheable for 30 seconds.")
+                .public()
+                .ok(200, "The key set", json!({
+                    "type": "object", "required": ["keys"],
+                    "properties": {"keys": {"type": "array", "items": {
+                        "type": "object", "required": ["kty", "n", "e", "kid", "alg", "use"],
+                        "properties": {
+                            "kty": {"const": "RSA"}, "n": {"type": "string"}, "e": {"type": "string"},
+                            "kid": {"type": "string"}, "alg": {"const": "RS256"}, "use": {"const": "sig"}}}}}
+                })),
+            Operation::post("/api/v1/auth/register", "Create an account")
+                .describe("Creates an account with the role `user` (a `role` in the body is ignored), publishes user.registered and answers it with Location: /api/v1/users/{id}. A missing or null display_name is the email's local part, locale `en`, time_zone `UTC`. A body that is not JSON, lacks a required field or has a field of the wrong type is 400; a field the rules refuse is 422 with its JSON pointer. The email is trimmed and lower-cased; the password must also not contain the email's local part.")
+                .public()
+                .json_body(json!({
+                    "type": "object", "required": ["email", "password"],
+                    "properties": {
+                        "email": schema("AccountEmail"),
+                        "password": schema("NewPassword"),
+                        "display_name": text_schema(100, "1 to 100 characters once trimmed; no control characters or bidirectional overrides"),
+                        "phone": or_null("PhoneNumber"),
+                        "locale": text_schema(16, "1 to 16 characters once trimmed, such as en or pt-BR; no control characters"),
+                        "time_zone": or_null("IanaTimeZone"),
+                    }
+                }))
+                .ok(201, "The new account", schema("Profile"))
+                .problem(409, "A live account has this email")
+                .problem(422, "A field the rules refuse (email, password, display_name, phone, locale or time_zone), by JSON pointer")
+                .problem(429, "More than REGISTER_LIMIT_PER_EMAIL attempts for this email (5 per 10 minutes by default), from any address"),
+            Operation::post("/api/v1/auth/login", "Sign in with email and password")
+                .describe("Starts a session: an access token and the first refresh token of a new family.")
+                .public()
+                .json_body(json!({
+                    "type": "object", "required": ["email", "password"],
+                    "properties": {"email": {"type": "string"}, "password": {"type": "string"}}
+                }))
+                .ok(200, "A new session", schema("Session"))
+                .problem(401, "Wrong email or password (also for an email that is not an address)")
+                .problem(429, "More than LOGIN_LIMIT_PER_ACCOUNT attempts for this email (10 per 10 minutes by default), from any address")
+                .problem(503, sign_in_503),
+            Operation::post("/api/v1/auth/refresh", "Trade a refresh token for a new session")
+                .describe("The refresh token works once and is replaced by the answer's; a used one presented again revokes every session of its sign-in.")
+                .public()
+                .json_body(refresh_body.clone())
+                .ok(200, "A new access token and the next refresh token", schema("Session"))
+                .problem(401, "Unknown, expired or revoked refresh token; one used before (every session of its sign-in is now revoked); or its account was deleted")
+                .problem(503, sign_in_503),
+            Operation::post("/api/v1/auth/logout", "Sign out")
+                .describe("Revokes the refresh token's family: every token of this sign-in. Idempotent: an unknown token is answered the same.")
+                .public()
+                .json_body(refresh_body)
+                .empty(204, "Signed out"),
+            Operation::post("/api/v1/auth/password", "Change one's password")
+                .describe("Needs the current password; signs out every session of the account. The token is checked before the body. The new password must also not contain the email's local part.")
+                .bearer("any signed-in account, for its own password")
+                .problem(401, gone_401)
+                .json_body(json!({
+                    "type": "object", "required": ["current_password", "new_password"],
+                    "properties": {"current_password": {"type": "string"}, "new_password": schema("NewPassword")}
+                }))
+                .empty(204, "Changed; every session is signed out")
+                .problem(403, "The current password is wrong")
+                .problem(422, "The new password breaks the rules (pointer /new_password)"),
+            Operation::post("/api/v1/auth/password/forgot", "Ask for a password-reset link")
+                .describe("Mails a one-time link to the account with this email, if there is one; the answer is the same either way.")
+                .public()
+                .json_body(json!({
+                    "type": "object", "required": ["email"],
+                    "properties": {"email": schema("AccountEmail")}
+                }))
+                .ok(202, "If an account has this email, a link is on its way", schema("AccountNotice"))
+                .problem(422, "The email is not an address")
+                .problem(429, "More than PASSWORD_FORGOT_LIMIT_PER_ACCOUNT requests for this email (3 per 10 minutes by default)"),
+            Operation::post("/api/v1/auth/password/reset", "Set a new password with a reset link")
+                .describe("The link's token works once; every session of the account is signed out. The password rules are checked first, so a refused password does not use the link up.")
+                .public()
+                .json_body(json!({
+                    "type": "object", "required": ["token", "new_password"],
+                    "properties": {
+                        "token": {"type": "string", "description": "the token after #token= in the mailed link"},
+                        "new_password": schema("NewPassword")}
+                }))
+                .empty(204, "The password is changed")
+                .problem(401, "Unknown, used or expired reset link")
+                .problem(422, "The new password breaks the rules (pointer /new_password)"),
+            Operation::post("/api/v1/auth/otp/request", "Ask for a sign-in code by SMS")
+                .describe("Texts a one-time code to the account whose verified phone this is, if there is one; the answer is the same either way.")
+                .public()
+                .json_body(json!({
+                    "type": "object", "required": ["phone"],
+                    "properties": {"phone": schema("PhoneNumber")}
+                }))
+                .ok(202, "If an account has this phone, a code is on its way", schema("AccountNotice"))
+                .problem(422, "The phone is not E.164")
+                .problem(429, "More than OTP_REQUEST_LIMIT_PER_PHONE codes for this phone (3 per 10 minutes by default)"),
+            Operation::post("/api/v1/auth/otp/verify", "Sign in with a texted code")
+                .describe("Five attempts per account per ten minutes, from any address; the sixth is refused even with the right code. The phone is not checked for form: any string no account has verified is answered 401.")
+                .public()
+                .json_body(json!({
+                    "type": "object", "required": ["phone", "code"],
+                    "properties": {
+                        "phone": schema("PhoneNumber"),
+                        "code": {"type": "string", "description": "the 6 digits texted; surrounding white space is ignored"}}
+                }))
+                .ok(200, "A new session", schema("Session"))
+                .problem(401, "Wrong phone or code: no live account has verified this phone, or the code is wrong, used or expired")
+                .problem(429, "More than 5 attempts on this account in 10 minutes")
+                .problem(503, sign_in_503),
+            Operation::get("/api/v1/me", "One's account")
+                .bearer("the account itself")
+                .problem(401, gone_401)
+                .ok(200, "The account", schema("Profile")),
+            Operation::patch("/api/v1/me", "Change one's profile")
+                .describe("Changes the fields given, at least one; an absent or null field stays as it is. Publishes user.profile_updated. A new phone is unverified until POST /api/v1/me/phone/verify. The token is checked before the body.")
+                .bearer("the account itself")
+                .problem(401, gone_401)
+                .json_body(json!({
+                    "type": "object",
+                    "properties": {
+                        "display_name": text_schema(100, "1 to 100 characters once trimmed; no control characters or bidirectional overrides"),
+                        "phone": or_null("PhoneNumber"),
+                        "locale": text_schema(16, "1 to 16 characters once trimmed; no control characters"),
+                        "time_zone": or_null("IanaTimeZone"),
+                    },
+                    "anyOf": some_field,
+                }))
+                .ok(200, "The account as changed", schema("Profile"))
+                .problem(400, "Nothing to change: no display_name, phone, locale or time_zone that is not null")
+                .problem(422, "A field the rules refuse, by JSON pointer"),
+            Operation::delete("/api/v1/me", "Delete one's account")
+                .describe("A soft delete: the account's sessions are revoked, user.deleted is published and its email is free again.")
+                .bearer("the account itself")
+                .problem(401, gone_401)
+                .empty(204, "Deleted"),
+            Operation::post("/api/v1/me/phone/verification", "Text a code to one's phone")
+                .describe("Sends a code to the account's phone; the phone signs in by code only once that code comes back to POST /api/v1/me/phone/verify. No body.")
+                .bearer("the account itself")
+                .problem(401, gone_401)
+                .ok(202, "A code is on its way", schema("AccountNotice"))
+                .problem(409, "The phone is verified already")
+                .problem(422, "The account has no phone (pointer /phone): set one with PATCH /api/v1/me")
+                .problem(429, "More than OTP_REQUEST_LIMIT_PER_PHONE codes for this phone (3 per 10 minutes by default)"),
+            Operation::post("/api/v1/me/phone/verify", "Verify one's phone with the texted code")
+                .describe("One verified phone belongs to one live account. Five attempts per account per ten minutes. The token is checked before the body.")
+                .bearer("the account itself")
+                .problem(401, gone_401)
+                .json_body(json!({
+                    "type": "object", "required": ["code"],
+                    "properties": {"code": {"type": "string", "description": "the 6 digits texted; surrounding white space is ignored"}}
+                }))
+                .ok(200, "The account, its phone verified", schema("Profile"))
+                .problem(409, "Another live account has verified this phone, or the phone changed since the code was sent")
+                .problem(422, "The account has no phone (pointer /phone), or the code is wrong, used or expired (pointer /code)")
+                .problem(429, "More than 5 attempts on this account in 10 minutes"),
+            Operation::get("/api/v1/users/{id}", "One account")
+                .bearer("the account itself, or the admin role")
+                .path_param("id", account_id.clone(), "the account's id")
+                .ok(200, "The account", schema("Profile"))
+                .problem(400, "The id is not UTF-8 once percent-decoded")
+                .problem(403, "The caller is neither this account nor an admin")
+                .problem(404, "No live account has this id"),
+            Operation::put("/api/v1/admin/users/{id}/role", "Give an account a role")
+                .describe("Takes effect at the account's next access token (its next sign-in or refresh).")
+                .bearer("the admin role")
+                .path_param("id", account_id, "the account's id")
+                .json_body(json!({
+                    "type": "object", "required": ["role"],
+                    "properties": {"role": role}
+                }))
+                .ok(200, "The role is set", json!({
+                    "type": "object", "required": ["id", "role"],
+                    "properties": {"id": {"type": "string"}, "role": role}
+                }))
+                .problem(400, "The id is not UTF-8 once percent-decoded")
+                .problem(403, "The caller lacks the admin role")
+                .problem(404, "No live account has this id")
+                .problem(422, "The role is not user or admin"),
+            Operation::post("/api/v1/admin/signing-keys/rotate", "Rotate the token signing key")
+                .describe("Publishes a new key in the JWKS at once; it signs from signs_from (SIGNING_KEY_LEAD_SECS later, so verifiers have fetched it), and the keys before it leave the JWKS at old_keys_retire_at, once every token they signed has expired. No body.")
+                .bearer("the admin role")
+                .ok(202, "The rotation has started", json!({
+                    "type": "object", "required": ["kid", "signs_from", "old_keys_retire_at"],
+                    "properties": {
+                        "kid": {"type": "string"},
+                        "signs_from": {"type": "string", "format": "date-time"},
+                        "old_keys_retire_at": {"type": "string", "format": "date-time"}}
+                }))
+                .problem(403, "The caller lacks the admin role"),
+            Operation::get("/api/v1/app/version-check", "Whether an app must or may update")
+                .describe("Against the platform's thresholds: below `minimum` the app must update (hard_update), below `latest` it may (soft_update). A platform without thresholds needs no update.")
+                .public()
+                .required_query("platform", platform.clone(), "ios, android, web, ...: 1 to 32 lowercase letters, digits or -")
+                .required_query("version", version.clone(), "the app's version")
+                .ok(200, "The advice", json!({
+                    "type": "object",
+                    "required": ["platform", "version", "soft_update", "hard_update", "latest", "minimum"],
+                    "properties": {
+                        "platform": {"type": "string"},
+                        "version": {"type": "string", "description": "as given"},
+                        "soft_update": {"type": "boolean"},
+                        "hard_update": {"type": "boolean"},
+                        "latest": {"type": ["string", "null"], "description": "null when the platform has no thresholds"},
+                        "minimum": {"type": ["string", "null"]}}
+                }))
+                .problem(400, "platform or version is missing, repeated or not of the documented form"),
+            Operation::put("/api/v1/admin/app-versions/{platform}", "Set a platform's update thresholds")
+                .describe("Takes effect at once on every replica. minimum must not be above latest.")
+                .bearer("the admin role")
+                .path_param("platform", platform, "1 to 32 lowercase letters, digits or -")
+                .json_body(json!({
+                    "type": "object", "required": ["latest", "minimum"],
+                    "properties": {"latest": version, "minimum": version}
+                }))
+                .ok(200, "The thresholds, as stored", json!({
+                    "type": "object", "required": ["platform", "latest", "minimum"],
+                    "properties": {"platform": {"type": "string"}, "latest": {"type": "string"}, "minimum": {"type": "string"}}
+                }))
+                .problem(400, "The platform is not 1 to 32 lowercase letters, digits or - (checked before the body)")
+                .problem(403, "The caller lacks the admin role")
+                .problem(422, "latest or minimum is not a version, or minimum is above latest"),
+        ],
+        schemas: vec![
+            ("Profile", json!({
+                "type": "object",
+                "required": ["id", "email", "display_name", "phone", "phone_verified", "locale", "time_zone", "role", "created_at", "updated_at"],
+                "properties": {
+                    "id": {"type": "string", "format": "uuid"},
+                    "email": {"type": "string", "description": "trimmed and lower-cased"},
+                    "display_name": {"type": "string"},
+                    "phone": {"type": ["string", "null"], "description": "E.164, or null"},
+                    "phone_verified": {"type": "boolean", "description": "whether a code texted to the phone came back; only then does it sign in by code"},
+                    "locale": {"type": "string"},
+                    "time_zone": {"type": "string", "description": "an IANA time zone name"},
+                    "role": {"type": "string", "description": "user or admin"},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "updated_at": {"type": "string", "format": "date-time"}}
+            })),
+            ("Session", json!({
+                "type": "object",
+                "required": ["access_token", "token_type", "expires_in", "refresh_token", "refresh_expires_in", "user_id"],
+                "properties": {
+                    "access_token": {"type": "string", "description": "an RS256 JWT, verifiable with /.well-known/jwks.json"},
+                    "token_type": {"const": "Bearer"},
+                    "expires_in": {"type": "integer", "minimum": 1, "description": "seconds"},
+                    "refresh_token": {"type": "string", "description": "works once, at POST /api/v1/auth/refresh"},
+                    "refresh_expires_in": {"type": "integer", "minimum": 1, "description": "seconds"},
+                    "user_id": {"type": "string", "format": "uuid"}}
+            })),
+            ("AccountNotice", json!({
+                "type": "object", "required": ["status"],
+                "properties": {"status": {"type": "string"}}
+            })),
+            ("AccountEmail", json!({
+                "type": "string", "maxLength": 254, "pattern": EMAIL_PATTERN,
+                "description": "An email address: trimmed and lower-cased, it must have one @, a local part, and a domain with a dot that neither starts nor ends it, at most 254 bytes, no white space or control characters. The pattern spells out ASCII addresses whose local part has at most 64 characters; others meeting the rules are accepted too.",
+            })),
+            ("NewPassword", json!({
+                "type": "string", "minLength": 10, "maxLength": 128,
+                "not": {"pattern": FEW_CHARACTERS},
+                "description": "10 to 128 characters, at least 4 of them distinct (ignoring case), not one of the most common passwords",
+            })),
+            ("PhoneNumber", json!({
+                "type": "string", "pattern": PHONE_PATTERN,
+                "description": "E.164: + and 8 to 15 digits",
+            })),
+            ("IanaTimeZone", json!({
+                "type": "string", "enum": time_zones(),
+                "description": "An IANA time zone name, matched ignoring ASCII case",
+            })),
+        ],
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ pub mod store;
 pub mod tokens;
 pub mod versions;
 
+pub use api::openapi;
+
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 

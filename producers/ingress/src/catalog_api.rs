@@ -6,7 +6,8 @@ use std::sync::Arc;
 use apache_avro::Schema;
 use axum::Json;
 use axum::extract::State;
-use events::SchemaVersion;
+use events::{Catalog, SchemaVersion};
+use platform::openapi::{Api, Operation};
 use serde_json::{Value, json};
 
 use crate::AppState;
@@ -93,74 +94,105 @@ pub async fn schema(
     Ok(Json(body))
 }
 
-/// `GET /api/v1/openapi.json`
-pub async fn openapi(State(state): State<Arc<AppState>>) -> Json<Value> {
-    Json(document(state.catalog().event_types().map(Arc::as_ref)))
-}
-
-fn document<'a>(types: impl Iterator<Item = &'a SchemaVersion>) -> Value {
-    let events: Vec<Value> = types.map(event_schema).collect();
-    let problem = json!({"$ref": "#/components/schemas/Problem"});
-    let problem_response = |description: &str| {
-        json!({
-            "description": description,
-            "content": {"application/problem+json": {"schema": problem}}
-        })
-    };
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "Herald ingress", "version": "1",
-                 "description": "Post domain events; each is validated against its Avro schema and published to Kafka."},
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
-            "schemas": {
-                "Event": {"oneOf": events},
-                "Batch": {"type": "object", "additionalProperties": false, "required": ["events"],
-                          "properties": {"events": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Event"}}}},
-                "Accepted": {"type": "object", "properties": {
-                    "event_id": {"type": "string", "format": "uuid"}, "event_type": {"type": "string"},
-                    "topic": {"type": "string"}, "partition": {"type": "integer"}, "offset": {"type": "integer"}}},
-                "Problem": {"type": "object", "properties": {
-                    "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
-                    "detail": {"type": "string"},
-                    "errors": {"type": "array", "items": {"type": "object", "properties": {
-                        "pointer": {"type": "string"}, "message": {"type": "string"}}}}}}
-            }
-        },
-        "security": [{"bearer": []}],
-        "paths": {
-            "/api/v1/events": {"post": {
-                "summary": "Publish one event or a batch",
-                "parameters": [
-                    {"name": "validate_only", "in": "query", "schema": {"type": "boolean"}},
-                    {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 255}}
-                ],
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {"oneOf": [
-                    {"$ref": "#/components/schemas/Event"}, {"$ref": "#/components/schemas/Batch"}]}}}},
-                "responses": {
-                    "202": {"description": "Every event is durable in Kafka", "content": {"application/json": {"schema": {"oneOf": [
-                        {"$ref": "#/components/schemas/Accepted"},
-                        {"type": "object", "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/Accepted"}}}}]}}}},
-                    "200": {"description": "validate_only: the request is valid"},
-                    "400": problem_response("Malformed JSON or header"),
-                    "401": problem_response("Missing or invalid token"),
-                    "403": problem_response("A role may not publish an event type"),
-                    "409": problem_response("The same Idempotency-Key is in progress"),
-                    "413": problem_response("Body or batch too large"),
-                    "415": problem_response("Not application/json"),
-                    "422": problem_response("Fields that do not match the schema, by JSON pointer"),
-                    "503": problem_response("The event log is unavailable, or the ingress is overloaded (nothing published); retry after Retry-After")
-                }}},
-            "/api/v1/event-types": {"get": {"summary": "The event catalog", "security": [],
-                "responses": {"200": {"description": "Every event type with its schema, topic, key, roles and an example"}}}},
-            "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "alive"}}}},
-            "/readyz": {"get": {"summary": "Readiness: the broker is reachable", "security": [],
-                "responses": {"200": {"description": "ready"}, "503": problem_response("not ready")}}}
+/// The ingress's part of the OpenAPI document: every route `router` serves, with each event
+/// type of `catalog` as one shape of the events body.
+pub fn openapi(catalog: &Catalog) -> Api {
+    let events: Vec<Value> = catalog.event_types().map(|v| event_schema(v)).collect();
+    let schema = |name: &str| json!({ "$ref": format!("#/components/schemas/{name}") });
+    let wire_summary = json!({
+        "type": "object",
+        "required": ["fingerprint", "event_type", "version", "topic", "legacy_fingerprint"],
+        "properties": {
+            "fingerprint": {"type": "string", "pattern": "^[0-9a-f]{16}$",
+                            "description": "CRC-64-AVRO of the Parsing Canonical Form, as the 8 bytes after C3 01 on the wire"},
+            "event_type": {"type": "string"},
+            "version": {"type": "integer"},
+            "topic": {"type": "string"},
+            "legacy_fingerprint": {"type": ["string", "null"], "pattern": "^[0-9a-f]{16}$",
+                                   "description": "the fingerprint records written before 0.1 carry; still read"},
         }
-    })
+    });
+    let mut wire_schema = wire_summary.clone();
+    wire_schema["required"]
+        .as_array_mut()
+        .into_iter()
+        .for_each(|r| r.push("schema".into()));
+    wire_schema["properties"]["schema"] = json!({"type": "object", "description": "the Avro record on the topic: envelope plus data"});
+    let accepted = json!({
+        "type": "object",
+        "required": ["event_id", "event_type", "topic", "partition", "offset"],
+        "properties": {
+            "event_id": {"type": "string", "format": "uuid"}, "event_type": {"type": "string"},
+            "topic": {"type": "string"}, "partition": {"type": "integer"}, "offset": {"type": "integer"}}
+    });
+    Api {
+        tag: "events",
+        description: "Publish domain events, each validated against its Avro schema and durable in Kafka before the answer; the catalog and wire schemas that describe them.",
+        operations: vec![
+            Operation::get("/api/v1/event-types", "The event catalog")
+                .describe("Every event type with its topic, key field, the roles that may publish it, its owner field, its rules, its data schema and an example the ingress accepts.")
+                .ok(200, "The catalog", json!({
+                    "type": "object", "required": ["event_types"],
+                    "properties": {"event_types": {"type": "array", "items": {
+                        "type": "object",
+                        "required": ["type", "version", "topic", "key_field", "publish_roles", "schema", "example"],
+                        "properties": {
+                            "type": {"type": "string"}, "version": {"type": "integer"},
+                            "topic": {"type": "string"}, "key_field": {"type": "string"},
+                            "doc": {"type": ["string", "null"]},
+                            "publish_roles": {"type": "array", "items": {"type": "string"}},
+                            "owner": {"type": ["string", "null"]},
+                            "rules": {"type": "array", "items": {"type": "object"}},
+                            "schema": {"type": "object"}, "example": {"type": "object"}}}}}
+                })),
+            Operation::get("/api/v1/schemas", "Every wire schema version")
+                .describe("What a record on a topic is (the envelope plus the event's data), with the fingerprint single-object encoding carries, for readers such as Java Avro or fastavro.")
+                .ok(200, "Every version, by event type then version", json!({
+                    "type": "object", "required": ["schemas"],
+                    "properties": {"schemas": {"type": "array", "items": schema("WireSchemaSummary")}}
+                })),
+            Operation::get("/api/v1/schemas/{fingerprint}", "One wire schema, by fingerprint")
+                .path_param("fingerprint", json!({"type": "string", "pattern": "^[0-9a-fA-F]{16}$"}),
+                            "16 hexadecimal digits: the current fingerprint or a legacy one")
+                .ok(200, "The schema", schema("WireSchema"))
+                .problem(400, "The fingerprint is not 16 hexadecimal digits")
+                .problem(404, "No wire schema has this fingerprint"),
+            Operation::post("/api/v1/events", "Publish one event or a batch")
+                .describe("Answers 202 only once the broker acknowledged every event (acks=all); a batch is all or nothing. With an Idempotency-Key, a retry of the same body answers the first answer again.")
+                .bearer("a role the event type's publish_roles names; a `user` publishes only events they own")
+                .query("validate_only", json!({"type": "boolean"}), "check the body and publish nothing")
+                .header("Idempotency-Key", json!({"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"}),
+                        "a retry with the same key and body answers the first answer, and publishes nothing again")
+                .json_body(json!({"oneOf": [schema("Event"), schema("Batch")]}))
+                .ok(202, "Every event is durable in Kafka", json!({"oneOf": [
+                    accepted.clone(),
+                    {"type": "object", "required": ["events"], "properties": {"events": {"type": "array", "items": accepted}}}]}))
+                .ok(200, "validate_only: the body is valid, nothing was published", json!({
+                    "type": "object", "required": ["valid", "events"],
+                    "properties": {"valid": {"const": true}, "events": {"type": "integer"}}}))
+                .problem(400, "A malformed Idempotency-Key or query")
+                .problem(403, "The caller's role may not publish this event type, or a `user` posted an event they do not own")
+                .problem(409, "A request with the same Idempotency-Key is in progress")
+                .problem(413, "More events in a batch than allowed, or an event too large for the broker")
+                .problem(422, "Fields that do not match the schema or a rule, by JSON pointer; or an Idempotency-Key reused with another body")
+                .problem(503, "The event log is unavailable (nothing published)"),
+        ],
+        schemas: vec![
+            ("Event", json!({"oneOf": events})),
+            ("Batch", json!({"type": "object", "additionalProperties": false, "required": ["events"],
+                             "properties": {"events": {"type": "array", "minItems": 1, "items": schema("Event")}}})),
+            ("WireSchemaSummary", wire_summary),
+            ("WireSchema", wire_schema),
+        ],
+    }
 }
 
 fn event_schema(version: &SchemaVersion) -> Value {
+    let mut data = json_schema(version.data_schema());
+    // The key field is the aggregate id the topic is keyed by: never empty.
+    if data["properties"][&version.key_field]["type"] == "string" {
+        data["properties"][&version.key_field]["minLength"] = 1.into();
+    }
     json!({
         "title": version.event_type,
         "type": "object",
@@ -169,9 +201,10 @@ fn event_schema(version: &SchemaVersion) -> Value {
         "properties": {
             "type": {"const": version.event_type},
             "key": {"type": "string", "description": format!("optional; must equal data.{}", version.key_field)},
-            "occurred_at": {"type": "string", "format": "date-time"},
+            "occurred_at": {"type": "string", "format": "date-time",
+                            "description": "when it happened: at most OCCURRED_AT_MAX_AGE_DAYS old and OCCURRED_AT_MAX_AHEAD_SECS ahead, else 422"},
             "source": {"type": "string", "maxLength": 100},
-            "data": json_schema(version.data_schema()),
+            "data": data,
         },
         "example": {"type": version.event_type, "data": version.example},
     })

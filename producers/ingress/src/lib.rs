@@ -10,6 +10,7 @@
 pub mod admission;
 mod answer;
 mod catalog_api;
+pub use catalog_api::openapi;
 mod events_api;
 pub mod idempotency;
 pub mod policy;
@@ -242,7 +243,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/readyz", get(readyz))
         .route("/api/v1/event-types", get(catalog_api::event_types))
-        .route("/api/v1/openapi.json", get(catalog_api::openapi))
         .route("/api/v1/schemas", get(catalog_api::schemas))
         .route("/api/v1/schemas/{fingerprint}", get(catalog_api::schema))
         .route("/api/v1/events", post(events_api::post_events))
