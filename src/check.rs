@@ -13,17 +13,19 @@ use platform::db::Database;
 use platform::kafka::KafkaArgs;
 
 use crate::services::{
-    AuditLogArgs, AuthServiceArgs, NotificationsArgs, ReportsServiceArgs, SearchIndexerArgs,
-    ServiceArgs, StoreArgs,
+    AuditLogArgs, AuthServiceArgs, IngressServiceArgs, NotificationsArgs, ReportsServiceArgs,
+    SearchIndexerArgs, StoreArgs, UpArgs,
 };
 
 /// The service whose settings are checked, with its settings.
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, clap::Subcommand)]
 pub enum Checked {
     /// `herald up`: everything on one machine (what is missing is made at start).
-    Up(ServiceArgs),
+    Up(UpArgs),
     /// `herald ingress`.
-    Ingress(ServiceArgs),
+    Ingress(IngressServiceArgs),
     /// `herald auth`.
     Auth(AuthServiceArgs),
     /// `herald audit-log`.
@@ -122,7 +124,7 @@ pub fn check(checked: &Checked) -> anyhow::Result<()> {
 
 /// `herald up` makes what is missing (a broker, the secrets, an outbox): only what is given
 /// is checked, with the stand-ins it would make.
-fn up(args: &ServiceArgs) -> anyhow::Result<()> {
+fn up(args: &UpArgs) -> anyhow::Result<()> {
     let mut kafka_args = args.kafka.clone();
     kafka_args
         .brokers

@@ -25,9 +25,9 @@ struct Cli {
 enum Command {
     /// Everything on one machine: the local broker (unless KAFKA_BROKERS is set) and all
     /// services on one port.
-    Up(services::ServiceArgs),
+    Up(services::UpArgs),
     /// The HTTP ingress alone (needs KAFKA_BROKERS).
-    Ingress(services::ServiceArgs),
+    Ingress(services::IngressServiceArgs),
     /// Accounts, sessions, one-time codes and the JWKS (needs KAFKA_BROKERS); or rotate the
     /// signing key, or give an account a role.
     Auth(services::AuthServiceArgs),
@@ -191,7 +191,10 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|err| err.exit());
+    let mut cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|err| err.exit());
+    if let Some(kafka) = cli.command.tool_kafka() {
+        find_local_broker(kafka);
+    }
     let service = cli.command.service_name();
     // A check reports on its own, and exports no traces (it may run where the collector
     // named in its settings is not reachable).
@@ -263,6 +266,24 @@ fn main() -> anyhow::Result<()> {
 }
 
 impl Command {
+    /// The cluster settings of a command that reads or manages what is on the topics (not of
+    /// a service: a service started alone is configured, never guessed).
+    fn tool_kafka(&mut self) -> Option<&mut platform::kafka::KafkaArgs> {
+        match self {
+            Command::Replay(command) => Some(&mut command.kafka),
+            Command::Lag(command) => Some(&mut command.kafka),
+            Command::Reprocess(command) => Some(&mut command.kafka),
+            Command::Tail(command) => Some(&mut command.kafka),
+            Command::Dlq(command) => Some(&mut command.kafka),
+            Command::Topics(command) => Some(&mut command.kafka),
+            Command::Audit {
+                action: AuditAction::Rebuild { kafka, .. },
+            } => Some(kafka),
+            Command::Notifications(args) if args.action.is_some() => Some(&mut args.kafka),
+            _ => None,
+        }
+    }
+
     /// The name this process has in traces.
     fn service_name(&self) -> &'static str {
         match self {
@@ -275,6 +296,24 @@ impl Command {
             Command::Reports(_) => "herald-reports",
             _ => "herald-cli",
         }
+    }
+}
+
+/// With KAFKA_BROKERS unset, a tool on the machine where `herald up` runs reads its broker:
+/// the one of the data folder (HERALD_DATA_DIR, default `data`), as `herald token` finds the
+/// folder's secret.
+fn find_local_broker(kafka: &mut platform::kafka::KafkaArgs) {
+    if kafka.brokers.is_some() {
+        return;
+    }
+    let data_dir =
+        std::env::var_os("HERALD_DATA_DIR").map_or_else(|| PathBuf::from("data"), PathBuf::from);
+    if let Some(bootstrap) = platform::broker::local_bootstrap(&data_dir) {
+        eprintln!(
+            "herald: KAFKA_BROKERS is unset: using the broker of {} at {bootstrap}",
+            data_dir.display()
+        );
+        kafka.brokers = Some(bootstrap);
     }
 }
 
@@ -320,7 +359,8 @@ async fn audit(action: AuditAction) -> anyhow::Result<()> {
         } => {
             anyhow::ensure!(
                 kafka.brokers.is_some(),
-                "herald audit rebuild needs KAFKA_BROKERS"
+                "herald audit rebuild needs KAFKA_BROKERS, or a `herald up` running on this \
+                 machine with this data folder (HERALD_DATA_DIR)"
             );
             let store = SqlStore::new(store.connect().await?).await?;
             let chains = store.chains().await?.len();

@@ -76,8 +76,16 @@ fn operations() -> Api {
     }
 }
 
+/// The reference as a service of the process that runs the ingress: routes only.
+pub fn service(catalog: &Catalog) -> platform::service::RoutesOnly {
+    platform::service::RoutesOnly {
+        name: "reference",
+        routes: router(catalog),
+    }
+}
+
 /// `/api/v1/openapi.json` and `/docs`, made once.
-pub fn router(catalog: &Catalog) -> Router {
+fn router(catalog: &Catalog) -> Router {
     let document = document(catalog);
     let page: Arc<str> = platform::openapi::reference_page(&document).into();
     let json: Arc<str> = serde_json::to_string(&document).unwrap_or_default().into();

@@ -1,6 +1,8 @@
-//! Starting services: alone (`herald ingress`) or all together (`herald up`).
+//! Starting services: each alone with its own settings (`herald audit-log`), or all of them
+//! in one process (`herald up`). Either way a service is built by its crate and run by
+//! `platform::service::run`, which merges the routes and owns every task; `herald up` is the
+//! list in [`all`].
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,13 +20,14 @@ use platform::contract::ContractArgs;
 use platform::db::{Database, redact_url};
 use platform::edge::{Edge, EdgeArgs};
 use platform::kafka::KafkaArgs;
+use platform::service::Service;
 use reports::ReportsArgs;
 use search_indexer::SearchArgs;
 use tokio_util::sync::CancellationToken;
 
-/// Settings shared by `herald up` and each service.
+/// `herald up` settings: every service's, on one port.
 #[derive(Debug, Clone, Args)]
-pub struct ServiceArgs {
+pub struct UpArgs {
     /// Address of the HTTP API (every service's routes on one port).
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -47,6 +50,23 @@ pub struct ServiceArgs {
     pub reports: ReportsArgs,
     #[command(flatten)]
     pub accounts: auth::AccountsArgs,
+    #[command(flatten)]
+    pub edge: EdgeArgs,
+}
+
+/// `herald ingress` settings.
+#[derive(Debug, Clone, Args)]
+pub struct IngressServiceArgs {
+    /// Address of the ingress API, the API reference, /healthz and /metrics.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where idempotency keys are kept.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub ingress: IngressArgs,
     #[command(flatten)]
     pub edge: EdgeArgs,
 }
@@ -242,7 +262,7 @@ impl StoreArgs {
     }
 }
 
-pub async fn up(mut args: ServiceArgs) -> anyhow::Result<()> {
+pub async fn up(mut args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.store.data_dir)
         .with_context(|| format!("creating {}", args.store.data_dir.display()))?;
     let broker = match &args.kafka.brokers {
@@ -263,7 +283,7 @@ pub async fn up(mut args: ServiceArgs) -> anyhow::Result<()> {
     // The local broker is brought back whenever it dies, for as long as the services run.
     let watching = CancellationToken::new();
     let supervisor = broker.map(|broker| tokio::spawn(broker.supervise(watching.clone())));
-    let result = serve(args, Defaults::Development).await;
+    let result = up_services(args).await;
     watching.cancel();
     if let Some(supervisor) = supervisor {
         let broker = supervisor.await.context("local broker supervisor")?;
@@ -275,164 +295,198 @@ pub async fn up(mut args: ServiceArgs) -> anyhow::Result<()> {
     result
 }
 
-pub async fn ingress(args: ServiceArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.kafka.brokers.is_some(),
-        "herald ingress needs KAFKA_BROKERS (or use `herald up`, which starts a local broker)"
-    );
-    serve(args, Defaults::Production).await
-}
-
-/// `herald up` is for one machine and fills in what is missing; a service started alone
-/// must be configured, so a forgotten secret is an error rather than a generated key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Defaults {
-    Development,
-    Production,
-}
-
-async fn serve(mut args: ServiceArgs, defaults: Defaults) -> anyhow::Result<()> {
-    platform::metrics::install();
-    let shutdown = platform::shutdown::on_signal();
+/// Every service in this process, with what `herald up` fills in for one machine: the data
+/// folder's secrets, an outbox folder for emails, its own auth service's JWKS.
+async fn up_services(mut args: UpArgs) -> anyhow::Result<()> {
+    let data_dir = args.store.data_dir.clone();
     let auth = &args.ingress.auth;
-    if defaults == Defaults::Development
-        && auth.jwt_hs256_secret.is_none()
+    if auth.jwt_hs256_secret.is_none()
         && auth.jwt_public_key_file.is_none()
         && auth.jwt_jwks_file.is_none()
     {
-        let dev = crate::DevSecretArgs {
-            data_dir: args.store.data_dir.clone(),
-            jwt_hs256_secret: None,
-        };
-        args.ingress.auth.jwt_hs256_secret = Some(crate::dev_secret(&dev)?);
+        args.ingress.auth.jwt_hs256_secret = Some(crate::dev_secret(&dev_secret_of(&data_dir))?);
         tracing::info!(
             "using the development HS256 secret of the data folder; `herald token` signs with it"
         );
     }
-    if defaults == Defaults::Development && args.ingress.contract.sealing_key.is_none() {
-        args.ingress.contract.sealing_key = Some(crate::dev_sealing_key(&args.store.data_dir)?);
+    if args.ingress.contract.sealing_key.is_none() {
+        args.ingress.contract.sealing_key = Some(crate::dev_sealing_key(&data_dir)?);
     }
-    let listener =
-        platform::http::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
-    let local = listener.local_addr()?;
-    if defaults == Defaults::Development && args.ingress.auth.jwt_jwks_url.is_none() {
-        // The auth service runs in this process: everything verifies its tokens too.
-        args.ingress.auth.jwt_jwks_url =
-            Some(format!("http://{}/.well-known/jwks.json", reachable(local)));
+    let listener = bind(args.listen)?;
+    let local = reachable(listener.local_addr()?);
+    // The auth service runs in this process: everything verifies its tokens too.
+    args.ingress
+        .auth
+        .jwt_jwks_url
+        .get_or_insert_with(|| format!("http://{local}/.well-known/jwks.json"));
+    if args.notify.smtp_url.is_none() && args.notify.email_outbox.is_none() {
+        let outbox = data_dir.join("outbox");
+        tracing::info!(outbox = %outbox.display(), "no SMTP_URL: emails are written as .eml files");
+        args.notify.email_outbox = Some(outbox);
     }
+    if args.notify.unsubscribe_secret.is_none() {
+        args.notify.unsubscribe_secret = Some(crate::dev_secret(&dev_secret_of(&data_dir))?);
+    }
+    args.notify
+        .public_url
+        .get_or_insert_with(|| format!("http://{local}"));
     let db = args.store.connect().await?;
-    let store = Arc::new(SqlStore::new(db.clone()).await?);
     // One verifier for the edge, the ingress and every consumer of this process.
     let verify = Arc::new(Authenticator::from_args(&args.ingress.auth)?);
-    let state =
-        Arc::new(ingress::connect(&args.ingress, &args.kafka, store, verify.clone()).await?);
-    let mut router = ingress::router(state.clone());
-    let mut consumers = Vec::new();
-    if defaults == Defaults::Development {
-        let accounts = auth::Service::connect(
-            db.clone(),
-            &args.kafka,
-            &args.ingress.contract,
-            &args.ingress.auth,
-            &args.accounts,
-            auth::Setup {
-                redis_url: args.edge.redis_url.as_deref(),
-                topics: args.ingress.topics,
-            },
-        )
-        .await?;
-        router = router.merge(accounts.router());
-        tokio::spawn(accounts.relay.run(shutdown.clone()));
-        // `herald up` runs every consumer in this process; deployed, each runs on its own.
-        let auth = verify.clone();
-        let audit = audit_log::Service::connect(
-            db.clone(),
-            &args.kafka,
-            &args.ingress.contract,
-            &args.consumer,
-            auth.clone(),
-        )
-        .await?;
-        router = router.merge(audit.router());
-        consumers.push(spawn_consumer(
-            audit.runner.run(shutdown.clone()),
-            shutdown.clone(),
-        ));
-        let mut notify = args.notify.clone();
-        if notify.smtp_url.is_none() && notify.email_outbox.is_none() {
-            let outbox = args.store.data_dir.join("outbox");
-            tracing::info!(outbox = %outbox.display(), "no SMTP_URL: emails are written as .eml files");
-            notify.email_outbox = Some(outbox);
-        }
-        if notify.unsubscribe_secret.is_none() {
-            let dev = crate::DevSecretArgs {
-                data_dir: args.store.data_dir.clone(),
-                jwt_hs256_secret: None,
-            };
-            notify.unsubscribe_secret = Some(crate::dev_secret(&dev)?);
-        }
-        notify
-            .public_url
-            .get_or_insert_with(|| format!("http://{}", reachable(local)));
-        let notifications = notifications::Service::connect(
-            db.clone(),
-            &args.kafka,
-            &args.ingress.contract,
-            &args.consumer,
-            auth.clone(),
-            &notify,
-        )
-        .await?;
-        router = router.merge(notifications.router());
-        tokio::spawn(notifications.notifier.release_deferred(shutdown.clone()));
-        consumers.push(spawn_consumer(
-            notifications.runner.run(shutdown.clone()),
-            shutdown.clone(),
-        ));
-        let search = search_indexer::Service::connect(
-            &args.kafka,
-            &args.ingress.contract,
-            &args.consumer,
-            auth.clone(),
-            &args.search,
-            args.store.data_dir.join("search"),
-        )
-        .await?;
-        router = router.merge(search.router());
-        consumers.push(spawn_consumer(
-            search.run(shutdown.clone()),
-            shutdown.clone(),
-        ));
-        let reports = reports::Service::connect(
-            db.clone(),
-            &args.kafka,
-            &args.ingress.contract,
-            &args.consumer,
-            auth,
-            &args.reports,
-        )
-        .await?;
-        router = router.merge(reports.router());
-        tokio::spawn(reports.scheduler.clone().run(shutdown.clone()));
-        consumers.push(spawn_consumer(
-            reports.runner.run(shutdown.clone()),
-            shutdown.clone(),
-        ));
-    }
-    let router = router
-        .merge(crate::reference::router(state.catalog()))
-        .route("/metrics", axum::routing::get(metrics));
-    let router = Arc::new(Edge::new(&args.edge, Some(verify)).await?).wrap(router)?;
+    let services = all(&args, db, verify.clone()).await?;
+    let serving = serving(listener, &args.edge, verify).await?;
     let brokers = args.kafka.brokers.clone().unwrap_or_default();
     tracing::info!(http = %local, kafka = %brokers, "herald is ready");
     println!("herald: HTTP API on http://{local}  (kafka: {brokers})");
-    platform::http::serve(listener, router, shutdown, args.edge.serve_options()).await?;
-    state.sink.drain(Duration::from_secs(5)).await;
-    for consumer in consumers {
-        consumer.await.context("consumer task")??;
+    print!("{}", banner(local, &data_dir));
+    platform::service::run(serving, services).await
+}
+
+/// `herald up`: every service. Adding a service is one line here.
+async fn all(
+    args: &UpArgs,
+    db: Database,
+    verify: Arc<Authenticator>,
+) -> anyhow::Result<Vec<Box<dyn Service>>> {
+    let (kafka, contract, consumer) = (&args.kafka, &args.ingress.contract, &args.consumer);
+    let ingress = ingress_state(&args.ingress, kafka, &db, verify.clone()).await?;
+    let accounts = auth::Setup {
+        redis_url: args.edge.redis_url.as_deref(),
+        topics: args.ingress.topics,
+    };
+    let search_dir = args.store.data_dir.join("search");
+    Ok(vec![
+        Box::new(crate::reference::service(ingress.catalog())),
+        Box::new(ingress::Service::new(ingress)),
+        Box::new(
+            auth::Service::connect(
+                db.clone(),
+                kafka,
+                contract,
+                &args.ingress.auth,
+                &args.accounts,
+                accounts,
+            )
+            .await?,
+        ),
+        Box::new(
+            audit_log::Service::connect(db.clone(), kafka, contract, consumer, verify.clone())
+                .await?,
+        ),
+        Box::new(
+            notifications::Service::connect(
+                db.clone(),
+                kafka,
+                contract,
+                consumer,
+                verify.clone(),
+                &args.notify,
+            )
+            .await?,
+        ),
+        Box::new(
+            search_indexer::Service::connect(
+                kafka,
+                contract,
+                consumer,
+                verify.clone(),
+                &args.search,
+                search_dir,
+            )
+            .await?,
+        ),
+        Box::new(
+            reports::Service::connect(db, kafka, contract, consumer, verify, &args.reports).await?,
+        ),
+    ])
+}
+
+fn dev_secret_of(data_dir: &std::path::Path) -> crate::DevSecretArgs {
+    crate::DevSecretArgs {
+        data_dir: data_dir.to_path_buf(),
+        jwt_hs256_secret: None,
     }
-    tracing::info!("stopped");
+}
+
+/// The ingress's state: its idempotency store in `db`, its producer, its catalog.
+async fn ingress_state(
+    args: &IngressArgs,
+    kafka: &KafkaArgs,
+    db: &Database,
+    verify: Arc<Authenticator>,
+) -> anyhow::Result<Arc<ingress::AppState>> {
+    let store = Arc::new(SqlStore::new(db.clone()).await?);
+    Ok(Arc::new(
+        ingress::connect(args, kafka, store, verify).await?,
+    ))
+}
+
+/// `herald ingress`: the ingress and the API reference. Started alone it must be
+/// configured: a forgotten secret is an error rather than a generated key.
+pub async fn ingress(args: IngressServiceArgs) -> anyhow::Result<()> {
+    needs_brokers(&args.kafka, "ingress")?;
+    let db = args.store.connect().await?;
+    let verify = Arc::new(Authenticator::from_args(&args.ingress.auth)?);
+    let state = ingress_state(&args.ingress, &args.kafka, &db, verify.clone()).await?;
+    let services: Vec<Box<dyn Service>> = vec![
+        Box::new(crate::reference::service(state.catalog())),
+        Box::new(ingress::Service::new(state)),
+    ];
+    alone("ingress", args.listen, &args.edge, verify, services).await
+}
+
+fn needs_brokers(kafka: &KafkaArgs, service: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        kafka.brokers.is_some(),
+        "herald {service} needs KAFKA_BROKERS (or use `herald up`, which starts a local broker \
+         and runs every service)"
+    );
     Ok(())
+}
+
+fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    platform::http::bind(listen).with_context(|| format!("binding {listen}"))
+}
+
+/// The listener behind the edge, stopped by a signal.
+async fn serving(
+    listener: tokio::net::TcpListener,
+    edge: &EdgeArgs,
+    verify: Arc<Authenticator>,
+) -> anyhow::Result<platform::service::Serving> {
+    Ok(platform::service::Serving {
+        listener,
+        edge: Arc::new(Edge::new(edge, Some(verify)).await?),
+        options: edge.serve_options(),
+        shutdown: platform::shutdown::on_signal(),
+    })
+}
+
+/// Runs `services` of one subcommand on `listen`, announcing its address.
+async fn alone(
+    name: &str,
+    listen: SocketAddr,
+    edge: &EdgeArgs,
+    verify: Arc<Authenticator>,
+    services: Vec<Box<dyn Service>>,
+) -> anyhow::Result<()> {
+    let serving = serving(bind(listen)?, edge, verify).await?;
+    let local = serving.local_addr()?;
+    tracing::info!(http = %local, "{name} is ready");
+    println!("herald {name}: HTTP API on http://{local}");
+    platform::service::run(serving, services).await
+}
+
+/// What `herald up` prints once ready, under the address line: where to go next.
+fn banner(http: SocketAddr, data_dir: &std::path::Path) -> String {
+    let data = data_dir.display();
+    format!(
+        "  docs     http://{http}/docs  (every route; the OpenAPI document is /api/v1/openapi.json)\n\
+         \x20 metrics  http://{http}/metrics\n\
+         \x20 data     {data}  (broker, database, secrets; without SMTP_URL, emails as .eml files in {data}/outbox)\n\
+         \x20 token    herald token --sub alice --role user  (admin, analyst, service: --role)\n\
+         \x20 tools    herald tail orders, herald lag, herald replay ...: they find this broker\n"
+    )
 }
 
 /// The address this process answers on, as a client on this machine can reach it.
@@ -447,10 +501,7 @@ fn reachable(local: SocketAddr) -> SocketAddr {
 /// `herald auth`: accounts, sessions and codes, with their outbox relay; or one of its
 /// administrative actions.
 pub async fn auth_service(args: AuthServiceArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.kafka.brokers.is_some(),
-        "herald auth needs KAFKA_BROKERS (or use `herald up`, which runs it too)"
-    );
+    needs_brokers(&args.kafka, "auth")?;
     let db = args.store.connect().await?;
     let service = auth::Service::connect(
         db,
@@ -485,50 +536,24 @@ pub async fn auth_service(args: AuthServiceArgs) -> anyhow::Result<()> {
     // Serving, it sends codes and reset links: sealed, never in plain text on the log.
     args.contract
         .sealing_key("the auth service seals the OTP codes and reset links it sends")?;
-    platform::metrics::install();
-    let shutdown = platform::shutdown::on_signal();
-    let listener =
-        platform::http::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
-    let local = listener.local_addr()?;
     // The service's own verifier: the configured keys and its own JWKS, from its store.
     let verify = service.authenticator();
-    let router = service
-        .router()
-        .route(
-            "/healthz",
-            axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
-        .route("/metrics", axum::routing::get(metrics));
-    let router = Arc::new(Edge::new(&args.edge, Some(verify)).await?).wrap(router)?;
-    tracing::info!(http = %local, "auth is ready");
-    println!("herald auth: HTTP API on http://{local}");
-    let relay = tokio::spawn(service.relay.run(shutdown.clone()));
-    platform::http::serve(
-        listener,
-        router,
-        shutdown.clone(),
-        args.edge.serve_options(),
+    alone(
+        "auth",
+        args.listen,
+        &args.edge,
+        verify,
+        vec![Box::new(service)],
     )
-    .await?;
-    shutdown.cancel();
-    relay.await.context("outbox relay")?;
-    Ok(())
-}
-
-async fn metrics() -> String {
-    platform::metrics::render()
+    .await
 }
 
 /// `herald audit-log`: the consumer and its query API.
 pub async fn audit_log(args: AuditLogArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.kafka.brokers.is_some(),
-        "herald audit-log needs KAFKA_BROKERS (or use `herald up`, which runs it too)"
-    );
-    platform::metrics::install();
+    needs_brokers(&args.kafka, "audit-log")?;
     let verify = Arc::new(Authenticator::from_args(&args.auth)?);
     let db = args.store.connect().await?;
-    let audit = audit_log::Service::connect(
+    let service = audit_log::Service::connect(
         db,
         &args.kafka,
         &args.contract,
@@ -536,26 +561,20 @@ pub async fn audit_log(args: AuditLogArgs) -> anyhow::Result<()> {
         verify.clone(),
     )
     .await?;
-    let router = audit.router();
-    let runner = audit.runner;
-    let group = runner.group().to_string();
-    serve_consumer(
+    alone(
         "audit-log",
         args.listen,
-        (&args.edge, verify),
-        &group,
-        router,
-        |shutdown| runner.run(shutdown),
+        &args.edge,
+        verify,
+        vec![Box::new(service)],
     )
     .await
 }
 
-/// `herald notifications`: the consumer and its API.
+/// `herald notifications`: the consumer and its API; `rebuild-projection`: what it knows of
+/// recipients, from the topics.
 pub async fn notifications(args: NotificationsArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.kafka.brokers.is_some(),
-        "herald notifications needs KAFKA_BROKERS (or use `herald up`, which runs it too)"
-    );
+    needs_brokers(&args.kafka, "notifications")?;
     if let Some(NotificationsAction::RebuildProjection) = args.action {
         let db = args.store.connect().await?;
         let started = std::time::Instant::now();
@@ -574,10 +593,9 @@ pub async fn notifications(args: NotificationsArgs) -> anyhow::Result<()> {
         "herald notifications needs SMTP_URL (e.g. smtp://user:pass@mail.example.com:587?tls=required), \
          or NOTIFY_EMAIL_OUTBOX to write emails to a folder instead"
     );
-    platform::metrics::install();
     let verify = Arc::new(Authenticator::from_args(&args.auth)?);
     let db = args.store.connect().await?;
-    let notifications = notifications::Service::connect(
+    let service = notifications::Service::connect(
         db,
         &args.kafka,
         &args.contract,
@@ -586,30 +604,19 @@ pub async fn notifications(args: NotificationsArgs) -> anyhow::Result<()> {
         &args.notify,
     )
     .await?;
-    let router = notifications.router();
-    let release = CancellationToken::new();
-    tokio::spawn(notifications.notifier.release_deferred(release.clone()));
-    let runner = notifications.runner;
-    let group = runner.group().to_string();
-    let served = serve_consumer(
+    alone(
         "notifications",
         args.listen,
-        (&args.edge, verify),
-        &group,
-        router,
-        |shutdown| runner.run(shutdown),
+        &args.edge,
+        verify,
+        vec![Box::new(service)],
     )
-    .await;
-    release.cancel();
-    served
+    .await
 }
 
 /// `herald search-indexer`: the indexer and the search API; `reindex`: a rebuild.
 pub async fn search_indexer(args: SearchIndexerArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.kafka.brokers.is_some(),
-        "herald search-indexer needs KAFKA_BROKERS (or use `herald up`, which runs it too)"
-    );
+    needs_brokers(&args.kafka, "search-indexer")?;
     if let Some(SearchAction::Reindex) = args.action {
         let done = search_indexer::reindex(
             &args.kafka,
@@ -630,9 +637,8 @@ pub async fn search_indexer(args: SearchIndexerArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    platform::metrics::install();
     let verify = Arc::new(Authenticator::from_args(&args.auth)?);
-    let search = search_indexer::Service::connect(
+    let service = search_indexer::Service::connect(
         &args.kafka,
         &args.contract,
         &args.consumer,
@@ -641,15 +647,12 @@ pub async fn search_indexer(args: SearchIndexerArgs) -> anyhow::Result<()> {
         args.data_dir.join("search"),
     )
     .await?;
-    let router = search.router();
-    let group = search.group().to_string();
-    serve_consumer(
+    alone(
         "search-indexer",
         args.listen,
-        (&args.edge, verify),
-        &group,
-        router,
-        |shutdown| search.run(shutdown),
+        &args.edge,
+        verify,
+        vec![Box::new(service)],
     )
     .await
 }
@@ -657,10 +660,7 @@ pub async fn search_indexer(args: SearchIndexerArgs) -> anyhow::Result<()> {
 /// `herald reports`: the aggregating consumer, the scheduler and the reports API;
 /// `reports run`: one period by hand.
 pub async fn reports(args: ReportsServiceArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.kafka.brokers.is_some(),
-        "herald reports needs KAFKA_BROKERS (or use `herald up`, which runs it too)"
-    );
+    needs_brokers(&args.kafka, "reports")?;
     let db = args.store.connect().await?;
     if let Some(ReportsAction::Run { report, period }) = &args.action {
         let (scheduler, _, _) = reports::Service::scheduler(
@@ -686,7 +686,6 @@ pub async fn reports(args: ReportsServiceArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    platform::metrics::install();
     let verify = Arc::new(Authenticator::from_args(&args.auth)?);
     let service = reports::Service::connect(
         db,
@@ -697,86 +696,12 @@ pub async fn reports(args: ReportsServiceArgs) -> anyhow::Result<()> {
         &args.reports,
     )
     .await?;
-    let router = service.router();
-    let runner = service.runner;
-    let group = runner.group().to_string();
-    let scheduler = service.scheduler.clone();
-    serve_consumer(
+    alone(
         "reports",
         args.listen,
-        (&args.edge, verify),
-        &group,
-        router,
-        |shutdown| async move {
-            tokio::spawn(scheduler.run(shutdown.clone()));
-            runner.run(shutdown).await
-        },
+        &args.edge,
+        verify,
+        vec![Box::new(service)],
     )
     .await
-}
-
-/// Serves a consumer service alone: its API with /healthz and /metrics, and its consumer
-/// (`consume`, given the shutdown signal), until a signal or until the consumer stops by
-/// itself.
-async fn serve_consumer<F, E>(
-    name: &str,
-    listen: SocketAddr,
-    (edge, verify): (&EdgeArgs, Arc<Authenticator>),
-    group: &str,
-    router: axum::Router,
-    consume: impl FnOnce(CancellationToken) -> F,
-) -> anyhow::Result<()>
-where
-    F: Future<Output = Result<(), E>> + Send + 'static,
-    E: Into<anyhow::Error> + Send + 'static,
-{
-    let shutdown = platform::shutdown::on_signal();
-    let router = router
-        .route(
-            "/healthz",
-            axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
-        .route("/readyz", axum::routing::get(consumer_ready))
-        .route("/metrics", axum::routing::get(metrics));
-    let router = Arc::new(Edge::new(edge, Some(verify)).await?).wrap(router)?;
-    let listener = platform::http::bind(listen).with_context(|| format!("binding {listen}"))?;
-    let local = listener.local_addr()?;
-    tracing::info!(http = %local, group, "{name} is ready");
-    println!("herald {name}: HTTP API on http://{local}");
-    let consumer = spawn_consumer(consume(shutdown.clone()), shutdown.clone());
-    platform::http::serve(listener, router, shutdown.clone(), edge.serve_options()).await?;
-    shutdown.cancel();
-    consumer.await.context("consumer task")??;
-    Ok(())
-}
-
-/// A consumer service is ready while every partition assigned to it is consumed.
-async fn consumer_ready() -> axum::response::Response {
-    use axum::response::IntoResponse;
-    match platform::consumer::health::readiness() {
-        Ok(()) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
-        Err(problem) => problem.into_response(),
-    }
-}
-
-/// Runs a consumer; when it ends by itself (an error it cannot recover from) the whole
-/// process stops, so a service that no longer consumes does not look alive.
-fn spawn_consumer<E>(
-    consume: impl Future<Output = Result<(), E>> + Send + 'static,
-    shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<anyhow::Result<()>>
-where
-    E: Into<anyhow::Error> + Send + 'static,
-{
-    tokio::spawn(async move {
-        let result = consume.await.map_err(Into::into);
-        if let Err(err) = &result {
-            tracing::error!(
-                err = format!("{err:#}"),
-                "consumer stopped; stopping the process"
-            );
-        }
-        shutdown.cancel();
-        result
-    })
 }

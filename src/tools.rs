@@ -17,7 +17,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Args)]
 pub struct ReplayCommand {
     #[command(flatten)]
-    kafka: KafkaArgs,
+    pub(crate) kafka: KafkaArgs,
     #[command(flatten)]
     contract: ContractArgs,
     #[command(flatten)]
@@ -27,7 +27,7 @@ pub struct ReplayCommand {
 #[derive(Debug, Args)]
 pub struct LagCommand {
     #[command(flatten)]
-    kafka: KafkaArgs,
+    pub(crate) kafka: KafkaArgs,
     /// One group, by its name without the topic prefix (default: every group of the prefix).
     #[arg(long)]
     group: Option<String>,
@@ -41,7 +41,7 @@ pub struct LagCommand {
 #[derive(Debug, Args)]
 pub struct ReprocessCommand {
     #[command(flatten)]
-    kafka: KafkaArgs,
+    pub(crate) kafka: KafkaArgs,
     /// The consumer group, by its name without the topic prefix (`audit-log`, `reports`).
     group: String,
     /// Where its consumers start reading again (RFC 3339).
@@ -52,7 +52,8 @@ pub struct ReprocessCommand {
 fn needs_brokers(kafka: &KafkaArgs, command: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
         kafka.brokers.is_some(),
-        "herald {command} needs KAFKA_BROKERS (the cluster to read)"
+        "herald {command} needs KAFKA_BROKERS (the cluster to read), or a `herald up` running \
+         on this machine with this data folder (HERALD_DATA_DIR, default `data`)"
     );
     Ok(())
 }
@@ -134,7 +135,7 @@ pub async fn reprocess(command: ReprocessCommand) -> anyhow::Result<()> {
 #[derive(Debug, Args)]
 pub struct TailCommand {
     #[command(flatten)]
-    kafka: KafkaArgs,
+    pub(crate) kafka: KafkaArgs,
     #[command(flatten)]
     contract: ContractArgs,
     /// The topic, by its name without the prefix (`orders`).
@@ -153,7 +154,7 @@ pub struct TailCommand {
 #[derive(Debug, Args)]
 pub struct DlqCommand {
     #[command(flatten)]
-    kafka: KafkaArgs,
+    pub(crate) kafka: KafkaArgs,
     #[command(flatten)]
     contract: ContractArgs,
     #[command(subcommand)]
@@ -326,7 +327,7 @@ pub struct TopicsCommand {
     #[command(subcommand)]
     action: TopicsAction,
     #[command(flatten)]
-    kafka: KafkaArgs,
+    pub(crate) kafka: KafkaArgs,
     #[command(flatten)]
     contract: ContractArgs,
 }

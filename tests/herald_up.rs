@@ -217,6 +217,18 @@ async fn herald_up_runs_the_whole_system_from_an_empty_data_folder() {
         "{metrics}"
     );
 
+    // The tools find the data folder's broker by themselves, as `herald token` its secret.
+    let tail = herald(&data)
+        .args(["tail", "orders"])
+        .output()
+        .await
+        .unwrap();
+    let printed = String::from_utf8_lossy(&tail.stdout);
+    assert!(
+        tail.status.success() && printed.contains("o-1"),
+        "herald tail without KAFKA_BROKERS: {printed}\n{}",
+        String::from_utf8_lossy(&tail.stderr)
+    );
     assert!(
         data.join("kafka").join("kraft").exists(),
         "the broker's log is not under the data folder"

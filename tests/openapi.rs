@@ -181,12 +181,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_the_document_does_not_
         let stdout = String::from_utf8_lossy(&out.stdout);
         let summary: Vec<&str> = stdout
             .lines()
-            .filter(|l| {
-                l.contains("operations")
-                    || l.contains("test cases")
-                    || l.contains("passed")
-                    || l.contains("failed")
-            })
+            .filter(|l| l.contains("Tested:") || l.contains(" generated"))
             .collect();
         eprintln!(
             "schemathesis as {who} in {:?}:\n{}",

@@ -115,7 +115,14 @@ impl TestIngress {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        let router = ingress::router(state.clone());
+        // As `herald ingress` serves it: its routes, with /healthz, /readyz and /metrics.
+        let service = ingress::Service::new(state.clone());
+        let router = {
+            use platform::service::Service;
+            service.routes().merge(platform::service::health_routes(
+                service.probe().into_iter().collect(),
+            ))
+        };
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
             platform::http::serve(listener, router, token, Default::default())

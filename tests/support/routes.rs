@@ -20,6 +20,8 @@ pub fn routes() -> Vec<Route> {
     for dir in ["src", "producers", "consumers"] {
         collect_rs(&root.join(dir), &mut files);
     }
+    // What every process serves beside its services' routes.
+    files.push(root.join("infra/platform/src/service.rs"));
     let mut routes = BTreeSet::new();
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();

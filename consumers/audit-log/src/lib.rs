@@ -24,6 +24,8 @@ use platform::db::Database;
 use platform::kafka::KafkaArgs;
 use tokio::sync::{mpsc, oneshot};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::chain::{Entry, chain_name};
 use crate::store::AuditStore;
 
@@ -147,5 +149,20 @@ impl Service {
 
     pub fn router(&self) -> axum::Router {
         api::router(self.api.clone())
+    }
+}
+
+/// The audit log as a service: its query API, and its consumer.
+impl platform::service::Service for Service {
+    fn name(&self) -> &'static str {
+        "audit-log"
+    }
+
+    fn routes(&self) -> axum::Router {
+        self.router()
+    }
+
+    fn run(self: Box<Self>, shutdown: CancellationToken) -> platform::service::Work {
+        Box::pin(async move { Ok(self.runner.run(shutdown).await?) })
     }
 }

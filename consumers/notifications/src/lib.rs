@@ -1131,3 +1131,26 @@ impl Service {
         api::router(self.api.clone())
     }
 }
+
+/// Notifications as a service: its API, its consumer, and the loop that sends what quiet
+/// hours held, stopped with the consumer.
+impl platform::service::Service for Service {
+    fn name(&self) -> &'static str {
+        "notifications"
+    }
+
+    fn routes(&self) -> axum::Router {
+        self.router()
+    }
+
+    fn run(self: Box<Self>, shutdown: CancellationToken) -> platform::service::Work {
+        Box::pin(async move {
+            let release = shutdown.child_token();
+            let releasing = tokio::spawn(self.notifier.release_deferred(release.clone()));
+            let consumed = self.runner.run(shutdown).await;
+            release.cancel();
+            releasing.await?;
+            Ok(consumed?)
+        })
+    }
+}

@@ -555,6 +555,29 @@ impl Service {
     }
 }
 
+/// Reports as a service: its API, its aggregating consumer, and the scheduler that produces
+/// reports and runs the maintenance jobs, stopped with the consumer.
+impl platform::service::Service for Service {
+    fn name(&self) -> &'static str {
+        "reports"
+    }
+
+    fn routes(&self) -> axum::Router {
+        self.router()
+    }
+
+    fn run(self: Box<Self>, shutdown: CancellationToken) -> platform::service::Work {
+        Box::pin(async move {
+            let scheduling = shutdown.child_token();
+            let scheduler = tokio::spawn(self.scheduler.clone().run(scheduling.clone()));
+            let consumed = self.runner.run(shutdown).await;
+            scheduling.cancel();
+            scheduler.await?;
+            Ok(consumed?)
+        })
+    }
+}
+
 /// `herald reports run <report> --period <id>`: one period by hand, once like any other.
 pub async fn run_by_hand(
     scheduler: &Scheduler,

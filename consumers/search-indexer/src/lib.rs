@@ -456,6 +456,21 @@ fn progress(
     )
 }
 
+/// The search indexer as a service: the search API, and the indexer with its commits.
+impl platform::service::Service for Service {
+    fn name(&self) -> &'static str {
+        "search-indexer"
+    }
+
+    fn routes(&self) -> axum::Router {
+        self.router()
+    }
+
+    fn run(self: Box<Self>, shutdown: CancellationToken) -> platform::service::Work {
+        Box::pin(Service::run(*self, shutdown))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -561,6 +561,32 @@ impl LocalCluster {
     }
 }
 
+/// The bootstrap servers of the broker (`kafka/`) or cluster (`kafka-cluster/`) that
+/// `herald up` or `herald broker start` runs for `data_dir` on this machine, if one runs: so
+/// the tools find it by themselves, as `herald token` finds the data folder's secret.
+pub fn local_bootstrap(data_dir: &Path) -> Option<String> {
+    if let Some(broker) = LocalBroker::running(&data_dir.join("kafka")) {
+        return Some(broker.bootstrap());
+    }
+    let cluster = data_dir.join("kafka-cluster");
+    let mut nodes: Vec<PathBuf> = std::fs::read_dir(&cluster)
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("node-"))
+        })
+        .collect();
+    nodes.sort();
+    let running: Vec<String> = nodes
+        .iter()
+        .filter_map(|node| LocalBroker::running(node))
+        .map(|broker| broker.bootstrap())
+        .collect();
+    (!running.is_empty()).then(|| running.join(","))
+}
+
 /// Stops the broker recorded in `dir`, if it runs. For `herald broker stop`.
 pub async fn stop_dir(dir: &Path, deadline: Duration) -> bool {
     if dir.join("cluster.json").exists() {

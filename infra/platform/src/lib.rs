@@ -32,6 +32,7 @@ pub mod problem;
 pub mod registry;
 pub mod seal;
 pub mod secrets;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topics;

@@ -38,6 +38,8 @@ use platform::kafka::{KafkaArgs, Publisher};
 use tokio::sync::Notify;
 
 use crate::outbox::{EventWriter, Relay, now_us};
+use tokio_util::sync::CancellationToken;
+
 use crate::store::{SqlStore, StoreError};
 use crate::tokens::{Issuer, Rotation, StoredKey};
 
@@ -335,6 +337,25 @@ impl Service {
 
     pub fn store(&self) -> &Arc<SqlStore> {
         &self.state.store
+    }
+}
+
+/// Accounts and sessions as a service: their routes, and the outbox relay that publishes
+/// what the store committed.
+impl platform::service::Service for Service {
+    fn name(&self) -> &'static str {
+        "auth"
+    }
+
+    fn routes(&self) -> Router {
+        self.router()
+    }
+
+    fn run(self: Box<Self>, shutdown: CancellationToken) -> platform::service::Work {
+        Box::pin(async move {
+            self.relay.run(shutdown).await;
+            Ok(())
+        })
     }
 }
 

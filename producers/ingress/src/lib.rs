@@ -33,6 +33,7 @@ use axum::routing::{get, post};
 use events::{Catalog, Codec};
 use platform::contract::ContractArgs;
 use platform::kafka::{KafkaArgs, TopicOverrides};
+use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::admission::InFlight;
@@ -237,11 +238,6 @@ pub async fn connect(
 pub fn router(state: Arc<AppState>) -> Router {
     let timeout = state.limits.request_timeout;
     Router::new()
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
-        .route("/readyz", get(readyz))
         .route("/api/v1/event-types", get(catalog_api::event_types))
         .route("/api/v1/schemas", get(catalog_api::schemas))
         .route("/api/v1/schemas/{fingerprint}", get(catalog_api::schema))
@@ -264,16 +260,53 @@ pub fn router(state: Arc<AppState>) -> Router {
         ))
 }
 
-async fn readyz(
-    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    if let Err(problem) = platform::consumer::health::readiness() {
-        return problem.into_response();
+/// The ingress as a service: its routes; ready while the broker answers; at shutdown, once
+/// no request is left, what the broker has not acknowledged yet is flushed for a while.
+pub struct Service {
+    state: Arc<AppState>,
+}
+
+impl Service {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
     }
-    if state.sink.ready().await {
-        axum::Json(serde_json::json!({"status": "ready"})).into_response()
-    } else {
-        Problem::unavailable("the Kafka cluster is not reachable", 5).into_response()
+}
+
+impl platform::service::Service for Service {
+    fn name(&self) -> &'static str {
+        "ingress"
+    }
+
+    fn routes(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    fn probe(&self) -> Option<Arc<dyn platform::service::Probe>> {
+        Some(Arc::new(BrokerProbe(self.state.clone())))
+    }
+
+    fn run(self: Box<Self>, shutdown: CancellationToken) -> platform::service::Work {
+        Box::pin(async move {
+            shutdown.cancelled().await;
+            self.state.sink.drain(Duration::from_secs(5)).await;
+            Ok(())
+        })
+    }
+}
+
+/// Ready while the Kafka cluster answers.
+struct BrokerProbe(Arc<AppState>);
+
+#[async_trait::async_trait]
+impl platform::service::Probe for BrokerProbe {
+    async fn ready(&self) -> Result<(), Problem> {
+        if self.0.sink.ready().await {
+            Ok(())
+        } else {
+            Err(Problem::unavailable(
+                "the Kafka cluster is not reachable",
+                5,
+            ))
+        }
     }
 }
