@@ -153,6 +153,10 @@ pub struct NotifyArgs {
     /// delivery is skipped as "unknown user".
     #[arg(long, env = "NOTIFY_RECIPIENT_GRACE_SECS", default_value_t = 60)]
     pub recipient_grace_secs: u64,
+    /// Deleted users' records and deactivated devices are kept this long after their last
+    /// change, then purged (job purge-soft-deleted, daily).
+    #[arg(long, env = "NOTIFY_SOFT_DELETE_RETENTION_DAYS", default_value_t = 30)]
+    pub soft_delete_retention_days: u64,
     /// Signs the one-click unsubscribe links of promotional email (32+ random bytes); needed
     /// when a rule sends promotional email. `herald up` uses its development secret.
     #[arg(long, env = "NOTIFY_UNSUBSCRIBE_SECRET", hide_env_values = true)]
@@ -854,6 +858,8 @@ pub struct Service {
     pub api: Arc<api::NotificationsApi>,
     /// Also sends what quiet hours held: run [`Notifier::release_deferred`] beside the runner.
     pub notifier: Arc<Notifier>,
+    /// The purge of its own soft-deleted records.
+    pub jobs: platform::jobs::Jobs,
 }
 
 /// Every setting of the service read and checked, nothing connected or created: a start
@@ -1117,6 +1123,7 @@ impl Service {
         let runner = Runner::new(NAME, topics, kafka, consumer, codec, handler.clone());
         Ok(Self {
             runner,
+            jobs: jobs(store.clone(), args.soft_delete_retention_days),
             api: Arc::new(api::NotificationsApi {
                 store,
                 auth,
@@ -1132,8 +1139,27 @@ impl Service {
     }
 }
 
-/// Notifications as a service: its API, its consumer, and the loop that sends what quiet
-/// hours held, stopped with the consumer.
+/// Its maintenance: deleted users' records and deactivated devices, once `retention_days`
+/// past their last change.
+fn jobs(store: Arc<dyn NotifyStore>, retention_days: u64) -> platform::jobs::Jobs {
+    let retention =
+        i64::try_from(retention_days.saturating_mul(86_400_000_000)).unwrap_or(i64::MAX);
+    platform::jobs::Jobs::new().every(
+        "purge-soft-deleted",
+        Duration::from_secs(24 * 3600),
+        move || {
+            let store = store.clone();
+            async move {
+                Ok(store
+                    .purge_soft_deleted(now_us().saturating_sub(retention))
+                    .await?)
+            }
+        },
+    )
+}
+
+/// Notifications as a service: its API, its consumer, the loop that sends what quiet hours
+/// held and its maintenance jobs, stopped with the consumer.
 impl platform::service::Service for Service {
     fn name(&self) -> &'static str {
         "notifications"
@@ -1145,11 +1171,13 @@ impl platform::service::Service for Service {
 
     fn run(self: Box<Self>, shutdown: CancellationToken) -> platform::service::Work {
         Box::pin(async move {
-            let release = shutdown.child_token();
-            let releasing = tokio::spawn(self.notifier.release_deferred(release.clone()));
+            let beside = shutdown.child_token();
+            let releasing = tokio::spawn(self.notifier.release_deferred(beside.clone()));
+            let maintaining = tokio::spawn(self.jobs.run(beside.clone()));
             let consumed = self.runner.run(shutdown).await;
-            release.cancel();
+            beside.cancel();
             releasing.await?;
+            maintaining.await?;
             Ok(consumed?)
         })
     }

@@ -228,6 +228,9 @@ pub trait NotifyStore: Send + Sync {
     /// `expired_us`; at most `limit`, oldest first.
     async fn parked_ready(&self, expired_us: i64, limit: u32) -> Result<Vec<Parked>, StoreError>;
     async fn unpark(&self, event_id: &str) -> Result<(), StoreError>;
+    /// Deletes the records of deleted users and of deactivated devices last changed before
+    /// `before_us`; how many rows.
+    async fn purge_soft_deleted(&self, before_us: i64) -> Result<u64, StoreError>;
     /// Newest first.
     async fn list(
         &self,
@@ -346,6 +349,19 @@ impl NotifyStore for SqlStore {
                 .await?;
         });
         Ok(())
+    }
+
+    async fn purge_soft_deleted(&self, before_us: i64) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for sql in [
+            "DELETE FROM notify_users WHERE deleted = TRUE AND updated_at_us < $1",
+            "DELETE FROM notify_devices WHERE active = FALSE AND updated_at_us < $1",
+        ] {
+            removed += with_pool!(&self.db, pool => {
+                sqlx::query(sql).bind(before_us).execute(pool).await?.rows_affected()
+            });
+        }
+        Ok(removed)
     }
 
     async fn apply_users(&self, changes: &[UserChange]) -> Result<(), StoreError> {
@@ -911,6 +927,55 @@ mod tests {
             template: "campaign".into(),
             category: Category::Promotional,
         }
+    }
+
+    #[tokio::test]
+    async fn the_purge_takes_deleted_users_and_inactive_devices_past_the_deadline_only() {
+        let store = store().await;
+        let user = |id: &str| UserRecord {
+            user_id: id.into(),
+            email: Some(format!("{id}@example.com")),
+            phone: None,
+            display_name: None,
+            locale: "en".into(),
+            time_zone: "UTC".into(),
+            deleted: false,
+        };
+        store
+            .apply_users(&[
+                UserChange::Registered(user("gone")),
+                UserChange::Registered(user("kept")),
+                UserChange::Deleted {
+                    user_id: "gone".into(),
+                },
+            ])
+            .await
+            .unwrap();
+        for (token, user_id) in [("old-phone", "kept"), ("phone", "kept")] {
+            let device = Device {
+                token: token.into(),
+                user_id: user_id.into(),
+                platform: "android".into(),
+                active: true,
+            };
+            store.register_device(&device).await.unwrap();
+        }
+        store.deactivate_device("old-phone").await.unwrap();
+        // Before the deadline reaches them, nothing goes.
+        assert_eq!(
+            store
+                .purge_soft_deleted(now_us() - 60_000_000)
+                .await
+                .unwrap(),
+            0
+        );
+        // Past it: the deleted user and the inactive device, and nothing else.
+        assert_eq!(store.purge_soft_deleted(now_us() + 1).await.unwrap(), 2);
+        assert!(store.user("gone").await.unwrap().is_none());
+        assert!(store.user("kept").await.unwrap().is_some());
+        let devices = store.devices("kept").await.unwrap();
+        assert_eq!(devices.len(), 1, "{devices:?}");
+        assert_eq!(devices[0].token, "phone");
     }
 
     #[tokio::test]

@@ -63,10 +63,10 @@ pub struct ReportsArgs {
     /// Stored reports older than this are purged (job purge-reports).
     #[arg(long, env = "REPORTS_RETENTION_DAYS", default_value_t = 90)]
     pub retention_days: u64,
-    /// Deleted users' records, deactivated devices and the record of seen events older than
-    /// this are purged (job purge-soft-deleted).
-    #[arg(long, env = "REPORTS_SOFT_DELETE_RETENTION_DAYS", default_value_t = 30)]
-    pub soft_delete_retention_days: u64,
+    /// The aggregates' record of seen events (what makes a redelivered event count once) is
+    /// kept this long, then purged (job purge-seen-events).
+    #[arg(long, env = "REPORTS_SEEN_RETENTION_DAYS", default_value_t = 30)]
+    pub seen_retention_days: u64,
     /// This replica's name in the runs it claims (default: host name and process id).
     #[arg(long = "reports-replica", env = "REPORTS_REPLICA")]
     pub reports_replica: Option<String>,
@@ -407,13 +407,6 @@ impl Scheduler {
             return Ok(());
         };
         let removed: BTreeMap<&str, u64> = match job.task {
-            Task::PurgeIdempotencyKeys => {
-                let store =
-                    ingress::idempotency::SqlStore::new(self.store.database().clone()).await?;
-                use ingress::idempotency::IdempotencyStore;
-                let removed = store.purge_expired(time::OffsetDateTime::now_utc()).await?;
-                BTreeMap::from([("idempotency_keys", removed)])
-            }
             Task::PurgeReports => {
                 let before = now - days(self.args.retention_days);
                 BTreeMap::from([(
@@ -426,34 +419,14 @@ impl Scheduler {
                         .await?,
                 )])
             }
-            Task::PurgeSoftDeleted => {
-                let before = now - days(self.args.soft_delete_retention_days);
-                BTreeMap::from([
-                    (
-                        "notify_users (deleted)",
-                        self.store
-                            .purge(
-                                "DELETE FROM notify_users WHERE deleted = TRUE AND updated_at_us < $1",
-                                before,
-                            )
-                            .await?,
-                    ),
-                    (
-                        "notify_devices (inactive)",
-                        self.store
-                            .purge(
-                                "DELETE FROM notify_devices WHERE active = FALSE AND updated_at_us < $1",
-                                before,
-                            )
-                            .await?,
-                    ),
-                    (
-                        "report_seen",
-                        self.store
-                            .purge("DELETE FROM report_seen WHERE seen_at_us < $1", before)
-                            .await?,
-                    ),
-                ])
+            Task::PurgeSeenEvents => {
+                let before = now - days(self.args.seen_retention_days);
+                BTreeMap::from([(
+                    "report_seen",
+                    self.store
+                        .purge("DELETE FROM report_seen WHERE seen_at_us < $1", before)
+                        .await?,
+                )])
             }
         };
         tracing::info!(job = job.task.name(), fire = %fire, ?removed, "maintenance job done");

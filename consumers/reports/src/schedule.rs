@@ -232,20 +232,29 @@ impl Report {
 /// The maintenance jobs, each a fixed task on a schedule of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Task {
-    /// Idempotency-Key records of the ingress past their expiry.
-    PurgeIdempotencyKeys,
     /// Stored reports past `REPORTS_RETENTION_DAYS`.
     PurgeReports,
-    /// Deleted users' records, deactivated devices and the aggregates' record of seen
-    /// events, past `REPORTS_SOFT_DELETE_RETENTION_DAYS`.
-    PurgeSoftDeleted,
+    /// The aggregates' record of seen events, past `REPORTS_SEEN_RETENTION_DAYS`.
+    PurgeSeenEvents,
 }
 
+/// Jobs of earlier versions, now each run by the service whose data it purges: a schedule
+/// naming one still loads, with a warning.
+const RETIRED: [(&str, &str); 2] = [
+    (
+        "purge-idempotency-keys",
+        "the ingress purges its own expired keys, hourly",
+    ),
+    (
+        "purge-soft-deleted",
+        "notifications purges its deleted users and devices (NOTIFY_SOFT_DELETE_RETENTION_DAYS); the aggregates' seen events are job purge-seen-events",
+    ),
+];
+
 impl Task {
-    const ALL: [(&'static str, Task); 3] = [
-        ("purge-idempotency-keys", Task::PurgeIdempotencyKeys),
+    const ALL: [(&'static str, Task); 2] = [
         ("purge-reports", Task::PurgeReports),
-        ("purge-soft-deleted", Task::PurgeSoftDeleted),
+        ("purge-seen-events", Task::PurgeSeenEvents),
     ];
 
     pub fn name(self) -> &'static str {
@@ -335,6 +344,13 @@ impl Schedule {
         }
         let mut jobs = Vec::new();
         for entry in file.job {
+            if let Some((name, now)) = RETIRED.iter().find(|(name, _)| *name == entry.name) {
+                tracing::warn!(
+                    job = name,
+                    "the schedule names a job that moved: {now}; remove it"
+                );
+                continue;
+            }
             let task = Task::ALL
                 .iter()
                 .find(|(name, _)| *name == entry.name)
@@ -463,7 +479,9 @@ mod tests {
     fn the_starter_schedule_loads_and_mistakes_are_named() {
         let starter = Schedule::load(None).unwrap();
         assert!(starter.report("daily-activity").is_some());
-        assert_eq!(starter.jobs.len(), 3);
+        assert_eq!(starter.jobs.len(), 2);
+        let retired = Schedule::parse("[[job]]\nname='purge-idempotency-keys'\ncron='* * * * *'");
+        assert!(retired.unwrap().jobs.is_empty());
         let unknown = Schedule::parse("[[job]]\nname='vacuum'\ncron='* * * * *'").unwrap_err();
         assert!(unknown.to_string().contains("no such job"), "{unknown}");
         let zone = Schedule::parse(

@@ -24,6 +24,7 @@ pub mod contract;
 pub mod db;
 pub mod edge;
 pub mod http;
+pub mod jobs;
 pub mod kafka;
 pub mod metrics;
 pub mod net;

@@ -260,8 +260,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         ))
 }
 
-/// The ingress as a service: its routes; ready while the broker answers; at shutdown, once
-/// no request is left, what the broker has not acknowledged yet is flushed for a while.
+/// The ingress as a service: its routes; ready while the broker answers; the hourly purge of
+/// its expired idempotency keys; at shutdown, what the broker has not acknowledged yet is
+/// flushed for a while.
 pub struct Service {
     state: Arc<AppState>,
 }
@@ -287,7 +288,16 @@ impl platform::service::Service for Service {
 
     fn run(self: Box<Self>, shutdown: CancellationToken) -> platform::service::Work {
         Box::pin(async move {
-            shutdown.cancelled().await;
+            let store = self.state.store.clone();
+            let jobs = platform::jobs::Jobs::new().every(
+                "purge-idempotency-keys",
+                Duration::from_secs(3600),
+                move || {
+                    let store = store.clone();
+                    async move { Ok(store.purge_expired(time::OffsetDateTime::now_utc()).await?) }
+                },
+            );
+            jobs.run(shutdown.clone()).await;
             self.state.sink.drain(Duration::from_secs(5)).await;
             Ok(())
         })
