@@ -343,9 +343,7 @@ fn write_canonical(value: &Value, out: &mut String) {
     }
 }
 
-pub fn micros(at: OffsetDateTime) -> i64 {
-    (at.unix_timestamp_nanos() / 1000) as i64
-}
+pub use platform::clock::micros;
 
 fn rfc3339(at: OffsetDateTime) -> String {
     at.format(&Rfc3339).unwrap_or_default()

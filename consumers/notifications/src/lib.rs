@@ -681,9 +681,7 @@ fn count(intent: &Intent, status: Status) {
     .increment(1);
 }
 
-fn now_us() -> i64 {
-    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
-}
+use platform::clock::now_us;
 
 #[async_trait]
 impl Handler for Notifier {

@@ -295,9 +295,7 @@ fn preference_channel(channel: Channel) -> Channel {
     }
 }
 
-fn now_us() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
-}
+use platform::clock::now_us;
 
 #[async_trait]
 impl NotifyStore for SqlStore {

@@ -19,6 +19,7 @@ pub mod alerts;
 pub mod auth;
 pub mod backup;
 pub mod broker;
+pub mod clock;
 pub mod consumer;
 pub mod contract;
 pub mod db;

@@ -1112,8 +1112,42 @@ fn time_zones() -> Vec<String> {
 
 /// The auth service's part of the OpenAPI document: every route `router` serves.
 pub fn openapi() -> Api {
-    let schema = |name: &str| json!({ "$ref": format!("#/components/schemas/{name}") });
-    let or_null = |name: &str| json!({"anyOf": [schema(name), {"type": "null"}]});
+    Api {
+        tag: "auth",
+        description: "Accounts, sessions and one-time codes: registration, sign-in by password or texted code, token refresh, profiles, roles, signing keys and the app-update check.",
+        operations: [
+            sessions(),
+            passwords_and_codes(),
+            own_account(),
+            administration(),
+        ]
+        .concat(),
+        schemas: schemas(),
+    }
+}
+
+/// What the operations below share: schema references and schemas used more than once.
+struct Shared {
+    version: Json,
+    platform: Json,
+    account_id: Json,
+    refresh_body: Json,
+    role: Json,
+    some_field: Vec<Json>,
+}
+
+fn schema(name: &str) -> Json {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn or_null(name: &str) -> Json {
+    json!({"anyOf": [schema(name), {"type": "null"}]})
+}
+
+const SIGN_IN_503: &str = "No signing key is active yet: retry after Retry-After";
+const GONE_401: &str = "the token's account was deleted";
+
+fn shared() -> Shared {
     let version = json!({
         "type": "string",
         "pattern": format!(r"^[{TRIMMED_CHARS}]*[0-9]{{1,9}}(?:\.[0-9]{{1,9}}){{0,3}}[{TRIMMED_CHARS}]*$"),
@@ -1131,235 +1165,275 @@ pub fn openapi() -> Api {
         .into_iter()
         .map(|field| json!({"required": [field], "properties": {field: {"type": "string"}}}))
         .collect();
-    let sign_in_503 = "No signing key is active yet: retry after Retry-After";
-    let gone_401 = "the token's account was deleted";
-    Api {
-        tag: "auth",
-        description: "Accounts, sessions and one-time codes: registration, sign-in by password or texted code, token refresh, profiles, roles, signing keys and the app-update check.",
-        operations: vec![
-            Operation::get("/.well-known/jwks.json", "The keys that verify access tokens")
-                .describe("Every published signing key as a JSON Web Key Set: the key that signs now, a key a rotation will sign with, and older keys until the last token they signed has expired. Cacheable for 30 seconds.")
-                .public()
-                .ok(200, "The key set", json!({
-                    "type": "object", "required": ["keys"],
-                    "properties": {"keys": {"type": "array", "items": {
-                        "type": "object", "required": ["kty", "n", "e", "kid", "alg", "use"],
-                        "properties": {
-                            "kty": {"const": "RSA"}, "n": {"type": "string"}, "e": {"type": "string"},
-                            "kid": {"type": "string"}, "alg": {"const": "RS256"}, "use": {"const": "sig"}}}}}
-                })),
-            Operation::post("/api/v1/auth/register", "Create an account")
-                .describe("Creates an account with the role `user` (a `role` in the body is ignored), publishes user.registered and answers it with Location: /api/v1/users/{id}. A missing or null display_name is the email's local part, locale `en`, time_zone `UTC`. A body that is not JSON, lacks a required field or has a field of the wrong type is 400; a field the rules refuse is 422 with its JSON pointer. The email is trimmed and lower-cased; the password must also not contain the email's local part.")
-                .public()
-                .json_body(json!({
-                    "type": "object", "required": ["email", "password"],
+    Shared {
+        version,
+        platform,
+        account_id,
+        refresh_body,
+        role,
+        some_field,
+    }
+}
+
+/// The keys that verify tokens, and signing up, in and out.
+fn sessions() -> Vec<Operation> {
+    let Shared { refresh_body, .. } = shared();
+    vec![
+        Operation::get("/.well-known/jwks.json", "The keys that verify access tokens")
+            .describe("Every published signing key as a JSON Web Key Set: the key that signs now, a key a rotation will sign with, and older keys until the last token they signed has expired. Cacheable for 30 seconds.")
+            .public()
+            .ok(200, "The key set", json!({
+                "type": "object", "required": ["keys"],
+                "properties": {"keys": {"type": "array", "items": {
+                    "type": "object", "required": ["kty", "n", "e", "kid", "alg", "use"],
                     "properties": {
-                        "email": schema("AccountEmail"),
-                        "password": schema("NewPassword"),
-                        "display_name": text_schema(100, "1 to 100 characters once trimmed; no control characters or bidirectional overrides"),
-                        "phone": or_null("PhoneNumber"),
-                        "locale": text_schema(16, "1 to 16 characters once trimmed, such as en or pt-BR; no control characters"),
-                        "time_zone": or_null("IanaTimeZone"),
-                    }
-                }))
-                .ok(201, "The new account", schema("Profile"))
-                .problem(409, "A live account has this email")
-                .problem(422, "A field the rules refuse (email, password, display_name, phone, locale or time_zone), by JSON pointer")
-                .problem(429, "More than REGISTER_LIMIT_PER_EMAIL attempts for this email (5 per 10 minutes by default), from any address"),
-            Operation::post("/api/v1/auth/login", "Sign in with email and password")
-                .describe("Starts a session: an access token and the first refresh token of a new family.")
-                .public()
-                .json_body(json!({
-                    "type": "object", "required": ["email", "password"],
-                    "properties": {"email": {"type": "string"}, "password": {"type": "string"}}
-                }))
-                .ok(200, "A new session", schema("Session"))
-                .problem(401, "Wrong email or password (also for an email that is not an address)")
-                .problem(429, "More than LOGIN_LIMIT_PER_ACCOUNT attempts for this email (10 per 10 minutes by default), from any address")
-                .problem(503, sign_in_503),
-            Operation::post("/api/v1/auth/refresh", "Trade a refresh token for a new session")
-                .describe("The refresh token works once and is replaced by the answer's; a used one presented again revokes every session of its sign-in.")
-                .public()
-                .json_body(refresh_body.clone())
-                .ok(200, "A new access token and the next refresh token", schema("Session"))
-                .problem(401, "Unknown, expired or revoked refresh token; one used before (every session of its sign-in is now revoked); or its account was deleted")
-                .problem(503, sign_in_503),
-            Operation::post("/api/v1/auth/logout", "Sign out")
-                .describe("Revokes the refresh token's family: every token of this sign-in. Idempotent: an unknown token is answered the same.")
-                .public()
-                .json_body(refresh_body)
-                .empty(204, "Signed out"),
-            Operation::post("/api/v1/auth/password", "Change one's password")
-                .describe("Needs the current password; signs out every session of the account. The token is checked before the body. The new password must also not contain the email's local part.")
-                .bearer("any signed-in account, for its own password")
-                .problem(401, gone_401)
-                .json_body(json!({
-                    "type": "object", "required": ["current_password", "new_password"],
-                    "properties": {"current_password": {"type": "string"}, "new_password": schema("NewPassword")}
-                }))
-                .empty(204, "Changed; every session is signed out")
-                .problem(403, "The current password is wrong")
-                .problem(422, "The new password breaks the rules (pointer /new_password)"),
-            Operation::post("/api/v1/auth/password/forgot", "Ask for a password-reset link")
-                .describe("Mails a one-time link to the account with this email, if there is one; the answer is the same either way.")
-                .public()
-                .json_body(json!({
-                    "type": "object", "required": ["email"],
-                    "properties": {"email": schema("AccountEmail")}
-                }))
-                .ok(202, "If an account has this email, a link is on its way", schema("AccountNotice"))
-                .problem(422, "The email is not an address")
-                .problem(429, "More than PASSWORD_FORGOT_LIMIT_PER_ACCOUNT requests for this email (3 per 10 minutes by default)"),
-            Operation::post("/api/v1/auth/password/reset", "Set a new password with a reset link")
-                .describe("The link's token works once; every session of the account is signed out. The password rules are checked first, so a refused password does not use the link up.")
-                .public()
-                .json_body(json!({
-                    "type": "object", "required": ["token", "new_password"],
-                    "properties": {
-                        "token": {"type": "string", "description": "the token after #token= in the mailed link"},
-                        "new_password": schema("NewPassword")}
-                }))
-                .empty(204, "The password is changed")
-                .problem(401, "Unknown, used or expired reset link")
-                .problem(422, "The new password breaks the rules (pointer /new_password)"),
-            Operation::post("/api/v1/auth/otp/request", "Ask for a sign-in code by SMS")
-                .describe("Texts a one-time code to the account whose verified phone this is, if there is one; the answer is the same either way.")
-                .public()
-                .json_body(json!({
-                    "type": "object", "required": ["phone"],
-                    "properties": {"phone": schema("PhoneNumber")}
-                }))
-                .ok(202, "If an account has this phone, a code is on its way", schema("AccountNotice"))
-                .problem(422, "The phone is not E.164")
-                .problem(429, "More than OTP_REQUEST_LIMIT_PER_PHONE codes for this phone (3 per 10 minutes by default)"),
-            Operation::post("/api/v1/auth/otp/verify", "Sign in with a texted code")
-                .describe("Five attempts per account per ten minutes, from any address; the sixth is refused even with the right code. The phone is not checked for form: any string no account has verified is answered 401.")
-                .public()
-                .json_body(json!({
-                    "type": "object", "required": ["phone", "code"],
-                    "properties": {
-                        "phone": schema("PhoneNumber"),
-                        "code": {"type": "string", "description": "the 6 digits texted; surrounding white space is ignored"}}
-                }))
-                .ok(200, "A new session", schema("Session"))
-                .problem(401, "Wrong phone or code: no live account has verified this phone, or the code is wrong, used or expired")
-                .problem(429, "More than 5 attempts on this account in 10 minutes")
-                .problem(503, sign_in_503),
-            Operation::get("/api/v1/me", "One's account")
-                .bearer("the account itself")
-                .problem(401, gone_401)
-                .ok(200, "The account", schema("Profile")),
-            Operation::patch("/api/v1/me", "Change one's profile")
-                .describe("Changes the fields given, at least one; an absent or null field stays as it is. Publishes user.profile_updated. A new phone is unverified until POST /api/v1/me/phone/verify. The token is checked before the body.")
-                .bearer("the account itself")
-                .problem(401, gone_401)
-                .json_body(json!({
-                    "type": "object",
-                    "properties": {
-                        "display_name": text_schema(100, "1 to 100 characters once trimmed; no control characters or bidirectional overrides"),
-                        "phone": or_null("PhoneNumber"),
-                        "locale": text_schema(16, "1 to 16 characters once trimmed; no control characters"),
-                        "time_zone": or_null("IanaTimeZone"),
-                    },
-                    "anyOf": some_field,
-                }))
-                .ok(200, "The account as changed", schema("Profile"))
-                .problem(400, "Nothing to change: no display_name, phone, locale or time_zone that is not null")
-                .problem(422, "A field the rules refuse, by JSON pointer"),
-            Operation::delete("/api/v1/me", "Delete one's account")
-                .describe("A soft delete: the account's sessions are revoked, user.deleted is published and its email is free again.")
-                .bearer("the account itself")
-                .problem(401, gone_401)
-                .empty(204, "Deleted"),
-            Operation::post("/api/v1/me/phone/verification", "Text a code to one's phone")
-                .describe("Sends a code to the account's phone; the phone signs in by code only once that code comes back to POST /api/v1/me/phone/verify. No body.")
-                .bearer("the account itself")
-                .problem(401, gone_401)
-                .ok(202, "A code is on its way", schema("AccountNotice"))
-                .problem(409, "The phone is verified already")
-                .problem(422, "The account has no phone (pointer /phone): set one with PATCH /api/v1/me")
-                .problem(429, "More than OTP_REQUEST_LIMIT_PER_PHONE codes for this phone (3 per 10 minutes by default)"),
-            Operation::post("/api/v1/me/phone/verify", "Verify one's phone with the texted code")
-                .describe("One verified phone belongs to one live account. Five attempts per account per ten minutes. The token is checked before the body.")
-                .bearer("the account itself")
-                .problem(401, gone_401)
-                .json_body(json!({
-                    "type": "object", "required": ["code"],
-                    "properties": {"code": {"type": "string", "description": "the 6 digits texted; surrounding white space is ignored"}}
-                }))
-                .ok(200, "The account, its phone verified", schema("Profile"))
-                .problem(409, "Another live account has verified this phone, or the phone changed since the code was sent")
-                .problem(422, "The account has no phone (pointer /phone), or the code is wrong, used or expired (pointer /code)")
-                .problem(429, "More than 5 attempts on this account in 10 minutes"),
-            Operation::get("/api/v1/users/{id}", "One account")
-                .bearer("the account itself, or the admin role")
-                .path_param("id", account_id.clone(), "the account's id")
-                .ok(200, "The account", schema("Profile"))
-                .problem(400, "The id is not UTF-8 once percent-decoded")
-                .problem(403, "The caller is neither this account nor an admin")
-                .problem(404, "No live account has this id"),
-            Operation::put("/api/v1/admin/users/{id}/role", "Give an account a role")
-                .describe("Takes effect at the account's next access token (its next sign-in or refresh).")
-                .bearer("the admin role")
-                .path_param("id", account_id, "the account's id")
-                .json_body(json!({
-                    "type": "object", "required": ["role"],
-                    "properties": {"role": role}
-                }))
-                .ok(200, "The role is set", json!({
-                    "type": "object", "required": ["id", "role"],
-                    "properties": {"id": {"type": "string"}, "role": role}
-                }))
-                .problem(400, "The id is not UTF-8 once percent-decoded")
-                .problem(403, "The caller lacks the admin role")
-                .problem(404, "No live account has this id")
-                .problem(422, "The role is not user or admin"),
-            Operation::post("/api/v1/admin/signing-keys/rotate", "Rotate the token signing key")
-                .describe("Publishes a new key in the JWKS at once; it signs from signs_from (SIGNING_KEY_LEAD_SECS later, so verifiers have fetched it), and the keys before it leave the JWKS at old_keys_retire_at, once every token they signed has expired. No body.")
-                .bearer("the admin role")
-                .ok(202, "The rotation has started", json!({
-                    "type": "object", "required": ["kid", "signs_from", "old_keys_retire_at"],
-                    "properties": {
-                        "kid": {"type": "string"},
-                        "signs_from": {"type": "string", "format": "date-time"},
-                        "old_keys_retire_at": {"type": "string", "format": "date-time"}}
-                }))
-                .problem(403, "The caller lacks the admin role"),
-            Operation::get("/api/v1/app/version-check", "Whether an app must or may update")
-                .describe("Against the platform's thresholds: below `minimum` the app must update (hard_update), below `latest` it may (soft_update). A platform without thresholds needs no update.")
-                .public()
-                .required_query("platform", platform.clone(), "ios, android, web, ...: 1 to 32 lowercase letters, digits or -")
-                .required_query("version", version.clone(), "the app's version")
-                .ok(200, "The advice", json!({
-                    "type": "object",
-                    "required": ["platform", "version", "soft_update", "hard_update", "latest", "minimum"],
-                    "properties": {
-                        "platform": {"type": "string"},
-                        "version": {"type": "string", "description": "as given"},
-                        "soft_update": {"type": "boolean"},
-                        "hard_update": {"type": "boolean"},
-                        "latest": {"type": ["string", "null"], "description": "null when the platform has no thresholds"},
-                        "minimum": {"type": ["string", "null"]}}
-                }))
-                .problem(400, "platform or version is missing, repeated or not of the documented form"),
-            Operation::put("/api/v1/admin/app-versions/{platform}", "Set a platform's update thresholds")
-                .describe("Takes effect at once on every replica. minimum must not be above latest.")
-                .bearer("the admin role")
-                .path_param("platform", platform, "1 to 32 lowercase letters, digits or -")
-                .json_body(json!({
-                    "type": "object", "required": ["latest", "minimum"],
-                    "properties": {"latest": version, "minimum": version}
-                }))
-                .ok(200, "The thresholds, as stored", json!({
-                    "type": "object", "required": ["platform", "latest", "minimum"],
-                    "properties": {"platform": {"type": "string"}, "latest": {"type": "string"}, "minimum": {"type": "string"}}
-                }))
-                .problem(400, "The platform is not 1 to 32 lowercase letters, digits or - (checked before the body)")
-                .problem(403, "The caller lacks the admin role")
-                .problem(422, "latest or minimum is not a version, or minimum is above latest"),
-        ],
-        schemas: vec![
-            ("Profile", json!({
+                        "kty": {"const": "RSA"}, "n": {"type": "string"}, "e": {"type": "string"},
+                        "kid": {"type": "string"}, "alg": {"const": "RS256"}, "use": {"const": "sig"}}}}}
+            })),
+        Operation::post("/api/v1/auth/register", "Create an account")
+            .describe("Creates an account with the role `user` (a `role` in the body is ignored), publishes user.registered and answers it with Location: /api/v1/users/{id}. A missing or null display_name is the email's local part, locale `en`, time_zone `UTC`. A body that is not JSON, lacks a required field or has a field of the wrong type is 400; a field the rules refuse is 422 with its JSON pointer. The email is trimmed and lower-cased; the password must also not contain the email's local part.")
+            .public()
+            .json_body(json!({
+                "type": "object", "required": ["email", "password"],
+                "properties": {
+                    "email": schema("AccountEmail"),
+                    "password": schema("NewPassword"),
+                    "display_name": text_schema(100, "1 to 100 characters once trimmed; no control characters or bidirectional overrides"),
+                    "phone": or_null("PhoneNumber"),
+                    "locale": text_schema(16, "1 to 16 characters once trimmed, such as en or pt-BR; no control characters"),
+                    "time_zone": or_null("IanaTimeZone"),
+                }
+            }))
+            .ok(201, "The new account", schema("Profile"))
+            .problem(409, "A live account has this email")
+            .problem(422, "A field the rules refuse (email, password, display_name, phone, locale or time_zone), by JSON pointer")
+            .problem(429, "More than REGISTER_LIMIT_PER_EMAIL attempts for this email (5 per 10 minutes by default), from any address"),
+        Operation::post("/api/v1/auth/login", "Sign in with email and password")
+            .describe("Starts a session: an access token and the first refresh token of a new family.")
+            .public()
+            .json_body(json!({
+                "type": "object", "required": ["email", "password"],
+                "properties": {"email": {"type": "string"}, "password": {"type": "string"}}
+            }))
+            .ok(200, "A new session", schema("Session"))
+            .problem(401, "Wrong email or password (also for an email that is not an address)")
+            .problem(429, "More than LOGIN_LIMIT_PER_ACCOUNT attempts for this email (10 per 10 minutes by default), from any address")
+            .problem(503, SIGN_IN_503),
+        Operation::post("/api/v1/auth/refresh", "Trade a refresh token for a new session")
+            .describe("The refresh token works once and is replaced by the answer's; a used one presented again revokes every session of its sign-in.")
+            .public()
+            .json_body(refresh_body.clone())
+            .ok(200, "A new access token and the next refresh token", schema("Session"))
+            .problem(401, "Unknown, expired or revoked refresh token; one used before (every session of its sign-in is now revoked); or its account was deleted")
+            .problem(503, SIGN_IN_503),
+        Operation::post("/api/v1/auth/logout", "Sign out")
+            .describe("Revokes the refresh token's family: every token of this sign-in. Idempotent: an unknown token is answered the same.")
+            .public()
+            .json_body(refresh_body)
+            .empty(204, "Signed out"),
+    ]
+}
+
+/// Passwords, reset links and texted codes.
+fn passwords_and_codes() -> Vec<Operation> {
+    vec![
+        Operation::post("/api/v1/auth/password", "Change one's password")
+            .describe("Needs the current password; signs out every session of the account. The token is checked before the body. The new password must also not contain the email's local part.")
+            .bearer("any signed-in account, for its own password")
+            .problem(401, GONE_401)
+            .json_body(json!({
+                "type": "object", "required": ["current_password", "new_password"],
+                "properties": {"current_password": {"type": "string"}, "new_password": schema("NewPassword")}
+            }))
+            .empty(204, "Changed; every session is signed out")
+            .problem(403, "The current password is wrong")
+            .problem(422, "The new password breaks the rules (pointer /new_password)"),
+        Operation::post("/api/v1/auth/password/forgot", "Ask for a password-reset link")
+            .describe("Mails a one-time link to the account with this email, if there is one; the answer is the same either way.")
+            .public()
+            .json_body(json!({
+                "type": "object", "required": ["email"],
+                "properties": {"email": schema("AccountEmail")}
+            }))
+            .ok(202, "If an account has this email, a link is on its way", schema("AccountNotice"))
+            .problem(422, "The email is not an address")
+            .problem(429, "More than PASSWORD_FORGOT_LIMIT_PER_ACCOUNT requests for this email (3 per 10 minutes by default)"),
+        Operation::post("/api/v1/auth/password/reset", "Set a new password with a reset link")
+            .describe("The link's token works once; every session of the account is signed out. The password rules are checked first, so a refused password does not use the link up.")
+            .public()
+            .json_body(json!({
+                "type": "object", "required": ["token", "new_password"],
+                "properties": {
+                    "token": {"type": "string", "description": "the token after #token= in the mailed link"},
+                    "new_password": schema("NewPassword")}
+            }))
+            .empty(204, "The password is changed")
+            .problem(401, "Unknown, used or expired reset link")
+            .problem(422, "The new password breaks the rules (pointer /new_password)"),
+        Operation::post("/api/v1/auth/otp/request", "Ask for a sign-in code by SMS")
+            .describe("Texts a one-time code to the account whose verified phone this is, if there is one; the answer is the same either way.")
+            .public()
+            .json_body(json!({
+                "type": "object", "required": ["phone"],
+                "properties": {"phone": schema("PhoneNumber")}
+            }))
+            .ok(202, "If an account has this phone, a code is on its way", schema("AccountNotice"))
+            .problem(422, "The phone is not E.164")
+            .problem(429, "More than OTP_REQUEST_LIMIT_PER_PHONE codes for this phone (3 per 10 minutes by default)"),
+        Operation::post("/api/v1/auth/otp/verify", "Sign in with a texted code")
+            .describe("Five attempts per account per ten minutes, from any address; the sixth is refused even with the right code. The phone is not checked for form: any string no account has verified is answered 401.")
+            .public()
+            .json_body(json!({
+                "type": "object", "required": ["phone", "code"],
+                "properties": {
+                    "phone": schema("PhoneNumber"),
+                    "code": {"type": "string", "description": "the 6 digits texted; surrounding white space is ignored"}}
+            }))
+            .ok(200, "A new session", schema("Session"))
+            .problem(401, "Wrong phone or code: no live account has verified this phone, or the code is wrong, used or expired")
+            .problem(429, "More than 5 attempts on this account in 10 minutes")
+            .problem(503, SIGN_IN_503),
+    ]
+}
+
+/// What an account does with itself.
+fn own_account() -> Vec<Operation> {
+    let Shared { some_field, .. } = shared();
+    vec![
+        Operation::get("/api/v1/me", "One's account")
+            .bearer("the account itself")
+            .problem(401, GONE_401)
+            .ok(200, "The account", schema("Profile")),
+        Operation::patch("/api/v1/me", "Change one's profile")
+            .describe("Changes the fields given, at least one; an absent or null field stays as it is. Publishes user.profile_updated. A new phone is unverified until POST /api/v1/me/phone/verify. The token is checked before the body.")
+            .bearer("the account itself")
+            .problem(401, GONE_401)
+            .json_body(json!({
+                "type": "object",
+                "properties": {
+                    "display_name": text_schema(100, "1 to 100 characters once trimmed; no control characters or bidirectional overrides"),
+                    "phone": or_null("PhoneNumber"),
+                    "locale": text_schema(16, "1 to 16 characters once trimmed; no control characters"),
+                    "time_zone": or_null("IanaTimeZone"),
+                },
+                "anyOf": some_field,
+            }))
+            .ok(200, "The account as changed", schema("Profile"))
+            .problem(400, "Nothing to change: no display_name, phone, locale or time_zone that is not null")
+            .problem(422, "A field the rules refuse, by JSON pointer"),
+        Operation::delete("/api/v1/me", "Delete one's account")
+            .describe("A soft delete: the account's sessions are revoked, user.deleted is published and its email is free again.")
+            .bearer("the account itself")
+            .problem(401, GONE_401)
+            .empty(204, "Deleted"),
+        Operation::post("/api/v1/me/phone/verification", "Text a code to one's phone")
+            .describe("Sends a code to the account's phone; the phone signs in by code only once that code comes back to POST /api/v1/me/phone/verify. No body.")
+            .bearer("the account itself")
+            .problem(401, GONE_401)
+            .ok(202, "A code is on its way", schema("AccountNotice"))
+            .problem(409, "The phone is verified already")
+            .problem(422, "The account has no phone (pointer /phone): set one with PATCH /api/v1/me")
+            .problem(429, "More than OTP_REQUEST_LIMIT_PER_PHONE codes for this phone (3 per 10 minutes by default)"),
+        Operation::post("/api/v1/me/phone/verify", "Verify one's phone with the texted code")
+            .describe("One verified phone belongs to one live account. Five attempts per account per ten minutes. The token is checked before the body.")
+            .bearer("the account itself")
+            .problem(401, GONE_401)
+            .json_body(json!({
+                "type": "object", "required": ["code"],
+                "properties": {"code": {"type": "string", "description": "the 6 digits texted; surrounding white space is ignored"}}
+            }))
+            .ok(200, "The account, its phone verified", schema("Profile"))
+            .problem(409, "Another live account has verified this phone, or the phone changed since the code was sent")
+            .problem(422, "The account has no phone (pointer /phone), or the code is wrong, used or expired (pointer /code)")
+            .problem(429, "More than 5 attempts on this account in 10 minutes"),
+    ]
+}
+
+/// Other accounts, roles, signing keys and the app-update thresholds.
+fn administration() -> Vec<Operation> {
+    let Shared {
+        version,
+        platform,
+        account_id,
+        role,
+        ..
+    } = shared();
+    vec![
+        Operation::get("/api/v1/users/{id}", "One account")
+            .bearer("the account itself, or the admin role")
+            .path_param("id", account_id.clone(), "the account's id")
+            .ok(200, "The account", schema("Profile"))
+            .problem(400, "The id is not UTF-8 once percent-decoded")
+            .problem(403, "The caller is neither this account nor an admin")
+            .problem(404, "No live account has this id"),
+        Operation::put("/api/v1/admin/users/{id}/role", "Give an account a role")
+            .describe("Takes effect at the account's next access token (its next sign-in or refresh).")
+            .bearer("the admin role")
+            .path_param("id", account_id, "the account's id")
+            .json_body(json!({
+                "type": "object", "required": ["role"],
+                "properties": {"role": role}
+            }))
+            .ok(200, "The role is set", json!({
+                "type": "object", "required": ["id", "role"],
+                "properties": {"id": {"type": "string"}, "role": role}
+            }))
+            .problem(400, "The id is not UTF-8 once percent-decoded")
+            .problem(403, "The caller lacks the admin role")
+            .problem(404, "No live account has this id")
+            .problem(422, "The role is not user or admin"),
+        Operation::post("/api/v1/admin/signing-keys/rotate", "Rotate the token signing key")
+            .describe("Publishes a new key in the JWKS at once; it signs from signs_from (SIGNING_KEY_LEAD_SECS later, so verifiers have fetched it), and the keys before it leave the JWKS at old_keys_retire_at, once every token they signed has expired. No body.")
+            .bearer("the admin role")
+            .ok(202, "The rotation has started", json!({
+                "type": "object", "required": ["kid", "signs_from", "old_keys_retire_at"],
+                "properties": {
+                    "kid": {"type": "string"},
+                    "signs_from": {"type": "string", "format": "date-time"},
+                    "old_keys_retire_at": {"type": "string", "format": "date-time"}}
+            }))
+            .problem(403, "The caller lacks the admin role"),
+        Operation::get("/api/v1/app/version-check", "Whether an app must or may update")
+            .describe("Against the platform's thresholds: below `minimum` the app must update (hard_update), below `latest` it may (soft_update). A platform without thresholds needs no update.")
+            .public()
+            .required_query("platform", platform.clone(), "ios, android, web, ...: 1 to 32 lowercase letters, digits or -")
+            .required_query("version", version.clone(), "the app's version")
+            .ok(200, "The advice", json!({
+                "type": "object",
+                "required": ["platform", "version", "soft_update", "hard_update", "latest", "minimum"],
+                "properties": {
+                    "platform": {"type": "string"},
+                    "version": {"type": "string", "description": "as given"},
+                    "soft_update": {"type": "boolean"},
+                    "hard_update": {"type": "boolean"},
+                    "latest": {"type": ["string", "null"], "description": "null when the platform has no thresholds"},
+                    "minimum": {"type": ["string", "null"]}}
+            }))
+            .problem(400, "platform or version is missing, repeated or not of the documented form"),
+        Operation::put("/api/v1/admin/app-versions/{platform}", "Set a platform's update thresholds")
+            .describe("Takes effect at once on every replica. minimum must not be above latest.")
+            .bearer("the admin role")
+            .path_param("platform", platform, "1 to 32 lowercase letters, digits or -")
+            .json_body(json!({
+                "type": "object", "required": ["latest", "minimum"],
+                "properties": {"latest": version, "minimum": version}
+            }))
+            .ok(200, "The thresholds, as stored", json!({
+                "type": "object", "required": ["platform", "latest", "minimum"],
+                "properties": {"platform": {"type": "string"}, "latest": {"type": "string"}, "minimum": {"type": "string"}}
+            }))
+            .problem(400, "The platform is not 1 to 32 lowercase letters, digits or - (checked before the body)")
+            .problem(403, "The caller lacks the admin role")
+            .problem(422, "latest or minimum is not a version, or minimum is above latest"),
+    ]
+}
+
+/// The named shapes the operations refer to.
+fn schemas() -> Vec<(&'static str, Json)> {
+    vec![
+        (
+            "Profile",
+            json!({
                 "type": "object",
                 "required": ["id", "email", "display_name", "phone", "phone_verified", "locale", "time_zone", "role", "created_at", "updated_at"],
                 "properties": {
@@ -1373,8 +1447,11 @@ pub fn openapi() -> Api {
                     "role": {"type": "string", "description": "user or admin"},
                     "created_at": {"type": "string", "format": "date-time"},
                     "updated_at": {"type": "string", "format": "date-time"}}
-            })),
-            ("Session", json!({
+            }),
+        ),
+        (
+            "Session",
+            json!({
                 "type": "object",
                 "required": ["access_token", "token_type", "expires_in", "refresh_token", "refresh_expires_in", "user_id"],
                 "properties": {
@@ -1384,30 +1461,45 @@ pub fn openapi() -> Api {
                     "refresh_token": {"type": "string", "description": "works once, at POST /api/v1/auth/refresh"},
                     "refresh_expires_in": {"type": "integer", "minimum": 1, "description": "seconds"},
                     "user_id": {"type": "string", "format": "uuid"}}
-            })),
-            ("AccountNotice", json!({
+            }),
+        ),
+        (
+            "AccountNotice",
+            json!({
                 "type": "object", "required": ["status"],
                 "properties": {"status": {"type": "string"}}
-            })),
-            ("AccountEmail", json!({
+            }),
+        ),
+        (
+            "AccountEmail",
+            json!({
                 "type": "string", "maxLength": 254, "pattern": EMAIL_PATTERN,
                 "description": "An email address: trimmed and lower-cased, it must have one @, a local part, and a domain with a dot that neither starts nor ends it, at most 254 bytes, no white space or control characters. The pattern spells out ASCII addresses whose local part has at most 64 characters; others meeting the rules are accepted too.",
-            })),
-            ("NewPassword", json!({
+            }),
+        ),
+        (
+            "NewPassword",
+            json!({
                 "type": "string", "minLength": 10, "maxLength": 128,
                 "not": {"pattern": FEW_CHARACTERS},
                 "description": "10 to 128 characters, at least 4 of them distinct (ignoring case), not one of the most common passwords",
-            })),
-            ("PhoneNumber", json!({
+            }),
+        ),
+        (
+            "PhoneNumber",
+            json!({
                 "type": "string", "pattern": PHONE_PATTERN,
                 "description": "E.164: + and 8 to 15 digits",
-            })),
-            ("IanaTimeZone", json!({
+            }),
+        ),
+        (
+            "IanaTimeZone",
+            json!({
                 "type": "string", "enum": time_zones(),
                 "description": "An IANA time zone name, matched ignoring ASCII case",
-            })),
-        ],
-    }
+            }),
+        ),
+    ]
 }
 
 #[cfg(test)]

@@ -192,10 +192,4 @@ impl Relay {
 }
 
 /// Unix microseconds, how the auth tables keep time.
-pub fn micros(at: time::OffsetDateTime) -> i64 {
-    (at.unix_timestamp_nanos() / 1000) as i64
-}
-
-pub fn now_us() -> i64 {
-    micros(time::OffsetDateTime::now_utc())
-}
+pub use platform::clock::{micros, now_us};
