@@ -254,73 +254,10 @@ pub fn plan(
     who: Resolved,
     can: &Capabilities<'_>,
 ) -> Vec<Step> {
-    let intent = |channel: Channel, recipient: &str, user_id: Option<&str>, address: &str| Intent {
-        key: DeliveryKey {
-            event_id: event.event_id,
-            channel,
-            recipient: recipient.to_string(),
-        },
-        user_id: user_id.map(str::to_string),
-        address: address.to_string(),
-        event_type: event.event_type.to_string(),
-        template: rule.template.clone(),
-        category: rule.category,
-    };
-    let context = |user: Value| {
-        json!({
-            "data": event.data,
-            "user": user,
-            "event": {
-                "event_id": event.event_id.to_string(),
-                "event_type": event.event_type,
-                "occurred_at": event.occurred_at,
-            },
-        })
-    };
-    let render = |channel: Channel,
-                  locale: &str,
-                  user: Value,
-                  intent: Intent,
-                  to: String,
-                  name: Option<String>| {
-        match can
-            .templates
-            .render(&rule.template, locale, channel, &context(user))
-        {
-            Ok(message) => Step::Send {
-                intent,
-                to,
-                name,
-                message,
-            },
-            Err(reason) => Step::Skip { intent, reason },
-        }
-    };
-    let skip_all = |recipient: &str, user_id: Option<&str>, reason: &str| -> Vec<Step> {
-        rule.channels
-            .iter()
-            .map(|&channel| Step::Skip {
-                intent: intent(channel, recipient, user_id, ""),
-                reason: reason.to_string(),
-            })
-            .collect()
-    };
+    let planner = Planner { rule, event, can };
     match who {
-        Resolved::Missing(reason) => skip_all("", None, &reason),
-        Resolved::Addresses(addresses) => addresses
-            .iter()
-            .flat_map(|address| rule.channels.iter().map(move |&channel| (address, channel)))
-            .map(|(address, channel)| {
-                let intent = intent(channel, address, None, address);
-                if !can.channels.contains(&channel) {
-                    return Step::Skip {
-                        intent,
-                        reason: no_provider(channel),
-                    };
-                }
-                render(channel, "en", json!({}), intent, address.clone(), None)
-            })
-            .collect(),
+        Resolved::Missing(reason) => planner.skip_all("", None, &reason),
+        Resolved::Addresses(addresses) => planner.to_addresses(&addresses),
         Resolved::User {
             user_id,
             record,
@@ -333,170 +270,336 @@ pub fn plan(
                 if event.age < can.recipient_grace {
                     return vec![Step::Wait { user_id }];
                 }
-                return skip_all(&user_id, Some(&user_id), "unknown user");
+                return planner.skip_all(&user_id, Some(&user_id), "unknown user");
             };
-            let unsubscribe_url = match (rule.category, can.unsubscribe) {
-                (Category::Promotional, Some(signer)) => Some(signer.link(&user_id)),
-                _ => None,
+            let recipient = Recipient {
+                user_id: &user_id,
+                user: &user,
+                devices: &devices,
+                preferences: &preferences,
             };
-            let view = json!({
-                "user_id": user.user_id,
-                "display_name": user.display_name.clone().unwrap_or_default(),
-                "email": user.email,
-                "locale": user.locale,
-                "unsubscribe_url": unsubscribe_url,
-            });
-            let mut steps = Vec::new();
             let mut promotional_left = can.promotional_cap - promotional.others(event.event_id);
+            let mut steps = Vec::new();
             for &channel in &rule.channels {
-                if user.deleted {
-                    steps.push(Step::Skip {
-                        intent: intent(channel, &user_id, Some(&user_id), ""),
-                        reason: "user deleted".into(),
-                    });
-                    continue;
-                }
-                let channel = if channel == Channel::Live && !presence.goes_live() {
-                    // Recorded, so that a redelivery keeps to push.
-                    steps.push(Step::Skip {
-                        intent: intent(Channel::Live, &user_id, Some(&user_id), ""),
-                        reason: "not connected: sent as push".into(),
-                    });
-                    Channel::Push
-                } else {
-                    channel
-                };
-                if !can.channels.contains(&channel) {
-                    steps.push(Step::Skip {
-                        intent: intent(channel, &user_id, Some(&user_id), ""),
-                        reason: no_provider(channel),
-                    });
-                    continue;
-                }
-                // (recipient key, address the log keeps, destination)
-                let targets: Vec<(String, String, String)> = match channel {
-                    Channel::Live => vec![(user_id.clone(), "stream".into(), user_id.clone())],
-                    Channel::Push => devices
-                        .iter()
-                        .map(|d| {
-                            let key = format!("{user_id}/{}", device_id(&d.token));
-                            (key, device_label(d), push::address(&d.platform, &d.token))
-                        })
-                        .collect(),
-                    Channel::Email => user
-                        .email
-                        .iter()
-                        .map(|a| (user_id.clone(), a.clone(), a.clone()))
-                        .collect(),
-                    Channel::Sms => user
-                        .phone
-                        .iter()
-                        .map(|a| (user_id.clone(), a.clone(), a.clone()))
-                        .collect(),
-                };
-                if targets.is_empty() {
-                    let reason = match channel {
-                        Channel::Push => "no device registered".to_string(),
-                        _ => format!("the user has no {} address", channel.as_str()),
-                    };
-                    steps.push(Step::Skip {
-                        intent: intent(channel, &user_id, Some(&user_id), ""),
-                        reason,
-                    });
-                    continue;
-                }
-                let refusal = if !preferences.allows(rule.category, channel) {
-                    Some(match rule.category {
-                        Category::Transactional => {
-                            format!("the user turned {} off", channel.as_str())
-                        }
-                        Category::Promotional => format!(
-                            "the user has not opted in to promotional {}",
-                            channel.as_str()
-                        ),
-                    })
-                } else if rule.category == Category::Promotional
-                    && promotional_left <= 0
-                    && !promotional.began(event.event_id, channel)
-                {
-                    Some(format!(
-                        "the daily cap of {} promotional messages is reached",
-                        can.promotional_cap
-                    ))
-                } else {
-                    None
-                };
-                if let Some(reason) = refusal {
-                    steps.push(Step::Skip {
-                        intent: intent(channel, &user_id, Some(&user_id), ""),
-                        reason,
-                    });
-                    continue;
-                }
-                if rule.category == Category::Promotional {
-                    promotional_left -= 1;
-                }
-                let quiet_until = match (&rule.category, &preferences.quiet_hours) {
-                    (Category::Promotional, Some(window)) => window.until(&user.time_zone, can.now),
-                    _ => None,
-                };
-                for (recipient, address, to) in targets {
-                    let intent = intent(channel, &recipient, Some(&user_id), &address);
-                    let step = render(
-                        channel,
-                        &user.locale,
-                        view.clone(),
-                        intent,
-                        to,
-                        user.display_name.clone(),
-                    );
-                    let step = match step {
-                        Step::Send {
-                            intent,
-                            to,
-                            name,
-                            message:
-                                Rendered::Email {
-                                    subject,
-                                    text,
-                                    html,
-                                    ..
-                                },
-                        } => Step::Send {
-                            intent,
-                            to,
-                            name,
-                            message: Rendered::Email {
-                                subject,
-                                text,
-                                html,
-                                list_unsubscribe: unsubscribe_url.clone(),
-                            },
-                        },
-                        other => other,
-                    };
-                    steps.push(match (step, quiet_until) {
-                        (
-                            Step::Send {
-                                intent,
-                                to,
-                                name,
-                                message,
-                            },
-                            Some(until),
-                        ) => Step::Defer {
-                            intent,
-                            to,
-                            name,
-                            message,
-                            until_us: until.as_microsecond(),
-                        },
-                        (step, _) => step,
-                    });
-                }
+                steps.extend(planner.to_user(
+                    &recipient,
+                    channel,
+                    presence,
+                    &promotional,
+                    &mut promotional_left,
+                ));
             }
             steps
         }
+    }
+}
+
+/// One rule applied to one event: what every decision of [`plan`] reads.
+struct Planner<'a> {
+    rule: &'a Rule,
+    event: &'a EventView<'a>,
+    can: &'a Capabilities<'a>,
+}
+
+/// A known user a rule addresses.
+struct Recipient<'a> {
+    user_id: &'a str,
+    user: &'a UserRecord,
+    devices: &'a [Device],
+    preferences: &'a Preferences,
+}
+
+/// Where one message goes: the delivery's recipient key, the address the log keeps, and
+/// the destination the channel sends to.
+struct Target {
+    recipient: String,
+    address: String,
+    to: String,
+}
+
+impl Planner<'_> {
+    fn intent(
+        &self,
+        channel: Channel,
+        recipient: &str,
+        user_id: Option<&str>,
+        address: &str,
+    ) -> Intent {
+        Intent {
+            key: DeliveryKey {
+                event_id: self.event.event_id,
+                channel,
+                recipient: recipient.to_string(),
+            },
+            user_id: user_id.map(str::to_string),
+            address: address.to_string(),
+            event_type: self.event.event_type.to_string(),
+            template: self.rule.template.clone(),
+            category: self.rule.category,
+        }
+    }
+
+    /// The message for `intent`, or a skip naming why the template could not render.
+    fn render(
+        &self,
+        channel: Channel,
+        locale: &str,
+        user: &Value,
+        intent: Intent,
+        to: String,
+        name: Option<String>,
+    ) -> Step {
+        let context = json!({
+            "data": self.event.data,
+            "user": user,
+            "event": {
+                "event_id": self.event.event_id.to_string(),
+                "event_type": self.event.event_type,
+                "occurred_at": self.event.occurred_at,
+            },
+        });
+        match self
+            .can
+            .templates
+            .render(&self.rule.template, locale, channel, &context)
+        {
+            Ok(message) => Step::Send {
+                intent,
+                to,
+                name,
+                message,
+            },
+            Err(reason) => Step::Skip { intent, reason },
+        }
+    }
+
+    fn skip(&self, channel: Channel, user_id: &str, reason: String) -> Step {
+        Step::Skip {
+            intent: self.intent(channel, user_id, Some(user_id), ""),
+            reason,
+        }
+    }
+
+    /// Every channel of the rule skipped, for one reason.
+    fn skip_all(&self, recipient: &str, user_id: Option<&str>, reason: &str) -> Vec<Step> {
+        self.rule
+            .channels
+            .iter()
+            .map(|&channel| Step::Skip {
+                intent: self.intent(channel, recipient, user_id, ""),
+                reason: reason.to_string(),
+            })
+            .collect()
+    }
+
+    /// Addresses named in the event (no account behind them): each channel to each.
+    fn to_addresses(&self, addresses: &[String]) -> Vec<Step> {
+        let mut steps = Vec::new();
+        for address in addresses {
+            for &channel in &self.rule.channels {
+                let intent = self.intent(channel, address, None, address);
+                steps.push(if self.can.channels.contains(&channel) {
+                    self.render(channel, "en", &json!({}), intent, address.clone(), None)
+                } else {
+                    Step::Skip {
+                        intent,
+                        reason: no_provider(channel),
+                    }
+                });
+            }
+        }
+        steps
+    }
+
+    /// One channel of the rule to a known user: a skip naming why, or a message (deferred
+    /// past quiet hours) to each of the user's targets on the channel.
+    fn to_user(
+        &self,
+        recipient: &Recipient<'_>,
+        channel: Channel,
+        presence: Presence,
+        promotional: &PromotionalHistory,
+        promotional_left: &mut i64,
+    ) -> Vec<Step> {
+        let Recipient { user_id, user, .. } = *recipient;
+        if user.deleted {
+            return vec![self.skip(channel, user_id, "user deleted".into())];
+        }
+        let mut steps = Vec::new();
+        let channel = if channel == Channel::Live && !presence.goes_live() {
+            // Recorded, so that a redelivery keeps to push.
+            steps.push(self.skip(Channel::Live, user_id, "not connected: sent as push".into()));
+            Channel::Push
+        } else {
+            channel
+        };
+        if !self.can.channels.contains(&channel) {
+            steps.push(self.skip(channel, user_id, no_provider(channel)));
+            return steps;
+        }
+        let targets = targets(channel, recipient);
+        if targets.is_empty() {
+            steps.push(self.skip(channel, user_id, no_target(channel)));
+            return steps;
+        }
+        let began = promotional.began(self.event.event_id, channel);
+        if let Some(reason) = refusal(
+            self.rule.category,
+            channel,
+            recipient.preferences,
+            *promotional_left,
+            began,
+            self.can.promotional_cap,
+        ) {
+            steps.push(self.skip(channel, user_id, reason));
+            return steps;
+        }
+        if self.rule.category == Category::Promotional {
+            *promotional_left -= 1;
+        }
+        let unsubscribe_url = match (self.rule.category, self.can.unsubscribe) {
+            (Category::Promotional, Some(signer)) => Some(signer.link(user_id)),
+            _ => None,
+        };
+        let quiet_until = match (&self.rule.category, &recipient.preferences.quiet_hours) {
+            (Category::Promotional, Some(window)) => window.until(&user.time_zone, self.can.now),
+            _ => None,
+        };
+        let view = json!({
+            "user_id": user.user_id,
+            "display_name": user.display_name.clone().unwrap_or_default(),
+            "email": user.email,
+            "locale": user.locale,
+            "unsubscribe_url": unsubscribe_url,
+        });
+        for target in targets {
+            let intent = self.intent(channel, &target.recipient, Some(user_id), &target.address);
+            let step = self.render(
+                channel,
+                &user.locale,
+                &view,
+                intent,
+                target.to,
+                user.display_name.clone(),
+            );
+            steps.push(deferred(
+                with_unsubscribe(step, &unsubscribe_url),
+                quiet_until,
+            ));
+        }
+        steps
+    }
+}
+
+/// Where `channel` reaches the recipient: the live stream, each push device, the email or
+/// the phone on record (none: nothing to send to).
+fn targets(channel: Channel, recipient: &Recipient<'_>) -> Vec<Target> {
+    let user_id = recipient.user_id;
+    let to = |address: &String| Target {
+        recipient: user_id.to_string(),
+        address: address.clone(),
+        to: address.clone(),
+    };
+    match channel {
+        Channel::Live => vec![Target {
+            recipient: user_id.to_string(),
+            address: "stream".into(),
+            to: user_id.to_string(),
+        }],
+        Channel::Push => recipient
+            .devices
+            .iter()
+            .map(|d| Target {
+                recipient: format!("{user_id}/{}", device_id(&d.token)),
+                address: device_label(d),
+                to: push::address(&d.platform, &d.token),
+            })
+            .collect(),
+        Channel::Email => recipient.user.email.iter().map(to).collect(),
+        Channel::Sms => recipient.user.phone.iter().map(to).collect(),
+    }
+}
+
+/// Why a channel with no target skips.
+fn no_target(channel: Channel) -> String {
+    match channel {
+        Channel::Push => "no device registered".to_string(),
+        _ => format!("the user has no {} address", channel.as_str()),
+    }
+}
+
+/// Why the user's choices stop a message on `channel`, if they do: the channel turned off
+/// (or promotional not opted in to), or the daily promotional cap reached by other events
+/// (`began`: this event went out on the channel before, and a redelivery keeps to that).
+fn refusal(
+    category: Category,
+    channel: Channel,
+    preferences: &Preferences,
+    promotional_left: i64,
+    began: bool,
+    cap: i64,
+) -> Option<String> {
+    if !preferences.allows(category, channel) {
+        return Some(match category {
+            Category::Transactional => format!("the user turned {} off", channel.as_str()),
+            Category::Promotional => format!(
+                "the user has not opted in to promotional {}",
+                channel.as_str()
+            ),
+        });
+    }
+    (category == Category::Promotional && promotional_left <= 0 && !began)
+        .then(|| format!("the daily cap of {cap} promotional messages is reached"))
+}
+
+/// An email carries the one-click unsubscribe link of a promotional message.
+fn with_unsubscribe(step: Step, url: &Option<String>) -> Step {
+    match step {
+        Step::Send {
+            intent,
+            to,
+            name,
+            message:
+                Rendered::Email {
+                    subject,
+                    text,
+                    html,
+                    ..
+                },
+        } => Step::Send {
+            intent,
+            to,
+            name,
+            message: Rendered::Email {
+                subject,
+                text,
+                html,
+                list_unsubscribe: url.clone(),
+            },
+        },
+        other => other,
+    }
+}
+
+/// A message held until the user's quiet hours end, when they are on.
+fn deferred(step: Step, quiet_until: Option<jiff::Timestamp>) -> Step {
+    match (step, quiet_until) {
+        (
+            Step::Send {
+                intent,
+                to,
+                name,
+                message,
+            },
+            Some(until),
+        ) => Step::Defer {
+            intent,
+            to,
+            name,
+            message,
+            until_us: until.as_microsecond(),
+        },
+        (step, _) => step,
     }
 }
 
