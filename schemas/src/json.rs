@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use apache_avro::Schema;
+use apache_avro::schema::{Name, RecordSchema, UnionSchema};
 use apache_avro::types::Value;
 use serde_json::{Map, Number, Value as Json};
 use time::format_description::well_known::Rfc3339;
@@ -101,6 +102,18 @@ impl Converter<'_> {
 
     fn convert(&mut self, schema: &Schema, json: &Json, ptr: &mut String) -> Option<Value> {
         match (schema, json) {
+            (Schema::Array(a), Json::Array(items)) => self.array(&a.items, items, ptr),
+            (Schema::Map(m), Json::Object(entries)) => self.map(&m.types, entries, ptr),
+            (Schema::Record(record), Json::Object(object)) => self.record(record, object, ptr),
+            (Schema::Union(union), json) => self.union(union, json, ptr),
+            (Schema::Ref { name }, json) => self.reference(name, json, ptr),
+            (schema, json) => self.scalar(schema, json, ptr),
+        }
+    }
+
+    /// A value of a type that holds no other: a primitive, a logical type or an enum.
+    fn scalar(&mut self, schema: &Schema, json: &Json, ptr: &str) -> Option<Value> {
+        match (schema, json) {
             (Schema::Null, Json::Null) => Some(Value::Null),
             (Schema::Boolean, Json::Bool(b)) => Some(Value::Boolean(*b)),
             (Schema::Int, Json::Number(n)) => match n.as_i64().map(i32::try_from) {
@@ -162,113 +175,133 @@ impl Converter<'_> {
                     format!("{s:?} is not one of: {}", e.symbols.join(", ")),
                 ),
             },
-            (Schema::Array(a), Json::Array(items)) => {
-                let mut out = Vec::with_capacity(items.len());
-                for (i, item) in items.iter().enumerate() {
-                    let len = ptr.len();
-                    push_token(ptr, &i.to_string());
-                    out.push(self.convert(&a.items, item, ptr));
-                    ptr.truncate(len);
-                }
-                out.into_iter()
-                    .collect::<Option<Vec<_>>>()
-                    .map(Value::Array)
-            }
-            (Schema::Map(m), Json::Object(entries)) => {
-                let mut out = HashMap::with_capacity(entries.len());
-                let mut ok = true;
-                for (key, item) in entries {
-                    let len = ptr.len();
-                    push_token(ptr, key);
-                    match self.convert(&m.types, item, ptr) {
-                        Some(v) => {
-                            out.insert(key.clone(), v);
-                        }
-                        None => ok = false,
-                    }
-                    ptr.truncate(len);
-                }
-                ok.then_some(Value::Map(out))
-            }
-            (Schema::Record(record), Json::Object(object)) => {
-                let mut ok = true;
-                for key in object.keys() {
-                    if !record.fields.iter().any(|f| &f.name == key) {
-                        let len = ptr.len();
-                        push_token(ptr, key);
-                        self.fail(ptr, "unknown field");
-                        ptr.truncate(len);
-                        ok = false;
-                    }
-                }
-                let mut out = Vec::with_capacity(record.fields.len());
-                for field in &record.fields {
-                    let len = ptr.len();
-                    push_token(ptr, &field.name);
-                    let value = match (object.get(&field.name), &field.default) {
-                        (Some(json), _) => self.convert(&field.schema, json, ptr),
-                        (None, Some(default)) => self.default_value(&field.schema, default, ptr),
-                        (None, None) => self.fail(ptr, "required field is missing"),
-                    };
-                    ptr.truncate(len);
-                    match value {
-                        Some(v) => out.push((field.name.clone(), v)),
-                        None => ok = false,
-                    }
-                }
-                ok.then_some(Value::Record(out))
-            }
-            (Schema::Union(union), json) => {
-                let variants = union.variants();
-                if json.is_null() {
-                    return match variants.iter().position(|v| matches!(v, Schema::Null)) {
-                        Some(i) => Some(Value::Union(i as u32, Box::new(Value::Null))),
-                        None => self.fail(ptr, "must not be null"),
-                    };
-                }
-                let candidates: Vec<(usize, &Schema)> = variants
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, v)| !matches!(v, Schema::Null))
-                    .collect();
-                if let [(i, only)] = candidates.as_slice() {
-                    return self
-                        .convert(only, json, ptr)
-                        .map(|v| Value::Union(*i as u32, Box::new(v)));
-                }
-                for (i, variant) in candidates {
-                    let mut scratch = Vec::new();
-                    let value = Converter {
-                        names: self.names,
-                        errors: &mut scratch,
-                        default: self.default,
-                    }
-                    .convert(variant, json, &mut ptr.clone());
-                    if let (Some(value), true) = (value, scratch.is_empty()) {
-                        return Some(Value::Union(i as u32, Box::new(value)));
-                    }
-                }
-                self.fail(ptr, "matches none of the types this field allows")
-            }
-            (Schema::Ref { name }, json) => match self.names.get(&name.fullname(None)) {
-                Some(schema) => {
-                    let names = self.names;
-                    Converter {
-                        names,
-                        errors: self.errors,
-                        default: self.default,
-                    }
-                    .convert(schema, json, ptr)
-                }
-                None => self.fail(
-                    ptr,
-                    format!("schema refers to unknown type {}", name.fullname(None)),
-                ),
-            },
             (schema, json) => {
                 let message = format!("expected {}, got {}", describe(schema), json_kind(json));
                 self.fail(ptr, message)
             }
+        }
+    }
+
+    fn array(&mut self, items_schema: &Schema, items: &[Json], ptr: &mut String) -> Option<Value> {
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let len = ptr.len();
+            push_token(ptr, &i.to_string());
+            out.push(self.convert(items_schema, item, ptr));
+            ptr.truncate(len);
+        }
+        out.into_iter()
+            .collect::<Option<Vec<_>>>()
+            .map(Value::Array)
+    }
+
+    fn map(
+        &mut self,
+        values: &Schema,
+        entries: &Map<String, Json>,
+        ptr: &mut String,
+    ) -> Option<Value> {
+        let mut out = HashMap::with_capacity(entries.len());
+        let mut ok = true;
+        for (key, item) in entries {
+            let len = ptr.len();
+            push_token(ptr, key);
+            match self.convert(values, item, ptr) {
+                Some(v) => {
+                    out.insert(key.clone(), v);
+                }
+                None => ok = false,
+            }
+            ptr.truncate(len);
+        }
+        ok.then_some(Value::Map(out))
+    }
+
+    /// Every field: an unknown one, or a required one missing, is named by its pointer.
+    fn record(
+        &mut self,
+        record: &RecordSchema,
+        object: &Map<String, Json>,
+        ptr: &mut String,
+    ) -> Option<Value> {
+        let mut ok = true;
+        for key in object.keys() {
+            if !record.fields.iter().any(|f| &f.name == key) {
+                let len = ptr.len();
+                push_token(ptr, key);
+                self.fail(ptr, "unknown field");
+                ptr.truncate(len);
+                ok = false;
+            }
+        }
+        let mut out = Vec::with_capacity(record.fields.len());
+        for field in &record.fields {
+            let len = ptr.len();
+            push_token(ptr, &field.name);
+            let value = match (object.get(&field.name), &field.default) {
+                (Some(json), _) => self.convert(&field.schema, json, ptr),
+                (None, Some(default)) => self.default_value(&field.schema, default, ptr),
+                (None, None) => self.fail(ptr, "required field is missing"),
+            };
+            ptr.truncate(len);
+            match value {
+                Some(v) => out.push((field.name.clone(), v)),
+                None => ok = false,
+            }
+        }
+        ok.then_some(Value::Record(out))
+    }
+
+    /// null for a nullable union; otherwise the one other branch, or the first branch that
+    /// takes the value without an error.
+    fn union(&mut self, union: &UnionSchema, json: &Json, ptr: &mut String) -> Option<Value> {
+        let variants = union.variants();
+        if json.is_null() {
+            return match variants.iter().position(|v| matches!(v, Schema::Null)) {
+                Some(i) => Some(Value::Union(i as u32, Box::new(Value::Null))),
+                None => self.fail(ptr, "must not be null"),
+            };
+        }
+        let candidates: Vec<(usize, &Schema)> = variants
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| !matches!(v, Schema::Null))
+            .collect();
+        if let [(i, only)] = candidates.as_slice() {
+            return self
+                .convert(only, json, ptr)
+                .map(|v| Value::Union(*i as u32, Box::new(v)));
+        }
+        for (i, variant) in candidates {
+            let mut scratch = Vec::new();
+            let value = Converter {
+                names: self.names,
+                errors: &mut scratch,
+                default: self.default,
+            }
+            .convert(variant, json, &mut ptr.clone());
+            if let (Some(value), true) = (value, scratch.is_empty()) {
+                return Some(Value::Union(i as u32, Box::new(value)));
+            }
+        }
+        self.fail(ptr, "matches none of the types this field allows")
+    }
+
+    fn reference(&mut self, name: &Name, json: &Json, ptr: &mut String) -> Option<Value> {
+        match self.names.get(&name.fullname(None)) {
+            Some(schema) => {
+                let names = self.names;
+                Converter {
+                    names,
+                    errors: self.errors,
+                    default: self.default,
+                }
+                .convert(schema, json, ptr)
+            }
+            None => self.fail(
+                ptr,
+                format!("schema refers to unknown type {}", name.fullname(None)),
+            ),
         }
     }
 

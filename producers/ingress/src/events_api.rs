@@ -48,22 +48,11 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
     // Held until the answer: a request that waits for the broker keeps its share.
     let (body, _admitted) = admit_and_read(state, &parts.headers, body).await?;
     let idempotency_key = idempotency_key(&parts.headers)?;
-    let (catalog, policy, max_events) = (state.catalog(), &state.policy, state.limits.max_events);
-    // Most bodies fit: read once, straight to Avro. The rest go through the JSON tree, which
-    // names everything that is wrong.
-    let (shape, prepared, tree) = match prepare_text(catalog, policy, &principal, &body, max_events)
-    {
-        Some((shape, prepared)) => (shape, prepared, None),
-        None => {
-            let tree = parse_json(&body)?;
-            let (shape, prepared) = prepare(catalog, policy, &principal, &tree, max_events)?;
-            (shape, prepared, Some(tree))
-        }
-    };
+    let (shape, prepared, tree) = read_events(state, &principal, &body)?;
     check_events(
         shape,
         &prepared,
-        (policy, &principal),
+        (&state.policy, &principal),
         OffsetDateTime::now_utc(),
         state.limits.occurred_at,
     )?;
@@ -78,7 +67,6 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
         .get::<TraceContext>()
         .copied()
         .unwrap_or_else(|| TraceContext::for_request(&parts.headers));
-
     let Some(key) = idempotency_key else {
         let (ids, received_at) = stamp(prepared.len());
         let attempt = Attempt {
@@ -90,64 +78,77 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
         let response = publish(state, &principal, shape, prepared, attempt).await?;
         return Ok(response.into_response());
     };
+    // The hash is of the JSON tree, so key order and spacing do not make another request: a
+    // body that took the text path is parsed again here (it parsed once, so this cannot fail).
+    let request_hash = hash(&match tree {
+        Some(tree) => tree,
+        None => parse_json(&body)?,
+    });
+    let request = Idempotent {
+        key,
+        request_hash,
+        trace,
+    };
+    publish_once(state, &principal, (shape, prepared), request).await
+}
 
+/// The events of a body, checked against the catalog and the caller's rights. Most bodies
+/// fit: read once, straight to Avro. The rest go through the JSON tree (returned), which
+/// names everything that is wrong.
+fn read_events(
+    state: &AppState,
+    principal: &Principal,
+    body: &[u8],
+) -> Result<(Shape, Vec<Prepared>, Option<Json>), Problem> {
+    let (catalog, policy, max_events) = (state.catalog(), &state.policy, state.limits.max_events);
+    if let Some((shape, prepared)) = prepare_text(catalog, policy, principal, body, max_events) {
+        return Ok((shape, prepared, None));
+    }
+    let tree = parse_json(body)?;
+    let (shape, prepared) = prepare(catalog, policy, principal, &tree, max_events)?;
+    Ok((shape, prepared, Some(tree)))
+}
+
+/// A request that carries an Idempotency-Key.
+struct Idempotent {
+    key: String,
+    request_hash: String,
+    trace: TraceContext,
+}
+
+/// Publishes under an Idempotency-Key: the first attempt claims the key and records the
+/// answer; a retry of the same body gets that answer (or resumes with the same event ids);
+/// the same key with another body, or while an attempt runs, is refused.
+async fn publish_once(
+    state: &AppState,
+    principal: &Principal,
+    (shape, prepared): (Shape, Vec<Prepared>),
+    request: Idempotent,
+) -> Result<Response, Problem> {
+    let Idempotent {
+        key,
+        request_hash,
+        trace,
+    } = request;
     let (event_ids, received_at) = stamp(prepared.len());
     let claim = Claim {
         attempt: Uuid::now_v7(),
         principal: principal.subject.clone(),
         key: key.clone(),
-        // The hash is of the JSON tree, so key order and spacing do not make another
-        // request: a body that took the text path is parsed again here (it parsed once, so
-        // this cannot fail).
-        request_hash: hash(&match tree {
-            Some(tree) => tree,
-            None => parse_json(&body)?,
-        }),
+        request_hash,
         event_ids,
         received_at,
         lease: state.limits.publish_deadline * 2,
         ttl: state.limits.idempotency_ttl,
     };
-    // The store gets the publish deadline too: one that hangs (a full disk, a lock held
-    // elsewhere) must not keep the client waiting past it.
-    let deadline = state.limits.publish_deadline;
-    let claimed = match tokio::time::timeout(deadline, state.store.claim(&claim)).await {
-        Ok(claimed) => claimed,
-        Err(_) => {
-            // The claim may still be written after this answer: give it back, so the retry
-            // the 503 invites is not refused as in progress.
-            release(state, &principal.subject, &key, claim.attempt).await;
-            Err(StoreError::timed_out(deadline))
-        }
-    }
-    .map_err(|err| {
-        tracing::warn!(%err, "idempotency store unavailable");
-        Problem::unavailable("the idempotency store is unavailable", 1)
-    })?;
-    let (ids, received_at) = match claimed {
+    let (ids, received_at) = match claim_key(state, &claim).await? {
         Claimed::New => (claim.event_ids.clone(), claim.received_at),
         Claimed::Resume {
             event_ids,
             received_at,
         } => (event_ids, received_at),
         Claimed::Replay(stored) => return Ok(replay(stored)),
-        Claimed::Mismatch => {
-            return Err(Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency-key-reused",
-                "Idempotency-Key reused",
-                "this Idempotency-Key was used with a different request body",
-            ));
-        }
-        Claimed::InProgress { retry_after } => {
-            return Err(Problem::new(
-                StatusCode::CONFLICT,
-                "idempotency-key-in-progress",
-                "Request in progress",
-                "a request with this Idempotency-Key is still being processed",
-            )
-            .with_retry_after(retry_after.as_secs()));
-        }
+        refused => return Err(refusal(&refused)),
     };
     let attempt = Attempt {
         ids,
@@ -155,26 +156,70 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
         idempotency_key: Some(&key),
         trace,
     };
-    match publish(state, &principal, shape, prepared, attempt).await {
+    match publish(state, principal, shape, prepared, attempt).await {
         Ok(response) => {
-            let stored = StoredResponse {
-                status: response.status.as_u16(),
-                body: response.body.clone(),
-            };
-            let completed = state.store.complete(&principal.subject, &key, &stored);
-            if let Err(err) = tokio::time::timeout(deadline, completed)
-                .await
-                .unwrap_or_else(|_| Err(StoreError::timed_out(deadline)))
-            {
-                // The events are durable; a retry will resume with the same ids.
-                tracing::warn!(%err, "could not record the idempotent response");
-            }
+            record(state, &principal.subject, &key, &response).await;
             Ok(response.into_response())
         }
         Err(problem) => {
             release(state, &principal.subject, &key, claim.attempt).await;
             Err(problem)
         }
+    }
+}
+
+/// Claims the key, within the publish deadline: a store that hangs (a full disk, a lock
+/// held elsewhere) must not keep the client waiting past it.
+async fn claim_key(state: &AppState, claim: &Claim) -> Result<Claimed, Problem> {
+    let deadline = state.limits.publish_deadline;
+    match tokio::time::timeout(deadline, state.store.claim(claim)).await {
+        Ok(claimed) => claimed,
+        Err(_) => {
+            // The claim may still be written after this answer: give it back, so the retry
+            // the 503 invites is not refused as in progress.
+            release(state, &claim.principal, &claim.key, claim.attempt).await;
+            Err(StoreError::timed_out(deadline))
+        }
+    }
+    .map_err(|err| {
+        tracing::warn!(%err, "idempotency store unavailable");
+        Problem::unavailable("the idempotency store is unavailable", 1)
+    })
+}
+
+/// The answer to a claim that may not go ahead.
+fn refusal(claimed: &Claimed) -> Problem {
+    match claimed {
+        Claimed::InProgress { retry_after } => Problem::new(
+            StatusCode::CONFLICT,
+            "idempotency-key-in-progress",
+            "Request in progress",
+            "a request with this Idempotency-Key is still being processed",
+        )
+        .with_retry_after(retry_after.as_secs()),
+        _ => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency-Key reused",
+            "this Idempotency-Key was used with a different request body",
+        ),
+    }
+}
+
+/// Records the answer under the key, for retries. The events are durable already: if the
+/// store fails, a retry resumes with the same ids.
+async fn record(state: &AppState, principal: &str, key: &str, response: &Published) {
+    let deadline = state.limits.publish_deadline;
+    let stored = StoredResponse {
+        status: response.status.as_u16(),
+        body: response.body.clone(),
+    };
+    let completed = state.store.complete(principal, key, &stored);
+    if let Err(err) = tokio::time::timeout(deadline, completed)
+        .await
+        .unwrap_or_else(|_| Err(StoreError::timed_out(deadline)))
+    {
+        tracing::warn!(%err, "could not record the idempotent response");
     }
 }
 

@@ -470,48 +470,15 @@ async fn handle(
         .map(|c| c.0.ip());
     let caller = edge.caller(request.headers(), peer);
     request.extensions_mut().insert(caller.clone());
-    let (verdict, limit) = if edge.args.rate_limits_off {
-        (None, None)
-    } else {
-        let (limit, key) = edge.limit_for(&method, &route, &caller);
-        let count = edge.count(&key, limit.rate.window).await;
-        (
-            count.map(|count| rate::verdict(limit.rate, count)),
-            Some(limit),
-        )
-    };
-
+    let (verdict, limit) = edge.rate(&method, &route, &caller).await;
     let log_bodies = edge.args.log_bodies && tracing::enabled!(tracing::Level::DEBUG);
     let mut request_body = String::new();
     let mut response = match verdict {
-        Some(v) if !v.allowed => Problem::new(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            "rate-limited",
-            "Too many requests",
-            format!(
-                "at most {} requests per {} s; try again in {} s",
-                v.limit, v.window_secs, v.reset_secs
-            ),
-        )
-        .with_retry_after(v.reset_secs)
-        .into_response(),
+        Some(v) if !v.allowed => too_many(v),
         _ => {
-            let small_json = request
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-                .is_some_and(|len| len <= 1 << 20)
-                && request
-                    .headers()
-                    .get(header::CONTENT_TYPE)
-                    .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-            if log_bodies && small_json {
-                let (parts, body) = request.into_parts();
-                let bytes = axum::body::to_bytes(body, 1 << 20)
-                    .await
-                    .unwrap_or_default();
-                request_body = redact::loggable_body(&bytes);
-                request = Request::from_parts(parts, Body::from(bytes));
+            if log_bodies {
+                let (read, body) = loggable_request(request).await;
+                (request, request_body) = (read, body);
             }
             next.run(request).await
         }
@@ -523,19 +490,7 @@ async fn handle(
         headers.insert("ratelimit-reset", HeaderValue::from(v.reset_secs));
         headers.insert("ratelimit-policy", limit.policy.clone());
     }
-    if let Some(d) = edge
-        .args
-        .deprecated_routes
-        .iter()
-        .find(|d| d.path == route && d.method == method.as_str())
-    {
-        if let Ok(value) = HeaderValue::from_str(&d.deprecation) {
-            headers.insert("deprecation", value);
-        }
-        if let Ok(value) = HeaderValue::from_str(&d.sunset) {
-            headers.insert("sunset", value);
-        }
-    }
+    edge.mark_deprecated(headers, &method, &route);
     if let Ok(value) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID, value);
     }
@@ -554,27 +509,8 @@ async fn handle(
     let user = caller.user.as_deref().unwrap_or_default();
     let client = caller.ip.to_string();
     if log_bodies {
-        let (parts, body) = response.into_parts();
-        // Streams (server-sent events) are passed through unread.
-        let small = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-            .is_some_and(|len| len <= 4 << 20);
-        let json = small
-            && parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| {
-                v.as_bytes().starts_with(b"application/json")
-                    || v.as_bytes().starts_with(b"application/problem+json")
-            });
-        let (shown, body) = if json {
-            let bytes = axum::body::to_bytes(body, 4 << 20)
-                .await
-                .unwrap_or_default();
-            (redact::loggable_body(&bytes), Body::from(bytes))
-        } else {
-            (String::new(), body)
-        };
-        response = Response::from_parts(parts, body);
+        let (read, shown) = loggable_response(response).await;
+        response = read;
         tracing::debug!(
             %method, route, status, latency_ms, request_id, user, client,
             request_body, response_body = shown, "request"
@@ -583,4 +519,104 @@ async fn handle(
         tracing::info!(%method, route, status, latency_ms, request_id, user, client, "request");
     }
     response
+}
+
+impl Edge {
+    /// The caller's count against the limit that applies, and that limit (none when the
+    /// limits are off, or the counter store is out of reach for the verdict).
+    async fn rate(
+        &self,
+        method: &Method,
+        route: &str,
+        caller: &Caller,
+    ) -> (Option<rate::Verdict>, Option<&Limit>) {
+        if self.args.rate_limits_off {
+            return (None, None);
+        }
+        let (limit, key) = self.limit_for(method, route, caller);
+        let count = self.count(&key, limit.rate.window).await;
+        (
+            count.map(|count| rate::verdict(limit.rate, count)),
+            Some(limit),
+        )
+    }
+
+    /// `Deprecation` and `Sunset` on the answers of a route being retired.
+    fn mark_deprecated(&self, headers: &mut axum::http::HeaderMap, method: &Method, route: &str) {
+        let Some(d) = self
+            .args
+            .deprecated_routes
+            .iter()
+            .find(|d| d.path == route && d.method == method.as_str())
+        else {
+            return;
+        };
+        if let Ok(value) = HeaderValue::from_str(&d.deprecation) {
+            headers.insert("deprecation", value);
+        }
+        if let Ok(value) = HeaderValue::from_str(&d.sunset) {
+            headers.insert("sunset", value);
+        }
+    }
+}
+
+/// The answer over the limit: 429 with when to try again.
+fn too_many(v: rate::Verdict) -> Response {
+    Problem::new(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        "rate-limited",
+        "Too many requests",
+        format!(
+            "at most {} requests per {} s; try again in {} s",
+            v.limit, v.window_secs, v.reset_secs
+        ),
+    )
+    .with_retry_after(v.reset_secs)
+    .into_response()
+}
+
+/// A small JSON request read for the debug log, redacted, and put back for the handler;
+/// any other passes through unread.
+async fn loggable_request(request: Request) -> (Request, String) {
+    let headers = request.headers();
+    let small_json = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|len| len <= 1 << 20)
+        && headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !small_json {
+        return (request, String::new());
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    let shown = redact::loggable_body(&bytes);
+    (Request::from_parts(parts, Body::from(bytes)), shown)
+}
+
+/// A small JSON answer read for the debug log, redacted, and put back; streams (server-sent
+/// events) and others pass through unread.
+async fn loggable_response(response: Response) -> (Response, String) {
+    let (parts, body) = response.into_parts();
+    let small = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|len| len <= 4 << 20);
+    let json = small
+        && parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+            v.as_bytes().starts_with(b"application/json")
+                || v.as_bytes().starts_with(b"application/problem+json")
+        });
+    if !json {
+        return (Response::from_parts(parts, body), String::new());
+    }
+    let bytes = axum::body::to_bytes(body, 4 << 20)
+        .await
+        .unwrap_or_default();
+    let shown = redact::loggable_body(&bytes);
+    (Response::from_parts(parts, Body::from(bytes)), shown)
 }
