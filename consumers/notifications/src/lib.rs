@@ -214,7 +214,7 @@ impl Opener {
                 .as_ref()
                 .ok_or_else(|| HandlerError::Reject("no sealing key to open the event".into()))?;
             key.open_fields(schema, &mut event.data)
-                .map_err(|err| HandlerError::Reject(format!("a sealed field: {err}")))?;
+                .map_err(|err| HandlerError::Reject(format!("a sealed field: {err}").into()))?;
         }
         Ok(Cow::Owned(opened))
     }
@@ -347,9 +347,9 @@ impl Notifier {
     async fn execute(&self, step: Step) -> Result<(), HandlerError> {
         match step {
             // The handler parks such events before any step runs.
-            Step::Wait { user_id } => Err(HandlerError::Retry(format!(
-                "user {user_id} is not known yet"
-            ))),
+            Step::Wait { user_id } => Err(HandlerError::Retry(
+                format!("user {user_id} is not known yet").into(),
+            )),
             Step::Defer {
                 intent,
                 to,
@@ -358,8 +358,9 @@ impl Notifier {
                 until_us,
             } => {
                 count(&intent, Status::Deferred);
-                let held = serde_json::to_string(&Held { to, name, message })
-                    .map_err(|err| HandlerError::Reject(format!("holding a message: {err}")))?;
+                let held = serde_json::to_string(&Held { to, name, message }).map_err(|err| {
+                    HandlerError::Reject(format!("holding a message: {err}").into())
+                })?;
                 self.store
                     .defer(&intent, &held, until_us, now_us())
                     .await
@@ -390,11 +391,14 @@ impl Notifier {
     ) -> Result<(), HandlerError> {
         let attempt = match self.store.begin(&intent, now_us()).await.or_retry()? {
             Begun::Settled(Status::Dead) => {
-                return Err(HandlerError::Reject(format!(
-                    "the {} delivery to {} was given up",
-                    intent.key.channel.as_str(),
-                    intent.key.recipient
-                )));
+                return Err(HandlerError::Reject(
+                    format!(
+                        "the {} delivery to {} was given up",
+                        intent.key.channel.as_str(),
+                        intent.key.recipient
+                    )
+                    .into(),
+                ));
             }
             Begun::Settled(_) => return Ok(()),
             Begun::Send { attempt, .. } if attempt > self.max_attempts => {
@@ -404,11 +408,14 @@ impl Notifier {
                     .finish(&intent.key, Status::Dead, None, Some(&detail), now_us())
                     .await
                     .or_retry()?;
-                return Err(HandlerError::Reject(format!(
-                    "the {} delivery to {}: {detail}",
-                    intent.key.channel.as_str(),
-                    intent.key.recipient
-                )));
+                return Err(HandlerError::Reject(
+                    format!(
+                        "the {} delivery to {}: {detail}",
+                        intent.key.channel.as_str(),
+                        intent.key.recipient
+                    )
+                    .into(),
+                ));
             }
             Begun::Send {
                 attempt,
@@ -567,10 +574,9 @@ impl Notifier {
                 Status::Retrying,
                 None,
                 Some(reason.clone()),
-                Err(HandlerError::Retry(format!(
-                    "{} provider: {reason}",
-                    intent.key.channel.as_str()
-                ))),
+                Err(HandlerError::Retry(
+                    format!("{} provider: {reason}", intent.key.channel.as_str()).into(),
+                )),
             ),
         })
     }

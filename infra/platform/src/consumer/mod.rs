@@ -54,10 +54,51 @@ pub struct Event {
 pub enum HandlerError {
     /// Transient (database away, timeout): try the same batch again later.
     #[error("transient: {0}")]
-    Retry(String),
+    Retry(#[source] Cause),
     /// Permanent (the event can never be applied): dead-letter it and move on.
     #[error("permanent: {0}")]
-    Reject(String),
+    Reject(#[source] Cause),
+}
+
+/// Why a batch failed, with the whole chain of causes: shown as `outer: inner: innermost`
+/// (in logs and in the dead-letter record's header), and kept as the error's source.
+#[derive(Debug)]
+pub struct Cause(Box<dyn std::error::Error + Send + Sync + 'static>);
+
+impl Cause {
+    pub fn new(cause: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        Self(cause.into())
+    }
+}
+
+impl Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl From<String> for Cause {
+    fn from(text: String) -> Self {
+        Self(text.into())
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(text: &str) -> Self {
+        Self(text.into())
+    }
 }
 
 /// `.or_retry()?`: this failure is transient.
@@ -70,15 +111,15 @@ pub trait OrReject<T> {
     fn or_reject(self) -> Result<T, HandlerError>;
 }
 
-impl<T, E: Display> OrRetry<T> for Result<T, E> {
+impl<T, E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>> OrRetry<T> for Result<T, E> {
     fn or_retry(self) -> Result<T, HandlerError> {
-        self.map_err(|err| HandlerError::Retry(err.to_string()))
+        self.map_err(|err| HandlerError::Retry(Cause::new(err)))
     }
 }
 
-impl<T, E: Display> OrReject<T> for Result<T, E> {
+impl<T, E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>> OrReject<T> for Result<T, E> {
     fn or_reject(self) -> Result<T, HandlerError> {
-        self.map_err(|err| HandlerError::Reject(err.to_string()))
+        self.map_err(|err| HandlerError::Reject(Cause::new(err)))
     }
 }
 
@@ -177,4 +218,26 @@ pub mod dlq_headers {
     pub const OFFSET: &str = "herald.dlq.offset";
     pub const ATTEMPTS: &str = "herald.dlq.attempts";
     pub const GROUP: &str = "herald.dlq.group";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_keeps_its_whole_cause() {
+        let failed: Result<(), anyhow::Error> =
+            Err(anyhow::Error::new(std::io::Error::other("disk full")).context("writing the row"));
+        let HandlerError::Retry(cause) = failed.or_retry().unwrap_err() else {
+            panic!("not a retry");
+        };
+        assert_eq!(cause.to_string(), "writing the row: disk full");
+        let source = std::error::Error::source(&cause).expect("the cause is kept, typed");
+        assert_eq!(source.to_string(), "disk full");
+        let rejected: Result<(), String> = Err("no such order".into());
+        assert_eq!(
+            rejected.or_reject().unwrap_err().to_string(),
+            "permanent: no such order"
+        );
+    }
 }

@@ -292,6 +292,7 @@ impl Worker {
                     return Ok(Outcome::Applied);
                 }
                 Err(HandlerError::Reject(reason)) => {
+                    let reason = reason.to_string();
                     return Ok(Outcome::Rejected { reason, attempts });
                 }
                 Err(HandlerError::Retry(reason)) => {
@@ -344,9 +345,9 @@ impl Worker {
         }
         let reason = format!("the handler panicked: {message}");
         if attempts >= PANIC_ATTEMPTS {
-            Err(HandlerError::Reject(reason))
+            Err(HandlerError::Reject(reason.into()))
         } else {
-            Err(HandlerError::Retry(reason))
+            Err(HandlerError::Retry(reason.into()))
         }
     }
 
