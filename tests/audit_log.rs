@@ -75,25 +75,28 @@ async fn two_instances_share_the_partitions_and_one_leaving_loses_nothing() {
         )
     };
     // Both get partitions and both apply events.
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let a = first.metric("herald_consumer_processed_total").await;
-        let b = second.metric("herald_consumer_processed_total").await;
-        let assigned_a = first.metric("herald_consumer_assigned_partitions").await;
-        let assigned_b = second.metric("herald_consumer_assigned_partitions").await;
-        if a > 0.0 && b > 0.0 {
-            eprintln!(
-                "instance 1: {assigned_a} partitions, {a} events; instance 2: {assigned_b} partitions, {b} events"
-            );
-            assert_eq!(assigned_a + assigned_b, 18.0, "6 topics of 3 partitions");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "both instances should make progress: {a} and {b} events, {assigned_a} and {assigned_b} partitions"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (a, b, assigned_a, assigned_b) = support::eventually(
+        Duration::from_secs(60),
+        "both instances making progress",
+        || async {
+            let a = first.metric("herald_consumer_processed_total").await;
+            let b = second.metric("herald_consumer_processed_total").await;
+            let assigned_a = first.metric("herald_consumer_assigned_partitions").await;
+            let assigned_b = second.metric("herald_consumer_assigned_partitions").await;
+            if a > 0.0 && b > 0.0 {
+                Ok((a, b, assigned_a, assigned_b))
+            } else {
+                Err(format!(
+                    "{a} and {b} events, {assigned_a} and {assigned_b} partitions"
+                ))
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "instance 1: {assigned_a} partitions, {a} events; instance 2: {assigned_b} partitions, {b} events"
+    );
+    assert_eq!(assigned_a + assigned_b, 18.0, "6 topics of 3 partitions");
     let (status, _) = first.terminate().await;
     assert!(status.success());
     let acked = producer.await.unwrap();
@@ -123,11 +126,15 @@ async fn sigterm_with_work_in_flight_commits_exactly_what_was_written() {
     // Small batches, so there is always a batch in flight when the signal comes.
     let audit =
         HeraldProcess::start("audit-log", &kafka, &db, &[("CONSUMER_MAX_BATCH", "50")]).await;
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    while audit.metric("herald_consumer_processed_total").await < 500.0 {
-        assert!(std::time::Instant::now() < until, "no progress");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::eventually(Duration::from_secs(60), "500 events processed", || async {
+        let processed = audit.metric("herald_consumer_processed_total").await;
+        if processed >= 500.0 {
+            Ok(())
+        } else {
+            Err(format!("{processed} processed"))
+        }
+    })
+    .await;
     let (status, took) = audit.terminate().await;
     assert!(status.success(), "exit status {status:?}");
     assert!(took < Duration::from_secs(15), "took {took:?}");
@@ -212,22 +219,28 @@ async fn a_poison_record_is_dead_lettered_and_later_records_still_apply() {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let consumer = tokio::spawn(service.runner.run(shutdown.clone()));
 
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    let applied = loop {
-        let page = store
-            .list(
-                &audit_log::store::Filter::default(),
-                audit_log::store::Order::OldestFirst,
-                None,
-                100,
-            )
-            .await
-            .unwrap();
-        if page.len() >= expected.len() || std::time::Instant::now() > until {
-            break page;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let applied = support::eventually(
+        Duration::from_secs(60),
+        "every good event applied",
+        || async {
+            let page = store
+                .list(
+                    &audit_log::store::Filter::default(),
+                    audit_log::store::Order::OldestFirst,
+                    None,
+                    100,
+                )
+                .await
+                .unwrap();
+            if page.len() >= expected.len() {
+                Ok(page)
+            } else {
+                let ids: Vec<Uuid> = page.iter().map(|r| r.position.event_id).collect();
+                Err(format!("{ids:?}"))
+            }
+        },
+    )
+    .await;
     let ids: Vec<Uuid> = applied.iter().map(|r| r.position.event_id).collect();
     assert_eq!(
         ids, expected,

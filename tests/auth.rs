@@ -82,17 +82,10 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    support::eventually(Duration::from_secs(60), what, || async {
+        check().await.ok_or("nothing yet")
+    })
+    .await
 }
 
 /// The data of the first event on `aggregate` that `pick` accepts.
@@ -746,15 +739,12 @@ impl PausableRedis {
             .kill_on_drop(true)
             .spawn()
             .expect("redis-server (infra/scripts/services.sh installs it)");
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+        support::eventually(Duration::from_secs(5), "redis-server listening", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
-                .is_ok()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                .map(drop)
+        })
+        .await;
         let credentials = user
             .map(|(name, password)| format!("{name}:{password}@"))
             .unwrap_or_default();
@@ -889,17 +879,16 @@ async fn a_redis_that_stops_answering_lets_requests_through_without_queueing_on_
     // Counting resumes once the edge asks Redis again; what the paused Redis was sent, it
     // counted when it woke. One request in each second of the pause is sent (and waits for
     // the client's timeout); one each would have made 20.
-    let mut resumed = None;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let response = post(&ingress.base, "/api/v1/events", &order, Some(&bearer)).await;
-        assert_eq!(response.status(), 202);
-        if let Some(left) = remaining(&response) {
-            resumed = Some(left);
-            break;
-        }
-    }
-    let left = resumed.expect("counting resumed after Redis came back");
+    let left = support::eventually(
+        Duration::from_secs(10),
+        "counting resumed after Redis came back",
+        || async {
+            let response = post(&ingress.base, "/api/v1/events", &order, Some(&bearer)).await;
+            assert_eq!(response.status(), 202);
+            remaining(&response).ok_or("no count in the answer")
+        },
+    )
+    .await;
     assert!(
         left >= 990,
         "{} hits reached Redis: the paused Redis was asked for each request",

@@ -5,7 +5,7 @@
 mod support;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use platform::consumer::{ConsumerArgs, Event, Handler, HandlerError, Runner, dlq_headers};
@@ -69,10 +69,15 @@ async fn a_handler_that_panics_on_one_event_dead_letters_it_and_the_partition_go
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(runner.run(shutdown.clone()));
 
-    let until = Instant::now() + Duration::from_secs(60);
-    while handler.handled.lock().unwrap().len() < 4 && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::eventually(Duration::from_secs(60), "4 events handled", || async {
+        let handled = handler.handled.lock().unwrap().clone();
+        if handled.len() >= 4 {
+            Ok(())
+        } else {
+            Err(format!("{handled:?}"))
+        }
+    })
+    .await;
     assert_eq!(
         *handler.handled.lock().unwrap(),
         ["s-1", "s-2", "s-3", "s-4"],

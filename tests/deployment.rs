@@ -12,7 +12,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::process::HERALD;
@@ -433,38 +433,40 @@ async fn the_composed_deployment_serves_every_route_through_nginx() {
             port: ports[name],
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let health = client
-                .get(format!("http://127.0.0.1:{}/healthz", service.port))
-                .send()
-                .await;
-            if health.is_ok_and(|r| r.status() == 200) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} never answered /healthz; its log:\n{}",
-                service.name,
-                service.log()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        support::eventually(
+            Duration::from_secs(120),
+            &format!("{} answering /healthz", service.name),
+            || async {
+                let health = client
+                    .get(format!("http://127.0.0.1:{}/healthz", service.port))
+                    .send()
+                    .await;
+                if health.is_ok_and(|r| r.status() == 200) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{} never answered /healthz; its log:\n{}",
+                        service.name,
+                        service.log()
+                    ))
+                }
+            },
+        )
+        .await;
         started.push(service);
     }
 
     let nginx = Nginx::start(&root, &map);
     let base = format!("https://127.0.0.1:{}", nginx.https);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client
-        .get(format!("{base}/api/v1/event-types"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "nginx never answered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::eventually(Duration::from_secs(20), "nginx answering", || async {
+        client
+            .get(format!("{base}/api/v1/event-types"))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("nginx never answered: {e}"))
+    })
+    .await;
 
     // Every path of the OpenAPI document and every route of the services' routers.
     let openapi: Value = client

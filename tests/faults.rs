@@ -347,20 +347,17 @@ impl Fleet {
     }
 }
 
-/// Polls `count` until it reaches `want` or `within` passes; the last count.
+/// Polls `count` until it reaches `want` (panics after `within`); the count then.
 async fn settle<F, Fut>(want: usize, within: Duration, count: F) -> usize
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = usize>,
 {
-    let until = Instant::now() + within;
-    loop {
+    support::eventually(within, &format!("a count of {want}"), || async {
         let now = count().await;
-        if now >= want || Instant::now() > until {
-            return now;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        if now >= want { Ok(now) } else { Err(now) }
+    })
+    .await
 }
 
 /// A deployment's consumers behind an ingress: the audit log and notifications on one fresh
@@ -618,13 +615,17 @@ async fn lag(kafka: &KafkaArgs, group: &str) -> Option<i64> {
 async fn caught_up(kafka: &KafkaArgs, groups: &[String], within: Duration) {
     let until = Instant::now() + within;
     for group in groups {
-        while lag(kafka, group).await != Some(0) {
-            assert!(
-                Instant::now() < until,
-                "{group} did not catch up in {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        support::eventually(
+            until.saturating_duration_since(Instant::now()),
+            &format!("{group} catching up"),
+            || async {
+                match lag(kafka, group).await {
+                    Some(0) => Ok(()),
+                    seen => Err(format!("lag {seen:?}")),
+                }
+            },
+        )
+        .await;
     }
 }
 
@@ -716,11 +717,15 @@ async fn poison_repeated_records_and_a_reset_group_add_no_effect() {
     let until = Instant::now() + Duration::from_secs(60);
     let mut dead = Vec::new();
     for topic in &dead_letters {
-        let mut n = count(&pipeline.kafka, topic).await;
-        while n < POISON && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            n = count(&pipeline.kafka, topic).await;
-        }
+        let n = support::eventually(
+            until.saturating_duration_since(Instant::now()),
+            &format!("{POISON} dead letters in {topic}"),
+            || async {
+                let n = count(&pipeline.kafka, topic).await;
+                if n >= POISON { Ok(n) } else { Err(n) }
+            },
+        )
+        .await;
         dead.push(n);
     }
     assert_eq!(dead, [POISON; 3], "dead letters in {dead_letters:?}");

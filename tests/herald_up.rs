@@ -64,35 +64,31 @@ async fn herald_up_runs_the_whole_system_from_an_empty_data_folder() {
         .await
         .unwrap();
     let admin = String::from_utf8(admin.stdout).unwrap().trim().to_string();
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let page: serde_json::Value = support::client()
-            .get(format!("{base}/api/v1/audit"))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        // Newest first, and the reports service may have announced a report since.
-        let items = page["items"].as_array().cloned().unwrap_or_default();
-        if let Some(row) = items
-            .iter()
-            .find(|row| row["event_id"] == accepted["event_id"])
-        {
-            assert_eq!(row["actor"], "alice");
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "the event never reached the audit log: {page}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let row = support::eventually(
+        Duration::from_secs(60),
+        "the event in the audit log",
+        || async {
+            let page: serde_json::Value = support::client()
+                .get(format!("{base}/api/v1/audit"))
+                .bearer_auth(&admin)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            // Newest first, and the reports service may have announced a report since.
+            let items = page["items"].as_array().cloned().unwrap_or_default();
+            items
+                .into_iter()
+                .find(|row| row["event_id"] == accepted["event_id"])
+                .ok_or_else(|| format!("not among {page}"))
+        },
+    )
+    .await;
+    assert_eq!(row["actor"], "alice");
     // And search, with its index in the data folder: alice finds her order.
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
+    support::eventually(Duration::from_secs(60), "the order in search", || async {
         let found: serde_json::Value = support::client()
             .get(format!("{base}/api/v1/search?q=tea"))
             .bearer_auth(&token)
@@ -103,19 +99,16 @@ async fn herald_up_runs_the_whole_system_from_an_empty_data_folder() {
             .await
             .unwrap();
         if found["items"][0]["id"] == "order:o-1" {
-            break;
+            Ok(())
+        } else {
+            Err(format!("the order is not searchable: {found}"))
         }
-        assert!(
-            Instant::now() < until,
-            "the order is not searchable: {found}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     assert!(data.join("search").join("gen-1").join("meta.json").exists());
     // And reports: on start, the starter schedule catches up the days that ended within its
     // window (yesterday at least).
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
+    let csv = support::eventually(Duration::from_secs(60), "a daily report", || async {
         let listed: serde_json::Value = support::client()
             .get(format!("{base}/api/v1/reports?report=daily-activity"))
             .bearer_auth(&admin)
@@ -125,22 +118,19 @@ async fn herald_up_runs_the_whole_system_from_an_empty_data_folder() {
             .json()
             .await
             .unwrap();
-        if let Some(csv) = listed["items"][0]["csv"].as_str() {
-            let csv = support::client()
-                .get(format!("{base}{csv}"))
-                .bearer_auth(&admin)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(csv.status(), 200);
-            break;
+        match listed["items"][0]["csv"].as_str() {
+            Some(csv) => Ok(csv.to_string()),
+            None => Err(format!("no daily report was produced: {listed}")),
         }
-        assert!(
-            Instant::now() < until,
-            "no daily report was produced: {listed}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
+    let csv = support::client()
+        .get(format!("{base}{csv}"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.status(), 200);
     // So do notifications: with no SMTP_URL, the welcome email lands in the data folder.
     let service = herald(&data)
         .args(["token", "--sub", "accounts", "--role", "service"])
@@ -163,34 +153,36 @@ async fn herald_up_runs_the_whole_system_from_an_empty_data_folder() {
         .unwrap();
     assert_eq!(response.status(), 202);
     let outbox = data.join("outbox");
-    let until = Instant::now() + Duration::from_secs(60);
     // The welcome email, and the daily report's announcement emailed to its recipients.
-    let (email, report_email) = loop {
-        let emails: Vec<String> = std::fs::read_dir(&outbox)
-            .map(|entries| {
-                entries
-                    .filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "eml"))
-                    .filter_map(|p| std::fs::read_to_string(p).ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let find = |needle: &str| emails.iter().find(|e| e.contains(needle)).cloned();
-        if let (Some(welcome), Some(report)) = (
-            find("newcomer@example.com"),
-            find("Subject: Report daily-activity is ready"),
-        ) {
-            break (welcome, report);
-        }
-        assert!(
-            Instant::now() < until,
-            "no welcome and report emails among {} .eml files in {}",
-            emails.len(),
-            outbox.display()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (email, report_email) = support::eventually(
+        Duration::from_secs(60),
+        "the welcome and report emails",
+        || async {
+            let emails: Vec<String> = std::fs::read_dir(&outbox)
+                .map(|entries| {
+                    entries
+                        .filter_map(Result::ok)
+                        .map(|e| e.path())
+                        .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                        .filter_map(|p| std::fs::read_to_string(p).ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let find = |needle: &str| emails.iter().find(|e| e.contains(needle)).cloned();
+            match (
+                find("newcomer@example.com"),
+                find("Subject: Report daily-activity is ready"),
+            ) {
+                (Some(welcome), Some(report)) => Ok((welcome, report)),
+                _ => Err(format!(
+                    "no welcome and report emails among {} .eml files in {}",
+                    emails.len(),
+                    outbox.display()
+                )),
+            }
+        },
+    )
+    .await;
     assert!(
         report_email.contains("To: ops@example.com"),
         "{report_email}"
@@ -414,23 +406,29 @@ async fn herald_up_brings_its_broker_back_after_each_kill_9_losing_nothing() {
         assert!(killed.success());
         let at = Instant::now();
         // Not ready while the broker is away.
-        let deadline = at + Duration::from_secs(30);
-        while ready(http.clone(), base.clone()).await == 200 {
-            assert!(
-                Instant::now() < deadline,
-                "/readyz stayed 200 after kill {kill}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        support::eventually(
+            Duration::from_secs(30),
+            &format!("/readyz other than 200 after kill {kill}"),
+            || async {
+                match ready(http.clone(), base.clone()).await {
+                    200 => Err("/readyz stayed 200"),
+                    _ => Ok(()),
+                }
+            },
+        )
+        .await;
         // Ready again, on a new broker process.
-        let deadline = at + Duration::from_secs(120);
-        while ready(http.clone(), base.clone()).await != 200 {
-            assert!(
-                Instant::now() < deadline,
-                "herald up did not bring its broker back after kill {kill}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        support::eventually(
+            Duration::from_secs(120).saturating_sub(at.elapsed()),
+            &format!("herald up bringing its broker back after kill {kill}"),
+            || async {
+                match ready(http.clone(), base.clone()).await {
+                    200 => Ok(()),
+                    status => Err(format!("/readyz {status}")),
+                }
+            },
+        )
+        .await;
         assert_ne!(broker_pid(&data), pid, "a new broker process");
         recoveries.push(at.elapsed());
     }
@@ -483,9 +481,16 @@ async fn herald_up_brings_its_broker_back_after_each_kill_9_losing_nothing() {
         .args(["-TERM", &up.id().unwrap().to_string()])
         .status();
     let _ = tokio::time::timeout(Duration::from_secs(60), up.wait()).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(Instant::now() < deadline, "the broker outlived herald up");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    support::eventually(
+        Duration::from_secs(30),
+        "the broker stopping with herald up",
+        || async {
+            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                Err(format!("the broker outlived herald up: /proc/{pid} exists"))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
 }

@@ -14,6 +14,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -386,35 +387,40 @@ async fn hostile_input_on_every_route_yields_no_5xx_no_panic_and_no_stuck_consum
     );
 
     // Every consumer group drains: no partition is stuck on a hostile event.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let kafka = up.kafka.clone();
-        let lags = tokio::task::spawn_blocking(move || {
-            let timeout = Duration::from_secs(10);
-            let mut total = 0i64;
-            let mut groups = Vec::new();
-            for group in platform::kafka::groups::list(&kafka, timeout).unwrap() {
-                if group.name.starts_with(&kafka.topic_prefix) && !group.name.ends_with(".dlq") {
-                    let lag: i64 = platform::kafka::groups::lag(&kafka, &group.name, timeout)
-                        .unwrap()
-                        .iter()
-                        .map(|l| l.lag.max(0))
-                        .sum();
-                    total += lag;
-                    groups.push((group.name.clone(), lag));
+    let drained = support::eventually(
+        Duration::from_secs(180),
+        "every consumer group drained",
+        || async {
+            let kafka = up.kafka.clone();
+            let lags = tokio::task::spawn_blocking(move || {
+                let timeout = Duration::from_secs(10);
+                let mut total = 0i64;
+                let mut groups = Vec::new();
+                for group in platform::kafka::groups::list(&kafka, timeout).unwrap() {
+                    if group.name.starts_with(&kafka.topic_prefix) && !group.name.ends_with(".dlq")
+                    {
+                        let lag: i64 = platform::kafka::groups::lag(&kafka, &group.name, timeout)
+                            .unwrap()
+                            .iter()
+                            .map(|l| l.lag.max(0))
+                            .sum();
+                        total += lag;
+                        groups.push((group.name.clone(), lag));
+                    }
                 }
+                (total, groups)
+            })
+            .await
+            .unwrap();
+            if lags.0 == 0 && lags.1.len() >= 3 {
+                Ok(lags.1)
+            } else {
+                Err(format!("consumers stuck: {:?}", lags.1))
             }
-            (total, groups)
-        })
-        .await
-        .unwrap();
-        if lags.0 == 0 && lags.1.len() >= 3 {
-            eprintln!("consumer groups drained: {:?}", lags.1);
-            break;
-        }
-        assert!(Instant::now() < deadline, "consumers stuck: {:?}", lags.1);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+        },
+    )
+    .await;
+    eprintln!("consumer groups drained: {drained:?}");
     // Every delivery the hostile events made ends: sent, failed, skipped or dead, none left
     // sending or retrying.
     parked_events_run(&client, &up.base).await;
@@ -437,37 +443,40 @@ async fn hostile_input_on_every_route_yields_no_5xx_no_panic_and_no_stuck_consum
 /// The JSON pointers of every string in `value`.
 /// Waits until no event waits aside for its recipient (it then has its deliveries).
 async fn parked_events_run(client: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let metrics = client
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let count = |name: &str| -> f64 {
-            metrics
-                .lines()
-                .filter(|line| line.starts_with(name))
-                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
-        };
-        let (parked, unparked) = (
-            count("herald_notifications_parked_total"),
-            count("herald_notifications_unparked_total"),
-        );
-        if parked == unparked {
-            eprintln!("parked events all ran: {parked}");
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "parked events never ran: {parked} parked, {unparked} unparked"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let parked = support::eventually(
+        Duration::from_secs(120),
+        "parked events all run",
+        || async {
+            let metrics = client
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let count = |name: &str| -> f64 {
+                metrics
+                    .lines()
+                    .filter(|line| line.starts_with(name))
+                    .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum()
+            };
+            let (parked, unparked) = (
+                count("herald_notifications_parked_total"),
+                count("herald_notifications_unparked_total"),
+            );
+            if parked == unparked {
+                Ok(parked)
+            } else {
+                Err(format!(
+                    "parked events never ran: {parked} parked, {unparked} unparked"
+                ))
+            }
+        },
+    )
+    .await;
+    eprintln!("parked events all ran: {parked}");
 }
 
 /// Waits until every delivery of `event_ids` has a final status; how many ended in each.
@@ -478,45 +487,54 @@ async fn deliveries_end(
     event_ids: &[String],
 ) -> BTreeMap<String, usize> {
     const FINAL: [&str; 4] = ["sent", "failed", "skipped", "dead"];
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut pending: Vec<&String> = event_ids.iter().collect();
-    let mut ended: BTreeMap<String, usize> = BTreeMap::new();
-    while !pending.is_empty() {
-        let mut still = Vec::new();
-        for event_id in pending {
-            let items: Value = client
-                .get(format!("{base}/api/v1/notifications?event_id={event_id}"))
-                .bearer_auth(admin)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let statuses: Vec<String> = items["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|row| row["status"].as_str().unwrap().to_string())
-                .collect();
-            if statuses.iter().all(|s| FINAL.contains(&s.as_str())) {
-                for status in statuses {
-                    *ended.entry(status).or_default() += 1;
+    // Each round asks only about the events not yet ended.
+    let pending = Mutex::new(event_ids.iter().collect::<Vec<&String>>());
+    let ended: Mutex<BTreeMap<String, usize>> = Mutex::new(BTreeMap::new());
+    support::eventually(
+        Duration::from_secs(180),
+        "every delivery of the hostile events ended",
+        || async {
+            let waiting = std::mem::take(&mut *pending.lock().unwrap());
+            let mut still = Vec::new();
+            let mut seen = String::new();
+            for event_id in waiting {
+                let items: Value = client
+                    .get(format!("{base}/api/v1/notifications?event_id={event_id}"))
+                    .bearer_auth(admin)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let statuses: Vec<String> = items["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|row| row["status"].as_str().unwrap().to_string())
+                    .collect();
+                if statuses.iter().all(|s| FINAL.contains(&s.as_str())) {
+                    let mut ended = ended.lock().unwrap();
+                    for status in statuses {
+                        *ended.entry(status).or_default() += 1;
+                    }
+                } else {
+                    if seen.is_empty() {
+                        seen = format!("event {event_id}'s deliveries never ended: {statuses:?}");
+                    }
+                    still.push(event_id);
                 }
-            } else {
-                assert!(
-                    Instant::now() < deadline,
-                    "event {event_id}'s deliveries never ended: {statuses:?}"
-                );
-                still.push(event_id);
             }
-        }
-        pending = still;
-        if !pending.is_empty() {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-    ended
+            let left = still.len();
+            *pending.lock().unwrap() = still;
+            match left {
+                0 => Ok(()),
+                _ => Err(format!("{left} events pending; {seen}")),
+            }
+        },
+    )
+    .await;
+    ended.into_inner().unwrap()
 }
 
 fn strings_in(value: &Value) -> Vec<String> {

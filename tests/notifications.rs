@@ -176,14 +176,19 @@ async fn welcome_and_receipt_emails_arrive_once_and_a_replay_sends_nothing() {
         &[("SMTP_URL", &smtp.url()), ("CONSUMER_GROUP", &replay_group)],
     )
     .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while replay.metric("herald_consumer_processed_total").await < 2.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the replay did not process both events"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::eventually(
+        Duration::from_secs(60),
+        "the replay processing both events",
+        || async {
+            let processed = replay.metric("herald_consumer_processed_total").await;
+            if processed >= 2.0 {
+                Ok(())
+            } else {
+                Err(format!("{processed} processed"))
+            }
+        },
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(smtp.received().len(), 2, "a replay sends nothing new");
     for process in [replay, notifier] {
@@ -216,11 +221,15 @@ async fn an_smtp_server_refusing_for_a_while_delays_but_loses_and_repeats_nothin
         addresses.push(address);
     }
     // While refused, attempts are recorded as retrying and nothing is accepted.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while notifier.metric("herald_notifications_total").await < 1.0 {
-        assert!(std::time::Instant::now() < deadline, "no attempt was made");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::eventually(Duration::from_secs(60), "an attempt", || async {
+        let attempts = notifier.metric("herald_notifications_total").await;
+        if attempts >= 1.0 {
+            Ok(())
+        } else {
+            Err(format!("{attempts} attempts"))
+        }
+    })
+    .await;
     assert!(smtp.received().is_empty());
     smtp.refuse(false);
     let received = smtp.wait_for(20, Duration::from_secs(90)).await;
@@ -369,8 +378,7 @@ async fn the_secondary_smtp_server_delivers_when_the_primary_is_down_and_both_do
     )
     .await;
     let dlq = format!("{}{}.dlq", app.kafka.topic_prefix, notifications::NAME);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let letters = loop {
+    let letters = support::eventually(Duration::from_secs(60), "a dead letter", || async {
         let letters = platform::kafka::read_to_end(
             &app.kafka,
             std::slice::from_ref(&dlq),
@@ -378,11 +386,13 @@ async fn the_secondary_smtp_server_delivers_when_the_primary_is_down_and_both_do
         )
         .await
         .unwrap_or_default();
-        if !letters.is_empty() || std::time::Instant::now() > deadline {
-            break letters;
+        if letters.is_empty() {
+            Err("no dead letter")
+        } else {
+            Ok(letters)
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    })
+    .await;
     assert_eq!(letters.len(), 1, "the event is dead-lettered once");
     let error = String::from_utf8(
         letters[0]
@@ -513,11 +523,15 @@ async fn pushes_reach_every_active_device_through_fcm_and_an_unregistered_one_is
         }})
     };
     let first = post(&app, &order("o-push-1")).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while fcm.sends().len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "{:?}", fcm.sends());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::eventually(Duration::from_secs(60), "two pushes", || async {
+        let sends = fcm.sends();
+        if sends.len() >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{sends:?}"))
+        }
+    })
+    .await;
     smtp.wait_for(2, Duration::from_secs(60)).await;
     let sends = fcm.sends();
     let to_phone = sends
@@ -559,11 +573,15 @@ async fn pushes_reach_every_active_device_through_fcm_and_an_unregistered_one_is
     // The unregistered token is dropped: the next order pushes to the phone only.
     post(&app, &order("o-push-2")).await;
     smtp.wait_for(3, Duration::from_secs(60)).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while fcm.sends().len() < 3 {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::eventually(Duration::from_secs(30), "a third push", || async {
+        let sends = fcm.sends();
+        if sends.len() >= 3 {
+            Ok(())
+        } else {
+            Err(format!("{} pushes", sends.len()))
+        }
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let sends = fcm.sends();
     assert_eq!(sends.len(), 3, "{sends:?}");
@@ -646,11 +664,14 @@ async fn an_otp_is_texted_on_the_transactional_route_and_no_secret_reaches_the_l
         let payload = record.payload.as_deref().unwrap_or_default();
         !payload.windows(code.len()).any(|w| w == code.as_bytes())
     }));
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while gateway.texted().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no SMS");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::eventually(Duration::from_secs(60), "an SMS", || async {
+        if gateway.texted().is_empty() {
+            Err("no SMS")
+        } else {
+            Ok(())
+        }
+    })
+    .await;
     let texted = gateway.texted();
     assert_eq!(texted.len(), 1);
     assert_eq!(texted[0].to, "+15550100");
@@ -776,20 +797,19 @@ async fn opt_in_opt_out_and_the_daily_cap_are_honoured() {
         let base = notifier.base.clone();
         let admin = admin.clone();
         async move {
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            loop {
+            support::eventually(Duration::from_secs(60), "a delivery row", || async {
                 let (_, rows) = get(
                     &base,
                     &format!("/api/v1/notifications?event_id={event}"),
                     Some(&admin),
                 )
                 .await;
-                if let Some(row) = rows["items"].get(0) {
-                    return (row["status"].clone(), row["detail"].clone());
+                match rows["items"].get(0) {
+                    Some(row) => Ok((row["status"].clone(), row["detail"].clone())),
+                    None => Err(format!("no delivery row: {rows}")),
                 }
-                assert!(std::time::Instant::now() < deadline, "no delivery row");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            })
+            .await
         }
     };
     let before = post(&app, &promo(0)).await;
@@ -962,12 +982,15 @@ async fn quiet_hours_hold_a_promotion_until_they_end_but_not_a_receipt() {
         }
     };
     // The offer is on another topic than the receipt: its row may come a moment later.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut held = row(offer).await;
-    while held.is_null() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        held = row(offer).await;
-    }
+    let held = support::eventually(Duration::from_secs(30), "the offer's row", || async {
+        let held = row(offer).await;
+        if held.is_null() {
+            Err("no delivery row")
+        } else {
+            Ok(held)
+        }
+    })
+    .await;
     assert_eq!(held["status"], "deferred", "{held}");
     assert_eq!(row(receipt).await["status"], "sent");
 
@@ -980,15 +1003,16 @@ async fn quiet_hours_hold_a_promotion_until_they_end_but_not_a_receipt() {
         Some("Night offer")
     );
     // The server has the message a moment before the log has its outcome.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let released = loop {
+    let released = support::eventually(Duration::from_secs(30), "an outcome", || async {
         let released = row(offer).await;
         let pending = ["deferred", "sending"].contains(&released["status"].as_str().unwrap());
-        if !pending || std::time::Instant::now() > deadline {
-            break released;
+        if pending {
+            Err(format!("{released}"))
+        } else {
+            Ok(released)
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     assert_eq!(released["status"], "sent", "{released}");
     assert_eq!(released["attempts"], 1);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1059,34 +1083,44 @@ async fn settled_as(base: &str, event: Uuid, names: [&str; 3], expected: &[(&str
         .iter()
         .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
         .collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, rows) = get(
-            base,
-            &format!("/api/v1/notifications?event_id={event}"),
-            Some(&admin),
-        )
-        .await;
-        let got = columns(&rows, names);
-        if got == expected {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "{got:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::eventually(
+        Duration::from_secs(60),
+        &format!("the delivery rows of {event} as {expected:?}"),
+        || async {
+            let (_, rows) = get(
+                base,
+                &format!("/api/v1/notifications?event_id={event}"),
+                Some(&admin),
+            )
+            .await;
+            let got = columns(&rows, names);
+            if got == expected {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    )
+    .await;
 }
 
 /// Waits until the service counts `n` open streams.
 async fn wait_for_streams(notifier: &HeraldProcess, n: f64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while notifier
-        .metric("herald_notifications_live_connections")
-        .await
-        != n
-    {
-        assert!(std::time::Instant::now() < deadline, "{n} open streams");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::eventually(
+        Duration::from_secs(30),
+        &format!("{n} open streams"),
+        || async {
+            let open = notifier
+                .metric("herald_notifications_live_connections")
+                .await;
+            if open == n {
+                Ok(())
+            } else {
+                Err(format!("{open} open streams"))
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1135,11 +1169,14 @@ async fn a_connected_user_gets_a_message_live_and_a_disconnected_one_as_push() {
     drop(laptop);
     wait_for_streams(&notifier, 0.0).await;
     let pushed = post(&app, &message("Still there?")).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while fcm.sends().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "a push");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::eventually(Duration::from_secs(60), "a push", || async {
+        if fcm.sends().is_empty() {
+            Err("no push")
+        } else {
+            Ok(())
+        }
+    })
+    .await;
     let sends = fcm.sends();
     assert_eq!(sends[0]["message"]["token"], "bob-phone");
     assert_eq!(

@@ -226,26 +226,28 @@ async fn seed(up: &Up) {
         assert_eq!(response.status(), 202, "{}", event_type["type"]);
     }
     let admin = up.token("st-seed-admin", "admin");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let page: Value = client
-            .get(format!("{}/api/v1/audit?limit=100", up.base))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if page["items"].as_array().map_or(0, Vec::len) >= types.len() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the seeded events never reached the audit log: {page}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    support::eventually(
+        Duration::from_secs(60),
+        "the seeded events in the audit log",
+        || async {
+            let page: Value = client
+                .get(format!("{}/api/v1/audit?limit=100", up.base))
+                .bearer_auth(&admin)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let items = page["items"].as_array().map_or(0, Vec::len);
+            if items >= types.len() {
+                Ok(())
+            } else {
+                Err(format!("{items} items"))
+            }
+        },
+    )
+    .await;
 }
 
 /// The access token of an account registered through the API.

@@ -40,24 +40,23 @@ async fn documents(search: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Waits until `count` gives `want` (or `within` passes); how long it took.
+/// Waits until `count` gives `want` (panics after `within`); how long it took.
 async fn reaches<F, Fut>(want: u64, within: Duration, count: F) -> Duration
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = u64>,
 {
     let started = Instant::now();
-    loop {
+    support::eventually(within, &format!("a count of {want}"), || async {
         let now = count().await;
         if now == want {
-            return started.elapsed();
+            Ok(())
+        } else {
+            Err(format!("stuck at {now} of {want}"))
         }
-        assert!(
-            started.elapsed() < within,
-            "stuck at {now} of {want} after {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    started.elapsed()
 }
 
 async fn row_count(database_url: &str) -> u64 {
@@ -310,13 +309,15 @@ async fn the_notifications_projection_is_rebuilt_from_the_log_sending_nothing() 
     let registered = app.post(&writer, &json!({ "events": events })).await;
     assert_eq!(registered.status(), 202);
     let settle = Instant::now();
-    while smtp.received().len() < users as usize {
-        assert!(
-            settle.elapsed() < Duration::from_secs(120),
-            "the welcome emails never came"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    support::eventually(Duration::from_secs(120), "the welcome emails", || async {
+        let received = smtp.received().len();
+        if received >= users as usize {
+            Ok(())
+        } else {
+            Err(format!("{received} of {users} welcome emails"))
+        }
+    })
+    .await;
     // Then some change: a new name for one, a deletion for another.
     let first = support::ledger::registrations(7, 0).0;
     let second = support::ledger::registrations(7, 1).0;
@@ -325,13 +326,18 @@ async fn the_notifications_projection_is_rebuilt_from_the_log_sending_nothing() 
         {"type": "user.deleted", "data": {"user_id": second}},
     ]});
     assert_eq!(app.post(&writer, &changes).await.status(), 202);
-    while projection(&database).await.iter().all(|row| !row.3) {
-        assert!(
-            settle.elapsed() < Duration::from_secs(120),
-            "the deletion never applied"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    support::eventually(
+        Duration::from_secs(120).saturating_sub(settle.elapsed()),
+        "the deletion applied",
+        || async {
+            if projection(&database).await.iter().any(|row| row.3) {
+                Ok(())
+            } else {
+                Err("the deletion never applied")
+            }
+        },
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     notifications.terminate().await;
     let before = projection(&database).await;
@@ -420,14 +426,15 @@ async fn report_aggregates_are_rebuilt_by_replaying_the_topics_into_emptied_tabl
     );
     assert!(ok, "{said}");
     let reports = HeraldProcess::start("reports", &kafka, &database, &[]).await;
-    let started = Instant::now();
-    while count(&database, "report_seen").await < seen {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the replay stalled"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    support::eventually(Duration::from_secs(120), "the replay", || async {
+        let now = count(&database, "report_seen").await;
+        if now >= seen {
+            Ok(())
+        } else {
+            Err(format!("the replay stalled at {now} of {seen}"))
+        }
+    })
+    .await;
     assert_eq!(aggregates(&database).await, before);
     reports.terminate().await;
 }

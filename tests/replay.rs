@@ -71,23 +71,27 @@ async fn committed(app: &TestIngress, group: &str) -> HashMap<(String, i32), i64
 
 /// Waits until `group` has committed the end of every partition that has records.
 async fn caught_up(app: &TestIngress, group: &str) -> HashMap<(String, i32), i64> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ends =
-            platform::kafka::watermarks_of(&app.kafka, &app.topics(), Duration::from_secs(10))
-                .await
-                .unwrap();
-        let done = committed(app, group).await;
-        if ends
-            .iter()
-            .filter(|(_, (_, high))| *high > 0)
-            .all(|(slot, (_, high))| done.get(slot) == Some(high))
-        {
-            return done;
-        }
-        assert!(Instant::now() < deadline, "{group} never caught up");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    support::eventually(
+        Duration::from_secs(60),
+        &format!("{group} catching up"),
+        || async {
+            let ends =
+                platform::kafka::watermarks_of(&app.kafka, &app.topics(), Duration::from_secs(10))
+                    .await
+                    .unwrap();
+            let done = committed(app, group).await;
+            if ends
+                .iter()
+                .filter(|(_, (_, high))| *high > 0)
+                .all(|(slot, (_, high))| done.get(slot) == Some(high))
+            {
+                Ok(done)
+            } else {
+                Err(format!("ends {ends:?}, committed {done:?}"))
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -415,16 +419,21 @@ async fn a_dead_letter_redriven_after_the_fix_is_applied_once_and_tail_shows_eve
     post_orders(&app, 0..2, "o").await;
 
     // The user's event is a dead letter; the orders are in the log.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let listed = loop {
-        let (ok, stdout, stderr) = herald(&app, &["dlq", "list", audit_log::NAME]).await;
-        assert!(ok, "{stderr}");
-        if stdout.lines().count() == 2 && support::audit::rows_by_id(&database).await.len() == 2 {
-            break stdout;
-        }
-        assert!(Instant::now() < deadline, "no dead letter: {stdout}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let listed = support::eventually(
+        Duration::from_secs(60),
+        "a dead letter and the orders in the log",
+        || async {
+            let (ok, stdout, stderr) = herald(&app, &["dlq", "list", audit_log::NAME]).await;
+            assert!(ok, "{stderr}");
+            if stdout.lines().count() == 2 && support::audit::rows_by_id(&database).await.len() == 2
+            {
+                Ok(stdout)
+            } else {
+                Err(format!("no dead letter: {stdout}"))
+            }
+        },
+    )
+    .await;
     let line: Vec<&str> = listed.lines().nth(1).unwrap().split('\t').collect();
     assert_eq!(line[1], event_id, "{listed}");
     assert_eq!(line[2], "user.registered");
@@ -442,17 +451,19 @@ async fn a_dead_letter_redriven_after_the_fix_is_applied_once_and_tail_shows_eve
     .await;
     assert!(ok && stdout.contains("published again"), "{stdout}{stderr}");
     let id = Uuid::parse_str(&event_id).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !support::audit::rows_by_id(&database)
-        .await
-        .contains_key(&id)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the redriven event never applied"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    support::eventually(
+        Duration::from_secs(60),
+        "the redriven event applied",
+        || async {
+            let rows = support::audit::rows_by_id(&database).await;
+            if rows.contains_key(&id) {
+                Ok(())
+            } else {
+                Err(format!("{} rows, not the redriven event", rows.len()))
+            }
+        },
+    )
+    .await;
     let (ok, _, stderr) = herald(
         &app,
         &["dlq", "redrive", audit_log::NAME, "--event-id", &event_id],
@@ -547,15 +558,19 @@ async fn reprocessing_the_search_indexer_leaves_the_same_documents() {
     let until = |want: u64, base: String| {
         let documents = &documents;
         async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let found = documents(base.clone()).await;
-                if found == want {
-                    return;
-                }
-                assert!(Instant::now() < deadline, "{found} documents, not {want}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            support::eventually(
+                Duration::from_secs(60),
+                &format!("{want} documents"),
+                || async {
+                    let found = documents(base.clone()).await;
+                    if found == want {
+                        Ok(())
+                    } else {
+                        Err(format!("{found} documents, not {want}"))
+                    }
+                },
+            )
+            .await;
         }
     };
     let search = HeraldProcess::start("search-indexer", &app.kafka, &database, &env).await;

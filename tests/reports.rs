@@ -6,7 +6,7 @@
 mod support;
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::postgres::PgPool;
@@ -80,15 +80,15 @@ impl Setup {
         &self,
         want: impl Fn(&[(String, String, i32, String)]) -> bool,
     ) -> Vec<(String, String, i32, String)> {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
+        support::eventually(Duration::from_secs(90), "the runs settling", || async {
             let runs = self.runs().await;
             if want(&runs) && runs.iter().all(|(_, status, _, _)| status == "done") {
-                return runs;
+                Ok(runs)
+            } else {
+                Err(format!("{runs:?}"))
             }
-            assert!(Instant::now() < deadline, "runs did not settle: {runs:?}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await
     }
 
     async fn listed(&self, base: &str) -> Vec<Value> {

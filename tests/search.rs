@@ -48,21 +48,26 @@ async fn search(base: &str, query: &str, who: &str, roles: &[&str]) -> (u16, Val
 
 /// The ids a search answers, once it answers `want` of them (within 30 s).
 async fn ids_when(base: &str, query: &str, who: &str, roles: &[&str], want: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, answer) = search(base, query, who, roles).await;
-        assert_eq!(status, 200, "{answer}");
-        let ids: Vec<String> = answer["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|hit| hit["id"].as_str().unwrap().to_string())
-            .collect();
-        if ids.len() == want || Instant::now() > deadline {
-            return ids;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::eventually(
+        Duration::from_secs(30),
+        &format!("{want} hits for {query} as {who}"),
+        || async {
+            let (status, answer) = search(base, query, who, roles).await;
+            assert_eq!(status, 200, "{answer}");
+            let ids: Vec<String> = answer["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|hit| hit["id"].as_str().unwrap().to_string())
+                .collect();
+            if ids.len() == want {
+                Ok(ids)
+            } else {
+                Err(format!("{ids:?}"))
+            }
+        },
+    )
+    .await
 }
 
 fn order(id: &str, customer: &str, sku: &str) -> Value {
@@ -239,14 +244,20 @@ async fn kill_9_mid_stream_leaves_one_document_per_entity() {
     indexer.kill9().await;
     poster.await.unwrap();
     let indexer = start(&app, &dir).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = support::search_stats(&indexer.base).await;
-    while seen["documents"] != ORDERS && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        seen = support::search_stats(&indexer.base).await;
-    }
+    let seen = support::eventually(
+        Duration::from_secs(60),
+        "one document per order",
+        || async {
+            let seen = support::search_stats(&indexer.base).await;
+            if seen["documents"] == ORDERS {
+                Ok(seen)
+            } else {
+                Err(format!("{seen}"))
+            }
+        },
+    )
+    .await;
     println!("after two kill -9: {seen}");
-    assert_eq!(seen["documents"], ORDERS, "one document per order: {seen}");
     assert_eq!(seen["removed"], 0);
     // Each order is found once.
     let (_, answer) = search(&indexer.base, "q=tea&limit=1", "ops", &["admin"]).await;
@@ -329,12 +340,15 @@ async fn reindex_swaps_in_a_rebuilt_index_while_queries_run() {
         &json!({"type": "user.deleted", "data": {"user_id": gone}}),
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while support::search_stats(&indexer.base).await["documents"] != 301
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::eventually(Duration::from_secs(60), "301 documents", || async {
+        let seen = support::search_stats(&indexer.base).await;
+        if seen["documents"] == 301 {
+            Ok(())
+        } else {
+            Err(format!("{seen}"))
+        }
+    })
+    .await;
     // Indexed is not enough: every amendment must be in before the answers are taken.
     ids_when(
         &indexer.base,
@@ -383,11 +397,19 @@ async fn reindex_swaps_in_a_rebuilt_index_while_queries_run() {
         printed.contains("generation 2 is current") && printed.contains("301 documents"),
         "{printed}"
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while indexer.metric("herald_search_generation").await != 2.0 {
-        assert!(Instant::now() < deadline, "the service did not switch");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::eventually(
+        Duration::from_secs(60),
+        "the service switching to generation 2",
+        || async {
+            let generation = indexer.metric("herald_search_generation").await;
+            if generation == 2.0 {
+                Ok(())
+            } else {
+                Err(format!("generation {generation}"))
+            }
+        },
+    )
+    .await;
     stop.cancel();
     let rounds = querying.await.unwrap();
     println!("{rounds} rounds of queries during the rebuild, each answered the same");
@@ -395,11 +417,14 @@ async fn reindex_swaps_in_a_rebuilt_index_while_queries_run() {
     assert_eq!(answers(&indexer.base).await, before);
     // The old generation goes once no query holds it; the service consumes into the new one.
     let old = std::path::Path::new(&dir).join("gen-1");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while old.exists() {
-        assert!(Instant::now() < deadline, "gen-1 was not removed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::eventually(Duration::from_secs(30), "gen-1 removed", || async {
+        if old.exists() {
+            Err("gen-1 is still there")
+        } else {
+            Ok(())
+        }
+    })
+    .await;
     post(&app, &order("o-after", "c-3", "kettle")).await;
     assert_eq!(
         ids_when(&indexer.base, "q=kettle", "c-3", &["user"], 1).await,

@@ -2,7 +2,7 @@
 //! events of every type, and counts of rows.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use platform::kafka::KafkaArgs;
 use serde_json::{Value, json};
@@ -93,20 +93,26 @@ pub async fn rows_by_id(database_url: &str) -> HashMap<Uuid, usize> {
     counts
 }
 
-/// Waits until every id in `expected` has a row (or the deadline passes); the final rows.
+/// Waits until every id in `expected` has a row (panics after `within`); the rows then.
 pub async fn wait_for_rows(
     database_url: &str,
     expected: &HashSet<Uuid>,
     within: Duration,
 ) -> HashMap<Uuid, usize> {
-    let until = Instant::now() + within;
-    loop {
+    super::eventually(within, "a row of every expected event", || async {
         let rows = rows_by_id(database_url).await;
-        if expected.iter().all(|id| rows.contains_key(id)) || Instant::now() > until {
-            return rows;
+        let missing = expected.iter().filter(|id| !rows.contains_key(*id)).count();
+        if missing == 0 {
+            Ok(rows)
+        } else {
+            Err(format!(
+                "{missing} of {} events without a row, {} rows",
+                expected.len(),
+                rows.values().sum::<usize>()
+            ))
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    })
+    .await
 }
 
 /// Waits for a row of every event in `expected`, then counts (missing, extra): events with no

@@ -250,14 +250,14 @@ impl Load {
 
     /// Waits until a request sent after `since` is answered 2xx; how long after `since`.
     pub async fn recovery(&self, since: Instant, within: Duration) -> Duration {
-        let until = Instant::now() + within;
-        loop {
-            if let Some(after) = recovered_after(&self.sent(), since) {
-                return after;
-            }
-            assert!(Instant::now() < until, "no 2xx within {within:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        super::eventually(within, "a 2xx", || async {
+            let sent = self.sent();
+            recovered_after(&sent, since).ok_or_else(|| {
+                let answered = sent.iter().filter(|s| s.answered_at >= since).count();
+                format!("no 2xx among {answered} requests answered since")
+            })
+        })
+        .await
     }
 
     /// Stops the clients after their current request; every request they sent.

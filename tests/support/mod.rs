@@ -34,6 +34,27 @@ pub const UNSUBSCRIBE_SECRET: &str = "unsubscribe-secret-of-thirty-two-bytes";
 /// The key that seals live secrets in the tests' events (32 bytes, base64).
 pub const SEALING_KEY: &str = "dGVzdC1zZWFsaW5nLWtleS1vZi0zMi1ieXRlcy0hISE=";
 
+/// Checks `check` every 100 ms until it holds, and gives what it found. `Err` says what it
+/// saw instead, so a test that waits in vain fails naming `what` it waited for and the last
+/// thing it saw, after `within`. One helper for every "wait until" of the tests.
+pub async fn eventually<T, E, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(found) => return found,
+            Err(seen) if tokio::time::Instant::now() >= deadline => {
+                panic!("{what}: not within {within:?}; last seen: {seen}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 static BROKER: OnceCell<String> = OnceCell::const_new();
 
 /// The shared test broker: KAFKA_BROKERS when set (the test command starts one), else a

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -104,15 +104,20 @@ impl OtlpReceiver {
         self.spans.lock().unwrap().clone()
     }
 
-    /// Waits until `done` holds for the spans received, or `within` passes; the spans then.
+    /// Waits until `done` holds for the spans received (panics after `within`); the spans then.
     pub async fn wait_until(&self, within: Duration, done: impl Fn(&[Span]) -> bool) -> Vec<Span> {
-        let until = Instant::now() + within;
-        loop {
+        super::eventually(within, "the spans awaited", || async {
             let spans = self.spans();
-            if done(&spans) || Instant::now() > until {
-                return spans;
+            if done(&spans) {
+                Ok(spans)
+            } else {
+                let names: Vec<(&str, &str)> = spans
+                    .iter()
+                    .map(|s| (s.service.as_str(), s.name.as_str()))
+                    .collect();
+                Err(format!("{} spans: {names:?}", spans.len()))
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -75,14 +75,15 @@ impl SmtpServer {
 
     /// Waits until at least `n` messages arrived; returns them all.
     pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Received> {
-        let until = Instant::now() + within;
-        loop {
+        super::eventually(within, &format!("{n} emails"), || async {
             let received = self.received();
-            if received.len() >= n || Instant::now() > until {
-                return received;
+            if received.len() >= n {
+                Ok(received)
+            } else {
+                Err(format!("{} emails", received.len()))
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     /// While refusing, every message gets 451 (a transient failure).

@@ -1,7 +1,7 @@
 //! A chat webhook (Slack-compatible): keeps the JSON body of every message posted to it.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -41,13 +41,18 @@ impl Webhook {
             .collect()
     }
 
-    /// Waits until `n` messages arrived or `within` passes; then waits `settle` more, so a
-    /// message too many would be seen too.
+    /// Waits until `n` messages arrived (panics after `within`); then waits `settle` more, so
+    /// a message too many would be seen too.
     pub async fn wait_for(&self, n: usize, within: Duration, settle: Duration) -> Vec<String> {
-        let until = Instant::now() + within;
-        while self.texts().len() < n && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        super::eventually(within, &format!("{n} webhook messages"), || async {
+            let texts = self.texts();
+            if texts.len() >= n {
+                Ok(())
+            } else {
+                Err(format!("{texts:#?}"))
+            }
+        })
+        .await;
         tokio::time::sleep(settle).await;
         self.texts()
     }
