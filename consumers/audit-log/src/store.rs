@@ -16,13 +16,14 @@ use crate::chain::{self, Entry, GENESIS, Head, StoredRow};
 
 /// A database failure: transient for the consumer (it retries in place).
 #[derive(Debug, thiserror::Error)]
-#[error("audit store: {0}")]
-pub struct StoreError(String);
-
-impl From<sqlx::Error> for StoreError {
-    fn from(err: sqlx::Error) -> Self {
-        Self(err.to_string())
-    }
+pub enum StoreError {
+    #[error("audit store: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("audit store migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// What the store holds cannot be read as it was written (a bug, or a hand edit).
+    #[error("audit store: {0}")]
+    Unreadable(String),
 }
 
 /// Filters of an audit query; every field narrows the result.
@@ -133,9 +134,7 @@ impl SqlStore {
     pub async fn new(db: Database) -> Result<Self, StoreError> {
         let postgres = sqlx::migrate!("./migrations/postgres");
         let sqlite = sqlx::migrate!("./migrations/sqlite");
-        platform::db::migrate(&db, postgres, sqlite)
-            .await
-            .map_err(|err| StoreError(format!("migrations: {err}")))?;
+        platform::db::migrate(&db, postgres, sqlite).await?;
         Ok(Self { db })
     }
 
@@ -366,7 +365,7 @@ macro_rules! sql_list {
         rows.into_iter()
             .map(|(id, chain, seq, occurred_at_us, content, prev_hash, hash)| {
                 let event = serde_json::from_str(&content)
-                    .map_err(|err| StoreError(format!("row {id} content unreadable: {err}")))?;
+                    .map_err(|err| StoreError::Unreadable(format!("row {id} content unreadable: {err}")))?;
                 Ok(AuditRecord {
                     event,
                     audit: ChainPosition {

@@ -14,13 +14,17 @@ use crate::rules::{Category, Channel};
 
 /// A database failure: transient for the consumer (it retries in place).
 #[derive(Debug, thiserror::Error)]
-#[error("notification store: {0}")]
-pub struct StoreError(String);
-
-impl From<sqlx::Error> for StoreError {
-    fn from(err: sqlx::Error) -> Self {
-        Self(err.to_string())
-    }
+pub enum StoreError {
+    #[error("notification store: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("notification store migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// What the store holds cannot be read as it was written (a bug, or a hand edit).
+    #[error("notification store: {0}")]
+    Unreadable(String),
+    /// Another writer changed the row between two statements: the next attempt reads it anew.
+    #[error("notification store: {0}")]
+    Raced(&'static str),
 }
 
 /// What the service knows of a user, from the users topic.
@@ -248,9 +252,7 @@ impl SqlStore {
     pub async fn new(db: Database) -> Result<Self, StoreError> {
         let postgres = sqlx::migrate!("./migrations/postgres");
         let sqlite = sqlx::migrate!("./migrations/sqlite");
-        platform::db::migrate(&db, postgres, sqlite)
-            .await
-            .map_err(|err| StoreError(format!("migrations: {err}")))?;
+        platform::db::migrate(&db, postgres, sqlite).await?;
         Ok(Self { db })
     }
 }
@@ -506,8 +508,9 @@ impl NotifyStore for SqlStore {
         });
         match document {
             None => Ok(Preferences::default()),
-            Some((text,)) => serde_json::from_str(&text)
-                .map_err(|e| StoreError(format!("preferences of {user_id} unreadable: {e}"))),
+            Some((text,)) => serde_json::from_str(&text).map_err(|e| {
+                StoreError::Unreadable(format!("preferences of {user_id} unreadable: {e}"))
+            }),
         }
     }
 
@@ -523,7 +526,7 @@ impl NotifyStore for SqlStore {
              promotional_channels = excluded.promotional_channels, \
              updated_at_us = excluded.updated_at_us";
         let document = serde_json::to_string(preferences)
-            .map_err(|e| StoreError(format!("preferences: {e}")))?;
+            .map_err(|e| StoreError::Unreadable(format!("preferences: {e}")))?;
         let promotional: String = crate::preferences::SWITCHABLE
             .iter()
             .filter(|&&c| preferences.allows(Category::Promotional, c))
@@ -737,8 +740,9 @@ impl NotifyStore for SqlStore {
                 .await?
         });
         row.map(|(status, _)| {
-            Status::parse(&status)
-                .ok_or_else(|| StoreError(format!("unknown delivery status {status:?}")))
+            Status::parse(&status).ok_or_else(|| {
+                StoreError::Unreadable(format!("unknown delivery status {status:?}"))
+            })
         })
         .transpose()
     }
@@ -778,7 +782,7 @@ impl NotifyStore for SqlStore {
                 .await?
         });
         let status = Status::parse(&status)
-            .ok_or_else(|| StoreError(format!("unknown delivery status {status:?}")))?;
+            .ok_or_else(|| StoreError::Unreadable(format!("unknown delivery status {status:?}")))?;
         if status.is_settled() {
             return Ok(Begun::Settled(status));
         }
@@ -794,8 +798,8 @@ impl NotifyStore for SqlStore {
                 .rows_affected()
         });
         if restarted != 1 {
-            return Err(StoreError(
-                "the delivery changed while it was being resumed".into(),
+            return Err(StoreError::Raced(
+                "the delivery changed while it was being resumed",
             ));
         }
         Ok(Begun::Send {

@@ -10,13 +10,14 @@ use crate::aggregates::{Additions, Tally};
 use crate::schedule::Period;
 
 #[derive(Debug, thiserror::Error)]
-#[error("reports store: {0}")]
-pub struct StoreError(String);
-
-impl From<sqlx::Error> for StoreError {
-    fn from(err: sqlx::Error) -> Self {
-        Self(err.to_string())
-    }
+pub enum StoreError {
+    #[error("reports store: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("reports store migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// What the store holds cannot be read as it was written (a bug, or a hand edit).
+    #[error("reports store: {0}")]
+    Unreadable(String),
 }
 
 /// One event as the aggregates need it.
@@ -87,9 +88,7 @@ impl SqlStore {
     pub async fn new(db: Database, clock_offset_us: i64) -> Result<Self, StoreError> {
         let postgres = sqlx::migrate!("./migrations/postgres");
         let sqlite = sqlx::migrate!("./migrations/sqlite");
-        platform::db::migrate(&db, postgres, sqlite)
-            .await
-            .map_err(|err| StoreError(format!("migrations: {err}")))?;
+        platform::db::migrate(&db, postgres, sqlite).await?;
         Ok(Self {
             db,
             clock_offset_us,
@@ -235,7 +234,8 @@ impl SqlStore {
             sqlx::query_as(select).bind(report).bind(&period.id).fetch_one(pool).await?
         });
         let parse = |text: &str| {
-            Uuid::parse_str(text).map_err(|e| StoreError(format!("run id {text:?}: {e}")))
+            Uuid::parse_str(text)
+                .map_err(|e| StoreError::Unreadable(format!("run id {text:?}: {e}")))
         };
         Ok(match status.as_str() {
             "done" => Claim::Done {

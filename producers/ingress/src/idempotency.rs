@@ -98,19 +98,23 @@ pub enum Decision {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("idempotency store: {0}")]
-pub struct StoreError(String);
+pub enum StoreError {
+    #[error("idempotency store: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("idempotency store migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// What the store holds cannot be read as it was written (a bug, or a hand edit).
+    #[error("idempotency store: {0}")]
+    Unreadable(String),
+    /// The store did not answer within the deadline.
+    #[error("idempotency store: no answer within {0:?}")]
+    TimedOut(std::time::Duration),
+}
 
 impl StoreError {
     /// The store did not answer within `deadline`.
     pub fn timed_out(deadline: std::time::Duration) -> Self {
-        Self(format!("no answer within {deadline:?}"))
-    }
-}
-
-impl From<sqlx::Error> for StoreError {
-    fn from(err: sqlx::Error) -> Self {
-        Self(err.to_string())
+        Self::TimedOut(deadline)
     }
 }
 
@@ -217,9 +221,7 @@ impl SqlStore {
     pub async fn new(db: Database) -> Result<Self, StoreError> {
         let postgres = sqlx::migrate!("./migrations/postgres");
         let sqlite = sqlx::migrate!("./migrations/sqlite");
-        platform::db::migrate(&db, postgres, sqlite)
-            .await
-            .map_err(|err| StoreError(format!("migrations: {err}")))?;
+        platform::db::migrate(&db, postgres, sqlite).await?;
         Ok(Self { db })
     }
 }
@@ -238,7 +240,7 @@ type Row = (
 fn row_to_record(row: Row) -> Result<Record, StoreError> {
     let (attempt, request_hash, ids, received_at, status, body, locked_until, expires_at) = row;
     let event_ids: Vec<Uuid> = serde_json::from_str(&ids)
-        .map_err(|err| StoreError(format!("stored event ids unreadable: {err}")))?;
+        .map_err(|err| StoreError::Unreadable(format!("stored event ids unreadable: {err}")))?;
     let response = match (status, body) {
         (Some(status), Some(body)) => Some(StoredResponse {
             status: status as u16,

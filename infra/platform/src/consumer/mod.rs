@@ -73,13 +73,18 @@ impl Cause {
 
 impl Display for Cause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut shown = self.0.to_string();
         let mut source = self.0.source();
         while let Some(cause) = source {
-            write!(f, ": {cause}")?;
+            // An error that shows its source in its own message is not repeated.
+            let text = cause.to_string();
+            if !shown.ends_with(&text) {
+                shown.push_str(": ");
+                shown.push_str(&text);
+            }
             source = cause.source();
         }
-        Ok(())
+        f.write_str(&shown)
     }
 }
 
@@ -234,6 +239,15 @@ mod tests {
         assert_eq!(cause.to_string(), "writing the row: disk full");
         let source = std::error::Error::source(&cause).expect("the cause is kept, typed");
         assert_eq!(source.to_string(), "disk full");
+        // A message that already shows its source is not repeated.
+        #[derive(Debug, thiserror::Error)]
+        #[error("store: {0}")]
+        struct Store(#[from] std::io::Error);
+        let failed: Result<(), Store> = Err(std::io::Error::other("disk full").into());
+        assert_eq!(
+            failed.or_retry().unwrap_err().to_string(),
+            "transient: store: disk full"
+        );
         let rejected: Result<(), String> = Err("no such order".into());
         assert_eq!(
             rejected.or_reject().unwrap_err().to_string(),
