@@ -16,8 +16,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use crate::provider::SendError;
-use crate::push::{PushMessage, PushProvider};
+use crate::provider::{PushMessage, PushProvider, SendError};
 
 pub const DEFAULT_ENDPOINT: &str = "https://api.push.apple.com";
 /// How long one provider token is used.

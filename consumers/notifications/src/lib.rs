@@ -12,6 +12,7 @@
 pub mod api;
 pub mod apns;
 pub mod delivery;
+pub mod domain;
 pub mod email;
 pub mod live;
 pub mod parked;

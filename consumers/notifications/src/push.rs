@@ -7,7 +7,6 @@
 //! idempotency key; every message carries `herald_delivery` in its data so an app can drop a
 //! repeat.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,24 +18,10 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use crate::provider::SendError;
+pub use crate::provider::{PushMessage, PushProvider};
 
 pub const DEFAULT_ENDPOINT: &str = "https://fcm.googleapis.com";
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
-
-/// One push notification.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PushMessage {
-    pub title: String,
-    pub body: String,
-    /// Delivered to the app as is (FCM data values are strings).
-    pub data: BTreeMap<String, String>,
-}
-
-#[async_trait]
-pub trait PushProvider: Send + Sync {
-    /// Sends to one device; on success, the provider's name for the delivery log.
-    async fn send(&self, device_token: &str, message: &PushMessage) -> Result<&str, SendError>;
-}
 
 /// Where a push goes, as one string: the device's platform and token (`ios:<token>`), so
 /// that a held delivery keeps both.
@@ -251,6 +236,8 @@ impl PushProvider for Fcm {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]

@@ -10,8 +10,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use events::Catalog;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+pub use crate::domain::{Category, Channel};
 use crate::templates::Templates;
 
 /// The event type whose `order_id` and `customer_id` tell who placed an order.
@@ -19,58 +20,6 @@ pub const ORDER_PLACED: &str = "order.placed";
 
 /// The starter rules, compiled in.
 pub const DEFAULT_RULES: &str = include_str!("../rules.toml");
-
-/// Transactional messages are what a user asked for or must know (receipts, codes); they
-/// ignore quiet hours and caps. Promotional ones need an explicit opt-in and use their own
-/// SMS route and budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Category {
-    Transactional,
-    Promotional,
-}
-
-impl Category {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Transactional => "transactional",
-            Self::Promotional => "promotional",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        [Self::Transactional, Self::Promotional]
-            .into_iter()
-            .find(|c| c.as_str() == text)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Channel {
-    Email,
-    Push,
-    Sms,
-    /// To the user's open stream if connected, push otherwise.
-    Live,
-}
-
-impl Channel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Email => "email",
-            Self::Push => "push",
-            Self::Sms => "sms",
-            Self::Live => "live",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        [Self::Email, Self::Push, Self::Sms, Self::Live]
-            .into_iter()
-            .find(|c| c.as_str() == text)
-    }
-}
 
 /// Who receives a rule's notification.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -7,10 +7,10 @@ use platform::with_pool;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::delivery::{DeliveryKey, Intent, PromotionalHistory, Status};
+use crate::domain::{Category, Channel, DeliveryKey, Intent, PromotionalHistory, Status};
+pub use crate::domain::{Device, UserRecord};
 use crate::parked::Parked;
 use crate::preferences::Preferences;
-use crate::rules::{Category, Channel};
 
 /// A database failure: transient for the consumer (it retries in place).
 #[derive(Debug, thiserror::Error)]
@@ -25,27 +25,6 @@ pub enum StoreError {
     /// Another writer changed the row between two statements: the next attempt reads it anew.
     #[error("notification store: {0}")]
     Raced(&'static str),
-}
-
-/// What the service knows of a user, from the users topic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
-pub struct UserRecord {
-    pub user_id: String,
-    pub email: Option<String>,
-    pub phone: Option<String>,
-    pub display_name: Option<String>,
-    pub locale: String,
-    pub time_zone: String,
-    pub deleted: bool,
-}
-
-/// A registered push device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
-pub struct Device {
-    pub token: String,
-    pub user_id: String,
-    pub platform: String,
-    pub active: bool,
 }
 
 /// One event of the users topic, as a change to the projection.
@@ -664,8 +643,8 @@ impl NotifyStore for SqlStore {
         {
             let (Ok(event_id), Some(channel), Some(category)) = (
                 Uuid::try_parse(&event_id),
-                crate::rules::Channel::parse(&channel),
-                crate::rules::Category::parse(&category),
+                Channel::parse(&channel),
+                Category::parse(&category),
             ) else {
                 continue;
             };

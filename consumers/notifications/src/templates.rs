@@ -13,7 +13,7 @@ use std::path::Path;
 use minijinja::{Environment, UndefinedBehavior};
 use serde::{Deserialize, Serialize};
 
-use crate::rules::Channel;
+use crate::domain::Channel;
 
 pub const DEFAULT_TEMPLATES: &str = include_str!("../templates.toml");
 const FALLBACK_LOCALE: &str = "en";
