@@ -7,6 +7,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// The broker and the `herald` processes, started as the tests start them.
+#[path = "../../tests/support/start.rs"]
+pub mod start;
+
 pub const SECRET: &str = "bench-secret-of-at-least-thirty-two-bytes";
 pub const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 
@@ -60,25 +64,11 @@ pub async fn herald(service: &str, env: &[(&str, &str)]) -> (Child, String) {
         .env("RATE_LIMIT_USER", "1000000000/1m")
         .env("RATE_LIMIT_ANONYMOUS", "1000000000/1m")
         // Every client of a load is on this one address.
-        .env("MAX_CONNECTIONS_PER_ADDRESS", "1000000")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
+        .env("MAX_CONNECTIONS_PER_ADDRESS", "1000000");
     for (key, value) in env {
         command.env(key, value);
     }
-    let mut child = command.spawn().expect("herald starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
-        .await
-        .expect("herald announces its address")
-        .unwrap()
-        .unwrap();
-    let base = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_string();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (child, base) = start::announced(command, Duration::from_secs(120)).await;
     (child, base)
 }
 

@@ -12,10 +12,10 @@ pub mod registry;
 pub mod routes;
 pub mod sms;
 pub mod smtp;
+pub mod start;
 pub mod up;
 pub mod webhook;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,6 @@ use ingress::idempotency::IdempotencyStore;
 use ingress::{AppState, IngressArgs};
 use platform::kafka::{KafkaArgs, ReadRecord};
 use secrecy::SecretString;
-use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "test-secret-of-at-least-thirty-two-bytes";
@@ -55,31 +54,8 @@ where
     }
 }
 
-static BROKER: OnceCell<String> = OnceCell::const_new();
-
-/// The shared test broker: KAFKA_BROKERS when set (the test command starts one), else a
-/// broker under target/ started on first use and left running for the next test binary.
-pub async fn brokers() -> String {
-    BROKER
-        .get_or_init(|| async {
-            if let Ok(brokers) = std::env::var("KAFKA_BROKERS") {
-                return brokers;
-            }
-            let broker = platform::broker::LocalBroker::start(&test_dir("kafka"), None)
-                .await
-                .expect("starting the test broker");
-            broker.bootstrap()
-        })
-        .await
-        .clone()
-}
-
-pub fn test_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("target")
-        .join("herald-test")
-        .join(name)
-}
+#[allow(unused_imports, reason = "each test binary uses some of them")]
+pub use start::{announced, announced_address, brokers, test_dir};
 
 /// Kafka settings with a topic prefix of the test's own.
 pub fn kafka(brokers: &str) -> KafkaArgs {
@@ -222,24 +198,6 @@ pub async fn read(kafka: &KafkaArgs, aggregate: &str) -> Vec<(ReadRecord, Decode
             (record, decoded)
         })
         .collect()
-}
-
-/// Reads a `herald` process's standard output until it announces its HTTP address
-/// ("... HTTP API on http://host:port ..."); panics if it exits or says nothing in `within`.
-pub async fn announced_address(
-    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-    within: Duration,
-) -> String {
-    loop {
-        let line = tokio::time::timeout(within, lines.next_line())
-            .await
-            .expect("herald printed no address in time")
-            .unwrap()
-            .expect("herald exited before it was ready");
-        if let Some(rest) = line.split("HTTP API on ").nth(1) {
-            return rest.split_whitespace().next().unwrap().to_string();
-        }
-    }
 }
 
 /// A search indexer's `/api/v1/search/stats`, read as an admin.

@@ -1,10 +1,8 @@
 //! Herald services as users run them: `herald <service>` processes that can be killed.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use platform::kafka::KafkaArgs;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use super::{SEALING_KEY, SECRET, UNSUBSCRIBE_SECRET, client};
@@ -72,20 +70,14 @@ impl HeraldProcess {
             // Every test's requests come from 127.0.0.1 and may share one Redis: limits are
             // tested where a test sets its own.
             .env("RATE_LIMIT_ANONYMOUS", "1000000/1m")
-            .env("RATE_LIMIT_USER", "1000000/1m")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true);
+            .env("RATE_LIMIT_USER", "1000000/1m");
         for (key, value) in env {
             command.env(key, value);
         }
         if let Some(log) = log {
             command.stderr(std::fs::File::create(log).expect("log file"));
         }
-        let mut child = command.spawn().expect("herald starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let base = super::announced_address(&mut lines, Duration::from_secs(60)).await;
-        // Keep reading so the process never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (child, base) = super::announced(command, Duration::from_secs(60)).await;
         Self { child, base }
     }
 

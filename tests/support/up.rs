@@ -1,10 +1,7 @@
 //! `herald up` as a user runs it, on the tests' broker, for the tests that walk the whole
 //! system through its HTTP API.
 
-use std::process::Stdio;
 use std::time::Duration;
-
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 
@@ -26,7 +23,8 @@ impl Up {
         let data = super::test_dir(&format!("{name}-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&data).unwrap();
         let log = data.join("stderr.log");
-        let mut child = tokio::process::Command::new(HERALD)
+        let mut command = tokio::process::Command::new(HERALD);
+        command
             .arg("up")
             .env("KAFKA_BROKERS", kafka.brokers.as_deref().unwrap())
             .env("TOPIC_PREFIX", &kafka.topic_prefix)
@@ -40,14 +38,8 @@ impl Up {
             // stopping at the limits (tested on their own).
             .env("RATE_LIMITS_OFF", "true")
             .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let base = super::announced_address(&mut lines, Duration::from_secs(180)).await;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            .stderr(std::fs::File::create(&log).unwrap());
+        let (child, base) = super::announced(command, Duration::from_secs(180)).await;
         Self {
             _child: child,
             base,
