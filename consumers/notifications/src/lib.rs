@@ -892,74 +892,103 @@ impl Setup {
         let catalog = Arc::new(contract.catalog()?);
         let templates = Templates::load(args.templates_file.as_deref())?;
         let rules = Rules::load(args.rules_file.as_deref(), &catalog, &templates)?;
-        let unsubscribe = match (&args.unsubscribe_secret, &args.public_url) {
-            (Some(secret), _) if secret.expose_secret().len() < 32 => {
-                anyhow::bail!("NOTIFY_UNSUBSCRIBE_SECRET must be at least 32 bytes")
-            }
-            (Some(secret), Some(url)) => {
-                unsubscribe::check_public_url(url)
-                    .map_err(|reason| anyhow::anyhow!("NOTIFY_PUBLIC_URL: {reason}"))?;
-                Some(Arc::new(Unsubscribe::new(secret, url)))
-            }
-            _ if rules.sends_promotional_email() => anyhow::bail!(
-                "a rule sends promotional email, which must carry a one-click unsubscribe link: \
-                 set NOTIFY_UNSUBSCRIBE_SECRET (32+ random bytes) and NOTIFY_PUBLIC_URL"
-            ),
-            _ => None,
-        };
-        let from = email::parse_from(&args.email_from)?;
-        let email = match (&args.smtp_url, &args.email_outbox) {
-            (Some(url), _) => {
-                let primary = Arc::new(
-                    email::Smtp::new("smtp", url, from.clone(), args.smtp_pool_size)
-                        .context("SMTP_URL")?,
-                );
-                EmailSetting::Provider(match &args.smtp_fallback_url {
-                    None => primary,
-                    Some(fallback) => Arc::new(email::Failover::new(
-                        primary,
-                        Arc::new(
-                            email::Smtp::new("smtp-fallback", fallback, from, args.smtp_pool_size)
-                                .context("SMTP_FALLBACK_URL")?,
-                        ),
-                    )),
-                })
-            }
-            (None, Some(dir)) => EmailSetting::Outbox(dir.clone(), from),
-            (None, None) => EmailSetting::None,
-        };
-        let fcm: Option<Arc<dyn PushProvider>> = match &args.fcm_service_account_file {
-            Some(file) => Some(Arc::new(push::Fcm::from_file(file, &args.fcm_endpoint)?)),
-            None => None,
-        };
-        let apns: Option<Arc<dyn PushProvider>> = match (
-            &args.apns_key_file,
-            &args.apns_key_id,
-            &args.apns_team_id,
-            &args.apns_topic,
-        ) {
-            (Some(file), Some(key_id), Some(team_id), Some(topic)) => {
-                let account = apns::ApnsAccount {
-                    key_id: key_id.clone(),
-                    team_id: team_id.clone(),
-                    topic: topic.clone(),
-                };
-                Some(Arc::new(apns::Apns::from_file(
-                    file,
-                    account,
-                    &args.apns_endpoint,
-                )?))
-            }
-            (None, _, _, _) => None,
-            _ => anyhow::bail!(
-                "APNS_KEY_FILE needs APNS_KEY_ID, APNS_TEAM_ID and APNS_TOPIC (the app's bundle id)"
-            ),
-        };
-        let push: Option<Arc<dyn PushProvider>> = match (&fcm, &apns) {
-            (None, None) => None,
-            _ => Some(Arc::new(push::PushRoutes { fcm, apns })),
-        };
-        let sms = match (&args.sms_twilio_account_sid, &args.sms_twilio_auth_token) {
+        Ok(Self {
+            unsubscribe: unsubscribe_links(args, &rules)?,
+            email: email_setting(args)?,
+            push: push_routes(args)?,
+            sms: sms_routes(args)?,
+            opener: opener(contract, &catalog, &rules)?,
+            catalog,
+            templates,
+            rules,
+        })
+    }
+}
+
+/// The signer of one-click unsubscribe links: needed, with a public URL, as soon as a rule
+/// sends promotional email.
+fn unsubscribe_links(args: &NotifyArgs, rules: &Rules) -> anyhow::Result<Option<Arc<Unsubscribe>>> {
+    Ok(match (&args.unsubscribe_secret, &args.public_url) {
+        (Some(secret), _) if secret.expose_secret().len() < 32 => {
+            anyhow::bail!("NOTIFY_UNSUBSCRIBE_SECRET must be at least 32 bytes")
+        }
+        (Some(secret), Some(url)) => {
+            unsubscribe::check_public_url(url)
+                .map_err(|reason| anyhow::anyhow!("NOTIFY_PUBLIC_URL: {reason}"))?;
+            Some(Arc::new(Unsubscribe::new(secret, url)))
+        }
+        _ if rules.sends_promotional_email() => anyhow::bail!(
+            "a rule sends promotional email, which must carry a one-click unsubscribe link: \
+             set NOTIFY_UNSUBSCRIBE_SECRET (32+ random bytes) and NOTIFY_PUBLIC_URL"
+        ),
+        _ => None,
+    })
+}
+
+/// SMTP (with its fallback), an outbox folder, or no email.
+fn email_setting(args: &NotifyArgs) -> anyhow::Result<EmailSetting> {
+    let from = email::parse_from(&args.email_from)?;
+    Ok(match (&args.smtp_url, &args.email_outbox) {
+        (Some(url), _) => {
+            let primary = Arc::new(
+                email::Smtp::new("smtp", url, from.clone(), args.smtp_pool_size)
+                    .context("SMTP_URL")?,
+            );
+            EmailSetting::Provider(match &args.smtp_fallback_url {
+                None => primary,
+                Some(fallback) => Arc::new(email::Failover::new(
+                    primary,
+                    Arc::new(
+                        email::Smtp::new("smtp-fallback", fallback, from, args.smtp_pool_size)
+                            .context("SMTP_FALLBACK_URL")?,
+                    ),
+                )),
+            })
+        }
+        (None, Some(dir)) => EmailSetting::Outbox(dir.clone(), from),
+        (None, None) => EmailSetting::None,
+    })
+}
+
+/// Push through FCM, APNs, or both (iOS devices with an APNs token through APNs).
+fn push_routes(args: &NotifyArgs) -> anyhow::Result<Option<Arc<dyn PushProvider>>> {
+    let fcm: Option<Arc<dyn PushProvider>> = match &args.fcm_service_account_file {
+        Some(file) => Some(Arc::new(push::Fcm::from_file(file, &args.fcm_endpoint)?)),
+        None => None,
+    };
+    let apns: Option<Arc<dyn PushProvider>> = match (
+        &args.apns_key_file,
+        &args.apns_key_id,
+        &args.apns_team_id,
+        &args.apns_topic,
+    ) {
+        (Some(file), Some(key_id), Some(team_id), Some(topic)) => {
+            let account = apns::ApnsAccount {
+                key_id: key_id.clone(),
+                team_id: team_id.clone(),
+                topic: topic.clone(),
+            };
+            Some(Arc::new(apns::Apns::from_file(
+                file,
+                account,
+                &args.apns_endpoint,
+            )?))
+        }
+        (None, _, _, _) => None,
+        _ => anyhow::bail!(
+            "APNS_KEY_FILE needs APNS_KEY_ID, APNS_TEAM_ID and APNS_TOPIC (the app's bundle id)"
+        ),
+    };
+    Ok(match (&fcm, &apns) {
+        (None, None) => None,
+        _ => Some(Arc::new(push::PushRoutes { fcm, apns })),
+    })
+}
+
+/// SMS through Twilio, on a transactional and a promotional route of their own.
+fn sms_routes(args: &NotifyArgs) -> anyhow::Result<Option<SmsRoutes>> {
+    Ok(
+        match (&args.sms_twilio_account_sid, &args.sms_twilio_auth_token) {
             (Some(sid), Some(token)) => {
                 let gateway: Arc<dyn SmsProvider> =
                     Arc::new(sms::Twilio::new(&args.sms_endpoint, sid, token.clone())?);
@@ -976,33 +1005,28 @@ impl Setup {
             _ => anyhow::bail!(
                 "SMS_TWILIO_ACCOUNT_SID and SMS_TWILIO_AUTH_TOKEN go together: set both, or neither"
             ),
-        };
-        let sealed: HashMap<String, Arc<SchemaVersion>> = catalog
-            .event_types()
-            .filter(|v| !v.sealed.is_empty() && !rules.for_event(&v.event_type).is_empty())
-            .map(|v| (v.event_type.clone(), v.clone()))
-            .collect();
-        let opener = Opener {
-            key: if sealed.is_empty() {
-                None
-            } else {
-                Some(contract.sealing_key(
-                    "the notifications service opens the sealed codes and links it delivers",
-                )?)
-            },
-            sealed,
-        };
-        Ok(Self {
-            catalog,
-            templates,
-            rules,
-            unsubscribe,
-            email,
-            push,
-            sms,
-            opener,
-        })
-    }
+        },
+    )
+}
+
+/// What opens the sealed fields of the events a rule delivers (codes, links): the sealing
+/// key, asked for only when such an event has a rule.
+fn opener(contract: &ContractArgs, catalog: &Catalog, rules: &Rules) -> anyhow::Result<Opener> {
+    let sealed: HashMap<String, Arc<SchemaVersion>> = catalog
+        .event_types()
+        .filter(|v| !v.sealed.is_empty() && !rules.for_event(&v.event_type).is_empty())
+        .map(|v| (v.event_type.clone(), v.clone()))
+        .collect();
+    Ok(Opener {
+        key: if sealed.is_empty() {
+            None
+        } else {
+            Some(contract.sealing_key(
+                "the notifications service opens the sealed codes and links it delivers",
+            )?)
+        },
+        sealed,
+    })
 }
 
 /// What [`rebuild_projection`] did.
