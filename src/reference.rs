@@ -2,11 +2,9 @@
 //! together from the parts each service declares beside its router, served as JSON at
 //! `/api/v1/openapi.json` and as a page for people at `/docs`.
 
-use std::sync::Arc;
-
 use axum::Router;
+use axum::body::Bytes;
 use axum::http::header;
-use axum::response::IntoResponse;
 use axum::routing::get;
 use events::Catalog;
 use platform::openapi::{Api, Operation};
@@ -87,32 +85,22 @@ pub fn service(catalog: &Catalog) -> platform::service::RoutesOnly {
 /// `/api/v1/openapi.json` and `/docs`, made once.
 fn router(catalog: &Catalog) -> Router {
     let document = document(catalog);
-    let page: Arc<str> = platform::openapi::reference_page(&document).into();
-    let json: Arc<str> = serde_json::to_string(&document).unwrap_or_default().into();
+    // Made once; each answer shares the bytes.
+    let page = Bytes::from(platform::openapi::reference_page(&document));
+    let json = Bytes::from(serde_json::to_vec(&document).unwrap_or_default());
     Router::new()
         .route(
             "/api/v1/openapi.json",
             get(move || {
                 let json = json.clone();
-                async move {
-                    (
-                        [(header::CONTENT_TYPE, "application/json")],
-                        json.to_string(),
-                    )
-                }
+                async move { ([(header::CONTENT_TYPE, "application/json")], json) }
             }),
         )
         .route(
             "/docs",
             get(move || {
                 let page = page.clone();
-                async move {
-                    (
-                        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-                        page.to_string(),
-                    )
-                        .into_response()
-                }
+                async move { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page) }
             }),
         )
 }

@@ -18,31 +18,22 @@ use serde_json::Value;
 use support::routes::routes;
 use support::up::Up;
 
-async fn document(base: &str) -> Value {
-    support::client()
-        .get(format!("{base}/api/v1/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+/// `GET url` as JSON, with `token` when given.
+async fn get_json(url: &str, token: Option<&str>) -> Value {
+    let mut request = support::client().get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap().json().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_document_describes_every_route_the_routers_serve_and_the_page_shows_them() {
     let up = Up::start("openapi", &[]).await;
-    let document = document(&up.base).await;
+    let document = get_json(&format!("{}/api/v1/openapi.json", up.base), None).await;
     assert_eq!(document["openapi"], "3.1.0");
     // Each event type of the catalog is one shape of the events body.
-    let catalog: Value = support::client()
-        .get(format!("{}/api/v1/event-types", up.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let catalog = get_json(&format!("{}/api/v1/event-types", up.base), None).await;
     assert_eq!(
         document["components"]["schemas"]["Event"]["oneOf"]
             .as_array()
@@ -205,14 +196,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_the_document_does_not_
 /// items rather than on empty pages.
 async fn seed(up: &Up) {
     let client = support::client();
-    let catalog: Value = client
-        .get(format!("{}/api/v1/event-types", up.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let catalog = get_json(&format!("{}/api/v1/event-types", up.base), None).await;
     let types = catalog["event_types"].as_array().unwrap();
     for event_type in types {
         let role = event_type["publish_roles"][0].as_str().unwrap();
@@ -230,15 +214,7 @@ async fn seed(up: &Up) {
         Duration::from_secs(60),
         "the seeded events in the audit log",
         || async {
-            let page: Value = client
-                .get(format!("{}/api/v1/audit?limit=100", up.base))
-                .bearer_auth(&admin)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let page = get_json(&format!("{}/api/v1/audit?limit=100", up.base), Some(&admin)).await;
             let items = page["items"].as_array().map_or(0, Vec::len);
             if items >= types.len() {
                 Ok(())

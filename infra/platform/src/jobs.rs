@@ -51,10 +51,6 @@ impl Jobs {
         self
     }
 
-    pub fn names(&self) -> Vec<&'static str> {
-        self.jobs.iter().map(|job| job.name).collect()
-    }
-
     /// Runs every job on its period until `shutdown`; a failed run is logged and the job runs
     /// again at its next time.
     pub async fn run(self, shutdown: CancellationToken) {
@@ -63,15 +59,6 @@ impl Jobs {
             running.spawn(repeat(job, shutdown.clone()));
         }
         while running.join_next().await.is_some() {}
-    }
-
-    /// Runs every job once now, in order: what a test or an operator's command does.
-    pub async fn run_once(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
-        let mut removed = Vec::new();
-        for job in &self.jobs {
-            removed.push((job.name, (job.run)().await?));
-        }
-        Ok(removed)
     }
 }
 
