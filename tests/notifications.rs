@@ -151,6 +151,60 @@ async fn welcome_and_receipt_emails_arrive_once_and_a_replay_sends_nothing() {
     assert_eq!(sent["attempts"], 1);
     assert_eq!(sent["provider"], "smtp");
 
+    // Each outcome is published as an event, once, naming no address: what reports counts.
+    let outcomes = support::eventually(
+        Duration::from_secs(30),
+        "the three outcomes on the notifications topic",
+        || async {
+            let mut outcomes: Vec<(String, String, String, String)> =
+                support::read(&app.kafka, "notifications")
+                    .await
+                    .into_iter()
+                    .map(|(_, event)| {
+                        assert_eq!(event.envelope.event_type, "notification.settled");
+                        assert_eq!(event.envelope.actor, "herald-notifications");
+                        assert!(!event.data.to_string().contains('@'), "{}", event.data);
+                        let field = |name: &str| event.data[name].as_str().unwrap().to_string();
+                        (
+                            field("source_event_id"),
+                            field("source_event_type"),
+                            field("channel"),
+                            field("status"),
+                        )
+                    })
+                    .collect();
+            outcomes.sort();
+            if outcomes.len() >= 3 {
+                Ok(outcomes)
+            } else {
+                Err(format!("{outcomes:?}"))
+            }
+        },
+    )
+    .await;
+    let mut expected = vec![
+        (
+            welcome.to_string(),
+            "user.registered".into(),
+            "email".into(),
+            "sent".into(),
+        ),
+        (
+            order.to_string(),
+            "order.placed".into(),
+            "email".into(),
+            "sent".into(),
+        ),
+        (
+            order.to_string(),
+            "order.placed".into(),
+            "push".into(),
+            "skipped".into(),
+        ),
+    ];
+    expected.sort();
+    assert_eq!(outcomes, expected, "each outcome published once");
+
     // Bad requests get precise answers.
     let path = format!("/api/v1/notifications?event_id={welcome}");
     assert_eq!(get(&notifier.base, &path, None).await.0, 401);
@@ -318,6 +372,42 @@ async fn kill_9_mid_stream_loses_nothing_and_every_repeat_is_counted() {
         uncounted.is_empty(),
         "every duplicate is a delivery the log counts as repeated: {uncounted:?}"
     );
+    // Every delivery's outcome is on the log under one event id: a crash between the
+    // broker's acknowledgement and the outbox's record publishes it again, with that id.
+    let outcomes = support::eventually(
+        Duration::from_secs(30),
+        "every outcome published",
+        || async {
+            let records = support::read(&app.kafka, "notifications").await;
+            let ids: std::collections::HashSet<Uuid> =
+                records.iter().map(|(_, e)| e.envelope.event_id).collect();
+            if ids.len() >= addresses.len() {
+                Ok((records, ids))
+            } else {
+                Err(format!("{} of {} outcomes", ids.len(), addresses.len()))
+            }
+        },
+    )
+    .await;
+    let (records, ids) = outcomes;
+    let settled: std::collections::HashSet<(String, String)> = records
+        .iter()
+        .map(|(_, e)| {
+            assert_eq!(e.data["status"], "sent", "{}", e.data);
+            (
+                e.data["source_event_id"].as_str().unwrap().to_string(),
+                e.data["channel"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    eprintln!(
+        "kill -9 x2: {} outcome records, {} distinct outcomes, {} published again",
+        records.len(),
+        ids.len(),
+        records.len() - ids.len()
+    );
+    assert_eq!(ids.len(), addresses.len(), "one outcome per delivery");
+    assert_eq!(settled.len(), addresses.len());
     let (status, _) = notifier.terminate().await;
     assert!(status.success(), "{status}");
 }

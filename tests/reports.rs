@@ -175,6 +175,17 @@ async fn each_period_is_reported_once_across_skewed_replicas_with_the_posted_fig
             }}),
         ));
     }
+    // Delivery outcomes, as the notification service publishes them (its own actor, which
+    // is not a user).
+    for (channel, status) in [("email", "sent"), ("email", "sent"), ("push", "dead")] {
+        events.push((
+            "herald-notifications",
+            json!({"type": "notification.settled", "occurred_at": occurred, "data": {
+                "source_event_id": Uuid::new_v4().to_string(), "source_event_type": "order.placed",
+                "channel": channel, "status": status, "attempts": 1, "user_id": "c-1"
+            }}),
+        ));
+    }
     for (actor, event) in &events {
         let response = setup
             .app
@@ -323,6 +334,8 @@ async fn each_period_is_reported_once_across_skewed_replicas_with_the_posted_fig
     assert_eq!(figure("orders", "EUR"), ("4".into(), "1800".into()));
     assert_eq!(figure("orders", "USD"), ("3".into(), "3000".into()));
     assert_eq!(figure("period_active_users", "").0, "3");
+    assert_eq!(figure("notifications", "email/sent").0, "2");
+    assert_eq!(figure("notifications", "push/dead").0, "1");
 
     // The page renders in a real browser, chart included.
     let html = client()

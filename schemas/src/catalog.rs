@@ -506,6 +506,7 @@ mod tests {
             "message.sent",
             "campaign.launched",
             "report.generated",
+            "notification.settled",
         ] {
             assert!(
                 types.contains(&expected),
@@ -514,7 +515,15 @@ mod tests {
         }
         assert_eq!(
             catalog.topics().into_iter().collect::<Vec<_>>(),
-            ["campaigns", "messages", "orders", "otp", "reports", "users"]
+            [
+                "campaigns",
+                "messages",
+                "notifications",
+                "orders",
+                "otp",
+                "reports",
+                "users"
+            ]
         );
         assert_eq!(
             catalog.latest("order.placed").unwrap().key_field,

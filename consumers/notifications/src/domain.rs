@@ -192,3 +192,90 @@ pub struct Device {
     pub platform: String,
     pub active: bool,
 }
+
+/// The event type of a delivery's outcome (see `outcomes`).
+pub const OUTCOME_EVENT: &str = "notification.settled";
+
+/// One delivery's outcome, as the delivery log holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub key: DeliveryKey,
+    pub user_id: Option<String>,
+    pub event_type: String,
+    pub status: Status,
+    pub attempts: i32,
+    pub provider: Option<String>,
+    pub settled_at_us: i64,
+}
+
+impl Outcome {
+    /// The same for every publication of this outcome, by any replica.
+    pub fn event_id(&self) -> Uuid {
+        let digest = Sha256::new()
+            .chain_update(OUTCOME_EVENT)
+            .chain_update([0])
+            .chain_update(self.key.event_id.as_bytes())
+            .chain_update(self.key.channel.as_str())
+            .chain_update([0])
+            .chain_update(&self.key.recipient)
+            .chain_update([0])
+            .chain_update(self.status.as_str())
+            .chain_update(self.attempts.to_be_bytes())
+            .finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        uuid::Builder::from_custom_bytes(bytes).into_uuid()
+    }
+
+    /// The event's `data`: who and how, never the address it went to.
+    pub fn data(&self) -> serde_json::Value {
+        serde_json::json!({
+            "source_event_id": self.key.event_id.to_string(),
+            "source_event_type": self.event_type,
+            "channel": self.key.channel.as_str(),
+            "status": self.status.as_str(),
+            "attempts": self.attempts,
+            "provider": self.provider,
+            "user_id": self.user_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod outcome_tests {
+    use super::*;
+
+    fn outcome(status: Status, attempts: i32) -> Outcome {
+        Outcome {
+            key: DeliveryKey {
+                event_id: Uuid::from_u128(7),
+                channel: Channel::Email,
+                recipient: "alice".into(),
+            },
+            user_id: Some("alice".into()),
+            event_type: "order.placed".into(),
+            status,
+            attempts,
+            provider: Some("smtp".into()),
+            settled_at_us: 1,
+        }
+    }
+
+    #[test]
+    fn one_outcome_has_one_event_id_and_another_outcome_another() {
+        let sent = outcome(Status::Sent, 1);
+        assert_eq!(sent.event_id(), outcome(Status::Sent, 1).event_id());
+        assert_eq!(sent.event_id().get_version_num(), 8);
+        assert_ne!(sent.event_id(), outcome(Status::Dead, 1).event_id());
+        assert_ne!(sent.event_id(), outcome(Status::Sent, 2).event_id());
+    }
+
+    #[test]
+    fn the_event_fits_its_schema_and_names_no_address() {
+        let catalog = events::Catalog::embedded().unwrap();
+        let schema = catalog.latest(OUTCOME_EVENT).unwrap();
+        let data = outcome(Status::Sent, 1).data();
+        schema.validate(&data, "").unwrap();
+        assert!(!data.to_string().contains('@'));
+    }
+}

@@ -15,6 +15,7 @@ pub mod delivery;
 pub mod domain;
 pub mod email;
 pub mod live;
+pub mod outcomes;
 pub mod parked;
 pub mod preferences;
 pub mod provider;
@@ -865,6 +866,8 @@ pub struct Service {
     pub notifier: Arc<Notifier>,
     /// The purge of its own soft-deleted records.
     pub jobs: platform::jobs::Jobs,
+    /// Publishes delivery outcomes as events.
+    pub outcomes: outcomes::Relay,
 }
 
 /// Every setting of the service read and checked, nothing connected or created: a start
@@ -1132,7 +1135,20 @@ impl Service {
         topics.sort();
         topics.dedup();
         let store: Arc<dyn NotifyStore> = Arc::new(store::SqlStore::new(db).await?);
-        let codec = Arc::new(contract.codec(catalog, kafka).await?);
+        let codec = Arc::new(contract.codec(catalog.clone(), kafka).await?);
+        let outcomes_topic: Vec<String> = catalog
+            .latest(outcomes::EVENT_TYPE)
+            .map(|schema| kafka.topic(&schema.topic))
+            .into_iter()
+            .collect();
+        platform::kafka::ensure_topics(kafka, &outcomes_topic, Default::default())
+            .await
+            .context("creating the topic of delivery outcomes")?;
+        let outcomes = outcomes::Relay {
+            store: store.clone(),
+            emitter: platform::contract::Emitter::new(catalog, codec.clone(), kafka, NAME),
+            publisher: platform::kafka::Publisher::new(kafka, Duration::from_secs(10))?,
+        };
         let live = Arc::new(LiveHub::default());
         let outlets = Outlets {
             email,
@@ -1152,6 +1168,7 @@ impl Service {
         let runner = Runner::new(NAME, topics, kafka, consumer, codec, handler.clone());
         Ok(Self {
             runner,
+            outcomes,
             jobs: jobs(store.clone(), args.soft_delete_retention_days),
             api: Arc::new(api::NotificationsApi {
                 store,
@@ -1203,10 +1220,12 @@ impl platform::service::Service for Service {
             let beside = shutdown.child_token();
             let releasing = tokio::spawn(self.notifier.release_deferred(beside.clone()));
             let maintaining = tokio::spawn(self.jobs.run(beside.clone()));
+            let publishing = tokio::spawn(self.outcomes.run(beside.clone()));
             let consumed = self.runner.run(shutdown).await;
             beside.cancel();
             releasing.await?;
             maintaining.await?;
+            publishing.await?;
             Ok(consumed?)
         })
     }

@@ -7,7 +7,7 @@ use platform::with_pool;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::domain::{Category, Channel, DeliveryKey, Intent, PromotionalHistory, Status};
+use crate::domain::{Category, Channel, DeliveryKey, Intent, Outcome, PromotionalHistory, Status};
 pub use crate::domain::{Device, UserRecord};
 use crate::parked::Parked;
 use crate::preferences::Preferences;
@@ -214,6 +214,10 @@ pub trait NotifyStore: Send + Sync {
     /// Deletes the records of deleted users and of deactivated devices last changed before
     /// `before_us`; how many rows.
     async fn purge_soft_deleted(&self, before_us: i64) -> Result<u64, StoreError>;
+    /// Settled deliveries whose outcome is not published yet, oldest first.
+    async fn unpublished_outcomes(&self, limit: u32) -> Result<Vec<Outcome>, StoreError>;
+    /// Records these outcomes as published (a row that changed since keeps its new one).
+    async fn outcomes_published(&self, outcomes: &[Outcome]) -> Result<(), StoreError>;
     /// Newest first.
     async fn list(
         &self,
@@ -280,6 +284,78 @@ use platform::clock::now_us;
 
 #[async_trait]
 impl NotifyStore for SqlStore {
+    async fn unpublished_outcomes(&self, limit: u32) -> Result<Vec<Outcome>, StoreError> {
+        // The predicate is the partial index's, word for word, so both databases use it.
+        let sql = "SELECT event_id, channel, recipient, user_id, event_type, status, attempts, \
+             provider, updated_at_us FROM notify_deliveries \
+             WHERE status IN ('sent', 'failed', 'skipped', 'dead') \
+             AND (outcome_published_us IS NULL OR outcome_published_us <> updated_at_us) \
+             ORDER BY updated_at_us LIMIT $1";
+        type Row = (
+            String,
+            String,
+            String,
+            Option<String>,
+            String,
+            String,
+            i32,
+            Option<String>,
+            i64,
+        );
+        let rows: Vec<Row> = with_pool!(&self.db, pool => {
+            sqlx::query_as(sql).bind(i64::from(limit)).fetch_all(pool).await?
+        });
+        Ok(rows
+            .into_iter()
+            .filter_map(
+                |(
+                    event_id,
+                    channel,
+                    recipient,
+                    user_id,
+                    event_type,
+                    status,
+                    attempts,
+                    provider,
+                    at,
+                )| {
+                    Some(Outcome {
+                        key: DeliveryKey {
+                            event_id: Uuid::try_parse(&event_id).ok()?,
+                            channel: Channel::parse(&channel)?,
+                            recipient,
+                        },
+                        user_id,
+                        event_type,
+                        status: Status::parse(&status)?,
+                        attempts,
+                        provider,
+                        settled_at_us: at,
+                    })
+                },
+            )
+            .collect())
+    }
+
+    async fn outcomes_published(&self, outcomes: &[Outcome]) -> Result<(), StoreError> {
+        let sql = "UPDATE notify_deliveries SET outcome_published_us = $4 \
+             WHERE event_id = $1 AND channel = $2 AND recipient = $3 AND updated_at_us = $4";
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            for outcome in outcomes {
+                sqlx::query(sql)
+                    .bind(outcome.key.event_id.to_string())
+                    .bind(outcome.key.channel.as_str())
+                    .bind(&outcome.key.recipient)
+                    .bind(outcome.settled_at_us)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
     async fn park(&self, parked: &Parked) -> Result<(), StoreError> {
         with_pool!(&self.db, pool => {
             sqlx::query(

@@ -1,5 +1,6 @@
 //! The figures reports are made of, kept as events arrive (never recomputed from the log):
-//! events per type, signups, orders and order value per currency, each per UTC hour, and
+//! events per type, signups, orders and order value per currency, notification outcomes per
+//! channel and status (from `notification.settled`), each per UTC hour, and
 //! which users were active in each hour (so a report counts distinct users over any range).
 //!
 //! A user is active in an hour when they are the actor of an event in it (the verified token
@@ -14,6 +15,8 @@ use serde_json::Value;
 pub const EVENTS: &str = "events";
 pub const SIGNUPS: &str = "signups";
 pub const ORDERS: &str = "orders";
+/// Keyed `channel/status`.
+pub const NOTIFICATIONS: &str = "notifications";
 /// Actors of events Herald's services publish themselves.
 pub const SERVICE_ACTORS: &str = "herald-";
 
@@ -74,6 +77,14 @@ impl Additions {
                 let currency = data.get("currency").and_then(Value::as_str).unwrap_or("");
                 let value = data.get("total_cents").and_then(Value::as_i64).unwrap_or(0);
                 count(ORDERS, currency, value);
+            }
+            "notification.settled" => {
+                let field = |name| data.get(name).and_then(Value::as_str).unwrap_or("");
+                count(
+                    NOTIFICATIONS,
+                    &format!("{}/{}", field("channel"), field("status")),
+                    0,
+                );
             }
             _ => {}
         }

@@ -24,18 +24,18 @@ use tracing::Instrument as _;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use events::{Catalog, Codec, Envelope};
+use events::{Catalog, Codec};
 use jiff::{SignedDuration, Timestamp};
 use platform::auth::Authenticator;
 use platform::consumer::{ConsumerArgs, Event, Handler, HandlerError, OrRetry, Runner};
-use platform::contract::ContractArgs;
+use platform::contract::{ContractArgs, Emitter};
 use platform::db::Database;
-use platform::kafka::{KafkaArgs, OutgoingRecord, Publisher};
+use platform::kafka::{KafkaArgs, Publisher};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::aggregates::{EVENTS, ORDERS, SIGNUPS};
+use crate::aggregates::{EVENTS, NOTIFICATIONS, ORDERS, SIGNUPS};
 use crate::render::{Bucket, ReportData};
 use crate::schedule::{Covers, Job, Period, Report, Schedule, Task};
 use crate::store::{Claim, Seen, SqlStore};
@@ -120,10 +120,8 @@ impl Handler for Aggregator {
 
 /// Publishes `report.generated`, encoded like every other event.
 pub struct Announcer {
-    catalog: Arc<Catalog>,
-    codec: Arc<Codec>,
+    emitter: Emitter,
     publisher: Publisher,
-    topic_prefix: String,
 }
 
 impl Announcer {
@@ -134,10 +132,6 @@ impl Announcer {
         report: &Report,
         period: &Period,
     ) -> anyhow::Result<()> {
-        let schema = self
-            .catalog
-            .latest(REPORT_GENERATED)
-            .ok_or_else(|| anyhow::anyhow!("the schemas lack {REPORT_GENERATED}"))?;
         let data = json!({
             "report_id": report_id,
             "report": report.name,
@@ -146,31 +140,33 @@ impl Announcer {
             "recipients": report.recipients,
             "url": format!("{}/{report_id}.html", api::BASE),
         });
-        let value = schema.validate(&data, "").map_err(|errors| {
-            anyhow::anyhow!("{REPORT_GENERATED} does not fit its schema: {errors:?}")
-        })?;
-        let now = time::OffsetDateTime::now_utc();
-        let envelope = Envelope {
-            event_id,
-            event_type: REPORT_GENERATED.into(),
-            occurred_at: now,
-            received_at: now,
-            actor: format!("{}reports", aggregates::SERVICE_ACTORS),
-            source: "reports".into(),
-            idempotency_key: None,
-        };
-        let payload = self.codec.encode(schema, &envelope, &value)?;
-        let record = OutgoingRecord::event(
-            format!("{}{}", self.topic_prefix, schema.topic),
-            report_id.to_string().into_bytes(),
-            payload,
+        let record = self.emitter.record(
             REPORT_GENERATED,
-            &event_id.to_string(),
-            (now.unix_timestamp_nanos() / 1_000_000) as i64,
-        );
+            event_id,
+            &report_id.to_string(),
+            &data,
+            platform::clock::now_us(),
+        )?;
         self.publisher.publish_all(&[record]).await?;
         Ok(())
     }
+}
+
+/// A period's notification outcomes, (channel, status, count), from the
+/// `notification.settled` events the notification service publishes.
+fn outcomes(figures: &[(String, i64, String, aggregates::Tally)]) -> Vec<(String, String, i64)> {
+    let mut counts: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for (metric, _, key, tally) in figures {
+        if metric == NOTIFICATIONS
+            && let Some((channel, status)) = key.split_once('/')
+        {
+            *counts.entry((channel.into(), status.into())).or_default() += tally.count;
+        }
+    }
+    counts
+        .into_iter()
+        .map(|((channel, status), count)| (channel, status, count))
+        .collect()
 }
 
 /// Runs due reports and jobs, each once across every replica.
@@ -382,10 +378,7 @@ impl Scheduler {
             zone: report.zone.clone(),
             buckets,
             active_users: self.store.active_users(start, end).await?,
-            notifications: self
-                .store
-                .notification_outcomes(period.start.as_microsecond(), period.end.as_microsecond())
-                .await,
+            notifications: outcomes(&figures),
         })
     }
 
@@ -492,10 +485,8 @@ impl Service {
         let catalog = Arc::new(contract.catalog()?);
         let codec = Arc::new(contract.codec(catalog.clone(), kafka).await?);
         let announcer = Announcer {
-            catalog: catalog.clone(),
-            codec: codec.clone(),
+            emitter: Emitter::new(catalog.clone(), codec.clone(), kafka, NAME),
             publisher: Publisher::new(kafka, Duration::from_secs(10))?,
-            topic_prefix: kafka.topic_prefix.clone(),
         };
         let aggregates = Progress {
             kafka: kafka.clone(),

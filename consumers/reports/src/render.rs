@@ -34,7 +34,8 @@ pub struct ReportData {
     pub active_users: i64,
     /// Deliveries by (channel, status) in the period; `None` when the notification
     /// service's log is not in this database.
-    pub notifications: Option<Vec<(String, String, i64)>>,
+    /// (channel, status, deliveries) settled in the period.
+    pub notifications: Vec<(String, String, i64)>,
 }
 
 impl ReportData {
@@ -85,7 +86,7 @@ pub fn csv(data: &ReportData) -> String {
         data.active_users,
         None,
     );
-    for (channel, status, count) in data.notifications.iter().flatten() {
+    for (channel, status, count) in &data.notifications {
         line(
             "notifications",
             data.start,
@@ -156,23 +157,18 @@ pub fn html(data: &ReportData) -> String {
         "<p>Distinct active users over the period: <b>{}</b></p>",
         data.active_users
     );
-    match &data.notifications {
-        None => out.push_str(
-            "<p>Notification outcomes: not available (the notification service keeps its log in another database).</p>\n",
-        ),
-        Some(rows) => {
-            out.push_str("<table id=\"notifications\"><tr><th>channel</th><th>status</th><th>deliveries</th></tr>\n");
-            for (channel, status, count) in rows {
-                let _ = writeln!(
-                    out,
-                    "<tr><td>{}</td><td>{}</td><td>{count}</td></tr>",
-                    escape(channel),
-                    escape(status)
-                );
-            }
-            out.push_str("</table>\n");
-        }
+    out.push_str(
+        "<table id=\"notifications\"><tr><th>channel</th><th>status</th><th>deliveries</th></tr>\n",
+    );
+    for (channel, status, count) in &data.notifications {
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{count}</td></tr>",
+            escape(channel),
+            escape(status)
+        );
     }
+    out.push_str("</table>\n");
     out.push_str("</body></html>\n");
     out
 }
@@ -243,7 +239,7 @@ mod tests {
                 )]),
             }],
             active_users: 2,
-            notifications: None,
+            notifications: vec![("email".into(), "sent".into(), 2)],
         }
     }
 
@@ -255,6 +251,7 @@ mod tests {
         assert!(lines.contains(&"events,2026-11-21T00:00:00+00:00,\"a,b\",1,"));
         assert!(lines.contains(&"orders,2026-11-21T00:00:00+00:00,EUR,3,1350"));
         assert!(lines.contains(&"period_active_users,2026-11-21T00:00:00+00:00,,2,"));
+        assert!(lines.contains(&"notifications,2026-11-21T00:00:00+00:00,email/sent,2,"));
     }
 
     #[test]

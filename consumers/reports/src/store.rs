@@ -340,22 +340,6 @@ impl SqlStore {
         Ok(count)
     }
 
-    /// Deliveries by channel and status settled in `[start_us, end_us)`, from the
-    /// notification service's log when it shares this database; `None` otherwise.
-    pub async fn notification_outcomes(
-        &self,
-        start_us: i64,
-        end_us: i64,
-    ) -> Option<Vec<(String, String, i64)>> {
-        let sql = "SELECT channel, status, COUNT(*) FROM notify_deliveries \
-             WHERE updated_at_us >= $1 AND updated_at_us < $2 \
-             GROUP BY channel, status ORDER BY channel, status";
-        let rows: Result<Vec<(String, String, i64)>, sqlx::Error> = with_pool!(&self.db, pool => {
-            sqlx::query_as(sql).bind(start_us).bind(end_us).fetch_all(pool).await
-        });
-        rows.ok()
-    }
-
     /// Stored reports, newest first.
     pub async fn list(
         &self,

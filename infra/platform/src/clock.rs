@@ -13,6 +13,13 @@ pub fn micros(at: OffsetDateTime) -> i64 {
     i64::try_from(at.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
 }
 
+/// The time `us` microseconds after the Unix epoch (the epoch itself for a value outside
+/// any representable time, which no stored value is).
+pub fn at(us: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -23,5 +30,6 @@ mod tests {
         let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
         assert_eq!(micros(at), 1_700_000_000_000_000);
         assert!(now_us() > 1_700_000_000_000_000);
+        assert_eq!(super::at(1_700_000_000_000_000), at);
     }
 }

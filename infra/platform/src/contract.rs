@@ -110,3 +110,88 @@ fn wire_name(version: &SchemaVersion) -> String {
     let name = version.wire_json["name"].as_str().unwrap_or_default();
     format!("herald.events.{name}")
 }
+
+/// Encodes the events a service raises itself (a report is ready, a notification settled),
+/// exactly as the ingress encodes a client's: validated against the catalog's newest
+/// version, in the contract's wire framing, with the headers every tool reads.
+pub struct Emitter {
+    catalog: Arc<Catalog>,
+    codec: Arc<Codec>,
+    kafka: KafkaArgs,
+    /// The service's name: the envelope's `source`, and its actor as `herald-{source}`.
+    source: &'static str,
+}
+
+/// Why an event could not be encoded: a contract the code does not match, never the
+/// input of a client. Fix the schema or the code; retrying does not help.
+#[derive(Debug, thiserror::Error)]
+pub enum EmitError {
+    #[error("the schemas lack {0}")]
+    UnknownType(String),
+    #[error("{event_type} does not fit its schema at {fields}")]
+    Invalid { event_type: String, fields: String },
+    #[error("encoding {0}")]
+    Encode(#[from] events::CodecError),
+}
+
+impl Emitter {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        codec: Arc<Codec>,
+        kafka: &KafkaArgs,
+        source: &'static str,
+    ) -> Self {
+        Self {
+            catalog,
+            codec,
+            kafka: kafka.clone(),
+            source,
+        }
+    }
+
+    /// The record of one `event_type` event about aggregate `key`, which happened at
+    /// `occurred_at_us`. `event_id` is the caller's: derived from what the event says when
+    /// the same fact may be emitted twice, so consumers count it once.
+    pub fn record(
+        &self,
+        event_type: &str,
+        event_id: uuid::Uuid,
+        key: &str,
+        data: &serde_json::Value,
+        occurred_at_us: i64,
+    ) -> Result<crate::kafka::OutgoingRecord, EmitError> {
+        let schema = self
+            .catalog
+            .latest(event_type)
+            .ok_or_else(|| EmitError::UnknownType(event_type.into()))?;
+        let value = schema
+            .validate(data, "")
+            .map_err(|errors| EmitError::Invalid {
+                event_type: event_type.into(),
+                fields: errors
+                    .iter()
+                    .map(|e| e.pointer.clone())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        let now = crate::clock::now_us();
+        let envelope = events::Envelope {
+            event_id,
+            event_type: event_type.into(),
+            occurred_at: crate::clock::at(occurred_at_us),
+            received_at: crate::clock::at(now),
+            actor: format!("herald-{}", self.source),
+            source: self.source.into(),
+            idempotency_key: None,
+        };
+        let payload = self.codec.encode(schema, &envelope, &value)?;
+        Ok(crate::kafka::OutgoingRecord::event(
+            self.kafka.topic(&schema.topic),
+            key.as_bytes().to_vec(),
+            payload,
+            event_type,
+            &event_id.to_string(),
+            now / 1000,
+        ))
+    }
+}
