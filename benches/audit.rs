@@ -18,7 +18,6 @@ use events::{Catalog, Codec, Envelope, WireFormat};
 use platform::db::Database;
 use platform::kafka::{KafkaArgs, OutgoingRecord, Publisher};
 use serde_json::json;
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 const EVENTS: usize = 100_000;
@@ -111,7 +110,7 @@ async fn backlog(kafka: &KafkaArgs, catalog: &Arc<Catalog>, n: usize) {
         };
         data[&schema.key_field] = json!(key);
         let value = schema.validate(&data, "").unwrap();
-        let now = OffsetDateTime::now_utc();
+        let now = jiff::Timestamp::now();
         let envelope = Envelope {
             event_id: Uuid::now_v7(),
             event_type: schema.event_type.clone(),
@@ -125,7 +124,7 @@ async fn backlog(kafka: &KafkaArgs, catalog: &Arc<Catalog>, n: usize) {
             topic: kafka.topic(&schema.topic).into(),
             key: key.into_bytes(),
             payload: codec.encode(schema, &envelope, &value).unwrap(),
-            timestamp_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
+            timestamp_ms: now.as_millisecond(),
             headers: vec![],
         });
         if chunk.len() == 1000 || i + 1 == n {

@@ -36,7 +36,6 @@ use bytes::Bytes;
 use events::{Catalog, Codec, Envelope, WireFormat};
 use platform::kafka::{KafkaArgs, OutgoingRecord, Publisher};
 use serde_json::{Value, json};
-use time::OffsetDateTime;
 
 use common::SECRET;
 
@@ -436,7 +435,7 @@ fn raw_records(kafka: &KafkaArgs, count: usize) -> Vec<OutgoingRecord> {
         .map(|n| {
             let i = n % BATCH;
             let data = schema.validate(&order(i)["data"], "").unwrap();
-            let now = OffsetDateTime::now_utc();
+            let now = jiff::Timestamp::now();
             let envelope = Envelope {
                 event_id: uuid::Uuid::now_v7(),
                 event_type: "order.placed".into(),
@@ -452,7 +451,7 @@ fn raw_records(kafka: &KafkaArgs, count: usize) -> Vec<OutgoingRecord> {
                 codec.encode(&schema, &envelope, &data).unwrap(),
                 "order.placed",
                 &envelope.event_id.to_string(),
-                (now.unix_timestamp_nanos() / 1_000_000) as i64,
+                now.as_millisecond(),
             );
             let traceparent = format!("00-{}-{:016x}-01", uuid::Uuid::new_v4().simple(), n);
             record

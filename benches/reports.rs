@@ -36,10 +36,7 @@ const WEEK: i64 = 7 * 24 * 3600;
 /// Event `n` of `total`, and what it adds to the expected figures.
 fn event(n: usize, total: usize, expected: &mut BTreeMap<(String, String), (u64, u64)>) -> Value {
     let at = WEEK_START + (n as i64 * WEEK) / total as i64;
-    let occurred_at = time::OffsetDateTime::from_unix_timestamp(at)
-        .unwrap()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
+    let occurred_at = jiff::Timestamp::from_second(at).unwrap().to_string();
     let mut add = |metric: &str, key: &str, sum: u64| {
         let entry = expected
             .entry((metric.to_string(), key.to_string()))

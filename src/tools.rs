@@ -278,7 +278,7 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
         Default::default(),
     )
     .await?;
-    let now_ms = || (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let now_ms = || platform::clock::now_us() / 1000;
     for letter in chosen {
         let again = platform::kafka::OutgoingRecord {
             topic: letter.topic.as_str().into(),

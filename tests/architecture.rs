@@ -81,6 +81,25 @@ fn no_consumer_depends_on_a_producer_or_on_another_consumer() {
     assert!(dependencies(&root().join("consumers/reports")).contains(&"platform".to_string()));
 }
 
+/// One type for an instant across the workspace, `jiff::Timestamp` (see
+/// `infra/platform/src/clock.rs`): no crate of ours names another date and time library.
+#[test]
+fn one_library_for_time() {
+    let mut dirs: Vec<PathBuf> = crates().into_iter().map(|(_, dir)| dir).collect();
+    dirs.extend(["", "infra/platform", "schemas"].map(|d| root().join(d)));
+    let mut others = Vec::new();
+    for dir in dirs {
+        let dependencies = dependencies(&dir);
+        assert!(!dependencies.is_empty(), "{} was not read", dir.display());
+        for other in ["time", "chrono"] {
+            if dependencies.iter().any(|d| d == other) {
+                others.push(format!("{} depends on {other}", dir.display()));
+            }
+        }
+    }
+    assert!(others.is_empty(), "{others:#?}");
+}
+
 /// The tables each service's migrations create, by the service's package name.
 fn owners() -> BTreeMap<String, String> {
     let mut owners = BTreeMap::new();

@@ -9,11 +9,11 @@ use std::time::Duration;
 use audit_log::chain::{Entry, chain_name};
 use audit_log::store::{AuditStore, SqlStore};
 use events::Envelope;
+use jiff::Timestamp;
 use platform::consumer::Event;
 use platform::db::Database;
 use platform::with_pool;
 use serde_json::{Value, json};
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 async fn sqlite() -> (Database, String) {
@@ -45,7 +45,7 @@ fn event(
     event_type: &str,
     minute: i64,
 ) -> Event {
-    let at = OffsetDateTime::from_unix_timestamp(1_795_341_600 + minute * 60).unwrap();
+    let at = Timestamp::from_second(1_795_341_600 + minute * 60).unwrap();
     Event {
         topic: topic.into(),
         partition,

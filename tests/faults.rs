@@ -688,7 +688,7 @@ async fn poison_repeated_records_and_a_reset_group_add_no_effect() {
                 b"\x00 not an event".to_vec(),
                 "user.registered",
                 &uuid::Uuid::now_v7().to_string(),
-                time::OffsetDateTime::now_utc().unix_timestamp() * 1000,
+                platform::clock::now_us() / 1000,
             ),
         );
     }

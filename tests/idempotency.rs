@@ -99,7 +99,7 @@ async fn a_key_is_scoped_to_its_caller() {
 
 async fn expired_keys_are_purged(store: Arc<dyn IdempotencyStore>) {
     use ingress::idempotency::{Claim, Claimed};
-    let now = time::OffsetDateTime::now_utc();
+    let now = jiff::Timestamp::now();
     let claim = Claim {
         attempt: uuid::Uuid::now_v7(),
         principal: "alice".into(),
@@ -112,7 +112,7 @@ async fn expired_keys_are_purged(store: Arc<dyn IdempotencyStore>) {
         ttl: std::time::Duration::from_secs(1),
     };
     assert_eq!(store.claim(&claim).await.unwrap(), Claimed::New);
-    let later = now + std::time::Duration::from_secs(2);
+    let later = now + jiff::SignedDuration::from_secs(2);
     assert!(store.purge_expired(later).await.unwrap() >= 1);
     // gone: the same key with another body is new again rather than a mismatch
     let other = Claim {

@@ -73,7 +73,7 @@ async fn posted_events_are_in_kafka_avro_encoded_with_a_stamped_envelope() {
     assert_eq!(first.envelope.event_id.get_version_num(), 7);
     assert_eq!(
         first.envelope.occurred_at,
-        time::macros::datetime!(2026-11-22 09:30 UTC)
+        "2026-11-22T09:30:00Z".parse::<jiff::Timestamp>().unwrap()
     );
     assert_eq!(first.data, order("o-1")["data"]);
     assert_eq!(record.header("event_type"), Some(&b"order.placed"[..]));

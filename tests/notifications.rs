@@ -1017,11 +1017,11 @@ async fn quiet_hours_hold_a_promotion_until_they_end_but_not_a_receipt() {
 
     // Quiet from this minute to the next, in the user's zone (UTC): far enough from the
     // minute's end that the event is planned inside the window.
-    let now = || time::OffsetDateTime::now_utc();
+    let now = || jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
     if now().second() > 45 {
         tokio::time::sleep(Duration::from_secs(16)).await;
     }
-    let (start, end) = (now(), now() + Duration::from_secs(60));
+    let (start, end) = (now(), now() + jiff::SignedDuration::from_secs(60));
     let window = json!({
         "start": format!("{:02}:{:02}", start.hour(), start.minute()),
         "end": format!("{:02}:{:02}", end.hour(), end.minute()),

@@ -239,7 +239,7 @@ async fn a_burst_of_dead_letters_is_one_alert_and_one_summary() {
             topic: orders.as_str().into(),
             key: format!("poison-{i}").into_bytes(),
             payload: b"\x00\x01 not avro at all".to_vec(),
-            timestamp_ms: time::OffsetDateTime::now_utc().unix_timestamp() * 1000,
+            timestamp_ms: platform::clock::now_us() / 1000,
             headers: vec![],
         })
         .collect();

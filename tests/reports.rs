@@ -132,17 +132,11 @@ async fn each_period_is_reported_once_across_skewed_replicas_with_the_posted_fig
     };
 
     // What is posted, all in the current UTC hour, by three actors.
-    let now = time::OffsetDateTime::now_utc();
-    let hour = now
-        .replace_minute(0)
+    let now = jiff::Timestamp::now();
+    let hour = jiff::Timestamp::from_second(now.as_second().div_euclid(3600) * 3600)
         .unwrap()
-        .replace_second(0)
-        .unwrap()
-        .replace_nanosecond(0)
-        .unwrap();
-    let occurred = hour
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
+        .to_zoned(jiff::tz::TimeZone::UTC);
+    let occurred = hour.timestamp().to_string();
     let actors = ["actor-a", "actor-b", "actor-c"];
     let mut events = Vec::new();
     for n in 0..5 {
@@ -196,11 +190,11 @@ async fn each_period_is_reported_once_across_skewed_replicas_with_the_posted_fig
 
     // A replica died holding the next hour's run: its lease runs out 4 s from now.
     let pool = PgPool::connect(&setup.database).await.unwrap();
-    let next_hour = hour + time::Duration::hours(1);
+    let next_hour = &hour + jiff::SignedDuration::from_hours(1);
     let next_id = format!(
         "{:04}-{:02}-{:02}T{:02}",
         next_hour.year(),
-        u8::from(next_hour.month()),
+        next_hour.month(),
         next_hour.day(),
         next_hour.hour()
     );
@@ -209,7 +203,7 @@ async fn each_period_is_reported_once_across_skewed_replicas_with_the_posted_fig
         .await
         .unwrap();
     reports::store::SqlStore::new(db, 0).await.unwrap();
-    let fake_now_us = (now.unix_timestamp_nanos() / 1000) as i64 + AHEAD_HOURS * 3_600_000_000;
+    let fake_now_us = now.as_microsecond() + AHEAD_HOURS * 3_600_000_000;
     sqlx::query(
         "INSERT INTO report_runs (report, period, status, claimed_by, lease_until_us, attempts, \
          report_id, event_id, period_start_us, period_end_us, created_at_us) \
@@ -220,8 +214,8 @@ async fn each_period_is_reported_once_across_skewed_replicas_with_the_posted_fig
     .bind(fake_now_us + 4_000_000)
     .bind(Uuid::now_v7().to_string())
     .bind(Uuid::now_v7().to_string())
-    .bind((next_hour.unix_timestamp_nanos() / 1000) as i64)
-    .bind((next_hour.unix_timestamp_nanos() / 1000) as i64 + 3_600_000_000)
+    .bind(next_hour.timestamp().as_microsecond())
+    .bind(next_hour.timestamp().as_microsecond() + 3_600_000_000)
     .bind(fake_now_us)
     .execute(&pool)
     .await
@@ -242,7 +236,7 @@ async fn each_period_is_reported_once_across_skewed_replicas_with_the_posted_fig
     let this_hour = format!(
         "{:04}-{:02}-{:02}T{:02}",
         hour.year(),
-        u8::from(hour.month()),
+        hour.month(),
         hour.day(),
         hour.hour()
     );

@@ -119,7 +119,7 @@ pub fn encode(
 /// Appends the envelope's fields (`schemas/avro/_envelope.avsc`), in order: the front of
 /// every wire record.
 pub fn envelope(envelope: &Envelope, out: &mut Vec<u8>) {
-    let micros = |at: time::OffsetDateTime| (at.unix_timestamp_nanos() / 1_000) as i64;
+    let micros = |at: jiff::Timestamp| at.as_microsecond();
     uuid(&envelope.event_id, out);
     bytes(envelope.event_type.as_bytes(), out);
     long(micros(envelope.occurred_at), out);

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use apache_avro::Schema;
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
+use jiff::Timestamp;
 use serde_json::Value as Json;
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{Catalog, Envelope, Fingerprint, SchemaVersion, json};
@@ -231,8 +231,7 @@ fn decode_current(writer: &Arc<SchemaVersion>, mut body: &[u8]) -> Result<Decode
     let input = &mut body;
     let (mut event_id, mut event_type, mut occurred_at, mut received_at) = (None, None, None, None);
     let (mut actor, mut source, mut idempotency_key, mut data) = (None, None, None, None);
-    let at =
-        |micros: i64| OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000).ok();
+    let at = |micros: i64| Timestamp::from_microsecond(micros).ok();
     for field in &record.fields {
         match (field.name.as_str(), &field.schema) {
             ("event_id", Schema::Uuid(_) | Schema::String) => {
@@ -289,12 +288,9 @@ fn string(value: Option<Value>) -> Option<String> {
     }
 }
 
-fn timestamp(value: Option<Value>) -> Option<OffsetDateTime> {
+fn timestamp(value: Option<Value>) -> Option<Timestamp> {
     match value? {
-        Value::TimestampMicros(us) => {
-            OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000).ok()
-        }
-        Value::Long(us) => OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000).ok(),
+        Value::TimestampMicros(us) | Value::Long(us) => Timestamp::from_microsecond(us).ok(),
         _ => None,
     }
 }
@@ -310,7 +306,7 @@ mod tests {
     }
 
     fn envelope(event_type: &str, micros: i64, key: Option<String>) -> Envelope {
-        let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000).unwrap();
+        let at = Timestamp::from_microsecond(micros).unwrap();
         Envelope {
             event_id: Uuid::now_v7(),
             event_type: event_type.into(),
@@ -349,8 +345,8 @@ mod tests {
         ])
     }
 
-    fn micros(at: OffsetDateTime) -> i64 {
-        (at.unix_timestamp_nanos() / 1_000) as i64
+    fn micros(at: Timestamp) -> i64 {
+        at.as_microsecond()
     }
 
     fn round_trip(codec: &Codec, event_type: &str, data: &Json, env: &Envelope) -> Decoded {
@@ -515,8 +511,7 @@ mod tests {
         #[test]
         fn timestamps_and_uuids_round_trip(millis in 0i64..4_102_444_800_000, id in any::<u128>()) {
             let codec = Codec::new(catalog(), WireFormat::SingleObject);
-            let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000).unwrap();
-            let at = at.format(&time::format_description::well_known::Rfc3339).unwrap();
+            let at = Timestamp::from_millisecond(millis).unwrap().to_string();
             let data = json!({"order_id": "o", "carrier": "c", "tracking_number": null, "shipped_at": at});
             let decoded = round_trip(&codec, "order.shipped", &data, &envelope("order.shipped", 5, None));
             prop_assert_eq!(&decoded.data, &data);

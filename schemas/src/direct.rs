@@ -452,11 +452,11 @@ impl<'de> Visitor<'de> for Enc<'_> {
             }
             Node::TimestampMillis => {
                 let at = json::parse_timestamp(s).ok_or_else(refused)?;
-                long((at.unix_timestamp_nanos() / 1_000_000) as i64, out);
+                long(at.as_millisecond(), out);
             }
             Node::TimestampMicros => {
                 let at = json::parse_timestamp(s).ok_or_else(refused)?;
-                long((at.unix_timestamp_nanos() / 1_000) as i64, out);
+                long(at.as_microsecond(), out);
             }
             Node::Date => long(i64::from(json::parse_date(s).ok_or_else(refused)?), out),
             Node::Enum(symbols) => {

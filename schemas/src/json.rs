@@ -12,9 +12,9 @@ use std::fmt;
 use apache_avro::Schema;
 use apache_avro::schema::{Name, RecordSchema, UnionSchema};
 use apache_avro::types::Value;
+use jiff::Timestamp;
+use jiff::civil::Date;
 use serde_json::{Map, Number, Value as Json};
-use time::format_description::well_known::Rfc3339;
-use time::{Date, Month, OffsetDateTime};
 use uuid::Uuid;
 
 /// Named types of a schema by full name, to follow references.
@@ -143,15 +143,11 @@ impl Converter<'_> {
                 None => self.fail(ptr, "expected a UUID in its 8-4-4-4-12 hexadecimal form"),
             },
             (Schema::TimestampMillis, Json::String(s)) => match parse_timestamp(s) {
-                Some(at) => Some(Value::TimestampMillis(
-                    (at.unix_timestamp_nanos() / 1_000_000) as i64,
-                )),
+                Some(at) => Some(Value::TimestampMillis(at.as_millisecond())),
                 None => self.fail(ptr, TIMESTAMP_HINT),
             },
             (Schema::TimestampMicros, Json::String(s)) => match parse_timestamp(s) {
-                Some(at) => Some(Value::TimestampMicros(
-                    (at.unix_timestamp_nanos() / 1_000) as i64,
-                )),
+                Some(at) => Some(Value::TimestampMicros(at.as_microsecond())),
                 None => self.fail(ptr, TIMESTAMP_HINT),
             },
             (Schema::TimestampMillis, Json::Number(n)) if self.default => {
@@ -366,22 +362,65 @@ pub(crate) fn parse_uuid(s: &str) -> Option<Uuid> {
     (s.len() == 36).then(|| Uuid::try_parse(s).ok()).flatten()
 }
 
-pub(crate) fn parse_timestamp(s: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(s, &Rfc3339).ok()
+/// An RFC 3339 timestamp (`2026-11-22T09:30:00Z`, `2026-11-22t09:30:00.5+01:00`), and
+/// nothing of the wider ISO 8601 the parser would also take (no week dates, no missing
+/// seconds, no time zone annotations), so what is accepted is what the docs say.
+pub fn parse_timestamp(s: &str) -> Option<Timestamp> {
+    is_rfc3339(s.as_bytes()).then(|| s.parse().ok()).flatten()
+}
+
+/// `YYYY-MM-DD(T|t| )HH:MM:SS(.fraction)?(Z|z|+HH:MM|-HH:MM)`, by shape.
+fn is_rfc3339(s: &[u8]) -> bool {
+    let digits = |range: std::ops::Range<usize>| {
+        s.get(range)
+            .is_some_and(|part| part.iter().all(u8::is_ascii_digit))
+    };
+    let at = |i: usize, allowed: &[u8]| s.get(i).is_some_and(|c| allowed.contains(c));
+    let shaped = digits(0..4)
+        && at(4, b"-")
+        && digits(5..7)
+        && at(7, b"-")
+        && digits(8..10)
+        && at(10, b"Tt ")
+        && digits(11..13)
+        && at(13, b":")
+        && digits(14..16)
+        && at(16, b":")
+        && digits(17..19);
+    if !shaped {
+        return false;
+    }
+    let mut rest = &s[19..];
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let n = fraction.iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 || n > 9 {
+            return false;
+        }
+        rest = &fraction[n..];
+    }
+    match rest {
+        [b'Z' | b'z'] => true,
+        [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|c| c.is_ascii_digit()),
+        _ => false,
+    }
 }
 
 pub(crate) fn parse_date(s: &str) -> Option<i32> {
-    let mut parts = s.splitn(3, '-');
-    let (y, m, d) = (parts.next()?, parts.next()?, parts.next()?);
-    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
+    let b = s.as_bytes();
+    let shaped = b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+    if !shaped {
         return None;
     }
-    let month = Month::try_from(m.parse::<u8>().ok()?).ok()?;
-    let date = Date::from_calendar_date(y.parse().ok()?, month, d.parse().ok()?).ok()?;
-    Some(date.to_julian_day() - EPOCH_JULIAN_DAY)
+    let date: Date = s.parse().ok()?;
+    Some(date.since(EPOCH).ok()?.get_days())
 }
 
-const EPOCH_JULIAN_DAY: i32 = 2_440_588;
+const EPOCH: Date = jiff::civil::date(1970, 1, 1);
 
 fn describe(schema: &Schema) -> String {
     match schema {
@@ -450,17 +489,17 @@ pub fn to_json(value: &Value) -> Json {
 }
 
 pub(crate) fn date_json(days: i32) -> Json {
-    let date = days
-        .checked_add(EPOCH_JULIAN_DAY)
-        .and_then(|day| Date::from_julian_day(day).ok());
+    let date = jiff::Span::new()
+        .try_days(days)
+        .ok()
+        .and_then(|span| EPOCH.checked_add(span).ok());
     date.map_or(Json::Null, |d| Json::String(d.to_string()))
 }
 
 pub(crate) fn timestamp_json(nanos: i128) -> Json {
-    OffsetDateTime::from_unix_timestamp_nanos(nanos)
+    Timestamp::from_nanosecond(nanos)
         .ok()
-        .and_then(|at| at.format(&Rfc3339).ok())
-        .map_or(Json::Null, Json::String)
+        .map_or(Json::Null, |at| Json::String(at.to_string()))
 }
 
 #[cfg(test)]
@@ -591,6 +630,33 @@ mod tests {
         let mut data = schema.example.clone();
         data["items"][0]["quantity"] = json!(4_294_967_296_i64);
         assert_eq!(pointers(schema.validate(&data, "")), ["/items/0/quantity"]);
+    }
+
+    #[test]
+    fn timestamps_are_rfc_3339_and_nothing_wider() {
+        let at = |s| parse_timestamp(s).map(|t| t.as_microsecond());
+        assert_eq!(at("1970-01-01T00:00:01Z"), Some(1_000_000));
+        assert_eq!(at("1970-01-01t01:00:01.5+01:00"), Some(1_500_000));
+        assert_eq!(at("1970-01-01 00:00:00.000001z"), Some(1));
+        for refused in [
+            "1970-01-01T00:00Z",
+            "1970-01-01T00:00:00",
+            "1970-01-01T00:00:00Z[UTC]",
+            "19700101T000000Z",
+            "1970-W01-1T00:00:00Z",
+            "+001970-01-01T00:00:00Z",
+            "1970-01-01T00:00:00.Z",
+            "1970-01-01T00:00:00.1234567890Z",
+            "1970-01-01T00:00:00+0100",
+            "1970-02-30T00:00:00Z",
+            "",
+        ] {
+            assert_eq!(at(refused), None, "{refused}");
+        }
+        assert_eq!(
+            timestamp_json(1_500_000_000),
+            Json::String("1970-01-01T00:00:01.5Z".into())
+        );
     }
 
     #[test]

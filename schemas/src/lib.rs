@@ -23,6 +23,7 @@ pub use catalog::{Catalog, CatalogError, CompatibilityError, Fingerprint, Schema
 pub use codec::{Codec, CodecError, Decoded, DecodedText, WireFormat};
 pub use direct::DataSeed;
 pub use envelope::Envelope;
+pub use json::parse_timestamp;
 pub use rules::{DataFacts, Owner, Rule, SEALED_PREFIX};
 
 mod embedded {

@@ -16,8 +16,6 @@ use platform::openapi::{Api, Operation};
 use platform::problem::{self, Problem};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::chain::micros;
 use crate::store::{AuditRecord, AuditStore, Filter, Order, Position};
@@ -230,13 +228,11 @@ fn text_param(name: &str, value: Option<String>) -> Result<Option<String>, Probl
 pub fn time_param(name: &str, value: Option<String>) -> Result<Option<i64>, Problem> {
     value
         .map(|text| {
-            OffsetDateTime::parse(&text, &Rfc3339)
-                .map(micros)
-                .map_err(|_| {
-                    Problem::bad_request(format!(
-                        "{name} must be an RFC 3339 time such as 2026-11-22T10:00:00Z"
-                    ))
-                })
+            events::parse_timestamp(&text).map(micros).ok_or_else(|| {
+                Problem::bad_request(format!(
+                    "{name} must be an RFC 3339 time such as 2026-11-22T10:00:00Z"
+                ))
+            })
         })
         .transpose()
 }

@@ -11,11 +11,10 @@
 use std::collections::HashSet;
 use std::fmt;
 
+use jiff::Timestamp;
 use platform::consumer::Event;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 /// The `prev_hash` of a chain's first row.
@@ -72,7 +71,7 @@ impl Entry {
             serde_json::from_str(content).map_err(|err| format!("content is not JSON: {err}"))?;
         let text = |field: &str| value[field].as_str().map(str::to_string);
         let occurred_at = text("occurred_at")
-            .and_then(|t| OffsetDateTime::parse(&t, &Rfc3339).ok())
+            .and_then(|t| events::parse_timestamp(&t))
             .ok_or("content has no occurred_at")?;
         Ok(Self {
             event_id: text("event_id")
@@ -345,8 +344,8 @@ fn write_canonical(value: &Value, out: &mut String) {
 
 pub use platform::clock::micros;
 
-fn rfc3339(at: OffsetDateTime) -> String {
-    at.format(&Rfc3339).unwrap_or_default()
+fn rfc3339(at: Timestamp) -> String {
+    at.to_string()
 }
 
 #[cfg(test)]

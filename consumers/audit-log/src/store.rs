@@ -9,7 +9,6 @@ use platform::with_pool;
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::QueryBuilder;
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::chain::{self, Entry, GENESIS, Head, StoredRow};
@@ -189,13 +188,12 @@ macro_rules! sql_append {
             if next != head {
                 sqlx::query(
                     "UPDATE audit_chains SET last_seq = $2, last_hash = $3, last_offset = $4, \
-                     updated_at = $5 WHERE chain = $1",
+                     updated_at = CURRENT_TIMESTAMP WHERE chain = $1",
                 )
                 .bind(chain)
                 .bind(next.seq)
                 .bind(&next.hash)
                 .bind(next.offset)
-                .bind(OffsetDateTime::now_utc())
                 .execute(&mut *tx)
                 .await?;
             }

@@ -46,8 +46,6 @@ use platform::kafka::KafkaArgs;
 use platform::seal::SealingKey;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -753,17 +751,14 @@ impl Notifier {
         let mut waiting = Vec::new();
         for (index, event) in events.iter().enumerate() {
             let mut event_steps = Vec::new();
-            let occurred_at = event
-                .envelope
-                .occurred_at
-                .format(&Rfc3339)
-                .unwrap_or_default();
+            let occurred_at = event.envelope.occurred_at.to_string();
             let view = EventView {
                 event_id: event.envelope.event_id,
                 event_type: &event.envelope.event_type,
                 occurred_at: &occurred_at,
                 data: &event.data,
-                age: (OffsetDateTime::now_utc() - event.envelope.received_at)
+                age: jiff::Timestamp::now()
+                    .duration_since(event.envelope.received_at)
                     .try_into()
                     .unwrap_or_default(),
             };

@@ -8,9 +8,9 @@
 //! user". Deliveries are keyed by event, channel and recipient, so however often an event
 //! runs, each message is sent once.
 
+use jiff::Timestamp;
 use platform::consumer::Event;
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 /// A parked event, as stored.
@@ -34,10 +34,8 @@ struct Stored {
     key: Option<String>,
     event_id: Uuid,
     event_type: String,
-    #[serde(with = "time::serde::rfc3339")]
-    occurred_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    received_at: OffsetDateTime,
+    occurred_at: Timestamp,
+    received_at: Timestamp,
     actor: String,
     source: String,
     idempotency_key: Option<String>,
@@ -68,7 +66,7 @@ impl Parked {
         Self {
             event_id: envelope.event_id.to_string(),
             user_id: user_id.to_string(),
-            received_at_us: (envelope.received_at.unix_timestamp_nanos() / 1000) as i64,
+            received_at_us: envelope.received_at.as_microsecond(),
             event: serde_json::to_string(&stored).expect("an event serializes"),
         }
     }
@@ -103,7 +101,7 @@ mod tests {
 
     #[test]
     fn a_parked_event_comes_back_as_it_went() {
-        let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let at = Timestamp::from_second(1_700_000_000).unwrap();
         let event = Event {
             topic: "orders".into(),
             partition: 3,

@@ -101,7 +101,7 @@ impl Handler for Aggregator {
             .map(|event| Seen {
                 event_id: event.envelope.event_id,
                 event_type: &event.envelope.event_type,
-                occurred_at: event.envelope.occurred_at.unix_timestamp(),
+                occurred_at: event.envelope.occurred_at.as_second(),
                 actor: &event.envelope.actor,
                 data: &event.data,
             })

@@ -186,10 +186,8 @@ impl SearchIndex {
             Ok(index) => Ok(index),
             Err(err @ IndexError::Busy(_)) => Err(err),
             Err(err) => {
-                let aside = dir.with_extension(format!(
-                    "unreadable-{}",
-                    time::OffsetDateTime::now_utc().unix_timestamp()
-                ));
+                let aside = dir
+                    .with_extension(format!("unreadable-{}", jiff::Timestamp::now().as_second()));
                 tracing::error!(
                     dir = %dir.display(), aside = %aside.display(), %err,
                     "the search index cannot be opened: moved aside, rebuilding it from the log"
@@ -267,8 +265,7 @@ impl SearchIndex {
             {
                 continue; // read again after a rebalance; already applied
             }
-            let occurred_at_ms =
-                (event.envelope.occurred_at.unix_timestamp_nanos() / 1_000_000) as i64;
+            let occurred_at_ms = event.envelope.occurred_at.as_millisecond();
             if let Some(change) = project(&event.envelope.event_type, &event.data, occurred_at_ms) {
                 let version = Version {
                     topic: event.topic.clone(),
@@ -551,14 +548,14 @@ fn classify(err: tantivy::TantivyError) -> SearchError {
 #[cfg(test)]
 mod tests {
     use events::Envelope;
+    use jiff::Timestamp;
     use serde_json::{Value, json};
-    use time::OffsetDateTime;
 
     use super::*;
 
     fn event(at: (&str, i32, i64), seconds: i64, event_type: &str, data: Value) -> Event {
         let (topic, partition, offset) = at;
-        let occurred_at = OffsetDateTime::from_unix_timestamp(seconds).unwrap();
+        let occurred_at = Timestamp::from_second(seconds).unwrap();
         Event {
             topic: topic.into(),
             partition,

@@ -7,6 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use jiff::Timestamp;
 use platform::auth::Principal;
 use platform::edge::rate::Rate;
 use platform::openapi::{Api, Operation};
@@ -14,7 +15,6 @@ use platform::problem::Problem;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value as Json, json};
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::outbox::{micros, now_us};
@@ -126,17 +126,13 @@ fn is_admin(principal: &Principal) -> bool {
     principal.roles.iter().any(|r| r == "admin")
 }
 
-fn now() -> OffsetDateTime {
-    OffsetDateTime::now_utc()
+fn now() -> Timestamp {
+    Timestamp::now()
 }
 
 fn rfc3339_us(us: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+    Timestamp::from_microsecond(us)
+        .map(|t| t.to_string())
         .unwrap_or_default()
 }
 

@@ -63,7 +63,7 @@ impl EventWriter {
         key: &str,
         actor: &str,
         data: &Json,
-        now: time::OffsetDateTime,
+        now: jiff::Timestamp,
     ) -> Result<OutboxRecord, WriteError> {
         let schema = self
             .catalog

@@ -12,7 +12,6 @@ use platform::trace::TraceContext;
 use serde::Deserialize;
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
 use uuid::{ContextV7, Timestamp, Uuid};
 
 use crate::AppState;
@@ -53,7 +52,7 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
         shape,
         &prepared,
         (&state.policy, &principal),
-        OffsetDateTime::now_utc(),
+        jiff::Timestamp::now(),
         state.limits.occurred_at,
     )?;
     if params.validate_only {
@@ -256,7 +255,7 @@ impl IntoResponse for Published {
 /// reuses the ids and time of the first.
 struct Attempt<'a> {
     ids: Vec<Uuid>,
-    received_at: OffsetDateTime,
+    received_at: jiff::Timestamp,
     idempotency_key: Option<&'a str>,
     /// The request's trace: the parent of the produce span.
     trace: TraceContext,
@@ -308,7 +307,7 @@ async fn publish(
             event_id
                 .hyphenated()
                 .encode_lower(&mut Uuid::encode_buffer()),
-            (received_at.unix_timestamp_nanos() / 1_000_000) as i64,
+            received_at.as_millisecond(),
         );
         record
             .headers
@@ -371,12 +370,12 @@ fn replay(stored: StoredResponse) -> Response {
 /// events, locked once per request: they keep the order they were made in, as
 /// `Uuid::now_v7` keeps it, so an id's time is `received_at` or, when a request that read
 /// the clock later took the lock first, a moment after it.
-fn stamp(events: usize) -> (Vec<Uuid>, OffsetDateTime) {
+fn stamp(events: usize) -> (Vec<Uuid>, jiff::Timestamp) {
     static IDS: Mutex<ContextV7> = Mutex::new(ContextV7::new());
-    let now = OffsetDateTime::now_utc();
+    let now = jiff::Timestamp::now();
     let (seconds, nanos) = (
-        u64::try_from(now.unix_timestamp()).unwrap_or(0),
-        now.nanosecond(),
+        u64::try_from(now.as_second()).unwrap_or(0),
+        now.subsec_nanosecond().unsigned_abs(),
     );
     let mut ids = Vec::with_capacity(events);
     let context = IDS.lock().unwrap_or_else(PoisonError::into_inner);
@@ -518,7 +517,7 @@ mod tests {
         // Each id carries the time the request was received, to the millisecond, or later.
         let (seconds, nanos) = ids[0].get_timestamp().unwrap().to_unix();
         let millis = seconds as i128 * 1000 + nanos as i128 / 1_000_000;
-        assert!(millis >= received_at.unix_timestamp_nanos() / 1_000_000);
+        assert!(millis >= i128::from(received_at.as_millisecond()));
         assert_eq!(stamp(0).0, Vec::<Uuid>::new());
     }
 }

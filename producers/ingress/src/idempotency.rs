@@ -11,9 +11,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use jiff::Timestamp;
+use platform::clock;
 use platform::db::Database;
 use platform::with_pool;
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 /// A stored record of one key.
@@ -23,10 +24,10 @@ pub struct Record {
     pub attempt: Uuid,
     pub request_hash: String,
     pub event_ids: Vec<Uuid>,
-    pub received_at: OffsetDateTime,
+    pub received_at: Timestamp,
     pub response: Option<StoredResponse>,
-    pub locked_until: OffsetDateTime,
-    pub expires_at: OffsetDateTime,
+    pub locked_until: Timestamp,
+    pub expires_at: Timestamp,
 }
 
 /// The answer given the first time, replayed to retries.
@@ -45,7 +46,7 @@ pub struct Claim {
     pub key: String,
     pub request_hash: String,
     pub event_ids: Vec<Uuid>,
-    pub received_at: OffsetDateTime,
+    pub received_at: Timestamp,
     /// How long the claim blocks concurrent retries: longer than the publish deadline.
     pub lease: Duration,
     pub ttl: Duration,
@@ -59,7 +60,7 @@ pub enum Claimed {
     /// An earlier attempt did not finish: publish again with its ids and time.
     Resume {
         event_ids: Vec<Uuid>,
-        received_at: OffsetDateTime,
+        received_at: Timestamp,
     },
     /// Already done: answer this.
     Replay(StoredResponse),
@@ -70,7 +71,7 @@ pub enum Claimed {
 }
 
 /// The decision, as a pure function of the stored record.
-pub fn decide(record: &Record, request_hash: &str, now: OffsetDateTime) -> Decision {
+pub fn decide(record: &Record, request_hash: &str, now: Timestamp) -> Decision {
     if record.expires_at <= now {
         Decision::Expired
     } else if record.request_hash != request_hash {
@@ -78,7 +79,7 @@ pub fn decide(record: &Record, request_hash: &str, now: OffsetDateTime) -> Decis
     } else if let Some(response) = &record.response {
         Decision::Claimed(Claimed::Replay(response.clone()))
     } else if record.locked_until > now {
-        let wait = (record.locked_until - now).whole_seconds().max(1) as u64;
+        let wait = record.locked_until.duration_since(now).as_secs().max(1) as u64;
         Decision::Claimed(Claimed::InProgress {
             retry_after: Duration::from_secs(wait),
         })
@@ -132,18 +133,23 @@ pub trait IdempotencyStore: Send + Sync {
     /// Ends the lock `attempt` holds after it failed, so a retry may resume at once.
     async fn release(&self, principal: &str, key: &str, attempt: Uuid) -> Result<(), StoreError>;
     /// Deletes records that expired before `now`; returns how many.
-    async fn purge_expired(&self, now: OffsetDateTime) -> Result<u64, StoreError>;
+    async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError>;
 }
 
-fn new_record(claim: &Claim, now: OffsetDateTime) -> Record {
+/// `duration` after `now`, or the end of time for a duration past it.
+fn after(now: Timestamp, duration: Duration) -> Timestamp {
+    now.checked_add(duration).unwrap_or(Timestamp::MAX)
+}
+
+fn new_record(claim: &Claim, now: Timestamp) -> Record {
     Record {
         attempt: claim.attempt,
         request_hash: claim.request_hash.clone(),
         event_ids: claim.event_ids.clone(),
         received_at: claim.received_at,
         response: None,
-        locked_until: now + claim.lease,
-        expires_at: now + claim.ttl,
+        locked_until: after(now, claim.lease),
+        expires_at: after(now, claim.ttl),
     }
 }
 
@@ -156,7 +162,7 @@ pub struct MemoryStore {
 #[async_trait]
 impl IdempotencyStore for MemoryStore {
     async fn claim(&self, claim: &Claim) -> Result<Claimed, StoreError> {
-        let now = OffsetDateTime::now_utc();
+        let now = Timestamp::now();
         let mut records = self.records.lock().expect("store lock");
         let slot = (claim.principal.clone(), claim.key.clone());
         let decision = records
@@ -170,7 +176,7 @@ impl IdempotencyStore for MemoryStore {
             Some(Decision::Claimed(claimed)) => {
                 if let Claimed::Resume { .. } = claimed {
                     let record = records.get_mut(&slot).expect("present");
-                    record.locked_until = now + claim.lease;
+                    record.locked_until = after(now, claim.lease);
                     record.attempt = claim.attempt;
                 }
                 claimed
@@ -197,12 +203,12 @@ impl IdempotencyStore for MemoryStore {
             && record.attempt == attempt
             && record.response.is_none()
         {
-            record.locked_until = OffsetDateTime::now_utc();
+            record.locked_until = Timestamp::now();
         }
         Ok(())
     }
 
-    async fn purge_expired(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+    async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
         let mut records = self.records.lock().expect("store lock");
         let before = records.len();
         records.retain(|_, record| record.expires_at > now);
@@ -226,15 +232,16 @@ impl SqlStore {
     }
 }
 
+/// Times are stored as microseconds since the epoch (`*_us`), as every table stores them.
 type Row = (
     Uuid,
     String,
     String,
-    OffsetDateTime,
+    i64,
     Option<i32>,
     Option<String>,
-    OffsetDateTime,
-    OffsetDateTime,
+    i64,
+    i64,
 );
 
 fn row_to_record(row: Row) -> Result<Record, StoreError> {
@@ -252,10 +259,10 @@ fn row_to_record(row: Row) -> Result<Record, StoreError> {
         attempt,
         request_hash,
         event_ids,
-        received_at,
+        received_at: clock::at(received_at),
         response,
-        locked_until,
-        expires_at,
+        locked_until: clock::at(locked_until),
+        expires_at: clock::at(expires_at),
     })
 }
 
@@ -264,13 +271,13 @@ fn row_to_record(row: Row) -> Result<Record, StoreError> {
 macro_rules! sql_claim {
     ($pool:expr, $claim:expr, $select:expr) => {{
         let claim = $claim;
-        let now = OffsetDateTime::now_utc();
+        let now = Timestamp::now();
         let record = new_record(claim, now);
         let ids = serde_json::to_string(&record.event_ids).expect("uuids serialise");
         let mut tx = $pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO idempotency_keys (id, principal, idempotency_key, request_hash, event_ids, \
-             received_at, locked_until, expires_at, attempt_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             received_at_us, locked_until_us, expires_at_us, attempt_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (principal, idempotency_key) DO NOTHING",
         )
         .bind(Uuid::now_v7())
@@ -278,9 +285,9 @@ macro_rules! sql_claim {
         .bind(&claim.key)
         .bind(&record.request_hash)
         .bind(&ids)
-        .bind(record.received_at)
-        .bind(record.locked_until)
-        .bind(record.expires_at)
+        .bind(record.received_at.as_microsecond())
+        .bind(record.locked_until.as_microsecond())
+        .bind(record.expires_at.as_microsecond())
         .bind(claim.attempt)
         .execute(&mut *tx)
         .await?
@@ -298,18 +305,18 @@ macro_rules! sql_claim {
         let claimed = match decide(&stored, &claim.request_hash, now) {
             Decision::Expired => {
                 sqlx::query(
-                    "UPDATE idempotency_keys SET request_hash = $3, event_ids = $4, received_at = $5, \
-                     response_status = NULL, response_body = NULL, locked_until = $6, expires_at = $7, \
-                     updated_at = $8, attempt_id = $9 WHERE principal = $1 AND idempotency_key = $2",
+                    "UPDATE idempotency_keys SET request_hash = $3, event_ids = $4, received_at_us = $5, \
+                     response_status = NULL, response_body = NULL, locked_until_us = $6, expires_at_us = $7, \
+                     updated_at_us = $8, attempt_id = $9 WHERE principal = $1 AND idempotency_key = $2",
                 )
                 .bind(&claim.principal)
                 .bind(&claim.key)
                 .bind(&record.request_hash)
                 .bind(&ids)
-                .bind(record.received_at)
-                .bind(record.locked_until)
-                .bind(record.expires_at)
-                .bind(now)
+                .bind(record.received_at.as_microsecond())
+                .bind(record.locked_until.as_microsecond())
+                .bind(record.expires_at.as_microsecond())
+                .bind(now.as_microsecond())
                 .bind(claim.attempt)
                 .execute(&mut *tx)
                 .await?;
@@ -317,13 +324,13 @@ macro_rules! sql_claim {
             }
             Decision::Claimed(claimed @ Claimed::Resume { .. }) => {
                 sqlx::query(
-                    "UPDATE idempotency_keys SET locked_until = $3, updated_at = $4, attempt_id = $5 \
+                    "UPDATE idempotency_keys SET locked_until_us = $3, updated_at_us = $4, attempt_id = $5 \
                      WHERE principal = $1 AND idempotency_key = $2",
                 )
                 .bind(&claim.principal)
                 .bind(&claim.key)
-                .bind(record.locked_until)
-                .bind(now)
+                .bind(record.locked_until.as_microsecond())
+                .bind(now.as_microsecond())
                 .bind(claim.attempt)
                 .execute(&mut *tx)
                 .await?;
@@ -336,10 +343,10 @@ macro_rules! sql_claim {
     }};
 }
 
-const SELECT: &str = "SELECT attempt_id, request_hash, event_ids, received_at, response_status, response_body, \
-     locked_until, expires_at FROM idempotency_keys WHERE principal = $1 AND idempotency_key = $2";
-const SELECT_FOR_UPDATE: &str = "SELECT attempt_id, request_hash, event_ids, received_at, response_status, \
-     response_body, locked_until, expires_at FROM idempotency_keys \
+const SELECT: &str = "SELECT attempt_id, request_hash, event_ids, received_at_us, response_status, response_body, \
+     locked_until_us, expires_at_us FROM idempotency_keys WHERE principal = $1 AND idempotency_key = $2";
+const SELECT_FOR_UPDATE: &str = "SELECT attempt_id, request_hash, event_ids, received_at_us, response_status, \
+     response_body, locked_until_us, expires_at_us FROM idempotency_keys \
      WHERE principal = $1 AND idempotency_key = $2 FOR UPDATE";
 
 #[async_trait]
@@ -359,9 +366,9 @@ impl IdempotencyStore for SqlStore {
     ) -> Result<(), StoreError> {
         // The first completion wins: a stale attempt that also succeeded published the same ids.
         let sql = "UPDATE idempotency_keys SET response_status = $3, response_body = $4, \
-                   updated_at = $5 WHERE principal = $1 AND idempotency_key = $2 \
+                   updated_at_us = $5 WHERE principal = $1 AND idempotency_key = $2 \
                    AND response_status IS NULL";
-        let now = OffsetDateTime::now_utc();
+        let now = clock::now_us();
         let status = i32::from(response.status);
         with_pool!(&self.db, pool => {
             sqlx::query(sql)
@@ -377,20 +384,20 @@ impl IdempotencyStore for SqlStore {
     }
 
     async fn release(&self, principal: &str, key: &str, attempt: Uuid) -> Result<(), StoreError> {
-        let sql = "UPDATE idempotency_keys SET locked_until = $3, updated_at = $3 \
+        let sql = "UPDATE idempotency_keys SET locked_until_us = $3, updated_at_us = $3 \
                    WHERE principal = $1 AND idempotency_key = $2 AND attempt_id = $4 \
                    AND response_status IS NULL";
-        let now = OffsetDateTime::now_utc();
+        let now = clock::now_us();
         with_pool!(&self.db, pool => {
             sqlx::query(sql).bind(principal).bind(key).bind(now).bind(attempt).execute(pool).await?;
         });
         Ok(())
     }
 
-    async fn purge_expired(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
-        let sql = "DELETE FROM idempotency_keys WHERE expires_at < $1";
+    async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let sql = "DELETE FROM idempotency_keys WHERE expires_at_us < $1";
         let removed = with_pool!(&self.db, pool => {
-            sqlx::query(sql).bind(now).execute(pool).await?.rows_affected()
+            sqlx::query(sql).bind(now.as_microsecond()).execute(pool).await?.rows_affected()
         });
         Ok(removed)
     }
@@ -400,7 +407,7 @@ impl IdempotencyStore for SqlStore {
 mod tests {
     use super::*;
 
-    fn record(hash: &str, now: OffsetDateTime) -> Record {
+    fn record(hash: &str, now: Timestamp) -> Record {
         Record {
             attempt: Uuid::nil(),
             request_hash: hash.into(),
@@ -414,7 +421,7 @@ mod tests {
 
     #[test]
     fn a_finished_request_is_replayed() {
-        let now = OffsetDateTime::now_utc();
+        let now = Timestamp::now();
         let mut r = record("h", now);
         r.response = Some(StoredResponse {
             status: 202,
@@ -428,7 +435,7 @@ mod tests {
 
     #[test]
     fn another_body_with_the_same_key_is_a_mismatch() {
-        let now = OffsetDateTime::now_utc();
+        let now = Timestamp::now();
         assert_eq!(
             decide(&record("h", now), "other", now),
             Decision::Claimed(Claimed::Mismatch)
@@ -437,7 +444,7 @@ mod tests {
 
     #[test]
     fn a_locked_claim_is_in_progress_and_an_expired_lock_resumes_with_the_same_ids() {
-        let now = OffsetDateTime::now_utc();
+        let now = Timestamp::now();
         let r = record("h", now);
         assert!(matches!(
             decide(&r, "h", now),
@@ -455,7 +462,7 @@ mod tests {
 
     #[test]
     fn an_expired_record_is_as_good_as_absent_whatever_its_body() {
-        let now = OffsetDateTime::now_utc();
+        let now = Timestamp::now();
         let r = record("h", now);
         assert_eq!(
             decide(&r, "other", now + Duration::from_secs(3601)),

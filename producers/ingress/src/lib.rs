@@ -294,7 +294,7 @@ impl platform::service::Service for Service {
                 Duration::from_secs(3600),
                 move || {
                     let store = store.clone();
-                    async move { Ok(store.purge_expired(time::OffsetDateTime::now_utc()).await?) }
+                    async move { Ok(store.purge_expired(jiff::Timestamp::now()).await?) }
                 },
             );
             jobs.run(shutdown.clone()).await;

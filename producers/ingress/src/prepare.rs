@@ -8,12 +8,11 @@ use std::sync::Arc;
 
 use events::json::FieldError;
 use events::{AvroValue, Catalog, SchemaVersion};
+use jiff::Timestamp;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value as Json;
 use serde_json::value::RawValue;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::auth::Principal;
 use crate::policy::PublishPolicy;
@@ -27,7 +26,7 @@ pub struct Prepared {
     pub key: String,
     /// The Avro binary of the event's data record.
     pub data: Vec<u8>,
-    pub occurred_at: Option<OffsetDateTime>,
+    pub occurred_at: Option<Timestamp>,
     /// Borrowed when it is the default: most events name none.
     pub source: Cow<'static, str>,
 }
@@ -45,10 +44,11 @@ pub struct TimeWindow {
 fn check_occurred_at(
     shape: Shape,
     prepared: &[Prepared],
-    now: OffsetDateTime,
+    now: Timestamp,
     window: TimeWindow,
 ) -> Result<(), Problem> {
-    let (earliest, latest) = (now - window.before, now + window.after);
+    let earliest = now.checked_sub(window.before).unwrap_or(Timestamp::MIN);
+    let latest = now.checked_add(window.after).unwrap_or(Timestamp::MAX);
     let errors: Vec<FieldError> = prepared
         .iter()
         .enumerate()
@@ -85,7 +85,7 @@ pub fn check_events(
     shape: Shape,
     prepared: &[Prepared],
     (policy, principal): (&PublishPolicy, &Principal),
-    now: OffsetDateTime,
+    now: Timestamp,
     window: TimeWindow,
 ) -> Result<(), Problem> {
     check_occurred_at(shape, prepared, now, window)?;
@@ -415,7 +415,7 @@ impl<'c, 'de> EventText<'c, 'de> {
             return Err(not_here());
         }
         let occurred_at = match self.occurred_at.flatten() {
-            Some(at) => Some(OffsetDateTime::parse(&at, &Rfc3339).map_err(|_| not_here())?),
+            Some(at) => Some(events::parse_timestamp(&at).ok_or_else(not_here)?),
             None => None,
         };
         let source = match self.source.flatten() {
@@ -629,9 +629,9 @@ fn validate_item(
     let data = schema.validate(&item["data"], &format!("{at}/data"));
     let occurred_at = match item.get("occurred_at") {
         None | Some(Json::Null) => None,
-        Some(Json::String(s)) => match OffsetDateTime::parse(s, &Rfc3339) {
-            Ok(t) => Some(t),
-            Err(_) => {
+        Some(Json::String(s)) => match events::parse_timestamp(s) {
+            Some(t) => Some(t),
+            None => {
                 errors.push(field(
                     &format!("{at}/occurred_at"),
                     "expected an RFC 3339 timestamp like 2026-11-22T09:30:00Z",
@@ -753,7 +753,7 @@ mod tests {
                         p.schema.event_type,
                         p.key,
                         p.data,
-                        p.occurred_at.map(|t| t.unix_timestamp_nanos().to_string()),
+                        p.occurred_at.map(|t| t.as_nanosecond().to_string()),
                         p.source
                     ])
                 })

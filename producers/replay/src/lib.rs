@@ -371,7 +371,7 @@ mod tests {
 
     use clap::Parser;
     use events::{Catalog, Envelope, WireFormat};
-    use time::OffsetDateTime;
+    use jiff::Timestamp;
     use uuid::Uuid;
 
     use super::*;
@@ -411,8 +411,8 @@ mod tests {
         let envelope = Envelope {
             event_id: Uuid::now_v7(),
             event_type: "order.placed".into(),
-            occurred_at: OffsetDateTime::UNIX_EPOCH,
-            received_at: OffsetDateTime::UNIX_EPOCH,
+            occurred_at: Timestamp::UNIX_EPOCH,
+            received_at: Timestamp::UNIX_EPOCH,
             actor: "alice".into(),
             source: "test".into(),
             idempotency_key: None,

@@ -45,7 +45,7 @@ pub struct Row<'a> {
 
 impl<'a> Row<'a> {
     pub fn new(record: &'a ReadRecord, decoded: &'a DecodedText) -> Self {
-        let micros = |at: time::OffsetDateTime| (at.unix_timestamp_nanos() / 1_000) as i64;
+        let micros = |at: jiff::Timestamp| at.as_microsecond();
         let envelope = &decoded.envelope;
         Self {
             topic: &record.topic,

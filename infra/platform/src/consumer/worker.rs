@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use events::Codec;
 use futures_util::FutureExt as _;
 use metrics::{Counter, Gauge, Histogram};
-use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -286,8 +285,8 @@ impl Worker {
                 Ok(()) => {
                     meters.processed.increment(events.len() as u64);
                     if let Some(last) = events.last() {
-                        let age = OffsetDateTime::now_utc() - last.envelope.occurred_at;
-                        meters.freshness.set(age.as_seconds_f64());
+                        let age = jiff::Timestamp::now().duration_since(last.envelope.occurred_at);
+                        meters.freshness.set(age.as_secs_f64());
                     }
                     return Ok(Outcome::Applied);
                 }
@@ -397,7 +396,7 @@ impl Worker {
             payload: record.payload.clone().unwrap_or_default(),
             timestamp_ms: record
                 .timestamp_ms
-                .unwrap_or_else(|| OffsetDateTime::now_utc().unix_timestamp() * 1000),
+                .unwrap_or_else(|| crate::clock::now_us() / 1000),
             headers,
         };
         let mut tries = 0u32;

@@ -199,22 +199,24 @@ impl std::str::FromStr for Deprecated {
         let (method, path) = route.trim().split_once(' ').ok_or_else(bad)?;
         let (since, sunset) = dates.split_once(',').ok_or_else(bad)?;
         let date = |d: &str| {
-            time::Date::parse(
-                d.trim(),
-                time::macros::format_description!("[year]-[month]-[day]"),
-            )
-            .map(|d| d.midnight().assume_utc())
-            .map_err(|_| bad())
+            let d = d.trim();
+            let day: jiff::civil::Date = (d.len() == 10)
+                .then(|| d.parse().ok())
+                .flatten()
+                .ok_or_else(bad)?;
+            day.to_zoned(jiff::tz::TimeZone::UTC)
+                .map(|at| at.timestamp())
+                .map_err(|_| bad())
         };
         let (since, sunset) = (date(since)?, date(sunset)?);
-        let http_date = time::macros::format_description!(
-            "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-        );
         Ok(Self {
             method: method.trim().to_ascii_uppercase(),
             path: path.trim().to_string(),
-            deprecation: format!("@{}", since.unix_timestamp()),
-            sunset: sunset.format(&http_date).map_err(|_| bad())?,
+            deprecation: format!("@{}", since.as_second()),
+            // The IMF-fixdate of RFC 9110: `Tue, 01 Jun 2027 00:00:00 GMT`.
+            sunset: jiff::fmt::rfc2822::DateTimePrinter::new()
+                .timestamp_to_rfc9110_string(&sunset)
+                .map_err(|_| bad())?,
         })
     }
 }
