@@ -8,9 +8,12 @@
 //!    default 32), each event its own, with its own id, encoded before the clock starts;
 //! 2. batched ingress throughput: BENCH_IN_FLIGHT clients posting batches of 100 events
 //!    (BENCH_EVENTS per round on each side, default 100,000);
-//! 3. single-event ingress throughput: 32 clients posting one event per request;
+//! 3. single-event ingress throughput: 32 clients posting one event per request, with the
+//!    ingress's CPU per request (its own /proc time; the ingress runs with `RUST_LOG=warn`,
+//!    so without its request log);
 //! 4. open-loop latency at 25, 50 and 75% of (2) and of (3): requests sent at fixed
-//!    intervals, latency measured from the intended send time so queueing is not hidden;
+//!    intervals, latency measured from the intended send time so queueing is not hidden,
+//!    and the ingress's CPU per request answered;
 //!    and at 150%, an overload: how many requests were shed (503) and how large the ingress
 //!    grew meanwhile (the load generator keeps at most MAX_OUTSTANDING requests under way
 //!    and counts those it could not send apart);
@@ -244,6 +247,7 @@ async fn main() {
     // 3. Single events, closed loop, 32 clients.
     let single_body = Bytes::from(order_text(1));
     let until = Instant::now() + Duration::from_secs(SINGLE_SECONDS);
+    let cpu_before = common::cpu_seconds(pid);
     let t = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..32 {
@@ -263,6 +267,9 @@ async fn main() {
         closed.extend(task.await.unwrap());
     }
     let single_rate = closed.len() as f64 / t.elapsed().as_secs_f64();
+    // The ingress's own CPU per acknowledged request (its /proc time; the load generator is
+    // this process).
+    let single_cpu = (common::cpu_seconds(pid) - cpu_before) * 1e6 / closed.len() as f64;
 
     // 4. Open loop at 25, 50 and 75% of each maximum, single events and batches, with the
     //    ingress's resident memory sampled every 100 ms during each; and at 150%, beyond
@@ -274,10 +281,14 @@ async fn main() {
     ] {
         for share in [0.25, 0.50, 0.75, 1.5] {
             let rate = saturation * share;
+            let cpu_before = common::cpu_seconds(pid);
             let (mut seen, rss_kb) = max_rss_during(pid, open_loop(&target, body, rate)).await;
+            // Per request answered: idle wakeups and timers count too, as at any rate.
+            let cpu =
+                (common::cpu_seconds(pid) - cpu_before) * 1e6 / seen.latencies.len().max(1) as f64;
             let latencies = percentiles(&mut seen.latencies);
             let lost = (seen.shed, seen.unsent, seen.unconnected, seen.reset);
-            open_loops.push((what, share, rate, latencies, lost, rss_kb));
+            open_loops.push((what, share, rate, latencies, lost, rss_kb, cpu));
         }
     }
 
@@ -342,18 +353,19 @@ async fn main() {
         common::median(&owner_cost)
     );
     println!(
-        "| ingress, single events, 32 clients | {single_rate:.0} requests/s, p50 {} ms, p99 {} ms |",
+        "| ingress, single events, 32 clients | {single_rate:.0} requests/s, p50 {} ms, p99 {} \
+         ms; CPU per request {single_cpu:.1} µs |",
         ms(c50),
         ms(c99)
     );
-    for (what, share, rate, (p50, p99, p999), (shed, unsent, unconnected, reset), rss_kb) in
+    for (what, share, rate, (p50, p99, p999), (shed, unsent, unconnected, reset), rss_kb, cpu) in
         open_loops
     {
         println!(
             "| ingress, {what}, open loop at {rate:.0} requests/s ({:.0}% of its maximum) | p50 \
-             {} ms, p99 {} ms, p99.9 {} ms; RSS at most {:.1} MB; {shed} shed (503), {unsent} \
-             not sent (client at {MAX_OUTSTANDING} outstanding), {unconnected} could not \
-             connect, {reset} reset |",
+             {} ms, p99 {} ms, p99.9 {} ms; CPU per request {cpu:.1} µs; RSS at most {:.1} MB; \
+             {shed} shed (503), {unsent} not sent (client at {MAX_OUTSTANDING} outstanding), \
+             {unconnected} could not connect, {reset} reset |",
             share * 100.0,
             ms(p50),
             ms(p99),
