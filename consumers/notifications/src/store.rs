@@ -231,6 +231,33 @@ pub struct SqlStore {
 }
 
 impl SqlStore {
+    /// Records outcomes as published, by (event id, channel, recipient, the `updated_at_us`
+    /// published): a row that changed since keeps its new outcome to publish.
+    async fn mark_published(
+        &self,
+        rows: &[(String, String, String, i64)],
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let sql = "UPDATE notify_deliveries SET outcome_published_us = $4 \
+             WHERE event_id = $1 AND channel = $2 AND recipient = $3 AND updated_at_us = $4";
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            for (event_id, channel, recipient, at) in rows {
+                sqlx::query(sql)
+                    .bind(event_id)
+                    .bind(channel)
+                    .bind(recipient)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
     /// Connects and applies this service's migrations.
     pub async fn new(db: Database) -> Result<Self, StoreError> {
         let postgres = sqlx::migrate!("./migrations/postgres");
@@ -305,55 +332,54 @@ impl NotifyStore for SqlStore {
         let rows: Vec<Row> = with_pool!(&self.db, pool => {
             sqlx::query_as(sql).bind(i64::from(limit)).fetch_all(pool).await?
         });
-        Ok(rows
-            .into_iter()
-            .filter_map(
-                |(
-                    event_id,
-                    channel,
+        let mut outcomes = Vec::with_capacity(rows.len());
+        let mut unreadable = Vec::new();
+        for (event_id, channel, recipient, user_id, event_type, status, attempts, provider, at) in
+            rows
+        {
+            let read = (
+                Uuid::try_parse(&event_id),
+                Channel::parse(&channel),
+                Status::parse(&status),
+            );
+            let (Ok(id), Some(channel_read), Some(status)) = read else {
+                // Written by a version that knows a channel or status this one does not:
+                // set aside, so it cannot hold back the outcomes after it.
+                tracing::warn!(%event_id, %channel, %status, "an outcome this version cannot read is not published");
+                unreadable.push((event_id, channel, recipient, at));
+                continue;
+            };
+            outcomes.push(Outcome {
+                key: DeliveryKey {
+                    event_id: id,
+                    channel: channel_read,
                     recipient,
-                    user_id,
-                    event_type,
-                    status,
-                    attempts,
-                    provider,
-                    at,
-                )| {
-                    Some(Outcome {
-                        key: DeliveryKey {
-                            event_id: Uuid::try_parse(&event_id).ok()?,
-                            channel: Channel::parse(&channel)?,
-                            recipient,
-                        },
-                        user_id,
-                        event_type,
-                        status: Status::parse(&status)?,
-                        attempts,
-                        provider,
-                        settled_at_us: at,
-                    })
                 },
-            )
-            .collect())
+                user_id,
+                event_type,
+                status,
+                attempts,
+                provider,
+                settled_at_us: at,
+            });
+        }
+        self.mark_published(&unreadable).await?;
+        Ok(outcomes)
     }
 
     async fn outcomes_published(&self, outcomes: &[Outcome]) -> Result<(), StoreError> {
-        let sql = "UPDATE notify_deliveries SET outcome_published_us = $4 \
-             WHERE event_id = $1 AND channel = $2 AND recipient = $3 AND updated_at_us = $4";
-        with_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
-            for outcome in outcomes {
-                sqlx::query(sql)
-                    .bind(outcome.key.event_id.to_string())
-                    .bind(outcome.key.channel.as_str())
-                    .bind(&outcome.key.recipient)
-                    .bind(outcome.settled_at_us)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-        });
-        Ok(())
+        let rows: Vec<(String, String, String, i64)> = outcomes
+            .iter()
+            .map(|o| {
+                (
+                    o.key.event_id.to_string(),
+                    o.key.channel.as_str().to_string(),
+                    o.key.recipient.clone(),
+                    o.settled_at_us,
+                )
+            })
+            .collect();
+        self.mark_published(&rows).await
     }
 
     async fn park(&self, parked: &Parked) -> Result<(), StoreError> {
@@ -984,6 +1010,59 @@ mod tests {
             template: "campaign".into(),
             category: Category::Promotional,
         }
+    }
+
+    #[tokio::test]
+    async fn each_outcome_is_published_until_recorded_and_an_unreadable_one_holds_nothing_back() {
+        let store = store().await;
+        let (sent, future, pending) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        for (id, at) in [(sent, 10), (future, 20)] {
+            let intent = intent(id, Channel::Email, "u-1");
+            store.settle(&intent, Status::Sent, "", at).await.unwrap();
+        }
+        store
+            .begin(&intent(pending, Channel::Email, "u-1"), 30)
+            .await
+            .unwrap();
+        // A row a later version wrote, with a channel this one does not know.
+        with_pool!(&store.db, pool => {
+            sqlx::query("UPDATE notify_deliveries SET channel = 'pigeon' WHERE event_id = $1")
+                .bind(future.to_string())
+                .execute(pool)
+                .await
+                .unwrap();
+        });
+        let outcomes = store.unpublished_outcomes(10).await.unwrap();
+        let ids: Vec<Uuid> = outcomes.iter().map(|o| o.key.event_id).collect();
+        assert_eq!(
+            ids,
+            [sent],
+            "the settled, readable one; not the one still sending"
+        );
+        store.outcomes_published(&outcomes).await.unwrap();
+        assert!(store.unpublished_outcomes(10).await.unwrap().is_empty());
+        let set_aside: (Option<i64>,) = with_pool!(&store.db, pool => {
+            sqlx::query_as("SELECT outcome_published_us FROM notify_deliveries WHERE event_id = $1")
+                .bind(future.to_string())
+                .fetch_one(pool)
+                .await
+                .unwrap()
+        });
+        assert_eq!(set_aside, (Some(20),), "set aside, not selected again");
+        // An outcome that changes is published again.
+        with_pool!(&store.db, pool => {
+            sqlx::query("UPDATE notify_deliveries SET status = 'dead', updated_at_us = 40 WHERE event_id = $1")
+                .bind(sent.to_string())
+                .execute(pool)
+                .await
+                .unwrap();
+        });
+        let again = store.unpublished_outcomes(10).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            (again[0].status, again[0].settled_at_us),
+            (Status::Dead, 40)
+        );
     }
 
     #[tokio::test]
