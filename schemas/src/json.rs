@@ -405,7 +405,8 @@ fn is_rfc3339(s: &[u8]) -> bool {
     }
 }
 
-pub(crate) fn parse_date(s: &str) -> Option<i32> {
+/// A date as `YYYY-MM-DD`, in days since 1970-01-01 (Avro's `date`).
+pub fn parse_date(s: &str) -> Option<i32> {
     let b = s.as_bytes();
     let shaped = b.len() == 10
         && b[4] == b'-'

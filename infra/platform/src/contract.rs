@@ -149,9 +149,15 @@ impl Emitter {
         }
     }
 
+    /// The newest version of `event_type`'s schema, if the catalog has it.
+    pub fn schema(&self, event_type: &str) -> Option<&Arc<SchemaVersion>> {
+        self.catalog.latest(event_type)
+    }
+
     /// The record of one `event_type` event about aggregate `key`, which happened at
-    /// `occurred_at_us`. `event_id` is the caller's: derived from what the event says when
-    /// the same fact may be emitted twice, so consumers count it once.
+    /// `occurred_at_us`, done by the service itself (actor `herald-{source}`). `event_id` is
+    /// the caller's: derived from what the event says when the same fact may be emitted
+    /// twice, so consumers count it once.
     pub fn record(
         &self,
         event_type: &str,
@@ -160,10 +166,24 @@ impl Emitter {
         data: &serde_json::Value,
         occurred_at_us: i64,
     ) -> Result<crate::kafka::OutgoingRecord, EmitError> {
+        let actor = format!("herald-{}", self.source);
+        self.record_by(&actor, event_type, event_id, key, data, occurred_at_us)
+    }
+
+    /// As [`Self::record`], done by `actor` (a user the service acts for).
+    pub fn record_by(
+        &self,
+        actor: &str,
+        event_type: &str,
+        event_id: uuid::Uuid,
+        key: &str,
+        data: &serde_json::Value,
+        occurred_at_us: i64,
+    ) -> Result<crate::kafka::OutgoingRecord, EmitError> {
         let schema = self
-            .catalog
-            .latest(event_type)
+            .schema(event_type)
             .ok_or_else(|| EmitError::UnknownType(event_type.into()))?;
+        // The field paths only: values may be secrets.
         let value = schema
             .validate(data, "")
             .map_err(|errors| EmitError::Invalid {
@@ -180,7 +200,7 @@ impl Emitter {
             event_type: event_type.into(),
             occurred_at: crate::clock::at(occurred_at_us),
             received_at: crate::clock::at(now),
-            actor: format!("herald-{}", self.source),
+            actor: actor.into(),
             source: self.source.into(),
             idempotency_key: None,
         };

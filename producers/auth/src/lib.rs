@@ -258,7 +258,7 @@ impl Service {
             Some(_) => Some(contract.sealing_key("the auth service seals codes and links")?),
             None => None,
         };
-        let codec = contract.codec(catalog.clone(), kafka).await?;
+        let codec = Arc::new(contract.codec(catalog.clone(), kafka).await?);
         let publisher = Publisher::new(kafka, Duration::from_secs(10))?;
         let relay = Relay::new(store.clone(), publisher);
         let mut verify = auth.clone();
@@ -273,7 +273,10 @@ impl Service {
         let state = AuthState {
             store: store.clone(),
             hasher: password::Hasher::new(),
-            writer: EventWriter::new(catalog, codec, &kafka.topic_prefix, sealing),
+            writer: EventWriter::new(
+                platform::contract::Emitter::new(catalog, codec, kafka, outbox::SOURCE),
+                sealing,
+            ),
             relay_wake: relay.wake.clone(),
             issuer,
             auth: Arc::new(authenticator),

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use events::{Catalog, Codec, Envelope};
+use std::borrow::Cow;
+
+use platform::contract::{EmitError, Emitter};
 use platform::kafka::{OutgoingRecord, Publisher};
 use platform::seal::SealingKey;
 use serde_json::Value as Json;
@@ -19,9 +21,7 @@ use crate::store::{OutboxRecord, SqlStore};
 
 /// Turns an event into an outbox row, encoded like every other event.
 pub struct EventWriter {
-    catalog: Arc<Catalog>,
-    codec: Codec,
-    topic_prefix: String,
+    emitter: Emitter,
     /// Seals the fields that carry live secrets before they are encoded (outbox rows are
     /// copies of the log); without it such events cannot be written.
     sealing: Option<Arc<SealingKey>>,
@@ -29,12 +29,8 @@ pub struct EventWriter {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error("the schemas lack {0}")]
-    UnknownType(String),
-    #[error("{event_type} does not fit its schema: {errors}")]
-    Invalid { event_type: String, errors: String },
-    #[error("encoding {0}")]
-    Encode(#[from] events::CodecError),
+    #[error(transparent)]
+    Emit(#[from] EmitError),
     #[error("{0} carries a live secret, and SEALING_KEY is not set to seal it")]
     NoSealingKey(String),
 }
@@ -42,18 +38,8 @@ pub enum WriteError {
 pub const SOURCE: &str = "auth";
 
 impl EventWriter {
-    pub fn new(
-        catalog: Arc<Catalog>,
-        codec: Codec,
-        topic_prefix: &str,
-        sealing: Option<Arc<SealingKey>>,
-    ) -> Self {
-        Self {
-            catalog,
-            codec,
-            topic_prefix: topic_prefix.to_string(),
-            sealing,
-        }
+    pub fn new(emitter: Emitter, sealing: Option<Arc<SealingKey>>) -> Self {
+        Self { emitter, sealing }
     }
 
     /// The outbox row of `event_type` about aggregate `key`, done by `actor`.
@@ -65,47 +51,28 @@ impl EventWriter {
         data: &Json,
         now: jiff::Timestamp,
     ) -> Result<OutboxRecord, WriteError> {
-        let schema = self
-            .catalog
-            .latest(event_type)
-            .ok_or_else(|| WriteError::UnknownType(event_type.into()))?;
-        let mut data = data.clone();
-        if !schema.sealed.is_empty() {
+        let mut data = Cow::Borrowed(data);
+        if let Some(schema) = self.emitter.schema(event_type)
+            && !schema.sealed.is_empty()
+        {
             let key = self
                 .sealing
                 .as_ref()
                 .ok_or_else(|| WriteError::NoSealingKey(event_type.into()))?;
-            key.seal_fields(schema, &mut data);
+            key.seal_fields(schema, data.to_mut());
         }
-        let value = schema
-            .validate(&data, "")
-            .map_err(|errors| WriteError::Invalid {
-                event_type: event_type.into(),
-                // The field paths only: values may be secrets.
-                errors: errors
-                    .iter()
-                    .map(|e| e.pointer.clone())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })?;
         let event_id = Uuid::now_v7();
-        let envelope = Envelope {
-            event_id,
-            event_type: event_type.into(),
-            occurred_at: now,
-            received_at: now,
-            actor: actor.into(),
-            source: SOURCE.into(),
-            idempotency_key: None,
-        };
-        let payload = self.codec.encode(schema, &envelope, &value)?;
+        let at = micros(now);
+        let record = self
+            .emitter
+            .record_by(actor, event_type, event_id, key, &data, at)?;
         Ok(OutboxRecord {
             event_id: event_id.to_string(),
-            topic: format!("{}{}", self.topic_prefix, schema.topic),
+            topic: record.topic.to_string(),
             record_key: key.into(),
-            payload,
+            payload: record.payload,
             event_type: event_type.into(),
-            created_at: micros(now),
+            created_at: at,
         })
     }
 }

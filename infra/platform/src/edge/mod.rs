@@ -199,14 +199,9 @@ impl std::str::FromStr for Deprecated {
         let (method, path) = route.trim().split_once(' ').ok_or_else(bad)?;
         let (since, sunset) = dates.split_once(',').ok_or_else(bad)?;
         let date = |d: &str| {
-            let d = d.trim();
-            let day: jiff::civil::Date = (d.len() == 10)
-                .then(|| d.parse().ok())
-                .flatten()
-                .ok_or_else(bad)?;
-            day.to_zoned(jiff::tz::TimeZone::UTC)
-                .map(|at| at.timestamp())
-                .map_err(|_| bad())
+            events::json::parse_date(d.trim())
+                .and_then(|days| jiff::Timestamp::from_second(i64::from(days) * 86_400).ok())
+                .ok_or_else(bad)
         };
         let (since, sunset) = (date(since)?, date(sunset)?);
         Ok(Self {
