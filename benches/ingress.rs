@@ -27,6 +27,10 @@
 //!    Measured in the rounds of (1) and (2), and open loop at the rate of (5). What it
 //!    reaches is what any ingress on this machine could at best; the ingress's own work is
 //!    the difference between the two.
+//! 7. what each setting costs a single request (request log at INFO or off, traces exported
+//!    with every request sampled or 1 in 100): an ingress process of its own for each, 32
+//!    clients at saturation, then 8 keep-alive clients at 1,800 requests/s, with its CPU per
+//!    request; and the HTTP floor's, publishing one record per request, alike.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -160,6 +164,12 @@ async fn main() {
         url: format!("{floor_base}/api/v1/events"),
         token: token.clone(),
     });
+    // BENCH_ONLY_SETTINGS: only (7), what each setting costs a single request.
+    if std::env::var_os("BENCH_ONLY_SETTINGS").is_some() {
+        let costs = settings_costs(&brokers, &prefix, &token, (floor_pid, &floor_target)).await;
+        print_settings_costs(&costs);
+        return;
+    }
     let target = Arc::new(Target {
         client: client.clone(),
         url: format!("{base}/api/v1/events"),
@@ -301,6 +311,9 @@ async fn main() {
     let floor_open_shed =
         floor_open.shed + floor_open.unsent + floor_open.unconnected + floor_open.reset;
     let floor_open = percentiles(&mut floor_open.latencies);
+
+    // 7. What each setting costs a single request.
+    let costs = settings_costs(&brokers, &prefix, &target.token, (floor_pid, &floor_target)).await;
     let _ = floor.kill().await;
 
     let rss_kb = common::status_kb(pid, "VmHWM:");
@@ -393,6 +406,323 @@ async fn main() {
         "| ingress peak RSS over the whole run (VmHWM) | {:.1} MB |",
         rss_kb as f64 / 1024.0
     );
+    print_settings_costs(&costs);
+}
+
+/// Clients of the saturated single-event loops.
+const SINGLE_CLIENTS: usize = 32;
+/// The moderate load: most deployments run far below saturation, where idle wakeups and
+/// timers weigh most on each request.
+const PACED_CLIENTS: usize = 8;
+const PACED_RATE: f64 = 1_800.0;
+const SETTING_SECONDS: u64 = 5;
+const SETTING_ROUNDS: usize = 3;
+
+/// The settings priced one by one, each on an ingress process of its own: the environment
+/// beyond the benchmark's (`RUST_LOG` unset means the default, INFO).
+fn settings(otlp: &str) -> Vec<(String, Vec<(String, String)>)> {
+    let traced = |sampler: &str, arg: &str| {
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), otlp.to_string()),
+            ("OTEL_TRACES_SAMPLER".to_string(), sampler.to_string()),
+            ("OTEL_TRACES_SAMPLER_ARG".to_string(), arg.to_string()),
+        ]
+    };
+    vec![
+        (
+            "defaults: request log at INFO (JSON), no trace exporter",
+            vec![],
+        ),
+        (
+            "request log off (RUST_LOG=warn)",
+            vec![("RUST_LOG".to_string(), "warn".to_string())],
+        ),
+        (
+            "request log at INFO, traces exported, every one sampled",
+            traced("parentbased_always_on", "1"),
+        ),
+        (
+            "request log at INFO, traces exported, 1 in 100 sampled",
+            traced("parentbased_traceidratio", "0.01"),
+        ),
+    ]
+    .into_iter()
+    .map(|(name, env)| (name.to_string(), env))
+    // BENCH_EXTRA_SETTINGS: more, as `name:KEY=value,KEY=value;name:...`.
+    .chain(
+        std::env::var("BENCH_EXTRA_SETTINGS")
+            .unwrap_or_default()
+            .split(';')
+            .filter_map(|setting| {
+                let (name, env) = setting.split_once(':')?;
+                let env = env
+                    .split(',')
+                    .filter_map(|pair| pair.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                Some((name.to_string(), env))
+            }),
+    )
+    .collect()
+}
+
+/// A single request's cost on one process: medians over the rounds.
+#[derive(Default)]
+struct SingleCost {
+    saturated_rate: Vec<f64>,
+    saturated_cpu: Vec<f64>,
+    paced_rate: Vec<f64>,
+    paced_cpu: Vec<f64>,
+    log_bytes: Vec<f64>,
+}
+
+/// One process the settings section measures.
+struct Measured {
+    name: String,
+    pid: u32,
+    target: Target,
+    log: Option<std::path::PathBuf>,
+    process: Option<tokio::process::Child>,
+    cost: SingleCost,
+}
+
+/// What each setting costs a single request: an ingress process of its own for each setting
+/// (and each build, with BENCH_BASELINE_HERALD: another build's executable, for a before and
+/// after in one run), and the HTTP floor. All run at once, idle but for the one measured;
+/// SETTING_ROUNDS rounds take each in turn, so a slow moment of the shared machine lands on
+/// every side, and medians are reported.
+async fn settings_costs(
+    brokers: &str,
+    prefix: &str,
+    token: &str,
+    (floor_pid, floor): (u32, &Target),
+) -> Vec<(String, SingleCost)> {
+    let otlp = OtlpSink::start().await;
+    let baseline = std::env::var("BENCH_BASELINE_HERALD").ok();
+    let builds: Vec<(&str, &str)> = std::iter::once(("", common::HERALD))
+        .chain(baseline.as_deref().map(|b| (" (baseline)", b)))
+        .collect();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+    let mut measured = Vec::new();
+    for (setting, env) in settings(&otlp.endpoint) {
+        for (build, executable) in &builds {
+            let log = std::env::temp_dir().join(format!(
+                "herald-bench-{}.log",
+                uuid::Uuid::new_v4().simple()
+            ));
+            let mut command = common::herald_command_of(
+                executable,
+                "ingress",
+                &[("KAFKA_BROKERS", brokers), ("TOPIC_PREFIX", prefix)],
+            );
+            command
+                .env_remove("RUST_LOG")
+                .stderr(std::fs::File::create(&log).unwrap());
+            for (key, value) in &env {
+                command.env(key, value);
+            }
+            let (process, base) = common::start::announced(command, Duration::from_secs(60)).await;
+            measured.push(Measured {
+                name: format!("{setting}{build}"),
+                pid: process.id().unwrap(),
+                target: Target {
+                    client: client.clone(),
+                    url: format!("{base}/api/v1/events"),
+                    token: token.to_string(),
+                },
+                log: Some(log),
+                process: Some(process),
+                cost: SingleCost::default(),
+            });
+        }
+    }
+    measured.push(Measured {
+        name: "HTTP floor (reads the body, publishes one record, answers)".into(),
+        pid: floor_pid,
+        target: Target {
+            client: floor.client.clone(),
+            url: floor.url.clone(),
+            token: floor.token.clone(),
+        },
+        log: None,
+        process: None,
+        cost: SingleCost::default(),
+    });
+    let body = Bytes::from(order_text(1));
+    for m in &measured {
+        closed_loop(&m.target, &body, SINGLE_CLIENTS, Duration::from_secs(2)).await;
+    }
+    for _ in 0..SETTING_ROUNDS {
+        for m in &mut measured {
+            let log_size = || {
+                m.log
+                    .as_ref()
+                    .map_or(0, |l| std::fs::metadata(l).map_or(0, |m| m.len()))
+            };
+            let (cpu, size, t) = (common::cpu_seconds(m.pid), log_size(), Instant::now());
+            let length = Duration::from_secs(SETTING_SECONDS);
+            let answered = closed_loop(&m.target, &body, SINGLE_CLIENTS, length).await as f64;
+            m.cost
+                .saturated_rate
+                .push(answered / t.elapsed().as_secs_f64());
+            m.cost
+                .saturated_cpu
+                .push((common::cpu_seconds(m.pid) - cpu) * 1e6 / answered);
+            // The log's writer gathers lines for some milliseconds before writing them.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            m.cost.log_bytes.push((log_size() - size) as f64 / answered);
+            let (cpu, t) = (common::cpu_seconds(m.pid), Instant::now());
+            let answered = paced(&m.target, &body, PACED_CLIENTS, PACED_RATE, length).await as f64;
+            m.cost.paced_rate.push(answered / t.elapsed().as_secs_f64());
+            m.cost
+                .paced_cpu
+                .push((common::cpu_seconds(m.pid) - cpu) * 1e6 / answered);
+        }
+    }
+    let mut costs = Vec::new();
+    for m in measured {
+        if let Some(mut process) = m.process {
+            let _ = process.kill().await;
+        }
+        if let Some(log) = &m.log {
+            let _ = std::fs::remove_file(log);
+        }
+        costs.push((m.name, m.cost));
+    }
+    println!(
+        "OTLP receiver (the traced settings' collector): {} requests, {} bytes",
+        otlp.requests.load(std::sync::atomic::Ordering::Relaxed),
+        otlp.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    costs
+}
+
+fn print_settings_costs(costs: &[(String, SingleCost)]) {
+    println!(
+        "\nCPU per single request, by setting: an ingress process of its own for each, \
+         {SINGLE_CLIENTS} clients at saturation, then {PACED_CLIENTS} keep-alive clients at \
+         {PACED_RATE:.0} requests/s; the process's own CPU (/proc) per request answered; \
+         medians of {SETTING_ROUNDS} rounds of {SETTING_SECONDS} s, the processes in turn.\n"
+    );
+    println!(
+        "| setting | saturated: requests/s | CPU per request | at {PACED_RATE:.0}/s: requests/s \
+         | CPU per request | log bytes per request |\n|---|---|---|---|---|---|"
+    );
+    for (setting, cost) in costs {
+        println!(
+            "| {setting} | {:.0} | {:.1} µs | {:.0} | {:.1} µs | {:.0} |",
+            common::median(&cost.saturated_rate),
+            common::median(&cost.saturated_cpu),
+            common::median(&cost.paced_rate),
+            common::median(&cost.paced_cpu),
+            common::median(&cost.log_bytes)
+        );
+    }
+}
+
+/// `clients` clients posting `body` one after another for `length`; returns the requests
+/// answered.
+async fn closed_loop(target: &Target, body: &Bytes, clients: usize, length: Duration) -> usize {
+    let until = Instant::now() + length;
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let target = Target {
+                client: target.client.clone(),
+                url: target.url.clone(),
+                token: target.token.clone(),
+            };
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut answered = 0;
+                while Instant::now() < until {
+                    accepted(&target, &body).await;
+                    answered += 1;
+                }
+                answered
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for task in tasks {
+        answered += task.await.unwrap();
+    }
+    answered
+}
+
+/// `clients` clients, each on a keep-alive connection of its own, posting `body` at `rate`
+/// requests/s between them for `length`; returns the requests answered.
+async fn paced(
+    target: &Target,
+    body: &Bytes,
+    clients: usize,
+    rate: f64,
+    length: Duration,
+) -> usize {
+    let every = Duration::from_secs_f64(clients as f64 / rate);
+    let until = Instant::now() + length;
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let target = Target {
+                client: reqwest::Client::new(),
+                url: target.url.clone(),
+                token: target.token.clone(),
+            };
+            let body = body.clone();
+            tokio::spawn(async move {
+                // Spread over the interval, so the clients do not send in step.
+                tokio::time::sleep(every.mul_f64(c as f64 / clients as f64)).await;
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut answered = 0;
+                while Instant::now() < until {
+                    tick.tick().await;
+                    accepted(&target, &body).await;
+                    answered += 1;
+                }
+                answered
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for task in tasks {
+        answered += task.await.unwrap();
+    }
+    answered
+}
+
+/// An OTLP/HTTP collector that takes every export and keeps only counts: the traced settings
+/// export to it.
+struct OtlpSink {
+    endpoint: String,
+    requests: Arc<std::sync::atomic::AtomicU64>,
+    bytes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl OtlpSink {
+    async fn start() -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let (requests, bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (r, b) = (requests.clone(), bytes.clone());
+        let router = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: Bytes| {
+                r.fetch_add(1, Ordering::Relaxed);
+                b.fetch_add(body.len() as u64, Ordering::Relaxed);
+                async { axum::http::StatusCode::OK }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Self {
+            endpoint,
+            requests,
+            bytes,
+        }
+    }
 }
 
 /// The broker and topics of a run: the ingress inherits KAFKA_PROPERTIES too, so every side
@@ -425,6 +755,12 @@ impl Pool {
             records: raw_records(kafka, events.div_ceil(BATCH) * BATCH),
             next: Default::default(),
         }
+    }
+
+    /// The next event alone, after the last taken alone.
+    fn one(&self) -> &[OutgoingRecord] {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.records.len();
+        &self.records[n..=n]
     }
 
     /// The next batch of BATCH events, after the last taken; the first again after the last.
@@ -511,13 +847,26 @@ async fn http_floor(listen: &str, kafka: KafkaArgs) {
 
     let publisher = Publisher::new(&kafka, Duration::from_secs(30)).unwrap();
     let records = Arc::new(Pool::new(&kafka, POOL));
-    let answer = Bytes::from(answer_like(&kafka));
-    let publish = move |_body: Bytes| {
-        let (publisher, records, answer) = (publisher.clone(), records.clone(), answer.clone());
+    let answer = Bytes::from(answer_like(&kafka, BATCH));
+    let single_answer = Bytes::from(answer_like(&kafka, 1));
+    let publish = move |body: Bytes| {
+        let (publisher, records) = (publisher.clone(), records.clone());
+        // A batch's body is `{"events":[...]}`; anything else is one event.
+        let batch = body.starts_with(br#"{"events""#);
+        let answer = if batch {
+            answer.clone()
+        } else {
+            single_answer.clone()
+        };
         async move {
+            let records = if batch {
+                records.batch()
+            } else {
+                records.one()
+            };
             // A failed publish answers 503, which stops the benchmark's load: a floor that
             // failed would measure nothing.
-            let status = match publisher.publish_all(records.batch()).await {
+            let status = match publisher.publish_all(records).await {
                 Ok(_) => axum::http::StatusCode::ACCEPTED,
                 Err(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
             };
@@ -538,15 +887,19 @@ async fn http_floor(listen: &str, kafka: KafkaArgs) {
         .unwrap();
 }
 
-/// An answer shaped as the ingress's to a batch, with offsets of a busy topic.
-fn answer_like(kafka: &KafkaArgs) -> String {
-    let events: Vec<Value> = (0..BATCH)
+/// An answer shaped as the ingress's to `events` events (a batch, or one), with offsets of a
+/// busy topic.
+fn answer_like(kafka: &KafkaArgs, events: usize) -> String {
+    let answers: Vec<Value> = (0..events)
         .map(|i| {
             json!({"event_id": uuid::Uuid::now_v7(), "event_type": "order.placed",
                 "topic": kafka.topic("orders"), "partition": i % 6, "offset": 1_234_567 + i})
         })
         .collect();
-    json!({ "events": events }).to_string()
+    if events == 1 {
+        return answers[0].to_string();
+    }
+    json!({ "events": answers }).to_string()
 }
 
 fn free_port() -> u16 {

@@ -46,7 +46,20 @@ pub async fn ingress_on<'a>(
 /// Starts a herald service with the benchmark's secrets; returns it and the address it
 /// announced.
 pub async fn herald(service: &str, env: &[(&str, &str)]) -> (Child, String) {
-    let mut command = Command::new(HERALD);
+    start::announced(herald_command(service, env), Duration::from_secs(120)).await
+}
+
+#[allow(dead_code, reason = "some benchmarks start their processes by hand")]
+/// The command that starts a herald service with the benchmark's secrets and settings, and
+/// `env` on top (start it with [`start::announced`]).
+pub fn herald_command(service: &str, env: &[(&str, &str)]) -> Command {
+    herald_command_of(HERALD, service, env)
+}
+
+#[allow(dead_code, reason = "some benchmarks start their processes by hand")]
+/// [`herald_command`] with another `herald` executable (a baseline build, say).
+pub fn herald_command_of(executable: &str, service: &str, env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(executable);
     command
         .arg(service)
         .env("HERALD_LISTEN", "127.0.0.1:0")
@@ -68,8 +81,7 @@ pub async fn herald(service: &str, env: &[(&str, &str)]) -> (Child, String) {
     for (key, value) in env {
         command.env(key, value);
     }
-    let (child, base) = start::announced(command, Duration::from_secs(120)).await;
-    (child, base)
+    command
 }
 
 /// The middle of `values` (the upper one of an even count); `values` keep their order.

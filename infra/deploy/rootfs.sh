@@ -6,13 +6,13 @@
 #   infra/deploy/rootfs.sh <dir> [herald binary]
 #
 # From Debian (apt-get download, so the versions are the distribution's, with its security
-# fixes): the C library, libgcc and zlib (what `ldd herald` lists), plus the CA bundle
+# fixes): the C library, libgcc, zlib and SQLite (what `ldd herald` lists), plus the CA bundle
 # (/etc/ssl/certs/ca-certificates.crt, for HTTPS and SMTP over TLS) and a non-root user
 # `herald` (uid 10001) owning /var/lib/herald. Debs are cached under ~/.cache/herald/debs.
 set -euo pipefail
 root=${1:?usage: rootfs.sh <dir> [herald binary]}
 binary=${2:-}
-packages=(libc6 libgcc-s1 zlib1g)
+packages=(libc6 libgcc-s1 zlib1g libsqlite3-0)
 cache="${HOME:-/root}/.cache/herald/debs"
 mkdir -p "$cache" "$root"
 for package in "${packages[@]}"; do

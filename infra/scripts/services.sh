@@ -14,6 +14,9 @@ command -v redis-server >/dev/null || need+=(redis-server)
 java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1; }
 if ! command -v java >/dev/null || [ "$(java_major)" -lt 17 ]; then need+=(openjdk-17-jre-headless); fi
 command -v mvn >/dev/null || need+=(maven)
+# The build links the system's SQLite (see the workspace manifest).
+[ -e /usr/include/sqlite3.h ] || need+=(libsqlite3-dev)
+command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v chromium >/dev/null || need+=(chromium)
 # The deployment files are checked with the real tools: `nginx -t`, `promtool`, and `nft`
 # (the host firewall, loaded in a network namespace made with `ip`).

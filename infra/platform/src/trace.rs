@@ -8,8 +8,6 @@
 //! are not, the ids are made here, so logs and Kafka headers still tie a request to its
 //! effects.
 
-use std::fmt::Write as _;
-
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
@@ -81,12 +79,14 @@ impl TraceContext {
 
     /// The `traceparent` header value.
     pub fn traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            to_hex(&self.trace_id),
-            to_hex(&self.span_id),
-            self.flags
-        )
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        out.push_str(&to_hex(&self.trace_id));
+        out.push('-');
+        out.push_str(&to_hex(&self.span_id));
+        out.push('-');
+        out.push_str(&to_hex(&[self.flags]));
+        out
     }
 
     pub fn trace_id_hex(&self) -> String {
@@ -209,9 +209,11 @@ fn hex<const N: usize>(text: &str) -> Option<[u8; N]> {
 }
 
 fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(2 * bytes.len());
     for b in bytes {
-        let _ = write!(out, "{b:02x}");
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
     out
 }

@@ -1,9 +1,10 @@
 //! Logging and tracing.
 //!
 //! Logs: `RUST_LOG` filters (default `info`). Lines go to stderr, readable on a terminal and
-//! JSON otherwise (one object per line, for a log collector), or as `LOG_FORMAT` (`json` or
-//! `text`) says. A line written while a request is handled carries the request's span: its
-//! request id and trace id.
+//! JSON otherwise (one object per line, for a log collector, see [`json`]), or as
+//! `LOG_FORMAT` (`json` or `text`) says. A line written while a request is handled carries the
+//! request's span: its request id and trace id. Lines are buffered and written by a thread of
+//! their own, WARN and ERROR at once ([`sink`]).
 //!
 //! Traces: when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, every span at level info or above (the
 //! request, the Kafka produce, each consumer's batch, the SMTP/HTTP/SQL calls inside it) is
@@ -13,6 +14,9 @@
 //! `OTEL_TRACES_SAMPLER_ARG` sample (default: every trace). The service is named by
 //! `OTEL_SERVICE_NAME`, or after the subcommand. Without the variable nothing is exported and
 //! spans cost what `tracing` spans cost.
+
+pub mod json;
+pub mod sink;
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
@@ -28,6 +32,7 @@ use tracing_subscriber::{EnvFilter, Layer as _};
 
 static EXPORTER: OnceLock<SdkTracerProvider> = OnceLock::new();
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+static LOGS: OnceLock<sink::Sink> = OnceLock::new();
 
 /// Installs the global subscriber once; later calls (tests) are no-ops. `service` names the
 /// process in traces unless `OTEL_SERVICE_NAME` does.
@@ -39,17 +44,26 @@ pub fn init(service: &str) {
         Ok("text") => false,
         _ => !std::io::stderr().is_terminal(),
     };
+    let output = LOGS.get_or_init(|| {
+        let output = sink::Sink::start(json);
+        // What was buffered goes out before the panic's message.
+        let previous = std::panic::take_hook();
+        let flushing = output.clone();
+        std::panic::set_hook(Box::new(move |info| {
+            flushing.flush();
+            previous(info);
+        }));
+        output
+    });
     let logs = if json {
         tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .with_writer(output.clone())
+            .fmt_fields(json::SpanFields)
+            .event_format(json::JsonLine)
             .boxed()
     } else {
         tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(output.clone())
             .boxed()
     };
     let traces = match exporter(service) {
@@ -94,8 +108,12 @@ pub(crate) fn tracer() -> Option<&'static SdkTracer> {
     TRACER.get()
 }
 
-/// Sends the spans still buffered; call once, before the process exits.
+/// Writes the log lines and sends the spans still buffered; call once, before the process
+/// exits.
 pub fn shutdown() {
+    if let Some(logs) = LOGS.get() {
+        logs.flush();
+    }
     if let Some(provider) = EXPORTER.get()
         && let Err(err) = provider.shutdown()
     {
