@@ -27,10 +27,14 @@
 //!    Measured in the rounds of (1) and (2), and open loop at the rate of (5). What it
 //!    reaches is what any ingress on this machine could at best; the ingress's own work is
 //!    the difference between the two.
-//! 7. what each setting costs a single request (request log at INFO or off, traces exported
-//!    with every request sampled or 1 in 100): an ingress process of its own for each, 32
-//!    clients at saturation, then 8 keep-alive clients at 1,800 requests/s, with its CPU per
-//!    request; and the HTTP floor's, publishing one record per request, alike.
+//! 7. what each setting costs (request log at INFO or off, traces exported with every request
+//!    sampled or 1 in 100): an ingress process of its own for each, single events from 32
+//!    clients at saturation, then from 8 keep-alive clients at 1,800 requests/s, then batches
+//!    of 100 from 32 clients, with its CPU per request (or event); the HTTP floor alike. All
+//!    the processes run at once and take turns over three rounds; medians are reported.
+//!    BENCH_BASELINE_HERALD names another build's executable to measure beside this one's
+//!    (a before and after in one run), BENCH_EXTRA_SETTINGS more settings
+//!    (`name:KEY=value,KEY=value;...`), and BENCH_ONLY_SETTINGS runs this part alone.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -474,6 +478,8 @@ struct SingleCost {
     paced_rate: Vec<f64>,
     paced_cpu: Vec<f64>,
     log_bytes: Vec<f64>,
+    /// CPU per event of batches of BATCH, SINGLE_CLIENTS clients.
+    batched_cpu: Vec<f64>,
 }
 
 /// One process the settings section measures.
@@ -552,6 +558,8 @@ async fn settings_costs(
         cost: SingleCost::default(),
     });
     let body = Bytes::from(order_text(1));
+    let events: Vec<String> = (0..BATCH).map(order_text).collect();
+    let batch = Bytes::from(format!(r#"{{"events":[{}]}}"#, events.join(",")));
     for m in &measured {
         closed_loop(&m.target, &body, SINGLE_CLIENTS, Duration::from_secs(2)).await;
     }
@@ -580,6 +588,11 @@ async fn settings_costs(
             m.cost
                 .paced_cpu
                 .push((common::cpu_seconds(m.pid) - cpu) * 1e6 / answered);
+            let cpu = common::cpu_seconds(m.pid);
+            let answered = closed_loop(&m.target, &batch, SINGLE_CLIENTS, length).await as f64;
+            m.cost
+                .batched_cpu
+                .push((common::cpu_seconds(m.pid) - cpu) * 1e6 / (answered * BATCH as f64));
         }
     }
     let mut costs = Vec::new();
@@ -604,21 +617,24 @@ fn print_settings_costs(costs: &[(String, SingleCost)]) {
     println!(
         "\nCPU per single request, by setting: an ingress process of its own for each, \
          {SINGLE_CLIENTS} clients at saturation, then {PACED_CLIENTS} keep-alive clients at \
-         {PACED_RATE:.0} requests/s; the process's own CPU (/proc) per request answered; \
-         medians of {SETTING_ROUNDS} rounds of {SETTING_SECONDS} s, the processes in turn.\n"
+         {PACED_RATE:.0} requests/s, then batches of {BATCH} from {SINGLE_CLIENTS} clients; the \
+         process's own CPU (/proc) per request (or event) answered; medians of \
+         {SETTING_ROUNDS} rounds of {SETTING_SECONDS} s each, the processes in turn.\n"
     );
     println!(
         "| setting | saturated: requests/s | CPU per request | at {PACED_RATE:.0}/s: requests/s \
-         | CPU per request | log bytes per request |\n|---|---|---|---|---|---|"
+         | CPU per request | log bytes per request | batches: CPU per event |\n\
+         |---|---|---|---|---|---|---|"
     );
     for (setting, cost) in costs {
         println!(
-            "| {setting} | {:.0} | {:.1} µs | {:.0} | {:.1} µs | {:.0} |",
+            "| {setting} | {:.0} | {:.1} µs | {:.0} | {:.1} µs | {:.0} | {:.2} µs |",
             common::median(&cost.saturated_rate),
             common::median(&cost.saturated_cpu),
             common::median(&cost.paced_rate),
             common::median(&cost.paced_cpu),
-            common::median(&cost.log_bytes)
+            common::median(&cost.log_bytes),
+            common::median(&cost.batched_cpu)
         );
     }
 }
