@@ -9,7 +9,8 @@
 //!
 //! If stderr stops taking lines (a log collector that stopped reading), the buffer stops at
 //! [`BOUND`]: later lines are dropped and counted rather than holding requests up or growing
-//! the process, and the count is logged when writing resumes.
+//! the process, and the count is logged when writing resumes. A WARN or ERROR line still
+//! waits for stderr to take it (and what was buffered before it), as every line once did.
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
