@@ -548,11 +548,7 @@ async fn settings_costs(
     measured.push(Measured {
         name: "HTTP floor (reads the body, publishes one record, answers)".into(),
         pid: floor_pid,
-        target: Target {
-            client: floor.client.clone(),
-            url: floor.url.clone(),
-            token: floor.token.clone(),
-        },
+        target: floor.clone(),
         log: None,
         process: None,
         cost: SingleCost::default(),
@@ -565,34 +561,27 @@ async fn settings_costs(
     }
     for _ in 0..SETTING_ROUNDS {
         for m in &mut measured {
+            let log = m.log.clone();
             let log_size = || {
-                m.log
-                    .as_ref()
+                log.as_ref()
                     .map_or(0, |l| std::fs::metadata(l).map_or(0, |m| m.len()))
             };
-            let (cpu, size, t) = (common::cpu_seconds(m.pid), log_size(), Instant::now());
             let length = Duration::from_secs(SETTING_SECONDS);
-            let answered = closed_loop(&m.target, &body, SINGLE_CLIENTS, length).await as f64;
-            m.cost
-                .saturated_rate
-                .push(answered / t.elapsed().as_secs_f64());
-            m.cost
-                .saturated_cpu
-                .push((common::cpu_seconds(m.pid) - cpu) * 1e6 / answered);
+            let size = log_size();
+            let single = closed_loop(&m.target, &body, SINGLE_CLIENTS, length);
+            let (answered, seconds, cpu) = with_cpu(m.pid, single).await;
+            m.cost.saturated_rate.push(answered / seconds);
+            m.cost.saturated_cpu.push(cpu / answered);
             // The log's writer gathers lines for some milliseconds before writing them.
             tokio::time::sleep(Duration::from_millis(200)).await;
             m.cost.log_bytes.push((log_size() - size) as f64 / answered);
-            let (cpu, t) = (common::cpu_seconds(m.pid), Instant::now());
-            let answered = paced(&m.target, &body, PACED_CLIENTS, PACED_RATE, length).await as f64;
-            m.cost.paced_rate.push(answered / t.elapsed().as_secs_f64());
-            m.cost
-                .paced_cpu
-                .push((common::cpu_seconds(m.pid) - cpu) * 1e6 / answered);
-            let cpu = common::cpu_seconds(m.pid);
-            let answered = closed_loop(&m.target, &batch, SINGLE_CLIENTS, length).await as f64;
-            m.cost
-                .batched_cpu
-                .push((common::cpu_seconds(m.pid) - cpu) * 1e6 / (answered * BATCH as f64));
+            let moderate = paced(&m.target, &body, PACED_CLIENTS, PACED_RATE, length);
+            let (answered, seconds, cpu) = with_cpu(m.pid, moderate).await;
+            m.cost.paced_rate.push(answered / seconds);
+            m.cost.paced_cpu.push(cpu / answered);
+            let batches = closed_loop(&m.target, &batch, SINGLE_CLIENTS, length);
+            let (answered, _, cpu) = with_cpu(m.pid, batches).await;
+            m.cost.batched_cpu.push(cpu / (answered * BATCH as f64));
         }
     }
     let mut costs = Vec::new();
@@ -643,29 +632,8 @@ fn print_settings_costs(costs: &[(String, SingleCost)]) {
 /// answered.
 async fn closed_loop(target: &Target, body: &Bytes, clients: usize, length: Duration) -> usize {
     let until = Instant::now() + length;
-    let tasks: Vec<_> = (0..clients)
-        .map(|_| {
-            let target = Target {
-                client: target.client.clone(),
-                url: target.url.clone(),
-                token: target.token.clone(),
-            };
-            let body = body.clone();
-            tokio::spawn(async move {
-                let mut answered = 0;
-                while Instant::now() < until {
-                    accepted(&target, &body).await;
-                    answered += 1;
-                }
-                answered
-            })
-        })
-        .collect();
-    let mut answered = 0;
-    for task in tasks {
-        answered += task.await.unwrap();
-    }
-    answered
+    let loops = (0..clients).map(|_| client_loop(target.clone(), body.clone(), until, None));
+    answered_by(loops).await
 }
 
 /// `clients` clients, each on a keep-alive connection of its own, posting `body` at `rate`
@@ -679,29 +647,53 @@ async fn paced(
 ) -> usize {
     let every = Duration::from_secs_f64(clients as f64 / rate);
     let until = Instant::now() + length;
-    let tasks: Vec<_> = (0..clients)
-        .map(|c| {
-            let target = Target {
-                client: reqwest::Client::new(),
-                url: target.url.clone(),
-                token: target.token.clone(),
-            };
-            let body = body.clone();
-            tokio::spawn(async move {
-                // Spread over the interval, so the clients do not send in step.
-                tokio::time::sleep(every.mul_f64(c as f64 / clients as f64)).await;
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let mut answered = 0;
-                while Instant::now() < until {
-                    tick.tick().await;
-                    accepted(&target, &body).await;
-                    answered += 1;
-                }
-                answered
-            })
-        })
-        .collect();
+    let loops = (0..clients).map(|c| {
+        let own = Target {
+            client: reqwest::Client::new(),
+            ..target.clone()
+        };
+        // Spread over the interval, so the clients do not send in step.
+        let first = tokio::time::Instant::now() + every.mul_f64(c as f64 / clients as f64);
+        let mut tick = tokio::time::interval_at(first, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        client_loop(own, body.clone(), until, Some(tick))
+    });
+    answered_by(loops).await
+}
+
+/// One client posting `body` until `until`, at each `tick` when there is one, else as soon as
+/// the answer before is in; returns the requests answered.
+async fn client_loop(
+    target: Target,
+    body: Bytes,
+    until: Instant,
+    mut tick: Option<tokio::time::Interval>,
+) -> usize {
+    let mut answered = 0;
+    while Instant::now() < until {
+        if let Some(tick) = &mut tick {
+            tick.tick().await;
+        }
+        accepted(&target, &body).await;
+        answered += 1;
+    }
+    answered
+}
+
+/// What `load` answered, the seconds it took, and the microseconds of CPU `pid` spent
+/// meanwhile.
+async fn with_cpu(pid: u32, load: impl std::future::Future<Output = usize>) -> (f64, f64, f64) {
+    let (cpu, started) = (common::cpu_seconds(pid), Instant::now());
+    let answered = load.await as f64;
+    let seconds = started.elapsed().as_secs_f64();
+    (answered, seconds, (common::cpu_seconds(pid) - cpu) * 1e6)
+}
+
+/// Runs the clients' loops at once; the requests they answered between them.
+async fn answered_by(
+    loops: impl Iterator<Item = impl std::future::Future<Output = usize> + Send + 'static>,
+) -> usize {
+    let tasks: Vec<_> = loops.map(tokio::spawn).collect();
     let mut answered = 0;
     for task in tasks {
         answered += task.await.unwrap();
@@ -989,6 +981,7 @@ where
 }
 
 /// Where the load goes: the ingress's events endpoint, with a token.
+#[derive(Clone)]
 struct Target {
     client: reqwest::Client,
     url: String,

@@ -81,11 +81,11 @@ impl TraceContext {
     pub fn traceparent(&self) -> String {
         let mut out = String::with_capacity(55);
         out.push_str("00-");
-        out.push_str(&to_hex(&self.trace_id));
+        push_hex(&mut out, &self.trace_id);
         out.push('-');
-        out.push_str(&to_hex(&self.span_id));
+        push_hex(&mut out, &self.span_id);
         out.push('-');
-        out.push_str(&to_hex(&[self.flags]));
+        push_hex(&mut out, &[self.flags]);
         out
     }
 
@@ -209,13 +209,19 @@ fn hex<const N: usize>(text: &str) -> Option<[u8; N]> {
 }
 
 fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(2 * bytes.len());
+    push_hex(&mut out, bytes);
+    out
+}
+
+/// Appends `bytes` in lowercase hex (a table, not the formatting machinery: this runs on
+/// every request).
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
         out.push(char::from(DIGITS[usize::from(b >> 4)]));
         out.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
-    out
 }
 
 #[cfg(test)]

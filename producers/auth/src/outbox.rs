@@ -4,10 +4,9 @@
 //! the next relay. A crash between the broker's acknowledgement and the delete publishes the
 //! event again with the same `event_id`, which every consumer deduplicates.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::borrow::Cow;
 
 use platform::contract::{EmitError, Emitter};
 use platform::kafka::{OutgoingRecord, Publisher};

@@ -155,19 +155,11 @@ impl Visit for Fields<'_, '_> {
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.value(field, |out| {
-            out.write_char('"')?;
-            write!(Escaped(out), "{value}")?;
-            out.write_char('"')
-        });
+        self.value(field, |out| quoted(out, format_args!("{value}")));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.value(field, |out| {
-            out.write_char('"')?;
-            write!(Escaped(out), "{value:?}")?;
-            out.write_char('"')
-        });
+        self.value(field, |out| quoted(out, format_args!("{value:?}")));
     }
 }
 
@@ -175,6 +167,13 @@ impl Visit for Fields<'_, '_> {
 fn string(out: &mut impl fmt::Write, text: &str) -> fmt::Result {
     out.write_char('"')?;
     Escaped(out).write_str(text)?;
+    out.write_char('"')
+}
+
+/// What `value` formats to, as a JSON string (errors and `Debug` values).
+fn quoted(out: &mut impl fmt::Write, value: fmt::Arguments<'_>) -> fmt::Result {
+    out.write_char('"')?;
+    Escaped(out).write_fmt(value)?;
     out.write_char('"')
 }
 

@@ -24,6 +24,8 @@ use tracing_subscriber::fmt::MakeWriter;
 pub const GATHER: Duration = Duration::from_millis(20);
 /// Bytes buffered at most while stderr is not taking them.
 pub const BOUND: usize = 4 << 20;
+/// The largest buffer kept for reuse after a flush.
+const KEPT: usize = 1 << 20;
 
 /// The buffered stderr (clones share it).
 #[derive(Clone)]
@@ -114,7 +116,7 @@ impl Shared {
 
     fn flush(&self) {
         let _output = lock(&self.output);
-        let (bytes, dropped) = {
+        let (mut bytes, dropped) = {
             let mut pending = lock(&self.pending);
             (
                 std::mem::take(&mut pending.bytes),
@@ -140,6 +142,16 @@ impl Shared {
         // A failed write loses these lines, as an unbuffered one would have.
         let _ = stderr.write_all(&bytes);
         let _ = stderr.flush();
+        drop(stderr);
+        // The buffer goes back for the next lines, so it is not grown again from nothing on
+        // every flush (unless a burst made it large, or lines came in meanwhile).
+        if bytes.capacity() <= KEPT {
+            bytes.clear();
+            let mut pending = lock(&self.pending);
+            if pending.bytes.is_empty() {
+                pending.bytes = bytes;
+            }
+        }
     }
 }
 
