@@ -100,7 +100,7 @@ impl Sink {
 impl Shared {
     fn append(&self, line: &[u8], urgent: bool) {
         let mut pending = lock(&self.pending);
-        if pending.bytes.len() + line.len() > BOUND {
+        if !admits(pending.bytes.len(), line.len()) {
             pending.dropped += 1;
             return;
         }
@@ -155,6 +155,13 @@ impl Shared {
     }
 }
 
+/// Whether a line of `line` bytes joins `buffered` bytes waiting: up to [`BOUND`] in all, and
+/// a line alone whatever its size (a debug line with a large body), so the bound drops lines
+/// only while stderr is behind, never a line for being long.
+fn admits(buffered: usize, line: usize) -> bool {
+    buffered == 0 || buffered + line <= BOUND
+}
+
 /// One line's writer: the fmt layer writes each formatted line with one `write_all`.
 pub struct LineWriter<'a> {
     shared: &'a Shared,
@@ -187,5 +194,19 @@ impl<'a> MakeWriter<'a> for Sink {
             shared: &self.shared,
             urgent: *meta.level() <= Level::WARN,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BOUND, admits};
+
+    #[test]
+    fn the_bound_drops_lines_only_while_others_wait() {
+        assert!(admits(0, 100));
+        assert!(admits(0, BOUND * 2), "a long line alone is written");
+        assert!(admits(BOUND - 100, 100));
+        assert!(!admits(BOUND - 100, 101));
+        assert!(!admits(1, BOUND));
     }
 }
