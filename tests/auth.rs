@@ -1584,3 +1584,331 @@ async fn login_guesses_are_limited_per_address_and_per_account_whatever_token_is
     assert_eq!(refused, StatusCode::TOO_MANY_REQUESTS);
     auth.terminate().await;
 }
+
+/// Two OpenID providers on loopback, and `herald auth` configured with both.
+struct WithProviders {
+    auth: HeraldProcess,
+    alpha: support::oidc::OidcProvider,
+    beta: support::oidc::OidcProvider,
+    database: String,
+    _dir: std::path::PathBuf,
+}
+
+async fn with_providers(accounts: Value) -> WithProviders {
+    let kafka = support::kafka(&support::brokers().await);
+    let database = support::audit::fresh_postgres().await;
+    // The callback registered at the providers names Herald's address: a free port, taken
+    // before Herald starts.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut alpha = support::oidc::OidcProvider::start().await;
+    let mut beta = support::oidc::OidcProvider::start().await;
+    let dir = support::test_dir(&format!("oidc-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("beta-secret"), "beta-client-secret\n").unwrap();
+    let callback = |name: &str| format!("{base}/api/v1/auth/oidc/{name}/callback");
+    let file = dir.join("providers.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[providers]]\nname = \"alpha\"\nissuer = \"{}\"\nclient_id = \"herald-alpha\"\n\
+             client_secret = \"alpha-client-secret\"\nredirect_uri = \"{}\"\n\n\
+             [[providers]]\nname = \"beta\"\nissuer = \"{}\"\nclient_id = \"herald-beta\"\n\
+             client_secret_file = \"{}\"\nredirect_uri = \"{}\"\nscopes = [\"email\"]\n",
+            alpha.issuer,
+            callback("alpha"),
+            beta.issuer,
+            dir.join("beta-secret").display(),
+            callback("beta"),
+        ),
+    )
+    .unwrap();
+    alpha
+        .configure(
+            "herald-alpha",
+            "alpha-client-secret",
+            &callback("alpha"),
+            accounts.clone(),
+        )
+        .await;
+    beta.configure(
+        "herald-beta",
+        "beta-client-secret",
+        &callback("beta"),
+        accounts,
+    )
+    .await;
+    let auth = HeraldProcess::start(
+        "auth",
+        &kafka,
+        &database,
+        &[
+            ("HERALD_LISTEN", &format!("127.0.0.1:{port}")),
+            ("OIDC_PROVIDERS_FILE", file.to_str().unwrap()),
+        ],
+    )
+    .await;
+    assert_eq!(auth.base, base);
+    WithProviders {
+        auth,
+        alpha,
+        beta,
+        database,
+        _dir: dir,
+    }
+}
+
+/// A callback URL with one query parameter replaced (or added).
+fn with_param(url: &str, name: &str, value: &str) -> String {
+    let mut parsed = reqwest::Url::parse(url).unwrap();
+    let pairs: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(k, _)| k != name)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .chain([(name.to_string(), value.to_string())])
+        .collect();
+    parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    parsed.into()
+}
+
+fn param(url: &str, name: &str) -> String {
+    reqwest::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .unwrap()
+}
+
+/// The problem type's last part, after checking the status and the media type.
+async fn problem(response: reqwest::Response, status: u16) -> String {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: Value = response.json().await.unwrap();
+    body["type"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_with_openid_providers_links_one_account_and_bad_flows_create_nothing() {
+    let bob_email = unique_email("bob");
+    let carol_email = unique_email("carol");
+    let alice_email = unique_email("alice");
+    let accounts = json!({
+        "alice": {"email": alice_email, "email_verified": true, "name": "Alice\u{202e} Liddell"},
+        "bob": {"email": bob_email.to_uppercase(), "email_verified": true, "name": "Bob"},
+        "mallory": {"email": carol_email, "email_verified": false, "name": "Not Carol"},
+        "dave": {"email": unique_email("dave"), "email_verified": false},
+        "nomail": {"name": "No Mail"},
+    });
+    let WithProviders {
+        auth,
+        alpha,
+        beta,
+        database,
+        _dir,
+    } = with_providers(accounts).await;
+    let base = auth.base.clone();
+    let start = |name: &str| format!("{base}/api/v1/auth/oidc/{name}/start");
+    let providers: Value = client()
+        .get(format!("{base}/api/v1/auth/oidc/providers"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        providers,
+        json!({"providers": [
+            {"name": "alpha", "start": "/api/v1/auth/oidc/alpha/start"},
+            {"name": "beta", "start": "/api/v1/auth/oidc/beta/start"}]})
+    );
+    let bob = register(&base, &bob_email, None).await;
+    let carol = register(&base, &carol_email, None).await;
+
+    // 1. First sign-in: a new account with the verified email, linked to the identity.
+    let browser = support::oidc::Browser::new();
+    let callback = browser.through_provider(&start("alpha"), "alice").await;
+    assert_eq!(param(&callback, "iss"), alpha.issuer);
+    let answer = browser.get(&callback).await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["cache-control"], "no-store");
+    assert!(
+        answer.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0"),
+        "the binding cookie is cleared"
+    );
+    let first: Value = answer.json().await.unwrap();
+    let alice_id = first["user_id"].as_str().unwrap().to_string();
+    let me: Value = get(&base, "/api/v1/me", first["access_token"].as_str().unwrap())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["email"], alice_email);
+    assert_eq!(
+        me["display_name"], "Alice Liddell",
+        "the override is dropped"
+    );
+    assert_eq!(me["role"], "user");
+    // Such an account has no password: none signs in, and it is refused like any other.
+    assert_eq!(
+        status(
+            &base,
+            "/api/v1/auth/login",
+            &json!({"email": alice_email, "password": "!"})
+        )
+        .await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // 2. Again: the same account, from a new browser.
+    let again = support::oidc::Browser::new();
+    let callback_again = again.through_provider(&start("alpha"), "alice").await;
+    let second: Value = again.get(&callback_again).await.json().await.unwrap();
+    assert_eq!(second["user_id"], alice_id.as_str());
+
+    // 3. A verified email of an existing account links to it (the provider's upper case
+    // counts as the same address).
+    let linked = browser.through_provider(&start("beta"), "bob").await;
+    let answer: Value = browser.get(&linked).await.json().await.unwrap();
+    assert_eq!(answer["user_id"], bob["id"]);
+    let password_login = login(&base, &bob_email).await;
+    assert_eq!(
+        password_login["user_id"], bob["id"],
+        "the password still works"
+    );
+
+    let mut refusals: Vec<String> = Vec::new();
+    // 4. An unverified email matching an account: 409, nothing linked, twice. (Each in a
+    // browser of its own: the provider keeps a browser signed in.)
+    for _ in 0..2 {
+        let fresh = support::oidc::Browser::new();
+        let url = fresh.through_provider(&start("beta"), "mallory").await;
+        refusals.push(problem(fresh.get(&url).await, 409).await);
+    }
+    assert_eq!(login(&base, &carol_email).await["user_id"], carol["id"]);
+    // 5. No verified email and no account: 403, nothing created.
+    for login_as in ["dave", "nomail"] {
+        let fresh = support::oidc::Browser::new();
+        let url = fresh.through_provider(&start("alpha"), login_as).await;
+        refusals.push(problem(fresh.get(&url).await, 403).await);
+    }
+    // 6. A forged state.
+    refusals.push(
+        problem(
+            browser
+                .get(&format!(
+                    "{base}/api/v1/auth/oidc/alpha/callback?code=abc&state=forged"
+                ))
+                .await,
+            400,
+        )
+        .await,
+    );
+    // 7. A callback replayed: its state is used up.
+    refusals.push(problem(browser.get(&callback).await, 400).await);
+    // 8. A used code with a fresh state of this browser: the provider refuses the code.
+    let fresh = browser.get(&start("alpha")).await;
+    let location = fresh.headers()["location"].to_str().unwrap().to_string();
+    let replayed = with_param(&callback, "state", &param(&location, "state"));
+    refusals.push(problem(browser.get(&replayed).await, 400).await);
+    // 9. A sign-in finished in another browser than the one that started it.
+    let stolen = browser.through_provider(&start("alpha"), "alice").await;
+    refusals.push(problem(support::oidc::Browser::new().get(&stolen).await, 400).await);
+    // 10. A response naming another issuer (a mix-up), refused before its code is used.
+    let mixed = browser.through_provider(&start("alpha"), "alice").await;
+    refusals.push(
+        problem(
+            browser.get(&with_param(&mixed, "iss", &beta.issuer)).await,
+            400,
+        )
+        .await,
+    );
+    // 11. A code of the other provider sent to this one's callback: its token endpoint
+    // never issued it.
+    let at_beta = browser.through_provider(&start("beta"), "bob").await;
+    let pending = browser.get(&start("alpha")).await;
+    let alpha_state = param(pending.headers()["location"].to_str().unwrap(), "state");
+    let crossed = format!(
+        "{base}/api/v1/auth/oidc/alpha/callback?code={}&state={alpha_state}",
+        param(&at_beta, "code")
+    );
+    refusals.push(problem(browser.get(&crossed).await, 400).await);
+    // 12. The provider ended the sign-in; 13. a provider that is not configured.
+    refusals.push(
+        problem(
+            browser
+                .get(&format!(
+                    "{base}/api/v1/auth/oidc/alpha/callback?error=access_denied&state=x"
+                ))
+                .await,
+            400,
+        )
+        .await,
+    );
+    refusals.push(problem(browser.get(&start("gamma")).await, 404).await);
+    eprintln!("refusals: {refusals:?}");
+    assert_eq!(
+        refusals,
+        [
+            "email-unverified",
+            "email-unverified",
+            "no-verified-email",
+            "no-verified-email",
+            "invalid-state",
+            "invalid-state",
+            "code-refused",
+            "browser-mismatch",
+            "wrong-issuer",
+            "code-refused",
+            "provider-refused",
+            "unknown-provider",
+        ]
+    );
+
+    // Nothing but alice's account was made, and only alice's and bob's identities linked.
+    let pool = sqlx::PgPool::connect(&database).await.unwrap();
+    let accounts: Vec<(String,)> = sqlx::query_as("SELECT email FROM auth_accounts ORDER BY email")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let mut expected = vec![alice_email.clone(), bob_email.clone(), carol_email.clone()];
+    expected.sort();
+    assert_eq!(
+        accounts.into_iter().map(|(e,)| e).collect::<Vec<_>>(),
+        expected
+    );
+    let links: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT issuer, subject, account_id FROM auth_identities ORDER BY subject")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        links,
+        [
+            (alpha.issuer.clone(), "alice".to_string(), alice_id.clone()),
+            (
+                beta.issuer.clone(),
+                "bob".to_string(),
+                bob["id"].as_str().unwrap().to_string()
+            ),
+        ]
+    );
+    auth.terminate().await;
+}

@@ -1327,6 +1327,190 @@ async fn a_connected_user_gets_a_message_live_and_a_disconnected_one_as_push() {
     app.stop().await;
 }
 
+/// A WebSocket client of `GET /api/v1/stream`: tokio-tungstenite, which shares no code with
+/// the server's side but the protocol.
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a WebSocket on the live stream with `bearer`, or answers the HTTP refusal.
+async fn websocket(
+    base: &str,
+    bearer: Option<&str>,
+) -> Result<Socket, tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("{}/api/v1/stream", base.replacen("http", "ws", 1));
+    let mut request = url.into_client_request().unwrap();
+    if let Some(bearer) = bearer {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {bearer}").parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((socket, response)) => {
+            assert_eq!(response.status(), 101);
+            Ok(socket)
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(refused)) => Err(*refused),
+        Err(err) => panic!("the handshake failed: {err}"),
+    }
+}
+
+/// The next text message's JSON, or the close frame's code if the server closes first.
+async fn socket_next(socket: &mut Socket, within: Duration) -> Result<Value, u16> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let frame = tokio::time::timeout(within, socket.next())
+            .await
+            .expect("a message or a close in time");
+        match frame {
+            Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text).unwrap()),
+            Some(Ok(Message::Close(frame))) => {
+                return Err(frame.map_or(1005, |f| u16::from(f.code)));
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("the socket ended without a close frame: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_gets_messages_live_beside_an_event_stream_and_as_push_once_gone() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let WithPush {
+        app,
+        smtp,
+        fcm,
+        notifier,
+    } = with_push("websocket", &[]).await;
+    let user = Uuid::new_v4();
+    let bob = user.to_string();
+    post(&app, &registered(user, "bob@example.com", "Bob", "en")).await;
+    smtp.wait_for(1, Duration::from_secs(60)).await;
+    assert_eq!(device(&notifier.base, &bob, "bob-phone").await, 201);
+    let bearer = token(&bob, &["user"]);
+
+    // No token, or a forged one: the upgrade is refused with a 401 problem, before 101.
+    for bad in [
+        None,
+        Some("not.a.token"),
+        Some(&*token(&bob, &["user"]).replace('.', "x")),
+    ] {
+        let refused = websocket(&notifier.base, bad).await.unwrap_err();
+        assert_eq!(refused.status(), 401, "{bad:?}");
+        assert_eq!(
+            refused.headers()["content-type"],
+            "application/problem+json",
+            "{bad:?}"
+        );
+    }
+
+    let message = |body: &str| {
+        json!({"type": "message.sent", "data": {
+            "message_id": Uuid::new_v4(), "conversation_id": "c-socket",
+            "recipient_id": bob, "body": body
+        }})
+    };
+    // A WebSocket and an event stream of the same user: both get the message, no push.
+    let mut phone = websocket(&notifier.base, Some(&bearer)).await.unwrap();
+    let mut laptop = LiveStream::open(&notifier.base, &bob).await;
+    wait_for_streams(&notifier, 2.0).await;
+    let live = post(&app, &message("Lunch at noon?")).await;
+    let expected = json!({"event_id": live.to_string(), "event_type": "message.sent",
+                          "title": "New message", "body": "Lunch at noon?"});
+    assert_eq!(
+        socket_next(&mut phone, Duration::from_secs(60)).await,
+        Ok(expected.clone())
+    );
+    assert_eq!(laptop.next(Duration::from_secs(60)).await.1, expected);
+
+    // A binary frame and an oversized one each close their own socket with a protocol
+    // error; the service and the user's other connections go on.
+    let mut binary = websocket(&notifier.base, Some(&bearer)).await.unwrap();
+    binary.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(
+        socket_next(&mut binary, Duration::from_secs(10)).await,
+        Err(1003)
+    );
+    let mut oversized = websocket(&notifier.base, Some(&bearer)).await.unwrap();
+    oversized
+        .send(Message::text("x".repeat(64 * 1024)))
+        .await
+        .unwrap();
+    assert_eq!(
+        socket_next(&mut oversized, Duration::from_secs(10)).await,
+        Err(1009)
+    );
+    // Text and pings from the client are read and let be.
+    phone.send(Message::text("hello?")).await.unwrap();
+    phone
+        .send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    wait_for_streams(&notifier, 2.0).await;
+    let second = post(&app, &message("Still on?")).await;
+    assert_eq!(
+        socket_next(&mut phone, Duration::from_secs(60))
+            .await
+            .unwrap()["event_id"],
+        second.to_string()
+    );
+    assert_eq!(
+        laptop.next(Duration::from_secs(60)).await.0,
+        second.to_string()
+    );
+
+    // Eight streams per user, of both kinds together: the ninth is refused with 429.
+    let mut more = Vec::new();
+    for _ in 0..6 {
+        more.push(websocket(&notifier.base, Some(&bearer)).await.unwrap());
+    }
+    let refused = websocket(&notifier.base, Some(&bearer)).await.unwrap_err();
+    assert_eq!(refused.status(), 429);
+    drop(more);
+
+    // Gone from both: the next message goes as push, and only as push.
+    phone.close(None).await.unwrap();
+    drop(phone);
+    drop(laptop);
+    wait_for_streams(&notifier, 0.0).await;
+    let pushed = post(&app, &message("Call me")).await;
+    settled_as(
+        &notifier.base,
+        pushed,
+        ["channel", "status", "detail"],
+        &[
+            ("live", "skipped", "not connected: sent as push"),
+            ("push", "sent", ""),
+        ],
+    )
+    .await;
+    let sends = fcm.sends();
+    assert_eq!(
+        sends.len(),
+        1,
+        "only the message sent while away was pushed"
+    );
+    assert_eq!(sends[0]["message"]["data"]["event_id"], pushed.to_string());
+    settled_as(
+        &notifier.base,
+        live,
+        ["channel", "status", "provider"],
+        &[("live", "sent", "stream")],
+    )
+    .await;
+
+    // Shutdown closes an open socket with 1001 (going away), and the process exits cleanly.
+    let mut last = websocket(&notifier.base, Some(&bearer)).await.unwrap();
+    wait_for_streams(&notifier, 1.0).await;
+    let closed = tokio::spawn(async move { socket_next(&mut last, Duration::from_secs(30)).await });
+    let (status, _) = notifier.terminate().await;
+    assert!(status.success(), "{status}");
+    assert_eq!(closed.await.unwrap(), Err(1001));
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipping_reaches_the_orders_customer_and_a_campaign_only_opted_in_users_until_they_unsubscribe()
  {

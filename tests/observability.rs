@@ -1,7 +1,7 @@
 //! Seeing a request: its trace id from the edge to the Kafka headers, its log line, its
 //! metrics, and one exported trace from the ingress through every consumer down to the SMTP
-//! call. Real broker, `herald <service>` processes, a local OTLP/HTTP receiver, a real SMTP
-//! server.
+//! call. Errors and panics as Sentry events. Real broker, `herald <service>` processes, a
+//! local OTLP/HTTP receiver, a real SMTP server, a stand-in for Sentry's envelope endpoint.
 
 mod support;
 
@@ -12,6 +12,7 @@ use platform::kafka::{OutgoingRecord, Publisher};
 use serde_json::{Value, json};
 use support::otlp::{OtlpReceiver, Span};
 use support::process::HeraldProcess;
+use support::sentry::SentryStandIn;
 use support::smtp::SmtpServer;
 use support::webhook::Webhook;
 
@@ -274,4 +275,182 @@ async fn a_burst_of_dead_letters_is_one_alert_and_one_summary() {
         20.0
     );
     audit.terminate().await;
+}
+
+/// The trace id a request names in its `traceparent`, and the request id it sends.
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const REQUEST_ID: &str = "req-sentry-1";
+/// What must appear in no event: the client's password, the database's, the token secret.
+const CLIENT_PASSWORD: &str = "canary-Password-7731";
+
+#[tokio::test]
+async fn a_server_error_reaches_sentry_with_its_trace_release_and_environment_and_no_secret() {
+    let sentry = SentryStandIn::start().await;
+    let webhook = Webhook::start().await;
+    let kafka = support::kafka(&support::brokers().await);
+    let database = support::audit::fresh_postgres().await;
+    let auth = HeraldProcess::start(
+        "auth",
+        &kafka,
+        &database,
+        &[
+            ("SENTRY_DSN", &sentry.dsn),
+            ("SENTRY_ENVIRONMENT", "staging"),
+            ("ALERT_WEBHOOK_URL", &webhook.url),
+        ],
+    )
+    .await;
+    // The store breaks in a way nobody planned for: a fault of ours, answered 500.
+    let pool = sqlx::PgPool::connect(&database).await.unwrap();
+    sqlx::query("ALTER TABLE auth_accounts RENAME TO auth_accounts_gone")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let answer = support::client()
+        .post(format!("{}/api/v1/auth/register", auth.base))
+        .header("traceparent", format!("00-{TRACE_ID}-00f067aa0ba902b7-01"))
+        .header("x-request-id", REQUEST_ID)
+        .json(&json!({"email": "sentry@example.com", "password": CLIENT_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 500);
+
+    let events = sentry.wait_for_events(1, Duration::from_secs(30)).await;
+    // One error, once: nothing else in the process logged at ERROR.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let envelopes = sentry.envelopes();
+    for envelope in &envelopes {
+        eprintln!(
+            "envelope to project {} ({}): {:#}, items {:#?}",
+            envelope.project, envelope.auth, envelope.header, envelope.items
+        );
+    }
+    assert_eq!(sentry.events().len(), 1, "{events:#?}");
+    let event = &events[0];
+    assert!(is_error(event), "{event}");
+    assert_eq!(
+        event["release"],
+        format!("herald@{}", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(event["environment"], "staging");
+    assert_eq!(event["tags"]["service"], "herald-auth");
+    assert_eq!(event["tags"]["trace_id"], TRACE_ID, "links to its trace");
+    assert_eq!(
+        event["contexts"]["trace"]["trace_id"], TRACE_ID,
+        "Sentry's own trace too"
+    );
+    assert_eq!(event["tags"]["request_id"], REQUEST_ID);
+    assert_eq!(event["logger"], "platform::problem");
+    let text = event.to_string();
+    assert!(text.contains("internal error"), "{text}");
+    assert!(text.contains("auth_accounts"), "the cause is there: {text}");
+    let envelope = &envelopes[0];
+    assert_eq!(envelope.project, "42");
+    assert!(envelope.auth.starts_with("Sentry "), "{}", envelope.auth);
+    assert!(
+        envelope.auth.contains("sentry_key=herald-key"),
+        "{}",
+        envelope.auth
+    );
+    for envelope in &envelopes {
+        let raw = String::from_utf8_lossy(&envelope.raw);
+        for secret in [CLIENT_PASSWORD, support::SECRET, "herald:herald@"] {
+            assert!(!raw.contains(secret), "{secret} reached sentry: {raw}");
+        }
+    }
+    // The alert webhook stays, beside it.
+    let alerts = webhook
+        .wait_for(1, Duration::from_secs(30), Duration::from_millis(200))
+        .await;
+    assert!(
+        alerts[0].contains("500 on POST /api/v1/auth/register"),
+        "{alerts:?}"
+    );
+    auth.terminate().await;
+}
+
+/// Sentry leaves out `level` when it is `error`, its default.
+fn is_error(event: &Value) -> bool {
+    event.get("level").is_none_or(|level| level == "error")
+}
+
+/// Set in the child process of the panic test: it runs the scenario, the parent checks it.
+const PANIC_CHILD: &str = "HERALD_TEST_SENTRY_PANIC_CHILD";
+
+#[tokio::test]
+async fn a_panic_reaches_sentry_with_its_trace_and_its_secrets_cut_out() {
+    let sentry = SentryStandIn::start().await;
+    // The telemetry is the process's: a child process of this test binary sets it up.
+    let child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "sentry_panic_child",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(PANIC_CHILD, "1")
+        .env("SENTRY_DSN", &sentry.dsn)
+        .env("SENTRY_ENVIRONMENT", "ci")
+        .env("SENTRY_RELEASE", "herald@test")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        child.status.success(),
+        "{}",
+        String::from_utf8_lossy(&child.stderr)
+    );
+    let events = sentry.wait_for_events(2, Duration::from_secs(10)).await;
+    eprintln!("events: {events:#?}");
+    assert_eq!(events.len(), 2, "the panic, and the error logged after it");
+    let panic = events
+        .iter()
+        .find(|e| e["exception"]["values"][0]["mechanism"]["type"] == "panic")
+        .expect("a panic event");
+    assert_eq!(panic["level"], "fatal");
+    assert_eq!(panic["release"], "herald@test");
+    assert_eq!(panic["environment"], "ci");
+    assert_eq!(panic["tags"]["service"], "reports");
+    assert_eq!(panic["tags"]["trace_id"], TRACE_ID);
+    assert_eq!(
+        panic["exception"]["values"][0]["value"],
+        "cannot reach postgres://herald:[redacted]@db:5432/herald"
+    );
+    let error = events.iter().find(|e| is_error(e)).expect("an error event");
+    assert_eq!(error["tags"]["trace_id"], TRACE_ID);
+    let fields = error.to_string();
+    assert!(
+        !fields.contains("123456"),
+        "the OTP field is redacted: {fields}"
+    );
+    assert!(fields.contains("[redacted]"), "{fields}");
+    assert!(fields.contains("order-17"), "other fields stay: {fields}");
+    for envelope in sentry.envelopes() {
+        let raw = String::from_utf8_lossy(&envelope.raw);
+        assert!(!raw.contains("hunter2"), "{raw}");
+    }
+}
+
+/// The child of the test above: a panic and an error inside a traced span, with secrets in
+/// them. Run alone (without its variable) it does nothing.
+#[test]
+fn sentry_panic_child() {
+    if std::env::var(PANIC_CHILD).is_err() {
+        return;
+    }
+    platform::telemetry::init("reports");
+    let span = tracing::info_span!("batch", trace_id = TRACE_ID);
+    let panicked = std::thread::spawn(move || {
+        let _inside = span.enter();
+        std::panic::catch_unwind(|| {
+            panic!("cannot reach postgres://herald:hunter2@db:5432/herald");
+        })
+        .unwrap_err();
+        tracing::error!(otp_code = "123456", order = "order-17", "handler gave up");
+    })
+    .join();
+    assert!(panicked.is_ok());
+    platform::telemetry::shutdown();
 }

@@ -8,6 +8,7 @@
 # export.
 set -euo pipefail
 
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 need=()
 command -v pg_ctlcluster >/dev/null || need+=(postgresql)
 command -v redis-server >/dev/null || need+=(redis-server)
@@ -29,7 +30,6 @@ command -v kcat >/dev/null || need+=(kcat)
 [ -x /usr/bin/time ] || need+=(time)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
-  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   $SUDO apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >&2
 fi
@@ -91,6 +91,19 @@ if [ ! -s "$keda_crds/keda.sh_scaledobjects.yaml" ]; then
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
   mkdir -p "$keda_crds"
   cp "$module_dir"/config/crd/bases/*.yaml "$keda_crds/"
+fi
+
+# A real OpenID Connect provider for the sign-in tests: oidc-provider from the npm registry,
+# at the version package-lock.json pins, into infra/scripts/oidc/node_modules.
+oidc_dir="$(dirname "$0")/oidc"
+if ! command -v node >/dev/null; then
+  echo "installing: nodejs, npm (Debian)" >&2
+  $SUDO apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >&2
+fi
+if [ ! -d "$oidc_dir/node_modules/oidc-provider" ]; then
+  echo "installing: oidc-provider (npm)" >&2
+  (cd "$oidc_dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
 fi
 
 # PostgreSQL: the Debian cluster, a herald role and database (loopback only, tests only).

@@ -28,10 +28,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::Html;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::sse::{self, Sse};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
 
 use crate::preferences::Preferences;
@@ -45,6 +47,7 @@ use uuid::Uuid;
 
 use crate::live::LiveHub;
 use crate::rules::Channel;
+use crate::socket;
 use crate::store::{DeliveryFilter, DeliveryRow, Device, NotifyStore};
 use crate::unsubscribe::Unsubscribe;
 
@@ -167,12 +170,15 @@ pub fn openapi() -> Api {
                 .empty(204, "Removed")
                 .problem(400, path_token)
                 .problem(404, "The caller has no device with this token"),
-            Operation::get("/api/v1/stream", "The caller's live notifications (server-sent events)")
-                .describe("Stays open and carries one `notification` event per live notification for the caller (id: the event id; data: JSON {event_id, event_type, title, body}), and a comment every 15 s to keep proxies from closing it. It ends when the caller's token expires (reconnect with a fresh one), or once a client that stopped reading has read the 64 messages buffered for it. While a stream is open the caller's live notifications come here instead of as push.")
+            Operation::get("/api/v1/stream", "The caller's live notifications (server-sent events or a WebSocket)")
+                .describe("Stays open and carries one `notification` event per live notification for the caller (id: the event id; data: JSON {event_id, event_type, title, body}), and a comment every 15 s to keep proxies from closing it. It ends when the caller's token expires (reconnect with a fresh one), or once a client that stopped reading has read the 64 messages buffered for it. While a stream is open the caller's live notifications come here instead of as push.\n\nWith `Upgrade: websocket` (HTTP/1.1) the same route answers 101 and becomes a WebSocket carrying the same messages, one text message each (the JSON above). The server pings every 15 s and drops a client silent for 40 s; frames the client sends are ignored, except that a binary frame closes with 1003 and one over 4096 bytes with 1009. Other close codes: 1001 the server is shutting down, 4401 the token expired, 4408 the client stopped reading. The 8-stream cap counts both kinds.")
+                .header("Upgrade", json!({"type": "string", "enum": ["websocket"]}), "`websocket` (with `Connection: Upgrade`, `Sec-WebSocket-Key` and `Sec-WebSocket-Version: 13`) to open a WebSocket instead of an event stream")
                 .bearer("any signed-in user; receives only their own")
                 .content(200, "The event stream, open until the token expires or the client leaves", "text/event-stream", json!({"type": "string"}))
+                .empty(101, "Switching to a WebSocket (when asked with Upgrade: websocket)")
+                .problem(400, "An Upgrade header with an incomplete or invalid WebSocket handshake")
                 .problem(401, "The token expires within the current second: open the stream with a fresh one")
-                .problem(429, "The caller already holds 8 streams open: close one first (a closed one frees its place within a keep-alive interval, 15 s)"),
+                .problem(429, "The caller already holds 8 streams open (event streams and WebSockets together): close one first (a closed one frees its place within a keep-alive interval, 15 s)"),
             Operation::get("/api/v1/unsubscribe/{token}", "The one-click unsubscribe page")
                 .describe("The page a promotional email's unsubscribe link opens: a button that posts to this same address. Fetching it changes nothing, so link scanners unsubscribe nobody.")
                 .public()
@@ -422,10 +428,14 @@ async fn put_preferences(
     Ok(Json(preferences.effective()))
 }
 
+/// The caller's live stream: a WebSocket when the request asks to upgrade, server-sent
+/// events otherwise. Both are authenticated the same way, before anything is upgraded, and
+/// count against the same per-user cap.
 async fn stream(
     State(state): State<Arc<NotificationsApi>>,
     headers: HeaderMap,
-) -> Result<Sse<impl futures_util::Stream<Item = Result<sse::Event, Infallible>>>, Problem> {
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, Problem> {
     let principal = state.auth.authenticate(&headers)?;
     // The stream ends when the token expires; the client reconnects with a fresh one. A
     // token inside the clock-skew leeway is accepted elsewhere, but would open a stream that
@@ -444,6 +454,18 @@ async fn stream(
             "the token expires now: open the stream with a fresh one",
         ));
     }
+    let wants_socket = headers.contains_key(header::UPGRADE);
+    // A malformed upgrade is refused before it takes one of the user's places.
+    let upgrade = match upgrade {
+        Ok(upgrade) => Some(upgrade),
+        Err(rejection) if wants_socket => {
+            return Err(Problem::bad_request(format!(
+                "not a valid WebSocket upgrade: {}",
+                rejection.body_text()
+            )));
+        }
+        Err(_) => None,
+    };
     let connection = state.live.connect(&principal.subject).ok_or_else(|| {
         Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -455,7 +477,20 @@ async fn stream(
             ),
         )
     })?;
-    let expiry = Box::pin(tokio::time::sleep(Duration::from_secs(left)));
+    let left = Duration::from_secs(left);
+    if let Some(upgrade) = upgrade {
+        let hub = state.live.clone();
+        let session = hub.session();
+        return Ok(upgrade
+            .read_buffer_size(socket::READ_BUFFER)
+            .max_message_size(socket::MAX_MESSAGE)
+            .max_frame_size(socket::MAX_MESSAGE)
+            .on_upgrade(move |websocket| async move {
+                socket::session(websocket, connection, hub, left).await;
+                drop(session);
+            }));
+    }
+    let expiry = Box::pin(tokio::time::sleep(left));
     let open = (connection, expiry);
     let events = futures_util::stream::unfold(open, |(mut connection, mut expiry)| async move {
         let message = tokio::select! {
@@ -467,9 +502,11 @@ async fn stream(
             .id(message.event_id.clone())
             .json_data(&message)
             .unwrap_or_else(|_| sse::Event::default().comment("unencodable message"));
-        Some((Ok(event), (connection, expiry)))
+        Some((Ok::<_, Infallible>(event), (connection, expiry)))
     });
-    Ok(Sse::new(events).keep_alive(sse::KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(Sse::new(events)
+        .keep_alive(sse::KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }
 
 /// The user a one-click link names, if this service signed it.

@@ -23,6 +23,7 @@ pub mod push;
 pub mod quiet;
 pub mod rules;
 pub mod sms;
+pub mod socket;
 pub mod store;
 pub mod templates;
 pub mod unsubscribe;
@@ -1216,11 +1217,28 @@ impl platform::service::Service for Service {
             let releasing = tokio::spawn(self.notifier.release_deferred(beside.clone()));
             let maintaining = tokio::spawn(self.jobs.run(beside.clone()));
             let publishing = tokio::spawn(self.outcomes.run(beside.clone()));
+            // Live streams end at the start of shutdown, so their clients reconnect to
+            // another replica while this one drains.
+            let live = self.api.live.clone();
+            let closing = tokio::spawn({
+                let stop = beside.clone();
+                async move {
+                    stop.cancelled().await;
+                    live.close();
+                    if tokio::time::timeout(Duration::from_secs(5), live.closed())
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!("websocket clients still open at the close deadline");
+                    }
+                }
+            });
             let consumed = self.runner.run(shutdown).await;
             beside.cancel();
             releasing.await?;
             maintaining.await?;
             publishing.await?;
+            closing.await?;
             Ok(consumed?)
         })
     }

@@ -1,6 +1,11 @@
-//! Live delivery: users connected to `GET /api/v1/stream` (server-sent events) get their
-//! `live` notifications on that connection; whether a user is connected when an event is
-//! planned decides live versus push.
+//! Live delivery: users connected to `GET /api/v1/stream` (server-sent events, or a
+//! WebSocket on the same route) get their `live` notifications on every connection they hold,
+//! over either transport; whether a user is connected when an event is planned decides live
+//! versus push.
+//!
+//! At shutdown [`LiveHub::close`] ends every stream: an event stream's response completes, a
+//! WebSocket is closed with 1001 (going away), so clients reconnect to another replica at
+//! once instead of waiting for a dead socket to time out.
 //!
 //! The hub knows this process's connections only. With several notification instances, a
 //! user's stream is held by the instance they connected to, while their events are planned by
@@ -14,6 +19,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// Messages one connection may have waiting before it counts as gone (a client that stopped
 /// reading).
@@ -38,6 +46,10 @@ type Streams = HashMap<String, Vec<(u64, mpsc::Sender<LiveMessage>)>>;
 pub struct LiveHub {
     users: Mutex<Streams>,
     next_id: AtomicU64,
+    /// Cancelled at shutdown: every connection's next message is its end.
+    closing: CancellationToken,
+    /// The WebSocket sessions, which outlive the HTTP server's own drain once upgraded.
+    sessions: TaskTracker,
 }
 
 impl LiveHub {
@@ -60,6 +72,28 @@ impl LiveHub {
             id,
             receiver,
         })
+    }
+
+    /// Counts a WebSocket session until the returned value drops, so that [`LiveHub::closed`]
+    /// waits for its close handshake.
+    pub fn session(&self) -> TaskTrackerToken {
+        self.sessions.token()
+    }
+
+    /// Ends every connection, now and from now on (shutdown).
+    pub fn close(&self) {
+        self.closing.cancel();
+        self.sessions.close();
+    }
+
+    /// Whether [`LiveHub::close`] was called: a connection that ends now ends for shutdown.
+    pub fn is_closing(&self) -> bool {
+        self.closing.is_cancelled()
+    }
+
+    /// Returns once every WebSocket session has ended, after [`LiveHub::close`].
+    pub async fn closed(&self) {
+        self.sessions.wait().await;
     }
 
     pub fn is_connected(&self, user_id: &str) -> bool {
@@ -108,9 +142,14 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// The next message for this connection.
+    /// The next message for this connection; `None` once it is let go (its client stopped
+    /// reading) or the hub closes.
     pub async fn next(&mut self) -> Option<LiveMessage> {
-        self.receiver.recv().await
+        tokio::select! {
+            biased;
+            () = self.hub.closing.cancelled() => None,
+            message = self.receiver.recv() => message,
+        }
     }
 }
 
@@ -182,6 +221,29 @@ mod tests {
             assert_eq!(stalled.next().await, Some(message(n)));
         }
         assert_eq!(stalled.next().await, None);
+    }
+
+    #[tokio::test]
+    async fn closing_the_hub_ends_every_connection_and_waits_for_sessions() {
+        let hub = Arc::new(LiveHub::default());
+        let mut stream = hub.connect("bob").unwrap();
+        let session = hub.session();
+        hub.deliver("bob", &message(1));
+        hub.close();
+        assert!(hub.is_closing());
+        assert_eq!(
+            stream.next().await,
+            None,
+            "closed, even with a message waiting"
+        );
+        let waiting = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.closed().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "a session is still open");
+        drop(session);
+        waiting.await.unwrap();
     }
 
     #[test]

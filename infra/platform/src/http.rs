@@ -178,6 +178,7 @@ pub async fn serve(
         let connection = Connection {
             stream,
             remote,
+            held: Held::new(slot, admitted),
             router: router.clone(),
             builders: builders.clone(),
             options: options.clone(),
@@ -185,11 +186,7 @@ pub async fn serve(
         };
         let (shutdown, abort) = (shutdown.clone(), abort.clone());
         connections.spawn(async move {
-            let open = metrics::gauge!("herald_http_connections");
-            open.increment(1);
             connection.run(&shutdown, &abort).await;
-            open.decrement(1);
-            drop((slot, admitted));
         });
     }
     drop(listener);
@@ -241,6 +238,7 @@ async fn detect(stream: &mut TcpStream) -> std::io::Result<(Protocol, Vec<u8>)> 
 struct Connection {
     stream: TcpStream,
     remote: SocketAddr,
+    held: Held,
     router: Router,
     builders: Arc<Builders>,
     options: Arc<ServeOptions>,
@@ -309,7 +307,7 @@ impl Connection {
             Protocol::Http1 => &self.builders.http1,
             Protocol::Http2 => &self.builders.http2,
         };
-        let io = TokioIo::new(Replayed::new(read, self.stream));
+        let io = TokioIo::new(Replayed::new(read, self.stream, self.held));
         let connection =
             builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
         let mut connection = std::pin::pin!(connection);
@@ -404,19 +402,47 @@ impl Activity {
     }
 }
 
+/// What an open connection holds: its slot among `max_connections`, its place among its
+/// address's, and its count in `herald_http_connections`; all given back when it drops.
+///
+/// The socket owns it, not the task serving HTTP on it: a connection upgraded to a WebSocket
+/// outlives that task and keeps counting until its socket closes.
+struct Held {
+    _slot: OwnedSemaphorePermit,
+    _admitted: Admitted,
+}
+
+impl Held {
+    fn new(slot: OwnedSemaphorePermit, admitted: Admitted) -> Self {
+        metrics::gauge!("herald_http_connections").increment(1);
+        Self {
+            _slot: slot,
+            _admitted: admitted,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        metrics::gauge!("herald_http_connections").decrement(1);
+    }
+}
+
 /// A stream whose first bytes, already read to tell the protocol, are read again.
 struct Replayed {
     read: Vec<u8>,
     at: usize,
     stream: TcpStream,
+    _held: Held,
 }
 
 impl Replayed {
-    fn new(read: Vec<u8>, stream: TcpStream) -> Self {
+    fn new(read: Vec<u8>, stream: TcpStream, held: Held) -> Self {
         Self {
             read,
             at: 0,
             stream,
+            _held: held,
         }
     }
 }

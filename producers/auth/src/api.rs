@@ -22,7 +22,7 @@ use crate::store::{Account, ProfileChange, Refreshed, StoreError};
 use crate::tokens::{self, digest, new_secret};
 use crate::{AuthState, versions};
 
-type Answer = Result<Response, Problem>;
+pub(crate) type Answer = Result<Response, Problem>;
 
 /// OTP verification: at most this many attempts per account in the window, from any IP.
 pub const OTP_ATTEMPTS: usize = 5;
@@ -73,7 +73,7 @@ async fn limit_target(
 
 /// A store that cannot be reached is a 503 the client retries; anything else is a fault of
 /// ours, logged and answered 500.
-fn store_error(err: &StoreError) -> Problem {
+pub(crate) fn store_error(err: &StoreError) -> Problem {
     use sqlx::Error as E;
     match err {
         StoreError::Db(E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_)) => {
@@ -270,23 +270,7 @@ pub async fn register(State(state): State<Arc<AuthState>>, bytes: Bytes) -> Answ
         deleted_at: None,
         phone_verified_at: None,
     };
-    let event = state
-        .writer
-        .record(
-            "user.registered",
-            &id,
-            &id,
-            &json!({
-                "user_id": id,
-                "email": account.email,
-                "display_name": account.display_name,
-                "phone": account.phone,
-                "locale": account.locale,
-                "time_zone": account.time_zone,
-            }),
-            at,
-        )
-        .map_err(|e| Problem::internal(&e))?;
+    let event = registered_event(&state, &account)?;
     match state.store.register(&account, &event).await {
         Ok(()) => {}
         Err(StoreError::EmailTaken) => return Err(conflict()),
@@ -298,6 +282,45 @@ pub async fn register(State(state): State<Arc<AuthState>>, bytes: Bytes) -> Answ
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
+}
+
+/// The `user.registered` event of a new account, ready for the outbox.
+pub(crate) fn registered_event(
+    state: &AuthState,
+    account: &Account,
+) -> Result<crate::store::OutboxRecord, Problem> {
+    let at = Timestamp::from_microsecond(account.created_at).unwrap_or_else(|_| now());
+    state
+        .writer
+        .record(
+            "user.registered",
+            &account.id,
+            &account.id,
+            &json!({
+                "user_id": account.id,
+                "email": account.email,
+                "display_name": account.display_name,
+                "phone": account.phone,
+                "locale": account.locale,
+                "time_zone": account.time_zone,
+            }),
+            at,
+        )
+        .map_err(|e| Problem::internal(&e))
+}
+
+/// `text` as a free-text field may hold it: forbidden characters dropped, trimmed, at most
+/// 100 characters (for names that come from elsewhere, such as a sign-in provider).
+pub(crate) fn clean_text(text: &str) -> String {
+    text.chars()
+        .filter(|c| !is_forbidden_char(*c))
+        .collect::<String>()
+        .trim()
+        .chars()
+        .take(100)
+        .collect::<String>()
+        .trim()
+        .to_string()
 }
 
 fn conflict() -> Problem {
@@ -322,7 +345,7 @@ async fn access_token(state: &AuthState, account: &Account, us: i64) -> Result<S
 }
 
 /// A new session: an access token and the first refresh token of a new family.
-async fn session(state: &AuthState, account: &Account) -> Answer {
+pub(crate) async fn session(state: &AuthState, account: &Account) -> Answer {
     let us = now_us();
     let access = access_token(state, account, us).await?;
     let refresh = new_secret();
@@ -1110,12 +1133,13 @@ fn time_zones() -> Vec<String> {
 pub fn openapi() -> Api {
     Api {
         tag: "auth",
-        description: "Accounts, sessions and one-time codes: registration, sign-in by password or texted code, token refresh, profiles, roles, signing keys and the app-update check.",
+        description: "Accounts, sessions and one-time codes: registration, sign-in by password, texted code or an OpenID Connect provider, token refresh, profiles, roles, signing keys and the app-update check.",
         operations: [
             sessions(),
             passwords_and_codes(),
             own_account(),
             administration(),
+            crate::sign_in::operations(),
         ]
         .concat(),
         schemas: schemas(),

@@ -11,10 +11,15 @@
 //!   refresh the JWKS never see a token they cannot check.
 //! - A refresh token works once; presenting it again revokes its whole family.
 //! - OTP verification allows five attempts per account per ten minutes, from any IP.
+//! - Sign-in through OpenID Connect providers ([`oidc`]) links each external identity to one
+//!   account, by an email only when the provider verified it; a refused sign-in creates and
+//!   links nothing.
 
 mod api;
+pub mod oidc;
 pub mod outbox;
 pub mod password;
+mod sign_in;
 pub mod store;
 pub mod tokens;
 pub mod versions;
@@ -86,6 +91,11 @@ pub struct AccountsArgs {
     /// Registrations tried per email address.
     #[arg(long, env = "REGISTER_LIMIT_PER_EMAIL", default_value = "5/10m")]
     pub register_limit_per_email: Rate,
+    /// OpenID Connect providers to sign in with: a TOML file of `[[providers]]`, each with
+    /// name, issuer, client_id, client_secret (or client_secret_file), redirect_uri and
+    /// optionally scopes (see docs/services/auth.md). Unset: password and code sign-in only.
+    #[arg(long, env = "OIDC_PROVIDERS_FILE")]
+    pub oidc_providers_file: Option<std::path::PathBuf>,
 }
 
 impl AccountsArgs {
@@ -97,7 +107,16 @@ impl AccountsArgs {
             self.access_token_ttl_secs >= 1 && self.refresh_token_ttl_days >= 1,
             "ACCESS_TOKEN_TTL_SECS and REFRESH_TOKEN_TTL_DAYS must be at least 1"
         );
+        self.oidc_providers()?;
         Ok(())
+    }
+
+    /// The configured sign-in providers, read and checked.
+    pub fn oidc_providers(&self) -> anyhow::Result<Vec<oidc::Provider>> {
+        match &self.oidc_providers_file {
+            Some(path) => oidc::read_providers(path),
+            None => Ok(Vec::new()),
+        }
     }
 }
 
@@ -114,6 +133,7 @@ impl Default for AccountsArgs {
             otp_request_limit_per_phone: "3/10m".parse().expect("a valid rate"),
             password_forgot_limit_per_account: "3/10m".parse().expect("a valid rate"),
             register_limit_per_email: "5/10m".parse().expect("a valid rate"),
+            oidc_providers_file: None,
         }
     }
 }
@@ -148,6 +168,7 @@ pub struct AuthState {
     settings: Settings,
     versions: versions::Versions,
     keys: RwLock<(Vec<StoredKey>, Option<Instant>)>,
+    providers: oidc::Providers,
 }
 
 /// Verifiers in other processes refresh the JWKS; this process rereads the keys as often.
@@ -295,6 +316,7 @@ impl Service {
             },
             versions: versions::Versions::new(store, setup.redis_url).await?,
             keys: RwLock::new((Vec::new(), None)),
+            providers: oidc::Providers::new(args.oidc_providers()?)?,
         };
         Ok(Self {
             state: Arc::new(state),
@@ -389,6 +411,9 @@ fn v1() -> Router<Arc<AuthState>> {
         .route("/auth/password/reset", post(api::reset_password))
         .route("/auth/otp/request", post(api::otp_request))
         .route("/auth/otp/verify", post(api::otp_verify))
+        .route("/auth/oidc/providers", get(sign_in::providers))
+        .route("/auth/oidc/{provider}/start", get(sign_in::start))
+        .route("/auth/oidc/{provider}/callback", get(sign_in::callback))
         .route(
             "/me",
             get(api::me).patch(api::update_me).delete(api::delete_me),

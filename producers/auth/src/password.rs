@@ -92,6 +92,10 @@ fn argon2() -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
+/// The hash of an account that has no password (made by an external sign-in): no password
+/// matches it, and checking one takes as long as for any account.
+pub const NO_PASSWORD: &str = "!";
+
 /// Hashes and verifies on the blocking pool, one per core at a time.
 #[derive(Clone)]
 pub struct Hasher {
@@ -129,8 +133,10 @@ impl Hasher {
         .expect("hashing does not panic")
     }
 
-    /// Whether `password` matches `hash`; `None` verifies against the decoy and says no.
+    /// Whether `password` matches `hash`; `None` (or [`NO_PASSWORD`]) verifies against the
+    /// decoy and says no, taking as long as a real check.
     pub async fn verify(&self, password: &str, hash: Option<&str>) -> bool {
+        let hash = hash.filter(|h| *h != NO_PASSWORD);
         let known = hash.is_some();
         let hash = hash.map_or_else(|| self.decoy.to_string(), str::to_string);
         let password = password.to_string();

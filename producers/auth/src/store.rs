@@ -4,6 +4,7 @@
 use platform::db::Database;
 use platform::with_pool;
 
+use crate::oidc::StoredFlow;
 use crate::tokens::StoredKey;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +74,10 @@ struct RefreshRow {
     revoked_at: Option<i64>,
     expires_at: i64,
 }
+
+/// Links an identity to an account; a link to an account since deleted is replaced.
+const LINK_IDENTITY: &str = "INSERT INTO auth_identities (issuer, subject, account_id, created_at) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (issuer, subject) DO UPDATE SET account_id = excluded.account_id, created_at = excluded.created_at";
 
 const ACCOUNT_COLUMNS: &str = "id, email, password_hash, role, display_name, phone, locale, time_zone, created_at, updated_at, deleted_at, phone_verified_at";
 
@@ -149,6 +154,137 @@ impl SqlStore {
             tx.commit().await?;
         });
         Ok(())
+    }
+
+    /// Creates an account that signs in through an external identity, links the identity,
+    /// and queues the account's event, together.
+    pub async fn register_linked(
+        &self,
+        account: &Account,
+        event: &OutboxRecord,
+        issuer: &str,
+        subject: &str,
+    ) -> Result<(), StoreError> {
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let inserted = sqlx::query(
+                "INSERT INTO auth_accounts (id, email, password_hash, role, display_name, phone, locale, time_zone, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(&account.id)
+            .bind(&account.email)
+            .bind(&account.password_hash)
+            .bind(&account.role)
+            .bind(&account.display_name)
+            .bind(&account.phone)
+            .bind(&account.locale)
+            .bind(&account.time_zone)
+            .bind(account.created_at)
+            .bind(account.updated_at)
+            .execute(&mut *tx)
+            .await;
+            match inserted {
+                Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
+                    return Err(StoreError::EmailTaken)
+                }
+                other => other?,
+            };
+            sqlx::query(LINK_IDENTITY)
+                .bind(issuer)
+                .bind(subject)
+                .bind(&account.id)
+                .bind(account.created_at)
+                .execute(&mut *tx)
+                .await?;
+            enqueue!(tx, [event]);
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Links an external identity to a live account (replacing a link to a deleted one).
+    pub async fn link_identity(
+        &self,
+        issuer: &str,
+        subject: &str,
+        account_id: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        with_pool!(&self.db, pool => {
+            sqlx::query(LINK_IDENTITY)
+                .bind(issuer)
+                .bind(subject)
+                .bind(account_id)
+                .bind(now)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// The live account an external identity is linked to.
+    pub async fn account_by_identity(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> Result<Option<Account>, StoreError> {
+        let columns = ACCOUNT_COLUMNS
+            .split(", ")
+            .map(|c| format!("a.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {columns} FROM auth_identities i JOIN auth_accounts a ON a.id = i.account_id \
+             WHERE i.issuer = $1 AND i.subject = $2 AND a.deleted_at IS NULL"
+        );
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(issuer)
+                .bind(subject)
+                .fetch_optional(pool)
+                .await?
+        }))
+    }
+
+    /// Keeps a started sign-in until its callback; drops the expired ones on the way.
+    pub async fn put_flow(
+        &self,
+        state_hash: &str,
+        flow: &StoredFlow,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        with_pool!(&self.db, pool => {
+            sqlx::query("DELETE FROM auth_oidc_flows WHERE expires_at < $1")
+                .bind(now)
+                .execute(pool)
+                .await?;
+            sqlx::query(
+                "INSERT INTO auth_oidc_flows (state_hash, provider, nonce, verifier, binding_hash, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(state_hash)
+            .bind(&flow.provider)
+            .bind(&flow.nonce)
+            .bind(&flow.verifier)
+            .bind(&flow.binding_hash)
+            .bind(flow.expires_at)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Takes the sign-in of this state: once, whoever asks first.
+    pub async fn take_flow(&self, state_hash: &str) -> Result<Option<StoredFlow>, StoreError> {
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query_as(
+                "DELETE FROM auth_oidc_flows WHERE state_hash = $1 \
+                 RETURNING provider, nonce, verifier, binding_hash, expires_at",
+            )
+            .bind(state_hash)
+            .fetch_optional(pool)
+            .await?
+        }))
     }
 
     pub async fn account(&self, id: &str) -> Result<Option<Account>, StoreError> {

@@ -55,7 +55,7 @@ impl StoredKey {
         }
     }
 
-    fn encoding_key(&self) -> Option<EncodingKey> {
+    pub(crate) fn encoding_key(&self) -> Option<EncodingKey> {
         // jsonwebtoken reads RSA keys as PKCS#1 DER, or as PEM of either kind.
         let body = self
             .private_pkcs8

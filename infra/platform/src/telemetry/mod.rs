@@ -14,7 +14,10 @@
 //! `OTEL_TRACES_SAMPLER_ARG` sample (default: every trace). The service is named by
 //! `OTEL_SERVICE_NAME`, or after the subcommand. Without the variable nothing is exported and
 //! spans cost what `tracing` spans cost.
+//!
+//! Errors: when `SENTRY_DSN` is set, ERROR events and panics go to Sentry as well ([`errors`]).
 
+pub mod errors;
 pub mod json;
 pub mod sink;
 
@@ -92,9 +95,17 @@ pub fn init(service: &str) {
             None
         }
     };
+    let errors = match errors::layers(service) {
+        Ok(layers) => layers,
+        Err(err) => {
+            eprintln!("errors are not reported to Sentry: {err:#}");
+            None
+        }
+    };
     let _ = tracing_subscriber::registry()
         .with(logs.with_filter(filter))
         .with(traces)
+        .with(errors)
         .try_init();
 }
 
@@ -114,6 +125,7 @@ pub fn shutdown() {
     if let Some(logs) = LOGS.get() {
         logs.flush();
     }
+    errors::flush(std::time::Duration::from_secs(2));
     if let Some(provider) = EXPORTER.get()
         && let Err(err) = provider.shutdown()
     {
