@@ -346,6 +346,14 @@ async fn a_server_error_reaches_sentry_with_its_trace_release_and_environment_an
     assert!(text.contains("internal error"), "{text}");
     assert!(text.contains("auth_accounts"), "the cause is there: {text}");
     let envelope = &envelopes[0];
+    assert_eq!(envelopes.len(), 1);
+    assert_eq!(envelope.header["event_id"], event["event_id"]);
+    assert_eq!(
+        envelope.items.len(),
+        1,
+        "the event alone: no session, no attachment"
+    );
+    assert_eq!(envelope.items[0].0["type"], "event");
     assert_eq!(envelope.project, "42");
     assert!(envelope.auth.starts_with("Sentry "), "{}", envelope.auth);
     assert!(
