@@ -141,9 +141,12 @@ async fn main() {
     let (_ingress, ingress, common) = ingress_on(brokers.as_str(), &prefix).await;
     let database = format!("sqlite://{}", dir.join("notify.db").display());
     let connections = (2 * sockets + 100).to_string();
+    // Welcome emails go to a folder: only live messages are measured.
+    let outbox = dir.join("outbox").display().to_string();
     let mut env = common.to_vec();
     env.extend([
         ("DATABASE_URL", database.as_str()),
+        ("NOTIFY_EMAIL_OUTBOX", outbox.as_str()),
         ("MAX_CONNECTIONS", connections.as_str()),
     ]);
     let (notifier, base) = herald("notifications", &env).await;

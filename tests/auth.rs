@@ -1784,14 +1784,29 @@ async fn sign_in_with_openid_providers_links_one_account_and_bad_flows_create_no
     assert_eq!(second["user_id"], alice_id.as_str());
 
     // 3. A verified email of an existing account links to it (the provider's upper case
-    // counts as the same address).
+    // counts as the same address). Whoever registered the address with a password never
+    // proved it was theirs; the provider just did: the password and its sessions end.
+    let before = login(&base, &bob_email).await;
     let linked = browser.through_provider(&start("beta"), "bob").await;
     let answer: Value = browser.get(&linked).await.json().await.unwrap();
     assert_eq!(answer["user_id"], bob["id"]);
-    let password_login = login(&base, &bob_email).await;
     assert_eq!(
-        password_login["user_id"], bob["id"],
-        "the password still works"
+        status(
+            &base,
+            "/api/v1/auth/login",
+            &json!({"email": bob_email, "password": PASSWORD})
+        )
+        .await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(
+            &base,
+            "/api/v1/auth/refresh",
+            &json!({"refresh_token": before["refresh_token"]})
+        )
+        .await,
+        StatusCode::UNAUTHORIZED
     );
 
     let mut refusals: Vec<String> = Vec::new();

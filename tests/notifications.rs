@@ -1461,6 +1461,33 @@ async fn a_websocket_client_gets_messages_live_beside_an_event_stream_and_as_pus
         second.to_string()
     );
 
+    // An upgrade to something else than a WebSocket (curl --http2 offers h2c) gets the
+    // event stream; a WebSocket upgrade without its key is a 400 problem.
+    let h2c = client()
+        .get(format!("{}/api/v1/stream", notifier.base))
+        .bearer_auth(&bearer)
+        .header("upgrade", "h2c")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h2c.status(), 200);
+    assert_eq!(h2c.headers()["content-type"], "text/event-stream");
+    drop(h2c);
+    let keyless = client()
+        .get(format!("{}/api/v1/stream", notifier.base))
+        .bearer_auth(&bearer)
+        .header("upgrade", "websocket")
+        .header("connection", "upgrade")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keyless.status(), 400);
+    assert_eq!(
+        keyless.headers()["content-type"],
+        "application/problem+json"
+    );
+    wait_for_streams(&notifier, 2.0).await;
+
     // Eight streams per user, of both kinds together: the ninth is refused with 429.
     let mut more = Vec::new();
     for _ in 0..6 {

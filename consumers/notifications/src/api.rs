@@ -454,7 +454,11 @@ async fn stream(
             "the token expires now: open the stream with a fresh one",
         ));
     }
-    let wants_socket = headers.contains_key(header::UPGRADE);
+    // Only a WebSocket upgrade: a client offering HTTP/2 (`Upgrade: h2c`) gets the stream.
+    let wants_socket = headers.get_all(header::UPGRADE).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.to_ascii_lowercase().contains("websocket"))
+    });
     // A malformed upgrade is refused before it takes one of the user's places.
     let upgrade = match upgrade {
         Ok(upgrade) => Some(upgrade),

@@ -38,8 +38,10 @@ pub struct LiveMessage {
     pub body: String,
 }
 
-/// Each connected user's open streams, by connection id.
-type Streams = HashMap<String, Vec<(u64, mpsc::Sender<LiveMessage>)>>;
+/// Each connected user's open streams, by connection id: the sender that reaches it, or
+/// `None` once it was let go for not reading (it still counts against the user's cap until
+/// its connection closes).
+type Streams = HashMap<String, Vec<(u64, Option<mpsc::Sender<LiveMessage>>)>>;
 
 /// The users connected to this process, and a way to reach them.
 #[derive(Default)]
@@ -54,17 +56,17 @@ pub struct LiveHub {
 
 impl LiveHub {
     /// Registers one connection of `user_id`; it is removed when the returned value drops.
-    /// `None` when the user already holds [`MAX_STREAMS_PER_USER`].
+    /// `None` when the user already holds [`MAX_STREAMS_PER_USER`] open, whether or not
+    /// they read them.
     pub fn connect(self: &Arc<Self>, user_id: &str) -> Option<Connection> {
         let (sender, receiver) = mpsc::channel(BUFFER);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut users = self.lock();
         let streams = users.entry(user_id.to_string()).or_default();
-        streams.retain(|(_, s)| !s.is_closed());
         if streams.len() >= MAX_STREAMS_PER_USER {
             return None;
         }
-        streams.push((id, sender));
+        streams.push((id, Some(sender)));
         metrics::gauge!("herald_notifications_live_connections").increment(1);
         Some(Connection {
             hub: self.clone(),
@@ -72,6 +74,37 @@ impl LiveHub {
             id,
             receiver,
         })
+    }
+
+    pub fn is_connected(&self, user_id: &str) -> bool {
+        self.lock().get(user_id).is_some_and(|streams| {
+            streams
+                .iter()
+                .any(|(_, s)| s.as_ref().is_some_and(|s| !s.is_closed()))
+        })
+    }
+
+    /// Hands `message` to every connection of `user_id`; answers how many took it (0: the
+    /// user is not connected).
+    ///
+    /// A connection whose buffer is full has a client that stopped reading: it is let go
+    /// here (its stream ends once the client has read what is buffered), so that it no
+    /// longer counts as connected and the retry of this message goes as push.
+    pub fn deliver(&self, user_id: &str, message: &LiveMessage) -> usize {
+        let mut users = self.lock();
+        let Some(streams) = users.get_mut(user_id) else {
+            return 0;
+        };
+        let mut taken = 0;
+        for (_, slot) in streams.iter_mut() {
+            let Some(sender) = slot else { continue };
+            if sender.try_send(message.clone()).is_ok() {
+                taken += 1;
+            } else {
+                *slot = None;
+            }
+        }
+        taken
     }
 
     /// Counts a WebSocket session until the returned value drops, so that [`LiveHub::closed`]
@@ -94,37 +127,6 @@ impl LiveHub {
     /// Returns once every WebSocket session has ended, after [`LiveHub::close`].
     pub async fn closed(&self) {
         self.sessions.wait().await;
-    }
-
-    pub fn is_connected(&self, user_id: &str) -> bool {
-        self.lock()
-            .get(user_id)
-            .is_some_and(|senders| senders.iter().any(|(_, s)| !s.is_closed()))
-    }
-
-    /// Hands `message` to every connection of `user_id`; answers how many took it (0: the
-    /// user is not connected).
-    ///
-    /// A connection whose buffer is full has a client that stopped reading: it is let go
-    /// here (its stream ends once the client has read what is buffered), so that it no
-    /// longer counts as connected and the retry of this message goes as push.
-    pub fn deliver(&self, user_id: &str, message: &LiveMessage) -> usize {
-        let mut users = self.lock();
-        let Some(senders) = users.get_mut(user_id) else {
-            return 0;
-        };
-        let mut taken = 0;
-        senders.retain(|(_, sender)| match sender.try_send(message.clone()) {
-            Ok(()) => {
-                taken += 1;
-                true
-            }
-            Err(_) => false,
-        });
-        if senders.is_empty() {
-            users.remove(user_id);
-        }
-        taken
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Streams> {
@@ -156,9 +158,9 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         let mut users = self.hub.lock();
-        if let Some(senders) = users.get_mut(&self.user_id) {
-            senders.retain(|(id, _)| *id != self.id);
-            if senders.is_empty() {
+        if let Some(streams) = users.get_mut(&self.user_id) {
+            streams.retain(|(id, _)| *id != self.id);
+            if streams.is_empty() {
                 users.remove(&self.user_id);
             }
         }
@@ -244,6 +246,22 @@ mod tests {
         assert!(!waiting.is_finished(), "a session is still open");
         drop(session);
         waiting.await.unwrap();
+    }
+
+    #[test]
+    fn a_stream_let_go_for_not_reading_counts_until_it_closes() {
+        let hub = Arc::new(LiveHub::default());
+        let mut open: Vec<Connection> = (0..MAX_STREAMS_PER_USER)
+            .map(|_| hub.connect("bob").unwrap())
+            .collect();
+        // None of them reads: all are let go, yet all still hold their place.
+        for n in 0..=BUFFER as u32 {
+            hub.deliver("bob", &message(n));
+        }
+        assert!(!hub.is_connected("bob"));
+        assert!(hub.connect("bob").is_none(), "stalled streams still count");
+        open.pop();
+        assert!(hub.connect("bob").is_some());
     }
 
     #[test]

@@ -38,6 +38,17 @@ pub const PING_EVERY: Duration = Duration::from_secs(15);
 pub const SILENCE: Duration = Duration::from_secs(40);
 /// How long a close waits for the client's own close frame before dropping the socket.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// A frame the client's TCP window has not taken within this long means a client that
+/// stopped reading: its socket is dropped, so it holds no connection slot.
+pub const SEND_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Sends one frame within [`SEND_DEADLINE`]; `false`: the socket is gone or stalled.
+async fn send(socket: &mut WebSocket, message: Message) -> bool {
+    matches!(
+        tokio::time::timeout(SEND_DEADLINE, socket.send(message)).await,
+        Ok(Ok(()))
+    )
+}
 
 /// Why the server ends a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +116,7 @@ pub async fn session(
                     break if hub.is_closing() { Ending::ShuttingDown } else { Ending::TooSlow };
                 };
                 let Ok(text) = serde_json::to_string(&message) else { continue };
-                if socket.send(Message::text(text)).await.is_err() {
+                if !send(&mut socket, Message::text(text)).await {
                     return;
                 }
             }
@@ -115,7 +126,7 @@ pub async fn session(
                     tracing::debug!("websocket client silent; dropping it");
                     return;
                 }
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                if !send(&mut socket, Message::Ping(Default::default())).await {
                     return;
                 }
             }
@@ -135,19 +146,19 @@ pub async fn session(
     close(socket, ending).await;
 }
 
-/// Sends the close frame, then waits briefly for the client's, so both ends close cleanly.
+/// Sends the close frame, then waits briefly for the client's, so both ends close cleanly;
+/// all within [`CLOSE_WAIT`] (a client that stopped reading gets no more time).
 async fn close(mut socket: WebSocket, ending: Ending) {
     metrics::counter!("herald_notifications_websocket_closed_total", "code" => ending.frame().code.to_string())
         .increment(1);
-    if socket
-        .send(Message::Close(Some(ending.frame())))
-        .await
-        .is_err()
-    {
-        return;
-    }
     let _ = tokio::time::timeout(CLOSE_WAIT, async {
-        while let Some(Ok(_)) = socket.recv().await {}
+        if socket
+            .send(Message::Close(Some(ending.frame())))
+            .await
+            .is_ok()
+        {
+            while let Some(Ok(_)) = socket.recv().await {}
+        }
     })
     .await;
 }

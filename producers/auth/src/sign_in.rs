@@ -259,7 +259,7 @@ async fn sign_in(
     }
     // RFC 9207: a response that names another issuer is refused before its code is used.
     if let Some(iss) = &callback.iss
-        && iss.trim_end_matches('/') != provider.issuer
+        && *iss != provider.issuer
     {
         return Err(bad(
             "wrong-issuer",
@@ -302,12 +302,18 @@ async fn sign_in(
         Decision::SignIn(_) => linked.expect("decided on a linked account"),
         Decision::Link(_) => {
             let account = by_email.expect("decided on the email's account");
-            state
+            let had_password = state
                 .store
-                .link_identity(&identity.issuer, &identity.subject, &account.id, now_us())
+                .link_by_email(
+                    &identity.issuer,
+                    &identity.subject,
+                    &account.id,
+                    crate::password::NO_PASSWORD,
+                    now_us(),
+                )
                 .await
                 .map_err(|e| api::store_error(&e))?;
-            tracing::info!(account = %account.id, provider = %provider.name, "external identity linked by verified email");
+            tracing::info!(account = %account.id, provider = %provider.name, had_password, "external identity linked by verified email");
             account
         }
         Decision::Create { email } => create(state, &identity, email).await?,
@@ -408,6 +414,7 @@ pub fn operations() -> Vec<Operation> {
             .path_param("provider", provider.clone(), "a name from GET /api/v1/auth/oidc/providers")
             .empty(303, "To the provider (Location), with the binding cookie")
             .problem(404, "No provider has this name")
+            .problem(429, "More than 60 sign-ins started from this address in 10 minutes (the built-in limit; RATE_LIMIT_ROUTES changes it)")
             .problem(503, "The provider's discovery document cannot be read now: retry after Retry-After"),
         Operation::get("/api/v1/auth/oidc/{provider}/callback", "Finish signing in with a provider")
             .describe("Where the provider sends the browser back. Takes the sign-in of `state` (once), checks it was started by this browser and this provider, redeems `code` with the PKCE verifier, verifies the ID token (signature by the provider's published keys, issuer, audience, expiry, nonce) and answers a session as a password login does. The identity (issuer and subject) signs into the account it is linked to; the first time, it is linked to the live account of its email only if the provider says the email is verified, or else makes a new account with that email (role user). Nothing is created or linked when any check fails.")
@@ -422,6 +429,7 @@ pub fn operations() -> Vec<Operation> {
             .problem(403, "The provider gave no verified email, which a new account needs")
             .problem(404, "No provider has this name")
             .problem(409, "An account has this email and the provider does not say it is verified (sign in with its password)")
+            .problem(429, "More than 60 callbacks from this address in 10 minutes (the built-in limit; RATE_LIMIT_ROUTES changes it)")
             .problem(503, "The provider or the account store cannot be reached now, or no signing key is active yet: retry after Retry-After"),
     ]
 }

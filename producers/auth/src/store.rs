@@ -202,24 +202,54 @@ impl SqlStore {
         Ok(())
     }
 
-    /// Links an external identity to a live account (replacing a link to a deleted one).
-    pub async fn link_identity(
+    /// Links an external identity to the live account of the email its provider verified
+    /// (replacing a link to a deleted account). The provider has just proved who holds the
+    /// address, which the account's password never did: anyone could have registered it. So
+    /// in the same transaction the password is removed (`no_password`), every session ends
+    /// and pending reset links die; the holder sets a password again through a reset link.
+    /// Answers whether the account had a password.
+    pub async fn link_by_email(
         &self,
         issuer: &str,
         subject: &str,
         account_id: &str,
+        no_password: &str,
         now: i64,
-    ) -> Result<(), StoreError> {
-        with_pool!(&self.db, pool => {
+    ) -> Result<bool, StoreError> {
+        Ok(with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
             sqlx::query(LINK_IDENTITY)
                 .bind(issuer)
                 .bind(subject)
                 .bind(account_id)
                 .bind(now)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?;
-        });
-        Ok(())
+            let had_password = sqlx::query(
+                "UPDATE auth_accounts SET password_hash = $2, updated_at = $3 \
+                 WHERE id = $1 AND password_hash <> $2",
+            )
+            .bind(account_id)
+            .bind(no_password)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if had_password {
+                sqlx::query("UPDATE auth_refresh_tokens SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL")
+                    .bind(account_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM auth_reset_tokens WHERE account_id = $1 AND used_at IS NULL")
+                    .bind(account_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            had_password
+        }))
     }
 
     /// The live account an external identity is linked to.

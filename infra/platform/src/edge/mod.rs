@@ -36,7 +36,8 @@ pub struct EdgeArgs {
     /// A route's own limit, per client address, e.g. `POST /api/v1/auth/login=5/10m`; repeat
     /// the flag, or separate with `;` in the variable. The auth routes have built-in limits
     /// (register 20/10m, login 30/10m, otp/request 10/10m, otp/verify 30/10m, password/forgot
-    /// 10/10m, password/reset 20/10m); one given here for the same route replaces its own.
+    /// 10/10m, password/reset 20/10m, an OpenID sign-in's start and callback 60/10m each);
+    /// one given here for the same route replaces its own.
     #[arg(
         long = "rate-limit-route",
         env = "RATE_LIMIT_ROUTES",
@@ -158,6 +159,9 @@ pub const DEFAULT_ROUTE_LIMITS: &[&str] = &[
     "POST /api/v1/auth/otp/verify=30/10m",
     "POST /api/v1/auth/password/forgot=10/10m",
     "POST /api/v1/auth/password/reset=20/10m",
+    // Each start keeps a sign-in in the database for 10 minutes.
+    "GET /api/v1/auth/oidc/{provider}/start=60/10m",
+    "GET /api/v1/auth/oidc/{provider}/callback=60/10m",
 ];
 
 /// The configured route limits, then each built-in one whose route none of them names.

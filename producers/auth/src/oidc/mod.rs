@@ -23,7 +23,7 @@ pub mod verify;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -31,7 +31,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::JwkSet;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tokio::sync::Mutex;
 
 use crate::tokens::new_secret;
 
@@ -43,6 +42,11 @@ pub const JWKS_REFETCH: Duration = Duration::from_secs(30);
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The discovery document is fetched again after this long (a provider may move endpoints).
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
+/// The provider's keys are fetched again after this long.
+const KEYS_TTL: Duration = Duration::from_secs(3600);
+/// After a provider failed to answer, sign-ins with it are refused (503) for this long
+/// without calling it.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 /// One provider as configured (`OIDC_PROVIDERS_FILE`, a TOML file with `[[providers]]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -172,7 +176,9 @@ fn check(config: ProviderConfig) -> Result<Provider, String> {
     Ok(Provider {
         secure: redirect.scheme() == "https",
         name: config.name,
-        issuer: config.issuer.trim_end_matches('/').to_string(),
+        // Compared character for character (OpenID Connect Discovery 4.3): some issuers end
+        // in a slash, and their tokens' `iss` too.
+        issuer: config.issuer,
         client_id: config.client_id,
         client_secret: secret,
         redirect_uri: config.redirect_uri,
@@ -297,6 +303,9 @@ struct Discovery {
 struct Cache {
     discovery: Option<(Discovery, Instant)>,
     keys: Option<(JwkSet, Instant)>,
+    /// The last call to the provider that failed: for [`RETRY_AFTER_FAILURE`], sign-ins
+    /// are answered 503 at once instead of each waiting for a provider that is down.
+    failed: Option<(Instant, String)>,
 }
 
 /// One provider and what was learnt of it.
@@ -315,22 +324,63 @@ impl Client {
         }
     }
 
-    async fn discovery(&self) -> Result<Discovery, ProviderError> {
-        let mut cache = self.cache.lock().await;
-        if let Some((discovery, at)) = &cache.discovery
-            && at.elapsed() < DISCOVERY_TTL
+    /// What the cache holds, read under the lock, which is never held across a call to the
+    /// provider.
+    fn cached<T>(
+        &self,
+        read: impl FnOnce(&Cache) -> Option<T>,
+    ) -> Result<Option<T>, ProviderError> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, reason)) = &cache.failed
+            && at.elapsed() < RETRY_AFTER_FAILURE
         {
-            return Ok(discovery.clone());
+            return Err(ProviderError::Unavailable(reason.clone()));
         }
-        let url = format!("{}/.well-known/openid-configuration", self.provider.issuer);
-        let discovery: Discovery = self.get_json(&url).await?;
-        if discovery.issuer.trim_end_matches('/') != self.provider.issuer {
-            return Err(ProviderError::Misbehaving(format!(
+        Ok(read(&cache))
+    }
+
+    fn remember(&self, write: impl FnOnce(&mut Cache)) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        write(&mut cache);
+    }
+
+    /// Notes a failed call, so the next sign-ins fail fast for a while.
+    fn failed<T>(&self, result: Result<T, ProviderError>) -> Result<T, ProviderError> {
+        if let Err(ProviderError::Unavailable(reason) | ProviderError::Misbehaving(reason)) =
+            &result
+        {
+            let reason = reason.clone();
+            self.remember(|cache| cache.failed = Some((Instant::now(), reason)));
+        }
+        result
+    }
+
+    async fn discovery(&self) -> Result<Discovery, ProviderError> {
+        let fresh = |cache: &Cache| {
+            cache
+                .discovery
+                .as_ref()
+                .filter(|(_, at)| at.elapsed() < DISCOVERY_TTL)
+                .map(|(discovery, _)| discovery.clone())
+        };
+        if let Some(discovery) = self.cached(fresh)? {
+            return Ok(discovery);
+        }
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.provider.issuer.trim_end_matches('/')
+        );
+        let discovery: Discovery = self.failed(self.get_json(&url).await)?;
+        if discovery.issuer != self.provider.issuer {
+            return self.failed(Err(ProviderError::Misbehaving(format!(
                 "its discovery document names the issuer {:?}, not {:?}",
                 discovery.issuer, self.provider.issuer
-            )));
+            ))));
         }
-        cache.discovery = Some((discovery.clone(), Instant::now()));
+        self.remember(|cache| {
+            cache.discovery = Some((discovery.clone(), Instant::now()));
+            cache.failed = None;
+        });
         Ok(discovery)
     }
 
@@ -382,6 +432,16 @@ impl Client {
     /// Redeems `code` with the flow's verifier; answers the ID token.
     pub async fn redeem(&self, code: &str, verifier: &str) -> Result<String, ProviderError> {
         let discovery = self.discovery().await?;
+        let redeemed = self.token_request(&discovery, code, verifier).await;
+        self.failed(redeemed)
+    }
+
+    async fn token_request(
+        &self,
+        discovery: &Discovery,
+        code: &str,
+        verifier: &str,
+    ) -> Result<String, ProviderError> {
         // RFC 6749 2.3.1: the id and secret are form-encoded before they are joined.
         let encode = |v: &str| form_urlencoded(v);
         let response = self
@@ -432,19 +492,24 @@ impl Client {
         }
     }
 
-    /// The provider's keys; fetched again when `refresh` and the last fetch is old enough.
+    /// The provider's keys: fetched again after [`KEYS_TTL`] (a key the provider withdrew
+    /// stops being trusted), or when `refresh` and the last fetch is [`JWKS_REFETCH`] old.
     pub async fn keys(&self, refresh: bool) -> Result<JwkSet, ProviderError> {
         let discovery = self.discovery().await?;
-        let mut cache = self.cache.lock().await;
-        if let Some((keys, at)) = &cache.keys
-            && (!refresh || at.elapsed() < JWKS_REFETCH)
-        {
-            return Ok(keys.clone());
+        let usable = |cache: &Cache| {
+            cache
+                .keys
+                .as_ref()
+                .filter(|(_, at)| {
+                    at.elapsed() < KEYS_TTL && (!refresh || at.elapsed() < JWKS_REFETCH)
+                })
+                .map(|(keys, _)| keys.clone())
+        };
+        if let Some(keys) = self.cached(usable)? {
+            return Ok(keys);
         }
-        drop(cache);
-        let keys: JwkSet = self.get_json(&discovery.jwks_uri).await?;
-        cache = self.cache.lock().await;
-        cache.keys = Some((keys.clone(), Instant::now()));
+        let keys: JwkSet = self.failed(self.get_json(&discovery.jwks_uri).await)?;
+        self.remember(|cache| cache.keys = Some((keys.clone(), Instant::now())));
         Ok(keys)
     }
 

@@ -1,6 +1,6 @@
 //! Checking a provider's ID token (OpenID Connect Core 1.0, 3.1.3.7): its signature by a key
 //! of the provider's JWKS, then issuer, audience, authorized party, expiry, issue time and
-//! nonce. Pure: the keys and the time are given.
+//! nonce. The keys are given; the time is the system clock's.
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -62,8 +62,7 @@ struct Claims {
     iss: String,
     sub: String,
     /// Required by OpenID Connect; `jsonwebtoken` checks only its own spec claims, so serde
-    /// refuses a token without it.
-    #[expect(dead_code, reason = "only its presence is checked")]
+    /// refuses a token without it, and [`verify`] one issued in the future.
     iat: u64,
     #[serde(default)]
     azp: Option<String>,
@@ -134,6 +133,10 @@ pub fn verify(
         && azp != client_id
     {
         return Err(Refusal::Audience);
+    }
+    let now = jsonwebtoken::get_current_timestamp();
+    if claims.iat > now + LEEWAY_SECS {
+        return Err(Refusal::Claims("iat (issued in the future)".into()));
     }
     if claims.nonce.as_deref() != Some(nonce) {
         return Err(Refusal::Nonce);
@@ -313,6 +316,12 @@ pub(crate) mod tests {
         assert!(matches!(
             refused(with(claims(), |c| {
                 c.remove("iat");
+            })),
+            Refusal::Claims(_)
+        ));
+        assert!(matches!(
+            refused(with(claims(), |c| {
+                c.insert("iat".into(), json!(now() + 3600));
             })),
             Refusal::Claims(_)
         ));
