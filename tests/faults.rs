@@ -92,6 +92,11 @@ fn assert_promise_kept(scenario: &str, sent: &[Sent], written: &[Written]) -> Ta
     let (slowest, honest) = ledger::slowest_failure(sent);
     let latency = slowest.map(|s| s.latency).unwrap_or_default();
     eprintln!("fault {scenario}: {tally}; slowest non-2xx {latency:?}");
+    for (request, records) in ledger::lost(sent, written) {
+        eprintln!(
+            "{scenario}: answered 2xx, not written: {request:?}; its key's records: {records:#?}"
+        );
+    }
     assert!(tally.holds(), "{scenario}: {tally}");
     assert_eq!(
         tally.failed, 0,

@@ -161,6 +161,17 @@ impl fmt::Display for Tally {
     }
 }
 
+/// The requests answered 2xx that no record holds, each with the records of its key: what
+/// to look at when a run loses one.
+pub fn lost<'a>(sent: &'a [Sent], written: &'a [Written]) -> Vec<(&'a Sent, Vec<&'a Written>)> {
+    let keys: std::collections::HashSet<&str> =
+        written.iter().map(|w| w.idempotency_key.as_str()).collect();
+    sent.iter()
+        .filter(|s| s.outcome == Outcome::Ok && !keys.contains(s.idempotency_key.as_str()))
+        .map(|s| (s, written.iter().filter(|w| w.key == s.key).collect()))
+        .collect()
+}
+
 /// What a load client sends: for client `c`'s request `seq`, the record key and the body.
 pub type EventFn = fn(usize, u64) -> (String, serde_json::Value);
 
