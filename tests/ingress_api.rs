@@ -323,6 +323,42 @@ async fn the_catalog_lists_every_type_with_an_example_that_the_ingress_accepts()
     let catalog = app.get_json("/api/v1/event-types").await;
     let types = catalog["event_types"].as_array().unwrap();
     assert_eq!(types.len(), 11);
+    // Whom each type's data is about, and which fields hold personal data.
+    let personal: Vec<(String, Value)> = types
+        .iter()
+        .filter(|t| !t["personal"].is_null())
+        .map(|t| {
+            (
+                t["type"].as_str().unwrap().to_string(),
+                t["personal"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        personal,
+        [
+            (
+                "message.sent".into(),
+                json!({"subject": "@actor", "fields": ["body"]})
+            ),
+            (
+                "otp.requested".into(),
+                json!({"subject": "user_id", "fields": ["phone"]})
+            ),
+            (
+                "user.password_reset_requested".into(),
+                json!({"subject": "user_id", "fields": ["email"]})
+            ),
+            (
+                "user.profile_updated".into(),
+                json!({"subject": "user_id", "fields": ["email", "display_name", "phone"]})
+            ),
+            (
+                "user.registered".into(),
+                json!({"subject": "user_id", "fields": ["email", "display_name", "phone"]})
+            ),
+        ]
+    );
     for t in types {
         let role = t["publish_roles"][0].as_str().unwrap();
         let body = json!({"type": t["type"], "data": t["example"]});

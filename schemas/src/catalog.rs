@@ -14,6 +14,7 @@ use serde_json::{Value as Json, json};
 
 use crate::direct::{DataSeed, Plan};
 use crate::json::{self, Names};
+use crate::personal::Personal;
 use crate::rules::{self, DataFacts, Owner, Rule};
 
 /// The 8-byte CRC-64-AVRO fingerprint of a wire schema's canonical form, as it appears in
@@ -58,6 +59,9 @@ pub struct SchemaVersion {
     /// Fields that carry a live secret (`herald.sealed`): on the log they hold only a value
     /// sealed for the service that delivers it (see `platform::seal`).
     pub sealed: Vec<String>,
+    /// Whom the data is about and its fields of personal data (`herald.personal`, see
+    /// [`crate::personal`]).
+    pub personal: Option<Personal>,
 }
 
 impl SchemaVersion {
@@ -416,6 +420,16 @@ fn load_version(
             format!("the key field {key_field:?} must be a string or uuid"),
         ));
     }
+    let personal = crate::personal::parse(
+        &herald["personal"],
+        &crate::personal::Marked {
+            record,
+            key_field: &key_field,
+            owner: owner.as_ref(),
+            sealed: &sealed,
+        },
+    )
+    .map_err(|reason| invalid(file, reason))?;
 
     let mut fields = envelope_fields.to_vec();
     fields.push(json!({"name": "data", "type": payload_json}));
@@ -455,6 +469,7 @@ fn load_version(
         owner,
         rules,
         sealed,
+        personal,
     };
     let example_fails = |errors: Vec<json::FieldError>| {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -580,6 +595,122 @@ mod tests {
         let err = Catalog::from_files(files_with(&[("order.shipped.v2.avsc", bad.as_str())]))
             .unwrap_err();
         assert!(err.to_string().contains("/example/carrier"), "{err}");
+    }
+
+    /// `order.shipped` v2 with `herald.personal` set to `personal`.
+    fn shipped_marked(personal: &str) -> Result<Catalog, CatalogError> {
+        let marked = V2_ADDS_OPTIONAL.replace(
+            r#""key":"order_id","#,
+            &format!(r#""key":"order_id","personal":{personal},"#),
+        );
+        Catalog::from_files(files_with(&[("order.shipped.v2.avsc", marked.as_str())]))
+    }
+
+    #[test]
+    fn personal_marks_are_read_and_leave_the_fingerprint_alone() {
+        let plain = Catalog::from_files(files_with(&[("order.shipped.v2.avsc", V2_ADDS_OPTIONAL)]))
+            .unwrap();
+        let marked =
+            shipped_marked(r#"{"subject":"carrier","fields":["tracking_number"]}"#).unwrap();
+        let v2 = marked.latest("order.shipped").unwrap();
+        assert_eq!(
+            v2.personal,
+            Some(Personal {
+                subject: Owner::Field("carrier".into()),
+                fields: vec!["tracking_number".into()],
+            })
+        );
+        assert_eq!(
+            v2.fingerprint,
+            plain.latest("order.shipped").unwrap().fingerprint
+        );
+        let actor = shipped_marked(r#"{"subject":"@actor","fields":["carrier"]}"#).unwrap();
+        assert_eq!(
+            actor
+                .latest("order.shipped")
+                .unwrap()
+                .personal
+                .as_ref()
+                .unwrap()
+                .subject,
+            Owner::Actor
+        );
+        // The embedded catalog's marks.
+        let embedded = Catalog::embedded().unwrap();
+        let registered = embedded.latest("user.registered").unwrap();
+        assert_eq!(
+            registered.personal.as_ref().unwrap().fields,
+            ["email", "display_name", "phone"]
+        );
+    }
+
+    #[test]
+    fn a_mark_the_catalog_cannot_keep_is_refused_saying_why() {
+        for (personal, says) in [
+            (
+                r#"{"subject":"carrier","fields":["shipped_at"]}"#,
+                "not a string or a nullable string",
+            ),
+            (
+                r#"{"subject":"carrier","fields":["eta_days"]}"#,
+                "not a string or a nullable string",
+            ),
+            (
+                r#"{"subject":"carrier","fields":["order_id"]}"#,
+                "is the key field",
+            ),
+            (
+                r#"{"subject":"carrier","fields":["carrier"]}"#,
+                "is the subject",
+            ),
+            (
+                r#"{"subject":"carrier","fields":["nope"]}"#,
+                "is not a field of the data",
+            ),
+            (
+                r#"{"subject":"carrier","fields":["tracking_number","tracking_number"]}"#,
+                "twice",
+            ),
+            (r#"{"subject":"carrier","fields":[]}"#, "is empty"),
+            (
+                r#"{"subject":"shipped_at","fields":["carrier"]}"#,
+                "must be a string or uuid field",
+            ),
+            (r#"{"fields":["carrier"]}"#, "must name the field"),
+            (
+                r#"{"subject":"carrier","fields":["tracking_number"],"keys":"x"}"#,
+                "is not a setting",
+            ),
+            (r#"["carrier"]"#, "must be an object"),
+        ] {
+            let err = shipped_marked(personal).unwrap_err().to_string();
+            assert!(err.contains(says), "{personal}: {err}");
+        }
+    }
+
+    #[test]
+    fn neither_the_owner_nor_a_sealed_field_can_be_marked() {
+        let v1 = |name: &str| {
+            crate::embedded::EMBEDDED
+                .iter()
+                .find(|(file, _)| *file == name)
+                .unwrap()
+                .1
+        };
+        let order = v1("order.placed.v1.avsc").replace(
+            r#""owner": "customer_id","#,
+            r#""owner": "customer_id", "personal": {"subject": "@actor", "fields": ["customer_id"]},"#,
+        );
+        let err = Catalog::from_files(files_with(&[("order.placed.v2.avsc", order.as_str())]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is the owner field"), "{err}");
+        let otp = v1("otp.requested.v1.avsc")
+            .replace(r#""fields": ["phone"]"#, r#""fields": ["phone", "code"]"#);
+        let err = Catalog::from_files(files_with(&[("otp.requested.v2.avsc", otp.as_str())]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is sealed already"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod codec;
 mod direct;
 mod envelope;
 pub mod json;
+pub mod personal;
 mod rules;
 
 pub use apache_avro::types::Value as AvroValue;
@@ -24,6 +25,7 @@ pub use codec::{Codec, CodecError, Decoded, DecodedText, WireFormat};
 pub use direct::DataSeed;
 pub use envelope::Envelope;
 pub use json::parse_timestamp;
+pub use personal::Personal;
 pub use rules::{DataFacts, Owner, Rule, SEALED_PREFIX};
 
 mod embedded {

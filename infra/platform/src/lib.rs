@@ -30,6 +30,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod net;
 pub mod openapi;
+pub mod privacy;
 pub mod problem;
 pub mod registry;
 pub mod seal;

@@ -28,6 +28,11 @@ pub async fn event_types(State(state): State<Arc<AppState>>) -> Json<Value> {
                 // Whose an event is: a `user` publishes only events whose owner is them.
                 "owner": v.owner.as_ref().map(events::Owner::as_str),
                 "rules": v.rules.iter().map(|rule| json!({"name": rule.name, "says": rule.says})).collect::<Vec<_>>(),
+                // Whom the data is about, and its fields of personal data.
+                "personal": v.personal.as_ref().map(|p| json!({
+                    "subject": p.subject.as_str(),
+                    "fields": p.fields,
+                })),
                 "schema": v.payload_json,
                 "example": v.example,
             })
@@ -130,7 +135,7 @@ pub fn openapi(catalog: &Catalog) -> Api {
         description: "Publish domain events, each validated against its Avro schema and durable in Kafka before the answer; the catalog and wire schemas that describe them.",
         operations: vec![
             Operation::get("/api/v1/event-types", "The event catalog")
-                .describe("Every event type with its topic, key field, the roles that may publish it, its owner field, its rules, its data schema and an example the ingress accepts.")
+                .describe("Every event type with its topic, key field, the roles that may publish it, its owner field, its rules, its personal data (the data subject's field and the fields that hold personal data about them), its data schema and an example the ingress accepts.")
                 .ok(200, "The catalog", json!({
                     "type": "object", "required": ["event_types"],
                     "properties": {"event_types": {"type": "array", "items": {
@@ -143,6 +148,11 @@ pub fn openapi(catalog: &Catalog) -> Api {
                             "publish_roles": {"type": "array", "items": {"type": "string"}},
                             "owner": {"type": ["string", "null"]},
                             "rules": {"type": "array", "items": {"type": "object"}},
+                            "personal": {"oneOf": [{"type": "null"}, {
+                                "type": "object", "required": ["subject", "fields"],
+                                "properties": {
+                                    "subject": {"type": "string", "description": "the data field naming whom the data is about, or @actor"},
+                                    "fields": {"type": "array", "items": {"type": "string"}}}}]},
                             "schema": {"type": "object"}, "example": {"type": "object"}}}}}
                 })),
             Operation::get("/api/v1/schemas", "Every wire schema version")

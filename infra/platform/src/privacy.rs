@@ -1,0 +1,767 @@
+//! Personal data encrypted per data subject, so that it can be erased from a log that keeps
+//! everything (crypto-shredding).
+//!
+//! Each data subject (an account, a customer: what the contract's `herald.personal.subject`
+//! names) has a data key of its own, AES-256-GCM, made the first time something of theirs is
+//! protected. A protected field is text, so the schema's string stays a string:
+//! `personal:v1:<key id>:<base64url(nonce ‖ ciphertext ‖ tag)>`, with the subject and the
+//! field as additional data (a value moved to another subject or field does not open).
+//!
+//! Data keys are stored wrapped by a key-encryption key (KEK), never in clear: the KEK file
+//! holds one base64 key per line, the first wraps new keys and every one unwraps, so a
+//! rotation ([`Privacy::rotate`]) rewraps key by key and loses nothing if it stops halfway.
+//!
+//! Erasing a subject ([`Privacy::erase`]) deletes their data key: every copy of their
+//! protected fields, on the log, in stores that keep ciphertext and in backups, becomes
+//! unreadable together, and reads of it answer [`Revealed::Erased`] rather than an error.
+//! Processes keep unwrapped keys in memory for [`CACHE_TTL`] at most, so an erasure reaches
+//! every process within that time. An erased subject gets no new key: protecting for them is
+//! refused ([`PrivacyError::Erased`]).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use secrecy::SecretString;
+
+use crate::db::Database;
+use crate::seal::{KEY_LEN, SealError, SealingKey};
+use crate::with_pool;
+
+/// How a protected value begins.
+pub const PROTECTED_PREFIX: &str = "personal:v1:";
+/// How long a process keeps a subject's unwrapped key (or their erasure) in memory.
+pub const CACHE_TTL: Duration = Duration::from_secs(60);
+/// Subjects whose keys one process keeps in memory at most.
+const CACHE_CAPACITY: usize = 10_000;
+/// The additional data of a wrapped key, beside the subject.
+const WRAPPED_KEY: &str = "privacy-data-key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrivacyError {
+    #[error(
+        "the key-encryption key file {0} is unusable: {1}; it holds one key per line, 32 bytes \
+         in base64 (`openssl rand -base64 32`)"
+    )]
+    KekFile(String, String),
+    #[error("the subject's data was erased: nothing new is protected for them")]
+    Erased,
+    #[error(
+        "a data key is wrapped by key-encryption key {0}, which the key file does not hold: \
+         add it back to the file (a rotation keeps old keys until it has rewrapped everything)"
+    )]
+    UnknownKek(String),
+    #[error("a protected value or a wrapped key is damaged or was moved: {0}")]
+    Damaged(#[from] SealError),
+    #[error("the key store: {0}")]
+    Store(#[from] sqlx::Error),
+    #[error("the key store's migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// The key-encryption keys, read from their file: the first wraps, any unwraps.
+pub struct Keks {
+    keys: Vec<SealingKey>,
+}
+
+impl std::fmt::Debug for Keks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The ids only: SealingKey shows nothing else.
+        f.debug_list().entries(&self.keys).finish()
+    }
+}
+
+impl Keks {
+    /// Reads the key file: one base64 key per line, blank lines and `#` comments ignored.
+    pub fn read(path: &Path) -> Result<Self, PrivacyError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| PrivacyError::KekFile(shown.clone(), err.to_string()))?;
+        let keys = text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .enumerate()
+            .map(|(n, line)| {
+                SealingKey::from_base64(&SecretString::from(line)).map_err(|err| {
+                    PrivacyError::KekFile(shown.clone(), format!("line {}: {err}", n + 1))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if keys.is_empty() {
+            return Err(PrivacyError::KekFile(shown, "it holds no key".into()));
+        }
+        Ok(Self { keys })
+    }
+
+    /// Writes a file with one new key, unless `path` exists (`herald up`'s data folder).
+    pub fn create_file(path: &Path) -> std::io::Result<bool> {
+        use secrecy::ExposeSecret as _;
+        if path.exists() {
+            return Ok(false);
+        }
+        let key = SealingKey::generate();
+        write_private(path, &format!("{}\n", key.expose_secret()))?;
+        Ok(true)
+    }
+
+    /// The key that wraps new data keys.
+    pub fn current(&self) -> &SealingKey {
+        &self.keys[0]
+    }
+
+    fn wrap(&self, subject: &str, key: &[u8; KEY_LEN]) -> String {
+        self.current()
+            .seal(WRAPPED_KEY, subject, &URL_SAFE_NO_PAD.encode(key))
+    }
+
+    /// The data key `wrapped` holds, opened with the KEK that wrapped it.
+    fn raw(&self, subject: &str, wrapped: &str) -> Result<[u8; KEY_LEN], PrivacyError> {
+        let damaged = || PrivacyError::Damaged(SealError::Damaged);
+        let id = kek_id(wrapped).ok_or_else(damaged)?;
+        let kek = self
+            .keys
+            .iter()
+            .find(|k| k.id() == id)
+            .ok_or_else(|| PrivacyError::UnknownKek(id.to_string()))?;
+        let text = kek.open(WRAPPED_KEY, subject, wrapped)?;
+        URL_SAFE_NO_PAD
+            .decode(text)
+            .ok()
+            .and_then(|raw| <[u8; KEY_LEN]>::try_from(raw).ok())
+            .ok_or_else(damaged)
+    }
+
+    fn unwrap(&self, subject: &str, wrapped: &str) -> Result<SealingKey, PrivacyError> {
+        Ok(SealingKey::from_bytes(&self.raw(subject, wrapped)?)?)
+    }
+}
+
+/// The id of the KEK that wrapped `wrapped` (`sealed:v1:<id>:...`).
+fn kek_id(wrapped: &str) -> Option<&str> {
+    wrapped
+        .strip_prefix(crate::seal::SEALED_PREFIX)?
+        .split_once(':')
+        .map(|(id, _)| id)
+}
+
+/// Writes `text` to a new file only its owner can read.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(text.as_bytes())
+}
+
+/// A subject's key as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// Wrapped by a KEK.
+    Live(String),
+    Erased,
+}
+
+/// Where data keys are kept: a table every service's database shares.
+#[async_trait::async_trait]
+pub trait KeyStore: Send + Sync {
+    async fn get(&self, subject: &str) -> Result<Option<Stored>, PrivacyError>;
+    /// Stores `wrapped` for `subject` unless something is stored already; answers what is
+    /// stored now (another process may have made the subject's key first).
+    async fn create(
+        &self,
+        subject: &str,
+        wrapped: &str,
+        now_us: i64,
+    ) -> Result<Stored, PrivacyError>;
+    /// Deletes the subject's key for good; `false` if it was erased already or never made
+    /// (an erased subject is remembered either way).
+    async fn erase(&self, subject: &str, now_us: i64) -> Result<bool, PrivacyError>;
+    /// Up to `limit` live keys wrapped by another KEK than `kek_id`.
+    async fn wrapped_by_others(
+        &self,
+        kek_id: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, PrivacyError>;
+    /// Replaces `old` by `new` for `subject`, if `old` is still what is stored.
+    async fn rewrap(&self, subject: &str, old: &str, new: &str) -> Result<bool, PrivacyError>;
+}
+
+/// The key store in the deployment's database (`privacy_keys`).
+pub struct SqlKeyStore {
+    db: Database,
+}
+
+impl SqlKeyStore {
+    pub async fn new(db: Database) -> Result<Self, PrivacyError> {
+        crate::db::migrate(
+            &db,
+            sqlx::migrate!("./migrations/postgres"),
+            sqlx::migrate!("./migrations/sqlite"),
+        )
+        .await?;
+        Ok(Self { db })
+    }
+}
+
+fn stored(row: Option<(Option<String>,)>) -> Option<Stored> {
+    row.map(|(wrapped,)| wrapped.map_or(Stored::Erased, Stored::Live))
+}
+
+#[async_trait::async_trait]
+impl KeyStore for SqlKeyStore {
+    async fn get(&self, subject: &str) -> Result<Option<Stored>, PrivacyError> {
+        let row: Option<(Option<String>,)> = with_pool!(&self.db, pool => {
+            sqlx::query_as("SELECT wrapped FROM privacy_keys WHERE subject = $1")
+                .bind(subject)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(stored(row))
+    }
+
+    async fn create(
+        &self,
+        subject: &str,
+        wrapped: &str,
+        now_us: i64,
+    ) -> Result<Stored, PrivacyError> {
+        with_pool!(&self.db, pool => {
+            sqlx::query(
+                "INSERT INTO privacy_keys (subject, wrapped, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (subject) DO NOTHING",
+            )
+            .bind(subject)
+            .bind(wrapped)
+            .bind(now_us)
+            .execute(pool)
+            .await?;
+        });
+        self.get(subject)
+            .await?
+            .ok_or(PrivacyError::Store(sqlx::Error::RowNotFound))
+    }
+
+    async fn erase(&self, subject: &str, now_us: i64) -> Result<bool, PrivacyError> {
+        Ok(with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let erased = sqlx::query(
+                "UPDATE privacy_keys SET wrapped = NULL, erased_at = $2 \
+                 WHERE subject = $1 AND wrapped IS NOT NULL",
+            )
+            .bind(subject)
+            .bind(now_us)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            sqlx::query(
+                "INSERT INTO privacy_keys (subject, wrapped, created_at, erased_at) \
+                 VALUES ($1, NULL, $2, $2) ON CONFLICT (subject) DO NOTHING",
+            )
+            .bind(subject)
+            .bind(now_us)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            erased
+        }))
+    }
+
+    async fn wrapped_by_others(
+        &self,
+        kek_id: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, PrivacyError> {
+        let current = format!("{}{kek_id}:%", crate::seal::SEALED_PREFIX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query_as(
+                "SELECT subject, wrapped FROM privacy_keys \
+                 WHERE wrapped IS NOT NULL AND wrapped NOT LIKE $1 ORDER BY subject LIMIT $2",
+            )
+            .bind(&current)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    async fn rewrap(&self, subject: &str, old: &str, new: &str) -> Result<bool, PrivacyError> {
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query("UPDATE privacy_keys SET wrapped = $3 WHERE subject = $1 AND wrapped = $2")
+                .bind(subject)
+                .bind(old)
+                .bind(new)
+                .execute(pool)
+                .await?
+                .rows_affected()
+                == 1
+        }))
+    }
+}
+
+/// What a protected value is to a reader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revealed {
+    Plain(String),
+    /// Its subject was erased: the value is gone for good.
+    Erased,
+}
+
+/// A subject's key as a process remembers it.
+#[derive(Clone)]
+enum Known {
+    Key(Arc<SealingKey>),
+    Erased,
+}
+
+/// Protects and reveals personal fields, keeping subjects' keys a short while.
+pub struct Privacy {
+    keks: Keks,
+    store: Arc<dyn KeyStore>,
+    cache: Mutex<HashMap<String, (Known, Instant)>>,
+}
+
+impl Privacy {
+    pub fn new(keks: Keks, store: Arc<dyn KeyStore>) -> Self {
+        Self {
+            keks,
+            store,
+            cache: Mutex::default(),
+        }
+    }
+
+    fn cached(&self, subject: &str) -> Option<Known> {
+        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache
+            .get(subject)
+            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
+            .map(|(known, _)| known.clone())
+    }
+
+    fn remember(&self, subject: &str, known: Known) {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= CACHE_CAPACITY {
+            cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+            if cache.len() >= CACHE_CAPACITY {
+                cache.clear();
+            }
+        }
+        cache.insert(subject.to_string(), (known, Instant::now()));
+    }
+
+    fn known(&self, subject: &str, stored: &Stored) -> Result<Known, PrivacyError> {
+        let known = match stored {
+            Stored::Live(wrapped) => Known::Key(Arc::new(self.keks.unwrap(subject, wrapped)?)),
+            Stored::Erased => Known::Erased,
+        };
+        self.remember(subject, known.clone());
+        Ok(known)
+    }
+
+    /// The subject's key, made if they have none yet (`create`).
+    async fn key(&self, subject: &str, create: bool) -> Result<Option<Known>, PrivacyError> {
+        if let Some(known) = self.cached(subject) {
+            return Ok(Some(known));
+        }
+        if let Some(stored) = self.store.get(subject).await? {
+            return self.known(subject, &stored).map(Some);
+        }
+        if !create {
+            return Ok(None);
+        }
+        let mut raw = [0u8; KEY_LEN];
+        aws_lc_rs::rand::fill(&mut raw).expect("the system's random source works");
+        let wrapped = self.keks.wrap(subject, &raw);
+        let stored = self
+            .store
+            .create(subject, &wrapped, crate::clock::now_us())
+            .await?;
+        self.known(subject, &stored).map(Some)
+    }
+
+    /// `plain`, the value of `field` about `subject`, encrypted with the subject's key.
+    pub async fn protect(
+        &self,
+        subject: &str,
+        field: &str,
+        plain: &str,
+    ) -> Result<String, PrivacyError> {
+        match self.key(subject, true).await? {
+            Some(Known::Key(key)) => Ok(protect_with(&key, subject, field, plain)),
+            _ => Err(PrivacyError::Erased),
+        }
+    }
+
+    /// A field's value as a reader may see it: a protected value decrypted, or
+    /// [`Revealed::Erased`] once its subject was erased; any other text as it is.
+    pub async fn reveal(
+        &self,
+        subject: &str,
+        field: &str,
+        text: &str,
+    ) -> Result<Revealed, PrivacyError> {
+        if !is_protected(text) {
+            return Ok(Revealed::Plain(text.to_string()));
+        }
+        match self.key(subject, false).await? {
+            Some(Known::Key(key)) => Ok(Revealed::Plain(reveal_with(&key, subject, field, text)?)),
+            // No key was ever stored: the value was protected with one since erased from a
+            // restored store, or in another deployment. Either way nothing can read it.
+            Some(Known::Erased) | None => Ok(Revealed::Erased),
+        }
+    }
+
+    /// Deletes the subject's key: everything protected for them becomes unreadable.
+    /// `false`: nothing was protected for them, or they were erased before.
+    pub async fn erase(&self, subject: &str) -> Result<bool, PrivacyError> {
+        let erased = self.store.erase(subject, crate::clock::now_us()).await?;
+        self.remember(subject, Known::Erased);
+        Ok(erased)
+    }
+
+    /// Rewraps every data key with the first key of the key file, in batches; answers how
+    /// many were rewrapped. Run again after an interruption: keys already rewrapped are
+    /// skipped, and until the end the old KEK must stay in the file.
+    pub async fn rotate(&self) -> Result<usize, PrivacyError> {
+        let current = self.keks.current().id().to_string();
+        let mut done = 0;
+        loop {
+            let batch = self.store.wrapped_by_others(&current, 500).await?;
+            if batch.is_empty() {
+                return Ok(done);
+            }
+            for (subject, old) in batch {
+                let new = self.keks.wrap(&subject, &self.keks.raw(&subject, &old)?);
+                if self.store.rewrap(&subject, &old, &new).await? {
+                    done += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Keys in memory: for tests, and a process that needs no database.
+#[derive(Default)]
+pub struct MemoryKeyStore {
+    keys: Mutex<HashMap<String, Stored>>,
+}
+
+#[async_trait::async_trait]
+impl KeyStore for MemoryKeyStore {
+    async fn get(&self, subject: &str) -> Result<Option<Stored>, PrivacyError> {
+        Ok(self.lock().get(subject).cloned())
+    }
+
+    async fn create(&self, subject: &str, wrapped: &str, _: i64) -> Result<Stored, PrivacyError> {
+        Ok(self
+            .lock()
+            .entry(subject.to_string())
+            .or_insert_with(|| Stored::Live(wrapped.to_string()))
+            .clone())
+    }
+
+    async fn erase(&self, subject: &str, _: i64) -> Result<bool, PrivacyError> {
+        let before = self.lock().insert(subject.to_string(), Stored::Erased);
+        Ok(matches!(before, Some(Stored::Live(_))))
+    }
+
+    async fn wrapped_by_others(
+        &self,
+        kek_id: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, PrivacyError> {
+        let mut found: Vec<(String, String)> = self
+            .lock()
+            .iter()
+            .filter_map(|(subject, stored)| match stored {
+                Stored::Live(wrapped) if self::kek_id(wrapped) != Some(kek_id) => {
+                    Some((subject.clone(), wrapped.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        found.sort();
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    async fn rewrap(&self, subject: &str, old: &str, new: &str) -> Result<bool, PrivacyError> {
+        let mut keys = self.lock();
+        match keys.get_mut(subject) {
+            Some(Stored::Live(wrapped)) if wrapped == old => {
+                *wrapped = new.to_string();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+impl MemoryKeyStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Stored>> {
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Whether `text` is a protected value.
+pub fn is_protected(text: &str) -> bool {
+    text.starts_with(PROTECTED_PREFIX)
+}
+
+fn protect_with(key: &SealingKey, subject: &str, field: &str, plain: &str) -> String {
+    let sealed = key.seal(subject, field, plain);
+    // `sealed:v1:` and `personal:v1:` share the rest of the format.
+    format!(
+        "{PROTECTED_PREFIX}{}",
+        &sealed[crate::seal::SEALED_PREFIX.len()..]
+    )
+}
+
+fn reveal_with(
+    key: &SealingKey,
+    subject: &str,
+    field: &str,
+    text: &str,
+) -> Result<String, PrivacyError> {
+    let body = text
+        .strip_prefix(PROTECTED_PREFIX)
+        .ok_or(PrivacyError::Damaged(SealError::NotSealed))?;
+    Ok(key.open(
+        subject,
+        field,
+        &format!("{}{body}", crate::seal::SEALED_PREFIX),
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret as _;
+
+    fn key_file(dir: &Path, name: &str, keys: &[&SecretString]) -> std::path::PathBuf {
+        let path = dir.join(name);
+        let text: String = keys
+            .iter()
+            .map(|k| format!("{}\n", k.expose_secret()))
+            .collect();
+        std::fs::write(&path, format!("# key-encryption keys\n\n{text}")).unwrap();
+        path
+    }
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "herald-privacy-{name}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn privacy(keks: &Path, store: &Arc<dyn KeyStore>) -> Privacy {
+        Privacy::new(Keks::read(keks).unwrap(), store.clone())
+    }
+
+    #[tokio::test]
+    async fn a_protected_value_opens_only_for_its_subject_and_field_until_the_subject_is_erased() {
+        let dir = temp_dir("erase");
+        let keks = key_file(&dir, "kek", &[&SealingKey::generate()]);
+        let store: Arc<dyn KeyStore> = Arc::new(MemoryKeyStore::default());
+        let privacy = privacy(&keks, &store);
+        let email = privacy
+            .protect("u-1", "email", "alice@example.com")
+            .await
+            .unwrap();
+        assert!(is_protected(&email));
+        assert!(!email.contains("alice"));
+        assert_ne!(
+            email,
+            privacy
+                .protect("u-1", "email", "alice@example.com")
+                .await
+                .unwrap(),
+            "a fresh nonce each time"
+        );
+        assert_eq!(
+            privacy.reveal("u-1", "email", &email).await.unwrap(),
+            Revealed::Plain("alice@example.com".into())
+        );
+        assert!(matches!(
+            privacy.reveal("u-1", "phone", &email).await,
+            Err(PrivacyError::Damaged(_))
+        ));
+        let other = privacy
+            .protect("u-2", "email", "bob@example.com")
+            .await
+            .unwrap();
+        assert!(matches!(
+            privacy.reveal("u-2", "email", &email).await,
+            Err(PrivacyError::Damaged(_))
+        ));
+        assert_eq!(
+            privacy
+                .reveal("u-1", "email", "not protected")
+                .await
+                .unwrap(),
+            Revealed::Plain("not protected".into())
+        );
+
+        // Erased: this process and a fresh one both read it as erased, and make nothing new.
+        assert!(privacy.erase("u-1").await.unwrap());
+        assert!(!privacy.erase("u-1").await.unwrap(), "once");
+        assert_eq!(
+            privacy.reveal("u-1", "email", &email).await.unwrap(),
+            Revealed::Erased
+        );
+        let fresh = self::privacy(&keks, &store);
+        assert_eq!(
+            fresh.reveal("u-1", "email", &email).await.unwrap(),
+            Revealed::Erased
+        );
+        assert!(matches!(
+            fresh.protect("u-1", "email", "again@example.com").await,
+            Err(PrivacyError::Erased)
+        ));
+        // Another subject is untouched.
+        assert_eq!(
+            fresh.reveal("u-2", "email", &other).await.unwrap(),
+            Revealed::Plain("bob@example.com".into())
+        );
+        // A subject erased before anything was protected for them stays erased.
+        assert!(!fresh.erase("u-3").await.unwrap());
+        assert!(matches!(
+            fresh.protect("u-3", "email", "c@example.com").await,
+            Err(PrivacyError::Erased)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_rotation_rewraps_every_key_and_the_old_kek_can_then_go() {
+        let dir = temp_dir("rotate");
+        let (old, new) = (SealingKey::generate(), SealingKey::generate());
+        let store: Arc<dyn KeyStore> = Arc::new(MemoryKeyStore::default());
+        let before = privacy(&key_file(&dir, "old", &[&old]), &store);
+        let mut values = Vec::new();
+        for n in 0..1203 {
+            let subject = format!("u-{n}");
+            let value = before
+                .protect(&subject, "name", &format!("name {n}"))
+                .await
+                .unwrap();
+            values.push((subject, value));
+        }
+        before.erase("u-7").await.unwrap();
+        let rotating = privacy(&key_file(&dir, "both", &[&new, &old]), &store);
+        assert_eq!(rotating.rotate().await.unwrap(), 1202);
+        assert_eq!(
+            rotating.rotate().await.unwrap(),
+            0,
+            "nothing left to rewrap"
+        );
+        let after = privacy(&key_file(&dir, "new", &[&new]), &store);
+        for (n, (subject, value)) in values.iter().enumerate() {
+            let expected = if n == 7 {
+                Revealed::Erased
+            } else {
+                Revealed::Plain(format!("name {n}"))
+            };
+            assert_eq!(
+                after.reveal(subject, "name", value).await.unwrap(),
+                expected
+            );
+        }
+        // Without the rotation, the old KEK's absence is named.
+        let store: Arc<dyn KeyStore> = Arc::new(MemoryKeyStore::default());
+        let value = privacy(&key_file(&dir, "old2", &[&old]), &store)
+            .protect("u-1", "name", "x")
+            .await
+            .unwrap();
+        let err = privacy(&key_file(&dir, "new2", &[&new]), &store)
+            .reveal("u-1", "name", &value)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PrivacyError::UnknownKek(_)), "{err}");
+    }
+
+    #[test]
+    fn a_bad_key_file_says_what_is_wrong() {
+        let dir = temp_dir("files");
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "# nothing\n").unwrap();
+        assert!(
+            Keks::read(&empty)
+                .unwrap_err()
+                .to_string()
+                .contains("holds no key")
+        );
+        let bad = dir.join("bad");
+        std::fs::write(&bad, "not base64!\n").unwrap();
+        assert!(Keks::read(&bad).unwrap_err().to_string().contains("line 1"));
+        assert!(Keks::read(&dir.join("missing")).is_err());
+        let made = dir.join("made");
+        assert!(Keks::create_file(&made).unwrap());
+        assert!(!Keks::create_file(&made).unwrap(), "never overwritten");
+        Keks::read(&made).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&made).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_sql_store_keeps_erases_and_rewraps_keys() {
+        let dir = temp_dir("sql");
+        let db = Database::connect(&format!("sqlite://{}", dir.join("keys.db").display()))
+            .await
+            .unwrap();
+        let store = SqlKeyStore::new(db).await.unwrap();
+        assert_eq!(store.get("u-1").await.unwrap(), None);
+        let first = store.create("u-1", "sealed:v1:aaaa:x", 1).await.unwrap();
+        assert_eq!(first, Stored::Live("sealed:v1:aaaa:x".into()));
+        assert_eq!(
+            store.create("u-1", "sealed:v1:aaaa:y", 2).await.unwrap(),
+            first,
+            "the first key stays"
+        );
+        store.create("u-2", "sealed:v1:bbbb:z", 3).await.unwrap();
+        assert_eq!(
+            store.wrapped_by_others("aaaa", 10).await.unwrap(),
+            [("u-2".to_string(), "sealed:v1:bbbb:z".to_string())]
+        );
+        assert!(
+            store
+                .rewrap("u-2", "sealed:v1:bbbb:z", "sealed:v1:aaaa:w")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .rewrap("u-2", "sealed:v1:bbbb:z", "sealed:v1:aaaa:v")
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .wrapped_by_others("aaaa", 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(store.erase("u-1", 4).await.unwrap());
+        assert_eq!(store.get("u-1").await.unwrap(), Some(Stored::Erased));
+        assert!(!store.erase("u-9", 5).await.unwrap());
+        assert_eq!(store.get("u-9").await.unwrap(), Some(Stored::Erased));
+        assert_eq!(
+            store.create("u-9", "sealed:v1:aaaa:q", 6).await.unwrap(),
+            Stored::Erased,
+            "an erased subject gets no key"
+        );
+    }
+}
