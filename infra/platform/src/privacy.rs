@@ -33,6 +33,8 @@ use crate::with_pool;
 
 /// How a protected value begins.
 pub const PROTECTED_PREFIX: &str = "personal:v1:";
+/// What readers show in place of a field whose subject was erased.
+pub const ERASED: &str = "[erased]";
 /// How long a process keeps a subject's unwrapped key (or their erasure) in memory.
 pub const CACHE_TTL: Duration = Duration::from_secs(60);
 /// Subjects whose keys one process keeps in memory at most.
@@ -56,6 +58,8 @@ pub enum PrivacyError {
     UnknownKek(String),
     #[error("a protected value or a wrapped key is damaged or was moved: {0}")]
     Damaged(#[from] SealError),
+    #[error("the event names no data subject: its {0} is missing or not a string")]
+    NoSubject(String),
     #[error("the key store: {0}")]
     Store(#[from] sqlx::Error),
     #[error("the key store's migrations: {0}")]
@@ -446,6 +450,77 @@ impl Privacy {
     }
 }
 
+/// Whom an event's data is about, by its schema's `herald.personal.subject`; `None` when the
+/// schema marks nothing.
+pub fn subject_of<'a>(
+    schema: &'a events::SchemaVersion,
+    actor: &'a str,
+    data: &'a serde_json::Value,
+) -> Result<Option<&'a str>, PrivacyError> {
+    let Some(personal) = &schema.personal else {
+        return Ok(None);
+    };
+    match &personal.subject {
+        events::Owner::Actor => Ok(Some(actor)),
+        events::Owner::Field(field) => data
+            .get(field)
+            .and_then(serde_json::Value::as_str)
+            .map(Some)
+            .ok_or_else(|| PrivacyError::NoSubject(field.clone())),
+    }
+}
+
+impl Privacy {
+    /// Protects, in place, every personal field `schema` marks in `data` (an event's data as
+    /// JSON) that holds a string not protected already; `actor` is the event's actor.
+    pub async fn protect_data(
+        &self,
+        schema: &events::SchemaVersion,
+        actor: &str,
+        data: &mut serde_json::Value,
+    ) -> Result<(), PrivacyError> {
+        let (Some(personal), Some(subject)) = (
+            &schema.personal,
+            subject_of(schema, actor, data)?.map(str::to_string),
+        ) else {
+            return Ok(());
+        };
+        for field in &personal.fields {
+            if let Some(serde_json::Value::String(value)) = data.get_mut(field)
+                && !is_protected(value)
+            {
+                *value = self.protect(&subject, field, value).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reveals, in place, every protected field of an event's data: its plain text, or
+    /// [`ERASED`] once its subject was erased.
+    pub async fn reveal_data(
+        &self,
+        schema: &events::SchemaVersion,
+        actor: &str,
+        data: &mut serde_json::Value,
+    ) -> Result<(), PrivacyError> {
+        let (Some(personal), Some(subject)) = (
+            &schema.personal,
+            subject_of(schema, actor, data)?.map(str::to_string),
+        ) else {
+            return Ok(());
+        };
+        for field in &personal.fields {
+            if let Some(serde_json::Value::String(value)) = data.get_mut(field) {
+                *value = match self.reveal(&subject, field, value).await? {
+                    Revealed::Plain(plain) => plain,
+                    Revealed::Erased => ERASED.to_string(),
+                };
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Keys in memory: for tests, and a process that needs no database.
 #[derive(Default)]
 pub struct MemoryKeyStore {
@@ -686,6 +761,78 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, PrivacyError::UnknownKek(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_events_marked_fields_are_protected_for_its_subject_and_read_back_or_erased() {
+        let dir = temp_dir("data");
+        let keks = key_file(&dir, "kek", &[&SealingKey::generate()]);
+        let store: Arc<dyn KeyStore> = Arc::new(MemoryKeyStore::default());
+        let privacy = privacy(&keks, &store);
+        let catalog = events::Catalog::embedded().unwrap();
+        let registered = catalog.latest("user.registered").unwrap();
+        let original = serde_json::json!({
+            "user_id": "u-1", "email": "alice@example.com", "display_name": "Alice",
+            "phone": null, "locale": "en", "time_zone": "UTC"
+        });
+        let mut data = original.clone();
+        privacy
+            .protect_data(registered, "auth", &mut data)
+            .await
+            .unwrap();
+        assert_eq!(data["user_id"], "u-1", "the subject stays readable");
+        assert_eq!(data["locale"], "en", "unmarked fields are untouched");
+        assert!(data["phone"].is_null(), "a null stays null");
+        for field in ["email", "display_name"] {
+            assert!(
+                is_protected(data[field].as_str().unwrap()),
+                "{field}: {data}"
+            );
+        }
+        let protected = data.clone();
+        privacy
+            .protect_data(registered, "auth", &mut data)
+            .await
+            .unwrap();
+        assert_eq!(data, protected, "protecting twice changes nothing");
+        privacy
+            .reveal_data(registered, "auth", &mut data)
+            .await
+            .unwrap();
+        assert_eq!(data, original);
+
+        // A message is about its sender, the actor.
+        let message = catalog.latest("message.sent").unwrap();
+        let mut sent = serde_json::json!({"message_id": "m", "conversation_id": "c",
+                                           "recipient_id": "bob", "body": "Lunch?"});
+        privacy
+            .protect_data(message, "alice-id", &mut sent)
+            .await
+            .unwrap();
+        privacy.erase("alice-id").await.unwrap();
+        let mut read = sent.clone();
+        privacy
+            .reveal_data(message, "alice-id", &mut read)
+            .await
+            .unwrap();
+        assert_eq!(read["body"], ERASED);
+        assert_eq!(read["recipient_id"], "bob");
+
+        // An event without its subject cannot be protected; one of an unmarked type passes.
+        let mut nameless = serde_json::json!({"email": "x@example.com"});
+        assert!(matches!(
+            privacy
+                .protect_data(registered, "auth", &mut nameless)
+                .await,
+            Err(PrivacyError::NoSubject(_))
+        ));
+        let placed = catalog.latest("order.placed").unwrap();
+        let mut order = serde_json::json!({"order_id": "o-1"});
+        privacy
+            .protect_data(placed, "alice", &mut order)
+            .await
+            .unwrap();
+        assert_eq!(order, serde_json::json!({"order_id": "o-1"}));
     }
 
     #[test]
