@@ -182,17 +182,13 @@ async fn main() {
         .expect("the user is known within two minutes");
     drop(warm);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let receiver = Receiver::Socket(socket(&base, &bearer).await);
-    to_one(
-        &client,
-        &ingress,
-        &publisher,
-        &user,
-        receiver,
-        messages,
-        "WebSocket",
-    )
-    .await;
+    let through_socket = Receiver::Socket(socket(&base, &bearer).await);
+    let run = |receiver, what| {
+        to_one(
+            &client, &ingress, &publisher, &user, receiver, messages, what,
+        )
+    };
+    run(through_socket, "WebSocket").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stream = client
         .get(format!("{base}/api/v1/stream"))
@@ -201,17 +197,7 @@ async fn main() {
         .await
         .unwrap();
     assert_eq!(stream.status(), 200);
-    let receiver = Receiver::Stream(stream, String::new());
-    to_one(
-        &client,
-        &ingress,
-        &publisher,
-        &user,
-        receiver,
-        messages,
-        "event stream",
-    )
-    .await;
+    run(Receiver::Stream(stream, String::new()), "event stream").await;
 
     // 2. Many sockets on one process.
     tokio::time::sleep(Duration::from_secs(2)).await;

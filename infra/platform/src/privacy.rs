@@ -470,6 +470,18 @@ pub fn subject_of<'a>(
     }
 }
 
+/// The fields `schema` marks personal, and whom `data` is about; `None` when it marks none.
+fn marked<'a>(
+    schema: &'a events::SchemaVersion,
+    actor: &str,
+    data: &serde_json::Value,
+) -> Result<Option<(&'a [String], String)>, PrivacyError> {
+    Ok(match (&schema.personal, subject_of(schema, actor, data)?) {
+        (Some(personal), Some(subject)) => Some((&personal.fields, subject.to_string())),
+        _ => None,
+    })
+}
+
 impl Privacy {
     /// Protects, in place, every personal field `schema` marks in `data` (an event's data as
     /// JSON) that holds a string not protected already; `actor` is the event's actor.
@@ -479,13 +491,10 @@ impl Privacy {
         actor: &str,
         data: &mut serde_json::Value,
     ) -> Result<(), PrivacyError> {
-        let (Some(personal), Some(subject)) = (
-            &schema.personal,
-            subject_of(schema, actor, data)?.map(str::to_string),
-        ) else {
+        let Some((fields, subject)) = marked(schema, actor, data)? else {
             return Ok(());
         };
-        for field in &personal.fields {
+        for field in fields {
             if let Some(serde_json::Value::String(value)) = data.get_mut(field)
                 && !is_protected(value)
             {
@@ -503,13 +512,10 @@ impl Privacy {
         actor: &str,
         data: &mut serde_json::Value,
     ) -> Result<(), PrivacyError> {
-        let (Some(personal), Some(subject)) = (
-            &schema.personal,
-            subject_of(schema, actor, data)?.map(str::to_string),
-        ) else {
+        let Some((fields, subject)) = marked(schema, actor, data)? else {
             return Ok(());
         };
-        for field in &personal.fields {
+        for field in fields {
             if let Some(serde_json::Value::String(value)) = data.get_mut(field) {
                 *value = match self.reveal(&subject, field, value).await? {
                     Revealed::Plain(plain) => plain,

@@ -135,7 +135,9 @@ impl Callback {
         if query.len() > 4 * MAX_PARAM {
             return Err(bad("invalid-callback", "the callback's query is too long"));
         }
-        for (key, value) in form_urlencoded_pairs(query) {
+        // Decoded as a form; a query that is not one reads as empty (code and state missing).
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
+        for (key, value) in pairs {
             let slot = match key.as_str() {
                 "code" => &mut callback.code,
                 "state" => &mut callback.state,
@@ -156,11 +158,6 @@ impl Callback {
         }
         Ok(callback)
     }
-}
-
-/// The pairs of a query string, decoded as a form (invalid UTF-8 replaced).
-fn form_urlencoded_pairs(query: &str) -> Vec<(String, String)> {
-    serde_urlencoded::from_str(query).unwrap_or_default()
 }
 
 fn bad(kind: &str, detail: impl Into<String>) -> Problem {

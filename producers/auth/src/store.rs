@@ -126,34 +126,7 @@ impl SqlStore {
         account: &Account,
         event: &OutboxRecord,
     ) -> Result<(), StoreError> {
-        with_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
-            let inserted = sqlx::query(
-                "INSERT INTO auth_accounts (id, email, password_hash, role, display_name, phone, locale, time_zone, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .bind(&account.id)
-            .bind(&account.email)
-            .bind(&account.password_hash)
-            .bind(&account.role)
-            .bind(&account.display_name)
-            .bind(&account.phone)
-            .bind(&account.locale)
-            .bind(&account.time_zone)
-            .bind(account.created_at)
-            .bind(account.updated_at)
-            .execute(&mut *tx)
-            .await;
-            match inserted {
-                Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
-                    return Err(StoreError::EmailTaken)
-                }
-                other => other?,
-            };
-            enqueue!(tx, [event]);
-            tx.commit().await?;
-        });
-        Ok(())
+        self.insert_account(account, event, None).await
     }
 
     /// Creates an account that signs in through an external identity, links the identity,
@@ -164,6 +137,18 @@ impl SqlStore {
         event: &OutboxRecord,
         issuer: &str,
         subject: &str,
+    ) -> Result<(), StoreError> {
+        self.insert_account(account, event, Some((issuer, subject)))
+            .await
+    }
+
+    /// The account, the identity linked to it if any (issuer, subject), and its event, in one
+    /// transaction. An email a live account holds: [`StoreError::EmailTaken`].
+    async fn insert_account(
+        &self,
+        account: &Account,
+        event: &OutboxRecord,
+        identity: Option<(&str, &str)>,
     ) -> Result<(), StoreError> {
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin().await?;
@@ -189,13 +174,15 @@ impl SqlStore {
                 }
                 other => other?,
             };
-            sqlx::query(LINK_IDENTITY)
-                .bind(issuer)
-                .bind(subject)
-                .bind(&account.id)
-                .bind(account.created_at)
-                .execute(&mut *tx)
-                .await?;
+            if let Some((issuer, subject)) = identity {
+                sqlx::query(LINK_IDENTITY)
+                    .bind(issuer)
+                    .bind(subject)
+                    .bind(&account.id)
+                    .bind(account.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             enqueue!(tx, [event]);
             tx.commit().await?;
         });
