@@ -3,6 +3,7 @@
 //! HTTP API on one port, with all data under one folder.
 
 mod check;
+mod privacy;
 mod reference;
 mod services;
 mod tools;
@@ -88,6 +89,11 @@ enum Command {
     Check {
         #[command(subcommand)]
         service: check::Checked,
+    },
+    /// Erase a person's data, or rotate the key-encryption key of personal data.
+    Privacy {
+        #[command(subcommand)]
+        action: privacy::PrivacyAction,
     },
     /// Manage the local Apache Kafka broker of a data folder.
     Broker {
@@ -257,6 +263,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Broker { action } => broker(action).await,
+            Command::Privacy { action } => privacy::privacy(action).await,
         };
         platform::alerts::shutdown(Duration::from_secs(5)).await;
         outcome
@@ -280,6 +287,9 @@ impl Command {
                 action: AuditAction::Rebuild { kafka, .. },
             } => Some(kafka),
             Command::Notifications(args) if args.action.is_some() => Some(&mut args.kafka),
+            Command::Privacy {
+                action: privacy::PrivacyAction::Erase { kafka, .. },
+            } => Some(&mut **kafka),
             _ => None,
         }
     }

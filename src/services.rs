@@ -312,6 +312,10 @@ async fn up_services(mut args: UpArgs) -> anyhow::Result<()> {
     if args.ingress.contract.sealing_key.is_none() {
         args.ingress.contract.sealing_key = Some(crate::dev_sealing_key(&data_dir)?);
     }
+    if args.ingress.contract.privacy_key_file.is_none() {
+        args.ingress.contract.privacy_key_file =
+            Some(crate::privacy::ensure_data_folder_key_file(&data_dir)?);
+    }
     let listener = bind(args.listen)?;
     let local = reachable(listener.local_addr()?);
     // The auth service runs in this process: everything verifies its tokens too.
@@ -331,6 +335,10 @@ async fn up_services(mut args: UpArgs) -> anyhow::Result<()> {
         .public_url
         .get_or_insert_with(|| format!("http://{local}"));
     let db = args.store.connect().await?;
+    // One privacy for every service of this process: an erasure is seen by all at once.
+    if let Some(privacy) = args.ingress.contract.privacy(Some(&db)).await? {
+        args.ingress.contract.shared_privacy = Some(platform::contract::SharedPrivacy(privacy));
+    }
     // One verifier for the edge, the ingress and every consumer of this process.
     let verify = Arc::new(Authenticator::from_args(&args.ingress.auth)?);
     let services = all(&args, db, verify.clone()).await?;
@@ -416,8 +424,9 @@ async fn ingress_state(
     verify: Arc<Authenticator>,
 ) -> anyhow::Result<Arc<ingress::AppState>> {
     let store = Arc::new(SqlStore::new(db.clone()).await?);
+    let privacy = args.contract.privacy(Some(db)).await?;
     Ok(Arc::new(
-        ingress::connect(args, kafka, store, verify).await?,
+        ingress::connect(args, kafka, store, verify, privacy).await?,
     ))
 }
 

@@ -61,9 +61,15 @@ fn needs_brokers(kafka: &KafkaArgs, command: &str) -> anyhow::Result<()> {
 pub async fn replay(command: ReplayCommand) -> anyhow::Result<()> {
     needs_brokers(&command.kafka, "replay")?;
     let catalog = Arc::new(command.contract.catalog()?);
-    let codec = command.contract.codec(catalog, &command.kafka).await?;
+    let codec = command
+        .contract
+        .codec(catalog.clone(), &command.kafka)
+        .await?;
     let started = Instant::now();
-    let args = command.replay;
+    let mut args = command.replay;
+    args.reveal = crate::privacy::for_tool(&command.contract)
+        .await?
+        .map(|privacy| platform::privacy::BlockingRevealer::new(privacy, catalog));
     let summary = tokio::task::spawn_blocking(move || {
         let summary = replay::replay(&command.kafka, &codec, &args)?;
         if args.dry_run {
@@ -184,7 +190,13 @@ enum DlqAction {
 pub async fn tail(command: TailCommand) -> anyhow::Result<()> {
     needs_brokers(&command.kafka, "tail")?;
     let catalog = Arc::new(command.contract.catalog()?);
-    let codec = command.contract.codec(catalog, &command.kafka).await?;
+    let codec = command
+        .contract
+        .codec(catalog.clone(), &command.kafka)
+        .await?;
+    let reveal = crate::privacy::for_tool(&command.contract)
+        .await?
+        .map(|privacy| platform::privacy::BlockingRevealer::new(privacy, catalog));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stopper = stop.clone();
     tokio::spawn(async move {
@@ -206,11 +218,20 @@ pub async fn tail(command: TailCommand) -> anyhow::Result<()> {
             for record in batch {
                 let payload = record.payload.as_deref().unwrap_or_default();
                 let line = match codec.decode_text(payload) {
-                    Ok(decoded) => {
+                    Ok(mut decoded) => {
                         if !command.types.is_empty()
                             && !command.types.contains(&decoded.envelope.event_type)
                         {
                             continue;
+                        }
+                        if let Some(reveal) = &reveal
+                            && let Some(revealed) = reveal.reveal_text(
+                                &decoded.envelope.event_type,
+                                &decoded.envelope.actor,
+                                &decoded.data,
+                            )?
+                        {
+                            decoded.data = revealed;
                         }
                         replay::row::Row::new(&record, &decoded).to_json()
                     }

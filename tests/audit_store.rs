@@ -268,6 +268,8 @@ async fn serve(store: SqlStore) -> Api {
     let router = audit_log::api::router(Arc::new(audit_log::api::AuditApi {
         store: Arc::new(store),
         auth: Arc::new(auth),
+        privacy: None,
+        catalog: Arc::new(events::Catalog::embedded().unwrap()),
     }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -322,7 +322,7 @@ async fn the_catalog_lists_every_type_with_an_example_that_the_ingress_accepts()
     let client = support::client();
     let catalog = app.get_json("/api/v1/event-types").await;
     let types = catalog["event_types"].as_array().unwrap();
-    assert_eq!(types.len(), 11);
+    assert_eq!(types.len(), 12);
     // Whom each type's data is about, and which fields hold personal data.
     let personal: Vec<(String, Value)> = types
         .iter()

@@ -110,6 +110,28 @@ impl SchemaVersion {
         )
     }
 
+    /// The JSON of `avro`, this type's encoded data (what readers of the topic see).
+    pub fn data_json(&self, avro: &[u8]) -> Result<Json, crate::CodecError> {
+        let mut input = avro;
+        let mut text = Vec::with_capacity(2 * avro.len());
+        crate::binary::write_json(&self.data_schema, &self.names, &mut input, &mut text)?;
+        serde_json::from_slice(&text).map_err(|_| crate::CodecError::BadEnvelope("data"))
+    }
+
+    /// The Avro binary of a `data` object that fits this schema (validated before, and
+    /// changed since only in the text of its strings).
+    pub fn data_avro(&self, data: &Json) -> Result<Vec<u8>, crate::CodecError> {
+        let mut out = Vec::with_capacity(256);
+        if self.encode_json(&data.to_string(), &mut out).is_some() {
+            return Ok(out);
+        }
+        let value = self
+            .validate(data, "")
+            .map_err(|_| crate::CodecError::BadEnvelope("data"))?;
+        self.encode_value(&value, &mut out)?;
+        Ok(out)
+    }
+
     /// The name of the data field that holds the owner's id, when there is one.
     pub fn owner_field(&self) -> Option<&str> {
         match &self.owner {
@@ -514,6 +536,7 @@ mod tests {
             "user.registered",
             "user.profile_updated",
             "user.deleted",
+            "user.erased",
             "user.password_reset_requested",
             "otp.requested",
             "order.placed",

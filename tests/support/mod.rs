@@ -107,6 +107,10 @@ impl TestIngress {
                 &kafka,
                 store,
                 Arc::new(ingress::auth::Authenticator::from_args(&args.auth).expect("token keys")),
+                args.contract
+                    .privacy(None)
+                    .await
+                    .expect("the privacy settings load"),
             )
             .await
             .expect("ingress connects"),

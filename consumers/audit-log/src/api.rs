@@ -28,6 +28,10 @@ const MAX_LIMIT: u32 = 1000;
 pub struct AuditApi {
     pub store: Arc<dyn AuditStore>,
     pub auth: Arc<Authenticator>,
+    /// Shows personal fields in plain text, or as erased (the store keeps the ciphertext,
+    /// which the chain hashes); `None`: as stored.
+    pub privacy: Option<Arc<platform::privacy::Privacy>>,
+    pub catalog: Arc<events::Catalog>,
 }
 
 pub fn router(state: Arc<AuditApi>) -> Router {
@@ -158,7 +162,42 @@ async fn list(
     } else {
         None
     };
+    if let Some(privacy) = &state.privacy {
+        for item in &mut items {
+            reveal(privacy, &state.catalog, &mut item.event).await?;
+        }
+    }
     Ok(Json(Page { items, next_cursor }))
+}
+
+/// Reveals the personal fields of a stored event: plain text, or erased. A value that does
+/// not open (damaged) is shown as stored: the chain's verification is what judges it.
+async fn reveal(
+    privacy: &platform::privacy::Privacy,
+    catalog: &events::Catalog,
+    event: &mut serde_json::Value,
+) -> Result<(), Problem> {
+    let event_type = event["event_type"].as_str().unwrap_or_default().to_string();
+    let actor = event["actor"].as_str().unwrap_or_default().to_string();
+    let Some(schema) = catalog.latest(&event_type) else {
+        return Ok(());
+    };
+    let Some(data) = event.get_mut("data") else {
+        return Ok(());
+    };
+    let mut revealed = data.clone();
+    match privacy.reveal_data(schema, &actor, &mut revealed).await {
+        Ok(()) => *data = revealed,
+        Err(platform::privacy::PrivacyError::Store(err)) => {
+            tracing::warn!(%err, "the personal-data key store is unreachable");
+            return Err(Problem::unavailable(
+                "the personal-data key store is not reachable",
+                5,
+            ));
+        }
+        Err(err) => tracing::warn!(%err, event_type, "a personal field does not open"),
+    }
+    Ok(())
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -127,6 +127,7 @@ impl Service {
         consumer: &ConsumerArgs,
         auth: Arc<Authenticator>,
     ) -> anyhow::Result<Self> {
+        let privacy = contract.privacy(Some(&db)).await?;
         let store: Arc<dyn AuditStore> = Arc::new(store::SqlStore::new(db).await?);
         let catalog = Arc::new(contract.catalog()?);
         let topics = catalog
@@ -134,7 +135,7 @@ impl Service {
             .into_iter()
             .map(|t| kafka.topic(t))
             .collect();
-        let codec = Arc::new(contract.codec(catalog, kafka).await?);
+        let codec = Arc::new(contract.codec(catalog.clone(), kafka).await?);
         let handler = Arc::new(AuditLog::new(store.clone()));
         let runner = Runner::new(NAME, topics, kafka, consumer, codec, handler);
         Ok(Self {
@@ -142,6 +143,8 @@ impl Service {
             api: Arc::new(api::AuditApi {
                 store: store.clone(),
                 auth,
+                privacy,
+                catalog,
             }),
             store,
         })

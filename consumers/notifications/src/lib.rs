@@ -1044,6 +1044,7 @@ pub async fn rebuild_projection(
     kafka: &KafkaArgs,
     contract: &ContractArgs,
 ) -> anyhow::Result<Rebuilt> {
+    let privacy = contract.privacy(Some(&db)).await?;
     let store = store::SqlStore::new(db).await?;
     let catalog = Arc::new(contract.catalog()?);
     let codec = contract.codec(catalog.clone(), kafka).await?;
@@ -1064,7 +1065,7 @@ pub async fn rebuild_projection(
         let mut changes = Vec::new();
         let mut orders = Vec::new();
         for record in chunk {
-            let Some(decoded) = record
+            let Some(mut decoded) = record
                 .payload
                 .as_deref()
                 .and_then(|payload| codec.decode(payload).ok())
@@ -1072,6 +1073,13 @@ pub async fn rebuild_projection(
                 // Not an event this service could ever have applied (its dead letters say so).
                 continue;
             };
+            if let (Some(privacy), Some(schema)) =
+                (&privacy, catalog.latest(&decoded.envelope.event_type))
+            {
+                privacy
+                    .reveal_data(schema, &decoded.envelope.actor, &mut decoded.data)
+                    .await?;
+            }
             let event_type = decoded.envelope.event_type.as_str();
             if let Some(change) = UserChange::from_event(event_type, &decoded.data) {
                 changes.push(change);
@@ -1130,6 +1138,7 @@ impl Service {
             .collect();
         topics.sort();
         topics.dedup();
+        let privacy = contract.privacy(Some(&db)).await?;
         let store: Arc<dyn NotifyStore> = Arc::new(store::SqlStore::new(db).await?);
         let codec = Arc::new(contract.codec(catalog.clone(), kafka).await?);
         let outcomes_topic: Vec<String> = catalog
@@ -1142,7 +1151,7 @@ impl Service {
             .context("creating the topic of delivery outcomes")?;
         let outcomes = outcomes::Relay {
             store: store.clone(),
-            emitter: platform::contract::Emitter::new(catalog, codec.clone(), kafka, NAME),
+            emitter: platform::contract::Emitter::new(catalog.clone(), codec.clone(), kafka, NAME),
             publisher: platform::kafka::Publisher::new(kafka, Duration::from_secs(10))?,
         };
         let live = Arc::new(LiveHub::default());
@@ -1161,7 +1170,9 @@ impl Service {
             opener,
             args,
         ));
-        let runner = Runner::new(NAME, topics, kafka, consumer, codec, handler.clone());
+        let revealing =
+            platform::consumer::Revealing::wrap(privacy.clone(), catalog.clone(), handler.clone());
+        let runner = Runner::new(NAME, topics, kafka, consumer, codec, revealing);
         Ok(Self {
             runner,
             outcomes,

@@ -44,12 +44,24 @@ pub enum UserChange {
     Deleted {
         user_id: String,
     },
+    /// As deleted, and everything else kept about them goes too: devices, preferences,
+    /// parked events, and the addresses and contents of their delivery log (whose keys stay,
+    /// so a redelivered event still finds what it did).
+    Erased {
+        user_id: String,
+    },
 }
 
 impl UserChange {
     /// The change an event makes, if it is a users-topic event (pure).
     pub fn from_event(event_type: &str, data: &serde_json::Value) -> Option<Self> {
-        let text = |field: &str| data.get(field).and_then(|v| v.as_str()).map(str::to_string);
+        // A field whose subject was erased is no value at all.
+        let text = |field: &str| {
+            data.get(field)
+                .and_then(|v| v.as_str())
+                .filter(|v| *v != platform::privacy::ERASED)
+                .map(str::to_string)
+        };
         let user_id = text("user_id")?;
         match event_type {
             "user.registered" => Some(Self::Registered(UserRecord {
@@ -70,6 +82,7 @@ impl UserChange {
                 time_zone: text("time_zone"),
             }),
             "user.deleted" => Some(Self::Deleted { user_id }),
+            platform::privacy::ERASURE_EVENT => Some(Self::Erased { user_id }),
             _ => None,
         }
     }
@@ -281,6 +294,14 @@ const DELETE_USER: &str = "INSERT INTO notify_users (user_id, deleted, updated_a
      VALUES ($1, TRUE, $2) \
      ON CONFLICT (user_id) DO UPDATE SET email = NULL, phone = NULL, display_name = NULL, \
      deleted = TRUE, updated_at_us = excluded.updated_at_us";
+/// What an erasure removes beside the user's row (see [`UserChange::Erased`]).
+const ERASE_USER: [&str; 4] = [
+    "DELETE FROM notify_devices WHERE user_id = $1",
+    "DELETE FROM notify_preferences WHERE user_id = $1",
+    "DELETE FROM notify_parked WHERE user_id = $1",
+    "UPDATE notify_deliveries SET address = '[erased]', payload = NULL, detail = NULL \
+     WHERE user_id = $1",
+];
 const SELECT_USER: &str = "SELECT user_id, email, phone, display_name, locale, time_zone, deleted \
      FROM notify_users WHERE user_id = $1";
 const INSERT_DELIVERY: &str = "INSERT INTO notify_deliveries \
@@ -481,6 +502,16 @@ impl NotifyStore for SqlStore {
                             .bind(at)
                             .execute(&mut *tx)
                             .await?;
+                    }
+                    UserChange::Erased { user_id } => {
+                        sqlx::query(DELETE_USER)
+                            .bind(user_id)
+                            .bind(at)
+                            .execute(&mut *tx)
+                            .await?;
+                        for sql in ERASE_USER {
+                            sqlx::query(sql).bind(user_id).execute(&mut *tx).await?;
+                        }
                     }
                 }
             }

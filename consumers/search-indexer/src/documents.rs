@@ -46,6 +46,9 @@ pub struct Document {
     pub fields: Vec<(String, String)>,
     /// When the entity last changed (the event's occurred_at), Unix milliseconds.
     pub updated_at_ms: i64,
+    /// Whose personal data it holds: erasing one of them removes it (see [`subjects`]).
+    #[serde(default)]
+    pub subjects: Vec<String>,
 }
 
 impl Document {
@@ -135,6 +138,7 @@ pub fn project(event_type: &str, data: &Value, occurred_at_ms: i64) -> Option<Ch
         visibility: Visibility::Owner,
         fields: Vec::new(),
         updated_at_ms: occurred_at_ms,
+        subjects: Vec::new(),
     };
     Some(match event_type {
         "user.registered" => {
@@ -220,6 +224,20 @@ pub fn project(event_type: &str, data: &Value, occurred_at_ms: i64) -> Option<Ch
         }
         _ => return None,
     })
+}
+
+/// Whose personal data the document an event puts holds (its `herald.personal` subject):
+/// the user a user document is, the sender of a message (`actor`).
+pub fn subjects(event_type: &str, data: &Value, actor: &str) -> Vec<String> {
+    match event_type {
+        "user.registered" => data
+            .get("user_id")
+            .and_then(Value::as_str)
+            .map(|user| vec![user.to_string()])
+            .unwrap_or_default(),
+        "message.sent" => vec![actor.to_string()],
+        _ => Vec::new(),
+    }
 }
 
 /// Where an event sits in the log: a document keeps the position of the event that made

@@ -26,7 +26,8 @@ use tantivy::schema::{
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
-use crate::documents::{Change, Document, Version, Visibility, project};
+use crate::documents::{Change, Document, Version, Visibility, project, subjects};
+use platform::privacy::ERASURE_EVENT;
 
 /// The writer's indexing memory: one thread, flushed to a segment when full.
 const WRITER_MEMORY: usize = 32 * 1024 * 1024;
@@ -71,6 +72,8 @@ struct Fields {
     deleted: Field,
     /// The document and its version as JSON, stored only.
     source: Field,
+    /// Whose personal data the document holds (indexed only).
+    subjects: Field,
 }
 
 fn schema() -> (Schema, Fields) {
@@ -86,6 +89,7 @@ fn schema() -> (Schema, Fields) {
         updated_at: builder.add_i64_field("updated_at", INDEXED | FAST),
         deleted: builder.add_u64_field("deleted", INDEXED),
         source: builder.add_text_field("source", STORED),
+        subjects: builder.add_text_field("subjects", STRING),
     };
     (builder.build(), fields)
 }
@@ -110,6 +114,8 @@ struct Writing {
     pending: HashMap<String, Stored>,
     offsets: BTreeMap<String, i64>,
     dirty: bool,
+    /// Someone's documents were removed since the last commit: it merges the segments.
+    erased: bool,
 }
 
 pub struct SearchIndex {
@@ -232,6 +238,7 @@ impl SearchIndex {
                 pending: HashMap::new(),
                 offsets: payload.offsets.clone(),
                 dirty: false,
+                erased: false,
             }),
             committed: Mutex::new(payload.offsets),
             dir: dir.to_path_buf(),
@@ -266,7 +273,15 @@ impl SearchIndex {
                 continue; // read again after a rebalance; already applied
             }
             let occurred_at_ms = event.envelope.occurred_at.as_millisecond();
-            if let Some(change) = project(&event.envelope.event_type, &event.data, occurred_at_ms) {
+            let event_type = event.envelope.event_type.as_str();
+            if event_type == ERASURE_EVENT
+                && let Some(subject) = event.data.get("user_id").and_then(|s| s.as_str())
+            {
+                self.forget(&mut writing, subject);
+            } else if let Some(mut change) = project(event_type, &event.data, occurred_at_ms) {
+                if let Change::Put(document) = &mut change {
+                    document.subjects = subjects(event_type, &event.data, &event.envelope.actor);
+                }
                 let version = Version {
                     topic: event.topic.clone(),
                     partition: event.partition,
@@ -279,6 +294,21 @@ impl SearchIndex {
             writing.dirty = true;
         }
         Ok(())
+    }
+
+    /// Removes every document that holds `subject`'s personal data, for good: the next
+    /// commit merges the segments, so their text leaves the index's files too.
+    fn forget(&self, writing: &mut Writing, subject: &str) {
+        writing
+            .writer
+            .delete_term(Term::from_field_text(self.fields.subjects, subject));
+        writing.pending.retain(|_, stored| {
+            !stored
+                .document
+                .as_ref()
+                .is_some_and(|d| d.subjects.iter().any(|s| s == subject))
+        });
+        writing.erased = true;
     }
 
     fn change(
@@ -335,6 +365,9 @@ impl SearchIndex {
                 for (name, value) in &d.fields {
                     doc.add_text(f.facets, format!("{name}:{value}"));
                 }
+                for subject in &d.subjects {
+                    doc.add_text(f.subjects, subject);
+                }
                 doc.add_i64(f.updated_at, d.updated_at_ms);
             }
         }
@@ -379,6 +412,15 @@ impl SearchIndex {
         let mut prepared = writing.writer.prepare_commit()?;
         prepared.set_payload(&payload);
         prepared.commit()?;
+        if std::mem::take(&mut writing.erased) {
+            // A deleted document stays in its segment's files until the segment is merged:
+            // an erased person's text is rewritten away now rather than at some later merge.
+            let segments = self.index.searchable_segment_ids()?;
+            if !segments.is_empty() {
+                writing.writer.merge(&segments).wait()?;
+            }
+            writing.writer.garbage_collect_files().wait()?;
+        }
         self.reader.reload()?;
         writing.pending.clear();
         writing.dirty = false;

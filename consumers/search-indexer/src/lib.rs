@@ -141,6 +141,8 @@ struct Stream {
     kafka: KafkaArgs,
     consumer: ConsumerArgs,
     codec: Arc<Codec>,
+    /// Reveals the personal fields it indexes (a name, a message).
+    privacy: Option<Arc<platform::privacy::Privacy>>,
 }
 
 impl Stream {
@@ -159,6 +161,7 @@ impl Stream {
         topics.sort();
         topics.dedup();
         let codec = Arc::new(contract.codec(catalog, kafka).await?);
+        let privacy = contract.privacy(None).await?;
         let mut consumer = consumer.clone();
         consumer
             .group
@@ -168,6 +171,7 @@ impl Stream {
             kafka: kafka.clone(),
             consumer,
             codec,
+            privacy,
         })
     }
 
@@ -185,7 +189,11 @@ impl Stream {
             &self.kafka,
             &consumer,
             self.codec.clone(),
-            indexer,
+            platform::consumer::Revealing::wrap(
+                self.privacy.clone(),
+                self.codec.catalog().clone(),
+                indexer,
+            ),
         )
     }
 }

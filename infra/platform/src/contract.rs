@@ -9,7 +9,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use events::{Catalog, Codec, SchemaVersion, WireFormat};
 
+use crate::db::Database;
 use crate::kafka::KafkaArgs;
+use crate::privacy::{Keks, Privacy, SqlKeyStore};
 
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ContractArgs {
@@ -25,6 +27,31 @@ pub struct ContractArgs {
     /// services that write them (auth) and deliver them (notifications), and by no other.
     #[arg(long, env = "SEALING_KEY", hide_env_values = true)]
     pub sealing_key: Option<secrecy::SecretString>,
+    /// The key-encryption key file of personal data: one key per line, 32 bytes in base64,
+    /// the first wrapping new data keys (see `platform::privacy`). When set, the services
+    /// that publish personal fields encrypt them per data subject and the consumers that
+    /// need them decrypt them; without it they travel in plain text. `herald up` makes one in
+    /// the data folder.
+    #[arg(long, env = "PRIVACY_KEY_FILE")]
+    pub privacy_key_file: Option<PathBuf>,
+    /// Where the data subjects' keys are kept: a database every service of the deployment
+    /// shares (default: the service's own DATABASE_URL).
+    #[arg(long, env = "PRIVACY_DATABASE_URL", hide_env_values = true)]
+    pub privacy_database_url: Option<String>,
+    /// The privacy of the process, built once by `herald up` so that every service of it
+    /// shares one cache (an erasure is then seen by all of them at once).
+    #[arg(skip)]
+    pub shared_privacy: Option<SharedPrivacy>,
+}
+
+/// A built [`Privacy`], carried in settings.
+#[derive(Clone)]
+pub struct SharedPrivacy(pub Arc<Privacy>);
+
+impl std::fmt::Debug for SharedPrivacy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedPrivacy")
+    }
 }
 
 impl ContractArgs {
@@ -46,6 +73,9 @@ impl ContractArgs {
             }
             None => {}
         }
+        if let Some(file) = &self.privacy_key_file {
+            Keks::read(file).context("PRIVACY_KEY_FILE")?;
+        }
         Ok(catalog)
     }
 
@@ -59,6 +89,30 @@ impl ContractArgs {
             )
         })?;
         Ok(Arc::new(crate::seal::SealingKey::from_base64(text)?))
+    }
+
+    /// The personal-data keys, when PRIVACY_KEY_FILE is set: in PRIVACY_DATABASE_URL, else
+    /// in `db` (the service's database); a service without one needs PRIVACY_DATABASE_URL.
+    pub async fn privacy(&self, db: Option<&Database>) -> anyhow::Result<Option<Arc<Privacy>>> {
+        if let Some(SharedPrivacy(privacy)) = &self.shared_privacy {
+            return Ok(Some(privacy.clone()));
+        }
+        let Some(file) = &self.privacy_key_file else {
+            return Ok(None);
+        };
+        let db = match (&self.privacy_database_url, db) {
+            (Some(url), _) => Database::connect(url)
+                .await
+                .context("PRIVACY_DATABASE_URL")?,
+            (None, Some(db)) => db.clone(),
+            (None, None) => anyhow::bail!(
+                "PRIVACY_DATABASE_URL is not set: this service has no database of its own to \
+                 find the data subjects' keys in; point it at the database the other services \
+                 keep them in"
+            ),
+        };
+        let store = SqlKeyStore::new(db).await?;
+        Ok(Some(Arc::new(Privacy::from_file(file, Arc::new(store))?)))
     }
 
     /// Loads the catalog: the built-in schemas, or those of --schemas-dir.

@@ -54,6 +54,9 @@ impl Database {
             let options = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
+                // What is deleted is overwritten, not left in free pages: an erased person's
+                // data must not outlive its rows.
+                .pragma("secure_delete", "ON")
                 .busy_timeout(Duration::from_secs(5));
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)

@@ -35,6 +35,8 @@ use crate::with_pool;
 pub const PROTECTED_PREFIX: &str = "personal:v1:";
 /// What readers show in place of a field whose subject was erased.
 pub const ERASED: &str = "[erased]";
+/// The event that says a subject was erased (its `user_id` names them).
+pub const ERASURE_EVENT: &str = "user.erased";
 /// How long a process keeps a subject's unwrapped key (or their erasure) in memory.
 pub const CACHE_TTL: Duration = Duration::from_secs(60);
 /// Subjects whose keys one process keeps in memory at most.
@@ -99,6 +101,25 @@ impl Keks {
             return Err(PrivacyError::KekFile(shown, "it holds no key".into()));
         }
         Ok(Self { keys })
+    }
+
+    /// Puts a new key first in the file at `path`, keeping the others after it (to unwrap
+    /// until everything is rewrapped); answers the new key's id. The file is replaced whole,
+    /// never left half-written.
+    pub fn prepend_new_key(path: &Path) -> Result<String, PrivacyError> {
+        use secrecy::ExposeSecret as _;
+        let shown = path.display().to_string();
+        let old = std::fs::read_to_string(path)
+            .map_err(|err| PrivacyError::KekFile(shown.clone(), err.to_string()))?;
+        Self::read(path)?;
+        let key = SealingKey::generate();
+        let id = SealingKey::from_base64(&key)?.id().to_string();
+        let next = path.with_extension("new");
+        let _ = std::fs::remove_file(&next);
+        write_private(&next, &format!("{}\n{old}", key.expose_secret()))
+            .and_then(|()| std::fs::rename(&next, path))
+            .map_err(|err| PrivacyError::KekFile(shown, err.to_string()))?;
+        Ok(id)
     }
 
     /// Writes a file with one new key, unless `path` exists (`herald up`'s data folder).
@@ -326,7 +347,10 @@ enum Known {
 
 /// Protects and reveals personal fields, keeping subjects' keys a short while.
 pub struct Privacy {
-    keks: Keks,
+    keks: std::sync::RwLock<(Arc<Keks>, Instant)>,
+    /// Where the KEKs were read from, read again after a rotation elsewhere (see
+    /// [`Privacy::keks`]).
+    kek_file: Option<std::path::PathBuf>,
     store: Arc<dyn KeyStore>,
     cache: Mutex<HashMap<String, (Known, Instant)>>,
 }
@@ -334,9 +358,55 @@ pub struct Privacy {
 impl Privacy {
     pub fn new(keks: Keks, store: Arc<dyn KeyStore>) -> Self {
         Self {
-            keks,
+            keks: std::sync::RwLock::new((Arc::new(keks), Instant::now())),
+            kek_file: None,
             store,
             cache: Mutex::default(),
+        }
+    }
+
+    /// With the KEKs of `file`, which it reads again every [`CACHE_TTL`] and whenever it
+    /// meets a key wrapped by a KEK it does not hold: a rotation (`herald privacy
+    /// rotate-key`) reaches running processes without a restart.
+    pub fn from_file(file: &Path, store: Arc<dyn KeyStore>) -> Result<Self, PrivacyError> {
+        let mut privacy = Self::new(Keks::read(file)?, store);
+        privacy.kek_file = Some(file.to_path_buf());
+        Ok(privacy)
+    }
+
+    /// The KEKs, read again from their file when they are older than [`CACHE_TTL`] or
+    /// `stale` (an unknown KEK was met). A file that no longer reads keeps the ones held.
+    fn keks(&self, stale: bool) -> Arc<Keks> {
+        let (keks, at) = self
+            .keks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some(file) = &self.kek_file else {
+            return keks;
+        };
+        if !stale && at.elapsed() < CACHE_TTL {
+            return keks;
+        }
+        let fresh = match Keks::read(file) {
+            Ok(fresh) => Arc::new(fresh),
+            Err(err) => {
+                tracing::warn!(%err, "the key-encryption key file no longer reads; keeping the keys read before");
+                keks
+            }
+        };
+        *self.keks.write().unwrap_or_else(PoisonError::into_inner) =
+            (fresh.clone(), Instant::now());
+        fresh
+    }
+
+    /// `wrapped` opened, reading the KEK file again once if its KEK is not among those held.
+    fn unwrap_key(&self, subject: &str, wrapped: &str) -> Result<SealingKey, PrivacyError> {
+        match self.keks(false).unwrap(subject, wrapped) {
+            Err(PrivacyError::UnknownKek(_)) if self.kek_file.is_some() => {
+                self.keks(true).unwrap(subject, wrapped)
+            }
+            other => other,
         }
     }
 
@@ -361,7 +431,7 @@ impl Privacy {
 
     fn known(&self, subject: &str, stored: &Stored) -> Result<Known, PrivacyError> {
         let known = match stored {
-            Stored::Live(wrapped) => Known::Key(Arc::new(self.keks.unwrap(subject, wrapped)?)),
+            Stored::Live(wrapped) => Known::Key(Arc::new(self.unwrap_key(subject, wrapped)?)),
             Stored::Erased => Known::Erased,
         };
         self.remember(subject, known.clone());
@@ -381,7 +451,7 @@ impl Privacy {
         }
         let mut raw = [0u8; KEY_LEN];
         aws_lc_rs::rand::fill(&mut raw).expect("the system's random source works");
-        let wrapped = self.keks.wrap(subject, &raw);
+        let wrapped = self.keks(false).wrap(subject, &raw);
         let stored = self
             .store
             .create(subject, &wrapped, crate::clock::now_us())
@@ -429,11 +499,19 @@ impl Privacy {
         Ok(erased)
     }
 
+    /// Treats the subject as erased in this process from now on, without asking the store:
+    /// what a consumer does on an erasure event, so that no key it still holds in memory
+    /// reveals anything of theirs after it.
+    pub fn forget(&self, subject: &str) {
+        self.remember(subject, Known::Erased);
+    }
+
     /// Rewraps every data key with the first key of the key file, in batches; answers how
     /// many were rewrapped. Run again after an interruption: keys already rewrapped are
     /// skipped, and until the end the old KEK must stay in the file.
     pub async fn rotate(&self) -> Result<usize, PrivacyError> {
-        let current = self.keks.current().id().to_string();
+        let keks = self.keks(true);
+        let current = keks.current().id().to_string();
         let mut done = 0;
         loop {
             let batch = self.store.wrapped_by_others(&current, 500).await?;
@@ -441,7 +519,7 @@ impl Privacy {
                 return Ok(done);
             }
             for (subject, old) in batch {
-                let new = self.keks.wrap(&subject, &self.keks.raw(&subject, &old)?);
+                let new = keks.wrap(&subject, &keks.raw(&subject, &old)?);
                 if self.store.rewrap(&subject, &old, &new).await? {
                     done += 1;
                 }
@@ -524,6 +602,82 @@ impl Privacy {
             }
         }
         Ok(())
+    }
+}
+
+/// Reveals for code that runs outside the async runtime (a replay's decoding threads),
+/// waiting on the runtime it was made in.
+#[derive(Clone)]
+pub struct BlockingRevealer {
+    privacy: Arc<Privacy>,
+    catalog: Arc<events::Catalog>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for BlockingRevealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BlockingRevealer")
+    }
+}
+
+impl BlockingRevealer {
+    /// Call it within the runtime; use it from any thread but the runtime's own.
+    pub fn new(privacy: Arc<Privacy>, catalog: Arc<events::Catalog>) -> Self {
+        Self {
+            privacy,
+            catalog,
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// An event's data as JSON text with its personal fields revealed (or [`ERASED`]), and
+    /// everything else as it was, in its order: `None` when there was nothing to reveal.
+    pub fn reveal_text(
+        &self,
+        event_type: &str,
+        actor: &str,
+        text: &str,
+    ) -> Result<Option<String>, PrivacyError> {
+        let Some(schema) = self
+            .catalog
+            .latest(event_type)
+            .filter(|schema| schema.personal.is_some())
+        else {
+            return Ok(None);
+        };
+        if !text.contains(PROTECTED_PREFIX) {
+            return Ok(None);
+        }
+        let Ok(data) = serde_json::from_str::<serde_json::Value>(text) else {
+            return Ok(None);
+        };
+        let Some((fields, subject)) = marked(schema, actor, &data)? else {
+            return Ok(None);
+        };
+        let mut revealed = text.to_string();
+        for field in fields {
+            let Some(value) = data.get(field).and_then(|v| v.as_str()) else {
+                continue;
+            };
+            if !is_protected(value) {
+                continue;
+            }
+            let plain = match self
+                .runtime
+                .block_on(self.privacy.reveal(&subject, field, value))?
+            {
+                Revealed::Plain(plain) => plain,
+                Revealed::Erased => ERASED.to_string(),
+            };
+            // A protected value is base64url and colons: its JSON text is itself, quoted,
+            // and its random nonce makes it the only one of its kind in the text.
+            revealed = revealed.replacen(
+                &format!("\"{value}\""),
+                &serde_json::Value::String(plain).to_string(),
+                1,
+            );
+        }
+        Ok(Some(revealed))
     }
 }
 

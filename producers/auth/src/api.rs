@@ -270,7 +270,7 @@ pub async fn register(State(state): State<Arc<AuthState>>, bytes: Bytes) -> Answ
         deleted_at: None,
         phone_verified_at: None,
     };
-    let event = registered_event(&state, &account)?;
+    let event = registered_event(&state, &account).await?;
     match state.store.register(&account, &event).await {
         Ok(()) => {}
         Err(StoreError::EmailTaken) => return Err(conflict()),
@@ -285,7 +285,7 @@ pub async fn register(State(state): State<Arc<AuthState>>, bytes: Bytes) -> Answ
 }
 
 /// The `user.registered` event of a new account, ready for the outbox.
-pub(crate) fn registered_event(
+pub(crate) async fn registered_event(
     state: &AuthState,
     account: &Account,
 ) -> Result<crate::store::OutboxRecord, Problem> {
@@ -306,7 +306,8 @@ pub(crate) fn registered_event(
             }),
             at,
         )
-        .map_err(|e| Problem::internal(&e))
+        .await
+        .map_err(|e| write_error(&e))
 }
 
 /// `text` as a free-text field may hold it: forbidden characters dropped, trimmed, at most
@@ -536,7 +537,8 @@ pub async fn forgot_password(State(state): State<Arc<AuthState>>, bytes: Bytes) 
                 }),
                 at,
             )
-            .map_err(|e| Problem::internal(&e))?;
+            .await
+            .map_err(|e| write_error(&e))?;
         state
             .store
             .put_reset(&digest(&token), &account.id, us, expires, &event)
@@ -636,7 +638,8 @@ async fn send_code(
             }),
             at,
         )
-        .map_err(|e| Problem::internal(&e))?;
+        .await
+        .map_err(|e| write_error(&e))?;
     state
         .store
         .put_code(
@@ -871,7 +874,8 @@ pub async fn update_me(
             }),
             at,
         )
-        .map_err(|e| Problem::internal(&e))?;
+        .await
+        .map_err(|e| write_error(&e))?;
     let us = micros(at);
     state
         .store
@@ -883,27 +887,55 @@ pub async fn update_me(
     Ok(json_response(StatusCode::OK, &profile_json(&account)))
 }
 
-/// `DELETE /api/v1/me`: a soft delete (deleted_at), sessions revoked, user.deleted published.
+/// `DELETE /api/v1/me`: the account is deleted and its person erased (see [`crate::erase`]):
+/// sessions end, the data key is destroyed, `user.deleted` and `user.erased` are published.
 pub async fn delete_me(State(state): State<Arc<AuthState>>, headers: HeaderMap) -> Answer {
     let account = me_account(&state, &headers).await?;
-    let at = now();
-    let event = state
-        .writer
-        .record(
-            "user.deleted",
-            &account.id,
-            &account.id,
-            &json!({"user_id": account.id, "reason": "requested by user"}),
-            at,
-        )
-        .map_err(|e| Problem::internal(&e))?;
-    state
-        .store
-        .soft_delete(&account.id, micros(at), &event)
+    crate::erase::erase(&state, &account.id, "requested by user", &account.id)
         .await
-        .map_err(|e| store_error(&e))?;
-    state.relay_wake.notify_one();
+        .map_err(|e| erase_error(&e))?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE /api/v1/admin/subjects/{id}` (admin): erases a data subject, an account or not,
+/// and answers what was done. Repeatable: a second erasure destroys nothing new.
+pub async fn erase_subject(
+    State(state): State<Arc<AuthState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    let principal = admin(&state, &headers)?;
+    if !is_subject(&id) {
+        return Err(Problem::invalid(vec![events::json::FieldError {
+            pointer: "/id".into(),
+            message: "a subject id is 1 to 200 printable characters".into(),
+        }]));
+    }
+    let erased = crate::erase::erase(&state, &id, "erased by an admin", &principal.subject)
+        .await
+        .map_err(|e| erase_error(&e))?;
+    Ok(json_response(StatusCode::OK, &json!(erased)))
+}
+
+/// What a data subject's id may be: what the contract's subject fields hold (an account's
+/// id, an actor), never an empty or control-laden string.
+fn is_subject(id: &str) -> bool {
+    (1..=200).contains(&id.chars().count()) && !id.chars().any(char::is_control)
+}
+
+fn erase_error(err: &crate::erase::EraseError) -> Problem {
+    use crate::erase::EraseError;
+    match err {
+        EraseError::Write(err) => write_error(err),
+        EraseError::Store(err) => store_error(err),
+        EraseError::Keys(_) => {
+            tracing::warn!(%err, "erasure stopped; it can be run again");
+            Problem::unavailable(
+                "the personal-data key store did not answer; the erasure can be retried",
+                1,
+            )
+        }
+    }
 }
 
 /// `GET /api/v1/users/{id}`: one's own account, or any for an admin; 403 otherwise.
@@ -929,6 +961,25 @@ pub async fn user(
         .filter(|a| a.deleted_at.is_none())
         .ok_or_else(not_found)?;
     Ok(json_response(StatusCode::OK, &profile_json(&account)))
+}
+
+/// Why an event could not be written: the personal-data key store away is worth a retry;
+/// anything else is the deployment's to fix.
+fn write_error(err: &crate::outbox::WriteError) -> Problem {
+    use platform::privacy::PrivacyError;
+    match err {
+        crate::outbox::WriteError::Privacy(_, PrivacyError::Store(_)) => {
+            tracing::warn!(err = %err, "the personal-data key store is unreachable");
+            Problem::unavailable("the personal-data key store did not answer; retry", 1)
+        }
+        crate::outbox::WriteError::Privacy(_, PrivacyError::Erased) => Problem::new(
+            StatusCode::CONFLICT,
+            "erased",
+            "Erased",
+            "this account's personal data was erased",
+        ),
+        _ => Problem::internal(err),
+    }
 }
 
 fn not_found() -> Problem {

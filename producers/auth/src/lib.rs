@@ -16,6 +16,7 @@
 //!   links nothing.
 
 mod api;
+pub mod erase;
 pub mod oidc;
 pub mod outbox;
 pub mod password;
@@ -33,7 +34,7 @@ use anyhow::Context;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use events::Catalog;
 use platform::auth::{AuthArgs, Authenticator, JwksSource};
 use platform::contract::ContractArgs;
@@ -96,6 +97,10 @@ pub struct AccountsArgs {
     /// optionally scopes (see docs/services/auth.md). Unset: password and code sign-in only.
     #[arg(long, env = "OIDC_PROVIDERS_FILE")]
     pub oidc_providers_file: Option<std::path::PathBuf>,
+    /// How long a deleted account that was not erased at once is kept before its person is
+    /// erased for good (days; job erase-deleted-accounts, hourly).
+    #[arg(long, env = "ERASE_DELETED_AFTER_DAYS", default_value_t = 30)]
+    pub erase_deleted_after_days: u64,
 }
 
 impl AccountsArgs {
@@ -134,6 +139,7 @@ impl Default for AccountsArgs {
             password_forgot_limit_per_account: "3/10m".parse().expect("a valid rate"),
             register_limit_per_email: "5/10m".parse().expect("a valid rate"),
             oidc_providers_file: None,
+            erase_deleted_after_days: 30,
         }
     }
 }
@@ -169,6 +175,8 @@ pub struct AuthState {
     versions: versions::Versions,
     keys: RwLock<(Vec<StoredKey>, Option<Instant>)>,
     providers: oidc::Providers,
+    /// Destroys data keys on erasure; `None`: personal data is not encrypted here.
+    privacy: Option<Arc<platform::privacy::Privacy>>,
 }
 
 /// Verifiers in other processes refresh the JWKS; this process rereads the keys as often.
@@ -243,6 +251,8 @@ pub struct Setup<'a> {
 pub struct Service {
     pub state: Arc<AuthState>,
     pub relay: Relay,
+    /// How long a deleted account waits for its erasure.
+    erase_after: Duration,
 }
 
 impl Service {
@@ -258,6 +268,7 @@ impl Service {
         setup: Setup<'_>,
     ) -> anyhow::Result<Self> {
         args.check()?;
+        let privacy = contract.privacy(Some(&db)).await?;
         let store = Arc::new(SqlStore::new(db).await?);
         if store.signing_keys().await?.is_empty() {
             let now = now_us();
@@ -297,6 +308,7 @@ impl Service {
             writer: EventWriter::new(
                 platform::contract::Emitter::new(catalog, codec, kafka, outbox::SOURCE),
                 sealing,
+                privacy.clone(),
             ),
             relay_wake: relay.wake.clone(),
             issuer,
@@ -317,10 +329,12 @@ impl Service {
             versions: versions::Versions::new(store, setup.redis_url).await?,
             keys: RwLock::new((Vec::new(), None)),
             providers: oidc::Providers::new(args.oidc_providers()?)?,
+            privacy,
         };
         Ok(Self {
             state: Arc::new(state),
             relay,
+            erase_after: Duration::from_secs(args.erase_deleted_after_days.saturating_mul(86_400)),
         })
     }
 
@@ -354,6 +368,20 @@ impl Service {
         Ok(account.id)
     }
 
+    /// Erases a data subject from the command line (`herald privacy erase`), and publishes
+    /// what it enqueued before answering.
+    pub async fn erase(&self, subject: &str, reason: &str) -> anyhow::Result<erase::Erased> {
+        let erased = erase::erase(&self.state, subject, reason, "herald-cli").await?;
+        while self.relay.pass().await? > 0 {}
+        Ok(erased)
+    }
+
+    /// Runs the retention job once now (`erase-deleted-accounts`): answers how many were
+    /// erased.
+    pub async fn erase_deleted(&self) -> anyhow::Result<u64> {
+        Ok(erase::erase_deleted(&self.state, self.erase_after).await?)
+    }
+
     /// How this service verifies tokens (its own keys, read from its store, and any
     /// configured): for the edge in front of it too.
     pub fn authenticator(&self) -> Arc<Authenticator> {
@@ -378,7 +406,17 @@ impl platform::service::Service for Service {
 
     fn run(self: Box<Self>, shutdown: CancellationToken) -> platform::service::Work {
         Box::pin(async move {
-            self.relay.run(shutdown).await;
+            let state = self.state.clone();
+            let after = self.erase_after;
+            let jobs = platform::jobs::Jobs::new().every(
+                "erase-deleted-accounts",
+                Duration::from_secs(3600),
+                move || {
+                    let state = state.clone();
+                    async move { Ok(erase::erase_deleted(&state, after).await?) }
+                },
+            );
+            tokio::join!(self.relay.run(shutdown.clone()), jobs.run(shutdown));
             Ok(())
         })
     }
@@ -422,6 +460,7 @@ fn v1() -> Router<Arc<AuthState>> {
         .route("/me/phone/verify", post(api::phone_verify))
         .route("/users/{id}", get(api::user))
         .route("/admin/users/{id}/role", put(api::set_role))
+        .route("/admin/subjects/{id}", delete(api::erase_subject))
         .route("/admin/signing-keys/rotate", post(api::rotate_key))
         .route("/app/version-check", get(api::version_check))
         .route("/admin/app-versions/{platform}", put(api::set_versions))

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use platform::contract::{EmitError, Emitter};
 use platform::kafka::{OutgoingRecord, Publisher};
+use platform::privacy::{Privacy, PrivacyError};
 use platform::seal::SealingKey;
 use serde_json::Value as Json;
 use tokio::sync::Notify;
@@ -24,6 +25,9 @@ pub struct EventWriter {
     /// Seals the fields that carry live secrets before they are encoded (outbox rows are
     /// copies of the log); without it such events cannot be written.
     sealing: Option<Arc<SealingKey>>,
+    /// Encrypts personal fields for their data subject before they are encoded; `None`:
+    /// they are written as they are.
+    privacy: Option<Arc<Privacy>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,17 +36,27 @@ pub enum WriteError {
     Emit(#[from] EmitError),
     #[error("{0} carries a live secret, and SEALING_KEY is not set to seal it")]
     NoSealingKey(String),
+    #[error("protecting the personal fields of {0}: {1}")]
+    Privacy(String, #[source] PrivacyError),
 }
 
 pub const SOURCE: &str = "auth";
 
 impl EventWriter {
-    pub fn new(emitter: Emitter, sealing: Option<Arc<SealingKey>>) -> Self {
-        Self { emitter, sealing }
+    pub fn new(
+        emitter: Emitter,
+        sealing: Option<Arc<SealingKey>>,
+        privacy: Option<Arc<Privacy>>,
+    ) -> Self {
+        Self {
+            emitter,
+            sealing,
+            privacy,
+        }
     }
 
     /// The outbox row of `event_type` about aggregate `key`, done by `actor`.
-    pub fn record(
+    pub async fn record(
         &self,
         event_type: &str,
         key: &str,
@@ -59,6 +73,15 @@ impl EventWriter {
                 .as_ref()
                 .ok_or_else(|| WriteError::NoSealingKey(event_type.into()))?;
             key.seal_fields(schema, data.to_mut());
+        }
+        if let Some(privacy) = &self.privacy
+            && let Some(schema) = self.emitter.schema(event_type)
+            && schema.personal.is_some()
+        {
+            privacy
+                .protect_data(schema, actor, data.to_mut())
+                .await
+                .map_err(|err| WriteError::Privacy(event_type.into(), err))?;
         }
         let event_id = Uuid::now_v7();
         let at = micros(now);

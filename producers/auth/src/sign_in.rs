@@ -368,7 +368,7 @@ async fn create(
         deleted_at: None,
         phone_verified_at: None,
     };
-    let event = api::registered_event(state, &account)?;
+    let event = api::registered_event(state, &account).await?;
     match state
         .store
         .register_linked(&account, &event, &identity.issuer, &identity.subject)

@@ -420,6 +420,66 @@ impl SqlStore {
         }))
     }
 
+    /// Erases what the account holds about its person, in one transaction with `events`
+    /// (whatever the account's state, and whether or not there is one): its personal
+    /// columns blanked and the account deleted, its sessions, codes, reset links, linked
+    /// sign-in identities and the rate-limit counts of `limit_targets` gone. Answers whether
+    /// an account was erased (one erased before counts again: an erasure is repeatable).
+    pub async fn erase_account(
+        &self,
+        id: &str,
+        now: i64,
+        limit_targets: &[String],
+        events: &[OutboxRecord],
+    ) -> Result<bool, StoreError> {
+        let blank = "UPDATE auth_accounts SET email = '', password_hash = $3, display_name = '', \
+             phone = NULL, phone_verified_at = NULL, deleted_at = COALESCE(deleted_at, $2), \
+             erased_at = $2, updated_at = $2 WHERE id = $1";
+        let owned = [
+            "DELETE FROM auth_refresh_tokens WHERE account_id = $1",
+            "DELETE FROM auth_codes WHERE account_id = $1",
+            "DELETE FROM auth_reset_tokens WHERE account_id = $1",
+            "DELETE FROM auth_otp_attempts WHERE account_id = $1",
+            "DELETE FROM auth_identities WHERE account_id = $1",
+        ];
+        Ok(with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let erased = sqlx::query(blank)
+                .bind(id)
+                .bind(now)
+                .bind(crate::password::NO_PASSWORD)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected() == 1;
+            for sql in owned {
+                sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+            }
+            for target in limit_targets {
+                sqlx::query("DELETE FROM auth_limit_hits WHERE target = $1")
+                    .bind(target)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            enqueue!(tx, events);
+            tx.commit().await?;
+            erased
+        }))
+    }
+
+    /// Accounts deleted before `before` and not erased yet, up to `limit`.
+    pub async fn deleted_unerased(
+        &self,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let sql = "SELECT id FROM auth_accounts WHERE deleted_at IS NOT NULL AND deleted_at < $1 \
+             AND erased_at IS NULL ORDER BY deleted_at LIMIT $2";
+        let rows: Vec<(String,)> = with_pool!(&self.db, pool => {
+            sqlx::query_as(sql).bind(before).bind(limit).fetch_all(pool).await?
+        });
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
     pub async fn set_role(&self, id: &str, role: &str, now: i64) -> Result<bool, StoreError> {
         Ok(with_pool!(&self.db, pool => {
             sqlx::query("UPDATE auth_accounts SET role = $2, updated_at = $3 WHERE id = $1 AND deleted_at IS NULL")

@@ -47,7 +47,7 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
     // Held until the answer: a request that waits for the broker keeps its share.
     let (body, _admitted) = admit_and_read(state, &parts.headers, body).await?;
     let idempotency_key = idempotency_key(&parts.headers)?;
-    let (shape, prepared, tree) = read_events(state, &principal, &body)?;
+    let (shape, mut prepared, tree) = read_events(state, &principal, &body)?;
     check_events(
         shape,
         &prepared,
@@ -58,6 +58,9 @@ async fn handle(state: &AppState, params: Params, request: Request) -> Result<Re
     if params.validate_only {
         let body = serde_json::json!({"valid": true, "events": prepared.len()});
         return Ok((StatusCode::OK, axum::Json(body)).into_response());
+    }
+    if let Some(privacy) = &state.privacy {
+        crate::personal::protect(privacy, &principal, shape, &mut prepared).await?;
     }
     // The request's span, started by the edge (a child of the caller's traceparent, or a new
     // trace), is the parent of the produce span, whose context every record carries.

@@ -13,6 +13,7 @@ mod catalog_api;
 pub use catalog_api::openapi;
 mod events_api;
 pub mod idempotency;
+mod personal;
 pub mod policy;
 mod prepare;
 pub use prepare::TimeWindow;
@@ -113,6 +114,9 @@ pub struct AppState {
     /// Built from `limits.max_in_flight_bytes`.
     pub in_flight: InFlight,
     pub topics: Topics,
+    /// Encrypts personal fields per data subject before they are published; `None`: they
+    /// are published as sent.
+    pub privacy: Option<Arc<platform::privacy::Privacy>>,
 }
 
 /// The Kafka name of each aggregate's topic, prefix and all, made once: a request names them
@@ -208,6 +212,7 @@ pub async fn connect(
     kafka: &KafkaArgs,
     store: Arc<dyn IdempotencyStore>,
     auth: Arc<Authenticator>,
+    privacy: Option<Arc<platform::privacy::Privacy>>,
 ) -> anyhow::Result<AppState> {
     let catalog = Arc::new(args.contract.catalog()?);
     let policy = args.check(&catalog)?;
@@ -231,6 +236,7 @@ pub async fn connect(
         store,
         in_flight: InFlight::new(limits.max_in_flight_bytes),
         limits,
+        privacy,
     })
 }
 

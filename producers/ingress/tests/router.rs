@@ -42,6 +42,7 @@ fn app(sink: Arc<MemorySink>) -> axum::Router {
             },
         },
         in_flight: ingress::admission::InFlight::new(1024 * 1024),
+        privacy: None,
     };
     ingress::router(Arc::new(state))
 }

@@ -55,6 +55,10 @@ pub struct ReplayArgs {
     /// Threads decoding records (default: one per core).
     #[arg(long)]
     pub decoders: Option<usize>,
+    /// Shows personal fields in plain text, or as erased, when the deployment's keys are at
+    /// hand (PRIVACY_KEY_FILE); without, they are written as the log holds them.
+    #[arg(skip)]
+    pub reveal: Option<platform::privacy::BlockingRevealer>,
 }
 
 /// What a replay did.
@@ -126,7 +130,7 @@ fn decode_batch(
             }
         }
         let payload = record.payload.as_deref().unwrap_or_default();
-        let decoded = codec.decode_text(payload).with_context(|| {
+        let mut decoded = codec.decode_text(payload).with_context(|| {
             format!(
                 "the record at offset {} of {} partition {} does not decode with the \
                  schemas at hand (SCHEMAS_DIR, SCHEMA_REGISTRY_URL)",
@@ -135,6 +139,15 @@ fn decode_batch(
         })?;
         if !args.types.is_empty() && !args.types.contains(&decoded.envelope.event_type) {
             continue;
+        }
+        if let Some(reveal) = &args.reveal
+            && let Some(revealed) = reveal.reveal_text(
+                &decoded.envelope.event_type,
+                &decoded.envelope.actor,
+                &decoded.data,
+            )?
+        {
+            decoded.data = revealed;
         }
         summary.count(&record.topic, &decoded.envelope.event_type);
         encoder.add(index, record, decoded);

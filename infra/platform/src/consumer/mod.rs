@@ -19,6 +19,7 @@
 
 mod backoff;
 pub mod health;
+mod revealing;
 mod runner;
 mod worker;
 
@@ -28,6 +29,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 pub use backoff::backoff;
 use events::Envelope;
+pub use revealing::Revealing;
 pub use runner::{Runner, RunnerError};
 
 /// One event as a handler sees it: plain data, no Kafka types.
