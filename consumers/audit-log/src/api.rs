@@ -170,6 +170,50 @@ async fn list(
     Ok(Json(Page { items, next_cursor }))
 }
 
+/// What the audit log holds about a person, for their export: the events they did and the
+/// events about them (keyed by their id), the newest thousand of each, personal fields
+/// revealed (or erased).
+#[async_trait::async_trait]
+impl platform::export::Exporter for AuditApi {
+    async fn export(&self, subject: &str) -> Result<serde_json::Value, Problem> {
+        let unavailable = |err: crate::store::StoreError| {
+            tracing::warn!(%err, "audit query failed");
+            Problem::unavailable("the audit store is not reachable", 5)
+        };
+        let mut parts = serde_json::Map::new();
+        for (name, filter) in [
+            (
+                "done_by",
+                Filter {
+                    actor: Some(subject.to_string()),
+                    ..Filter::default()
+                },
+            ),
+            (
+                "about",
+                Filter {
+                    key: Some(subject.to_string()),
+                    ..Filter::default()
+                },
+            ),
+        ] {
+            let mut items = self
+                .store
+                .list(&filter, Order::NewestFirst, None, 1000)
+                .await
+                .map_err(unavailable)?;
+            if let Some(privacy) = &self.privacy {
+                for item in &mut items {
+                    reveal(privacy, &self.catalog, &mut item.event).await?;
+                }
+            }
+            let events: Vec<serde_json::Value> = items.into_iter().map(|item| item.event).collect();
+            parts.insert(name.to_string(), events.into());
+        }
+        Ok(parts.into())
+    }
+}
+
 /// Reveals the personal fields of a stored event: plain text, or erased. A value that does
 /// not open (damaged) is shown as stored: the chain's verification is what judges it.
 async fn reveal(

@@ -165,6 +165,10 @@ impl platform::service::Service for Service {
         self.router()
     }
 
+    fn exporter(&self) -> Option<Arc<dyn platform::export::Exporter>> {
+        Some(self.api.clone())
+    }
+
     fn run(self: Box<Self>, shutdown: CancellationToken) -> platform::service::Work {
         Box::pin(async move { Ok(self.runner.run(shutdown).await?) })
     }

@@ -192,6 +192,9 @@ pub struct Opener {
     pub key: Option<Arc<SealingKey>>,
     /// The event types with sealed fields that some rule delivers.
     pub sealed: HashMap<String, Arc<SchemaVersion>>,
+    /// Reveals personal fields, where the deployment protects them. Like sealed fields,
+    /// they are revealed only in memory: an event parked for later keeps its ciphertext.
+    pub revealer: Option<platform::consumer::Revealer>,
 }
 
 impl Opener {
@@ -715,7 +718,14 @@ impl Notifier {
         originals: &'e [Event],
     ) -> Result<Vec<(&'e Event, String)>, HandlerError> {
         let opened = self.opener.open(originals)?;
-        let events: &[Event] = &opened;
+        let revealed;
+        let events: &[Event] = match &self.opener.revealer {
+            Some(revealer) => {
+                revealed = revealer.reveal(&opened).await?;
+                &revealed
+            }
+            None => &opened,
+        };
         let changes: Vec<UserChange> = events
             .iter()
             .filter_map(|e| UserChange::from_event(&e.envelope.event_type, &e.data))
@@ -1025,6 +1035,7 @@ fn opener(contract: &ContractArgs, catalog: &Catalog, rules: &Rules) -> anyhow::
             )?)
         },
         sealed,
+        revealer: None,
     })
 }
 
@@ -1123,7 +1134,7 @@ impl Service {
             email,
             push,
             sms,
-            opener,
+            mut opener,
         } = Setup::read(args, contract)?;
         let email: Option<Arc<dyn EmailProvider>> = match email {
             EmailSetting::Provider(provider) => Some(provider),
@@ -1138,7 +1149,10 @@ impl Service {
             .collect();
         topics.sort();
         topics.dedup();
-        let privacy = contract.privacy(Some(&db)).await?;
+        opener.revealer = contract
+            .privacy(Some(&db))
+            .await?
+            .map(|privacy| platform::consumer::Revealer::new(privacy, catalog.clone()));
         let store: Arc<dyn NotifyStore> = Arc::new(store::SqlStore::new(db).await?);
         let codec = Arc::new(contract.codec(catalog.clone(), kafka).await?);
         let outcomes_topic: Vec<String> = catalog
@@ -1170,9 +1184,7 @@ impl Service {
             opener,
             args,
         ));
-        let revealing =
-            platform::consumer::Revealing::wrap(privacy.clone(), catalog.clone(), handler.clone());
-        let runner = Runner::new(NAME, topics, kafka, consumer, codec, revealing);
+        let runner = Runner::new(NAME, topics, kafka, consumer, codec, handler.clone());
         Ok(Self {
             runner,
             outcomes,
@@ -1211,6 +1223,35 @@ fn jobs(store: Arc<dyn NotifyStore>, retention_days: u64) -> platform::jobs::Job
     )
 }
 
+/// What the service holds about a person, for their export: the contact details it
+/// learned from the users topic, their devices, their preferences and the newest thousand
+/// messages it sent them (address, template, outcome).
+struct Export(Arc<dyn NotifyStore>);
+
+#[async_trait::async_trait]
+impl platform::export::Exporter for Export {
+    async fn export(&self, subject: &str) -> Result<Value, platform::problem::Problem> {
+        let unavailable = |err: StoreError| {
+            tracing::warn!(%err, "the notification store failed an export");
+            platform::problem::Problem::unavailable("the notification store is not reachable", 5)
+        };
+        let store = &self.0;
+        let user = store.user(subject).await.map_err(unavailable)?;
+        let devices = store.devices(subject).await.map_err(unavailable)?;
+        let preferences = store.preferences(subject).await.map_err(unavailable)?;
+        let deliveries = store
+            .list(&store::DeliveryFilter::User(subject.to_string()), 1000)
+            .await
+            .map_err(unavailable)?;
+        Ok(serde_json::json!({
+            "contact": user,
+            "devices": devices,
+            "preferences": preferences,
+            "deliveries": deliveries,
+        }))
+    }
+}
+
 /// Notifications as a service: its API, its consumer, the loop that sends what quiet hours
 /// held and its maintenance jobs, stopped with the consumer.
 impl platform::service::Service for Service {
@@ -1220,6 +1261,10 @@ impl platform::service::Service for Service {
 
     fn routes(&self) -> axum::Router {
         self.router()
+    }
+
+    fn exporter(&self) -> Option<Arc<dyn platform::export::Exporter>> {
+        Some(Arc::new(Export(self.api.store.clone())))
     }
 
     fn run(self: Box<Self>, shutdown: CancellationToken) -> platform::service::Work {

@@ -517,6 +517,12 @@ impl NotifyStore for SqlStore {
             }
             tx.commit().await?;
         });
+        if changes
+            .iter()
+            .any(|c| matches!(c, UserChange::Erased { .. }))
+        {
+            self.db.forget_deleted().await;
+        }
         Ok(())
     }
 

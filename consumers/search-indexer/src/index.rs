@@ -374,6 +374,27 @@ impl SearchIndex {
         Ok(doc)
     }
 
+    /// The documents of the last commit that hold `subject`'s personal data, `limit` at
+    /// most (their export).
+    pub fn held_about(&self, subject: &str, limit: usize) -> Result<Vec<Document>, IndexError> {
+        let searcher = self.reader.searcher();
+        let query = TermQuery::new(
+            Term::from_field_text(self.fields.subjects, subject),
+            IndexRecordOption::Basic,
+        );
+        let mut documents = Vec::new();
+        for (_, address) in searcher.search(&query, &TopDocs::with_limit(limit).order_by_score())? {
+            let doc: TantivyDocument = searcher.doc(address)?;
+            let Some(source) = doc.get_first(self.fields.source).and_then(|v| v.as_str()) else {
+                continue;
+            };
+            let stored: Stored = serde_json::from_str(source)
+                .map_err(|e| IndexError::Failed(format!("a stored document: {e}")))?;
+            documents.extend(stored.document);
+        }
+        Ok(documents)
+    }
+
     /// What the last commit holds for `id`.
     fn lookup(&self, id: &str) -> Result<Option<Stored>, IndexError> {
         let searcher = self.reader.searcher();

@@ -474,8 +474,32 @@ impl platform::service::Service for Service {
         self.router()
     }
 
+    fn exporter(&self) -> Option<Arc<dyn platform::export::Exporter>> {
+        Some(Arc::new(Export(self.live.clone())))
+    }
+
     fn run(self: Box<Self>, shutdown: CancellationToken) -> platform::service::Work {
         Box::pin(Service::run(*self, shutdown))
+    }
+}
+
+/// What the index holds of a person's data, for their export: the documents made of it (a
+/// user's name, the messages they sent), a thousand at most.
+struct Export(Arc<LiveIndex>);
+
+#[async_trait::async_trait]
+impl platform::export::Exporter for Export {
+    async fn export(&self, subject: &str) -> Result<serde_json::Value, platform::problem::Problem> {
+        let index = self.0.get();
+        let subject = subject.to_string();
+        let documents = tokio::task::spawn_blocking(move || index.held_about(&subject, 1000))
+            .await
+            .map_err(|err| platform::problem::Problem::internal(&err))?
+            .map_err(|err| {
+                tracing::warn!(%err, "the search index failed an export");
+                platform::problem::Problem::unavailable("the search index is not readable", 5)
+            })?;
+        Ok(serde_json::json!({ "documents": documents }))
     }
 }
 

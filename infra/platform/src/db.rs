@@ -85,6 +85,37 @@ impl Database {
 /// migrations share the bookkeeping table, so versions recorded by others are not errors. Two
 /// processes starting together on one SQLite file can race to record the same migration
 /// (PostgreSQL serialises them with a lock): the loser tries again and finds it applied.
+impl Database {
+    /// After rows of personal data were deleted or blanked: moves what the write-ahead log
+    /// still holds of them into the database file, where secure_delete has zeroed them, and
+    /// empties the log file (SQLite; tried a few times while readers hold it). PostgreSQL
+    /// reclaims dead rows by its own vacuum; its WAL segments are recycled, not zeroed (see
+    /// the README's privacy section).
+    pub async fn forget_deleted(&self) {
+        let Self::Sqlite(pool) = self else {
+            return;
+        };
+        for _ in 0..10 {
+            let done: Result<(i64, i64, i64), sqlx::Error> =
+                sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .fetch_one(pool)
+                    .await;
+            match done {
+                Ok((0, _, _)) => return,
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(%err, "emptying the write-ahead log after an erasure failed");
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tracing::warn!(
+            "the write-ahead log stayed busy after an erasure: it is emptied at a later checkpoint"
+        );
+    }
+}
+
 pub async fn migrate(
     db: &Database,
     mut postgres: sqlx::migrate::Migrator,

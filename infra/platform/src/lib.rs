@@ -24,6 +24,7 @@ pub mod consumer;
 pub mod contract;
 pub mod db;
 pub mod edge;
+pub mod export;
 pub mod http;
 pub mod jobs;
 pub mod kafka;

@@ -293,6 +293,8 @@ impl KeyStore for SqlKeyStore {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
+            // The wrapped key must not outlive its row in the write-ahead log either.
+            self.db.forget_deleted().await;
             erased
         }))
     }

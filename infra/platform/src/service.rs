@@ -40,6 +40,11 @@ pub trait Service: Send {
         None
     }
 
+    /// What it holds about one data subject, for their export (see [`crate::export`]).
+    fn exporter(&self) -> Option<Arc<dyn crate::export::Exporter>> {
+        None
+    }
+
     /// Runs until `shutdown`, owning every task it starts: each is awaited before the
     /// returned future ends. An error, or an end before shutdown, stops the process.
     fn run(self: Box<Self>, shutdown: CancellationToken) -> Work;
@@ -79,9 +84,14 @@ pub async fn run(serving: Serving, services: Vec<Box<dyn Service>>) -> anyhow::R
     } = serving;
     let mut routes = Router::new();
     let mut probes = Vec::new();
+    let mut exporters = Vec::new();
     for service in &services {
         routes = routes.merge(service.routes());
         probes.extend(service.probe());
+        exporters.extend(service.exporter().map(|e| (service.name(), e)));
+    }
+    if let (false, Some(auth)) = (exporters.is_empty(), edge.authenticator()) {
+        routes = routes.merge(crate::export::routes(exporters, auth));
     }
     let router = edge.wrap(routes.merge(health_routes(probes)))?;
     let mut work = JoinSet::new();

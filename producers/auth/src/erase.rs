@@ -127,3 +127,44 @@ pub async fn erase_deleted(
         }
     }
 }
+
+/// What the auth service holds about a person, for their export: their account (without
+/// its password hash), the sign-in identities linked to it and their sessions.
+pub struct AccountExport(pub std::sync::Arc<AuthState>);
+
+#[async_trait::async_trait]
+impl platform::export::Exporter for AccountExport {
+    async fn export(&self, subject: &str) -> Result<serde_json::Value, platform::problem::Problem> {
+        let unavailable = |err: StoreError| {
+            tracing::warn!(%err, "the accounts database failed an export");
+            platform::problem::Problem::unavailable("the accounts database is not reachable", 5)
+        };
+        let store = &self.0.store;
+        let Some(account) = store.account(subject).await.map_err(unavailable)? else {
+            return Ok(serde_json::Value::Null);
+        };
+        let (identities, sessions) = store.held_about(subject).await.map_err(unavailable)?;
+        Ok(json!({
+            "account": {
+                "id": account.id,
+                "email": account.email,
+                "display_name": account.display_name,
+                "phone": account.phone,
+                "phone_verified": account.phone_verified_at.is_some(),
+                "locale": account.locale,
+                "time_zone": account.time_zone,
+                "role": account.role,
+                "created_at_us": account.created_at,
+                "deleted_at_us": account.deleted_at,
+            },
+            "linked_identities": identities
+                .into_iter()
+                .map(|(issuer, subject, at)| json!({"issuer": issuer, "subject": subject, "linked_at_us": at}))
+                .collect::<Vec<_>>(),
+            "sessions": sessions
+                .into_iter()
+                .map(|(created, expires)| json!({"created_at_us": created, "expires_at_us": expires}))
+                .collect::<Vec<_>>(),
+        }))
+    }
+}

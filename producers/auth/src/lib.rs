@@ -404,6 +404,10 @@ impl platform::service::Service for Service {
         self.router()
     }
 
+    fn exporter(&self) -> Option<Arc<dyn platform::export::Exporter>> {
+        Some(Arc::new(erase::AccountExport(self.state.clone())))
+    }
+
     fn run(self: Box<Self>, shutdown: CancellationToken) -> platform::service::Work {
         Box::pin(async move {
             let state = self.state.clone();

@@ -462,7 +462,27 @@ impl SqlStore {
             }
             enqueue!(tx, events);
             tx.commit().await?;
+            self.db.forget_deleted().await;
             erased
+        }))
+    }
+
+    /// The sign-in identities linked to an account (issuer, subject, when) and its live
+    /// sessions (created, expires), for its person's export.
+    #[allow(clippy::type_complexity)]
+    pub async fn held_about(
+        &self,
+        id: &str,
+    ) -> Result<(Vec<(String, String, i64)>, Vec<(i64, i64)>), StoreError> {
+        let identities = "SELECT issuer, subject, created_at FROM auth_identities \
+             WHERE account_id = $1 ORDER BY created_at";
+        let sessions = "SELECT created_at, expires_at FROM auth_refresh_tokens \
+             WHERE account_id = $1 AND used_at IS NULL AND revoked_at IS NULL ORDER BY created_at";
+        Ok(with_pool!(&self.db, pool => {
+            (
+                sqlx::query_as(identities).bind(id).fetch_all(pool).await?,
+                sqlx::query_as(sessions).bind(id).fetch_all(pool).await?,
+            )
         }))
     }
 

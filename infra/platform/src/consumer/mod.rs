@@ -29,7 +29,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 pub use backoff::backoff;
 use events::Envelope;
-pub use revealing::Revealing;
+pub use revealing::{Revealer, Revealing};
 pub use runner::{Runner, RunnerError};
 
 /// One event as a handler sees it: plain data, no Kafka types.

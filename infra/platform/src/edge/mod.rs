@@ -281,6 +281,11 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 impl Edge {
     /// `auth` tells users apart for per-user limits and logs; without it every caller is
     /// anonymous.
+    /// The verifier of the process's tokens, when it has one.
+    pub fn authenticator(&self) -> Option<Arc<Authenticator>> {
+        self.auth.clone()
+    }
+
     pub async fn new(
         args: &EdgeArgs,
         auth: Option<Arc<Authenticator>>,
