@@ -288,7 +288,9 @@ impl Command {
             } => Some(kafka),
             Command::Notifications(args) if args.action.is_some() => Some(&mut args.kafka),
             Command::Privacy {
-                action: privacy::PrivacyAction::Erase { kafka, .. },
+                action:
+                    privacy::PrivacyAction::Erase { kafka, .. }
+                    | privacy::PrivacyAction::EraseDeleted { kafka, .. },
             } => Some(&mut **kafka),
             _ => None,
         }

@@ -32,6 +32,19 @@ pub enum PrivacyAction {
         #[command(flatten)]
         auth: Box<AuthArgs>,
     },
+    /// Run the retention job once now (`erase-deleted-accounts`, hourly in the auth
+    /// service): erase the people of accounts deleted more than ERASE_DELETED_AFTER_DAYS ago
+    /// and not erased yet.
+    EraseDeleted {
+        #[command(flatten)]
+        deployment: Deployment,
+        #[command(flatten)]
+        kafka: Box<KafkaArgs>,
+        #[command(flatten)]
+        auth: Box<AuthArgs>,
+        #[command(flatten)]
+        accounts: Box<auth::AccountsArgs>,
+    },
     /// Put a new key-encryption key first in PRIVACY_KEY_FILE and rewrap every data key with
     /// it. Running services read the file again by themselves; once this has finished, the
     /// old keys can be removed from the file.
@@ -51,6 +64,16 @@ pub struct Deployment {
 }
 
 impl Deployment {
+    /// The data folder's key file, when PRIVACY_KEY_FILE is unset and it exists; without
+    /// either, personal data is not encrypted here, and an erasure reaches the derived
+    /// copies only.
+    fn find_key_file(&mut self) {
+        let file = data_folder_key_file(&self.store.data_dir);
+        if self.contract.privacy_key_file.is_none() && file.exists() {
+            self.contract.privacy_key_file = Some(file);
+        }
+    }
+
     /// The key file: PRIVACY_KEY_FILE, else the data folder's (which `herald up` made).
     fn key_file(&mut self) -> anyhow::Result<PathBuf> {
         if self.contract.privacy_key_file.is_none() {
@@ -90,24 +113,9 @@ pub async fn privacy(action: PrivacyAction) -> anyhow::Result<()> {
             kafka,
             auth,
         } => {
-            deployment.key_file()?;
-            anyhow::ensure!(
-                kafka.brokers.is_some(),
-                "herald privacy erase needs KAFKA_BROKERS, to publish user.erased"
-            );
-            let db = deployment.store.connect().await?;
-            let service = auth::Service::connect(
-                db,
-                &kafka,
-                &deployment.contract,
-                &auth,
-                &auth::AccountsArgs::default(),
-                auth::Setup {
-                    redis_url: None,
-                    topics: Default::default(),
-                },
-            )
-            .await?;
+            deployment.find_key_file();
+            let service =
+                auth_service(&deployment, &kafka, &auth, &auth::AccountsArgs::default()).await?;
             let erased = service.erase(&subject, &reason).await?;
             println!(
                 "herald privacy erase: {subject}: data key {}, account {}; user.erased is \
@@ -122,6 +130,22 @@ pub async fn privacy(action: PrivacyAction) -> anyhow::Result<()> {
                 } else {
                     "none"
                 },
+            );
+            Ok(())
+        }
+        PrivacyAction::EraseDeleted {
+            mut deployment,
+            kafka,
+            auth,
+            accounts,
+        } => {
+            deployment.find_key_file();
+            let service = auth_service(&deployment, &kafka, &auth, &accounts).await?;
+            let erased = service.erase_deleted().await?;
+            service.publish_outbox().await?;
+            println!(
+                "herald privacy erase-deleted: {erased} deleted account(s) past {} days erased",
+                accounts.erase_deleted_after_days
             );
             Ok(())
         }
@@ -145,6 +169,32 @@ pub async fn privacy(action: PrivacyAction) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The auth service's parts, to act on accounts from the command line.
+async fn auth_service(
+    deployment: &Deployment,
+    kafka: &KafkaArgs,
+    auth: &AuthArgs,
+    accounts: &auth::AccountsArgs,
+) -> anyhow::Result<auth::Service> {
+    anyhow::ensure!(
+        kafka.brokers.is_some(),
+        "herald privacy needs KAFKA_BROKERS, to publish user.erased"
+    );
+    let db = deployment.store.connect().await?;
+    auth::Service::connect(
+        db,
+        kafka,
+        &deployment.contract,
+        auth,
+        accounts,
+        auth::Setup {
+            redis_url: None,
+            topics: Default::default(),
+        },
+    )
+    .await
 }
 
 /// The deployment's privacy for a tool on the log (replay, tail): PRIVACY_KEY_FILE, or the

@@ -469,3 +469,168 @@ async fn an_erased_person_is_nowhere_on_disk_and_everyone_else_is_intact() {
     assert!(status == 401 || status == 404, "{status}");
     drop(child);
 }
+
+/// Registers a person through the API; their account's id and access token.
+async fn register(base: &str, email: &str, name: &str, phone: &str) -> (String, String) {
+    let (status, _) = call(
+        reqwest::Method::POST,
+        format!("{base}/api/v1/auth/register"),
+        None,
+        Some(json!({"email": email, "password": PASSWORD, "display_name": name, "phone": phone})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, session) = call(
+        reqwest::Method::POST,
+        format!("{base}/api/v1/auth/login"),
+        None,
+        Some(json!({"email": email, "password": PASSWORD})),
+    )
+    .await;
+    assert_eq!(status, 200, "{session}");
+    let access = session["access_token"].as_str().unwrap().to_string();
+    let (_, me) = call(
+        reqwest::Method::GET,
+        format!("{base}/api/v1/me"),
+        Some(&access),
+        None,
+    )
+    .await;
+    (me["id"].as_str().unwrap().to_string(), access)
+}
+
+/// Stops `herald up` as an operator does (SIGTERM), and waits for it.
+async fn stop(mut child: Child) {
+    let pid = child.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("herald up stops within a minute")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_encryption_key_rotation_then_a_restart_reads_every_record() {
+    let data = support::test_dir(&format!("rotate-{}", uuid::Uuid::new_v4().simple()));
+    let _broker = StopsBroker(data.clone());
+    let (child, base) = up(&data).await;
+    let mut people = Vec::new();
+    for i in 0..5 {
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let email = format!("rotate-{i}-{}@example.com", &tag[..8]);
+        let (id, access) = register(&base, &email, &format!("Person {i}"), "+15550100").await;
+        let (status, _) = call(
+            reqwest::Method::POST,
+            format!("{base}/api/v1/events"),
+            Some(&access),
+            Some(message(
+                &uuid::Uuid::new_v4().to_string(),
+                "someone",
+                &format!("note {i}"),
+            )),
+        )
+        .await;
+        assert_eq!(status, 202);
+        people.push((id, email));
+    }
+    let keys = data.join("privacy-keys");
+    let old = std::fs::read_to_string(&keys).unwrap();
+    let rotated = cli(&data, &["privacy", "rotate-key"]).await;
+    eprintln!("{rotated}");
+    assert!(rotated.contains("rewrapped"), "{rotated}");
+    // Every data key is wrapped by the new key: the old one leaves the file, and the
+    // system, restarted, reads every record with the new one alone.
+    let now = std::fs::read_to_string(&keys).unwrap();
+    let new = now.lines().next().unwrap().to_string();
+    assert!(!old.contains(&new), "the new key is new");
+    std::fs::write(&keys, format!("{new}\n")).unwrap();
+    stop(child).await;
+    let (child, base) = up(&data).await;
+    let lines = replay(&data, "replay-rotated.jsonl").await;
+    for (id, email) in &people {
+        let registered = lines
+            .iter()
+            .find(|l| l["event_type"] == "user.registered" && l["data"]["user_id"] == *id)
+            .expect("the registration replayed");
+        assert_eq!(registered["data"]["email"], email.as_str());
+        let note = lines
+            .iter()
+            .find(|l| l["event_type"] == "message.sent" && l["actor"] == *id)
+            .expect("the message replayed");
+        assert!(
+            note["data"]["body"].as_str().unwrap().starts_with("note "),
+            "{note}"
+        );
+    }
+    // New people are protected and read as well.
+    let (id, _) = register(&base, "after-rotation@example.com", "After", "+15550101").await;
+    let lines = replay(&data, "replay-after-rotation.jsonl").await;
+    assert!(lines.iter().any(|l| l["event_type"] == "user.registered"
+        && l["data"]["user_id"] == id
+        && l["data"]["email"] == "after-rotation@example.com"));
+    eprintln!(
+        "rotation: {} records read back after the restart with the new key alone",
+        lines.len()
+    );
+    stop(child).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_accounts_are_erased_for_good_after_the_retention_period() {
+    let data = support::test_dir(&format!("retention-{}", uuid::Uuid::new_v4().simple()));
+    let _broker = StopsBroker(data.clone());
+    let (child, base) = up(&data).await;
+    let (kept, _) = register(&base, "recent@example.com", "Recent", "+15550110").await;
+    let (old, _) = register(&base, "long-gone@example.com", "Long Gone", "+15550111").await;
+    // Both deleted the old way (deleted_at only, personal data kept), one long ago.
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", data.join("herald.db").display()))
+        .await
+        .unwrap();
+    let now_us = jiff::Timestamp::now().as_microsecond();
+    for (id, at) in [(&kept, now_us), (&old, now_us - 31 * 86_400_000_000)] {
+        sqlx::query("UPDATE auth_accounts SET deleted_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(at)
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    let ran = cli(&data, &["privacy", "erase-deleted"]).await;
+    assert!(ran.contains(": 1 deleted account(s)"), "{ran}");
+    let row = |id: String| {
+        let db = db.clone();
+        async move {
+            sqlx::query_as::<_, (String, Option<i64>)>(
+                "SELECT email, erased_at FROM auth_accounts WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        }
+    };
+    let (email, erased_at) = row(old.clone()).await;
+    assert_eq!(email, "");
+    assert!(erased_at.is_some());
+    let (email, erased_at) = row(kept.clone()).await;
+    assert_eq!((email.as_str(), erased_at), ("recent@example.com", None));
+    // Its erasure is on the log, and its fields read as erased.
+    let lines = replay(&data, "replay-retention.jsonl").await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event_type"] == "user.erased" && l["data"]["user_id"] == old)
+    );
+    let registered = lines
+        .iter()
+        .find(|l| l["event_type"] == "user.registered" && l["data"]["user_id"] == old)
+        .unwrap();
+    assert_eq!(registered["data"]["email"], "[erased]");
+    // A second run finds nothing more to do.
+    let again = cli(&data, &["privacy", "erase-deleted"]).await;
+    assert!(again.contains(": 0 deleted account(s)"), "{again}");
+    stop(child).await;
+}

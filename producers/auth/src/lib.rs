@@ -372,8 +372,14 @@ impl Service {
     /// what it enqueued before answering.
     pub async fn erase(&self, subject: &str, reason: &str) -> anyhow::Result<erase::Erased> {
         let erased = erase::erase(&self.state, subject, reason, "herald-cli").await?;
-        while self.relay.pass().await? > 0 {}
+        self.publish_outbox().await?;
         Ok(erased)
+    }
+
+    /// Publishes what the outbox holds now (a command-line action's events).
+    pub async fn publish_outbox(&self) -> anyhow::Result<()> {
+        while self.relay.pass().await? > 0 {}
+        Ok(())
     }
 
     /// Runs the retention job once now (`erase-deleted-accounts`): answers how many were
