@@ -104,6 +104,14 @@ pub fn check(checked: &Checked) -> anyhow::Result<()> {
             kafka(&args.kafka)?;
             args.auth.check()?;
             args.contract.check(None)?;
+            // It has no database of its own to find the data keys in.
+            anyhow::ensure!(
+                args.contract.privacy_key_file.is_none()
+                    || args.contract.privacy_database_url.is_some(),
+                "PRIVACY_KEY_FILE is set and PRIVACY_DATABASE_URL is not: the search indexer \
+                 has no database of its own to find the data keys in; give it the one the other \
+                 services keep them in"
+            );
             consumer(&args.consumer, &args.kafka)?;
             args.search
                 .check(&args.data_dir.join("search"))

@@ -26,6 +26,7 @@ pub fn document(catalog: &Catalog) -> Value {
             notifications::api::openapi(),
             search_indexer::api::openapi(),
             reports::api::openapi(),
+            platform::export::openapi(),
             operations(),
         ],
     )

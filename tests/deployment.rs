@@ -28,7 +28,7 @@ const COMPOSE_ENV: [(&str, &str); 3] = [
 ];
 
 /// The secrets the Kubernetes README tells an operator to create, as files.
-const K8S_SECRETS: [(&str, &str); 4] = [
+const K8S_SECRETS: [(&str, &str); 5] = [
     (
         "database-url",
         "postgres://herald:test-password@postgres/herald",
@@ -38,6 +38,8 @@ const K8S_SECRETS: [(&str, &str); 4] = [
         "unsubscribe-secret-of-thirty-two-bytes",
     ),
     ("sealing-key", support::SEALING_KEY),
+    // The key-encryption key of personal data (the compose file's `privacy-keys` secret too).
+    ("privacy-keys", support::SEALING_KEY),
     (
         "alert-webhook-url",
         "https://hooks.example.com/services/T0/B0/x",

@@ -15,7 +15,7 @@ use serde_json::{Value as Json, json};
 use crate::direct::{DataSeed, Plan};
 use crate::json::{self, Names};
 use crate::personal::Personal;
-use crate::rules::{self, DataFacts, Owner, Rule};
+use crate::rules::{self, DataFacts, Owner, Rule, StringSpan};
 
 /// The 8-byte CRC-64-AVRO fingerprint of a wire schema's canonical form, as it appears in
 /// single-object encoding (little-endian).
@@ -110,26 +110,25 @@ impl SchemaVersion {
         )
     }
 
-    /// The JSON of `avro`, this type's encoded data (what readers of the topic see).
-    pub fn data_json(&self, avro: &[u8]) -> Result<Json, crate::CodecError> {
-        let mut input = avro;
-        let mut text = Vec::with_capacity(2 * avro.len());
-        crate::binary::write_json(&self.data_schema, &self.names, &mut input, &mut text)?;
-        serde_json::from_slice(&text).map_err(|_| crate::CodecError::BadEnvelope("data"))
+    /// Where the named top-level string (or nullable string) fields sit in `avro`, this
+    /// type's encoded data: each one's text as a range of `avro`, `None` when null. For
+    /// rewriting a few fields without decoding the rest ([`SchemaVersion::with_strings`]).
+    pub fn string_spans(
+        &self,
+        avro: &[u8],
+        fields: &[&str],
+    ) -> Result<Vec<Option<StringSpan>>, crate::CodecError> {
+        Ok(rules::string_spans(
+            &self.data_schema,
+            &self.names,
+            avro,
+            fields,
+        )?)
     }
 
-    /// The Avro binary of a `data` object that fits this schema (validated before, and
-    /// changed since only in the text of its strings).
-    pub fn data_avro(&self, data: &Json) -> Result<Vec<u8>, crate::CodecError> {
-        let mut out = Vec::with_capacity(256);
-        if self.encode_json(&data.to_string(), &mut out).is_some() {
-            return Ok(out);
-        }
-        let value = self
-            .validate(data, "")
-            .map_err(|_| crate::CodecError::BadEnvelope("data"))?;
-        self.encode_value(&value, &mut out)?;
-        Ok(out)
+    /// `avro` with the strings at `spans` (from [`SchemaVersion::string_spans`]) replaced.
+    pub fn with_strings(avro: &[u8], spans: &[(StringSpan, &str)]) -> Vec<u8> {
+        rules::replace_strings(avro, spans)
     }
 
     /// The name of the data field that holds the owner's id, when there is one.
@@ -523,6 +522,53 @@ mod tests {
             .chain(extra.iter())
             .map(|(n, t)| (n.to_string(), t.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn strings_are_found_and_rewritten_in_place_and_the_rest_reads_as_before() {
+        let catalog = Catalog::embedded().unwrap();
+        let registered = catalog.latest("user.registered").unwrap();
+        let data = json!({"user_id": "0190c2a0-7a3b-7cc1-9c1e-2f0d7b3a9e11",
+            "email": "é@example.com", "display_name": "Zoë", "phone": null,
+            "locale": "fr", "time_zone": "Europe/Paris"});
+        let mut avro = Vec::new();
+        registered
+            .encode_value(&registered.validate(&data, "").unwrap(), &mut avro)
+            .unwrap();
+        let spans = registered
+            .string_spans(&avro, &["display_name", "phone", "email", "nothing"])
+            .unwrap();
+        assert_eq!(&avro[spans[0].clone().unwrap().text], "Zoë".as_bytes());
+        assert_eq!(spans[1], None, "a null has no text");
+        assert_eq!(
+            &avro[spans[2].clone().unwrap().text],
+            "é@example.com".as_bytes()
+        );
+        assert_eq!(spans[3], None, "no such field");
+        // Longer text, whose length takes two bytes: every other field reads as it was.
+        let long = "x".repeat(200);
+        let rewritten = SchemaVersion::with_strings(
+            &avro,
+            &[
+                (spans[2].clone().unwrap(), long.as_str()),
+                (spans[0].clone().unwrap(), "Z"),
+            ],
+        );
+        let mut input = rewritten.as_slice();
+        let mut text = Vec::new();
+        crate::binary::write_json(
+            &registered.data_schema,
+            &registered.names,
+            &mut input,
+            &mut text,
+        )
+        .unwrap();
+        assert!(input.is_empty());
+        let read: Json = serde_json::from_slice(&text).unwrap();
+        let mut expected = data.clone();
+        expected["email"] = long.as_str().into();
+        expected["display_name"] = "Z".into();
+        assert_eq!(read, expected);
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub use direct::DataSeed;
 pub use envelope::Envelope;
 pub use json::parse_timestamp;
 pub use personal::Personal;
-pub use rules::{DataFacts, Owner, Rule, SEALED_PREFIX};
+pub use rules::{DataFacts, Owner, Rule, SEALED_PREFIX, StringSpan};
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/embedded.rs"));

@@ -225,6 +225,73 @@ impl<'a> Value<'a> {
     }
 }
 
+/// Where a string sits in a record's binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StringSpan {
+    /// Where its length prefix begins.
+    pub start: usize,
+    /// Its text.
+    pub text: std::ops::Range<usize>,
+}
+
+/// Where the named top-level string fields of a data record sit in `avro`: for each of
+/// `fields`, its span, `None` when it is null or the record has no such string field.
+pub(crate) fn string_spans(
+    schema: &Schema,
+    names: &Names,
+    avro: &[u8],
+    fields: &[&str],
+) -> Result<Vec<Option<StringSpan>>, DecodeError> {
+    let Schema::Record(record) = schema else {
+        return Err(DecodeError("not a record"));
+    };
+    let mut spans = vec![None; fields.len()];
+    let mut input = avro;
+    let at = |input: &[u8]| avro.len() - input.len();
+    for field in &record.fields {
+        let Some(slot) = fields.iter().position(|f| *f == field.name) else {
+            skip(&field.schema, names, &mut input, 0)?;
+            continue;
+        };
+        let schema = match &field.schema {
+            Schema::Union(union) => usize::try_from(read_long(&mut input)?)
+                .ok()
+                .and_then(|i| union.variants().get(i))
+                .ok_or(DecodeError("union branch out of range"))?,
+            other => other,
+        };
+        if matches!(schema, Schema::String) {
+            let start = at(input);
+            let text = read_bytes(&mut input)?;
+            let end = at(input);
+            spans[slot] = Some(StringSpan {
+                start,
+                text: end - text.len()..end,
+            });
+        } else {
+            skip(schema, names, &mut input, 0)?;
+        }
+    }
+    Ok(spans)
+}
+
+/// `avro` with the strings at `spans` (from [`string_spans`], none overlapping) replaced by
+/// new text, length prefixes and all.
+pub(crate) fn replace_strings(avro: &[u8], spans: &[(StringSpan, &str)]) -> Vec<u8> {
+    let grown: usize = spans.iter().map(|(_, text)| text.len() + 10).sum();
+    let mut out = Vec::with_capacity(avro.len() + grown);
+    let mut ordered: Vec<&(StringSpan, &str)> = spans.iter().collect();
+    ordered.sort_by_key(|(span, _)| span.start);
+    let mut from = 0;
+    for (span, text) in ordered {
+        out.extend_from_slice(&avro[from..span.start]);
+        crate::binary::bytes(text.as_bytes(), &mut out);
+        from = span.text.end;
+    }
+    out.extend_from_slice(&avro[from..]);
+    out
+}
+
 /// Nesting deeper than this is refused rather than followed (a recursive schema).
 const MAX_DEPTH: usize = 64;
 

@@ -22,6 +22,7 @@ pub fn routes() -> Vec<Route> {
     }
     // What every process serves beside its services' routes.
     files.push(root.join("infra/platform/src/service.rs"));
+    files.push(root.join("infra/platform/src/export.rs"));
     let mut routes = BTreeSet::new();
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();

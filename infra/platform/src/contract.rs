@@ -76,6 +76,9 @@ impl ContractArgs {
         if let Some(file) = &self.privacy_key_file {
             Keks::read(file).context("PRIVACY_KEY_FILE")?;
         }
+        if let Some(url) = &self.privacy_database_url {
+            Database::check_url(url).context("PRIVACY_DATABASE_URL")?;
+        }
         Ok(catalog)
     }
 

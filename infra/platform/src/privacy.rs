@@ -195,14 +195,14 @@ pub enum Stored {
 #[async_trait::async_trait]
 pub trait KeyStore: Send + Sync {
     async fn get(&self, subject: &str) -> Result<Option<Stored>, PrivacyError>;
-    /// Stores `wrapped` for `subject` unless something is stored already; answers what is
-    /// stored now (another process may have made the subject's key first).
-    async fn create(
+    /// Stores each `(subject, wrapped)` unless something is stored for the subject already,
+    /// in one transaction; answers what is stored now for each, in order (another process
+    /// may have made a subject's key first).
+    async fn create_all(
         &self,
-        subject: &str,
-        wrapped: &str,
+        keys: &[(String, String)],
         now_us: i64,
-    ) -> Result<Stored, PrivacyError>;
+    ) -> Result<Vec<Stored>, PrivacyError>;
     /// Deletes the subject's key for good; `false` if it was erased already or never made
     /// (an erased subject is remembered either way).
     async fn erase(&self, subject: &str, now_us: i64) -> Result<bool, PrivacyError>;
@@ -249,26 +249,34 @@ impl KeyStore for SqlKeyStore {
         Ok(stored(row))
     }
 
-    async fn create(
+    async fn create_all(
         &self,
-        subject: &str,
-        wrapped: &str,
+        keys: &[(String, String)],
         now_us: i64,
-    ) -> Result<Stored, PrivacyError> {
-        with_pool!(&self.db, pool => {
-            sqlx::query(
-                "INSERT INTO privacy_keys (subject, wrapped, created_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (subject) DO NOTHING",
-            )
-            .bind(subject)
-            .bind(wrapped)
-            .bind(now_us)
-            .execute(pool)
-            .await?;
+    ) -> Result<Vec<Stored>, PrivacyError> {
+        let insert = "INSERT INTO privacy_keys (subject, wrapped, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (subject) DO NOTHING";
+        let select = "SELECT wrapped FROM privacy_keys WHERE subject = $1";
+        let rows: Vec<Option<(Option<String>,)>> = with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            for (subject, wrapped) in keys {
+                sqlx::query(insert)
+                    .bind(subject)
+                    .bind(wrapped)
+                    .bind(now_us)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let mut rows = Vec::with_capacity(keys.len());
+            for (subject, _) in keys {
+                rows.push(sqlx::query_as(select).bind(subject).fetch_optional(&mut *tx).await?);
+            }
+            tx.commit().await?;
+            rows
         });
-        self.get(subject)
-            .await?
-            .ok_or(PrivacyError::Store(sqlx::Error::RowNotFound))
+        rows.into_iter()
+            .map(|row| stored(row).ok_or(PrivacyError::Store(sqlx::Error::RowNotFound)))
+            .collect()
     }
 
     async fn erase(&self, subject: &str, now_us: i64) -> Result<bool, PrivacyError> {
@@ -451,14 +459,49 @@ impl Privacy {
         if !create {
             return Ok(None);
         }
-        let mut raw = [0u8; KEY_LEN];
-        aws_lc_rs::rand::fill(&mut raw).expect("the system's random source works");
-        let wrapped = self.keks(false).wrap(subject, &raw);
-        let stored = self
-            .store
-            .create(subject, &wrapped, crate::clock::now_us())
-            .await?;
-        self.known(subject, &stored).map(Some)
+        Ok(self.create(&[subject]).await?.pop())
+    }
+
+    /// Makes (and keeps) a key for each of `subjects`, in one write of the store; answers
+    /// what each has now (another process may have made one first, or erased them).
+    async fn create(&self, subjects: &[&str]) -> Result<Vec<Known>, PrivacyError> {
+        let keks = self.keks(false);
+        let keys: Vec<(String, String)> = subjects
+            .iter()
+            .map(|subject| {
+                let mut raw = [0u8; KEY_LEN];
+                aws_lc_rs::rand::fill(&mut raw).expect("the system's random source works");
+                (subject.to_string(), keks.wrap(subject, &raw))
+            })
+            .collect();
+        let stored = self.store.create_all(&keys, crate::clock::now_us()).await?;
+        subjects
+            .iter()
+            .zip(&stored)
+            .map(|(subject, stored)| self.known(subject, stored))
+            .collect()
+    }
+
+    /// Readies the keys of `subjects` before their fields are protected one by one: those
+    /// not in memory are read, and those who have none get one, all in one write (a batch
+    /// of events about many new people costs one transaction, not one each).
+    pub async fn prepare(&self, subjects: &[&str]) -> Result<(), PrivacyError> {
+        let mut missing = Vec::new();
+        for subject in subjects {
+            if self.cached(subject).is_some() || missing.contains(subject) {
+                continue;
+            }
+            match self.store.get(subject).await? {
+                Some(stored) => {
+                    self.known(subject, &stored)?;
+                }
+                None => missing.push(*subject),
+            }
+        }
+        if !missing.is_empty() {
+            self.create(&missing).await?;
+        }
+        Ok(())
     }
 
     /// `plain`, the value of `field` about `subject`, encrypted with the subject's key.
@@ -564,7 +607,9 @@ fn marked<'a>(
 
 impl Privacy {
     /// Protects, in place, every personal field `schema` marks in `data` (an event's data as
-    /// JSON) that holds a string not protected already; `actor` is the event's actor.
+    /// JSON) that holds a string; `actor` is the event's actor. Every one, even text that
+    /// looks protected: a client's `personal:v1:...` is its own text, and encrypted like any
+    /// other it reads back as it was sent rather than as a damaged value.
     pub async fn protect_data(
         &self,
         schema: &events::SchemaVersion,
@@ -575,13 +620,86 @@ impl Privacy {
             return Ok(());
         };
         for field in fields {
-            if let Some(serde_json::Value::String(value)) = data.get_mut(field)
-                && !is_protected(value)
-            {
+            if let Some(serde_json::Value::String(value)) = data.get_mut(field) {
                 *value = self.protect(&subject, field, value).await?;
             }
         }
         Ok(())
+    }
+
+    /// Whom `avro`, an event's encoded data (of `schema`), is about; `None` when the type
+    /// marks nothing.
+    pub fn subject_in_avro<'a>(
+        schema: &events::SchemaVersion,
+        actor: &'a str,
+        avro: &'a [u8],
+    ) -> Result<Option<&'a str>, PrivacyError> {
+        let Some(personal) = &schema.personal else {
+            return Ok(None);
+        };
+        let events::Owner::Field(field) = &personal.subject else {
+            return Ok(Some(actor));
+        };
+        let spans = schema
+            .string_spans(avro, &[field.as_str()])
+            .map_err(|_| PrivacyError::Damaged(SealError::Damaged))?;
+        match spans.first().and_then(Option::as_ref) {
+            Some(span) => std::str::from_utf8(&avro[span.text.clone()])
+                .map(Some)
+                .map_err(|_| PrivacyError::Damaged(SealError::Damaged)),
+            None => Err(PrivacyError::NoSubject(field.clone())),
+        }
+    }
+
+    /// `avro`, an event's encoded data (of `schema`), with every personal field protected
+    /// in its binary, the rest untouched: what the ingress publishes. `None` when the type
+    /// marks nothing. Every value is protected, as by [`Privacy::protect_data`].
+    pub async fn protect_avro(
+        &self,
+        schema: &events::SchemaVersion,
+        actor: &str,
+        avro: &[u8],
+    ) -> Result<Option<Vec<u8>>, PrivacyError> {
+        let Some(personal) = &schema.personal else {
+            return Ok(None);
+        };
+        let mut names: Vec<&str> = personal.fields.iter().map(String::as_str).collect();
+        let subject_field = match &personal.subject {
+            events::Owner::Field(field) => {
+                names.push(field);
+                Some(field)
+            }
+            events::Owner::Actor => None,
+        };
+        let damaged = |_| PrivacyError::Damaged(SealError::Damaged);
+        let spans = schema.string_spans(avro, &names).map_err(damaged)?;
+        let text = |span: &events::StringSpan| {
+            std::str::from_utf8(&avro[span.text.clone()]).map_err(|_| SealError::Damaged)
+        };
+        let subject = match subject_field {
+            None => actor,
+            Some(field) => match spans.last().and_then(Option::as_ref) {
+                Some(span) => text(span)?,
+                None => return Err(PrivacyError::NoSubject(field.clone())),
+            },
+        };
+        let Some(Known::Key(key)) = self.key(subject, true).await? else {
+            return Err(PrivacyError::Erased);
+        };
+        let mut protected = Vec::with_capacity(personal.fields.len());
+        for (field, span) in personal.fields.iter().zip(&spans) {
+            if let Some(span) = span {
+                protected.push((
+                    span.clone(),
+                    protect_with(&key, subject, field, text(span)?),
+                ));
+            }
+        }
+        let replaced: Vec<(events::StringSpan, &str)> = protected
+            .iter()
+            .map(|(span, value)| (span.clone(), value.as_str()))
+            .collect();
+        Ok(Some(events::SchemaVersion::with_strings(avro, &replaced)))
     }
 
     /// Reveals, in place, every protected field of an event's data: its plain text, or
@@ -666,10 +784,14 @@ impl BlockingRevealer {
             }
             let plain = match self
                 .runtime
-                .block_on(self.privacy.reveal(&subject, field, value))?
+                .block_on(self.privacy.reveal(&subject, field, value))
             {
-                Revealed::Plain(plain) => plain,
-                Revealed::Erased => ERASED.to_string(),
+                Ok(Revealed::Plain(plain)) => plain,
+                Ok(Revealed::Erased) => ERASED.to_string(),
+                // A value that does not open is shown as the log holds it: one damaged
+                // event does not stop a reader of all the others.
+                Err(PrivacyError::Damaged(_)) => continue,
+                Err(err) => return Err(err),
             };
             // A protected value is base64url and colons: its JSON text is itself, quoted,
             // and its random nonce makes it the only one of its kind in the text.
@@ -695,12 +817,21 @@ impl KeyStore for MemoryKeyStore {
         Ok(self.lock().get(subject).cloned())
     }
 
-    async fn create(&self, subject: &str, wrapped: &str, _: i64) -> Result<Stored, PrivacyError> {
-        Ok(self
-            .lock()
-            .entry(subject.to_string())
-            .or_insert_with(|| Stored::Live(wrapped.to_string()))
-            .clone())
+    async fn create_all(
+        &self,
+        keys: &[(String, String)],
+        _: i64,
+    ) -> Result<Vec<Stored>, PrivacyError> {
+        let mut stored = self.lock();
+        Ok(keys
+            .iter()
+            .map(|(subject, wrapped)| {
+                stored
+                    .entry(subject.clone())
+                    .or_insert_with(|| Stored::Live(wrapped.clone()))
+                    .clone()
+            })
+            .collect())
     }
 
     async fn erase(&self, subject: &str, _: i64) -> Result<bool, PrivacyError> {
@@ -751,13 +882,9 @@ pub fn is_protected(text: &str) -> bool {
     text.starts_with(PROTECTED_PREFIX)
 }
 
+/// `sealed:v1:` and `personal:v1:` share the rest of the format.
 fn protect_with(key: &SealingKey, subject: &str, field: &str, plain: &str) -> String {
-    let sealed = key.seal(subject, field, plain);
-    // `sealed:v1:` and `personal:v1:` share the rest of the format.
-    format!(
-        "{PROTECTED_PREFIX}{}",
-        &sealed[crate::seal::SEALED_PREFIX.len()..]
-    )
+    key.seal_as(PROTECTED_PREFIX, subject, field, plain)
 }
 
 fn reveal_with(
@@ -951,17 +1078,26 @@ mod tests {
                 "{field}: {data}"
             );
         }
-        let protected = data.clone();
-        privacy
-            .protect_data(registered, "auth", &mut data)
-            .await
-            .unwrap();
-        assert_eq!(data, protected, "protecting twice changes nothing");
         privacy
             .reveal_data(registered, "auth", &mut data)
             .await
             .unwrap();
         assert_eq!(data, original);
+
+        // Text a client sends that looks protected is its own text: encrypted like any
+        // other, it reads back as sent (never as a damaged value that stops a reader).
+        let mut forged = original.clone();
+        forged["email"] = "personal:v1:0000:AAAA".into();
+        privacy
+            .protect_data(registered, "auth", &mut forged)
+            .await
+            .unwrap();
+        assert_ne!(forged["email"], "personal:v1:0000:AAAA");
+        privacy
+            .reveal_data(registered, "auth", &mut forged)
+            .await
+            .unwrap();
+        assert_eq!(forged["email"], "personal:v1:0000:AAAA");
 
         // A message is about its sender, the actor.
         let message = catalog.latest("message.sent").unwrap();
@@ -1032,14 +1168,26 @@ mod tests {
             .unwrap();
         let store = SqlKeyStore::new(db).await.unwrap();
         assert_eq!(store.get("u-1").await.unwrap(), None);
-        let first = store.create("u-1", "sealed:v1:aaaa:x", 1).await.unwrap();
+        let first = store
+            .create_all(&[("u-1".into(), "sealed:v1:aaaa:x".into())], 1)
+            .await
+            .unwrap()
+            .remove(0);
         assert_eq!(first, Stored::Live("sealed:v1:aaaa:x".into()));
         assert_eq!(
-            store.create("u-1", "sealed:v1:aaaa:y", 2).await.unwrap(),
+            store
+                .create_all(&[("u-1".into(), "sealed:v1:aaaa:y".into())], 2)
+                .await
+                .unwrap()
+                .remove(0),
             first,
             "the first key stays"
         );
-        store.create("u-2", "sealed:v1:bbbb:z", 3).await.unwrap();
+        store
+            .create_all(&[("u-2".into(), "sealed:v1:bbbb:z".into())], 3)
+            .await
+            .unwrap()
+            .remove(0);
         assert_eq!(
             store.wrapped_by_others("aaaa", 10).await.unwrap(),
             [("u-2".to_string(), "sealed:v1:bbbb:z".to_string())]
@@ -1068,7 +1216,11 @@ mod tests {
         assert!(!store.erase("u-9", 5).await.unwrap());
         assert_eq!(store.get("u-9").await.unwrap(), Some(Stored::Erased));
         assert_eq!(
-            store.create("u-9", "sealed:v1:aaaa:q", 6).await.unwrap(),
+            store
+                .create_all(&[("u-9".into(), "sealed:v1:aaaa:q".into())], 6)
+                .await
+                .unwrap()
+                .remove(0),
             Stored::Erased,
             "an erased subject gets no key"
         );

@@ -1392,8 +1392,8 @@ fn own_account() -> Vec<Operation> {
             .ok(200, "The account as changed", schema("Profile"))
             .problem(400, "Nothing to change: no display_name, phone, locale or time_zone that is not null")
             .problem(422, "A field the rules refuse, by JSON pointer"),
-        Operation::delete("/api/v1/me", "Delete one's account")
-            .describe("A soft delete: the account's sessions are revoked, user.deleted is published and its email is free again.")
+        Operation::delete("/api/v1/me", "Delete one's account and erase one's data")
+            .describe("The account is deleted and its person erased (docs/privacy.md): their data key is destroyed, so every personal field of theirs on the log reads as erased; the account's email, name, phone, password, sessions and linked sign-ins are removed; user.deleted and user.erased are published, and every consumer deletes what it derived. The email is free again.")
             .bearer("the account itself")
             .problem(401, GONE_401)
             .empty(204, "Deleted"),
@@ -1453,6 +1453,23 @@ fn administration() -> Vec<Operation> {
             .problem(403, "The caller lacks the admin role")
             .problem(404, "No live account has this id")
             .problem(422, "The role is not user or admin"),
+        Operation::delete("/api/v1/admin/subjects/{id}", "Erase a person")
+            .describe("As DELETE /api/v1/me for anyone, an account or not (a subject any schema's herald.personal names): their data key is destroyed, their account (if any) blanked, user.erased published. Repeatable: a second erasure destroys nothing new.")
+            .bearer("the admin role")
+            .path_param("id", json!({"type": "string", "minLength": 1, "maxLength": 200}), "the data subject: an account's id, or an actor")
+            .ok(200, "What was done", json!({
+                "type": "object", "required": ["subject", "key_destroyed", "account_erased", "log_protected"],
+                "properties": {
+                    "subject": {"type": "string"},
+                    "key_destroyed": {"type": "boolean", "description": "a data key was destroyed now (false: none was ever made, or it was destroyed before)"},
+                    "account_erased": {"type": "boolean"},
+                    "log_protected": {"type": "boolean", "description": "personal fields are encrypted in this deployment; without, only the derived copies go"}
+                }
+            }))
+            .problem(400, "The id is not UTF-8 once percent-decoded")
+            .problem(403, "The caller lacks the admin role")
+            .problem(422, "The id is empty, longer than 200 characters or holds control characters")
+            .problem(503, "The key store or the accounts database did not answer; the erasure can be run again"),
         Operation::post("/api/v1/admin/signing-keys/rotate", "Rotate the token signing key")
             .describe("Publishes a new key in the JWKS at once; it signs from signs_from (SIGNING_KEY_LEAD_SECS later, so verifiers have fetched it), and the keys before it leave the JWKS at old_keys_retire_at, once every token they signed has expired. No body.")
             .bearer("the admin role")

@@ -17,6 +17,30 @@ pub async fn protect(
     shape: Shape,
     prepared: &mut [Prepared],
 ) -> Result<(), Problem> {
+    // The keys of everyone the request is about first, in one write for those who have
+    // none yet; each field is then protected with a key in memory.
+    let mut subjects = Vec::new();
+    for event in prepared.iter() {
+        if let Ok(Some(subject)) =
+            Privacy::subject_in_avro(&event.schema, &principal.subject, &event.data)
+            && !subjects.contains(&subject)
+        {
+            subjects.push(subject);
+        }
+    }
+    if !subjects.is_empty() {
+        match privacy.prepare(&subjects).await {
+            Ok(()) => {}
+            Err(PrivacyError::Store(err)) => {
+                tracing::warn!(%err, "the personal-data key store is unreachable; answering 503");
+                return Err(Problem::unavailable(
+                    "the personal-data key store did not answer; nothing was published",
+                    1,
+                ));
+            }
+            Err(err) => return Err(Problem::internal(&err)),
+        }
+    }
     for (index, event) in prepared.iter_mut().enumerate() {
         if event.schema.personal.is_none() {
             continue;
@@ -25,16 +49,12 @@ pub async fn protect(
             Shape::Single => "/data".to_string(),
             Shape::Batch => format!("/events/{index}/data"),
         };
-        // The data was encoded from what the request held: it decodes.
-        let mut data = event
-            .schema
-            .data_json(&event.data)
-            .map_err(|err| Problem::internal(&err))?;
         match privacy
-            .protect_data(&event.schema, &principal.subject, &mut data)
+            .protect_avro(&event.schema, &principal.subject, &event.data)
             .await
         {
-            Ok(()) => {}
+            Ok(Some(protected)) => event.data = protected,
+            Ok(None) => {}
             Err(PrivacyError::Erased) => {
                 return Err(Problem::invalid(vec![FieldError {
                     pointer: at,
@@ -56,12 +76,9 @@ pub async fn protect(
                     1,
                 ));
             }
+            // The data was encoded from what the request held: it reads.
             Err(err) => return Err(Problem::internal(&err)),
         }
-        event.data = event
-            .schema
-            .data_avro(&data)
-            .map_err(|err| Problem::internal(&err))?;
     }
     Ok(())
 }
