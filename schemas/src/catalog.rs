@@ -565,7 +565,7 @@ mod tests {
         .unwrap();
         assert!(input.is_empty());
         let read: Json = serde_json::from_slice(&text).unwrap();
-        let mut expected = data.clone();
+        let mut expected = data;
         expected["email"] = long.as_str().into();
         expected["display_name"] = "Z".into();
         assert_eq!(read, expected);
