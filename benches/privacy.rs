@@ -270,8 +270,7 @@ async fn main() {
         100.0 * index_on / index_off
     );
     println!(
-        "| erasure of a sender with {erase_events} messages: `herald privacy erase` (key destroyed, account blanked, event published) | {:.2} s | | |",
-        command
+        "| erasure of a sender with {erase_events} messages: `herald privacy erase` (key destroyed, account blanked, event published) | {command:.2} s | | |"
     );
     println!(
         "| ... until the indexer has removed all {erase_events} of their documents | {scrubbed:.2} s | | |"
