@@ -536,8 +536,16 @@ mod tests {
             .encode_value(&registered.validate(&data, "").unwrap(), &mut avro)
             .unwrap();
         let spans = registered
-            .string_spans(&avro, &["display_name", "phone", "email", "nothing"])
+            .string_spans(
+                &avro,
+                &["display_name", "phone", "email", "nothing", "user_id"],
+            )
             .unwrap();
+        assert_eq!(
+            &avro[spans[4].clone().unwrap().text],
+            b"0190c2a0-7a3b-7cc1-9c1e-2f0d7b3a9e11",
+            "a UUID is a string on the wire"
+        );
         assert_eq!(&avro[spans[0].clone().unwrap().text], "Zoë".as_bytes());
         assert_eq!(spans[1], None, "a null has no text");
         assert_eq!(

@@ -260,7 +260,8 @@ pub(crate) fn string_spans(
                 .ok_or(DecodeError("union branch out of range"))?,
             other => other,
         };
-        if matches!(schema, Schema::String) {
+        // A UUID is a string on the wire (`skip` reads it as one too).
+        if matches!(schema, Schema::String | Schema::Uuid(_)) {
             let start = at(input);
             let text = read_bytes(&mut input)?;
             let end = at(input);

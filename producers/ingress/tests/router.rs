@@ -20,6 +20,13 @@ use tower::ServiceExt;
 const SECRET: &str = "router-test-secret-at-least-32-bytes";
 
 fn app(sink: Arc<MemorySink>) -> axum::Router {
+    app_with(sink, None)
+}
+
+fn app_with(
+    sink: Arc<MemorySink>,
+    privacy: Option<Arc<platform::privacy::Privacy>>,
+) -> axum::Router {
     let auth = AuthArgs::hs256(SECRET);
     let catalog = Arc::new(Catalog::embedded().unwrap());
     let state = AppState {
@@ -42,16 +49,25 @@ fn app(sink: Arc<MemorySink>) -> axum::Router {
             },
         },
         in_flight: ingress::admission::InFlight::new(1024 * 1024),
-        privacy: None,
+        privacy,
     };
     ingress::router(Arc::new(state))
 }
 
 async fn post(app: &axum::Router, key: &str, body: &Value) -> (u16, Value) {
+    post_as(app, ("alice", "user"), key, body).await
+}
+
+async fn post_as(
+    app: &axum::Router,
+    (sub, role): (&str, &str),
+    key: &str,
+    body: &Value,
+) -> (u16, Value) {
     let token = ingress::auth::mint_hs256(
         &SecretString::from(SECRET),
-        "alice",
-        &["user".to_string()],
+        sub,
+        &[role.to_string()],
         "herald",
         "herald",
         Duration::from_secs(60),
@@ -256,4 +272,66 @@ async fn order_amounts_that_do_not_add_up_are_refused_on_both_paths() {
         assert_eq!(problem["errors"][0]["pointer"], pointer, "{problem}");
     }
     assert!(sink.records().is_empty());
+}
+
+#[tokio::test]
+async fn personal_fields_leave_encrypted_and_nothing_new_is_taken_about_an_erased_person() {
+    use platform::privacy::{Keks, MemoryKeyStore, Privacy};
+    let dir = std::env::temp_dir().join(format!("herald-router-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("privacy-keys");
+    let _ = std::fs::remove_file(&file);
+    Keks::create_file(&file).unwrap();
+    let privacy = Arc::new(Privacy::new(
+        Keks::read(&file).unwrap(),
+        Arc::new(MemoryKeyStore::default()),
+    ));
+    let sink = Arc::new(MemorySink::default());
+    let app = app_with(sink.clone(), Some(privacy.clone()));
+    // About a person named by a field (a UUID), and about the sender of a message.
+    let person = "0190c2a0-7a3b-7cc1-9c1e-2f0d7b3a9e11";
+    let batch = json!({"events": [
+        {"type": "user.profile_updated",
+         "data": {"user_id": person, "display_name": "Zoë Secret", "phone": "+15550199"}},
+        {"type": "message.sent", "key": "c-1",
+         "data": {"message_id": "0190c2a0-7a3b-7cc1-9c1e-2f0d7b3a9e12", "conversation_id": "c-1",
+                  "recipient_id": "bob", "body": "my code word is periwinkle"}},
+    ]});
+    let (status, answer) = post_as(&app, ("accounts", "service"), "p-1", &batch).await;
+    assert_eq!(status, 202, "{answer}");
+    let codec = Codec::new(
+        Arc::new(Catalog::embedded().unwrap()),
+        WireFormat::SingleObject,
+    );
+    let records = sink.records();
+    assert_eq!(records.len(), 2);
+    for ((record, _), sent) in records.iter().zip(batch["events"].as_array().unwrap()) {
+        let payload = &record.payload;
+        for secret in ["Zoë Secret", "+15550199", "periwinkle"] {
+            assert!(
+                !payload
+                    .windows(secret.len())
+                    .any(|w| w == secret.as_bytes()),
+                "{secret} in plain text on the log"
+            );
+        }
+        let mut decoded = codec.decode(payload).unwrap();
+        let schema = codec
+            .catalog()
+            .latest(&decoded.envelope.event_type)
+            .unwrap();
+        privacy
+            .reveal_data(schema, &decoded.envelope.actor, &mut decoded.data)
+            .await
+            .unwrap();
+        for (field, value) in sent["data"].as_object().unwrap() {
+            assert_eq!(&decoded.data[field], value, "{field} reads back");
+        }
+    }
+    // Once erased, nothing more is taken about the person, and nothing is published.
+    privacy.erase(person).await.unwrap();
+    let (status, problem) = post_as(&app, ("accounts", "service"), "p-2", &batch).await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["pointer"], "/events/0/data");
+    assert_eq!(sink.records().len(), 2);
 }
