@@ -348,6 +348,10 @@ pub enum Revealed {
     Erased,
 }
 
+/// A subject's data key, ready to protect with (from [`Privacy::keys_for`]).
+#[derive(Clone)]
+pub struct SubjectKey(Arc<SealingKey>);
+
 /// A subject's key as a process remembers it.
 #[derive(Clone)]
 enum Known {
@@ -482,26 +486,34 @@ impl Privacy {
             .collect()
     }
 
-    /// Readies the keys of `subjects` before their fields are protected one by one: those
-    /// not in memory are read, and those who have none get one, all in one write (a batch
-    /// of events about many new people costs one transaction, not one each).
-    pub async fn prepare(&self, subjects: &[&str]) -> Result<(), PrivacyError> {
-        let mut missing = Vec::new();
-        for subject in subjects {
-            if self.cached(subject).is_some() || missing.contains(subject) {
-                continue;
-            }
-            match self.store.get(subject).await? {
-                Some(stored) => {
-                    self.known(subject, &stored)?;
-                }
-                None => missing.push(*subject),
-            }
-        }
+    /// The keys of `subjects`, to protect many fields with ([`Privacy::protect_avro_with`]):
+    /// those in memory as they are, and for the others one write of the store that makes
+    /// the keys of those who have none (a batch of events about many new people costs one
+    /// transaction, not one each). `None` for a subject who was erased.
+    pub async fn keys_for(
+        &self,
+        subjects: &[&str],
+    ) -> Result<Vec<Option<SubjectKey>>, PrivacyError> {
+        let mut known: Vec<Option<Known>> = subjects.iter().map(|s| self.cached(s)).collect();
+        let missing: Vec<&str> = subjects
+            .iter()
+            .zip(&known)
+            .filter(|(_, known)| known.is_none())
+            .map(|(subject, _)| *subject)
+            .collect();
         if !missing.is_empty() {
-            self.create(&missing).await?;
+            let mut made = self.create(&missing).await?.into_iter();
+            for slot in known.iter_mut().filter(|k| k.is_none()) {
+                *slot = made.next();
+            }
         }
-        Ok(())
+        Ok(known
+            .into_iter()
+            .map(|known| match known {
+                Some(Known::Key(key)) => Some(SubjectKey(key)),
+                _ => None,
+            })
+            .collect())
     }
 
     /// `plain`, the value of `field` about `subject`, encrypted with the subject's key.
@@ -651,55 +663,37 @@ impl Privacy {
         }
     }
 
-    /// `avro`, an event's encoded data (of `schema`), with every personal field protected
-    /// in its binary, the rest untouched: what the ingress publishes. `None` when the type
-    /// marks nothing. Every value is protected, as by [`Privacy::protect_data`].
-    pub async fn protect_avro(
-        &self,
+    /// `avro`, an event's encoded data (of `schema`), about `subject` (from
+    /// [`Privacy::subject_in_avro`]), with every personal field protected with `key` (from
+    /// [`Privacy::keys_for`]) in its binary, the rest untouched: what the ingress publishes.
+    /// Every value is protected, as by [`Privacy::protect_data`].
+    pub fn protect_avro_with(
+        key: &SubjectKey,
         schema: &events::SchemaVersion,
-        actor: &str,
+        subject: &str,
         avro: &[u8],
-    ) -> Result<Option<Vec<u8>>, PrivacyError> {
+    ) -> Result<Vec<u8>, PrivacyError> {
         let Some(personal) = &schema.personal else {
-            return Ok(None);
+            return Ok(avro.to_vec());
         };
-        let mut names: Vec<&str> = personal.fields.iter().map(String::as_str).collect();
-        let subject_field = match &personal.subject {
-            events::Owner::Field(field) => {
-                names.push(field);
-                Some(field)
-            }
-            events::Owner::Actor => None,
-        };
-        let damaged = |_| PrivacyError::Damaged(SealError::Damaged);
-        let spans = schema.string_spans(avro, &names).map_err(damaged)?;
-        let text = |span: &events::StringSpan| {
-            std::str::from_utf8(&avro[span.text.clone()]).map_err(|_| SealError::Damaged)
-        };
-        let subject = match subject_field {
-            None => actor,
-            Some(field) => match spans.last().and_then(Option::as_ref) {
-                Some(span) => text(span)?,
-                None => return Err(PrivacyError::NoSubject(field.clone())),
-            },
-        };
-        let Some(Known::Key(key)) = self.key(subject, true).await? else {
-            return Err(PrivacyError::Erased);
-        };
-        let mut protected = Vec::with_capacity(personal.fields.len());
-        for (field, span) in personal.fields.iter().zip(&spans) {
+        let names: Vec<&str> = personal.fields.iter().map(String::as_str).collect();
+        let spans = schema
+            .string_spans(avro, &names)
+            .map_err(|_| PrivacyError::Damaged(SealError::Damaged))?;
+        let mut protected = Vec::with_capacity(names.len());
+        for (field, span) in names.iter().zip(spans) {
             if let Some(span) = span {
-                protected.push((
-                    span.clone(),
-                    protect_with(&key, subject, field, text(span)?),
-                ));
+                let plain = std::str::from_utf8(&avro[span.text.clone()])
+                    .map_err(|_| SealError::Damaged)?;
+                let value = protect_with(&key.0, subject, field, plain);
+                protected.push((span, value));
             }
         }
         let replaced: Vec<(events::StringSpan, &str)> = protected
             .iter()
             .map(|(span, value)| (span.clone(), value.as_str()))
             .collect();
-        Ok(Some(events::SchemaVersion::with_strings(avro, &replaced)))
+        Ok(events::SchemaVersion::with_strings(avro, &replaced))
     }
 
     /// Reveals, in place, every protected field of an event's data: its plain text, or
