@@ -13,6 +13,12 @@
 //!    events/s on and off;
 //! 3. a consumer: the search indexer started on each backlog (everything posted above, its
 //!    personal fields revealed on "on"): documents/s until all are searchable;
+//!
+//!    The floor under it: the same messages encoded in this process, protected or not,
+//!    written by a raw rdkafka producer (platform's Publisher, batches of 100, 32 in flight)
+//!    in alternating rounds: what encryption costs where the ingress does none of its work
+//!    (ciphertext is longer and does not compress, so the producer and the broker carry
+//!    more);
 //! 4. erasure: one sender with BENCH_ERASE_EVENTS (10,000) messages; `herald privacy erase`
 //!    timed (the key destroyed, the account blanked, `user.erased` published), then the time
 //!    until the indexer has removed every document of theirs.
@@ -202,6 +208,9 @@ async fn main() {
     }
     let (on_rate, off_rate) = (median(&on_rates), median(&off_rates));
 
+    // 1b. The raw producer, with the same messages encoded here, protected or not.
+    let (raw_on, raw_off) = raw_floor(&brokers, per_round * BATCH).await;
+
     // 2. Every event about another person: a data key made for each.
     let first_touch = batches((0..subjects).map(profile));
     let first_on = post(&client, &on.base, &first_touch, &service).await;
@@ -262,6 +271,12 @@ async fn main() {
             .join(", ")
     );
     println!(
+        "| raw producer (the floor: no HTTP, no ingress), the same messages encoded in advance, protected or not, median of {ROUNDS} rounds | {:.0} events/s | {:.0} events/s | {:.0}% |",
+        median(&raw_on),
+        median(&raw_off),
+        100.0 * median(&raw_on) / median(&raw_off)
+    );
+    println!(
         "| ingress, batches of {BATCH} `user.profile_updated` about {subjects} people (a new data key each) | {first_on:.0} events/s | {first_off:.0} events/s | {:.0}% |",
         100.0 * first_on / first_off
     );
@@ -277,4 +292,115 @@ async fn main() {
     );
     drop((on, off));
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// The raw producer's rounds (events/s) of `count` messages each, protected and not, in
+/// turn: the floor under the ingress's ratio.
+async fn raw_floor(brokers: &str, count: usize) -> (Vec<f64>, Vec<f64>) {
+    use events::{Catalog, Codec, Envelope, WireFormat};
+    use platform::kafka::{KafkaArgs, OutgoingRecord, Publisher};
+    use platform::privacy::{Keks, MemoryKeyStore, Privacy};
+    use std::sync::Arc;
+    let kafka = KafkaArgs {
+        brokers: Some(brokers.to_string()),
+        properties: Vec::new(),
+        topic_prefix: topic_prefix("privraw"),
+        topics_file: None,
+    };
+    let topic = kafka.topic("messages");
+    platform::kafka::ensure_topics(&kafka, std::slice::from_ref(&topic), Default::default())
+        .await
+        .unwrap();
+    let catalog = Arc::new(Catalog::embedded().unwrap());
+    let codec = Codec::new(catalog.clone(), WireFormat::SingleObject);
+    let schema = catalog.latest("message.sent").unwrap().clone();
+    let dir = std::env::temp_dir().join(format!("herald-bench-raw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("keys");
+    Keks::create_file(&file).unwrap();
+    let privacy = Privacy::new(
+        Keks::read(&file).unwrap(),
+        Arc::new(MemoryKeyStore::default()),
+    );
+    let senders: Vec<String> = (0..CLIENTS).map(|c| format!("sender-{c}")).collect();
+    let subjects: Vec<&str> = senders.iter().map(String::as_str).collect();
+    let keys = privacy.keys_for(&subjects).await.unwrap();
+    let topic: Arc<str> = topic.into();
+    let records = |protect: bool, round: usize| -> Vec<OutgoingRecord> {
+        (0..count)
+            .map(|n| {
+                let sender = n % CLIENTS;
+                let value = schema
+                    .validate(&message(round * 1_000_000 + n, sender)["data"], "")
+                    .unwrap();
+                let mut data = Vec::new();
+                schema.encode_value(&value, &mut data).unwrap();
+                if protect {
+                    let key = keys[sender].as_ref().unwrap();
+                    data =
+                        Privacy::protect_avro_with(key, &schema, &senders[sender], &data).unwrap();
+                }
+                let now = jiff::Timestamp::now();
+                let envelope = Envelope {
+                    event_id: uuid::Uuid::now_v7(),
+                    event_type: "message.sent".into(),
+                    occurred_at: now,
+                    received_at: now,
+                    actor: senders[sender].clone(),
+                    source: "api".into(),
+                    idempotency_key: None,
+                };
+                OutgoingRecord::event(
+                    topic.clone(),
+                    format!("c-{sender}").into_bytes(),
+                    codec.encode_bytes(&schema, &envelope, &data).unwrap(),
+                    "message.sent",
+                    &envelope.event_id.to_string(),
+                    now.as_millisecond(),
+                )
+            })
+            .collect()
+    };
+    let publisher = Publisher::new(&kafka, Duration::from_secs(30)).unwrap();
+    let round = |records: Vec<OutgoingRecord>| {
+        let publisher = publisher.clone();
+        async move {
+            let records = Arc::new(records);
+            let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let started = Instant::now();
+            futures_util::future::join_all((0..CLIENTS).map(|_| {
+                let (publisher, records, next) = (publisher.clone(), records.clone(), next.clone());
+                async move {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i * BATCH >= records.len() {
+                            return;
+                        }
+                        let end = ((i + 1) * BATCH).min(records.len());
+                        publisher
+                            .publish_all(&records[i * BATCH..end])
+                            .await
+                            .unwrap();
+                    }
+                }
+            }))
+            .await;
+            records.len() as f64 / started.elapsed().as_secs_f64()
+        }
+    };
+    round(records(true, 98)).await;
+    round(records(false, 98)).await;
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for r in 0..ROUNDS {
+        let (protected, plain) = (records(true, r), records(false, r));
+        if r % 2 == 0 {
+            on.push(round(protected).await);
+            off.push(round(plain).await);
+        } else {
+            off.push(round(plain).await);
+            on.push(round(protected).await);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    (on, off)
 }
