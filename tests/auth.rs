@@ -484,7 +484,7 @@ async fn accounts_sessions_and_forged_tokens() {
                 )
             })
             .collect();
-        (seen.len() >= 4).then_some(seen)
+        (seen.len() >= 5).then_some(seen)
     })
     .await;
     let alice_events: Vec<&str> = seen
@@ -492,9 +492,15 @@ async fn accounts_sessions_and_forged_tokens() {
         .filter(|(_, u)| *u == alice_id)
         .map(|(t, _)| t.as_str())
         .collect();
+    // Deleting one's account erases one's data: the deletion, then the erasure.
     assert_eq!(
         alice_events,
-        ["user.registered", "user.profile_updated", "user.deleted"]
+        [
+            "user.registered",
+            "user.profile_updated",
+            "user.deleted",
+            "user.erased"
+        ]
     );
     assert_eq!(
         seen.iter().filter(|(t, _)| t == "user.registered").count(),

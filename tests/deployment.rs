@@ -386,6 +386,21 @@ async fn the_composed_deployment_serves_every_route_through_nginx() {
             format!("http://127.0.0.1:{}", free_port()),
         ),
     ];
+    // The compose file's `privacy-keys` secret, mounted where its services read it.
+    let keys = support::test_dir(&format!(
+        "deployment/keys-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::write(
+        keys.join("privacy-keys"),
+        format!("{}\n", support::SEALING_KEY),
+    )
+    .unwrap();
+    map.push((
+        format!("{SECRETS_IN_CONTAINER}/privacy-keys"),
+        keys.join("privacy-keys").display().to_string(),
+    ));
     let mut ports = BTreeMap::new();
     for (name, (_, env)) in &services {
         let port = free_port();

@@ -27,14 +27,33 @@ pub trait Exporter: Send + Sync {
 struct Exports {
     parts: Vec<(&'static str, Arc<dyn Exporter>)>,
     auth: Arc<Authenticator>,
+    /// The other processes whose parts are gathered.
+    peers: Vec<String>,
+    client: reqwest::Client,
 }
 
-/// The two export routes over `parts` (service name, exporter).
-pub fn routes(parts: Vec<(&'static str, Arc<dyn Exporter>)>, auth: Arc<Authenticator>) -> Router {
+/// The two export routes over `parts` (service name, exporter), gathering `peers`' too.
+pub fn routes(
+    parts: Vec<(&'static str, Arc<dyn Exporter>)>,
+    auth: Arc<Authenticator>,
+    peers: Vec<String>,
+) -> Router {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .expect("an HTTP client builds");
     Router::new()
         .route("/api/v1/me/export", get(mine))
         .route("/api/v1/admin/subjects/{id}/export", get(anyones))
-        .with_state(Arc::new(Exports { parts, auth }))
+        .with_state(Arc::new(Exports {
+            parts,
+            auth,
+            peers: peers
+                .into_iter()
+                .map(|p| p.trim_end_matches('/').to_string())
+                .collect(),
+            client,
+        }))
 }
 
 async fn mine(
@@ -42,7 +61,10 @@ async fn mine(
     headers: HeaderMap,
 ) -> Result<axum::Json<Value>, Problem> {
     let principal = exports.auth.authenticate(&headers)?;
-    Ok(axum::Json(export(&exports, &principal.subject).await?))
+    let path = "/api/v1/me/export".to_string();
+    Ok(axum::Json(
+        export(&exports, &principal.subject, (&path, &headers)).await?,
+    ))
 }
 
 async fn anyones(
@@ -62,7 +84,20 @@ async fn anyones(
             message: "a subject id is 1 to 200 characters without control characters".into(),
         }]));
     }
-    Ok(axum::Json(export(&exports, &id).await?))
+    let path = format!("/api/v1/admin/subjects/{}/export", encode_segment(&id));
+    Ok(axum::Json(export(&exports, &id, (&path, &headers)).await?))
+}
+
+/// `text` as one path segment, percent-encoded.
+fn encode_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// The export routes' part of the API reference.
@@ -98,15 +133,67 @@ pub fn openapi() -> Api {
     }
 }
 
-async fn export(exports: &Exports, subject: &str) -> Result<Value, Problem> {
+/// This process's parts and its peers', asked `path` with the caller's `headers`.
+async fn export(
+    exports: &Exports,
+    subject: &str,
+    (path, headers): (&str, &HeaderMap),
+) -> Result<Value, Problem> {
     let mut parts = Map::new();
+    let mut services: Vec<Value> = Vec::new();
     for (name, exporter) in &exports.parts {
         parts.insert((*name).to_string(), exporter.export(subject).await?);
+        services.push((*name).into());
+    }
+    for peer in &exports.peers {
+        let (their_services, their_parts) = ask(exports, peer, path, headers).await?;
+        services.extend(their_services);
+        parts.extend(their_parts);
     }
     Ok(json!({
         "subject": subject,
         "exported_at": jiff::Timestamp::now().to_string(),
-        "services": exports.parts.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
+        "services": services,
         "data": parts,
     }))
+}
+
+/// A peer's part of the export: its services and their data.
+async fn ask(
+    exports: &Exports,
+    peer: &str,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<(Vec<Value>, Map<String, Value>), Problem> {
+    let unavailable = |why: String| {
+        tracing::warn!(peer, why, "a part of an export could not be gathered");
+        Problem::unavailable(
+            format!("a part of the export could not be gathered from {peer}; retry"),
+            5,
+        )
+    };
+    let mut request = exports.client.get(format!("{peer}{path}"));
+    if let Some(authorization) = headers.get(axum::http::header::AUTHORIZATION) {
+        request = request.header(axum::http::header::AUTHORIZATION, authorization.clone());
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|err| unavailable(err.to_string()))?;
+    if !response.status().is_success() {
+        return Err(unavailable(format!("it answered {}", response.status())));
+    }
+    let mut document: Value = response
+        .json()
+        .await
+        .map_err(|err| unavailable(err.to_string()))?;
+    let services = match document["services"].take() {
+        Value::Array(services) => services,
+        _ => Vec::new(),
+    };
+    let parts = match document["data"].take() {
+        Value::Object(parts) => parts,
+        _ => Map::new(),
+    };
+    Ok((services, parts))
 }

@@ -91,7 +91,11 @@ pub async fn run(serving: Serving, services: Vec<Box<dyn Service>>) -> anyhow::R
         exporters.extend(service.exporter().map(|e| (service.name(), e)));
     }
     if let (false, Some(auth)) = (exporters.is_empty(), edge.authenticator()) {
-        routes = routes.merge(crate::export::routes(exporters, auth));
+        routes = routes.merge(crate::export::routes(
+            exporters,
+            auth,
+            edge.export_peers().to_vec(),
+        ));
     }
     let router = edge.wrap(routes.merge(health_routes(probes)))?;
     let mut work = JoinSet::new();

@@ -537,8 +537,14 @@ pub async fn forgot_password(State(state): State<Arc<AuthState>>, bytes: Bytes) 
                 }),
                 at,
             )
-            .await
-            .map_err(|e| write_error(&e))?;
+            .await;
+        // An account whose erasure is under way is as good as gone: the same answer.
+        let event = match event {
+            Err(crate::outbox::WriteError::Privacy(_, platform::privacy::PrivacyError::Erased)) => {
+                return Ok(reset_on_its_way());
+            }
+            other => other.map_err(|e| write_error(&e))?,
+        };
         state
             .store
             .put_reset(&digest(&token), &account.id, us, expires, &event)
@@ -546,10 +552,14 @@ pub async fn forgot_password(State(state): State<Arc<AuthState>>, bytes: Bytes) 
             .map_err(|e| store_error(&e))?;
         state.relay_wake.notify_one();
     }
-    Ok(json_response(
+    Ok(reset_on_its_way())
+}
+
+fn reset_on_its_way() -> Response {
+    json_response(
         StatusCode::ACCEPTED,
         &json!({"status": "if an account has this email, a reset link is on its way"}),
-    ))
+    )
 }
 
 #[derive(Deserialize)]
@@ -603,7 +613,11 @@ pub async fn otp_request(State(state): State<Arc<AuthState>>, bytes: Bytes) -> A
         .await
         .map_err(|e| store_error(&e))?
     {
-        send_code(&state, &account, &request.phone, "login").await?;
+        match send_code(&state, &account, &request.phone, "login").await {
+            // Its erasure under way: as if no account had the phone.
+            Err(problem) if problem.status() == StatusCode::UNAUTHORIZED => {}
+            other => other?,
+        }
     }
     Ok(json_response(
         StatusCode::ACCEPTED,
@@ -972,12 +986,11 @@ fn write_error(err: &crate::outbox::WriteError) -> Problem {
             tracing::warn!(err = %err, "the personal-data key store is unreachable");
             Problem::unavailable("the personal-data key store did not answer; retry", 1)
         }
-        crate::outbox::WriteError::Privacy(_, PrivacyError::Erased) => Problem::new(
-            StatusCode::CONFLICT,
-            "erased",
-            "Erased",
-            "this account's personal data was erased",
-        ),
+        // The account's erasure is under way (its key is gone, its row not yet): it is as
+        // good as gone.
+        crate::outbox::WriteError::Privacy(_, PrivacyError::Erased) => {
+            Problem::unauthorized("the token's account does not exist")
+        }
         _ => Problem::internal(err),
     }
 }

@@ -89,6 +89,11 @@ pub struct EdgeArgs {
     /// HTTP/2) before it is closed.
     #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 30)]
     pub idle_timeout_secs: u64,
+    /// Base URLs of the deployment's other service processes (comma-separated), whose parts
+    /// `GET /api/v1/me/export` gathers into one document: set it on the process the reverse
+    /// proxy sends exports to (auth). `herald up` runs every service and needs none.
+    #[arg(long, env = "EXPORT_PEERS", value_delimiter = ',')]
+    pub export_peers: Vec<String>,
 }
 
 impl Default for EdgeArgs {
@@ -107,6 +112,7 @@ impl Default for EdgeArgs {
             max_connections_per_address: crate::http::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             handshake_timeout_secs: 5,
             idle_timeout_secs: 30,
+            export_peers: Vec::new(),
         }
     }
 }
@@ -118,6 +124,10 @@ impl EdgeArgs {
         self.cors_origins()?;
         if let Some(url) = &self.redis_url {
             redis::Client::open(url.as_str()).map_err(EdgeSetupError::RedisUrl)?;
+        }
+        for peer in &self.export_peers {
+            crate::net::check_http_url(peer)
+                .map_err(|reason| EdgeSetupError::ExportPeer(peer.clone(), reason))?;
         }
         Ok(())
     }
@@ -274,18 +284,25 @@ pub enum EdgeSetupError {
     RedisUrl(redis::RedisError),
     #[error("CORS origin {0:?} is not a valid origin (like https://app.example.com)")]
     Origin(String),
+    #[error("EXPORT_PEERS names {0:?}: {1}")]
+    ExportPeer(String, String),
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 impl Edge {
-    /// `auth` tells users apart for per-user limits and logs; without it every caller is
-    /// anonymous.
     /// The verifier of the process's tokens, when it has one.
     pub fn authenticator(&self) -> Option<Arc<Authenticator>> {
         self.auth.clone()
     }
 
+    /// The other processes whose parts this one's export gathers (EXPORT_PEERS).
+    pub fn export_peers(&self) -> &[String] {
+        &self.args.export_peers
+    }
+
+    /// `auth` tells users apart for per-user limits and logs; without it every caller is
+    /// anonymous.
     pub async fn new(
         args: &EdgeArgs,
         auth: Option<Arc<Authenticator>>,
