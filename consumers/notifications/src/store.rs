@@ -44,9 +44,9 @@ pub enum UserChange {
     Deleted {
         user_id: String,
     },
-    /// As deleted, and everything else kept about them goes too: devices, preferences,
-    /// parked events, and the addresses and contents of their delivery log (whose keys stay,
-    /// so a redelivered event still finds what it did).
+    /// As deleted, and everything else kept about them goes too: devices, preferences, and
+    /// the addresses and contents of their delivery log (whose keys stay, so a redelivered
+    /// event still finds what it did).
     Erased {
         user_id: String,
     },
@@ -294,11 +294,12 @@ const DELETE_USER: &str = "INSERT INTO notify_users (user_id, deleted, updated_a
      VALUES ($1, TRUE, $2) \
      ON CONFLICT (user_id) DO UPDATE SET email = NULL, phone = NULL, display_name = NULL, \
      deleted = TRUE, updated_at_us = excluded.updated_at_us";
-/// What an erasure removes beside the user's row (see [`UserChange::Erased`]).
-const ERASE_USER: [&str; 4] = [
+/// What an erasure removes beside the user's row (see [`UserChange::Erased`]). Events
+/// parked for them stay: they hold what the log holds (personal fields encrypted), and run
+/// once more to be skipped as "user deleted", as every event for a deleted user is.
+const ERASE_USER: [&str; 3] = [
     "DELETE FROM notify_devices WHERE user_id = $1",
     "DELETE FROM notify_preferences WHERE user_id = $1",
-    "DELETE FROM notify_parked WHERE user_id = $1",
     "UPDATE notify_deliveries SET address = '[erased]', payload = NULL, detail = NULL \
      WHERE user_id = $1",
 ];
@@ -521,7 +522,7 @@ impl NotifyStore for SqlStore {
             .iter()
             .any(|c| matches!(c, UserChange::Erased { .. }))
         {
-            self.db.forget_deleted().await;
+            self.db.forget_deleted();
         }
         Ok(())
     }

@@ -86,34 +86,57 @@ impl Database {
 /// processes starting together on one SQLite file can race to record the same migration
 /// (PostgreSQL serialises them with a lock): the loser tries again and finds it applied.
 impl Database {
-    /// After rows of personal data were deleted or blanked: moves what the write-ahead log
-    /// still holds of them into the database file, where secure_delete has zeroed them, and
-    /// empties the log file (SQLite; tried a few times while readers hold it). PostgreSQL
-    /// reclaims dead rows by its own vacuum; its WAL segments are recycled, not zeroed (see
-    /// the README's privacy section).
-    pub async fn forget_deleted(&self) {
+    /// After rows of personal data were deleted or blanked: moves what SQLite's write-ahead
+    /// log still holds of them into the database file, where secure_delete has zeroed them,
+    /// and empties the log file. In the background, and without waiting on other
+    /// connections (a checkpoint that waits holds every writer back): tried each second for
+    /// a minute until no reader or writer is in the way. PostgreSQL reclaims dead rows by
+    /// its own vacuum; its WAL segments are recycled, not zeroed (see docs/privacy.md).
+    pub fn forget_deleted(&self) {
         let Self::Sqlite(pool) = self else {
             return;
         };
-        for _ in 0..10 {
-            let done: Result<(i64, i64, i64), sqlx::Error> =
-                sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
-                    .fetch_one(pool)
-                    .await;
-            match done {
-                Ok((0, _, _)) => return,
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::warn!(%err, "emptying the write-ahead log after an erasure failed");
-                    return;
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            for _ in 0..60 {
+                match checkpoint(&pool).await {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(err) => {
+                        tracing::warn!(%err, "emptying the write-ahead log after an erasure failed");
+                        return;
+                    }
                 }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        tracing::warn!(
-            "the write-ahead log stayed busy after an erasure: it is emptied at a later checkpoint"
-        );
+            tracing::warn!(
+                "the write-ahead log stayed busy for a minute after an erasure: it is emptied at a later checkpoint"
+            );
+        });
     }
+}
+
+/// One `wal_checkpoint(TRUNCATE)` that gives up at once when busy: whether it completed.
+async fn checkpoint(pool: &SqlitePool) -> Result<bool, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let outcome = async {
+        sqlx::query("PRAGMA busy_timeout = 0")
+            .execute(&mut *conn)
+            .await?;
+        let done: (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&mut *conn)
+            .await?;
+        sqlx::query("PRAGMA busy_timeout = 5000")
+            .execute(&mut *conn)
+            .await?;
+        Ok::<_, sqlx::Error>(done.0 == 0)
+    }
+    .await;
+    if outcome.is_err() {
+        // Its busy timeout may be left at zero: the pool opens another instead.
+        drop(conn.detach());
+    }
+    outcome
 }
 
 pub async fn migrate(

@@ -302,7 +302,7 @@ impl KeyStore for SqlKeyStore {
             .await?;
             tx.commit().await?;
             // The wrapped key must not outlive its row in the write-ahead log either.
-            self.db.forget_deleted().await;
+            self.db.forget_deleted();
             erased
         }))
     }

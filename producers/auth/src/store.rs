@@ -462,7 +462,7 @@ impl SqlStore {
             }
             enqueue!(tx, events);
             tx.commit().await?;
-            self.db.forget_deleted().await;
+            self.db.forget_deleted();
             erased
         }))
     }
