@@ -78,7 +78,7 @@ async fn anyones(
             "exporting another's data needs the admin role",
         ));
     }
-    if !(1..=200).contains(&id.chars().count()) || id.chars().any(char::is_control) {
+    if !crate::privacy::is_subject_id(&id) {
         return Err(Problem::invalid(vec![events::json::FieldError {
             pointer: "/id".into(),
             message: "a subject id is 1 to 200 characters without control characters".into(),

@@ -871,6 +871,13 @@ impl MemoryKeyStore {
     }
 }
 
+/// Whether `id` can name a data subject: what the contract's subject fields hold (an
+/// account's id, an actor), never an empty, overlong or control-laden string. What the
+/// admin routes check a path's id against before it reaches a store.
+pub fn is_subject_id(id: &str) -> bool {
+    (1..=200).contains(&id.chars().count()) && !id.chars().any(char::is_control)
+}
+
 /// Whether `text` is a protected value.
 pub fn is_protected(text: &str) -> bool {
     text.starts_with(PROTECTED_PREFIX)

@@ -194,7 +194,7 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), Problem> {
     Ok(())
 }
 
-fn profile_json(account: &Account) -> Json {
+pub(crate) fn profile_json(account: &Account) -> Json {
     json!({
         "id": account.id,
         "email": account.email,
@@ -919,7 +919,7 @@ pub async fn erase_subject(
     headers: HeaderMap,
 ) -> Answer {
     let principal = admin(&state, &headers)?;
-    if !is_subject(&id) {
+    if !platform::privacy::is_subject_id(&id) {
         return Err(Problem::invalid(vec![events::json::FieldError {
             pointer: "/id".into(),
             message: "a subject id is 1 to 200 printable characters".into(),
@@ -929,12 +929,6 @@ pub async fn erase_subject(
         .await
         .map_err(|e| erase_error(&e))?;
     Ok(json_response(StatusCode::OK, &json!(erased)))
-}
-
-/// What a data subject's id may be: what the contract's subject fields hold (an account's
-/// id, an actor), never an empty or control-laden string.
-fn is_subject(id: &str) -> bool {
-    (1..=200).contains(&id.chars().count()) && !id.chars().any(char::is_control)
 }
 
 fn erase_error(err: &crate::erase::EraseError) -> Problem {

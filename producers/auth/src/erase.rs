@@ -55,8 +55,8 @@ pub async fn erase(
     let account = state.store.account(subject).await?;
     let at = jiff::Timestamp::now();
     let mut events = Vec::with_capacity(2);
+    let data = json!({"user_id": subject, "reason": reason});
     if account.as_ref().is_some_and(|a| a.deleted_at.is_none()) {
-        let data = json!({"user_id": subject, "reason": reason});
         events.push(
             state
                 .writer
@@ -64,7 +64,6 @@ pub async fn erase(
                 .await?,
         );
     }
-    let data = json!({"user_id": subject, "reason": reason});
     events.push(
         state
             .writer
@@ -135,28 +134,16 @@ pub struct AccountExport(pub std::sync::Arc<AuthState>);
 #[async_trait::async_trait]
 impl platform::export::Exporter for AccountExport {
     async fn export(&self, subject: &str) -> Result<serde_json::Value, platform::problem::Problem> {
-        let unavailable = |err: StoreError| {
-            tracing::warn!(%err, "the accounts database failed an export");
-            platform::problem::Problem::unavailable("the accounts database is not reachable", 5)
-        };
         let store = &self.0.store;
+        let unavailable = |err: StoreError| crate::api::store_error(&err);
         let Some(account) = store.account(subject).await.map_err(unavailable)? else {
             return Ok(serde_json::Value::Null);
         };
         let (identities, sessions) = store.held_about(subject).await.map_err(unavailable)?;
+        let mut profile = crate::api::profile_json(&account);
+        profile["deleted"] = account.deleted_at.is_some().into();
         Ok(json!({
-            "account": {
-                "id": account.id,
-                "email": account.email,
-                "display_name": account.display_name,
-                "phone": account.phone,
-                "phone_verified": account.phone_verified_at.is_some(),
-                "locale": account.locale,
-                "time_zone": account.time_zone,
-                "role": account.role,
-                "created_at_us": account.created_at,
-                "deleted_at_us": account.deleted_at,
-            },
+            "account": profile,
             "linked_identities": identities
                 .into_iter()
                 .map(|(issuer, subject, at)| json!({"issuer": issuer, "subject": subject, "linked_at_us": at}))
