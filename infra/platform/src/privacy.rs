@@ -43,6 +43,11 @@ pub const CACHE_TTL: Duration = Duration::from_secs(60);
 const CACHE_CAPACITY: usize = 10_000;
 /// The additional data of a wrapped key, beside the subject.
 const WRAPPED_KEY: &str = "privacy-data-key";
+/// Names no account or actor ([`is_subject_id`] refuses the prefix, so nobody erases it):
+/// the subject whose key, stored and wrapped like every other, makes the keyed digests of
+/// [`Privacy::digest`].
+const RESERVED_PREFIX: &str = "herald:";
+const LOOKUP_SUBJECT: &str = "herald:lookup";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrivacyError {
@@ -158,10 +163,6 @@ impl Keks {
             .ok()
             .and_then(|raw| <[u8; KEY_LEN]>::try_from(raw).ok())
             .ok_or_else(damaged)
-    }
-
-    fn unwrap(&self, subject: &str, wrapped: &str) -> Result<SealingKey, PrivacyError> {
-        Ok(SealingKey::from_bytes(&self.raw(subject, wrapped)?)?)
     }
 }
 
@@ -367,6 +368,8 @@ pub struct Privacy {
     kek_file: Option<std::path::PathBuf>,
     store: Arc<dyn KeyStore>,
     cache: Mutex<HashMap<String, (Known, Instant)>>,
+    /// The key of [`Privacy::digest`], read (or made) once.
+    lookup: tokio::sync::OnceCell<aws_lc_rs::hmac::Key>,
 }
 
 impl Privacy {
@@ -376,6 +379,7 @@ impl Privacy {
             kek_file: None,
             store,
             cache: Mutex::default(),
+            lookup: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -414,14 +418,59 @@ impl Privacy {
         fresh
     }
 
-    /// `wrapped` opened, reading the KEK file again once if its KEK is not among those held.
-    fn unwrap_key(&self, subject: &str, wrapped: &str) -> Result<SealingKey, PrivacyError> {
-        match self.keks(false).unwrap(subject, wrapped) {
+    /// The data key `wrapped` holds, reading the KEK file again once if its KEK is not among
+    /// those held.
+    fn raw_key(&self, subject: &str, wrapped: &str) -> Result<[u8; KEY_LEN], PrivacyError> {
+        match self.keks(false).raw(subject, wrapped) {
             Err(PrivacyError::UnknownKek(_)) if self.kek_file.is_some() => {
-                self.keks(true).unwrap(subject, wrapped)
+                self.keks(true).raw(subject, wrapped)
             }
             other => other,
         }
+    }
+
+    fn unwrap_key(&self, subject: &str, wrapped: &str) -> Result<SealingKey, PrivacyError> {
+        Ok(SealingKey::from_bytes(&self.raw_key(subject, wrapped)?)?)
+    }
+
+    /// A keyed digest (HMAC-SHA-256) of `value` for `purpose`: what a store keeps to find a
+    /// personal value it holds only encrypted, such as the account of an email at sign-in.
+    /// The same value and purpose give the same digest in every process sharing the key
+    /// store; without the key, a digest tells nothing, not even by trying likely values.
+    pub async fn digest(&self, purpose: &str, value: &str) -> Result<String, PrivacyError> {
+        use aws_lc_rs::hmac;
+        let key = self
+            .lookup
+            .get_or_try_init(|| async {
+                let stored = match self.store.get(LOOKUP_SUBJECT).await? {
+                    Some(stored) => stored,
+                    None => {
+                        let mut raw = [0u8; KEY_LEN];
+                        aws_lc_rs::rand::fill(&mut raw).expect("the system's random source works");
+                        let wrapped = self.keks(false).wrap(LOOKUP_SUBJECT, &raw);
+                        let made = [(LOOKUP_SUBJECT.to_string(), wrapped)];
+                        let mut stored =
+                            self.store.create_all(&made, crate::clock::now_us()).await?;
+                        stored.pop().unwrap_or(Stored::Erased)
+                    }
+                };
+                let Stored::Live(wrapped) = stored else {
+                    return Err(PrivacyError::Erased);
+                };
+                // Derived, so the stored key never serves two algorithms.
+                let raw = self.raw_key(LOOKUP_SUBJECT, &wrapped)?;
+                let derived = hmac::sign(
+                    &hmac::Key::new(hmac::HMAC_SHA256, &raw),
+                    b"herald lookup digest v1",
+                );
+                Ok(hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()))
+            })
+            .await?;
+        let mut context = hmac::Context::with_key(key);
+        context.update(purpose.as_bytes());
+        context.update(&[0]);
+        context.update(value.as_bytes());
+        Ok(URL_SAFE_NO_PAD.encode(context.sign().as_ref()))
     }
 
     fn cached(&self, subject: &str) -> Option<Known> {
@@ -872,10 +921,13 @@ impl MemoryKeyStore {
 }
 
 /// Whether `id` can name a data subject: what the contract's subject fields hold (an
-/// account's id, an actor), never an empty, overlong or control-laden string. What the
-/// admin routes check a path's id against before it reaches a store.
+/// account's id, an actor), never an empty, overlong or control-laden string, nor one of
+/// the names Herald keeps for its own keys (`herald:...`). What the admin routes and the
+/// command line check an id against before it reaches a store.
 pub fn is_subject_id(id: &str) -> bool {
-    (1..=200).contains(&id.chars().count()) && !id.chars().any(char::is_control)
+    (1..=200).contains(&id.chars().count())
+        && !id.chars().any(char::is_control)
+        && !id.starts_with(RESERVED_PREFIX)
 }
 
 /// Whether `text` is a protected value.
@@ -930,6 +982,43 @@ mod tests {
 
     fn privacy(keks: &Path, store: &Arc<dyn KeyStore>) -> Privacy {
         Privacy::new(Keks::read(keks).unwrap(), store.clone())
+    }
+
+    #[tokio::test]
+    async fn digests_agree_across_processes_sharing_the_store_and_survive_a_rotation() {
+        let dir = temp_dir("digest");
+        let first = SealingKey::generate();
+        let keks = key_file(&dir, "kek", &[&first]);
+        let store: Arc<dyn KeyStore> = Arc::new(MemoryKeyStore::default());
+        let one = privacy(&keks, &store);
+        let digest = one.digest("email", "alice@example.com").await.unwrap();
+        assert!(!digest.contains("alice"));
+        assert_eq!(digest.len(), 43, "32 bytes in base64url");
+        assert_ne!(
+            digest,
+            one.digest("phone", "alice@example.com").await.unwrap()
+        );
+        assert_ne!(
+            digest,
+            one.digest("email", "bob@example.com").await.unwrap()
+        );
+        let new = SealingKey::generate();
+        let two = privacy(&key_file(&dir, "kek2", &[&new, &first]), &store);
+        two.rotate().await.unwrap();
+        // Another process, holding only the new key-encryption key.
+        let other = privacy(&key_file(&dir, "kek3", &[&new]), &store);
+        assert_eq!(
+            two.digest("email", "alice@example.com").await.unwrap(),
+            digest
+        );
+        assert_eq!(
+            other.digest("email", "alice@example.com").await.unwrap(),
+            digest
+        );
+        assert!(
+            !is_subject_id(LOOKUP_SUBJECT),
+            "nobody erases the digest key"
+        );
     }
 
     #[tokio::test]

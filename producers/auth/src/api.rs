@@ -80,6 +80,13 @@ pub(crate) fn store_error(err: &StoreError) -> Problem {
             tracing::warn!(%err, "auth store unreachable");
             Problem::unavailable("the account store is not reachable; retry shortly", 5)
         }
+        StoreError::Privacy(platform::privacy::PrivacyError::Store(_)) => {
+            tracing::warn!(%err, "personal data key store unreachable");
+            Problem::unavailable(
+                "the personal data key store is not reachable; retry shortly",
+                5,
+            )
+        }
         _ => Problem::internal(err),
     }
 }

@@ -16,6 +16,7 @@
 //!   links nothing.
 
 mod api;
+pub mod at_rest;
 pub mod erase;
 pub mod oidc;
 pub mod outbox;
@@ -269,7 +270,11 @@ impl Service {
     ) -> anyhow::Result<Self> {
         args.check()?;
         let privacy = contract.privacy(Some(&db)).await?;
-        let store = Arc::new(SqlStore::new(db).await?);
+        let store = SqlStore::new(db).await?;
+        let store = Arc::new(match &privacy {
+            Some(privacy) => store.with_privacy(privacy.clone()).await?,
+            None => store,
+        });
         if store.signing_keys().await?.is_empty() {
             let now = now_us();
             store

@@ -1,8 +1,13 @@
 //! The auth tables on PostgreSQL or SQLite. Every change to an account and the event that
 //! tells of it commit in one transaction (the outbox); the relay publishes afterwards.
 
+use std::sync::Arc;
+
 use platform::db::Database;
+use platform::privacy::{Privacy, PrivacyError};
 use platform::with_pool;
+
+use crate::at_rest::AtRest;
 
 use crate::oidc::StoredFlow;
 use crate::tokens::StoredKey;
@@ -17,6 +22,11 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("auth store migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The personal columns could not be sealed or opened: the key store is down
+    /// ([`PrivacyError::Store`], transient), or the account was erased meanwhile
+    /// ([`PrivacyError::Erased`]: as if it were gone).
+    #[error("auth store: personal data keys: {0}")]
+    Privacy(#[from] PrivacyError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -83,6 +93,7 @@ const ACCOUNT_COLUMNS: &str = "id, email, password_hash, role, display_name, pho
 
 pub struct SqlStore {
     db: Database,
+    at_rest: AtRest,
 }
 
 /// Inserts the outbox rows in the transaction `$tx`.
@@ -113,7 +124,78 @@ impl SqlStore {
             sqlx::migrate!("./migrations/sqlite"),
         )
         .await?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            at_rest: AtRest::default(),
+        })
+    }
+
+    /// The store with the personal columns encrypted (see [`crate::at_rest`]); the rows
+    /// written in plain text before are sealed now, a batch at a time.
+    pub async fn with_privacy(mut self, privacy: Arc<Privacy>) -> Result<Self, StoreError> {
+        self.at_rest = AtRest::sealed(privacy);
+        self.seal_plain_rows().await?;
+        Ok(self)
+    }
+
+    /// Seals the personal columns of the accounts that hold them in plain text (written
+    /// with privacy off, or before it existed). Rows are taken in id order, so one that
+    /// cannot be sealed (its subject's key was destroyed by an erasure that stopped before
+    /// blanking the row; running the erasure again finishes it) is passed over.
+    async fn seal_plain_rows(&self) -> Result<(), StoreError> {
+        let select = format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM auth_accounts WHERE id > $1 AND erased_at IS NULL \
+             AND email NOT LIKE 'personal:v1:%' ORDER BY id LIMIT 200"
+        );
+        let update = "UPDATE auth_accounts SET email = $2, email_lookup = $3, display_name = $4, \
+             phone = $5, phone_lookup = $6 WHERE id = $1 AND email = $7";
+        let mut after = String::new();
+        let mut sealed = 0;
+        loop {
+            let rows: Vec<Account> = with_pool!(&self.db, pool => {
+                sqlx::query_as(sqlx::AssertSqlSafe(select.as_str())).bind(&after).fetch_all(pool).await?
+            });
+            let Some(last) = rows.last() else {
+                break;
+            };
+            after = last.id.clone();
+            for account in rows {
+                let columns = match self.at_rest.seal_account(&account).await {
+                    Ok(columns) => columns,
+                    Err(StoreError::Privacy(PrivacyError::Erased)) => continue,
+                    Err(err) => return Err(err),
+                };
+                with_pool!(&self.db, pool => {
+                    sqlx::query(update)
+                        .bind(&account.id)
+                        .bind(&columns.email)
+                        .bind(&columns.email_lookup)
+                        .bind(&columns.display_name)
+                        .bind(&columns.phone)
+                        .bind(&columns.phone_lookup)
+                        .bind(&account.email)
+                        .execute(pool)
+                        .await?;
+                });
+                sealed += 1;
+            }
+        }
+        if sealed > 0 {
+            tracing::info!(
+                sealed,
+                "account rows written in plain text are now encrypted"
+            );
+            self.db.forget_deleted();
+        }
+        Ok(())
+    }
+
+    /// A row as read, opened.
+    async fn opened(&self, row: Option<Account>) -> Result<Option<Account>, StoreError> {
+        match row {
+            Some(row) => Ok(Some(self.at_rest.open_account(row).await?)),
+            None => Ok(None),
+        }
     }
 
     pub fn database(&self) -> &Database {
@@ -150,22 +232,25 @@ impl SqlStore {
         event: &OutboxRecord,
         identity: Option<(&str, &str)>,
     ) -> Result<(), StoreError> {
+        let sealed = self.at_rest.seal_account(account).await?;
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin().await?;
             let inserted = sqlx::query(
-                "INSERT INTO auth_accounts (id, email, password_hash, role, display_name, phone, locale, time_zone, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                "INSERT INTO auth_accounts (id, email, password_hash, role, display_name, phone, locale, time_zone, created_at, updated_at, email_lookup, phone_lookup) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind(&account.id)
-            .bind(&account.email)
+            .bind(&sealed.email)
             .bind(&account.password_hash)
             .bind(&account.role)
-            .bind(&account.display_name)
-            .bind(&account.phone)
+            .bind(&sealed.display_name)
+            .bind(&sealed.phone)
             .bind(&account.locale)
             .bind(&account.time_zone)
             .bind(account.created_at)
             .bind(account.updated_at)
+            .bind(&sealed.email_lookup)
+            .bind(&sealed.phone_lookup)
             .execute(&mut *tx)
             .await;
             match inserted {
@@ -254,13 +339,14 @@ impl SqlStore {
             "SELECT {columns} FROM auth_identities i JOIN auth_accounts a ON a.id = i.account_id \
              WHERE i.issuer = $1 AND i.subject = $2 AND a.deleted_at IS NULL"
         );
-        Ok(with_pool!(&self.db, pool => {
+        let row = with_pool!(&self.db, pool => {
             sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(issuer)
                 .bind(subject)
                 .fetch_optional(pool)
                 .await?
-        }))
+        });
+        self.opened(row).await
     }
 
     /// Keeps a started sign-in until its callback; drops the expired ones on the way.
@@ -306,42 +392,48 @@ impl SqlStore {
 
     pub async fn account(&self, id: &str) -> Result<Option<Account>, StoreError> {
         let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM auth_accounts WHERE id = $1");
-        Ok(with_pool!(&self.db, pool => {
+        let row = with_pool!(&self.db, pool => {
             sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(pool).await?
-        }))
+        });
+        self.opened(row).await
     }
 
     /// The live account with this email.
     pub async fn account_by_email(&self, email: &str) -> Result<Option<Account>, StoreError> {
+        let lookup = self.at_rest.lookup("email", email).await?;
         let sql = format!(
-            "SELECT {ACCOUNT_COLUMNS} FROM auth_accounts WHERE email = $1 AND deleted_at IS NULL"
+            "SELECT {ACCOUNT_COLUMNS} FROM auth_accounts WHERE email_lookup = $1 AND deleted_at IS NULL"
         );
-        Ok(with_pool!(&self.db, pool => {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(email).fetch_optional(pool).await?
-        }))
+        let row = with_pool!(&self.db, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(&lookup).fetch_optional(pool).await?
+        });
+        self.opened(row).await
     }
 
-    /// The live account with this phone (the newest, should two share it).
+    /// The live account that verified this phone.
     pub async fn account_by_phone(&self, phone: &str) -> Result<Option<Account>, StoreError> {
+        let lookup = self.at_rest.lookup("phone", phone).await?;
         let sql = format!(
-            "SELECT {ACCOUNT_COLUMNS} FROM auth_accounts WHERE phone = $1 AND phone_verified_at IS NOT NULL AND deleted_at IS NULL"
+            "SELECT {ACCOUNT_COLUMNS} FROM auth_accounts WHERE phone_lookup = $1 AND phone_verified_at IS NOT NULL AND deleted_at IS NULL"
         );
-        Ok(with_pool!(&self.db, pool => {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(phone).fetch_optional(pool).await?
-        }))
+        let row = with_pool!(&self.db, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(&lookup).fetch_optional(pool).await?
+        });
+        self.opened(row).await
     }
 
     /// Marks the account's phone verified, if it is still `phone`. `Ok(false)`: the phone
     /// changed meanwhile. A phone another live account has verified is a conflict
     /// ([`StoreError::PhoneTaken`]): one verified phone, one account.
     pub async fn verify_phone(&self, id: &str, phone: &str, now: i64) -> Result<bool, StoreError> {
+        let lookup = self.at_rest.lookup("phone", phone).await?;
         let done = with_pool!(&self.db, pool => {
             sqlx::query(
                 "UPDATE auth_accounts SET phone_verified_at = $3, updated_at = $3 \
-                 WHERE id = $1 AND phone = $2 AND deleted_at IS NULL",
+                 WHERE id = $1 AND phone_lookup = $2 AND deleted_at IS NULL",
             )
             .bind(id)
-            .bind(phone)
+            .bind(&lookup)
             .bind(now)
             .execute(pool)
             .await
@@ -364,21 +456,40 @@ impl SqlStore {
         now: i64,
         event: &OutboxRecord,
     ) -> Result<bool, StoreError> {
+        let sealed = async {
+            let mut sealed = (None, None, None);
+            if let Some(name) = &change.display_name {
+                sealed.0 = Some(self.at_rest.seal(id, "display_name", name).await?);
+            }
+            if let Some(phone) = &change.phone {
+                sealed.1 = Some(self.at_rest.seal(id, "phone", phone).await?);
+                sealed.2 = Some(self.at_rest.lookup("phone", phone).await?);
+            }
+            Ok::<_, StoreError>(sealed)
+        };
+        let (display_name, phone, phone_lookup) = match sealed.await {
+            Ok(sealed) => sealed,
+            // Erased since it was read: as gone as the deleted account the update misses.
+            Err(err) if crate::at_rest::is_erased(&err) => return Ok(false),
+            Err(err) => return Err(err),
+        };
         Ok(with_pool!(&self.db, pool => {
             let mut tx = pool.begin().await?;
             let done = sqlx::query(
                 "UPDATE auth_accounts SET display_name = COALESCE($2, display_name), \
-                 phone_verified_at = CASE WHEN $3 IS NULL OR $3 = phone THEN phone_verified_at END, \
-                 phone = COALESCE($3, phone), locale = COALESCE($4, locale), \
+                 phone_verified_at = CASE WHEN $7 IS NULL OR $7 = phone_lookup THEN phone_verified_at END, \
+                 phone = COALESCE($3, phone), phone_lookup = COALESCE($7, phone_lookup), \
+                 locale = COALESCE($4, locale), \
                  time_zone = COALESCE($5, time_zone), updated_at = $6 \
                  WHERE id = $1 AND deleted_at IS NULL",
             )
             .bind(id)
-            .bind(&change.display_name)
-            .bind(&change.phone)
+            .bind(&display_name)
+            .bind(&phone)
             .bind(&change.locale)
             .bind(&change.time_zone)
             .bind(now)
+            .bind(&phone_lookup)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -433,7 +544,7 @@ impl SqlStore {
         events: &[OutboxRecord],
     ) -> Result<bool, StoreError> {
         let blank = "UPDATE auth_accounts SET email = '', password_hash = $3, display_name = '', \
-             phone = NULL, phone_verified_at = NULL, deleted_at = COALESCE(deleted_at, $2), \
+             phone = NULL, phone_verified_at = NULL, email_lookup = NULL, phone_lookup = NULL, deleted_at = COALESCE(deleted_at, $2), \
              erased_at = $2, updated_at = $2 WHERE id = $1";
         let owned = [
             "DELETE FROM auth_refresh_tokens WHERE account_id = $1",
@@ -1030,6 +1141,101 @@ mod tests {
             .register(&account("c", "a@x.io"), &event("e4"))
             .await
             .unwrap();
+    }
+
+    fn privacy() -> Arc<Privacy> {
+        use base64::Engine as _;
+        let file = std::env::temp_dir().join(format!("herald-kek-{}", uuid::Uuid::new_v4()));
+        let kek = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+        std::fs::write(&file, format!("{kek}\n")).unwrap();
+        let keks = platform::privacy::Keks::read(&file).unwrap();
+        let keys = Arc::new(platform::privacy::MemoryKeyStore::default());
+        Arc::new(Privacy::new(keks, keys))
+    }
+
+    #[tokio::test]
+    async fn sealed_personal_columns_are_found_by_digest_and_read_back_until_the_erasure() {
+        let plain = sqlite().await;
+        plain
+            .register(&account("a", "a@x.io"), &event("e1"))
+            .await
+            .unwrap();
+        let privacy = privacy();
+        // Rows written in plain text are sealed when privacy comes on.
+        let store = SqlStore::new(plain.database().clone())
+            .await
+            .unwrap()
+            .with_privacy(privacy.clone())
+            .await
+            .unwrap();
+        store
+            .register(&account("b", "b@x.io"), &event("e2"))
+            .await
+            .unwrap();
+        let rows: Vec<(String, String, String, Option<String>, String)> = with_pool!(store.database(), pool => {
+            sqlx::query_as("SELECT id, email, display_name, phone, email_lookup FROM auth_accounts ORDER BY id")
+                .fetch_all(pool)
+                .await
+                .unwrap()
+        });
+        for (id, email, name, phone, lookup) in &rows {
+            for sealed in [email, name, phone.as_ref().unwrap()] {
+                assert!(sealed.starts_with("personal:v1:"), "{id}: {sealed}");
+            }
+            assert!(!lookup.contains("x.io"), "{id}: {lookup}");
+        }
+        assert_eq!(
+            store.account("a").await.unwrap().unwrap(),
+            account("a", "a@x.io")
+        );
+        let found = store.account_by_email("b@x.io").await.unwrap().unwrap();
+        assert_eq!(found.id, "b");
+        let taken = store.register(&account("c", "a@x.io"), &event("e3")).await;
+        assert!(matches!(taken, Err(StoreError::EmailTaken)));
+        // The phone: verified, found, kept verified by a change that leaves it as it is.
+        assert!(store.verify_phone("a", "+15550100", 2).await.unwrap());
+        assert_eq!(
+            store
+                .account_by_phone("+15550100")
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            "a"
+        );
+        let rename = ProfileChange {
+            display_name: Some("Ann".into()),
+            phone: Some("+15550100".into()),
+            ..Default::default()
+        };
+        assert!(
+            store
+                .update_profile("a", &rename, 3, &event("e4"))
+                .await
+                .unwrap()
+        );
+        let renamed = store.account("a").await.unwrap().unwrap();
+        assert_eq!(
+            (renamed.display_name.as_str(), renamed.phone_verified_at),
+            ("Ann", Some(2))
+        );
+        // Once the key is destroyed, nothing reads, and nothing new is written.
+        privacy.erase("a").await.unwrap();
+        let erased = store.account("a").await.unwrap().unwrap();
+        assert_eq!(
+            (
+                erased.email.as_str(),
+                erased.display_name.as_str(),
+                erased.phone
+            ),
+            ("", "", None)
+        );
+        assert!(
+            !store
+                .update_profile("a", &rename, 4, &event("e5"))
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test]
