@@ -22,6 +22,7 @@ pub mod provider;
 pub mod push;
 pub mod quiet;
 pub mod rules;
+pub mod sealed;
 pub mod sms;
 pub mod socket;
 pub mod store;
@@ -409,7 +410,7 @@ impl Notifier {
                 let detail = format!("gave up after {} attempts", self.max_attempts);
                 count(&intent, Status::Dead);
                 self.store
-                    .finish(&intent.key, Status::Dead, None, Some(&detail), now_us())
+                    .finish(&intent, Status::Dead, None, Some(&detail), now_us())
                     .await
                     .or_retry()?;
                 return Err(HandlerError::Reject(
@@ -475,7 +476,7 @@ impl Notifier {
         let mut attempt = 0;
         while let Err(err) = self
             .store
-            .finish(&intent.key, status, provider, detail, now_us())
+            .finish(intent, status, provider, detail, now_us())
             .await
         {
             attempt += 1;
@@ -632,7 +633,7 @@ impl Notifier {
                 let detail = format!("unreadable deferred payload: {err}");
                 return self
                     .store
-                    .finish(&intent.key, Status::Failed, None, Some(&detail), now_us())
+                    .finish(&intent, Status::Failed, None, Some(&detail), now_us())
                     .await
                     .or_retry();
             }
@@ -648,14 +649,14 @@ impl Notifier {
                 let detail = format!("gave up after {attempt} attempts: {detail}");
                 return self
                     .store
-                    .finish(&intent.key, Status::Dead, None, Some(&detail), now_us())
+                    .finish(&intent, Status::Dead, None, Some(&detail), now_us())
                     .await
                     .or_retry();
             }
             let wait = 30_000_000_i64 << (attempt - 1).clamp(0, 8);
             return self
                 .store
-                .reschedule(&intent.key, now_us() + wait, &detail, now_us())
+                .reschedule(&intent, now_us() + wait, &detail, now_us())
                 .await
                 .or_retry();
         }
@@ -1046,6 +1047,19 @@ pub struct Rebuilt {
     pub orders: usize,
 }
 
+/// The service's store on `db`, with personal data encrypted at rest when privacy is on
+/// (see [`sealed`]).
+async fn open_store(
+    db: Database,
+    privacy: Option<Arc<platform::privacy::Privacy>>,
+) -> Result<Arc<dyn NotifyStore>, store::StoreError> {
+    let store: Arc<dyn NotifyStore> = Arc::new(store::SqlStore::new(db).await?);
+    Ok(match privacy {
+        Some(privacy) => Arc::new(sealed::Sealed::new(store, privacy)),
+        None => store,
+    })
+}
+
 /// Rebuilds the service's projections of the users and orders topics (recipients' contact
 /// details, orders' customers) from the topics alone, sending nothing: for a database lost
 /// or restored from a backup older than the log. Every event is applied again in each
@@ -1056,7 +1070,7 @@ pub async fn rebuild_projection(
     contract: &ContractArgs,
 ) -> anyhow::Result<Rebuilt> {
     let privacy = contract.privacy(Some(&db)).await?;
-    let store = store::SqlStore::new(db).await?;
+    let store = open_store(db, privacy.clone()).await?;
     let catalog = Arc::new(contract.catalog()?);
     let codec = contract.codec(catalog.clone(), kafka).await?;
     let mut topics: Vec<String> = [USERS_EVENT, ORDER_PLACED]
@@ -1149,11 +1163,11 @@ impl Service {
             .collect();
         topics.sort();
         topics.dedup();
-        opener.revealer = contract
-            .privacy(Some(&db))
-            .await?
+        let privacy = contract.privacy(Some(&db)).await?;
+        opener.revealer = privacy
+            .clone()
             .map(|privacy| platform::consumer::Revealer::new(privacy, catalog.clone()));
-        let store: Arc<dyn NotifyStore> = Arc::new(store::SqlStore::new(db).await?);
+        let store = open_store(db, privacy).await?;
         let codec = Arc::new(contract.codec(catalog.clone(), kafka).await?);
         let outcomes_topic: Vec<String> = catalog
             .latest(outcomes::EVENT_TYPE)

@@ -188,7 +188,7 @@ pub trait NotifyStore: Send + Sync {
     /// Holds a claimed delivery again until `not_before_us` (a transient failure).
     async fn reschedule(
         &self,
-        key: &DeliveryKey,
+        intent: &Intent,
         not_before_us: i64,
         detail: &str,
         now_us: i64,
@@ -200,7 +200,7 @@ pub trait NotifyStore: Send + Sync {
     /// Records the outcome of an attempt.
     async fn finish(
         &self,
-        key: &DeliveryKey,
+        intent: &Intent,
         status: Status,
         provider: Option<&str>,
         detail: Option<&str>,
@@ -827,11 +827,12 @@ impl NotifyStore for SqlStore {
 
     async fn reschedule(
         &self,
-        key: &DeliveryKey,
+        intent: &Intent,
         not_before_us: i64,
         detail: &str,
         now_us: i64,
     ) -> Result<(), StoreError> {
+        let key = &intent.key;
         let sql = "UPDATE notify_deliveries SET status = 'deferred', not_before_us = $4, \
              detail = $5, updated_at_us = $6 \
              WHERE event_id = $1 AND channel = $2 AND recipient = $3";
@@ -929,12 +930,13 @@ impl NotifyStore for SqlStore {
 
     async fn finish(
         &self,
-        key: &DeliveryKey,
+        intent: &Intent,
         status: Status,
         provider: Option<&str>,
         detail: Option<&str>,
         now_us: i64,
     ) -> Result<(), StoreError> {
+        let key = &intent.key;
         with_pool!(&self.db, pool => {
             sqlx::query(FINISH_DELIVERY)
                 .bind(key.event_id.to_string())
@@ -1159,7 +1161,7 @@ mod tests {
         let sent = intent(earlier, Channel::Email, "u-1");
         store.begin(&sent, 10).await.unwrap();
         store
-            .finish(&sent.key, Status::Sent, Some("smtp"), None, 11)
+            .finish(&sent, Status::Sent, Some("smtp"), None, 11)
             .await
             .unwrap();
         // This event's push reached two devices before the batch failed.
@@ -1236,7 +1238,7 @@ mod tests {
         let email = intent(event, Channel::Email, "u-1");
         store.begin(&email, 5).await.unwrap();
         store
-            .finish(&email.key, Status::Sent, Some("smtp"), None, 6)
+            .finish(&email, Status::Sent, Some("smtp"), None, 6)
             .await
             .unwrap();
         store
