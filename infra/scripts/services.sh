@@ -129,6 +129,9 @@ su postgres -c "psql -p $port -tAc \"select 1 from pg_roles where rolname='heral
   || su postgres -c "psql -p $port -qc \"create role herald login createdb password 'herald'\"" >&2
 su postgres -c "psql -p $port -tAc \"select 1 from pg_database where datname='herald'\"" | grep -q 1 \
   || su postgres -c "psql -p $port -qc 'create database herald owner herald'" >&2
+# The privacy test finds the server's files and flushes them before searching them for
+# personal data (tests/privacy.rs): it reads the data directory's setting and checkpoints.
+su postgres -c "psql -p $port -qc 'grant pg_read_all_settings, pg_checkpoint to herald'" >&2
 
 # Redis on its default port, unless one answers already.
 if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
