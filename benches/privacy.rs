@@ -21,14 +21,19 @@
 //!    more);
 //! 4. erasure: one sender with BENCH_ERASE_EVENTS (10,000) messages; `herald privacy erase`
 //!    timed (the key destroyed, the account blanked, `user.erased` published), then the time
-//!    until the indexer has removed every document of theirs.
+//!    until the indexer has removed every document of theirs;
+//! 5. another consumer: BENCH_EMAILS (5,000) `user.registered` on each side, then `herald
+//!    notifications` started on each backlog in turn with a real SMTP server of its own
+//!    (aiosmtpd): welcome emails/s accepted, from process start to the last. On "on" each
+//!    event's email and name are revealed, and the projection and the delivery log store
+//!    them encrypted again.
 
 mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{HERALD, herald, median, setting, token, topic_prefix};
+use common::{HERALD, Smtp, herald, median, setting, token, topic_prefix};
 use serde_json::{Value, json};
 use tokio::process::Child;
 
@@ -167,12 +172,42 @@ async fn index(side: &Side, dir: &Path, admin: &str, want: u64) -> (Child, Strin
     (indexer, base, rate)
 }
 
+fn registered(side: &str, n: usize) -> Value {
+    json!({"type": "user.registered", "data": {
+        "user_id": uuid::Uuid::new_v4(), "email": format!("{side}{n}@example.com"),
+        "display_name": format!("Reader {n}")}})
+}
+
+/// Starts the side's notifications on its backlog, with an SMTP server of its own, and waits
+/// for `want` emails: emails/s from its start.
+async fn notify(side: &Side, dir: &Path, want: usize) -> f64 {
+    let smtp = Smtp::start(dir).await;
+    // The welcome email alone: the messages posted above would otherwise wait for their
+    // recipient's account, a cost of its own.
+    let rules = dir.join("welcome-only.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nevent = \"user.registered\"\ntemplate = \"welcome\"\n\
+         category = \"transactional\"\nchannels = [\"email\"]\nto = { user = \"user_id\" }\n",
+    )
+    .unwrap();
+    let mut env = side.env.clone();
+    env.push(("SMTP_URL".into(), smtp.url.clone()));
+    env.push(("NOTIFY_RULES_FILE".into(), rules.display().to_string()));
+    let started = Instant::now();
+    let (_notifier, _) = herald("notifications", &self_env(&env)).await;
+    let got = smtp.wait_for(want, Duration::from_secs(900)).await;
+    assert_eq!(got.len(), want, "emails accepted");
+    want as f64 / started.elapsed().as_secs_f64()
+}
+
 #[tokio::main]
 async fn main() {
     let brokers = std::env::var("KAFKA_BROKERS").expect("set KAFKA_BROKERS to a running broker");
     let events = setting("BENCH_EVENTS", 50_000) as usize;
     let subjects = setting("BENCH_SUBJECTS", 20_000) as usize;
     let erase_events = setting("BENCH_ERASE_EVENTS", 10_000) as usize;
+    let emails = setting("BENCH_EMAILS", 5_000) as usize;
     let root = std::env::temp_dir().join(format!("herald-bench-privacy-{}", std::process::id()));
     let on = Side::start("on", &brokers, &root.join("on"), true).await;
     let off = Side::start("off", &brokers, &root.join("off"), false).await;
@@ -254,6 +289,15 @@ async fn main() {
     let scrubbed = started.elapsed().as_secs_f64();
     drop(indexer);
 
+    // 5. Notifications on a backlog of registrations, each side in turn.
+    let mut notify_rates = Vec::new();
+    for (name, side) in [("off", &off), ("on", &on)] {
+        let backlog = batches((0..emails).map(|n| registered(name, n)));
+        post(&client, &side.base, &backlog, &service).await;
+        notify_rates.push(notify(side, &root.join(name), emails).await);
+    }
+    let (notify_off, notify_on) = (notify_rates[0], notify_rates[1]);
+
     println!("| measure | encryption on | off | on / off |");
     println!("|---|---|---|---|");
     println!(
@@ -283,6 +327,10 @@ async fn main() {
     println!(
         "| search indexer on a backlog of {backlog} messages | {index_on:.0} documents/s | {index_off:.0} documents/s | {:.0}% |",
         100.0 * index_on / index_off
+    );
+    println!(
+        "| notifications on a backlog of {emails} `user.registered` (a welcome email each, real SMTP) | {notify_on:.0} emails/s | {notify_off:.0} emails/s | {:.0}% |",
+        100.0 * notify_on / notify_off
     );
     println!(
         "| erasure of a sender with {erase_events} messages: `herald privacy erase` (key destroyed, account blanked, event published) | {command:.2} s | | |"

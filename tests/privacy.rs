@@ -408,6 +408,19 @@ async fn erasure(site: Site, postgres: Option<PostgresFiles>) {
         .expect("the registration replayed");
     assert_eq!(registered["data"]["email"], canary.email.as_str());
     std::fs::remove_file(data.join("replay-before.jsonl")).unwrap();
+    let tailed = cli(
+        &site,
+        &[
+            "tail",
+            "users",
+            "--last",
+            "100",
+            "--type",
+            "user.registered",
+        ],
+    )
+    .await;
+    assert!(tailed.contains(&canary.email), "{tailed}");
     // The person's export holds it all, from every service.
     let (status, export) = call(
         reqwest::Method::GET,
@@ -510,6 +523,22 @@ async fn erasure(site: Site, postgres: Option<PostgresFiles>) {
         .expect("the registration replayed");
     assert_eq!(registered["data"]["email"], "[erased]");
     assert_eq!(registered["data"]["display_name"], "[erased]");
+    let tailed = cli(
+        &site,
+        &[
+            "tail",
+            "users",
+            "--last",
+            "100",
+            "--type",
+            "user.registered",
+        ],
+    )
+    .await;
+    assert!(
+        tailed.contains("[erased]") && !tailed.contains(&canary.email),
+        "{tailed}"
+    );
     let replayed: std::collections::HashMap<String, &Value> = lines
         .iter()
         .filter(|l| l["event_type"] == "message.sent")
