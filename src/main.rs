@@ -494,7 +494,12 @@ pub fn dev_secret(args: &DevSecretArgs) -> anyhow::Result<SecretString> {
 /// The sealing key of `herald up`: made on first use under the data folder, like the HS256
 /// secret, so the auth service that seals and the notifications service that opens agree.
 pub fn dev_sealing_key(data_dir: &Path) -> anyhow::Result<SecretString> {
-    let path = data_dir.join("sealing-key");
+    dev_key(data_dir, "sealing-key")
+}
+
+/// The data folder's key of this name (32 random bytes in base64), made the first time.
+pub fn dev_key(data_dir: &Path, name: &str) -> anyhow::Result<SecretString> {
+    let path = data_dir.join(name);
     if let Ok(text) = std::fs::read_to_string(&path) {
         return Ok(SecretString::from(text.trim().to_string()));
     }

@@ -27,6 +27,7 @@ pub fn document(catalog: &Catalog) -> Value {
             search_indexer::api::openapi(),
             reports::api::openapi(),
             platform::export::openapi(),
+            replay::stream::openapi(),
             operations(),
         ],
     )

@@ -51,6 +51,8 @@ pub struct UpArgs {
     #[command(flatten)]
     pub accounts: auth::AccountsArgs,
     #[command(flatten)]
+    pub streams: replay::stream::StreamArgs,
+    #[command(flatten)]
     pub edge: EdgeArgs,
 }
 
@@ -67,6 +69,8 @@ pub struct IngressServiceArgs {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub ingress: IngressArgs,
+    #[command(flatten)]
+    pub streams: replay::stream::StreamArgs,
     #[command(flatten)]
     pub edge: EdgeArgs,
 }
@@ -312,6 +316,9 @@ async fn up_services(mut args: UpArgs) -> anyhow::Result<()> {
     if args.ingress.contract.sealing_key.is_none() {
         args.ingress.contract.sealing_key = Some(crate::dev_sealing_key(&data_dir)?);
     }
+    if args.streams.stream_cursor_key.is_none() {
+        args.streams.stream_cursor_key = Some(crate::dev_key(&data_dir, "stream-cursor-key")?);
+    }
     if args.ingress.contract.privacy_key_file.is_none() {
         args.ingress.contract.privacy_key_file =
             Some(crate::privacy::ensure_data_folder_key_file(&data_dir)?);
@@ -363,8 +370,18 @@ async fn all(
         topics: args.ingress.topics,
     };
     let search_dir = args.store.data_dir.join("search");
+    let streams = streams(
+        &args.streams,
+        &args.ingress,
+        kafka,
+        &db,
+        &ingress,
+        verify.clone(),
+    )
+    .await?;
     Ok(vec![
         Box::new(crate::reference::service(ingress.catalog())),
+        Box::new(streams),
         Box::new(ingress::Service::new(ingress)),
         Box::new(
             auth::Service::connect(
@@ -430,6 +447,28 @@ async fn ingress_state(
     ))
 }
 
+/// The event streams over HTTP, served beside the ingress: the same catalog, and the
+/// personal fields revealed with the same keys.
+async fn streams(
+    args: &replay::stream::StreamArgs,
+    ingress: &IngressArgs,
+    kafka: &KafkaArgs,
+    db: &Database,
+    state: &ingress::AppState,
+    verify: Arc<Authenticator>,
+) -> anyhow::Result<replay::stream::Service> {
+    let catalog = state.catalog().clone();
+    let codec = Arc::new(ingress.contract.codec(catalog.clone(), kafka).await?);
+    let revealer = ingress
+        .contract
+        .privacy(Some(db))
+        .await?
+        .map(|privacy| platform::privacy::BlockingRevealer::new(privacy, catalog.clone()));
+    Ok(replay::stream::Service(Arc::new(
+        replay::stream::Streams::new(args, kafka, catalog, codec, revealer, verify),
+    )))
+}
+
 /// `herald ingress`: the ingress and the API reference. Started alone it must be
 /// configured: a forgotten secret is an error rather than a generated key.
 pub async fn ingress(args: IngressServiceArgs) -> anyhow::Result<()> {
@@ -437,8 +476,18 @@ pub async fn ingress(args: IngressServiceArgs) -> anyhow::Result<()> {
     let db = args.store.connect().await?;
     let verify = Arc::new(Authenticator::from_args(&args.ingress.auth)?);
     let state = ingress_state(&args.ingress, &args.kafka, &db, verify.clone()).await?;
+    let streams = streams(
+        &args.streams,
+        &args.ingress,
+        &args.kafka,
+        &db,
+        &state,
+        verify.clone(),
+    )
+    .await?;
     let services: Vec<Box<dyn Service>> = vec![
         Box::new(crate::reference::service(state.catalog())),
+        Box::new(streams),
         Box::new(ingress::Service::new(state)),
     ];
     alone("ingress", args.listen, &args.edge, verify, services).await

@@ -13,6 +13,7 @@ pub mod dlq;
 pub mod formats;
 pub mod ops;
 pub mod row;
+pub mod stream;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;

@@ -32,8 +32,32 @@ pub enum RangeError {
     UnknownTopic { missing: String, existing: String },
     #[error("the range is empty: from ({from_ms} ms) must be before to ({to_ms} ms)")]
     Inverted { from_ms: i64, to_ms: i64 },
+    /// A position is no longer (or not yet) in the partition: its records were deleted by
+    /// retention, or the topic was made anew.
+    #[error(
+        "partition {partition} holds offsets {low} to {high} now; the position {offset} is \
+         outside them (deleted by retention, or the topic was recreated)"
+    )]
+    Stale {
+        partition: i32,
+        offset: i64,
+        low: i64,
+        high: i64,
+    },
     #[error(transparent)]
     Kafka(#[from] KafkaSetupError),
+}
+
+/// Where a [`RangeReader::follow`] starts on each partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// After the last record there is now: only what comes next.
+    End,
+    /// At the first record at or after this time (ms since the epoch).
+    Time(i64),
+    /// At these next offsets, by partition; a partition not named starts at its first record
+    /// (it was added after the positions were taken).
+    Offsets(std::collections::BTreeMap<i32, i64>),
 }
 
 impl From<rdkafka::error::KafkaError> for RangeError {
@@ -129,6 +153,64 @@ impl RangeReader {
             }
         }
         Self::assigned(consumer, plan, i64::MIN, i64::MAX)
+    }
+
+    /// Every record of `topic` from `start` on, without end, and the offset each partition
+    /// starts at. `next_batch` answers an empty batch when nothing came for half a second.
+    pub fn follow(
+        args: &KafkaArgs,
+        topic: &str,
+        start: &Start,
+        timeout: Duration,
+    ) -> Result<(Self, std::collections::BTreeMap<i32, i64>), RangeError> {
+        let consumer = Self::consumer(args)?;
+        let partitions = Self::partitions(&consumer, &[topic.to_string()], timeout)?;
+        let times = match start {
+            Start::Time(ms) => {
+                let mut list = TopicPartitionList::new();
+                for (topic, partition) in &partitions {
+                    list.add_partition_offset(topic, *partition, Offset::Offset(*ms))?;
+                }
+                Some(consumer.offsets_for_times(list, timeout)?)
+            }
+            _ => None,
+        };
+        let mut plan = Vec::new();
+        let mut starts = std::collections::BTreeMap::new();
+        for (topic, partition) in partitions {
+            let (low, high) = watermarks(&consumer, &topic, partition, timeout)?;
+            let at = match start {
+                Start::End => high,
+                Start::Time(_) => match times
+                    .as_ref()
+                    .and_then(|t| t.find_partition(&topic, partition))
+                    .map(|e| e.offset())
+                {
+                    Some(Offset::Offset(offset)) => offset.clamp(low, high),
+                    _ => high,
+                },
+                Start::Offsets(offsets) => match offsets.get(&partition) {
+                    Some(&offset) if offset < low || offset > high => {
+                        return Err(RangeError::Stale {
+                            partition,
+                            offset,
+                            low,
+                            high,
+                        });
+                    }
+                    Some(&offset) => offset,
+                    None => low,
+                },
+            };
+            starts.insert(partition, at);
+            plan.push(Planned {
+                topic,
+                partition,
+                start: at,
+                end: i64::MAX,
+            });
+        }
+        Ok((Self::assigned(consumer, plan, i64::MIN, i64::MAX)?, starts))
     }
 
     fn consumer(args: &KafkaArgs) -> Result<BaseConsumer, RangeError> {
