@@ -8,8 +8,9 @@
 //! at a time, and with neither a stream starts at the end (what comes next).
 //!
 //! A stream reads in a thread of its own into a buffer of `STREAM_BUFFER_EVENTS`; a client
-//! that lets it fill is cut off cleanly after what the buffer holds, and resumes from its
-//! last cursor. A caller holds `STREAM_MAX_PER_CALLER` streams at most in one process.
+//! that leaves it full for two seconds is cut off cleanly after what the buffer holds, and
+//! resumes from its last cursor. A caller holds `STREAM_MAX_PER_CALLER` streams at most in
+//! one process.
 
 pub mod access;
 pub mod cursor;
@@ -44,6 +45,8 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a long-poll waits for a first event.
 const MAX_WAIT_SECS: u64 = 30;
 const MAX_LIMIT: usize = 1000;
+/// How long a client may leave its full buffer undrained before it is cut off.
+const SLOW_CLIENT: Duration = Duration::from_secs(2);
 
 /// The streams' settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -420,10 +423,29 @@ fn pump(
                 event_type,
                 event,
             };
-            if sender.try_send(delivered).is_err() {
-                // Gone, or too slow: what the buffer holds is delivered, then the stream
-                // ends and the client resumes from the last cursor it got.
+            if !hand_over(sender, delivered) {
                 return;
+            }
+        }
+    }
+}
+
+/// Puts `delivered` in the client's buffer, waiting while the buffer is full for
+/// [`SLOW_CLIENT`] at most. `false`: the client is gone, or too slow; what the buffer holds
+/// is delivered, then the stream ends and the client resumes from the last cursor it got.
+fn hand_over(sender: &mpsc::Sender<Delivered>, delivered: Delivered) -> bool {
+    let deadline = std::time::Instant::now() + SLOW_CLIENT;
+    let mut delivered = delivered;
+    loop {
+        match sender.try_send(delivered) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(back)) => {
+                if std::time::Instant::now() >= deadline {
+                    return false;
+                }
+                delivered = back;
+                std::thread::sleep(Duration::from_millis(5));
             }
         }
     }
