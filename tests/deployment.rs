@@ -18,9 +18,10 @@ use serde_json::Value;
 use support::process::HERALD;
 
 /// What compose reads from `.env`: test values of the right shape.
-const COMPOSE_ENV: [(&str, &str); 3] = [
+const COMPOSE_ENV: [(&str, &str); 4] = [
     ("POSTGRES_PASSWORD", "test-password"),
     ("SEALING_KEY", support::SEALING_KEY),
+    ("STREAM_CURSOR_KEY", support::SEALING_KEY),
     (
         "NOTIFY_UNSUBSCRIBE_SECRET",
         "unsubscribe-secret-of-thirty-two-bytes",
@@ -28,7 +29,7 @@ const COMPOSE_ENV: [(&str, &str); 3] = [
 ];
 
 /// The secrets the Kubernetes README tells an operator to create, as files.
-const K8S_SECRETS: [(&str, &str); 5] = [
+const K8S_SECRETS: [(&str, &str); 6] = [
     (
         "database-url",
         "postgres://herald:test-password@postgres/herald",
@@ -38,6 +39,7 @@ const K8S_SECRETS: [(&str, &str); 5] = [
         "unsubscribe-secret-of-thirty-two-bytes",
     ),
     ("sealing-key", support::SEALING_KEY),
+    ("stream-cursor-key", support::SEALING_KEY),
     // The key-encryption key of personal data (the compose file's `privacy-keys` secret too).
     ("privacy-keys", support::SEALING_KEY),
     (
@@ -365,6 +367,7 @@ async fn the_composed_deployment_serves_every_route_through_nginx() {
     let compose_env = [
         ("POSTGRES_PASSWORD", db_password),
         ("SEALING_KEY", support::SEALING_KEY),
+        ("STREAM_CURSOR_KEY", support::SEALING_KEY),
         (
             "NOTIFY_UNSUBSCRIBE_SECRET",
             "unsubscribe-secret-of-thirty-two-bytes",

@@ -312,6 +312,34 @@ async fn forged_foreign_and_stale_cursors_and_bad_requests_get_a_4xx() {
         let (status, body) = get(path.to_string()).await;
         assert_eq!(status, want, "{path}: {body}");
     }
+    // The token in the query, as a browser's EventSource sends it.
+    let by_query = |query: String| {
+        let base = one.base.clone();
+        async move {
+            support::client()
+                .get(format!("{base}/api/v1/streams/orders?{query}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(
+        by_query(format!("access_token={analyst}&wait=0")).await,
+        200
+    );
+    assert_eq!(by_query("access_token=forged&wait=0".into()).await, 401);
+    let both = support::client()
+        .get(format!(
+            "{}/api/v1/streams/orders?access_token={analyst}&wait=0",
+            one.base
+        ))
+        .bearer_auth(&analyst)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(both, 400);
     // Without a token: 401.
     let status = support::client()
         .get(format!("{}/api/v1/streams/orders", one.base))

@@ -178,6 +178,9 @@ impl platform::service::Service for Service {
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
+    /// The token, for a browser's `EventSource`, which cannot send an Authorization header
+    /// (RFC 6750 §2.3). Herald's request log names the route, never the query.
+    access_token: Option<String>,
     cursor: Option<String>,
     from: Option<String>,
     /// Event types, separated by commas.
@@ -215,8 +218,19 @@ async fn stream(
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let principal = streams.auth.authenticate(&headers)?;
     let Query(query) = query.map_err(|err| Problem::bad_request(err.body_text()))?;
+    let principal = match &query.access_token {
+        Some(_) if headers.contains_key(header::AUTHORIZATION) => {
+            return Err(Problem::bad_request(
+                "a token in both the Authorization header and access_token: send one",
+            ));
+        }
+        Some(token) => streams
+            .auth
+            .verify(token)
+            .map_err(|err| Problem::unauthorized(format!("access_token: {err}")))?,
+        None => streams.auth.authenticate(&headers)?,
+    };
     let Some(key) = &streams.key else {
         return Err(Problem::unavailable(
             "streams are not configured here: STREAM_CURSOR_KEY is not set",
@@ -569,6 +583,7 @@ pub fn openapi() -> Api {
                 .bearer("admin, analyst or service: every event; user: their own events of types that have an owner")
                 .describe("With `Accept: text/event-stream`, Server-Sent Events: an `open` event with the starting cursor, then each event (its SSE `event` is the event type, its `id` the cursor after it), until the token expires; reconnect with `Last-Event-ID` to resume with no gap and no repeat. Otherwise a long-poll: waits `wait` seconds for a first event and answers up to `limit` with the cursor to ask again with. Without `cursor` or `from` a stream starts at the end.")
                 .path_param("topic", json!({"type": "string"}), "the topic, by the name the catalog gives it (`orders`)")
+                .query("access_token", json!({"type": "string"}), "the bearer token, for clients that cannot send headers (a browser's EventSource)")
                 .query("cursor", json!({"type": "string"}), "where to resume (a cursor this deployment signed)")
                 .query("from", json!({"type": "string", "format": "date-time"}), "start at the first event at or after this time")
                 .query("type", json!({"type": "string"}), "only these event types, separated by commas")
