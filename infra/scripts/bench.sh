@@ -13,7 +13,7 @@ eval "$services_env"
 
 benches=("$@")
 if [ ${#benches[@]} -eq 0 ]; then
-  benches=(ingress telemetry auth audit notifications live search reports replay e2e privacy)
+  benches=(ingress telemetry auth audit notifications live search reports replay e2e privacy streams)
 fi
 
 cargo build -q --release --bin herald
