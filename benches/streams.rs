@@ -124,7 +124,9 @@ async fn main() {
 
     println!("| measure | events/s | against herald tail |");
     println!("|---|---|---|");
-    println!("| `herald tail orders --last {events}`, JSON lines to /dev/null (the ceiling) | {tail_rate:.0} | 100% |");
+    println!(
+        "| `herald tail orders --last {events}`, JSON lines to /dev/null (the ceiling) | {tail_rate:.0} | 100% |"
+    );
     println!(
         "| one client, server-sent events, {events} events from the beginning | {one_rate:.0} | {:.0}% |",
         100.0 * one_rate / tail_rate

@@ -661,6 +661,8 @@ pub async fn notifications(args: NotificationsArgs) -> anyhow::Result<()> {
         verify.clone(),
         &args.notify,
     )
+    .await?
+    .with_live_network(args.edge.redis_url.as_deref(), &args.kafka.topic_prefix)
     .await?;
     alone(
         "notifications",

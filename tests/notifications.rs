@@ -1901,3 +1901,125 @@ async fn events_for_an_unknown_recipient_wait_aside_and_delay_no_one_else() {
     assert!(status.success(), "{status}");
     app.stop().await;
 }
+
+/// Two replicas of the notifications service in one consumer group, sharing PostgreSQL and
+/// Redis: a user connected to one gets every live message, whichever replica handles it, and
+/// no push; once their stream is closed everywhere, the next message goes as push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_message_reaches_the_users_stream_on_whichever_replica_handles_it() {
+    let redis = std::env::var("REDIS_URL")
+        .expect("REDIS_URL must point at a Redis server: run infra/scripts/test.sh");
+    let app = TestIngress::start_default().await;
+    let smtp = SmtpServer::start("replicas").await;
+    let fcm = support::fcm::FcmStandIn::start().await;
+    let account = fcm.service_account_file();
+    let db = support::audit::fresh_postgres().await;
+    let smtp_url = smtp.url();
+    let env = [
+        ("SMTP_URL", smtp_url.as_str()),
+        ("FCM_SERVICE_ACCOUNT_FILE", account.as_str()),
+        ("FCM_ENDPOINT", fcm.base.as_str()),
+        ("REDIS_URL", redis.as_str()),
+    ];
+    let one = HeraldProcess::start("notifications", &app.kafka, &db, &env).await;
+    let two = HeraldProcess::start("notifications", &app.kafka, &db, &env).await;
+    let user = Uuid::new_v4();
+    let bob = user.to_string();
+    post(
+        &app,
+        &registered(user, "bob-replicas@example.com", "Bob", "en"),
+    )
+    .await;
+    smtp.wait_for(1, Duration::from_secs(60)).await;
+    assert_eq!(device(&one.base, &bob, "bob-phone").await, 201);
+
+    // Both replicas share the partitions.
+    let kafka = app.kafka.clone();
+    support::eventually(
+        Duration::from_secs(90),
+        "two members in the group",
+        || async {
+            let kafka = kafka.clone();
+            let groups = tokio::task::spawn_blocking(move || {
+                platform::kafka::groups::list(&kafka, Duration::from_secs(10)).unwrap()
+            })
+            .await
+            .unwrap();
+            let group = groups
+                .iter()
+                .find(|g| g.name == app.kafka.topic("notifications"));
+            match group {
+                Some(g) if g.members == 2 && g.state == "Stable" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    // Bob's stream is on the first replica only.
+    let mut stream = LiveStream::open(&one.base, &bob).await;
+    wait_for_streams(&one, 1.0).await;
+    let message = |conversation: &str, body: &str| {
+        json!({"type": "message.sent", "key": conversation, "data": {
+            "message_id": Uuid::new_v4(), "conversation_id": conversation,
+            "recipient_id": bob, "body": body
+        }})
+    };
+    // Messages in many conversations, so on many partitions: both replicas handle some.
+    let mut sent = std::collections::HashSet::new();
+    for i in 0..24 {
+        sent.insert(
+            post(&app, &message(&format!("c-{i}"), &format!("note {i}")))
+                .await
+                .to_string(),
+        );
+    }
+    let mut got = std::collections::HashSet::new();
+    while got.len() < sent.len() {
+        let (id, _) = stream.next(Duration::from_secs(60)).await;
+        assert!(got.insert(id.clone()), "{id} twice");
+    }
+    assert_eq!(got, sent);
+    let (by_one, by_two) = (live_sent(&one).await, live_sent(&two).await);
+    eprintln!(
+        "live messages planned by the replica holding the stream: {by_one}, by the other: {by_two}"
+    );
+    assert!(
+        by_two > 0.0,
+        "the other replica handled none: the test proves nothing"
+    );
+    assert!(
+        fcm.sends().is_empty(),
+        "a push for a connected user: {:?}",
+        fcm.sends()
+    );
+
+    // Closed everywhere: the next message goes as push, whichever replica handles it.
+    drop(stream);
+    wait_for_streams(&one, 0.0).await;
+    post(&app, &message("c-after", "gone?")).await;
+    support::eventually(Duration::from_secs(60), "a push", || async {
+        if fcm.sends().len() == 1 {
+            Ok(())
+        } else {
+            Err(fcm.sends().len())
+        }
+    })
+    .await;
+    drop((one, two));
+    app.stop().await;
+}
+
+/// The live messages a replica planned and delivered, from its /metrics.
+async fn live_sent(replica: &HeraldProcess) -> f64 {
+    replica
+        .metrics()
+        .await
+        .lines()
+        .filter(|l| {
+            l.starts_with("herald_notifications_total{")
+                && l.contains("channel=\"live\"")
+                && l.contains("status=\"sent\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, |sum, n| sum + n)
+}

@@ -15,6 +15,7 @@ pub mod delivery;
 pub mod domain;
 pub mod email;
 pub mod live;
+pub mod network;
 pub mod outcomes;
 pub mod parked;
 pub mod preferences;
@@ -178,6 +179,8 @@ pub struct Notifier {
     push: Option<Arc<dyn PushProvider>>,
     sms: Option<SmsRoutes>,
     live: Arc<LiveHub>,
+    /// The other replicas' streams, when they share a Redis (set once, at start).
+    network: std::sync::OnceLock<Arc<network::LiveNetwork>>,
     unsubscribe: Option<Arc<Unsubscribe>>,
     channels: Vec<Channel>,
     concurrency: usize,
@@ -266,6 +269,7 @@ impl Notifier {
             push,
             sms,
             live,
+            network: std::sync::OnceLock::new(),
             unsubscribe,
             channels,
             concurrency: args.send_concurrency.max(1),
@@ -339,7 +343,7 @@ impl Notifier {
                     recipient: user_id.to_string(),
                 };
                 Presence {
-                    connected: self.live.is_connected(user_id),
+                    connected: self.is_connected(user_id).await,
                     earlier: self.store.status(&key).await.or_retry()?,
                 }
             } else {
@@ -492,6 +496,23 @@ impl Notifier {
     }
 
     /// Hands one message to its provider.
+    /// Whether the user holds a stream open here or, through Redis, on another replica.
+    async fn is_connected(&self, user_id: &str) -> bool {
+        if self.live.is_connected(user_id) {
+            return true;
+        }
+        let Some(network) = self.network.get() else {
+            return false;
+        };
+        network
+            .connected_elsewhere(user_id)
+            .await
+            .unwrap_or_else(|err| {
+                tracing::warn!(%err, "live presence unreadable in Redis; this replica's streams only");
+                false
+            })
+    }
+
     async fn deliver(
         &self,
         intent: &Intent,
@@ -510,8 +531,20 @@ impl Notifier {
                 title,
                 body,
             };
-            return match self.live.deliver(to, &message) {
-                0 => Err(SendError::Transient("the user's stream closed".into())),
+            let here = self.live.deliver(to, &message);
+            let elsewhere = match self.network.get() {
+                Some(network) => network
+                    .deliver_elsewhere(to, &message, here == 0)
+                    .await
+                    .unwrap_or_else(|err| {
+                        tracing::warn!(%err, "a live message not passed to the other replicas");
+                        false
+                    }),
+                None => false,
+            };
+            return match (here, elsewhere) {
+                (0, false) => Err(SendError::Transient("the user's stream closed".into())),
+                (0, true) => Ok("stream, on another replica"),
                 _ => Ok("stream"),
             };
         }
@@ -875,6 +908,11 @@ pub struct Service {
     pub jobs: platform::jobs::Jobs,
     /// Publishes delivery outcomes as events.
     pub outcomes: outcomes::Relay,
+    /// Live delivery across replicas, and this replica's presence changes to publish.
+    network: Option<(
+        Arc<network::LiveNetwork>,
+        tokio::sync::mpsc::UnboundedReceiver<live::PresenceChange>,
+    )>,
 }
 
 /// Every setting of the service read and checked, nothing connected or created: a start
@@ -1210,7 +1248,32 @@ impl Service {
                 unsubscribe,
             }),
             notifier: handler,
+            network: None,
         })
+    }
+
+    /// Live messages reach a user's stream on whichever replica holds it, through the Redis
+    /// at `redis_url` (see [`network`]); `namespace` keeps this deployment's keys apart (its
+    /// topic prefix). Without a URL, a replica knows its own streams only.
+    pub async fn with_live_network(
+        mut self,
+        redis_url: Option<&str>,
+        namespace: &str,
+    ) -> anyhow::Result<Self> {
+        let Some(url) = redis_url else {
+            return Ok(self);
+        };
+        let network = network::LiveNetwork::connect(url, self.api.live.clone(), namespace)
+            .await
+            .context("connecting to Redis for live delivery across replicas (REDIS_URL)")?;
+        let changes = self
+            .api
+            .live
+            .watch()
+            .context("the live hub is watched once")?;
+        let _ = self.notifier.network.set(network.clone());
+        self.network = Some((network, changes));
+        Ok(self)
     }
 
     pub fn router(&self) -> axum::Router {
@@ -1287,6 +1350,9 @@ impl platform::service::Service for Service {
             let releasing = tokio::spawn(self.notifier.release_deferred(beside.clone()));
             let maintaining = tokio::spawn(self.jobs.run(beside.clone()));
             let publishing = tokio::spawn(self.outcomes.run(beside.clone()));
+            let networking = self
+                .network
+                .map(|(network, changes)| tokio::spawn(network.run(changes, beside.clone())));
             // Live streams end at the start of shutdown, so their clients reconnect to
             // another replica while this one drains.
             let live = self.api.live.clone();
@@ -1309,6 +1375,9 @@ impl platform::service::Service for Service {
             maintaining.await?;
             publishing.await?;
             closing.await?;
+            if let Some(networking) = networking {
+                networking.await?;
+            }
             Ok(consumed?)
         })
     }

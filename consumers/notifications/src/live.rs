@@ -9,15 +9,15 @@
 //!
 //! The hub knows this process's connections only. With several notification instances, a
 //! user's stream is held by the instance they connected to, while their events are planned by
-//! whichever instance consumes the partition; to that one the user is not connected, and
-//! gets a push instead. A shared presence store would lift that. Either way the delivery log
-//! records exactly one of the two per event.
+//! whichever instance consumes the partition: [`crate::network`] tells the others, through
+//! Redis, who is connected here ([`LiveHub::watch`]) and brings their messages. Either way
+//! the delivery log records exactly one of live or push per event.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,7 +30,7 @@ const BUFFER: usize = 64;
 pub const MAX_STREAMS_PER_USER: usize = 8;
 
 /// What a connected client receives as the data of one `notification` event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveMessage {
     pub event_id: String,
     pub event_type: String,
@@ -52,6 +52,15 @@ pub struct LiveHub {
     closing: CancellationToken,
     /// The WebSocket sessions, which outlive the HTTP server's own drain once upgraded.
     sessions: TaskTracker,
+    /// Told when a user's first stream opens and their last one closes.
+    watcher: std::sync::OnceLock<mpsc::UnboundedSender<PresenceChange>>,
+}
+
+/// A user's presence in this process changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceChange {
+    Joined(String),
+    Left(String),
 }
 
 impl LiveHub {
@@ -66,6 +75,9 @@ impl LiveHub {
         if streams.len() >= MAX_STREAMS_PER_USER {
             return None;
         }
+        if streams.is_empty() {
+            self.tell(PresenceChange::Joined(user_id.to_string()));
+        }
         streams.push((id, Some(sender)));
         metrics::gauge!("herald_notifications_live_connections").increment(1);
         Some(Connection {
@@ -74,6 +86,24 @@ impl LiveHub {
             id,
             receiver,
         })
+    }
+
+    /// The changes of who is connected here, from now on (once per hub).
+    pub fn watch(&self) -> Option<mpsc::UnboundedReceiver<PresenceChange>> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.watcher.set(sender).ok()?;
+        Some(receiver)
+    }
+
+    fn tell(&self, change: PresenceChange) {
+        if let Some(watcher) = self.watcher.get() {
+            let _ = watcher.send(change);
+        }
+    }
+
+    /// The users with a stream open here.
+    pub fn connected_users(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
     }
 
     pub fn is_connected(&self, user_id: &str) -> bool {
@@ -162,6 +192,7 @@ impl Drop for Connection {
             streams.retain(|(id, _)| *id != self.id);
             if streams.is_empty() {
                 users.remove(&self.user_id);
+                self.hub.tell(PresenceChange::Left(self.user_id.clone()));
             }
         }
         metrics::gauge!("herald_notifications_live_connections").decrement(1);
