@@ -62,7 +62,14 @@ pub struct SchemaVersion {
     /// Whom the data is about and its fields of personal data (`herald.personal`, see
     /// [`crate::personal`]).
     pub personal: Option<Personal>,
+    /// The roles that may read events of this type over HTTP (`herald.readers`): each reads
+    /// every event of the type, but `user`, who reads only their own. By default
+    /// [`DEFAULT_READERS`], and `user` too when the type has an owner.
+    pub readers: Vec<String>,
 }
+
+/// Who reads a type's events when its schema does not say.
+pub const DEFAULT_READERS: [&str; 3] = ["admin", "analyst", "service"];
 
 impl SchemaVersion {
     /// The schema of the `data` record, for [`json::from_json`].
@@ -307,6 +314,41 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// `herald.readers`, or the default for a type with `owner`.
+fn readers(value: &Json, owner: Option<&Owner>) -> Result<Vec<String>, String> {
+    let Json::Array(names) = value else {
+        if !value.is_null() {
+            return Err("herald.readers must be a list of role names".into());
+        }
+        let mut readers: Vec<String> = DEFAULT_READERS.iter().map(|r| r.to_string()).collect();
+        if owner.is_some() {
+            readers.push("user".into());
+        }
+        return Ok(readers);
+    };
+    let mut readers: Vec<String> = Vec::new();
+    for name in names {
+        let Some(role) = name.as_str().filter(|r| {
+            !r.is_empty()
+                && r.len() <= 64
+                && r.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        }) else {
+            return Err(format!("herald.readers: {name} is not a role name"));
+        };
+        if readers.iter().any(|r| r == role) {
+            return Err(format!("herald.readers names {role:?} twice"));
+        }
+        if role == "user" && owner.is_none() {
+            return Err(
+                "herald.readers names user, who reads only their own events: the type needs herald.owner".into(),
+            );
+        }
+        readers.push(role.to_string());
+    }
+    Ok(readers)
+}
+
 fn invalid(file: &str, reason: String) -> CatalogError {
     CatalogError::Invalid {
         file: file.to_string(),
@@ -365,6 +407,8 @@ fn load_version(
             ));
         }
     };
+    let readers =
+        readers(&herald["readers"], owner.as_ref()).map_err(|reason| invalid(file, reason))?;
     let rules = match &herald["rules"] {
         Json::Null => Vec::new(),
         Json::Array(names) => names
@@ -491,6 +535,7 @@ fn load_version(
         rules,
         sealed,
         personal,
+        readers,
     };
     let example_fails = |errors: Vec<json::FieldError>| {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -788,6 +833,72 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("is sealed already"), "{err}");
+    }
+
+    #[test]
+    fn readers_default_by_owner_and_a_list_is_checked() {
+        let catalog = Catalog::embedded().unwrap();
+        let placed = catalog.latest("order.placed").unwrap();
+        assert_eq!(placed.readers, ["admin", "analyst", "service", "user"]);
+        let shipped = catalog.latest("order.shipped").unwrap();
+        assert_eq!(shipped.readers, ["admin", "analyst", "service"]);
+        let v1 = |name: &str| {
+            crate::embedded::EMBEDDED
+                .iter()
+                .find(|(file, _)| *file == name)
+                .unwrap()
+                .1
+        };
+        // The v1 file itself changed: a v2 with the same wire schema is refused as such.
+        let with = |file: &str, from: &str, to: &str| {
+            let text = v1(file).replace(from, to);
+            Catalog::from_files(
+                crate::embedded::EMBEDDED
+                    .iter()
+                    .map(|(n, t)| {
+                        let t = if *n == file {
+                            text.clone()
+                        } else {
+                            t.to_string()
+                        };
+                        (n.to_string(), t)
+                    })
+                    .collect::<Vec<(String, String)>>(),
+            )
+        };
+        let listed = with(
+            "order.placed.v1.avsc",
+            r#""owner": "customer_id","#,
+            r#""owner": "customer_id", "readers": ["admin", "user"],"#,
+        )
+        .unwrap();
+        assert_eq!(
+            listed.latest("order.placed").unwrap().readers,
+            ["admin", "user"]
+        );
+        for (readers, says) in [
+            (r#""readers": "admin","#, "must be a list"),
+            (r#""readers": ["admin", "admin"],"#, "twice"),
+            (r#""readers": ["no spaces"],"#, "not a role name"),
+            (r#""readers": [""],"#, "not a role name"),
+        ] {
+            let err = with(
+                "order.placed.v1.avsc",
+                r#""owner": "customer_id","#,
+                &format!(r#""owner": "customer_id", {readers}"#),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(says), "{readers}: {err}");
+        }
+        let err = with(
+            "order.shipped.v1.avsc",
+            r#""topic": "orders","#,
+            r#""topic": "orders", "readers": ["user"],"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("needs herald.owner"), "{err}");
     }
 
     #[test]

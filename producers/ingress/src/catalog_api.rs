@@ -25,6 +25,9 @@ pub async fn event_types(State(state): State<Arc<AppState>>) -> Json<Value> {
                 "key_field": v.key_field,
                 "doc": v.doc,
                 "publish_roles": state.policy.allowed_roles(&v.event_type, &v.topic),
+                // Who reads its events over HTTP (GET /api/v1/streams/{topic}); a user, only
+                // their own.
+                "read_roles": v.readers,
                 // Whose an event is: a `user` publishes only events whose owner is them.
                 "owner": v.owner.as_ref().map(events::Owner::as_str),
                 "rules": v.rules.iter().map(|rule| json!({"name": rule.name, "says": rule.says})).collect::<Vec<_>>(),
@@ -135,17 +138,18 @@ pub fn openapi(catalog: &Catalog) -> Api {
         description: "Publish domain events, each validated against its Avro schema and durable in Kafka before the answer; the catalog and wire schemas that describe them.",
         operations: vec![
             Operation::get("/api/v1/event-types", "The event catalog")
-                .describe("Every event type with its topic, key field, the roles that may publish it, its owner field, its rules, its personal data (the data subject's field and the fields that hold personal data about them), its data schema and an example the ingress accepts.")
+                .describe("Every event type with its topic, key field, the roles that may publish it, the roles that may read it (GET /api/v1/streams/{topic}; a user, only their own events), its owner field, its rules, its personal data (the data subject's field and the fields that hold personal data about them), its data schema and an example the ingress accepts.")
                 .ok(200, "The catalog", json!({
                     "type": "object", "required": ["event_types"],
                     "properties": {"event_types": {"type": "array", "items": {
                         "type": "object",
-                        "required": ["type", "version", "topic", "key_field", "publish_roles", "schema", "example"],
+                        "required": ["type", "version", "topic", "key_field", "publish_roles", "read_roles", "schema", "example"],
                         "properties": {
                             "type": {"type": "string"}, "version": {"type": "integer"},
                             "topic": {"type": "string"}, "key_field": {"type": "string"},
                             "doc": {"type": ["string", "null"]},
                             "publish_roles": {"type": "array", "items": {"type": "string"}},
+                            "read_roles": {"type": "array", "items": {"type": "string"}},
                             "owner": {"type": ["string", "null"]},
                             "rules": {"type": "array", "items": {"type": "object"}},
                             "personal": {"oneOf": [{"type": "null"}, {

@@ -1,14 +1,11 @@
 //! Who may read which events of a stream (pure).
 //!
-//! The catalog decides through each type's owner (`herald.owner`): operators' roles read
-//! every event of a type; a `user` reads the events of a type that has an owner, and of
-//! those only the ones that are theirs. A type without an owner changes another party's
-//! state (an invoice, a shipment): no `user` reads it.
+//! The catalog decides: each type's readers (`herald.readers`; by default admin, analyst and
+//! service, and user when the type has an owner) read every event of the type, but a `user`,
+//! who reads only the events that are theirs (`herald.owner`). A type without an owner
+//! changes another party's state (an invoice, a shipment): no `user` reads it.
 
 use events::{Owner, SchemaVersion};
-
-/// Roles that read every event of every type.
-pub const READ_ALL: [&str; 3] = ["admin", "analyst", "service"];
 
 /// What a caller may read of one event type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,9 +17,10 @@ pub enum Reading {
 }
 
 pub fn reading(roles: &[String], schema: &SchemaVersion) -> Reading {
-    if roles.iter().any(|role| READ_ALL.contains(&role.as_str())) {
+    let reads = |role: &String| schema.readers.contains(role);
+    if roles.iter().any(|role| role != "user" && reads(role)) {
         Reading::Everything
-    } else if roles.iter().any(|role| role == "user") && schema.owner.is_some() {
+    } else if roles.iter().any(|role| role == "user" && reads(role)) && schema.owner.is_some() {
         Reading::TheirOwn
     } else {
         Reading::Nothing
