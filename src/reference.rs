@@ -28,6 +28,7 @@ pub fn document(catalog: &Catalog) -> Value {
             reports::api::openapi(),
             platform::export::openapi(),
             replay::stream::openapi(),
+            replay::admin::openapi(),
             operations(),
         ],
     )

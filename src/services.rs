@@ -382,6 +382,7 @@ async fn all(
     Ok(vec![
         Box::new(crate::reference::service(ingress.catalog())),
         Box::new(streams),
+        Box::new(admin_views(kafka, verify.clone())),
         Box::new(ingress::Service::new(ingress)),
         Box::new(
             auth::Service::connect(
@@ -469,6 +470,14 @@ async fn streams(
     )))
 }
 
+/// The operators' views (the consumer groups' lag), served beside the ingress.
+fn admin_views(kafka: &KafkaArgs, verify: Arc<Authenticator>) -> replay::admin::Service {
+    replay::admin::Service(Arc::new(replay::admin::Admin {
+        kafka: kafka.clone(),
+        auth: verify,
+    }))
+}
+
 /// `herald ingress`: the ingress and the API reference. Started alone it must be
 /// configured: a forgotten secret is an error rather than a generated key.
 pub async fn ingress(args: IngressServiceArgs) -> anyhow::Result<()> {
@@ -488,6 +497,7 @@ pub async fn ingress(args: IngressServiceArgs) -> anyhow::Result<()> {
     let services: Vec<Box<dyn Service>> = vec![
         Box::new(crate::reference::service(state.catalog())),
         Box::new(streams),
+        Box::new(admin_views(&args.kafka, verify.clone())),
         Box::new(ingress::Service::new(state)),
     ];
     alone("ingress", args.listen, &args.edge, verify, services).await

@@ -89,22 +89,7 @@ pub async fn lag(command: LagCommand) -> anyhow::Result<()> {
         let kafka = command.kafka.clone();
         let only = command.group.as_ref().map(|g| kafka.topic(g));
         let table = tokio::task::spawn_blocking(move || {
-            let mut rows = Vec::new();
-            for group in groups::list(&kafka, TIMEOUT)? {
-                let wanted = match &only {
-                    Some(name) => group.name == *name,
-                    None => group.name.starts_with(&kafka.topic_prefix),
-                };
-                if wanted {
-                    let lags = groups::lag(&kafka, &group.name, TIMEOUT)?;
-                    rows.push((group, lags));
-                }
-            }
-            if let Some(name) = only
-                && rows.is_empty()
-            {
-                return Err(groups::GroupError::Unknown(name).into());
-            }
+            let rows = replay::admin::gather_lag(&kafka, only.as_deref())?;
             anyhow::Ok(replay::ops::lag_table(&rows))
         })
         .await
