@@ -379,10 +379,11 @@ async fn all(
         verify.clone(),
     )
     .await?;
+    let codec = Arc::new(contract.codec(ingress.catalog().clone(), kafka).await?);
     Ok(vec![
         Box::new(crate::reference::service(ingress.catalog())),
         Box::new(streams),
-        Box::new(admin_views(kafka, verify.clone())),
+        Box::new(admin_views(kafka, codec, verify.clone())),
         Box::new(ingress::Service::new(ingress)),
         Box::new(
             auth::Service::connect(
@@ -471,9 +472,14 @@ async fn streams(
 }
 
 /// The operators' views (the consumer groups' lag), served beside the ingress.
-fn admin_views(kafka: &KafkaArgs, verify: Arc<Authenticator>) -> replay::admin::Service {
+fn admin_views(
+    kafka: &KafkaArgs,
+    codec: Arc<events::Codec>,
+    verify: Arc<Authenticator>,
+) -> replay::admin::Service {
     replay::admin::Service(Arc::new(replay::admin::Admin {
         kafka: kafka.clone(),
+        codec,
         auth: verify,
     }))
 }
@@ -497,7 +503,16 @@ pub async fn ingress(args: IngressServiceArgs) -> anyhow::Result<()> {
     let services: Vec<Box<dyn Service>> = vec![
         Box::new(crate::reference::service(state.catalog())),
         Box::new(streams),
-        Box::new(admin_views(&args.kafka, verify.clone())),
+        Box::new(admin_views(
+            &args.kafka,
+            Arc::new(
+                args.ingress
+                    .contract
+                    .codec(state.catalog().clone(), &args.kafka)
+                    .await?,
+            ),
+            verify.clone(),
+        )),
         Box::new(ingress::Service::new(state)),
     ];
     alone("ingress", args.listen, &args.edge, verify, services).await

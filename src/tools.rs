@@ -239,32 +239,17 @@ pub async fn tail(command: TailCommand) -> anyhow::Result<()> {
 }
 
 pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
-    use replay::dlq::{Choice, Letter};
+    use replay::dlq::Choice;
     needs_brokers(&command.kafka, "dlq")?;
     let catalog = Arc::new(command.contract.catalog()?);
     let codec = command.contract.codec(catalog, &command.kafka).await?;
     let group = match &command.action {
         DlqAction::List { group } | DlqAction::Redrive { group, .. } => group.clone(),
     };
-    let topic = format!("{}.dlq", command.kafka.topic(&group));
-    let marks_topic = format!("{topic}.redriven");
-    let read = |topic: String| {
-        let kafka = command.kafka.clone();
-        async move { platform::kafka::read_to_end(&kafka, &[topic], TIMEOUT).await }
-    };
-    let letters: Vec<Letter> = read(topic.clone())
-        .await?
-        .iter()
-        .map(|record| Letter::new(record, &codec))
-        .collect();
-    let redriven: std::collections::HashSet<String> = read(marks_topic.clone())
-        .await?
-        .into_iter()
-        .filter_map(|record| record.key.map(|k| String::from_utf8_lossy(&k).into_owned()))
-        .collect();
+    let dead = replay::dlq::DeadLetters::read(&command.kafka, &codec, &group).await?;
     let choice = match command.action {
         DlqAction::List { .. } => {
-            print!("{}", replay::dlq::list_table(&letters, &redriven));
+            print!("{}", replay::dlq::list_table(&dead.letters, &dead.redriven));
             return Ok(());
         }
         DlqAction::Redrive {
@@ -272,52 +257,13 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
         } => Choice::EventId(id),
         DlqAction::Redrive { .. } => Choice::All,
     };
-    let chosen = replay::dlq::choose(&letters, &redriven, &choice)?;
+    let chosen = replay::dlq::choose(&dead.letters, &dead.redriven, &choice)?;
     if chosen.is_empty() {
         println!("herald dlq redrive: no dead letter of {group} is waiting; nothing to do");
         return Ok(());
     }
-    let publisher = platform::kafka::Publisher::new(&command.kafka, Duration::from_secs(30))?;
-    platform::kafka::ensure_topics(
-        &command.kafka,
-        std::slice::from_ref(&marks_topic),
-        Default::default(),
-    )
-    .await?;
-    let now_ms = || platform::clock::now_us() / 1000;
-    for letter in chosen {
-        let again = platform::kafka::OutgoingRecord {
-            topic: letter.topic.as_str().into(),
-            key: letter.key.clone(),
-            payload: letter.payload.clone(),
-            timestamp_ms: now_ms(),
-            headers: letter
-                .headers
-                .iter()
-                .map(|(name, value)| (name.clone().into(), value.clone()))
-                .collect(),
-        };
-        let delivered = publisher
-            .publish_all(std::slice::from_ref(&again))
-            .await
-            .map_err(|err| anyhow::anyhow!("publishing {} again: {err:?}", letter.mark()))?;
-        let place = delivered
-            .first()
-            .map(|d| format!("{}@{}", d.partition, d.offset))
-            .unwrap_or_default();
-        let mark = platform::kafka::OutgoingRecord {
-            topic: marks_topic.as_str().into(),
-            key: letter.mark().into_bytes(),
-            payload: format!("{}/{place}", letter.topic).into_bytes(),
-            timestamp_ms: now_ms(),
-            headers: Vec::new(),
-        };
-        publisher
-            .publish_all(std::slice::from_ref(&mark))
-            .await
-            .map_err(|err| {
-                anyhow::anyhow!("recording the redrive of {}: {err:?}", letter.mark())
-            })?;
+    let places = dead.redrive(&command.kafka, &chosen).await?;
+    for (letter, place) in chosen.iter().zip(places) {
         println!(
             "herald dlq redrive: {} ({}) published again to {}/{place}",
             letter.mark(),

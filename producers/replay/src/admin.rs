@@ -1,17 +1,26 @@
-//! Operators' views over HTTP, for the console and for scripts: every consumer group's lag,
-//! per partition, in records and in seconds (`GET /api/v1/admin/consumers`), as `herald lag`
-//! prints it. Admin only.
+//! Operators' views over HTTP, for the console and for scripts, admin only:
+//!
+//! - every consumer group's lag, per partition, in records and in seconds
+//!   (`GET /api/v1/admin/consumers`), as `herald lag` prints it;
+//! - a group's dead letters, decoded, and redriving them
+//!   (`GET /api/v1/admin/dead-letters/{group}`, `POST .../redrive`), as `herald dlq` does.
+//!   A redrive names the letters the operator saw and confirmed, by their place on the
+//!   dead-letter topic: a letter redriven since (a stale page) or one that does not exist (a
+//!   forged request) refuses the whole request, and nothing is published.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::routing::get;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use events::Codec;
 use platform::auth::Authenticator;
 use platform::kafka::KafkaArgs;
 use platform::kafka::groups::{self, Group, GroupError, PartitionLag};
+
+use crate::dlq::{DeadLetters, Letter};
 use platform::openapi::{Api, Operation};
 use platform::problem::Problem;
 use serde_json::{Value, json};
@@ -78,8 +87,23 @@ pub fn lag_json(prefix: &str, rows: &[(Group, Vec<PartitionLag>)], at: jiff::Tim
 
 pub struct Admin {
     pub kafka: KafkaArgs,
+    pub codec: Arc<Codec>,
     pub auth: Arc<Authenticator>,
 }
+
+impl Admin {
+    fn admin_only(&self, headers: &HeaderMap) -> Result<(), Problem> {
+        let principal = self.auth.authenticate(headers)?;
+        if principal.roles.iter().any(|role| role == "admin") {
+            Ok(())
+        } else {
+            Err(Problem::forbidden("the operators' views are for admins"))
+        }
+    }
+}
+
+/// Marks a redrive may name at once.
+const MAX_MARKS: usize = 1000;
 
 /// The views as a service of the process that serves them.
 pub struct Service(pub Arc<Admin>);
@@ -92,6 +116,8 @@ impl platform::service::Service for Service {
     fn routes(&self) -> Router {
         Router::new()
             .route("/api/v1/admin/consumers", get(consumers))
+            .route("/api/v1/admin/dead-letters/{group}", get(dead_letters))
+            .route("/api/v1/admin/dead-letters/{group}/redrive", post(redrive))
             .with_state(self.0.clone())
     }
 
@@ -107,10 +133,7 @@ async fn consumers(
     State(admin): State<Arc<Admin>>,
     headers: HeaderMap,
 ) -> Result<axum::Json<Value>, Problem> {
-    let principal = admin.auth.authenticate(&headers)?;
-    if !principal.roles.iter().any(|role| role == "admin") {
-        return Err(Problem::forbidden("the consumers' lag is for admins"));
-    }
+    admin.admin_only(&headers)?;
     let kafka = admin.kafka.clone();
     let rows = tokio::task::spawn_blocking(move || gather_lag(&kafka, None))
         .await
@@ -124,6 +147,155 @@ async fn consumers(
         &rows,
         jiff::Timestamp::now(),
     )))
+}
+
+/// A group's name as the path gives it, if it can name one (the characters of a topic).
+fn group_name(group: &str) -> Result<&str, Problem> {
+    let fits = (1..=200).contains(&group.len())
+        && group
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if fits {
+        Ok(group)
+    } else {
+        Err(Problem::bad_request(
+            "a group's name is 1 to 200 letters, digits, dots, dashes and underscores (GET /api/v1/admin/consumers lists them)",
+        ))
+    }
+}
+
+async fn read_letters(admin: &Admin, group: &str) -> Result<DeadLetters, Problem> {
+    DeadLetters::read(&admin.kafka, &admin.codec, group)
+        .await
+        .map_err(|err| {
+            tracing::warn!(%err, "reading dead letters failed");
+            Problem::unavailable("the event log is not reachable; retry shortly", 5)
+        })
+}
+
+/// One letter as the API shows it: where it came from, why it failed, the event decoded.
+fn letter_json(prefix: &str, letter: &Letter, redriven: bool, codec: &Codec) -> Value {
+    let event = codec.decode_text(&letter.payload).ok().map(|decoded| {
+        let envelope = &decoded.envelope;
+        json!({
+            "event_id": envelope.event_id.to_string(),
+            "event_type": envelope.event_type,
+            "occurred_at": envelope.occurred_at.to_string(),
+            "actor": envelope.actor,
+            "source": envelope.source,
+            "data": serde_json::from_str::<Value>(&decoded.data).unwrap_or(Value::Null),
+        })
+    });
+    json!({
+        "mark": letter.mark(),
+        "event_id": letter.event_id,
+        "event_type": letter.event_type,
+        "topic": letter.topic.strip_prefix(prefix).unwrap_or(&letter.topic),
+        "from": format!("{}@{}", letter.source_partition, letter.source_offset),
+        "error": letter.error,
+        "attempts": letter.attempts.parse::<u64>().ok(),
+        "redriven": redriven,
+        "event": event,
+    })
+}
+
+async fn dead_letters(
+    State(admin): State<Arc<Admin>>,
+    Path(group): Path<String>,
+    headers: HeaderMap,
+) -> Result<axum::Json<Value>, Problem> {
+    admin.admin_only(&headers)?;
+    let group = group_name(&group)?;
+    let dead = read_letters(&admin, group).await?;
+    let prefix = &admin.kafka.topic_prefix;
+    let letters: Vec<Value> = dead
+        .letters
+        .iter()
+        .map(|l| letter_json(prefix, l, dead.redriven.contains(&l.mark()), &admin.codec))
+        .collect();
+    let waiting = dead
+        .letters
+        .iter()
+        .filter(|l| !dead.redriven.contains(&l.mark()))
+        .count();
+    Ok(axum::Json(
+        json!({"group": group, "waiting": waiting, "letters": letters}),
+    ))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedriveRequest {
+    /// The letters to publish again, by their place on the dead-letter topic (`mark`).
+    marks: Vec<String>,
+}
+
+async fn redrive(
+    State(admin): State<Arc<Admin>>,
+    Path(group): Path<String>,
+    headers: HeaderMap,
+    body: Result<axum::Json<RedriveRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<axum::Json<Value>, Problem> {
+    admin.admin_only(&headers)?;
+    let group = group_name(&group)?;
+    let axum::Json(request) = body.map_err(|err| Problem::bad_request(err.body_text()))?;
+    if request.marks.is_empty() || request.marks.len() > MAX_MARKS {
+        return Err(Problem::bad_request(format!(
+            "marks names 1 to {MAX_MARKS} dead letters (their `mark`)"
+        )));
+    }
+    let dead = read_letters(&admin, group).await?;
+    let chosen = choose_marks(&dead, &request.marks)?;
+    let places = dead.redrive(&admin.kafka, &chosen).await.map_err(|err| {
+        tracing::warn!(%err, "a redrive failed");
+        Problem::unavailable(
+            "the event log did not take the redrive; list the letters again and retry",
+            5,
+        )
+    })?;
+    let redriven: Vec<Value> = chosen
+        .iter()
+        .zip(places)
+        .map(|(letter, to)| json!({"mark": letter.mark(), "event_id": letter.event_id, "to": to}))
+        .collect();
+    Ok(axum::Json(json!({"group": group, "redriven": redriven})))
+}
+
+/// The letters `marks` names, each waiting to be redriven; else the problem that refuses
+/// the whole request (pure).
+fn choose_marks<'a>(dead: &'a DeadLetters, marks: &[String]) -> Result<Vec<&'a Letter>, Problem> {
+    let mut chosen: Vec<&Letter> = Vec::with_capacity(marks.len());
+    for mark in marks {
+        let Some(letter) = dead.letters.iter().find(|l| l.mark() == *mark) else {
+            return Err(Problem::not_found(format!(
+                "no dead letter {mark:?} in this group: list them again"
+            )));
+        };
+        if dead.redriven.contains(mark) {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "already-redriven",
+                "Redriven already",
+                format!(
+                    "dead letter {mark} was redriven since this list was read: nothing was redriven; list them again"
+                ),
+            ));
+        }
+        if letter.topic.is_empty() {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "no-origin",
+                "No origin",
+                format!(
+                    "dead letter {mark} does not say where it came from: it cannot be redriven"
+                ),
+            ));
+        }
+        if !chosen.iter().any(|c| c.mark() == *mark) {
+            chosen.push(letter);
+        }
+    }
+    Ok(chosen)
 }
 
 /// The routes' part of the API reference.
@@ -147,6 +319,36 @@ pub fn openapi() -> Api {
                         "lag": {"type": "integer"}, "lag_seconds": {"type": "number"}, "committed": {"type": "integer"},
                         "partitions": {"type": "array", "items": partition}}}}}}))
                 .problem(403, "Not an admin")
+                .problem(503, "The event log is not reachable"),
+            Operation::get("/api/v1/admin/dead-letters/{group}", "A group's dead letters")
+                .bearer("admin")
+                .describe("Every dead letter of the group, oldest first: its place on the dead-letter topic (`mark`), the event decoded, where it came from, the error and attempts, and whether it was redriven. A group that never dead-lettered anything has none.")
+                .path_param("group", json!({"type": "string", "pattern": "^[A-Za-z0-9._-]{1,200}$"}), "the consumer group, by its name without the topic prefix (`audit-log`)")
+                .ok(200, "The letters", json!({"type": "object", "required": ["group", "waiting", "letters"], "properties": {
+                    "group": {"type": "string"}, "waiting": {"type": "integer"},
+                    "letters": {"type": "array", "items": {"type": "object", "required": ["mark", "topic", "error", "redriven"], "properties": {
+                        "mark": {"type": "string"}, "event_id": {"type": ["string", "null"]}, "event_type": {"type": ["string", "null"]},
+                        "topic": {"type": "string"}, "from": {"type": "string"}, "error": {"type": "string"},
+                        "attempts": {"type": ["integer", "null"]}, "redriven": {"type": "boolean"},
+                        "event": {"type": ["object", "null"]}}}}}}))
+                .problem(400, "Not a group's name")
+                .problem(403, "Not an admin")
+                .problem(503, "The event log is not reachable"),
+            Operation::post("/api/v1/admin/dead-letters/{group}/redrive", "Redrive dead letters")
+                .bearer("admin")
+                .describe("Publishes the named dead letters again to their original topics (the same event ids, which every consumer deduplicates) and records each redrive, as `herald dlq redrive` does. Name the letters seen and confirmed, by `mark`: one redriven since (a stale list) or one that does not exist refuses the whole request, and nothing is published.")
+                .path_param("group", json!({"type": "string", "pattern": "^[A-Za-z0-9._-]{1,200}$"}), "the consumer group, by its name without the topic prefix")
+                .json_body(json!({"type": "object", "required": ["marks"], "additionalProperties": false, "properties": {
+                    "marks": {"type": "array", "minItems": 1, "maxItems": MAX_MARKS, "items": {"type": "string"}}}}))
+                .ok(200, "What was published again, and where", json!({"type": "object", "required": ["group", "redriven"], "properties": {
+                    "group": {"type": "string"},
+                    "redriven": {"type": "array", "items": {"type": "object", "properties": {
+                        "mark": {"type": "string"}, "event_id": {"type": ["string", "null"]}, "to": {"type": "string"}}}}}}))
+                .problem(400, "A malformed body or group name")
+                .problem(403, "Not an admin")
+                .problem(404, "No such dead letter in the group")
+                .problem(409, "A letter was redriven since it was listed")
+                .problem(422, "A letter does not say where it came from")
                 .problem(503, "The event log is not reachable"),
         ],
         schemas: vec![],

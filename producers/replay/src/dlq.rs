@@ -8,10 +8,103 @@
 //! the publish and the record can publish it twice, which consumers absorb by event id.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use events::Codec;
 use platform::consumer::dlq_headers;
-use platform::kafka::ReadRecord;
+use platform::kafka::{KafkaArgs, ReadRecord};
+
+/// How long the broker has to answer.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A group's dead letters as they stand: every letter, and the marks of those redriven.
+pub struct DeadLetters {
+    pub letters: Vec<Letter>,
+    pub redriven: HashSet<String>,
+    topic: String,
+}
+
+impl DeadLetters {
+    /// Reads `group`'s (a name without the topic prefix) dead-letter topic and its redrive
+    /// records to their end.
+    pub async fn read(kafka: &KafkaArgs, codec: &Codec, group: &str) -> anyhow::Result<Self> {
+        let topic = format!("{}.dlq", kafka.topic(group));
+        let read = |topic: String| {
+            let kafka = kafka.clone();
+            async move { platform::kafka::read_to_end(&kafka, &[topic], TIMEOUT).await }
+        };
+        let letters = read(topic.clone())
+            .await?
+            .iter()
+            .map(|record| Letter::new(record, codec))
+            .collect();
+        let redriven = read(format!("{topic}.redriven"))
+            .await?
+            .into_iter()
+            .filter_map(|record| record.key.map(|k| String::from_utf8_lossy(&k).into_owned()))
+            .collect();
+        Ok(Self {
+            letters,
+            redriven,
+            topic,
+        })
+    }
+
+    /// Publishes each of `chosen` again to its original topic, then records its redrive;
+    /// answers where each went (`partition@offset`), in order.
+    pub async fn redrive(
+        &self,
+        kafka: &KafkaArgs,
+        chosen: &[&Letter],
+    ) -> anyhow::Result<Vec<String>> {
+        let marks_topic = format!("{}.redriven", self.topic);
+        let publisher = platform::kafka::Publisher::new(kafka, Duration::from_secs(30))?;
+        platform::kafka::ensure_topics(
+            kafka,
+            std::slice::from_ref(&marks_topic),
+            Default::default(),
+        )
+        .await?;
+        let now_ms = || platform::clock::now_us() / 1000;
+        let mut places = Vec::with_capacity(chosen.len());
+        for letter in chosen {
+            let again = platform::kafka::OutgoingRecord {
+                topic: letter.topic.as_str().into(),
+                key: letter.key.clone(),
+                payload: letter.payload.clone(),
+                timestamp_ms: now_ms(),
+                headers: letter
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (name.clone().into(), value.clone()))
+                    .collect(),
+            };
+            let delivered = publisher
+                .publish_all(std::slice::from_ref(&again))
+                .await
+                .map_err(|err| anyhow::anyhow!("publishing {} again: {err:?}", letter.mark()))?;
+            let place = delivered
+                .first()
+                .map(|d| format!("{}@{}", d.partition, d.offset))
+                .unwrap_or_default();
+            let mark = platform::kafka::OutgoingRecord {
+                topic: marks_topic.as_str().into(),
+                key: letter.mark().into_bytes(),
+                payload: format!("{}/{place}", letter.topic).into_bytes(),
+                timestamp_ms: now_ms(),
+                headers: Vec::new(),
+            };
+            publisher
+                .publish_all(std::slice::from_ref(&mark))
+                .await
+                .map_err(|err| {
+                    anyhow::anyhow!("recording the redrive of {}: {err:?}", letter.mark())
+                })?;
+            places.push(place);
+        }
+        Ok(places)
+    }
+}
 
 /// One dead letter.
 #[derive(Debug, Clone, PartialEq, Eq)]
