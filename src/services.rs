@@ -481,6 +481,7 @@ fn admin_views(
         kafka: kafka.clone(),
         codec,
         auth: verify,
+        redriving: tokio::sync::Mutex::default(),
     }))
 }
 

@@ -1117,7 +1117,7 @@ pub async fn rebuild_projection(
         .map(|schema| kafka.topic(&schema.topic))
         .collect();
     topics.dedup();
-    let mut records = platform::kafka::read_to_end(kafka, &topics, Duration::from_secs(60)).await?;
+    let mut records = platform::kafka::read_all(kafka, &topics, Duration::from_secs(60)).await?;
     records
         .sort_by(|a, b| (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset)));
     let mut rebuilt = Rebuilt {

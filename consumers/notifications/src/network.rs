@@ -32,8 +32,10 @@ use crate::live::{LiveHub, LiveMessage, PresenceChange};
 pub const RENEW: Duration = Duration::from_secs(5);
 /// How long a presence lasts unrenewed.
 pub const LAPSE: Duration = Duration::from_secs(15);
-/// How long a planner waits for another replica to take a message.
-const ACK_WAIT: Duration = Duration::from_millis(1500);
+/// How long a planner waits for another replica to take a message. An acknowledgement
+/// later than this makes the message's retry decide again (push, or live once more: a
+/// client tells a repeat by its event id).
+const ACK_WAIT: Duration = Duration::from_secs(3);
 
 /// A message for a user, as published on the channel.
 #[derive(Debug, Serialize, Deserialize)]
@@ -228,9 +230,20 @@ impl LiveNetwork {
             if taken > 0
                 && let Some(reply) = envelope.reply
             {
-                let mut redis = self.redis.clone();
-                let _: i64 = redis.rpush(&reply, &self.replica).await?;
-                let _: bool = redis.expire(&reply, 30).await?;
+                // Said in a task of its own: the next message is not held up by this one's
+                // round trips, and a failure here loses this acknowledgement only.
+                let (mut redis, replica) = (self.redis.clone(), self.replica.clone());
+                tokio::spawn(async move {
+                    let said: redis::RedisResult<()> = async {
+                        let _: i64 = redis.rpush(&reply, &replica).await?;
+                        let _: bool = redis.expire(&reply, 30).await?;
+                        Ok(())
+                    }
+                    .await;
+                    if let Err(err) = said {
+                        tracing::warn!(%err, "a live delivery not acknowledged in Redis");
+                    }
+                });
             }
         }
         Ok(())

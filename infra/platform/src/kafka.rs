@@ -127,6 +127,11 @@ pub enum KafkaSetupError {
     CreateTopic { topic: String, reason: String },
     #[error(transparent)]
     Topics(#[from] crate::topics::TopicsError),
+    #[error(
+        "{0} was not read to its end in time: the broker answered too slowly; retry, or read \
+         less at once"
+    )]
+    Incomplete(String),
 }
 
 /// A record to publish.
@@ -464,55 +469,82 @@ impl ReadRecord {
 
 /// Reads every record of some topics, from the start to the high watermark each partition
 /// had when the read began. No consumer group: nothing is committed, nobody is disturbed.
+/// What was read by `timeout`, even if not everything: for a caller that must have it all,
+/// [`read_all`].
 pub async fn read_to_end(
     args: &KafkaArgs,
     topics: &[String],
     timeout: Duration,
 ) -> Result<Vec<ReadRecord>, KafkaSetupError> {
+    Ok(read_until(args, topics, timeout).await?.0)
+}
+
+/// [`read_to_end`], or [`KafkaSetupError::Incomplete`] when some partition was not read to
+/// its end by `timeout`: for a caller that decides from the whole (what was redriven, a
+/// projection rebuilt from the log).
+pub async fn read_all(
+    args: &KafkaArgs,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<Vec<ReadRecord>, KafkaSetupError> {
+    match read_until(args, topics, timeout).await? {
+        (records, true) => Ok(records),
+        (_, false) => Err(KafkaSetupError::Incomplete(topics.join(", "))),
+    }
+}
+
+/// The records read by `timeout`, and whether every partition was read to its end.
+async fn read_until(
+    args: &KafkaArgs,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<(Vec<ReadRecord>, bool), KafkaSetupError> {
     let config = args.consumer_config("herald-reader-unused")?;
     let topics = topics.to_vec();
-    tokio::task::spawn_blocking(move || -> Result<Vec<ReadRecord>, KafkaSetupError> {
-        let consumer: BaseConsumer = config.create()?;
-        let deadline = std::time::Instant::now() + timeout;
-        let mut assignment = TopicPartitionList::new();
-        let mut remaining: HashMap<(String, i32), i64> = HashMap::new();
-        for topic in &topics {
-            let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-            for t in metadata.topics() {
-                if t.error()
-                    .is_some_and(|e| e != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
-                {
-                    continue;
-                }
-                for p in t.partitions() {
-                    let (low, high) = watermarks(&consumer, topic, p.id(), timeout)?;
-                    if high > low {
-                        assignment.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
-                        remaining.insert((topic.clone(), p.id()), high);
+    tokio::task::spawn_blocking(
+        move || -> Result<(Vec<ReadRecord>, bool), KafkaSetupError> {
+            let consumer: BaseConsumer = config.create()?;
+            let deadline = std::time::Instant::now() + timeout;
+            let mut assignment = TopicPartitionList::new();
+            let mut remaining: HashMap<(String, i32), i64> = HashMap::new();
+            for topic in &topics {
+                let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+                for t in metadata.topics() {
+                    if t.error()
+                        .is_some_and(|e| e != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+                    {
+                        continue;
+                    }
+                    for p in t.partitions() {
+                        let (low, high) = watermarks(&consumer, topic, p.id(), timeout)?;
+                        if high > low {
+                            assignment.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
+                            remaining.insert((topic.clone(), p.id()), high);
+                        }
                     }
                 }
             }
-        }
-        consumer.assign(&assignment)?;
-        let mut out = Vec::new();
-        while !remaining.is_empty() && std::time::Instant::now() < deadline {
-            let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-                continue;
-            };
-            let message = message?;
-            let slot = (message.topic().to_string(), message.partition());
-            let Some(&high) = remaining.get(&slot) else {
-                continue;
-            };
-            if message.offset() + 1 >= high {
-                remaining.remove(&slot);
+            consumer.assign(&assignment)?;
+            let mut out = Vec::new();
+            while !remaining.is_empty() && std::time::Instant::now() < deadline {
+                let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+                    continue;
+                };
+                let message = message?;
+                let slot = (message.topic().to_string(), message.partition());
+                let Some(&high) = remaining.get(&slot) else {
+                    continue;
+                };
+                if message.offset() + 1 >= high {
+                    remaining.remove(&slot);
+                }
+                if message.offset() < high {
+                    out.push(ReadRecord::from_message(&message));
+                }
             }
-            if message.offset() < high {
-                out.push(ReadRecord::from_message(&message));
-            }
-        }
-        Ok(out)
-    })
+            Ok((out, remaining.is_empty()))
+        },
+    )
     .await
     .expect("reader task panicked")
 }

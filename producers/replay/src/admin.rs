@@ -89,6 +89,9 @@ pub struct Admin {
     pub kafka: KafkaArgs,
     pub codec: Arc<Codec>,
     pub auth: Arc<Authenticator>,
+    /// One redrive at a time in this process: two requests naming the same letter cannot
+    /// both find it waiting (replicas may still race; consumers absorb a repeat by event id).
+    pub redriving: tokio::sync::Mutex<()>,
 }
 
 impl Admin {
@@ -244,6 +247,7 @@ async fn redrive(
             "marks names 1 to {MAX_MARKS} dead letters (their `mark`)"
         )));
     }
+    let _one_at_a_time = admin.redriving.lock().await;
     let dead = read_letters(&admin, group).await?;
     let chosen = choose_marks(&dead, &request.marks)?;
     let places = dead.redrive(&admin.kafka, &chosen).await.map_err(|err| {

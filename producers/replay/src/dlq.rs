@@ -31,7 +31,7 @@ impl DeadLetters {
         let topic = format!("{}.dlq", kafka.topic(group));
         let read = |topic: String| {
             let kafka = kafka.clone();
-            async move { platform::kafka::read_to_end(&kafka, &[topic], TIMEOUT).await }
+            async move { platform::kafka::read_all(&kafka, &[topic], TIMEOUT).await }
         };
         let letters = read(topic.clone())
             .await?

@@ -48,6 +48,20 @@ pub enum RangeError {
     Kafka(#[from] KafkaSetupError),
 }
 
+impl RangeError {
+    /// Whether a position fell out of its partition while reading (retention deleted what
+    /// it pointed at): the read cannot go on from there.
+    pub fn is_out_of_range(&self) -> bool {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+        matches!(
+            self,
+            Self::Kafka(KafkaSetupError::Client(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange
+            )))
+        )
+    }
+}
+
 /// Where a [`RangeReader::follow`] starts on each partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Start {
@@ -163,7 +177,11 @@ impl RangeReader {
         start: &Start,
         timeout: Duration,
     ) -> Result<(Self, std::collections::BTreeMap<i32, i64>), RangeError> {
-        let consumer = Self::consumer(args)?;
+        // A position that retention deletes while the stream reads is an error, never a
+        // silent jump to the end (librdkafka's default), which would skip what lay between.
+        let mut config = Self::config(args)?;
+        config.set("auto.offset.reset", "error");
+        let consumer: BaseConsumer = config.create().map_err(KafkaSetupError::from)?;
         let partitions = Self::partitions(&consumer, &[topic.to_string()], timeout)?;
         let times = match start {
             Start::Time(ms) => {
@@ -328,7 +346,16 @@ impl RangeReader {
                 self.finish_reached()?;
                 break;
             };
-            let message = message?;
+            let message = match message {
+                Ok(message) => message,
+                // What was read before the error is delivered first: the consumer's position
+                // is past it already. The error is the next call's, if it lasts.
+                Err(err) if !batch.is_empty() => {
+                    tracing::debug!(%err, "a read failed after part of a batch");
+                    break;
+                }
+                Err(err) => return Err(err.into()),
+            };
             let slot = self.remaining.iter().position(|((topic, partition), _)| {
                 *partition == message.partition() && topic == message.topic()
             });

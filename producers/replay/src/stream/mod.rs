@@ -10,7 +10,7 @@
 //! A stream reads in a thread of its own into a buffer of `STREAM_BUFFER_EVENTS`; a client
 //! that leaves it full for two seconds is cut off cleanly after what the buffer holds, and
 //! resumes from its last cursor. A caller holds `STREAM_MAX_PER_CALLER` streams at most in
-//! one process.
+//! one process, and a process serves `STREAM_MAX_OPEN` at most, each on a thread of its own.
 
 pub mod access;
 pub mod cursor;
@@ -63,6 +63,10 @@ pub struct StreamArgs {
     /// resumes from its cursor.
     #[arg(long, env = "STREAM_BUFFER_EVENTS", default_value_t = 1000)]
     pub stream_buffer_events: usize,
+    /// Streams open at once in one process, all callers together (each holds a thread and
+    /// a Kafka client); the next gets a 503 with Retry-After.
+    #[arg(long, env = "STREAM_MAX_OPEN", default_value_t = 256)]
+    pub stream_max_open: usize,
 }
 
 /// What the stream routes share.
@@ -74,6 +78,7 @@ pub struct Streams {
     key: Option<CursorKey>,
     auth: Arc<Authenticator>,
     max_per_caller: usize,
+    max_open: usize,
     buffer: usize,
     open: Mutex<HashMap<String, usize>>,
     /// Cancelled at shutdown: every open stream ends.
@@ -101,6 +106,7 @@ impl Streams {
             key,
             auth,
             max_per_caller: args.stream_max_per_caller.max(1),
+            max_open: args.stream_max_open.max(1),
             buffer: args.stream_buffer_events.max(1),
             open: Mutex::default(),
             closing: CancellationToken::new(),
@@ -110,6 +116,12 @@ impl Streams {
     /// A place among the caller's open streams, given back when the guard drops.
     fn take_place(self: &Arc<Self>, subject: &str) -> Result<Place, Problem> {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if open.values().sum::<usize>() >= self.max_open {
+            return Err(Problem::unavailable(
+                "this process serves as many streams as it may; retry shortly, or on another replica",
+                5,
+            ));
+        }
         let held = open.entry(subject.to_string()).or_default();
         if *held >= self.max_per_caller {
             return Err(Problem::new(
@@ -395,7 +407,12 @@ async fn open(streams: &Arc<Streams>, plan: Plan) -> Result<Opened, Problem> {
     });
     let (sender, events) = mpsc::channel(streams.buffer);
     let reading = streams.clone();
-    tokio::task::spawn_blocking(move || pump(&reading, reader, &plan, starts, &sender));
+    // A thread of its own, not one of the runtime's blocking pool, which every other blocking
+    // task of the process shares: open streams are capped by STREAM_MAX_OPEN instead.
+    std::thread::Builder::new()
+        .name("herald-stream".into())
+        .spawn(move || pump(&reading, reader, &plan, starts, &sender))
+        .map_err(|err| Problem::internal(&err))?;
     Ok(Opened { start, events })
 }
 
@@ -417,6 +434,9 @@ fn pump(
         let batch = match reader.next_batch(500) {
             Ok(Some(batch)) => batch,
             Ok(None) => return,
+            // Retention deleted what the stream stood on: it ends, and the client's resume
+            // gets a 410 that says so.
+            Err(err) if err.is_out_of_range() => return,
             Err(err) => {
                 // The broker went away: librdkafka reconnects; the positions stand.
                 tracing::debug!(%err, "a stream's read failed; reading on");
