@@ -21,8 +21,11 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 const DEADLINE: Duration = Duration::from_secs(2);
 /// The ingress's settings in every scenario: the publish deadline above.
 const INGRESS: [(&str, &str); 1] = [("PUBLISH_DEADLINE_MS", "2000")];
-/// How late a 503 may come after the publish deadline: the time to write the answer.
-const ANSWER_SLACK: Duration = Duration::from_millis(500);
+/// How late a 503 may come after the publish deadline: the time to write the answer, on a
+/// machine of two cores that runs three brokers and the load at once (a run saw 2.73 s for a
+/// 2 s deadline while the broker was paused). What is checked is that a refusal comes about
+/// when it should, never after a hang.
+const ANSWER_SLACK: Duration = Duration::from_millis(1000);
 
 fn full() -> bool {
     std::env::var("HERALD_FAULTS").is_ok_and(|v| v == "full")
