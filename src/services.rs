@@ -370,7 +370,7 @@ async fn all(
         topics: args.ingress.topics,
     };
     let search_dir = args.store.data_dir.join("search");
-    let streams = streams(
+    let (streams, views) = readers(
         &args.streams,
         &args.ingress,
         kafka,
@@ -379,11 +379,10 @@ async fn all(
         verify.clone(),
     )
     .await?;
-    let codec = Arc::new(contract.codec(ingress.catalog().clone(), kafka).await?);
     Ok(vec![
         Box::new(crate::reference::service(ingress.catalog())),
         Box::new(streams),
-        Box::new(admin_views(kafka, codec, verify.clone())),
+        Box::new(views),
         Box::new(ingress::Service::new(ingress)),
         Box::new(
             auth::Service::connect(
@@ -449,16 +448,17 @@ async fn ingress_state(
     ))
 }
 
-/// The event streams over HTTP, served beside the ingress: the same catalog, and the
-/// personal fields revealed with the same keys.
-async fn streams(
+/// What reads the log over HTTP beside the ingress, with its catalog and one codec: the
+/// event streams (personal fields revealed with the same keys) and the operators' views
+/// (lag, dead letters).
+async fn readers(
     args: &replay::stream::StreamArgs,
     ingress: &IngressArgs,
     kafka: &KafkaArgs,
     db: &Database,
     state: &ingress::AppState,
     verify: Arc<Authenticator>,
-) -> anyhow::Result<replay::stream::Service> {
+) -> anyhow::Result<(replay::stream::Service, replay::admin::Service)> {
     let catalog = state.catalog().clone();
     let codec = Arc::new(ingress.contract.codec(catalog.clone(), kafka).await?);
     let revealer = ingress
@@ -466,23 +466,24 @@ async fn streams(
         .privacy(Some(db))
         .await?
         .map(|privacy| platform::privacy::BlockingRevealer::new(privacy, catalog.clone()));
-    Ok(replay::stream::Service(Arc::new(
-        replay::stream::Streams::new(args, kafka, catalog, codec, revealer, verify),
-    )))
-}
-
-/// The operators' views (the consumer groups' lag), served beside the ingress.
-fn admin_views(
-    kafka: &KafkaArgs,
-    codec: Arc<events::Codec>,
-    verify: Arc<Authenticator>,
-) -> replay::admin::Service {
-    replay::admin::Service(Arc::new(replay::admin::Admin {
+    let streams = replay::stream::Streams::new(
+        args,
+        kafka,
+        catalog,
+        codec.clone(),
+        revealer,
+        verify.clone(),
+    );
+    let views = replay::admin::Admin {
         kafka: kafka.clone(),
         codec,
         auth: verify,
         redriving: tokio::sync::Mutex::default(),
-    }))
+    };
+    Ok((
+        replay::stream::Service(Arc::new(streams)),
+        replay::admin::Service(Arc::new(views)),
+    ))
 }
 
 /// `herald ingress`: the ingress and the API reference. Started alone it must be
@@ -492,7 +493,7 @@ pub async fn ingress(args: IngressServiceArgs) -> anyhow::Result<()> {
     let db = args.store.connect().await?;
     let verify = Arc::new(Authenticator::from_args(&args.ingress.auth)?);
     let state = ingress_state(&args.ingress, &args.kafka, &db, verify.clone()).await?;
-    let streams = streams(
+    let (streams, views) = readers(
         &args.streams,
         &args.ingress,
         &args.kafka,
@@ -504,16 +505,7 @@ pub async fn ingress(args: IngressServiceArgs) -> anyhow::Result<()> {
     let services: Vec<Box<dyn Service>> = vec![
         Box::new(crate::reference::service(state.catalog())),
         Box::new(streams),
-        Box::new(admin_views(
-            &args.kafka,
-            Arc::new(
-                args.ingress
-                    .contract
-                    .codec(state.catalog().clone(), &args.kafka)
-                    .await?,
-            ),
-            verify.clone(),
-        )),
+        Box::new(views),
         Box::new(ingress::Service::new(state)),
     ];
     alone("ingress", args.listen, &args.edge, verify, services).await
