@@ -148,7 +148,37 @@ async fn tampered(tamper: &[&str], seq: i64, fault: &str) {
             stdout.contains(&format!("chain orders/0 row {seq}")),
             "{name}: {stdout}"
         );
+
+        // And so does the console's button, and the chains' view remembers it.
+        let api = serve(SqlStore::new(store.database().clone()).await.unwrap()).await;
+        let (status, outcome) = verify_over_http(&api).await;
+        assert_eq!(status, 200, "{name}: {outcome}");
+        assert_eq!(outcome["passed"], false, "{name}: {outcome}");
+        assert_eq!(outcome["chains"], 2, "{name}");
+        assert_eq!(outcome["failures"][0]["chain"], "orders/0", "{name}");
+        assert_eq!(outcome["failures"][0]["seq"], seq, "{name}");
+        assert!(
+            outcome["failures"][0]["fault"]
+                .as_str()
+                .unwrap()
+                .contains(fault),
+            "{name}: {outcome}"
+        );
+        let (_, chains) = get(&api, "/chains", Some(&support::token("root", &["admin"]))).await;
+        assert_eq!(chains["last_verification"], outcome, "{name}");
+        api.shutdown.cancel();
     }
+}
+
+/// `POST /api/v1/audit/verify` as an admin.
+async fn verify_over_http(api: &Api) -> (u16, Value) {
+    let response = support::client()
+        .post(format!("{}/api/v1/audit/verify", api.base))
+        .bearer_auth(support::token("root", &["admin"]))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
 }
 
 #[tokio::test]
@@ -221,6 +251,32 @@ async fn an_intact_log_verifies_and_the_command_exits_0() {
     assert!(output.status.success(), "{stdout}");
     assert!(stdout.contains("15 rows in 2 chains"), "{stdout}");
 
+    // Over HTTP: the chains' heads, nothing verified yet, then a passing verification.
+    let api = serve(SqlStore::new(store.database().clone()).await.unwrap()).await;
+    let admin = support::token("root", &["admin"]);
+    let (status, chains) = get(&api, "/chains", Some(&admin)).await;
+    assert_eq!(status, 200, "{chains}");
+    assert_eq!(chains["last_verification"], Value::Null);
+    assert_eq!(chains["chains"][0]["chain"], "orders/0");
+    assert_eq!(chains["chains"][0]["rows"], 10);
+    assert_eq!(chains["chains"][1]["rows"], 5);
+    let (status, outcome) = verify_over_http(&api).await;
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(
+        (outcome["passed"].clone(), outcome["rows"].clone()),
+        (true.into(), 15.into())
+    );
+    let (status, _) = get(&api, "/chains", Some(&support::token("alice", &["user"]))).await;
+    assert_eq!(status, 403);
+    let response = support::client()
+        .post(format!("{}/api/v1/audit/verify", api.base))
+        .bearer_auth(support::token("alice", &["user"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    api.shutdown.cancel();
+
     // Export of a time range: oldest first, one JSON object per line.
     let output = std::process::Command::new(support::process::HERALD)
         .args([
@@ -270,6 +326,8 @@ async fn serve(store: SqlStore) -> Api {
         auth: Arc::new(auth),
         privacy: None,
         catalog: Arc::new(events::Catalog::embedded().unwrap()),
+        verifying: tokio::sync::Mutex::default(),
+        verified: tokio::sync::Mutex::default(),
     }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

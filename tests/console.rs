@@ -1,12 +1,15 @@
-//! The operators' views over HTTP: `GET /api/v1/admin/consumers` on a `herald ingress`
-//! process, with a search indexer as the consumer group it watches.
+//! The operators' views over HTTP (`GET /api/v1/admin/consumers` on a `herald ingress`
+//! process, with a search indexer as the consumer group it watches; dead letters browsed and
+//! redriven), and the console that shows them, in headless Chromium on `herald up`.
 
 mod support;
 
 use std::time::Duration;
 
 use serde_json::Value;
+use support::browser::Browser;
 use support::process::HeraldProcess;
+use support::up::Up;
 use support::{TestIngress, test_dir, token};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,15 +84,7 @@ async fn a_dead_letter_is_browsed_and_redriven_once_and_stale_or_forged_redrives
     let app = TestIngress::start_default().await;
     let dir = test_dir("console").join(uuid::Uuid::new_v4().simple().to_string());
     // The cause: an audit log deployed with the schemas of every event type but one.
-    let partial = dir.join("schemas");
-    std::fs::create_dir_all(&partial).unwrap();
-    let all = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/avro");
-    for entry in std::fs::read_dir(all).unwrap() {
-        let path = entry.unwrap().path();
-        if !path.ends_with("user.registered.v1.avsc") {
-            std::fs::copy(&path, partial.join(path.file_name().unwrap())).unwrap();
-        }
-    }
+    let partial = support::schemas_without(&dir, "user.registered");
     let database = format!("sqlite://{}", dir.join("audit.db").display());
     let ingress_db = format!("sqlite://{}", dir.join("ingress.db").display());
     let ingress = HeraldProcess::start("ingress", &app.kafka, &ingress_db, &[]).await;
@@ -242,4 +237,344 @@ async fn a_dead_letter_is_browsed_and_redriven_once_and_stale_or_forged_redrives
         Some(&1)
     );
     app.stop().await;
+}
+
+const PASSWORD: &str = "a long and unusual passphrase";
+
+/// An account of `up`'s auth service; its id.
+async fn register(up: &Up, email: &str) -> String {
+    let response = support::client()
+        .post(format!("{}/api/v1/auth/register", up.base))
+        .json(&serde_json::json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    body["id"].as_str().expect("the profile's id").to_string()
+}
+
+/// Fills the sign-in form and submits it, as a user's typing and click would.
+async fn sign_in(browser: &mut Browser, email: &str) {
+    browser
+        .eval(&format!(
+            "document.getElementById('email').value = {email:?};\
+             document.getElementById('password').value = {PASSWORD:?};\
+             document.querySelector('#sign-in-form button').click(); true"
+        ))
+        .await;
+}
+
+/// The figure in column `class` of the group row whose name starts with `group`, as shown.
+fn shown(group: &str, class: &str) -> String {
+    format!(
+        "(() => {{ const tr = [...document.querySelectorAll('#lag tr.group')]\
+           .find(r => r.dataset.group.startsWith({group:?}));\
+           return tr ? tr.querySelector('td.{class}').innerText.replace(/,/g, '') : null; }})()"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_signs_in_watches_lag_move_and_redrives_a_dead_letter_once_in_a_browser() {
+    // Reports that catch up on the last hours at start, so the console has runs to link.
+    let dir = test_dir("console").join(uuid::Uuid::new_v4().simple().to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    let schedule = dir.join("reports.toml");
+    std::fs::write(
+        &schedule,
+        "[[report]]\nname = 'hourly'\ntitle = 'Hourly'\ncron = '1 * * * *'\n\
+         covers = 'hour'\nrecipients = ['ops@example.com']\n",
+    )
+    .unwrap();
+    let schedule = schedule.display().to_string();
+    let up = Up::start(
+        "console-browser",
+        &[
+            ("REPORTS_FILE", schedule.as_str()),
+            ("REPORTS_CATCH_UP_HOURS", "2"),
+            ("REPORTS_TICK_MS", "200"),
+        ],
+    )
+    .await;
+    // A second audit log, in a consumer group of its own, deployed without the schema of
+    // user.registered: each registration below becomes one of its dead letters.
+    let partial = support::schemas_without(&dir, "user.registered");
+    let archive_db = format!("sqlite://{}", dir.join("archive.db").display());
+    let group = format!("{}audit-archive", up.kafka.topic_prefix);
+    let partial_text = partial.display().to_string();
+    let archive = HeraldProcess::start(
+        "audit-log",
+        &up.kafka,
+        &archive_db,
+        &[
+            ("SCHEMAS_DIR", partial_text.as_str()),
+            ("CONSUMER_GROUP", group.as_str()),
+        ],
+    )
+    .await;
+    let ops = register(&up, "ops@example.com").await;
+    register(&up, "viewer@example.com").await;
+    let response = support::client()
+        .put(format!("{}/api/v1/admin/users/{ops}/role", up.base))
+        .bearer_auth(up.token("root", "admin"))
+        .json(&serde_json::json!({"role": "admin"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let artifacts =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/console");
+    let mut browser = Browser::launch(&dir.join("chromium"), &artifacts).await;
+    browser.goto(&format!("{}/console", up.base)).await;
+    browser
+        .wait_for(
+            "the sign-in form",
+            "!document.getElementById('sign-in').hidden",
+            Duration::from_secs(10),
+        )
+        .await;
+
+    // Not an admin: refused by the API itself, and nothing is shown.
+    sign_in(&mut browser, "viewer@example.com").await;
+    browser
+        .wait_for(
+            "the refusal",
+            "document.getElementById('sign-in-error').innerText.includes('403')",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(
+        browser
+            .eval("document.getElementById('panels').hidden")
+            .await,
+        true
+    );
+    browser.screenshot("not-an-admin").await;
+
+    // An admin: every panel.
+    sign_in(&mut browser, "ops@example.com").await;
+    browser
+        .wait_for(
+            "the consumer groups",
+            "!document.getElementById('panels').hidden && document.querySelectorAll('#lag tr.group').length >= 5",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(browser.text("who").await.contains("admin"));
+
+    // Lag moves while events are posted, and the page follows without a reload.
+    let before: i64 = browser
+        .wait_for(
+            "the indexer's figure",
+            &shown("search-indexer", "committed"),
+            Duration::from_secs(30),
+        )
+        .await
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let shop = up.token("shop", "service");
+    for i in 0..200 {
+        let response = support::client()
+            .post(format!("{}/api/v1/events", up.base))
+            .bearer_auth(&shop)
+            .json(&support::order(&format!("c-{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    }
+    let read_all = format!(
+        "(() => {{ const n = {}; return n !== null && Number(n) >= {} && {} === '0'; }})()",
+        shown("search-indexer", "committed"),
+        before + 200,
+        shown("search-indexer", "lag"),
+    );
+    browser
+        .wait_for(
+            "the indexer reading the 200 events",
+            &read_all,
+            Duration::from_secs(60),
+        )
+        .await;
+    // A group's partitions, on demand.
+    browser
+        .eval(
+            "[...document.querySelectorAll('#lag tr.group')]\
+               .find(r => r.dataset.group.startsWith('search-indexer'))\
+               .querySelector('button.toggle').click(); true",
+        )
+        .await;
+    browser
+        .wait_for(
+            "the indexer's partitions",
+            "[...document.querySelectorAll('#lag tr.partition')].some(r => r.innerText.startsWith('orders / 0'))",
+            Duration::from_secs(10),
+        )
+        .await;
+    let lag_shot = browser.screenshot("consumer-groups").await;
+
+    // The audit chains: verified from the button.
+    browser
+        .eval("document.getElementById('verify').click(); true")
+        .await;
+    let verified = browser
+        .wait_for(
+            "the verification",
+            "(t => t.startsWith('Intact') && t)(document.getElementById('verify-result').innerText)",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(
+        verified.as_str().unwrap().contains("chains verified"),
+        "{verified}"
+    );
+
+    // The report runs, each with its outputs.
+    browser
+        .wait_for(
+            "a report run with its links",
+            "document.querySelectorAll('#report-runs a[href$=\".html\"]').length > 0",
+            Duration::from_secs(60),
+        )
+        .await;
+    let href = browser
+        .eval("document.querySelector('#report-runs a[href$=\".csv\"]').href")
+        .await;
+    let csv = support::client()
+        .get(href.as_str().unwrap())
+        .bearer_auth(up.token("ana", "analyst"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.status(), 200, "the link leads to the report's output");
+
+    // The alerts of this process: none, and no error loading them.
+    assert_eq!(
+        browser.text("alerts-status").await,
+        "None since this process started."
+    );
+
+    // Dead letters: the two registrations, decoded.
+    let letters = "document.querySelectorAll('#dl tbody tr').length";
+    let mut waiting = Value::Null;
+    for _ in 0..100 {
+        // The group is offered once it has committed (the list follows the lag's).
+        browser
+            .eval(
+                "document.getElementById('dl-group').value = 'audit-archive';\
+                 document.querySelector('#dl-form button').click(); true",
+            )
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if browser.text("dl-status").await.contains("2 waiting") {
+            waiting = browser.eval(letters).await;
+            break;
+        }
+    }
+    assert_eq!(waiting, 2, "{}", browser.text("dead-letters").await);
+    let page = browser.text("dl").await;
+    assert!(page.contains("user.registered"), "{page}");
+
+    // A forged mark (the page altered in the browser): refused, nothing redriven.
+    browser
+        .eval(
+            "const box = document.querySelector('#dl tbody input');\
+             box.value = '9:999'; box.checked = true; box.dispatchEvent(new Event('change'));\
+             document.getElementById('dl-redrive-selected').click();\
+             document.getElementById('dl-confirm-yes').click(); true",
+        )
+        .await;
+    browser
+        .wait_for(
+            "the refusal",
+            "document.getElementById('dl-result').innerText.includes('Nothing redriven: 404')",
+            Duration::from_secs(20),
+        )
+        .await;
+    browser
+        .wait_for(
+            "the list again",
+            "document.getElementById('dl-status').innerText.includes('2 waiting')",
+            Duration::from_secs(20),
+        )
+        .await;
+
+    // The fix (the schema deployed), then "redrive all" and its confirmation.
+    archive.terminate().await;
+    let _archive = HeraldProcess::start(
+        "audit-log",
+        &up.kafka,
+        &archive_db,
+        &[("CONSUMER_GROUP", group.as_str())],
+    )
+    .await;
+    browser
+        .eval("document.getElementById('dl-redrive-all').click(); true")
+        .await;
+    let question = browser.text("dl-confirm-text").await;
+    assert!(
+        question.contains("Publish 2 dead letters of audit-archive"),
+        "{question}"
+    );
+    browser.screenshot("redrive-confirmation").await;
+    browser
+        .eval("document.getElementById('dl-confirm-yes').click(); true")
+        .await;
+    browser
+        .wait_for(
+            "the redrive",
+            "document.getElementById('dl-result').innerText.includes('Redriven: 2')",
+            Duration::from_secs(30),
+        )
+        .await;
+    browser
+        .wait_for(
+            "the letters marked",
+            "document.getElementById('dl-status').innerText.includes('0 waiting of 2')",
+            Duration::from_secs(20),
+        )
+        .await;
+    browser.screenshot("dead-letters-redriven").await;
+
+    // Applied once each by the fixed consumer, and never twice.
+    let listed: Value = support::client()
+        .get(format!(
+            "{}/api/v1/admin/dead-letters/audit-archive",
+            up.base
+        ))
+        .bearer_auth(up.token("root", "admin"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<uuid::Uuid> = listed["letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["event_id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    support::eventually(
+        Duration::from_secs(60),
+        "the redriven events applied",
+        || async {
+            let rows = support::audit::rows_by_id(&archive_db).await;
+            if ids.iter().all(|id| rows.get(id) == Some(&1)) {
+                Ok(())
+            } else {
+                Err(format!("{rows:?}"))
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rows = support::audit::rows_by_id(&archive_db).await;
+    assert!(ids.iter().all(|id| rows.get(id) == Some(&1)), "{rows:?}");
+    eprintln!("console screenshots: {}", lag_shot.display());
+    up.assert_no_panic();
 }

@@ -543,6 +543,21 @@ async fn the_composed_deployment_serves_every_route_through_nginx() {
         paths.len()
     );
 
+    // The console's page and script, with the console's policy only: the API's
+    // `default-src 'none'` would stop its script.
+    for path in ["/console", "/console/console.js", "/console/console.css"] {
+        let response = client.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let policies: Vec<_> = response
+            .headers()
+            .get_all("content-security-policy")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(policies, [replay::console::CSP], "{path}");
+        assert_eq!(response.headers()["x-frame-options"], "DENY", "{path}");
+    }
+
     // And a user's first minutes through the proxy: register, sign in, post an event that
     // the services verify with the auth service's keys.
     let email = format!("deploy-{}@example.com", uuid::Uuid::new_v4().simple());

@@ -386,15 +386,7 @@ async fn a_dead_letter_redriven_after_the_fix_is_applied_once_and_tail_shows_eve
     let app = TestIngress::start_default().await;
     let dir = test_dir("replay").join(Uuid::new_v4().simple().to_string());
     // The cause: an audit log deployed with the schemas of every event type but one.
-    let partial = dir.join("schemas");
-    std::fs::create_dir_all(&partial).unwrap();
-    let all = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/avro");
-    for entry in std::fs::read_dir(all).unwrap() {
-        let path = entry.unwrap().path();
-        if !path.ends_with("user.registered.v1.avsc") {
-            std::fs::copy(&path, partial.join(path.file_name().unwrap())).unwrap();
-        }
-    }
+    let partial = support::schemas_without(&dir, "user.registered");
     let database = format!("sqlite://{}", dir.join("audit.db").display());
     let partial_text = partial.display().to_string();
     let audit = HeraldProcess::start(

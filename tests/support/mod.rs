@@ -4,6 +4,7 @@
 
 pub mod apns;
 pub mod audit;
+pub mod browser;
 pub mod fcm;
 pub mod ledger;
 pub mod oidc;
@@ -327,4 +328,19 @@ pub fn form_fields(body: &[u8]) -> Vec<(String, String)> {
         .filter_map(|pair| pair.split_once('='))
         .map(|(k, v)| (decode(k), decode(v)))
         .collect()
+}
+
+/// A schema folder in `dir` with every event type's schema but `missing`'s: a consumer
+/// deployed with it cannot decode that type and dead-letters its events.
+pub fn schemas_without(dir: &std::path::Path, missing: &str) -> std::path::PathBuf {
+    let partial = dir.join("schemas");
+    std::fs::create_dir_all(&partial).unwrap();
+    let all = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/avro");
+    for entry in std::fs::read_dir(all).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.ends_with(format!("{missing}.v1.avsc")) {
+            std::fs::copy(&path, partial.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    partial
 }

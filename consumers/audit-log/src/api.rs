@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Uri};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use platform::auth::Authenticator;
 use platform::openapi::{Api, Operation};
@@ -32,11 +32,17 @@ pub struct AuditApi {
     /// which the chain hashes); `None`: as stored.
     pub privacy: Option<Arc<platform::privacy::Privacy>>,
     pub catalog: Arc<events::Catalog>,
+    /// Held while a verification walks the chains: one at a time.
+    pub verifying: tokio::sync::Mutex<()>,
+    /// The last verification's outcome.
+    pub verified: tokio::sync::Mutex<Option<crate::integrity::Verified>>,
 }
 
 pub fn router(state: Arc<AuditApi>) -> Router {
     Router::new()
         .route("/api/v1/audit", get(list))
+        .route("/api/v1/audit/chains", get(crate::integrity::chains))
+        .route("/api/v1/audit/verify", post(crate::integrity::verify))
         .with_state(state)
         .layer(axum::middleware::map_response(
             problem::problem_for_bare_errors,
@@ -120,7 +126,10 @@ pub fn openapi() -> Api {
                 }))
                 .problem(400, "A parameter is unknown, given twice or malformed: limit not a whole number from 1 to 1000, from or to not an RFC 3339 time, from not earlier than to, or a cursor this API did not give out")
                 .problem(403, "The token lacks the admin role"),
-        ],
+        ]
+        .into_iter()
+        .chain(crate::integrity::operations())
+        .collect(),
         schemas: vec![("AuditRecord", record), ("AuditChainPosition", position)],
     }
 }

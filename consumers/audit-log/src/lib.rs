@@ -10,6 +10,7 @@
 pub mod api;
 pub mod chain;
 pub mod export;
+pub mod integrity;
 pub mod store;
 pub mod verify;
 
@@ -145,6 +146,8 @@ impl Service {
                 auth,
                 privacy,
                 catalog,
+                verifying: tokio::sync::Mutex::default(),
+                verified: tokio::sync::Mutex::default(),
             }),
             store,
         })

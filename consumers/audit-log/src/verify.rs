@@ -7,7 +7,7 @@ use crate::store::{AuditStore, StoreError};
 const PAGE: u32 = 5000;
 
 /// The outcome of a verification: what was checked and the first fault of each bad chain.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Report {
     pub chains: usize,
     pub rows: u64,

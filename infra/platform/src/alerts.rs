@@ -10,10 +10,12 @@
 //! a recipient's address, which has no business in a chat.
 //!
 //! Configured by `ALERT_WEBHOOK_URL` (or `ALERT_WEBHOOK_URL_FILE`, since the URL is a secret),
-//! `ALERT_WINDOW_SECS` (default 300) and `ALERT_MAX_PER_WINDOW` (default 10). Callers check
-//! [`enabled`] before building an alert, so unset they cost one atomic load. Raising never
+//! `ALERT_WINDOW_SECS` (default 300) and `ALERT_MAX_PER_WINDOW` (default 10). Raising never
 //! blocks the request or the consumer that failed: a full queue drops the alert and counts it
 //! (`herald_alerts_dropped_total`).
+//!
+//! Webhook or not, the process keeps its last [`RECENT`] alerts in memory, newest first, for
+//! the operator console ([`recent`]).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -226,13 +228,54 @@ fn join(messages: &[String]) -> Option<String> {
 static QUEUE: OnceLock<mpsc::Sender<Alert>> = OnceLock::new();
 static SENDER: Mutex<Option<(CancellationToken, tokio::task::JoinHandle<()>)>> = Mutex::new(None);
 
-/// Whether alerts are posted anywhere: check before building one.
-pub fn enabled() -> bool {
-    QUEUE.get().is_some()
+/// How many alerts the process remembers for the console.
+pub const RECENT: usize = 100;
+
+static REMEMBERED: Mutex<std::collections::VecDeque<Recent>> =
+    Mutex::new(std::collections::VecDeque::new());
+
+/// An alert as the console lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Recent {
+    pub at: String,
+    /// `server_error`, `dead_letter` or `handler_panic`.
+    pub kind: &'static str,
+    /// What failed, grouped as the webhook groups it.
+    pub what: String,
+    /// The alert in words, with where to look.
+    pub detail: String,
 }
 
-/// Reports an alert; never waits.
+/// The alerts this process raised lately, newest first.
+pub fn recent() -> Vec<Recent> {
+    REMEMBERED
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .cloned()
+        .collect()
+}
+
+fn remember(alert: &Alert) {
+    let kind = match alert {
+        Alert::ServerError { .. } => "server_error",
+        Alert::DeadLetter { .. } => "dead_letter",
+        Alert::HandlerPanic { .. } => "handler_panic",
+    };
+    let mut remembered = REMEMBERED.lock().expect("not poisoned");
+    remembered.push_front(Recent {
+        at: jiff::Timestamp::now().to_string(),
+        kind,
+        what: alert.group(),
+        detail: alert.describe(),
+    });
+    remembered.truncate(RECENT);
+}
+
+/// Reports an alert: remembered for the console, and posted when a webhook is configured;
+/// never waits.
 pub fn raise(alert: Alert) {
+    remember(&alert);
     if let Some(queue) = QUEUE.get()
         && queue.try_send(alert).is_err()
     {
@@ -384,6 +427,29 @@ mod tests {
         window: Duration::from_secs(60),
         max_per_window: 3,
     };
+
+    #[test]
+    fn the_process_remembers_its_last_alerts_newest_first_without_a_webhook() {
+        for i in 0..RECENT + 5 {
+            raise(error(&format!("/remembered/{i}")));
+        }
+        let recent = recent();
+        assert_eq!(recent.len(), RECENT);
+        let ours: Vec<&Recent> = recent
+            .iter()
+            .filter(|r| r.what.contains("/remembered/"))
+            .collect();
+        assert_eq!(
+            ours[0].what,
+            format!("5xx on POST /remembered/{}", RECENT + 4)
+        );
+        assert_eq!(ours[0].kind, "server_error");
+        assert!(
+            ours[0].detail.starts_with("503 on POST"),
+            "{}",
+            ours[0].detail
+        );
+    }
 
     #[test]
     fn an_incident_is_one_message_then_one_summary() {

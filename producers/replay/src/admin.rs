@@ -6,7 +6,9 @@
 //!   (`GET /api/v1/admin/dead-letters/{group}`, `POST .../redrive`), as `herald dlq` does.
 //!   A redrive names the letters the operator saw and confirmed, by their place on the
 //!   dead-letter topic: a letter redriven since (a stale page) or one that does not exist (a
-//!   forged request) refuses the whole request, and nothing is published.
+//!   forged request) refuses the whole request, and nothing is published;
+//! - the alerts this process raised lately: its 5xx answers, its dead letters and handler
+//!   panics (`GET /api/v1/admin/alerts`), as the alert webhook words them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,7 +123,9 @@ impl platform::service::Service for Service {
             .route("/api/v1/admin/consumers", get(consumers))
             .route("/api/v1/admin/dead-letters/{group}", get(dead_letters))
             .route("/api/v1/admin/dead-letters/{group}/redrive", post(redrive))
+            .route("/api/v1/admin/alerts", get(alerts))
             .with_state(self.0.clone())
+            .merge(crate::console::routes())
     }
 
     fn run(self: Box<Self>, shutdown: CancellationToken) -> platform::service::Work {
@@ -130,6 +134,14 @@ impl platform::service::Service for Service {
             Ok(())
         })
     }
+}
+
+async fn alerts(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+) -> Result<axum::Json<Value>, Problem> {
+    admin.admin_only(&headers)?;
+    Ok(axum::Json(json!({"alerts": platform::alerts::recent()})))
 }
 
 async fn consumers(
@@ -354,6 +366,16 @@ pub fn openapi() -> Api {
                 .problem(409, "A letter was redriven since it was listed")
                 .problem(422, "A letter does not say where it came from")
                 .problem(503, "The event log is not reachable"),
+            Operation::get("/api/v1/admin/alerts", "Recent alerts")
+                .bearer("admin")
+                .describe("The last alerts this process raised, newest first: its 5xx answers, the dead letters and handler panics of the consumers it runs. Kept in memory (the last 100), whether or not an alert webhook is configured; `herald up` runs every service in one process, so it sees them all.")
+                .ok(200, "The alerts", json!({"type": "object", "required": ["alerts"], "properties": {
+                    "alerts": {"type": "array", "items": {"type": "object", "required": ["at", "kind", "what", "detail"], "properties": {
+                        "at": {"type": "string", "format": "date-time"},
+                        "kind": {"enum": ["server_error", "dead_letter", "handler_panic"]},
+                        "what": {"type": "string", "description": "what failed, as alerts are grouped"},
+                        "detail": {"type": "string", "description": "the alert in words, with where to look"}}}}}}))
+                .problem(403, "Not an admin"),
         ],
         schemas: vec![],
     }

@@ -10,6 +10,7 @@
 //! `herald lag` and `herald reprocess` look at and move consumer groups ([`ops`]).
 
 pub mod admin;
+pub mod console;
 pub mod dlq;
 pub mod formats;
 pub mod ops;

@@ -336,12 +336,10 @@ impl Worker {
             %message,
             "handler panicked"
         );
-        if crate::alerts::enabled() {
-            crate::alerts::raise(crate::alerts::Alert::HandlerPanic {
-                group: self.shared.dead_letters.dlq_name.clone(),
-                topic: self.topic.clone(),
-            });
-        }
+        crate::alerts::raise(crate::alerts::Alert::HandlerPanic {
+            group: self.shared.dead_letters.dlq_name.clone(),
+            topic: self.topic.clone(),
+        });
         let reason = format!("the handler panicked: {message}");
         if attempts >= PANIC_ATTEMPTS {
             Err(HandlerError::Reject(reason.into()))
@@ -416,12 +414,10 @@ impl Worker {
             }
         }
         meters.dead_lettered.increment(1);
-        if crate::alerts::enabled() {
-            crate::alerts::raise(crate::alerts::Alert::DeadLetter {
-                group: dead.dlq_name.clone(),
-                topic: record.topic.clone(),
-            });
-        }
+        crate::alerts::raise(crate::alerts::Alert::DeadLetter {
+            group: dead.dlq_name.clone(),
+            topic: record.topic.clone(),
+        });
         tracing::warn!(
             topic = %record.topic,
             partition = record.partition,

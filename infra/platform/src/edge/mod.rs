@@ -521,7 +521,7 @@ async fn handle(
     let elapsed = started.elapsed().as_secs_f64();
     let latency_ms = elapsed * 1000.0;
     crate::metrics::http_request(method.as_str(), &route, status, elapsed);
-    if status >= 500 && crate::alerts::enabled() {
+    if status >= 500 {
         crate::alerts::raise(crate::alerts::Alert::ServerError {
             method: method.to_string(),
             route: route.clone(),
