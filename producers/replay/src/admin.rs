@@ -376,6 +376,16 @@ pub fn openapi() -> Api {
                         "what": {"type": "string", "description": "what failed, as alerts are grouped"},
                         "detail": {"type": "string", "description": "the alert in words, with where to look"}}}}}}))
                 .problem(403, "Not an admin"),
+            Operation::get("/console", "The operator console")
+                .public()
+                .describe("A page for admins in the browser: consumer groups' lag and throughput, dead letters to browse and redrive, the audit chains and their verification, the report runs, recent alerts. The page holds no data: its script signs in with the auth service and calls the admin APIs above with the token.")
+                .content(200, "The page", "text/html", json!({"type": "string"})),
+            Operation::get("/console/console.js", "The console's script")
+                .public()
+                .content(200, "The script", "text/javascript", json!({"type": "string"})),
+            Operation::get("/console/console.css", "The console's style")
+                .public()
+                .content(200, "The style", "text/css", json!({"type": "string"})),
         ],
         schemas: vec![],
     }
