@@ -558,6 +558,7 @@ fn banner(http: SocketAddr, data_dir: &std::path::Path) -> String {
     let data = data_dir.display();
     format!(
         "  docs     http://{http}/docs  (every route; the OpenAPI document is /api/v1/openapi.json)\n\
+         \x20 console  http://{http}/console  (admins; herald auth set-role --email E --role admin makes one)\n\
          \x20 metrics  http://{http}/metrics\n\
          \x20 data     {data}  (broker, database, secrets; without SMTP_URL, emails as .eml files in {data}/outbox)\n\
          \x20 token    herald token --sub alice --role user  (admin, analyst, service: --role)\n\

@@ -66,7 +66,11 @@ pub async fn chains(
     headers: HeaderMap,
 ) -> Result<Json<Value>, Problem> {
     admin_only(&state, &headers)?;
-    let chains = state.store.chains().await.map_err(|err| unavailable(&err))?;
+    let chains = state
+        .store
+        .chains()
+        .await
+        .map_err(|err| unavailable(&err))?;
     let last = state.verified.lock().await.clone();
     Ok(Json(json!({
         "chains": chains.iter().map(|(chain, head)| match head {
