@@ -100,6 +100,12 @@ enum Command {
         #[command(subcommand)]
         action: BrokerAction,
     },
+    /// Manage local OpenSearch nodes of a data folder (for SEARCH_BACKEND=opensearch on one
+    /// machine: the tests and the benchmarks).
+    SearchNode {
+        #[command(subcommand)]
+        action: SearchNodeAction,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -187,6 +193,25 @@ enum BrokerAction {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum SearchNodeAction {
+    /// Start the node (or the nodes) of the data folder, or reuse them, and print the URL of
+    /// each.
+    Start {
+        #[arg(long, env = "HERALD_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+        /// Nodes of a cluster on this machine: node 1 the cluster manager, every node a data
+        /// node.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+    },
+    /// Stop the node (or the nodes) of the data folder.
+    Stop {
+        #[arg(long, env = "HERALD_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
     // Every setting read from NAME can come from the file NAME_FILE names (mounted secrets).
     let args: Vec<String> = std::env::args().collect();
@@ -263,6 +288,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Broker { action } => broker(action).await,
+            Command::SearchNode { action } => search_node(action).await,
             Command::Privacy { action } => privacy::privacy(action).await,
         };
         platform::alerts::shutdown(Duration::from_secs(5)).await;
@@ -464,6 +490,35 @@ async fn broker(action: BrokerAction) -> anyhow::Result<()> {
                 println!("stopped");
             } else {
                 println!("no broker running in {}", data_dir.join("kafka").display());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn search_node(action: SearchNodeAction) -> anyhow::Result<()> {
+    use platform::search_node::{LocalSearchCluster, LocalSearchNode, stop_dir};
+    match action {
+        SearchNodeAction::Start { data_dir, nodes } => {
+            anyhow::ensure!((1..=5).contains(&nodes), "--nodes is 1 to 5");
+            let urls = if nodes == 1 {
+                LocalSearchNode::start(&data_dir.join("opensearch"))
+                    .await?
+                    .url()
+            } else {
+                LocalSearchCluster::start(&data_dir.join("opensearch-cluster"), nodes)
+                    .await?
+                    .urls()
+            };
+            println!("{urls}");
+        }
+        SearchNodeAction::Stop { data_dir } => {
+            let deadline = Duration::from_secs(30);
+            let cluster = stop_dir(&data_dir.join("opensearch-cluster"), deadline).await;
+            if stop_dir(&data_dir.join("opensearch"), deadline).await || cluster {
+                println!("stopped");
+            } else {
+                println!("no search node running in {}", data_dir.display());
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Search end to end: events posted at the real ingress, a real broker, the real
-//! `herald search-indexer` process and its index folder, queried over HTTP.
+//! `herald search-indexer` process and its index folder (or a real OpenSearch node), queried
+//! over HTTP. The scenarios that both backends promise run against each.
 
 mod support;
 
@@ -20,14 +21,53 @@ fn index_dir() -> String {
 }
 
 async fn start(app: &TestIngress, dir: &str) -> HeraldProcess {
+    start_kept(app, &Kept::Embedded(dir.to_string())).await
+}
+
+/// Where a test's indexer keeps its documents.
+enum Kept {
+    /// An index folder of its own.
+    Embedded(String),
+    /// An index of its own on the tests' OpenSearch node.
+    OpenSearch { url: String, index: String },
+}
+
+impl Kept {
+    async fn of(backend: &str) -> Self {
+        match backend {
+            "opensearch" => Self::OpenSearch {
+                url: support::opensearch_url().await,
+                index: format!("search-test-{}", Uuid::new_v4().simple()),
+            },
+            _ => Self::Embedded(index_dir()),
+        }
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::Embedded(dir) => vec![
+                ("SEARCH_INDEX_DIR", dir.clone()),
+                ("SEARCH_COMMIT_MS", "100".into()),
+            ],
+            Self::OpenSearch { url, index } => vec![
+                ("SEARCH_BACKEND", "opensearch".into()),
+                ("OPENSEARCH_URL", url.clone()),
+                ("OPENSEARCH_INDEX", index.clone()),
+                // One node: no replica to place.
+                ("OPENSEARCH_REPLICAS", "0".into()),
+            ],
+        }
+    }
+}
+
+async fn start_kept(app: &TestIngress, kept: &Kept) -> HeraldProcess {
+    let env = kept.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // The indexer keeps no database; the helper's DATABASE_URL is ignored.
-    HeraldProcess::start(
-        "search-indexer",
-        &app.kafka,
-        "sqlite::memory:",
-        &[("SEARCH_INDEX_DIR", dir), ("SEARCH_COMMIT_MS", "100")],
-    )
-    .await
+    let logs = test_dir("search-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let log = logs.join(format!("{}.log", Uuid::new_v4().simple()));
+    HeraldProcess::start_logging("search-indexer", &app.kafka, "sqlite::memory:", &env, &log).await
 }
 
 async fn post(app: &TestIngress, body: &Value) {
@@ -80,9 +120,17 @@ fn order(id: &str, customer: &str, sku: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owners_find_their_orders_with_typos_and_removed_users_disappear() {
+    owners_find_their_orders("embedded").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_find_their_orders_with_typos_and_removed_users_disappear_in_opensearch() {
+    owners_find_their_orders("opensearch").await;
+}
+
+async fn owners_find_their_orders(backend: &str) {
     let app = TestIngress::start_default().await;
-    let dir = index_dir();
-    let indexer = start(&app, &dir).await;
+    let indexer = start_kept(&app, &Kept::of(backend).await).await;
     let base = indexer.base.clone();
     let (alice, bob) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
     post(
@@ -210,9 +258,18 @@ async fn owners_find_their_orders_with_typos_and_removed_users_disappear() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_leaves_one_document_per_entity() {
+    kill_9_mid_stream("embedded").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_leaves_one_document_per_entity_in_opensearch() {
+    kill_9_mid_stream("opensearch").await;
+}
+
+async fn kill_9_mid_stream(backend: &str) {
     let app = TestIngress::start_default().await;
-    let dir = index_dir();
-    let indexer = start(&app, &dir).await;
+    let kept = Kept::of(backend).await;
+    let indexer = start_kept(&app, &kept).await;
     const ORDERS: usize = 3_000;
     let poster = {
         let app_url = app.url("/api/v1/events");
@@ -239,11 +296,11 @@ async fn kill_9_mid_stream_leaves_one_document_per_entity() {
     // Killed twice while the orders flow; each restart resumes from the index's commits.
     tokio::time::sleep(Duration::from_millis(300)).await;
     indexer.kill9().await;
-    let indexer = start(&app, &dir).await;
+    let indexer = start_kept(&app, &kept).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     indexer.kill9().await;
     poster.await.unwrap();
-    let indexer = start(&app, &dir).await;
+    let indexer = start_kept(&app, &kept).await;
     let seen = support::eventually(
         Duration::from_secs(60),
         "one document per order",
@@ -257,7 +314,7 @@ async fn kill_9_mid_stream_leaves_one_document_per_entity() {
         },
     )
     .await;
-    println!("after two kill -9: {seen}");
+    println!("{backend}, after two kill -9: {seen}");
     assert_eq!(seen["removed"], 0);
     // Each order is found once.
     let (_, answer) = search(&indexer.base, "q=tea&limit=1", "ops", &["admin"]).await;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs (when missing) and starts on 127.0.0.1 what the tests need: PostgreSQL and Redis
-# from Debian's packages, Java and Maven for the Apache Kafka broker, Chromium (renders report
+# from Debian's packages, Java and Maven for the Apache Kafka broker and an OpenSearch node, Chromium (renders report
 # pages headless) from Debian, aiosmtpd (an SMTP server), DuckDB and fastavro (readers of
 # exports) and schemathesis (tests the API from its OpenAPI document) from PyPI, nginx and
 # Prometheus's promtool (check the deployment files) from Debian, and kcat and GNU time for
@@ -14,6 +14,8 @@ command -v pg_ctlcluster >/dev/null || need+=(postgresql)
 command -v redis-server >/dev/null || need+=(redis-server)
 java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1; }
 if ! command -v java >/dev/null || [ "$(java_major)" -lt 17 ]; then need+=(openjdk-17-jre-headless); fi
+# The local OpenSearch node's launcher is compiled on first use.
+command -v javac >/dev/null || need+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null || need+=(maven)
 # The build links the system's SQLite (see the workspace manifest).
 [ -e /usr/include/sqlite3.h ] || need+=(libsqlite3-dev)

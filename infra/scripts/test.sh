@@ -16,12 +16,16 @@ eval "$services_env"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
-# One broker for the whole run, in target/herald-test/kafka; stopped at the end.
+# One broker and one OpenSearch node for the whole run, in target/herald-test; stopped at
+# the end.
 cargo build -q --bin herald
 herald="${CARGO_TARGET_DIR:-target}/debug/herald"
-trap '"$herald" broker stop --data-dir target/herald-test >/dev/null || true' EXIT
+trap '"$herald" broker stop --data-dir target/herald-test >/dev/null || true; "$herald" search-node stop --data-dir target/herald-test >/dev/null || true' EXIT
 KAFKA_BROKERS=$("$herald" broker start --data-dir target/herald-test --port 0)
 export KAFKA_BROKERS
 echo "test broker: $KAFKA_BROKERS"
+TEST_OPENSEARCH_URL=$("$herald" search-node start --data-dir target/herald-test)
+export TEST_OPENSEARCH_URL
+echo "test search node: $TEST_OPENSEARCH_URL"
 
 cargo test --workspace --no-fail-fast

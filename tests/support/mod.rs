@@ -58,7 +58,7 @@ where
 }
 
 #[allow(unused_imports, reason = "each test binary uses some of them")]
-pub use start::{announced, announced_address, brokers, test_dir};
+pub use start::{announced, announced_address, brokers, opensearch_url, test_dir};
 
 /// Kafka settings with a topic prefix of the test's own.
 pub fn kafka(brokers: &str) -> KafkaArgs {

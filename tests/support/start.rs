@@ -30,6 +30,26 @@ pub async fn brokers() -> String {
         .clone()
 }
 
+static SEARCH_NODE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+
+/// The OpenSearch node the tests share: `TEST_OPENSEARCH_URL` when set (the test command
+/// starts one), else one started here in target/herald-test/opensearch and left running
+/// for the next test binary.
+pub async fn opensearch_url() -> String {
+    SEARCH_NODE
+        .get_or_init(|| async {
+            if let Ok(url) = std::env::var("TEST_OPENSEARCH_URL") {
+                return url;
+            }
+            let node = platform::search_node::LocalSearchNode::start(&test_dir("opensearch"))
+                .await
+                .expect("starting the test search node (Java 17 and Maven fetch it)");
+            node.url()
+        })
+        .await
+        .clone()
+}
+
 /// A folder of its own under target/herald-test.
 pub fn test_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

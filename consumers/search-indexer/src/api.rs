@@ -22,7 +22,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::LiveIndex;
-use crate::index::{Caller, Hit, SearchError, SearchRequest, Stats};
+use crate::index::{Caller, Hit, Page, SearchError, SearchRequest, Stats};
+use crate::opensearch::OpenSearchIndex;
 
 pub const ADMIN_ROLE: &str = "admin";
 const DEFAULT_LIMIT: u32 = 20;
@@ -33,9 +34,91 @@ const MAX_QUERY_LEN: usize = 500;
 const KINDS: [&str; 4] = ["user", "order", "message", "campaign"];
 
 pub struct SearchApi {
-    /// The generation being served; a reindex swaps it under running queries.
-    pub live: Arc<LiveIndex>,
+    pub searcher: Searcher,
     pub auth: Arc<Authenticator>,
+}
+
+/// Where searches are answered.
+#[derive(Clone)]
+pub enum Searcher {
+    /// The embedded index's generation being served; a reindex swaps it under running
+    /// queries.
+    Embedded(Arc<LiveIndex>),
+    /// An OpenSearch cluster, through the alias.
+    OpenSearch(Arc<OpenSearchIndex>),
+}
+
+impl Searcher {
+    /// Searches what `caller` may see.
+    pub async fn search(
+        &self,
+        request: &SearchRequest<'_>,
+        caller: &Caller<'_>,
+    ) -> Result<Page, SearchError> {
+        match self {
+            Self::OpenSearch(index) => index.search(request, caller).await,
+            Self::Embedded(live) => {
+                let index = live.get();
+                let (q, kind, fields) = (
+                    request.q.to_string(),
+                    request.kind.map(str::to_string),
+                    request.fields.to_vec(),
+                );
+                let (limit, offset) = (request.limit, request.offset);
+                let (subject, admin) = (caller.subject.to_string(), caller.admin);
+                tokio::task::spawn_blocking(move || {
+                    index.search(
+                        &SearchRequest {
+                            q: &q,
+                            kind: kind.as_deref(),
+                            fields: &fields,
+                            limit,
+                            offset,
+                        },
+                        &Caller {
+                            subject: &subject,
+                            admin,
+                        },
+                    )
+                })
+                .await
+                .map_err(|_| SearchError::Failed("the search was interrupted".into()))?
+            }
+        }
+    }
+
+    /// Counts for operators.
+    pub async fn stats(&self) -> Result<Stats, SearchError> {
+        match self {
+            Self::OpenSearch(index) => index.stats().await,
+            Self::Embedded(live) => {
+                let index = live.get();
+                tokio::task::spawn_blocking(move || index.stats())
+                    .await
+                    .map_err(|_| SearchError::Failed("interrupted".into()))?
+                    .map_err(|err| SearchError::Failed(err.to_string()))
+            }
+        }
+    }
+
+    /// The documents holding `subject`'s personal data, `limit` at most.
+    pub async fn held_about(
+        &self,
+        subject: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::documents::Document>, SearchError> {
+        match self {
+            Self::OpenSearch(index) => index.held_about(subject, limit).await,
+            Self::Embedded(live) => {
+                let index = live.get();
+                let subject = subject.to_string();
+                tokio::task::spawn_blocking(move || index.held_about(&subject, limit))
+                    .await
+                    .map_err(|_| SearchError::Failed("interrupted".into()))?
+                    .map_err(|err| SearchError::Failed(err.to_string()))
+            }
+        }
+    }
 }
 
 pub fn router(state: Arc<SearchApi>) -> Router {
@@ -234,35 +317,31 @@ async fn search(
 ) -> Result<Json<Answer>, Problem> {
     let principal = state.auth.authenticate(&headers)?;
     let params = params(&uri)?;
-    let index = state.live.get();
     let admin = principal.roles.iter().any(|r| r == ADMIN_ROLE);
-    let page = tokio::task::spawn_blocking(move || {
-        index
-            .search(
-                &SearchRequest {
-                    q: &params.q,
-                    kind: params.kind.as_deref(),
-                    fields: &params.fields,
-                    limit: params.limit as usize,
-                    offset: params.offset,
-                },
-                &Caller {
-                    subject: &principal.subject,
-                    admin,
-                },
-            )
-            .map(|page| (page, params.offset, params.limit as usize))
-    })
-    .await
-    .map_err(|_| Problem::unavailable("the search was interrupted", 1))?
-    .map_err(|err| match err {
-        SearchError::Query(reason) => Problem::bad_request(reason),
-        SearchError::Failed(reason) => {
-            tracing::warn!(%reason, "search failed");
-            Problem::unavailable("the index is not readable", 5)
-        }
-    })?;
-    let (page, offset, limit) = page;
+    let page = state
+        .searcher
+        .search(
+            &SearchRequest {
+                q: &params.q,
+                kind: params.kind.as_deref(),
+                fields: &params.fields,
+                limit: params.limit as usize,
+                offset: params.offset,
+            },
+            &Caller {
+                subject: &principal.subject,
+                admin,
+            },
+        )
+        .await
+        .map_err(|err| match err {
+            SearchError::Query(reason) => Problem::bad_request(reason),
+            SearchError::Failed(reason) => {
+                tracing::warn!(%reason, "search failed");
+                Problem::unavailable("the index is not readable", 5)
+            }
+        })?;
+    let (offset, limit) = (params.offset, params.limit as usize);
     let next = offset + page.items.len();
     let next_cursor = (page.items.len() == limit && next < page.total && next <= MAX_OFFSET)
         .then(|| next.to_string());
@@ -283,13 +362,8 @@ async fn stats(
             "index statistics need the {ADMIN_ROLE} role"
         )));
     }
-    let index = state.live.get();
-    tokio::task::spawn_blocking(move || index.stats())
-        .await
-        .map_err(|_| Problem::unavailable("interrupted", 1))?
-        .map(Json)
-        .map_err(|err| {
-            tracing::warn!(%err, "index statistics failed");
-            Problem::unavailable("the index is not readable", 5)
-        })
+    state.searcher.stats().await.map(Json).map_err(|err| {
+        tracing::warn!(%err, "index statistics failed");
+        Problem::unavailable("the index is not readable", 5)
+    })
 }

@@ -11,6 +11,7 @@ pub mod api;
 pub mod documents;
 pub mod generations;
 pub mod index;
+pub mod opensearch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -43,6 +44,20 @@ pub struct SearchArgs {
     /// How often what was indexed becomes searchable (and durable), in milliseconds.
     #[arg(long, env = "SEARCH_COMMIT_MS", default_value_t = 250)]
     pub commit_ms: u64,
+    /// Where the documents are kept: `embedded` (an index in SEARCH_INDEX_DIR, on this
+    /// machine) or `opensearch` (a cluster at OPENSEARCH_URL, shared by every replica).
+    #[arg(long, env = "SEARCH_BACKEND", value_enum, default_value_t = Backend::Embedded)]
+    pub backend: Backend,
+    #[command(flatten)]
+    pub opensearch: opensearch::OpenSearchArgs,
+}
+
+/// Where the documents are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    Embedded,
+    #[value(name = "opensearch")]
+    OpenSearch,
 }
 
 impl SearchArgs {
@@ -180,7 +195,7 @@ impl Stream {
     }
 
     /// A consumer applying the stream to `indexer`, in `group`.
-    fn runner(&self, indexer: Arc<Indexer>, group: &str) -> Runner {
+    fn runner(&self, indexer: Arc<dyn Handler>, group: &str) -> Runner {
         let mut consumer = self.consumer.clone();
         consumer.group = Some(group.to_string());
         Runner::new(
@@ -198,13 +213,24 @@ impl Stream {
     }
 }
 
-/// The search service's parts: the live index, its consumer and its API.
+/// The search service's parts: the index, its consumer and its API.
 pub struct Service {
-    live: Arc<LiveIndex>,
-    generations: Generations,
+    kept: Kept,
     stream: Stream,
     pub api: Arc<api::SearchApi>,
-    commit_every: Duration,
+}
+
+/// Where the service keeps its documents.
+enum Kept {
+    /// The embedded index's generations, the live one served.
+    Embedded {
+        live: Arc<LiveIndex>,
+        generations: Generations,
+        commit_every: Duration,
+    },
+    /// A cluster: every replica writes the same index, the consumer group's offsets say
+    /// where the indexer is.
+    OpenSearch(Arc<opensearch::OpenSearchIndex>),
 }
 
 impl Service {
@@ -218,21 +244,43 @@ impl Service {
         args: &SearchArgs,
         default_dir: PathBuf,
     ) -> anyhow::Result<Self> {
-        let generations = Generations::new(&args.index_dir.clone().unwrap_or(default_dir));
-        let generation = generations.live()?;
-        let index = open(&generations, generation).await?;
-        generations.remove_older_than(generation);
-        let live = Arc::new(LiveIndex::new(generation, index));
-        metrics::gauge!("herald_search_generation").set(generation as f64);
+        let stream = Stream::connect(kafka, contract, consumer, &args.replica).await?;
+        let (kept, searcher) = match args.backend {
+            Backend::OpenSearch => {
+                let index = Arc::new(
+                    opensearch::OpenSearchIndex::connect(
+                        &args.opensearch,
+                        &kafka.topic_prefix,
+                        stream.codec.catalog(),
+                    )
+                    .await?,
+                );
+                (
+                    Kept::OpenSearch(index.clone()),
+                    api::Searcher::OpenSearch(index),
+                )
+            }
+            Backend::Embedded => {
+                let generations = Generations::new(&args.index_dir.clone().unwrap_or(default_dir));
+                let generation = generations.live()?;
+                let index = open(&generations, generation).await?;
+                generations.remove_older_than(generation);
+                let live = Arc::new(LiveIndex::new(generation, index));
+                metrics::gauge!("herald_search_generation").set(generation as f64);
+                (
+                    Kept::Embedded {
+                        live: live.clone(),
+                        generations,
+                        commit_every: Duration::from_millis(args.commit_ms.max(10)),
+                    },
+                    api::Searcher::Embedded(live),
+                )
+            }
+        };
         Ok(Self {
-            stream: Stream::connect(kafka, contract, consumer, &args.replica).await?,
-            api: Arc::new(api::SearchApi {
-                live: live.clone(),
-                auth,
-            }),
-            live,
-            generations,
-            commit_every: Duration::from_millis(args.commit_ms.max(10)),
+            stream,
+            api: Arc::new(api::SearchApi { searcher, auth }),
+            kept,
         })
     }
 
@@ -244,19 +292,44 @@ impl Service {
         self.stream.group()
     }
 
+    /// Consumes into the index until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        match &self.kept {
+            Kept::OpenSearch(index) => {
+                let indexer = Arc::new(opensearch::OpenSearchIndexer(index.clone()));
+                Ok(self
+                    .stream
+                    .runner(indexer, self.stream.group())
+                    .run(shutdown)
+                    .await?)
+            }
+            Kept::Embedded {
+                live,
+                generations,
+                commit_every,
+            } => {
+                self.run_embedded(live, generations, *commit_every, shutdown)
+                    .await
+            }
+        }
+    }
+
     /// Consumes into the live generation until `shutdown`, committing every commit interval
     /// (and once more at the end). When a reindex names a new generation current, the
     /// consumer stops, queries move to the new generation, and the consumer starts again
     /// from the new generation's own offsets.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    async fn run_embedded(
+        &self,
+        live: &LiveIndex,
+        generations: &Generations,
+        commit_every: Duration,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         loop {
-            let generation = self.live.generation();
-            let indexer = Arc::new(Indexer {
-                index: self.live.get(),
-            });
+            let generation = live.generation();
+            let indexer = Arc::new(Indexer { index: live.get() });
             let stop = shutdown.child_token();
-            let committer =
-                tokio::spawn(indexer.clone().commit_loop(self.commit_every, stop.clone()));
+            let committer = tokio::spawn(indexer.clone().commit_loop(commit_every, stop.clone()));
             let mut consuming = tokio::spawn(
                 self.stream
                     .runner(indexer.clone(), self.stream.group())
@@ -268,7 +341,7 @@ impl Service {
                     committer.await?;
                     return Ok(ended??);
                 }
-                next = self.next_generation(generation, &shutdown) => next,
+                next = next_generation(generations, generation, &shutdown) => next,
             };
             stop.cancel();
             consuming.await??;
@@ -277,26 +350,30 @@ impl Service {
                 return Ok(());
             };
             drop(indexer);
-            let index = open(&self.generations, next).await?;
-            let old = self.live.replace(next, index);
+            let index = open(generations, next).await?;
+            let old = live.replace(next, index);
             tracing::info!(generation = next, "search now serves the rebuilt index");
-            retire(old, self.generations.clone(), next);
+            retire(old, generations.clone(), next);
         }
     }
+}
 
-    /// Waits for `CURRENT` to name another generation; `None` on shutdown.
-    async fn next_generation(&self, serving: u64, shutdown: &CancellationToken) -> Option<u64> {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return None,
-                _ = tick.tick() => {}
-            }
-            match self.generations.current() {
-                Ok(Some(current)) if current != serving => return Some(current),
-                Ok(_) => {}
-                Err(err) => tracing::warn!(%err, "cannot read which search index is current"),
-            }
+/// Waits for `CURRENT` to name another generation than `serving`; `None` on shutdown.
+async fn next_generation(
+    generations: &Generations,
+    serving: u64,
+    shutdown: &CancellationToken,
+) -> Option<u64> {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            _ = tick.tick() => {}
+        }
+        match generations.current() {
+            Ok(Some(current)) if current != serving => return Some(current),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(%err, "cannot read which search index is current"),
         }
     }
 }
@@ -353,6 +430,9 @@ pub async fn reindex(
 ) -> anyhow::Result<Reindexed> {
     let started = Instant::now();
     let stream = Stream::connect(kafka, contract, consumer, &args.replica).await?;
+    if args.backend == Backend::OpenSearch {
+        return reindex_opensearch(&stream, args, shutdown, started).await;
+    }
     let generations = Generations::new(&args.index_dir.clone().unwrap_or(default_dir));
     generations.live()?;
     let generation = generations.fresh()?;
@@ -374,6 +454,121 @@ pub async fn reindex(
         documents,
         elapsed: started.elapsed(),
     })
+}
+
+/// The OpenSearch rebuild: a new index `<alias>-<n+1>` filled from the start of the topics
+/// in a consumer group of its own, then the alias moved to it in one step (searches and the
+/// live indexer's writes move together), then filled again up to the topics' ends after the
+/// move, so an event the live indexer wrote to the old index meanwhile is not missed (a
+/// write twice is the same versioned state). The old index is deleted last. Stopped or
+/// failed before the move, the new index is deleted and the alias is untouched.
+async fn reindex_opensearch(
+    stream: &Stream,
+    args: &SearchArgs,
+    shutdown: CancellationToken,
+    started: Instant,
+) -> anyhow::Result<Reindexed> {
+    let live = opensearch::OpenSearchIndex::connect(
+        &args.opensearch,
+        &stream.kafka.topic_prefix,
+        stream.codec.catalog(),
+    )
+    .await?;
+    let build = Arc::new(live.fresh_build().await?);
+    let generation = build
+        .target()
+        .rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    tracing::info!(
+        index = build.target(),
+        alias = live.alias(),
+        "building a new search index"
+    );
+    let group = format!("{}.reindex-{generation}", stream.group());
+    let stop = shutdown.child_token();
+    let indexer = Arc::new(opensearch::OpenSearchIndexer(build.clone()));
+    let mut consuming = tokio::spawn(stream.runner(indexer, &group).run(stop.clone()));
+    let built = caught_up(stream, &group, &mut consuming).await;
+    if !matches!(built, Ok(true)) {
+        stop.cancel();
+        if !consuming.is_finished() {
+            let _ = consuming.await;
+        }
+        if let Err(err) = live.delete_index(build.target()).await {
+            tracing::warn!(%err, index = build.target(), "cannot delete the unfinished index");
+        }
+        built?;
+        anyhow::bail!("the rebuild was stopped before it caught up");
+    }
+    let replaced = live.promote(&build).await?;
+    tracing::info!(
+        index = build.target(),
+        alias = live.alias(),
+        "the alias names the rebuilt index"
+    );
+    // What the live indexer wrote to the old index before the move is read again here.
+    let again = caught_up(stream, &group, &mut consuming).await;
+    stop.cancel();
+    if !consuming.is_finished() {
+        consuming.await??;
+    }
+    anyhow::ensure!(
+        matches!(again, Ok(true)),
+        "the rebuilt index is live, but was stopped before reading what came during the move: \
+         run the rebuild again"
+    );
+    for index in replaced.iter().filter(|i| *i != build.target()) {
+        live.delete_index(index).await?;
+    }
+    let ends =
+        platform::kafka::watermarks_of(&stream.kafka, &stream.topics, Duration::from_secs(30))
+            .await?;
+    let events = ends.values().map(|(low, high)| (high - low).max(0)).sum();
+    Ok(Reindexed {
+        generation,
+        events,
+        documents: build.refreshed_count().await?,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Waits until `group` has committed, on every partition, the topics' ends as they are now:
+/// `true`, or `false` when `consuming` stopped first (shutdown).
+async fn caught_up(
+    stream: &Stream,
+    group: &str,
+    consuming: &mut tokio::task::JoinHandle<Result<(), platform::consumer::RunnerError>>,
+) -> anyhow::Result<bool> {
+    let ends =
+        platform::kafka::watermarks_of(&stream.kafka, &stream.topics, Duration::from_secs(30))
+            .await?;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut reported = Instant::now();
+    loop {
+        tokio::select! {
+            ended = &mut *consuming => {
+                ended??;
+                return Ok(false);
+            }
+            _ = tick.tick() => {}
+        }
+        let committed =
+            platform::kafka::committed_offsets(&stream.kafka, group, &stream.topics).await?;
+        let offsets: BTreeMap<String, i64> = committed
+            .into_iter()
+            .map(|((topic, partition), offset)| (partition_key(&topic, partition), offset))
+            .collect();
+        let (done, total) = progress(&ends, &offsets);
+        if done >= total {
+            return Ok(true);
+        }
+        if reported.elapsed() >= Duration::from_secs(5) {
+            tracing::info!(group, done, total, "rebuilding the search index");
+            reported = Instant::now();
+        }
+    }
 }
 
 /// Consumes into `generation` until it has caught up, then closes it (releasing its writer
@@ -475,7 +670,7 @@ impl platform::service::Service for Service {
     }
 
     fn exporter(&self) -> Option<Arc<dyn platform::export::Exporter>> {
-        Some(Arc::new(Export(self.live.clone())))
+        Some(Arc::new(Export(self.api.searcher.clone())))
     }
 
     fn run(self: Box<Self>, shutdown: CancellationToken) -> platform::service::Work {
@@ -485,20 +680,15 @@ impl platform::service::Service for Service {
 
 /// What the index holds of a person's data, for their export: the documents made of it (a
 /// user's name, the messages they sent), a thousand at most.
-struct Export(Arc<LiveIndex>);
+struct Export(api::Searcher);
 
 #[async_trait::async_trait]
 impl platform::export::Exporter for Export {
     async fn export(&self, subject: &str) -> Result<serde_json::Value, platform::problem::Problem> {
-        let index = self.0.get();
-        let subject = subject.to_string();
-        let documents = tokio::task::spawn_blocking(move || index.held_about(&subject, 1000))
-            .await
-            .map_err(|err| platform::problem::Problem::internal(&err))?
-            .map_err(|err| {
-                tracing::warn!(%err, "the search index failed an export");
-                platform::problem::Problem::unavailable("the search index is not readable", 5)
-            })?;
+        let documents = self.0.held_about(subject, 1000).await.map_err(|err| {
+            tracing::warn!(%err, "the search index failed an export");
+            platform::problem::Problem::unavailable("the search index is not readable", 5)
+        })?;
         Ok(serde_json::json!({ "documents": documents }))
     }
 }

@@ -118,7 +118,7 @@ pub fn install() -> Result<PathBuf, BrokerError> {
     Ok(libs)
 }
 
-fn require(tool: &'static str, hint: &'static str) -> Result<(), BrokerError> {
+pub(crate) fn require(tool: &'static str, hint: &'static str) -> Result<(), BrokerError> {
     let found = std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()));
     if found {
@@ -817,7 +817,7 @@ fn is_kafka_process(pid: u32) -> bool {
         .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("kafka.Kafka"))
 }
 
-fn signal(pid: u32, signal: &str) {
+pub(crate) fn signal(pid: u32, signal: &str) {
     let _ = Command::new("kill")
         .arg(signal)
         .arg(pid.to_string())
@@ -829,7 +829,7 @@ fn port_is_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-fn free_port() -> Result<u16, BrokerError> {
+pub(crate) fn free_port() -> Result<u16, BrokerError> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
     Ok(listener
         .local_addr()
@@ -837,7 +837,7 @@ fn free_port() -> Result<u16, BrokerError> {
         .port())
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

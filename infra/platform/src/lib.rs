@@ -35,6 +35,7 @@ pub mod privacy;
 pub mod problem;
 pub mod registry;
 pub mod seal;
+pub mod search_node;
 pub mod secrets;
 pub mod service;
 pub mod shutdown;
