@@ -20,10 +20,6 @@ fn index_dir() -> String {
     dir.display().to_string()
 }
 
-async fn start(app: &TestIngress, dir: &str) -> HeraldProcess {
-    start_kept(app, &Kept::Embedded(dir.to_string())).await
-}
-
 /// Where a test's indexer keeps its documents.
 enum Kept {
     /// An index folder of its own.
@@ -358,9 +354,18 @@ async fn answers(base: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reindex_swaps_in_a_rebuilt_index_while_queries_run() {
+    reindex_while_queries_run("embedded").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reindex_swaps_in_a_rebuilt_index_while_queries_run_in_opensearch() {
+    reindex_while_queries_run("opensearch").await;
+}
+
+async fn reindex_while_queries_run(backend: &str) {
     let app = TestIngress::start_default().await;
-    let dir = index_dir();
-    let indexer = start(&app, &dir).await;
+    let store = Kept::of(backend).await;
+    let indexer = start_kept(&app, &store).await;
     // Orders, some shipped; users, one deleted: a rebuild must end where the live index is.
     let events: Vec<Value> = (0..300)
         .map(|n| {
@@ -437,8 +442,7 @@ async fn reindex_swaps_in_a_rebuilt_index_while_queries_run() {
         .args(["search-indexer", "reindex"])
         .env("KAFKA_BROKERS", app.kafka.brokers.as_deref().unwrap())
         .env("TOPIC_PREFIX", &app.kafka.topic_prefix)
-        .env("SEARCH_INDEX_DIR", &dir)
-        .env("SEARCH_COMMIT_MS", "100")
+        .envs(store.env())
         .env("CONSUMER_SESSION_TIMEOUT_MS", "6000")
         .env("RUST_LOG", "warn")
         .output()
@@ -454,34 +458,59 @@ async fn reindex_swaps_in_a_rebuilt_index_while_queries_run() {
         printed.contains("generation 2 is current") && printed.contains("301 documents"),
         "{printed}"
     );
-    support::eventually(
-        Duration::from_secs(60),
-        "the service switching to generation 2",
-        || async {
-            let generation = indexer.metric("herald_search_generation").await;
-            if generation == 2.0 {
-                Ok(())
-            } else {
-                Err(format!("generation {generation}"))
-            }
-        },
-    )
-    .await;
+    match &store {
+        Kept::Embedded(_) => {
+            support::eventually(
+                Duration::from_secs(60),
+                "the service switching to generation 2",
+                || async {
+                    let generation = indexer.metric("herald_search_generation").await;
+                    if generation == 2.0 {
+                        Ok(())
+                    } else {
+                        Err(format!("generation {generation}"))
+                    }
+                },
+            )
+            .await;
+        }
+        Kept::OpenSearch { url, index } => {
+            // The alias names the new index alone; the old one is gone.
+            let aliases: Value = client()
+                .get(format!("{url}/_alias/{index}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let named: Vec<&String> = aliases.as_object().unwrap().keys().collect();
+            assert_eq!(named, [&format!("{index}-2")], "{aliases}");
+            let old = client()
+                .get(format!("{url}/{index}-1"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(old.status(), 404);
+        }
+    }
     stop.cancel();
     let rounds = querying.await.unwrap();
-    println!("{rounds} rounds of queries during the rebuild, each answered the same");
+    println!("{backend}: {rounds} rounds of queries during the rebuild, each answered the same");
     assert!(rounds > 0);
     assert_eq!(answers(&indexer.base).await, before);
-    // The old generation goes once no query holds it; the service consumes into the new one.
-    let old = std::path::Path::new(&dir).join("gen-1");
-    support::eventually(Duration::from_secs(30), "gen-1 removed", || async {
-        if old.exists() {
-            Err("gen-1 is still there")
-        } else {
-            Ok(())
-        }
-    })
-    .await;
+    if let Kept::Embedded(dir) = &store {
+        // The old generation goes once no query holds it; the service consumes into the new one.
+        let old = std::path::Path::new(dir).join("gen-1");
+        support::eventually(Duration::from_secs(30), "gen-1 removed", || async {
+            if old.exists() {
+                Err("gen-1 is still there")
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+    }
     post(&app, &order("o-after", "c-3", "kettle")).await;
     assert_eq!(
         ids_when(&indexer.base, "q=kettle", "c-3", &["user"], 1).await,
@@ -490,7 +519,7 @@ async fn reindex_swaps_in_a_rebuilt_index_while_queries_run() {
     let (status, _) = indexer.terminate().await;
     assert!(status.success(), "{status}");
     // Restarted, it serves the new generation.
-    let indexer = start(&app, &dir).await;
+    let indexer = start_kept(&app, &store).await;
     assert_eq!(support::search_stats(&indexer.base).await["documents"], 302);
     let (status, _) = indexer.terminate().await;
     assert!(status.success(), "{status}");
