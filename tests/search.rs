@@ -525,3 +525,48 @@ async fn reindex_while_queries_run(backend: &str) {
     assert!(status.success(), "{status}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_opensearch_refuses_is_dead_lettered_and_the_rest_are_indexed() {
+    let app = TestIngress::start_default().await;
+    let store = Kept::of("opensearch").await;
+    let indexer = start_kept(&app, &store).await;
+    // A customer id longer than any keyword OpenSearch indexes (32,766 bytes): the cluster
+    // refuses the document (an immense term), whatever is tried.
+    let huge = "c".repeat(40_000);
+    let events = json!({"events": [
+        order("o-before", "c-1", "tea"),
+        order("o-huge", &huge, "tea"),
+        order("o-after", "c-1", "tea"),
+    ]});
+    let response = app.post(&publisher(), &events).await;
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+    let accepted: Value = response.json().await.unwrap_or(Value::Null);
+    let mut found = ids_when(&indexer.base, "q=tea&limit=10", "ops", &["admin"], 2).await;
+    found.sort();
+    assert_eq!(found, ["order:o-after", "order:o-before"]);
+    let dlq = format!("{}search-indexer-0.dlq", app.kafka.topic_prefix);
+    let letters = support::eventually(Duration::from_secs(60), "one dead letter", || async {
+        let letters = platform::kafka::read_to_end(&app.kafka, &[dlq.clone()], Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?;
+        if letters.len() == 1 {
+            Ok(letters)
+        } else {
+            Err(format!("{} letters", letters.len()))
+        }
+    })
+    .await;
+    let error = String::from_utf8_lossy(
+        letters[0]
+            .header(platform::consumer::dlq_headers::ERROR)
+            .unwrap(),
+    )
+    .to_string();
+    assert!(error.contains("OpenSearch refused"), "{error}");
+    assert!(error.contains("order:o-huge"), "{error}");
+    println!("dead-lettered: {error:.200} ({accepted})");
+    let (status, _) = indexer.terminate().await;
+    assert!(status.success(), "{status}");
+    app.stop().await;
+}
