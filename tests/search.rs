@@ -547,9 +547,13 @@ async fn a_document_opensearch_refuses_is_dead_lettered_and_the_rest_are_indexed
     assert_eq!(found, ["order:o-after", "order:o-before"]);
     let dlq = format!("{}search-indexer-0.dlq", app.kafka.topic_prefix);
     let letters = support::eventually(Duration::from_secs(60), "one dead letter", || async {
-        let letters = platform::kafka::read_to_end(&app.kafka, &[dlq.clone()], Duration::from_secs(10))
-            .await
-            .map_err(|e| e.to_string())?;
+        let letters = platform::kafka::read_to_end(
+            &app.kafka,
+            std::slice::from_ref(&dlq),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         if letters.len() == 1 {
             Ok(letters)
         } else {

@@ -69,6 +69,9 @@ pub struct OpenSearchArgs {
     pub opensearch_bulk_bytes: usize,
 }
 
+/// How long a node that did not answer is tried last.
+const NODE_REST: Duration = Duration::from_secs(5);
+
 /// A request the cluster did not answer, or answered with a failure of its own.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -83,6 +86,9 @@ pub struct Cluster {
     http: reqwest::Client,
     urls: Vec<reqwest::Url>,
     next: AtomicUsize,
+    /// Until when each node is passed over after it did not answer (a node that does not
+    /// refuse connections would cost every request the connect timeout).
+    resting: Vec<std::sync::Mutex<Option<std::time::Instant>>>,
     username: Option<String>,
     password: Option<SecretString>,
 }
@@ -99,6 +105,11 @@ impl Cluster {
             .build()?;
         Ok(Self {
             http,
+            resting: args
+                .urls
+                .iter()
+                .map(|_| std::sync::Mutex::new(None))
+                .collect(),
             urls: args.urls.clone(),
             next: AtomicUsize::new(0),
             username: args.opensearch_username.clone(),
@@ -114,9 +125,21 @@ impl Cluster {
         body: Option<(&'static str, String)>,
     ) -> Result<(u16, Value), ClusterError> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = std::time::Instant::now();
+        let resting = |at: usize| {
+            self.resting[at]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_some_and(|until| now < until)
+        };
+        // Nodes that answered lately first; resting ones last, in case they are back.
+        let mut order: Vec<usize> = (0..self.urls.len())
+            .map(|i| (start + i) % self.urls.len())
+            .collect();
+        order.sort_by_key(|at| resting(*at));
         let mut failures = Vec::new();
-        for i in 0..self.urls.len() {
-            let base = &self.urls[(start + i) % self.urls.len()];
+        for at in order {
+            let base = &self.urls[at];
             let url = format!("{}{}", base.as_str().trim_end_matches('/'), path);
             let mut request = self.http.request(method.clone(), &url);
             if let Some(user) = &self.username {
@@ -134,11 +157,22 @@ impl Cluster {
             }
             match request.send().await {
                 Ok(response) => {
+                    *self.resting[at]
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
                     let status = response.status().as_u16();
                     let body = response.json::<Value>().await.unwrap_or(Value::Null);
                     return Ok((status, body));
                 }
-                Err(err) => failures.push(format!("{base}: {err}")),
+                Err(err) => {
+                    tracing::warn!(node = %base, %err, "an opensearch node did not answer; trying the next");
+                    metrics::counter!("herald_search_node_failovers_total").increment(1);
+                    *self.resting[at]
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some(std::time::Instant::now() + NODE_REST);
+                    failures.push(format!("{base}: {err}"));
+                }
             }
         }
         Err(ClusterError::Unreachable(failures.join("; ")))
