@@ -113,9 +113,7 @@ pub fn check(checked: &Checked) -> anyhow::Result<()> {
                  services keep them in"
             );
             consumer(&args.consumer, &args.kafka)?;
-            args.search
-                .check(&args.data_dir.join("search"))
-                .context("SEARCH_INDEX_DIR")?;
+            args.search.check(&args.data_dir.join("search"))?;
             Ok(args.edge.check()?)
         }
         Checked::Reports(args) => {

@@ -61,11 +61,31 @@ pub enum Backend {
 }
 
 impl SearchArgs {
-    /// Whether the index folder (`default_dir` unless SEARCH_INDEX_DIR is set) can be read,
-    /// creating nothing (`herald check`); a folder not made yet is fine.
-    pub fn check(&self, default_dir: &Path) -> Result<(), generations::GenerationError> {
-        let dir = self.index_dir.as_deref().unwrap_or(default_dir);
-        Generations::new(dir).current().map(drop)
+    /// Whether the settings can work, creating nothing (`herald check`): the index folder
+    /// (`default_dir` unless SEARCH_INDEX_DIR is set) can be read, a folder not made yet is
+    /// fine; with the OpenSearch backend, its nodes are named.
+    pub fn check(&self, default_dir: &Path) -> anyhow::Result<()> {
+        match self.backend {
+            Backend::Embedded => {
+                let dir = self.index_dir.as_deref().unwrap_or(default_dir);
+                Generations::new(dir)
+                    .current()
+                    .map(drop)
+                    .map_err(|err| anyhow::anyhow!("SEARCH_INDEX_DIR: {err}"))
+            }
+            Backend::OpenSearch => {
+                anyhow::ensure!(
+                    !self.opensearch.urls.is_empty(),
+                    "OPENSEARCH_URL: SEARCH_BACKEND=opensearch needs the cluster's nodes"
+                );
+                anyhow::ensure!(
+                    self.opensearch.opensearch_password.is_none()
+                        || self.opensearch.opensearch_username.is_some(),
+                    "OPENSEARCH_PASSWORD is set and OPENSEARCH_USERNAME is not"
+                );
+                Ok(())
+            }
+        }
     }
 }
 
