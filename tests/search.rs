@@ -574,3 +574,56 @@ async fn a_document_opensearch_refuses_is_dead_lettered_and_the_rest_are_indexed
     assert!(status.success(), "{status}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_persons_documents_leave_the_index() {
+    erased_persons_documents_leave("embedded").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_persons_documents_leave_the_index_in_opensearch() {
+    erased_persons_documents_leave("opensearch").await;
+}
+
+async fn erased_persons_documents_leave(backend: &str) {
+    let app = TestIngress::start_default().await;
+    let indexer = start_kept(&app, &Kept::of(backend).await).await;
+    let (erin, bob) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    post(
+        &app,
+        &json!({"type": "user.registered", "data": {
+            "user_id": erin, "email": "erin@example.com", "display_name": "Erin Quartz"
+        }}),
+    )
+    .await;
+    // A message Erin sent to Bob: her words, in Bob's document.
+    let response = app
+        .post(
+            &token(&erin, &["user", "service"]),
+            &json!({"type": "message.sent", "data": {
+                "message_id": Uuid::new_v4(), "conversation_id": "c-1",
+                "recipient_id": bob, "body": "quartz crystals at noon"
+            }}),
+        )
+        .await;
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+    assert_eq!(
+        ids_when(&indexer.base, "q=quartz", "ops", &["admin"], 2)
+            .await
+            .len(),
+        2
+    );
+    post(
+        &app,
+        &json!({"type": "user.erased", "data": {"user_id": erin}}),
+    )
+    .await;
+    assert!(
+        ids_when(&indexer.base, "q=quartz", "ops", &["admin"], 0)
+            .await
+            .is_empty()
+    );
+    let (status, _) = indexer.terminate().await;
+    assert!(status.success(), "{status}");
+    app.stop().await;
+}

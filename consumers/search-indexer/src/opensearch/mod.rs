@@ -63,6 +63,10 @@ pub struct OpenSearchArgs {
     /// Replicas of each shard in a new index (1: a node can be lost).
     #[arg(long, env = "OPENSEARCH_REPLICAS", default_value_t = 1)]
     pub opensearch_replicas: u32,
+    /// How often what was written becomes searchable, in milliseconds (the index's
+    /// `refresh_interval`): the embedded index commits every 250 ms.
+    #[arg(long, env = "OPENSEARCH_REFRESH_MS", default_value_t = 250)]
+    pub opensearch_refresh_ms: u64,
     /// The largest bulk request, in bytes: with the consumer's batch, what bounds the
     /// indexer's memory whatever the backlog.
     #[arg(long, env = "OPENSEARCH_BULK_BYTES", default_value_t = 5 * 1024 * 1024)]
@@ -234,6 +238,7 @@ pub fn template(alias: &str, args: &OpenSearchArgs, catalog: &events::Catalog) -
                 "number_of_replicas": args.opensearch_replicas,
                 // The API pages up to 10,000 results deep, 100 at a time.
                 "max_result_window": 10_100,
+                "refresh_interval": format!("{}ms", args.opensearch_refresh_ms.max(1)),
             },
             "mappings": {
                 "dynamic": "strict",
@@ -597,20 +602,70 @@ impl OpenSearchIndex {
         ))
     }
 
-    /// Removes every document holding `subject`'s personal data.
+    /// Removes every document holding `subject`'s personal data: found by query, deleted in
+    /// bulk, a thousand at a time, until none is left. (Delete-by-query lives in a module a
+    /// cluster may lack; search and bulk every cluster has.)
     async fn erase(&self, subject: &str) -> Result<(), HandlerError> {
-        self.cluster
-            .call(
-                reqwest::Method::POST,
-                &format!(
-                    "/{}/_delete_by_query?conflicts=proceed&refresh=true",
-                    self.target
-                ),
-                Some(json!({"query": {"term": {"subjects": subject}}})),
-            )
-            .await
-            .map(drop)
-            .map_err(|err| HandlerError::Retry(err.to_string().into()))
+        let retry = |err: ClusterError| HandlerError::Retry(err.to_string().into());
+        loop {
+            let found = self
+                .cluster
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/{}/_search", self.target),
+                    Some(json!({"size": 1000, "_source": false,
+                                "query": {"term": {"subjects": subject}}})),
+                )
+                .await
+                .map_err(retry)?;
+            let ids: Vec<&str> = found["hits"]["hits"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|hit| hit["_id"].as_str())
+                .collect();
+            if ids.is_empty() {
+                return Ok(());
+            }
+            let body: String = ids
+                .iter()
+                .map(|id| {
+                    format!(
+                        "{}\n",
+                        json!({"delete": {"_index": self.target, "_id": id}})
+                    )
+                })
+                .collect();
+            let (status, answer) = self
+                .cluster
+                .send(
+                    reqwest::Method::POST,
+                    "/_bulk?refresh=true",
+                    Some(("application/x-ndjson", body)),
+                )
+                .await
+                .map_err(retry)?;
+            if !(200..300).contains(&status) || answer["errors"] == true {
+                let failed = answer["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|item| {
+                        item["delete"]["status"]
+                            .as_u64()
+                            .is_some_and(|s| s >= 300 && s != 404)
+                    });
+                if failed.is_some() || !(200..300).contains(&status) {
+                    return Err(HandlerError::Retry(
+                        format!(
+                            "erasing {subject}'s documents: {status} {}",
+                            reason(&answer)
+                        )
+                        .into(),
+                    ));
+                }
+            }
+        }
     }
 
     /// Searches what the caller may see, from every shard or not at all.
