@@ -383,7 +383,21 @@ async fn erasure(site: Site, postgres: Option<PostgresFiles>) {
             "personal data in plain text in PostgreSQL: {held:?}"
         );
     }
-    let before = scan(&data, &canary);
+    // The search index merges its segments in the background: a file read while a merge
+    // replaces it can be gone, so the scan is repeated until the copy is seen.
+    let before = support::eventually(
+        Duration::from_secs(20),
+        "a derived copy of the person's data on disk",
+        || async {
+            let found = scan(&data, &canary);
+            if found.is_empty() {
+                Err("none found")
+            } else {
+                Ok(found)
+            }
+        },
+    )
+    .await;
     eprintln!(
         "canaries before the erasure: {} (file, canary) pairs",
         before.len()
