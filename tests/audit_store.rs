@@ -326,8 +326,8 @@ async fn serve(store: SqlStore) -> Api {
         auth: Arc::new(auth),
         privacy: None,
         catalog: Arc::new(events::Catalog::embedded().unwrap()),
-        verifying: tokio::sync::Mutex::default(),
-        verified: tokio::sync::Mutex::default(),
+        verifying: Default::default(),
+        verified: Default::default(),
     }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -502,6 +502,35 @@ async fn an_admin_signs_in_watches_lag_move_and_redrives_a_dead_letter_once_in_a
         )
         .await;
 
+    // Another group chosen: the list on show goes, so its marks cannot be sent to it.
+    browser
+        .eval(
+            "const menu = document.getElementById('dl-group');\
+             menu.value = [...menu.options].map(o => o.value).find(v => v !== 'audit-archive');\
+             menu.dispatchEvent(new Event('change')); true",
+        )
+        .await;
+    assert_eq!(browser.eval(letters).await, 0);
+    assert_eq!(
+        browser
+            .eval("document.getElementById('dl-redrive-all').disabled")
+            .await,
+        true
+    );
+    browser
+        .eval(
+            "document.getElementById('dl-group').value = 'audit-archive';\
+             document.querySelector('#dl-form button').click(); true",
+        )
+        .await;
+    browser
+        .wait_for(
+            "the list again",
+            "document.getElementById('dl-status').innerText.includes('2 waiting')",
+            Duration::from_secs(20),
+        )
+        .await;
+
     // The fix (the schema deployed), then "redrive all" and its confirmation.
     archive.terminate().await;
     let _archive = HeraldProcess::start(

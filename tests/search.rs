@@ -623,6 +623,46 @@ async fn erased_persons_documents_leave(backend: &str) {
             .await
             .is_empty()
     );
+
+    // Registered and erased back to back (one partition, often one batch): the document
+    // written a moment before the erasure goes too.
+    let (fleet, topics) = (Uuid::new_v4().to_string(), vec![app.kafka.topic("users")]);
+    let events = json!({"events": [
+        {"type": "user.registered", "key": fleet, "data": {
+            "user_id": fleet, "email": "fleet@example.com", "display_name": "Fleeting Zircon"}},
+        {"type": "user.erased", "key": fleet, "data": {"user_id": fleet}},
+    ]});
+    let response = app.post(&publisher(), &events).await;
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+    let group = format!("{}search-indexer-0", app.kafka.topic_prefix);
+    support::eventually(
+        Duration::from_secs(60),
+        "the indexer past the erasure",
+        || async {
+            let ends = platform::kafka::watermarks_of(&app.kafka, &topics, Duration::from_secs(10))
+                .await
+                .map_err(|e| e.to_string())?;
+            let read = platform::kafka::committed_offsets(&app.kafka, &group, &topics)
+                .await
+                .map_err(|e| e.to_string())?;
+            let behind: Vec<_> = ends
+                .iter()
+                .filter(|(at, (_, high))| read.get(*at).copied().unwrap_or(0) < *high)
+                .collect();
+            if behind.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{behind:?}"))
+            }
+        },
+    )
+    .await;
+    let (status, answer) = search(&indexer.base, "q=zircon", "ops", &["admin"]).await;
+    assert_eq!(
+        (status, answer["total"].clone()),
+        (200, json!(0)),
+        "{answer}"
+    );
     let (status, _) = indexer.terminate().await;
     assert!(status.success(), "{status}");
     app.stop().await;

@@ -33,7 +33,7 @@ pub struct AuditApi {
     pub privacy: Option<Arc<platform::privacy::Privacy>>,
     pub catalog: Arc<events::Catalog>,
     /// Held while a verification walks the chains: one at a time.
-    pub verifying: tokio::sync::Mutex<()>,
+    pub verifying: Arc<tokio::sync::Mutex<()>>,
     /// The last verification's outcome.
     pub verified: tokio::sync::Mutex<Option<crate::integrity::Verified>>,
 }

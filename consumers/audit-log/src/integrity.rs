@@ -86,7 +86,7 @@ pub async fn verify(
     headers: HeaderMap,
 ) -> Result<Json<Value>, Problem> {
     admin_only(&state, &headers)?;
-    let Ok(_walking) = state.verifying.try_lock() else {
+    let Ok(walking) = state.verifying.clone().try_lock_owned() else {
         return Err(Problem::new(
             StatusCode::CONFLICT,
             "verification-running",
@@ -95,24 +95,34 @@ pub async fn verify(
         )
         .with_retry_after(5));
     };
-    let started = std::time::Instant::now();
-    let report = crate::verify::verify(state.store.as_ref())
-        .await
-        .map_err(|err| unavailable(&err))?;
-    let verified = Verified {
-        at: jiff::Timestamp::now(),
-        seconds: started.elapsed().as_secs_f64(),
-        report,
+    // The walk goes on, and its outcome is kept, even when the caller stops waiting.
+    let walk = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _walking = walking;
+            let started = std::time::Instant::now();
+            let report = crate::verify::verify(state.store.as_ref()).await?;
+            let verified = Verified {
+                at: jiff::Timestamp::now(),
+                seconds: started.elapsed().as_secs_f64(),
+                report,
+            };
+            if !verified.report.passed() {
+                tracing::error!(
+                    failing = verified.report.failures.len(),
+                    chains = verified.report.chains,
+                    "the audit log was tampered with"
+                );
+            }
+            let body = verified_json(&verified);
+            *state.verified.lock().await = Some(verified);
+            Ok::<_, crate::store::StoreError>(body)
+        })
     };
-    if !verified.report.passed() {
-        tracing::error!(
-            failing = verified.report.failures.len(),
-            chains = verified.report.chains,
-            "the audit log was tampered with"
-        );
-    }
-    let body = verified_json(&verified);
-    *state.verified.lock().await = Some(verified);
+    let body = walk
+        .await
+        .map_err(|err| Problem::internal(&err))?
+        .map_err(|err| unavailable(&err))?;
     Ok(Json(body))
 }
 

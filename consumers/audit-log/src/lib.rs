@@ -146,8 +146,8 @@ impl Service {
                 auth,
                 privacy,
                 catalog,
-                verifying: tokio::sync::Mutex::default(),
-                verified: tokio::sync::Mutex::default(),
+                verifying: Default::default(),
+                verified: Default::default(),
             }),
             store,
         })

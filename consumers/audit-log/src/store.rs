@@ -113,6 +113,9 @@ pub trait AuditStore: Send + Sync + 'static {
     /// Every chain, with its head when one is stored.
     async fn chains(&self) -> Result<Vec<(String, Option<Head>)>, StoreError>;
 
+    /// One chain's head, as stored now.
+    async fn head(&self, chain: &str) -> Result<Option<Head>, StoreError>;
+
     /// Rows of a chain with `seq > after_seq`, in `seq` order.
     async fn rows(
         &self,
@@ -439,6 +442,14 @@ impl AuditStore for SqlStore {
             }
         }
         Ok(all)
+    }
+
+    async fn head(&self, chain: &str) -> Result<Option<Head>, StoreError> {
+        let sql = "SELECT last_seq, last_hash, last_offset FROM audit_chains WHERE chain = $1";
+        let head: Option<(i64, String, i64)> = with_pool!(&self.db, pool => {
+            sqlx::query_as(sql).bind(chain).fetch_optional(pool).await?
+        });
+        Ok(head.map(|(seq, hash, offset)| Head { seq, hash, offset }))
     }
 
     async fn rows(

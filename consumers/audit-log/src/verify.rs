@@ -5,6 +5,8 @@ use crate::store::{AuditStore, StoreError};
 
 /// Rows read per query while walking a chain.
 const PAGE: u32 = 5000;
+/// How many times a walk follows a chain that grows while it is walked.
+const FOLLOW: usize = 10;
 
 /// The outcome of a verification: what was checked and the first fault of each bad chain.
 #[derive(Debug, Default, Clone)]
@@ -39,17 +41,30 @@ async fn verify_chain(
 ) -> Result<Result<u64, Failure>, StoreError> {
     let mut verifier = Verifier::new(chain);
     let mut after = 0;
-    loop {
-        let rows = store.rows(chain, after, PAGE).await?;
-        let Some(last) = rows.last() else {
-            break;
-        };
-        after = last.seq;
-        for row in &rows {
-            if let Err(failure) = verifier.check(row) {
-                return Ok(Err(failure));
+    let mut head = head.clone();
+    // A live log grows during the walk: rows past the head read at the start are checked
+    // too, against the head as stored when the walk reaches the end, read again until the
+    // two meet (a row appended by hand past the real head never does).
+    for _ in 0..FOLLOW {
+        loop {
+            let rows = store.rows(chain, after, PAGE).await?;
+            let Some(last) = rows.last() else {
+                break;
+            };
+            after = last.seq;
+            for row in &rows {
+                if let Err(failure) = verifier.check(row) {
+                    return Ok(Err(failure));
+                }
             }
         }
+        if after <= head.seq {
+            break;
+        }
+        match store.head(chain).await? {
+            Some(fresh) if fresh.seq > head.seq => head = fresh,
+            _ => break,
+        }
     }
-    Ok(verifier.finish(head))
+    Ok(verifier.finish(&head))
 }

@@ -506,30 +506,60 @@ async fn reindex_opensearch(
         alias = live.alias(),
         "building a new search index"
     );
-    let group = format!("{}.reindex-{generation}", stream.group());
+    // A group never used before: one left by a stopped run would resume where it stopped.
+    let group = format!(
+        "{}.reindex-{generation}-{}",
+        stream.group(),
+        jiff::Timestamp::now().as_millisecond()
+    );
     let stop = shutdown.child_token();
     let indexer = Arc::new(opensearch::OpenSearchIndexer(build.clone()));
     let mut consuming = tokio::spawn(stream.runner(indexer, &group).run(stop.clone()));
-    let built = caught_up(stream, &group, &mut consuming).await;
-    if !matches!(built, Ok(true)) {
-        stop.cancel();
-        if !consuming.is_finished() {
-            let _ = consuming.await;
+    // Up to the ends seen at the start, then up to those seen after that pass, so what came
+    // during the build is in before searches move.
+    let mut built = Ok(true);
+    for _ in 0..2 {
+        built = caught_up(stream, &group, &mut consuming).await;
+        if !matches!(built, Ok(true)) {
+            break;
         }
-        if let Err(err) = live.delete_index(build.target()).await {
-            tracing::warn!(%err, index = build.target(), "cannot delete the unfinished index");
-        }
-        built?;
-        anyhow::bail!("the rebuild was stopped before it caught up");
     }
-    let replaced = live.promote(&build).await?;
+    let promoted = match built {
+        Ok(true) => live.promote(&build).await.map_err(anyhow::Error::from),
+        Ok(false) => Err(anyhow::anyhow!(
+            "the rebuild was stopped before it caught up"
+        )),
+        Err(err) => Err(err),
+    };
+    let replaced = match promoted {
+        Ok(replaced) => replaced,
+        Err(err) => {
+            stop.cancel();
+            if !consuming.is_finished() {
+                let _ = consuming.await;
+            }
+            if let Err(err) = live.delete_index(build.target()).await {
+                tracing::warn!(%err, index = build.target(), "cannot delete the unfinished index");
+            }
+            return Err(err);
+        }
+    };
     tracing::info!(
         index = build.target(),
         alias = live.alias(),
         "the alias names the rebuilt index"
     );
-    // What the live indexer wrote to the old index before the move is read again here.
-    let again = caught_up(stream, &group, &mut consuming).await;
+    // The live indexer now writes here; an amendment it met before its document was built
+    // was skipped. Two more passes read again everything up to the ends seen after the move,
+    // then after the first of them: every event the live indexer handled before this index
+    // held every document made before the move.
+    let mut again = Ok(true);
+    for _ in 0..2 {
+        again = caught_up(stream, &group, &mut consuming).await;
+        if !matches!(again, Ok(true)) {
+            break;
+        }
+    }
     stop.cancel();
     if !consuming.is_finished() {
         consuming.await??;

@@ -273,8 +273,10 @@ impl LocalSearchNode {
 
     /// The node `dir`'s state names, when its process runs.
     fn running(dir: &Path) -> Option<Self> {
+        // The node was started with the folder's full path.
+        let dir = &dir.canonicalize().ok()?;
         let state = read_state(dir)?;
-        let pid = state.pid.filter(|pid| is_search_node(*pid))?;
+        let pid = state.pid.filter(|pid| is_search_node(*pid, dir))?;
         Some(Self {
             dir: dir.to_path_buf(),
             http_port: state.http_port,
@@ -336,7 +338,7 @@ impl LocalSearchNode {
         if let Some(child) = self.child.lock().expect("node lock").as_mut() {
             return matches!(child.try_wait(), Ok(None));
         }
-        is_search_node(self.pid)
+        is_search_node(self.pid, &self.dir)
     }
 
     /// Until the node answers its cluster's health as yellow or green.
@@ -505,7 +507,11 @@ fn write_state(dir: &Path, state: &State) -> Result<(), SearchNodeError> {
     std::fs::write(dir.join("node.json"), text).map_err(io("writing node.json"))
 }
 
-fn is_search_node(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("SearchNode"))
+/// Whether `pid` is the node of `dir` (a pid reused by another process, or by another
+/// folder's node, is not).
+fn is_search_node(pid: u32, dir: &Path) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        cmdline.contains("SearchNode") && cmdline.contains(&format!("path.home={}", dir.display()))
+    })
 }

@@ -12,6 +12,7 @@ let timers = [];
 let previousLag = null; // {at: ms, committed: {group: n}}
 const expanded = new Set(); // groups whose partitions are shown
 let letters = []; // the dead letters on show
+let lettersGroup = null; // the group they are of
 let pendingMarks = null; // what the confirmation box would redrive
 
 // --- calls -------------------------------------------------------------------------------
@@ -227,6 +228,7 @@ async function showLetters(event) {
   try {
     const answer = await call("GET", `/api/v1/admin/dead-letters/${encodeURIComponent(group)}`);
     letters = answer.letters;
+    lettersGroup = group;
     const rows = letters.map((letter) => {
       const pick = document.createElement("input");
       pick.type = "checkbox";
@@ -258,6 +260,7 @@ async function showLetters(event) {
     say($("dl-status"), `${group}: ${answer.waiting} waiting of ${letters.length}`);
   } catch (err) {
     letters = [];
+    lettersGroup = null;
     fill($("dl").tBodies[0], []);
     say($("dl-status"), err.message, "error");
   }
@@ -273,9 +276,10 @@ function updateRedriveButtons() {
   $("dl-redrive-all").disabled = !letters.some((letter) => !letter.redriven);
 }
 
+// The marks name places in the group the list is of, whatever the menu says since.
 function askRedrive(marks) {
-  if (marks.length === 0) return;
-  pendingMarks = { group: $("dl-group").value, marks };
+  if (marks.length === 0 || !lettersGroup) return;
+  pendingMarks = { group: lettersGroup, marks };
   say($("dl-confirm-text"), `Publish ${marks.length} dead letter${marks.length === 1 ? "" : "s"} of ${pendingMarks.group} again to their topics? Each consumer applies an event once, by its id.`);
   $("dl-confirm").hidden = false;
 }
@@ -405,6 +409,16 @@ document.addEventListener("DOMContentLoaded", () => {
   $("sign-in-form").addEventListener("submit", signIn);
   $("sign-out").addEventListener("click", () => signOut("Signed out."));
   $("dl-form").addEventListener("submit", showLetters);
+  // Another group chosen: the list on show is not its, until shown.
+  $("dl-group").addEventListener("change", () => {
+    letters = [];
+    lettersGroup = null;
+    pendingMarks = null;
+    $("dl-confirm").hidden = true;
+    fill($("dl").tBodies[0], []);
+    say($("dl-status"), "");
+    updateRedriveButtons();
+  });
   $("dl-redrive-selected").addEventListener("click", () => askRedrive(selectedMarks()));
   $("dl-redrive-all").addEventListener("click", () =>
     askRedrive(letters.filter((letter) => !letter.redriven).map((letter) => letter.mark)),

@@ -169,6 +169,8 @@ impl Cluster {
                     return Ok((status, body));
                 }
                 Err(err) => {
+                    let base = shown(base);
+                    let err = err.without_url();
                     tracing::warn!(node = %base, %err, "an opensearch node did not answer; trying the next");
                     metrics::counter!("herald_search_node_failovers_total").increment(1);
                     *self.resting[at]
@@ -205,6 +207,25 @@ impl Cluster {
             })
         }
     }
+}
+
+/// A node's URL as logs and errors show it: without credentials written into it.
+fn shown(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.to_string()
+}
+
+/// Whether `name` can name an index and an alias as they are put in URL paths: no pattern
+/// (`*`, `,`), no query or path characters, and none of the names OpenSearch reserves.
+pub fn index_name_is_plain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with(['_', '-', '+', '.'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
 }
 
 fn reason(answer: &Value) -> String {
@@ -285,6 +306,11 @@ impl OpenSearchIndex {
             .clone()
             .unwrap_or_else(|| format!("{topic_prefix}herald-search"))
             .to_lowercase();
+        anyhow::ensure!(
+            index_name_is_plain(&alias),
+            "OPENSEARCH_INDEX {alias:?} cannot name an index: lowercase letters, digits, `.`, `_` \
+             and `-`, not starting with one of `_-+.`"
+        );
         cluster
             .call(
                 reqwest::Method::PUT,
@@ -531,18 +557,28 @@ impl OpenSearchIndex {
             )
             .await
             .map_err(|err| HandlerError::Retry(err.to_string().into()))?;
+        // Every id answered, found or not: an entry with an error (a shard unavailable or
+        // moving) or an answer that does not read is no answer, and the batch waits.
+        let retry = |why: String| HandlerError::Retry(why.into());
+        let docs = answer["docs"]
+            .as_array()
+            .filter(|docs| docs.len() == ids.len())
+            .ok_or_else(|| retry(format!("_mget answered {answer:.200}")))?;
         let mut states = HashMap::new();
-        for doc in answer["docs"].as_array().into_iter().flatten() {
-            let Some(id) = doc["_id"].as_str() else {
-                continue;
-            };
-            if doc["found"] != true {
-                continue;
+        for doc in docs {
+            let id = doc["_id"]
+                .as_str()
+                .ok_or_else(|| retry("an _mget entry without an id".into()))?;
+            match doc["found"].as_bool() {
+                Some(false) => continue,
+                Some(true) => {}
+                None => return Err(retry(format!("_mget of {id}: {}", doc["error"]))),
             }
             let version: Version = serde_json::from_value(doc["_source"]["version"].clone())
-                .map_err(|e| HandlerError::Retry(format!("stored version of {id}: {e}").into()))?;
+                .map_err(|e| retry(format!("stored version of {id}: {e}")))?;
             let document: Option<Document> =
-                serde_json::from_value(doc["_source"]["document"].clone()).unwrap_or(None);
+                serde_json::from_value(doc["_source"]["document"].clone())
+                    .map_err(|e| retry(format!("stored document {id}: {e}")))?;
             states.insert(id.to_string(), (document, version));
         }
         Ok(states)
@@ -608,6 +644,16 @@ impl OpenSearchIndex {
     async fn erase(&self, subject: &str) -> Result<(), HandlerError> {
         let retry = |err: ClusterError| HandlerError::Retry(err.to_string().into());
         loop {
+            // What was written a moment ago (this batch's first part, a message revealed
+            // just before the erasure) is found only once refreshed.
+            self.cluster
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/{}/_refresh", self.target),
+                    None,
+                )
+                .await
+                .map_err(retry)?;
             let found = self
                 .cluster
                 .call(

@@ -44,7 +44,8 @@ fn plain(q: &str) -> bool {
 /// (`owner:bob`) is the caller's mistake, and reaches no field the caller should not query.
 const SEARCHABLE: [&str; 2] = ["title", "body"];
 
-/// The first field named in `q` (`name:` outside quotes) that is not searchable.
+/// The first field named in `q` (`name:` outside quotes) that is not searchable, patterns
+/// (`*:`, `o*:`) included.
 fn unsearchable_field(q: &str) -> Option<String> {
     let mut quoted = false;
     let mut name = String::new();
@@ -55,16 +56,25 @@ fn unsearchable_field(q: &str) -> Option<String> {
                 name.clear();
             }
             ':' if !quoted => {
-                if !name.is_empty() && !SEARCHABLE.contains(&name.as_str()) {
+                if !SEARCHABLE.contains(&name.as_str()) {
                     return Some(name);
                 }
                 name.clear();
             }
-            c if !quoted && (c.is_alphanumeric() || c == '_' || c == '.') => name.push(c),
+            c if !quoted && (c.is_alphanumeric() || matches!(c, '_' | '.' | '*' | '?')) => {
+                name.push(c);
+            }
             _ => name.clear(),
         }
     }
     None
+}
+
+/// What the OpenSearch syntax offers beyond the API's and costs or escapes too much: regular
+/// expressions (`/.../`, a scan of every term) and backslash escapes (which would let a
+/// quote or a colon through the field check).
+fn beyond_the_syntax(q: &str) -> Option<char> {
+    q.chars().find(|c| matches!(c, '/' | '\\'))
 }
 
 /// The request body of `POST /<index>/_search` for `request` by `caller`.
@@ -74,6 +84,11 @@ pub fn body(request: &SearchRequest<'_>, caller: &Caller<'_>) -> Result<Value, S
         return Err(SearchError::Query(
             "q is empty: say what to search for".into(),
         ));
+    }
+    if let Some(c) = beyond_the_syntax(text) {
+        return Err(SearchError::Query(format!(
+            "q: {c:?} is not part of the query syntax (words, \"phrases\", -excluded, title:word)"
+        )));
     }
     if let Some(field) = unsearchable_field(text) {
         return Err(SearchError::Query(format!(
@@ -122,6 +137,8 @@ pub fn body(request: &SearchRequest<'_>, caller: &Caller<'_>) -> Result<Value, S
         "from": request.offset,
         "size": request.limit,
         "track_total_hits": true,
+        // A search that has not answered by then answers 503 (a timed-out answer is partial).
+        "timeout": "5s",
         "query": {"bool": {
             "must": [{"bool": {"should": matching, "minimum_should_match": 1}}],
             "filter": filters,
