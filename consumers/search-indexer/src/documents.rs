@@ -240,6 +240,57 @@ pub fn subjects(event_type: &str, data: &Value, actor: &str) -> Vec<String> {
     }
 }
 
+/// What one event does to the index, as both backends apply it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The person's documents go (`user.erased`).
+    Erase(String),
+    /// A document changes, as of the event's position.
+    Change(Box<(Change, Version)>),
+}
+
+/// The step of `event`, if it touches the index (pure).
+pub fn step(event: &platform::consumer::Event) -> Option<Step> {
+    let event_type = event.envelope.event_type.as_str();
+    let occurred_at_ms = event.envelope.occurred_at.as_millisecond();
+    if event_type == platform::privacy::ERASURE_EVENT {
+        let subject = event.data.get("user_id").and_then(Value::as_str)?;
+        return Some(Step::Erase(subject.to_string()));
+    }
+    let mut change = project(event_type, &event.data, occurred_at_ms)?;
+    if let Change::Put(document) = &mut change {
+        document.subjects = subjects(event_type, &event.data, &event.envelope.actor);
+    }
+    let version = Version {
+        topic: event.topic.clone(),
+        partition: event.partition,
+        offset: event.offset,
+        occurred_at_ms,
+    };
+    Some(Step::Change(Box::new((change, version))))
+}
+
+/// The document after `change` at `version`, over what is stored (the document, none if
+/// removed, and the version that made it): `None` when there is nothing to write, for an
+/// older event or an amendment of what was never held (pure).
+pub fn next_state(
+    change: Change,
+    version: &Version,
+    current: Option<(Option<Document>, &Version)>,
+) -> Option<Option<Document>> {
+    if let Some((_, at)) = &current
+        && !version.supersedes(at)
+    {
+        return None;
+    }
+    let amends = matches!(change, Change::Amend { .. });
+    let document = change.apply(current.and_then(|(d, _)| d));
+    if amends && document.is_none() {
+        return None;
+    }
+    Some(document)
+}
+
 /// Where an event sits in the log: a document keeps the position of the event that made
 /// it, so an older event (redelivered, or replayed out of order) never rolls it back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -26,8 +26,7 @@ use tantivy::schema::{
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
-use crate::documents::{Change, Document, Version, Visibility, project, subjects};
-use platform::privacy::ERASURE_EVENT;
+use crate::documents::{Change, Document, Step, Version, Visibility, next_state, step};
 
 /// The writer's indexing memory: one thread, flushed to a segment when full.
 const WRITER_MEMORY: usize = 32 * 1024 * 1024;
@@ -272,23 +271,13 @@ impl SearchIndex {
             {
                 continue; // read again after a rebalance; already applied
             }
-            let occurred_at_ms = event.envelope.occurred_at.as_millisecond();
-            let event_type = event.envelope.event_type.as_str();
-            if event_type == ERASURE_EVENT
-                && let Some(subject) = event.data.get("user_id").and_then(|s| s.as_str())
-            {
-                self.forget(&mut writing, subject);
-            } else if let Some(mut change) = project(event_type, &event.data, occurred_at_ms) {
-                if let Change::Put(document) = &mut change {
-                    document.subjects = subjects(event_type, &event.data, &event.envelope.actor);
+            match step(event) {
+                Some(Step::Erase(subject)) => self.forget(&mut writing, &subject),
+                Some(Step::Change(changed)) => {
+                    let (change, version) = *changed;
+                    self.change(&mut writing, change, version)?;
                 }
-                let version = Version {
-                    topic: event.topic.clone(),
-                    partition: event.partition,
-                    offset: event.offset,
-                    occurred_at_ms,
-                };
-                self.change(&mut writing, change, version)?;
+                None => {}
             }
             writing.offsets.insert(key, event.offset + 1);
             writing.dirty = true;
@@ -322,16 +311,13 @@ impl SearchIndex {
             Some(stored) => Some(stored.clone()),
             None => self.lookup(&id)?,
         };
-        if let Some(current) = &current
-            && !version.supersedes(&current.version)
-        {
+        let Some(document) = next_state(
+            change,
+            &version,
+            current.as_ref().map(|c| (c.document.clone(), &c.version)),
+        ) else {
             return Ok(());
-        }
-        let amends = matches!(change, Change::Amend { .. });
-        let document = change.apply(current.and_then(|c| c.document));
-        if amends && document.is_none() {
-            return Ok(()); // an amendment of what the index never held
-        }
+        };
         let stored = Stored { document, version };
         writing
             .writer

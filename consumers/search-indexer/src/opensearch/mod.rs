@@ -35,10 +35,9 @@ use platform::consumer::{Event, Handler, HandlerError};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
-use crate::documents::{Change, Document, Version, project, subjects};
+use crate::documents::{Change, Document, Step, Version, next_state, step};
 use crate::index::{Caller, Page, SearchError, SearchRequest, Stats};
 use bulk::{Item, Write};
-use platform::privacy::ERASURE_EVENT;
 
 /// `SEARCH_BACKEND=opensearch` settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -469,26 +468,13 @@ impl OpenSearchIndex {
         let mut segment: Vec<(Change, Version)> = Vec::new();
         let mut poison = Vec::new();
         for event in events {
-            let event_type = event.envelope.event_type.as_str();
-            let occurred_at_ms = event.envelope.occurred_at.as_millisecond();
-            if event_type == ERASURE_EVENT {
-                if let Some(subject) = event.data.get("user_id").and_then(Value::as_str) {
+            match step(event) {
+                Some(Step::Erase(subject)) => {
                     poison.extend(self.write(std::mem::take(&mut segment)).await?);
-                    self.erase(subject).await?;
+                    self.erase(&subject).await?;
                 }
-                continue;
-            }
-            if let Some(mut change) = project(event_type, &event.data, occurred_at_ms) {
-                if let Change::Put(document) = &mut change {
-                    document.subjects = subjects(event_type, &event.data, &event.envelope.actor);
-                }
-                let version = Version {
-                    topic: event.topic.clone(),
-                    partition: event.partition,
-                    offset: event.offset,
-                    occurred_at_ms,
-                };
-                segment.push((change, version));
+                Some(Step::Change(changed)) => segment.push(*changed),
+                None => {}
             }
         }
         poison.extend(self.write(segment).await?);
@@ -513,17 +499,10 @@ impl OpenSearchIndex {
         let mut changed: Vec<String> = Vec::new();
         for (change, version) in changes {
             let id = change.id().to_string();
-            let current = states.get(&id).cloned();
-            if let Some((_, at)) = &current
-                && !version.supersedes(at)
-            {
+            let current = states.get(&id).map(|(d, at)| (d.clone(), at));
+            let Some(document) = next_state(change, &version, current) else {
                 continue;
-            }
-            let amends = matches!(change, Change::Amend { .. });
-            let document = change.apply(current.and_then(|(d, _)| d));
-            if amends && document.is_none() {
-                continue; // an amendment of what the index never held
-            }
+            };
             if !changed.contains(&id) {
                 changed.push(id.clone());
             }
