@@ -87,34 +87,43 @@ pub fn install() -> Result<PathBuf, BrokerError> {
         "install a Java 17+ runtime (Debian: openjdk-17-jre-headless)",
     )?;
     require("mvn", "install Maven (Debian: maven)")?;
-    std::fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
-    let pom = root.join("pom.xml");
-    std::fs::write(&pom, POM).map_err(io("writing the broker pom"))?;
+    tracing::info!(version = KAFKA_VERSION, dir = %libs.display(), "fetching apache kafka with maven");
+    let log = root.join("maven.log");
+    fetch_jars(POM, &root, &log).map_err(|reason| BrokerError::Install { log, reason })?;
+    Ok(libs)
+}
+
+/// Fetches the runtime jars `pom` names into `<root>/libs` with Maven, staged in
+/// `libs.partial` and moved in place whole with a `.complete` mark, so a fetch that stopped
+/// half-way is never used; Maven's output goes to `log`. Why it failed, in words.
+pub(crate) fn fetch_jars(pom: &str, root: &Path, log: &Path) -> Result<PathBuf, String> {
+    fn failed(what: &str) -> impl FnOnce(std::io::Error) -> String + use<'_> {
+        move |err| format!("{what}: {err}")
+    }
+    std::fs::create_dir_all(root).map_err(failed("creating the cache folder"))?;
+    let pom_file = root.join("pom.xml");
+    std::fs::write(&pom_file, pom).map_err(failed("writing the pom"))?;
     let staging = root.join("libs.partial");
     let _ = std::fs::remove_dir_all(&staging);
-    let log = root.join("maven.log");
-    tracing::info!(version = KAFKA_VERSION, dir = %libs.display(), "fetching apache kafka with maven");
-    let log_file = std::fs::File::create(&log).map_err(io("creating the maven log"))?;
+    let log_file = std::fs::File::create(log).map_err(failed("creating the maven log"))?;
     let status = Command::new("mvn")
         .args(["-q", "-B", "-f"])
-        .arg(&pom)
+        .arg(&pom_file)
         .arg("dependency:copy-dependencies")
         .arg(format!("-DoutputDirectory={}", staging.display()))
         .arg("-DincludeScope=runtime")
         .stdin(Stdio::null())
-        .stdout(log_file.try_clone().map_err(io("maven log"))?)
+        .stdout(log_file.try_clone().map_err(failed("the maven log"))?)
         .stderr(log_file)
         .status()
-        .map_err(io("running mvn"))?;
+        .map_err(failed("running mvn"))?;
     if !status.success() {
-        return Err(BrokerError::Install {
-            log,
-            reason: format!("mvn exited with {status}"),
-        });
+        return Err(format!("mvn exited with {status}"));
     }
-    std::fs::write(staging.join(".complete"), KAFKA_VERSION).map_err(io("marking the install"))?;
+    std::fs::write(staging.join(".complete"), "").map_err(failed("marking the jars"))?;
+    let libs = root.join("libs");
     let _ = std::fs::remove_dir_all(&libs);
-    std::fs::rename(&staging, &libs).map_err(io("moving the broker jars in place"))?;
+    std::fs::rename(&staging, &libs).map_err(failed("moving the jars in place"))?;
     Ok(libs)
 }
 

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{cache_dir, free_port, require, signal, tail};
+use crate::broker::{cache_dir, fetch_jars, free_port, require, signal, tail};
 
 /// The pinned OpenSearch release: the newest line that runs on Java 17.
 pub const OPENSEARCH_VERSION: &str = "2.19.6";
@@ -93,50 +93,33 @@ pub fn install() -> Result<PathBuf, SearchNodeError> {
     )
     .map_err(|e| setup(&e))?;
     require("mvn", "install Maven (Debian: maven)").map_err(|e| setup(&e))?;
-    std::fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
-    let pom = root.join("pom.xml");
-    std::fs::write(&pom, POM).map_err(io("writing the search node's pom"))?;
-    let libs = root.join("libs");
-    let _ = std::fs::remove_dir_all(&libs);
-    let log = root.join("install.log");
     tracing::info!(version = OPENSEARCH_VERSION, dir = %root.display(), "fetching opensearch with maven");
-    let log_file = std::fs::File::create(&log).map_err(io("creating the install log"))?;
-    let run = |command: &mut Command, what: &str| -> Result<(), SearchNodeError> {
-        let status = command
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().map_err(io("install log"))?)
-            .stderr(log_file.try_clone().map_err(io("install log"))?)
-            .status()
-            .map_err(io(format!("running {what}")))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(SearchNodeError::Install {
-                log: log.clone(),
-                reason: format!("{what} exited with {status}"),
-            })
-        }
-    };
-    run(
-        Command::new("mvn")
-            .args(["-q", "-B", "-f"])
-            .arg(&pom)
-            .arg("dependency:copy-dependencies")
-            .arg(format!("-DoutputDirectory={}", libs.display()))
-            .arg("-DincludeScope=runtime"),
-        "mvn",
-    )?;
+    let log = root.join("install.log");
+    let libs = fetch_jars(POM, &root, &log).map_err(|reason| SearchNodeError::Install {
+        log: log.clone(),
+        reason,
+    })?;
+    let javac_log =
+        std::fs::File::create(root.join("javac.log")).map_err(io("creating the javac log"))?;
     let source = root.join("SearchNode.java");
     std::fs::write(&source, LAUNCHER).map_err(io("writing the launcher"))?;
-    run(
-        Command::new("javac")
-            .arg("-cp")
-            .arg(libs.join("*"))
-            .arg("-d")
-            .arg(root.join("classes"))
-            .arg(&source),
-        "javac",
-    )?;
+    let status = Command::new("javac")
+        .arg("-cp")
+        .arg(libs.join("*"))
+        .arg("-d")
+        .arg(root.join("classes"))
+        .arg(&source)
+        .stdin(Stdio::null())
+        .stdout(javac_log.try_clone().map_err(io("javac log"))?)
+        .stderr(javac_log)
+        .status()
+        .map_err(io("running javac"))?;
+    if !status.success() {
+        return Err(SearchNodeError::Install {
+            log: root.join("javac.log"),
+            reason: format!("javac exited with {status}"),
+        });
+    }
     std::fs::write(root.join(".complete"), OPENSEARCH_VERSION)
         .map_err(io("marking the install"))?;
     Ok(root)
